@@ -1,0 +1,104 @@
+"""Errors raised by OmniQ.
+
+Every error OmniQ raises derives from :class:`OmniQError`::
+
+    OmniQError
+    ├── ConfigError            (also ValueError) bad setting, naming source, field, expected form
+    ├── SerializationError     (also ValueError) a value that cannot be encoded or a payload
+    │   │                      that cannot be decoded
+    │   └── PayloadSignatureError   a dill payload that is unsigned or altered
+    ├── StorageError           a backend failed
+    │   ├── StorageConnectionError  the backend cannot be reached
+    │   └── TaskNotFoundError       (also LookupError) an id that does not exist
+    ├── ScheduleError          (also ValueError) a bad cron string, interval or schedule id
+    ├── TaskImportError        a ``module:qualname`` that cannot be imported at the worker
+    ├── TaskTimeoutError       (also TimeoutError) a task ran past its timeout
+    ├── DependencyFailedError  a dependency ended FAILED, CANCELLED or EXPIRED
+    ├── WorkerError            a worker could not run or stop as asked
+    └── SyncInAsyncError       (also RuntimeError) the sync API called inside a running loop
+
+Control flow for task authors (``omniq.Retry``) is deliberately not an error.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DependencyFailedError",
+    "OmniQError",
+    "PayloadSignatureError",
+    "ScheduleError",
+    "SerializationError",
+    "StorageConnectionError",
+    "StorageError",
+    "SyncInAsyncError",
+    "TaskImportError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "WorkerError",
+]
+
+
+class OmniQError(Exception):
+    """Base class of every error OmniQ raises."""
+
+
+class ConfigError(OmniQError, ValueError):
+    """A configuration value is invalid; the message names source, field and expected form."""
+
+
+class SerializationError(OmniQError, ValueError):
+    """A value could not be encoded, or stored bytes could not be decoded."""
+
+
+class PayloadSignatureError(SerializationError):
+    """A dill payload is unsigned or its HMAC does not match: it is never unpickled."""
+
+
+class StorageError(OmniQError):
+    """A storage backend failed."""
+
+
+class StorageConnectionError(StorageError):
+    """A storage backend cannot be reached."""
+
+
+class TaskNotFoundError(StorageError, LookupError):
+    """A task id does not exist."""
+
+
+class ScheduleError(OmniQError, ValueError):
+    """A schedule is invalid (bad cron string, interval, time zone) or unknown."""
+
+
+class TaskImportError(OmniQError):
+    """A task's ``module:qualname`` could not be imported where it was to run."""
+
+
+class TaskTimeoutError(OmniQError, TimeoutError):
+    """A task ran longer than its timeout and was stopped."""
+
+
+class DependencyFailedError(OmniQError):
+    """A dependency of a task ended FAILED, CANCELLED or EXPIRED.
+
+    Attributes:
+        dependency_id: the id of the dependency that did not complete.
+        dependency_status: its final status (a ``TaskStatus`` value).
+    """
+
+    def __init__(self, dependency_id: str, dependency_status: str) -> None:
+        super().__init__(f"dependency {dependency_id} ended {dependency_status}")
+        self.dependency_id = dependency_id
+        self.dependency_status = dependency_status
+
+    def __reduce__(self) -> tuple[type[DependencyFailedError], tuple[str, str]]:
+        return (type(self), (self.dependency_id, self.dependency_status))
+
+
+class WorkerError(OmniQError):
+    """A worker pool could not start, run or stop as asked."""
+
+
+class SyncInAsyncError(OmniQError, RuntimeError):
+    """The blocking API was called from inside a running event loop."""

@@ -1,0 +1,287 @@
+"""The storage interfaces every backend implements.
+
+Four small async interfaces: the task queue, the result storage, the event storage and
+the schedule storage. Each backend implements the primitives below and joins the one
+conformance suite (``tests/conformance``). The semantics (status changes, retries,
+events) live above, in ``omniq.core`` and ``omniq.workers``; a backend only keeps records
+and makes the few compare-and-set steps atomic.
+
+Backends deal in records (``Task``, ``TaskResult``, ``TaskEvent``, ``Schedule``) whose user
+data is already encoded to bytes (``Task.payload``; ``TaskResult.result`` holds the
+encoded return value at this level), never in user objects.
+
+Claimable, the one rule every backend applies in ``claim``: a task is claimable when its
+``due_at`` (None: at once) has passed and either its status is ``PENDING`` or
+``RETRYING``, or it is ``SCHEDULED`` with no ``depends_on``, or it is ``RUNNING`` with a
+lease that has run out (its worker is presumed dead). A ``SCHEDULED`` task with
+``depends_on`` is held until ``transition`` moves it to ``PENDING``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+
+__all__ = [
+    "Ack",
+    "BaseEventStorage",
+    "BaseResultStorage",
+    "BaseScheduleStorage",
+    "BaseStorage",
+    "BaseTaskQueue",
+]
+
+
+class Ack(NamedTuple):
+    """The final status a worker reports for a task it holds."""
+
+    task_id: str
+    worker_id: str
+    status: TaskStatus
+
+
+class BaseStorage(ABC):  # noqa: B024 - connect/close are optional hooks, not abstract
+    """Lifecycle shared by every storage component: connect lazily, close idempotently."""
+
+    async def connect(self) -> None:  # noqa: B027 - optional hook
+        """Open connections and create the schema if needed. Safe to call twice."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Safe to call twice."""
+
+    async def __aenter__(self) -> BaseStorage:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class BaseTaskQueue(BaseStorage):
+    """A durable queue of tasks with lease-based claims.
+
+    Delivery is at-least-once with exactly one holder at a time: ``claim`` leases a task
+    to one worker; the holder renews the lease while it runs the task and ends it with
+    ``ack`` (a final status), ``retry`` (run again later) or ``release`` (hand back
+    without spending an attempt). A lease that runs out makes the task claimable again.
+    """
+
+    #: True when ``wait`` is woken by the backend itself (no polling needed).
+    notifies: bool = False
+
+    @abstractmethod
+    async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
+        """Store ``tasks`` as given and return their ids in order.
+
+        Idempotent: a task whose id already exists is left unchanged (its id is still
+        returned). Each task is stored atomically; a batch should take as few round
+        trips as the backend allows. Wakes waiting workers.
+        """
+
+    @abstractmethod
+    async def claim(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> list[Task]:
+        """Atomically lease up to ``limit`` claimable tasks from ``queues``.
+
+        Order: higher ``priority`` first, then earlier due time (``due_at``, or the
+        creation time), then enqueue order. Each claimed task becomes ``RUNNING`` with
+        ``worker_id``, ``lease_expires_at = now + lease_seconds`` and ``attempts + 1``;
+        the returned tasks show those values. Two concurrent claims never return the
+        same task.
+        """
+
+    @abstractmethod
+    async def renew(
+        self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
+    ) -> set[str]:
+        """Extend the leases ``worker_id`` still holds; return the ids it still holds."""
+
+    @abstractmethod
+    async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
+        """Move each task its worker still holds to the given final status.
+
+        Returns, per ack, whether it took effect (False when the lease was lost).
+        """
+
+    async def ack(self, task_id: str, worker_id: str, status: TaskStatus, *, now: datetime) -> bool:
+        """Single-task form of :meth:`ack_many`."""
+        return (await self.ack_many([Ack(task_id, worker_id, status)], now=now))[0]
+
+    @abstractmethod
+    async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
+        """Move a held task to ``RETRYING``, claimable again at ``due_at``. Keeps attempts."""
+
+    @abstractmethod
+    async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
+        """Hand back held tasks without spending an attempt (graceful stop).
+
+        Each becomes ``PENDING`` (``RETRYING`` if it had run before) with ``attempts - 1``
+        and no lease. Returns how many were released.
+        """
+
+    @abstractmethod
+    async def transition(
+        self,
+        task_id: str,
+        *,
+        from_statuses: Collection[TaskStatus],
+        to_status: TaskStatus,
+        now: datetime,
+        due_at: datetime | None = None,
+    ) -> Task | None:
+        """Compare-and-set a task's status; return the new task, or None if not in ``from``.
+
+        Used for cancelling waiting tasks, expiring them and releasing dependents. When
+        ``due_at`` is given it replaces the task's due time. Clears any lease.
+        """
+
+    @abstractmethod
+    async def get(self, task_id: str) -> Task | None:
+        """The task as stored, or None."""
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task | None]:
+        """Several tasks, in order (None for unknown ids)."""
+        return [await self.get(task_id) for task_id in task_ids]
+
+    @abstractmethod
+    async def list(
+        self, *, queue: str | None = None, status: TaskStatus | None = None, limit: int = 100
+    ) -> list[Task]:
+        """Tasks, newest first, filtered by queue and status."""
+
+    @abstractmethod
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts per queue and status (``{"default": {"pending": 3}}``); zero counts omitted."""
+
+    @abstractmethod
+    async def dependents(self, task_id: str) -> list[Task]:
+        """Tasks whose ``depends_on`` names ``task_id``."""
+
+    @abstractmethod
+    async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
+        """The earliest time something in ``queues`` becomes claimable, or None.
+
+        Counts due times of waiting tasks and lease expiries of running ones; a time in
+        the past means work is claimable now.
+        """
+
+    @abstractmethod
+    async def delete_finished(self, before: datetime) -> int:
+        """Delete tasks in a final state last updated before ``before``; return how many."""
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until work may have arrived in ``queues`` or ``timeout`` passes.
+
+        Backends that can be notified (Redis blocking pops, LISTEN/NOTIFY, file
+        watches) override this; the default just sleeps. Spurious wake-ups are allowed.
+        """
+        await asyncio.sleep(timeout)
+
+
+class BaseResultStorage(BaseStorage):
+    """Results of tasks in a final state. ``TaskResult.result`` holds encoded bytes here."""
+
+    @abstractmethod
+    async def put_many(self, results: Sequence[TaskResult]) -> None:
+        """Store results (replacing any for the same task id), in as few round trips as possible."""
+
+    async def put(self, result: TaskResult) -> None:
+        """Single-result form of :meth:`put_many`."""
+        await self.put_many([result])
+
+    @abstractmethod
+    async def get(self, task_id: str) -> TaskResult | None:
+        """The stored result, or None (also once it expired)."""
+
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
+        """Block until a result for ``task_id`` exists or ``timeout`` passes.
+
+        The default polls with a short, growing interval; backends that can be notified
+        override it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.002
+        while True:
+            result = await self.get(task_id)
+            if result is not None:
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.1)
+
+    @abstractmethod
+    async def delete_expired(self, now: datetime) -> int:
+        """Delete results whose ``expires_at`` has passed; return how many."""
+
+
+class BaseEventStorage(BaseStorage):
+    """An append-only log of task lifecycle events."""
+
+    @abstractmethod
+    async def append(self, events: Sequence[TaskEvent]) -> None:
+        """Append events; concurrent writers never corrupt each other."""
+
+    @abstractmethod
+    async def get(self, task_id: str) -> list[TaskEvent]:
+        """The task's events, oldest first."""
+
+    @abstractmethod
+    async def delete_before(self, before: datetime) -> int:
+        """Delete events older than ``before``; return how many."""
+
+
+class BaseScheduleStorage(BaseStorage):
+    """Recurring schedules. Firing a tick is a compare-and-set on ``next_run_at``."""
+
+    @abstractmethod
+    async def upsert(self, schedule: Schedule) -> None:
+        """Insert or replace the schedule with this id."""
+
+    @abstractmethod
+    async def get(self, schedule_id: str) -> Schedule | None:
+        """The schedule, or None."""
+
+    @abstractmethod
+    async def list(self) -> list[Schedule]:
+        """All schedules, by id."""
+
+    @abstractmethod
+    async def delete(self, schedule_id: str) -> bool:
+        """Remove a schedule; False if it did not exist."""
+
+    @abstractmethod
+    async def update(self, schedule_id: str, changes: Mapping[str, Any]) -> Schedule | None:
+        """Apply field changes (``paused``, …); return the new schedule or None if unknown."""
+
+    @abstractmethod
+    async def due(self, now: datetime, limit: int = 100) -> list[Schedule]:
+        """Unpaused schedules whose ``next_run_at`` is at or before ``now``."""
+
+    @abstractmethod
+    async def advance(
+        self,
+        schedule_id: str,
+        *,
+        expected_next_run_at: datetime,
+        next_run_at: datetime | None,
+        last_run_at: datetime,
+    ) -> bool:
+        """Claim one tick: if ``next_run_at`` still equals ``expected_next_run_at``, set it
+        to ``next_run_at`` (None: finished), ``last_run_at``, and ``runs + 1``; True if this
+        caller won. Exactly one of several racing workers wins each tick.
+        """

@@ -13,6 +13,7 @@ Every error OmniQ raises derives from :class:`OmniQError`::
     ├── ScheduleError          (also ValueError) a bad cron string, interval or schedule id
     ├── TaskImportError        a ``module:qualname`` that cannot be imported at the worker
     ├── TaskTimeoutError       (also TimeoutError) a task ran past its timeout
+    ├── ResultTimeoutError     (also TimeoutError) ``get_result(wait=True)`` gave up waiting
     ├── DependencyFailedError  a dependency ended FAILED, CANCELLED or EXPIRED
     ├── WorkerError            a worker could not run or stop as asked
     └── SyncInAsyncError       (also RuntimeError) the sync API called inside a running loop
@@ -27,6 +28,7 @@ __all__ = [
     "DependencyFailedError",
     "OmniQError",
     "PayloadSignatureError",
+    "ResultTimeoutError",
     "ScheduleError",
     "SerializationError",
     "StorageConnectionError",
@@ -77,6 +79,10 @@ class TaskImportError(OmniQError):
 
 class TaskTimeoutError(OmniQError, TimeoutError):
     """A task ran longer than its timeout and was stopped."""
+
+
+class ResultTimeoutError(OmniQError, TimeoutError):
+    """``get_result(wait=True, timeout=...)`` found no final result in time."""
 
 
 class DependencyFailedError(OmniQError):

@@ -20,6 +20,7 @@ lease that has run out (its worker is presumed dead). A ``SCHEDULED`` task with
 from __future__ import annotations
 
 import asyncio
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -143,8 +144,9 @@ class BaseTaskQueue(BaseStorage):
     ) -> Task | None:
         """Compare-and-set a task's status; return the new task, or None if not in ``from``.
 
-        Used for cancelling waiting tasks, expiring them and releasing dependents. When
-        ``due_at`` is given it replaces the task's due time. Clears any lease.
+        Used for cancelling tasks, expiring them and releasing dependents. When
+        ``due_at`` is given it replaces the task's due time. Clears any lease. Wakes
+        waiting workers when the task becomes claimable.
         """
 
     @abstractmethod
@@ -166,8 +168,20 @@ class BaseTaskQueue(BaseStorage):
         """Counts per queue and status (``{"default": {"pending": 3}}``); zero counts omitted."""
 
     @abstractmethod
-    async def dependents(self, task_id: str) -> list[Task]:
+    async def dependents(self, task_id: str) -> builtins.list[Task]:
         """Tasks whose ``depends_on`` names ``task_id``."""
+
+    async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
+        """``dependents`` for several ids at once (ids without dependents may be absent).
+
+        Called once per batch of finished tasks; backends override it with one query.
+        """
+        found: dict[str, builtins.list[Task]] = {}
+        for task_id in task_ids:
+            tasks = await self.dependents(task_id)
+            if tasks:
+                found[task_id] = tasks
+        return found
 
     @abstractmethod
     async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
@@ -237,7 +251,7 @@ class BaseEventStorage(BaseStorage):
         """Append events; concurrent writers never corrupt each other."""
 
     @abstractmethod
-    async def get(self, task_id: str) -> list[TaskEvent]:
+    async def get(self, task_id: str) -> builtins.list[TaskEvent]:
         """The task's events, oldest first."""
 
     @abstractmethod
@@ -257,7 +271,7 @@ class BaseScheduleStorage(BaseStorage):
         """The schedule, or None."""
 
     @abstractmethod
-    async def list(self) -> list[Schedule]:
+    async def list(self) -> builtins.list[Schedule]:
         """All schedules, by id."""
 
     @abstractmethod
@@ -269,7 +283,7 @@ class BaseScheduleStorage(BaseStorage):
         """Apply field changes (``paused``, …); return the new schedule or None if unknown."""
 
     @abstractmethod
-    async def due(self, now: datetime, limit: int = 100) -> list[Schedule]:
+    async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
         """Unpaused schedules whose ``next_run_at`` is at or before ``now``."""
 
     @abstractmethod

@@ -1,0 +1,37 @@
+"""Time-ordered task ids (UUID version 7 layout), so ids sort in creation order."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+__all__ = ["new_task_id"]
+
+_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_task_id() -> str:
+    """A new UUIDv7-formatted id: 48-bit milliseconds, 12-bit sequence, 62 random bits.
+
+    Ids made in one process are strictly increasing, which keeps enqueue order visible
+    to backends that sort by id.
+    """
+    global _last_ms, _seq
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _seq += 1
+            if _seq > 0xFFF:
+                _last_ms += 1
+                _seq = 0
+            ms = _last_ms
+        else:
+            _last_ms, _seq = ms, 0
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

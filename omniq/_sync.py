@@ -1,0 +1,185 @@
+"""The one bridge from blocking code to OmniQ's async core.
+
+Every sync class (``OmniQ``, ``WorkerPool``, ``SQLiteQueue``…) runs the coroutines of its
+async twin on a private event loop owned by a :class:`LoopThread`. One loop per sync
+object keeps connections made in one call usable in the next (a fresh loop per call would
+not), and the loop lives on a real OS thread even under gevent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from omniq.errors import SyncInAsyncError
+
+__all__ = ["LoopThread", "ensure_not_in_loop", "sync_twin"]
+
+T = TypeVar("T")
+
+
+def _os_thread_class() -> type[threading.Thread]:
+    """``threading.Thread`` as it was before any gevent monkey-patching."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return threading.Thread
+    if monkey.is_module_patched("threading"):
+        original: type[threading.Thread] = monkey.get_original("threading", "Thread")
+        return original
+    return threading.Thread
+
+
+def ensure_not_in_loop(async_name: str) -> None:
+    """Refuse to block inside a running event loop, pointing to the async class."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise SyncInAsyncError(
+        f"the blocking API cannot be called from inside a running event loop; "
+        f"use {async_name} (await its methods) instead"
+    )
+
+
+class LoopThread:
+    """A private asyncio event loop running on its own daemon thread.
+
+    ``run(coro)`` schedules the coroutine on that loop and blocks until it finishes. The
+    thread starts on first use and ends with :meth:`stop`.
+    """
+
+    def __init__(self, name: str = "omniq-loop", *, async_name: str = "the async API") -> None:
+        self._name = name
+        self._async_name = async_name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The private loop, started if needed."""
+        with self._lock:
+            if self._loop is None or self._thread is None or not self._thread.is_alive():
+                self._start()
+            assert self._loop is not None
+            return self._loop
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+            finally:
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.run_until_complete(loop.shutdown_default_executor())
+                finally:
+                    loop.close()
+
+        thread = _os_thread_class()(target=main, name=self._name, daemon=True)
+        thread.start()
+        ready.wait()
+        self._loop, self._thread = loop, thread
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Schedule ``coro`` on the loop and return a concurrent future at once."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the private loop and block until it returns."""
+        try:
+            ensure_not_in_loop(self._async_name)
+            if threading.current_thread() is self._thread:
+                raise SyncInAsyncError(
+                    f"the blocking API was called from its own loop thread; use {self._async_name}"
+                )
+        except BaseException:
+            coro.close()
+            raise
+        future = self.submit(coro)
+        try:
+            return future.result()
+        except BaseException:
+            # KeyboardInterrupt while blocked: stop the coroutine rather than leak it.
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        """Stop the loop and join its thread. Safe to call twice."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+
+def _blocking_method(name: str, async_method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(async_method)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._runner.run(getattr(self._async, name)(*args, **kwargs))
+
+    return method
+
+
+def sync_twin(async_cls: type, name: str) -> type:
+    """Generate the blocking twin of an async storage class.
+
+    The twin takes the same constructor arguments, exposes every public coroutine
+    method as a blocking method with the same signature and docstring, and works as a
+    context manager (``connect``/``close``). Other public attributes are read through.
+    """
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        self._async = async_cls(*args, **kwargs)
+        self._runner = LoopThread(f"omniq-{name}", async_name=async_cls.__name__)
+
+    def __getattr__(self: Any, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self._async, attr)
+
+    def __enter__(self: Any) -> Any:
+        self.connect()
+        return self
+
+    def __exit__(self: Any, *exc: object) -> None:
+        self.close()
+
+    namespace: dict[str, Any] = {
+        "__init__": __init__,
+        "__getattr__": __getattr__,
+        "__enter__": __enter__,
+        "__exit__": __exit__,
+        "__doc__": f"Blocking twin of :class:`{async_cls.__name__}`.\n\n{async_cls.__doc__ or ''}",
+        "__module__": async_cls.__module__,
+        "async_class": async_cls,
+    }
+    for attr, value in inspect.getmembers(async_cls):
+        if not attr.startswith("_") and inspect.iscoroutinefunction(value):
+            namespace[attr] = _blocking_method(attr, value)
+
+    close = namespace.get("close")
+    if close is not None:
+
+        def close_and_stop(self: Any) -> None:
+            try:
+                close(self)
+            finally:
+                self._runner.stop()
+
+        close_and_stop.__doc__ = close.__doc__
+        namespace["close"] = close_and_stop
+    return type(name, (), namespace)

@@ -1,0 +1,457 @@
+"""Settings: one frozen value built from defaults, a YAML file, the environment and code.
+
+Layers, later wins: defaults < YAML (``config_file``, else the path in ``OMNIQ_CONFIG``) <
+environment (``OMNIQ_`` + the upper-case field name) < keyword arguments in code::
+
+    settings = Settings.load(max_workers=4)        # all four layers
+    settings = Settings.from_yaml("omniq.yaml")    # defaults < that file
+    settings = Settings.from_env()                 # defaults < os.environ
+    faster = settings.replace(poll_interval="250ms")
+
+Every value is converted and checked where it is read, so a bad one raises
+:class:`~omniq.errors.ConfigError` naming its source, the field, the value (never the
+secret key's) and the expected form::
+
+    environment variable OMNIQ_MAX_WORKERS='abc': expected an integer >= 1
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from omniq.errors import ConfigError
+
+__all__ = ["ConfigProvider", "EnvConfig", "LoggingConfig", "Settings", "parse_duration"]
+
+ENV_PREFIX = "OMNIQ_"
+CONFIG_ENV_VAR = "OMNIQ_CONFIG"
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+StorageComponent = Literal["task_queue", "result_storage", "event_storage"]
+_COMPONENTS: tuple[str, ...] = ("task_queue", "result_storage", "event_storage")
+
+# Source markers; any other source string is a config file description.
+_ENV = "environment"
+_ARG = "argument"
+# Values never echoed in an error message: storage_options may carry cloud credentials.
+_HIDDEN = frozenset({"secret_key", "storage_options"})
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_FORM = "a number of seconds or a string like '30s', '5m', '2h', '1d', '250ms'"
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
+
+# field -> (kind, argument). A trailing "?" makes the kind optional (None allowed); "upper"
+# and "lower" are case-insensitive choices among the argument, stored in that case; the
+# argument of "int" is its minimum, of "duration" whether 0 is excluded.
+_RULES: dict[str, tuple[str, Any]] = {
+    "base_dir": ("text", None),
+    "log_level": ("upper", _LEVELS),
+    "task_queue_type": ("lower", _BACKENDS),
+    "result_storage_type": ("lower", _BACKENDS),
+    "event_storage_type": ("lower", (*_BACKENDS, "none")),
+    "task_queue_url": ("text?", None),
+    "result_storage_url": ("text?", None),
+    "event_storage_url": ("text?", None),
+    "redis_url": ("text", None),
+    "postgres_url": ("text", None),
+    "nats_url": ("text", None),
+    "default_worker": ("lower", ("async", "thread", "process", "gevent")),
+    "max_workers": ("int", 1),
+    "default_queue": ("text", None),
+    "task_ttl": ("duration?", True),
+    "result_ttl": ("duration?", True),
+    "event_ttl": ("duration?", True),
+    "lease_seconds": ("duration", True),
+    "max_retries": ("int", 0),
+    "retry_delay": ("duration", False),
+    "retry_max_delay": ("duration", False),
+    "task_timeout": ("duration?", True),
+    "serializer": ("lower", ("auto", "msgspec", "dill")),
+    "secret_key": ("text?", None),
+    "storage_options": ("mapping", None),
+    "namespace": ("name", None),
+    "shutdown_timeout": ("duration", False),
+    "poll_interval": ("duration", True),
+    "event_flush_interval": ("duration", False),
+    "event_batch_size": ("int", 1),
+    "sqlite_synchronous": ("upper", ("FULL", "NORMAL")),
+}
+
+
+class _Invalid(Exception):
+    """A value was rejected; the caller words the message with its source."""
+
+
+def _seconds(value: Any) -> float:
+    try:
+        if isinstance(value, timedelta):
+            seconds = value.total_seconds()
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+            seconds = float(match[1]) * _UNIT_SECONDS[(match[2] or "s").lower()]
+        else:
+            raise _Invalid
+    except OverflowError:
+        raise _Invalid from None
+    if not math.isfinite(seconds):
+        raise _Invalid
+    return seconds
+
+
+def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
+    """``value`` converted for a field of ``kind``; ``from_text`` for environment strings."""
+    if kind.endswith("?"):
+        nulls = ("", "none", "null") if kind == "duration?" else ("",)
+        if value is None or (from_text and value.strip().lower() in nulls):
+            return None
+        kind = kind[:-1]
+    if kind in ("upper", "lower") and isinstance(value, str):
+        value = value.strip().upper() if kind == "upper" else value.strip().lower()
+        if value in arg:
+            return value
+    elif isinstance(value, str) and (
+        (kind == "text" and value.strip()) or (kind == "name" and _NAME_RE.fullmatch(value))
+    ):
+        return value
+    elif kind == "duration":
+        seconds = _seconds(value)
+        if seconds > 0 or (seconds == 0 and not arg):
+            return seconds
+    elif kind == "int":
+        if from_text:
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise _Invalid from None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= arg:
+            return value
+    elif kind == "mapping":
+        if from_text:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise _Invalid from None
+        if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    raise _Invalid
+
+
+def _expected(kind: str, arg: Any) -> str:
+    forms = {
+        "text": "a non-empty string",
+        "name": "letters, digits and underscores, starting with a letter",
+        "int": f"an integer >= {arg}",
+        "duration": f"a duration {'>' if arg else '>='} 0 ({_DURATION_FORM})",
+        "mapping": "a mapping with string keys (a JSON object in the environment)",
+    }
+    form = forms.get(kind.rstrip("?")) or "one of " + ", ".join(repr(o) for o in arg)
+    if kind == "duration?":
+        return form + ", or none ('none', 'null' or '' in the environment)"
+    return form + ", or none" if kind.endswith("?") else form
+
+
+def _label(source: str, name: str) -> str:
+    if source == _ENV:
+        return f"environment variable {ENV_PREFIX}{name.upper()}"
+    if source == _ARG:
+        return f"argument {name}"
+    return f"{source}: {name}"
+
+
+def _convert(name: str, value: Any, *, source: str, from_text: bool = False) -> Any:
+    kind, arg = _RULES[name]
+    from_text = from_text and isinstance(value, str)
+    try:
+        return _check(kind, arg, value, from_text)
+    except _Invalid:
+        shown = "<hidden>" if name in _HIDDEN else repr(value)
+        expected = _expected(kind, arg)
+        raise ConfigError(f"{_label(source, name)}={shown}: expected {expected}") from None
+
+
+def _unknown(source: str, key: object) -> ConfigError:
+    close = difflib.get_close_matches(str(key), list(_RULES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{_label(source, str(key))}: unknown setting{hint}")
+
+
+def parse_duration(value: str | float | timedelta, *, field: str) -> float:
+    """Seconds in ``value``: a number, ``timedelta`` or a string like ``"30s"`` or ``"1.5h"``.
+
+    >>> parse_duration("5m", field="lease_seconds")
+    300.0
+
+    Raises ConfigError naming ``field`` for anything else (negative values included).
+    """
+    try:
+        return float(_check("duration", False, value, False))
+    except _Invalid:
+        raise ConfigError(f"{field}={value!r}: expected {_expected('duration', False)}") from None
+
+
+def _read_yaml(path: str | os.PathLike[str], *, via: str = "") -> tuple[str, dict[str, Any]]:
+    """(source description, converted values) of a flat YAML mapping of field names."""
+    source = f"config file {os.path.abspath(os.fspath(path))}{via}"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot be read ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: is not valid YAML ({exc})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of setting names at top level, got {type(data).__name__}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _RULES:
+            raise _unknown(source, key)
+        values[key] = _convert(key, value, source=source)
+    return source, values
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every OmniQ setting, checked on construction (a bad value raises ConfigError).
+
+    Build it with :meth:`load` (defaults < YAML < environment < arguments), or directly:
+
+    >>> Settings(max_workers=4, task_queue_type="redis").max_workers
+    4
+
+    Durations (``*_ttl``, ``*_delay``, ``*_timeout``, ``*_interval``, ``lease_seconds``) are
+    seconds and also accept ``timedelta`` or strings like ``"30s"``; the optional ones take
+    ``None`` for "never". ``*_type`` picks a backend under ``base_dir`` or at ``redis_url``
+    / ``postgres_url`` / ``nats_url``; an explicit ``*_url`` wins (see :meth:`storage_url`).
+    ``namespace`` isolates applications sharing a server (key prefix, schema, stream).
+    ``poll_interval`` is the longest idle sleep where a backend cannot notify.
+    """
+
+    base_dir: str = ".omniq"
+    log_level: str = "WARNING"
+    task_queue_type: str = "sqlite"
+    result_storage_type: str = "sqlite"
+    event_storage_type: str = "sqlite"
+    task_queue_url: str | None = None
+    result_storage_url: str | None = None
+    event_storage_url: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    nats_url: str = "nats://127.0.0.1:4222"
+    default_worker: str = "async"
+    max_workers: int = 10
+    default_queue: str = "default"
+    task_ttl: float | None = None
+    result_ttl: float | None = 86400.0
+    event_ttl: float | None = 604800.0
+    lease_seconds: float = 30.0
+    max_retries: int = 0
+    retry_delay: float = 1.0
+    retry_max_delay: float = 300.0
+    task_timeout: float | None = None
+    serializer: str = "auto"
+    secret_key: str | None = None
+    storage_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    namespace: str = "omniq"
+    shutdown_timeout: float = 30.0
+    poll_interval: float = 1.0
+    event_flush_interval: float = 0.05
+    event_batch_size: int = 500
+    sqlite_synchronous: str = "FULL"
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            converted = _convert(name, value, source=_ARG)
+            if converted is not value:
+                msgspec.structs.force_setattr(self, name, converted)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={'<hidden>' if name == 'secret_key' and value else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"Settings({fields})"
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from defaults < YAML < environment < ``overrides``.
+
+        The YAML file is ``config_file``, else the path in ``OMNIQ_CONFIG`` if set;
+        ``environ`` defaults to ``os.environ``.
+        """
+        return ConfigProvider(
+            config_file=config_file, environ=environ, overrides=overrides
+        ).settings()
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Settings:
+        """Settings from defaults < the YAML file at ``path`` (flat field names at top level)."""
+        return cls(**_read_yaml(path)[1])
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from defaults < ``OMNIQ_*`` variables (``OMNIQ_CONFIG`` is not read)."""
+        return cls(**EnvConfig(environ).values())
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied, checked like the constructor."""
+        for key in changes:
+            if key not in _RULES:
+                raise _unknown(_ARG, key)
+        return msgspec.structs.replace(self, **changes)
+
+    def storage_url(self, component: StorageComponent) -> str | None:
+        """The URL of a storage component: its ``*_url`` if set, else derived from ``*_type``.
+
+        ``sqlite`` -> ``sqlite:///<abs base_dir>/omniq.db``; ``file`` ->
+        ``file://<abs base_dir>/<component>``; ``memory`` -> ``memory://omniq/<component>``;
+        ``redis``/``postgres``/``nats`` -> that server URL; ``none`` -> ``None``. A relative
+        ``base_dir`` is resolved against the current directory at call time.
+        """
+        if component not in _COMPONENTS:
+            raise ConfigError(f"argument component={component!r}: expected one of {_COMPONENTS}")
+        url: str | None = getattr(self, f"{component}_url")
+        if url is not None:
+            return url
+        kind: str = getattr(self, f"{component}_type")
+        base = os.path.abspath(os.path.expanduser(self.base_dir))
+        derived = {
+            "sqlite": f"sqlite:///{os.path.join(base, 'omniq.db')}",
+            "file": f"file://{base}/{component}",
+            "memory": f"memory://omniq/{component}",
+            "redis": self.redis_url,
+            "postgres": self.postgres_url,
+            "nats": self.nats_url,
+        }
+        return derived.get(kind)
+
+
+class EnvConfig:
+    """The settings found in ``OMNIQ_*`` variables of a mapping (default ``os.environ``).
+
+    >>> EnvConfig({"OMNIQ_MAX_WORKERS": "4", "OMNIQ_TASK_TTL": "1h"}).values()
+    {'max_workers': 4, 'task_ttl': 3600.0}
+
+    Unknown ``OMNIQ_*`` variables are ignored; ``OMNIQ_CONFIG`` names a YAML file.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+
+    @property
+    def config_file(self) -> str | None:
+        """The YAML path in ``OMNIQ_CONFIG``, or None when unset or empty."""
+        return self._environ.get(CONFIG_ENV_VAR) or None
+
+    def values(self) -> dict[str, Any]:
+        """Converted field values; a bad one raises ConfigError naming its variable."""
+        found: dict[str, Any] = {}
+        for name in _RULES:
+            var = ENV_PREFIX + name.upper()
+            if var in self._environ:
+                found[name] = _convert(name, self._environ[var], source=_ENV, from_text=True)
+        return found
+
+
+class ConfigProvider:
+    """Composes defaults < YAML < environment < overrides into :class:`Settings`.
+
+    Each layer is converted as it is read, so an error names the layer it came from;
+    :meth:`sources` tells which layer supplied each value.
+    """
+
+    def __init__(
+        self,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._config_file = config_file
+        self._env = EnvConfig(environ)
+        self._overrides = dict(overrides or {})
+
+    def _compose(self) -> tuple[dict[str, Any], dict[str, str]]:
+        layers: list[tuple[str, dict[str, Any]]] = []
+        if self._config_file is not None:
+            layers.append(_read_yaml(self._config_file))
+        elif (path := self._env.config_file) is not None:
+            layers.append(_read_yaml(path, via=f" (from {CONFIG_ENV_VAR})"))
+        layers.append((_ENV, self._env.values()))
+        arguments: dict[str, Any] = {}
+        for key, value in self._overrides.items():
+            if key not in _RULES:
+                raise _unknown(_ARG, key)
+            arguments[key] = _convert(key, value, source=_ARG)
+        layers.append((_ARG, arguments))
+
+        values: dict[str, Any] = {}
+        sources = dict.fromkeys(_RULES, "default")
+        for source, layer in layers:
+            values.update(layer)
+            for name in layer:
+                sources[name] = _label(source, name)
+        return values, sources
+
+    def settings(self) -> Settings:
+        """The composed settings; raises ConfigError naming the source of a bad value."""
+        return Settings(**self._compose()[0])
+
+    def sources(self) -> dict[str, str]:
+        """Where each field's value comes from: ``"default"``, ``"argument x"``,
+        ``"environment variable OMNIQ_X"`` or ``"config file /path: x"``."""
+        return self._compose()[1]
+
+
+class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Level and format of the ``omniq`` logger (library logs, never task events).
+
+    >>> LoggingConfig(level="info").apply()
+
+    :meth:`apply` never touches the root logger and is idempotent.
+    """
+
+    level: str = "WARNING"
+    fmt: str = DEFAULT_LOG_FORMAT
+
+    def __post_init__(self) -> None:
+        level = _convert("log_level", self.level, source=_ARG)
+        msgspec.structs.force_setattr(self, "level", level)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoggingConfig:
+        """The logging configuration ``settings.log_level`` asks for."""
+        return cls(level=settings.log_level)
+
+    def apply(self) -> None:
+        """Set the ``omniq`` logger's level; add one stderr handler if it has none yet."""
+        logger = logging.getLogger("omniq")
+        logger.setLevel(self.level)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(self.fmt))
+            logger.addHandler(handler)

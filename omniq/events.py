@@ -1,0 +1,187 @@
+"""Task lifecycle events: logged without blocking, written in batches, read back in order.
+
+:class:`AsyncEventLogger` buffers events in memory and a background task writes them to
+the event storage in batches, so logging costs the hot path an append to a list. Events
+are visible within ``flush_interval`` (default 50 ms) and always after ``flush()`` or
+``close()``. With no storage the logger is off and ``log`` does nothing.
+
+Library logging (the ``omniq`` logger) is separate and never receives task events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from omniq._sync import sync_twin
+from omniq.models import EventType, TaskEvent
+from omniq.storage.base import BaseEventStorage
+
+__all__ = ["AsyncEventLogger", "AsyncEventProcessor", "EventLogger", "EventProcessor"]
+
+logger = logging.getLogger("omniq.events")
+
+EventHandler = Callable[[TaskEvent], None]
+
+# Past this many unwritten events (storage down for long) the oldest are dropped, loudly,
+# rather than growing without bound.
+_MAX_BUFFER = 100_000
+
+
+class AsyncEventLogger:
+    """Buffers task events and writes them to ``storage`` in the background.
+
+    Example::
+
+        events = AsyncEventLogger(storage)
+        events.log(TaskEvent(task_id=tid, event_type=EventType.ENQUEUED))
+        await events.flush()
+    """
+
+    def __init__(
+        self,
+        storage: BaseEventStorage | None,
+        *,
+        flush_interval: float = 0.05,
+        batch_size: int = 500,
+    ) -> None:
+        self.storage = storage
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self._buffer: list[TaskEvent] = []
+        self._handlers: list[EventHandler] = []
+        self._wakeup: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._write_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    @property
+    def enabled(self) -> bool:
+        """False when events are switched off (no storage)."""
+        return self.storage is not None
+
+    def add_handler(self, handler: EventHandler) -> None:
+        """Call ``handler(event)`` in-process for every event logged here."""
+        self._handlers.append(handler)
+
+    def log(self, event: TaskEvent) -> None:
+        """Queue ``event`` for writing; never blocks and never raises for storage errors."""
+        for handler in self._handlers:
+            try:
+                handler(event)
+            except Exception:
+                logger.exception("event handler %r failed", handler)
+        if self.storage is None or self._closed:
+            return
+        self._buffer.append(event)
+        self._kick(len(self._buffer) >= self.batch_size)
+
+    def log_many(self, events: Iterable[TaskEvent]) -> None:
+        """Queue several events."""
+        for event in events:
+            self.log(event)
+
+    def _kick(self, now: bool) -> None:
+        if self._flusher is None or self._flusher.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # written by the next flush() or close()
+            self._wakeup = asyncio.Event()
+            self._flusher = loop.create_task(self._run(), name="omniq-event-flusher")
+        if now and self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        while self._buffer:
+            if self.flush_interval > 0 and len(self._buffer) < self.batch_size:
+                try:
+                    await asyncio.wait_for(wakeup.wait(), self.flush_interval)
+                except TimeoutError:
+                    pass
+            wakeup.clear()
+            await self._write_some()
+
+    async def _write_some(self) -> None:
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock:
+            if not self._buffer or self.storage is None:
+                return
+            batch, self._buffer = self._buffer, []
+            try:
+                await self.storage.append(batch)
+            except Exception as exc:
+                # Keep them for the next attempt; events must not break task processing.
+                self._buffer[:0] = batch
+                if len(self._buffer) > _MAX_BUFFER:
+                    dropped = len(self._buffer) - _MAX_BUFFER
+                    del self._buffer[:dropped]
+                    logger.error("event storage unavailable: dropped %d oldest events", dropped)
+                logger.warning("writing %d events failed: %s", len(batch), exc)
+                await asyncio.sleep(min(1.0, max(self.flush_interval, 0.05)))
+
+    async def flush(self) -> None:
+        """Write every buffered event now."""
+        while self._buffer and self.storage is not None:
+            before = len(self._buffer)
+            await self._write_some()
+            if len(self._buffer) >= before:
+                break  # storage is failing; the background task keeps trying
+
+    async def close(self) -> None:
+        """Flush and stop the background writer. Later events are ignored."""
+        await self.flush()
+        self._closed = True
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        self._flusher = None
+
+
+class AsyncEventProcessor:
+    """Reads and summarises the event log.
+
+    Example::
+
+        timeline = await AsyncEventProcessor(storage).get(task_id)
+    """
+
+    def __init__(self, storage: BaseEventStorage | None) -> None:
+        self.storage = storage
+
+    async def get(self, task_id: str) -> list[TaskEvent]:
+        """The task's events, oldest first (``[]`` when events are off)."""
+        if self.storage is None:
+            return []
+        return await self.storage.get(task_id)
+
+    async def counts(self, task_ids: Sequence[str]) -> dict[EventType, int]:
+        """How many events of each type the given tasks logged."""
+        counter: Counter[EventType] = Counter()
+        for task_id in task_ids:
+            counter.update(event.event_type for event in await self.get(task_id))
+        return dict(counter)
+
+    async def timeline(self, task_id: str) -> list[str]:
+        """One readable line per event of the task."""
+        lines = []
+        for event in await self.get(task_id):
+            who = f" on {event.worker_id}" if event.worker_id else ""
+            note = f": {event.message}" if event.message else ""
+            lines.append(
+                f"{event.timestamp.isoformat(timespec='milliseconds')} "
+                f"{event.event_type.value:<9} attempt {event.attempt}{who}{note}"
+            )
+        return lines
+
+
+EventLogger = sync_twin(AsyncEventLogger, "EventLogger")
+EventProcessor = sync_twin(AsyncEventProcessor, "EventProcessor")

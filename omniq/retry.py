@@ -1,0 +1,51 @@
+"""Retry decisions as pure functions, and the ``Retry`` signal task authors raise."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+__all__ = ["Retry", "backoff_delay", "has_attempts_left", "to_seconds"]
+
+
+class Retry(Exception):  # noqa: N818 - a signal, not an error; named as SPEC §2 names it
+    """Raise inside a task to ask for another run, after ``delay`` seconds if given.
+
+    The run still counts as an attempt; when none are left the task ends ``FAILED``.
+    """
+
+    def __init__(self, delay: float | timedelta | None = None, message: str = "") -> None:
+        super().__init__(message or "retry requested")
+        self.delay = None if delay is None else to_seconds(delay)
+
+
+def to_seconds(value: float | timedelta) -> float:
+    """Seconds from a number or a ``timedelta``."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def has_attempts_left(attempts: int, max_retries: int) -> bool:
+    """True if a task that has run ``attempts`` times may run again."""
+    return attempts < 1 + max_retries
+
+
+def backoff_delay(
+    retry_number: int,
+    *,
+    base: float,
+    cap: float,
+    jitter: float = 0.1,
+    rng: random.Random | None = None,
+) -> float:
+    """Delay before the ``retry_number``-th retry (1-based): ``base * 2**(n-1)``, capped.
+
+    Jitter only adds (up to ``jitter`` of the delay), so a retry never comes early;
+    the cap bounds the result including jitter.
+    """
+    if retry_number < 1:
+        raise ValueError("retry_number starts at 1")
+    delay = min(cap, base * 2 ** (retry_number - 1))
+    spread = float((rng or random).random()) * jitter * delay
+    return min(cap, delay + spread) if cap >= delay else delay

@@ -1,1 +1,52 @@
-"""OmniQ."""
+"""OmniQ: an async-first Python task queue with a native sync API.
+
+One API over SQLite (the embedded default), files via fsspec, Redis, PostgreSQL and
+NATS; the task queue, results and event log can each live on their own backend.
+
+Example::
+
+    from omniq import OmniQ
+
+    with OmniQ() as oq:
+        task_id = oq.enqueue("mypkg.tasks:resize", "cat.png")
+        oq.worker().run(burst=True)
+        print(oq.get_result(task_id).result)
+"""
+
+from omniq.config import Settings
+from omniq.core import AsyncOmniQ, AsyncTaskFunction
+from omniq.errors import OmniQError
+from omniq.models import (
+    ErrorInfo,
+    EventType,
+    Schedule,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+from omniq.retry import Retry
+from omniq.sync import OmniQ, TaskFunction
+from omniq.workers import AsyncWorkerPool, WorkerPool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncOmniQ",
+    "AsyncTaskFunction",
+    "AsyncWorkerPool",
+    "ErrorInfo",
+    "EventType",
+    "OmniQ",
+    "OmniQError",
+    "Retry",
+    "Schedule",
+    "Settings",
+    "Task",
+    "TaskEvent",
+    "TaskFunction",
+    "TaskResult",
+    "TaskStatus",
+    "WorkerPool",
+    "__version__",
+]

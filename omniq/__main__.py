@@ -1,0 +1,7 @@
+"""``python -m omniq``: the command line."""
+
+import sys
+
+from omniq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""The file backend bundle: one filesystem per URL, four components in subdirectories.
+
+URLs: ``file:///abs/dir`` or a plain path (relative to the current directory),
+``memory://name``, ``s3://bucket/prefix``, ``az://container/prefix``,
+``abfs://container/prefix``, ``gs://bucket/prefix``. ``storage_options`` from the
+settings go to the fsspec driver of remote filesystems (credentials, ``endpoint_url``…).
+See :mod:`omniq.storage.file` for the layout and what is safe on which filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from omniq.backend.base import Backend
+from omniq.errors import ConfigError, StorageConnectionError
+from omniq.storage._file_fs import (
+    FsspecStore,
+    LocalStore,
+    Location,
+    MemoryStore,
+    Store,
+    driver_class,
+    filesystem_for,
+    parse_location,
+    translate_errors,
+)
+from omniq.storage.file import (
+    AsyncFileEventStorage,
+    AsyncFileQueue,
+    AsyncFileResultStorage,
+    AsyncFileScheduleStorage,
+)
+
+__all__ = ["FileBackend"]
+
+_SUBDIRS = ("tasks", "results", "events", "schedules")
+
+
+class FileBackend(Backend):
+    """Task queue, results, events and schedules under one fsspec URL.
+
+    Each component lives in its own subdirectory of the URL's root (``tasks/``,
+    ``results/``, ``events/``, ``schedules/``) and shares the one filesystem client,
+    which opens with the first component connected and closes with the last.
+
+    Example::
+
+        backend = FileBackend("file:///var/lib/omniq", settings)
+        queue = backend.task_queue()
+        await queue.connect()
+    """
+
+    def __init__(self, url: str, settings: Any) -> None:
+        super().__init__(url, settings)
+        self.location: Location = parse_location(url)
+        options = getattr(settings, "storage_options", None) or {}
+        if not isinstance(options, dict):
+            raise ConfigError(
+                f"setting storage_options={type(options).__name__}: expected a mapping"
+            )
+        self._options: dict[str, Any] = dict(options)
+        if not self.location.is_local:
+            driver_class(self.location)  # a missing driver fails here, naming the extra
+        self._fs: Any = None
+        self._session: Any = None
+        self._stores: dict[str, Store] = {}
+        self._components: dict[str, Any] = {}
+
+    async def _open(self) -> None:
+        location = self.location
+        if location.is_local:
+            self._stores = {sub: LocalStore(f"{location.root}/{sub}") for sub in _SUBDIRS}
+        else:
+            fs = filesystem_for(location, self._options)
+            if location.protocol == "memory":
+                self._stores = {sub: MemoryStore(fs, f"{location.root}/{sub}") for sub in _SUBDIRS}
+            else:
+                await self._connect_remote(fs)
+                self._stores = {sub: FsspecStore(fs, f"{location.root}/{sub}") for sub in _SUBDIRS}
+            self._fs = fs
+        for store in self._stores.values():
+            await store.open()
+
+    async def _connect_remote(self, fs: Any) -> None:
+        set_session = getattr(fs, "set_session", None)
+        with translate_errors(f"connect to {self.location.url}"):
+            if set_session is not None:
+                self._session = await set_session()
+            bucket = self.location.root.split("/", 1)[0]
+            exists = (
+                await fs._exists(bucket)
+                if getattr(fs, "async_impl", False)
+                else await asyncio.to_thread(fs.exists, bucket)
+            )
+        if not exists:
+            raise StorageConnectionError(
+                f"file backend: bucket or container {bucket!r} of {self.location.url!r} "
+                "does not exist (create it first)"
+            )
+
+    async def _close(self) -> None:
+        session, self._session = self._session, None
+        self._fs = None
+        self._stores = {}
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close()
+
+    def store(self, subdir: str) -> Store:
+        """The store of one component's subdirectory (the backend must be connected)."""
+        store = self._stores.get(subdir)
+        if store is None:
+            raise StorageConnectionError(f"file backend {self.url!r} is not connected")
+        return store
+
+    def _component(self, name: str, cls: type[Any]) -> Any:
+        component = self._components.get(name)
+        if component is None:
+            component = self._components[name] = cls(backend=self)
+        return component
+
+    def task_queue(self) -> AsyncFileQueue:
+        """The task queue (``tasks/``)."""
+        queue: AsyncFileQueue = self._component("tasks", AsyncFileQueue)
+        return queue
+
+    def result_storage(self) -> AsyncFileResultStorage:
+        """The result storage (``results/``)."""
+        results: AsyncFileResultStorage = self._component("results", AsyncFileResultStorage)
+        return results
+
+    def event_storage(self) -> AsyncFileEventStorage:
+        """The event storage (``events/``)."""
+        events: AsyncFileEventStorage = self._component("events", AsyncFileEventStorage)
+        return events
+
+    def schedule_storage(self) -> AsyncFileScheduleStorage:
+        """The schedule storage (``schedules/``)."""
+        schedules: AsyncFileScheduleStorage = self._component("schedules", AsyncFileScheduleStorage)
+        return schedules

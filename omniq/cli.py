@@ -1,0 +1,296 @@
+"""The ``omniq`` command line: worker, enqueue, status, events, schedules, stats, cleanup, demo.
+
+Errors print as one line (``omniq: error: …``) with a non-zero exit code, never as a
+traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG`` and
+``OMNIQ_LOG_LEVEL`` before the app is imported, so they reach settings the app builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from omniq.errors import ConfigError, OmniQError
+
+__all__ = ["load_app", "main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def load_app(spec: str) -> Any:
+    """Import ``package.module:attribute`` and return the ``AsyncOmniQ`` it names.
+
+    An ``OmniQ`` (sync) app is accepted too: its async client is used.
+    """
+    from omniq.core import AsyncOmniQ
+    from omniq.sync import OmniQ
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--app {spec!r}: expected 'package.module:attribute'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"--app {spec!r}: module {module_name!r} has no {attr!r}") from None
+    if isinstance(app, OmniQ):
+        return app.async_client
+    if isinstance(app, AsyncOmniQ):
+        return app
+    raise ConfigError(f"--app {spec!r}: expected an OmniQ or AsyncOmniQ, got {type(app).__name__}")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from omniq.core import AsyncOmniQ
+
+    return load_app(args.app) if args.app else AsyncOmniQ()
+
+
+# -- worker ------------------------------------------------------------------------------
+
+
+async def _run_worker(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    pool = oq.worker(
+        worker_type=args.worker_type, concurrency=args.concurrency, queues=args.queues
+    )
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+    stopper: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        # First signal: graceful (finish within shutdown_timeout). Second: at once,
+        # still handing the leases back.
+        timeout = None if signals_seen == 1 else 0.0
+        stopper.append(loop.create_task(pool.stop(timeout)))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with oq:
+            await pool.run(burst=args.burst)
+            if stopper:
+                await asyncio.gather(*stopper, return_exceptions=True)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return EXIT_OK
+
+
+# -- one-shot commands ------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+async def _enqueue(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    kwargs = json.loads(args.kwargs) if args.kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError("--kwargs: expected a JSON object")
+    async with oq:
+        task_id = await oq.submit(
+            args.func,
+            [_parse_value(a) for a in args.args],
+            kwargs,
+            queue=args.queue,
+            priority=args.priority,
+            delay=args.delay,
+            max_retries=args.max_retries,
+            timeout=args.timeout,
+        )
+    print(task_id)
+    return EXIT_OK
+
+
+async def _status(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    async with oq:
+        task = await oq.get_task(args.task_id)
+        result = await oq.get_result(args.task_id, wait=args.wait, timeout=args.timeout)
+    if task is None and result is None:
+        raise OmniQError(f"no task {args.task_id}")
+    if task is not None:
+        print(f"task      {task.id}")
+        print(f"function  {task.func}")
+        print(f"queue     {task.queue}")
+        print(f"status    {task.status.value}")
+        print(f"attempts  {task.attempts}")
+    if result is not None:
+        if result.error is not None:
+            print(f"error     {result.error.type}: {result.error.message}")
+        else:
+            print(f"result    {result.result!r}")
+    return EXIT_OK
+
+
+async def _events(args: argparse.Namespace) -> int:
+    from omniq.events import AsyncEventProcessor
+
+    oq = _client(args)
+    async with oq:
+        lines = await AsyncEventProcessor(oq.event_storage).timeline(args.task_id)
+    if not lines:
+        raise OmniQError(f"no events for task {args.task_id}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+async def _schedules(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    async with oq:
+        for action in ("pause", "resume", "remove"):
+            target = getattr(args, action)
+            if target:
+                ok = await getattr(oq, f"{action}_schedule")(target)
+                if not ok:
+                    raise OmniQError(f"no schedule {target}")
+                print(f"{action}d {target}" if action != "pause" else f"paused {target}")
+                return EXIT_OK
+        schedules = await oq.list_schedules()
+    if not schedules:
+        print("no schedules")
+    for s in schedules:
+        rule = f"cron {s.cron!r} ({s.timezone})" if s.cron else f"every {s.interval} s"
+        state = "paused" if s.paused else "active"
+        when = s.next_run_at.isoformat() if s.next_run_at else "-"
+        print(f"{s.id}  {s.task.func}  {rule}  {state}  runs={s.runs}  next={when}")
+    return EXIT_OK
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    async with oq:
+        stats = await oq.stats()
+    if not stats:
+        print("no tasks")
+    for queue, counts in sorted(stats.items()):
+        print(f"{queue}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return EXIT_OK
+
+
+async def _cleanup(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    async with oq:
+        counts = await oq.cleanup()
+    print(", ".join(f"{k}: {v} removed" for k, v in counts.items()))
+    return EXIT_OK
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from omniq.demo import run_demo
+
+    await run_demo()
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omniq", description="OmniQ task queue")
+    parser.add_argument("--config", help="YAML settings file (sets OMNIQ_CONFIG)")
+    parser.add_argument("--log-level", help="library log level (sets OMNIQ_LOG_LEVEL)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str, app: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        if app:
+            p.add_argument(
+                "--app",
+                default=os.environ.get("OMNIQ_APP"),
+                help="package.module:attribute of your OmniQ/AsyncOmniQ (default: settings)",
+            )
+        p.add_argument("--config", help=argparse.SUPPRESS, dest="sub_config")
+        p.add_argument("--log-level", help=argparse.SUPPRESS, dest="sub_log_level")
+        return p
+
+    w = command("worker", "run a worker until SIGTERM/SIGINT")
+    w.add_argument("--queues", help="comma-separated queue names (default: default_queue)")
+    w.add_argument("--concurrency", type=int, help="tasks at once (default: max_workers)")
+    w.add_argument("--worker-type", choices=["async", "thread", "process", "gevent"])
+    w.add_argument("--burst", action="store_true", help="exit once nothing is left to run")
+    w.set_defaults(handler=_run_worker)
+
+    e = command("enqueue", "enqueue package.module:function with JSON arguments")
+    e.add_argument("func")
+    e.add_argument("args", nargs="*", help="positional arguments (JSON, else strings)")
+    e.add_argument("--kwargs", help="keyword arguments as a JSON object")
+    e.add_argument("--queue")
+    e.add_argument("--priority", type=int, default=0)
+    e.add_argument("--delay", type=float)
+    e.add_argument("--max-retries", type=int)
+    e.add_argument("--timeout", type=float)
+    e.set_defaults(handler=_enqueue)
+
+    s = command("status", "show a task's status and result")
+    s.add_argument("task_id")
+    s.add_argument("--wait", action="store_true", help="wait for a final result")
+    s.add_argument("--timeout", type=float, help="with --wait: give up after this long")
+    s.set_defaults(handler=_status)
+
+    ev = command("events", "show a task's lifecycle events")
+    ev.add_argument("task_id")
+    ev.set_defaults(handler=_events)
+
+    sc = command("schedules", "list schedules, or pause/resume/remove one")
+    group = sc.add_mutually_exclusive_group()
+    group.add_argument("--pause", metavar="ID")
+    group.add_argument("--resume", metavar="ID")
+    group.add_argument("--remove", metavar="ID")
+    sc.set_defaults(handler=_schedules)
+
+    command("stats", "task counts per queue and status").set_defaults(handler=_stats)
+    command("cleanup", "drop expired results, old tasks and events").set_defaults(
+        handler=_cleanup
+    )
+    command("demo", "run the demo on the embedded default", app=False).set_defaults(
+        handler=_demo
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``omniq`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    config = args.sub_config or args.config
+    level = args.sub_log_level or args.log_level
+    if config:
+        os.environ["OMNIQ_CONFIG"] = config
+    if level:
+        os.environ["OMNIQ_LOG_LEVEL"] = level
+    try:
+        code: int = asyncio.run(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except (OmniQError, TimeoutError) as exc:
+        print(f"omniq: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except json.JSONDecodeError as exc:
+        print(f"omniq: error: invalid JSON: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,802 @@
+"""The orchestrator: ``AsyncOmniQ`` (written once, async) and ``OmniQ`` (its blocking twin).
+
+``AsyncOmniQ`` owns the three storage components (task queue, results, events; each on
+its own backend if you like), the serializer and the event logger, and implements the
+public API of SPEC §2 on top of the storage primitives of ``omniq.storage.base``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+import msgspec
+
+from omniq import _callables
+from omniq._ids import new_task_id
+from omniq.backend import backend_for_url
+from omniq.backend.base import Backend
+from omniq.config import LoggingConfig, Settings
+from omniq.errors import (
+    ConfigError,
+    DependencyFailedError,
+    ResultTimeoutError,
+    SerializationError,
+    TaskNotFoundError,
+)
+from omniq.events import AsyncEventLogger, AsyncEventProcessor
+from omniq.models import (
+    FINAL_STATUSES,
+    Schedule,
+    WAITING_STATUSES,
+    ErrorInfo,
+    EventType,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    utcnow,
+)
+from omniq.retry import to_seconds
+from omniq.serialization import SerializationManager
+from omniq.storage.base import (
+    BaseEventStorage,
+    BaseResultStorage,
+    BaseScheduleStorage,
+    BaseStorage,
+    BaseTaskQueue,
+)
+
+if TYPE_CHECKING:
+    from omniq.scheduling import AsyncScheduler
+    from omniq.workers.pool import AsyncWorkerPool
+
+__all__ = ["AsyncOmniQ", "AsyncTaskFunction"]
+
+logger = logging.getLogger("omniq")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Seconds = float | int | timedelta
+Component = Literal["task_queue", "result_storage", "event_storage"]
+
+
+def _seconds(value: Seconds | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = to_seconds(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"argument {name}={value!r}: expected seconds or a timedelta") from None
+    if seconds < 0:
+        raise ConfigError(f"argument {name}={value!r}: expected a duration >= 0")
+    return seconds
+
+
+class AsyncTaskFunction(Generic[P, R]):
+    """A function registered with ``@oq.task``: still callable, plus ``delay``/``submit``."""
+
+    def __init__(self, oq: AsyncOmniQ, func: Callable[P, R], name: str, options: dict[str, Any]):
+        functools.update_wrapper(self, func)
+        self.__omniq_func__ = func
+        self.oq = oq
+        self.name = name
+        self.options = options
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.__omniq_func__(*args, **kwargs)
+
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue a call with the registered options; returns the task id."""
+        return await self.oq.submit(self.name, args, kwargs, **self.options)
+
+    async def submit(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> str:
+        """Enqueue a call with per-call options over the registered ones."""
+        return await self.oq.submit(self.name, args, kwargs, **{**self.options, **options})
+
+
+class AsyncOmniQ:
+    """The async OmniQ client: enqueue tasks, read results and events, run workers.
+
+    Example::
+
+        async with AsyncOmniQ() as oq:            # SQLite under .omniq/, nothing to set up
+            task_id = await oq.enqueue(send_email, "ada@example.com")
+            async with oq.worker(concurrency=8):
+                result = await oq.get_result(task_id, wait=True, timeout=10)
+
+    Each storage argument is a URL, a storage instance, or None (from settings);
+    ``event_storage=False`` switches events off. ``overrides`` are ``Settings`` fields.
+    Constructing an instance never touches storage: ``connect()`` (or first use) does.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        task_queue: str | BaseTaskQueue | None = None,
+        result_storage: str | BaseResultStorage | None = None,
+        event_storage: str | BaseEventStorage | Literal[False] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.load(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.settings = settings
+        self._specs: dict[Component, Any] = {
+            "task_queue": task_queue,
+            "result_storage": result_storage,
+            "event_storage": event_storage,
+        }
+        self.serializer = SerializationManager(
+            mode=settings.serializer, secret_key=settings.secret_key
+        )
+        self._backends: dict[str, Backend] = {}
+        self._owned: list[BaseStorage] = []
+        self._queue: BaseTaskQueue | None = None
+        self._results: BaseResultStorage | None = None
+        self._event_store: BaseEventStorage | None = None
+        self._schedules: BaseScheduleStorage | None = None
+        self.events = AsyncEventLogger(
+            None,
+            flush_interval=settings.event_flush_interval,
+            batch_size=settings.event_batch_size,
+        )
+        self._registry: dict[str, Callable[..., Any]] = {}
+        self._connected = False
+        self._connect_lock: asyncio.Lock | None = None
+        self._pools: set[AsyncWorkerPool] = set()
+        self._scheduler: AsyncScheduler | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the storages (done on first use too). Safe to call twice."""
+        if self._connected:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._connected:  # another caller connected while this one waited
+                return  # type: ignore[unreachable]
+            LoggingConfig.from_settings(self.settings).apply()
+            try:
+                self._queue = await self._open("task_queue", BaseTaskQueue)
+                self._results = await self._open("result_storage", BaseResultStorage)
+                events = await self._open("event_storage", BaseEventStorage)
+            except BaseException:
+                await self._close_storages()
+                raise
+            self._event_store = events
+            self.events.storage = events
+            self._connected = True
+
+    async def _open_schedules(self) -> AsyncScheduler:
+        """The scheduler, on the schedule store of the task queue's backend."""
+        if self._scheduler is not None:
+            return self._scheduler
+        from omniq.errors import ScheduleError
+        from omniq.scheduling import AsyncScheduler
+
+        spec = self._specs["task_queue"]
+        if isinstance(spec, BaseStorage):
+            store = getattr(spec, "schedule_storage", None)
+            if not isinstance(store, BaseScheduleStorage):
+                raise ScheduleError(
+                    "schedules live on the task queue's backend: pass task_queue as a URL "
+                    "(or a queue with a schedule_storage attribute) to use them"
+                )
+        else:
+            url = spec if isinstance(spec, str) else self.settings.storage_url("task_queue")
+            assert url is not None
+            store = self._backend(url).schedule_storage()
+        await store.connect()
+        self._owned.append(store)
+        self._schedules = store
+        self._scheduler = AsyncScheduler(self, store)
+        return self._scheduler
+
+    async def _open(self, component: Component, kind: type[Any]) -> Any:
+        spec = self._specs[component]
+        if spec is False:
+            if component != "event_storage":
+                raise ConfigError(f"argument {component}=False: only event_storage can be off")
+            return None
+        if isinstance(spec, BaseStorage):
+            if not isinstance(spec, kind):
+                raise ConfigError(f"argument {component}: expected a {kind.__name__} instance")
+            await spec.connect()
+            self._owned.append(spec)
+            return spec
+        if spec is None:
+            url = self.settings.storage_url(component)
+            if url is None:
+                return None
+        elif isinstance(spec, str):
+            url = spec
+        else:
+            raise ConfigError(
+                f"argument {component}={spec!r}: expected a URL, a storage instance or None"
+            )
+        backend = self._backend(url)
+        storage = getattr(backend, component)()
+        await storage.connect()
+        self._owned.append(storage)
+        return storage
+
+    def _backend(self, url: str) -> Backend:
+        backend = self._backends.get(url)
+        if backend is None:
+            backend = self._backends[url] = backend_for_url(url, self.settings)
+        return backend
+
+    async def close(self) -> None:
+        """Flush events and release the storages. Safe to call twice."""
+        if not self._connected:
+            return
+        try:
+            await self.events.close()
+        finally:
+            await self._close_storages()
+            self._connected = False
+            self.events = AsyncEventLogger(
+                None,
+                flush_interval=self.settings.event_flush_interval,
+                batch_size=self.settings.event_batch_size,
+            )
+
+    async def _close_storages(self) -> None:
+        owned, self._owned = self._owned, []
+        for storage in reversed(owned):
+            try:
+                await storage.close()
+            except Exception:
+                logger.exception("closing %r failed", storage)
+        self._queue = self._results = self._event_store = self._schedules = None
+        self._scheduler = None
+
+    async def __aenter__(self) -> AsyncOmniQ:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def queue(self) -> BaseTaskQueue:
+        """The connected task queue component."""
+        if self._queue is None:
+            raise ConfigError("AsyncOmniQ is not connected: await connect() first")
+        return self._queue
+
+    @property
+    def results(self) -> BaseResultStorage:
+        """The connected result storage component."""
+        if self._results is None:
+            raise ConfigError("AsyncOmniQ is not connected: await connect() first")
+        return self._results
+
+    @property
+    def event_storage(self) -> BaseEventStorage | None:
+        """The connected event storage, or None when events are off."""
+        return self._event_store
+
+    # -- submitting --------------------------------------------------------------------
+
+    def _build_task(
+        self,
+        func: Callable[..., Any] | str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        *,
+        now: datetime,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: Seconds | None = None,
+        eta: datetime | None = None,
+        ttl: Seconds | None = None,
+        max_retries: int | None = None,
+        retry_delay: Seconds | None = None,
+        timeout: Seconds | None = None,
+        depends_on: Iterable[str] = (),
+        task_id: str | None = None,
+        result_ttl: Seconds | None = None,
+    ) -> Task:
+        settings = self.settings
+        if isinstance(func, str):
+            path, carried = func, None
+            if ":" not in func and func not in self._registry:
+                raise ConfigError(
+                    f"task function {func!r}: expected 'package.module:qualname' or a "
+                    "name registered with @oq.task"
+                )
+        elif callable(func):
+            found = _callables.callable_path(func)
+            path, carried = (found, None) if found else (_callables.describe(func), func)
+        else:
+            raise ConfigError(f"task function {func!r}: expected a callable or 'module:qualname'")
+        if not isinstance(args, (tuple, list)):
+            raise ConfigError(f"args={args!r}: expected a tuple or list of arguments")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError(f"kwargs={kwargs!r}: expected a dict of keyword arguments")
+        payload = self.serializer.dumps_call(carried, tuple(args), kwargs or {})
+        if eta is not None:
+            if not isinstance(eta, datetime) or eta.tzinfo is None:
+                raise ConfigError(f"argument eta={eta!r}: expected an aware datetime")
+            if delay is not None:
+                raise ConfigError("arguments delay and eta: give one, not both")
+            due_at: datetime | None = eta.astimezone(timezone.utc)
+        else:
+            seconds = _seconds(delay, "delay")
+            due_at = now + timedelta(seconds=seconds) if seconds else None
+        ttl_s = _seconds(ttl, "ttl") if ttl is not None else settings.task_ttl
+        deps = tuple(depends_on)
+        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+            raise ConfigError(f"argument max_retries={max_retries!r}: expected an integer >= 0")
+        if not isinstance(priority, int):
+            raise ConfigError(f"argument priority={priority!r}: expected an integer")
+        return Task(
+            id=task_id or new_task_id(),
+            func=path,
+            payload=payload,
+            queue=queue or settings.default_queue,
+            priority=priority,
+            status=TaskStatus.SCHEDULED if (due_at is not None or deps) else TaskStatus.PENDING,
+            max_retries=settings.max_retries if max_retries is None else max_retries,
+            retry_delay=(
+                settings.retry_delay
+                if retry_delay is None
+                else _seconds(retry_delay, "retry_delay") or 0.0
+            ),
+            timeout=settings.task_timeout if timeout is None else _seconds(timeout, "timeout"),
+            due_at=due_at,
+            expires_at=now + timedelta(seconds=ttl_s) if ttl_s else None,
+            result_ttl=settings.result_ttl if result_ttl is None else _seconds(result_ttl, "ttl"),
+            depends_on=deps,
+            created_at=now,
+        )
+
+    def _log_enqueued(self, task: Task, now: datetime) -> None:
+        events = self.events
+        if not events.enabled:
+            return
+        events.log(
+            TaskEvent(task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue)
+        )
+        if task.status is TaskStatus.SCHEDULED:
+            why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
+            if task.due_at is not None:
+                why += f" until {task.due_at.isoformat()}"
+            events.log(
+                TaskEvent(
+                    task_id=task.id,
+                    event_type=EventType.SCHEDULED,
+                    timestamp=now,
+                    queue=task.queue,
+                    message=why,
+                )
+            )
+
+    async def submit(
+        self,
+        func: Callable[..., Any] | str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: Seconds | None = None,
+        eta: datetime | None = None,
+        ttl: Seconds | None = None,
+        max_retries: int | None = None,
+        retry_delay: Seconds | None = None,
+        timeout: Seconds | None = None,
+        depends_on: Iterable[str] = (),
+        task_id: str | None = None,
+    ) -> str:
+        """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
+
+        Submitting an id that already exists returns it unchanged. ``depends_on`` ids
+        must exist (``TaskNotFoundError`` otherwise).
+        """
+        if not self._connected:
+            await self.connect()
+        now = utcnow()
+        task = self._build_task(
+            func,
+            args,
+            kwargs,
+            now=now,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            eta=eta,
+            ttl=ttl,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            timeout=timeout,
+            depends_on=depends_on,
+            task_id=task_id,
+        )
+        queue_store = self.queue
+        if task_id is not None and await queue_store.get(task_id) is not None:
+            return task_id
+        if task.depends_on:
+            return await self._submit_dependent(task, now)
+        await queue_store.enqueue([task])
+        self._log_enqueued(task, now)
+        return task.id
+
+    async def _submit_dependent(self, task: Task, now: datetime) -> str:
+        queue_store = self.queue
+        deps = await queue_store.get_many(list(task.depends_on))
+        for dep_id, dep in zip(task.depends_on, deps, strict=True):
+            if dep is None:
+                raise TaskNotFoundError(f"task {task.id} depends on {dep_id}, which does not exist")
+        await queue_store.enqueue([task])
+        self._log_enqueued(task, now)
+        # Dependencies may have finished before the dependent was stored: settle it now,
+        # so no completion is missed between the check and the insert.
+        await self._settle_dependent(task.id)
+        return task.id
+
+    async def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
+        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id."""
+        return await self.submit(func, args, kwargs)
+
+    async def enqueue_many(
+        self, func: Callable[..., Any] | str, args_list: Iterable[Sequence[Any]], **options: Any
+    ) -> list[str]:
+        """One task per argument tuple in ``args_list``, stored in as few round trips as possible."""
+        if not self._connected:
+            await self.connect()
+        if "task_id" in options or "depends_on" in options:
+            raise ConfigError("enqueue_many does not take task_id or depends_on; use submit")
+        now = utcnow()
+        tasks = [self._build_task(func, args, None, now=now, **options) for args in args_list]
+        if not tasks:
+            return []
+        ids = await self.queue.enqueue(tasks)
+        for task in tasks:
+            self._log_enqueued(task, now)
+        return ids
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """The task with its current status and attempts, or None."""
+        if not self._connected:
+            await self.connect()
+        return await self.queue.get(task_id)
+
+    def _decode_result(self, stored: TaskResult) -> TaskResult:
+        data = stored.result
+        if data is None or not isinstance(data, bytes):
+            return stored
+        try:
+            value = self.serializer.loads(data)
+        except SerializationError as exc:
+            error = ErrorInfo(type="omniq.errors.SerializationError", message=str(exc))
+            return msgspec.structs.replace(stored, result=None, error=stored.error or error)
+        return msgspec.structs.replace(stored, result=value)
+
+    async def get_result(
+        self, task_id: str, *, wait: bool = False, timeout: Seconds | None = None
+    ) -> TaskResult | None:
+        """The task's result once it is final (``COMPLETE``, ``FAILED``, ``CANCELLED``,
+        ``EXPIRED``), else None; with ``wait=True`` block until then, or raise
+        ``ResultTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds.
+        """
+        if not self._connected:
+            await self.connect()
+        stored = await self.results.get(task_id)
+        if stored is None and wait:
+            limit = _seconds(timeout, "timeout")
+            loop = asyncio.get_running_loop()
+            deadline = None if limit is None else loop.time() + limit
+            while stored is None:
+                remaining = 60.0 if deadline is None else deadline - loop.time()
+                if remaining <= 0:
+                    raise ResultTimeoutError(f"no result for task {task_id} within {limit} s")
+                stored = await self.results.wait(task_id, min(remaining, 60.0))
+        return None if stored is None else self._decode_result(stored)
+
+    async def get_events(self, task_id: str) -> list[TaskEvent]:
+        """The task's lifecycle events, oldest first (``[]`` with events off)."""
+        if not self._connected:
+            await self.connect()
+        await self.events.flush()
+        return await AsyncEventProcessor(self._event_store).get(task_id)
+
+    async def list_tasks(
+        self, *, queue: str | None = None, status: TaskStatus | str | None = None, limit: int = 100
+    ) -> list[Task]:
+        """Tasks, newest first, filtered by queue and status."""
+        if not self._connected:
+            await self.connect()
+        if status is not None:
+            try:
+                status = TaskStatus(status)
+            except ValueError:
+                choices = ", ".join(s.value for s in TaskStatus)
+                raise ConfigError(f"status={status!r}: expected one of {choices}") from None
+        return await self.queue.list(queue=queue, status=status, limit=limit)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Task counts per queue and status."""
+        if not self._connected:
+            await self.connect()
+        return await self.queue.stats()
+
+    # -- finishing (shared with the workers) ---------------------------------------------
+
+    def _final_result(
+        self,
+        task: Task,
+        status: TaskStatus,
+        *,
+        value: bytes | None = None,
+        error: ErrorInfo | None = None,
+        started_at: datetime | None = None,
+        worker_id: str | None = None,
+        now: datetime,
+    ) -> TaskResult:
+        ttl = task.result_ttl
+        return TaskResult(
+            task_id=task.id,
+            status=status,
+            result=value,
+            error=error,
+            attempts=task.attempts,
+            started_at=started_at,
+            finished_at=now,
+            worker_id=worker_id,
+            expires_at=now + timedelta(seconds=ttl) if ttl else None,
+        )
+
+    async def _finish_waiting(
+        self, task_id: str, status: TaskStatus, error: ErrorInfo, event: EventType, now: datetime
+    ) -> bool:
+        """Move a task that is not running to a final state, with result, event and
+        dependents settled. False if it was not waiting (or running, for cancel)."""
+        from_statuses = set(WAITING_STATUSES)
+        if status is TaskStatus.CANCELLED:
+            from_statuses.add(TaskStatus.RUNNING)
+        task = await self.queue.transition(
+            task_id, from_statuses=from_statuses, to_status=status, now=now
+        )
+        if task is None:
+            return False
+        await self.results.put(self._final_result(task, status, error=error, now=now))
+        self.events.log(
+            TaskEvent(
+                task_id=task_id,
+                event_type=event,
+                timestamp=now,
+                attempt=task.attempts,
+                message=error.message,
+                queue=task.queue,
+            )
+        )
+        await self._on_finished([(task_id, status)])
+        return True
+
+    async def _on_finished(self, finished: Sequence[tuple[str, TaskStatus]]) -> None:
+        """Release or cancel the dependents of tasks that just reached a final state."""
+        for task_id, status in finished:
+            for dependent in await self.queue.dependents(task_id):
+                if dependent.status is not TaskStatus.SCHEDULED:
+                    continue
+                if status is TaskStatus.COMPLETE:
+                    await self._settle_dependent(dependent.id)
+                else:
+                    exc = DependencyFailedError(task_id, status.value)
+                    await self._finish_waiting(
+                        dependent.id,
+                        TaskStatus.CANCELLED,
+                        ErrorInfo.from_exception(exc, with_traceback=False),
+                        EventType.CANCELLED,
+                        utcnow(),
+                    )
+
+    async def _settle_dependent(self, task_id: str) -> None:
+        task = await self.queue.get(task_id)
+        if task is None or task.status is not TaskStatus.SCHEDULED or not task.depends_on:
+            return
+        deps = await self.queue.get_many(list(task.depends_on))
+        for dep_id, dep in zip(task.depends_on, deps, strict=True):
+            dep_status = dep.status if dep is not None else None
+            if dep_status in FINAL_STATUSES and dep_status is not TaskStatus.COMPLETE:
+                assert dep_status is not None
+                exc = DependencyFailedError(dep_id, dep_status.value)
+                await self._finish_waiting(
+                    task_id,
+                    TaskStatus.CANCELLED,
+                    ErrorInfo.from_exception(exc, with_traceback=False),
+                    EventType.CANCELLED,
+                    utcnow(),
+                )
+                return
+        if all(dep is not None and dep.status is TaskStatus.COMPLETE for dep in deps):
+            # The backend wakes idle workers when the task becomes claimable.
+            await self.queue.transition(
+                task_id,
+                from_statuses={TaskStatus.SCHEDULED},
+                to_status=TaskStatus.PENDING,
+                now=utcnow(),
+                due_at=task.due_at,
+            )
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task: a waiting one never runs; a running one is stopped where its
+        worker type can. False for a finished or unknown id."""
+        if not self._connected:
+            await self.connect()
+        error = ErrorInfo(type="omniq.TaskCancelled", message="cancelled")
+        cancelled = await self._finish_waiting(
+            task_id, TaskStatus.CANCELLED, error, EventType.CANCELLED, utcnow()
+        )
+        if cancelled:
+            # Pools in other processes notice at their next lease renewal.
+            for pool in list(self._pools):
+                pool.cancel_local(task_id)
+        return cancelled
+
+    async def cleanup(self) -> dict[str, int]:
+        """Drop expired results, finished tasks past ``result_ttl`` and old events."""
+        if not self._connected:
+            await self.connect()
+        now = utcnow()
+        counts = {"results": await self.results.delete_expired(now)}
+        retention = self.settings.result_ttl
+        counts["tasks"] = (
+            await self.queue.delete_finished(now - timedelta(seconds=retention))
+            if retention
+            else 0
+        )
+        event_ttl = self.settings.event_ttl
+        counts["events"] = (
+            await self._event_store.delete_before(now - timedelta(seconds=event_ttl))
+            if self._event_store is not None and event_ttl
+            else 0
+        )
+        return counts
+
+    # -- schedules -----------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        func: Callable[..., Any] | str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        interval: Seconds | None = None,
+        timezone: str = "UTC",
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        max_runs: int | None = None,
+        schedule_id: str | None = None,
+        **task_options: Any,
+    ) -> str:
+        """Create (or, with the same ``schedule_id``, update) recurring work; return its id.
+
+        Give ``cron`` (a crontab string, read in ``timezone``) or ``interval`` (seconds
+        or a timedelta). Running workers fire it: one task per tick.
+
+        Example::
+
+            await oq.schedule(report, cron="0 7 * * mon-fri", timezone="Europe/Paris",
+                              schedule_id="daily-report")
+        """
+        if not self._connected:
+            await self.connect()
+        scheduler = await self._open_schedules()
+        return await scheduler.schedule(
+            func,
+            args,
+            kwargs,
+            cron=cron,
+            interval=interval,
+            timezone=timezone,
+            start_at=start_at,
+            end_at=end_at,
+            max_runs=max_runs,
+            schedule_id=schedule_id,
+            **task_options,
+        )
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Stop a schedule from firing until resumed; False if unknown."""
+        if not self._connected:
+            await self.connect()
+        return await (await self._open_schedules()).pause(schedule_id)
+
+    async def resume_schedule(self, schedule_id: str) -> bool:
+        """Let a paused schedule fire again (from its next tick after now); False if unknown."""
+        if not self._connected:
+            await self.connect()
+        return await (await self._open_schedules()).resume(schedule_id)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule; False if unknown."""
+        if not self._connected:
+            await self.connect()
+        return await (await self._open_schedules()).remove(schedule_id)
+
+    async def list_schedules(self) -> list[Schedule]:
+        """All schedules, by id."""
+        if not self._connected:
+            await self.connect()
+        return await (await self._open_schedules()).list()
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        """One schedule, or None."""
+        if not self._connected:
+            await self.connect()
+        return await (await self._open_schedules()).get(schedule_id)
+
+    # -- functions and workers -----------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> AsyncTaskFunction[P, R]: ...
+
+    @overload
+    def task(
+        self, func: None = None, /, *, name: str | None = None, **task_options: Any
+    ) -> Callable[[Callable[P, R]], AsyncTaskFunction[P, R]]: ...
+
+    def task(
+        self, func: Callable[P, R] | None = None, /, *, name: str | None = None, **task_options: Any
+    ) -> AsyncTaskFunction[P, R] | Callable[[Callable[P, R]], AsyncTaskFunction[P, R]]:
+        """Register a task function; it stays callable and gains ``delay``/``submit``.
+
+        Example::
+
+            @oq.task(max_retries=3)
+            async def resize(path: str) -> str: ...
+
+            task_id = await resize.delay("cat.png")
+        """
+
+        def register(f: Callable[P, R]) -> AsyncTaskFunction[P, R]:
+            task_name = name or _callables.callable_path(f) or _callables.describe(f)
+            self._registry[task_name] = f
+            return self._wrap_task(f, task_name, task_options)
+
+        return register(func) if func is not None else register
+
+    def _wrap_task(
+        self, func: Callable[P, R], name: str, options: dict[str, Any]
+    ) -> AsyncTaskFunction[P, R]:
+        return AsyncTaskFunction(self, func, name, options)
+
+    def resolve(self, name: str) -> Callable[..., Any]:
+        """The callable behind a task's ``func`` name: registered first, then imported."""
+        found = self._registry.get(name)
+        return found if found is not None else _callables.resolve(name)
+
+    def worker(
+        self,
+        *,
+        worker_type: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | str | None = None,
+    ) -> AsyncWorkerPool:
+        """A worker pool over this client's storages (not started).
+
+        ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"``.
+        """
+        from omniq.workers.pool import AsyncWorkerPool
+
+        return AsyncWorkerPool(
+            self, worker_type=worker_type, concurrency=concurrency, queues=queues
+        )
+

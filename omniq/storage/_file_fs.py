@@ -1,0 +1,742 @@
+"""The few filesystem primitives the file backend needs, on local disk, memory and fsspec.
+
+Every path handed to a :class:`Store` is relative to its root and ``/``-separated. The
+one compound primitive is :meth:`Store.update`: an atomic read-modify-write of one object
+(the task's record), which also creates and deletes the small index entries that go with
+the change. How it is made atomic depends on the filesystem:
+
+- local disk (:class:`LocalStore`): a kernel lock (``flock``) on one of a fixed set of
+  lock files guards the read, the write of a temporary file and its ``os.replace``; the
+  kernel drops the lock when a process dies, so a crash never leaves it held, and the
+  record is always either the old or the new file, never a torn one.
+- ``memory://`` (:class:`MemoryStore`): one process-wide lock; memory is process-local.
+- object stores (:class:`FsspecStore`): optimistic compare-and-set. On S3 the write is
+  conditional (``If-Match`` the ETag read, or ``If-None-Match: *`` to create), retried
+  from a fresh read when another writer won. Other fsspec filesystems have no such
+  primitive here: their updates are serialised only within one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import threading
+import weakref
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from omniq.errors import ConfigError, StorageConnectionError, StorageError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "KEEP",
+    "Change",
+    "FsspecStore",
+    "Location",
+    "LocalStore",
+    "MemoryStore",
+    "Store",
+    "driver_class",
+    "filesystem_for",
+    "parse_location",
+    "translate_errors",
+]
+
+T = TypeVar("T")
+
+
+class _Keep:
+    """Marker: leave the object as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
+@dataclass
+class Change(Generic[T]):
+    """What an :meth:`Store.update` function decided.
+
+    ``data`` is the new content (``None`` deletes the object, ``KEEP`` leaves it); ``add``
+    are empty entries created before the write, ``remove`` entries deleted after it (or,
+    with ``KEEP``, at once). ``result`` is returned by ``update``.
+    """
+
+    result: T
+    data: bytes | None | _Keep = KEEP
+    add: Sequence[str] = ()
+    remove: Sequence[str] = ()
+
+
+UpdateFn = Callable[[bytes | None], Change[T]]
+
+_EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+    "adl": "azure",
+    "gs": "gcs",
+    "gcs": "gcs",
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a file backend lives: an fsspec protocol and a root path on it."""
+
+    protocol: str
+    root: str
+    url: str = field(compare=False)
+
+    @property
+    def is_local(self) -> bool:
+        """True for the local filesystem."""
+        return self.protocol == "file"
+
+
+def parse_location(url: str) -> Location:
+    """Split a file backend URL: ``file:///abs``, a plain path, ``memory://name``, ``s3://b/p``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return Location("file", os.path.abspath(os.path.expanduser(url)), url)
+    protocol = scheme.lower()
+    if protocol in ("file", "local"):
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost") :]
+        if not rest:
+            raise ConfigError(f"argument url={url!r}: expected file:///absolute/dir or a path")
+        return Location("file", os.path.abspath(os.path.expanduser(rest)), url)
+    if protocol == "memory":
+        name = rest.strip("/")
+        if not name:
+            raise ConfigError(f"argument url={url!r}: expected memory://name")
+        return Location("memory", "/" + name, url)
+    root = rest.strip("/")
+    if not root:
+        raise ConfigError(f"argument url={url!r}: expected {protocol}://bucket[/prefix]")
+    return Location(protocol, root, url)
+
+
+def driver_class(location: Location) -> Any:
+    """The fsspec filesystem class for ``location``; ConfigError names a missing extra."""
+    import fsspec
+
+    try:
+        return fsspec.get_filesystem_class(location.protocol)
+    except ImportError as exc:
+        extra = _EXTRAS.get(location.protocol)
+        hint = f": pip install 'omniq[{extra}]'" if extra else ""
+        raise ConfigError(
+            f"the file backend for {location.url!r} needs the fsspec driver for "
+            f"{location.protocol!r}{hint}"
+        ) from exc
+    except ValueError as exc:
+        raise ConfigError(f"argument url={location.url!r}: unknown protocol") from exc
+
+
+def filesystem_for(location: Location, storage_options: dict[str, Any]) -> Any:
+    """An fsspec filesystem for ``location`` (async mode where the driver offers it).
+
+    Call from inside the event loop that will use it: async drivers bind to that loop.
+    """
+    cls = driver_class(location)
+    if location.protocol == "memory":
+        return cls()
+    options = dict(storage_options)
+    if getattr(cls, "async_impl", False):
+        options.setdefault("asynchronous", True)
+    return cls(skip_instance_cache=True, **options)
+
+
+def _is_precondition_failure(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return code in ("PreconditionFailed", "ConditionalRequestConflict", "412")
+    return False
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn driver errors into OmniQ's storage errors, once, at this boundary."""
+    try:
+        yield
+    except (StorageError, ConfigError):
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        raise StorageConnectionError(f"file backend: {what}: {exc}") from exc
+    except OSError as exc:
+        raise StorageError(f"file backend: {what}: {exc}") from exc
+    except Exception as exc:
+        name = type(exc).__name__
+        if "Connect" in name or "Endpoint" in name:
+            raise StorageConnectionError(f"file backend: {what}: {exc}") from exc
+        raise
+
+
+class Store(ABC):
+    """Primitive operations on one directory tree. Paths are relative, ``/``-separated."""
+
+    #: True when :meth:`update` is an optimistic compare-and-set (no lock is held while
+    #: ``fn`` runs): index entries that look stale may belong to a change in flight.
+    optimistic: bool = False
+    #: True when :meth:`update` is atomic across processes (not just in this one).
+    cross_process: bool = True
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    @property
+    def key(self) -> str:
+        """Identifies the tree within this process (for in-process wake-ups)."""
+        return f"{type(self).__name__}:{self.root}"
+
+    @abstractmethod
+    async def update(self, path: str, fn: UpdateFn[T]) -> T:
+        """Atomically read ``path`` (None if absent), apply ``fn`` and write its change."""
+
+    async def update_many(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
+        """Several independent :meth:`update` calls, in as few round trips as possible."""
+        return list(await asyncio.gather(*(self.update(path, fn) for path, fn in items)))
+
+    @abstractmethod
+    async def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        """The contents of several objects, in order (None for those absent)."""
+
+    async def read(self, path: str) -> bytes | None:
+        """One object's content, or None."""
+        return (await self.read_many([path]))[0]
+
+    @abstractmethod
+    async def write_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write objects unconditionally; each appears whole or not at all."""
+
+    @abstractmethod
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        """Delete objects; absent ones are ignored."""
+
+    @abstractmethod
+    async def list_many(self, dirs: Sequence[str]) -> list[list[str]]:
+        """The names (not paths) in each directory; an absent directory is empty."""
+
+    async def list(self, directory: str) -> list[str]:
+        """The names in one directory."""
+        return (await self.list_many([directory]))[0]
+
+    @abstractmethod
+    async def walk(self, directory: str) -> list[str]:
+        """Every object below ``directory``, as paths relative to the root."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the tree (create the root where that means anything)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`open` took."""
+
+
+# -- local disk -------------------------------------------------------------------------
+
+_LOCK_STRIPES = 64
+_tmp_counter = itertools.count()
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+class LocalStore(Store):
+    """A tree on local disk, through ``os`` directly (fsspec's layer adds only overhead).
+
+    Every call runs in a worker thread so the event loop never waits on the disk.
+    """
+
+    def __init__(self, root: str) -> None:
+        super().__init__(os.path.abspath(root))
+        self._lock_dir = os.path.join(self.root, ".locks")
+        # flock excludes other processes; threads of this process each open their own
+        # descriptor, so they exclude each other through it as well.
+        self._thread_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def _abs(self, path: str) -> str:
+        return os.path.join(self.root, path)
+
+    async def open(self) -> None:
+        """Create the root and its lock directory."""
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        with translate_errors(f"create {self.root}"):
+            os.makedirs(self._lock_dir, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self, path: str) -> Iterator[None]:
+        stripe = zlib.crc32(path.encode()) % _LOCK_STRIPES
+        with self._thread_locks[stripe]:
+            if fcntl is None:  # pragma: no cover - no cross-process lock on this platform
+                yield
+                return
+            lock_path = os.path.join(self._lock_dir, f"{stripe:02d}")
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                os.makedirs(self._lock_dir, exist_ok=True)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
+
+    @staticmethod
+    def _read_file(full: str) -> bytes | None:
+        try:
+            with open(full, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _write_file(full: str, data: bytes) -> None:
+        directory, name = os.path.split(full)
+        tmp = os.path.join(
+            directory, f".{name}.{os.getpid()}.{threading.get_ident()}.{next(_tmp_counter)}"
+        )
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, full)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @staticmethod
+    def _touch(full: str) -> None:
+        try:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.close(fd)
+
+    @staticmethod
+    def _unlink(full: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(full)
+
+    def _update_sync(self, path: str, fn: UpdateFn[T]) -> T:
+        full = self._abs(path)
+        with translate_errors(f"update {path}"), self._locked(path):
+            change = fn(self._read_file(full))
+            for entry in change.add:
+                self._touch(self._abs(entry))
+            if change.data is None:
+                self._unlink(full)
+            elif not isinstance(change.data, _Keep):
+                self._write_file(full, change.data)
+            for entry in change.remove:
+                self._unlink(self._abs(entry))
+            return change.result
+
+    async def update(self, path: str, fn: UpdateFn[T]) -> T:
+        """Read-modify-write ``path`` under its stripe lock, in a worker thread."""
+        return await asyncio.to_thread(self._update_sync, path, fn)
+
+    def _update_many_sync(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
+        return [self._update_sync(path, fn) for path, fn in items]
+
+    async def update_many(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
+        """Several updates in one worker-thread call (each under its own lock)."""
+        if not items:
+            return []
+        return await asyncio.to_thread(self._update_many_sync, items)
+
+    def _read_many_sync(self, paths: Sequence[str]) -> list[bytes | None]:
+        with translate_errors("read"):
+            return [self._read_file(self._abs(path)) for path in paths]
+
+    async def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        """Read several files in one worker-thread call."""
+        if not paths:
+            return []
+        return await asyncio.to_thread(self._read_many_sync, paths)
+
+    def _write_many_sync(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with translate_errors("write"):
+            for path, data in items:
+                if data:
+                    self._write_file(self._abs(path), data)
+                else:
+                    self._touch(self._abs(path))
+
+    async def write_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write files (temporary file, then atomic rename) in one worker-thread call."""
+        if items:
+            await asyncio.to_thread(self._write_many_sync, items)
+
+    def _delete_many_sync(self, paths: Sequence[str]) -> None:
+        with translate_errors("delete"):
+            for path in paths:
+                self._unlink(self._abs(path))
+
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        """Delete files in one worker-thread call."""
+        if paths:
+            await asyncio.to_thread(self._delete_many_sync, paths)
+
+    def _list_many_sync(self, dirs: Sequence[str]) -> list[list[str]]:
+        out: list[list[str]] = []
+        with translate_errors("list"):
+            for directory in dirs:
+                try:
+                    names = os.listdir(self._abs(directory))
+                except (FileNotFoundError, NotADirectoryError):
+                    names = []
+                out.append([name for name in names if not _is_hidden(name)])
+        return out
+
+    async def list_many(self, dirs: Sequence[str]) -> list[list[str]]:
+        """List directories in one worker-thread call."""
+        return await asyncio.to_thread(self._list_many_sync, dirs)
+
+    def _walk_sync(self, directory: str) -> list[str]:
+        base = self._abs(directory)
+        found: list[str] = []
+        with translate_errors(f"walk {directory}"):
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+                rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+                found.extend(f"{rel}/{name}" for name in filenames if not _is_hidden(name))
+        return found
+
+    async def walk(self, directory: str) -> list[str]:
+        """Every file below ``directory`` (a worker-thread call)."""
+        return await asyncio.to_thread(self._walk_sync, directory)
+
+
+# -- fsspec filesystems ------------------------------------------------------------------
+
+
+class _KeyedLocks:
+    """asyncio locks by key, dropped when nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> Any:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+# One set of per-object locks per event loop (asyncio locks belong to one loop).
+_loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _KeyedLocks] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _keyed_locks() -> _KeyedLocks:
+    loop = asyncio.get_running_loop()
+    locks = _loop_locks.get(loop)
+    if locks is None:
+        locks = _loop_locks[loop] = _KeyedLocks()
+    return locks
+
+
+class FsspecStore(Store):
+    """A tree on any fsspec filesystem; async drivers (s3fs, adlfs, gcsfs) natively.
+
+    ``update`` is an optimistic compare-and-set: on S3 a conditional write (``If-Match``
+    the ETag that was read, ``If-None-Match: *`` to create), retried after a fresh read
+    when another writer got there first. Elsewhere the write is unconditional and the
+    update is serialised only within this process's event loop.
+    """
+
+    optimistic = True
+
+    def __init__(self, fs: Any, root: str) -> None:
+        super().__init__(root.rstrip("/"))
+        self.fs = fs
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.conditional = protocol in ("s3", "s3a")
+        self.cross_process = self.conditional
+        self._async = bool(getattr(fs, "async_impl", False))
+
+    @property
+    def key(self) -> str:
+        """Identifies the tree within this process."""
+        return f"{self.fs.protocol}:{self.root}"
+
+    def _abs(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._async:
+            return await getattr(self.fs, f"_{method}")(*args, **kwargs)
+        return await asyncio.to_thread(getattr(self.fs, method), *args, **kwargs)
+
+    async def _read_versioned(self, full: str) -> tuple[bytes, str] | None:
+        if not self.conditional:
+            try:
+                data: bytes = await self._call("cat_file", full)
+            except FileNotFoundError:
+                return None
+            return data, ""
+        bucket, key, _ = self.fs.split_path(full)
+        try:
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        async with response["Body"] as body:
+            content: bytes = await body.read()
+        return content, str(response["ETag"])
+
+    async def _write_conditional(self, full: str, data: bytes | None, etag: str | None) -> bool:
+        """Write or delete ``full`` if it is still at ``etag`` (None: still absent)."""
+        if not self.conditional:
+            if data is None:
+                with contextlib.suppress(FileNotFoundError):
+                    await self._call("rm_file", full)
+            else:
+                await self._call("pipe_file", full, data)
+            return True
+        bucket, key, _ = self.fs.split_path(full)
+        try:
+            if data is None:
+                if etag is not None:
+                    await self.fs._call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            elif etag is None:
+                await self.fs._pipe_file(full, data, mode="create")
+            else:
+                await self.fs._pipe_file(full, data, IfMatch=etag)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            return data is None
+        except OSError as exc:
+            if _is_precondition_failure(exc):
+                return False
+            raise
+        return True
+
+    async def update(self, path: str, fn: UpdateFn[T]) -> T:
+        """Compare-and-set loop: read, decide, write if unchanged, else decide again."""
+        full = self._abs(path)
+        with translate_errors(f"update {path}"):
+            async with _keyed_locks().hold(self.key + "\0" + path):
+                while True:
+                    current = await self._read_versioned(full)
+                    change = fn(current[0] if current else None)
+                    if isinstance(change.data, _Keep):
+                        await self._delete_abs([self._abs(p) for p in change.remove])
+                        return change.result
+                    await self._touch_abs([self._abs(p) for p in change.add])
+                    etag = current[1] if current else None
+                    if await self._write_conditional(full, change.data, etag):
+                        await self._delete_abs([self._abs(p) for p in change.remove])
+                        return change.result
+                    await self._delete_abs([self._abs(p) for p in change.add])
+
+    async def _touch_abs(self, fulls: Sequence[str]) -> None:
+        await asyncio.gather(*(self._call("pipe_file", full, b"") for full in fulls))
+
+    async def _delete_abs(self, fulls: Sequence[str]) -> None:
+        async def one(full: str) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                await self._call("rm_file", full)
+
+        await asyncio.gather(*(one(full) for full in fulls))
+
+    async def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        """Read objects concurrently."""
+
+        async def one(path: str) -> bytes | None:
+            try:
+                data: bytes = await self._call("cat_file", self._abs(path))
+            except FileNotFoundError:
+                return None
+            return data
+
+        with translate_errors("read"):
+            return list(await asyncio.gather(*(one(path) for path in paths)))
+
+    async def write_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write objects concurrently (each PUT is whole or absent)."""
+        with translate_errors("write"):
+            await asyncio.gather(
+                *(self._call("pipe_file", self._abs(path), data) for path, data in items)
+            )
+
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        """Delete objects concurrently."""
+        with translate_errors("delete"):
+            await self._delete_abs([self._abs(path) for path in paths])
+
+    async def _ls(self, full: str) -> list[str]:
+        try:
+            if self._async:
+                names = await self.fs._ls(full, detail=False, refresh=True)
+            else:
+                names = await asyncio.to_thread(self.fs.ls, full, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        prefix = full.rstrip("/") + "/"
+        out = []
+        for name in names:
+            name = name.rstrip("/")
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+            else:
+                name = name.rsplit("/", 1)[-1]
+            if name and not _is_hidden(name):
+                out.append(name)
+        return out
+
+    async def list_many(self, dirs: Sequence[str]) -> list[list[str]]:
+        """List directories concurrently (listing caches bypassed)."""
+        with translate_errors("list"):
+            return list(await asyncio.gather(*(self._ls(self._abs(d)) for d in dirs)))
+
+    async def walk(self, directory: str) -> list[str]:
+        """Every object below ``directory``."""
+        full = self._abs(directory)
+        with translate_errors(f"walk {directory}"):
+            try:
+                if self._async:
+                    self.fs.invalidate_cache(full)
+                    found = await self.fs._find(full)
+                else:
+                    found = await asyncio.to_thread(self.fs.find, full)
+            except FileNotFoundError:
+                return []
+        prefix = self.root + "/"
+        return [
+            path[len(prefix) :]
+            for path in found
+            if path.startswith(prefix) and not _is_hidden(path.rsplit("/", 1)[-1])
+        ]
+
+
+class MemoryStore(FsspecStore):
+    """A tree on fsspec's process-local ``memory://`` filesystem.
+
+    Calls run directly on the loop (they are dictionary operations); one process-wide
+    lock makes each update atomic against every thread and loop of the process.
+    """
+
+    optimistic = False
+    cross_process = False
+    _lock = threading.RLock()
+
+    def __init__(self, fs: Any, root: str) -> None:
+        super().__init__(fs, root)
+        self.conditional = False
+
+    def _read_file(self, full: str) -> bytes | None:
+        try:
+            data: bytes = self.fs.cat_file(full)
+        except FileNotFoundError:
+            return None
+        return data
+
+    def _rm(self, full: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(full)
+
+    async def update(self, path: str, fn: UpdateFn[T]) -> T:
+        """Read-modify-write under the process-wide memory lock."""
+        full = self._abs(path)
+        with self._lock:
+            change = fn(self._read_file(full))
+            for entry in change.add:
+                self.fs.pipe_file(self._abs(entry), b"")
+            if change.data is None:
+                self._rm(full)
+            elif not isinstance(change.data, _Keep):
+                self.fs.pipe_file(full, change.data)
+            for entry in change.remove:
+                self._rm(self._abs(entry))
+            return change.result
+
+    async def update_many(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
+        """Several updates, one after the other."""
+        return [await self.update(path, fn) for path, fn in items]
+
+    async def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        """Read objects."""
+        with self._lock:
+            return [self._read_file(self._abs(path)) for path in paths]
+
+    async def write_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write objects."""
+        with self._lock:
+            for path, data in items:
+                self.fs.pipe_file(self._abs(path), data)
+
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        """Delete objects."""
+        with self._lock:
+            for path in paths:
+                self._rm(self._abs(path))
+
+    def _ls_sync(self, full: str) -> list[str]:
+        try:
+            names = self.fs.ls(full, detail=False)
+        except FileNotFoundError:
+            return []
+        prefix = full + "/"
+        return [
+            name[len(prefix) :]
+            for name in names
+            if name.startswith(prefix) and not _is_hidden(name[len(prefix) :])
+        ]
+
+    async def list_many(self, dirs: Sequence[str]) -> list[list[str]]:
+        """List directories."""
+        with self._lock:
+            return [self._ls_sync(self._abs(d)) for d in dirs]
+
+    async def walk(self, directory: str) -> list[str]:
+        """Every object below ``directory``."""
+        full = self._abs(directory)
+        prefix = self.root + "/"
+        with self._lock:
+            try:
+                found = self.fs.find(full)
+            except FileNotFoundError:
+                return []
+        return [p[len(prefix) :] for p in found if p.startswith(prefix)]

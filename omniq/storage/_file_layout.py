@@ -1,0 +1,226 @@
+"""Names, records and wake-ups of the file backend (see ``omniq.storage.file`` for the layout)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+import msgspec
+
+from omniq.errors import StorageError
+from omniq.models import FINAL_STATUSES, Task, TaskStatus
+
+__all__ = [
+    "STATUS_CODES",
+    "Entry",
+    "Record",
+    "WakeUps",
+    "decode_record",
+    "encode_record",
+    "entry_dir",
+    "entry_name",
+    "from_us",
+    "next_seq",
+    "parse_entry",
+    "to_us",
+    "token",
+]
+
+_SAFE = re.compile(r"[A-Za-z0-9_\-]{1,100}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MAX_US = 10**17 - 1
+_PRIORITY_BIAS = 10**15
+
+#: One digit per status, stored in entry names so listings can count without reading.
+STATUS_CODES: dict[TaskStatus, str] = {
+    TaskStatus.PENDING: "0",
+    TaskStatus.SCHEDULED: "1",
+    TaskStatus.RUNNING: "2",
+    TaskStatus.RETRYING: "3",
+    TaskStatus.COMPLETE: "4",
+    TaskStatus.FAILED: "5",
+    TaskStatus.CANCELLED: "6",
+    TaskStatus.EXPIRED: "7",
+}
+STATUS_BY_CODE = {code: status for status, code in STATUS_CODES.items()}
+
+
+def token(value: str) -> str:
+    """A file-name-safe, deterministic stand-in for an id or a queue name.
+
+    Short names of letters, digits, ``_`` and ``-`` stay as they are; anything else
+    becomes ``~`` and a hash (the real value lives in the record).
+    """
+    if _SAFE.fullmatch(value):
+        return value
+    return "~" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
+
+def to_us(value: datetime) -> int:
+    """Microseconds since the epoch, clamped to the 17 digits names hold."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    delta = value - _EPOCH
+    us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return min(max(us, 0), _MAX_US)
+
+
+def from_us(us: int) -> datetime:
+    """The aware UTC datetime of ``us`` microseconds since the epoch."""
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+def next_seq() -> int:
+    """Enqueue order: nanoseconds since the epoch, strictly increasing in this process."""
+    global _last_seq
+    with _seq_lock:
+        _last_seq = max(time.time_ns(), _last_seq + 1)
+        return _last_seq
+
+
+class Record(msgspec.Struct, array_like=True):
+    """A task as stored: the task, its enqueue order and the path of its index entry."""
+
+    task: Task
+    seq: int
+    entry: str
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def encode_record(record: Record) -> bytes:
+    """The bytes of a record."""
+    return _encoder.encode(record)
+
+
+def decode_record(data: bytes) -> Record:
+    """A record from its bytes; a damaged one raises StorageError."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise StorageError(f"file backend: a task record cannot be decoded: {exc}") from exc
+
+
+def entry_dir(task: Task) -> str:
+    """The index directory of a task in its current state."""
+    status = task.status
+    if status is TaskStatus.RUNNING:
+        state = "running"
+    elif status in FINAL_STATUSES:
+        state = "done"
+    elif status is TaskStatus.SCHEDULED and task.depends_on:
+        state = "held"
+    else:
+        state = "ready"
+    return f"{state}/{token(task.queue)}"
+
+
+def entry_name(task: Task, seq: int) -> str:
+    """The index entry's name: it sorts by priority, due time and enqueue order.
+
+    ``<inverted priority>-<due us>-<seq>-<extra us>-<status><has due><nonce>-<id token>``,
+    where extra is the lease expiry of a running task and the finish time of a final one.
+    The nonce (creation time and random bits) makes every entry name unique, so an entry
+    that went stale is never mistaken for a fresh one.
+    """
+    priority = _PRIORITY_BIAS - max(min(task.priority, _PRIORITY_BIAS - 1), 1 - _PRIORITY_BIAS)
+    due = task.due_at or task.created_at
+    if task.status is TaskStatus.RUNNING:
+        extra = to_us(task.lease_expires_at) if task.lease_expires_at else 0
+    elif task.status in FINAL_STATUSES:
+        extra = to_us(task.updated_at or task.created_at)
+    else:
+        extra = 0
+    nonce = f"{time.time_ns() // 1_000_000:011x}{int.from_bytes(os.urandom(3), 'big'):06x}"
+    flags = STATUS_CODES[task.status] + ("1" if task.due_at is not None else "0")
+    return (
+        f"{priority:016d}-{to_us(due):017d}-{seq:020d}-{extra:017d}-{flags}{nonce}-{token(task.id)}"
+    )
+
+
+class Entry(NamedTuple):
+    """What an index entry's name says about its task."""
+
+    path: str
+    key: str  # priority, due and seq: the claim order
+    due_us: int
+    has_due: bool
+    seq: int
+    extra_us: int
+    status: TaskStatus
+    created_ms: int
+    token: str
+
+
+def parse_entry(directory: str, name: str) -> Entry | None:
+    """Read an entry name (None for a name that is not one)."""
+    parts = name.split("-", 5)
+    if len(parts) != 6:
+        return None
+    try:
+        flags = parts[4]
+        return Entry(
+            path=f"{directory}/{name}",
+            key=name[:55],
+            due_us=int(parts[1]),
+            has_due=flags[1] == "1",
+            seq=int(parts[2]),
+            extra_us=int(parts[3]),
+            status=STATUS_BY_CODE[flags[0]],
+            created_ms=int(flags[2:13], 16),
+            token=parts[5],
+        )
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+class WakeUps:
+    """In-process wake-ups: enqueues on a tree wake every waiter on that tree.
+
+    Waiters may sit on different event loops (sync twins run their own), so a wake-up
+    is delivered with ``call_soon_threadsafe``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    def register(self, key: str) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
+        """A new waiter on ``key`` (remove it with :meth:`unregister`)."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters.setdefault(key, set()).add(waiter)
+        return waiter
+
+    def unregister(self, key: str, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        """Forget a waiter."""
+        with self._lock:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[key]
+
+    def notify(self, key: str) -> None:
+        """Wake every waiter on ``key``."""
+        with self._lock:
+            waiters = list(self._waiters.get(key, ()))
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(event.set)
+
+
+WAKEUPS = WakeUps()

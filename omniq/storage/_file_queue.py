@@ -1,0 +1,603 @@
+"""The file backend's task queue (public as ``omniq.storage.file.AsyncFileQueue``)."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
+from omniq.storage._file_fs import Change, Store
+from omniq.storage._file_layout import (
+    WAKEUPS,
+    Entry,
+    Record,
+    decode_record,
+    encode_record,
+    entry_dir,
+    entry_name,
+    from_us,
+    next_seq,
+    parse_entry,
+    to_us,
+    token,
+)
+from omniq.storage.base import Ack, BaseTaskQueue
+
+if TYPE_CHECKING:
+    from omniq.backend.file import FileBackend
+    from omniq.storage.file import AsyncFileScheduleStorage
+
+__all__ = ["AsyncFileQueue"]
+
+# On an optimistic store an entry that its record does not name may belong to a change
+# still in flight (entries are written before the record); only older ones are stale.
+_STALE_GRACE_MS = 60_000
+_STATES = ("ready", "held", "running", "done")
+
+_STATES_OF: dict[TaskStatus, tuple[str, ...]] = {
+    TaskStatus.PENDING: ("ready",),
+    TaskStatus.RETRYING: ("ready",),
+    TaskStatus.SCHEDULED: ("ready", "held"),
+    TaskStatus.RUNNING: ("running",),
+    **{status: ("done",) for status in FINAL_STATUSES},
+}
+
+_STALE = "stale"  # claim result: the entry was stale and has been dealt with
+
+
+def _record_path(task_token: str) -> str:
+    return f"t/{task_token}"
+
+
+def _with_entry(task: Task, seq: int) -> tuple[bytes, str]:
+    entry = f"{entry_dir(task)}/{entry_name(task, seq)}"
+    return encode_record(Record(task=task, seq=seq, entry=entry)), entry
+
+
+def _claimable(task: Task, now: datetime) -> bool:
+    if task.due_at is not None and task.due_at > now:
+        return False
+    status = task.status
+    if status in (TaskStatus.PENDING, TaskStatus.RETRYING):
+        return True
+    if status is TaskStatus.SCHEDULED:
+        return not task.depends_on
+    if status is TaskStatus.RUNNING:
+        return task.lease_expires_at is None or task.lease_expires_at <= now
+    return False
+
+
+def _holds(task: Task, worker_id: str) -> bool:
+    return task.status is TaskStatus.RUNNING and task.worker_id == worker_id
+
+
+class AsyncFileQueue(BaseTaskQueue):
+    """A task queue on a directory tree: local disk, ``memory://`` or an object store.
+
+    Build it from a URL (``AsyncFileQueue("file:///var/omniq/tasks")``) or get it from a
+    :class:`~omniq.backend.file.FileBackend`. See ``omniq.storage.file`` for the layout and
+    for what is safe on which filesystem.
+
+    Example::
+
+        async with AsyncFileQueue("/tmp/q") as queue:
+            await queue.enqueue([Task(id="t1", func="app:job")])
+    """
+
+    def __init__(
+        self, url: str | None = None, settings: Any = None, *, backend: FileBackend | None = None
+    ) -> None:
+        if backend is None:
+            if url is None:
+                raise TypeError("AsyncFileQueue needs a url or a backend")
+            from omniq.backend.file import FileBackend
+
+            backend = FileBackend(url, settings)
+        self.backend = backend
+        self._store: Store | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Take a reference on the backend. Safe to call twice."""
+        if self._store is None:
+            await self.backend.connect()
+            self._store = self.backend.store("tasks")
+
+    async def close(self) -> None:
+        """Release the backend reference. Safe to call twice."""
+        if self._store is not None:
+            self._store = None
+            await self.backend.close()
+
+    async def _s(self) -> Store:
+        if self._store is None:
+            await self.connect()
+        assert self._store is not None
+        return self._store
+
+    @property
+    def schedule_storage(self) -> AsyncFileScheduleStorage:
+        """The schedule store on the same backend (schedules follow the task queue)."""
+        return self.backend.schedule_storage()
+
+    def _wake(self, store: Store) -> None:
+        WAKEUPS.notify(store.key)
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
+        """Store tasks (existing ids are left unchanged); one object per task."""
+        store = await self._s()
+        deps = [
+            (f"deps/{token(dep)}/{token(task.id)}", b"")
+            for task in tasks
+            for dep in task.depends_on
+        ]
+        # The dependency index is written first: a stray entry is harmless (readers
+        # check the record), a missing one would hide a dependent.
+        await store.write_many(deps)
+
+        def create(task: Task) -> Callable[[bytes | None], Change[bool]]:
+            def fn(current: bytes | None) -> Change[bool]:
+                if current is not None:
+                    return Change(False)
+                data, entry = _with_entry(task, next_seq())
+                return Change(True, data, add=[entry])
+
+            return fn
+
+        created = await store.update_many(
+            [(_record_path(token(task.id)), create(task)) for task in tasks]
+        )
+        if any(created):
+            self._wake(store)
+        return [task.id for task in tasks]
+
+    async def _change(
+        self,
+        store: Store,
+        task_ids: Iterable[str],
+        decide: Callable[[Task], Task | None],
+    ) -> list[Task | None]:
+        """Apply ``decide`` atomically to each task; None means "leave it"."""
+
+        def change(current: bytes | None) -> Change[Task | None]:
+            if current is None:
+                return Change(None)
+            record = decode_record(current)
+            new = decide(record.task)
+            if new is None:
+                return Change(None)
+            data, entry = _with_entry(new, record.seq)
+            return Change(new, data, add=[entry], remove=[record.entry])
+
+        return await store.update_many(
+            [(_record_path(token(task_id)), change) for task_id in task_ids]
+        )
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> list[Task]:
+        """Lease up to ``limit`` claimable tasks, best first.
+
+        Lists the ready and running directories of ``queues`` (names only), then claims
+        candidates in name order, each with one atomic update of its record.
+        """
+        if limit <= 0 or not queues:
+            return []
+        store = await self._s()
+        candidates = await self._candidates(store, queues, now)
+        claimed: list[Task] = []
+        lease = now + timedelta(seconds=lease_seconds)
+        position = 0
+        while position < len(candidates) and len(claimed) < limit:
+            window = candidates[position : position + (limit - len(claimed))]
+            position += len(window)
+            results = await store.update_many(
+                [
+                    (_record_path(entry.token), self._claim_fn(store, entry, worker_id, lease, now))
+                    for entry in window
+                ]
+            )
+            for entry, result in zip(window, results, strict=True):
+                if isinstance(result, Task):
+                    claimed.append(result)
+                elif result == _STALE and store.optimistic:
+                    await self._recheck_stale(store, entry)
+        return claimed
+
+    async def _candidates(self, store: Store, queues: Sequence[str], now: datetime) -> list[Entry]:
+        now_us = to_us(now)
+        dirs = [f"ready/{token(q)}" for q in queues] + [f"running/{token(q)}" for q in queues]
+        listings = await store.list_many(dirs)
+        found: list[Entry] = []
+        for directory, names in zip(dirs, listings, strict=True):
+            running = directory.startswith("running/")
+            for name in names:
+                entry = parse_entry(directory, name)
+                if entry is None:
+                    continue
+                if running:
+                    if entry.extra_us <= now_us:
+                        found.append(entry)
+                elif not entry.has_due or entry.due_us <= now_us:
+                    found.append(entry)
+        found.sort(key=lambda entry: entry.key)
+        return found
+
+    @staticmethod
+    def _stale_change(store: Store, entry: Entry) -> Change[Any]:
+        if store.optimistic and time.time() * 1000 - entry.created_ms < _STALE_GRACE_MS:
+            return Change(None)
+        return Change(_STALE, remove=[entry.path])
+
+    def _claim_fn(
+        self, store: Store, entry: Entry, worker_id: str, lease: datetime, now: datetime
+    ) -> Callable[[bytes | None], Change[Any]]:
+        def fn(current: bytes | None) -> Change[Any]:
+            if current is None:
+                return self._stale_change(store, entry)
+            record = decode_record(current)
+            if record.entry != entry.path:
+                return self._stale_change(store, entry)
+            task = record.task
+            if not _claimable(task, now):
+                return Change(None)
+            new = msgspec.structs.replace(
+                task,
+                status=TaskStatus.RUNNING,
+                worker_id=worker_id,
+                lease_expires_at=lease,
+                attempts=task.attempts + 1,
+                updated_at=now,
+            )
+            data, new_entry = _with_entry(new, record.seq)
+            return Change(new, data, add=[new_entry], remove=[entry.path])
+
+        return fn
+
+    async def _recheck_stale(self, store: Store, entry: Entry) -> None:
+        # Optimistic stores: a change may have named this entry between our read and the
+        # delete. Put it back if so (entries are empty; recreating one is harmless).
+        current = await store.read(_record_path(entry.token))
+        if current is not None and decode_record(current).entry == entry.path:
+            await store.write_many([(entry.path, b"")])
+
+    async def renew(
+        self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
+    ) -> set[str]:
+        """Extend the leases ``worker_id`` holds; return the ids it still holds."""
+        store = await self._s()
+        lease = now + timedelta(seconds=lease_seconds)
+
+        def decide(task: Task) -> Task | None:
+            if not _holds(task, worker_id):
+                return None
+            return msgspec.structs.replace(task, lease_expires_at=lease, updated_at=now)
+
+        results = await self._change(store, list(task_ids), decide)
+        return {task.id for task in results if task is not None}
+
+    async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
+        """Move each task its worker still holds to the given final status."""
+        store = await self._s()
+
+        def one(ack: Ack) -> Callable[[bytes | None], Change[bool]]:
+            def decide(task: Task) -> Task | None:
+                if not _holds(task, ack.worker_id):
+                    return None
+                return msgspec.structs.replace(
+                    task, status=ack.status, lease_expires_at=None, updated_at=now
+                )
+
+            def fn(current: bytes | None) -> Change[bool]:
+                if current is None:
+                    return Change(False)
+                record = decode_record(current)
+                new = decide(record.task)
+                if new is None:
+                    return Change(False)
+                data, entry = _with_entry(new, record.seq)
+                return Change(True, data, add=[entry], remove=[record.entry])
+
+            return fn
+
+        return await store.update_many(
+            [(_record_path(token(ack.task_id)), one(ack)) for ack in acks]
+        )
+
+    async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
+        """Move a held task to ``RETRYING``, claimable again at ``due_at``."""
+        store = await self._s()
+
+        def decide(task: Task) -> Task | None:
+            if not _holds(task, worker_id):
+                return None
+            return msgspec.structs.replace(
+                task,
+                status=TaskStatus.RETRYING,
+                due_at=due_at,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+
+        (result,) = await self._change(store, [task_id], decide)
+        if result is not None:
+            self._wake(store)
+        return result is not None
+
+    async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
+        """Hand back held tasks without spending an attempt."""
+        store = await self._s()
+
+        def decide(task: Task) -> Task | None:
+            if not _holds(task, worker_id):
+                return None
+            attempts = max(task.attempts - 1, 0)
+            return msgspec.structs.replace(
+                task,
+                status=TaskStatus.RETRYING if attempts else TaskStatus.PENDING,
+                attempts=attempts,
+                lease_expires_at=None,
+                worker_id=None,
+                updated_at=now,
+            )
+
+        released = sum(r is not None for r in await self._change(store, list(task_ids), decide))
+        if released:
+            self._wake(store)
+        return released
+
+    async def transition(
+        self,
+        task_id: str,
+        *,
+        from_statuses: Collection[TaskStatus],
+        to_status: TaskStatus,
+        now: datetime,
+        due_at: datetime | None = None,
+    ) -> Task | None:
+        """Compare-and-set a task's status; clears any lease."""
+        store = await self._s()
+        allowed = frozenset(TaskStatus(s) for s in from_statuses)
+
+        def decide(task: Task) -> Task | None:
+            if task.status not in allowed:
+                return None
+            changes: dict[str, Any] = {
+                "status": to_status,
+                "lease_expires_at": None,
+                "updated_at": now,
+            }
+            if due_at is not None:
+                changes["due_at"] = due_at
+            return msgspec.structs.replace(task, **changes)
+
+        (result,) = await self._change(store, [task_id], decide)
+        if result is not None and _claimable(result, now):
+            self._wake(store)
+        return result
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> Task | None:
+        """The task as stored, or None (one read, no listing)."""
+        store = await self._s()
+        data = await store.read(_record_path(token(task_id)))
+        return None if data is None else decode_record(data).task
+
+    async def get_many(self, task_ids: Sequence[str]) -> builtins.list[Task | None]:
+        """Several tasks, in order (None for unknown ids)."""
+        store = await self._s()
+        found = await store.read_many([_record_path(token(task_id)) for task_id in task_ids])
+        return [None if data is None else decode_record(data).task for data in found]
+
+    async def _entries(self, store: Store, states: Sequence[str], queue: str | None) -> list[Entry]:
+        if queue is not None:
+            dirs = [f"{state}/{token(queue)}" for state in states]
+        else:
+            tops = await store.list_many(list(states))
+            dirs = [
+                f"{state}/{q}" for state, names in zip(states, tops, strict=True) for q in names
+            ]
+        listings = await store.list_many(dirs)
+        entries = []
+        for directory, names in zip(dirs, listings, strict=True):
+            for name in names:
+                entry = parse_entry(directory, name)
+                if entry is not None:
+                    entries.append(entry)
+        return entries
+
+    async def list(
+        self, *, queue: str | None = None, status: TaskStatus | None = None, limit: int = 100
+    ) -> builtins.list[Task]:
+        """Tasks, newest first; reads only the records it returns (plus stale ones)."""
+        store = await self._s()
+        if status is None:
+            states: Sequence[str] = _STATES
+        else:
+            status = TaskStatus(status)
+            states = _STATES_OF[status]
+        entries = [
+            e
+            for e in await self._entries(store, states, queue)
+            if status is None or e.status is status
+        ]
+        entries.sort(key=lambda e: e.seq, reverse=True)
+        tasks: builtins.list[Task] = []
+        seen: set[str] = set()
+        position = 0
+        while position < len(entries) and len(tasks) < limit:
+            batch = []
+            while position < len(entries) and len(batch) < limit - len(tasks):
+                entry = entries[position]
+                position += 1
+                if entry.token not in seen:
+                    seen.add(entry.token)
+                    batch.append(entry)
+            found = await store.read_many([_record_path(e.token) for e in batch])
+            for data in found:
+                if data is None:
+                    continue
+                task = decode_record(data).task
+                if (status is None or task.status is status) and (
+                    queue is None or task.queue == queue
+                ):
+                    tasks.append(task)
+        return tasks[:limit]
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts per queue and status, from entry names (records read only to settle
+        an id that has two entries while a change is in flight)."""
+        store = await self._s()
+        entries = await self._entries(store, _STATES, None)
+        by_token: dict[str, builtins.list[Entry]] = {}
+        for entry in entries:
+            by_token.setdefault(entry.token, []).append(entry)
+        counts: dict[str, dict[str, int]] = {}
+        queue_names: dict[str, str] = {}
+        unsure = [tok for tok, found in by_token.items() if len(found) > 1]
+        settled: dict[str, Task] = {}
+        if unsure:
+            found = await store.read_many([_record_path(tok) for tok in unsure])
+            settled = {
+                tok: decode_record(data).task
+                for tok, data in zip(unsure, found, strict=True)
+                if data is not None
+            }
+        for tok, found_entries in by_token.items():
+            if tok in settled:
+                task = settled[tok]
+                queue, status = task.queue, task.status
+            elif len(found_entries) == 1:
+                entry = found_entries[0]
+                queue_token = entry.path.split("/", 2)[1]
+                queue = queue_names.get(queue_token, queue_token)
+                if queue_token.startswith("~") and queue_token not in queue_names:
+                    data = await store.read(_record_path(tok))
+                    if data is None:
+                        continue
+                    queue = queue_names[queue_token] = decode_record(data).task.queue
+                status = entry.status
+            else:
+                continue
+            per_queue = counts.setdefault(queue, {})
+            per_queue[status.value] = per_queue.get(status.value, 0) + 1
+        return counts
+
+    async def dependents(self, task_id: str) -> builtins.list[Task]:
+        """Tasks whose ``depends_on`` names ``task_id`` (via the ``deps/`` index)."""
+        return (await self.dependents_many([task_id])).get(task_id, [])
+
+    async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
+        """``dependents`` for several ids: one listing each, then one read per dependent."""
+        store = await self._s()
+        listings = await store.list_many([f"deps/{token(task_id)}" for task_id in task_ids])
+        wanted = sorted({name for names in listings for name in names})
+        records = await store.read_many([_record_path(name) for name in wanted])
+        tasks = {
+            name: decode_record(data).task
+            for name, data in zip(wanted, records, strict=True)
+            if data is not None
+        }
+        found: dict[str, builtins.list[Task]] = {}
+        for task_id, names in zip(task_ids, listings, strict=True):
+            matches = [
+                tasks[name]
+                for name in sorted(names)
+                if name in tasks and task_id in tasks[name].depends_on
+            ]
+            if matches:
+                found[task_id] = matches
+        return found
+
+    async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
+        """The earliest due time or lease expiry in ``queues``, from entry names only."""
+        if not queues:
+            return None
+        store = await self._s()
+        dirs = [f"ready/{token(q)}" for q in queues] + [f"running/{token(q)}" for q in queues]
+        listings = await store.list_many(dirs)
+        earliest: int | None = None
+        for directory, names in zip(dirs, listings, strict=True):
+            running = directory.startswith("running/")
+            for name in names:
+                entry = parse_entry(directory, name)
+                if entry is None:
+                    continue
+                due = entry.extra_us if running else entry.due_us
+                if earliest is None or due < earliest:
+                    earliest = due
+        return None if earliest is None else from_us(earliest)
+
+    async def delete_finished(self, before: datetime) -> int:
+        """Delete final tasks last updated before ``before``; finds them by entry name."""
+        store = await self._s()
+        limit_us = to_us(before)
+        old = [
+            e
+            for e in await self._entries(store, ["done"], None)
+            if e.status in FINAL_STATUSES and e.extra_us < limit_us
+        ]
+
+        def delete(entry: Entry) -> Callable[[bytes | None], Change[bool]]:
+            def fn(current: bytes | None) -> Change[bool]:
+                if current is None:
+                    return Change(False, remove=[entry.path])
+                record = decode_record(current)
+                task = record.task
+                finished = task.updated_at or task.created_at
+                if task.status not in FINAL_STATUSES or finished >= before:
+                    return Change(False)
+                deps = [f"deps/{token(dep)}/{entry.token}" for dep in task.depends_on]
+                return Change(True, None, remove=[record.entry, entry.path, *deps])
+
+            return fn
+
+        results = await store.update_many([(_record_path(e.token), delete(e)) for e in old])
+        return sum(results)
+
+    # -- waiting ------------------------------------------------------------------------
+
+    async def _has_work(self, queues: Sequence[str]) -> bool:
+        due = await self.next_due_at(queues)
+        return due is not None and due <= utcnow()
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Poll the ready listings (names only) with a growing interval, starting at 5 ms
+        and capped at ``poll_interval``; an enqueue in this process wakes it at once."""
+        store = await self._s()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        ceiling = max(float(getattr(self.backend.settings, "poll_interval", 1.0) or 1.0), 0.005)
+        waiter = WAKEUPS.register(store.key)
+        delay = 0.005
+        try:
+            while True:
+                if await self._has_work(queues):
+                    return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(waiter[1].wait(), min(delay, remaining))
+                    return
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, ceiling)
+        finally:
+            WAKEUPS.unregister(store.key, waiter)

@@ -1,0 +1,135 @@
+-- Queries of the SQLite backend, loaded by name (``-- name: <name>``).
+-- ``{...}`` marks a fragment filled in by omniq.storage.sqlite (lists of placeholders).
+-- Task rows are always selected as: seq, id, status, priority, attempts, worker_id,
+-- lease_ts, due_ts, updated_ts, data.
+
+-- name: schema_version
+SELECT MAX(version) FROM schema_version;
+
+-- name: create_schema_version
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_ts REAL NOT NULL);
+
+-- name: record_schema_version
+INSERT INTO schema_version (version, applied_ts) VALUES (?, ?);
+
+-- name: insert_task
+INSERT INTO tasks (id, queue, status, priority, due_ts, lease_ts, worker_id, attempts,
+                   has_deps, updated_ts, data)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: insert_dep
+INSERT OR IGNORE INTO task_deps (depends_on, task_id) VALUES (?, ?);
+
+-- name: claim_candidates
+SELECT seq, priority, due_ts FROM tasks
+WHERE queue = {queue} AND ready_ts IS NOT NULL AND ready_ts <= :now
+ORDER BY priority DESC, due_ts, seq
+LIMIT :limit
+
+-- name: claim
+UPDATE tasks
+SET status = 'running', worker_id = :worker, lease_ts = :lease,
+    attempts = attempts + 1, updated_ts = :now
+WHERE seq IN (
+    SELECT seq FROM ({candidates}) ORDER BY priority DESC, due_ts, seq LIMIT :limit
+)
+RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data;
+
+-- name: renew
+UPDATE tasks SET lease_ts = :lease, updated_ts = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND worker_id = :worker AND status = 'running'
+RETURNING id;
+
+-- name: ack
+UPDATE tasks SET status = ?, lease_ts = NULL, updated_ts = ?
+WHERE id = ? AND worker_id = ? AND status = 'running';
+
+-- name: retry
+UPDATE tasks SET status = 'retrying', due_ts = :due, lease_ts = NULL, updated_ts = :now
+WHERE id = :id AND worker_id = :worker AND status = 'running';
+
+-- name: release
+UPDATE tasks
+SET status = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'pending' END,
+    attempts = MAX(attempts - 1, 0), lease_ts = NULL, worker_id = NULL, updated_ts = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND worker_id = :worker AND status = 'running';
+
+-- name: transition
+UPDATE tasks
+SET status = :to_status, due_ts = COALESCE(:due, due_ts), lease_ts = NULL, updated_ts = :now
+WHERE id = :id AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data;
+
+-- name: quarantine_task
+UPDATE tasks SET status = 'failed', lease_ts = NULL, updated_ts = ? WHERE seq = ?;
+
+-- name: get_tasks
+SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data
+FROM tasks WHERE id IN (SELECT value FROM json_each(?));
+
+-- name: list_tasks
+SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data
+FROM tasks {where} ORDER BY seq DESC LIMIT :limit;
+
+-- name: stats
+SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status;
+
+-- name: dependents
+SELECT d.depends_on, t.seq, t.id, t.status, t.priority, t.attempts, t.worker_id, t.lease_ts,
+       t.due_ts, t.updated_ts, t.data
+FROM task_deps AS d JOIN tasks AS t ON t.id = d.task_id
+WHERE d.depends_on IN (SELECT value FROM json_each(?))
+ORDER BY t.seq;
+
+-- name: next_ready
+SELECT MIN(ready_ts) FROM tasks WHERE queue = ? AND ready_ts IS NOT NULL;
+
+-- name: delete_finished_deps
+DELETE FROM task_deps WHERE task_id IN (
+    SELECT id FROM tasks
+    WHERE status IN ('complete', 'failed', 'cancelled', 'expired') AND updated_ts < :before
+);
+
+-- name: delete_finished
+DELETE FROM tasks
+WHERE status IN ('complete', 'failed', 'cancelled', 'expired') AND updated_ts < :before;
+
+-- name: put_result
+INSERT OR REPLACE INTO results (task_id, expires_ts, data) VALUES (?, ?, ?);
+
+-- name: get_result
+SELECT expires_ts, data FROM results WHERE task_id = ?;
+
+-- name: delete_expired_results
+DELETE FROM results WHERE expires_ts IS NOT NULL AND expires_ts <= ?;
+
+-- name: append_event
+INSERT INTO events (task_id, ts, data) VALUES (?, ?, ?);
+
+-- name: get_events
+SELECT id, data FROM events WHERE task_id = ? ORDER BY id;
+
+-- name: delete_events_before
+DELETE FROM events WHERE ts < ?;
+
+-- name: upsert_schedule
+INSERT OR REPLACE INTO schedules (id, next_run_ts, paused, data) VALUES (?, ?, ?, ?);
+
+-- name: get_schedule
+SELECT id, data FROM schedules WHERE id = ?;
+
+-- name: list_schedules
+SELECT id, data FROM schedules ORDER BY id;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE id = ?;
+
+-- name: due_schedules
+SELECT id, data FROM schedules
+WHERE paused = 0 AND next_run_ts IS NOT NULL AND next_run_ts <= ?
+ORDER BY next_run_ts, id
+LIMIT ?;
+
+-- name: advance_schedule
+UPDATE schedules SET next_run_ts = ?, data = ? WHERE id = ? AND next_run_ts IS ?;

@@ -1,0 +1,964 @@
+"""SQLite storage: the embedded default.
+
+One database file holds the task queue, the results, the event log and the schedules.
+It is safe for several worker processes on one host: the file is in WAL mode, every write
+that spans statements runs in ``BEGIN IMMEDIATE`` (so writers queue on the busy timeout
+instead of failing on a lock upgrade), and a claim is one short write transaction.
+
+Every component works standalone from a URL::
+
+    async with AsyncSQLiteQueue("sqlite:///.omniq/omniq.db") as queue:
+        await queue.enqueue([task])
+
+or on the shared connection of a :class:`omniq.backend.sqlite.SQLiteBackend`. Blocking
+twins (``SQLiteQueue``, ``SQLiteResultStorage``…) run the same coroutines on a private loop.
+
+Each operation is one function run on aiosqlite's connection thread, so the event loop
+never blocks on SQLite and a whole transaction costs one thread hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import aiosqlite
+import msgspec
+
+from omniq._sync import sync_twin
+from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.storage.base import (
+    Ack,
+    BaseEventStorage,
+    BaseResultStorage,
+    BaseScheduleStorage,
+    BaseStorage,
+    BaseTaskQueue,
+)
+
+if TYPE_CHECKING:
+    from omniq.backend.base import Backend
+
+__all__ = [
+    "AsyncSQLiteEventStorage",
+    "AsyncSQLiteQueue",
+    "AsyncSQLiteResultStorage",
+    "AsyncSQLiteScheduleStorage",
+    "SQLiteEventStorage",
+    "SQLiteQueue",
+    "SQLiteResultStorage",
+    "SQLiteScheduleStorage",
+    "sqlite_path",
+]
+
+logger = logging.getLogger("omniq")
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+_SQL_DIR = resources.files("omniq.storage").joinpath("sql", "sqlite")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+
+
+def _load_queries() -> dict[str, str]:
+    text = _SQL_DIR.joinpath("queries.sql").read_text(encoding="utf-8")
+    queries: dict[str, str] = {}
+    for chunk in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = chunk.partition("\n")
+        queries[name.strip()] = body.strip().rstrip(";")
+    return queries
+
+
+def _load_migrations() -> list[tuple[int, str]]:
+    found = []
+    for entry in _SQL_DIR.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+_Q = _load_queries()
+_MIGRATIONS = _load_migrations()
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+_ENCODER = msgspec.msgpack.Encoder()
+_TASK_DECODER = msgspec.msgpack.Decoder(Task)
+_RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
+_EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
+_SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
+_STATUSES = {status.value: status for status in TaskStatus}
+_FINAL = frozenset({"complete", "failed", "cancelled", "expired"})
+_CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskStatus.SCHEDULED})
+
+
+def sqlite_path(url: str | os.PathLike[str]) -> str:
+    """The database path named by ``url``, absolute, or ``":memory:"``.
+
+    ``sqlite:///rel.db`` is relative to the current directory, ``sqlite:////abs.db``
+    absolute, ``sqlite://:memory:`` in memory; a plain path is taken as it is.
+    """
+    text = os.fspath(url)
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() != "sqlite":
+            raise ConfigError(f"not a sqlite URL: {text!r} (expected sqlite:///path.db)")
+        rest = rest.split("?", 1)[0]
+        if rest in ("", ":memory:", "/:memory:"):
+            return ":memory:"
+        text = rest[1:] if rest.startswith("/") else rest
+    if text == ":memory:":
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _ts(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _translate(exc: BaseException, doing: str) -> StorageError:
+    """The OmniQ error for a driver error raised while ``doing`` something."""
+    message = str(exc)
+    if isinstance(exc, ValueError):  # aiosqlite: "Connection closed" / "no active connection"
+        return StorageConnectionError(f"sqlite: {doing}: the connection is closed")
+    lowered = message.lower()
+    if isinstance(exc, sqlite3.OperationalError) and any(
+        word in lowered for word in ("unable to open", "locked", "busy", "disk i/o", "readonly")
+    ):
+        return StorageConnectionError(f"sqlite: {doing}: {message}")
+    return StorageError(f"sqlite: {doing}: {message}")
+
+
+def _split_script(script: str) -> list[str]:
+    """The statements of a migration script (``executescript`` would commit early)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        if not current and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+def _tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction (on the connection's thread)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+class _SQLiteConnection:
+    """One aiosqlite connection, its schema migration and its in-process wake-ups.
+
+    Each operation is one function run on the connection's thread, so operations never
+    interleave: that single thread is the write lock within a process, and
+    ``BEGIN IMMEDIATE`` with the busy timeout is the lock between processes.
+    """
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.synchronous = str(synchronous).upper()
+        if self.synchronous not in ("FULL", "NORMAL", "OFF", "EXTRA"):
+            raise ConfigError(f"sqlite_synchronous={synchronous!r}: expected FULL or NORMAL")
+        self._db: aiosqlite.Connection | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._work: asyncio.Event | None = None
+        self._result_waiters: dict[str, builtins.list[asyncio.Future[None]]] = {}
+        self._shm_fd: int | None = None
+
+    @property
+    def is_memory(self) -> bool:
+        """True for an in-memory database (no other process can see it)."""
+        return self.path == ":memory:"
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._db is not None
+
+    async def open(self) -> None:
+        """Open the file (creating its directory), set the pragmas, migrate the schema."""
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._db is not None:
+                return
+            if not self.is_memory:
+                try:
+                    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                except OSError as exc:
+                    raise StorageConnectionError(
+                        f"sqlite: cannot create {self.path}: {exc}"
+                    ) from exc
+            try:
+                db = await aiosqlite.connect(self.path, isolation_level=None, timeout=10.0)
+            except (sqlite3.Error, ValueError) as exc:
+                raise StorageConnectionError(f"sqlite: cannot open {self.path}: {exc}") from exc
+            self._db = db
+            try:
+                await self.run(self._setup, "opening the database")
+            except BaseException:
+                self._db = None
+                await db.close()
+                raise
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not self.is_memory:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"sqlite: {self.path} cannot use WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if self._version(conn) == SCHEMA_VERSION:
+            return
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute(_Q["create_schema_version"])
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            current = self._version(conn)
+            if current > SCHEMA_VERSION:
+                raise StorageError(
+                    f"sqlite: {self.path} has schema version {current}, newer than this "
+                    f"OmniQ supports ({SCHEMA_VERSION}); upgrade OmniQ"
+                )
+            for version, script in _MIGRATIONS:
+                if version > current:
+                    for statement in _split_script(script):
+                        conn.execute(statement)
+                    conn.execute(_Q["record_schema_version"], (version, time.time()))
+
+        _tx(conn, apply)
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        try:
+            row = conn.execute(_Q["schema_version"]).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0
+            raise
+        return int(row[0] or 0)
+
+    async def close(self) -> None:
+        """Close the connection. Safe to call twice."""
+        db, self._db = self._db, None
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None
+        for futures in self._result_waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+        self._result_waiters.clear()
+        if db is not None:
+            try:
+                await db.close()
+            except (sqlite3.Error, ValueError) as exc:
+                raise _translate(exc, "closing") from exc
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        """Run ``fn(sqlite3_connection)`` on the connection's thread; translate errors."""
+        db = self._db
+        if db is None:
+            raise StorageConnectionError(f"sqlite: {doing}: {self.path} is not connected")
+        try:
+            # One hop for the whole operation: aiosqlite's public calls cost one hop each.
+            return cast(T, await cast(Any, db)._execute(fn, db._conn))
+        except (sqlite3.Error, ValueError) as exc:
+            raise _translate(exc, doing) from exc
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction on the connection's thread."""
+        return await self.run(lambda conn: _tx(conn, fn), doing)
+
+    # -- wake-ups ---------------------------------------------------------------------
+
+    def notify_work(self) -> None:
+        """Wake every in-process waiter of :meth:`wait_for_work`."""
+        if self._work is not None:
+            self._work.set()
+            self._work = None
+
+    def _work_event(self) -> asyncio.Event:
+        if self._work is None:
+            self._work = asyncio.Event()
+        return self._work
+
+    def notify_results(self, task_ids: Collection[str]) -> None:
+        """Wake in-process waiters for these results."""
+        for task_id in task_ids:
+            for future in self._result_waiters.pop(task_id, ()):
+                if not future.done():
+                    future.set_result(None)
+
+    def file_signature(self) -> tuple[Any, ...] | None:
+        """A cheap fingerprint of the last commit by any process (None for ``:memory:``).
+
+        Every commit appends to or rewrites the ``-wal`` file and bumps the change counter
+        in the ``-shm`` wal-index header; both are read without a thread hop.
+        """
+        if self.is_memory:
+            return None
+        try:
+            stat = os.stat(self.path + "-wal")
+            wal: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            wal = (0, 0)
+        header = b""
+        try:
+            if self._shm_fd is None:
+                self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+            header = os.pread(self._shm_fd, 48, 0)
+        except OSError:
+            if self._shm_fd is not None:
+                os.close(self._shm_fd)
+            self._shm_fd = None
+        return (wal, header)
+
+    async def data_version(self) -> int:
+        """``PRAGMA data_version``: changes when another connection commits."""
+        return await self.run(
+            lambda conn: int(conn.execute("PRAGMA data_version").fetchone()[0]), "checking"
+        )
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when this process or another one may have made work available."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waiter = asyncio.ensure_future(self._work_event().wait())
+        try:
+            if self.is_memory:
+                await asyncio.wait({waiter}, timeout=timeout)
+                return
+            signature = self.file_signature()
+            version = await self.data_version()
+            next_version_check = loop.time() + 0.25
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                done, _ = await asyncio.wait({waiter}, timeout=min(0.003, remaining))
+                if done or self.file_signature() != signature:
+                    return
+                if loop.time() >= next_version_check:
+                    # A backstop for a commit the file fingerprint could not see.
+                    if await self.data_version() != version:
+                        return
+                    next_version_check = loop.time() + 0.25
+        finally:
+            waiter.cancel()
+
+    def result_future(self, task_id: str) -> asyncio.Future[None]:
+        """A future completed when a result for ``task_id`` is stored in this process."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._result_waiters.setdefault(task_id, []).append(future)
+        return future
+
+    def drop_result_future(self, task_id: str, future: asyncio.Future[None]) -> None:
+        """Forget a waiter that gave up."""
+        futures = self._result_waiters.get(task_id)
+        if futures and future in futures:
+            futures.remove(future)
+            if not futures:
+                del self._result_waiters[task_id]
+
+
+class _SQLiteComponent(BaseStorage):
+    """Connection handling shared by the four components.
+
+    Built from a URL, a component opens its own connection on :meth:`connect`; built by
+    a :class:`~omniq.backend.sqlite.SQLiteBackend`, it connects through the bundle.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] | None = None,
+        settings: Any = None,
+        *,
+        connection: _SQLiteConnection | None = None,
+        bundle: Backend | None = None,
+    ) -> None:
+        self.settings = settings
+        if connection is None:
+            if url is None:
+                base_dir = getattr(settings, "base_dir", ".omniq")
+                url = os.path.join(os.fspath(base_dir), "omniq.db")
+            synchronous = getattr(settings, "sqlite_synchronous", "FULL")
+            connection = _SQLiteConnection(sqlite_path(url), synchronous=synchronous)
+        self.url = os.fspath(url) if url is not None else connection.path
+        self._conn = connection
+        self._bundle = bundle
+        self._connected = False
+
+    async def connect(self) -> None:
+        """Open the connection (through the bundle when there is one). Safe to call twice."""
+        if self._connected:
+            return
+        if self._bundle is not None:
+            await self._bundle.connect()
+        else:
+            await self._conn.open()
+        self._connected = True
+
+    async def close(self) -> None:
+        """Release the connection. Safe to call twice."""
+        if not self._connected:
+            return
+        self._connected = False
+        if self._bundle is not None:
+            await self._bundle.close()
+        else:
+            await self._conn.close()
+
+    async def _db(self) -> _SQLiteConnection:
+        if not self._connected or not self._conn.is_open:
+            await self.connect()
+        return self._conn
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._conn.path!r})"
+
+
+def _task_from_row(row: Row) -> Task:
+    """A stored task: the blob as enqueued, with the mutable columns applied."""
+    _, task_id, status, _, attempts, worker_id, lease_ts, due_ts, updated_ts, data = row
+    try:
+        base = _TASK_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        raise StorageError(f"sqlite: task {task_id}: its stored record is corrupt: {exc}") from exc
+    due_at = base.due_at
+    if _ts(due_at or base.created_at) != due_ts:
+        due_at = _dt(due_ts)
+    updated_at = base.updated_at
+    if _ts(updated_at or base.created_at) != updated_ts:
+        updated_at = _dt(updated_ts)
+    return msgspec.structs.replace(
+        base,
+        status=_STATUSES[status],
+        attempts=attempts,
+        worker_id=worker_id,
+        lease_expires_at=None if lease_ts is None else _dt(lease_ts),
+        due_at=due_at,
+        updated_at=updated_at,
+    )
+
+
+def _task_params(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id,
+        task.queue,
+        task.status.value,
+        task.priority,
+        _ts(task.due_at or task.created_at),
+        None if task.lease_expires_at is None else _ts(task.lease_expires_at),
+        task.worker_id,
+        task.attempts,
+        1 if task.depends_on else 0,
+        _ts(task.updated_at or task.created_at),
+        _ENCODER.encode(task),
+    )
+
+
+def _claim_sql(queue_count: int) -> str:
+    if queue_count == 1:
+        candidates = _Q["claim_candidates"].format(queue=":q0")
+    else:
+        candidates = " UNION ALL ".join(
+            f"SELECT * FROM ({_Q['claim_candidates'].format(queue=f':q{i}')})"
+            for i in range(queue_count)
+        )
+    return _Q["claim"].format(candidates=candidates)
+
+
+class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
+    """The task queue on SQLite.
+
+    ``wait`` wakes at once for work enqueued through the same connection and within a few
+    milliseconds for work committed by another process (it watches the database's WAL
+    files instead of querying).
+
+    Example::
+
+        async with AsyncSQLiteQueue("sqlite:///jobs.db") as queue:
+            await queue.enqueue([Task(id="t1", func="app.tasks:send")])
+            tasks = await queue.claim(["default"], "w1", limit=8, lease_seconds=30, now=utcnow())
+    """
+
+    notifies = True
+
+    async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
+        """Store ``tasks`` (existing ids are left unchanged) in one transaction."""
+        if not tasks:
+            return []
+        rows = [_task_params(task) for task in tasks]
+        deps = [(dep, task.id) for task in tasks for dep in task.depends_on]
+        insert, insert_dep = _Q["insert_task"], _Q["insert_dep"]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(insert, rows)
+            if deps:
+                conn.executemany(insert_dep, deps)
+
+        db = await self._db()
+        if len(rows) == 1 and not deps:
+            # A single statement is its own atomic transaction.
+            await db.run(lambda conn: conn.execute(insert, rows[0]).close(), "enqueueing")
+        else:
+            await db.write(write, "enqueueing")
+        db.notify_work()
+        return [task.id for task in tasks]
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> list[Task]:
+        """Lease up to ``limit`` claimable tasks in one ``BEGIN IMMEDIATE`` transaction."""
+        if limit <= 0 or not queues:
+            return []
+        queues = list(dict.fromkeys(queues))
+        now_ts = _ts(now)
+        params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
+        params.update(worker=worker_id, lease=now_ts + lease_seconds, now=now_ts, limit=limit)
+        sql = _claim_sql(len(queues))
+        quarantine = _Q["quarantine_task"]
+
+        def claim(conn: sqlite3.Connection) -> list[Task]:
+            rows = conn.execute(sql, params).fetchall()
+            rows.sort(key=lambda row: (-row[3], row[7], row[0]))
+            claimed = []
+            for row in rows:
+                try:
+                    claimed.append(_task_from_row(row))
+                except StorageError as exc:
+                    # An undecodable task would be claimed again at every lease expiry and
+                    # block the queue: fail it here, keep the others.
+                    logger.error("%s; marking it failed", exc)
+                    conn.execute(quarantine, (now_ts, row[0]))
+            return claimed
+
+        return await (await self._db()).write(claim, "claiming tasks")
+
+    async def renew(
+        self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
+    ) -> set[str]:
+        """Extend the leases ``worker_id`` still holds (one statement for all)."""
+        if not task_ids:
+            return set()
+        now_ts = _ts(now)
+        params = {
+            "ids": json.dumps(list(task_ids)),
+            "worker": worker_id,
+            "lease": now_ts + lease_seconds,
+            "now": now_ts,
+        }
+        sql = _Q["renew"]
+
+        def renew(conn: sqlite3.Connection) -> set[str]:
+            return {row[0] for row in conn.execute(sql, params).fetchall()}
+
+        return await (await self._db()).run(renew, "renewing leases")
+
+    async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
+        """Finish the tasks still held by their workers, in one transaction."""
+        if not acks:
+            return []
+        now_ts = _ts(now)
+        sql = _Q["ack"]
+        params = [(ack.status.value, now_ts, ack.task_id, ack.worker_id) for ack in acks]
+
+        def ack(conn: sqlite3.Connection) -> list[bool]:
+            return [conn.execute(sql, row).rowcount > 0 for row in params]
+
+        db = await self._db()
+        if len(params) == 1:
+            return await db.run(ack, "acknowledging tasks")
+        return await db.write(ack, "acknowledging tasks")
+
+    async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
+        """Move a held task to ``RETRYING``, due at ``due_at``."""
+        params = {"id": task_id, "worker": worker_id, "due": _ts(due_at), "now": _ts(now)}
+        sql = _Q["retry"]
+        db = await self._db()
+        changed = await db.run(lambda conn: conn.execute(sql, params).rowcount, "retrying")
+        if changed:
+            db.notify_work()
+        return changed > 0
+
+    async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
+        """Hand back held tasks, giving back the attempt their claim counted."""
+        if not task_ids:
+            return 0
+        params = {"ids": json.dumps(list(task_ids)), "worker": worker_id, "now": _ts(now)}
+        sql = _Q["release"]
+        db = await self._db()
+        count = await db.run(lambda conn: conn.execute(sql, params).rowcount, "releasing")
+        if count:
+            db.notify_work()
+        return int(count)
+
+    async def transition(
+        self,
+        task_id: str,
+        *,
+        from_statuses: Collection[TaskStatus],
+        to_status: TaskStatus,
+        now: datetime,
+        due_at: datetime | None = None,
+    ) -> Task | None:
+        """Compare-and-set the status of one task; clears its lease."""
+        params = {
+            "id": task_id,
+            "from_statuses": json.dumps([TaskStatus(s).value for s in from_statuses]),
+            "to_status": TaskStatus(to_status).value,
+            "due": None if due_at is None else _ts(due_at),
+            "now": _ts(now),
+        }
+        sql = _Q["transition"]
+
+        def transition(conn: sqlite3.Connection) -> Row | None:
+            rows = conn.execute(sql, params).fetchall()
+            return tuple(rows[0]) if rows else None
+
+        db = await self._db()
+        row = await db.run(transition, "changing a task's status")
+        if row is None:
+            return None
+        if to_status in _CLAIMABLE_TARGETS:
+            db.notify_work()
+        return _task_from_row(row)
+
+    async def get(self, task_id: str) -> Task | None:
+        """The task as stored, or None."""
+        return (await self.get_many([task_id]))[0]
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task | None]:
+        """Several tasks in one query, in order (None for unknown ids)."""
+        if not task_ids:
+            return []
+        sql, ids = _Q["get_tasks"], json.dumps(list(task_ids))
+        db = await self._db()
+        rows = await db.run(lambda conn: conn.execute(sql, (ids,)).fetchall(), "reading tasks")
+        found = {row[1]: _task_from_row(row) for row in rows}
+        return [found.get(task_id) for task_id in task_ids]
+
+    async def list(
+        self, *, queue: str | None = None, status: TaskStatus | None = None, limit: int = 100
+    ) -> builtins.list[Task]:
+        """Tasks, newest first, filtered by queue and status."""
+        clauses: builtins.list[str] = []
+        params: dict[str, Any] = {"limit": limit}
+        if queue is not None:
+            clauses.append("queue = :queue")
+            params["queue"] = queue
+        if status is not None:
+            clauses.append("status = :status")
+            params["status"] = TaskStatus(status).value
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = _Q["list_tasks"].format(where=where)
+        db = await self._db()
+        rows = await db.run(lambda conn: conn.execute(sql, params).fetchall(), "listing tasks")
+        return [_task_from_row(row) for row in rows]
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts per queue and status."""
+        sql = _Q["stats"]
+        db = await self._db()
+        rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "counting tasks")
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, count in rows:
+            if count:
+                counts.setdefault(queue, {})[status] = count
+        return counts
+
+    async def dependents(self, task_id: str) -> builtins.list[Task]:
+        """Tasks whose ``depends_on`` names ``task_id``."""
+        return (await self.dependents_many([task_id])).get(task_id, [])
+
+    async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
+        """Dependents of several tasks in one query."""
+        if not task_ids:
+            return {}
+        sql, ids = _Q["dependents"], json.dumps(list(task_ids))
+        db = await self._db()
+        rows = await db.run(lambda conn: conn.execute(sql, (ids,)).fetchall(), "reading deps")
+        found: dict[str, builtins.list[Task]] = {}
+        for row in rows:
+            found.setdefault(row[0], []).append(_task_from_row(row[1:]))
+        return found
+
+    async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
+        """The earliest ready time (due time or lease expiry) in ``queues``."""
+        if not queues:
+            return None
+        sql, names = _Q["next_ready"], list(dict.fromkeys(queues))
+
+        def earliest(conn: sqlite3.Connection) -> float | None:
+            times = [conn.execute(sql, (name,)).fetchone()[0] for name in names]
+            known = [ts for ts in times if ts is not None]
+            return min(known) if known else None
+
+        ts = await (await self._db()).run(earliest, "reading due times")
+        return None if ts is None else _dt(ts)
+
+    async def delete_finished(self, before: datetime) -> int:
+        """Delete finished tasks last updated before ``before`` (and their dependency rows)."""
+        params = {"before": _ts(before)}
+        deps_sql, sql = _Q["delete_finished_deps"], _Q["delete_finished"]
+
+        def delete(conn: sqlite3.Connection) -> int:
+            conn.execute(deps_sql, params)
+            return int(conn.execute(sql, params).rowcount)
+
+        return await (await self._db()).write(delete, "deleting finished tasks")
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work may have arrived (any queue), or after ``timeout``."""
+        if timeout <= 0:
+            return
+        await (await self._db()).wait_for_work(timeout)
+
+
+class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
+    """Task results on SQLite; ``wait`` is woken at once by a result stored in-process."""
+
+    async def put_many(self, results: Sequence[TaskResult]) -> None:
+        """Store (or replace) results in one transaction."""
+        if not results:
+            return
+        rows = [
+            (
+                result.task_id,
+                None if result.expires_at is None else _ts(result.expires_at),
+                _ENCODER.encode(result),
+            )
+            for result in results
+        ]
+        sql = _Q["put_result"]
+        db = await self._db()
+        if len(rows) == 1:
+            await db.run(lambda conn: conn.execute(sql, rows[0]).close(), "storing results")
+        else:
+            await db.write(lambda conn: conn.executemany(sql, rows).close(), "storing results")
+        db.notify_results([result.task_id for result in results])
+
+    async def get(self, task_id: str) -> TaskResult | None:
+        """The stored result, or None (also once it expired)."""
+        sql = _Q["get_result"]
+        db = await self._db()
+        row = await db.run(lambda conn: conn.execute(sql, (task_id,)).fetchone(), "reading")
+        if row is None:
+            return None
+        expires_ts, data = row
+        if expires_ts is not None and expires_ts <= time.time():
+            return None
+        try:
+            return _RESULT_DECODER.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StorageError(f"sqlite: result of task {task_id} is corrupt: {exc}") from exc
+
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
+        """Wait for a result: woken in-process at once, else when the file changes."""
+        db = await self._db()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        future = db.result_future(task_id)
+        try:
+            delay = 0.002
+            while True:
+                signature = db.file_signature()
+                result = await self.get(task_id)
+                if result is not None:
+                    return result
+                last_read = loop.time()
+                while True:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return None
+                    await asyncio.wait({future}, timeout=min(delay, remaining))
+                    delay = min(delay * 1.5, 0.05)
+                    if future.done():
+                        future = db.result_future(task_id)
+                        break
+                    if signature is not None and db.file_signature() != signature:
+                        break
+                    if loop.time() - last_read >= 0.25:  # backstop, and :memory: elsewhere
+                        break
+        finally:
+            db.drop_result_future(task_id, future)
+
+    async def delete_expired(self, now: datetime) -> int:
+        """Delete results past their ``expires_at``."""
+        sql, now_ts = _Q["delete_expired_results"], _ts(now)
+        db = await self._db()
+        return int(await db.run(lambda conn: conn.execute(sql, (now_ts,)).rowcount, "deleting"))
+
+
+class AsyncSQLiteEventStorage(_SQLiteComponent, BaseEventStorage):
+    """The task event log on SQLite (append-only, ordered by insertion)."""
+
+    async def append(self, events: Sequence[TaskEvent]) -> None:
+        """Append events in one transaction."""
+        if not events:
+            return
+        rows = [(event.task_id, _ts(event.timestamp), _ENCODER.encode(event)) for event in events]
+        sql = _Q["append_event"]
+        db = await self._db()
+        if len(rows) == 1:
+            await db.run(lambda conn: conn.execute(sql, rows[0]).close(), "appending events")
+        else:
+            await db.write(lambda conn: conn.executemany(sql, rows).close(), "appending events")
+
+    async def get(self, task_id: str) -> builtins.list[TaskEvent]:
+        """The task's events, oldest first."""
+        sql = _Q["get_events"]
+        db = await self._db()
+        rows = await db.run(lambda conn: conn.execute(sql, (task_id,)).fetchall(), "reading")
+        events = []
+        for event_id, data in rows:
+            try:
+                events.append(_EVENT_DECODER.decode(data))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise StorageError(
+                    f"sqlite: event {event_id} of task {task_id} is corrupt"
+                ) from exc
+        return events
+
+    async def delete_before(self, before: datetime) -> int:
+        """Delete events older than ``before``."""
+        sql, before_ts = _Q["delete_events_before"], _ts(before)
+        db = await self._db()
+        return int(await db.run(lambda conn: conn.execute(sql, (before_ts,)).rowcount, "deleting"))
+
+
+def _schedule_row(schedule: Schedule) -> tuple[Any, ...]:
+    next_ts = None if schedule.next_run_at is None else _ts(schedule.next_run_at)
+    return (schedule.id, next_ts, 1 if schedule.paused else 0, _ENCODER.encode(schedule))
+
+
+def _schedule_from_row(row: Row) -> Schedule:
+    schedule_id, data = row
+    try:
+        return _SCHEDULE_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StorageError(f"sqlite: schedule {schedule_id} is corrupt: {exc}") from exc
+
+
+class AsyncSQLiteScheduleStorage(_SQLiteComponent, BaseScheduleStorage):
+    """Schedules on SQLite; a tick is claimed with a compare-and-set on ``next_run_at``."""
+
+    async def upsert(self, schedule: Schedule) -> None:
+        """Insert or replace the schedule with this id."""
+        sql, row = _Q["upsert_schedule"], _schedule_row(schedule)
+        await (await self._db()).run(lambda conn: conn.execute(sql, row).close(), "storing")
+
+    async def get(self, schedule_id: str) -> Schedule | None:
+        """The schedule, or None."""
+        sql = _Q["get_schedule"]
+        db = await self._db()
+        row = await db.run(lambda conn: conn.execute(sql, (schedule_id,)).fetchone(), "reading")
+        return None if row is None else _schedule_from_row(row)
+
+    async def list(self) -> builtins.list[Schedule]:
+        """All schedules, by id."""
+        sql = _Q["list_schedules"]
+        db = await self._db()
+        rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "listing schedules")
+        return [_schedule_from_row(row) for row in rows]
+
+    async def delete(self, schedule_id: str) -> bool:
+        """Remove a schedule; False if it did not exist."""
+        sql = _Q["delete_schedule"]
+        db = await self._db()
+        count = await db.run(lambda conn: conn.execute(sql, (schedule_id,)).rowcount, "deleting")
+        return count > 0
+
+    async def update(self, schedule_id: str, changes: Mapping[str, Any]) -> Schedule | None:
+        """Apply field changes in one transaction; None if the schedule is unknown."""
+        get_sql, put_sql = _Q["get_schedule"], _Q["upsert_schedule"]
+
+        def update(conn: sqlite3.Connection) -> Schedule | None:
+            row = conn.execute(get_sql, (schedule_id,)).fetchone()
+            if row is None:
+                return None
+            schedule = msgspec.structs.replace(_schedule_from_row(row), **dict(changes))
+            conn.execute(put_sql, _schedule_row(schedule))
+            return schedule
+
+        return await (await self._db()).write(update, "updating a schedule")
+
+    async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
+        """Unpaused schedules due at or before ``now``, earliest first."""
+        sql, now_ts = _Q["due_schedules"], _ts(now)
+        db = await self._db()
+        rows = await db.run(lambda conn: conn.execute(sql, (now_ts, limit)).fetchall(), "reading")
+        return [_schedule_from_row(row) for row in rows]
+
+    async def advance(
+        self,
+        schedule_id: str,
+        *,
+        expected_next_run_at: datetime,
+        next_run_at: datetime | None,
+        last_run_at: datetime,
+    ) -> bool:
+        """Claim one tick: a compare-and-set on ``next_run_at`` under the write lock."""
+        get_sql, set_sql = _Q["get_schedule"], _Q["advance_schedule"]
+
+        def advance(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(get_sql, (schedule_id,)).fetchone()
+            if row is None:
+                return False
+            schedule = _schedule_from_row(row)
+            if schedule.next_run_at is None or schedule.next_run_at != expected_next_run_at:
+                return False
+            new = msgspec.structs.replace(
+                schedule, next_run_at=next_run_at, last_run_at=last_run_at, runs=schedule.runs + 1
+            )
+            new_row = _schedule_row(new)
+            old_ts = _ts(schedule.next_run_at)
+            return conn.execute(set_sql, (new_row[1], new_row[3], schedule_id, old_ts)).rowcount > 0
+
+        return await (await self._db()).write(advance, "advancing a schedule")
+
+
+SQLiteQueue = sync_twin(AsyncSQLiteQueue, "SQLiteQueue")
+SQLiteResultStorage = sync_twin(AsyncSQLiteResultStorage, "SQLiteResultStorage")
+SQLiteEventStorage = sync_twin(AsyncSQLiteEventStorage, "SQLiteEventStorage")
+SQLiteScheduleStorage = sync_twin(AsyncSQLiteScheduleStorage, "SQLiteScheduleStorage")

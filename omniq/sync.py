@@ -1,0 +1,273 @@
+"""``OmniQ``: the blocking API, every method one call into :class:`AsyncOmniQ`.
+
+No logic lives here. Each ``OmniQ`` owns a private event loop on its own thread
+(:class:`omniq._sync.LoopThread`) and runs the async client's coroutines there, so
+connections survive from one call to the next. Calling it from inside a running event
+loop raises ``SyncInAsyncError`` pointing to ``AsyncOmniQ``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+from omniq._sync import LoopThread
+from omniq.config import Settings
+from omniq.core import AsyncOmniQ, AsyncTaskFunction, Seconds
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueue
+from omniq.workers.sync import WorkerPool
+
+__all__ = ["OmniQ", "TaskFunction"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskFunction(Generic[P, R]):
+    """A function registered with ``@oq.task`` on ``OmniQ``: callable, plus blocking
+    ``delay``/``submit``."""
+
+    def __init__(self, inner: AsyncTaskFunction[P, R], runner: LoopThread) -> None:
+        functools.update_wrapper(self, inner.__omniq_func__)
+        self.__omniq_func__ = inner.__omniq_func__
+        self._inner = inner
+        self._runner = runner
+        self.name = inner.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.__omniq_func__(*args, **kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue a call with the registered options; returns the task id."""
+        return self._runner.run(self._inner.delay(*args, **kwargs))
+
+    def submit(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> str:
+        """Enqueue a call with per-call options over the registered ones."""
+        return self._runner.run(self._inner.submit(args, kwargs, **options))
+
+
+class OmniQ:
+    """The blocking OmniQ client: the same methods as :class:`AsyncOmniQ`, without ``await``.
+
+    Example::
+
+        with OmniQ() as oq:                     # SQLite under .omniq/
+            task_id = oq.enqueue(send_email, "ada@example.com")
+            oq.worker().run(burst=True)
+            print(oq.get_result(task_id).result)
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        task_queue: str | BaseTaskQueue | None = None,
+        result_storage: str | BaseResultStorage | None = None,
+        event_storage: str | BaseEventStorage | Literal[False] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._async = AsyncOmniQ(
+            settings,
+            task_queue=task_queue,
+            result_storage=result_storage,
+            event_storage=event_storage,
+            **overrides,
+        )
+        self._runner = LoopThread("omniq-loop", async_name="AsyncOmniQ")
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force."""
+        return self._async.settings
+
+    @property
+    def async_client(self) -> AsyncOmniQ:
+        """The async client this one drives (use it only on this client's loop)."""
+        return self._async
+
+    def connect(self) -> None:
+        """Open the storages (done on first use too)."""
+        self._runner.run(self._async.connect())
+
+    def close(self) -> None:
+        """Flush events, release the storages and stop the private loop."""
+        try:
+            self._runner.run(self._async.close())
+        finally:
+            self._runner.stop()
+
+    def __enter__(self) -> OmniQ:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(
+        self,
+        func: Callable[..., Any] | str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: Seconds | None = None,
+        eta: datetime | None = None,
+        ttl: Seconds | None = None,
+        max_retries: int | None = None,
+        retry_delay: Seconds | None = None,
+        timeout: Seconds | None = None,
+        depends_on: Iterable[str] = (),
+        task_id: str | None = None,
+    ) -> str:
+        """Enqueue ``func(*args, **kwargs)`` with options; return the task id."""
+        return self._runner.run(
+            self._async.submit(
+                func,
+                args,
+                kwargs,
+                queue=queue,
+                priority=priority,
+                delay=delay,
+                eta=eta,
+                ttl=ttl,
+                max_retries=max_retries,
+                retry_delay=retry_delay,
+                timeout=timeout,
+                depends_on=depends_on,
+                task_id=task_id,
+            )
+        )
+
+    def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
+        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id."""
+        return self._runner.run(self._async.enqueue(func, *args, **kwargs))
+
+    def enqueue_many(
+        self, func: Callable[..., Any] | str, args_list: Iterable[Sequence[Any]], **options: Any
+    ) -> list[str]:
+        """One task per argument tuple, in as few round trips as possible."""
+        return self._runner.run(self._async.enqueue_many(func, args_list, **options))
+
+    def get_task(self, task_id: str) -> Task | None:
+        """The task with its current status and attempts, or None."""
+        return self._runner.run(self._async.get_task(task_id))
+
+    def get_result(
+        self, task_id: str, *, wait: bool = False, timeout: Seconds | None = None
+    ) -> TaskResult | None:
+        """The final result, or None; ``wait=True`` blocks (``ResultTimeoutError`` after ``timeout``)."""
+        return self._runner.run(self._async.get_result(task_id, wait=wait, timeout=timeout))
+
+    def get_events(self, task_id: str) -> list[TaskEvent]:
+        """The task's lifecycle events, oldest first."""
+        return self._runner.run(self._async.get_events(task_id))
+
+    def list_tasks(
+        self, *, queue: str | None = None, status: TaskStatus | str | None = None, limit: int = 100
+    ) -> list[Task]:
+        """Tasks, newest first, filtered by queue and status."""
+        return self._runner.run(self._async.list_tasks(queue=queue, status=status, limit=limit))
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Task counts per queue and status."""
+        return self._runner.run(self._async.stats())
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a waiting or running task; False for a finished or unknown id."""
+        return self._runner.run(self._async.cancel(task_id))
+
+    def cleanup(self) -> dict[str, int]:
+        """Drop expired results, old finished tasks and old events; return counts."""
+        return self._runner.run(self._async.cleanup())
+
+    def schedule(
+        self,
+        func: Callable[..., Any] | str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        interval: Seconds | None = None,
+        timezone: str = "UTC",
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        max_runs: int | None = None,
+        schedule_id: str | None = None,
+        **task_options: Any,
+    ) -> str:
+        """Create or update recurring work; return the schedule id."""
+        return self._runner.run(
+            self._async.schedule(
+                func,
+                args,
+                kwargs,
+                cron=cron,
+                interval=interval,
+                timezone=timezone,
+                start_at=start_at,
+                end_at=end_at,
+                max_runs=max_runs,
+                schedule_id=schedule_id,
+                **task_options,
+            )
+        )
+
+    def pause_schedule(self, schedule_id: str) -> bool:
+        """Stop a schedule from firing until resumed."""
+        return self._runner.run(self._async.pause_schedule(schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> bool:
+        """Let a paused schedule fire again."""
+        return self._runner.run(self._async.resume_schedule(schedule_id))
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule."""
+        return self._runner.run(self._async.remove_schedule(schedule_id))
+
+    def list_schedules(self) -> list[Schedule]:
+        """All schedules."""
+        return self._runner.run(self._async.list_schedules())
+
+    def get_schedule(self, schedule_id: str) -> Schedule | None:
+        """One schedule, or None."""
+        return self._runner.run(self._async.get_schedule(schedule_id))
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def task(
+        self, func: None = None, /, *, name: str | None = None, **task_options: Any
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def task(
+        self, func: Callable[P, R] | None = None, /, *, name: str | None = None, **task_options: Any
+    ) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register a task function; it stays callable and gains blocking ``delay``/``submit``."""
+
+        def register(f: Callable[P, R]) -> TaskFunction[P, R]:
+            inner: AsyncTaskFunction[P, R] = self._async.task(name=name, **task_options)(f)
+            return TaskFunction(inner, self._runner)
+
+        return register(func) if func is not None else register
+
+    def resolve(self, name: str) -> Callable[..., Any]:
+        """The callable behind a task's ``func`` name."""
+        return self._async.resolve(name)
+
+    def worker(
+        self,
+        *,
+        worker_type: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | str | None = None,
+    ) -> WorkerPool:
+        """A blocking worker pool over this client's storages (not started)."""
+        pool = self._async.worker(worker_type=worker_type, concurrency=concurrency, queues=queues)
+        return WorkerPool(pool, self._runner)

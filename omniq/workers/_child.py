@@ -1,0 +1,265 @@
+"""Plumbing shared by the worker types that run tasks in child processes.
+
+The ``process`` and ``gevent`` worker types hand each call to a child process over a
+private pipe or socket. Both ends belong to the same worker, so the wire is trusted: the
+task's stored payload was already decoded and checked (signature, strict mode) by the
+pool before the call gets here, and only the decoded call crosses the pipe.
+
+Wire format:
+
+- a request is one tag byte and a pickle of ``(how, target, args, kwargs)``: ``how`` is
+  ``"path"`` (``target`` is ``"module:qualname"``, imported in the child) or ``"object"``
+  (``target`` is the callable itself). Tag ``P`` is the standard pickle, tag ``D`` dill,
+  used when the standard pickle cannot carry the call (lambdas, closures, ``__main__``).
+- a reply is a tag byte and a pickle of ``("ok", value)`` or ``("err", _RemoteError)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from omniq._callables import callable_path, resolve
+from omniq.errors import SerializationError, WorkerError
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+__all__ = [
+    "decode_call",
+    "decode_reply",
+    "encode_call",
+    "encode_error",
+    "encode_value",
+    "invoke",
+    "process_main",
+]
+
+_PICKLE: Final = b"P"
+_DILL: Final = b"D"
+READY: Final = b"R"
+_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
+
+
+def _dumps(value: Any) -> bytes:
+    """Standard pickle when it carries ``value`` faithfully, else dill."""
+    try:
+        data = pickle.dumps(value, protocol=_PROTOCOL)
+    except Exception:
+        pass
+    else:
+        # A reference into ``__main__`` would resolve to another module in the child.
+        if b"__main__" not in data:
+            return _PICKLE + data
+    import dill
+
+    body: bytes = dill.dumps(value, protocol=_PROTOCOL, recurse=True)
+    return _DILL + body
+
+
+def _loads(data: bytes) -> Any:
+    tag, body = data[:1], memoryview(data)[1:]
+    if tag == _PICKLE:
+        return pickle.loads(body)
+    if tag == _DILL:
+        import dill
+
+        return dill.loads(body)
+    raise SerializationError(f"unknown worker wire tag {tag!r}")
+
+
+def encode_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Encode a call for a child process; SerializationError if it cannot travel."""
+    path = callable_path(func)
+    call = ("path", path, args, kwargs) if path is not None else ("object", func, args, kwargs)
+    try:
+        return _dumps(call)
+    except Exception as exc:
+        raise SerializationError(
+            f"the call cannot be sent to a worker process: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def decode_call(data: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """The ``(func, args, kwargs)`` of a request made by :func:`encode_call`."""
+    how, target, args, kwargs = _loads(data)
+    func = resolve(target) if how == "path" else target
+    return func, args, kwargs
+
+
+def invoke(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``func``; a coroutine function (or a returned coroutine) runs to completion
+    under ``asyncio.run``."""
+    if inspect.iscoroutinefunction(func):
+        return asyncio.run(func(*args, **kwargs))
+    value = func(*args, **kwargs)
+    if inspect.iscoroutine(value):
+        return asyncio.run(value)
+    return value
+
+
+class _RemoteError(NamedTuple):
+    """An exception raised in a child: the pickled exception when it survives the trip,
+    its type's module and qualname, its message, and the child's traceback."""
+
+    pickled: bytes | None
+    module: str
+    qualname: str
+    message: str
+    traceback: str
+
+
+def encode_value(value: Any) -> bytes:
+    """The reply for a call that returned ``value``."""
+    try:
+        return _dumps(("ok", value))
+    except Exception as exc:
+        error = SerializationError(
+            f"the task's result (type {type(value).__qualname__}) cannot be sent back from "
+            f"the worker process: {type(exc).__name__}: {exc}"
+        )
+        return encode_error(error)
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """The reply for a call that raised ``exc``."""
+    kind = type(exc)
+    pickled: bytes | None
+    try:
+        # Rebuilt without calling __init__ (see _rebuild): exceptions whose __init__ takes
+        # other arguments than their ``args`` (omniq.Retry) survive the trip.
+        pickled = _dumps((kind, exc.args, vars(exc)))
+        _rebuild(_loads(pickled))
+    except Exception:
+        pickled = None
+    report = _RemoteError(
+        pickled=pickled,
+        module=kind.__module__,
+        qualname=kind.__qualname__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+    return _PICKLE + pickle.dumps(("err", report), protocol=_PROTOCOL)
+
+
+class RemoteTraceback(Exception):  # noqa: N818 - carries text, named like concurrent.futures'
+    """The traceback of an exception raised in a worker's child process (set as the
+    ``__cause__`` of the re-raised exception, so stored tracebacks show where it happened)."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+_stand_ins: dict[tuple[str, str], type[Exception]] = {}
+
+
+def _stand_in(module: str, qualname: str) -> type[Exception]:
+    """An exception class that reports the given module and qualname (for an exception
+    whose own class cannot be rebuilt in this process)."""
+    key = (module, qualname)
+    kind = _stand_ins.get(key)
+    if kind is None:
+        name = qualname.rpartition(".")[2]
+        kind = type(name, (Exception,), {"__module__": module, "__qualname__": qualname})
+        _stand_ins[key] = kind
+    return kind
+
+
+def _rebuild(parts: tuple[type[BaseException], tuple[Any, ...], dict[str, Any]]) -> BaseException:
+    kind, args, state = parts
+    if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+        raise TypeError(f"not an exception class: {kind!r}")
+    error = kind.__new__(kind, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+def decode_reply(data: bytes) -> Any:
+    """The value of a reply, or raise the exception the child reported."""
+    try:
+        kind, body = _loads(data)
+    except Exception as exc:
+        raise SerializationError(
+            f"the worker process sent back a result that cannot be decoded here: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if kind == "ok":
+        return body
+    report: _RemoteError = body
+    error: BaseException | None = None
+    if report.pickled is not None:
+        try:
+            error = _rebuild(_loads(report.pickled))
+        except Exception:
+            error = None
+    if error is None:
+        error = _stand_in(report.module, report.qualname)(report.message)
+    raise error from RemoteTraceback(report.traceback)
+
+
+def serve(request: bytes) -> bytes:
+    """Run one request and return the reply (never raises an ``Exception``)."""
+    try:
+        func, args, kwargs = decode_call(request)
+        value = invoke(func, args, kwargs)
+    except Exception as exc:
+        return encode_error(exc)
+    return encode_value(value)
+
+
+def _exit_with_parent(parent: int) -> None:
+    # Orphaned (the worker was killed): stop rather than finish work nobody will read.
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def ignore_stop_signals() -> None:
+    """Leave SIGINT/SIGTERM to the worker process, which stops its children itself:
+    a Ctrl-C or a group-wide SIGTERM must not kill tasks the worker lets finish."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def process_main(conn: Connection, parent: int) -> None:
+    """Entry point of a ``process`` worker child: serve requests until told to stop
+    (an empty message) or until the worker goes away."""
+    ignore_stop_signals()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    try:
+        conn.send_bytes(READY)
+        while True:
+            request = conn.recv_bytes()
+            if not request:
+                return
+            reply = serve(request)
+            conn.send_bytes(reply)
+    except (EOFError, OSError):
+        return
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def died_message(exitcode: int | None) -> WorkerError:
+    """The error for a call whose child process died under it."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        code = f"exit code {exitcode}, {name}"
+    else:
+        code = f"exit code {exitcode}"
+    return WorkerError(f"worker process died ({code}) while running the task")

@@ -1,0 +1,528 @@
+"""The worker pool: claim, run, renew leases, record the outcome, acknowledge.
+
+One ``AsyncWorkerPool`` is one worker: a loop on one event loop that keeps up to
+``concurrency`` tasks running. Per task: claim (with a lease, in batches that fill the
+free slots), log ``EXECUTING``, run through the executor of the worker type, then write
+the result and acknowledge (results before acks, both batched across tasks), or schedule
+a retry. A background renewer extends the leases of everything held; a task whose lease
+was lost (it was cancelled, or the worker stalled past its lease) is stopped here and
+left to whoever holds it now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from omniq.errors import ConfigError, OmniQError, SerializationError, StorageError, TaskTimeoutError
+from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.retry import Retry, backoff_delay, has_attempts_left
+from omniq.storage.base import Ack
+from omniq.workers.executors import BaseExecutor, create_executor, executor_class
+
+if TYPE_CHECKING:
+    from omniq.core import AsyncOmniQ
+
+__all__ = ["AsyncWorkerPool"]
+
+logger = logging.getLogger("omniq.worker")
+
+_FINISH_BATCH = 500
+_MAX_BACKOFF = 5.0
+
+
+class _Finished(NamedTuple):
+    task: Task
+    result: TaskResult
+
+
+def _parse_queues(queues: Sequence[str] | str | None, default: str) -> tuple[str, ...]:
+    if queues is None:
+        return (default,)
+    names = queues.split(",") if isinstance(queues, str) else list(queues)
+    cleaned = tuple(dict.fromkeys(name.strip() for name in names if name.strip()))
+    if not cleaned:
+        raise ConfigError(f"queues={queues!r}: expected at least one queue name")
+    return cleaned
+
+
+class AsyncWorkerPool:
+    """Runs tasks from ``queues`` with up to ``concurrency`` at a time.
+
+    Example::
+
+        pool = oq.worker(concurrency=16)
+        await pool.run(burst=True)        # everything due now, then return
+
+        async with oq.worker():           # in the background for the block
+            ...
+    """
+
+    def __init__(
+        self,
+        oq: AsyncOmniQ,
+        *,
+        worker_type: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | str | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        settings = oq.settings
+        self.oq = oq
+        self.worker_type = worker_type or settings.default_worker
+        executor_class(self.worker_type)  # fail now on an unknown type
+        self.concurrency = settings.max_workers if concurrency is None else concurrency
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigError(f"concurrency={concurrency!r}: expected an integer >= 1")
+        self.queues = _parse_queues(queues, settings.default_queue)
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        self.lease_seconds: float = settings.lease_seconds
+        #: Counts of outcomes since start: complete, failed, retried, expired, cancelled.
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("complete", "failed", "retried", "expired", "cancelled"), 0
+        )
+        self._executor: BaseExecutor | None = None
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._held: set[str] = set()
+        self._finished: list[_Finished] = []
+        self._finish_wakeup: asyncio.Event | None = None
+        self._slot_freed: asyncio.Event | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._abandoned: set[str] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._stop_timeout: float | None = None
+        self._started = False
+        self._nudge: asyncio.Event | None = None
+        self._next_schedule_check = 0.0
+        self._schedules_off = False
+
+    # -- public control ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the pool's loop runs."""
+        return self._started
+
+    async def run(self, *, burst: bool = False) -> None:
+        """Process tasks until stopped; with ``burst=True`` return once nothing is left
+        to claim and nothing is running."""
+        if self._started:
+            raise ConfigError("this worker pool is already running")
+        self._started = True
+        self._stop_event = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._finish_wakeup = asyncio.Event()
+        self._nudge = asyncio.Event()
+        await self.oq.connect()
+        self._executor = create_executor(self.worker_type, self.concurrency)
+        await self._executor.start()
+        self.oq._pools.add(self)
+        finisher = asyncio.create_task(self._finish_loop(), name="omniq-finisher")
+        renewer = asyncio.create_task(self._renew_loop(), name="omniq-renewer")
+        logger.info(
+            "worker %s started: type=%s concurrency=%d queues=%s",
+            self.worker_id,
+            self.worker_type,
+            self.concurrency,
+            ",".join(self.queues),
+        )
+        try:
+            await self._claim_loop(burst)
+        finally:
+            try:
+                await self._shutdown(finisher, renewer)
+            finally:
+                self.oq._pools.discard(self)
+                self._started = False
+                logger.info("worker %s stopped: %s", self.worker_id, self.counts)
+
+    async def start(self) -> None:
+        """Run the pool in the background; returns at once."""
+        if self._main is not None and not self._main.done():
+            return
+        self._main = asyncio.create_task(self.run(), name=f"omniq-worker-{self.worker_id}")
+        # Let it get going so that stop() right after start() finds it started.
+        await asyncio.sleep(0)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, let running tasks finish within ``timeout`` (default
+        ``shutdown_timeout``), hand back the leases of the rest, flush, and return.
+        ``timeout=0`` stops at once (leases are still handed back)."""
+        self._stop_timeout = timeout
+        if self._stop_event is not None:
+            self._stop_event.set()
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+        main = self._main
+        if main is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+            self._main = None
+
+    async def __aenter__(self) -> AsyncWorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def wake(self) -> None:
+        """Re-check schedules and the queue now (a schedule was created or changed)."""
+        self._next_schedule_check = 0.0
+        if self._nudge is not None:
+            self._nudge.set()
+
+    def cancel_local(self, task_id: str) -> bool:
+        """Stop a task this pool is running (its state was already settled elsewhere)."""
+        running = self._running.get(task_id)
+        if running is None:
+            return False
+        self._abandoned.add(task_id)
+        running.cancel()
+        return True
+
+    # -- claiming ----------------------------------------------------------------------
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop_event is not None and self._stop_event.is_set()
+
+    async def _claim_loop(self, burst: bool) -> None:
+        assert self._slot_freed is not None
+        queue = self.oq.queue
+        settings = self.oq.settings
+        backoff = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if not burst and loop.time() >= self._next_schedule_check:
+                await self._fire_schedules(settings.poll_interval)
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                tasks = await queue.claim(
+                    self.queues,
+                    self.worker_id,
+                    limit=free,
+                    lease_seconds=self.lease_seconds,
+                    now=utcnow(),
+                )
+                backoff = 0.0
+            except StorageError as exc:
+                backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
+                logger.warning("claim failed (%s); retrying in %.2f s", exc, backoff)
+                await self._idle(backoff)
+                continue
+            for task in tasks:
+                self._held.add(task.id)
+                self._running[task.id] = asyncio.create_task(self._execute(task))
+            if tasks:
+                if len(tasks) < free:
+                    # Let the claimed tasks start before asking again: the batch was short,
+                    # so the queue is (nearly) empty.
+                    await asyncio.sleep(0)
+                continue
+            if burst:
+                if self._running:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
+                return
+            await self._wait_for_work(settings.poll_interval)
+
+    async def _fire_schedules(self, poll_interval: float) -> None:
+        """Fire due schedule ticks; note when to look again."""
+        loop = asyncio.get_running_loop()
+        self._next_schedule_check = loop.time() + poll_interval
+        if self._schedules_off:
+            return
+        try:
+            scheduler = await self.oq._open_schedules()
+            next_due = await scheduler.fire_due(utcnow())
+        except OmniQError as exc:
+            if isinstance(exc, StorageError):
+                logger.warning("firing schedules failed: %s", exc)
+            else:  # this queue has no schedule store: nothing to fire, ever
+                self._schedules_off = True
+            return
+        if next_due is not None:
+            wait = max(0.0, (next_due - utcnow()).total_seconds())
+            self._next_schedule_check = min(self._next_schedule_check, loop.time() + wait)
+
+    async def _wait_for_work(self, poll_interval: float) -> None:
+        queue = self.oq.queue
+        ceiling = max(poll_interval, 5.0) if queue.notifies else poll_interval
+        if not self._schedules_off:
+            loop = asyncio.get_running_loop()
+            ceiling = min(ceiling, max(0.0, self._next_schedule_check - loop.time()))
+        timeout = ceiling
+        try:
+            due = await queue.next_due_at(self.queues)
+        except StorageError:
+            due = None
+        if due is not None:
+            timeout = min(ceiling, max(0.0, (due - utcnow()).total_seconds()))
+        if timeout <= 0:
+            return
+        await self._idle(timeout, queue.wait(self.queues, timeout))
+
+    async def _idle(self, timeout: float, waiter: Any = None) -> None:
+        """Sleep for ``timeout`` or until ``waiter`` finishes, but wake on stop."""
+        assert self._stop_event is not None and self._nudge is not None
+        self._nudge.clear()
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        nudge = asyncio.ensure_future(self._nudge.wait())
+        wait = asyncio.ensure_future(waiter if waiter is not None else asyncio.sleep(timeout))
+        try:
+            done, _ = await asyncio.wait(
+                {stop, nudge, wait}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if wait in done and not wait.cancelled() and wait.exception() is not None:
+                exc = wait.exception()
+                logger.warning("waiting for work failed: %s", exc)
+                await asyncio.sleep(min(timeout, 0.5))
+        finally:
+            for fut in (stop, nudge, wait):
+                if not fut.done():
+                    fut.cancel()
+            await asyncio.gather(stop, nudge, wait, return_exceptions=True)
+
+    # -- running one task ----------------------------------------------------------------
+
+    def _event(self, task: Task, kind: EventType, message: str = "") -> None:
+        events = self.oq.events
+        if events.enabled or events._handlers:
+            events.log(
+                TaskEvent(
+                    task_id=task.id,
+                    event_type=kind,
+                    attempt=task.attempts,
+                    worker_id=self.worker_id,
+                    message=message,
+                    queue=task.queue,
+                )
+            )
+
+    def _finish(
+        self,
+        task: Task,
+        status: TaskStatus,
+        *,
+        value: bytes | None = None,
+        error: ErrorInfo | None = None,
+        started_at: datetime | None = None,
+    ) -> None:
+        result = self.oq._final_result(
+            task,
+            status,
+            value=value,
+            error=error,
+            started_at=started_at,
+            worker_id=self.worker_id,
+            now=utcnow(),
+        )
+        self._finished.append(_Finished(task, result))
+        assert self._finish_wakeup is not None
+        self._finish_wakeup.set()
+
+    async def _execute(self, task: Task) -> None:
+        try:
+            await self._execute_inner(task)
+        except asyncio.CancelledError:
+            # Stopped here: by a hard stop (the lease is handed back in _shutdown), or
+            # because the task was cancelled or its lease lost (settled elsewhere).
+            pass
+        except Exception:
+            logger.exception("worker %s: internal error on task %s", self.worker_id, task.id)
+        finally:
+            self._running.pop(task.id, None)
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+
+    async def _execute_inner(self, task: Task) -> None:
+        now = utcnow()
+        if task.expires_at is not None and now >= task.expires_at and task.attempts <= 1:
+            message = f"not started within its ttl (expired at {task.expires_at.isoformat()})"
+            self._event(task, EventType.EXPIRED, message)
+            error = ErrorInfo(type="omniq.TaskExpired", message=message)
+            self._finish(task, TaskStatus.EXPIRED, error=error)
+            return
+        if task.attempts > task.max_attempts:
+            # Every earlier holder lost its lease (killed, or hung): a poison pill.
+            message = (
+                f"its worker was lost while running it (lease expired); "
+                f"{task.attempts - 1} of {task.max_attempts} attempts used"
+            )
+            self._event(task, EventType.ERROR, message)
+            self._finish(task, TaskStatus.FAILED, error=ErrorInfo(type="omniq.WorkerLost", message=message))
+            return
+        self._event(task, EventType.EXECUTING)
+        try:
+            carried, args, kwargs = self.oq.serializer.loads_call(task.payload)
+            func = carried if carried is not None else self.oq.resolve(task.func)
+        except OmniQError as exc:
+            # Retrying cannot fix a payload or an import: fail now with the reason.
+            self._event(task, EventType.ERROR, str(exc))
+            self._finish(task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
+            return
+        started_at = utcnow()
+        assert self._executor is not None
+        try:
+            value = await self._executor.run(task, func, args, kwargs, task.timeout)
+        except Retry as request:
+            await self._retry(task, request, request.delay)
+            return
+        except TaskTimeoutError as exc:
+            self._event(task, EventType.TIMEOUT, str(exc))
+            await self._failed(task, exc, started_at)
+            return
+        except Exception as exc:
+            await self._failed(task, exc, started_at)
+            return
+        try:
+            encoded = self.oq.serializer.dumps(value, what=f"the result of {task.func}")
+        except SerializationError as exc:
+            await self._failed(task, exc, started_at)
+            return
+        self._event(task, EventType.COMPLETE)
+        self._finish(task, TaskStatus.COMPLETE, value=encoded, started_at=started_at)
+
+    async def _failed(self, task: Task, exc: BaseException, started_at: datetime) -> None:
+        if has_attempts_left(task.attempts, task.max_retries):
+            await self._retry(task, exc, None)
+            return
+        self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
+        self._finish(
+            task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc), started_at=started_at
+        )
+
+    async def _retry(self, task: Task, exc: BaseException, delay: float | None) -> None:
+        if not has_attempts_left(task.attempts, task.max_retries):
+            self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
+            self._finish(task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
+            return
+        if delay is None:
+            delay = backoff_delay(
+                task.attempts, base=task.retry_delay, cap=self.oq.settings.retry_max_delay
+            )
+        self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
+        now = utcnow()
+        due = now + timedelta(seconds=delay)
+        try:
+            moved = await self.oq.queue.retry(task.id, self.worker_id, due_at=due, now=now)
+        except StorageError as err:
+            # The lease runs out and the task is claimed again: nothing is lost.
+            logger.warning("could not schedule retry of %s: %s", task.id, err)
+            return
+        finally:
+            self._held.discard(task.id)
+        if moved:
+            self.counts["retried"] += 1
+            self._event(task, EventType.RETRY, f"attempt {task.attempts + 1} in {delay:.3f} s")
+
+    # -- finishing -----------------------------------------------------------------------
+
+    async def _finish_loop(self) -> None:
+        assert self._finish_wakeup is not None
+        while True:
+            await self._finish_wakeup.wait()
+            self._finish_wakeup.clear()
+            await self._flush_finished()
+
+    async def _flush_finished(self) -> None:
+        backoff = 0.0
+        while self._finished:
+            batch = self._finished[:_FINISH_BATCH]
+            now = utcnow()
+            try:
+                await self.oq.results.put_many([item.result for item in batch])
+                acked = await self.oq.queue.ack_many(
+                    [Ack(item.task.id, self.worker_id, item.result.status) for item in batch],
+                    now=now,
+                )
+            except StorageError as exc:
+                if self._stopping and backoff >= _MAX_BACKOFF:
+                    logger.error("giving up on %d results: %s (leases will expire)", len(batch), exc)
+                    del self._finished[: len(batch)]
+                    return
+                backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
+                logger.warning("writing results failed (%s); retrying in %.2f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                continue
+            del self._finished[: len(batch)]
+            done: list[tuple[str, TaskStatus]] = []
+            for item, ok in zip(batch, acked, strict=True):
+                self._held.discard(item.task.id)
+                status = item.result.status
+                if ok:
+                    self.counts[status.value] = self.counts.get(status.value, 0) + 1
+                    done.append((item.task.id, status))
+                else:
+                    logger.warning("task %s: lease lost before its result was acknowledged", item.task.id)
+            try:
+                await self.oq._on_finished(done)
+            except StorageError as exc:
+                logger.warning("settling dependents failed: %s", exc)
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        interval = max(0.05, self.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            held = set(self._held)
+            if not held:
+                continue
+            try:
+                kept = await self.oq.queue.renew(
+                    held, self.worker_id, lease_seconds=self.lease_seconds, now=utcnow()
+                )
+            except StorageError as exc:
+                logger.warning("renewing %d leases failed: %s", len(held), exc)
+                continue
+            for task_id in held - kept:
+                if task_id in self._held and self.cancel_local(task_id):
+                    logger.warning("task %s: lease lost (cancelled or taken over); stopped", task_id)
+                self._held.discard(task_id)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    async def _shutdown(self, finisher: asyncio.Task[None], renewer: asyncio.Task[None]) -> None:
+        timeout = self._stop_timeout
+        if timeout is None:
+            timeout = self.oq.settings.shutdown_timeout
+        running = list(self._running.values())
+        if running and timeout > 0:
+            await asyncio.wait(running, timeout=timeout)
+        leftover = dict(self._running)
+        for task in leftover.values():
+            task.cancel()
+        if leftover:
+            await asyncio.gather(*leftover.values(), return_exceptions=True)
+        renewer.cancel()
+        await self._flush_finished()
+        finisher.cancel()
+        await asyncio.gather(finisher, renewer, return_exceptions=True)
+        handback = [tid for tid in leftover if tid in self._held and tid not in self._abandoned]
+        if handback:
+            try:
+                count = await self.oq.queue.release(handback, self.worker_id, now=utcnow())
+                logger.info("handed back %d unfinished tasks", count)
+            except StorageError as exc:
+                logger.warning("handing back %d tasks failed (%s); their leases will expire", len(handback), exc)
+        self._held.clear()
+        if self._executor is not None:
+            await self._executor.stop(wait=not leftover)
+            self._executor = None
+        await self.oq.events.flush()

@@ -1,0 +1,69 @@
+"""``WorkerPool``: the blocking face of :class:`AsyncWorkerPool`."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from omniq._sync import LoopThread
+
+if TYPE_CHECKING:
+    from omniq.workers.pool import AsyncWorkerPool
+
+__all__ = ["WorkerPool"]
+
+
+class WorkerPool:
+    """A worker pool driven from blocking code; it runs on its client's loop thread.
+
+    Example::
+
+        with OmniQ() as oq:
+            oq.worker(concurrency=4).run(burst=True)
+
+            with oq.worker():             # in the background for the block
+                ...
+    """
+
+    def __init__(self, pool: AsyncWorkerPool, runner: LoopThread) -> None:
+        self._async = pool
+        self._runner = runner
+        self._background: Future[None] | None = None
+
+    @property
+    def async_pool(self) -> AsyncWorkerPool:
+        """The async pool this one drives."""
+        return self._async
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's id, as recorded in events and leases."""
+        return self._async.worker_id
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Outcome counts since start."""
+        return self._async.counts
+
+    def run(self, *, burst: bool = False) -> None:
+        """Process tasks until stopped (or, with ``burst``, until nothing is left)."""
+        self._runner.run(self._async.run(burst=burst))
+
+    def start(self) -> None:
+        """Run the pool in the background (on the client's loop thread); returns at once."""
+        self._runner.run(self._async.start())
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully within ``timeout`` seconds, handing back unfinished leases."""
+        self._runner.run(self._async.stop(timeout))
+
+    def cancel_local(self, task_id: str) -> bool:
+        """Stop a task this pool is running."""
+        return self._async.cancel_local(task_id)
+
+    def __enter__(self) -> WorkerPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,89 @@
+"""The conformance suite's fixtures: one ``oq`` per backend, isolated per test.
+
+Every test in ``tests/conformance`` runs once per backend in ``BACKENDS``; a backend
+joins the suite by adding its name here and a branch in ``store_url``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omniq import AsyncOmniQ
+from tests.conftest import REDIS_URL, delete_redis_namespace, unique_name
+
+BACKENDS = ["sqlite"]
+
+MakeOQ = Callable[..., Awaitable[AsyncOmniQ]]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The backend under test."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def store_url(backend_name: str, tmp_path: Path) -> str:
+    """A URL for a fresh, empty store on the backend under test."""
+    if backend_name == "sqlite":
+        return f"sqlite:///{tmp_path}/omniq.db"
+    if backend_name == "file":
+        return f"file://{tmp_path}/store"
+    if backend_name == "memory":
+        return f"memory://{unique_name('mem')}"
+    if backend_name == "redis":
+        return REDIS_URL
+    raise AssertionError(f"unknown backend {backend_name}")
+
+
+@pytest.fixture
+async def make_oq(
+    backend_name: str, store_url: str, namespace: str, tmp_path: Path
+) -> AsyncIterator[MakeOQ]:
+    """Build connected AsyncOmniQ clients on the one store of this test."""
+    made: list[AsyncOmniQ] = []
+
+    async def make(**overrides: Any) -> AsyncOmniQ:
+        options: dict[str, Any] = {
+            "namespace": namespace,
+            "base_dir": str(tmp_path / ".omniq"),
+            "poll_interval": 0.2,
+            "retry_delay": 0.0,
+        }
+        options.update(overrides)
+        url = options.pop("url", store_url)
+        events = options.pop("event_storage", url)
+        oq = AsyncOmniQ(task_queue=url, result_storage=url, event_storage=events, **options)
+        await oq.connect()
+        made.append(oq)
+        return oq
+
+    yield make
+    for oq in made:
+        await oq.close()
+    if backend_name == "redis":
+        await delete_redis_namespace(REDIS_URL, namespace)
+    if backend_name == "memory":
+        import fsspec
+
+        fs = fsspec.filesystem("memory")
+        root = store_url.removeprefix("memory://")
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+@pytest.fixture
+async def oq(make_oq: MakeOQ) -> AsyncOmniQ:
+    """A connected AsyncOmniQ on a fresh store of the backend under test."""
+    return await make_oq()
+
+
+def task_marker() -> str:
+    """A unique token tasks can record, to tell tests apart."""
+    return uuid.uuid4().hex

@@ -1,0 +1,111 @@
+"""Task functions the conformance tests enqueue (importable by worker processes too)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omniq import Retry
+
+CALLS: list[tuple[str, Any]] = []
+ATTEMPTS: dict[str, int] = {}
+
+
+def add(a: int, b: int) -> int:
+    """A plain function."""
+    return a + b
+
+
+async def async_add(a: int, b: int) -> int:
+    """A coroutine function."""
+    await asyncio.sleep(0)
+    return a + b
+
+
+def record(label: str) -> str:
+    """Remember the call order (same process only)."""
+    CALLS.append(("record", label))
+    return label
+
+
+async def async_record(label: str) -> str:
+    """Remember the call order from a coroutine (same process only)."""
+    CALLS.append(("record", label))
+    return label
+
+
+def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Return the arguments exactly as received."""
+    return args, kwargs
+
+
+def fail(message: str = "boom") -> None:
+    """Always raises ValueError."""
+    raise ValueError(message)
+
+
+def flaky(key: str, failures: int) -> str:
+    """Fails the first ``failures`` times for ``key`` (same process), then succeeds."""
+    ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
+    if ATTEMPTS[key] <= failures:
+        raise RuntimeError(f"attempt {ATTEMPTS[key]} fails")
+    return f"ok after {ATTEMPTS[key]}"
+
+
+def ask_retry(key: str) -> str:
+    """Raises Retry once, then succeeds."""
+    ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
+    if ATTEMPTS[key] == 1:
+        raise Retry(delay=0.05)
+    return "retried"
+
+
+async def sleep_async(seconds: float) -> str:
+    """Sleeps without blocking the loop."""
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def sleep_sync(seconds: float) -> str:
+    """Blocks its thread."""
+    time.sleep(seconds)
+    return "slept"
+
+
+def append_line(path: str, text: str) -> str:
+    """Append ``text`` and this process's pid to a file (cross-process evidence)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"{text} {os.getpid()}\n")
+    return text
+
+
+async def wait_for_file(path: str, marker: str, timeout: float = 30.0) -> str:
+    """Signal start by creating ``marker``, then wait until ``path`` exists."""
+    Path(marker).write_text("started")
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        await asyncio.sleep(0.01)
+    return "released"
+
+
+class Unencodable:
+    """A class msgspec cannot encode (for strict-mode and result-encoding tests)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unencodable) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def make_unencodable(value: int) -> Unencodable:
+    """Returns a custom object."""
+    return Unencodable(value)

@@ -1,0 +1,453 @@
+"""SPEC §2 and §3 through the public async API, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from omniq import AsyncOmniQ, EventType, Retry, TaskStatus
+from omniq.errors import (
+    ConfigError,
+    ResultTimeoutError,
+    TaskNotFoundError,
+)
+from omniq.models import utcnow
+from omniq.storage.base import Ack
+from tests.conformance import tasks
+from tests.conformance.conftest import MakeOQ
+
+
+def kinds(events: list) -> list[EventType]:
+    return [event.event_type for event in events]
+
+
+async def test_enqueue_run_and_read_result(oq: AsyncOmniQ) -> None:
+    sync_id = await oq.enqueue(tasks.add, 2, 3)
+    async_id = await oq.enqueue(tasks.async_add, 4, 5)
+    assert (await oq.get_task(sync_id)).status is TaskStatus.PENDING
+    assert await oq.get_result(sync_id) is None
+
+    await oq.worker(concurrency=4).run(burst=True)
+
+    for task_id, value in ((sync_id, 5), (async_id, 9)):
+        result = await oq.get_result(task_id)
+        assert result is not None
+        assert result.status is TaskStatus.COMPLETE
+        assert result.result == value
+        assert result.error is None
+        assert result.attempts == 1
+        assert result.started_at is not None and result.finished_at >= result.started_at
+        task = await oq.get_task(task_id)
+        assert task.status is TaskStatus.COMPLETE
+        assert task.attempts == 1
+        events = await oq.get_events(task_id)
+        assert kinds(events) == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
+        assert events[1].worker_id and events[2].worker_id == events[1].worker_id
+        assert all(e.timestamp.tzinfo is not None for e in events)
+
+
+async def test_import_path_string_and_unknown_path(oq: AsyncOmniQ) -> None:
+    good = await oq.enqueue("tests.conformance.tasks:add", 1, 1)
+    missing = await oq.enqueue("tests.conformance.nowhere:add", 1, 1)
+    absent_attr = await oq.enqueue("tests.conformance.tasks:no_such_function")
+    after = await oq.enqueue(tasks.add, 2, 2)
+
+    await oq.worker(concurrency=1).run(burst=True)
+
+    assert (await oq.get_result(good)).result == 2
+    assert (await oq.get_result(after)).result == 4  # the worker carried on
+    for task_id, needle in ((missing, "tests.conformance.nowhere"), (absent_attr, "no_such_function")):
+        result = await oq.get_result(task_id)
+        assert result.status is TaskStatus.FAILED
+        assert result.error.type == "omniq.errors.TaskImportError"
+        assert needle in result.error.message
+
+
+async def test_arguments_keep_their_types(oq: AsyncOmniQ) -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    uid = uuid.uuid4()
+    args = ((1, 2), {3, 4}, Decimal("1.10"), uid, date(2026, 1, 2), when, b"\x00\xff")
+    task_id = await oq.submit(tasks.echo, args, {"key": (5, 6), "nested": {"k": [1, (2,)]}})
+    await oq.worker().run(burst=True)
+    got_args, got_kwargs = (await oq.get_result(task_id)).result
+    assert tuple(got_args) == args
+    assert [type(a) for a in got_args] == [type(a) for a in args]
+    assert got_kwargs == {"key": (5, 6), "nested": {"k": [1, (2,)]}}
+    assert type(got_kwargs["key"]) is tuple
+
+
+async def test_lambda_and_closure_travel_by_value(oq: AsyncOmniQ) -> None:
+    factor = 7
+    closure_id = await oq.enqueue(lambda x: x * factor, 6)
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(closure_id)).result == 42
+
+
+async def test_failure_retries_with_backoff_then_fails(oq: AsyncOmniQ) -> None:
+    task_id = await oq.submit(tasks.fail, ("nope",), max_retries=2, retry_delay=0.01)
+    await oq.worker().run(burst=True)
+    # Retries are delayed, so one burst may not reach them all: run until final.
+    for _ in range(50):
+        if (await oq.get_result(task_id)) is not None:
+            break
+        await asyncio.sleep(0.02)
+        await oq.worker().run(burst=True)
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.FAILED
+    assert result.attempts == 3
+    assert result.error.type == "builtins.ValueError"
+    assert result.error.message == "nope"
+    assert "ValueError" in result.error.traceback
+    assert (await oq.get_task(task_id)).attempts == 3
+    assert kinds(await oq.get_events(task_id)) == [
+        EventType.ENQUEUED,
+        EventType.EXECUTING,
+        EventType.ERROR,
+        EventType.RETRY,
+        EventType.EXECUTING,
+        EventType.ERROR,
+        EventType.RETRY,
+        EventType.EXECUTING,
+        EventType.ERROR,
+    ]
+
+
+async def test_flaky_task_succeeds_on_retry(oq: AsyncOmniQ) -> None:
+    key = uuid.uuid4().hex
+    task_id = await oq.submit(tasks.flaky, (key, 1), max_retries=3, retry_delay=0)
+    async with oq.worker():
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert result.status is TaskStatus.COMPLETE
+    assert result.result == "ok after 2"
+    assert result.attempts == 2
+
+
+async def test_explicit_retry_request(oq: AsyncOmniQ) -> None:
+    key = uuid.uuid4().hex
+    task_id = await oq.submit(tasks.ask_retry, (key,), max_retries=1)
+    async with oq.worker():
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert result.result == "retried"
+    assert EventType.RETRY in kinds(await oq.get_events(task_id))
+
+
+async def test_retry_request_without_attempts_left_fails(oq: AsyncOmniQ) -> None:
+    key = uuid.uuid4().hex
+    task_id = await oq.submit(tasks.ask_retry, (key,), max_retries=0)
+    await oq.worker().run(burst=True)
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.FAILED
+    assert result.error.type == "omniq.retry.Retry"
+    assert Retry.__name__ == "Retry"
+
+
+async def test_timeout_stops_an_async_task(oq: AsyncOmniQ) -> None:
+    task_id = await oq.submit(tasks.sleep_async, (30,), timeout=0.2)
+    await oq.worker().run(burst=True)
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.FAILED
+    assert result.error.type == "omniq.errors.TaskTimeoutError"
+    assert kinds(await oq.get_events(task_id))[-2:] == [EventType.TIMEOUT, EventType.ERROR]
+
+
+async def test_priority_then_enqueue_order(oq: AsyncOmniQ) -> None:
+    label = uuid.uuid4().hex
+    await oq.submit(tasks.record, (f"{label}-low1",), priority=0)
+    await oq.submit(tasks.record, (f"{label}-high",), priority=5)
+    await oq.submit(tasks.record, (f"{label}-low2",), priority=0)
+    await oq.submit(tasks.record, (f"{label}-mid",), priority=1)
+    await oq.worker(concurrency=1).run(burst=True)
+    order = [value for _, value in tasks.CALLS if value.startswith(label)]
+    assert order == [f"{label}-high", f"{label}-mid", f"{label}-low1", f"{label}-low2"]
+
+
+async def test_queues_are_separate(oq: AsyncOmniQ) -> None:
+    a = await oq.submit(tasks.add, (1, 2), queue="alpha")
+    b = await oq.submit(tasks.add, (3, 4), queue="beta")
+    await oq.worker(queues=["alpha"]).run(burst=True)
+    assert (await oq.get_result(a)).result == 3
+    assert await oq.get_result(b) is None
+    assert (await oq.get_task(b)).queue == "beta"
+    await oq.worker(queues="beta").run(burst=True)
+    assert (await oq.get_result(b)).result == 7
+
+
+async def test_get_result_waits_and_times_out(oq: AsyncOmniQ) -> None:
+    task_id = await oq.enqueue(tasks.add, 20, 22)
+    with pytest.raises(ResultTimeoutError) as caught:
+        await oq.get_result(task_id, wait=True, timeout=0.2)
+    assert isinstance(caught.value, TimeoutError)
+    async with oq.worker():
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert result.result == 42
+
+
+async def test_cancel_waiting_task(oq: AsyncOmniQ) -> None:
+    task_id = await oq.enqueue(tasks.record, "never")
+    assert await oq.cancel(task_id) is True
+    assert await oq.cancel(task_id) is False
+    assert await oq.cancel("no-such-task") is False
+    await oq.worker().run(burst=True)
+    assert ("record", "never") not in tasks.CALLS
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.CANCELLED
+    assert (await oq.get_task(task_id)).status is TaskStatus.CANCELLED
+    assert kinds(await oq.get_events(task_id)) == [EventType.ENQUEUED, EventType.CANCELLED]
+
+
+async def test_cancel_finished_task_is_refused(oq: AsyncOmniQ) -> None:
+    task_id = await oq.enqueue(tasks.add, 1, 2)
+    await oq.worker().run(burst=True)
+    assert await oq.cancel(task_id) is False
+    assert (await oq.get_result(task_id)).status is TaskStatus.COMPLETE
+
+
+async def test_cancel_running_async_task(oq: AsyncOmniQ, tmp_path) -> None:
+    marker = tmp_path / "started"
+    task_id = await oq.enqueue(tasks.wait_for_file, str(tmp_path / "never"), str(marker))
+    async with oq.worker():
+        for _ in range(500):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.01)
+        assert marker.exists()
+        assert await oq.cancel(task_id) is True
+        result = await oq.get_result(task_id, wait=True, timeout=5)
+    assert result.status is TaskStatus.CANCELLED
+    assert (await oq.get_task(task_id)).status is TaskStatus.CANCELLED
+
+
+async def test_idempotent_submit(oq: AsyncOmniQ) -> None:
+    first = await oq.submit(tasks.add, (1, 2), task_id="fixed-id")
+    second = await oq.submit(tasks.add, (100, 200), task_id="fixed-id")
+    assert first == second == "fixed-id"
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result("fixed-id")).result == 3
+    assert kinds(await oq.get_events("fixed-id")).count(EventType.ENQUEUED) == 1
+
+
+async def test_enqueue_many(oq: AsyncOmniQ) -> None:
+    ids = await oq.enqueue_many(tasks.add, [(i, i) for i in range(50)], queue="bulk")
+    assert len(ids) == len(set(ids)) == 50
+    assert (await oq.stats())["bulk"]["pending"] == 50
+    await oq.worker(queues="bulk", concurrency=8).run(burst=True)
+    results = [await oq.get_result(task_id) for task_id in ids]
+    assert [r.result for r in results] == [2 * i for i in range(50)]
+    assert await oq.enqueue_many(tasks.add, []) == []
+
+
+async def test_list_tasks_and_stats(oq: AsyncOmniQ) -> None:
+    done = await oq.enqueue(tasks.add, 1, 1)
+    await oq.worker().run(burst=True)
+    waiting = [await oq.enqueue(tasks.add, i, i) for i in range(3)]
+    other = await oq.submit(tasks.add, (0, 0), queue="other")
+    stats = await oq.stats()
+    assert stats["default"] == {"complete": 1, "pending": 3}
+    assert stats["other"] == {"pending": 1}
+    pending = await oq.list_tasks(status=TaskStatus.PENDING)
+    assert {t.id for t in pending} == {*waiting, other}
+    assert [t.id for t in await oq.list_tasks(queue="default", status="pending")] == waiting[::-1]
+    assert len(await oq.list_tasks(limit=2)) == 2
+    assert [t.id for t in await oq.list_tasks(status="complete")] == [done]
+    with pytest.raises(ConfigError):
+        await oq.list_tasks(status="bogus")
+
+
+async def test_delayed_task_does_not_run_early(oq: AsyncOmniQ) -> None:
+    task_id = await oq.submit(tasks.add, (1, 1), delay=0.6)
+    eta_id = await oq.submit(tasks.add, (2, 2), eta=utcnow() + timedelta(hours=1))
+    assert (await oq.get_task(task_id)).status is TaskStatus.SCHEDULED
+    await oq.worker().run(burst=True)
+    assert await oq.get_result(task_id) is None
+    started = utcnow()
+    async with oq.worker():
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert result.started_at >= (await oq.get_task(task_id)).created_at + timedelta(seconds=0.6)
+    assert result.started_at >= started
+    assert await oq.get_result(eta_id) is None
+    assert kinds(await oq.get_events(task_id))[:2] == [EventType.ENQUEUED, EventType.SCHEDULED]
+    with pytest.raises(ConfigError):
+        await oq.submit(tasks.add, (1, 1), eta=datetime(2030, 1, 1))  # naive
+
+
+async def test_ttl_expires_a_task_that_did_not_start(oq: AsyncOmniQ) -> None:
+    label = uuid.uuid4().hex
+    task_id = await oq.submit(tasks.record, (label,), ttl=0.05)
+    await asyncio.sleep(0.1)
+    await oq.worker().run(burst=True)
+    assert ("record", label) not in tasks.CALLS
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.EXPIRED
+    assert (await oq.get_task(task_id)).status is TaskStatus.EXPIRED
+    assert kinds(await oq.get_events(task_id))[-1] is EventType.EXPIRED
+
+
+async def test_dependencies_run_in_order(oq: AsyncOmniQ) -> None:
+    label = uuid.uuid4().hex
+    top = await oq.submit(tasks.record, (f"{label}-a",))
+    left = await oq.submit(tasks.record, (f"{label}-b",), depends_on=[top])
+    right = await oq.submit(tasks.record, (f"{label}-c",), depends_on=[top])
+    bottom = await oq.submit(tasks.record, (f"{label}-d",), depends_on=[left, right])
+    assert (await oq.get_task(bottom)).status is TaskStatus.SCHEDULED
+    async with oq.worker(concurrency=4):
+        result = await oq.get_result(bottom, wait=True, timeout=10)
+    assert result.status is TaskStatus.COMPLETE
+    order = [value for _, value in tasks.CALLS if value.startswith(label)]
+    assert order[0] == f"{label}-a" and order[-1] == f"{label}-d"
+    assert sorted(order[1:3]) == [f"{label}-b", f"{label}-c"]
+
+
+async def test_failed_dependency_cancels_dependents(oq: AsyncOmniQ) -> None:
+    parent = await oq.submit(tasks.fail, ("broken",))
+    child = await oq.submit(tasks.add, (1, 1), depends_on=[parent])
+    grandchild = await oq.submit(tasks.add, (1, 1), depends_on=[child])
+    await oq.worker().run(burst=True)
+    for task_id, cause in ((child, parent), (grandchild, child)):
+        result = await oq.get_result(task_id)
+        assert result.status is TaskStatus.CANCELLED
+        assert result.error.type == "omniq.errors.DependencyFailedError"
+        assert cause in result.error.message
+    assert "failed" in (await oq.get_result(child)).error.message
+
+
+async def test_dependency_already_complete(oq: AsyncOmniQ) -> None:
+    parent = await oq.enqueue(tasks.add, 1, 1)
+    await oq.worker().run(burst=True)
+    child = await oq.submit(tasks.add, (2, 2), depends_on=[parent])
+    assert (await oq.get_task(child)).status is TaskStatus.PENDING
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(child)).result == 4
+
+
+async def test_unknown_dependency_is_refused(oq: AsyncOmniQ) -> None:
+    with pytest.raises(TaskNotFoundError, match="no-such-task"):
+        await oq.submit(tasks.add, (1, 1), depends_on=["no-such-task"])
+
+
+async def test_result_ttl_and_cleanup(make_oq: MakeOQ) -> None:
+    oq = await make_oq(result_ttl=0.05)
+    task_id = await oq.enqueue(tasks.add, 1, 2)
+    await oq.worker().run(burst=True)
+    await asyncio.sleep(0.1)
+    assert await oq.get_result(task_id) is None
+    counts = await oq.cleanup()
+    assert counts["tasks"] == 1
+    assert await oq.get_task(task_id) is None
+
+
+async def test_events_can_be_switched_off(make_oq: MakeOQ) -> None:
+    oq = await make_oq(event_storage=False)
+    task_id = await oq.enqueue(tasks.add, 1, 2)
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(task_id)).result == 3
+    assert await oq.get_events(task_id) == []
+
+
+async def test_two_clients_share_one_store(make_oq: MakeOQ) -> None:
+    producer = await make_oq()
+    consumer = await make_oq()
+    task_id = await producer.enqueue(tasks.add, 5, 5)
+    async with consumer.worker():
+        result = await producer.get_result(task_id, wait=True, timeout=10)
+    assert result.result == 10
+
+
+async def test_graceful_stop_hands_back_unfinished_leases(oq: AsyncOmniQ, tmp_path) -> None:
+    marker = tmp_path / "started"
+    task_id = await oq.enqueue(tasks.wait_for_file, str(tmp_path / "go"), str(marker))
+    pool = oq.worker()
+    await pool.start()
+    for _ in range(500):
+        if marker.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert marker.exists()
+    await pool.stop(timeout=0.1)
+    task = await oq.get_task(task_id)
+    assert task.status is TaskStatus.PENDING
+    assert task.attempts == 0
+    (tmp_path / "go").write_text("go")
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(task_id)).result == "released"
+
+
+async def test_expired_lease_runs_again_and_counts_an_attempt(make_oq: MakeOQ) -> None:
+    oq = await make_oq(lease_seconds=0.2)
+    task_id = await oq.submit(tasks.add, (1, 2), max_retries=1)
+    # A worker that claims and then dies: it never renews or acknowledges.
+    claimed = await oq.queue.claim(
+        ["default"], "dead-worker", limit=1, lease_seconds=0.2, now=utcnow()
+    )
+    assert [t.id for t in claimed] == [task_id]
+    await asyncio.sleep(0.3)
+    await oq.worker().run(burst=True)
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.COMPLETE
+    assert result.attempts == 2
+    # The dead worker's late acknowledgement is refused.
+    assert not (await oq.queue.ack_many([Ack(task_id, "dead-worker", TaskStatus.FAILED)], now=utcnow()))[0]
+
+
+async def test_lease_lost_too_often_fails_the_task(make_oq: MakeOQ) -> None:
+    oq = await make_oq(lease_seconds=0.1)
+    task_id = await oq.submit(tasks.add, (1, 2), max_retries=0)
+    await oq.queue.claim(["default"], "dead-worker", limit=1, lease_seconds=0.1, now=utcnow())
+    await asyncio.sleep(0.2)
+    await oq.worker().run(burst=True)
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.FAILED
+    assert result.error.type == "omniq.WorkerLost"
+
+
+async def test_long_task_keeps_its_lease(make_oq: MakeOQ) -> None:
+    oq = await make_oq(lease_seconds=0.3)
+    task_id = await oq.enqueue(tasks.sleep_async, 1.0)
+    thief = await make_oq(lease_seconds=0.3)
+    async with oq.worker():
+        await asyncio.sleep(0.2)
+        for _ in range(8):
+            stolen = await thief.queue.claim(
+                ["default"], "thief", limit=1, lease_seconds=0.3, now=utcnow()
+            )
+            assert stolen == []
+            await asyncio.sleep(0.1)
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert result.attempts == 1
+    assert kinds(await oq.get_events(task_id)).count(EventType.EXECUTING) == 1
+
+
+async def test_task_decorator(oq: AsyncOmniQ) -> None:
+    @oq.task(name="double", max_retries=2)
+    async def double(x: int) -> int:
+        return 2 * x
+
+    assert await double(4) == 8
+    task_id = await double.delay(21)
+    other = await double.submit((5,), queue="default", priority=3)
+    assert (await oq.get_task(task_id)).max_retries == 2
+    assert (await oq.get_task(other)).priority == 3
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(task_id)).result == 42
+
+
+async def test_thread_worker_runs_blocking_functions_concurrently(oq: AsyncOmniQ) -> None:
+    ids = [await oq.enqueue(tasks.sleep_sync, 0.3) for _ in range(8)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await oq.worker(worker_type="thread", concurrency=8).run(burst=True)
+    elapsed = loop.time() - started
+    assert all((await oq.get_result(i)).result == "slept" for i in ids)
+    assert elapsed < 8 * 0.3  # ran side by side, not one after another
+
+
+async def test_result_that_cannot_be_encoded_fails_clearly(make_oq: MakeOQ) -> None:
+    oq = await make_oq(serializer="msgspec")
+    task_id = await oq.enqueue(tasks.make_unencodable, 3)
+    await oq.worker().run(burst=True)
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.FAILED
+    assert result.error.type == "omniq.errors.SerializationError"

@@ -1,0 +1,66 @@
+"""Shared fixtures: real servers on loopback, isolated per test.
+
+A server that is down makes its tests fail loudly (never skip): CI starts them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_URL = os.environ.get("OMNIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A fresh namespace / stream / directory name for one test."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test (or run) uses."""
+    return unique_name("omniqtest")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test runs in its own directory with no OMNIQ_* variables leaking in."""
+    for key in list(os.environ):
+        if key.startswith("OMNIQ_") and not key.startswith("OMNIQ_TEST_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+async def delete_redis_namespace(url: str, namespace: str) -> None:
+    """Remove every key under ``namespace:`` (test teardown)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*", count=1000)]
+        for start in range(0, len(keys), 500):
+            await client.unlink(*keys[start : start + 500])
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_cleanup(namespace: str) -> AsyncIterator[str]:
+    """Yields the namespace and deletes its Redis keys afterwards."""
+    yield namespace
+    await delete_redis_namespace(REDIS_URL, namespace)

@@ -1,0 +1,108 @@
+"""The command line, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def omniq(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "omniq", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    done = omniq("demo", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "summary:" in done.stdout
+    assert "complete" in done.stdout and "failed" in done.stdout
+    assert "retry" in done.stdout  # the retried task's events are shown
+    assert (tmp_path / ".omniq" / "omniq.db").exists()
+
+
+def test_enqueue_worker_status_events(tmp_path: Path) -> None:
+    enq = omniq("enqueue", "tests.conformance.tasks:add", "2", "40", cwd=tmp_path)
+    assert enq.returncode == 0, enq.stderr
+    task_id = enq.stdout.strip()
+    work = omniq("worker", "--burst", "--concurrency", "2", cwd=tmp_path)
+    assert work.returncode == 0, work.stderr
+    status = omniq("status", task_id, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "complete" in status.stdout and "42" in status.stdout
+    events = omniq("events", task_id, cwd=tmp_path)
+    assert [line.split()[1] for line in events.stdout.splitlines()] == [
+        "enqueued",
+        "executing",
+        "complete",
+    ]
+    stats = omniq("stats", cwd=tmp_path)
+    assert "default: complete=1" in stats.stdout
+
+
+def test_environment_and_yaml_configure_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "omniq.yaml").write_text("base_dir: from_yaml\n")
+    enq = omniq("--config", "omniq.yaml", "enqueue", "tests.conformance.tasks:add", "1", "1", cwd=tmp_path)
+    assert enq.returncode == 0, enq.stderr
+    assert (tmp_path / "from_yaml" / "omniq.db").exists()
+    enq = omniq("enqueue", "tests.conformance.tasks:add", "1", "1", cwd=tmp_path, env={"OMNIQ_BASE_DIR": "from_env"})
+    assert (tmp_path / "from_env" / "omniq.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (("status", "no-such-id"), {}, "no task no-such-id"),
+        (("worker", "--app", "nowhere.module:oq"), {}, "cannot import"),
+        (("worker", "--app", "tests.conformance.tasks:add"), {}, "expected an OmniQ"),
+        (("stats",), {"OMNIQ_MAX_WORKERS": "many"}, "OMNIQ_MAX_WORKERS"),
+        (("--config", "missing.yaml", "stats"), {}, "missing.yaml"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], needle: str
+) -> None:
+    done = omniq(*args, cwd=tmp_path, env=env)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("omniq: error:") and needle in lines[0]
+
+
+def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMNIQ_POLL_INTERVAL": "0.05"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniq", "worker", "--log-level", "INFO"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        line = ""
+        while "started" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert "started" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

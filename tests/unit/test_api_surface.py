@@ -1,0 +1,77 @@
+"""The public surface: exports, and the sync twins mirroring their async originals."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+
+import omniq
+from omniq import AsyncOmniQ, AsyncWorkerPool, OmniQ, WorkerPool
+from omniq.errors import OmniQError, SyncInAsyncError
+
+
+def public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(cls, callable)
+        if not name.startswith("_")
+    }
+
+
+def test_all_is_sorted_and_importable() -> None:
+    assert omniq.__all__ == sorted(omniq.__all__)
+    for name in omniq.__all__:
+        assert hasattr(omniq, name), name
+
+
+def test_contract_names_are_exported() -> None:
+    from omniq import (  # noqa: F401  - SPEC §2's import lines, verbatim
+        AsyncOmniQ,
+        EventType,
+        OmniQ,
+        Retry,
+        Schedule,
+        Settings,
+        Task,
+        TaskEvent,
+        TaskResult,
+        TaskStatus,
+    )
+    from omniq.errors import OmniQError  # noqa: F401
+
+
+@pytest.mark.parametrize(("sync_cls", "async_cls"), [(OmniQ, AsyncOmniQ), (WorkerPool, AsyncWorkerPool)])
+def test_sync_twin_mirrors_async_methods_and_signatures(sync_cls: type, async_cls: type) -> None:
+    sync_methods = public_methods(sync_cls)
+    async_methods = public_methods(async_cls)
+    assert set(sync_methods) == set(async_methods)
+    for name, signature in async_methods.items():
+        assert sync_methods[name].parameters.keys() == signature.parameters.keys(), name
+        for param in signature.parameters:
+            assert (
+                sync_methods[name].parameters[param].default == signature.parameters[param].default
+            ), (name, param)
+
+
+def test_async_methods_are_coroutines_and_sync_ones_are_not() -> None:
+    for name in ("enqueue", "submit", "get_result", "cancel", "stats", "schedule"):
+        assert inspect.iscoroutinefunction(getattr(AsyncOmniQ, name))
+        assert not inspect.iscoroutinefunction(getattr(OmniQ, name))
+    assert not inspect.iscoroutinefunction(AsyncOmniQ.worker)
+
+
+def test_constructing_touches_no_storage(tmp_path) -> None:
+    OmniQ(base_dir=str(tmp_path / "never"))
+    AsyncOmniQ(base_dir=str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+
+
+async def test_sync_api_refuses_to_run_inside_an_event_loop(tmp_path) -> None:
+    oq = OmniQ(base_dir=str(tmp_path))
+    with pytest.raises(SyncInAsyncError, match="AsyncOmniQ") as caught:
+        oq.stats()
+    assert isinstance(caught.value, OmniQError)
+    assert isinstance(caught.value, RuntimeError)
+    await asyncio.sleep(0)

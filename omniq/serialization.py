@@ -1,0 +1,500 @@
+"""Encoding of task arguments and results (SPEC §5).
+
+Every payload starts with one tag byte naming its format, so a reader never guesses:
+
+- ``M`` msgpack written by msgspec. Values msgpack would not round-trip exactly (tuple, set,
+  frozenset, Decimal, UUID, date, time, datetime with its time zone, timedelta, bytearray,
+  complex, ints beyond 64 bits, dicts whose keys are not plain scalars) travel as typed msgpack
+  extension values, so they come back with their type.
+- ``D`` an unsigned dill pickle, for what msgpack cannot carry (custom classes, enum members,
+  lambdas, closures, exceptions ...).
+- ``S`` a dill pickle preceded by its HMAC-SHA256.
+
+Security: without ``secret_key``, dill payloads are unpickled as they are, so anyone who can
+write to the queue can run code in the workers. With ``secret_key``, every dill payload is
+signed and a reader refuses (``PayloadSignatureError``) an unsigned or altered one before
+unpickling anything.
+
+Example::
+
+    >>> manager = SerializationManager(secret_key="s3cret")
+    >>> manager.loads(manager.dumps((1, {2: "two"})))
+    (1, {2: 'two'})
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import dill
+import msgspec
+
+from omniq.errors import ConfigError, PayloadSignatureError, SerializationError
+
+__all__ = ["DillSerializer", "MsgspecSerializer", "SerializationDetector", "SerializationManager"]
+
+_TAG_MSGSPEC: Final = 0x4D  # "M"
+_TAG_DILL: Final = 0x44  # "D"
+_TAG_SIGNED: Final = 0x53  # "S"
+_PREFIX_MSGSPEC: Final = b"M"
+_MAC_SIZE: Final = hashlib.sha256().digest_size
+_MODES: Final = ("auto", "msgspec", "dill")
+
+# Types msgpack carries exactly as they are (ints only within 64 bits, hence the fallback below).
+_FAST: Final[frozenset[type]] = frozenset({int, str, float, bool, type(None), bytes})
+_PLAIN: Final[frozenset[type]] = frozenset({str, float, bool, type(None), bytes})
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+
+# Extension codes: part of the stored format, never renumber.
+_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET, _EXT_DICT = 1, 2, 3, 4
+_EXT_DECIMAL, _EXT_UUID, _EXT_DATE, _EXT_TIME, _EXT_DATETIME = 5, 6, 7, 8, 9
+_EXT_TIMEDELTA, _EXT_BIGINT, _EXT_BYTEARRAY, _EXT_COMPLEX = 10, 11, 12, 13
+
+
+class _NeedsDill(Exception):
+    """Raised while converting when a value has no exact msgpack form."""
+
+    def __init__(self, offender: type) -> None:
+        super().__init__(offender.__qualname__)
+        self.offender = offender
+
+
+def _ext_hook(code: int, data: memoryview) -> Any:
+    decode = _DECODERS.get(code)
+    if decode is None:
+        raise ValueError(f"unknown msgpack extension code {code}")
+    return decode(data)
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
+_Ext = msgspec.msgpack.Ext
+
+
+def _wire(value: Any) -> Any:
+    """Return ``value`` as a tree msgpack round-trips exactly; raise ``_NeedsDill`` otherwise."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is int:
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        size = value.bit_length() // 8 + 1
+        return _Ext(_EXT_BIGINT, value.to_bytes(size, "big", signed=True))
+    if kind is list:
+        return [item if type(item) in _PLAIN else _wire(item) for item in value]
+    if kind is dict:
+        if all(type(key) in _PLAIN or _small_int(key) for key in value):
+            return {k: v if type(v) in _PLAIN else _wire(v) for k, v in value.items()}
+        pairs = [part for key, item in value.items() for part in (_wire(key), _wire(item))]
+        return _Ext(_EXT_DICT, _ENCODER.encode(pairs))
+    typed = _ENCODERS.get(kind)
+    if typed is None:
+        raise _NeedsDill(kind)
+    code, encode = typed
+    return _Ext(code, encode(value))
+
+
+def _flat(value: Any) -> bool:
+    """True for a list or dict of scalars that msgpack carries as they are (ints unchecked)."""
+    kind = type(value)
+    if kind is list:
+        return all(type(item) in _FAST for item in value)
+    if kind is dict:
+        return all(type(k) in _FAST and type(v) in _FAST for k, v in value.items())
+    return False
+
+
+def _small_int(value: Any) -> bool:
+    return type(value) is int and _INT_MIN <= value <= _INT_MAX
+
+
+def _wire_items(value: Any) -> bytes:
+    return _ENCODER.encode([_wire(item) for item in value])
+
+
+def _tz_wire(tz: dt.tzinfo | None) -> Any:
+    if tz is None:
+        return None
+    if type(tz) is dt.timezone:
+        offset = tz.utcoffset(None)
+        name = tz.tzname(None)
+        default = dt.timezone(offset).tzname(None)
+        return [offset // dt.timedelta(microseconds=1), None if name == default else name]
+    if type(tz) is ZoneInfo and tz.key is not None:
+        return tz.key
+    # dateutil, pytz and other tzinfo classes have no exact portable form here.
+    raise _NeedsDill(type(tz))
+
+
+def _tz_load(spec: Any) -> dt.tzinfo | None:
+    if spec is None:
+        return None
+    if type(spec) is str:
+        return ZoneInfo(spec)
+    micros, name = spec
+    offset = dt.timedelta(microseconds=micros)
+    return dt.timezone(offset) if name is None else dt.timezone(offset, name)
+
+
+def _encode_datetime(value: dt.datetime) -> bytes:
+    parts = [value.year, value.month, value.day, value.hour, value.minute, value.second]
+    tail = [value.microsecond, value.fold, _tz_wire(value.tzinfo)]
+    return _ENCODER.encode(parts + tail)
+
+
+def _decode_datetime(data: memoryview) -> dt.datetime:
+    year, month, day, hour, minute, second, micro, fold, tz = _DECODER.decode(data)
+    tzinfo = _tz_load(tz)
+    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo, fold=fold)
+
+
+def _encode_time(value: dt.time) -> bytes:
+    parts = [value.hour, value.minute, value.second, value.microsecond, value.fold]
+    return _ENCODER.encode([*parts, _tz_wire(value.tzinfo)])
+
+
+def _decode_time(data: memoryview) -> dt.time:
+    hour, minute, second, micro, fold, tz = _DECODER.decode(data)
+    return dt.time(hour, minute, second, micro, tzinfo=_tz_load(tz), fold=fold)
+
+
+def _decode_dict(data: memoryview) -> dict[Any, Any]:
+    flat = _DECODER.decode(data)
+    if type(flat) is not list or len(flat) % 2:
+        raise ValueError("malformed dict extension")
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _decode_list(data: memoryview) -> list[Any]:
+    items = _DECODER.decode(data)
+    if type(items) is not list:
+        raise ValueError("malformed sequence extension")
+    return items
+
+
+_ENCODERS: Final[dict[type, tuple[int, Callable[[Any], bytes]]]] = {
+    tuple: (_EXT_TUPLE, _wire_items),
+    set: (_EXT_SET, _wire_items),
+    frozenset: (_EXT_FROZENSET, _wire_items),
+    Decimal: (_EXT_DECIMAL, lambda v: str(v).encode()),
+    uuid.UUID: (_EXT_UUID, lambda v: v.bytes),
+    dt.date: (_EXT_DATE, lambda v: _ENCODER.encode(v.toordinal())),
+    dt.time: (_EXT_TIME, _encode_time),
+    dt.datetime: (_EXT_DATETIME, _encode_datetime),
+    dt.timedelta: (_EXT_TIMEDELTA, lambda v: _ENCODER.encode([v.days, v.seconds, v.microseconds])),
+    bytearray: (_EXT_BYTEARRAY, bytes),
+    complex: (_EXT_COMPLEX, lambda v: _ENCODER.encode([v.real, v.imag])),
+}
+
+_DECODERS: Final[dict[int, Callable[[memoryview], Any]]] = {
+    _EXT_TUPLE: lambda d: tuple(_decode_list(d)),
+    _EXT_SET: lambda d: set(_decode_list(d)),
+    _EXT_FROZENSET: lambda d: frozenset(_decode_list(d)),
+    _EXT_DICT: _decode_dict,
+    _EXT_DECIMAL: lambda d: Decimal(bytes(d).decode()),
+    _EXT_UUID: lambda d: uuid.UUID(bytes=bytes(d)),
+    _EXT_DATE: lambda d: dt.date.fromordinal(_DECODER.decode(d)),
+    _EXT_TIME: _decode_time,
+    _EXT_DATETIME: _decode_datetime,
+    _EXT_TIMEDELTA: lambda d: dt.timedelta(*_DECODER.decode(d)),
+    _EXT_BIGINT: lambda d: int.from_bytes(d, "big", signed=True),
+    _EXT_BYTEARRAY: bytearray,
+    _EXT_COMPLEX: lambda d: complex(*_DECODER.decode(d)),
+}
+
+
+def _type_name(kind: type) -> str:
+    return kind.__qualname__ if kind.__module__ == "builtins" else kind.__name__
+
+
+class SerializationDetector:
+    """Decides whether msgspec can carry a value exactly, walking containers.
+
+    Example::
+
+        >>> SerializationDetector().needs_dill((1, {"a": [2.5, None]}))
+        False
+        >>> SerializationDetector().needs_dill(lambda: 1)
+        True
+    """
+
+    def offender(self, value: Any) -> type | None:
+        """Return the first type inside ``value`` that msgspec cannot carry, or ``None``."""
+        try:
+            _wire(value)
+        except _NeedsDill as exc:
+            return exc.offender
+        except RecursionError:  # a cycle or absurd nesting: only dill can handle it
+            return type(value)
+        return None
+
+    def needs_dill(self, value: Any) -> bool:
+        """Return True when ``value`` (or something inside it) cannot travel as msgpack."""
+        return self.offender(value) is not None
+
+
+class MsgspecSerializer:
+    """The msgpack codec: exact round trip of plain data and the typed values listed above.
+
+    ``dumps`` raises :class:`SerializationError` for a value it cannot carry exactly.
+    """
+
+    def dumps(self, value: Any) -> bytes:
+        """Encode ``value`` as msgpack (no tag byte)."""
+        try:
+            return _ENCODER.encode(_wire(value))
+        except _NeedsDill as exc:
+            raise SerializationError(
+                f"msgspec cannot encode a value of type {_type_name(exc.offender)}"
+            ) from None
+        except RecursionError:
+            raise SerializationError("msgspec cannot encode a self-referencing value") from None
+
+    def loads(self, data: bytes | memoryview) -> Any:
+        """Decode msgpack bytes written by :meth:`dumps`."""
+        try:
+            return _DECODER.decode(data)
+        except Exception as exc:
+            raise SerializationError(f"corrupt msgpack payload: {exc}") from exc
+
+
+class DillSerializer:
+    """The dill codec, signing with HMAC-SHA256 when given a ``secret_key``.
+
+    With a key, ``dumps`` returns the 32-byte MAC followed by the pickle and ``loads`` checks
+    the MAC (constant-time) before unpickling anything. Without a key, ``loads`` unpickles
+    whatever it is given: only use it on data from a trusted writer.
+    """
+
+    def __init__(self, secret_key: bytes | None = None) -> None:
+        self._key = secret_key
+
+    @property
+    def signs(self) -> bool:
+        """True when payloads are signed and checked."""
+        return self._key is not None
+
+    def dumps(self, value: Any) -> bytes:
+        """Pickle ``value`` with dill (and sign it when a key is set)."""
+        try:
+            body: bytes = dill.dumps(value, recurse=True)
+        except Exception as exc:
+            raise SerializationError(
+                f"dill cannot encode a value of type {_type_name(type(value))}: {exc}"
+            ) from exc
+        if self._key is None:
+            return body
+        return hmac.digest(self._key, body, "sha256") + body
+
+    def loads(self, data: bytes | memoryview) -> Any:
+        """Check the signature (when a key is set), then unpickle."""
+        body = data
+        if self._key is not None:
+            if len(data) < _MAC_SIZE:
+                raise PayloadSignatureError("dill payload is too short to hold a signature")
+            body = data[_MAC_SIZE:]
+            expected = hmac.digest(self._key, body, "sha256")
+            if not hmac.compare_digest(expected, bytes(data[:_MAC_SIZE])):
+                raise PayloadSignatureError(
+                    "dill payload signature does not match: refused, nothing was unpickled"
+                )
+        try:
+            return dill.loads(body)
+        except Exception as exc:
+            raise SerializationError(f"corrupt dill payload: {exc}") from exc
+
+
+class SerializationManager:
+    """Chooses the codec, tags the bytes, and names the culprit when encoding fails.
+
+    ``mode`` is ``"auto"`` (msgspec, dill when needed), ``"msgspec"`` (dill forbidden, both to
+    write and to read) or ``"dill"`` (always dill). Any mode reads msgspec payloads.
+    See the module docstring for what ``secret_key`` protects against.
+
+    Example::
+
+        >>> manager = SerializationManager()
+        >>> manager.loads_call(manager.dumps_call(None, (1, "a"), {"b": 2.5}))
+        (None, (1, 'a'), {'b': 2.5})
+    """
+
+    def __init__(self, *, mode: str = "auto", secret_key: str | bytes | None = None) -> None:
+        if mode not in _MODES:
+            raise ConfigError(f"serializer: expected one of {', '.join(_MODES)}, got {mode!r}")
+        key = secret_key.encode() if isinstance(secret_key, str) else secret_key
+        if key is not None and not key:
+            raise ConfigError("secret_key: expected a non-empty string, got an empty one")
+        self._mode = mode
+        self._dill = DillSerializer(key)
+        self._detector = SerializationDetector()
+
+    @property
+    def mode(self) -> str:
+        """The mode given at construction."""
+        return self._mode
+
+    # -- encoding ------------------------------------------------------------------------
+
+    def dumps(self, value: Any, *, what: str = "value") -> bytes:
+        """Encode one value (e.g. a task result); ``what`` names it in errors."""
+        if self._mode != "dill":
+            try:
+                if type(value) in _PLAIN or _flat(value):
+                    try:
+                        return _PREFIX_MSGSPEC + _ENCODER.encode(value)
+                    except OverflowError:
+                        pass
+                return _PREFIX_MSGSPEC + _ENCODER.encode(_wire(value))
+            except (_NeedsDill, RecursionError) as exc:
+                if self._mode == "msgspec":
+                    offender = exc.offender if isinstance(exc, _NeedsDill) else type(value)
+                    raise self._strict_error(what, offender, value) from None
+        return self._dump_dill(value, lambda: f"{what} (type {_type_name(type(value))})")
+
+    def dumps_call(
+        self, func: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
+        """Encode a call: ``func`` is None when the function travels by import path."""
+        if self._mode != "dill":
+            if func is None:
+                try:
+                    return self._dump_call_msgspec(args, kwargs)
+                except (_NeedsDill, RecursionError):
+                    if self._mode == "msgspec":
+                        raise self._strict_call_error(args, kwargs) from None
+            elif self._mode == "msgspec":
+                raise SerializationError(
+                    f"the task function ({_type_name(type(func))} {func!r}) cannot travel "
+                    "without dill and serializer='msgspec' forbids dill; use an importable "
+                    "module-level function or serializer='auto'"
+                )
+        call = (func, args, kwargs)
+        return self._dump_dill(call, lambda: self._dill_culprit(func, args, kwargs))
+
+    @staticmethod
+    def _dump_call_msgspec(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        # Hot path: scalars, and flat lists/dicts of them, are encoded without conversion.
+        for arg in args:
+            if type(arg) not in _FAST and not _flat(arg):
+                break
+        else:
+            for key, val in kwargs.items():
+                if type(key) is not str or (type(val) not in _FAST and not _flat(val)):
+                    break
+            else:
+                try:
+                    return _PREFIX_MSGSPEC + _ENCODER.encode((args, kwargs))
+                except OverflowError:  # an int beyond 64 bits: _wire gives it a typed form
+                    pass
+        return _PREFIX_MSGSPEC + _ENCODER.encode(([_wire(a) for a in args], _wire(kwargs)))
+
+    def _dump_dill(self, value: Any, culprit: Callable[[], str]) -> bytes:
+        try:
+            body = self._dill.dumps(value)
+        except SerializationError as exc:
+            raise SerializationError(f"cannot encode {culprit()}: {exc}") from exc
+        return (b"S" if self._dill.signs else b"D") + body
+
+    def _dill_culprit(
+        self, func: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str:
+        for label, value in self._labelled(func, args, kwargs):
+            try:
+                dill.dumps(value, recurse=True)
+            except Exception:
+                return f"{label} (type {_type_name(type(value))})"
+        return "the call"
+
+    @staticmethod
+    def _labelled(
+        func: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[str, Any]]:
+        labelled: list[tuple[str, Any]] = [] if func is None else [("the task function", func)]
+        labelled += [(f"argument {i}", arg) for i, arg in enumerate(args, start=1)]
+        labelled += [(f"keyword argument {key!r}", val) for key, val in kwargs.items()]
+        return labelled
+
+    def _strict_call_error(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> SerializationError:
+        for label, value in self._labelled(None, args, kwargs):
+            offender = self._detector.offender(value)
+            if offender is not None:
+                return self._strict_error(label, offender, value)
+        return SerializationError("cannot encode the call arguments with msgspec")
+
+    @staticmethod
+    def _strict_error(what: str, offender: type, value: Any = None) -> SerializationError:
+        name = _type_name(offender)
+        if value is not None and type(value) is not offender:
+            name = f"{_type_name(type(value))} containing {name}"
+        return SerializationError(
+            f"cannot encode {what} (type {name}) with msgspec, and serializer='msgspec' "
+            "forbids dill; pass plain data or use serializer='auto'"
+        )
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def loads(self, data: bytes) -> Any:
+        """Decode a payload written by :meth:`dumps` (in any mode)."""
+        if not data:
+            raise SerializationError("empty payload")
+        tag = data[0]
+        if tag == _TAG_MSGSPEC:
+            try:
+                return _DECODER.decode(memoryview(data)[1:])
+            except Exception as exc:
+                raise SerializationError(f"corrupt msgpack payload: {exc}") from exc
+        return self._load_dill(tag, data)
+
+    def loads_call(
+        self, data: bytes
+    ) -> tuple[Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]:
+        """Decode a payload written by :meth:`dumps_call` into ``(func, args, kwargs)``."""
+        func: Any
+        args: Any
+        kwargs: Any
+        if data[:1] == _PREFIX_MSGSPEC:
+            try:
+                call = _DECODER.decode(memoryview(data)[1:])
+            except Exception as exc:
+                raise SerializationError(f"corrupt msgpack call payload: {exc}") from exc
+            func = None
+            args, kwargs = call if type(call) is list and len(call) == 2 else (0, 0)
+        else:
+            call = self.loads(data)
+            func, args, kwargs = call if type(call) is tuple and len(call) == 3 else (0, 0, 0)
+        if (
+            (func is None or callable(func))
+            and type(args) in (list, tuple)
+            and type(kwargs) is dict
+            and (not kwargs or all(type(key) is str for key in kwargs))
+        ):
+            return func, tuple(args), kwargs
+        raise SerializationError("payload is not a task call (func, args, kwargs)")
+
+    def _load_dill(self, tag: int, data: bytes) -> Any:
+        if tag not in (_TAG_DILL, _TAG_SIGNED):
+            raise SerializationError(f"unknown payload format tag {tag:#04x}")
+        if self._mode == "msgspec":
+            raise SerializationError(
+                "payload is a dill pickle and serializer='msgspec' forbids dill"
+            )
+        if tag == _TAG_DILL and self._dill.signs:
+            raise PayloadSignatureError(
+                "dill payload is unsigned while secret_key is set: refused, nothing was unpickled"
+            )
+        if tag == _TAG_SIGNED and not self._dill.signs:
+            raise PayloadSignatureError(
+                "dill payload is signed but no secret_key is set to check it: refused"
+            )
+        return self._dill.loads(memoryview(data)[1:])

@@ -1,0 +1,442 @@
+"""Serialization (SPEC §5): values keep their type, dill is signed, bad bytes fail cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from omniq.errors import ConfigError, PayloadSignatureError, SerializationError
+from omniq.serialization import (
+    DillSerializer,
+    MsgspecSerializer,
+    SerializationDetector,
+    SerializationManager,
+)
+
+KEY = "test-secret"
+UNPICKLED: list[str] = []
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Name(str):
+    pass
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Sentinel:
+    """Records every unpickling, to prove a refused payload was never unpickled."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        UNPICKLED.append(state["label"])
+        self.__dict__.update(state)
+
+
+def make_adder(n: int) -> Callable[[int], int]:
+    def add(x: int) -> int:
+        return x + n
+
+    return add
+
+
+# Values with an exact msgpack (typed) encoding: they round-trip in strict msgspec mode too.
+TYPED_VALUES: dict[str, Any] = {
+    "int": 7,
+    "negative int": -(2**63),
+    "uint64": 2**64 - 1,
+    "big int": 2**200,
+    "big negative int": -(2**100) - 1,
+    "float": 1.5,
+    "bool": True,
+    "none": None,
+    "str": "héllo",
+    "bytes": b"\x00\xff",
+    "bytearray": bytearray(b"ab"),
+    "complex": 1 + 2j,
+    "list": [1, "a", None],
+    "tuple": (1, "a"),
+    "empty tuple": (),
+    "nested tuple": (1, (2, [3, (4,)])),
+    "set": {1, 2, 3},
+    "frozenset": frozenset({"a", "b"}),
+    "set of tuples": {(1, 2), (3, 4)},
+    "dict int keys": {1: "one", 2: "two"},
+    "dict mixed scalar keys": {None: 0, 1.5: 1, b"k": 2, "s": 3, True: 4},
+    "dict tuple keys": {(1, 2): "a", (3,): "b"},
+    "dict frozenset and date keys": {frozenset({1}): 1, dt.date(2020, 1, 1): 2},
+    "dict big int key": {2**70: "big"},
+    "decimal": Decimal("1.10"),
+    "decimal exponent": Decimal("-1.5E+1000"),
+    "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "date": dt.date(2024, 2, 29),
+    "time": dt.time(13, 14, 15, 161718),
+    "time utc": dt.time(1, 2, tzinfo=dt.UTC),
+    "datetime naive": dt.datetime(2024, 1, 2, 3, 4, 5, 6),
+    "datetime fold": dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+    "datetime utc": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+    "datetime offset": dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=-3))),
+    "datetime named offset": dt.datetime(
+        2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
+    ),
+    "datetime zoneinfo": dt.datetime(2024, 7, 1, 12, tzinfo=ZoneInfo("America/New_York")),
+    "timedelta": dt.timedelta(days=-3, seconds=5, microseconds=7),
+    "mixed": {"when": dt.date(2020, 1, 1), "ids": (uuid.UUID(int=1),), "n": [Decimal("2")]},
+}
+
+# Values only dill carries exactly.
+DILL_VALUES: dict[str, Any] = {
+    "dataclass": Point(1, 2),
+    "enum member": Color.RED,
+    "list of custom": [Point(3, 4)],
+    "str subclass": Name("x"),
+    "foreign tzinfo": dt.datetime(2024, 1, 1, tzinfo=type("Tz", (dt.tzinfo,), {})()),
+}
+
+
+def assert_same(got: Any, expected: Any) -> None:
+    """Equal value AND the same type, recursively; aware datetimes keep their time zone."""
+    assert type(got) is type(expected), f"{got!r} is not a {type(expected).__name__}"
+    if isinstance(expected, (list, tuple)):
+        assert len(got) == len(expected)
+        for got_item, expected_item in zip(got, expected, strict=True):
+            assert_same(got_item, expected_item)
+    elif isinstance(expected, dict):
+        assert list(got) == list(expected)
+        for key in expected:
+            assert_same(next(k for k in got if k == key), key)
+            assert_same(got[key], expected[key])
+    elif isinstance(expected, (dt.datetime, dt.time)):
+        assert got == expected
+        assert got.tzinfo == expected.tzinfo
+        assert got.fold == expected.fold
+        if expected.tzinfo is not None:
+            assert got.tzname() == expected.tzname()
+    elif isinstance(expected, Decimal):
+        assert str(got) == str(expected)
+    elif isinstance(expected, (Point, Color)) or not callable(expected):
+        assert got == expected
+
+
+@pytest.mark.parametrize("mode", ["auto", "msgspec", "dill"])
+@pytest.mark.parametrize("value", TYPED_VALUES.values(), ids=TYPED_VALUES.keys())
+def test_typed_values_round_trip_with_their_type(mode: str, value: Any) -> None:
+    manager = SerializationManager(mode=mode)
+    data = manager.dumps(value)
+    assert data[:1] == (b"D" if mode == "dill" else b"M")
+    assert_same(manager.loads(data), value)
+
+
+@pytest.mark.parametrize("mode", ["auto", "msgspec"])
+@pytest.mark.parametrize("value", TYPED_VALUES.values(), ids=TYPED_VALUES.keys())
+def test_typed_values_round_trip_as_arguments(mode: str, value: Any) -> None:
+    manager = SerializationManager(mode=mode)
+    func, args, kwargs = manager.loads_call(manager.dumps_call(None, (value, 1), {"k": value}))
+    assert func is None
+    assert_same(args, (value, 1))
+    assert_same(kwargs, {"k": value})
+
+
+def test_common_call_payloads() -> None:
+    manager = SerializationManager()
+    for args, kwargs in [
+        ((), {}),
+        ((1, "a", 2.5, None, True), {}),
+        (([1, 2], {"a": 1}), {"x": "y"}),
+    ]:
+        data = manager.dumps_call(None, args, kwargs)
+        assert data[:1] == b"M"
+        assert_same(manager.loads_call(data), (None, args, kwargs))
+
+
+@pytest.mark.parametrize("value", DILL_VALUES.values(), ids=DILL_VALUES.keys())
+def test_values_msgspec_cannot_carry_travel_with_dill_in_auto_mode(value: Any) -> None:
+    manager = SerializationManager()
+    data = manager.dumps(value)
+    assert data[:1] == b"D"
+    got = manager.loads(data)
+    assert type(got) is type(value)
+    if not isinstance(value, dt.datetime):  # its tzinfo class has no __eq__
+        assert got == value
+
+
+def test_self_referencing_list_travels_with_dill() -> None:
+    looped: list[Any] = [1]
+    looped.append(looped)
+    manager = SerializationManager()
+    got = manager.loads(manager.dumps(looped))
+    assert got[0] == 1
+    assert got[1] is got
+    with pytest.raises(SerializationError, match="value"):
+        SerializationManager(mode="msgspec").dumps(looped)
+
+
+def test_exception_result_travels_with_dill() -> None:
+    manager = SerializationManager(secret_key=KEY)
+    got = manager.loads(manager.dumps(ValueError("boom", 3), what="result"))
+    assert type(got) is ValueError
+    assert got.args == ("boom", 3)
+
+
+@pytest.mark.parametrize("func", [lambda x: x * 10, make_adder(5)], ids=["lambda", "closure"])
+@pytest.mark.parametrize("secret_key", [None, KEY])
+def test_lambda_and_closure_travel_with_dill(
+    func: Callable[[int], int], secret_key: str | None
+) -> None:
+    manager = SerializationManager(secret_key=secret_key)
+    data = manager.dumps_call(func, (1,), {})
+    assert data[:1] == (b"S" if secret_key else b"D")
+    loaded, args, kwargs = manager.loads_call(data)
+    assert loaded is not None
+    assert loaded(*args, **kwargs) == func(1)
+
+
+def test_custom_class_argument_switches_the_call_to_dill_in_auto_mode() -> None:
+    manager = SerializationManager()
+    data = manager.dumps_call(None, (1, Point(1, 2)), {"t": (1,)})
+    assert data[:1] == b"D"
+    assert manager.loads_call(data) == (None, (1, Point(1, 2)), {"t": (1,)})
+
+
+def test_strict_mode_names_the_positional_argument() -> None:
+    manager = SerializationManager(mode="msgspec")
+    with pytest.raises(SerializationError, match=r"argument 2 \(type Point\)"):
+        manager.dumps_call(None, (1, Point(1, 2)), {})
+
+
+def test_strict_mode_names_the_keyword_argument_and_nested_type() -> None:
+    manager = SerializationManager(mode="msgspec")
+    with pytest.raises(SerializationError, match=r"keyword argument 'p' \(type Point\)"):
+        manager.dumps_call(None, (), {"p": Point(1, 2)})
+    with pytest.raises(SerializationError, match=r"argument 1 \(type list containing Point\)"):
+        manager.dumps_call(None, ([Point(1, 2)],), {})
+
+
+def test_strict_mode_refuses_a_callable_and_a_custom_result() -> None:
+    manager = SerializationManager(mode="msgspec")
+    with pytest.raises(SerializationError, match="the task function"):
+        manager.dumps_call(lambda: 1, (), {})
+    with pytest.raises(SerializationError, match=r"result \(type Color\)"):
+        manager.dumps(Color.RED, what="result")
+
+
+def test_strict_mode_refuses_to_read_a_dill_payload() -> None:
+    data = SerializationManager().dumps(Point(1, 2))
+    with pytest.raises(SerializationError, match="forbids dill"):
+        SerializationManager(mode="msgspec").loads(data)
+
+
+def test_unencodable_argument_is_named_in_auto_mode() -> None:
+    generator = (i for i in range(3))
+    with pytest.raises(SerializationError, match=r"argument 2 \(type generator\)"):
+        SerializationManager().dumps_call(None, (1, generator), {})
+
+
+def test_signed_payload_round_trip() -> None:
+    manager = SerializationManager(secret_key=KEY.encode())
+    data = manager.dumps(Sentinel("ok"))
+    assert data[:1] == b"S"
+    assert manager.loads(data).label == "ok"
+
+
+@pytest.mark.parametrize("position", [1, 10, -1], ids=["mac", "mac end", "pickle"])
+def test_tampered_payload_is_refused_and_never_unpickled(position: int) -> None:
+    manager = SerializationManager(secret_key=KEY)
+    data = bytearray(manager.dumps(Sentinel("tampered")))
+    data[position] ^= 0x01
+    UNPICKLED.clear()
+    with pytest.raises(PayloadSignatureError):
+        manager.loads(bytes(data))
+    assert UNPICKLED == []
+
+
+def test_unsigned_dill_payload_is_refused_when_a_key_is_set() -> None:
+    unsigned = SerializationManager().dumps(Sentinel("unsigned"))
+    UNPICKLED.clear()
+    with pytest.raises(PayloadSignatureError, match="unsigned"):
+        SerializationManager(secret_key=KEY).loads(unsigned)
+    with pytest.raises(PayloadSignatureError):
+        SerializationManager(secret_key=KEY).loads_call(unsigned)
+    assert UNPICKLED == []
+
+
+def test_wrong_key_and_missing_key_are_refused() -> None:
+    signed = SerializationManager(secret_key=KEY).dumps(Sentinel("signed"))
+    UNPICKLED.clear()
+    with pytest.raises(PayloadSignatureError):
+        SerializationManager(secret_key="other").loads(signed)
+    with pytest.raises(PayloadSignatureError, match="no secret_key"):
+        SerializationManager().loads(signed)
+    assert UNPICKLED == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"X", b"Xabc", b"M", b"M\xc1", b"M\x92", b"M\xd4\x7f\x00", b"D", b"Dnot a pickle"],
+)
+def test_corrupt_bytes_raise_serialization_error(data: bytes) -> None:
+    manager = SerializationManager()
+    with pytest.raises(SerializationError):
+        manager.loads(data)
+    with pytest.raises(SerializationError):
+        manager.loads_call(data)
+
+
+def test_value_payload_is_not_a_call() -> None:
+    manager = SerializationManager()
+    with pytest.raises(SerializationError, match="not a task call"):
+        manager.loads_call(manager.dumps([1, 2, 3]))
+
+
+def test_bad_mode_and_empty_key_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="serializer"):
+        SerializationManager(mode="pickle")
+    with pytest.raises(ConfigError, match="secret_key"):
+        SerializationManager(secret_key="")
+
+
+def test_detector_walks_containers() -> None:
+    detector = SerializationDetector()
+    assert not detector.needs_dill({"a": [(1, dt.date(2020, 1, 1))], 2: {Decimal(1)}})
+    assert detector.needs_dill({"a": [(1, Point(1, 2))]})
+    assert detector.offender([1, (2, Color.RED)]) is Color
+    assert detector.needs_dill(make_adder(1))
+
+
+def test_codecs_without_tags() -> None:
+    codec = MsgspecSerializer()
+    assert_same(codec.loads(codec.dumps({(1, 2): {3}})), {(1, 2): {3}})
+    with pytest.raises(SerializationError, match="Point"):
+        codec.dumps(Point(1, 2))
+    signer = DillSerializer(b"k")
+    assert signer.loads(signer.dumps(Point(1, 2))) == Point(1, 2)
+    with pytest.raises(PayloadSignatureError):
+        signer.loads(b"short")
+    plain = DillSerializer()
+    assert plain.loads(plain.dumps(Point(5, 6))) == Point(5, 6)
+
+
+# -- property tests ------------------------------------------------------------------------
+
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.decimals(allow_nan=False),
+    st.uuids(),
+    st.dates(),
+    st.times(timezones=st.none() | st.just(dt.UTC)),
+    st.datetimes(timezones=st.none() | st.timezones()),
+    st.timedeltas(),
+)
+hashables = st.recursive(
+    leaves, lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3), max_leaves=6
+)
+typed_values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.sets(hashables, max_size=4),
+        st.dictionaries(hashables, inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(value=typed_values)
+def test_generated_values_round_trip_in_strict_mode(value: Any) -> None:
+    manager = SerializationManager(mode="msgspec")
+    assert_same(manager.loads(manager.dumps(value)), value)
+    _, args, kwargs = manager.loads_call(manager.dumps_call(None, (value,), {"v": value}))
+    assert_same(args, (value,))
+    assert_same(kwargs, {"v": value})
+
+
+def ext_payloads() -> st.SearchStrategy[bytes]:
+    """msgspec payloads holding typed extension values with random contents."""
+    ext: st.SearchStrategy[Any] = st.builds(
+        msgspec.msgpack.Ext, st.integers(-128, 127), st.binary(max_size=24)
+    )
+    body: st.SearchStrategy[Any] = st.one_of(
+        ext, st.lists(ext, max_size=2), st.tuples(st.lists(ext), st.just({}))
+    )
+    return body.map(lambda b: b"M" + msgspec.msgpack.encode(b))
+
+
+def valid_payloads(manager: SerializationManager) -> st.SearchStrategy[bytes]:
+    return typed_values.map(manager.dumps) | typed_values.map(
+        lambda v: manager.dumps_call(None, (v,), {})
+    )
+
+
+def assert_only_serialization_errors(manager: SerializationManager, data: bytes) -> None:
+    for load in (manager.loads, manager.loads_call):
+        with contextlib.suppress(SerializationError):
+            load(data)
+
+
+@FUZZ
+@given(data=st.binary(max_size=64), tag=st.sampled_from([b"M", b"X", b"\x00", b""]))
+def test_random_bytes_without_key_raise_only_serialization_error(data: bytes, tag: bytes) -> None:
+    # Without a key a dill payload is unpickled as-is, so only non-dill tags are fuzzed here.
+    assert_only_serialization_errors(SerializationManager(), tag + data)
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=96), st.binary(max_size=96).map(lambda b: b"S" + b)))
+def test_random_bytes_with_key_raise_only_serialization_error(data: bytes) -> None:
+    UNPICKLED.clear()
+    assert_only_serialization_errors(SerializationManager(secret_key=KEY), data)
+
+
+@FUZZ
+@given(data=ext_payloads())
+def test_random_extension_values_raise_only_serialization_error(data: bytes) -> None:
+    assert_only_serialization_errors(SerializationManager(), data)
+
+
+@pytest.mark.parametrize("secret_key", [None, KEY])
+@FUZZ
+@given(data=st.data())
+def test_truncated_payloads_raise_only_serialization_error(
+    data: st.DataObject, secret_key: str | None
+) -> None:
+    manager = SerializationManager(secret_key=secret_key)
+    payload = data.draw(valid_payloads(manager))
+    if secret_key is not None:
+        payload = data.draw(st.sampled_from([payload, manager.dumps_call(make_adder(2), (), {})]))
+    cut = data.draw(st.integers(0, max(len(payload) - 1, 0)))
+    truncated = payload[:cut]
+    if truncated[:1] == b"D" and secret_key is None:
+        return
+    assert_only_serialization_errors(manager, truncated)

@@ -274,7 +274,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     poll_interval: float = 1.0
     event_flush_interval: float = 0.05
     event_batch_size: int = 500
-    sqlite_synchronous: str = "FULL"
+    sqlite_synchronous: str = "NORMAL"
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:

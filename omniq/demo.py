@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from omniq.core import AsyncOmniQ
-from omniq.models import FINAL_STATUSES, TaskStatus
+from omniq.models import FINAL_STATUSES
 
 __all__ = ["flaky_fetch", "resize_image", "run_demo", "send_report", "summarise"]
 
@@ -106,8 +106,11 @@ async def run_demo(oq: AsyncOmniQ | None = None, *, out: TextIO = sys.stdout) ->
                 continue
             final[result.status.value] += 1
             if task_id in (ids[0], ids[12], flaky[0], doomed):
-                shown = result.result if result.status is TaskStatus.COMPLETE else result.error
-                detail = shown.message if hasattr(shown, "message") else shown
+                detail = (
+                    result.result
+                    if result.error is None
+                    else f"{result.error.type}: {result.error.message}"
+                )
                 out.write(
                     f"  {task_id[:8]}… {result.status.value:<8} after {result.attempts} "
                     f"attempt(s): {detail}\n"

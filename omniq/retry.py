@@ -46,6 +46,6 @@ def backoff_delay(
     """
     if retry_number < 1:
         raise ValueError("retry_number starts at 1")
-    delay = min(cap, base * 2 ** (retry_number - 1))
+    delay = min(cap, base * 2.0 ** (retry_number - 1))
     spread = float((rng or random).random()) * jitter * delay
     return min(cap, delay + spread) if cap >= delay else delay

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from omniq._ids import new_task_id
 from omniq.errors import ScheduleError
@@ -99,7 +99,12 @@ def _cron_after(expr: str, zone: ZoneInfo, after: datetime) -> datetime:
     """The first match of ``expr`` strictly after ``after``, as aware UTC."""
     # Evaluated on the wall clock of ``zone``: converting from UTC sets the fold, so
     # croniter walks DST changes correctly (a skipped hour, a repeated hour).
-    found = croniter(expr, after.astimezone(zone)).get_next(datetime)
+    try:
+        found = croniter(expr, after.astimezone(zone)).get_next(datetime)
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise ScheduleError(
+            f"cron={expr!r}: no run time after {after.isoformat()} ({exc})"
+        ) from exc
     assert isinstance(found, datetime)
     return found.astimezone(UTC)
 

@@ -195,7 +195,7 @@ class BaseTaskQueue(BaseStorage):
     async def delete_finished(self, before: datetime) -> int:
         """Delete tasks in a final state last updated before ``before``; return how many."""
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
         """Block until work may have arrived in ``queues`` or ``timeout`` passes.
 
         Backends that can be notified (Redis blocking pops, LISTEN/NOTIFY, file
@@ -219,7 +219,7 @@ class BaseResultStorage(BaseStorage):
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""
 
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:  # noqa: ASYNC109
         """Block until a result for ``task_id`` exists or ``timeout`` passes.
 
         The default polls with a short, growing interval; backends that can be notified

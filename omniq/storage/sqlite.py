@@ -24,19 +24,18 @@ import builtins
 import json
 import logging
 import os
-import re
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime, timezone
-from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Self
 
-import aiosqlite
 import msgspec
 
 from omniq._sync import sync_twin
-from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.backend.sqlite import QUERIES as _Q
+from omniq.backend.sqlite import _SQLiteConnection, sqlite_path
+from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from omniq.storage.base import (
     Ack,
@@ -59,39 +58,11 @@ __all__ = [
     "SQLiteQueue",
     "SQLiteResultStorage",
     "SQLiteScheduleStorage",
-    "sqlite_path",
 ]
 
 logger = logging.getLogger("omniq")
 
-T = TypeVar("T")
 Row = tuple[Any, ...]
-
-_SQL_DIR = resources.files("omniq.storage").joinpath("sql", "sqlite")
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
-
-
-def _load_queries() -> dict[str, str]:
-    text = _SQL_DIR.joinpath("queries.sql").read_text(encoding="utf-8")
-    queries: dict[str, str] = {}
-    for chunk in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
-        name, _, body = chunk.partition("\n")
-        queries[name.strip()] = body.strip().rstrip(";")
-    return queries
-
-
-def _load_migrations() -> list[tuple[int, str]]:
-    found = []
-    for entry in _SQL_DIR.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-_Q = _load_queries()
-_MIGRATIONS = _load_migrations()
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 _ENCODER = msgspec.msgpack.Encoder()
 _TASK_DECODER = msgspec.msgpack.Decoder(Task)
@@ -99,300 +70,17 @@ _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
 _EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
 _SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
 _STATUSES = {status.value: status for status in TaskStatus}
-_FINAL = frozenset({"complete", "failed", "cancelled", "expired"})
 _CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskStatus.SCHEDULED})
-
-
-def sqlite_path(url: str | os.PathLike[str]) -> str:
-    """The database path named by ``url``, absolute, or ``":memory:"``.
-
-    ``sqlite:///rel.db`` is relative to the current directory, ``sqlite:////abs.db``
-    absolute, ``sqlite://:memory:`` in memory; a plain path is taken as it is.
-    """
-    text = os.fspath(url)
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        if scheme.lower() != "sqlite":
-            raise ConfigError(f"not a sqlite URL: {text!r} (expected sqlite:///path.db)")
-        rest = rest.split("?", 1)[0]
-        if rest in ("", ":memory:", "/:memory:"):
-            return ":memory:"
-        text = rest[1:] if rest.startswith("/") else rest
-    if text == ":memory:":
-        return text
-    return os.path.abspath(os.path.expanduser(text))
 
 
 def _ts(moment: datetime) -> float:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
 def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
-
-
-def _translate(exc: BaseException, doing: str) -> StorageError:
-    """The OmniQ error for a driver error raised while ``doing`` something."""
-    message = str(exc)
-    if isinstance(exc, ValueError):  # aiosqlite: "Connection closed" / "no active connection"
-        return StorageConnectionError(f"sqlite: {doing}: the connection is closed")
-    lowered = message.lower()
-    if isinstance(exc, sqlite3.OperationalError) and any(
-        word in lowered for word in ("unable to open", "locked", "busy", "disk i/o", "readonly")
-    ):
-        return StorageConnectionError(f"sqlite: {doing}: {message}")
-    return StorageError(f"sqlite: {doing}: {message}")
-
-
-def _split_script(script: str) -> list[str]:
-    """The statements of a migration script (``executescript`` would commit early)."""
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        if not current and (not line.strip() or line.lstrip().startswith("--")):
-            continue
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    if current.strip():
-        statements.append(current.strip())
-    return statements
-
-
-def _tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction (on the connection's thread)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
-
-
-class _SQLiteConnection:
-    """One aiosqlite connection, its schema migration and its in-process wake-ups.
-
-    Each operation is one function run on the connection's thread, so operations never
-    interleave: that single thread is the write lock within a process, and
-    ``BEGIN IMMEDIATE`` with the busy timeout is the lock between processes.
-    """
-
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
-        self.path = path
-        self.synchronous = str(synchronous).upper()
-        if self.synchronous not in ("FULL", "NORMAL", "OFF", "EXTRA"):
-            raise ConfigError(f"sqlite_synchronous={synchronous!r}: expected FULL or NORMAL")
-        self._db: aiosqlite.Connection | None = None
-        self._open_lock: asyncio.Lock | None = None
-        self._work: asyncio.Event | None = None
-        self._result_waiters: dict[str, builtins.list[asyncio.Future[None]]] = {}
-        self._shm_fd: int | None = None
-
-    @property
-    def is_memory(self) -> bool:
-        """True for an in-memory database (no other process can see it)."""
-        return self.path == ":memory:"
-
-    @property
-    def is_open(self) -> bool:
-        """True between :meth:`open` and :meth:`close`."""
-        return self._db is not None
-
-    async def open(self) -> None:
-        """Open the file (creating its directory), set the pragmas, migrate the schema."""
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if self._db is not None:
-                return
-            if not self.is_memory:
-                try:
-                    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                except OSError as exc:
-                    raise StorageConnectionError(
-                        f"sqlite: cannot create {self.path}: {exc}"
-                    ) from exc
-            try:
-                db = await aiosqlite.connect(self.path, isolation_level=None, timeout=10.0)
-            except (sqlite3.Error, ValueError) as exc:
-                raise StorageConnectionError(f"sqlite: cannot open {self.path}: {exc}") from exc
-            self._db = db
-            try:
-                await self.run(self._setup, "opening the database")
-            except BaseException:
-                self._db = None
-                await db.close()
-                raise
-
-    def _setup(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA busy_timeout = 10000")
-        if not self.is_memory:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(f"sqlite: {self.path} cannot use WAL mode (got {mode})")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute("PRAGMA foreign_keys = OFF")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        self._migrate(conn)
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        if self._version(conn) == SCHEMA_VERSION:
-            return
-
-        def apply(conn: sqlite3.Connection) -> None:
-            conn.execute(_Q["create_schema_version"])
-            # Re-read under the write lock: another process may have migrated meanwhile.
-            current = self._version(conn)
-            if current > SCHEMA_VERSION:
-                raise StorageError(
-                    f"sqlite: {self.path} has schema version {current}, newer than this "
-                    f"OmniQ supports ({SCHEMA_VERSION}); upgrade OmniQ"
-                )
-            for version, script in _MIGRATIONS:
-                if version > current:
-                    for statement in _split_script(script):
-                        conn.execute(statement)
-                    conn.execute(_Q["record_schema_version"], (version, time.time()))
-
-        _tx(conn, apply)
-
-    @staticmethod
-    def _version(conn: sqlite3.Connection) -> int:
-        try:
-            row = conn.execute(_Q["schema_version"]).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return 0
-            raise
-        return int(row[0] or 0)
-
-    async def close(self) -> None:
-        """Close the connection. Safe to call twice."""
-        db, self._db = self._db, None
-        if self._shm_fd is not None:
-            os.close(self._shm_fd)
-            self._shm_fd = None
-        for futures in self._result_waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
-        self._result_waiters.clear()
-        if db is not None:
-            try:
-                await db.close()
-            except (sqlite3.Error, ValueError) as exc:
-                raise _translate(exc, "closing") from exc
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
-        """Run ``fn(sqlite3_connection)`` on the connection's thread; translate errors."""
-        db = self._db
-        if db is None:
-            raise StorageConnectionError(f"sqlite: {doing}: {self.path} is not connected")
-        try:
-            # One hop for the whole operation: aiosqlite's public calls cost one hop each.
-            return cast(T, await cast(Any, db)._execute(fn, db._conn))
-        except (sqlite3.Error, ValueError) as exc:
-            raise _translate(exc, doing) from exc
-
-    async def write(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
-        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction on the connection's thread."""
-        return await self.run(lambda conn: _tx(conn, fn), doing)
-
-    # -- wake-ups ---------------------------------------------------------------------
-
-    def notify_work(self) -> None:
-        """Wake every in-process waiter of :meth:`wait_for_work`."""
-        if self._work is not None:
-            self._work.set()
-            self._work = None
-
-    def _work_event(self) -> asyncio.Event:
-        if self._work is None:
-            self._work = asyncio.Event()
-        return self._work
-
-    def notify_results(self, task_ids: Collection[str]) -> None:
-        """Wake in-process waiters for these results."""
-        for task_id in task_ids:
-            for future in self._result_waiters.pop(task_id, ()):
-                if not future.done():
-                    future.set_result(None)
-
-    def file_signature(self) -> tuple[Any, ...] | None:
-        """A cheap fingerprint of the last commit by any process (None for ``:memory:``).
-
-        Every commit appends to or rewrites the ``-wal`` file and bumps the change counter
-        in the ``-shm`` wal-index header; both are read without a thread hop.
-        """
-        if self.is_memory:
-            return None
-        try:
-            stat = os.stat(self.path + "-wal")
-            wal: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            wal = (0, 0)
-        header = b""
-        try:
-            if self._shm_fd is None:
-                self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
-            header = os.pread(self._shm_fd, 48, 0)
-        except OSError:
-            if self._shm_fd is not None:
-                os.close(self._shm_fd)
-            self._shm_fd = None
-        return (wal, header)
-
-    async def data_version(self) -> int:
-        """``PRAGMA data_version``: changes when another connection commits."""
-        return await self.run(
-            lambda conn: int(conn.execute("PRAGMA data_version").fetchone()[0]), "checking"
-        )
-
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return when this process or another one may have made work available."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        waiter = asyncio.ensure_future(self._work_event().wait())
-        try:
-            if self.is_memory:
-                await asyncio.wait({waiter}, timeout=timeout)
-                return
-            signature = self.file_signature()
-            version = await self.data_version()
-            next_version_check = loop.time() + 0.25
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return
-                done, _ = await asyncio.wait({waiter}, timeout=min(0.003, remaining))
-                if done or self.file_signature() != signature:
-                    return
-                if loop.time() >= next_version_check:
-                    # A backstop for a commit the file fingerprint could not see.
-                    if await self.data_version() != version:
-                        return
-                    next_version_check = loop.time() + 0.25
-        finally:
-            waiter.cancel()
-
-    def result_future(self, task_id: str) -> asyncio.Future[None]:
-        """A future completed when a result for ``task_id`` is stored in this process."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._result_waiters.setdefault(task_id, []).append(future)
-        return future
-
-    def drop_result_future(self, task_id: str, future: asyncio.Future[None]) -> None:
-        """Forget a waiter that gave up."""
-        futures = self._result_waiters.get(task_id)
-        if futures and future in futures:
-            futures.remove(future)
-            if not futures:
-                del self._result_waiters[task_id]
+    return datetime.fromtimestamp(ts, UTC)
 
 
 class _SQLiteComponent(BaseStorage):
@@ -422,6 +110,10 @@ class _SQLiteComponent(BaseStorage):
         self._bundle = bundle
         self._connected = False
 
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
     async def connect(self) -> None:
         """Open the connection (through the bundle when there is one). Safe to call twice."""
         if self._connected:
@@ -443,7 +135,7 @@ class _SQLiteComponent(BaseStorage):
             await self._conn.close()
 
     async def _db(self) -> _SQLiteConnection:
-        if not self._connected or not self._conn.is_open:
+        if not self._connected:
             await self.connect()
         return self._conn
 
@@ -599,17 +291,33 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         """Finish the tasks still held by their workers, in one transaction."""
         if not acks:
             return []
-        now_ts = _ts(now)
-        sql = _Q["ack"]
-        params = [(ack.status.value, now_ts, ack.task_id, ack.worker_id) for ack in acks]
+        now_ts, sql = _ts(now), _Q["ack"]
+        groups: dict[tuple[str, str], builtins.list[str]] = {}
+        for item in acks:
+            groups.setdefault((item.worker_id, TaskStatus(item.status).value), []).append(
+                item.task_id
+            )
+        params = [
+            {"ids": json.dumps(ids), "worker": worker, "status": status, "now": now_ts}
+            for (worker, status), ids in groups.items()
+        ]
 
-        def ack(conn: sqlite3.Connection) -> list[bool]:
-            return [conn.execute(sql, row).rowcount > 0 for row in params]
+        def ack(conn: sqlite3.Connection) -> set[tuple[Any, ...]]:
+            return {
+                (group["worker"], group["status"], row[0])
+                for group in params
+                for row in conn.execute(sql, group).fetchall()
+            }
 
         db = await self._db()
-        if len(params) == 1:
-            return await db.run(ack, "acknowledging tasks")
-        return await db.write(ack, "acknowledging tasks")
+        run = db.run if len(params) == 1 else db.write
+        done = await run(ack, "acknowledging tasks")
+        flags = []
+        for item in acks:  # an ack repeated in one batch took effect once
+            key = (item.worker_id, TaskStatus(item.status).value, item.task_id)
+            flags.append(key in done)
+            done.discard(key)
+        return flags
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, due at ``due_at``."""
@@ -748,7 +456,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
 
         return await (await self._db()).write(delete, "deleting finished tasks")
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
         """Return when work may have arrived (any queue), or after ``timeout``."""
         if timeout <= 0:
             return
@@ -793,7 +501,7 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StorageError(f"sqlite: result of task {task_id} is corrupt: {exc}") from exc
 
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:  # noqa: ASYNC109
         """Wait for a result: woken in-process at once, else when the file changes."""
         db = await self._db()
         loop = asyncio.get_running_loop()

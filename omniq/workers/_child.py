@@ -151,7 +151,7 @@ def encode_error(exc: BaseException) -> bytes:
     return _PICKLE + pickle.dumps(("err", report), protocol=_PROTOCOL)
 
 
-class RemoteTraceback(Exception):  # noqa: N818 - carries text, named like concurrent.futures'
+class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker's child process (set as the
     ``__cause__`` of the re-raised exception, so stored tracebacks show where it happened)."""
 

@@ -99,14 +99,13 @@ class GeventWorker(BaseExecutor):
 
     async def _start_child(self) -> None:
         if importlib.util.find_spec("gevent") is None:
-            raise ConfigError(
-                "worker_type='gevent' needs gevent: pip install 'omniq[gevent]'"
-            )
+            raise ConfigError("worker_type='gevent' needs gevent: pip install 'omniq[gevent]'")
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([p or os.getcwd() for p in sys.path])
         try:
-            process = subprocess.Popen(
+            process = await asyncio.to_thread(
+                subprocess.Popen,
                 [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(self.concurrency)],
                 pass_fds=(theirs.fileno(),),
                 env=env,
@@ -151,6 +150,8 @@ class GeventWorker(BaseExecutor):
         code = await asyncio.to_thread(process.wait)
         if self._process is process:
             self._process = None
+            if self._writer is not None:
+                self._writer.close()
             self._writer = None
         error = died_message(code)
         for future in self._pending.values():
@@ -194,7 +195,7 @@ class GeventWorker(BaseExecutor):
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        timeout: float | None,
+        timeout: float | None,  # noqa: ASYNC109 - the BaseExecutor interface
     ) -> Any:
         """Run the call in a greenlet of the child; see the module docstring for timeouts."""
         request = encode_call(func, args, kwargs)

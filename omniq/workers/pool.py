@@ -104,6 +104,7 @@ class AsyncWorkerPool:
         self._nudge: asyncio.Event | None = None
         self._next_schedule_check = 0.0
         self._schedules_off = False
+        self._flush_lock: asyncio.Lock | None = None
 
     # -- public control ----------------------------------------------------------------
 
@@ -285,9 +286,7 @@ class AsyncWorkerPool:
         nudge = asyncio.ensure_future(self._nudge.wait())
         wait = asyncio.ensure_future(waiter if waiter is not None else asyncio.sleep(timeout))
         try:
-            done, _ = await asyncio.wait(
-                {stop, nudge, wait}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({stop, nudge, wait}, return_when=asyncio.FIRST_COMPLETED)
             if wait in done and not wait.cancelled() and wait.exception() is not None:
                 exc = wait.exception()
                 logger.warning("waiting for work failed: %s", exc)
@@ -365,7 +364,9 @@ class AsyncWorkerPool:
                 f"{task.attempts - 1} of {task.max_attempts} attempts used"
             )
             self._event(task, EventType.ERROR, message)
-            self._finish(task, TaskStatus.FAILED, error=ErrorInfo(type="omniq.WorkerLost", message=message))
+            self._finish(
+                task, TaskStatus.FAILED, error=ErrorInfo(type="omniq.WorkerLost", message=message)
+            )
             return
         self._event(task, EventType.EXECUTING)
         try:
@@ -441,9 +442,18 @@ class AsyncWorkerPool:
             await self._flush_finished()
 
     async def _flush_finished(self) -> None:
+        # One flusher at a time: the background finisher and the shutdown path both call
+        # this, and a batch must be written and acknowledged exactly once.
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        async with self._flush_lock:
+            await self._flush_finished_locked()
+
+    async def _flush_finished_locked(self) -> None:
         backoff = 0.0
         while self._finished:
             batch = self._finished[:_FINISH_BATCH]
+            del self._finished[: len(batch)]
             now = utcnow()
             try:
                 await self.oq.results.put_many([item.result for item in batch])
@@ -453,14 +463,15 @@ class AsyncWorkerPool:
                 )
             except StorageError as exc:
                 if self._stopping and backoff >= _MAX_BACKOFF:
-                    logger.error("giving up on %d results: %s (leases will expire)", len(batch), exc)
-                    del self._finished[: len(batch)]
+                    logger.error(
+                        "giving up on %d results: %s (their leases will expire)", len(batch), exc
+                    )
                     return
+                self._finished[:0] = batch
                 backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
                 logger.warning("writing results failed (%s); retrying in %.2f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 continue
-            del self._finished[: len(batch)]
             done: list[tuple[str, TaskStatus]] = []
             for item, ok in zip(batch, acked, strict=True):
                 self._held.discard(item.task.id)
@@ -469,7 +480,9 @@ class AsyncWorkerPool:
                     self.counts[status.value] = self.counts.get(status.value, 0) + 1
                     done.append((item.task.id, status))
                 else:
-                    logger.warning("task %s: lease lost before its result was acknowledged", item.task.id)
+                    logger.warning(
+                        "task %s: lease lost before its result was acknowledged", item.task.id
+                    )
             try:
                 await self.oq._on_finished(done)
             except StorageError as exc:
@@ -493,7 +506,9 @@ class AsyncWorkerPool:
                 continue
             for task_id in held - kept:
                 if task_id in self._held and self.cancel_local(task_id):
-                    logger.warning("task %s: lease lost (cancelled or taken over); stopped", task_id)
+                    logger.warning(
+                        "task %s: lease lost (cancelled or taken over); stopped", task_id
+                    )
                 self._held.discard(task_id)
 
     # -- stopping ------------------------------------------------------------------------
@@ -512,6 +527,7 @@ class AsyncWorkerPool:
             await asyncio.gather(*leftover.values(), return_exceptions=True)
         renewer.cancel()
         await self._flush_finished()
+        # The finisher is idle now (the flush lock serialises it with the call above).
         finisher.cancel()
         await asyncio.gather(finisher, renewer, return_exceptions=True)
         handback = [tid for tid in leftover if tid in self._held and tid not in self._abandoned]
@@ -520,7 +536,11 @@ class AsyncWorkerPool:
                 count = await self.oq.queue.release(handback, self.worker_id, now=utcnow())
                 logger.info("handed back %d unfinished tasks", count)
             except StorageError as exc:
-                logger.warning("handing back %d tasks failed (%s); their leases will expire", len(handback), exc)
+                logger.warning(
+                    "handing back %d tasks failed (%s); their leases will expire",
+                    len(handback),
+                    exc,
+                )
         self._held.clear()
         if self._executor is not None:
             await self._executor.stop(wait=not leftover)

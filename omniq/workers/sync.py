@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omniq._sync import LoopThread
 
@@ -11,6 +12,8 @@ if TYPE_CHECKING:
     from omniq.workers.pool import AsyncWorkerPool
 
 __all__ = ["WorkerPool"]
+
+T = TypeVar("T")
 
 
 class WorkerPool:
@@ -59,7 +62,16 @@ class WorkerPool:
 
     def cancel_local(self, task_id: str) -> bool:
         """Stop a task this pool is running."""
-        return self._async.cancel_local(task_id)
+        return self._runner.run(self._call(self._async.cancel_local, task_id))
+
+    def wake(self) -> None:
+        """Re-check schedules and the queue now."""
+        self._runner.run(self._call(self._async.wake))
+
+    @staticmethod
+    async def _call(func: Callable[..., T], *args: Any) -> T:
+        # Pool state belongs to the loop thread: touch it only from there.
+        return func(*args)
 
     def __enter__(self) -> WorkerPool:
         self.start()

@@ -26,14 +26,13 @@ CREATE TABLE tasks (
     ) VIRTUAL
 );
 
--- Claim order within a queue; only claimable-in-principle rows are indexed.
-CREATE INDEX tasks_claim ON tasks (queue, priority DESC, due_ts, seq) WHERE ready_ts IS NOT NULL;
--- next_due_at: the earliest ready time per queue.
-CREATE INDEX tasks_ready ON tasks (queue, ready_ts) WHERE ready_ts IS NOT NULL;
+-- Claim order within a queue; only rows that are or will become claimable are indexed.
+-- It covers next_due_at too. Every index costs each claim and ack, so there are few:
+-- cleanup (delete_finished) scans the table.
+CREATE INDEX tasks_claim ON tasks (queue, priority DESC, due_ts, seq, ready_ts)
+    WHERE ready_ts IS NOT NULL;
 -- stats and list (the implicit rowid suffix gives newest-first order).
 CREATE INDEX tasks_queue_status ON tasks (queue, status);
-CREATE INDEX tasks_finished ON tasks (updated_ts)
-    WHERE status IN ('complete', 'failed', 'cancelled', 'expired');
 
 CREATE TABLE task_deps (
     depends_on TEXT NOT NULL,

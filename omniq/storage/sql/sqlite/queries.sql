@@ -22,7 +22,7 @@ ON CONFLICT (id) DO NOTHING;
 INSERT OR IGNORE INTO task_deps (depends_on, task_id) VALUES (?, ?);
 
 -- name: claim_candidates
-SELECT seq, priority, due_ts FROM tasks
+SELECT seq, priority, due_ts FROM tasks INDEXED BY tasks_claim
 WHERE queue = {queue} AND ready_ts IS NOT NULL AND ready_ts <= :now
 ORDER BY priority DESC, due_ts, seq
 LIMIT :limit
@@ -42,8 +42,9 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND worker_id = :worker AND stat
 RETURNING id;
 
 -- name: ack
-UPDATE tasks SET status = ?, lease_ts = NULL, updated_ts = ?
-WHERE id = ? AND worker_id = ? AND status = 'running';
+UPDATE tasks SET status = :status, lease_ts = NULL, updated_ts = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND worker_id = :worker AND status = 'running'
+RETURNING id;
 
 -- name: retry
 UPDATE tasks SET status = 'retrying', due_ts = :due, lease_ts = NULL, updated_ts = :now
@@ -83,7 +84,7 @@ WHERE d.depends_on IN (SELECT value FROM json_each(?))
 ORDER BY t.seq;
 
 -- name: next_ready
-SELECT MIN(ready_ts) FROM tasks WHERE queue = ? AND ready_ts IS NOT NULL;
+SELECT MIN(ready_ts) FROM tasks INDEXED BY tasks_claim WHERE queue = ? AND ready_ts IS NOT NULL;
 
 -- name: delete_finished_deps
 DELETE FROM task_deps WHERE task_id IN (

@@ -1,0 +1,46 @@
+"""Child-process side of the SQLite race tests (imported by ``spawn``ed processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from omniq.models import TaskStatus, utcnow
+from omniq.storage.base import Ack
+from omniq.storage.sqlite import AsyncSQLiteQueue
+
+
+async def _claim_all(path: str, worker_id: str) -> list[str]:
+    claimed: list[str] = []
+    async with AsyncSQLiteQueue(path) as queue:
+        while True:
+            limit = random.randint(1, 8)
+            tasks = await queue.claim(
+                ["default"], worker_id, limit=limit, lease_seconds=300, now=utcnow()
+            )
+            if not tasks:
+                return claimed
+            claimed.extend(task.id for task in tasks)
+            acks = [Ack(task.id, worker_id, TaskStatus.COMPLETE) for task in tasks]
+            assert all(await queue.ack_many(acks, now=utcnow()))
+
+
+def claim_all(path: str, worker_id: str, barrier: Any, out: Any) -> None:
+    """Wait for the other process, then claim and ack until the queue is empty."""
+    barrier.wait(timeout=60)
+    out.put((worker_id, asyncio.run(_claim_all(path, worker_id))))
+
+
+async def _open(path: str) -> int:
+    async with AsyncSQLiteQueue(path) as queue:
+        return len(await queue.list())
+
+
+def open_fresh(path: str, name: str, barrier: Any, out: Any) -> None:
+    """Open (and so migrate) the database at the same moment as another process."""
+    barrier.wait(timeout=60)
+    try:
+        out.put(("ok", asyncio.run(_open(path))))
+    except Exception as exc:
+        out.put(("error", repr(exc)))

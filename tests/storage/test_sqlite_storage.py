@@ -1,0 +1,263 @@
+"""The storage contract on SQLite (a file, and ``:memory:`` where it applies), plus what
+is special to SQLite: URLs, migrations, several processes on one file, corrupt records."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omniq.backend import backend_for_url
+from omniq.backend.base import Backend
+from omniq.backend.sqlite import SCHEMA_VERSION, SQLiteBackend, sqlite_path
+from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.models import TaskStatus, utcnow
+from omniq.storage.sqlite import AsyncSQLiteQueue, AsyncSQLiteResultStorage, SQLiteQueue
+from tests.storage import _race_worker
+from tests.storage.contract import (
+    EventContract,
+    MakeBackend,
+    QueueContract,
+    ResultContract,
+    ScheduleContract,
+    make_result,
+    make_task,
+)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/store/omniq.db"
+
+
+@pytest.fixture
+async def make_backend(db_url: str) -> AsyncIterator[MakeBackend]:
+    """Opened bundles on the one database file of this test, each its own connection."""
+    made: list[Backend] = []
+
+    async def make() -> Backend:
+        backend = SQLiteBackend(db_url, None)
+        await backend.connect()
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await backend.close()
+
+
+@pytest.fixture
+async def backend(make_backend: MakeBackend) -> Backend:
+    return await make_backend()
+
+
+class TestSQLiteQueue(QueueContract):
+    pass
+
+
+class TestSQLiteResults(ResultContract):
+    pass
+
+
+class TestSQLiteEvents(EventContract):
+    pass
+
+
+class TestSQLiteSchedules(ScheduleContract):
+    pass
+
+
+class TestSQLiteMemoryQueue(QueueContract):
+    """``sqlite://:memory:`` lives in one connection: the "second connection" is the bundle."""
+
+    @pytest.fixture
+    async def backend(self) -> AsyncIterator[Backend]:
+        backend = SQLiteBackend("sqlite://:memory:", None)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+    @pytest.fixture
+    async def make_backend(self, backend: Backend) -> MakeBackend:
+        async def same() -> Backend:
+            return backend
+
+        return same
+
+
+class TestSQLiteMemoryResults(ResultContract):
+    @pytest.fixture
+    async def backend(self) -> AsyncIterator[Backend]:
+        backend = SQLiteBackend("sqlite://:memory:", None)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+    @pytest.fixture
+    async def make_backend(self, backend: Backend) -> MakeBackend:
+        async def same() -> Backend:
+            return backend
+
+        return same
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///rel/q.db", "{cwd}/rel/q.db"),
+        ("sqlite:////abs/q.db", "/abs/q.db"),
+        ("sqlite://:memory:", ":memory:"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("plain/q.db", "{cwd}/plain/q.db"),
+        ("/abs/plain.db", "/abs/plain.db"),
+    ],
+)
+def test_sqlite_path(url: str, expected: str, tmp_path: Path) -> None:
+    # conftest runs every test in its own tmp_path
+    assert sqlite_path(url) == expected.format(cwd=tmp_path)
+
+
+def test_sqlite_path_rejects_other_schemes() -> None:
+    with pytest.raises(ConfigError):
+        sqlite_path("redis://localhost")
+
+
+def test_backend_for_url_builds_the_sqlite_bundle(db_url: str) -> None:
+    assert isinstance(backend_for_url(db_url, None), SQLiteBackend)
+
+
+async def test_bundle_components_share_one_reference_counted_connection(db_url: str) -> None:
+    backend = SQLiteBackend(db_url, None)
+    queue, results = backend.task_queue(), backend.result_storage()
+    assert backend.task_queue() is queue
+    await queue.connect()
+    await results.connect()
+    await queue.connect()  # twice is harmless
+    task = make_task()
+    await queue.enqueue([task])
+    await results.put(make_result(task.id))
+    await queue.close()
+    assert await results.get(task.id) is not None  # still open for the other component
+    await results.close()
+    await results.close()
+    assert not backend.connection.is_open
+
+
+async def test_standalone_component_connects_on_first_use(db_url: str) -> None:
+    queue = AsyncSQLiteQueue(db_url)
+    task = make_task()
+    await queue.enqueue([task])
+    assert (await queue.get(task.id)) == task
+    await queue.close()
+    reopened = AsyncSQLiteQueue(db_url)
+    async with reopened:
+        assert await reopened.get(task.id) == task
+
+
+async def test_default_path_is_under_base_dir(tmp_path: Path) -> None:
+    class Settings:
+        base_dir = str(tmp_path / "base")
+        sqlite_synchronous = "NORMAL"
+
+    async with AsyncSQLiteResultStorage(settings=Settings()) as store:
+        await store.put(make_result("r"))
+    assert (tmp_path / "base" / "omniq.db").exists()
+
+
+async def test_migration_is_idempotent(db_url: str) -> None:
+    task = make_task()
+    for _ in range(3):
+        async with AsyncSQLiteQueue(db_url) as queue:
+            await queue.enqueue([task])
+    with sqlite3.connect(sqlite_path(db_url)) as conn:
+        versions = conn.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(SCHEMA_VERSION,)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT COUNT(*) FROM tasks").fetchone() == (1,)
+
+
+async def test_newer_schema_is_refused(db_url: str) -> None:
+    async with AsyncSQLiteQueue(db_url):
+        pass
+    with sqlite3.connect(sqlite_path(db_url)) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StorageError, match="newer"):
+        await AsyncSQLiteQueue(db_url).connect()
+
+
+async def test_unreachable_file_raises_storage_connection_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(StorageConnectionError):
+        await AsyncSQLiteQueue(f"sqlite:///{tmp_path}/a-file/omniq.db").connect()
+
+
+async def test_not_a_database_raises_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError):
+        await AsyncSQLiteQueue(str(tmp_path / "junk.db")).connect()
+
+
+async def test_corrupt_record_names_the_task_and_spares_the_others(db_url: str) -> None:
+    good, bad = make_task(priority=1), make_task()
+    async with AsyncSQLiteQueue(db_url) as queue:
+        await queue.enqueue([good, bad])
+        with sqlite3.connect(sqlite_path(db_url)) as conn:
+            conn.execute("UPDATE tasks SET data = x'c1c1c1' WHERE id = ?", (bad.id,))
+        with pytest.raises(StorageError, match=bad.id):
+            await queue.get(bad.id)
+        with pytest.raises(StorageError, match=bad.id):
+            await queue.list()
+        assert await queue.get(good.id) == good
+        # A claim cannot hand it out: it fails the corrupt task and returns the rest.
+        claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+        assert [t.id for t in claimed] == [good.id]
+        assert await queue.stats() == {"default": {"running": 1, "failed": 1}}
+
+
+def _spawn(target: Callable[..., None], *args: object) -> list[tuple[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, f"p{i}", barrier, out)) for i in range(2)]
+    for proc in procs:
+        proc.start()
+    try:
+        return [out.get(timeout=90) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            assert proc.exitcode == 0
+
+
+def test_two_processes_migrate_a_fresh_file_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "fresh.db")
+    results = _spawn(_race_worker.open_fresh, path)
+    assert sorted(results) == [("ok", 0), ("ok", 0)]
+
+
+def test_two_processes_claim_each_task_exactly_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "race.db")
+    tasks = [make_task() for _ in range(500)]
+    with SQLiteQueue(path) as queue:
+        queue.enqueue(tasks)
+    results = _spawn(_race_worker.claim_all, path)
+    counts = Counter(task_id for _, ids in results for task_id in ids)
+    assert set(counts) == {t.id for t in tasks}
+    assert set(counts.values()) == {1}
+    assert all(ids for _, ids in results), "both processes should have claimed some tasks"
+    with SQLiteQueue(path) as queue:
+        assert queue.stats() == {"default": {"complete": 500}}
+
+
+def test_sync_twin_mirrors_the_async_queue(tmp_path: Path) -> None:
+    with SQLiteQueue(f"sqlite:///{tmp_path}/sync.db") as queue:
+        task = make_task()
+        assert queue.enqueue([task]) == [task.id]
+        [claimed] = queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+        assert queue.ack(claimed.id, "w", TaskStatus.COMPLETE, now=utcnow()) is True
+        assert queue.get(task.id).status is TaskStatus.COMPLETE
+        assert queue.notifies is True

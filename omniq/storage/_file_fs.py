@@ -28,14 +28,17 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 
 try:
     import fcntl
+
+    _flock: Callable[[int, int], None] | None = fcntl.flock
+    _LOCK_EX = fcntl.LOCK_EX
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    _flock, _LOCK_EX = None, 0
 
 __all__ = [
     "KEEP",
@@ -68,15 +71,19 @@ KEEP = _Keep()
 class Change(Generic[T]):
     """What an :meth:`Store.update` function decided.
 
-    ``data`` is the new content (``None`` deletes the object, ``KEEP`` leaves it); ``add``
-    are empty entries created before the write, ``remove`` entries deleted after it (or,
-    with ``KEEP``, at once). ``result`` is returned by ``update``.
+    ``data`` is the new content (``None`` deletes the object, ``KEEP`` leaves it). ``add``
+    are empty entries created before the write, ``remove`` entries deleted after it.
+    ``move`` renames one entry to another: before the write when ``move_first``, else
+    after it (an object store creates the new one before and deletes the old one after).
+    With ``KEEP`` the entries change at once. ``result`` is returned by ``update``.
     """
 
     result: T
-    data: bytes | None | _Keep = KEEP
+    data: bytes | _Keep | None = KEEP
     add: Sequence[str] = ()
     remove: Sequence[str] = ()
+    move: tuple[str, str] | None = None
+    move_first: bool = False
 
 
 UpdateFn = Callable[[bytes | None], Change[T]]
@@ -233,7 +240,7 @@ class Store(ABC):
     async def list_many(self, dirs: Sequence[str]) -> list[list[str]]:
         """The names (not paths) in each directory; an absent directory is empty."""
 
-    async def list(self, directory: str) -> list[str]:
+    async def list_dir(self, directory: str) -> list[str]:
         """The names in one directory."""
         return (await self.list_many([directory]))[0]
 
@@ -286,7 +293,7 @@ class LocalStore(Store):
     def _locked(self, path: str) -> Iterator[None]:
         stripe = zlib.crc32(path.encode()) % _LOCK_STRIPES
         with self._thread_locks[stripe]:
-            if fcntl is None:  # pragma: no cover - no cross-process lock on this platform
+            if _flock is None:  # pragma: no cover - no cross-process lock on this platform
                 yield
                 return
             lock_path = os.path.join(self._lock_dir, f"{stripe:02d}")
@@ -296,7 +303,7 @@ class LocalStore(Store):
                 os.makedirs(self._lock_dir, exist_ok=True)
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _flock(fd, _LOCK_EX)
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
@@ -353,13 +360,31 @@ class LocalStore(Store):
             change = fn(self._read_file(full))
             for entry in change.add:
                 self._touch(self._abs(entry))
+            # A rename moves an entry without creating a file (creation is the costly
+            # operation on most disks); the caller picks its order so that a crash
+            # leaves the surviving entry where claims look.
+            if change.move is not None and change.move_first:
+                self._move(*change.move)
             if change.data is None:
                 self._unlink(full)
             elif not isinstance(change.data, _Keep):
                 self._write_file(full, change.data)
+            if change.move is not None and not change.move_first:
+                self._move(*change.move)
             for entry in change.remove:
                 self._unlink(self._abs(entry))
             return change.result
+
+    def _move(self, old: str, new: str) -> None:
+        source, target = self._abs(old), self._abs(new)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            if os.path.exists(source):  # the target's directory is missing
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(source, target)
+            else:
+                self._touch(target)
 
     async def update(self, path: str, fn: UpdateFn[T]) -> T:
         """Read-modify-write ``path`` under its stripe lock, in a worker thread."""
@@ -561,15 +586,21 @@ class FsspecStore(Store):
                 while True:
                     current = await self._read_versioned(full)
                     change = fn(current[0] if current else None)
+                    add = [self._abs(p) for p in change.add]
+                    remove = [self._abs(p) for p in change.remove]
+                    if change.move is not None:
+                        add.append(self._abs(change.move[1]))
+                        remove.append(self._abs(change.move[0]))
                     if isinstance(change.data, _Keep):
-                        await self._delete_abs([self._abs(p) for p in change.remove])
+                        await self._touch_abs(add)
+                        await self._delete_abs(remove)
                         return change.result
-                    await self._touch_abs([self._abs(p) for p in change.add])
+                    await self._touch_abs(add)
                     etag = current[1] if current else None
                     if await self._write_conditional(full, change.data, etag):
-                        await self._delete_abs([self._abs(p) for p in change.remove])
+                        await self._delete_abs(remove)
                         return change.result
-                    await self._delete_abs([self._abs(p) for p in change.add])
+                    await self._delete_abs(add)
 
     async def _touch_abs(self, fulls: Sequence[str]) -> None:
         await asyncio.gather(*(self._call("pipe_file", full, b"") for full in fulls))
@@ -618,10 +649,7 @@ class FsspecStore(Store):
         out = []
         for name in names:
             name = name.rstrip("/")
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-            else:
-                name = name.rsplit("/", 1)[-1]
+            name = name[len(prefix) :] if name.startswith(prefix) else name.rsplit("/", 1)[-1]
             if name and not _is_hidden(name):
                 out.append(name)
         return out
@@ -655,12 +683,18 @@ class MemoryStore(FsspecStore):
     """A tree on fsspec's process-local ``memory://`` filesystem.
 
     Calls run directly on the loop (they are dictionary operations); one process-wide
-    lock makes each update atomic against every thread and loop of the process.
+    lock makes each update atomic against every thread and loop of the process. The
+    memory filesystem keeps no per-directory index (its ``ls`` scans every key), so the
+    store keeps one of the objects it wrote; objects written to the tree by other means
+    are not listed.
     """
 
     optimistic = False
     cross_process = False
     _lock = threading.RLock()
+    # directory path -> names written there (checked against the store when listed)
+    _dirs: ClassVar[dict[str, set[str]]] = {}
+    _subdirs: ClassVar[dict[str, set[str]]] = {}
 
     def __init__(self, fs: Any, root: str) -> None:
         super().__init__(fs, root)
@@ -673,22 +707,42 @@ class MemoryStore(FsspecStore):
             return None
         return data
 
+    def _put(self, full: str, data: bytes) -> None:
+        self.fs.pipe_file(full, data)
+        parent, _, name = full.rpartition("/")
+        self._dirs.setdefault(parent, set()).add(name)
+        # Register the directories up to the root, so they list as well.
+        while len(parent) > len(self.root):
+            parent, _, name = parent.rpartition("/")
+            subdirs = self._subdirs.setdefault(parent, set())
+            if name in subdirs:
+                break
+            subdirs.add(name)
+
     def _rm(self, full: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(full)
+        parent, _, name = full.rpartition("/")
+        names = self._dirs.get(parent)
+        if names is not None:
+            names.discard(name)
 
     async def update(self, path: str, fn: UpdateFn[T]) -> T:
         """Read-modify-write under the process-wide memory lock."""
         full = self._abs(path)
         with self._lock:
             change = fn(self._read_file(full))
-            for entry in change.add:
-                self.fs.pipe_file(self._abs(entry), b"")
+            add, remove = list(change.add), list(change.remove)
+            if change.move is not None:
+                add.append(change.move[1])
+                remove.append(change.move[0])
+            for entry in add:
+                self._put(self._abs(entry), b"")
             if change.data is None:
                 self._rm(full)
             elif not isinstance(change.data, _Keep):
-                self.fs.pipe_file(full, change.data)
-            for entry in change.remove:
+                self._put(full, change.data)
+            for entry in remove:
                 self._rm(self._abs(entry))
             return change.result
 
@@ -705,7 +759,7 @@ class MemoryStore(FsspecStore):
         """Write objects."""
         with self._lock:
             for path, data in items:
-                self.fs.pipe_file(self._abs(path), data)
+                self._put(self._abs(path), data)
 
     async def delete_many(self, paths: Sequence[str]) -> None:
         """Delete objects."""
@@ -713,22 +767,20 @@ class MemoryStore(FsspecStore):
             for path in paths:
                 self._rm(self._abs(path))
 
-    def _ls_sync(self, full: str) -> list[str]:
-        try:
-            names = self.fs.ls(full, detail=False)
-        except FileNotFoundError:
-            return []
-        prefix = full + "/"
-        return [
-            name[len(prefix) :]
-            for name in names
-            if name.startswith(prefix) and not _is_hidden(name[len(prefix) :])
-        ]
-
     async def list_many(self, dirs: Sequence[str]) -> list[list[str]]:
-        """List directories."""
+        """List directories from the store's index, dropping names deleted elsewhere."""
+        out: list[list[str]] = []
+        store = self.fs.store
         with self._lock:
-            return [self._ls_sync(self._abs(d)) for d in dirs]
+            for directory in dirs:
+                full = self._abs(directory)
+                found = list(self._subdirs.get(full, ()))
+                names = self._dirs.get(full)
+                if names:
+                    names -= {name for name in names if f"{full}/{name}" not in store}
+                    found.extend(name for name in names if not _is_hidden(name))
+                out.append(found)
+        return out
 
     async def walk(self, directory: str) -> list[str]:
         """Every object below ``directory``."""

@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-]{1,100}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_US = 10**17 - 1
 _PRIORITY_BIAS = 10**15
 
@@ -66,7 +66,7 @@ def token(value: str) -> str:
 def to_us(value: datetime) -> int:
     """Microseconds since the epoch, clamped to the 17 digits names hold."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     delta = value - _EPOCH
     us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return min(max(us, 0), _MAX_US)
@@ -74,7 +74,7 @@ def to_us(value: datetime) -> int:
 
 def from_us(us: int) -> datetime:
     """The aware UTC datetime of ``us`` microseconds since the epoch."""
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 _seq_lock = threading.Lock()
@@ -197,6 +197,11 @@ class WakeUps:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._generations: dict[str, int] = {}
+
+    def generation(self, key: str) -> int:
+        """How many wake-ups ``key`` has had (changes with every enqueue in this process)."""
+        return self._generations.get(key, 0)
 
     def register(self, key: str) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
         """A new waiter on ``key`` (remove it with :meth:`unregister`)."""
@@ -217,6 +222,7 @@ class WakeUps:
     def notify(self, key: str) -> None:
         """Wake every waiter on ``key``."""
         with self._lock:
+            self._generations[key] = self._generations.get(key, 0) + 1
             waiters = list(self._waiters.get(key, ()))
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):  # its loop has closed

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import heapq
+import itertools
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,8 @@ __all__ = ["AsyncFileQueue"]
 # On an optimistic store an entry that its record does not name may belong to a change
 # still in flight (entries are written before the record); only older ones are stale.
 _STALE_GRACE_MS = 60_000
+# How long a claim may reuse the previous claim's listing of the ready directories.
+_LIST_TTL = 0.05
 _STATES = ("ready", "held", "running", "done")
 
 _STATES_OF: dict[TaskStatus, tuple[str, ...]] = {
@@ -58,6 +63,36 @@ def _record_path(task_token: str) -> str:
 def _with_entry(task: Task, seq: int) -> tuple[bytes, str]:
     entry = f"{entry_dir(task)}/{entry_name(task, seq)}"
     return encode_record(Record(task=task, seq=seq, entry=entry)), entry
+
+
+@dataclass
+class _ReadyCache:
+    """A sorted listing of ready entries, reused by the next claims for a moment."""
+
+    queues: tuple[str, ...]
+    generation: int
+    listed_at: float
+    names: list[tuple[str, str]]  # (name, directory), in claim order
+    tried: set[str]
+
+
+def _order(entry: Entry) -> str:
+    return entry.key
+
+
+def _scanned(entry: str) -> bool:
+    return entry.startswith(("ready/", "running/"))
+
+
+def _moved(result: Any, task: Task, record: Record) -> Change[Any]:
+    """The change that stores ``task`` and moves its entry from the record's old one.
+
+    The entry moves before the record is written when its new place is one claims scan
+    (ready/, running/), else after: either way a crash in between leaves the surviving
+    entry where a claim finds it, and the claim then puts it where the record says.
+    """
+    data, entry = _with_entry(task, record.seq)
+    return Change(result, data, move=(record.entry, entry), move_first=_scanned(entry))
 
 
 def _claimable(task: Task, now: datetime) -> bool:
@@ -90,6 +125,10 @@ class AsyncFileQueue(BaseTaskQueue):
             await queue.enqueue([Task(id="t1", func="app:job")])
     """
 
+    #: ``wait`` returns by itself when work appears: at once for an enqueue in this
+    #: process, within ``poll_interval`` for one elsewhere (it polls the listings).
+    notifies = True
+
     def __init__(
         self, url: str | None = None, settings: Any = None, *, backend: FileBackend | None = None
     ) -> None:
@@ -101,6 +140,7 @@ class AsyncFileQueue(BaseTaskQueue):
             backend = FileBackend(url, settings)
         self.backend = backend
         self._store: Store | None = None
+        self._ready_cache: _ReadyCache | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -144,17 +184,18 @@ class AsyncFileQueue(BaseTaskQueue):
         # check the record), a missing one would hide a dependent.
         await store.write_many(deps)
 
-        def create(task: Task) -> Callable[[bytes | None], Change[bool]]:
+        def create(task: Task, seq: int) -> Callable[[bytes | None], Change[bool]]:
             def fn(current: bytes | None) -> Change[bool]:
                 if current is not None:
                     return Change(False)
-                data, entry = _with_entry(task, next_seq())
+                data, entry = _with_entry(task, seq)
                 return Change(True, data, add=[entry])
 
             return fn
 
+        # Sequence numbers are taken in batch order, before any concurrent write.
         created = await store.update_many(
-            [(_record_path(token(task.id)), create(task)) for task in tasks]
+            [(_record_path(token(task.id)), create(task, next_seq())) for task in tasks]
         )
         if any(created):
             self._wake(store)
@@ -175,8 +216,7 @@ class AsyncFileQueue(BaseTaskQueue):
             new = decide(record.task)
             if new is None:
                 return Change(None)
-            data, entry = _with_entry(new, record.seq)
-            return Change(new, data, add=[entry], remove=[record.entry])
+            return _moved(new, new, record)
 
         return await store.update_many(
             [(_record_path(token(task_id)), change) for task_id in task_ids]
@@ -202,45 +242,93 @@ class AsyncFileQueue(BaseTaskQueue):
         candidates = await self._candidates(store, queues, now)
         claimed: list[Task] = []
         lease = now + timedelta(seconds=lease_seconds)
-        position = 0
-        while position < len(candidates) and len(claimed) < limit:
-            window = candidates[position : position + (limit - len(claimed))]
-            position += len(window)
+        while len(claimed) < limit:
+            window = list(itertools.islice(candidates, limit - len(claimed)))
+            if not window:
+                break
             results = await store.update_many(
                 [
                     (_record_path(entry.token), self._claim_fn(store, entry, worker_id, lease, now))
                     for entry in window
                 ]
             )
+            cache = self._ready_cache
             for entry, result in zip(window, results, strict=True):
+                if cache is not None and entry.path.startswith("ready/"):
+                    cache.tried.add(entry.path.rsplit("/", 1)[1])
                 if isinstance(result, Task):
                     claimed.append(result)
                 elif result == _STALE and store.optimistic:
                     await self._recheck_stale(store, entry)
+        if len(claimed) < limit:
+            self._ready_cache = None  # exhausted: the next claim lists afresh
         return claimed
 
-    async def _candidates(self, store: Store, queues: Sequence[str], now: datetime) -> list[Entry]:
+    async def _candidates(
+        self, store: Store, queues: Sequence[str], now: datetime
+    ) -> Iterator[Entry]:
+        """Claimable-looking entries in claim order, parsed lazily (names sort in order).
+
+        The sorted ready listing is reused for up to ``_LIST_TTL`` seconds while it has
+        untried names and no enqueue in this process has happened since, so a claim
+        against a long backlog does not list and sort it each time; entries another
+        process took in the meantime fail their update and are skipped.
+        """
         now_us = to_us(now)
-        dirs = [f"ready/{token(q)}" for q in queues] + [f"running/{token(q)}" for q in queues]
-        listings = await store.list_many(dirs)
-        found: list[Entry] = []
-        for directory, names in zip(dirs, listings, strict=True):
-            running = directory.startswith("running/")
-            for name in names:
-                entry = parse_entry(directory, name)
-                if entry is None:
+        key = tuple(queues)
+        ready_dirs = [f"ready/{token(q)}" for q in queues]
+        running_dirs = [f"running/{token(q)}" for q in queues]
+        generation = WAKEUPS.generation(store.key)
+        clock = time.monotonic()
+        cache = self._ready_cache
+        if (
+            cache is None
+            or cache.queues != key
+            or cache.generation != generation
+            or clock - cache.listed_at > _LIST_TTL
+            or len(cache.tried) >= len(cache.names)
+        ):
+            listings = await store.list_many(ready_dirs + running_dirs)
+            names = sorted(
+                (name, directory)
+                for directory, found in zip(ready_dirs, listings[: len(queues)], strict=True)
+                for name in found
+            )
+            cache = self._ready_cache = _ReadyCache(key, generation, clock, names, set())
+            running = listings[len(queues) :]
+        else:
+            running = await store.list_many(running_dirs)
+
+        def ready(cache: _ReadyCache) -> Iterator[Entry]:
+            for name, directory in cache.names:
+                if name in cache.tried:
                     continue
-                if running:
-                    if entry.extra_us <= now_us:
-                        found.append(entry)
-                elif not entry.has_due or entry.due_us <= now_us:
-                    found.append(entry)
-        found.sort(key=lambda entry: entry.key)
-        return found
+                entry = parse_entry(directory, name)
+                if entry is not None and (not entry.has_due or entry.due_us <= now_us):
+                    yield entry
+
+        expired = []
+        for directory, in_running in zip(running_dirs, running, strict=True):
+            for name in in_running:
+                entry = parse_entry(directory, name)
+                if entry is not None and entry.extra_us <= now_us:
+                    expired.append(entry)
+        expired.sort(key=_order)
+        return heapq.merge(ready(cache), iter(expired), key=_order)
 
     @staticmethod
-    def _stale_change(store: Store, entry: Entry) -> Change[Any]:
-        if store.optimistic and time.time() * 1000 - entry.created_ms < _STALE_GRACE_MS:
+    def _stale_change(store: Store, entry: Entry, record: Record | None) -> Change[Any]:
+        """An entry its record does not name: a leftover of a crash or of a change.
+
+        Under a lock (local disk, memory) nothing is in flight, so the record is the
+        truth: the entry is moved to where the record says (which also heals a crash
+        between moving an entry and writing the record) or, without a record, deleted.
+        """
+        if not store.optimistic:
+            if record is None or not record.entry:
+                return Change(_STALE, remove=[entry.path])
+            return Change(_STALE, move=(entry.path, record.entry), move_first=True)
+        if time.time() * 1000 - entry.created_ms < _STALE_GRACE_MS:
             return Change(None)
         return Change(_STALE, remove=[entry.path])
 
@@ -249,10 +337,10 @@ class AsyncFileQueue(BaseTaskQueue):
     ) -> Callable[[bytes | None], Change[Any]]:
         def fn(current: bytes | None) -> Change[Any]:
             if current is None:
-                return self._stale_change(store, entry)
+                return self._stale_change(store, entry, None)
             record = decode_record(current)
             if record.entry != entry.path:
-                return self._stale_change(store, entry)
+                return self._stale_change(store, entry, record)
             task = record.task
             if not _claimable(task, now):
                 return Change(None)
@@ -264,8 +352,7 @@ class AsyncFileQueue(BaseTaskQueue):
                 attempts=task.attempts + 1,
                 updated_at=now,
             )
-            data, new_entry = _with_entry(new, record.seq)
-            return Change(new, data, add=[new_entry], remove=[entry.path])
+            return _moved(new, new, record)
 
         return fn
 
@@ -310,8 +397,7 @@ class AsyncFileQueue(BaseTaskQueue):
                 new = decide(record.task)
                 if new is None:
                     return Change(False)
-                data, entry = _with_entry(new, record.seq)
-                return Change(True, data, add=[entry], remove=[record.entry])
+                return _moved(True, new, record)
 
             return fn
 
@@ -442,7 +528,7 @@ class AsyncFileQueue(BaseTaskQueue):
         seen: set[str] = set()
         position = 0
         while position < len(entries) and len(tasks) < limit:
-            batch = []
+            batch: builtins.list[Entry] = []
             while position < len(entries) and len(batch) < limit - len(tasks):
                 entry = entries[position]
                 position += 1
@@ -577,7 +663,7 @@ class AsyncFileQueue(BaseTaskQueue):
         due = await self.next_due_at(queues)
         return due is not None and due <= utcnow()
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
         """Poll the ready listings (names only) with a growing interval, starting at 5 ms
         and capped at ``poll_interval``; an enqueue in this process wakes it at once."""
         store = await self._s()

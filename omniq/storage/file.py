@@ -173,7 +173,7 @@ class AsyncFileResultStorage(_Component, BaseResultStorage):
             return None
         return result
 
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:  # noqa: ASYNC109
         """Poll for the result with a growing interval; a put in this process wakes it."""
         store = await self._s()
         loop = asyncio.get_running_loop()
@@ -201,7 +201,7 @@ class AsyncFileResultStorage(_Component, BaseResultStorage):
         store = await self._s()
         now_us = to_us(now)
         expired = []
-        for name in await store.list("x"):
+        for name in await store.list_dir("x"):
             stamp, _, tok = name.partition("-")
             if stamp.isdigit() and int(stamp) <= now_us and tok:
                 expired.append((f"x/{name}", tok))
@@ -246,7 +246,7 @@ class AsyncFileEventStorage(_Component, BaseEventStorage):
         """The task's events, oldest first."""
         store = await self._s()
         directory = f"e/{token(task_id)}"
-        names = sorted(await store.list(directory))
+        names = sorted(await store.list_dir(directory))
         found = await store.read_many([f"{directory}/{name}" for name in names])
         events: builtins.list[TaskEvent] = [
             _decode(_event_decoder, data, "event") for data in found if data is not None
@@ -292,7 +292,7 @@ class AsyncFileScheduleStorage(_Component, BaseScheduleStorage):
     async def list(self) -> builtins.list[Schedule]:
         """All schedules, by id."""
         store = await self._s()
-        names = await store.list("s")
+        names = await store.list_dir("s")
         found = await store.read_many([f"s/{name}" for name in names])
         schedules: builtins.list[Schedule] = [
             _decode(_schedule_decoder, data, "schedule") for data in found if data is not None

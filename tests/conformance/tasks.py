@@ -109,3 +109,63 @@ class Unencodable:
 def make_unencodable(value: int) -> Unencodable:
     """Returns a custom object."""
     return Unencodable(value)
+
+
+# -- reliability tests (tests/conformance/test_reliability.py) ----------------------------
+
+
+def getpid() -> int:
+    """The pid of the process running the task."""
+    return os.getpid()
+
+
+def exit_process(code: int) -> None:
+    """Ends the process running the task at once, as a crash would."""
+    os._exit(code)
+
+
+def hold_until(release: str, log: str, timeout: float = 30.0) -> str:
+    """Append ``start <pid>`` to ``log`` (one line per run), then block until ``release``
+    exists."""
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"start {os.getpid()}\n")
+    deadline = time.monotonic() + timeout
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(release)
+        time.sleep(0.01)
+    return "released"
+
+
+def timed_sleep(seconds: float) -> tuple[float, float]:
+    """Blocks in ``time.sleep``; returns its (start, end) on the monotonic clock."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
+def timed_read(port: int) -> tuple[float, float]:
+    """Blocks reading a loopback socket until the server answers; returns (start, end)."""
+    import socket
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        if not sock.recv(16):
+            raise ConnectionError("server closed without answering")
+    return start, time.monotonic()
+
+
+def touch(path: str) -> str:
+    """Create ``path``; returns it."""
+    Path(path).touch()
+    return path
+
+
+class TouchOnLoad:
+    """An argument whose unpickling creates a file: evidence that a payload was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return touch, (self.path,)

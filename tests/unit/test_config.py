@@ -47,7 +47,7 @@ def test_defaults() -> None:
     assert (s.event_flush_interval, s.event_batch_size, s.sqlite_synchronous) == (
         0.05,
         500,
-        "FULL",
+        "NORMAL",
     )
     assert Settings.load(environ={}) == s
 

@@ -115,6 +115,16 @@ def worker(request: pytest.FixtureRequest) -> BaseExecutor:
     return chosen
 
 
+async def until_running(worker: BaseExecutor, running: Task) -> None:
+    """Wait until ``worker`` has handed ``running`` to its child."""
+    in_flight = worker._busy if isinstance(worker, ProcessWorker) else worker._by_task  # type: ignore[attr-defined]
+    for _ in range(3000):
+        if running.id in in_flight:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{running.id} never started")
+
+
 async def call(worker: BaseExecutor, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await worker.run(task(), func, args, kwargs, kwargs.pop("timeout", None))
 
@@ -148,7 +158,7 @@ async def test_process_timeout_kills_the_child_and_a_new_one_takes_over(
     process_worker: BaseExecutor, tmp_path: Path
 ) -> None:
     async def both_pids(directory: Path) -> set[int]:
-        directory.mkdir()
+        await asyncio.to_thread(directory.mkdir)
         calls = (call(process_worker, pid_with_peer, str(directory), n) for n in "ab")
         return set(await asyncio.gather(*calls))
 
@@ -169,8 +179,7 @@ async def test_process_child_death_is_a_worker_error(process_worker: BaseExecuto
 async def test_process_cancel_terminates_the_child(process_worker: BaseExecutor) -> None:
     running = task("block")
     call_task = asyncio.create_task(process_worker.run(running, block, (30,), {}, None))
-    while running.id not in process_worker._busy:  # type: ignore[attr-defined]
-        await asyncio.sleep(0.01)
+    await until_running(process_worker, running)
     await process_worker.cancel(running.id)
     with pytest.raises(WorkerError, match="cancelled"):
         await call_task
@@ -215,18 +224,19 @@ async def test_gevent_socket_reads_are_cooperative(gevent_worker: BaseExecutor) 
     server = await asyncio.start_server(answer_when_all_arrived, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        replies = await asyncio.gather(*(call(gevent_worker, read_socket, port) for _ in range(100)))
+        replies = await asyncio.gather(
+            *(call(gevent_worker, read_socket, port) for _ in range(100))
+        )
     assert replies == [b"pong"] * 100
 
 
 async def test_gevent_timeout_and_cancel(gevent_worker: BaseExecutor) -> None:
-    with pytest.raises(TaskTimeoutError, match="timeout of 0.2 s"):
+    with pytest.raises(TaskTimeoutError, match=r"timeout of 0\.2 s"):
         await call(gevent_worker, block, 30, timeout=0.2)
 
     running = task("block")
     call_task = asyncio.create_task(gevent_worker.run(running, block, (30,), {}, None))
-    while running.id not in gevent_worker._by_task:  # type: ignore[attr-defined]
-        await asyncio.sleep(0.01)
+    await until_running(gevent_worker, running)
     await gevent_worker.cancel(running.id)
     with pytest.raises(WorkerError, match="cancelled"):
         await call_task

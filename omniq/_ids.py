@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
 __all__ = ["new_task_id"]
 
 _lock = threading.Lock()
+# Ids need uniqueness, not secrecy: the Mersenne Twister is ample and far cheaper than
+# a system call per id. Re-seeded after fork so children do not repeat their parent.
+_rng = random.Random()
+_random_bits = _rng.getrandbits
+os.register_at_fork(after_in_child=_rng.seed)
 _last_ms = 0
 _seq = 0
 
@@ -31,7 +37,7 @@ def new_task_id() -> str:
         else:
             _last_ms, _seq = ms, 0
         seq = _seq
-    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    rand = _random_bits(62)
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -590,8 +590,13 @@ class AsyncOmniQ:
 
     async def _on_finished(self, finished: Sequence[tuple[str, TaskStatus]]) -> None:
         """Release or cancel the dependents of tasks that just reached a final state."""
+        if not finished:
+            return
+        found = await self.queue.dependents_many([task_id for task_id, _ in finished])
+        if not found:
+            return
         for task_id, status in finished:
-            for dependent in await self.queue.dependents(task_id):
+            for dependent in found.get(task_id, ()):
                 if dependent.status is not TaskStatus.SCHEDULED:
                     continue
                 if status is TaskStatus.COMPLETE:

@@ -116,6 +116,23 @@ class BaseTaskQueue(BaseStorage):
         Returns, per ack, whether it took effect (False when the lease was lost).
         """
 
+    async def finish_many(
+        self,
+        acks: Sequence[Ack],
+        results: Sequence[TaskResult],
+        result_storage: BaseResultStorage,
+        *,
+        now: datetime,
+    ) -> builtins.list[bool]:
+        """Store ``results`` in ``result_storage``, then :meth:`ack_many` ``acks``.
+
+        Results go first, so a crash in between repeats a task rather than losing its
+        result. A backend whose result storage shares its connection may override this
+        to do both in one transaction (one round trip instead of two).
+        """
+        await result_storage.put_many(results)
+        return await self.ack_many(acks, now=now)
+
     async def ack(self, task_id: str, worker_id: str, status: TaskStatus, *, now: datetime) -> bool:
         """Single-task form of :meth:`ack_many`."""
         return (await self.ack_many([Ack(task_id, worker_id, status)], now=now))[0]

@@ -289,9 +289,33 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
 
     async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
         """Finish the tasks still held by their workers, in one transaction."""
+        return await self._finish(acks, (), now=now)
+
+    async def finish_many(
+        self,
+        acks: Sequence[Ack],
+        results: Sequence[TaskResult],
+        result_storage: BaseResultStorage,
+        *,
+        now: datetime,
+    ) -> builtins.list[bool]:
+        """Results and acks in one transaction when the results share this connection."""
+        if not (
+            isinstance(result_storage, AsyncSQLiteResultStorage)
+            and result_storage._conn is self._conn
+        ):
+            return await super().finish_many(acks, results, result_storage, now=now)
+        await result_storage._db()
+        flags = await self._finish(acks, _result_rows(results), now=now)
+        self._conn.notify_results([result.task_id for result in results])
+        return flags
+
+    async def _finish(
+        self, acks: Sequence[Ack], result_rows: Sequence[tuple[Any, ...]], *, now: datetime
+    ) -> builtins.list[bool]:
         if not acks:
             return []
-        now_ts, sql = _ts(now), _Q["ack"]
+        now_ts, sql, put_sql = _ts(now), _Q["ack"], _Q["put_result"]
         groups: dict[tuple[str, str], builtins.list[str]] = {}
         for item in acks:
             groups.setdefault((item.worker_id, TaskStatus(item.status).value), []).append(
@@ -303,6 +327,8 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         ]
 
         def ack(conn: sqlite3.Connection) -> set[tuple[Any, ...]]:
+            if result_rows:
+                conn.executemany(put_sql, result_rows).close()
             return {
                 (group["worker"], group["status"], row[0])
                 for group in params
@@ -310,7 +336,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             }
 
         db = await self._db()
-        run = db.run if len(params) == 1 else db.write
+        run = db.run if len(params) == 1 and not result_rows else db.write
         done = await run(ack, "acknowledging tasks")
         flags = []
         for item in acks:  # an ack repeated in one batch took effect once
@@ -463,6 +489,17 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         await (await self._db()).wait_for_work(timeout)
 
 
+def _result_rows(results: Sequence[TaskResult]) -> builtins.list[tuple[Any, ...]]:
+    return [
+        (
+            result.task_id,
+            None if result.expires_at is None else _ts(result.expires_at),
+            _ENCODER.encode(result),
+        )
+        for result in results
+    ]
+
+
 class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
     """Task results on SQLite; ``wait`` is woken at once by a result stored in-process."""
 
@@ -470,14 +507,7 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
         """Store (or replace) results in one transaction."""
         if not results:
             return
-        rows = [
-            (
-                result.task_id,
-                None if result.expires_at is None else _ts(result.expires_at),
-                _ENCODER.encode(result),
-            )
-            for result in results
-        ]
+        rows = _result_rows(results)
         sql = _Q["put_result"]
         db = await self._db()
         if len(rows) == 1:

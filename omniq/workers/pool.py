@@ -105,6 +105,7 @@ class AsyncWorkerPool:
         self._next_schedule_check = 0.0
         self._schedules_off = False
         self._flush_lock: asyncio.Lock | None = None
+        self._claim_watermark = max(1, self.concurrency // 4)
 
     # -- public control ----------------------------------------------------------------
 
@@ -207,7 +208,8 @@ class AsyncWorkerPool:
             if not burst and loop.time() >= self._next_schedule_check:
                 await self._fire_schedules(settings.poll_interval)
             free = self.concurrency - len(self._running)
-            if free <= 0:
+            if free < self._claim_watermark and self._running:
+                # Claim in batches: one round trip per several free slots, not per slot.
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -456,9 +458,10 @@ class AsyncWorkerPool:
             del self._finished[: len(batch)]
             now = utcnow()
             try:
-                await self.oq.results.put_many([item.result for item in batch])
-                acked = await self.oq.queue.ack_many(
+                acked = await self.oq.queue.finish_many(
                     [Ack(item.task.id, self.worker_id, item.result.status) for item in batch],
+                    [item.result for item in batch],
+                    self.oq.results,
                     now=now,
                 )
             except StorageError as exc:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -281,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["OMNIQ_LOG_LEVEL"] = level
     try:
         code: int = asyncio.run(args.handler(args))
+        if args.handler is _run_worker and threading.active_count() > 1:
+            # A task still blocking a thread after the graceful stop would make the
+            # interpreter wait for it at exit; its lease was handed back, so leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     except KeyboardInterrupt:
         return 130
     except (OmniQError, TimeoutError) as exc:

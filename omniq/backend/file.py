@@ -77,7 +77,11 @@ class FileBackend(Backend):
             if location.protocol == "memory":
                 self._stores = {sub: MemoryStore(fs, f"{location.root}/{sub}") for sub in _SUBDIRS}
             else:
-                await self._connect_remote(fs)
+                try:
+                    await self._connect_remote(fs)
+                except BaseException:
+                    await self._close()
+                    raise
                 self._stores = {sub: FsspecStore(fs, f"{location.root}/{sub}") for sub in _SUBDIRS}
             self._fs = fs
         for store in self._stores.values():

@@ -213,12 +213,21 @@ class Store(ABC):
         return f"{type(self).__name__}:{self.root}"
 
     @abstractmethod
-    async def update(self, path: str, fn: UpdateFn[T]) -> T:
-        """Atomically read ``path`` (None if absent), apply ``fn`` and write its change."""
+    async def update(self, path: str, fn: UpdateFn[T], *, likely_absent: bool = False) -> T:
+        """Atomically read ``path`` (None if absent), apply ``fn`` and write its change.
 
-    async def update_many(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
+        ``likely_absent`` lets a store that pays per request try a create first.
+        """
+
+    async def update_many(
+        self, items: Sequence[tuple[str, UpdateFn[T]]], *, likely_absent: bool = False
+    ) -> list[T]:
         """Several independent :meth:`update` calls, in as few round trips as possible."""
-        return list(await asyncio.gather(*(self.update(path, fn) for path, fn in items)))
+        return list(
+            await asyncio.gather(
+                *(self.update(path, fn, likely_absent=likely_absent) for path, fn in items)
+            )
+        )
 
     @abstractmethod
     async def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
@@ -386,14 +395,16 @@ class LocalStore(Store):
             else:
                 self._touch(target)
 
-    async def update(self, path: str, fn: UpdateFn[T]) -> T:
+    async def update(self, path: str, fn: UpdateFn[T], *, likely_absent: bool = False) -> T:
         """Read-modify-write ``path`` under its stripe lock, in a worker thread."""
         return await asyncio.to_thread(self._update_sync, path, fn)
 
     def _update_many_sync(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
         return [self._update_sync(path, fn) for path, fn in items]
 
-    async def update_many(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
+    async def update_many(
+        self, items: Sequence[tuple[str, UpdateFn[T]]], *, likely_absent: bool = False
+    ) -> list[T]:
         """Several updates in one worker-thread call (each under its own lock)."""
         if not items:
             return []
@@ -578,13 +589,17 @@ class FsspecStore(Store):
             raise
         return True
 
-    async def update(self, path: str, fn: UpdateFn[T]) -> T:
+    async def update(self, path: str, fn: UpdateFn[T], *, likely_absent: bool = False) -> T:
         """Compare-and-set loop: read, decide, write if unchanged, else decide again."""
         full = self._abs(path)
         with translate_errors(f"update {path}"):
             async with _keyed_locks().hold(self.key + "\0" + path):
+                # A create is tried without reading first when the object is likely new;
+                # if it exists after all, the conditional create fails and the loop reads.
+                guess_absent = likely_absent and self.conditional
                 while True:
-                    current = await self._read_versioned(full)
+                    current = None if guess_absent else await self._read_versioned(full)
+                    guess_absent = False
                     change = fn(current[0] if current else None)
                     add = [self._abs(p) for p in change.add]
                     remove = [self._abs(p) for p in change.remove]
@@ -727,7 +742,7 @@ class MemoryStore(FsspecStore):
         if names is not None:
             names.discard(name)
 
-    async def update(self, path: str, fn: UpdateFn[T]) -> T:
+    async def update(self, path: str, fn: UpdateFn[T], *, likely_absent: bool = False) -> T:
         """Read-modify-write under the process-wide memory lock."""
         full = self._abs(path)
         with self._lock:
@@ -746,7 +761,9 @@ class MemoryStore(FsspecStore):
                 self._rm(self._abs(entry))
             return change.result
 
-    async def update_many(self, items: Sequence[tuple[str, UpdateFn[T]]]) -> list[T]:
+    async def update_many(
+        self, items: Sequence[tuple[str, UpdateFn[T]]], *, likely_absent: bool = False
+    ) -> list[T]:
         """Several updates, one after the other."""
         return [await self.update(path, fn) for path, fn in items]
 

@@ -55,6 +55,9 @@ _STATES_OF: dict[TaskStatus, tuple[str, ...]] = {
 
 _STALE = "stale"  # claim result: the entry was stale and has been dealt with
 
+# store key -> entries some claim of this process is trying right now
+_INFLIGHT: dict[str, set[str]] = {}
+
 
 def _record_path(task_token: str) -> str:
     return f"t/{task_token}"
@@ -63,6 +66,32 @@ def _record_path(task_token: str) -> str:
 def _with_entry(task: Task, seq: int) -> tuple[bytes, str]:
     entry = f"{entry_dir(task)}/{entry_name(task, seq)}"
     return encode_record(Record(task=task, seq=seq, entry=entry)), entry
+
+
+_Listing = list[list[str]]
+_PENDING_LISTINGS: dict[tuple[int, str, tuple[str, ...]], asyncio.Future[_Listing]] = {}
+
+
+async def _shared_listing(store: Store, dirs: Sequence[str]) -> _Listing:
+    """``store.list_many(dirs)``, shared by the calls of this loop that overlap in time.
+
+    Many concurrent claims would otherwise each list the same directories (on an object
+    store, a slow request each). Callers must not modify the lists.
+    """
+    key = (id(asyncio.get_running_loop()), store.key, tuple(dirs))
+    pending = _PENDING_LISTINGS.get(key)
+    if pending is None:
+        pending = asyncio.ensure_future(store.list_many(dirs))
+        _PENDING_LISTINGS[key] = pending
+
+        def done(future: asyncio.Future[_Listing]) -> None:
+            if _PENDING_LISTINGS.get(key) is future:
+                del _PENDING_LISTINGS[key]
+            if not future.cancelled():
+                future.exception()  # retrieved here; every waiter re-raises it
+
+        pending.add_done_callback(done)
+    return await asyncio.shield(pending)
 
 
 @dataclass
@@ -195,7 +224,8 @@ class AsyncFileQueue(BaseTaskQueue):
 
         # Sequence numbers are taken in batch order, before any concurrent write.
         created = await store.update_many(
-            [(_record_path(token(task.id)), create(task, next_seq())) for task in tasks]
+            [(_record_path(token(task.id)), create(task, next_seq())) for task in tasks],
+            likely_absent=True,
         )
         if any(created):
             self._wake(store)
@@ -242,16 +272,28 @@ class AsyncFileQueue(BaseTaskQueue):
         candidates = await self._candidates(store, queues, now)
         claimed: list[Task] = []
         lease = now + timedelta(seconds=lease_seconds)
+        # Entries another claim of this process is trying right now are skipped: racing
+        # for them would only cost a failed update each.
+        inflight = _INFLIGHT.setdefault(store.key, set())
+        candidates = (entry for entry in candidates if entry.path not in inflight)
         while len(claimed) < limit:
             window = list(itertools.islice(candidates, limit - len(claimed)))
             if not window:
                 break
-            results = await store.update_many(
-                [
-                    (_record_path(entry.token), self._claim_fn(store, entry, worker_id, lease, now))
-                    for entry in window
-                ]
-            )
+            paths = {entry.path for entry in window}
+            inflight |= paths
+            try:
+                results = await store.update_many(
+                    [
+                        (
+                            _record_path(entry.token),
+                            self._claim_fn(store, entry, worker_id, lease, now),
+                        )
+                        for entry in window
+                    ]
+                )
+            finally:
+                inflight -= paths
             cache = self._ready_cache
             for entry, result in zip(window, results, strict=True):
                 if cache is not None and entry.path.startswith("ready/"):
@@ -288,7 +330,7 @@ class AsyncFileQueue(BaseTaskQueue):
             or clock - cache.listed_at > _LIST_TTL
             or len(cache.tried) >= len(cache.names)
         ):
-            listings = await store.list_many(ready_dirs + running_dirs)
+            listings = await _shared_listing(store, ready_dirs + running_dirs)
             names = sorted(
                 (name, directory)
                 for directory, found in zip(ready_dirs, listings[: len(queues)], strict=True)
@@ -297,7 +339,7 @@ class AsyncFileQueue(BaseTaskQueue):
             cache = self._ready_cache = _ReadyCache(key, generation, clock, names, set())
             running = listings[len(queues) :]
         else:
-            running = await store.list_many(running_dirs)
+            running = await _shared_listing(store, running_dirs)
 
         def ready(cache: _ReadyCache) -> Iterator[Entry]:
             for name, directory in cache.names:
@@ -617,7 +659,7 @@ class AsyncFileQueue(BaseTaskQueue):
             return None
         store = await self._s()
         dirs = [f"ready/{token(q)}" for q in queues] + [f"running/{token(q)}" for q in queues]
-        listings = await store.list_many(dirs)
+        listings = await _shared_listing(store, dirs)
         earliest: int | None = None
         for directory, names in zip(dirs, listings, strict=True):
             running = directory.startswith("running/")
@@ -663,7 +705,7 @@ class AsyncFileQueue(BaseTaskQueue):
         due = await self.next_due_at(queues)
         return due is not None and due <= utcnow()
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Poll the ready listings (names only) with a growing interval, starting at 5 ms
         and capped at ``poll_interval``; an enqueue in this process wakes it at once."""
         store = await self._s()

@@ -173,7 +173,7 @@ class AsyncFileResultStorage(_Component, BaseResultStorage):
             return None
         return result
 
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:  # noqa: ASYNC109
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
         """Poll for the result with a growing interval; a put in this process wakes it."""
         store = await self._s()
         loop = asyncio.get_running_loop()

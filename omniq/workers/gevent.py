@@ -195,7 +195,7 @@ class GeventWorker(BaseExecutor):
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        timeout: float | None,  # noqa: ASYNC109 - the BaseExecutor interface
+        timeout: float | None,
     ) -> Any:
         """Run the call in a greenlet of the child; see the module docstring for timeouts."""
         request = encode_call(func, args, kwargs)

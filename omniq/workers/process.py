@@ -26,6 +26,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -43,6 +44,10 @@ logger = logging.getLogger("omniq.worker")
 
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 5.0
+
+
+class _Stopping(Exception):
+    """A child was being started while the pool stopped."""
 
 
 class _Child:
@@ -113,12 +118,18 @@ class ProcessWorker(BaseExecutor):
         process.start()
         child_end.close()  # so that the child's death reads as EOF here
         child = _Child(process, parent_end)
+        deadline = time.monotonic() + _START_TIMEOUT
         try:
-            if not parent_end.poll(_START_TIMEOUT) or parent_end.recv_bytes() != READY:
+            while not parent_end.poll(0.05):
+                if self._stopping or time.monotonic() > deadline:
+                    raise EOFError
+            if parent_end.recv_bytes() != READY:
                 raise EOFError
         except (EOFError, OSError):
             child.kill()
             code = child.reap(_STOP_TIMEOUT)
+            if self._stopping:
+                raise _Stopping from None
             raise WorkerError(
                 f"a worker process failed to start (exit code {code}); see its output above"
             ) from None
@@ -150,6 +161,8 @@ class ProcessWorker(BaseExecutor):
             return
         try:
             await self._add_child()
+        except _Stopping:
+            pass
         except WorkerError as exc:
             # The pool shrinks by one; the next call waits for a child that is still up.
             logger.error("%s", exc)
@@ -181,8 +194,7 @@ class ProcessWorker(BaseExecutor):
         self._stopping = True
         idle = self._idle
         self._idle = None
-        for spawner in list(self._spawning):
-            spawner.cancel()
+        # Children being started notice ``_stopping`` and are killed rather than added.
         await asyncio.gather(*self._spawning, return_exceptions=True)
         loop = asyncio.get_running_loop()
         busy = set(self._busy.values())
@@ -215,7 +227,7 @@ class ProcessWorker(BaseExecutor):
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        timeout: float | None,  # noqa: ASYNC109 - the BaseExecutor interface
+        timeout: float | None,
     ) -> Any:
         """Run the call in an idle child; see the module docstring for timeouts."""
         request = encode_call(func, args, kwargs)

@@ -16,7 +16,7 @@ import pytest
 from omniq import AsyncOmniQ
 from tests.conftest import REDIS_URL, delete_redis_namespace, unique_name
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "redis"]
 
 MakeOQ = Callable[..., Awaitable[AsyncOmniQ]]
 

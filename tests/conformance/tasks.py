@@ -169,3 +169,17 @@ class TouchOnLoad:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return touch, (self.path,)
+
+
+def _log_start(log: str) -> None:
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"start {os.getpid()}\n")
+
+
+async def hold_until_async(release: str, log: str) -> str:
+    """:func:`hold_until` as a coroutine (a hard stop can cancel it)."""
+    await asyncio.to_thread(_log_start, log)
+    while True:
+        if await asyncio.to_thread(os.path.exists, release):
+            return "released"
+        await asyncio.sleep(0.01)

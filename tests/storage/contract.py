@@ -413,18 +413,15 @@ class QueueContract:
         await asyncio.wait_for(queue.wait(["default"], 0.05), 5)
 
     async def test_wait_wakes_on_enqueue_in_process(self, queue: BaseTaskQueue) -> None:
-        if not queue.notifies:
-            pytest.skip("this queue does not notify")
-        waiter = asyncio.ensure_future(queue.wait(["default"], 5.0))
+        # A queue that cannot be notified wakes by its timeout: give it a short one.
+        waiter = asyncio.ensure_future(queue.wait(["default"], 5.0 if queue.notifies else 0.3))
         await produce_until(waiter, lambda: queue.enqueue([make_task()]))
         await asyncio.wait_for(waiter, 2)
 
     async def test_wait_wakes_on_enqueue_from_another_connection(
         self, queue: BaseTaskQueue, other_queue: BaseTaskQueue
     ) -> None:
-        if not queue.notifies:
-            pytest.skip("this queue does not notify")
-        waiter = asyncio.ensure_future(queue.wait(["default"], 5.0))
+        waiter = asyncio.ensure_future(queue.wait(["default"], 5.0 if queue.notifies else 0.3))
         producer = asyncio.ensure_future(
             produce_until(waiter, lambda: other_queue.enqueue([make_task()]))
         )

@@ -1,0 +1,59 @@
+-- Lease up to `limit` claimable tasks: promote due delayed tasks and expired leases to
+-- the ready sets, then take the best `limit` across the queues.
+-- ARGV: prefix, now, lease_until, worker, limit, nqueues, queues...
+-- Returns per task: id, data, attempts, due.
+local now, lease, worker = ARGV[2], ARGV[3], ARGV[4]
+local limit, nq = tonumber(ARGV[5]), tonumber(ARGV[6])
+local PROMOTE = 1000
+local cands = {}
+for i = 1, nq do
+  local q = ARGV[6 + i]
+  local ready = qkey(q, 'ready')
+  for _, part in ipairs({'delayed', 'leases'}) do
+    local src = qkey(q, part)
+    local ids = redis.call('ZRANGEBYSCORE', src, '-inf', now, 'LIMIT', 0, PROMOTE)
+    if #ids > 0 then
+      for _, id in ipairs(ids) do
+        local h = redis.call('HMGET', tkey(id), 'm', 'p')
+        if h[1] then redis.call('ZADD', ready, -tonumber(h[2]), h[1]) end
+      end
+      redis.call('ZREM', src, unpack(ids))
+    end
+  end
+  local top = redis.call('ZRANGE', ready, 0, limit - 1, 'WITHSCORES')
+  for j = 1, #top, 2 do
+    cands[#cands + 1] = {tonumber(top[j + 1]), top[j], q}
+  end
+end
+if nq > 1 then
+  table.sort(cands, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+end
+if #cands < limit then
+  -- Everything claimable is being taken: wake-up tokens left for these queues are stale.
+  for i = 1, nq do
+    local wake_key = qkey(ARGV[6 + i], 'wake')
+    if redis.call('LLEN', wake_key) > 0 then redis.call('DEL', wake_key) end
+  end
+end
+local out = {}
+for j = 1, math.min(limit, #cands) do
+  local member, q = cands[j][2], cands[j][3]
+  local id = string.sub(member, 33)
+  local k = tkey(id)
+  redis.call('ZREM', qkey(q, 'ready'), member)
+  local h = redis.call('HMGET', k, 's', 'seq', 'd', 'due')
+  if h[1] then
+    local attempts = redis.call('HINCRBY', k, 'a', 1)
+    redis.call('HSET', k, 's', 'running', 'w', worker, 'l', lease, 'u', now)
+    restatus(id, q, h[1], 'running', h[2])
+    redis.call('ZADD', qkey(q, 'leases'), lease, id)
+    out[#out + 1] = id
+    out[#out + 1] = h[3]
+    out[#out + 1] = attempts
+    out[#out + 1] = h[4]
+  end
+end
+return out

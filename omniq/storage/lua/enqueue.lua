@@ -1,0 +1,38 @@
+-- Store new tasks; existing ids are left as they are.
+-- ARGV: prefix, now, count, then per task: id, data, queue, priority, status, attempts,
+-- worker, lease, due ('' for none), sortdue (16 digits: due or creation time), updated,
+-- ndeps, dep ids...
+local now = ARGV[2]
+local n = tonumber(ARGV[3])
+local seq = redis.call('INCRBY', P .. 'seq', n) - n
+local woken = {}
+local queues = {}
+local i = 4
+for _ = 1, n do
+  local id, data, q, prio, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local attempts, worker, lease, due, sortdue = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+  local updated, ndeps = ARGV[i + 10], tonumber(ARGV[i + 11])
+  local k = tkey(id)
+  if redis.call('EXISTS', k) == 0 then
+    seq = seq + 1
+    local sq = string.format('%016d', seq)
+    local member = sortdue .. sq .. id
+    local has_deps = ndeps > 0 and '1' or ''
+    redis.call('HSET', k, 'd', data, 's', status, 'a', attempts, 'w', worker, 'l', lease,
+      'due', due, 'u', updated, 'q', q, 'p', prio, 'seq', sq, 'm', member, 'x', has_deps)
+    redis.call('ZADD', skey(q, status), sq, id)
+    queues[q] = true
+    for j = 1, ndeps do
+      redis.call('SADD', P .. 'deps:' .. ARGV[i + 11 + j], id)
+    end
+    if place(id, q, status, has_deps, due, sortdue, member, prio, lease, now) then
+      woken[q] = (woken[q] or 0) + 1
+    elseif FINAL[status] then
+      redis.call('ZADD', P .. 'finished', updated, id)
+    end
+  end
+  i = i + 12 + ndeps
+end
+for q in pairs(queues) do redis.call('SADD', P .. 'queues', q) end
+wake(woken)
+return n

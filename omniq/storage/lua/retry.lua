@@ -1,0 +1,15 @@
+-- Move a held task to RETRYING, due at a new time.
+-- ARGV: prefix, now, id, worker, due, sortdue. Returns 1 if it was held.
+local now, id, worker, due, sortdue = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local k = tkey(id)
+local h = redis.call('HMGET', k, 's', 'w', 'q', 'seq', 'm', 'p')
+if h[1] ~= 'running' or h[2] ~= worker then return 0 end
+local q = h[3]
+local member = sortdue .. h[4] .. id
+redis.call('ZREM', qkey(q, 'leases'), id)
+redis.call('ZREM', qkey(q, 'ready'), h[5])
+redis.call('HSET', k, 's', 'retrying', 'l', '', 'due', due, 'm', member, 'u', now)
+restatus(id, q, 'running', 'retrying', h[4])
+place(id, q, 'retrying', '', due, sortdue, member, h[6], '', now)
+wake({[q] = 1})
+return 1

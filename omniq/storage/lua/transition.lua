@@ -1,0 +1,26 @@
+-- Compare-and-set a task's status; clears its lease.
+-- ARGV: prefix, now, id, to_status, due ('' keeps it), sortdue, from statuses...
+-- Returns the task's fields (see fetch) or false when its status was not in `from`.
+local now, id, to, new_due, new_sortdue = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local k = tkey(id)
+local h = redis.call('HMGET', k, 's', 'q', 'seq', 'm', 'p', 'x', 'due')
+if not h[1] then return false end
+local allowed = false
+for i = 7, #ARGV do
+  if ARGV[i] == h[1] then allowed = true end
+end
+if not allowed then return false end
+local q, member, due = h[2], h[4], h[7]
+unplace(id, q, member)
+if new_due ~= '' then
+  due = new_due
+  member = new_sortdue .. h[3] .. id
+end
+redis.call('HSET', k, 's', to, 'l', '', 'due', due, 'm', member, 'u', now)
+restatus(id, q, h[1], to, h[3])
+if place(id, q, to, h[6], due, string.sub(member, 1, 16), member, h[5], '', now) then
+  wake({[q] = 1})
+end
+local out = {}
+fetch(out, id)
+return out

@@ -1,0 +1,1000 @@
+"""Redis storage: the task queue, results, events and schedules on one Redis server.
+
+Every component works standalone from a URL::
+
+    async with AsyncRedisQueue("redis://127.0.0.1:6379/0", namespace="myapp") as queue:
+        await queue.enqueue([task])
+
+or on the shared client of a :class:`omniq.backend.redis.RedisBackend`. Blocking twins
+(``RedisQueue``, ``RedisResultStorage``…) run the same coroutines on a private loop.
+
+Key layout. Everything lives under ``{namespace}:`` (``settings.namespace``, or
+``?namespace=`` in the URL), so applications share a server safely; a namespace may not
+contain ``:``. Times are integer microseconds since the epoch, kept as decimal strings.
+
+=================================  ======  ==============================================
+key                                type    holds
+=================================  ======  ==============================================
+``t:{id}``                         hash    one task: ``d`` the msgpack-encoded ``Task`` as
+                                           enqueued, and its mutable fields ``s`` status,
+                                           ``a`` attempts, ``w`` worker, ``l`` lease expiry,
+                                           ``due``, ``u`` updated; plus ``q`` queue, ``p``
+                                           priority, ``seq`` enqueue order, ``m`` ready-set
+                                           member, ``x`` has dependencies
+``seq``                            string  enqueue counter (ties in claim order)
+``queues``                         set     every queue name seen (for stats and list)
+``q:{queue}:ready``                zset    claimable tasks: score ``-priority``, member
+                                           ``{due:016}{seq:016}{id}``, so one ``ZRANGE``
+                                           gives priority, then due time, then enqueue order
+``q:{queue}:delayed``              zset    waiting tasks not yet due, by due time
+``q:{queue}:leases``               zset    running tasks, by lease expiry
+``q:{queue}:s:{status}``           zset    the queue's tasks in one status, by ``seq``
+                                           (``stats`` and ``list`` never scan)
+``q:{queue}:wake``                 list    wake-up tokens for blocked workers (max 16)
+``deps:{id}``                      set     ids of the tasks that depend on ``id``
+``finished``                       zset    tasks in a final state, by update time
+``r:{id}``                         string  a result; native expiry (``PX``) from
+                                           ``expires_at``
+``results:exp``                    zset    results with an expiry, by ``expires_at``
+``rw:{id}``                        list    result-ready token for ``wait`` (short expiry)
+``e:{id}``                         list    a task's events, each ``{timestamp:016}`` +
+                                           msgpack
+``events``                         zset    task ids by their oldest event (``delete_before``)
+``s:{id}``                         hash    a schedule: ``d`` msgpack, ``v`` version
+``schedules``                      zset    schedule ids (score 0: by id)
+``schedules:due``                  zset    unpaused schedules by ``next_run_at``
+=================================  ======  ==============================================
+
+Every state change of a task is one Lua script (``omniq/storage/lua``), loaded once and
+called by SHA: a claim promotes due delayed tasks and expired leases into the ready set,
+then leases the best ``limit`` tasks across the queues, all in one ``EVALSHA``. Enqueue,
+retry, release and transitions push a token to the queue's wake list; an idle worker
+blocks on those lists (``BLPOP``) on a connection kept for blocking calls, and a result
+``wait`` blocks the same way on ``rw:{id}``. A claim that takes everything claimable
+drops the queue's leftover tokens, so an idle worker never spins on stale ones. Scripts
+touch keys they build from the prefix, so the layout targets a single Redis server (not
+a cluster). Run it with ``maxmemory-policy noeviction`` and, for durability across
+restarts, ``appendonly yes`` (``appendfsync always`` loses nothing acknowledged).
+A claim promotes at most 1,000 due delayed tasks and 1,000 expired leases per queue per
+call; a larger backlog moves over the next claims.
+
+The client is a small pool of redis-py connections driven directly: commands are packed
+by hiredis (which the ``redis`` extra installs) and each round trip is one write and one
+read, because redis-py's own pool costs more per call than the round trip itself. A
+connection error drops the idle connections and retries the request a few times with a
+short backoff, so a restarted server is picked up by the next call. Only a reply lost
+on a live connection makes a retry repeat work, within at-least-once: a repeated claim
+leaves tasks leased to nobody until their lease runs out, a repeated append logs an
+event twice. Blocking commands are not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+from hiredis import pack_command
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from omniq._sync import sync_twin
+from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.storage.base import (
+    Ack,
+    BaseEventStorage,
+    BaseResultStorage,
+    BaseScheduleStorage,
+    BaseStorage,
+    BaseTaskQueue,
+)
+
+if TYPE_CHECKING:
+    from omniq.backend.base import Backend
+
+__all__ = [
+    "AsyncRedisEventStorage",
+    "AsyncRedisQueue",
+    "AsyncRedisResultStorage",
+    "AsyncRedisScheduleStorage",
+    "RedisClient",
+    "RedisEventStorage",
+    "RedisQueue",
+    "RedisResultStorage",
+    "RedisScheduleStorage",
+    "split_namespace",
+]
+
+logger = logging.getLogger("omniq")
+
+Command = tuple[Any, ...]
+
+_LUA_DIR = resources.files("omniq.storage").joinpath("lua")
+_SCRIPT_NAMES = (
+    "enqueue",
+    "claim",
+    "renew",
+    "ack",
+    "retry",
+    "release",
+    "transition",
+    "fetch",
+    "dependents",
+    "list",
+    "stats",
+    "next_due",
+    "delete_finished",
+    "delete_results",
+    "delete_events",
+    "schedule_put",
+    "schedule_get",
+    "schedule_delete",
+)
+
+
+def _load_scripts() -> dict[str, str]:
+    common = _LUA_DIR.joinpath("common.lua").read_text(encoding="utf-8")
+    return {
+        name: common + "\n" + _LUA_DIR.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+        for name in _SCRIPT_NAMES
+    }
+
+
+_SCRIPTS = _load_scripts()
+_SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
+
+_ENCODER = msgspec.msgpack.Encoder()
+_TASK_DECODER = msgspec.msgpack.Decoder(Task)
+_RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
+_EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
+_SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
+_STATUSES = {status.value.encode(): status for status in TaskStatus}
+_ALL_STATUSES = tuple(status.value for status in TaskStatus)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_BAD_NAMESPACE = re.compile(r"[:\s*?\[\]]")
+
+#: Delays before each retry of a request that hit a connection error (about 1.5 s in all).
+_RETRY_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
+#: Idle connections kept per kind (plain, blocking); more are closed when released.
+_MAX_IDLE = 32
+#: Tasks per enqueue script call; a batch sends all its calls in one pipeline.
+_ENQUEUE_CHUNK = 500
+#: Results of ``wait`` keep their wake-up token this long at most (milliseconds).
+_RESULT_TOKEN_MS = 60_000
+#: Slack on top of a blocking command's own timeout before the client gives up on it.
+_BLOCK_SLACK = 5.0
+
+
+def _us(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (a naive datetime is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _ONE_US
+
+
+def _dt(us: bytes | str | int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def _sortkey(us: int) -> str:
+    """A time as the fixed-width string that orders ready-set members and event entries."""
+    return f"{max(us, 0):016d}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def split_namespace(url: str) -> tuple[str, str | None]:
+    """``url`` without a ``namespace`` query parameter, and that parameter's value."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = [value for key, value in query if key == "namespace"]
+    if not found:
+        return url, None
+    rest = urlencode([(key, value) for key, value in query if key != "namespace"])
+    return urlunsplit(parts._replace(query=rest)), found[-1]
+
+
+def _check_namespace(namespace: str) -> str:
+    if not namespace or _BAD_NAMESPACE.search(namespace):
+        raise ConfigError(
+            f"namespace={namespace!r}: expected a non-empty name without ':', spaces or "
+            "glob characters (it prefixes every Redis key)"
+        )
+    return namespace
+
+
+def _pack(command: Command) -> bytes:
+    packed: bytes = pack_command(command)
+    return packed
+
+
+class RedisClient:
+    """The connection to one Redis server shared by a bundle's components.
+
+    Holds the key prefix, a small pool of connections for ordinary commands and another
+    for blocking ones (so a worker blocked on ``BLPOP`` never holds up a claim), and the
+    SHAs of the Lua scripts. ``round_trips`` counts request/response exchanges.
+
+    Example::
+
+        client = RedisClient("redis://127.0.0.1:6379/0", namespace="myapp")
+        await client.open()
+        await client.call("PING")
+    """
+
+    def __init__(self, url: str, *, namespace: str | None = None) -> None:
+        url, url_namespace = split_namespace(url)
+        self.url = url
+        if namespace is None:
+            namespace = "omniq" if url_namespace is None else url_namespace
+        self.namespace = _check_namespace(namespace)
+        self.prefix = f"{self.namespace}:"
+        self.round_trips = 0
+        self._pool: ConnectionPool | None = None
+        self._idle: list[AbstractConnection] = []
+        self._blocking_idle: list[AbstractConnection] = []
+        self._busy: set[AbstractConnection] = set()
+        self._open_lock = asyncio.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._pool is not None
+
+    async def open(self) -> None:
+        """Check the server answers and load the scripts. Safe to call twice."""
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            try:
+                self._pool = ConnectionPool.from_url(
+                    self.url, socket_keepalive=True, socket_connect_timeout=5.0
+                )
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"redis URL {self.url!r}: {exc}") from exc
+            try:
+                await self.load_scripts()
+            except BaseException:
+                self._pool = None
+                raise
+
+    async def close(self) -> None:
+        """Close every connection. Safe to call twice."""
+        self._pool = None
+        await self._drop_idle()
+        # Requests still in flight (a worker blocked in BLPOP) end with a connection error.
+        for conn in list(self._busy):
+            await conn.disconnect(nowait=True)
+
+    async def load_scripts(self) -> None:
+        """``SCRIPT LOAD`` every OmniQ script (one round trip)."""
+        replies = await self.execute([("SCRIPT", "LOAD", text) for text in _SCRIPTS.values()])
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise StorageError(f"redis: loading scripts: {reply}")
+
+    def _new_connection(self, blocking: bool) -> AbstractConnection:
+        pool = self._pool
+        if pool is None:
+            raise StorageConnectionError("redis: the client is closed")
+        if blocking:
+            kwargs = dict(pool.connection_kwargs)
+            kwargs["socket_timeout"] = None
+            conn: AbstractConnection = pool.connection_class(**kwargs)
+            return conn
+        conn = pool.make_connection()  # type: ignore[no-untyped-call]
+        return conn
+
+    async def _drop_idle(self) -> None:
+        # After one connection error the others are probably stale too (server restart).
+        idle = self._idle + self._blocking_idle
+        self._idle.clear()
+        self._blocking_idle.clear()
+        for conn in idle:
+            await conn.disconnect(nowait=True)
+
+    async def execute(
+        self, commands: Sequence[Command], *, blocking: bool = False
+    ) -> builtins.list[Any]:
+        """Send ``commands`` in one write and return their replies in order.
+
+        An error reply is returned as its ``ResponseError`` (not raised), so a pipeline
+        always reads every reply. Connection errors are retried (blocking commands are
+        not), then raised as :class:`StorageConnectionError`.
+        """
+        data = _pack(commands[0]) if len(commands) == 1 else b"".join(map(_pack, commands))
+        count = len(commands)
+        idle = self._blocking_idle if blocking else self._idle  # lists kept for the client's life
+        # A blocking command is not repeated: its caller treats an error as a wake-up.
+        delays = _RETRY_DELAYS[:1] if blocking else _RETRY_DELAYS
+        last = len(delays) - 1
+        for attempt, delay in enumerate(delays):
+            if delay:
+                await asyncio.sleep(delay)
+            conn = idle.pop() if idle else self._new_connection(blocking)
+            self._busy.add(conn)
+            try:
+                await conn.send_packed_command(data, check_health=False)
+                replies: builtins.list[Any] = []
+                for _ in range(count):
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                await conn.disconnect(nowait=True)
+                await self._drop_idle()
+                if attempt == last:
+                    raise StorageConnectionError(f"redis: {self.url}: {exc}") from exc
+                continue
+            except RedisError as exc:
+                await conn.disconnect(nowait=True)
+                raise StorageError(f"redis: {exc}") from exc
+            except BaseException:
+                # Cancelled mid-request: the reply may still come, so the connection
+                # cannot be reused.
+                await conn.disconnect(nowait=True)
+                raise
+            finally:
+                self._busy.discard(conn)
+            self.round_trips += 1
+            if self._pool is not None and len(idle) < _MAX_IDLE:
+                idle.append(conn)
+            else:
+                await conn.disconnect(nowait=True)
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def call(self, *command: Any) -> Any:
+        """One command; an error reply raises :class:`StorageError`."""
+        reply = (await self.execute([command]))[0]
+        if isinstance(reply, ResponseError):
+            raise StorageError(f"redis: {command[0]}: {reply}") from reply
+        return reply
+
+    async def script(self, name: str, *args: Any) -> Any:
+        """Run the named Lua script (``EVALSHA``, loading the scripts on ``NOSCRIPT``)."""
+        command = ("EVALSHA", _SHAS[name], 0, self.prefix, *args)
+        reply = (await self.execute([command]))[0]
+        if isinstance(reply, NoScriptError):
+            await self.load_scripts()
+            reply = (await self.execute([command]))[0]
+        if isinstance(reply, ResponseError):
+            raise StorageError(f"redis: script {name}: {reply}") from reply
+        return reply
+
+    async def scripts(self, name: str, arg_lists: Sequence[Sequence[Any]]) -> builtins.list[Any]:
+        """Run the named script once per argument list, all in one round trip."""
+        sha, prefix = _SHAS[name], self.prefix
+        commands = [("EVALSHA", sha, 0, prefix, *args) for args in arg_lists]
+        replies = await self.execute(commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            # Nothing ran: every call of the batch needs the same (missing) script.
+            await self.load_scripts()
+            replies = await self.execute(commands)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise StorageError(f"redis: script {name}: {reply}") from reply
+        return replies
+
+    async def block(self, timeout: float, *command: Any) -> Any:
+        """A blocking command (``BLPOP``…) on a blocking connection, bounded client-side."""
+        async with asyncio.timeout(timeout + _BLOCK_SLACK):
+            reply = (await self.execute([command], blocking=True))[0]
+        if isinstance(reply, ResponseError):
+            raise StorageError(f"redis: {command[0]}: {reply}") from reply
+        return reply
+
+    def __repr__(self) -> str:
+        return f"RedisClient({self.url!r}, namespace={self.namespace!r})"
+
+
+class _RedisComponent(BaseStorage):
+    """Connection handling shared by the four components.
+
+    Built from a URL, a component opens its own client on :meth:`connect`; built by a
+    :class:`~omniq.backend.redis.RedisBackend`, it connects through the bundle.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        settings: Any = None,
+        *,
+        namespace: str | None = None,
+        client: RedisClient | None = None,
+        bundle: Backend | None = None,
+    ) -> None:
+        self.settings = settings
+        if client is None:
+            if url is None:
+                url = getattr(settings, "redis_url", None) or "redis://127.0.0.1:6379/0"
+            _, url_namespace = split_namespace(url)
+            if namespace is None and url_namespace is None:
+                namespace = getattr(settings, "namespace", None)
+            client = RedisClient(url, namespace=namespace)
+        self.url = url if url is not None else client.url
+        self.client = client
+        self._prefix = client.prefix
+        self._bundle = bundle
+        self._connected = False
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix (without its ``:``)."""
+        return self.client.namespace
+
+    async def connect(self) -> None:
+        """Open the client (through the bundle when there is one). Safe to call twice."""
+        if self._connected:
+            return
+        if self._bundle is not None:
+            await self._bundle.connect()
+        else:
+            await self.client.open()
+        self._connected = True
+
+    async def close(self) -> None:
+        """Release the client. Safe to call twice."""
+        if not self._connected:
+            return
+        self._connected = False
+        if self._bundle is not None:
+            await self._bundle.close()
+        else:
+            await self.client.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def _client(self) -> RedisClient:
+        if not self._connected or not self.client.is_open:
+            await self.connect()
+        return self.client
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.client.url!r}, namespace={self.namespace!r})"
+
+
+def _decode_task(
+    task_id: bytes | str,
+    data: bytes,
+    status: bytes,
+    attempts: bytes | int,
+    worker: bytes,
+    lease: bytes,
+    due: bytes,
+    updated: bytes,
+) -> Task:
+    """A stored task: the record as enqueued with the mutable fields applied."""
+    try:
+        base = _TASK_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StorageError(f"redis: task {_text(task_id)}: its record is corrupt: {exc}") from exc
+    updated_at = base.updated_at
+    if int(updated) != _us(updated_at or base.created_at):
+        updated_at = _dt(updated)
+    return msgspec.structs.replace(
+        base,
+        status=_STATUSES[status],
+        attempts=int(attempts),
+        worker_id=worker.decode() or None,
+        lease_expires_at=_dt(lease) if lease else None,
+        due_at=_dt(due) if due else None,
+        updated_at=updated_at,
+    )
+
+
+def _decode_tasks(flat: Sequence[Any]) -> builtins.list[Task]:
+    """Tasks from a script's flat reply of ``id, d, s, a, w, l, due, u`` groups."""
+    return [_decode_task(*flat[i : i + 8]) for i in range(0, len(flat), 8)]
+
+
+def _task_args(task: Task) -> builtins.list[Any]:
+    created = _us(task.created_at)
+    due = None if task.due_at is None else _us(task.due_at)
+    lease = task.lease_expires_at
+    args = [
+        task.id,
+        _ENCODER.encode(task),
+        task.queue,
+        task.priority,
+        task.status.value,
+        task.attempts,
+        task.worker_id or "",
+        "" if lease is None else _us(lease),
+        "" if due is None else due,
+        _sortkey(created if due is None else due),
+        _us(task.updated_at) if task.updated_at is not None else created,
+        len(task.depends_on),
+    ]
+    if task.depends_on:
+        args.extend(task.depends_on)
+    return args
+
+
+class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
+    """The task queue on Redis.
+
+    Claims are one Lua script call each (leasing up to ``limit`` tasks); ``wait`` blocks
+    on the queues' wake lists, so an idle worker sends a few commands per second at most
+    and wakes within milliseconds of an enqueue.
+
+    Example::
+
+        async with AsyncRedisQueue("redis://127.0.0.1:6379/0", namespace="myapp") as queue:
+            await queue.enqueue([Task(id="t1", func="app.tasks:send")])
+            tasks = await queue.claim(["default"], "w1", limit=8, lease_seconds=30, now=utcnow())
+    """
+
+    notifies = True
+
+    async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
+        """Store ``tasks`` (existing ids are left unchanged): one script call per 500 tasks,
+        all sent in one round trip."""
+        if not tasks:
+            return []
+        client = self.client if self._connected else await self._client()
+        now = time.time_ns() // 1000
+        if len(tasks) == 1:
+            task = tasks[0]
+            await client.script("enqueue", now, 1, *_task_args(task))
+            return [task.id]
+        calls = []
+        for start in range(0, len(tasks), _ENQUEUE_CHUNK):
+            chunk = tasks[start : start + _ENQUEUE_CHUNK]
+            args: builtins.list[Any] = [now, len(chunk)]
+            for task in chunk:
+                args.extend(_task_args(task))
+            calls.append(args)
+        await client.scripts("enqueue", calls)
+        return [task.id for task in tasks]
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> builtins.list[Task]:
+        """Lease up to ``limit`` claimable tasks in one script call."""
+        if limit <= 0 or not queues:
+            return []
+        client = self.client if self._connected else await self._client()
+        names = list(dict.fromkeys(queues))
+        lease_at = now + timedelta(seconds=lease_seconds)
+        flat = await client.script(
+            "claim", _us(now), _us(lease_at), worker_id, limit, len(names), *names
+        )
+        claimed = []
+        corrupt: builtins.list[Ack] = []
+        for i in range(0, len(flat), 4):
+            task_id, data, attempts, due = flat[i : i + 4]
+            try:
+                base = _TASK_DECODER.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # Claimed again at every lease expiry it would block the queue: fail it,
+                # keep the others.
+                name = _text(task_id)
+                logger.error("redis: task %s: corrupt record (%s); marking it failed", name, exc)
+                corrupt.append(Ack(name, worker_id, TaskStatus.FAILED))
+                continue
+            claimed.append(
+                msgspec.structs.replace(
+                    base,
+                    status=TaskStatus.RUNNING,
+                    attempts=attempts,
+                    worker_id=worker_id,
+                    lease_expires_at=lease_at,
+                    due_at=_dt(due) if due else None,
+                    updated_at=now,
+                )
+            )
+        if corrupt:
+            await self.ack_many(corrupt, now=now)
+        return claimed
+
+    async def renew(
+        self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
+    ) -> set[str]:
+        """Extend the leases ``worker_id`` still holds (one script call)."""
+        if not task_ids:
+            return set()
+        client = await self._client()
+        lease_at = _us(now + timedelta(seconds=lease_seconds))
+        held = await client.script("renew", _us(now), lease_at, worker_id, *task_ids)
+        return {_text(task_id) for task_id in held}
+
+    async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> builtins.list[bool]:
+        """Finish the tasks still held by their workers (one script call)."""
+        if not acks:
+            return []
+        client = self.client if self._connected else await self._client()
+        args: builtins.list[Any] = [_us(now)]
+        for ack in acks:
+            args += (ack.task_id, ack.worker_id, TaskStatus(ack.status).value)
+        done = await client.script("ack", *args)
+        return [bool(flag) for flag in done]
+
+    async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
+        """Move a held task to ``RETRYING``, due at ``due_at``."""
+        client = await self._client()
+        due = _us(due_at)
+        changed = await client.script("retry", _us(now), task_id, worker_id, due, _sortkey(due))
+        return bool(changed)
+
+    async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
+        """Hand back held tasks, giving back the attempt their claim counted."""
+        if not task_ids:
+            return 0
+        client = await self._client()
+        return int(await client.script("release", _us(now), worker_id, *task_ids))
+
+    async def transition(
+        self,
+        task_id: str,
+        *,
+        from_statuses: Collection[TaskStatus],
+        to_status: TaskStatus,
+        now: datetime,
+        due_at: datetime | None = None,
+    ) -> Task | None:
+        """Compare-and-set the status of one task; clears its lease."""
+        if not from_statuses:
+            return None
+        client = await self._client()
+        due = None if due_at is None else _us(due_at)
+        flat = await client.script(
+            "transition",
+            _us(now),
+            task_id,
+            TaskStatus(to_status).value,
+            "" if due is None else due,
+            "" if due is None else _sortkey(due),
+            *(TaskStatus(status).value for status in from_statuses),
+        )
+        if not flat:
+            return None
+        return _decode_tasks(flat)[0]
+
+    async def get(self, task_id: str) -> Task | None:
+        """The task as stored, or None."""
+        client = await self._client()
+        fields = await client.call("HMGET", f"{self._prefix}t:{task_id}", *_TASK_FIELDS)
+        if fields[0] is None:
+            return None
+        return _decode_task(task_id, *fields)
+
+    async def get_many(self, task_ids: Sequence[str]) -> builtins.list[Task | None]:
+        """Several tasks in one script call, in order (None for unknown ids)."""
+        if not task_ids:
+            return []
+        client = await self._client()
+        found = {task.id: task for task in _decode_tasks(await client.script("fetch", *task_ids))}
+        return [found.get(task_id) for task_id in task_ids]
+
+    async def list(
+        self, *, queue: str | None = None, status: TaskStatus | None = None, limit: int = 100
+    ) -> builtins.list[Task]:
+        """Tasks, newest first, filtered by queue and status (read from the status sets)."""
+        if limit <= 0:
+            return []
+        client = await self._client()
+        statuses = _ALL_STATUSES if status is None else (TaskStatus(status).value,)
+        flat = await client.script("list", limit, queue or "", *statuses)
+        return _decode_tasks(flat)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts per queue and status (one script call over the status sets)."""
+        client = await self._client()
+        flat = await client.script("stats", *_ALL_STATUSES)
+        counts: dict[str, dict[str, int]] = {}
+        for i in range(0, len(flat), 3):
+            counts.setdefault(_text(flat[i]), {})[_text(flat[i + 1])] = int(flat[i + 2])
+        return counts
+
+    async def dependents(self, task_id: str) -> builtins.list[Task]:
+        """Tasks whose ``depends_on`` names ``task_id``, in enqueue order."""
+        return (await self.dependents_many([task_id])).get(task_id, [])
+
+    async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
+        """Dependents of several tasks in one script call (ids without any are omitted)."""
+        if not task_ids:
+            return {}
+        client = await self._client()
+        flat = await client.script("dependents", *task_ids)
+        found: dict[str, builtins.list[Task]] = {}
+        i = 0
+        while i < len(flat):
+            parent, count = _text(flat[i]), int(flat[i + 1])
+            i += 2
+            if count:
+                found[parent] = _decode_tasks(flat[i : i + 8 * count])
+                i += 8 * count
+        return found
+
+    async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
+        """The earliest ready time (due time or lease expiry) in ``queues``."""
+        if not queues:
+            return None
+        client = await self._client()
+        earliest = await client.script("next_due", *dict.fromkeys(queues))
+        return None if earliest is None else _dt(earliest)
+
+    async def delete_finished(self, before: datetime) -> int:
+        """Delete finished tasks last updated before ``before``, 1,000 per script call."""
+        client = await self._client()
+        cutoff, total = _us(before), 0
+        while True:
+            deleted, seen = await client.script("delete_finished", cutoff, 1000)
+            total += int(deleted)
+            if int(seen) < 1000:
+                return total
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block on the queues' wake lists (``BLPOP``) until a token or ``timeout``."""
+        if timeout < 0.001 or not queues:
+            return
+        client = await self._client()
+        keys = [f"{self._prefix}q:{queue}:wake" for queue in dict.fromkeys(queues)]
+        try:
+            await client.block(timeout, "BLPOP", *keys, f"{timeout:.3f}")
+        except TimeoutError:
+            return  # the server went quiet: a spurious wake-up, the caller looks again
+
+
+_TASK_FIELDS = ("d", "s", "a", "w", "l", "due", "u")
+
+
+class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
+    """Task results on Redis, one key each with native expiry from ``expires_at``.
+
+    ``wait`` blocks on a per-result token list that ``put_many`` fills, so a waiter wakes
+    within milliseconds of the result being stored.
+    """
+
+    async def put_many(self, results: Sequence[TaskResult]) -> None:
+        """Store (or replace) results in one round trip."""
+        if not results:
+            return
+        client = await self._client()
+        prefix, index = self._prefix, f"{self._prefix}results:exp"
+        now = time.time_ns() // 1000
+        commands: builtins.list[Command] = []
+        for result in results:
+            key, token = f"{prefix}r:{result.task_id}", f"{prefix}rw:{result.task_id}"
+            token_ms = _RESULT_TOKEN_MS
+            if result.expires_at is None:
+                commands.append(("SET", key, _ENCODER.encode(result)))
+                commands.append(("ZREM", index, result.task_id))
+            else:
+                expires = _us(result.expires_at)
+                ttl_ms = (expires - now) // 1000
+                if ttl_ms <= 0:
+                    # Gone at once, but still counted by the next delete_expired.
+                    commands.append(("DEL", key))
+                    commands.append(("ZADD", index, expires, result.task_id))
+                    continue
+                token_ms = min(token_ms, ttl_ms)
+                commands.append(("SET", key, _ENCODER.encode(result), "PX", ttl_ms))
+                commands.append(("ZADD", index, expires, result.task_id))
+            commands.append(("RPUSH", token, 1))
+            commands.append(("LTRIM", token, 0, 0))
+            commands.append(("PEXPIRE", token, token_ms))
+        for reply in await client.execute(commands):
+            if isinstance(reply, ResponseError):
+                raise StorageError(f"redis: storing results: {reply}") from reply
+
+    async def get(self, task_id: str) -> TaskResult | None:
+        """The stored result, or None (also once it expired)."""
+        client = await self._client()
+        data = await client.call("GET", f"{self._prefix}r:{task_id}")
+        if data is None:
+            return None
+        try:
+            return _RESULT_DECODER.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StorageError(f"redis: result of task {task_id} is corrupt: {exc}") from exc
+
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
+        """Block until the result exists (``BLMOVE`` on its token list) or ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        client = await self._client()
+        token = f"{self._prefix}rw:{task_id}"
+        rotate = True
+        while True:
+            result = await self.get(task_id)
+            if result is not None:
+                return result
+            remaining = deadline - loop.time()
+            if remaining < 0.001:
+                return None
+            # Rotating the token (source = destination) leaves it for every other waiter
+            # on the same result; a token that outlived its result is consumed instead.
+            command = ("BLMOVE", token, token, "LEFT", "LEFT") if rotate else ("BLPOP", token)
+            try:
+                woke = await client.block(remaining, *command, f"{remaining:.3f}")
+            except TimeoutError:
+                woke = None
+            rotate = woke is None
+
+    async def delete_expired(self, now: datetime) -> int:
+        """Delete results whose ``expires_at`` is at or before ``now``."""
+        client = await self._client()
+        total = 0
+        while True:
+            deleted = int(await client.script("delete_results", _us(now), 1000))
+            total += deleted
+            if deleted < 1000:
+                return total
+
+
+class AsyncRedisEventStorage(_RedisComponent, BaseEventStorage):
+    """The task event log on Redis: one list per task, indexed by its oldest event."""
+
+    async def append(self, events: Sequence[TaskEvent]) -> None:
+        """Append events atomically (``MULTI``/``EXEC``, one round trip)."""
+        if not events:
+            return
+        client = await self._client()
+        prefix = self._prefix
+        per_task: dict[str, builtins.list[bytes]] = {}
+        oldest: dict[str, int] = {}
+        for event in events:
+            stamp = max(_us(event.timestamp), 0)
+            per_task.setdefault(event.task_id, []).append(b"%016d" % stamp + _ENCODER.encode(event))
+            if stamp < oldest.get(event.task_id, stamp + 1):
+                oldest[event.task_id] = stamp
+        commands: builtins.list[Command] = [("MULTI",)]
+        commands.extend(("RPUSH", f"{prefix}e:{tid}", *items) for tid, items in per_task.items())
+        index: builtins.list[Any] = [f"{prefix}events", "LT"]
+        for tid, stamp in oldest.items():
+            index += (stamp, tid)
+        commands.append(("ZADD", *index))
+        commands.append(("EXEC",))
+        replies = await client.execute(commands)
+        applied = replies[-1]
+        failed = [reply for reply in replies if isinstance(reply, ResponseError)]
+        if isinstance(applied, list):
+            failed += [reply for reply in applied if isinstance(reply, ResponseError)]
+        if failed or not isinstance(applied, list):
+            raise StorageError(f"redis: appending events: {failed or applied}")
+
+    async def get(self, task_id: str) -> builtins.list[TaskEvent]:
+        """The task's events, oldest first."""
+        client = await self._client()
+        items = await client.call("LRANGE", f"{self._prefix}e:{task_id}", 0, -1)
+        try:
+            events = [_EVENT_DECODER.decode(memoryview(item)[16:]) for item in items]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StorageError(f"redis: events of task {task_id} are corrupt: {exc}") from exc
+        # Lists keep append order; concurrent writers may append slightly out of time order.
+        events.sort(key=lambda event: event.timestamp)
+        return events
+
+    async def delete_before(self, before: datetime) -> int:
+        """Delete events older than ``before`` (in batches of 500 tasks)."""
+        client = await self._client()
+        cutoff, total = _sortkey(_us(before)), 0
+        while True:
+            deleted, seen = await client.script("delete_events", cutoff, 500)
+            total += int(deleted)
+            if int(seen) < 500:
+                return total
+
+
+def _decode_schedule(data: bytes) -> Schedule:
+    try:
+        return _SCHEDULE_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StorageError(f"redis: a schedule record is corrupt: {exc}") from exc
+
+
+class AsyncRedisScheduleStorage(_RedisComponent, BaseScheduleStorage):
+    """Schedules on Redis; every write is a compare-and-set on a version (Lua)."""
+
+    async def _put(self, schedule: Schedule, expected_version: bytes | str = "") -> bool:
+        client = await self._client()
+        next_run = "" if schedule.next_run_at is None else _us(schedule.next_run_at)
+        written = await client.script(
+            "schedule_put",
+            schedule.id,
+            _ENCODER.encode(schedule),
+            next_run,
+            "1" if schedule.paused else "0",
+            expected_version,
+        )
+        return bool(written)
+
+    async def _read(self, schedule_id: str) -> tuple[Schedule, bytes] | None:
+        client = await self._client()
+        data, version = await client.call("HMGET", f"{self._prefix}s:{schedule_id}", "d", "v")
+        if data is None:
+            return None
+        return _decode_schedule(data), version
+
+    async def upsert(self, schedule: Schedule) -> None:
+        """Insert or replace the schedule with this id."""
+        await self._put(schedule)
+
+    async def get(self, schedule_id: str) -> Schedule | None:
+        """The schedule, or None."""
+        found = await self._read(schedule_id)
+        return None if found is None else found[0]
+
+    async def list(self) -> builtins.list[Schedule]:
+        """All schedules, by id."""
+        client = await self._client()
+        return [_decode_schedule(data) for data in await client.script("schedule_get", "all")]
+
+    async def delete(self, schedule_id: str) -> bool:
+        """Remove a schedule; False if it did not exist."""
+        client = await self._client()
+        return bool(await client.script("schedule_delete", schedule_id))
+
+    async def update(self, schedule_id: str, changes: Mapping[str, Any]) -> Schedule | None:
+        """Apply field changes (retried if another writer got in between)."""
+        while True:
+            found = await self._read(schedule_id)
+            if found is None:
+                return None
+            schedule = msgspec.structs.replace(found[0], **dict(changes))
+            if await self._put(schedule, found[1]):
+                return schedule
+
+    async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
+        """Unpaused schedules due at or before ``now``, earliest first."""
+        if limit <= 0:
+            return []
+        client = await self._client()
+        blobs = await client.script("schedule_get", "due", _us(now), limit)
+        return [_decode_schedule(data) for data in blobs]
+
+    async def advance(
+        self,
+        schedule_id: str,
+        *,
+        expected_next_run_at: datetime,
+        next_run_at: datetime | None,
+        last_run_at: datetime,
+    ) -> bool:
+        """Claim one tick: a compare-and-set on the schedule's version."""
+        while True:
+            found = await self._read(schedule_id)
+            if found is None:
+                return False
+            schedule, version = found
+            if schedule.next_run_at is None or schedule.next_run_at != expected_next_run_at:
+                return False
+            new = msgspec.structs.replace(
+                schedule, next_run_at=next_run_at, last_run_at=last_run_at, runs=schedule.runs + 1
+            )
+            if await self._put(new, version):
+                return True
+
+
+RedisQueue = sync_twin(AsyncRedisQueue, "RedisQueue")
+RedisResultStorage = sync_twin(AsyncRedisResultStorage, "RedisResultStorage")
+RedisEventStorage = sync_twin(AsyncRedisEventStorage, "RedisEventStorage")
+RedisScheduleStorage = sync_twin(AsyncRedisScheduleStorage, "RedisScheduleStorage")

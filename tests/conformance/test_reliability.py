@@ -1,0 +1,415 @@
+"""Crash safety, leases, graceful stop, worker types and signed payloads (SPEC §3, §5),
+with real worker processes, on every backend.
+
+Worker processes are ``python -m omniq worker --app tests.conformance._apps:oq`` started
+with the test's store in their environment. Tests wait on files and results, not on sleeps;
+the one deliberate pause (``test_task_longer_than_its_lease_runs_once``) is the time
+that must pass for a lease to run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from omniq import AsyncOmniQ, EventType, TaskStatus
+from omniq.models import Task
+from tests.conformance import tasks
+from tests.conformance.conftest import MakeOQ
+from tests.conftest import REPO_ROOT
+from tests.storage._redis_helpers import tamper_redis_task
+
+WAIT = 25.0  # upper bound for anything a test waits for
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check()`` is true (it reads a file or the store), at most ``WAIT`` s."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        if await check():
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_path(path: Path, what: str) -> None:
+    await eventually(lambda: asyncio.to_thread(path.exists), what)
+
+
+class Workers:
+    """CLI worker processes on the test's store; all are killed at teardown."""
+
+    def __init__(self, store_url: str, namespace: str, directory: Path) -> None:
+        self.store_url = store_url
+        self.namespace = namespace
+        self.directory = directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *extra: str, concurrency: int = 8, **settings: Any) -> subprocess.Popen[bytes]:
+        """Start ``omniq worker``; ``settings`` become ``OMNIQ_<NAME>`` variables."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
+        env.update(
+            OMNIQ_TEST_URL=self.store_url,
+            OMNIQ_TEST_NAMESPACE=self.namespace,
+            OMNIQ_BASE_DIR=str(self.directory / ".omniq"),
+            OMNIQ_POLL_INTERVAL="0.1",
+            OMNIQ_RETRY_DELAY="0",
+            PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]),
+        )
+        env.update({f"OMNIQ_{key.upper()}": str(value) for key, value in settings.items()})
+        log = open(self.directory / f"worker{len(self.procs)}.log", "wb")  # noqa: SIM115
+        command = [
+            sys.executable,
+            "-m",
+            "omniq",
+            "worker",
+            "--app",
+            "tests.conformance._apps:oq",
+            "--concurrency",
+            str(concurrency),
+            *extra,
+        ]
+        try:
+            proc = subprocess.Popen(
+                command, env=env, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT
+            )
+        finally:
+            log.close()
+        self.procs.append(proc)
+        return proc
+
+    def output(self) -> str:
+        return "\n".join(
+            f"--- worker{i}.log\n" + (self.directory / f"worker{i}.log").read_text(errors="replace")
+            for i in range(len(self.procs))
+        )
+
+    async def exit_code(self, proc: subprocess.Popen[bytes], within: float = WAIT) -> int:
+        try:
+            return await asyncio.to_thread(proc.wait, within)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker {proc.pid} did not exit\n{self.output()}") from None
+
+    async def terminate_all(self) -> list[int]:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return [await self.exit_code(proc) for proc in self.procs]
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def values(oq: AsyncOmniQ, ids: list[str]) -> list[Any]:
+    """The result values of completed tasks (fails on any other outcome)."""
+    found = []
+    for task_id in ids:
+        result = await oq.get_result(task_id)
+        assert result is not None, task_id
+        assert result.status is TaskStatus.COMPLETE, result.error
+        found.append(result.result)
+    return found
+
+
+@pytest.fixture
+async def workers(store_url: str, namespace: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    group = Workers(store_url, namespace, tmp_path)
+    yield group
+    group.kill_all()
+
+
+# -- many workers ------------------------------------------------------------------------
+
+
+async def test_four_cli_workers_run_each_of_1000_tasks_once(
+    oq: AsyncOmniQ, workers: Workers, tmp_path: Path
+) -> None:
+    out = tmp_path / "lines.txt"
+    procs = [workers.start(concurrency=8) for _ in range(4)]
+    ids = await oq.enqueue_many(tasks.append_line, [(str(out), f"t{i}") for i in range(1000)])
+
+    async def all_complete() -> bool:
+        return (await oq.stats()).get("default", {}).get("complete", 0) == 1000
+
+    await eventually(all_complete, "1000 complete tasks")
+
+    assert await workers.terminate_all() == [0, 0, 0, 0], workers.output()
+    lines = out.read_text().splitlines()
+    texts = [line.split()[0] for line in lines]
+    assert sorted(texts) == sorted(f"t{i}" for i in range(1000))  # each ran exactly once
+    ran_in = {int(line.split()[1]) for line in lines}
+    assert ran_in <= {proc.pid for proc in procs}
+    for task_id in ids[::97]:
+        result = await oq.get_result(task_id)
+        assert result is not None
+        assert (result.status, result.attempts) == (TaskStatus.COMPLETE, 1)
+
+
+# -- crashes and leases ----------------------------------------------------------------------
+
+
+async def test_worker_killed_mid_task_task_runs_again_after_the_lease(
+    oq: AsyncOmniQ, workers: Workers, tmp_path: Path
+) -> None:
+    release, log = tmp_path / "release", tmp_path / "runs.log"
+    task_id = await oq.submit(tasks.hold_until, (str(release), str(log)), max_retries=1)
+    first = workers.start(lease_seconds=1)
+    await wait_for_path(log, "the task to start")
+    first.kill()
+    assert await workers.exit_code(first) == -signal.SIGKILL
+    release.touch()
+
+    second = workers.start(lease_seconds=1)
+    result = await oq.get_result(task_id, wait=True, timeout=WAIT)
+
+    assert result is not None, workers.output()
+    assert (result.status, result.result) == (TaskStatus.COMPLETE, "released")
+    assert result.attempts == 2
+    task = await oq.get_task(task_id)
+    assert task is not None
+    assert task.attempts == 2
+    runs = [int(line.split()[1]) for line in log.read_text().splitlines()]
+    assert runs == [first.pid, second.pid]
+    assert await workers.terminate_all() == [-signal.SIGKILL, 0]
+    # The killed worker may not have flushed its events; the second one has, at its stop.
+    events = await oq.get_events(task_id)
+    assert [e.attempt for e in events if e.event_type is EventType.EXECUTING][-1] == 2
+    assert events[-1].event_type is EventType.COMPLETE
+
+
+async def test_task_that_kills_its_worker_every_time_ends_failed(
+    oq: AsyncOmniQ, workers: Workers
+) -> None:
+    poison = await oq.submit(tasks.exit_process, (1,), max_retries=0)
+    first = workers.start("--burst", lease_seconds=1)
+    assert await workers.exit_code(first) == 1  # the task took its worker down
+
+    workers.start(lease_seconds=1)
+    result = await oq.get_result(poison, wait=True, timeout=WAIT)
+    after = await oq.enqueue(tasks.add, 1, 2)
+    after_result = await oq.get_result(after, wait=True, timeout=WAIT)
+
+    assert result is not None, workers.output()
+    assert result.status is TaskStatus.FAILED
+    assert result.error is not None
+    assert "lease expired" in result.error.message
+    assert after_result is not None
+    assert after_result.result == 3  # the worker carried on
+    assert (await workers.terminate_all())[1] == 0
+
+
+@pytest.mark.parametrize(
+    ("holder", "worker_type"),
+    [
+        pytest.param(tasks.hold_until_async, "async", id="async-coroutine"),
+        pytest.param(tasks.hold_until, "async", id="async-thread"),
+        pytest.param(tasks.hold_until, "process", id="process"),
+        pytest.param(tasks.hold_until, "gevent", id="gevent"),
+    ],
+)
+async def test_sigterm_mid_task_exits_cleanly_and_hands_the_task_back(
+    oq: AsyncOmniQ,
+    workers: Workers,
+    tmp_path: Path,
+    holder: Callable[..., Any],
+    worker_type: str,
+) -> None:
+    release, log = tmp_path / "release", tmp_path / "runs.log"
+    task_id = await oq.submit(holder, (str(release), str(log)))
+    worker = workers.start("--worker-type", worker_type, concurrency=2, shutdown_timeout=0.5)
+    await wait_for_path(log, "the task to start")
+
+    worker.send_signal(signal.SIGTERM)
+    assert await workers.exit_code(worker, within=15) == 0, workers.output()
+
+    task = await oq.get_task(task_id)
+    assert task is not None
+    assert (task.status, task.attempts) == (TaskStatus.PENDING, 0), workers.output()
+    assert task.worker_id is None
+    release.touch()
+    await oq.worker(concurrency=1).run(burst=True)  # nothing was lost
+    result = await oq.get_result(task_id)
+    assert result is not None
+    assert (result.status, result.attempts) == (TaskStatus.COMPLETE, 1)
+
+
+async def test_task_longer_than_its_lease_runs_once(
+    oq: AsyncOmniQ, workers: Workers, tmp_path: Path
+) -> None:
+    release, log = tmp_path / "release", tmp_path / "runs.log"
+    lease = 0.5
+    task_id = await oq.submit(tasks.hold_until, (str(release), str(log)), max_retries=3)
+    workers.start(concurrency=1, lease_seconds=lease)
+    await wait_for_path(log, "the task to start")
+    # A second worker with free slots, shown to be claiming: it runs a probe task (the
+    # first worker's only slot is taken).
+    workers.start(concurrency=4, lease_seconds=lease)
+    probe_out = tmp_path / "probe.txt"
+    probe = await oq.enqueue(tasks.append_line, str(probe_out), "probe")
+    probe_result = await oq.get_result(probe, wait=True, timeout=WAIT)
+    assert probe_result is not None
+    assert probe_result.status is TaskStatus.COMPLETE
+
+    await asyncio.sleep(4 * lease)  # several leases' worth of time pass while it runs
+    release.touch()
+    result = await oq.get_result(task_id, wait=True, timeout=WAIT)
+
+    assert result is not None, workers.output()
+    assert (result.status, result.attempts) == (TaskStatus.COMPLETE, 1)
+    assert len(log.read_text().splitlines()) == 1  # never started a second time
+    assert await workers.terminate_all() == [0, 0]
+
+
+# -- worker types ------------------------------------------------------------------------------
+
+
+async def test_process_worker_timeout_kills_the_child_and_the_pool_keeps_working(
+    oq: AsyncOmniQ,
+) -> None:
+    before = await oq.enqueue(tasks.getpid)
+    slow = await oq.submit(tasks.sleep_sync, (60,), timeout=0.5, max_retries=0)
+    after = await oq.enqueue(tasks.getpid)
+    later = await oq.enqueue(tasks.async_add, 2, 3)
+
+    await oq.worker(worker_type="process", concurrency=1).run(burst=True)
+
+    timed_out = await oq.get_result(slow)
+    assert timed_out is not None
+    assert timed_out.status is TaskStatus.FAILED
+    assert timed_out.error is not None
+    assert timed_out.error.type == "omniq.errors.TaskTimeoutError"
+    kinds = [e.event_type for e in await oq.get_events(slow)]
+    assert EventType.TIMEOUT in kinds
+    assert kinds[-1] is EventType.ERROR
+    first_pid, second_pid, value = await values(oq, [before, after, later])
+    assert os.getpid() not in (first_pid, second_pid)
+    assert first_pid != second_pid  # the timed-out child was replaced
+    assert value == 5
+
+
+async def test_process_worker_poison_pill_fails_after_its_attempts(oq: AsyncOmniQ) -> None:
+    poison = await oq.submit(tasks.exit_process, (1,), max_retries=1)
+    later = [await oq.enqueue(tasks.add, i, i) for i in range(3)]
+
+    await oq.worker(worker_type="process", concurrency=2).run(burst=True)
+
+    result = await oq.get_result(poison)
+    assert result is not None
+    assert (result.status, result.attempts) == (TaskStatus.FAILED, 2)
+    assert result.error is not None
+    assert result.error.type == "omniq.errors.WorkerError"
+    assert "worker process died (exit code 1) while running the task" in result.error.message
+    kinds = [e.event_type for e in await oq.get_events(poison)]
+    assert kinds.count(EventType.EXECUTING) == 2
+    assert EventType.RETRY in kinds
+    assert await values(oq, later) == [0, 2, 4]
+
+
+async def test_gevent_worker_runs_200_blocking_tasks_together(oq: AsyncOmniQ) -> None:
+    async def answer_later(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)
+        writer.write(b"pong")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_later, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ids = await oq.enqueue_many(tasks.timed_sleep, [(0.2,)] * 100)
+    ids += await oq.enqueue_many(tasks.timed_read, [(port,)] * 100)
+
+    started = time.monotonic()
+    async with server:
+        await oq.worker(worker_type="gevent", concurrency=200).run(burst=True)
+    elapsed = time.monotonic() - started
+
+    spans = await values(oq, ids)
+    # How many of the 200 blocking calls were in flight at the same moment.
+    peak = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    print(f"gevent: 200 tasks blocking 0.2 s each took {elapsed:.2f} s, peak overlap {peak}")
+    assert peak >= 100
+
+
+# -- signed payloads ---------------------------------------------------------------------------
+
+
+def _tamper_sqlite(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
+    path = store_url.removeprefix("sqlite:///")
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            (data,) = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            task = msgspec.msgpack.decode(data, type=Task)
+            altered = msgspec.structs.replace(task, payload=alter(task.payload))
+            conn.execute(
+                "UPDATE tasks SET data = ? WHERE id = ?",
+                (msgspec.msgpack.encode(altered), task_id),
+            )
+    finally:
+        conn.close()
+
+
+#: Per backend: rewrite a stored task's payload in place, behind OmniQ's back.
+TAMPER: dict[str, Callable[[str, str, Callable[[bytes], bytes]], None]] = {
+    "sqlite": _tamper_sqlite,
+    "redis": tamper_redis_task,
+}
+
+
+async def tamper(
+    backend: str, store_url: str, task_id: str, alter: Callable[[bytes], bytes]
+) -> None:
+    helper = TAMPER.get(backend)
+    if helper is None:
+        pytest.fail(f"no helper to alter stored task bytes on the {backend} backend: add one")
+    await asyncio.to_thread(helper, store_url, task_id, alter)
+
+
+def flip_last_byte(payload: bytes) -> bytes:
+    assert payload[:1] == b"S", "expected a signed dill payload"
+    return payload[:-1] + bytes([payload[-1] ^ 0x01])
+
+
+async def test_tampered_signed_payload_is_refused_and_never_unpickled(
+    make_oq: MakeOQ, backend_name: str, store_url: str, tmp_path: Path
+) -> None:
+    oq = await make_oq(secret_key="reliability-secret")
+    made = {name: tmp_path / name for name in ("called", "loaded", "ok-called", "ok-loaded")}
+
+    def writer(name: str) -> Callable[[Any], Awaitable[None] | None]:
+        target = made[name]
+        return lambda evidence: target.touch()  # a closure: travels with dill
+
+    tampered = await oq.submit(writer("called"), (tasks.TouchOnLoad(str(made["loaded"])),))
+    control = await oq.submit(writer("ok-called"), (tasks.TouchOnLoad(str(made["ok-loaded"])),))
+    await tamper(backend_name, store_url, tampered, flip_last_byte)
+
+    await oq.worker(concurrency=2).run(burst=True)
+
+    refused = await oq.get_result(tampered)
+    assert refused is not None
+    assert refused.status is TaskStatus.FAILED
+    assert refused.error is not None
+    assert refused.error.type == "omniq.errors.PayloadSignatureError"
+    assert "signature does not match" in refused.error.message
+    assert not made["called"].exists()
+    assert not made["loaded"].exists()  # nothing was unpickled
+    assert refused.attempts == 1  # no retry can fix a refused payload
+    ok = await oq.get_result(control)
+    assert ok is not None
+    assert ok.status is TaskStatus.COMPLETE
+    assert made["ok-called"].exists()
+    assert made["ok-loaded"].exists()  # the evidence files do work

@@ -1,0 +1,64 @@
+"""Worker-process bodies for the file backend's multi-process tests (spawn-importable)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from omniq.models import Task, TaskStatus, utcnow
+from omniq.storage.base import Ack
+from omniq.storage.file import AsyncFileQueue
+
+
+def fill(root: str, count: int) -> None:
+    """Enqueue ``count`` tasks ``t00000``… into the queue at ``root``."""
+
+    async def main() -> None:
+        queue = AsyncFileQueue(root)
+        try:
+            await queue.enqueue([Task(id=f"t{i:05d}", func="m:f") for i in range(count)])
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def claim_and_ack(root: str, worker_id: str, output: str) -> None:
+    """Claim and ack in a loop until nothing is left; write each claimed id to ``output``."""
+
+    async def main() -> None:
+        queue = AsyncFileQueue(root)
+        claimed: list[str] = []
+        try:
+            while True:
+                tasks = await queue.claim(
+                    ["default"], worker_id, limit=4, lease_seconds=300, now=utcnow()
+                )
+                if not tasks:
+                    break
+                claimed.extend(t.id for t in tasks)
+                acks = [Ack(t.id, worker_id, TaskStatus.COMPLETE) for t in tasks]
+                assert all(await queue.ack_many(acks, now=utcnow()))
+        finally:
+            await queue.close()
+        with open(output, "w") as handle:
+            handle.write("\n".join(claimed) + "\n")
+
+    asyncio.run(main())
+
+
+def claim_forever(root: str, ready: Any) -> None:
+    """Claim one task at a time with short leases and never finish; signal once busy."""
+
+    async def main() -> None:
+        queue = AsyncFileQueue(root)
+        claims = 0
+        while True:
+            tasks = await queue.claim(["default"], "doomed", limit=1, lease_seconds=1, now=utcnow())
+            claims += 1
+            if claims == 20:
+                ready.set()
+            if not tasks:
+                await asyncio.sleep(0)
+
+    asyncio.run(main())

@@ -1,0 +1,218 @@
+"""The file backend on local disk (a temporary directory) and on ``memory://``.
+
+Runs the storage contract and the file backend's own checks on both, plus what only
+local disk offers: worker processes racing for one directory, and a worker killed with
+SIGKILL mid-claim.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import signal
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+
+from omniq.backend import backend_for_url
+from omniq.backend.file import FileBackend
+from omniq.config import Settings
+from omniq.errors import ConfigError
+from omniq.models import TaskStatus, utcnow
+from omniq.storage.file import AsyncFileQueue, FileEventStorage, FileQueue
+from tests.storage import _file_race
+from tests.storage._file_checks import (
+    FileEventChecks,
+    FileQueueChecks,
+    FileResultChecks,
+    FileScheduleChecks,
+    MakeBackend,
+    close_backend,
+    task,
+)
+from tests.storage.contract import EventContract, QueueContract, ResultContract, ScheduleContract
+
+SETTINGS = Settings(poll_interval=0.05)
+
+
+@pytest.fixture(params=["file", "memory"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A fresh, empty store: a temporary directory, or a new memory:// name."""
+    if request.param == "file":
+        yield f"file://{tmp_path}/store"
+        return
+    name = f"omniqtest-{uuid.uuid4().hex[:12]}"
+    yield f"memory://{name}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{name}"):
+        fs.rm(f"/{name}", recursive=True)
+
+
+@pytest.fixture
+async def make_backend(store_url: str) -> AsyncIterator[MakeBackend]:
+    """Connections to the one store of this test, closed afterwards."""
+    made: list[FileBackend] = []
+
+    async def make() -> FileBackend:
+        backend = FileBackend(store_url, SETTINGS)
+        await backend.connect()
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await close_backend(backend)
+
+
+@pytest.fixture
+async def backend(make_backend: MakeBackend) -> FileBackend:
+    """A connected FileBackend on a fresh store."""
+    return await make_backend()
+
+
+class TestFileQueueContract(QueueContract):
+    pass
+
+
+class TestFileResultContract(ResultContract):
+    pass
+
+
+class TestFileEventContract(EventContract):
+    pass
+
+
+class TestFileScheduleContract(ScheduleContract):
+    pass
+
+
+class TestFileQueue(FileQueueChecks):
+    pass
+
+
+class TestFileResults(FileResultChecks):
+    pass
+
+
+class TestFileEvents(FileEventChecks):
+    pass
+
+
+class TestFileSchedules(FileScheduleChecks):
+    pass
+
+
+# -- the bundle -----------------------------------------------------------------------
+
+
+async def test_backend_by_url_lays_components_out_in_subdirectories(tmp_path: Path) -> None:
+    backend = backend_for_url(str(tmp_path / "plain"), SETTINGS)
+    assert isinstance(backend, FileBackend)
+    queue = backend.task_queue()
+    assert backend.task_queue() is queue
+    await queue.enqueue([task("a")])
+    await backend.result_storage().connect()
+    assert sorted(os.listdir(tmp_path / "plain")) == ["results", "tasks"] or sorted(
+        os.listdir(tmp_path / "plain")
+    ) == ["events", "results", "schedules", "tasks"]
+    assert (tmp_path / "plain" / "tasks" / "t" / "a").is_file()
+    await close_backend(backend)
+    assert backend._refs == 0
+
+
+async def test_backend_is_reference_counted(tmp_path: Path) -> None:
+    backend = FileBackend(f"file://{tmp_path}", SETTINGS)
+    queue, results = backend.task_queue(), backend.result_storage()
+    await queue.connect()
+    await queue.connect()  # a second connect takes no second reference
+    await results.connect()
+    await queue.close()
+    assert await results.get("x") is None  # still open for the other component
+    await results.close()
+    await results.close()
+    assert backend._refs == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [("gs://bucket/p", "gcsfs", "gcs"), ("az://container/p", "adlfs", "azure")],
+)
+def test_missing_cloud_driver_names_the_extra(url: str, module: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is not None:
+        backend_for_url(url, SETTINGS)  # installed: construction succeeds
+        return
+    with pytest.raises(ConfigError, match=rf"pip install 'omniq\[{extra}\]'"):
+        backend_for_url(url, SETTINGS)
+
+
+def test_sync_twins_block_and_mirror_the_async_class(tmp_path: Path) -> None:
+    with FileQueue(str(tmp_path), SETTINGS) as queue:
+        assert queue.enqueue([task("a")]) == ["a"]
+        (claimed,) = queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+        assert queue.ack(claimed.id, "w", TaskStatus.COMPLETE, now=utcnow()) is True
+        assert queue.stats() == {"default": {"complete": 1}}
+    with FileEventStorage(str(tmp_path), SETTINGS) as events:
+        assert events.get("a") == []
+
+
+# -- real processes on one local directory ----------------------------------------------
+
+
+def test_four_processes_claim_each_of_2000_tasks_exactly_once(tmp_path: Path) -> None:
+    root = str(tmp_path / "race")
+    _file_race.fill(root, 2000)
+    context = multiprocessing.get_context("spawn")
+    outputs = [str(tmp_path / f"claimed-{n}.txt") for n in range(4)]
+    workers = [
+        context.Process(target=_file_race.claim_and_ack, args=(root, f"w{n}", outputs[n]))
+        for n in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(100)
+        assert worker.exitcode == 0
+    counts = Counter(
+        line for path in outputs for line in Path(path).read_text().splitlines() if line
+    )
+    assert len(counts) == 2000
+    assert set(counts.values()) == {1}
+    assert sum(1 for path in outputs if Path(path).read_text()) >= 2  # a real race
+
+
+def test_worker_killed_with_sigkill_loses_nothing(tmp_path: Path) -> None:
+    root = str(tmp_path / "crash")
+    _file_race.fill(root, 300)
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    worker = context.Process(target=_file_race.claim_forever, args=(root, ready))
+    worker.start()
+    assert ready.wait(60)  # it holds leases and keeps claiming
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(30)
+    assert worker.exitcode == -signal.SIGKILL
+
+    async def recover() -> list[str]:
+        queue = AsyncFileQueue(root, SETTINGS)
+        later = utcnow() + timedelta(minutes=5)  # every lease the dead worker held is over
+        try:
+            claimed = await queue.claim(
+                ["default"], "survivor", limit=1000, lease_seconds=30, now=later
+            )
+            assert await queue.stats() == {"default": {"running": 300}}
+            return [t.id for t in claimed]
+        finally:
+            await queue.close()
+
+    import asyncio
+
+    ids = asyncio.run(recover())
+    assert sorted(ids) == sorted(f"t{i:05d}" for i in range(300))

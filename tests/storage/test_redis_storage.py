@@ -1,0 +1,351 @@
+"""The Redis backend against the shared Redis on 127.0.0.1:6379 (a fresh namespace per test).
+
+Runs the storage contract, plus what only Redis has: the bundle's one shared client,
+namespaces in settings and URLs, key layout isolation, batches in few round trips,
+blocking waits and error translation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from omniq.backend import backend_for_url
+from omniq.backend.redis import RedisBackend
+from omniq.config import Settings
+from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.models import EventType, TaskStatus, utcnow
+from omniq.storage.base import Ack
+from omniq.storage.redis import (
+    AsyncRedisEventStorage,
+    AsyncRedisQueue,
+    AsyncRedisResultStorage,
+    AsyncRedisScheduleStorage,
+    RedisClient,
+    RedisEventStorage,
+    RedisQueue,
+    RedisResultStorage,
+    RedisScheduleStorage,
+    split_namespace,
+)
+from tests.conftest import REDIS_URL, delete_redis_namespace, free_port, unique_name
+from tests.storage.contract import (
+    EventContract,
+    MakeBackend,
+    QueueContract,
+    ResultContract,
+    ScheduleContract,
+    make_event,
+    make_result,
+    make_task,
+)
+
+
+async def close_backend(backend: RedisBackend) -> None:
+    """Close every component the backend made, then the backend itself."""
+    for component in (
+        backend.task_queue(),
+        backend.result_storage(),
+        backend.event_storage(),
+        backend.schedule_storage(),
+    ):
+        await component.close()
+    await backend.close()
+
+
+@pytest.fixture
+async def make_backend(namespace: str) -> AsyncIterator[MakeBackend]:
+    """Backends (each with its own client) on this test's namespace; keys deleted after."""
+    made: list[RedisBackend] = []
+    settings = Settings(namespace=namespace)
+
+    async def make() -> RedisBackend:
+        backend = RedisBackend(REDIS_URL, settings)
+        await backend.connect()
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await close_backend(backend)
+    await delete_redis_namespace(REDIS_URL, namespace)
+
+
+@pytest.fixture
+async def backend(make_backend: MakeBackend) -> RedisBackend:
+    """A connected RedisBackend on a fresh namespace."""
+    made = await make_backend()
+    assert isinstance(made, RedisBackend)
+    return made
+
+
+@pytest.fixture
+async def redis(namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the shared server, to look at the keys."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+class TestRedisQueue(QueueContract):
+    pass
+
+
+class TestRedisResults(ResultContract):
+    pass
+
+
+class TestRedisEvents(EventContract):
+    pass
+
+
+class TestRedisSchedules(ScheduleContract):
+    pass
+
+
+# -- the bundle and namespaces ---------------------------------------------------------
+
+
+async def test_backend_by_url_shares_one_client(namespace: str) -> None:
+    backend = backend_for_url(REDIS_URL, Settings(namespace=namespace))
+    assert isinstance(backend, RedisBackend)
+    queue, results = backend.task_queue(), backend.result_storage()
+    assert backend.task_queue() is queue
+    events, schedules = backend.event_storage(), backend.schedule_storage()
+    assert queue.client is results.client is events.client is schedules.client
+    assert queue.namespace == namespace
+    await queue.enqueue([make_task("a")])  # first use connects through the bundle
+    await results.connect()
+    await results.connect()  # a second connect takes no second reference
+    assert backend._refs == 2
+    await queue.close()
+    assert await results.get("x") is None  # still open for the other component
+    await results.close()
+    assert backend._refs == 0
+    assert not backend.client.is_open
+    await delete_redis_namespace(REDIS_URL, namespace)
+
+
+async def test_url_namespace_wins_and_is_not_sent_to_redis(namespace: str) -> None:
+    url = f"{REDIS_URL}?namespace={namespace}"
+    assert split_namespace(url) == (REDIS_URL, namespace)
+    assert split_namespace(REDIS_URL) == (REDIS_URL, None)
+    backend = RedisBackend(url, Settings(namespace="ignored"))
+    assert backend.namespace == namespace
+    async with AsyncRedisQueue(url) as queue:
+        assert queue.namespace == namespace
+        await queue.enqueue([make_task("a")])
+    async with AsyncRedisQueue(REDIS_URL, namespace=namespace) as same:
+        assert await same.get("a") is not None
+    await delete_redis_namespace(REDIS_URL, namespace)
+
+
+def test_bad_namespace_is_a_config_error() -> None:
+    for bad in ("", "a:b", "a b", "a*"):
+        with pytest.raises(ConfigError, match="namespace"):
+            RedisClient(REDIS_URL, namespace=bad)
+
+
+async def test_namespaces_do_not_see_each_other(redis: aioredis.Redis) -> None:
+    first, second = unique_name("omniqtest"), unique_name("omniqtest")
+    try:
+        async with (
+            AsyncRedisQueue(REDIS_URL, namespace=first) as a,
+            AsyncRedisQueue(REDIS_URL, namespace=second) as b,
+        ):
+            await a.enqueue([make_task("same-id", priority=1)])
+            await b.enqueue([make_task("same-id", priority=2)])
+            assert await a.stats() == await b.stats() == {"default": {"pending": 1}}
+            [got] = await b.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+            assert got.priority == 2
+            assert await a.stats() == {"default": {"pending": 1}}
+        keys = [key async for key in redis.scan_iter(match=f"{first}:*")]
+        assert keys
+        assert all(key.startswith(f"{first}:".encode()) for key in keys)
+    finally:
+        await delete_redis_namespace(REDIS_URL, first)
+        await delete_redis_namespace(REDIS_URL, second)
+
+
+@pytest.mark.parametrize(
+    ("sync_cls", "async_cls"),
+    [
+        (RedisQueue, AsyncRedisQueue),
+        (RedisResultStorage, AsyncRedisResultStorage),
+        (RedisEventStorage, AsyncRedisEventStorage),
+        (RedisScheduleStorage, AsyncRedisScheduleStorage),
+    ],
+)
+def test_sync_twins_mirror_async_methods_and_signatures(sync_cls: type, async_cls: type) -> None:
+    coroutines = {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(async_cls, inspect.iscoroutinefunction)
+        if not name.startswith("_")
+    }
+    assert {"connect", "close", "get"} <= set(coroutines)
+    for name, signature in coroutines.items():
+        blocking = getattr(sync_cls, name)
+        assert not inspect.iscoroutinefunction(blocking), name
+        assert inspect.signature(blocking).parameters.keys() == signature.parameters.keys(), name
+
+
+async def test_sync_twins_work_on_their_own_loop(namespace: str) -> None:
+    def run() -> None:
+        with RedisQueue(REDIS_URL, namespace=namespace) as queue:
+            assert queue.enqueue([make_task("s1")]) == ["s1"]
+            [got] = queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+            assert queue.ack(got.id, "w", TaskStatus.COMPLETE, now=utcnow()) is True
+            assert queue.stats() == {"default": {"complete": 1}}
+        with RedisEventStorage(REDIS_URL, namespace=namespace) as events:
+            events.append([make_event("s1", EventType.ENQUEUED)])
+            assert len(events.get("s1")) == 1
+
+    await asyncio.to_thread(run)
+    await delete_redis_namespace(REDIS_URL, namespace)
+
+
+# -- batches and round trips -------------------------------------------------------------
+
+
+async def test_batches_take_one_round_trip_each(backend: RedisBackend) -> None:
+    queue = backend.task_queue()
+    await queue.connect()
+    client = backend.client
+    tasks = [make_task(priority=i % 5) for i in range(2_500)]
+    before = client.round_trips
+    assert await queue.enqueue(tasks) == [t.id for t in tasks]
+    assert client.round_trips - before == 1
+    before = client.round_trips
+    claimed = await queue.claim(["default"], "w", limit=100, lease_seconds=30, now=utcnow())
+    assert [t.priority for t in claimed] == [4] * 100
+    acks = [Ack(t.id, "w", TaskStatus.COMPLETE) for t in claimed]
+    assert await queue.ack_many(acks, now=utcnow()) == [True] * 100
+    assert client.round_trips - before == 2
+    assert await queue.stats() == {"default": {"pending": 2_400, "complete": 100}}
+
+
+async def test_list_and_stats_do_not_scan(backend: RedisBackend, redis: aioredis.Redis) -> None:
+    queue = backend.task_queue()
+    await queue.enqueue([make_task(queue=f"q{i % 3}") for i in range(30)])
+    before = (await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0)
+    assert sum(sum(c.values()) for c in (await queue.stats()).values()) == 30
+    assert len(await queue.list(limit=50)) == 30
+    after = (await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0)
+    assert after == before
+
+
+async def test_dependency_release_wakes_and_claims(backend: RedisBackend) -> None:
+    queue = backend.task_queue()
+    parent = make_task("parent")
+    child = make_task("child", status=TaskStatus.SCHEDULED, depends_on=("parent",))
+    await queue.enqueue([parent, child])
+    [got] = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert got.id == "parent"
+    await queue.ack("parent", "w", TaskStatus.COMPLETE, now=utcnow())
+    [dependent] = await queue.dependents("parent")
+    waiter = asyncio.ensure_future(queue.wait(["default"], 5.0))
+    await asyncio.sleep(0)
+    moved = await queue.transition(
+        dependent.id,
+        from_statuses={TaskStatus.SCHEDULED},
+        to_status=TaskStatus.PENDING,
+        now=utcnow(),
+    )
+    assert moved is not None
+    await asyncio.wait_for(waiter, 2)
+    [got] = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert got.id == "child"
+
+
+async def test_delete_finished_cleans_every_index(
+    backend: RedisBackend, redis: aioredis.Redis, namespace: str
+) -> None:
+    queue = backend.task_queue()
+    tasks = [make_task() for _ in range(1_200)]
+    await queue.enqueue(tasks)
+    now = utcnow()
+    claimed = await queue.claim(["default"], "w", limit=2_000, lease_seconds=30, now=now)
+    await queue.ack_many([Ack(t.id, "w", TaskStatus.COMPLETE) for t in claimed], now=now)
+    assert await queue.delete_finished(now + timedelta(seconds=1)) == 1_200
+    assert await queue.stats() == {}
+    left = sorted([key.decode() async for key in redis.scan_iter(match=f"{namespace}:*")])
+    # Only the per-namespace bookkeeping stays: no task, index, status or wake-up entry.
+    assert left == [f"{namespace}:queues", f"{namespace}:seq"]
+
+
+async def llen(redis: aioredis.Redis, key: str) -> int:
+    """The length of a list (redis-py types the reply loosely)."""
+    return await cast(Awaitable[int], redis.llen(key))
+
+
+async def test_a_draining_claim_drops_stale_wake_ups(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    queue = backend.task_queue()
+    wake_key = f"{backend.namespace}:q:default:wake"
+    await queue.enqueue([make_task() for _ in range(3)])
+    assert await llen(redis, wake_key) == 3  # one token per task: three workers may wake
+    await queue.claim(["default"], "w", limit=2, lease_seconds=30, now=utcnow())
+    assert await llen(redis, wake_key) == 3  # work is left: the tokens still mean something
+    await queue.claim(["default"], "w", limit=2, lease_seconds=30, now=utcnow())
+    assert await redis.exists(wake_key) == 0  # drained: an idle worker will block at once
+
+
+async def test_a_corrupt_task_is_failed_and_the_others_are_claimed(
+    backend: RedisBackend, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = backend.task_queue()
+    await queue.enqueue([make_task("bad", priority=1), make_task("good")])
+    corrupt = redis.hset(f"{backend.namespace}:t:bad", mapping={"d": b"\xc1 not msgpack"})
+    await cast(Awaitable[int], corrupt)
+    claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert [t.id for t in claimed] == ["good"]
+    assert "bad" in caplog.text
+    assert await queue.stats() == {"default": {"running": 1, "failed": 1}}
+
+
+async def test_result_wait_wakes_every_waiter(backend: RedisBackend) -> None:
+    results = backend.result_storage()
+    await results.connect()
+    result = make_result()
+    waiters = [asyncio.ensure_future(results.wait(result.task_id, 10.0)) for _ in range(3)]
+    await asyncio.sleep(0.05)  # let them block; a late waiter would find the result anyway
+    await results.put(result)
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 2) == [result] * 3
+
+
+async def test_result_expiry_is_native(backend: RedisBackend, redis: aioredis.Redis) -> None:
+    results = backend.result_storage()
+    result = make_result(expires_at=utcnow() + timedelta(seconds=60))
+    await results.put(result)
+    ttl = await redis.pttl(f"{backend.namespace}:r:{result.task_id}")
+    assert 50_000 < ttl <= 60_000
+    await results.put(make_result(result.task_id))  # replaced without expiry
+    assert await redis.pttl(f"{backend.namespace}:r:{result.task_id}") == -1
+    assert await results.delete_expired(utcnow() + timedelta(hours=1)) == 0
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+async def test_unreachable_server_raises_storage_connection_error(namespace: str) -> None:
+    queue = AsyncRedisQueue(f"redis://127.0.0.1:{free_port()}/0", namespace=namespace)
+    with pytest.raises(StorageConnectionError) as info:
+        await queue.connect()
+    assert info.value.__cause__ is not None
+
+
+async def test_server_errors_become_storage_errors(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    queue = backend.task_queue()
+    await redis.set(f"{backend.namespace}:t:bad", "not a hash")
+    with pytest.raises(StorageError, match="WRONGTYPE") as info:
+        await queue.get("bad")
+    assert not isinstance(info.value, StorageConnectionError)

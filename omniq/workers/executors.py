@@ -11,7 +11,12 @@ Timeouts per type:
   Plain functions run on a thread pool; at the timeout the task is reported as timed
   out, but Python cannot stop a thread: the call finishes in the background.
 - ``thread``: like ``async`` but every plain function gets one of ``concurrency``
-  dedicated threads, sized for blocking I/O.
+  dedicated threads, sized for blocking I/O. Cancelling a running thread task is
+  cooperative only: the pool stops waiting for it, the thread runs to its end.
+- ``process`` (``omniq.workers.process``): child processes; a timeout or a cancel kills
+  the child and a fresh one replaces it.
+- ``gevent`` (``omniq.workers.gevent``): greenlets in a monkey-patched child process;
+  ``gevent.Timeout`` is raised in the greenlet at its next cooperative yield.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -55,10 +56,8 @@ def callable_path(func: Any) -> str | None:
             found = None
         if _unwrap(found) is func:
             path = f"{module}:{qualname}"
-    try:
+    with contextlib.suppress(TypeError):
         _path_cache[func] = path
-    except TypeError:
-        pass
     return path
 
 
@@ -77,11 +76,15 @@ def resolve(path: str) -> Callable[..., Any]:
         pass
     module_name, sep, qualname = path.partition(":")
     if not sep or not module_name or not qualname:
-        raise TaskImportError(f"task function {path!r} is not of the form 'package.module:qualname'")
+        raise TaskImportError(
+            f"task function {path!r} is not of the form 'package.module:qualname'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TaskImportError(f"cannot import module {module_name!r} for task {path!r}: {exc}") from exc
+        raise TaskImportError(
+            f"cannot import module {module_name!r} for task {path!r}: {exc}"
+        ) from exc
     obj: Any = module
     for part in qualname.split("."):
         try:

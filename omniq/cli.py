@@ -66,9 +66,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 async def _run_worker(args: argparse.Namespace) -> int:
     oq = _client(args)
-    pool = oq.worker(
-        worker_type=args.worker_type, concurrency=args.concurrency, queues=args.queues
-    )
+    pool = oq.worker(worker_type=args.worker_type, concurrency=args.concurrency, queues=args.queues)
     loop = asyncio.get_running_loop()
     signals_seen = 0
     stopper: list[asyncio.Task[None]] = []
@@ -262,12 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.set_defaults(handler=_schedules)
 
     command("stats", "task counts per queue and status").set_defaults(handler=_stats)
-    command("cleanup", "drop expired results, old tasks and events").set_defaults(
-        handler=_cleanup
-    )
-    command("demo", "run the demo on the embedded default", app=False).set_defaults(
-        handler=_demo
-    )
+    command("cleanup", "drop expired results, old tasks and events").set_defaults(handler=_cleanup)
+    command("demo", "run the demo on the embedded default", app=False).set_defaults(handler=_demo)
     return parser
 
 

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import msgspec
@@ -31,10 +31,10 @@ from omniq.errors import (
 from omniq.events import AsyncEventLogger, AsyncEventProcessor
 from omniq.models import (
     FINAL_STATUSES,
-    Schedule,
     WAITING_STATUSES,
     ErrorInfo,
     EventType,
+    Schedule,
     Task,
     TaskEvent,
     TaskResult,
@@ -332,7 +332,7 @@ class AsyncOmniQ:
                 raise ConfigError(f"argument eta={eta!r}: expected an aware datetime")
             if delay is not None:
                 raise ConfigError("arguments delay and eta: give one, not both")
-            due_at: datetime | None = eta.astimezone(timezone.utc)
+            due_at: datetime | None = eta.astimezone(UTC)
         else:
             seconds = _seconds(delay, "delay")
             due_at = now + timedelta(seconds=seconds) if seconds else None
@@ -368,7 +368,9 @@ class AsyncOmniQ:
         if not events.enabled:
             return
         events.log(
-            TaskEvent(task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue)
+            TaskEvent(
+                task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue
+            )
         )
         if task.status is TaskStatus.SCHEDULED:
             why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
@@ -454,7 +456,7 @@ class AsyncOmniQ:
     async def enqueue_many(
         self, func: Callable[..., Any] | str, args_list: Iterable[Sequence[Any]], **options: Any
     ) -> list[str]:
-        """One task per argument tuple in ``args_list``, stored in as few round trips as possible."""
+        """One task per argument tuple in ``args_list``, in as few round trips as possible."""
         if not self._connected:
             await self.connect()
         if "task_id" in options or "depends_on" in options:
@@ -662,9 +664,7 @@ class AsyncOmniQ:
         counts = {"results": await self.results.delete_expired(now)}
         retention = self.settings.result_ttl
         counts["tasks"] = (
-            await self.queue.delete_finished(now - timedelta(seconds=retention))
-            if retention
-            else 0
+            await self.queue.delete_finished(now - timedelta(seconds=retention)) if retention else 0
         )
         event_ttl = self.settings.event_ttl
         counts["events"] = (
@@ -804,4 +804,3 @@ class AsyncOmniQ:
         return AsyncWorkerPool(
             self, worker_type=worker_type, concurrency=concurrency, queues=queues
         )
-

@@ -54,7 +54,9 @@ class _ProgressBar:
         width = 30
         filled = int(width * done / self.total) if self.total else width
         detail = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        self.out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {detail}   ")
+        self.out.write(
+            f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {detail}   "
+        )
         self.out.flush()
 
     def close(self) -> None:
@@ -77,12 +79,14 @@ async def run_demo(oq: AsyncOmniQ | None = None, *, out: TextIO = sys.stdout) ->
             summarise, [([random.randint(1, 100) for _ in range(50)],) for _ in range(5)]
         )
         flaky = [
-            await client.submit(flaky_fetch, (f"https://example.test/{i}",), max_retries=2,
-                                retry_delay=0.1)
+            await client.submit(
+                flaky_fetch, (f"https://example.test/{i}",), max_retries=2, retry_delay=0.1
+            )
             for i in range(3)
         ]
-        doomed = await client.submit(send_report, ("nobody@example.test",), max_retries=1,
-                                     retry_delay=0.1)
+        doomed = await client.submit(
+            send_report, ("nobody@example.test",), max_retries=1, retry_delay=0.1
+        )
         ids += [*flaky, doomed]
         out.write(f"enqueued {len(ids)} tasks; running a worker (async, concurrency 8)\n")
 
@@ -120,9 +124,7 @@ async def run_demo(oq: AsyncOmniQ | None = None, *, out: TextIO = sys.stdout) ->
             note = f"  {event.message}" if event.message else ""
             out.write(f"  {event.timestamp:%H:%M:%S.%f} {event.event_type.value:<9}{note}\n")
         summary: dict[str, Any] = dict(final)
-        out.write(
-            "\nsummary: " + ", ".join(f"{v} {k}" for k, v in sorted(summary.items())) + "\n"
-        )
+        out.write("\nsummary: " + ", ".join(f"{v} {k}" for k, v in sorted(summary.items())) + "\n")
         return dict(final)
     finally:
         if oq is None:

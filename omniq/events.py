@@ -11,6 +11,7 @@ Library logging (the ``omniq`` logger) is separate and never receives task event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -99,10 +100,8 @@ class AsyncEventLogger:
         wakeup = self._wakeup
         while self._buffer:
             if self.flush_interval > 0 and len(self._buffer) < self.batch_size:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), self.flush_interval)
-                except TimeoutError:
-                    pass
             wakeup.clear()
             await self._write_some()
 
@@ -139,10 +138,8 @@ class AsyncEventLogger:
         self._closed = True
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-            except asyncio.CancelledError:
-                pass
         self._flusher = None
 
 

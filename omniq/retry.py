@@ -8,7 +8,7 @@ from datetime import timedelta
 __all__ = ["Retry", "backoff_delay", "has_attempts_left", "to_seconds"]
 
 
-class Retry(Exception):  # noqa: N818 - a signal, not an error; named as SPEC §2 names it
+class Retry(Exception):
     """Raise inside a task to ask for another run, after ``delay`` seconds if given.
 
     The run still counts as an attempt; when none are left the task ends ``FAILED``.

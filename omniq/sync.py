@@ -161,7 +161,7 @@ class OmniQ:
     def get_result(
         self, task_id: str, *, wait: bool = False, timeout: Seconds | None = None
     ) -> TaskResult | None:
-        """The final result, or None; ``wait=True`` blocks (``ResultTimeoutError`` after ``timeout``)."""
+        """The final result, or None; ``wait=True`` blocks (``ResultTimeoutError`` at timeout)."""
         return self._runner.run(self._async.get_result(task_id, wait=wait, timeout=timeout))
 
     def get_events(self, task_id: str) -> list[TaskEvent]:

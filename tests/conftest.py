@@ -43,7 +43,7 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         if key.startswith("OMNIQ_") and not key.startswith("OMNIQ_TEST_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
-    yield
+    return
 
 
 async def delete_redis_namespace(url: str, namespace: str) -> None:

@@ -14,7 +14,9 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 
-def omniq(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def omniq(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "omniq", *args],
@@ -56,10 +58,19 @@ def test_enqueue_worker_status_events(tmp_path: Path) -> None:
 
 def test_environment_and_yaml_configure_the_cli(tmp_path: Path) -> None:
     (tmp_path / "omniq.yaml").write_text("base_dir: from_yaml\n")
-    enq = omniq("--config", "omniq.yaml", "enqueue", "tests.conformance.tasks:add", "1", "1", cwd=tmp_path)
+    enq = omniq(
+        "--config", "omniq.yaml", "enqueue", "tests.conformance.tasks:add", "1", "1", cwd=tmp_path
+    )
     assert enq.returncode == 0, enq.stderr
     assert (tmp_path / "from_yaml" / "omniq.db").exists()
-    enq = omniq("enqueue", "tests.conformance.tasks:add", "1", "1", cwd=tmp_path, env={"OMNIQ_BASE_DIR": "from_env"})
+    enq = omniq(
+        "enqueue",
+        "tests.conformance.tasks:add",
+        "1",
+        "1",
+        cwd=tmp_path,
+        env={"OMNIQ_BASE_DIR": "from_env"},
+    )
     assert (tmp_path / "from_env" / "omniq.db").exists()
 
 

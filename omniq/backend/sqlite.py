@@ -305,7 +305,7 @@ class _SQLiteConnection:
             lambda conn: int(conn.execute("PRAGMA data_version").fetchone()[0]), "checking"
         )
 
-    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_for_work(self, timeout: float) -> None:
         """Return when this process or another one may have made work available."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

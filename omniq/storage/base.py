@@ -212,7 +212,7 @@ class BaseTaskQueue(BaseStorage):
     async def delete_finished(self, before: datetime) -> int:
         """Delete tasks in a final state last updated before ``before``; return how many."""
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until work may have arrived in ``queues`` or ``timeout`` passes.
 
         Backends that can be notified (Redis blocking pops, LISTEN/NOTIFY, file
@@ -236,7 +236,7 @@ class BaseResultStorage(BaseStorage):
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""
 
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:  # noqa: ASYNC109
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
         """Block until a result for ``task_id`` exists or ``timeout`` passes.
 
         The default polls with a short, growing interval; backends that can be notified

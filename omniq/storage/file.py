@@ -28,11 +28,15 @@ running directories of its queues and updates the first records; ``stats``,
 ``next_due_at``, ``wait`` and cleanup read names only; ``get`` reads one object. Ids and
 queue names that are not short ``[A-Za-z0-9_-]`` strings appear as a hash.
 
-Every change to a task is one atomic read-modify-write of its record, which first
-creates the task's new index entry and afterwards deletes the old one, so a crash at any
-point leaves the record intact and its entry present (at worst with a stale extra entry,
-which claims recognise and remove). What makes that read-modify-write atomic, and hence
-what is safe where:
+Every change to a task is one atomic read-modify-write of its record that also moves
+its index entry. On local disk the entry is renamed (atomically), before the record is
+written when its new place is one claims scan (ready/, running/) and after it otherwise,
+so a crash at any moment leaves exactly one entry where a claim finds it; a claim that
+meets an entry its record does not name moves it to where the record says. On object
+stores the new entry is written before the record and the old one deleted after it; a
+leftover entry is recognised by claims and removed once it is a minute old (younger
+ones may belong to a change in flight). What makes the read-modify-write atomic, and
+hence what is safe where:
 
 - **Local disk**: safe for any number of worker processes on one host (and on network
   filesystems with working ``flock``). A kernel lock (``flock``, released by the kernel

@@ -482,7 +482,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
 
         return await (await self._db()).write(delete, "deleting finished tasks")
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may have arrived (any queue), or after ``timeout``."""
         if timeout <= 0:
             return
@@ -531,7 +531,7 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StorageError(f"sqlite: result of task {task_id} is corrupt: {exc}") from exc
 
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:  # noqa: ASYNC109
+    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
         """Wait for a result: woken in-process at once, else when the file changes."""
         db = await self._db()
         loop = asyncio.get_running_loop()

@@ -16,16 +16,22 @@ import pytest
 from omniq import AsyncOmniQ
 from tests.conftest import REDIS_URL, delete_redis_namespace, unique_name
 
-BACKENDS = ["sqlite", "redis"]
+BACKENDS = ["sqlite", "file", "memory", "redis"]
+#: Stores that several OS processes can share (``memory://`` lives in one process).
+SHARED_BACKENDS = [name for name in BACKENDS if name != "memory"]
 
 MakeOQ = Callable[..., Awaitable[AsyncOmniQ]]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend_name(request: pytest.FixtureRequest) -> str:
-    """The backend under test."""
-    name: str = request.param
-    return name
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test once per backend; tests that start worker processes (they use the
+    ``workers`` fixture or are marked ``cross_process``) once per shareable backend."""
+    if "backend_name" not in metafunc.fixturenames:
+        return
+    cross_process = "workers" in metafunc.fixturenames or (
+        metafunc.definition.get_closest_marker("cross_process") is not None
+    )
+    metafunc.parametrize("backend_name", SHARED_BACKENDS if cross_process else BACKENDS)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -60,7 +60,10 @@ async def test_import_path_string_and_unknown_path(oq: AsyncOmniQ) -> None:
 
     assert (await oq.get_result(good)).result == 2
     assert (await oq.get_result(after)).result == 4  # the worker carried on
-    for task_id, needle in ((missing, "tests.conformance.nowhere"), (absent_attr, "no_such_function")):
+    for task_id, needle in (
+        (missing, "tests.conformance.nowhere"),
+        (absent_attr, "no_such_function"),
+    ):
         result = await oq.get_result(task_id)
         assert result.status is TaskStatus.FAILED
         assert result.error.type == "omniq.errors.TaskImportError"
@@ -68,7 +71,7 @@ async def test_import_path_string_and_unknown_path(oq: AsyncOmniQ) -> None:
 
 
 async def test_arguments_keep_their_types(oq: AsyncOmniQ) -> None:
-    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     uid = uuid.uuid4()
     args = ((1, 2), {3, 4}, Decimal("1.10"), uid, date(2026, 1, 2), when, b"\x00\xff")
     task_id = await oq.submit(tasks.echo, args, {"key": (5, 6), "nested": {"k": [1, (2,)]}})
@@ -389,7 +392,9 @@ async def test_expired_lease_runs_again_and_counts_an_attempt(make_oq: MakeOQ) -
     assert result.status is TaskStatus.COMPLETE
     assert result.attempts == 2
     # The dead worker's late acknowledgement is refused.
-    assert not (await oq.queue.ack_many([Ack(task_id, "dead-worker", TaskStatus.FAILED)], now=utcnow()))[0]
+    assert not (
+        await oq.queue.ack_many([Ack(task_id, "dead-worker", TaskStatus.FAILED)], now=utcnow())
+    )[0]
 
 
 async def test_lease_lost_too_often_fails_the_task(make_oq: MakeOQ) -> None:

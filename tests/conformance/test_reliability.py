@@ -28,6 +28,7 @@ from omniq.models import Task
 from tests.conformance import tasks
 from tests.conformance.conftest import MakeOQ
 from tests.conftest import REPO_ROOT
+from tests.storage._file_checks import tamper_file_task
 from tests.storage._redis_helpers import tamper_redis_task
 
 WAIT = 25.0  # upper bound for anything a test waits for
@@ -366,6 +367,8 @@ def _tamper_sqlite(store_url: str, task_id: str, alter: Callable[[bytes], bytes]
 TAMPER: dict[str, Callable[[str, str, Callable[[bytes], bytes]], None]] = {
     "sqlite": _tamper_sqlite,
     "redis": tamper_redis_task,
+    "file": tamper_file_task,
+    "memory": tamper_file_task,
 }
 
 

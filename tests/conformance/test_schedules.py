@@ -256,11 +256,10 @@ oq = AsyncOmniQ(
 """
 
 
+@pytest.mark.cross_process
 async def test_three_worker_processes_fire_each_tick_once(
     oq: AsyncOmniQ, backend_name: str, store_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    if backend_name == "memory":
-        pytest.skip("an in-memory store is not shared between processes")
     app = tmp_path / "sched_app.py"
     app.write_text(
         _APP.format(url=store_url, namespace=namespace, base_dir=str(tmp_path / ".omniq")),

@@ -363,12 +363,12 @@ class FileEventChecks:
         events = backend.event_storage()
         start = utcnow()
         kinds = [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
+        in_time_order = [
+            TaskEvent(task_id="a", event_type=kind, timestamp=start + timedelta(seconds=i))
+            for i, kind in enumerate(kinds)
+        ]
         await events.append(
-            [
-                TaskEvent(task_id="a", event_type=kind, timestamp=start + timedelta(seconds=i))
-                for i, kind in enumerate(kinds)
-            ][::-1]
-            + [TaskEvent(task_id="b", event_type=EventType.ENQUEUED)]
+            [*reversed(in_time_order), TaskEvent(task_id="b", event_type=EventType.ENQUEUED)]
         )
         assert [e.event_type for e in await events.get("a")] == kinds
         assert await events.get("nothing") == []
@@ -456,3 +456,22 @@ class FileScheduleChecks:
         stored = await backend.schedule_storage().get("s")
         assert stored is not None
         assert (stored.runs, stored.next_run_at) == (1, now + timedelta(minutes=1))
+
+
+def tamper_file_task(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
+    """Rewrite a stored task's payload bytes in place (file:// and memory:// stores).
+
+    For tests that check what a worker does with a payload altered in storage.
+    """
+    import fsspec
+    import msgspec
+
+    from omniq.storage._file_fs import parse_location
+    from omniq.storage._file_layout import decode_record, encode_record, token
+
+    location = parse_location(store_url)
+    fs = fsspec.filesystem(location.protocol)
+    path = f"{location.root}/tasks/t/{token(task_id)}"
+    record = decode_record(fs.cat_file(path))
+    task = msgspec.structs.replace(record.task, payload=alter(record.task.payload))
+    fs.pipe_file(path, encode_record(msgspec.structs.replace(record, task=task)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from omniq.models import Task, TaskStatus, utcnow
@@ -23,10 +24,10 @@ def fill(root: str, count: int) -> None:
     asyncio.run(main())
 
 
-def claim_and_ack(root: str, worker_id: str, output: str) -> None:
-    """Claim and ack in a loop until nothing is left; write each claimed id to ``output``."""
+def claim_and_ack(root: str, worker_id: str, output: str, start: Any) -> None:
+    """Once ``start`` is set, claim and ack until nothing is left; write the ids claimed."""
 
-    async def main() -> None:
+    async def main() -> list[str]:
         queue = AsyncFileQueue(root)
         claimed: list[str] = []
         try:
@@ -35,16 +36,16 @@ def claim_and_ack(root: str, worker_id: str, output: str) -> None:
                     ["default"], worker_id, limit=4, lease_seconds=300, now=utcnow()
                 )
                 if not tasks:
-                    break
+                    return claimed
                 claimed.extend(t.id for t in tasks)
                 acks = [Ack(t.id, worker_id, TaskStatus.COMPLETE) for t in tasks]
                 assert all(await queue.ack_many(acks, now=utcnow()))
         finally:
             await queue.close()
-        with open(output, "w") as handle:
-            handle.write("\n".join(claimed) + "\n")
 
-    asyncio.run(main())
+    start.wait()
+    claimed = asyncio.run(main())
+    Path(output).write_text("\n".join(claimed) + "\n")
 
 
 def claim_forever(root: str, ready: Any) -> None:

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 import pytest
 
 from omniq.backend import backend_for_url

@@ -162,6 +162,38 @@ def test_sync_twins_block_and_mirror_the_async_class(tmp_path: Path) -> None:
         assert events.get("a") == []
 
 
+def add(a: int, b: int) -> int:
+    """A task for the mixed-backend test (importable by path)."""
+    return a + b
+
+
+async def test_queue_on_file_results_on_sqlite_events_on_memory(tmp_path: Path) -> None:
+    from omniq import AsyncOmniQ
+
+    memory = f"memory://omniqtest-{uuid.uuid4().hex[:12]}"
+    try:
+        async with AsyncOmniQ(
+            task_queue=f"file://{tmp_path}/queue",
+            result_storage=f"sqlite:///{tmp_path}/results.db",
+            event_storage=memory,
+            poll_interval=0.05,
+        ) as oq:
+            ids = [await oq.enqueue(add, n, 1) for n in range(3)]
+            await oq.worker(concurrency=2).run(burst=True)
+            results = [await oq.get_result(task_id) for task_id in ids]
+            assert [r.result for r in results if r is not None] == [1, 2, 3]
+            events = await oq.get_events(ids[0])
+            assert [e.event_type.value for e in events] == ["enqueued", "executing", "complete"]
+            assert await oq.stats() == {"default": {"complete": 3}}
+        assert (tmp_path / "queue" / "tasks").is_dir()
+        assert (tmp_path / "results.db").is_file()
+    finally:
+        fs = fsspec.filesystem("memory")
+        root = "/" + memory.removeprefix("memory://")
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
 # -- real processes on one local directory ----------------------------------------------
 
 
@@ -169,22 +201,25 @@ def test_four_processes_claim_each_of_2000_tasks_exactly_once(tmp_path: Path) ->
     root = str(tmp_path / "race")
     _file_race.fill(root, 2000)
     context = multiprocessing.get_context("spawn")
+    start = context.Event()
     outputs = [str(tmp_path / f"claimed-{n}.txt") for n in range(4)]
     workers = [
-        context.Process(target=_file_race.claim_and_ack, args=(root, f"w{n}", outputs[n]))
+        context.Process(target=_file_race.claim_and_ack, args=(root, f"w{n}", outputs[n], start))
         for n in range(4)
     ]
     for worker in workers:
         worker.start()
+    start.set()  # all four are up: they race from the first task on
     for worker in workers:
         worker.join(100)
         assert worker.exitcode == 0
-    counts = Counter(
-        line for path in outputs for line in Path(path).read_text().splitlines() if line
-    )
+    per_worker = [
+        [line for line in Path(path).read_text().splitlines() if line] for path in outputs
+    ]
+    counts = Counter(task_id for claimed in per_worker for task_id in claimed)
     assert len(counts) == 2000
     assert set(counts.values()) == {1}
-    assert sum(1 for path in outputs if Path(path).read_text()) >= 2  # a real race
+    assert sum(1 for claimed in per_worker if claimed) >= 2  # it was a race
 
 
 def test_worker_killed_with_sigkill_loses_nothing(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ def test_contract_names_are_exported() -> None:
     from omniq.errors import OmniQError  # noqa: F401
 
 
-@pytest.mark.parametrize(("sync_cls", "async_cls"), [(OmniQ, AsyncOmniQ), (WorkerPool, AsyncWorkerPool)])
+@pytest.mark.parametrize(
+    ("sync_cls", "async_cls"), [(OmniQ, AsyncOmniQ), (WorkerPool, AsyncWorkerPool)]
+)
 def test_sync_twin_mirrors_async_methods_and_signatures(sync_cls: type, async_cls: type) -> None:
     sync_methods = public_methods(sync_cls)
     async_methods = public_methods(async_cls)

@@ -29,7 +29,7 @@ def test_backoff_jitter_only_adds() -> None:
 
 
 def test_backoff_rejects_retry_zero() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="starts at 1"):
         backoff_delay(0, base=1.0, cap=1.0)
 
 

@@ -141,6 +141,7 @@ _SCRIPT_NAMES = (
     "schedule_put",
     "schedule_get",
     "schedule_delete",
+    "put_results",
 )
 
 
@@ -223,6 +224,13 @@ def _check_namespace(namespace: str) -> str:
 def _pack(command: Command) -> bytes:
     packed: bytes = pack_command(command)
     return packed
+
+
+def _ack_args(acks: Sequence[Ack], now: datetime) -> builtins.list[Any]:
+    args: builtins.list[Any] = [_us(now)]
+    for ack in acks:
+        args += (ack.task_id, ack.worker_id, TaskStatus(ack.status).value)
+    return args
 
 
 class RedisClient:
@@ -630,10 +638,34 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         if not acks:
             return []
         client = self.client if self._connected else await self._client()
-        args: builtins.list[Any] = [_us(now)]
-        for ack in acks:
-            args += (ack.task_id, ack.worker_id, TaskStatus(ack.status).value)
-        done = await client.script("ack", *args)
+        done = await client.script("ack", *_ack_args(acks, now))
+        return [bool(flag) for flag in done]
+
+    async def finish_many(
+        self,
+        acks: Sequence[Ack],
+        results: Sequence[TaskResult],
+        result_storage: BaseResultStorage,
+        *,
+        now: datetime,
+    ) -> builtins.list[bool]:
+        """Results then acks in one round trip when the results live on this client."""
+        if not (
+            isinstance(result_storage, AsyncRedisResultStorage)
+            and result_storage.client is self.client
+            and acks
+        ):
+            return await super().finish_many(acks, results, result_storage, now=now)
+        client = self.client if self._connected else await self._client()
+        ack = ("EVALSHA", _SHAS["ack"], 0, client.prefix, *_ack_args(acks, now))
+        stored, done = await client.execute([result_storage.result_command(results), ack])
+        if isinstance(stored, NoScriptError) or isinstance(done, NoScriptError):
+            # Scripts flushed (server restarted): reload, then redo in order.
+            await client.load_scripts()
+            stored, done = await client.execute([result_storage.result_command(results), ack])
+        for reply, what in ((stored, "storing results"), (done, "acknowledging")):
+            if isinstance(reply, ResponseError):
+                raise StorageError(f"redis: {what}: {reply}") from reply
         return [bool(flag) for flag in done]
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
@@ -773,37 +805,21 @@ class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
     within milliseconds of the result being stored.
     """
 
+    def result_command(self, results: Sequence[TaskResult]) -> Command:
+        """The one script call that stores ``results`` (sent alone or with an ack)."""
+        args: builtins.list[Any] = [time.time_ns() // 1000]
+        for result in results:
+            expires = "" if result.expires_at is None else _us(result.expires_at)
+            args += (result.task_id, _ENCODER.encode(result), expires, _RESULT_TOKEN_MS)
+        return ("EVALSHA", _SHAS["put_results"], 0, self._prefix, *args)
+
     async def put_many(self, results: Sequence[TaskResult]) -> None:
         """Store (or replace) results in one round trip."""
         if not results:
             return
         client = await self._client()
-        prefix, index = self._prefix, f"{self._prefix}results:exp"
-        now = time.time_ns() // 1000
-        commands: builtins.list[Command] = []
-        for result in results:
-            key, token = f"{prefix}r:{result.task_id}", f"{prefix}rw:{result.task_id}"
-            token_ms = _RESULT_TOKEN_MS
-            if result.expires_at is None:
-                commands.append(("SET", key, _ENCODER.encode(result)))
-                commands.append(("ZREM", index, result.task_id))
-            else:
-                expires = _us(result.expires_at)
-                ttl_ms = (expires - now) // 1000
-                if ttl_ms <= 0:
-                    # Gone at once, but still counted by the next delete_expired.
-                    commands.append(("DEL", key))
-                    commands.append(("ZADD", index, expires, result.task_id))
-                    continue
-                token_ms = min(token_ms, ttl_ms)
-                commands.append(("SET", key, _ENCODER.encode(result), "PX", ttl_ms))
-                commands.append(("ZADD", index, expires, result.task_id))
-            commands.append(("RPUSH", token, 1))
-            commands.append(("LTRIM", token, 0, 0))
-            commands.append(("PEXPIRE", token, token_ms))
-        for reply in await client.execute(commands):
-            if isinstance(reply, ResponseError):
-                raise StorageError(f"redis: storing results: {reply}") from reply
+        command = self.result_command(results)
+        await client.script("put_results", *command[4:])
 
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""

@@ -50,7 +50,10 @@ def backend_for_url(url: str, settings: Any) -> Backend:
     except ImportError as exc:
         missing = exc.name or module_name
         if missing.startswith("omniq") and missing == module_name:
-            raise ConfigError(f"no backend for URL scheme {scheme!r} in {url!r}") from exc
+            raise ConfigError(
+                f"the {scheme} backend for {url!r} is not part of this OmniQ release yet; "
+                "available: sqlite, file (fsspec), redis"
+            ) from exc
         hint = f" (pip install 'omniq[{extra}]')" if extra else ""
         raise ConfigError(
             f"the {scheme} backend for {url!r} needs the package {missing!r}{hint}"

@@ -1,0 +1,78 @@
+"""A client configured only through OMNIQ_* variables or a YAML file, as SPEC §6 says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omniq import OmniQ, TaskStatus
+from omniq.errors import ConfigError
+from tests.conformance import tasks
+
+
+def run_one(oq: OmniQ) -> str:
+    task_id = oq.enqueue(tasks.add, 20, 22)
+    oq.worker(concurrency=2).run(burst=True)
+    result = oq.get_result(task_id)
+    assert result is not None and result.status is TaskStatus.COMPLETE and result.result == 42
+    return task_id
+
+
+def test_environment_picks_each_component(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMNIQ_BASE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("OMNIQ_TASK_QUEUE_TYPE", "file")
+    monkeypatch.setenv("OMNIQ_RESULT_STORAGE_TYPE", "sqlite")
+    monkeypatch.setenv("OMNIQ_EVENT_STORAGE_TYPE", "none")
+    monkeypatch.setenv("OMNIQ_MAX_WORKERS", "3")
+    monkeypatch.setenv("OMNIQ_RESULT_TTL", "2h")
+    with OmniQ() as oq:
+        assert oq.settings.max_workers == 3
+        assert oq.settings.result_ttl == 7200.0
+        task_id = run_one(oq)
+        assert oq.get_events(task_id) == []  # events off
+    assert (tmp_path / "env" / "task_queue").is_dir()
+    assert (tmp_path / "env" / "omniq.db").is_file()
+
+
+def test_yaml_file_configures_the_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "omniq.yaml"
+    config.write_text(
+        f"base_dir: {tmp_path / 'yaml'}\n"
+        "task_queue_type: sqlite\n"
+        "event_storage_type: memory\n"
+        "default_worker: thread\n"
+        "lease_seconds: 1m\n"
+    )
+    monkeypatch.setenv("OMNIQ_CONFIG", str(config))
+    with OmniQ() as oq:
+        assert oq.settings.lease_seconds == 60.0
+        assert oq.worker().async_pool.worker_type == "thread"
+        task_id = run_one(oq)
+        assert [e.event_type.value for e in oq.get_events(task_id)] == [
+            "enqueued",
+            "executing",
+            "complete",
+        ]
+    assert (tmp_path / "yaml" / "omniq.db").is_file()
+
+
+def test_code_wins_over_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNIQ_MAX_WORKERS", "3")
+    oq = OmniQ(base_dir=str(tmp_path), max_workers=7)
+    assert oq.settings.max_workers == 7
+
+
+def test_bad_environment_value_fails_at_start_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNIQ_DEFAULT_WORKER", "fibers")
+    with pytest.raises(ConfigError, match="OMNIQ_DEFAULT_WORKER"):
+        OmniQ()
+
+
+def test_unknown_backend_url_is_a_clear_error(tmp_path: Path) -> None:
+    oq = OmniQ(task_queue="mongodb://127.0.0.1/x", base_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="mongodb"):
+        oq.connect()
+    oq.close()

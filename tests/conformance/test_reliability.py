@@ -45,7 +45,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 
 async def wait_for_path(path: Path, what: str) -> None:
-    await eventually(lambda: asyncio.to_thread(path.exists), what)
+    """Wait until ``path`` exists and holds at least one whole line (a file is created
+    by ``open`` before its first line is written)."""
+
+    def written() -> bool:
+        return path.exists() and path.read_text(encoding="utf-8").endswith("\n")
+
+    await eventually(lambda: asyncio.to_thread(written), what)
 
 
 class Workers:

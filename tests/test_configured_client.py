@@ -19,9 +19,7 @@ def run_one(oq: OmniQ) -> str:
     return task_id
 
 
-def test_environment_picks_each_component(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_picks_each_component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMNIQ_BASE_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("OMNIQ_TASK_QUEUE_TYPE", "file")
     monkeypatch.setenv("OMNIQ_RESULT_STORAGE_TYPE", "sqlite")

@@ -1,0 +1,117 @@
+"""What the harness needs from each library: enqueue calls and a worker command line.
+
+An adapter lives in the benchmark's child process (one per repetition). It imports its
+library lazily in :meth:`Adapter.open`, after the harness has set the environment that the
+library's app module reads.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+#: Task kinds; every library's app module defines one task per kind.
+KINDS = ("noop", "drain", "latency", "sleep")
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    """How to start exactly one worker process of a library."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def cli(name: str) -> str:
+    """Path of a console script installed beside this interpreter (or on PATH)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"console script {name!r} not found; install the bench extra")
+    return found
+
+
+class Adapter:
+    """One library on one backend, as seen by the producer.
+
+    Subclasses set the class attributes and implement either the async methods
+    (:attr:`is_async` true: ``aenqueue``/``aenqueue_bulk``) or the sync ones.
+    """
+
+    #: Library name as given to ``--peers`` (``omniq`` for OmniQ itself).
+    library: ClassVar[str]
+    #: Distribution whose version is reported.
+    dist: ClassVar[str]
+    #: Backends this adapter supports.
+    backends: ClassVar[tuple[str, ...]] = ("redis",)
+    is_async: ClassVar[bool] = True
+    has_bulk: ClassVar[bool] = False
+    #: Extra workloads beyond enqueue/drain/latency/sleep/memory (``bulk``, ``sync``).
+    extra_workloads: ClassVar[tuple[str, ...]] = ()
+    #: Part of the worker setting that does not depend on concurrency.
+    notes: ClassVar[str] = ""
+
+    def __init__(self, label: str, backend: str, workdir: Path) -> None:
+        self.label = label
+        self.backend = backend
+        self.workdir = workdir
+
+    # -- description -------------------------------------------------------------
+    @classmethod
+    def version(cls) -> str:
+        """Installed version of the library."""
+        try:
+            return importlib.metadata.version(cls.dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    @classmethod
+    def workloads(cls) -> tuple[str, ...]:
+        """Workloads this library can run."""
+        base = ("enqueue", "drain", "latency", "sleep", "memory")
+        return base + (("bulk",) if cls.has_bulk else ()) + cls.extra_workloads
+
+    def worker_setting(self, concurrency: int) -> str:
+        """One line saying how the worker was configured (the report's column)."""
+        raise NotImplementedError
+
+    def child_env(self) -> dict[str, str]:
+        """Environment the producer (and the worker) need before the library is imported."""
+        return {}
+
+    # -- producer ----------------------------------------------------------------
+    async def open(self) -> None:
+        """Import the library and connect the producer."""
+
+    async def close(self) -> None:
+        """Release the producer's connections."""
+
+    async def aenqueue(self, kind: str, index: int = 0) -> None:
+        """Enqueue one task of ``kind`` (async libraries)."""
+        raise NotImplementedError
+
+    def enqueue(self, kind: str, index: int = 0) -> None:
+        """Enqueue one task of ``kind`` (sync libraries)."""
+        raise NotImplementedError
+
+    async def aenqueue_bulk(self, kind: str, count: int) -> None:
+        """Enqueue ``count`` tasks of ``kind`` in one bulk call (async)."""
+        raise NotImplementedError
+
+    def enqueue_bulk(self, kind: str, count: int) -> None:
+        """Enqueue ``count`` tasks of ``kind`` in one bulk call (sync)."""
+        raise NotImplementedError
+
+    # -- worker ------------------------------------------------------------------
+    def worker(self, concurrency: int) -> WorkerCommand:
+        """The command line of one worker process with this concurrency."""
+        raise NotImplementedError

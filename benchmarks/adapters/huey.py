@@ -1,0 +1,62 @@
+"""Huey 3.5 on Redis DB 15 (RedisHuey) and on SQLite (SqliteHuey): ``huey_consumer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.adapters.base import Adapter, WorkerCommand, cli
+
+
+class HueyAdapter(Adapter):
+    """Huey's consumer with N worker threads and its default polling settings."""
+
+    library = "huey"
+    dist = "huey"
+    backends = ("redis", "sqlite")
+    is_async = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._app: Any = None
+
+    def worker_setting(self, concurrency: int) -> str:
+        """Worker type and count."""
+        return (
+            f"huey_consumer -k thread -w {concurrency} (default 1 worker); "
+            "polling defaults -d 0.1 -m 10 -b 1.15"
+        )
+
+    def child_env(self) -> dict[str, str]:
+        """Backend and SQLite file."""
+        return {
+            "BENCH_HUEY_BACKEND": self.backend,
+            "BENCH_HUEY_SQLITE": str(self.workdir / "huey.db"),
+        }
+
+    async def open(self) -> None:
+        """Import the Huey instance."""
+        from benchmarks.apps import huey_app
+
+        self._app = huey_app
+
+    def enqueue(self, kind: str, index: int = 0) -> None:
+        """Calling a task enqueues it."""
+        task = getattr(self._app, kind)
+        if kind == "latency":
+            task(index)
+        else:
+            task()
+
+    def worker(self, concurrency: int) -> WorkerCommand:
+        """``huey_consumer benchmarks.apps.huey_app.huey -k thread -w N -q``."""
+        return WorkerCommand(
+            [
+                cli("huey_consumer"),
+                "benchmarks.apps.huey_app.huey",
+                "-k",
+                "thread",
+                "-w",
+                str(concurrency),
+                "-q",
+            ]
+        )

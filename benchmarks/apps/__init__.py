@@ -1,0 +1,1 @@
+"""Worker-side applications: one module per library, all sharing the task bodies."""

@@ -1,0 +1,448 @@
+"""The workloads, run inside one child process per repetition (see :mod:`benchmarks.harness`).
+
+Each returns a flat dict of metrics. Method (same as the peer reference benchmark):
+
+- enqueue: ``n`` no-op tasks, one call at a time, awaited (or called, for sync libraries)
+  before the next, after 20 warm-up calls; no worker runs. Tasks/s.
+- bulk: the same through the library's bulk API, one call per 1,000 tasks.
+- drain: ``n`` tasks enqueued first (bulk API where there is one; not timed), then ONE worker
+  process spawned. rate = (n-1) / (last - first completion); startup = spawn -> first
+  completion; total = n / (last completion - spawn). The same run records the memory
+  figures: peak RSS (``VmHWM``) of the worker and its children when the queue is drained,
+  and the storage growth per queued task (Redis ``used_memory``, or the size of the files).
+- latency: worker spawned and proven alive with one task; 5 warm-up + ``n`` tasks enqueued
+  open-loop with exponential gaps (mean 50 ms, seeded); latency = body ``time.time()`` -
+  ``time.time()`` just before the enqueue call.
+- sleep: ``n`` tasks that sleep 10 ms then do the drain body, concurrency 100.
+- sync (OmniQ only): the enqueue workload through ``OmniQ`` and through ``AsyncOmniQ``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+
+from benchmarks.adapters.base import REDIS_URL, REPO_ROOT, Adapter
+from benchmarks.apps import bodies
+
+WARMUP = 20
+BULK_CHUNK = 1000
+LATENCY_WARMUP = 5
+LATENCY_MEAN_GAP = 0.05
+STALL_SECONDS = 60.0
+#: A drain/sleep repetition stops measuring this long after the worker was spawned; a
+#: worker that has not finished by then (RQ forks per job) is rated over what it completed.
+MEASURE_CAP_SECONDS = 150.0
+CONCURRENCY = {"drain": 32, "memory": 32, "latency": 32, "sleep": 100}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One repetition of one cell, as handed from the harness to its child."""
+
+    label: str
+    backend: str
+    workload: str
+    run: int
+    n: int
+    workdir: str
+    log_path: str
+    seed: int
+    timeout: float
+
+
+class WorkloadError(RuntimeError):
+    """A repetition that did not complete (its message goes into the results)."""
+
+
+# -- worker process ------------------------------------------------------------------
+def spawn_worker(adapter: Adapter, concurrency: int, log_path: str) -> subprocess.Popen[bytes]:
+    """Start exactly one worker process (same process group as this child)."""
+    cmd = adapter.worker(concurrency)
+    env = dict(os.environ)
+    env.update(adapter.child_env())
+    env.update(cmd.env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    log = open(log_path, "ab")  # noqa: SIM115 (handed to the child, closed by the OS)
+    log.write(f"\n$ {' '.join(cmd.argv)}\n".encode())
+    log.flush()
+    return subprocess.Popen(cmd.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_worker(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (the harness also kills the group)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name may hold spaces; the fields after its closing ")" do not.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def tree_peak_rss_kib(pid: int) -> int:
+    """Sum of ``VmHWM`` (peak resident set) of ``pid`` and all its live descendants."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+        pending.extend(_children(current))
+    return total
+
+
+# -- helpers -------------------------------------------------------------------------
+async def _enqueue(adapter: Adapter, kind: str, index: int = 0) -> None:
+    if adapter.is_async:
+        await adapter.aenqueue(kind, index)
+    else:
+        adapter.enqueue(kind, index)
+
+
+async def _bulk(adapter: Adapter, kind: str, count: int) -> None:
+    if adapter.is_async:
+        await adapter.aenqueue_bulk(kind, count)
+    else:
+        adapter.enqueue_bulk(kind, count)
+
+
+async def fill(adapter: Adapter, kind: str, n: int) -> None:
+    """Enqueue ``n`` tasks, in bulk where the library can (not timed)."""
+    if adapter.has_bulk:
+        for start in range(0, n, BULK_CHUNK):
+            await _bulk(adapter, kind, min(BULK_CHUNK, n - start))
+    else:
+        for _ in range(n):
+            await _enqueue(adapter, kind)
+
+
+async def wait_for(
+    probe: Any,
+    target: int,
+    deadline: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None,
+    partial_ok: bool = False,
+) -> int:
+    """Poll ``await probe()`` until it reaches ``target`` and return the value reached.
+
+    Fails on a stall (no progress for a minute) or a dead worker; at ``deadline`` it fails
+    too, unless ``partial_ok`` and at least two tasks completed.
+    """
+    last_value, last_change = -1, time.monotonic()
+    while True:
+        value = int(await probe())
+        now = time.monotonic()
+        if value >= target:
+            return value
+        if value != last_value:
+            last_value, last_change = value, now
+        if proc is not None and proc.poll() is not None:
+            raise WorkloadError(
+                f"worker exited with code {proc.returncode}; {value}/{target} {what}"
+            )
+        if now > deadline and partial_ok and value >= 2:
+            return value
+        if now > deadline or now - last_change > STALL_SECONDS:
+            stalled = now - last_change
+            raise WorkloadError(
+                f"{target - value} of {target} {what} missing ({stalled:.0f} s without progress)"
+            )
+        await asyncio.sleep(0.02)
+
+
+def storage_dir_bytes(path: Path) -> int:
+    """Total size of the files under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file removed while walking
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+async def storage_bytes(adapter: Adapter, mon: aredis.Redis) -> int:
+    """Redis ``used_memory`` for Redis queues, else the size of the working directory."""
+    if adapter.backend == "redis":
+        info = await mon.info("memory")
+        return int(info["used_memory"])
+    return storage_dir_bytes(adapter.workdir)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0..100) of ``values``."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+# -- workloads -----------------------------------------------------------------------
+async def run_enqueue(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """Single-call enqueue rate."""
+    await adapter.open()
+    try:
+        for _ in range(WARMUP):
+            await _enqueue(adapter, "noop")
+        if adapter.is_async:
+            start = time.perf_counter()
+            for _ in range(spec.n):
+                await adapter.aenqueue("noop")
+            elapsed = time.perf_counter() - start
+        else:
+            start = time.perf_counter()
+            for _ in range(spec.n):
+                adapter.enqueue("noop")
+            elapsed = time.perf_counter() - start
+    finally:
+        await adapter.close()
+    return {"rate": spec.n / elapsed, "n": spec.n}
+
+
+async def run_bulk(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """Bulk enqueue rate, one bulk call per 1,000 tasks."""
+    await adapter.open()
+    try:
+        await _bulk(adapter, "noop", WARMUP)
+        start = time.perf_counter()
+        for first in range(0, spec.n, BULK_CHUNK):
+            await _bulk(adapter, "noop", min(BULK_CHUNK, spec.n - first))
+        elapsed = time.perf_counter() - start
+    finally:
+        await adapter.close()
+    return {"rate": spec.n / elapsed, "n": spec.n}
+
+
+async def _drain_like(adapter: Adapter, spec: Spec, kind: str) -> dict[str, Any]:
+    concurrency = CONCURRENCY[spec.workload]
+    mon = aredis.Redis.from_url(REDIS_URL)
+    try:
+        await adapter.open()
+        try:
+            before = await storage_bytes(adapter, mon)
+            await fill(adapter, kind, spec.n)
+        finally:
+            await adapter.close()
+        # After close: whatever the producer buffered (events, say) is in storage by now.
+        after = await storage_bytes(adapter, mon)
+        spawned = time.time()
+        proc = spawn_worker(adapter, concurrency, spec.log_path)
+        try:
+            deadline = time.monotonic() + min(spec.timeout - 20, MEASURE_CAP_SECONDS)
+            await wait_for(
+                lambda: _count(mon), spec.n, deadline, "tasks not completed", proc, partial_ok=True
+            )
+            # Counter and timestamps read atomically: a partial drain goes on meanwhile.
+            pipe = mon.pipeline(transaction=True)
+            pipe.get(bodies.COUNT)
+            pipe.get(bodies.FIRST)
+            pipe.get(bodies.LAST)
+            raw_count, raw_first, raw_last = await pipe.execute()
+            rss_kib = tree_peak_rss_kib(proc.pid)
+        finally:
+            stop_worker(proc)
+    finally:
+        await mon.aclose()
+    done = int(raw_count or 0)
+    first, last = float(raw_first or 0), float(raw_last or 0)
+    return {
+        "rate": (done - 1) / (last - first) if last > first else float("nan"),
+        "startup_s": first - spawned,
+        "total_rate": done / (last - spawned),
+        "completed": done,
+        "peak_rss_mib": rss_kib / 1024,
+        "storage_bytes_per_task": (after - before) / spec.n,
+        "n": spec.n,
+        "concurrency": concurrency,
+    }
+
+
+async def _count(mon: aredis.Redis) -> int:
+    return int(await mon.get(bodies.COUNT) or 0)
+
+
+async def run_drain(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """Pre-filled queue drained by one worker process (also the memory figures)."""
+    return await _drain_like(adapter, spec, "drain")
+
+
+async def run_sleep(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """Pre-filled 10 ms-sleep tasks drained at concurrency 100."""
+    return await _drain_like(adapter, spec, "sleep")
+
+
+async def run_latency(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """Open-loop Poisson arrivals at an idle worker; enqueue call -> task body."""
+    concurrency = CONCURRENCY["latency"]
+    mon = aredis.Redis.from_url(REDIS_URL)
+    rng = random.Random(spec.seed)
+    total = LATENCY_WARMUP + spec.n
+    sent: dict[int, float] = {}
+    try:
+        await adapter.open()
+        try:
+            spawned = time.time()
+            proc = spawn_worker(adapter, concurrency, spec.log_path)
+            try:
+                await _enqueue(adapter, "latency", -1)
+
+                async def llen() -> int:
+                    return int(await mon.llen(bodies.LAT))
+
+                await wait_for(llen, 1, time.monotonic() + 90, "liveness task", proc)
+                alive = time.time()
+                next_at = time.monotonic()
+                for index in range(total):
+                    next_at += rng.expovariate(1 / LATENCY_MEAN_GAP)
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    sent[index] = time.time()
+                    await _enqueue(adapter, "latency", index)
+                await wait_for(
+                    llen, total + 1, time.monotonic() + 60, "latency tasks not started", proc
+                )
+            finally:
+                stop_worker(proc)
+        finally:
+            await adapter.close()
+        raw = await mon.lrange(bodies.LAT, 0, -1)
+    finally:
+        await mon.aclose()
+    started: dict[int, float] = {}
+    for item in raw:
+        index_text, _, when = item.decode().partition(" ")
+        started.setdefault(int(index_text), float(when))
+    lat_ms = [(started[i] - sent[i]) * 1000 for i in range(LATENCY_WARMUP, total)]
+    return {
+        "p50_ms": percentile(lat_ms, 50),
+        "p95_ms": percentile(lat_ms, 95),
+        "p99_ms": percentile(lat_ms, 99),
+        "max_ms": max(lat_ms),
+        "startup_s": alive - spawned,
+        "n": spec.n,
+        "concurrency": concurrency,
+    }
+
+
+def run_sync(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """OmniQ sync facade vs AsyncOmniQ, same enqueue workload, same process."""
+    from benchmarks.adapters.omniq_adapter import OmniQAdapter
+
+    if not isinstance(adapter, OmniQAdapter):
+        raise WorkloadError("the sync workload is OmniQ's only")
+    sync_rate = adapter.sync_enqueue_rate(spec.n, WARMUP)
+    async_rate = asyncio.run(adapter.async_enqueue_rate(spec.n, WARMUP))
+    return {
+        "sync_rate": sync_rate,
+        "async_rate": async_rate,
+        "ratio": async_rate / sync_rate,
+        "n": spec.n,
+    }
+
+
+def calibrate(workdir: Path) -> dict[str, float]:
+    """Raw engine limits on this machine right now (compare with the reference's).
+
+    redis-py asyncio and sync sequential ``LPUSH`` on one connection (reference: 11,447/s and
+    17,760/s), and SQLite WAL single-row transactions with ``synchronous=FULL`` and
+    ``NORMAL`` (reference: 11,808/s and 35,087/s): the disk's fsync rate shows in the first.
+    """
+    import sqlite3
+
+    import redis
+
+    async def async_lpush(n: int) -> float:
+        client = aredis.Redis.from_url(REDIS_URL)
+        try:
+            start = time.perf_counter()
+            for _ in range(n):
+                await client.lpush("qbench:calibrate", b"x")
+            rate = n / (time.perf_counter() - start)
+            await client.delete("qbench:calibrate")
+        finally:
+            await client.aclose()
+        return rate
+
+    out = {"redis_asyncio_lpush_per_s": asyncio.run(async_lpush(5000))}
+    client = redis.Redis.from_url(REDIS_URL)
+    start = time.perf_counter()
+    for _ in range(5000):
+        client.lpush("qbench:calibrate", b"x")
+    out["redis_sync_lpush_per_s"] = 5000 / (time.perf_counter() - start)
+    client.delete("qbench:calibrate")
+    client.close()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for sync, n in (("FULL", 300), ("NORMAL", 3000)):
+        path = workdir / f"calibrate-{sync}.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            start = time.perf_counter()
+            for _ in range(n):
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO t (v) VALUES (?)", (b"x" * 100,))
+                conn.execute("COMMIT")
+            out[f"sqlite_wal_{sync.lower()}_tx_per_s"] = n / (time.perf_counter() - start)
+        finally:
+            conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return out
+
+
+ASYNC_WORKLOADS = {
+    "enqueue": run_enqueue,
+    "bulk": run_bulk,
+    "drain": run_drain,
+    "memory": run_drain,
+    "latency": run_latency,
+    "sleep": run_sleep,
+}
+
+
+def run(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """Run one repetition of ``spec.workload`` (no event loop may be running)."""
+    if spec.workload == "sync":
+        return run_sync(adapter, spec)
+    return asyncio.run(ASYNC_WORKLOADS[spec.workload](adapter, spec))

@@ -122,6 +122,10 @@ def _tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     return result
 
 
+# How long opening a database waits out another process's switch to WAL or migration.
+_OPEN_BUSY_SECONDS = 10.0
+
+
 class _SQLiteConnection:
     """One aiosqlite connection, its schema migration and its in-process wake-ups.
 
@@ -178,6 +182,24 @@ class _SQLiteConnection:
                 raise
 
     def _setup(self, conn: sqlite3.Connection) -> None:
+        # Switching a fresh file to WAL, and the first read while another process does,
+        # can fail with "database is locked" at once: SQLite skips the busy handler where
+        # waiting could deadlock. Two workers starting together is normal, so wait here.
+        deadline = time.monotonic() + _OPEN_BUSY_SECONDS
+        delay = 0.005
+        while True:
+            try:
+                self._setup_once(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            time.sleep(delay)  # on the connection's own thread, not the event loop
+            delay = min(delay * 2, 0.2)
+
+    def _setup_once(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA busy_timeout = 10000")
         if not self.is_memory:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]

@@ -173,6 +173,7 @@ async def test_idle_wait_loop_sends_a_few_commands_per_second(
 ) -> None:
     async with AsyncRedisQueue(counted_server.url, namespace="idle") as queue:
         await queue.stats()  # connected, scripts loaded
+        await queue.wait(["default"], 0.01)  # the blocking connection opened (its handshake)
         loop = asyncio.get_running_loop()
         before = await command_counts(stats_client)
         start = loop.time()

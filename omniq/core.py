@@ -310,23 +310,8 @@ class AsyncOmniQ:
         result_ttl: Seconds | None = None,
     ) -> Task:
         settings = self.settings
-        if isinstance(func, str):
-            path, carried = func, None
-            if ":" not in func and func not in self._registry:
-                raise ConfigError(
-                    f"task function {func!r}: expected 'package.module:qualname' or a "
-                    "name registered with @oq.task"
-                )
-        elif callable(func):
-            found = _callables.callable_path(func)
-            path, carried = (found, None) if found else (_callables.describe(func), func)
-        else:
-            raise ConfigError(f"task function {func!r}: expected a callable or 'module:qualname'")
-        if not isinstance(args, (tuple, list)):
-            raise ConfigError(f"args={args!r}: expected a tuple or list of arguments")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ConfigError(f"kwargs={kwargs!r}: expected a dict of keyword arguments")
-        payload = self.serializer.dumps_call(carried, tuple(args), kwargs or {})
+        path, carried = self._task_function(func)
+        payload = self._call_payload(carried, args, kwargs)
         if eta is not None:
             if not isinstance(eta, datetime) or eta.tzinfo is None:
                 raise ConfigError(f"argument eta={eta!r}: expected an aware datetime")
@@ -363,28 +348,55 @@ class AsyncOmniQ:
             created_at=now,
         )
 
-    def _log_enqueued(self, task: Task, now: datetime) -> None:
+    def _task_function(self, func: Callable[..., Any] | str) -> tuple[str, Any]:
+        """The import path a task records, and the callable itself when it must travel
+        in the payload (it has no importable path)."""
+        if isinstance(func, str):
+            if ":" not in func and func not in self._registry:
+                raise ConfigError(
+                    f"task function {func!r}: expected 'package.module:qualname' or a "
+                    "name registered with @oq.task"
+                )
+            return func, None
+        if callable(func):
+            found = _callables.callable_path(func)
+            return (found, None) if found else (_callables.describe(func), func)
+        raise ConfigError(f"task function {func!r}: expected a callable or 'module:qualname'")
+
+    def _call_payload(
+        self, carried: Any, args: Sequence[Any], kwargs: dict[str, Any] | None
+    ) -> bytes:
+        if not isinstance(args, (tuple, list)):
+            raise ConfigError(f"args={args!r}: expected a tuple or list of arguments")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError(f"kwargs={kwargs!r}: expected a dict of keyword arguments")
+        return self.serializer.dumps_call(carried, tuple(args), kwargs or {})
+
+    def _log_enqueued(self, tasks: Sequence[Task], now: datetime) -> None:
         events = self.events
-        if not events.enabled:
+        if not (events.enabled or events._handlers):
             return
-        events.log(
-            TaskEvent(
-                task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue
-            )
-        )
-        if task.status is TaskStatus.SCHEDULED:
-            why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
-            if task.due_at is not None:
-                why += f" until {task.due_at.isoformat()}"
-            events.log(
+        logged: list[TaskEvent] = []
+        for task in tasks:
+            logged.append(
                 TaskEvent(
-                    task_id=task.id,
-                    event_type=EventType.SCHEDULED,
-                    timestamp=now,
-                    queue=task.queue,
-                    message=why,
+                    task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue
                 )
             )
+            if task.status is TaskStatus.SCHEDULED:
+                why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
+                if task.due_at is not None:
+                    why += f" until {task.due_at.isoformat()}"
+                logged.append(
+                    TaskEvent(
+                        task_id=task.id,
+                        event_type=EventType.SCHEDULED,
+                        timestamp=now,
+                        queue=task.queue,
+                        message=why,
+                    )
+                )
+        events.log_many(logged)
 
     async def submit(
         self,
@@ -433,7 +445,7 @@ class AsyncOmniQ:
         if task.depends_on:
             return await self._submit_dependent(task, now)
         await queue_store.enqueue([task])
-        self._log_enqueued(task, now)
+        self._log_enqueued([task], now)
         return task.id
 
     async def _submit_dependent(self, task: Task, now: datetime) -> str:
@@ -443,7 +455,7 @@ class AsyncOmniQ:
             if dep is None:
                 raise TaskNotFoundError(f"task {task.id} depends on {dep_id}, which does not exist")
         await queue_store.enqueue([task])
-        self._log_enqueued(task, now)
+        self._log_enqueued([task], now)
         # Dependencies may have finished before the dependent was stored: settle it now,
         # so no completion is missed between the check and the insert.
         await self._settle_dependent(task.id)
@@ -462,12 +474,22 @@ class AsyncOmniQ:
         if "task_id" in options or "depends_on" in options:
             raise ConfigError("enqueue_many does not take task_id or depends_on; use submit")
         now = utcnow()
-        tasks = [self._build_task(func, args, None, now=now, **options) for args in args_list]
-        if not tasks:
+        calls = iter(args_list)
+        first = next(calls, None)
+        if first is None:
             return []
+        # Options are checked once; the other tasks differ from the first only in id and
+        # arguments.
+        proto = self._build_task(func, first, None, now=now, **options)
+        _, carried = self._task_function(func)
+        replace = msgspec.structs.replace
+        payload = self._call_payload
+        tasks = [proto]
+        tasks += [
+            replace(proto, id=new_task_id(), payload=payload(carried, args, None)) for args in calls
+        ]
         ids = await self.queue.enqueue(tasks)
-        for task in tasks:
-            self._log_enqueued(task, now)
+        self._log_enqueued(tasks, now)
         return ids
 
     # -- reading -----------------------------------------------------------------------

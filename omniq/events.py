@@ -80,9 +80,20 @@ class AsyncEventLogger:
         self._kick(len(self._buffer) >= self.batch_size)
 
     def log_many(self, events: Iterable[TaskEvent]) -> None:
-        """Queue several events."""
-        for event in events:
-            self.log(event)
+        """Queue several events (one wake-up of the writer for all of them)."""
+        if self._handlers:
+            events = list(events)
+            for event in events:
+                for handler in self._handlers:
+                    try:
+                        handler(event)
+                    except Exception:
+                        logger.exception("event handler %r failed", handler)
+        if self.storage is None or self._closed:
+            return
+        self._buffer.extend(events)
+        if self._buffer:
+            self._kick(len(self._buffer) >= self.batch_size)
 
     def _kick(self, now: bool) -> None:
         if self._flusher is None or self._flusher.done():

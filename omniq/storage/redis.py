@@ -84,14 +84,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 from hiredis import pack_command
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, ResponseError
 
 from omniq._sync import sync_twin
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.storage._resp import RespConnection, RespConnectionError, RespEndpoint, parse_redis_url
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
@@ -255,41 +253,40 @@ class RedisClient:
         self.namespace = _check_namespace(namespace)
         self.prefix = f"{self.namespace}:"
         self.round_trips = 0
-        self._pool: ConnectionPool | None = None
-        self._idle: list[AbstractConnection] = []
-        self._blocking_idle: list[AbstractConnection] = []
-        self._busy: set[AbstractConnection] = set()
+        self._endpoint: RespEndpoint | None = None
+        # Every ordinary request shares one pipelined connection; blocking ones
+        # (BLPOP) each hold a connection of their own while they wait.
+        self._main: RespConnection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._blocking_idle: list[RespConnection] = []
+        self._blocking_busy: set[RespConnection] = set()
         self._open_lock = asyncio.Lock()
 
     @property
     def is_open(self) -> bool:
         """True between :meth:`open` and :meth:`close`."""
-        return self._pool is not None
+        return self._endpoint is not None
 
     async def open(self) -> None:
         """Check the server answers and load the scripts. Safe to call twice."""
         async with self._open_lock:
-            if self._pool is not None:
+            if self._endpoint is not None:
                 return
-            try:
-                self._pool = ConnectionPool.from_url(
-                    self.url, socket_keepalive=True, socket_connect_timeout=5.0
-                )
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"redis URL {self.url!r}: {exc}") from exc
+            self._endpoint = parse_redis_url(self.url)
             try:
                 await self.load_scripts()
             except BaseException:
-                self._pool = None
+                self._endpoint = None
+                self._drop_connections()
                 raise
 
     async def close(self) -> None:
         """Close every connection. Safe to call twice."""
-        self._pool = None
-        await self._drop_idle()
+        self._endpoint = None
+        self._drop_connections()
         # Requests still in flight (a worker blocked in BLPOP) end with a connection error.
-        for conn in list(self._busy):
-            await conn.disconnect(nowait=True)
+        for conn in list(self._blocking_busy):
+            conn.close()
 
     async def load_scripts(self) -> None:
         """``SCRIPT LOAD`` every OmniQ script (one round trip)."""
@@ -298,25 +295,33 @@ class RedisClient:
             if isinstance(reply, ResponseError):
                 raise StorageError(f"redis: loading scripts: {reply}")
 
-    def _new_connection(self, blocking: bool) -> AbstractConnection:
-        pool = self._pool
-        if pool is None:
-            raise StorageConnectionError("redis: the client is closed")
-        if blocking:
-            kwargs = dict(pool.connection_kwargs)
-            kwargs["socket_timeout"] = None
-            conn: AbstractConnection = pool.connection_class(**kwargs)
-            return conn
-        conn = pool.make_connection()  # type: ignore[no-untyped-call]
-        return conn
-
-    async def _drop_idle(self) -> None:
+    def _drop_connections(self) -> None:
         # After one connection error the others are probably stale too (server restart).
-        idle = self._idle + self._blocking_idle
-        self._idle.clear()
+        main, self._main = self._main, None
+        if main is not None:
+            main.close()
+        idle = self._blocking_idle[:]
         self._blocking_idle.clear()
         for conn in idle:
-            await conn.disconnect(nowait=True)
+            conn.close()
+
+    async def _connect(self, blocking: bool) -> RespConnection:
+        endpoint = self._endpoint
+        if endpoint is None:
+            raise StorageConnectionError("redis: the client is closed")
+        if blocking:
+            return (
+                self._blocking_idle.pop()
+                if self._blocking_idle
+                else await RespConnection.open(endpoint)
+            )
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # one reconnect, however many requests wait for it
+            main = self._main
+            if main is None or main.is_closed:
+                main = self._main = await RespConnection.open(endpoint)
+            return main
 
     async def execute(
         self, commands: Sequence[Command], *, blocking: bool = False
@@ -329,46 +334,53 @@ class RedisClient:
         """
         data = _pack(commands[0]) if len(commands) == 1 else b"".join(map(_pack, commands))
         count = len(commands)
-        idle = self._blocking_idle if blocking else self._idle  # lists kept for the client's life
-        # A blocking command is not repeated: its caller treats an error as a wake-up.
-        delays = _RETRY_DELAYS[:1] if blocking else _RETRY_DELAYS
-        last = len(delays) - 1
-        for attempt, delay in enumerate(delays):
+        if blocking:
+            return await self._execute_blocking(data, count)
+        last = len(_RETRY_DELAYS) - 1
+        for attempt, delay in enumerate(_RETRY_DELAYS):
             if delay:
                 await asyncio.sleep(delay)
-            conn = idle.pop() if idle else self._new_connection(blocking)
-            self._busy.add(conn)
+            conn = self._main
             try:
-                await conn.send_packed_command(data, check_health=False)
-                replies: builtins.list[Any] = []
-                for _ in range(count):
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                await conn.disconnect(nowait=True)
-                await self._drop_idle()
+                if conn is None or conn.is_closed:
+                    conn = await self._connect(blocking=False)
+                replies = await conn.request(data, count)
+            except (RespConnectionError, ConnectionError) as exc:
+                if self._main is conn:
+                    self._drop_connections()
                 if attempt == last:
                     raise StorageConnectionError(f"redis: {self.url}: {exc}") from exc
                 continue
-            except RedisError as exc:
-                await conn.disconnect(nowait=True)
-                raise StorageError(f"redis: {exc}") from exc
-            except BaseException:
-                # Cancelled mid-request: the reply may still come, so the connection
-                # cannot be reused.
-                await conn.disconnect(nowait=True)
-                raise
-            finally:
-                self._busy.discard(conn)
             self.round_trips += 1
-            if self._pool is not None and len(idle) < _MAX_IDLE:
-                idle.append(conn)
-            else:
-                await conn.disconnect(nowait=True)
             return replies
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _execute_blocking(self, data: bytes, count: int) -> builtins.list[Any]:
+        # A blocking command is not repeated: its caller treats an error as a wake-up.
+        try:
+            conn = await self._connect(blocking=True)
+        except (RespConnectionError, ConnectionError) as exc:
+            raise StorageConnectionError(f"redis: {self.url}: {exc}") from exc
+        self._blocking_busy.add(conn)
+        try:
+            replies = await conn.request(data, count)
+        except (RespConnectionError, ConnectionError) as exc:
+            conn.close()
+            self._drop_connections()
+            raise StorageConnectionError(f"redis: {self.url}: {exc}") from exc
+        except BaseException:
+            # Cancelled while blocked: the server may still hand this connection a
+            # value later, so it is not reused.
+            conn.close()
+            raise
+        finally:
+            self._blocking_busy.discard(conn)
+        self.round_trips += 1
+        if self._endpoint is not None and len(self._blocking_idle) < _MAX_IDLE:
+            self._blocking_idle.append(conn)
+        else:
+            conn.close()
+        return replies
 
     async def call(self, *command: Any) -> Any:
         """One command; an error reply raises :class:`StorageError`."""

@@ -1,0 +1,222 @@
+"""A lean asyncio Redis connection: RESP2 over an ``asyncio.Protocol``, parsed by hiredis.
+
+Why not redis-py's asyncio client: per round trip it costs more Python than the round
+trip itself costs on loopback (stream reader, locks, per-command parsing), and a worker
+makes a few round trips per task. Here a request is one ``transport.write`` of commands
+hiredis packed, and ``data_received`` hands whole replies to a FIFO of waiting futures.
+Several requests may be in flight on one connection at once (pipelining by arrival
+order), so one connection serves every ordinary command of a process; blocking commands
+(``BLPOP``) get connections of their own.
+
+Error replies are returned as :class:`redis.exceptions.ResponseError` instances (a
+``NOSCRIPT`` one as :class:`~redis.exceptions.NoScriptError`), never raised, so a
+pipeline always yields every reply. A lost connection fails its pending requests with
+:class:`RespConnectionError`; reconnecting is the caller's choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+from redis.exceptions import NoScriptError, ResponseError
+
+from omniq.errors import ConfigError
+
+__all__ = ["RespConnection", "RespConnectionError", "RespEndpoint", "parse_redis_url"]
+
+
+class RespConnectionError(ConnectionError):
+    """The connection failed or was lost; requests still pending on it are lost too."""
+
+
+@dataclass(frozen=True)
+class RespEndpoint:
+    """Where and how to connect: from :func:`parse_redis_url`."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None  # a unix socket
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: ssl.SSLContext | None = None
+    connect_timeout: float = 5.0
+
+
+def parse_redis_url(url: str) -> RespEndpoint:
+    """``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+    ``unix:///path/to/socket?db=N``; ``?ssl_cert_reqs=none`` skips certificate checks."""
+    try:
+        parts = urlsplit(url)
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        scheme = parts.scheme.lower()
+        if scheme == "unix":
+            db_text = query.get("db", "")
+        else:
+            db_text = query.get("db") or parts.path.lstrip("/")
+        db = int(db_text) if db_text else 0
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        timeout = float(query.get("socket_connect_timeout", 5.0))
+        if scheme == "unix":
+            if not parts.path:
+                raise ValueError("no socket path")
+            return RespEndpoint(
+                path=parts.path,
+                db=db,
+                username=username,
+                password=password,
+                connect_timeout=timeout,
+            )
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(f"unknown scheme {parts.scheme!r} (expected redis, rediss or unix)")
+        tls = None
+        if scheme == "rediss":
+            tls = ssl.create_default_context()
+            if query.get("ssl_cert_reqs", "required").lower() == "none":
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
+        return RespEndpoint(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=db,
+            username=username,
+            password=password,
+            tls=tls,
+            connect_timeout=timeout,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"redis URL {url!r}: {exc}") from exc
+
+
+def _reply_error(message: str) -> ResponseError:
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return ResponseError(message)
+
+
+class _Request:
+    __slots__ = ("count", "future", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.count = count
+        self.replies: list[Any] = []
+
+
+class RespConnection(asyncio.Protocol):
+    """One connection to a Redis server. Build it with :meth:`open`.
+
+    Example::
+
+        conn = await RespConnection.open(parse_redis_url("redis://127.0.0.1:6379/0"))
+        [pong] = await conn.request(hiredis.pack_command(("PING",)), 1)
+    """
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(replyError=_reply_error)
+        self._pending: deque[_Request] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._lost: BaseException | None = None
+
+    @classmethod
+    async def open(cls, endpoint: RespEndpoint) -> RespConnection:
+        """Connect, authenticate and select the database."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(endpoint.connect_timeout):
+                if endpoint.path is not None:
+                    _, conn = await loop.create_unix_connection(cls, endpoint.path)
+                else:
+                    _, conn = await loop.create_connection(
+                        cls, endpoint.host, endpoint.port, ssl=endpoint.tls
+                    )
+        except (OSError, TimeoutError) as exc:
+            where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
+            raise RespConnectionError(f"cannot connect to {where}: {exc}") from exc
+        handshake: list[tuple[Any, ...]] = []
+        if endpoint.password is not None:
+            if endpoint.username:
+                handshake.append(("AUTH", endpoint.username, endpoint.password))
+            else:
+                handshake.append(("AUTH", endpoint.password))
+        if endpoint.db:
+            handshake.append(("SELECT", endpoint.db))
+        if handshake:
+            data = b"".join(hiredis.pack_command(command) for command in handshake)
+            replies = await conn.request(data, len(handshake))
+            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+            if errors:
+                conn.close()
+                raise errors[0]
+        return conn
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection was closed or lost."""
+        return self._transport is None or self._lost is not None
+
+    def request(self, data: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """Send packed commands; the future gets their ``count`` replies in order."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if self._lost is not None or self._transport is None:
+            future.set_exception(RespConnectionError(f"connection lost: {self._lost}"))
+            return future
+        self._pending.append(_Request(future, count))
+        self._transport.write(data)
+        return future
+
+    def close(self) -> None:
+        """Close now; pending requests fail with :class:`RespConnectionError`."""
+        self._fail(RespConnectionError("closed"))
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        pending = self._pending
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(RespConnectionError(f"protocol error: {exc}"))
+                self.close()
+                return
+            if reply is False:
+                return
+            if not pending:  # a reply nobody asked for: the stream is out of step
+                self._fail(RespConnectionError("unexpected reply"))
+                self.close()
+                return
+            request = pending[0]
+            request.replies.append(reply)
+            if len(request.replies) == request.count:
+                pending.popleft()
+                # A cancelled request's replies still arrive; they are dropped here.
+                if not request.future.done():
+                    request.future.set_result(request.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or RespConnectionError("closed")
+        self._fail(RespConnectionError(f"connection lost: {exc or 'closed'}"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = exc
+        pending, self._pending = self._pending, deque()
+        for request in pending:
+            if not request.future.done():
+                request.future.set_exception(exc)

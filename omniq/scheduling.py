@@ -457,4 +457,4 @@ class AsyncScheduler:
         return min(self._hints.values(), default=None)
 
     def _log(self, task: Task, now: datetime) -> None:
-        self.oq._log_enqueued(task, now)
+        self.oq._log_enqueued([task], now)

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 
 __all__ = [
     "Ack",
@@ -219,6 +219,25 @@ class BaseTaskQueue(BaseStorage):
         watches) override this; the default just sleeps. Spurious wake-ups are allowed.
         """
         await asyncio.sleep(timeout)
+
+    async def wait_and_claim(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        timeout: float,
+    ) -> builtins.list[Task]:
+        """:meth:`wait`, then :meth:`claim` at once: what an idle worker does.
+
+        Backends that can run the claim on the server the moment the wait ends (Redis
+        pipelines it behind the blocking pop) override this to save a round trip.
+        """
+        await self.wait(queues, timeout)
+        return await self.claim(
+            queues, worker_id, limit=limit, lease_seconds=lease_seconds, now=utcnow()
+        )
 
 
 class BaseResultStorage(BaseStorage):

@@ -88,7 +88,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from omniq._sync import sync_twin
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage._resp import RespConnection, RespConnectionError, RespEndpoint, parse_redis_url
 from omniq.storage.base import (
     Ack,
@@ -416,11 +416,16 @@ class RedisClient:
 
     async def block(self, timeout: float, *command: Any) -> Any:
         """A blocking command (``BLPOP``…) on a blocking connection, bounded client-side."""
-        async with asyncio.timeout(timeout + _BLOCK_SLACK):
-            reply = (await self.execute([command], blocking=True))[0]
+        reply = (await self.block_many(timeout, [command]))[0]
         if isinstance(reply, ResponseError):
             raise StorageError(f"redis: {command[0]}: {reply}") from reply
         return reply
+
+    async def block_many(self, timeout: float, commands: Sequence[Command]) -> builtins.list[Any]:
+        """A blocking command and the commands the server runs right after it, in one
+        pipeline on a blocking connection; replies as :meth:`execute` returns them."""
+        async with asyncio.timeout(timeout + _BLOCK_SLACK):
+            return await self.execute(commands, blocking=True)
 
     def __repr__(self) -> str:
         return f"RedisClient({self.url!r}, namespace={self.namespace!r})"
@@ -606,6 +611,51 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         flat = await client.script(
             "claim", _us(now), _us(lease_at), worker_id, limit, len(names), *names
         )
+        return await self._claimed(flat, worker_id, now, lease_at)
+
+    async def wait_and_claim(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        timeout: float,
+    ) -> builtins.list[Task]:
+        """Block on the wake lists, then claim, in one pipeline on a blocking connection.
+
+        Redis runs the claim the moment the ``BLPOP`` returns, so a waiting worker gets
+        its task one round trip after the enqueue instead of two. The claim reads the
+        server's clock, as the client cannot know when the wait will end.
+        """
+        names = list(dict.fromkeys(queues))
+        if timeout < 0.001 or not names or limit <= 0:
+            return await super().wait_and_claim(
+                queues, worker_id, limit=limit, lease_seconds=lease_seconds, timeout=timeout
+            )
+        client = await self._client()
+        keys = [f"{self._prefix}q:{queue}:wake" for queue in names]
+        lease_us = round(lease_seconds * 1_000_000)
+        claim = (_SHAS["claim"], 0, self._prefix, "", lease_us, worker_id, limit, len(names))
+        commands = [("BLPOP", *keys, f"{timeout:.3f}"), ("EVALSHA", *claim, *names)]
+        try:
+            _, flat = await client.block_many(timeout, commands)
+        except TimeoutError:
+            return []  # the server went quiet: a spurious wake-up, the caller looks again
+        if isinstance(flat, NoScriptError):  # scripts flushed (server restarted)
+            await client.load_scripts()
+            return await self.claim(
+                queues, worker_id, limit=limit, lease_seconds=lease_seconds, now=utcnow()
+            )
+        if isinstance(flat, ResponseError):
+            raise StorageError(f"redis: script claim: {flat}") from flat
+        now, lease_at = _dt(flat[0]), _dt(flat[1])
+        return await self._claimed(flat[2:], worker_id, now, lease_at)
+
+    async def _claimed(
+        self, flat: Sequence[Any], worker_id: str, now: datetime, lease_at: datetime
+    ) -> builtins.list[Task]:
+        """Tasks from a claim's reply (a corrupt record is failed, the rest returned)."""
         claimed = []
         corrupt: builtins.list[Ack] = []
         for i in range(0, len(flat), 4):

@@ -204,33 +204,37 @@ class AsyncWorkerPool:
         settings = self.oq.settings
         backoff = 0.0
         loop = asyncio.get_running_loop()
+        # True when the wait that just ended claimed (and found nothing) itself.
+        just_claimed = False
         while not self._stopping:
             if not burst and loop.time() >= self._next_schedule_check:
                 await self._fire_schedules(settings.poll_interval)
+                just_claimed = False
             free = self.concurrency - len(self._running)
             if free < self._claim_watermark and self._running:
                 # Claim in batches: one round trip per several free slots, not per slot.
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            try:
-                tasks = await queue.claim(
-                    self.queues,
-                    self.worker_id,
-                    limit=free,
-                    lease_seconds=self.lease_seconds,
-                    now=utcnow(),
-                )
-                backoff = 0.0
-            except StorageError as exc:
-                backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
-                logger.warning("claim failed (%s); retrying in %.2f s", exc, backoff)
-                await self._idle(backoff)
-                continue
-            for task in tasks:
-                self._held.add(task.id)
-                self._running[task.id] = asyncio.create_task(self._execute(task))
+            tasks: list[Task] = []
+            if not just_claimed:
+                try:
+                    tasks = await queue.claim(
+                        self.queues,
+                        self.worker_id,
+                        limit=free,
+                        lease_seconds=self.lease_seconds,
+                        now=utcnow(),
+                    )
+                    backoff = 0.0
+                except StorageError as exc:
+                    backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
+                    logger.warning("claim failed (%s); retrying in %.2f s", exc, backoff)
+                    await self._idle(backoff)
+                    continue
+            just_claimed = False
             if tasks:
+                self._start(tasks)
                 if len(tasks) < free:
                     # Let the claimed tasks start before asking again: the batch was short,
                     # so the queue is (nearly) empty.
@@ -242,7 +246,16 @@ class AsyncWorkerPool:
                     await self._slot_freed.wait()
                     continue
                 return
-            await self._wait_for_work(settings.poll_interval)
+            woke_with = await self._wait_for_work(settings.poll_interval, free)
+            if woke_with:
+                self._start(woke_with)
+                await asyncio.sleep(0)
+            just_claimed = woke_with is not None and not woke_with
+
+    def _start(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            self._held.add(task.id)
+            self._running[task.id] = asyncio.create_task(self._execute(task))
 
     async def _fire_schedules(self, poll_interval: float) -> None:
         """Fire due schedule ticks; note when to look again."""
@@ -263,7 +276,9 @@ class AsyncWorkerPool:
             wait = max(0.0, (next_due - utcnow()).total_seconds())
             self._next_schedule_check = min(self._next_schedule_check, loop.time() + wait)
 
-    async def _wait_for_work(self, poll_interval: float) -> None:
+    async def _wait_for_work(self, poll_interval: float, free: int) -> list[Task] | None:
+        """Wait for work and claim up to ``free`` tasks as the wait ends; None when
+        no claim was made (nothing waited for, or woken by a stop or a nudge)."""
         queue = self.oq.queue
         ceiling = max(poll_interval, 5.0) if queue.notifies else poll_interval
         if not self._schedules_off:
@@ -277,11 +292,24 @@ class AsyncWorkerPool:
         if due is not None:
             timeout = min(ceiling, max(0.0, (due - utcnow()).total_seconds()))
         if timeout <= 0:
-            return
-        await self._idle(timeout, queue.wait(self.queues, timeout))
+            return None
+        waiter = queue.wait_and_claim(
+            self.queues,
+            self.worker_id,
+            limit=free,
+            lease_seconds=self.lease_seconds,
+            timeout=timeout,
+        )
+        claimed: list[Task] | None = await self._idle(timeout, waiter)
+        return claimed
 
-    async def _idle(self, timeout: float, waiter: Any = None) -> None:
-        """Sleep for ``timeout`` or until ``waiter`` finishes, but wake on stop."""
+    async def _idle(self, timeout: float, waiter: Any = None) -> Any:
+        """Sleep for ``timeout`` or until ``waiter`` finishes, but wake on stop or a
+        nudge; the waiter's value when it finished, else None.
+
+        A waiter cut short may have claimed on the server as it was stopped: those tasks
+        come back when their lease runs out, like a crashed worker's.
+        """
         assert self._stop_event is not None and self._nudge is not None
         self._nudge.clear()
         stop = asyncio.ensure_future(self._stop_event.wait())
@@ -289,10 +317,13 @@ class AsyncWorkerPool:
         wait = asyncio.ensure_future(waiter if waiter is not None else asyncio.sleep(timeout))
         try:
             done, _ = await asyncio.wait({stop, nudge, wait}, return_when=asyncio.FIRST_COMPLETED)
-            if wait in done and not wait.cancelled() and wait.exception() is not None:
+            if wait in done and not wait.cancelled():
                 exc = wait.exception()
+                if exc is None:
+                    return wait.result()
                 logger.warning("waiting for work failed: %s", exc)
                 await asyncio.sleep(min(timeout, 0.5))
+            return None
         finally:
             for fut in (stop, nudge, wait):
                 if not fut.done():

@@ -428,6 +428,43 @@ class QueueContract:
         await asyncio.wait_for(waiter, 2)
         await producer
 
+    async def test_wait_and_claim_leases_what_arrives_while_waiting(
+        self, queue: BaseTaskQueue, other_queue: BaseTaskQueue
+    ) -> None:
+        task = make_task()
+        waiter = asyncio.ensure_future(
+            queue.wait_and_claim(
+                ["default"], "w1", limit=4, lease_seconds=30, timeout=5.0 if queue.notifies else 0.3
+            )
+        )
+        await asyncio.sleep(0.05)
+        await other_queue.enqueue([task])
+        claimed = await asyncio.wait_for(waiter, 5)
+        if not claimed:  # a queue that cannot be notified claims as its timeout ends
+            claimed = await queue.wait_and_claim(
+                ["default"], "w1", limit=4, lease_seconds=30, timeout=0.05
+            )
+        now = utcnow()
+        assert [t.id for t in claimed] == [task.id]
+        assert (claimed[0].status, claimed[0].worker_id, claimed[0].attempts) == (
+            TaskStatus.RUNNING,
+            "w1",
+            1,
+        )
+        # Leased as the wait ended, just before now (by the server's clock on Redis).
+        assert close_to(claimed[0].lease_expires_at, now + 30 * S, tolerance=1.0)
+        stored = await queue.get(task.id)
+        assert stored is not None and stored.worker_id == "w1"
+        assert stored.lease_expires_at == claimed[0].lease_expires_at
+
+    async def test_wait_and_claim_returns_nothing_when_nothing_arrives(
+        self, queue: BaseTaskQueue
+    ) -> None:
+        claimed = await asyncio.wait_for(
+            queue.wait_and_claim(["default"], "w1", limit=4, lease_seconds=30, timeout=0.05), 5
+        )
+        assert claimed == []
+
 
 def make_result(task_id: str | None = None, **fields: object) -> TaskResult:
     """A COMPLETE result with encoded bytes as its value (``fields`` override)."""

@@ -2,10 +2,22 @@
 -- the ready sets, then take the best `limit` across the queues.
 -- ARGV: prefix, now, lease_until, worker, limit, nqueues, queues...
 -- Returns per task: id, data, attempts, due.
+-- With now = '' the server's clock gives now and lease_until is now + ARGV[3] (a lease
+-- length in microseconds); the reply then starts with now and lease_until. A worker uses
+-- this to claim in the same pipeline as its blocking wait, when the client cannot know
+-- the time the wait will end.
 local now, lease, worker = ARGV[2], ARGV[3], ARGV[4]
 local limit, nq = tonumber(ARGV[5]), tonumber(ARGV[6])
 local PROMOTE = 1000
 local cands = {}
+local out = {}
+if now == '' then
+  local t = redis.call('TIME')
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = string.format('%.0f', us)
+  lease = string.format('%.0f', us + tonumber(ARGV[3]))
+  out[1], out[2] = now, lease
+end
 for i = 1, nq do
   local q = ARGV[6 + i]
   local ready = qkey(q, 'ready')
@@ -38,7 +50,6 @@ if #cands < limit then
     if redis.call('LLEN', wake_key) > 0 then redis.call('DEL', wake_key) end
   end
 end
-local out = {}
 for j = 1, math.min(limit, #cands) do
   local member, q = cands[j][2], cands[j][3]
   local id = string.sub(member, 33)

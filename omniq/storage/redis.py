@@ -58,14 +58,17 @@ restarts, ``appendonly yes`` (``appendfsync always`` loses nothing acknowledged)
 A claim promotes at most 1,000 due delayed tasks and 1,000 expired leases per queue per
 call; a larger backlog moves over the next claims.
 
-The client is a small pool of redis-py connections driven directly: commands are packed
-by hiredis (which the ``redis`` extra installs) and each round trip is one write and one
-read, because redis-py's own pool costs more per call than the round trip itself. A
-connection error drops the idle connections and retries the request a few times with a
-short backoff, so a restarted server is picked up by the next call. Only a reply lost
-on a live connection makes a retry repeat work, within at-least-once: a repeated claim
-leaves tasks leased to nobody until their lease runs out, a repeated append logs an
-event twice. Blocking commands are not retried.
+The client (``omniq.storage._resp``) speaks RESP over an ``asyncio.Protocol`` with
+hiredis parsing: every ordinary request of a process shares one pipelined connection,
+and each blocking call (``BLPOP``) gets a connection of its own. An idle worker sends its
+claim in the same pipeline as its ``BLPOP``, so Redis runs the claim the moment a token
+arrives (that claim reads the server's clock). A connection error drops the connections
+and retries the request a few times with a short backoff, so a restarted server is
+picked up by the next call. Only a reply lost on a live connection makes a retry repeat
+work, within at-least-once: a repeated claim leaves tasks leased to nobody until their
+lease runs out, a repeated append logs an event twice; a worker stopped while blocked
+may leave a claim made at that instant to its lease, the same way. Blocking commands
+are not retried.
 """
 
 from __future__ import annotations

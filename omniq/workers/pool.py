@@ -105,7 +105,10 @@ class AsyncWorkerPool:
         self._next_schedule_check = 0.0
         self._schedules_off = False
         self._flush_lock: asyncio.Lock | None = None
-        self._claim_watermark = max(1, self.concurrency // 4)
+        # Claim once this many slots are free: fewer round trips than one claim per slot,
+        # but capped, so that with many slots (long sleeps) they do not idle waiting for
+        # a big batch (measured: 8 beats 25 and 4 at concurrency 100).
+        self._claim_watermark = max(1, min(8, self.concurrency // 4))
 
     # -- public control ----------------------------------------------------------------
 

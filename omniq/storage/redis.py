@@ -79,7 +79,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Self
@@ -173,7 +173,7 @@ _RETRY_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
 #: Idle connections kept per kind (plain, blocking); more are closed when released.
 _MAX_IDLE = 32
 #: Tasks per enqueue script call; a batch sends all its calls in one pipeline.
-_ENQUEUE_CHUNK = 500
+_ENQUEUE_CHUNK = 250
 #: Results of ``wait`` keep their wake-up token this long at most (milliseconds).
 _RESULT_TOKEN_MS = 60_000
 #: Slack on top of a blocking command's own timeout before the client gives up on it.
@@ -339,6 +339,10 @@ class RedisClient:
         count = len(commands)
         if blocking:
             return await self._execute_blocking(data, count)
+        return await self._send(data, count)
+
+    async def _send(self, data: bytes, count: int) -> builtins.list[Any]:
+        """Send packed commands on the shared connection, retrying connection errors."""
         last = len(_RETRY_DELAYS) - 1
         for attempt, delay in enumerate(_RETRY_DELAYS):
             if delay:
@@ -403,15 +407,39 @@ class RedisClient:
             raise StorageError(f"redis: script {name}: {reply}") from reply
         return reply
 
-    async def scripts(self, name: str, arg_lists: Sequence[Sequence[Any]]) -> builtins.list[Any]:
-        """Run the named script once per argument list, all in one round trip."""
+    async def scripts(self, name: str, arg_lists: Iterable[Sequence[Any]]) -> builtins.list[Any]:
+        """Run the named script once per argument list, in one round trip.
+
+        Each call is written as soon as its arguments are built, so the server works
+        through one call while the next is built. The calls must be safe to repeat: a
+        batch cut by a lost connection is sent again whole.
+        """
         sha, prefix = _SHAS[name], self.prefix
-        commands = [("EVALSHA", sha, 0, prefix, *args) for args in arg_lists]
-        replies = await self.execute(commands)
+        packed: builtins.list[bytes] = []
+        futures: builtins.list[asyncio.Future[builtins.list[Any]]] = []
+        conn = self._main
+        if conn is None or conn.is_closed:
+            try:
+                conn = await self._connect(blocking=False)
+            except (RespConnectionError, ConnectionError):
+                conn = None  # the retrying path below reconnects
+        for args in arg_lists:
+            data = _pack(("EVALSHA", sha, 0, prefix, *args))
+            packed.append(data)
+            if conn is not None:
+                futures.append(conn.request(data, 1))
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        if conn is not None and not any(isinstance(item, BaseException) for item in outcomes):
+            self.round_trips += 1
+            replies = [item[0] for item in outcomes]  # type: ignore[index]
+        else:
+            if conn is not None and self._main is conn:
+                self._drop_connections()
+            replies = await self._send(b"".join(packed), len(packed))
         if any(isinstance(reply, NoScriptError) for reply in replies):
             # Nothing ran: every call of the batch needs the same (missing) script.
             await self.load_scripts()
-            replies = await self.execute(commands)
+            replies = await self._send(b"".join(packed), len(packed))
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise StorageError(f"redis: script {name}: {reply}") from reply
@@ -576,8 +604,8 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
     notifies = True
 
     async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
-        """Store ``tasks`` (existing ids are left unchanged): one script call per 500 tasks,
-        all sent in one round trip."""
+        """Store ``tasks`` (existing ids are left unchanged): one script call per 250
+        tasks, each written as soon as it is built, all in one round trip."""
         if not tasks:
             return []
         client = self.client if self._connected else await self._client()
@@ -586,14 +614,16 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
             task = tasks[0]
             await client.script("enqueue", now, 1, *_task_args(task))
             return [task.id]
-        calls = []
-        for start in range(0, len(tasks), _ENQUEUE_CHUNK):
-            chunk = tasks[start : start + _ENQUEUE_CHUNK]
-            args: builtins.list[Any] = [now, len(chunk)]
-            for task in chunk:
-                args.extend(_task_args(task))
-            calls.append(args)
-        await client.scripts("enqueue", calls)
+
+        def calls() -> Iterator[builtins.list[Any]]:
+            for start in range(0, len(tasks), _ENQUEUE_CHUNK):
+                chunk = tasks[start : start + _ENQUEUE_CHUNK]
+                args: builtins.list[Any] = [now, len(chunk)]
+                for task in chunk:
+                    args.extend(_task_args(task))
+                yield args
+
+        await client.scripts("enqueue", calls())
         return [task.id for task in tasks]
 
     async def claim(

@@ -703,6 +703,9 @@ def markdown(
         "the async peers for the enqueue target are arq, SAQ and taskiq.\n\n",
         targets_table(agg),
     ]
+    if ANALYSIS.exists():
+        # Written by hand after a run: where the time goes on the missed targets.
+        parts.append("\n" + ANALYSIS.read_text(encoding="utf-8"))
     if ref := reference_table(agg):
         parts += [
             "\n## Peers here vs the reference benchmark\n",
@@ -724,6 +727,8 @@ def markdown(
     ]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts)
 
+
+ANALYSIS = Path(__file__).with_name("analysis.md")
 
 METHOD = """\
 - **Isolation.** Each repetition runs in a fresh child process with its own process group and

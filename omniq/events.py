@@ -69,11 +69,8 @@ class AsyncEventLogger:
 
     def log(self, event: TaskEvent) -> None:
         """Queue ``event`` for writing; never blocks and never raises for storage errors."""
-        for handler in self._handlers:
-            try:
-                handler(event)
-            except Exception:
-                logger.exception("event handler %r failed", handler)
+        if self._handlers:
+            self._call_handlers(event)
         if self.storage is None or self._closed:
             return
         self._buffer.append(event)
@@ -84,16 +81,19 @@ class AsyncEventLogger:
         if self._handlers:
             events = list(events)
             for event in events:
-                for handler in self._handlers:
-                    try:
-                        handler(event)
-                    except Exception:
-                        logger.exception("event handler %r failed", handler)
+                self._call_handlers(event)
         if self.storage is None or self._closed:
             return
         self._buffer.extend(events)
         if self._buffer:
             self._kick(len(self._buffer) >= self.batch_size)
+
+    def _call_handlers(self, event: TaskEvent) -> None:
+        for handler in self._handlers:
+            try:
+                handler(event)
+            except Exception:
+                logger.exception("event handler %r failed", handler)
 
     def _kick(self, now: bool) -> None:
         if self._flusher is None or self._flusher.done():

@@ -1,0 +1,56 @@
+"""How a Redis URL becomes a connection endpoint (no server needed)."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from omniq.errors import ConfigError
+from omniq.storage._resp import parse_redis_url
+
+
+def test_host_port_and_database() -> None:
+    endpoint = parse_redis_url("redis://10.0.0.5:6380/3")
+    assert (endpoint.host, endpoint.port, endpoint.db) == ("10.0.0.5", 6380, 3)
+    assert endpoint.path is None and endpoint.tls is None and endpoint.password is None
+
+
+def test_defaults() -> None:
+    endpoint = parse_redis_url("redis://")
+    assert (endpoint.host, endpoint.port, endpoint.db) == ("127.0.0.1", 6379, 0)
+
+
+def test_credentials_are_unquoted() -> None:
+    endpoint = parse_redis_url("redis://app:p%40ss%3Aword@127.0.0.1/1")
+    assert (endpoint.username, endpoint.password, endpoint.db) == ("app", "p@ss:word", 1)
+    # A password alone (Redis before ACLs): no user name.
+    assert parse_redis_url("redis://:secret@127.0.0.1").username is None
+    assert parse_redis_url("redis://:secret@127.0.0.1").password == "secret"
+
+
+def test_tls_checks_certificates_unless_told_not_to() -> None:
+    checked = parse_redis_url("rediss://cache.example.com:6380/0").tls
+    assert isinstance(checked, ssl.SSLContext) and checked.verify_mode is ssl.CERT_REQUIRED
+    unchecked = parse_redis_url("rediss://cache.example.com/0?ssl_cert_reqs=none").tls
+    assert unchecked is not None and unchecked.verify_mode is ssl.CERT_NONE
+
+
+def test_unix_socket_with_database() -> None:
+    endpoint = parse_redis_url("unix:///run/redis/redis.sock?db=2")
+    assert (endpoint.path, endpoint.db) == ("/run/redis/redis.sock", 2)
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("http://127.0.0.1:6379/0", "unknown scheme 'http'"),
+        ("redis://127.0.0.1:6379/zero", "zero"),
+        ("redis://127.0.0.1:port/0", "port"),
+        ("unix://?db=1", "no socket path"),
+    ],
+)
+def test_bad_urls_name_what_is_wrong(url: str, names: str) -> None:
+    with pytest.raises(ConfigError, match="redis URL") as caught:
+        parse_redis_url(url)
+    assert names in str(caught.value)

@@ -222,6 +222,16 @@ def _check_namespace(namespace: str) -> str:
     return namespace
 
 
+def _redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def _pack(command: Command) -> bytes:
     packed: bytes = pack_command(command)
     return packed
@@ -256,6 +266,7 @@ class RedisClient:
         self.namespace = _check_namespace(namespace)
         self.prefix = f"{self.namespace}:"
         self.round_trips = 0
+        self._where = _redact(url)  # for error messages: never the password
         self._endpoint: RespEndpoint | None = None
         # Every ordinary request shares one pipelined connection; blocking ones
         # (BLPOP) each hold a connection of their own while they wait.
@@ -313,18 +324,22 @@ class RedisClient:
         if endpoint is None:
             raise StorageConnectionError("redis: the client is closed")
         if blocking:
-            return (
-                self._blocking_idle.pop()
-                if self._blocking_idle
-                else await RespConnection.open(endpoint)
-            )
+            if self._blocking_idle:
+                return self._blocking_idle.pop()
+            return await self._open_connection(endpoint)
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:  # one reconnect, however many requests wait for it
             main = self._main
             if main is None or main.is_closed:
-                main = self._main = await RespConnection.open(endpoint)
+                main = self._main = await self._open_connection(endpoint)
             return main
+
+    async def _open_connection(self, endpoint: RespEndpoint) -> RespConnection:
+        try:
+            return await RespConnection.open(endpoint)
+        except ResponseError as exc:  # AUTH or SELECT refused: retrying will not help
+            raise StorageConnectionError(f"redis: {self._where}: refused: {exc}") from exc
 
     async def execute(
         self, commands: Sequence[Command], *, blocking: bool = False
@@ -356,7 +371,7 @@ class RedisClient:
                 if self._main is conn:
                     self._drop_connections()
                 if attempt == last:
-                    raise StorageConnectionError(f"redis: {self.url}: {exc}") from exc
+                    raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
                 continue
             self.round_trips += 1
             return replies
@@ -367,14 +382,14 @@ class RedisClient:
         try:
             conn = await self._connect(blocking=True)
         except (RespConnectionError, ConnectionError) as exc:
-            raise StorageConnectionError(f"redis: {self.url}: {exc}") from exc
+            raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
         self._blocking_busy.add(conn)
         try:
             replies = await conn.request(data, count)
         except (RespConnectionError, ConnectionError) as exc:
             conn.close()
             self._drop_connections()
-            raise StorageConnectionError(f"redis: {self.url}: {exc}") from exc
+            raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
         except BaseException:
             # Cancelled while blocked: the server may still hand this connection a
             # value later, so it is not reused.

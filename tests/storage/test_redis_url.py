@@ -54,3 +54,14 @@ def test_bad_urls_name_what_is_wrong(url: str, names: str) -> None:
     with pytest.raises(ConfigError, match="redis URL") as caught:
         parse_redis_url(url)
     assert names in str(caught.value)
+
+
+async def test_a_refused_login_is_a_clear_error_without_the_password() -> None:
+    # The local server has no password: AUTH is refused, and retrying cannot help.
+    from omniq.errors import StorageConnectionError
+    from omniq.storage.redis import AsyncRedisQueue
+
+    queue = AsyncRedisQueue("redis://:hunter2@127.0.0.1:6379/0")
+    with pytest.raises(StorageConnectionError, match="refused") as caught:
+        await queue.connect()
+    assert "hunter2" not in str(caught.value) and ":***@" in str(caught.value)

@@ -11,8 +11,8 @@ from pathlib import Path
 import uvloop
 
 from omniq import AsyncOmniQ, TaskStatus
-from tests.conftest import REDIS_URL, delete_redis_namespace
 from tests.conformance import tasks
+from tests.conftest import REDIS_URL, delete_redis_namespace
 
 
 def test_enqueue_wait_and_run_on_uvloop(

@@ -2,11 +2,24 @@
 -- ARGV: prefix, now, count, then per task: id, data, queue, priority, status, attempts,
 -- worker, lease, due ('' for none), sortdue (16 digits: due or creation time), updated,
 -- ndeps, dep ids...
+-- The sorted-set writes of plain new tasks are gathered and sent as one ZADD per set:
+-- one command per task per set costs more than the work it does.
 local now = ARGV[2]
 local n = tonumber(ARGV[3])
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
 local woken = {}
 local queues = {}
+local batches = {}
+local function add(key, score, member)
+  local b = batches[key]
+  if b == nil then
+    b = {}
+    batches[key] = b
+  end
+  b[#b + 1] = score
+  b[#b + 1] = member
+end
+local nnow = tonumber(now)
 local i = 4
 for _ = 1, n do
   local id, data, q, prio, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -20,18 +33,26 @@ for _ = 1, n do
     local has_deps = ndeps > 0 and '1' or ''
     redis.call('HSET', k, 'd', data, 's', status, 'a', attempts, 'w', worker, 'l', lease,
       'due', due, 'u', updated, 'q', q, 'p', prio, 'seq', sq, 'm', member, 'x', has_deps)
-    redis.call('ZADD', skey(q, status), sq, id)
+    add(skey(q, status), sq, id)
     queues[q] = true
     for j = 1, ndeps do
       redis.call('SADD', P .. 'deps:' .. ARGV[i + 11 + j], id)
     end
-    if place(id, q, status, has_deps, due, sortdue, member, prio, lease, now) then
+    if status == 'pending' and ndeps == 0 and (due == '' or tonumber(due) <= nnow) then
+      add(qkey(q, 'ready'), -tonumber(prio), member)
+      woken[q] = (woken[q] or 0) + 1
+    elseif place(id, q, status, has_deps, due, sortdue, member, prio, lease, now) then
       woken[q] = (woken[q] or 0) + 1
     elseif FINAL[status] then
       redis.call('ZADD', P .. 'finished', updated, id)
     end
   end
   i = i + 12 + ndeps
+end
+for key, b in pairs(batches) do
+  for s = 1, #b, 1000 do
+    redis.call('ZADD', key, unpack(b, s, math.min(s + 999, #b)))
+  end
 end
 for q in pairs(queues) do redis.call('SADD', P .. 'queues', q) end
 wake(woken)

@@ -612,11 +612,17 @@ class AsyncOmniQ:
         await self._on_finished([(task_id, status)])
         return True
 
-    async def _on_finished(self, finished: Sequence[tuple[str, TaskStatus]]) -> None:
-        """Release or cancel the dependents of tasks that just reached a final state."""
+    async def _on_finished(
+        self,
+        finished: Sequence[tuple[str, TaskStatus]],
+        found: dict[str, list[Task]] | None = None,
+    ) -> None:
+        """Release or cancel the dependents of tasks that just reached a final state
+        (``found``: their dependents, when the caller already looked them up)."""
         if not finished:
             return
-        found = await self.queue.dependents_many([task_id for task_id, _ in finished])
+        if found is None:
+            found = await self.queue.dependents_many([task_id for task_id, _ in finished])
         if not found:
             return
         for task_id, status in finished:

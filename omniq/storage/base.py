@@ -133,6 +133,24 @@ class BaseTaskQueue(BaseStorage):
         await result_storage.put_many(results)
         return await self.ack_many(acks, now=now)
 
+    async def finish_many_and_dependents(
+        self,
+        acks: Sequence[Ack],
+        results: Sequence[TaskResult],
+        result_storage: BaseResultStorage,
+        *,
+        now: datetime,
+    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
+        """:meth:`finish_many`, then :meth:`dependents_many` of the acknowledged tasks:
+        what a worker does with each batch of finished tasks.
+
+        A backend may override this to do both in one round trip (the lookup must run
+        after the acknowledgement, so a dependent sees its parent final).
+        """
+        acked = await self.finish_many(acks, results, result_storage, now=now)
+        ids = [ack.task_id for ack, ok in zip(acks, acked, strict=True) if ok]
+        return acked, (await self.dependents_many(ids) if ids else {})
+
     async def ack(self, task_id: str, worker_id: str, status: TaskStatus, *, now: datetime) -> bool:
         """Single-task form of :meth:`ack_many`."""
         return (await self.ack_many([Ack(task_id, worker_id, status)], now=now))[0]

@@ -602,6 +602,19 @@ def _task_args(task: Task) -> builtins.list[Any]:
     return args
 
 
+def _parse_dependents(flat: Sequence[Any]) -> dict[str, builtins.list[Task]]:
+    """The dependents script's reply: parents without dependents are omitted."""
+    found: dict[str, builtins.list[Task]] = {}
+    i = 0
+    while i < len(flat):
+        parent, count = _text(flat[i]), int(flat[i + 1])
+        i += 2
+        if count:
+            found[parent] = _decode_tasks(flat[i : i + 8 * count])
+            i += 8 * count
+    return found
+
+
 class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
     """The task queue on Redis.
 
@@ -751,6 +764,11 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         done = await client.script("ack", *_ack_args(acks, now))
         return [bool(flag) for flag in done]
 
+    def _results_here(self, result_storage: BaseResultStorage) -> bool:
+        return isinstance(result_storage, AsyncRedisResultStorage) and (
+            result_storage.client is self.client
+        )
+
     async def finish_many(
         self,
         acks: Sequence[Ack],
@@ -760,23 +778,59 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         now: datetime,
     ) -> builtins.list[bool]:
         """Results then acks in one round trip when the results live on this client."""
-        if not (
-            isinstance(result_storage, AsyncRedisResultStorage)
-            and result_storage.client is self.client
-            and acks
-        ):
+        if not (acks and self._results_here(result_storage)):
             return await super().finish_many(acks, results, result_storage, now=now)
+        acked, _ = await self._finish(acks, results, result_storage, now, dependents=False)
+        return acked
+
+    async def finish_many_and_dependents(
+        self,
+        acks: Sequence[Ack],
+        results: Sequence[TaskResult],
+        result_storage: BaseResultStorage,
+        *,
+        now: datetime,
+    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
+        """Results, acks and the dependents lookup in one round trip when the results
+        live on this client (a worker's per-batch write)."""
+        if not (acks and self._results_here(result_storage)):
+            return await super().finish_many_and_dependents(acks, results, result_storage, now=now)
+        return await self._finish(acks, results, result_storage, now, dependents=True)
+
+    async def _finish(
+        self,
+        acks: Sequence[Ack],
+        results: Sequence[TaskResult],
+        result_storage: BaseResultStorage,
+        now: datetime,
+        *,
+        dependents: bool,
+    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
+        assert isinstance(result_storage, AsyncRedisResultStorage)
         client = self.client if self._connected else await self._client()
-        ack = ("EVALSHA", _SHAS["ack"], 0, client.prefix, *_ack_args(acks, now))
-        stored, done = await client.execute([result_storage.result_command(results), ack])
-        if isinstance(stored, NoScriptError) or isinstance(done, NoScriptError):
+        commands: builtins.list[Command] = [
+            result_storage.result_command(results),
+            ("EVALSHA", _SHAS["ack"], 0, client.prefix, *_ack_args(acks, now)),
+        ]
+        if dependents:
+            ids = [ack.task_id for ack in acks]
+            commands.append(("EVALSHA", _SHAS["dependents"], 0, client.prefix, *ids))
+        replies = await client.execute(commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
             # Scripts flushed (server restarted): reload, then redo in order.
             await client.load_scripts()
-            stored, done = await client.execute([result_storage.result_command(results), ack])
-        for reply, what in ((stored, "storing results"), (done, "acknowledging")):
+            replies = await client.execute(commands)
+        for reply, what in zip(
+            replies, ("storing results", "acknowledging", "finding dependents"), strict=False
+        ):
             if isinstance(reply, ResponseError):
                 raise StorageError(f"redis: {what}: {reply}") from reply
-        return [bool(flag) for flag in done]
+        acked = [bool(flag) for flag in replies[1]]
+        if not dependents:
+            return acked, {}
+        kept = {ack.task_id for ack, ok in zip(acks, acked, strict=True) if ok}
+        found = _parse_dependents(replies[2])
+        return acked, {parent: tasks for parent, tasks in found.items() if parent in kept}
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, due at ``due_at``."""
@@ -864,16 +918,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         if not task_ids:
             return {}
         client = await self._client()
-        flat = await client.script("dependents", *task_ids)
-        found: dict[str, builtins.list[Task]] = {}
-        i = 0
-        while i < len(flat):
-            parent, count = _text(flat[i]), int(flat[i + 1])
-            i += 2
-            if count:
-                found[parent] = _decode_tasks(flat[i : i + 8 * count])
-                i += 8 * count
-        return found
+        return _parse_dependents(await client.script("dependents", *task_ids))
 
     async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
         """The earliest ready time (due time or lease expiry) in ``queues``."""

@@ -35,6 +35,10 @@ __all__ = ["AsyncWorkerPool"]
 logger = logging.getLogger("omniq.worker")
 
 _FINISH_BATCH = 500
+#: Under load, write finished tasks at most once per this many seconds: one write then
+#: carries a batch instead of one or two tasks (each write costs a round trip and a script
+#: call whatever its size). An isolated completion is written at once.
+_FINISH_INTERVAL = 0.002
 _MAX_BACKOFF = 5.0
 
 
@@ -478,27 +482,36 @@ class AsyncWorkerPool:
 
     async def _finish_loop(self) -> None:
         assert self._finish_wakeup is not None
+        loop = asyncio.get_running_loop()
+        last = -_FINISH_INTERVAL
         while True:
             await self._finish_wakeup.wait()
             self._finish_wakeup.clear()
-            await self._flush_finished()
+            wait = last + _FINISH_INTERVAL - loop.time()
+            if wait > 0 and len(self._finished) < _FINISH_BATCH:
+                await asyncio.sleep(wait)
+            last = loop.time()
+            await self._flush_finished(everything=False)
+            if self._finished:  # finished while that write was out: next round
+                self._finish_wakeup.set()
 
-    async def _flush_finished(self) -> None:
+    async def _flush_finished(self, *, everything: bool = True) -> None:
         # One flusher at a time: the background finisher and the shutdown path both call
         # this, and a batch must be written and acknowledged exactly once.
         if self._flush_lock is None:
             self._flush_lock = asyncio.Lock()
         async with self._flush_lock:
-            await self._flush_finished_locked()
+            await self._flush_finished_locked(everything)
 
-    async def _flush_finished_locked(self) -> None:
+    async def _flush_finished_locked(self, everything: bool) -> None:
+        """Write finished tasks: one batch, or (``everything``) until none are left."""
         backoff = 0.0
         while self._finished:
             batch = self._finished[:_FINISH_BATCH]
             del self._finished[: len(batch)]
             now = utcnow()
             try:
-                acked = await self.oq.queue.finish_many(
+                acked, dependents = await self.oq.queue.finish_many_and_dependents(
                     [Ack(item.task.id, self.worker_id, item.result.status) for item in batch],
                     [item.result for item in batch],
                     self.oq.results,
@@ -527,9 +540,11 @@ class AsyncWorkerPool:
                         "task %s: lease lost before its result was acknowledged", item.task.id
                     )
             try:
-                await self.oq._on_finished(done)
+                await self.oq._on_finished(done, dependents)
             except StorageError as exc:
                 logger.warning("settling dependents failed: %s", exc)
+            if not everything:
+                return
 
     # -- leases --------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 import msgspec
 
 from omniq import _callables
-from omniq._ids import new_task_id
+from omniq._ids import new_task_id, new_task_ids
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
 from omniq.config import LoggingConfig, Settings
@@ -484,9 +484,11 @@ class AsyncOmniQ:
         _, carried = self._task_function(func)
         replace = msgspec.structs.replace
         payload = self._call_payload
+        rest = list(calls)
         tasks = [proto]
         tasks += [
-            replace(proto, id=new_task_id(), payload=payload(carried, args, None)) for args in calls
+            replace(proto, id=task_id, payload=payload(carried, args, None))
+            for task_id, args in zip(new_task_ids(len(rest)), rest, strict=True)
         ]
         ids = await self.queue.enqueue(tasks)
         self._log_enqueued(tasks, now)

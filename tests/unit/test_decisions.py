@@ -7,7 +7,7 @@ import random
 import pytest
 
 from omniq import _callables
-from omniq._ids import new_task_id
+from omniq._ids import new_task_id, new_task_ids
 from omniq.errors import TaskImportError
 from omniq.retry import Retry, backoff_delay, has_attempts_left
 from tests.conformance import tasks
@@ -54,6 +54,15 @@ def test_task_ids_are_unique_and_time_ordered() -> None:
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
     assert all(len(i) == 36 and i[14] == "7" for i in ids)
+
+
+def test_batched_task_ids_continue_the_same_order() -> None:
+    # 5,000 ids in one batch overflow the 12-bit per-millisecond sequence at least once.
+    ids = [new_task_id(), *new_task_ids(5000), new_task_id(), *new_task_ids(3), new_task_id()]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 36 and i[14] == "7" and i[19] in "89ab" for i in ids)
+    assert new_task_ids(0) == []
 
 
 def test_importable_functions_travel_by_path() -> None:

@@ -25,27 +25,12 @@ def new_task_id() -> str:
     Ids made in one process are strictly increasing, which keeps enqueue order visible
     to backends that sort by id.
     """
-    global _last_ms, _seq
-    with _lock:
-        ms = time.time_ns() // 1_000_000
-        if ms <= _last_ms:
-            _seq += 1
-            if _seq > 0xFFF:
-                _last_ms += 1
-                _seq = 0
-            ms = _last_ms
-        else:
-            _last_ms, _seq = ms, 0
-        seq = _seq
-    rand = _random_bits(62)
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return new_task_ids(1)[0]
 
 
 def new_task_ids(count: int) -> list[str]:
-    """``count`` new ids at once (as ``new_task_id`` would make them, in order), for
-    ``enqueue_many``: one clock read and one lock for the whole batch."""
+    """``count`` new ids (see :func:`new_task_id`), in order: one clock read and one
+    lock for the whole batch, for ``enqueue_many``."""
     global _last_ms, _seq
     if count <= 0:
         return []

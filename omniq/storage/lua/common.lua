@@ -9,23 +9,27 @@ local function tkey(id) return P .. 't:' .. id end
 local function qkey(q, part) return P .. 'q:' .. q .. ':' .. part end
 local function skey(q, status) return P .. 'q:' .. q .. ':s:' .. status end
 
+local function zadd(key, score, member) redis.call('ZADD', key, score, member) end
+
 -- Put a task where claim finds it: in the ready set when due, the delayed set when not
 -- yet, the leases set while running, the finished set when final; a SCHEDULED task with
 -- dependencies is held nowhere until a transition releases it. True when it is waiting
--- (a worker should look again).
-local function place(id, q, status, has_deps, due, sortdue, member, prio, lease, now)
+-- (a worker should look again). `add` (default: one ZADD now) lets a caller gather the
+-- writes of many tasks into one ZADD per set.
+local function place(id, q, status, has_deps, due, sortdue, member, prio, lease, now, add)
+  add = add or zadd
   if status == 'running' then
-    redis.call('ZADD', qkey(q, 'leases'), lease ~= '' and lease or now, id)
+    add(qkey(q, 'leases'), lease ~= '' and lease or now, id)
     return false
   elseif FINAL[status] then
-    redis.call('ZADD', P .. 'finished', now, id)
+    add(P .. 'finished', now, id)
     return false
   elseif status == 'scheduled' and has_deps == '1' then
     return false
   elseif due == '' or tonumber(due) <= tonumber(now) then
-    redis.call('ZADD', qkey(q, 'ready'), -tonumber(prio), member)
+    add(qkey(q, 'ready'), -tonumber(prio), member)
   else
-    redis.call('ZADD', qkey(q, 'delayed'), sortdue, id)
+    add(qkey(q, 'delayed'), sortdue, id)
   end
   return true
 end

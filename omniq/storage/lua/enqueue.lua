@@ -2,8 +2,8 @@
 -- ARGV: prefix, now, count, then per task: id, data, queue, priority, status, attempts,
 -- worker, lease, due ('' for none), sortdue (16 digits: due or creation time), updated,
 -- ndeps, dep ids...
--- The sorted-set writes of plain new tasks are gathered and sent as one ZADD per set:
--- one command per task per set costs more than the work it does.
+-- The sorted-set writes of all the tasks are gathered and sent as one ZADD per set: one
+-- command per task per set costs more than the work it does.
 local now = ARGV[2]
 local n = tonumber(ARGV[3])
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
@@ -19,7 +19,6 @@ local function add(key, score, member)
   b[#b + 1] = score
   b[#b + 1] = member
 end
-local nnow = tonumber(now)
 local i = 4
 for _ = 1, n do
   local id, data, q, prio, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -38,13 +37,10 @@ for _ = 1, n do
     for j = 1, ndeps do
       redis.call('SADD', P .. 'deps:' .. ARGV[i + 11 + j], id)
     end
-    if status == 'pending' and ndeps == 0 and (due == '' or tonumber(due) <= nnow) then
-      add(qkey(q, 'ready'), -tonumber(prio), member)
-      woken[q] = (woken[q] or 0) + 1
-    elseif place(id, q, status, has_deps, due, sortdue, member, prio, lease, now) then
+    if place(id, q, status, has_deps, due, sortdue, member, prio, lease, now, add) then
       woken[q] = (woken[q] or 0) + 1
     elseif FINAL[status] then
-      redis.call('ZADD', P .. 'finished', updated, id)
+      add(P .. 'finished', updated, id)
     end
   end
   i = i + 12 + ndeps

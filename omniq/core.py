@@ -77,6 +77,27 @@ def _seconds(value: Seconds | None, name: str) -> float | None:
     return seconds
 
 
+def _enqueued_events(task: Task, now: datetime) -> list[TaskEvent]:
+    """The events of a task just stored: ``ENQUEUED``, and ``SCHEDULED`` when it waits."""
+    events = [
+        TaskEvent(task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue)
+    ]
+    if task.status is TaskStatus.SCHEDULED:
+        why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
+        if task.due_at is not None:
+            why += f" until {task.due_at.isoformat()}"
+        events.append(
+            TaskEvent(
+                task_id=task.id,
+                event_type=EventType.SCHEDULED,
+                timestamp=now,
+                queue=task.queue,
+                message=why,
+            )
+        )
+    return events
+
+
 class AsyncTaskFunction(Generic[P, R]):
     """A function registered with ``@oq.task``: still callable, plus ``delay``/``submit``."""
 
@@ -372,31 +393,25 @@ class AsyncOmniQ:
             raise ConfigError(f"kwargs={kwargs!r}: expected a dict of keyword arguments")
         return self.serializer.dumps_call(carried, tuple(args), kwargs or {})
 
-    def _log_enqueued(self, tasks: Sequence[Task], now: datetime) -> None:
-        events = self.events
-        if not (events.enabled or events._handlers):
-            return
-        logged: list[TaskEvent] = []
-        for task in tasks:
-            logged.append(
-                TaskEvent(
-                    task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue
-                )
-            )
-            if task.status is TaskStatus.SCHEDULED:
-                why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
-                if task.due_at is not None:
-                    why += f" until {task.due_at.isoformat()}"
-                logged.append(
-                    TaskEvent(
-                        task_id=task.id,
-                        event_type=EventType.SCHEDULED,
-                        timestamp=now,
-                        queue=task.queue,
-                        message=why,
-                    )
-                )
-        events.log_many(logged)
+    async def _store_new(self, tasks: Sequence[Task], now: datetime) -> list[str]:
+        """Store new tasks and log their ``ENQUEUED`` (and ``SCHEDULED``) events.
+
+        When the queue can write into the event storage (the same Redis), the events go
+        in the same call as their tasks: no second write, and never one without the other.
+        Otherwise the logger writes them in the background.
+        """
+        queue, events = self.queue, self.events
+        storage = events.storage
+        if storage is not None and queue.writes_events(storage):
+            logged = [_enqueued_events(task, now) for task in tasks]
+            ids = await queue.enqueue_logged(tasks, logged, storage)
+            if events._handlers:
+                events.announce(event for group in logged for event in group)
+            return ids
+        ids = await queue.enqueue(tasks)
+        if events.enabled or events._handlers:
+            events.log_many(event for task in tasks for event in _enqueued_events(task, now))
+        return ids
 
     async def submit(
         self,
@@ -444,8 +459,7 @@ class AsyncOmniQ:
             return task_id
         if task.depends_on:
             return await self._submit_dependent(task, now)
-        await queue_store.enqueue([task])
-        self._log_enqueued([task], now)
+        await self._store_new([task], now)
         return task.id
 
     async def _submit_dependent(self, task: Task, now: datetime) -> str:
@@ -454,8 +468,7 @@ class AsyncOmniQ:
         for dep_id, dep in zip(task.depends_on, deps, strict=True):
             if dep is None:
                 raise TaskNotFoundError(f"task {task.id} depends on {dep_id}, which does not exist")
-        await queue_store.enqueue([task])
-        self._log_enqueued([task], now)
+        await self._store_new([task], now)
         # Dependencies may have finished before the dependent was stored: settle it now,
         # so no completion is missed between the check and the insert.
         await self._settle_dependent(task.id)
@@ -490,9 +503,7 @@ class AsyncOmniQ:
             replace(proto, id=task_id, payload=payload(carried, args, None))
             for task_id, args in zip(new_task_ids(len(rest)), rest, strict=True)
         ]
-        ids = await self.queue.enqueue(tasks)
-        self._log_enqueued(tasks, now)
-        return ids
+        return await self._store_new(tasks, now)
 
     # -- reading -----------------------------------------------------------------------
 

@@ -88,6 +88,12 @@ class AsyncEventLogger:
         if self._buffer:
             self._kick(len(self._buffer) >= self.batch_size)
 
+    def announce(self, events: Iterable[TaskEvent]) -> None:
+        """Call the handlers for events already stored by another path (a backend that
+        writes them together with their tasks)."""
+        for event in events:
+            self._call_handlers(event)
+
     def _call_handlers(self, event: TaskEvent) -> None:
         for handler in self._handlers:
             try:

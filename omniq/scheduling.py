@@ -445,9 +445,8 @@ class AsyncScheduler:
             if won:
                 fired.append(_tick_task(schedule, tick, now))
         if fired:
-            await self.oq.queue.enqueue(fired)
+            await self.oq._store_new(fired, now)
             for task in fired:
-                self._log(task, now)
                 logger.debug("schedule %s fired task %s", task.schedule_id, task.id)
         if len(due) >= limit:
             return now  # more may be due: look again at once
@@ -455,6 +454,3 @@ class AsyncScheduler:
         # pool never spins on a time that has passed.
         self._hints = {key: when for key, when in self._hints.items() if when > now}
         return min(self._hints.values(), default=None)
-
-    def _log(self, task: Task, now: datetime) -> None:
-        self.oq._log_enqueued([task], now)

@@ -84,6 +84,36 @@ class BaseTaskQueue(BaseStorage):
         trips as the backend allows. Wakes waiting workers.
         """
 
+    def writes_events(self, event_storage: BaseEventStorage) -> bool:
+        """True when :meth:`enqueue_logged` can append events to ``event_storage`` in the
+        same atomic call that stores the tasks (the two share a connection)."""
+        return False
+
+    async def enqueue_logged(
+        self,
+        tasks: Sequence[Task],
+        events: Sequence[Sequence[TaskEvent]],
+        event_storage: BaseEventStorage,
+    ) -> list[str]:
+        """:meth:`enqueue`, and append ``events[i]`` to ``event_storage`` for each task
+        ``tasks[i]`` stored by this call (not for one whose id already existed).
+
+        A backend for which :meth:`writes_events` holds does both atomically, in the
+        round trips of the enqueue alone. This default looks up which ids exist, writes
+        the tasks, then the events of the new ones: not atomic, and a race with another
+        producer of the same id may log its events twice.
+        """
+        seen = {task.id for task in await self.get_many([t.id for t in tasks]) if task}
+        ids = await self.enqueue(tasks)
+        fresh: list[TaskEvent] = []
+        for task, group in zip(tasks, events, strict=True):
+            if task.id not in seen:
+                seen.add(task.id)
+                fresh += group
+        if fresh:
+            await event_storage.append(fresh)
+        return ids
+
     @abstractmethod
     async def claim(
         self,

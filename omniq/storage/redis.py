@@ -602,6 +602,17 @@ def _task_args(task: Task) -> builtins.list[Any]:
     return args
 
 
+def _event_item(event: TaskEvent) -> bytes:
+    """An event as stored in its task's list: a fixed-width time, then the record."""
+    return b"%016d" % max(_us(event.timestamp), 0) + _ENCODER.encode(event)
+
+
+def _add_event_items(args: builtins.list[Any], events: Sequence[TaskEvent]) -> None:
+    """The events part of a task's ``enqueue.lua`` arguments: a count, then the items."""
+    args.append(len(events))
+    args += [_event_item(event) for event in events]
+
+
 def _parse_dependents(flat: Sequence[Any]) -> dict[str, builtins.list[Task]]:
     """The dependents script's reply: parents without dependents are omitted."""
     found: dict[str, builtins.list[Task]] = {}
@@ -634,21 +645,47 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
     async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
         """Store ``tasks`` (existing ids are left unchanged): one script call per 250
         tasks, each written as soon as it is built, all in one round trip."""
+        return await self._enqueue(tasks, None)
+
+    def writes_events(self, event_storage: BaseEventStorage) -> bool:
+        """True when ``event_storage`` is the event log on this queue's client."""
+        return isinstance(event_storage, AsyncRedisEventStorage) and (
+            event_storage.client is self.client
+        )
+
+    async def enqueue_logged(
+        self,
+        tasks: Sequence[Task],
+        events: Sequence[Sequence[TaskEvent]],
+        event_storage: BaseEventStorage,
+    ) -> builtins.list[str]:
+        """Tasks and their events in the same script calls, when the event log shares
+        this client: no separate write, and an event is stored exactly when its task is."""
+        if not self.writes_events(event_storage):
+            return await super().enqueue_logged(tasks, events, event_storage)
+        return await self._enqueue(tasks, events)
+
+    async def _enqueue(
+        self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
+    ) -> builtins.list[str]:
         if not tasks:
             return []
         client = self.client if self._connected else await self._client()
         now = time.time_ns() // 1000
         if len(tasks) == 1:
             task = tasks[0]
-            await client.script("enqueue", now, 1, *_task_args(task))
+            args = _task_args(task)
+            _add_event_items(args, events[0] if events else ())
+            await client.script("enqueue", now, 1, *args)
             return [task.id]
 
         def calls() -> Iterator[builtins.list[Any]]:
             for start in range(0, len(tasks), _ENQUEUE_CHUNK):
                 chunk = tasks[start : start + _ENQUEUE_CHUNK]
                 args: builtins.list[Any] = [now, len(chunk)]
-                for task in chunk:
-                    args.extend(_task_args(task))
+                for offset, task in enumerate(chunk):
+                    args += _task_args(task)
+                    _add_event_items(args, events[start + offset] if events else ())
                 yield args
 
         await client.scripts("enqueue", calls())
@@ -1033,8 +1070,9 @@ class AsyncRedisEventStorage(_RedisComponent, BaseEventStorage):
         per_task: dict[str, builtins.list[bytes]] = {}
         oldest: dict[str, int] = {}
         for event in events:
-            stamp = max(_us(event.timestamp), 0)
-            per_task.setdefault(event.task_id, []).append(b"%016d" % stamp + _ENCODER.encode(event))
+            item = _event_item(event)
+            stamp = int(item[:16])
+            per_task.setdefault(event.task_id, []).append(item)
             if stamp < oldest.get(event.task_id, stamp + 1):
                 oldest[event.task_id] = stamp
         commands: builtins.list[Command] = [("MULTI",)]

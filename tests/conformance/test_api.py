@@ -243,6 +243,19 @@ async def test_enqueue_many(oq: AsyncOmniQ) -> None:
     assert await oq.enqueue_many(tasks.add, []) == []
 
 
+async def test_enqueue_events_reach_storage_and_handlers(oq: AsyncOmniQ) -> None:
+    seen: list[tuple[str, EventType]] = []
+    oq.events.add_handler(lambda event: seen.append((event.task_id, event.event_type)))
+    one = await oq.enqueue(tasks.add, 1, 1)
+    many = await oq.enqueue_many(tasks.add, [(i, i) for i in range(3)])
+    later = await oq.submit(tasks.add, (2, 2), delay=60)
+    enqueued = [(task_id, EventType.ENQUEUED) for task_id in (one, *many, later)]
+    assert seen == [*enqueued, (later, EventType.SCHEDULED)]
+    for task_id in (one, *many):
+        assert kinds(await oq.get_events(task_id)) == [EventType.ENQUEUED]
+    assert kinds(await oq.get_events(later)) == [EventType.ENQUEUED, EventType.SCHEDULED]
+
+
 async def test_list_tasks_and_stats(oq: AsyncOmniQ) -> None:
     done = await oq.enqueue(tasks.add, 1, 1)
     await oq.worker().run(burst=True)

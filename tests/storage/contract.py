@@ -108,6 +108,26 @@ class QueueContract:
         assert (stored.priority, stored.queue) == (1, "default")
         assert await queue.stats() == {"default": {"pending": 1}}
 
+    async def test_enqueue_logged_writes_the_events_of_new_tasks_only(
+        self, queue: BaseTaskQueue, backend: Backend
+    ) -> None:
+        log = backend.event_storage()
+        await log.connect()
+        old, new = make_task(), make_task()
+        await queue.enqueue([old])
+
+        def enqueued(task: Task) -> list[TaskEvent]:
+            return [make_event(task.id, EventType.ENQUEUED, timestamp=utcnow(), queue="default")]
+
+        ids = await queue.enqueue_logged(
+            [old, new, new], [enqueued(old), enqueued(new), enqueued(new)], log
+        )
+        assert ids == [old.id, new.id, new.id]
+        assert await queue.get(new.id) is not None
+        assert [event.event_type for event in await log.get(new.id)] == [EventType.ENQUEUED]
+        assert await log.get(old.id) == []
+        await log.close()
+
     async def test_enqueue_nothing(self, queue: BaseTaskQueue) -> None:
         assert await queue.enqueue([]) == []
 

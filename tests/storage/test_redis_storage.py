@@ -230,6 +230,33 @@ async def test_batches_take_one_round_trip_each(backend: RedisBackend) -> None:
     assert await queue.stats() == {"default": {"pending": 2_400, "complete": 100}}
 
 
+async def test_events_on_the_same_client_ride_in_the_enqueue_round_trip(
+    backend: RedisBackend, make_backend: MakeBackend
+) -> None:
+    queue, log = backend.task_queue(), backend.event_storage()
+    await queue.connect()
+    assert queue.writes_events(log)
+    elsewhere = (await make_backend()).event_storage()
+    assert not queue.writes_events(elsewhere)  # a second client: no shared transaction
+    tasks = [make_task() for _ in range(600)]
+    now = utcnow()
+    events = [
+        [
+            make_event(t.id, EventType.ENQUEUED, timestamp=now),
+            make_event(t.id, EventType.SCHEDULED, timestamp=now - timedelta(seconds=1)),
+        ]
+        for t in tasks
+    ]
+    before = backend.client.round_trips
+    await queue.enqueue_logged(tasks, events, log)
+    assert backend.client.round_trips - before == 1
+    stored = await log.get(tasks[-1].id)
+    assert [e.event_type for e in stored] == [EventType.SCHEDULED, EventType.ENQUEUED]
+    # The index holds each task's oldest event, so retention finds the older one.
+    assert await log.delete_before(now - timedelta(milliseconds=500)) == 600
+    assert [e.event_type for e in await log.get(tasks[0].id)] == [EventType.ENQUEUED]
+
+
 async def test_list_and_stats_do_not_scan(backend: RedisBackend, redis: aioredis.Redis) -> None:
     queue = backend.task_queue()
     await queue.enqueue([make_task(queue=f"q{i % 3}") for i in range(30)])

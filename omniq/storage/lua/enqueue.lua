@@ -1,7 +1,8 @@
 -- Store new tasks; existing ids are left as they are.
 -- ARGV: prefix, now, count, then per task: id, data, queue, priority, status, attempts,
 -- worker, lease, due ('' for none), sortdue (16 digits: due or creation time), updated,
--- ndeps, dep ids...
+-- ndeps, dep ids..., nevents, events... (each a 16-digit time then the record, appended to
+-- the task's event list as omniq.storage.redis's event log does, only for a new task).
 -- The sorted-set writes of all the tasks are gathered and sent as one ZADD per set: one
 -- command per task per set costs more than the work it does.
 local now = ARGV[2]
@@ -10,6 +11,7 @@ local seq = redis.call('INCRBY', P .. 'seq', n) - n
 local woken = {}
 local queues = {}
 local batches = {}
+local indexed = {}
 local function add(key, score, member)
   local b = batches[key]
   if b == nil then
@@ -42,8 +44,24 @@ for _ = 1, n do
     elseif FINAL[status] then
       add(P .. 'finished', updated, id)
     end
+    local e = i + 13 + ndeps
+    local nev = tonumber(ARGV[e - 1])
+    if nev > 0 then
+      redis.call('RPUSH', P .. 'e:' .. id, unpack(ARGV, e, e + nev - 1))
+      local oldest = string.sub(ARGV[e], 1, 16)
+      for j = e + 1, e + nev - 1 do
+        local stamp = string.sub(ARGV[j], 1, 16)
+        if stamp < oldest then oldest = stamp end
+      end
+      indexed[#indexed + 1] = oldest
+      indexed[#indexed + 1] = id
+    end
   end
-  i = i + 12 + ndeps
+  i = i + 13 + ndeps + tonumber(ARGV[i + 12 + ndeps])
+end
+-- LT: a task's events may predate this call (an id reused after its record was deleted).
+for s = 1, #indexed, 1000 do
+  redis.call('ZADD', P .. 'events', 'LT', unpack(indexed, s, math.min(s + 999, #indexed)))
 end
 for key, b in pairs(batches) do
   for s = 1, #b, 1000 do

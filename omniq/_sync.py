@@ -3,7 +3,8 @@
 Every sync class (``OmniQ``, ``WorkerPool``, ``SQLiteQueue``…) runs the coroutines of its
 async twin on a private event loop owned by a :class:`LoopThread`. One loop per sync
 object keeps connections made in one call usable in the next (a fresh loop per call would
-not), and the loop lives on a real OS thread even under gevent.
+not). The calling thread runs that loop itself while nothing else needs it; background
+work moves it to a real OS thread (always so under gevent).
 """
 
 from __future__ import annotations
@@ -48,10 +49,18 @@ def ensure_not_in_loop(async_name: str) -> None:
 
 
 class LoopThread:
-    """A private asyncio event loop running on its own daemon thread.
+    """A private asyncio event loop, run by the calling thread while nothing else needs
+    it, and on its own daemon thread once something does.
 
-    ``run(coro)`` schedules the coroutine on that loop and blocks until it finishes. The
-    thread starts on first use and ends with :meth:`stop`.
+    ``run(coro)`` blocks until the coroutine returns. While no background work exists
+    (no pending task: a started worker pool, buffered events being written…), the
+    calling thread runs the loop itself for the length of the call. That is about as
+    fast as plain asyncio: handing each call to another thread and back costs two
+    thread wake-ups, which is most of the price of a short call. Once a call leaves
+    work behind, or :meth:`submit` is used, or another thread calls while one is already
+    running the loop, a daemon thread takes the loop over and keeps it running, and
+    later calls are handed to it. Under gevent monkey-patching the loop always runs on
+    its own real OS thread. :meth:`stop` ends it all.
     """
 
     def __init__(self, name: str = "omniq-loop", *, async_name: str = "the async API") -> None:
@@ -60,18 +69,31 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # A caller thread is running the loop right now (inside run()).
+        self._caller_runs = False
+        # Calls handed to the loop while a caller thread runs it: that caller starts the
+        # loop thread when it finishes, so they complete.
+        self._handed_over = 0
+        self._inline = not _gevent_patched()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The private loop, started if needed."""
+        """The private loop, kept running on its thread from now on."""
         with self._lock:
-            if self._loop is None or self._thread is None or not self._thread.is_alive():
-                self._start()
-            assert self._loop is not None
-            return self._loop
+            return self._loop_running_on_thread()
 
-    def _start(self) -> None:
-        loop = asyncio.new_event_loop()
+    def _loop_running_on_thread(self) -> asyncio.AbstractEventLoop:
+        # Called with the lock held.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.new_event_loop()
+        if self._caller_runs:
+            self._handed_over += 1  # that caller passes the loop to a thread when done
+        elif self._thread is None or not self._thread.is_alive():
+            self._start_thread(loop)
+        return loop
+
+    def _start_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         ready = threading.Event()
 
         def main() -> None:
@@ -80,19 +102,16 @@ class LoopThread:
             try:
                 loop.run_forever()
             finally:
-                try:
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                    loop.run_until_complete(loop.shutdown_default_executor())
-                finally:
-                    loop.close()
+                _shut_down(loop)
 
         thread = _os_thread_class()(target=main, name=self._name, daemon=True)
         thread.start()
         ready.wait()
-        self._loop, self._thread = loop, thread
+        self._thread = thread
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        """Schedule ``coro`` on the loop and return a concurrent future at once."""
+        """Schedule ``coro`` on the loop (running it on its thread) and return a
+        concurrent future at once."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -106,6 +125,20 @@ class LoopThread:
         except BaseException:
             coro.close()
             raise
+        with self._lock:
+            loop = self._loop
+            inline = (
+                self._inline
+                and not self._caller_runs
+                and (self._thread is None or not self._thread.is_alive())
+            )
+            if inline:
+                if loop is None or loop.is_closed():
+                    loop = self._loop = asyncio.new_event_loop()
+                self._caller_runs = True
+        if inline:
+            assert loop is not None
+            return self._run_here(loop, coro)
         future = self.submit(coro)
         try:
             return future.result()
@@ -114,16 +147,53 @@ class LoopThread:
             future.cancel()
             raise
 
+    def _run_here(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+        task = loop.create_task(coro)
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            task.cancel()  # finished by the loop thread started below
+            raise
+        finally:
+            with self._lock:
+                self._caller_runs = False
+                handed_over, self._handed_over = self._handed_over, 0
+                if self._loop is not loop:  # stopped meanwhile
+                    if not loop.is_running():
+                        _shut_down(loop)
+                elif handed_over or asyncio.all_tasks(loop):
+                    self._start_thread(loop)
+
     def stop(self) -> None:
-        """Stop the loop and join its thread. Safe to call twice."""
+        """Stop the loop (and its thread, if it has one). Safe to call twice."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
-        if loop is None or thread is None or not thread.is_alive():
+            caller_runs = self._caller_runs
+        if loop is None or loop.is_closed():
             return
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not threading.current_thread():
-            thread.join(timeout=10)
+        if thread is not None and thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join(timeout=10)
+        elif caller_runs:
+            loop.call_soon_threadsafe(loop.stop)  # that caller closes it
+        else:
+            _shut_down(loop)
+
+
+def _gevent_patched() -> bool:
+    """True when gevent has monkey-patched threading (its hub would be blocked)."""
+    return _os_thread_class() is not threading.Thread
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    """Finish a stopped loop's async generators and executor, then close it."""
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
 
 
 def _blocking_method(name: str, async_method: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,9 +1,11 @@
 """``OmniQ``: the blocking API, every method one call into :class:`AsyncOmniQ`.
 
-No logic lives here. Each ``OmniQ`` owns a private event loop on its own thread
+No logic lives here. Each ``OmniQ`` owns a private event loop
 (:class:`omniq._sync.LoopThread`) and runs the async client's coroutines there, so
-connections survive from one call to the next. Calling it from inside a running event
-loop raises ``SyncInAsyncError`` pointing to ``AsyncOmniQ``.
+connections survive from one call to the next. The calling thread runs the loop while
+nothing else needs it (a call costs about what it costs in asyncio); a background worker
+or unwritten events move the loop to its own thread. Calling it from inside a running
+event loop raises ``SyncInAsyncError`` pointing to ``AsyncOmniQ``.
 """
 
 from __future__ import annotations

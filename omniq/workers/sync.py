@@ -17,7 +17,8 @@ T = TypeVar("T")
 
 
 class WorkerPool:
-    """A worker pool driven from blocking code; it runs on its client's loop thread.
+    """A worker pool driven from blocking code, on its client's event loop (``start``
+    moves that loop to its own thread, so the pool keeps running between calls).
 
     Example::
 

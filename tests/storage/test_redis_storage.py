@@ -257,6 +257,37 @@ async def test_events_on_the_same_client_ride_in_the_enqueue_round_trip(
     assert [e.event_type for e in await log.get(tasks[0].id)] == [EventType.ENQUEUED]
 
 
+async def test_a_batch_cut_by_a_lost_connection_is_sent_again_without_duplicates(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    queue, log = backend.task_queue(), backend.event_storage()
+    await queue.connect()
+    client_id = await backend.client.call("CLIENT", "ID")
+    pending = f"{backend.namespace}:q:default:s:pending"
+    tasks = [make_task() for _ in range(20_000)]
+    now = utcnow()
+    events = [[make_event(t.id, EventType.ENQUEUED, timestamp=now)] for t in tasks]
+    stored_at_kill: list[int] = []
+
+    async def kill_mid_batch() -> None:
+        for _ in range(10_000):  # polls every millisecond, for 10 s at most
+            if await redis.zcard(pending):
+                break
+            await asyncio.sleep(0.001)
+        await redis.execute_command("CLIENT", "KILL", "ID", client_id)
+        stored_at_kill.append(await redis.zcard(pending))
+
+    killer = asyncio.create_task(kill_mid_batch())
+    assert await queue.enqueue_logged(tasks, events, log) == [t.id for t in tasks]
+    await killer
+    assert 0 < stored_at_kill[0] < 20_000  # the connection died with the batch half done
+    assert await queue.stats() == {"default": {"pending": 20_000}}
+    # The calls that had run were sent again and left their tasks (and events) alone.
+    for task in (tasks[0], tasks[len(tasks) // 2], tasks[-1]):
+        assert [e.event_type for e in await log.get(task.id)] == [EventType.ENQUEUED]
+    assert await redis.zcard(f"{backend.namespace}:events") == 20_000
+
+
 async def test_list_and_stats_do_not_scan(backend: RedisBackend, redis: aioredis.Redis) -> None:
     queue = backend.task_queue()
     await queue.enqueue([make_task(queue=f"q{i % 3}") for i in range(30)])

@@ -188,11 +188,17 @@ def _gevent_patched() -> bool:
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
-    """Finish a stopped loop's async generators and executor, then close it."""
+    """Finish a stopped loop's async generators and executor, then close it (only
+    close it when called inside another running loop, which it could not run in)."""
     try:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+    else:
         loop.close()
 
 

@@ -124,10 +124,13 @@ class RespConnection(asyncio.Protocol):
         self._pending: deque[_Request] = deque()
         self._transport: asyncio.Transport | None = None
         self._lost: BaseException | None = None
+        #: The server's id for this connection (``CLIENT ID``), when asked for at open.
+        self.client_id: int | None = None
 
     @classmethod
-    async def open(cls, endpoint: RespEndpoint) -> RespConnection:
-        """Connect, authenticate and select the database."""
+    async def open(cls, endpoint: RespEndpoint, *, client_id: bool = False) -> RespConnection:
+        """Connect, authenticate and select the database; with ``client_id``, also learn
+        the connection's id (so another connection can ``CLIENT UNBLOCK`` it)."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(endpoint.connect_timeout):
@@ -148,13 +151,21 @@ class RespConnection(asyncio.Protocol):
                 handshake.append(("AUTH", endpoint.password))
         if endpoint.db:
             handshake.append(("SELECT", endpoint.db))
+        if client_id:
+            handshake.append(("CLIENT", "ID"))
         if handshake:
             data = b"".join(hiredis.pack_command(command) for command in handshake)
-            replies = await conn.request(data, len(handshake))
+            try:
+                replies = await conn.request(data, len(handshake))
+            except BaseException:  # cancelled or lost mid-handshake: do not leak it
+                conn.close()
+                raise
             errors = [reply for reply in replies if isinstance(reply, ResponseError)]
             if errors:
                 conn.close()
                 raise errors[0]
+            if client_id:
+                conn.client_id = int(replies[-1])
         return conn
 
     @property

@@ -79,7 +79,15 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Self
@@ -121,6 +129,8 @@ __all__ = [
 logger = logging.getLogger("omniq")
 
 Command = tuple[Any, ...]
+#: Called with the replies of a blocking call whose caller was cancelled.
+Abandoned = Callable[[builtins.list[Any]], Awaitable[None]]
 
 _LUA_DIR = resources.files("omniq.storage").joinpath("lua")
 _SCRIPT_NAMES = (
@@ -274,6 +284,8 @@ class RedisClient:
         self._connecting: asyncio.Lock | None = None
         self._blocking_idle: list[RespConnection] = []
         self._blocking_busy: set[RespConnection] = set()
+        # Blocking calls given up by their callers, still being settled (see block_many).
+        self._settling: set[asyncio.Task[None]] = set()
         self._open_lock = asyncio.Lock()
 
     @property
@@ -295,7 +307,10 @@ class RedisClient:
                 raise
 
     async def close(self) -> None:
-        """Close every connection. Safe to call twice."""
+        """Close every connection (after settling abandoned blocking calls). Safe to
+        call twice."""
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
         self._endpoint = None
         self._drop_connections()
         # Requests still in flight (a worker blocked in BLPOP) end with a connection error.
@@ -326,7 +341,7 @@ class RedisClient:
         if blocking:
             if self._blocking_idle:
                 return self._blocking_idle.pop()
-            return await self._open_connection(endpoint)
+            return await self._open_connection(endpoint, client_id=True)
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:  # one reconnect, however many requests wait for it
@@ -335,9 +350,11 @@ class RedisClient:
                 main = self._main = await self._open_connection(endpoint)
             return main
 
-    async def _open_connection(self, endpoint: RespEndpoint) -> RespConnection:
+    async def _open_connection(
+        self, endpoint: RespEndpoint, *, client_id: bool = False
+    ) -> RespConnection:
         try:
-            return await RespConnection.open(endpoint)
+            return await RespConnection.open(endpoint, client_id=client_id)
         except ResponseError as exc:  # AUTH or SELECT refused: retrying will not help
             raise StorageConnectionError(f"redis: {self._where}: refused: {exc}") from exc
 
@@ -377,32 +394,76 @@ class RedisClient:
             return replies
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _execute_blocking(self, data: bytes, count: int) -> builtins.list[Any]:
+    async def _execute_blocking(
+        self, data: bytes, count: int, abandoned: Abandoned | None = None
+    ) -> builtins.list[Any]:
         # A blocking command is not repeated: its caller treats an error as a wake-up.
         try:
             conn = await self._connect(blocking=True)
         except (RespConnectionError, ConnectionError) as exc:
             raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
         self._blocking_busy.add(conn)
+        pending = conn.request(data, count)
+        settles = abandoned is not None and conn.client_id is not None
         try:
-            replies = await conn.request(data, count)
+            # Shielded when it can be settled: a cancelled caller leaves the request alive.
+            replies = await (asyncio.shield(pending) if settles else pending)
         except (RespConnectionError, ConnectionError) as exc:
+            self._blocking_busy.discard(conn)
             conn.close()
             self._drop_connections()
             raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
+        except asyncio.CancelledError:
+            if settles and not conn.is_closed:
+                assert abandoned is not None
+                self._settle_later(conn, pending, abandoned)
+            else:
+                # The server may still hand this connection a value later: not reused.
+                self._blocking_busy.discard(conn)
+                conn.close()
+            raise
         except BaseException:
-            # Cancelled while blocked: the server may still hand this connection a
-            # value later, so it is not reused.
+            self._blocking_busy.discard(conn)
             conn.close()
             raise
-        finally:
-            self._blocking_busy.discard(conn)
+        self._blocking_busy.discard(conn)
         self.round_trips += 1
         if self._endpoint is not None and len(self._blocking_idle) < _MAX_IDLE:
             self._blocking_idle.append(conn)
         else:
             conn.close()
         return replies
+
+    def _settle_later(
+        self,
+        conn: RespConnection,
+        pending: asyncio.Future[builtins.list[Any]],
+        abandoned: Abandoned,
+    ) -> None:
+        """Finish a blocking call its caller gave up on, in the background.
+
+        The commands pipelined after the blocking one may already have run (a claim
+        right after ``BLPOP`` returned), or will as soon as it returns: their replies go
+        to ``abandoned`` instead of being dropped. A call still blocked is woken with
+        ``CLIENT UNBLOCK`` from the main connection, so this takes one round trip.
+        """
+
+        async def settle() -> None:
+            try:
+                if not pending.done():
+                    await self.execute([("CLIENT", "UNBLOCK", conn.client_id)])
+                async with asyncio.timeout(_BLOCK_SLACK):
+                    replies = await pending
+                await abandoned(replies)
+            except Exception as exc:
+                logger.warning("redis: settling an abandoned blocking call failed: %s", exc)
+            finally:
+                self._blocking_busy.discard(conn)
+                conn.close()
+
+        task = asyncio.get_running_loop().create_task(settle(), name="omniq-redis-settle")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def call(self, *command: Any) -> Any:
         """One command; an error reply raises :class:`StorageError`."""
@@ -467,11 +528,18 @@ class RedisClient:
             raise StorageError(f"redis: {command[0]}: {reply}") from reply
         return reply
 
-    async def block_many(self, timeout: float, commands: Sequence[Command]) -> builtins.list[Any]:
+    async def block_many(
+        self, timeout: float, commands: Sequence[Command], *, abandoned: Abandoned | None = None
+    ) -> builtins.list[Any]:
         """A blocking command and the commands the server runs right after it, in one
-        pipeline on a blocking connection; replies as :meth:`execute` returns them."""
+        pipeline on a blocking connection; replies as :meth:`execute` returns them.
+
+        If the caller is cancelled while it waits, ``abandoned`` (when given) gets the
+        replies in the background: what the later commands did is not lost.
+        """
+        data = b"".join(map(_pack, commands))
         async with asyncio.timeout(timeout + _BLOCK_SLACK):
-            return await self.execute(commands, blocking=True)
+            return await self._execute_blocking(data, len(commands), abandoned)
 
     def __repr__(self) -> str:
         return f"RedisClient({self.url!r}, namespace={self.namespace!r})"
@@ -724,7 +792,10 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
 
         Redis runs the claim the moment the ``BLPOP`` returns, so a waiting worker gets
         its task one round trip after the enqueue instead of two. The claim reads the
-        server's clock, as the client cannot know when the wait will end.
+        server's clock, as the client cannot know when the wait will end. A caller
+        cancelled while it waits (a worker stopping or nudged) may have claimed on the
+        server already: those tasks are handed back at once (``release``), not left
+        until their lease runs out.
         """
         names = list(dict.fromkeys(queues))
         if timeout < 0.001 or not names or limit <= 0:
@@ -736,8 +807,15 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         lease_us = round(lease_seconds * 1_000_000)
         claim = (_SHAS["claim"], 0, self._prefix, "", lease_us, worker_id, limit, len(names))
         commands = [("BLPOP", *keys, f"{timeout:.3f}"), ("EVALSHA", *claim, *names)]
+
+        async def hand_back(replies: builtins.list[Any]) -> None:
+            flat = replies[-1]
+            if isinstance(flat, list) and len(flat) > 2:  # now, lease, then 4 per task
+                ids = [_text(task_id) for task_id in flat[2::4]]
+                await self.release(ids, worker_id, now=utcnow())
+
         try:
-            _, flat = await client.block_many(timeout, commands)
+            _, flat = await client.block_many(timeout, commands, abandoned=hand_back)
         except TimeoutError:
             return []  # the server went quiet: a spurious wake-up, the caller looks again
         if isinstance(flat, NoScriptError):  # scripts flushed (server restarted)

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import cast
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from omniq.backend import backend_for_url
 from omniq.backend.redis import RedisBackend
 from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
-from omniq.models import EventType, TaskStatus, utcnow
+from omniq.models import EventType, Task, TaskStatus, utcnow
 from omniq.storage.base import Ack
 from omniq.storage.redis import (
     AsyncRedisEventStorage,
@@ -269,23 +272,82 @@ async def test_a_batch_cut_by_a_lost_connection_is_sent_again_without_duplicates
     events = [[make_event(t.id, EventType.ENQUEUED, timestamp=now)] for t in tasks]
     stored_at_kill: list[int] = []
 
-    async def kill_mid_batch() -> None:
-        for _ in range(10_000):  # polls every millisecond, for 10 s at most
-            if await redis.zcard(pending):
+    def kill_mid_batch() -> None:
+        # A thread, not a task: the client writes the whole batch before it yields to
+        # the event loop, so only a thread sees the batch while it is still going in.
+        plain = sync_redis.Redis.from_url(REDIS_URL)
+        for _ in range(20_000):  # polls every half millisecond, for 10 s at most
+            if plain.zcard(pending):
                 break
-            await asyncio.sleep(0.001)
-        await redis.execute_command("CLIENT", "KILL", "ID", client_id)
-        stored_at_kill.append(await redis.zcard(pending))
+            time.sleep(0.0005)
+        plain.execute_command("CLIENT", "KILL", "ID", client_id)
+        stored_at_kill.append(plain.zcard(pending))
+        plain.close()
 
-    killer = asyncio.create_task(kill_mid_batch())
-    assert await queue.enqueue_logged(tasks, events, log) == [t.id for t in tasks]
-    await killer
+    killer = threading.Thread(target=kill_mid_batch)
+    killer.start()
+    try:
+        assert await queue.enqueue_logged(tasks, events, log) == [t.id for t in tasks]
+    finally:
+        killer.join()
     assert 0 < stored_at_kill[0] < 20_000  # the connection died with the batch half done
     assert await queue.stats() == {"default": {"pending": 20_000}}
     # The calls that had run were sent again and left their tasks (and events) alone.
     for task in (tasks[0], tasks[len(tasks) // 2], tasks[-1]):
         assert [e.event_type for e in await log.get(task.id)] == [EventType.ENQUEUED]
     assert await redis.zcard(f"{backend.namespace}:events") == 20_000
+
+
+async def test_a_wait_cancelled_after_its_claim_hands_the_tasks_back(
+    backend: RedisBackend, namespace: str
+) -> None:
+    queue = backend.task_queue()
+    await queue.connect()
+    waiter = asyncio.create_task(
+        queue.wait_and_claim(["default"], "w1", limit=4, lease_seconds=300, timeout=10)
+    )
+    plain = sync_redis.Redis.from_url(REDIS_URL)
+    # Blocking calls from here on: the event loop must not run until the cancel, so the
+    # waiter cannot read the reply of the claim the server is about to run for it.
+    await wait_for_blocked_client(backend.client, plain)
+    task = make_task()
+
+    def produce() -> None:
+        with RedisQueue(REDIS_URL, namespace=namespace) as producer:
+            producer.enqueue([task])
+
+    enqueue = threading.Thread(target=produce)
+    enqueue.start()
+    enqueue.join()
+    for _ in range(2_000):
+        if plain.hget(f"{namespace}:t:{task.id}", "s") == b"running":
+            break
+        time.sleep(0.001)  # noqa: ASYNC251 - deliberately keeps the loop from running
+    else:
+        raise AssertionError("the waiting claim never ran")
+    plain.close()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    # The claim made for the cancelled waiter is handed back at once, not in 300 s.
+    claimed: list[Task] = []
+    for _ in range(500):
+        claimed = await queue.claim(["default"], "w2", limit=4, lease_seconds=30, now=utcnow())
+        if claimed:
+            break
+        await asyncio.sleep(0.01)
+    assert [(t.id, t.attempts) for t in claimed] == [(task.id, 1)]
+
+
+async def wait_for_blocked_client(client: RedisClient, plain: sync_redis.Redis) -> None:
+    """Until a blocking connection of ``client`` is blocked in ``BLPOP`` on the server."""
+    for _ in range(1_000):
+        await asyncio.sleep(0.005)
+        for conn in client._blocking_busy:
+            seen = plain.execute_command("CLIENT", "LIST", "ID", conn.client_id)
+            if b"cmd=blpop" in seen and b"flags=b" in seen:
+                return
+    raise AssertionError("the waiter never blocked in BLPOP")
 
 
 async def test_list_and_stats_do_not_scan(backend: RedisBackend, redis: aioredis.Redis) -> None:

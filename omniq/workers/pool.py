@@ -316,8 +316,8 @@ class AsyncWorkerPool:
         Stop and nudge cancel the wait directly rather than racing it in
         ``asyncio.wait``: a woken worker then starts its task a few loop turns sooner
         (measured on the latency workload). A waiter cut short may have claimed on the
-        server as it was stopped: those tasks come back when their lease runs out, like
-        a crashed worker's.
+        server as it was stopped: the queue hands those tasks back (Redis does so at
+        once; a backend that cannot comes back to them when their lease runs out).
         """
         if waiter is None:
             waiter = asyncio.sleep(timeout)

@@ -183,6 +183,15 @@ class RespConnection(asyncio.Protocol):
         self._transport.write(data)
         return future
 
+    def reattach(self, future: asyncio.Future[list[Any]]) -> asyncio.Future[list[Any]] | None:
+        """A fresh future for the replies of the request ``future`` was returned for
+        (after ``future`` was cancelled), or None when that request is not pending."""
+        for request in self._pending:
+            if request.future is future:
+                request.future = asyncio.get_running_loop().create_future()
+                return request.future
+        return None
+
     def close(self) -> None:
         """Close now; pending requests fail with :class:`RespConnectionError`."""
         self._fail(RespConnectionError("closed"))

@@ -404,19 +404,22 @@ class RedisClient:
             raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
         self._blocking_busy.add(conn)
         pending = conn.request(data, count)
-        settles = abandoned is not None and conn.client_id is not None
         try:
-            # Shielded when it can be settled: a cancelled caller leaves the request alive.
-            replies = await (asyncio.shield(pending) if settles else pending)
+            replies = await pending
         except (RespConnectionError, ConnectionError) as exc:
             self._blocking_busy.discard(conn)
             conn.close()
             self._drop_connections()
             raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
         except asyncio.CancelledError:
-            if settles and not conn.is_closed:
+            rest: asyncio.Future[builtins.list[Any]] | None = None
+            if abandoned is not None and conn.client_id is not None and not conn.is_closed:
+                # The replies arrived just before the cancel, or are still to come.
+                rest = pending if pending.done() and not pending.cancelled() else None
+                rest = rest or conn.reattach(pending)
+            if rest is not None:
                 assert abandoned is not None
-                self._settle_later(conn, pending, abandoned)
+                self._settle_later(conn, rest, abandoned)
             else:
                 # The server may still hand this connection a value later: not reused.
                 self._blocking_busy.discard(conn)

@@ -127,12 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.report_from:
-        stored = json.loads(Path(args.report_from).read_text())
+        source = Path(args.report_from)
+        stored = json.loads(source.read_text())
+        # Rewrite that run's own report set (results-<stamp>.*) rather than add a copy.
+        stamp = source.stem.removeprefix("results-")
+        if stamp == source.stem or source.parent.resolve() != Path(args.out).resolve():
+            stamp = time.strftime("%Y%m%d-%H%M%S")
         paths = report.write(
             stored["records"],
             stored["meta"],
             out=Path(args.out),
-            stamp=time.strftime("%Y%m%d-%H%M%S"),
+            stamp=stamp,
             workloads=stored.get("workloads", list(harness.WORKLOADS)),
             docs=Path(args.docs) if args.docs else None,
         )

@@ -811,6 +811,8 @@ def write(
     for path in list(written):
         latest = out / f"latest{path.suffix}"
         shutil.copyfile(path, latest)
+    if png:  # latest.md shows latest.png, not the chart of whichever run it was
+        (out / "latest.md").write_text(markdown(agg, meta, "latest.png", loads))
     if docs is not None:
         docs.parent.mkdir(parents=True, exist_ok=True)
         docs_png = chart(agg, docs.with_suffix(".png"))

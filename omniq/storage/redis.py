@@ -720,9 +720,11 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
 
     def writes_events(self, event_storage: BaseEventStorage) -> bool:
         """True when ``event_storage`` is the event log on this queue's client."""
-        return isinstance(event_storage, AsyncRedisEventStorage) and (
-            event_storage.client is self.client
-        )
+        return self._shares_client(event_storage, AsyncRedisEventStorage)
+
+    def _shares_client(self, storage: BaseStorage, kind: type[_RedisComponent]) -> bool:
+        # One client means one connection: writes to both can go in one script call.
+        return isinstance(storage, kind) and storage.client is self.client
 
     async def enqueue_logged(
         self,
@@ -883,9 +885,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         return [bool(flag) for flag in done]
 
     def _results_here(self, result_storage: BaseResultStorage) -> bool:
-        return isinstance(result_storage, AsyncRedisResultStorage) and (
-            result_storage.client is self.client
-        )
+        return self._shares_client(result_storage, AsyncRedisResultStorage)
 
     async def finish_many(
         self,

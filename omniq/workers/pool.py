@@ -392,7 +392,12 @@ class AsyncWorkerPool:
             logger.exception("worker %s: internal error on task %s", self.worker_id, task.id)
         finally:
             self._running.pop(task.id, None)
-            if self._slot_freed is not None:
+            # Wake the claim loop only when it has something to do: it claims once
+            # ``_claim_watermark`` slots are free (or the pool ran dry), and a wake-up per
+            # finished task would cost a loop turn each for nothing.
+            if self._slot_freed is not None and (
+                not self._running or self.concurrency - len(self._running) >= self._claim_watermark
+            ):
                 self._slot_freed.set()
 
     async def _execute_inner(self, task: Task) -> None:

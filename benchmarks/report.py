@@ -610,6 +610,13 @@ def calibration_text(meta: dict[str, Any], loads: Sequence[float]) -> str:
     for key, what, ref in refs:
         if key in cal:
             parts.append(f"{what} {_num(cal[key])}/s (reference machine: {ref:,}/s)")
+    bare = (
+        ("bare_drain_per_s", "the drain body with no queue, 32 at a time in one asyncio loop"),
+        ("bare_sleep_per_s", "the sleep body with no queue, 100 at a time"),
+    )
+    for key, what in bare:
+        if key in cal:
+            parts.append(f"{what} {_num(cal[key])}/s")
     text = ""
     if parts:
         text += "Raw limits measured at the start of this run: " + "; ".join(parts) + ".\n"

@@ -26,6 +26,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,12 +380,36 @@ def run_sync(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     }
 
 
+async def bare_bodies(body: Callable[[], Awaitable[None]], n: int, width: int) -> float:
+    """Bodies/s of ``n`` task bodies run ``width`` at a time in one asyncio loop, with no
+    queue at all: the ceiling of any single-process async worker for that body here."""
+    pending = iter(range(n))
+
+    async def lane() -> None:
+        for _ in pending:
+            await body()
+
+    try:
+        await body()  # connect outside the timing
+        start = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(width)))
+        rate = n / (time.perf_counter() - start)
+        client = aredis.Redis.from_url(REDIS_URL)
+        await client.delete(bodies.COUNT, bodies.FIRST, bodies.LAST)
+        await client.aclose()
+    finally:
+        await bodies.close_async_client()
+    return rate
+
+
 def calibrate(workdir: Path) -> dict[str, float]:
     """Raw engine limits on this machine right now (compare with the reference's).
 
     redis-py asyncio and sync sequential ``LPUSH`` on one connection (reference: 11,447/s and
     17,760/s), and SQLite WAL single-row transactions with ``synchronous=FULL`` and
     ``NORMAL`` (reference: 11,808/s and 35,087/s): the disk's fsync rate shows in the first.
+    Also the drain and sleep bodies with no queue (:func:`bare_bodies`, at the workloads'
+    concurrency): what a worker's own overhead is measured against.
     """
     import sqlite3
 
@@ -403,6 +428,8 @@ def calibrate(workdir: Path) -> dict[str, float]:
         return rate
 
     out = {"redis_asyncio_lpush_per_s": asyncio.run(async_lpush(5000))}
+    out["bare_drain_per_s"] = asyncio.run(bare_bodies(bodies.drain_async, 10_000, 32))
+    out["bare_sleep_per_s"] = asyncio.run(bare_bodies(bodies.sleep_async, 5_000, 100))
     client = redis.Redis.from_url(REDIS_URL)
     start = time.perf_counter()
     for _ in range(5000):

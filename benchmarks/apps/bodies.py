@@ -41,6 +41,13 @@ def _aclient() -> aredis.Redis:
     return client
 
 
+async def close_async_client() -> None:
+    """Close this loop's client (for callers that run bodies outside a worker)."""
+    client = _async_clients.pop(id(asyncio.get_running_loop()), None)
+    if client is not None:
+        await client.aclose()
+
+
 def _sclient() -> redis.Redis:
     global _sync_client
     if _sync_client is None:

@@ -109,6 +109,9 @@ class AsyncWorkerPool:
         self._next_schedule_check = 0.0
         self._schedules_off = False
         self._flush_lock: asyncio.Lock | None = None
+        #: Bumped whenever a task leaves a slot or a batch of outcomes is written: a burst
+        #: run only ends after a claim that started after the last of these found nothing.
+        self._progress = 0
         # Claim once this many slots are free: fewer round trips than one claim per slot,
         # but capped, so that with many slots (long sleeps) they do not idle waiting for
         # a big batch (measured: 8 beats 25 and 4 at concurrency 100).
@@ -123,7 +126,8 @@ class AsyncWorkerPool:
 
     async def run(self, *, burst: bool = False) -> None:
         """Process tasks until stopped; with ``burst=True`` return once nothing is left
-        to claim and nothing is running."""
+        to claim and nothing is running (dependents released and retries due during the
+        run included; a retry delayed past the end is left for the next run)."""
         if self._started:
             raise ConfigError("this worker pool is already running")
         self._started = True
@@ -223,6 +227,7 @@ class AsyncWorkerPool:
                 await self._slot_freed.wait()
                 continue
             tasks: list[Task] = []
+            progress = self._progress
             if not just_claimed:
                 try:
                     tasks = await queue.claim(
@@ -250,6 +255,14 @@ class AsyncWorkerPool:
                 if self._running:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
+                    continue
+                if self._finished or (self._flush_lock is not None and self._flush_lock.locked()):
+                    # Results not yet written may release dependents: write them, look again.
+                    await self._flush_finished()
+                    continue
+                if self._progress != progress:
+                    # A task settled while that claim was out (a retry due now, released
+                    # dependents): the claim may have missed it.
                     continue
                 return
             woke_with = await self._wait_for_work(settings.poll_interval, free)
@@ -392,6 +405,7 @@ class AsyncWorkerPool:
             logger.exception("worker %s: internal error on task %s", self.worker_id, task.id)
         finally:
             self._running.pop(task.id, None)
+            self._progress += 1
             # Wake the claim loop only when it has something to do: it claims once
             # ``_claim_watermark`` slots are free (or the pool ran dry), and a wake-up per
             # finished task would cost a loop turn each for nothing.
@@ -548,6 +562,7 @@ class AsyncWorkerPool:
                 await self.oq._on_finished(done, dependents)
             except StorageError as exc:
                 logger.warning("settling dependents failed: %s", exc)
+            self._progress += 1
             if not everything:
                 return
 

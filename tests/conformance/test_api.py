@@ -317,6 +317,20 @@ async def test_dependencies_run_in_order(oq: AsyncOmniQ) -> None:
     assert sorted(order[1:3]) == [f"{label}-b", f"{label}-c"]
 
 
+async def test_a_burst_run_also_runs_the_dependents_it_releases(oq: AsyncOmniQ) -> None:
+    first = await oq.submit(tasks.add, (1, 1))
+    second = await oq.submit(tasks.add, (2, 2), depends_on=[first])
+    third = await oq.submit(tasks.add, (3, 3), depends_on=[second])
+    await oq.worker(concurrency=4).run(burst=True)
+    # Each was released by a task of the same run: the run does not end before them.
+    results = [await oq.get_result(t) for t in (first, second, third)]
+    assert [(r.status, r.result) if r else None for r in results] == [
+        (TaskStatus.COMPLETE, 2),
+        (TaskStatus.COMPLETE, 4),
+        (TaskStatus.COMPLETE, 6),
+    ]
+
+
 async def test_failed_dependency_cancels_dependents(oq: AsyncOmniQ) -> None:
     parent = await oq.submit(tasks.fail, ("broken",))
     child = await oq.submit(tasks.add, (1, 1), depends_on=[parent])

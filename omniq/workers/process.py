@@ -71,8 +71,15 @@ class _Child:
 
     def reap(self, timeout: float | None = None) -> int | None:
         """Wait for the child to exit (blocking) and return its exit code."""
+        deadline = time.monotonic() + (_STOP_TIMEOUT if timeout is None else timeout)
         self.process.join(timeout)
         code = self.process.exitcode
+        # multiprocessing reaps finished children whenever it starts a new one (a
+        # replacement, on another thread): when that waitpid wins the race, ours sees no
+        # child and the code shows up on the shared handle a moment later.
+        while code is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+            code = self.process.exitcode
         with contextlib.suppress(Exception):
             self.conn.close()
         return code

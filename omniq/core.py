@@ -393,25 +393,45 @@ class AsyncOmniQ:
             raise ConfigError(f"kwargs={kwargs!r}: expected a dict of keyword arguments")
         return self.serializer.dumps_call(carried, tuple(args), kwargs or {})
 
-    async def _store_new(self, tasks: Sequence[Task], now: datetime) -> list[str]:
+    async def _store_new(
+        self, tasks: Sequence[Task], now: datetime, *, log_later: bool = False
+    ) -> list[str]:
         """Store new tasks and log their ``ENQUEUED`` (and ``SCHEDULED``) events.
 
         When the queue can write into the event storage (the same Redis), the events go
         in the same call as their tasks: no second write, and never one without the other.
         Otherwise the logger writes them in the background.
+
+        ``log_later``: events that cannot go with the tasks are left to the caller, who
+        logs them with :meth:`_log_stored` once it knows they are its to log (several
+        workers may store the same schedule tick; only the one that claims it logs).
         """
         queue, events = self.queue, self.events
         storage = events.storage
         if storage is not None and queue.writes_events(storage):
             logged = [_enqueued_events(task, now) for task in tasks]
             ids = await queue.enqueue_logged(tasks, logged, storage)
-            if events._handlers:
+            if events._handlers and not log_later:
                 events.announce(event for group in logged for event in group)
             return ids
         ids = await queue.enqueue(tasks)
-        if events.enabled or events._handlers:
+        if not log_later and (events.enabled or events._handlers):
             events.log_many(event for task in tasks for event in _enqueued_events(task, now))
         return ids
+
+    def _log_stored(self, tasks: Sequence[Task], now: datetime) -> None:
+        """The events of tasks stored with ``_store_new(log_later=True)``: logged now, or
+        only handed to this client's handlers where the store already wrote them."""
+        events = self.events
+        if not (events.enabled or events._handlers):
+            return
+        fresh = (event for task in tasks for event in _enqueued_events(task, now))
+        storage = events.storage
+        if storage is not None and self.queue.writes_events(storage):
+            if events._handlers:
+                events.announce(fresh)
+        else:
+            events.log_many(fresh)
 
     async def submit(
         self,

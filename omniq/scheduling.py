@@ -3,10 +3,13 @@
 The decisions are plain functions with the clock passed in (``validate_cron``,
 ``first_run``, ``next_run``); :class:`AsyncScheduler` applies them to a
 ``BaseScheduleStorage``. There is no beat process: every running worker pool calls
-:meth:`AsyncScheduler.fire_due`, and each due tick is claimed with a compare-and-set on
-the schedule's ``next_run_at`` (``BaseScheduleStorage.advance``), so exactly one worker
-fires it. The task it enqueues has an id derived from the schedule id and the tick
-time, so even two winners could not store two tasks for one tick.
+:meth:`AsyncScheduler.fire_due`. A due tick's task has an id derived from the schedule id
+and the tick time, so storing it twice stores it once; it is stored first, then the tick
+is claimed with a compare-and-set on the schedule's ``next_run_at``
+(``BaseScheduleStorage.advance``), so exactly one worker counts it. A worker that dies
+between the two leaves the tick due, and the next one completes it: a tick is never
+lost. The price is at the other edge: a schedule changed by hand at the very moment its
+tick is stored may keep that one task.
 
 Tick rules:
 
@@ -400,9 +403,10 @@ class AsyncScheduler:
     async def fire_due(self, now: datetime, *, limit: int = 100) -> datetime | None:
         """Fire every tick due at ``now``; return when the next one falls (or None).
 
-        Each due tick is claimed with ``store.advance`` (compare-and-set on
-        ``next_run_at``); only the winner enqueues the tick's task, whose id is derived
-        from the schedule id and the tick time. The returned time is a hint for how long
+        Each due tick's task (its id derived from the schedule id and the tick time, so
+        storing it twice stores it once) is stored first, then the tick is claimed with
+        ``store.advance`` (compare-and-set on ``next_run_at``); only the winner logs the
+        task's events where they did not go in with it. The returned time is a hint for how long
         a pool may sleep; pools poll anyway, so a schedule changed by another process is
         noticed within the poll interval.
         """
@@ -414,7 +418,10 @@ class AsyncScheduler:
                 if not s.paused and s.next_run_at is not None
             }
             self._listed_at = now
-        fired: list[Task] = []
+        # Each due tick's task is stored before its tick is claimed: a worker that dies
+        # between the two leaves the tick due, the next worker stores the same task id
+        # again (a no-op) and claims it. Claiming first would lose the tick in that gap.
+        ticks: list[tuple[Schedule, datetime, datetime | None, Task]] = []
         for schedule in due:
             tick = schedule.next_run_at
             if tick is None or schedule.paused:  # a store filters these; be safe anyway
@@ -435,6 +442,11 @@ class AsyncScheduler:
                 await self.store.update(schedule.id, {"paused": True})
                 self._hints.pop(schedule.id, None)
                 continue
+            ticks.append((schedule, tick, following, _tick_task(schedule, tick, now)))
+        if ticks:
+            await self.oq._store_new([task for *_, task in ticks], now, log_later=True)
+        fired: list[Task] = []
+        for schedule, tick, following, task in ticks:
             won = await self.store.advance(
                 schedule.id, expected_next_run_at=tick, next_run_at=following, last_run_at=now
             )
@@ -443,9 +455,9 @@ class AsyncScheduler:
             else:
                 self._hints[schedule.id] = following
             if won:
-                fired.append(_tick_task(schedule, tick, now))
+                fired.append(task)
         if fired:
-            await self.oq._store_new(fired, now)
+            self.oq._log_stored(fired, now)
             for task in fired:
                 logger.debug("schedule %s fired task %s", task.schedule_id, task.id)
         if len(due) >= limit:

@@ -99,6 +99,50 @@ async def test_missed_ticks_fire_once_and_a_tick_is_claimed_once(make_oq: MakeOQ
     assert len(await fired_tasks(first, sid)) == 1
 
 
+class _WorkerDied(Exception):
+    """Stands for a worker process dying at one point of firing a tick."""
+
+
+@pytest.mark.parametrize("dies", ["before_claiming", "after_claiming"])
+async def test_a_worker_dying_as_it_fires_a_tick_loses_nothing(make_oq: MakeOQ, dies: str) -> None:
+    dying_client, survivor_client = await make_oq(), await make_oq()
+    sid = await dying_client.schedule(tasks.add, (2, 2), interval=1.0)
+    schedule = await dying_client.get_schedule(sid)
+    assert schedule is not None and schedule.next_run_at is not None
+    tick = schedule.next_run_at
+    moment = tick + timedelta(seconds=0.5)
+    dying = await dying_client._open_schedules()
+    real_advance = dying.store.advance
+
+    async def advance_and_die(*args: Any, **kwargs: Any) -> bool:
+        if dies == "after_claiming":  # the tick is claimed, then the worker dies
+            await real_advance(*args, **kwargs)
+        raise _WorkerDied
+
+    dying.store.advance = advance_and_die  # type: ignore[method-assign]
+    with pytest.raises(_WorkerDied):
+        await dying.fire_due(moment)
+
+    survivor = await survivor_client._open_schedules()
+    await survivor.fire_due(moment)
+    fired = await fired_tasks(survivor_client, sid)
+    assert [t.id for t in fired] == [tick_task_id(sid, tick)]
+    assert fired[0].status is TaskStatus.PENDING
+    after = await survivor_client.get_schedule(sid)
+    assert after is not None
+    assert after.runs == 1
+    assert after.next_run_at == tick + timedelta(seconds=1)
+    await survivor_client.events.flush()
+    kinds = [e.event_type for e in await survivor_client.get_events(fired[0].id)]
+    if dies == "before_claiming" or survivor_client.queue.writes_events(
+        survivor_client.events.storage  # type: ignore[arg-type]
+    ):
+        assert kinds.count(EventType.ENQUEUED) == 1
+    else:
+        # Logged in the background after the claim: the dead worker took it with it.
+        assert kinds.count(EventType.ENQUEUED) <= 1
+
+
 async def test_max_runs_and_end_at_stop_a_schedule(oq: AsyncOmniQ) -> None:
     scheduler = await oq._open_schedules()
     sid = await oq.schedule(tasks.add, (1, 1), interval=1.0, max_runs=2)

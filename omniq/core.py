@@ -408,7 +408,8 @@ class AsyncOmniQ:
         """
         queue, events = self.queue, self.events
         storage = events.storage
-        if storage is not None and queue.writes_events(storage):
+        if self._events_ride_enqueue():
+            assert storage is not None
             logged = [_enqueued_events(task, now) for task in tasks]
             ids = await queue.enqueue_logged(tasks, logged, storage)
             if events._handlers and not log_later:
@@ -419,6 +420,11 @@ class AsyncOmniQ:
             events.log_many(event for task in tasks for event in _enqueued_events(task, now))
         return ids
 
+    def _events_ride_enqueue(self) -> bool:
+        """True when the queue writes new tasks' events in the call that stores them."""
+        storage = self.events.storage
+        return storage is not None and self.queue.writes_events(storage)
+
     def _log_stored(self, tasks: Sequence[Task], now: datetime) -> None:
         """The events of tasks stored with ``_store_new(log_later=True)``: logged now, or
         only handed to this client's handlers where the store already wrote them."""
@@ -426,8 +432,7 @@ class AsyncOmniQ:
         if not (events.enabled or events._handlers):
             return
         fresh = (event for task in tasks for event in _enqueued_events(task, now))
-        storage = events.storage
-        if storage is not None and self.queue.writes_events(storage):
+        if self._events_ride_enqueue():
             if events._handlers:
                 events.announce(fresh)
         else:

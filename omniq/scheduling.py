@@ -406,9 +406,9 @@ class AsyncScheduler:
         Each due tick's task (its id derived from the schedule id and the tick time, so
         storing it twice stores it once) is stored first, then the tick is claimed with
         ``store.advance`` (compare-and-set on ``next_run_at``); only the winner logs the
-        task's events where they did not go in with it. The returned time is a hint for how long
-        a pool may sleep; pools poll anyway, so a schedule changed by another process is
-        noticed within the poll interval.
+        task's events where they did not go in with it. The returned time is a hint for
+        how long a pool may sleep; pools poll anyway, so a schedule changed by another
+        process is noticed within the poll interval.
         """
         due = await self.store.due(now, limit=limit)
         if self._listed_at is None or now - self._listed_at >= _REFRESH:

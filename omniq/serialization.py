@@ -33,7 +33,6 @@ from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-import dill
 import msgspec
 
 from omniq.errors import ConfigError, PayloadSignatureError, SerializationError
@@ -285,6 +284,8 @@ class DillSerializer:
 
     def dumps(self, value: Any) -> bytes:
         """Pickle ``value`` with dill (and sign it when a key is set)."""
+        import dill  # about 10 ms: paid only by processes that use dill
+
         try:
             body: bytes = dill.dumps(value, recurse=True)
         except Exception as exc:
@@ -307,6 +308,8 @@ class DillSerializer:
                 raise PayloadSignatureError(
                     "dill payload signature does not match: refused, nothing was unpickled"
                 )
+        import dill
+
         try:
             return dill.loads(body)
         except Exception as exc:
@@ -407,6 +410,8 @@ class SerializationManager:
     def _dill_culprit(
         self, func: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str:
+        import dill
+
         for label, value in self._labelled(func, args, kwargs):
             try:
                 dill.dumps(value, recurse=True)

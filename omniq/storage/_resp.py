@@ -8,10 +8,10 @@ Several requests may be in flight on one connection at once (pipelining by arriv
 order), so one connection serves every ordinary command of a process; blocking commands
 (``BLPOP``) get connections of their own.
 
-Error replies are returned as :class:`redis.exceptions.ResponseError` instances (a
-``NOSCRIPT`` one as :class:`~redis.exceptions.NoScriptError`), never raised, so a
-pipeline always yields every reply. A lost connection fails its pending requests with
-:class:`RespConnectionError`; reconnecting is the caller's choice.
+Error replies are returned as :class:`ResponseError` instances (a ``NOSCRIPT`` one as
+:class:`NoScriptError`), never raised, so a pipeline always yields every reply. A lost
+connection fails its pending requests with :class:`RespConnectionError`; reconnecting is
+the caller's choice.
 """
 
 from __future__ import annotations
@@ -24,15 +24,32 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
-from redis.exceptions import NoScriptError, ResponseError
 
 from omniq.errors import ConfigError
 
-__all__ = ["RespConnection", "RespConnectionError", "RespEndpoint", "parse_redis_url"]
+__all__ = [
+    "NoScriptError",
+    "RespConnection",
+    "RespConnectionError",
+    "RespEndpoint",
+    "ResponseError",
+    "parse_redis_url",
+]
 
 
 class RespConnectionError(ConnectionError):
     """The connection failed or was lost; requests still pending on it are lost too."""
+
+
+# Our own reply types rather than redis-py's: importing redis.exceptions imports the whole
+# redis package (and, where installed, jwt and cryptography), about 0.1 s of every worker's
+# start-up, for two classes.
+class ResponseError(Exception):
+    """An error reply from the server (``-ERR ...``), returned in the reply list."""
+
+
+class NoScriptError(ResponseError):
+    """A ``NOSCRIPT`` reply: the server does not hold the script (it restarted or flushed)."""
 
 
 @dataclass(frozen=True)

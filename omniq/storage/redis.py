@@ -95,12 +95,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 from hiredis import pack_command
-from redis.exceptions import NoScriptError, ResponseError
 
 from omniq._sync import sync_twin
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
-from omniq.storage._resp import RespConnection, RespConnectionError, RespEndpoint, parse_redis_url
+from omniq.storage._resp import (
+    NoScriptError,
+    RespConnection,
+    RespConnectionError,
+    RespEndpoint,
+    ResponseError,
+    parse_redis_url,
+)
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,

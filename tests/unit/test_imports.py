@@ -1,0 +1,38 @@
+"""What importing OmniQ pulls in: the Redis extra installs hiredis only, so nothing on the
+worker's path may import redis-py; yaml and dill are paid for only when used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+_PROBE = """
+import sys
+import omniq, omniq.cli, omniq.backend.redis, omniq.storage.redis, omniq.workers
+print(" ".join(sorted(m for m in ("redis", "yaml", "dill") if m in sys.modules)))
+"""
+
+
+def test_the_worker_path_imports_neither_redis_py_nor_yaml_nor_dill() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == []
+
+
+def test_dill_and_yaml_load_when_they_are_needed() -> None:
+    probe = """
+import sys, pathlib, tempfile
+from omniq.config import Settings
+from omniq.serialization import SerializationManager
+path = pathlib.Path(tempfile.mkdtemp()) / "omniq.yaml"
+path.write_text("log_level: INFO\\n")
+assert Settings.from_yaml(path).log_level == "INFO"
+s = SerializationManager()
+assert s.loads(s.dumps(lambda x: x + 1))(1) == 2
+print(" ".join(sorted(m for m in ("yaml", "dill") if m in sys.modules)))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["dill", "yaml"]

@@ -117,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--docs",
-        default="docs/benchmarks.md",
-        help="write the full report here too ('' to skip); the chart goes beside it",
+        default=None,
+        help="write the full report here too ('' to skip); the chart goes beside it "
+        "(default: docs/benchmarks.md for a full run of every backend, workload and peer, "
+        "else nowhere, so a partial run never replaces the published table)",
     )
     parser.add_argument(
         "--report-from",
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=Path(args.out),
             stamp=stamp,
             workloads=stored.get("workloads", list(harness.WORKLOADS)),
-            docs=Path(args.docs) if args.docs else None,
+            docs=Path(args.docs or "docs/benchmarks.md") if args.docs != "" else None,
         )
         for path in paths:
             print(path)
@@ -161,6 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         reused_meta = stored.get("meta")
         # Reused peers replace the run of those peers; their labels still appear in the table.
         labels = [lb for lb in labels if REGISTRY[lb].library == "omniq"]
+    if args.docs is None:
+        full = (
+            backends == list(harness.BACKENDS)
+            and workloads == list(harness.WORKLOADS)
+            and args.peers == "all"
+            and not (args.quick or args.no_omniq or args.no_events_row or args.reuse_peers)
+        )
+        args.docs = "docs/benchmarks.md" if full else ""
     cells = harness.plan(backends, workloads, labels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -668,7 +668,9 @@ def markdown(
         "memory|sync|all` (comma lists work), `--runs 3`, `--peers all|none|arq,saq,...`, "
         "`--quick` (small N, development only), `--out benchmarks/results`, "
         "`--reuse-peers FILE` (combine a new OmniQ run with stored peer figures from the same "
-        "machine). Needs Redis on 127.0.0.1:6379; DB 15 is flushed before every repetition.\n",
+        "machine), `--docs FILE` (where the full report also goes; a full run writes "
+        "docs/benchmarks.md, a partial run only benchmarks/results). Needs Redis on "
+        "127.0.0.1:6379; DB 15 is flushed before every repetition.\n",
         "## Machine\n",
         f"{m['cpus']} vCPU ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['os']}, kernel "
         f"{m['kernel']}, Python {m['python']}, Redis {m['redis']} on loopback, SQLite "

@@ -105,7 +105,9 @@ class AsyncWorkerPool:
         self._main: asyncio.Task[None] | None = None
         self._stop_timeout: float | None = None
         self._started = False
-        self._waiting: asyncio.Future[Any] | None = None
+        # The task blocked in _idle (interruptible), and whether it was interrupted.
+        self._waiting: asyncio.Task[Any] | None = None
+        self._interrupted = False
         self._next_schedule_check = 0.0
         self._schedules_off = False
         self._flush_lock: asyncio.Lock | None = None
@@ -326,24 +328,27 @@ class AsyncWorkerPool:
         """Sleep for ``timeout`` or until ``waiter`` finishes, but wake on stop or a
         nudge; the waiter's value when it finished, else None.
 
-        Stop and nudge cancel the wait directly rather than racing it in
-        ``asyncio.wait``: a woken worker then starts its task a few loop turns sooner
-        (measured on the latency workload). A waiter cut short may have claimed on the
-        server as it was stopped: the queue hands those tasks back (Redis does so at
-        once; a backend that cannot comes back to them when their lease runs out).
+        The waiter runs in this task, not a task of its own, and stop and nudge cancel
+        this task (then take their cancel back): a woken worker starts its task a loop
+        turn sooner than when the wait is a separate task (measured on the latency
+        workload). A waiter cut short may have claimed on the server as it was stopped:
+        the queue hands those tasks back (Redis does so at once; a backend that cannot
+        comes back to them when their lease runs out).
         """
         if waiter is None:
             waiter = asyncio.sleep(timeout)
         if self._stopping:
             waiter.close()
             return None
-        wait = self._waiting = asyncio.ensure_future(waiter)
+        current = asyncio.current_task()
+        assert current is not None
+        self._waiting = current
         try:
-            return await wait
+            return await waiter
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # this pool's own task is being cancelled, not just the wait
+            # Only our own interrupt is taken back: a cancel from anyone else stands.
+            if not self._interrupted or current.uncancel() > 0:
+                raise
             return None
         except Exception as exc:
             logger.warning("waiting for work failed: %s", exc)
@@ -351,9 +356,11 @@ class AsyncWorkerPool:
             return None
         finally:
             self._waiting = None
+            self._interrupted = False
 
     def _interrupt_wait(self) -> None:
-        if self._waiting is not None:
+        if self._waiting is not None and not self._interrupted:
+            self._interrupted = True
             self._waiting.cancel()
 
     # -- running one task ----------------------------------------------------------------

@@ -483,3 +483,22 @@ async def test_result_that_cannot_be_encoded_fails_clearly(make_oq: MakeOQ) -> N
     result = await oq.get_result(task_id)
     assert result.status is TaskStatus.FAILED
     assert result.error.type == "omniq.errors.SerializationError"
+
+
+async def test_an_idle_worker_shrugs_off_nudges_but_not_an_outside_cancel(oq: AsyncOmniQ) -> None:
+    pool = oq.worker(concurrency=2)
+    run = asyncio.create_task(pool.run())
+    await asyncio.sleep(0.05)  # idle, waiting for work
+    for _ in range(5):  # a nudge (a schedule changed) cuts the wait short, nothing more
+        pool.wake()
+        await asyncio.sleep(0.01)
+    task_id = await oq.enqueue(tasks.add, 2, 3)
+    assert (await oq.get_result(task_id, wait=True, timeout=10)).result == 5
+    assert not run.done()
+    # A cancel from outside arriving with a nudge still cancels the run.
+    await asyncio.sleep(0.05)
+    pool.wake()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 10)
+    assert not pool.running

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import cast
 
+import msgspec
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 
+from omniq._ids import new_task_id
 from omniq.backend import backend_for_url
 from omniq.backend.redis import RedisBackend
 from omniq.config import Settings
@@ -417,13 +419,49 @@ async def test_a_draining_claim_drops_stale_wake_ups(
     assert await redis.exists(wake_key) == 0  # drained: an idle worker will block at once
 
 
+async def test_task_hashes_stay_compact_and_deleting_a_task_leaves_no_keys(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    # Every value of a task's hash stays under Redis's 64-byte listpack limit, through
+    # each state change that rewrites it: that is what keeps a queued task near 1 kB.
+    queue = backend.task_queue()
+    ns = backend.namespace
+    now = utcnow()
+    plain, later, dependent = (make_task(new_task_id(), priority=2) for _ in range(3))
+    later = msgspec.structs.replace(later, due_at=now + timedelta(hours=1))
+    dependent = msgspec.structs.replace(
+        dependent, status=TaskStatus.SCHEDULED, depends_on=[plain.id]
+    )
+    await queue.enqueue([plain, later, dependent])
+
+    async def encodings() -> set[str]:
+        ids = (plain.id, later.id, dependent.id)
+        return {(await redis.object("encoding", f"{ns}:t:{i}")).decode() for i in ids}
+
+    assert await encodings() == {"listpack"}
+    [claimed] = await queue.claim(["default"], "w1", limit=5, lease_seconds=30, now=now)
+    assert claimed.id == plain.id
+    assert await queue.retry(plain.id, "w1", due_at=now + timedelta(seconds=1), now=now)
+    assert await encodings() == {"listpack"}
+    [again] = await queue.claim(
+        ["default"], "w1", limit=5, lease_seconds=30, now=now + timedelta(seconds=2)
+    )
+    assert (again.id, again.attempts) == (plain.id, 2)
+    await queue.ack_many([Ack(plain.id, "w1", TaskStatus.COMPLETE)], now=now)
+    assert await encodings() == {"listpack"}
+
+    assert await queue.delete_finished(now + timedelta(seconds=1)) == 1
+    assert await queue.get(plain.id) is None
+    assert await redis.exists(f"{ns}:t:{plain.id}", f"{ns}:d:{plain.id}") == 0
+    assert (await queue.get(later.id)) is not None
+
+
 async def test_a_corrupt_task_is_failed_and_the_others_are_claimed(
     backend: RedisBackend, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     queue = backend.task_queue()
     await queue.enqueue([make_task("bad", priority=1), make_task("good")])
-    corrupt = redis.hset(f"{backend.namespace}:t:bad", mapping={"d": b"\xc1 not msgpack"})
-    await cast(Awaitable[int], corrupt)
+    await redis.set(f"{backend.namespace}:d:bad", b"\xc1 not msgpack")
     claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
     assert [t.id for t in claimed] == ["good"]
     assert "bad" in caplog.text

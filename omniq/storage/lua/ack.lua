@@ -11,7 +11,7 @@ for i = 3, #ARGV, 3 do
     redis.call('ZREM', qkey(h[3], 'leases'), id)
     redis.call('ZREM', qkey(h[3], 'ready'), h[5])
     restatus(id, h[3], 'running', status, h[4])
-    place(id, h[3], status, h[6], h[7], string.sub(h[5], 1, 16), h[5], h[8], '', now)
+    place(id, h[3], status, h[6], h[7], h[5], h[8], '', now)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

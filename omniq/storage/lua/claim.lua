@@ -52,19 +52,19 @@ if #cands < limit then
 end
 for j = 1, math.min(limit, #cands) do
   local member, q = cands[j][2], cands[j][3]
-  local id = string.sub(member, 33)
+  local id = string.sub(member, ID_AT)
   local k = tkey(id)
   redis.call('ZREM', qkey(q, 'ready'), member)
-  local h = redis.call('HMGET', k, 's', 'seq', 'd', 'due')
+  local h = redis.call('HMGET', k, 's', 'seq', 'due')
   if h[1] then
     local attempts = redis.call('HINCRBY', k, 'a', 1)
     redis.call('HSET', k, 's', 'running', 'w', worker, 'l', lease, 'u', now)
     restatus(id, q, h[1], 'running', h[2])
     redis.call('ZADD', qkey(q, 'leases'), lease, id)
     out[#out + 1] = id
-    out[#out + 1] = h[3]
+    out[#out + 1] = redis.call('GET', dkey(id)) or ''
     out[#out + 1] = attempts
-    out[#out + 1] = h[4]
+    out[#out + 1] = h[3]
   end
 end
 return out

@@ -6,17 +6,29 @@ local P = ARGV[1]
 local FINAL = {complete = true, failed = true, cancelled = true, expired = true}
 
 local function tkey(id) return P .. 't:' .. id end
+local function dkey(id) return P .. 'd:' .. id end
 local function qkey(q, part) return P .. 'q:' .. q .. ':' .. part end
 local function skey(q, status) return P .. 'q:' .. q .. ':s:' .. status end
 
 local function zadd(key, score, member) redis.call('ZADD', key, score, member) end
+
+-- A task's ready-set member: due time in milliseconds (13 digits, from the 16-digit
+-- microsecond sortdue), enqueue sequence (13 hex digits), id. Members of one priority sort
+-- by due time, then enqueue order. Under 64 bytes for ids of up to 38 characters (OmniQ's
+-- own are 36), like every other value of the task hash, so Redis keeps the hash as a
+-- compact listpack (a fraction of the memory of a hash table); a longer custom id only
+-- costs memory.
+local ID_AT = 27
+local function member_of(sortdue, seq, id)
+  return string.sub(sortdue, 1, 13) .. string.format('%013x', tonumber(seq)) .. id
+end
 
 -- Put a task where claim finds it: in the ready set when due, the delayed set when not
 -- yet, the leases set while running, the finished set when final; a SCHEDULED task with
 -- dependencies is held nowhere until a transition releases it. True when it is waiting
 -- (a worker should look again). `add` (default: one ZADD now) lets a caller gather the
 -- writes of many tasks into one ZADD per set.
-local function place(id, q, status, has_deps, due, sortdue, member, prio, lease, now, add)
+local function place(id, q, status, has_deps, due, member, prio, lease, now, add)
   add = add or zadd
   if status == 'running' then
     add(qkey(q, 'leases'), lease ~= '' and lease or now, id)
@@ -29,7 +41,7 @@ local function place(id, q, status, has_deps, due, sortdue, member, prio, lease,
   elseif due == '' or tonumber(due) <= tonumber(now) then
     add(qkey(q, 'ready'), -tonumber(prio), member)
   else
-    add(qkey(q, 'delayed'), sortdue, id)
+    add(qkey(q, 'delayed'), due, id)
   end
   return true
 end
@@ -61,12 +73,14 @@ local function wake(counts)
   end
 end
 
--- The stored fields of a task, in the order omniq.storage.redis decodes them.
-local FIELDS = {'d', 's', 'a', 'w', 'l', 'due', 'u'}
+-- The stored fields of a task, in the order omniq.storage.redis decodes them: the encoded
+-- task (its own key), then the hash fields.
+local FIELDS = {'s', 'a', 'w', 'l', 'due', 'u'}
 local function fetch(out, id)
   local h = redis.call('HMGET', tkey(id), unpack(FIELDS))
   if h[1] then
     out[#out + 1] = id
-    for j = 1, 7 do out[#out + 1] = h[j] or '' end
+    out[#out + 1] = redis.call('GET', dkey(id)) or ''
+    for j = 1, 6 do out[#out + 1] = h[j] or '' end
   end
 end

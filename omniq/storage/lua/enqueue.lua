@@ -27,19 +27,21 @@ for _ = 1, n do
   local attempts, worker, lease, due, sortdue = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
   local updated, ndeps = ARGV[i + 10], tonumber(ARGV[i + 11])
   local k = tkey(id)
-  if redis.call('EXISTS', k) == 0 then
+  -- The encoded task and the hash come and go together: storing the first only when it
+  -- is absent is the existence check.
+  if redis.call('SET', dkey(id), data, 'NX') then
     seq = seq + 1
     local sq = string.format('%016d', seq)
-    local member = sortdue .. sq .. id
+    local member = member_of(sortdue, seq, id)
     local has_deps = ndeps > 0 and '1' or ''
-    redis.call('HSET', k, 'd', data, 's', status, 'a', attempts, 'w', worker, 'l', lease,
+    redis.call('HSET', k, 's', status, 'a', attempts, 'w', worker, 'l', lease,
       'due', due, 'u', updated, 'q', q, 'p', prio, 'seq', sq, 'm', member, 'x', has_deps)
     add(skey(q, status), sq, id)
     queues[q] = true
     for j = 1, ndeps do
       redis.call('SADD', P .. 'deps:' .. ARGV[i + 11 + j], id)
     end
-    if place(id, q, status, has_deps, due, sortdue, member, prio, lease, now, add) then
+    if place(id, q, status, has_deps, due, member, prio, lease, now, add) then
       woken[q] = (woken[q] or 0) + 1
     elseif FINAL[status] then
       add(P .. 'finished', updated, id)

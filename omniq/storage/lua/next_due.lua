@@ -7,7 +7,7 @@ end
 for i = 2, #ARGV do
   local q = ARGV[i]
   local first = redis.call('ZRANGE', qkey(q, 'ready'), 0, 0)
-  if first[1] then consider(string.sub(first[1], 1, 16)) end
+  if first[1] then consider(string.sub(first[1], 1, 13) .. '000') end
   for _, part in ipairs({'delayed', 'leases'}) do
     local got = redis.call('ZRANGE', qkey(q, part), 0, 0, 'WITHSCORES')
     if got[2] then consider(got[2]) end

@@ -15,7 +15,7 @@ for i = 4, #ARGV do
     redis.call('ZREM', qkey(q, 'ready'), h[5])
     redis.call('HSET', k, 's', status, 'a', attempts, 'w', '', 'l', '', 'u', now)
     restatus(id, q, 'running', status, h[4])
-    place(id, q, status, '', h[8], string.sub(h[5], 1, 16), h[5], h[6], '', now)
+    place(id, q, status, '', h[8], h[5], h[6], '', now)
     woken[q] = (woken[q] or 0) + 1
     count = count + 1
   end

@@ -5,11 +5,11 @@ local k = tkey(id)
 local h = redis.call('HMGET', k, 's', 'w', 'q', 'seq', 'm', 'p')
 if h[1] ~= 'running' or h[2] ~= worker then return 0 end
 local q = h[3]
-local member = sortdue .. h[4] .. id
+local member = member_of(sortdue, h[4], id)
 redis.call('ZREM', qkey(q, 'leases'), id)
 redis.call('ZREM', qkey(q, 'ready'), h[5])
 redis.call('HSET', k, 's', 'retrying', 'l', '', 'due', due, 'm', member, 'u', now)
 restatus(id, q, 'running', 'retrying', h[4])
-place(id, q, 'retrying', '', due, sortdue, member, h[6], '', now)
+place(id, q, 'retrying', '', due, member, h[6], '', now)
 wake({[q] = 1})
 return 1

@@ -14,11 +14,11 @@ local q, member, due = h[2], h[4], h[7]
 unplace(id, q, member)
 if new_due ~= '' then
   due = new_due
-  member = new_sortdue .. h[3] .. id
+  member = member_of(new_sortdue, h[3], id)
 end
 redis.call('HSET', k, 's', to, 'l', '', 'due', due, 'm', member, 'u', now)
 restatus(id, q, h[1], to, h[3])
-if place(id, q, to, h[6], due, string.sub(member, 1, 16), member, h[5], '', now) then
+if place(id, q, to, h[6], due, member, h[5], '', now) then
   wake({[q] = 1})
 end
 local out = {}

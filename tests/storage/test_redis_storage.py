@@ -37,6 +37,7 @@ from omniq.storage.redis import (
     RedisQueue,
     RedisResultStorage,
     RedisScheduleStorage,
+    _us,
     split_namespace,
 )
 from tests.conftest import REDIS_URL, delete_redis_namespace, free_port, unique_name
@@ -454,6 +455,52 @@ async def test_task_hashes_stay_compact_and_deleting_a_task_leaves_no_keys(
     assert await queue.get(plain.id) is None
     assert await redis.exists(f"{ns}:t:{plain.id}", f"{ns}:d:{plain.id}") == 0
     assert (await queue.get(later.id)) is not None
+
+
+async def test_tasks_stored_in_the_earlier_layout_still_run(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    # Before the encoded task had a key of its own it was the hash's field "d", and
+    # ready-set members were {sortdue:016}{seq:016}{id}: such tasks are read and claimed.
+    queue = backend.task_queue()
+    ns = backend.namespace
+    await queue.stats()
+    task = make_task(new_task_id(), priority=3)
+    created = _us(task.created_at)
+    member = f"{created:016d}{1:016d}{task.id}"
+    await redis.hset(
+        f"{ns}:t:{task.id}",
+        mapping={
+            "d": msgspec.msgpack.encode(task),
+            "s": "pending",
+            "a": "0",
+            "w": "",
+            "l": "",
+            "due": "",
+            "u": str(created),
+            "q": "default",
+            "p": "3",
+            "seq": f"{1:016d}",
+            "m": member,
+            "x": "",
+        },
+    )
+    await redis.zadd(f"{ns}:q:default:ready", {member: -3})
+    await redis.zadd(f"{ns}:q:default:s:pending", {task.id: 1})
+    await redis.sadd(f"{ns}:queues", "default")
+    await redis.set(f"{ns}:seq", 1)
+    newer = make_task(new_task_id())
+    await queue.enqueue([newer])
+
+    stored = await queue.get(task.id)
+    assert stored is not None and stored.payload == task.payload
+    claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert [t.id for t in claimed] == [task.id, newer.id]  # priority 3 first
+    assert claimed[0].func == task.func and claimed[0].attempts == 1
+    assert await queue.ack_many(
+        [Ack(t.id, "w", TaskStatus.COMPLETE) for t in claimed], now=utcnow()
+    ) == [True, True]
+    assert await queue.stats() == {"default": {"complete": 2}}
 
 
 async def test_a_corrupt_task_is_failed_and_the_others_are_claimed(

@@ -53,16 +53,20 @@ end
 for j = 1, math.min(limit, #cands) do
   local member, q = cands[j][2], cands[j][3]
   local id = string.sub(member, ID_AT)
+  local h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm')
+  if h[4] ~= member then  -- stored before members shrank: {sortdue:016}{seq:016}{id}
+    id = string.sub(member, 33)
+    h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm')
+  end
   local k = tkey(id)
   redis.call('ZREM', qkey(q, 'ready'), member)
-  local h = redis.call('HMGET', k, 's', 'seq', 'due')
-  if h[1] then
+  if h[4] == member then  -- else a stale member: its task is gone or has moved on
     local attempts = redis.call('HINCRBY', k, 'a', 1)
     redis.call('HSET', k, 's', 'running', 'w', worker, 'l', lease, 'u', now)
     restatus(id, q, h[1], 'running', h[2])
     redis.call('ZADD', qkey(q, 'leases'), lease, id)
     out[#out + 1] = id
-    out[#out + 1] = redis.call('GET', dkey(id)) or ''
+    out[#out + 1] = task_data(id)
     out[#out + 1] = attempts
     out[#out + 1] = h[3]
   end

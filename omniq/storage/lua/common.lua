@@ -73,14 +73,20 @@ local function wake(counts)
   end
 end
 
+-- A task's encoded form. Tasks stored before it moved to its own key keep it in the hash
+-- (field 'd'); their ready-set members are {sortdue:016}{seq:016}{id} (see claim.lua).
+local function task_data(id)
+  return redis.call('GET', dkey(id)) or redis.call('HGET', tkey(id), 'd') or ''
+end
+
 -- The stored fields of a task, in the order omniq.storage.redis decodes them: the encoded
--- task (its own key), then the hash fields.
+-- task, then the hash fields.
 local FIELDS = {'s', 'a', 'w', 'l', 'due', 'u'}
 local function fetch(out, id)
   local h = redis.call('HMGET', tkey(id), unpack(FIELDS))
   if h[1] then
     out[#out + 1] = id
-    out[#out + 1] = redis.call('GET', dkey(id)) or ''
+    out[#out + 1] = task_data(id)
     for j = 1, 6 do out[#out + 1] = h[j] or '' end
   end
 end

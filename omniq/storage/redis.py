@@ -63,55 +63,27 @@ restarts, ``appendonly yes`` (``appendfsync always`` loses nothing acknowledged)
 A claim promotes at most 1,000 due delayed tasks and 1,000 expired leases per queue per
 call; a larger backlog moves over the next claims.
 
-The client (``omniq.storage._resp``) speaks RESP over an ``asyncio.Protocol`` with
-hiredis parsing: every ordinary request of a process shares one pipelined connection,
-and each blocking call (``BLPOP``) gets a connection of its own. An idle worker sends its
-claim in the same pipeline as its ``BLPOP``, so Redis runs the claim the moment a token
-arrives (that claim reads the server's clock). A connection error drops the connections
-and retries the request a few times with a short backoff, so a restarted server is
-picked up by the next call. Only a reply lost on a live connection makes a retry repeat
-work, within at-least-once: a repeated claim leaves tasks leased to nobody until their
-lease runs out, a repeated append logs an event twice; a worker stopped while blocked
-may leave a claim made at that instant to its lease, the same way. Blocking commands
-are not retried.
+The client (``omniq.storage._redis_client``) shares one pipelined connection per process
+for ordinary requests and gives each blocking call its own; see there for its retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import logging
-import re
 import time
-from collections.abc import (
-    Awaitable,
-    Callable,
-    Collection,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
-from hiredis import pack_command
 
 from omniq._sync import sync_twin
-from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
-from omniq.storage._resp import (
-    NoScriptError,
-    RespConnection,
-    RespConnectionError,
-    RespEndpoint,
-    ResponseError,
-    parse_redis_url,
-)
+from omniq.storage._redis_client import _SHAS, Command, RedisClient, split_namespace
+from omniq.storage._resp import NoScriptError, ResponseError
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
@@ -139,45 +111,6 @@ __all__ = [
 
 logger = logging.getLogger("omniq")
 
-Command = tuple[Any, ...]
-#: Called with the replies of a blocking call whose caller was cancelled.
-Abandoned = Callable[[builtins.list[Any]], Awaitable[None]]
-
-_LUA_DIR = resources.files("omniq.storage").joinpath("lua")
-_SCRIPT_NAMES = (
-    "enqueue",
-    "claim",
-    "renew",
-    "ack",
-    "retry",
-    "release",
-    "transition",
-    "fetch",
-    "dependents",
-    "list",
-    "stats",
-    "next_due",
-    "delete_finished",
-    "delete_results",
-    "delete_events",
-    "schedule_put",
-    "schedule_get",
-    "schedule_delete",
-    "put_results",
-)
-
-
-def _load_scripts() -> dict[str, str]:
-    common = _LUA_DIR.joinpath("common.lua").read_text(encoding="utf-8")
-    return {
-        name: common + "\n" + _LUA_DIR.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        for name in _SCRIPT_NAMES
-    }
-
-
-_SCRIPTS = _load_scripts()
-_SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
-
 _ENCODER = msgspec.msgpack.Encoder()
 _TASK_DECODER = msgspec.msgpack.Decoder(Task)
 _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
@@ -187,18 +120,11 @@ _STATUSES = {status.value.encode(): status for status in TaskStatus}
 _ALL_STATUSES = tuple(status.value for status in TaskStatus)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
-_BAD_NAMESPACE = re.compile(r"[:\s*?\[\]]")
 
-#: Delays before each retry of a request that hit a connection error (about 1.5 s in all).
-_RETRY_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
-#: Idle connections kept per kind (plain, blocking); more are closed when released.
-_MAX_IDLE = 32
 #: Tasks per enqueue script call; a batch sends all its calls in one pipeline.
 _ENQUEUE_CHUNK = 250
 #: Results of ``wait`` keep their wake-up token this long at most (milliseconds).
 _RESULT_TOKEN_MS = 60_000
-#: Slack on top of a blocking command's own timeout before the client gives up on it.
-_BLOCK_SLACK = 5.0
 
 
 def _us(moment: datetime) -> int:
@@ -221,342 +147,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def split_namespace(url: str) -> tuple[str, str | None]:
-    """``url`` without a ``namespace`` query parameter, and that parameter's value."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url, None
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    found = [value for key, value in query if key == "namespace"]
-    if not found:
-        return url, None
-    rest = urlencode([(key, value) for key, value in query if key != "namespace"])
-    return urlunsplit(parts._replace(query=rest)), found[-1]
-
-
-def _check_namespace(namespace: str) -> str:
-    if not namespace or _BAD_NAMESPACE.search(namespace):
-        raise ConfigError(
-            f"namespace={namespace!r}: expected a non-empty name without ':', spaces or "
-            "glob characters (it prefixes every Redis key)"
-        )
-    return namespace
-
-
-def _redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def _pack(command: Command) -> bytes:
-    packed: bytes = pack_command(command)
-    return packed
-
-
 def _ack_args(acks: Sequence[Ack], now: datetime) -> builtins.list[Any]:
     args: builtins.list[Any] = [_us(now)]
     for ack in acks:
         args += (ack.task_id, ack.worker_id, TaskStatus(ack.status).value)
     return args
-
-
-class RedisClient:
-    """The connection to one Redis server shared by a bundle's components.
-
-    Holds the key prefix, a small pool of connections for ordinary commands and another
-    for blocking ones (so a worker blocked on ``BLPOP`` never holds up a claim), and the
-    SHAs of the Lua scripts. ``round_trips`` counts request/response exchanges.
-
-    Example::
-
-        client = RedisClient("redis://127.0.0.1:6379/0", namespace="myapp")
-        await client.open()
-        await client.call("PING")
-    """
-
-    def __init__(self, url: str, *, namespace: str | None = None) -> None:
-        url, url_namespace = split_namespace(url)
-        self.url = url
-        if namespace is None:
-            namespace = "omniq" if url_namespace is None else url_namespace
-        self.namespace = _check_namespace(namespace)
-        self.prefix = f"{self.namespace}:"
-        self.round_trips = 0
-        self._where = _redact(url)  # for error messages: never the password
-        self._endpoint: RespEndpoint | None = None
-        # Every ordinary request shares one pipelined connection; blocking ones
-        # (BLPOP) each hold a connection of their own while they wait.
-        self._main: RespConnection | None = None
-        self._connecting: asyncio.Lock | None = None
-        self._blocking_idle: list[RespConnection] = []
-        self._blocking_busy: set[RespConnection] = set()
-        # Blocking calls given up by their callers, still being settled (see block_many).
-        self._settling: set[asyncio.Task[None]] = set()
-        self._open_lock = asyncio.Lock()
-
-    @property
-    def is_open(self) -> bool:
-        """True between :meth:`open` and :meth:`close`."""
-        return self._endpoint is not None
-
-    async def open(self) -> None:
-        """Check the server answers and load the scripts. Safe to call twice."""
-        async with self._open_lock:
-            if self._endpoint is not None:
-                return
-            self._endpoint = parse_redis_url(self.url)
-            try:
-                await self.load_scripts()
-            except BaseException:
-                self._endpoint = None
-                self._drop_connections()
-                raise
-
-    async def close(self) -> None:
-        """Close every connection (after settling abandoned blocking calls). Safe to
-        call twice."""
-        if self._settling:
-            await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
-        self._endpoint = None
-        self._drop_connections()
-        # Requests still in flight (a worker blocked in BLPOP) end with a connection error.
-        for conn in list(self._blocking_busy):
-            conn.close()
-
-    async def load_scripts(self) -> None:
-        """``SCRIPT LOAD`` every OmniQ script (one round trip)."""
-        replies = await self.execute([("SCRIPT", "LOAD", text) for text in _SCRIPTS.values()])
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise StorageError(f"redis: loading scripts: {reply}")
-
-    def _drop_connections(self) -> None:
-        # After one connection error the others are probably stale too (server restart).
-        main, self._main = self._main, None
-        if main is not None:
-            main.close()
-        idle = self._blocking_idle[:]
-        self._blocking_idle.clear()
-        for conn in idle:
-            conn.close()
-
-    async def _connect(self, blocking: bool) -> RespConnection:
-        endpoint = self._endpoint
-        if endpoint is None:
-            raise StorageConnectionError("redis: the client is closed")
-        if blocking:
-            if self._blocking_idle:
-                return self._blocking_idle.pop()
-            return await self._open_connection(endpoint, client_id=True)
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:  # one reconnect, however many requests wait for it
-            main = self._main
-            if main is None or main.is_closed:
-                main = self._main = await self._open_connection(endpoint)
-            return main
-
-    async def _open_connection(
-        self, endpoint: RespEndpoint, *, client_id: bool = False
-    ) -> RespConnection:
-        try:
-            return await RespConnection.open(endpoint, client_id=client_id)
-        except ResponseError as exc:  # AUTH or SELECT refused: retrying will not help
-            raise StorageConnectionError(f"redis: {self._where}: refused: {exc}") from exc
-
-    async def execute(
-        self, commands: Sequence[Command], *, blocking: bool = False
-    ) -> builtins.list[Any]:
-        """Send ``commands`` in one write and return their replies in order.
-
-        An error reply is returned as its ``ResponseError`` (not raised), so a pipeline
-        always reads every reply. Connection errors are retried (blocking commands are
-        not), then raised as :class:`StorageConnectionError`.
-        """
-        data = _pack(commands[0]) if len(commands) == 1 else b"".join(map(_pack, commands))
-        count = len(commands)
-        if blocking:
-            return await self._execute_blocking(data, count)
-        return await self._send(data, count)
-
-    async def _send(self, data: bytes, count: int) -> builtins.list[Any]:
-        """Send packed commands on the shared connection, retrying connection errors."""
-        last = len(_RETRY_DELAYS) - 1
-        for attempt, delay in enumerate(_RETRY_DELAYS):
-            if delay:
-                await asyncio.sleep(delay)
-            conn = self._main
-            try:
-                if conn is None or conn.is_closed:
-                    conn = await self._connect(blocking=False)
-                replies = await conn.request(data, count)
-            except (RespConnectionError, ConnectionError) as exc:
-                if self._main is conn:
-                    self._drop_connections()
-                if attempt == last:
-                    raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
-                continue
-            self.round_trips += 1
-            return replies
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _execute_blocking(
-        self, data: bytes, count: int, abandoned: Abandoned | None = None
-    ) -> builtins.list[Any]:
-        # A blocking command is not repeated: its caller treats an error as a wake-up.
-        try:
-            conn = await self._connect(blocking=True)
-        except (RespConnectionError, ConnectionError) as exc:
-            raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
-        self._blocking_busy.add(conn)
-        pending = conn.request(data, count)
-        try:
-            replies = await pending
-        except (RespConnectionError, ConnectionError) as exc:
-            self._blocking_busy.discard(conn)
-            conn.close()
-            self._drop_connections()
-            raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
-        except asyncio.CancelledError:
-            rest: asyncio.Future[builtins.list[Any]] | None = None
-            if abandoned is not None and conn.client_id is not None and not conn.is_closed:
-                # The replies arrived just before the cancel, or are still to come.
-                rest = pending if pending.done() and not pending.cancelled() else None
-                rest = rest or conn.reattach(pending)
-            if rest is not None:
-                assert abandoned is not None
-                self._settle_later(conn, rest, abandoned)
-            else:
-                # The server may still hand this connection a value later: not reused.
-                self._blocking_busy.discard(conn)
-                conn.close()
-            raise
-        except BaseException:
-            self._blocking_busy.discard(conn)
-            conn.close()
-            raise
-        self._blocking_busy.discard(conn)
-        self.round_trips += 1
-        if self._endpoint is not None and len(self._blocking_idle) < _MAX_IDLE:
-            self._blocking_idle.append(conn)
-        else:
-            conn.close()
-        return replies
-
-    def _settle_later(
-        self,
-        conn: RespConnection,
-        pending: asyncio.Future[builtins.list[Any]],
-        abandoned: Abandoned,
-    ) -> None:
-        """Finish a blocking call its caller gave up on, in the background.
-
-        The commands pipelined after the blocking one may already have run (a claim
-        right after ``BLPOP`` returned), or will as soon as it returns: their replies go
-        to ``abandoned`` instead of being dropped. A call still blocked is woken with
-        ``CLIENT UNBLOCK`` from the main connection, so this takes one round trip.
-        """
-
-        async def settle() -> None:
-            try:
-                if not pending.done():
-                    await self.execute([("CLIENT", "UNBLOCK", conn.client_id)])
-                async with asyncio.timeout(_BLOCK_SLACK):
-                    replies = await pending
-                await abandoned(replies)
-            except Exception as exc:
-                logger.warning("redis: settling an abandoned blocking call failed: %s", exc)
-            finally:
-                self._blocking_busy.discard(conn)
-                conn.close()
-
-        task = asyncio.get_running_loop().create_task(settle(), name="omniq-redis-settle")
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def call(self, *command: Any) -> Any:
-        """One command; an error reply raises :class:`StorageError`."""
-        reply = (await self.execute([command]))[0]
-        if isinstance(reply, ResponseError):
-            raise StorageError(f"redis: {command[0]}: {reply}") from reply
-        return reply
-
-    async def script(self, name: str, *args: Any) -> Any:
-        """Run the named Lua script (``EVALSHA``, loading the scripts on ``NOSCRIPT``)."""
-        command = ("EVALSHA", _SHAS[name], 0, self.prefix, *args)
-        reply = (await self.execute([command]))[0]
-        if isinstance(reply, NoScriptError):
-            await self.load_scripts()
-            reply = (await self.execute([command]))[0]
-        if isinstance(reply, ResponseError):
-            raise StorageError(f"redis: script {name}: {reply}") from reply
-        return reply
-
-    async def scripts(self, name: str, arg_lists: Iterable[Sequence[Any]]) -> builtins.list[Any]:
-        """Run the named script once per argument list, in one round trip.
-
-        Each call is written as soon as its arguments are built, so the server works
-        through one call while the next is built. The calls must be safe to repeat: a
-        batch cut by a lost connection is sent again whole.
-        """
-        sha, prefix = _SHAS[name], self.prefix
-        packed: builtins.list[bytes] = []
-        futures: builtins.list[asyncio.Future[builtins.list[Any]]] = []
-        conn = self._main
-        if conn is None or conn.is_closed:
-            try:
-                conn = await self._connect(blocking=False)
-            except (RespConnectionError, ConnectionError):
-                conn = None  # the retrying path below reconnects
-        for args in arg_lists:
-            data = _pack(("EVALSHA", sha, 0, prefix, *args))
-            packed.append(data)
-            if conn is not None:
-                futures.append(conn.request(data, 1))
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        if conn is not None and not any(isinstance(item, BaseException) for item in outcomes):
-            self.round_trips += 1
-            replies = [item[0] for item in outcomes]  # type: ignore[index]
-        else:
-            if conn is not None and self._main is conn:
-                self._drop_connections()
-            replies = await self._send(b"".join(packed), len(packed))
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            # Nothing ran: every call of the batch needs the same (missing) script.
-            await self.load_scripts()
-            replies = await self._send(b"".join(packed), len(packed))
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise StorageError(f"redis: script {name}: {reply}") from reply
-        return replies
-
-    async def block(self, timeout: float, *command: Any) -> Any:
-        """A blocking command (``BLPOP``…) on a blocking connection, bounded client-side."""
-        reply = (await self.block_many(timeout, [command]))[0]
-        if isinstance(reply, ResponseError):
-            raise StorageError(f"redis: {command[0]}: {reply}") from reply
-        return reply
-
-    async def block_many(
-        self, timeout: float, commands: Sequence[Command], *, abandoned: Abandoned | None = None
-    ) -> builtins.list[Any]:
-        """A blocking command and the commands the server runs right after it, in one
-        pipeline on a blocking connection; replies as :meth:`execute` returns them.
-
-        If the caller is cancelled while it waits, ``abandoned`` (when given) gets the
-        replies in the background: what the later commands did is not lost.
-        """
-        data = b"".join(map(_pack, commands))
-        async with asyncio.timeout(timeout + _BLOCK_SLACK):
-            return await self._execute_blocking(data, len(commands), abandoned)
-
-    def __repr__(self) -> str:
-        return f"RedisClient({self.url!r}, namespace={self.namespace!r})"
 
 
 class _RedisComponent(BaseStorage):

@@ -490,7 +490,8 @@ async def test_tasks_stored_in_the_earlier_layout_still_run(
     await redis.sadd(f"{ns}:queues", "default")
     await redis.set(f"{ns}:seq", 1)
     newer = make_task(new_task_id())
-    await queue.enqueue([newer])
+    await queue.enqueue([newer, task])  # the stored id is left as it is
+    assert await redis.hget(f"{ns}:t:{task.id}", "seq") == f"{1:016d}".encode()
 
     stored = await queue.get(task.id)
     assert stored is not None and stored.payload == task.payload

@@ -27,9 +27,10 @@ for _ = 1, n do
   local attempts, worker, lease, due, sortdue = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
   local updated, ndeps = ARGV[i + 10], tonumber(ARGV[i + 11])
   local k = tkey(id)
-  -- The encoded task and the hash come and go together: storing the first only when it
-  -- is absent is the existence check.
-  if redis.call('SET', dkey(id), data, 'NX') then
+  -- The hash is the record, in either layout (before the encoded task had its own key,
+  -- it was the hash's field 'd'): an id already stored is left as it is.
+  if redis.call('EXISTS', k) == 0 then
+    redis.call('SET', dkey(id), data)
     seq = seq + 1
     local sq = string.format('%016d', seq)
     local member = member_of(sortdue, seq, id)

@@ -15,17 +15,17 @@ contain ``:``. Times are integer microseconds since the epoch, kept as decimal s
 =================================  ======  ==============================================
 key                                type    holds
 =================================  ======  ==============================================
-``t:{id}``                         hash    one task's mutable fields: ``s`` status,
+``t:{id}``                         hash    one task: ``d1``..``d8`` the msgpack-encoded
+                                           ``Task`` as enqueued, in pieces of at most 64
+                                           bytes (one field ``d`` when larger than 512
+                                           bytes), and its mutable fields ``s`` status,
                                            ``a`` attempts, ``w`` worker, ``l`` lease expiry,
                                            ``due``, ``u`` updated; plus ``q`` queue, ``p``
                                            priority, ``seq`` enqueue order, ``m`` ready-set
-                                           member, ``x`` has dependencies
-``d:{id}``                         string  the msgpack-encoded ``Task`` as enqueued, kept
-                                           out of the hash so that every hash value stays
-                                           under 64 bytes and Redis stores the hash as a
-                                           compact listpack (a queued task with events off
-                                           takes about 940 bytes in all, 1,730 with the
-                                           encoded task in the hash)
+                                           member, ``x`` has dependencies. Every value under
+                                           64 bytes keeps the hash a compact listpack: a
+                                           queued task with events off takes about 940
+                                           bytes in all, 1,730 as a hash table
 ``seq``                            string  enqueue counter (ties in claim order)
 ``queues``                         set     every queue name seen (for stats and list)
 ``q:{queue}:ready``                zset    claimable tasks: score ``-priority``, member

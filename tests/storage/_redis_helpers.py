@@ -14,17 +14,21 @@ from omniq.models import Task
 def tamper_redis_task(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
     """Rewrite a stored task's payload in place, in whichever namespace holds it.
 
-    Task ids are unique across the test run, so the one ``{namespace}:d:{id}`` key (the
-    encoded task) is found by ``SCAN``; the namespace of the store need not be known.
+    Task ids are unique across the test run, so the one ``{namespace}:t:{id}`` key is found
+    by ``SCAN``; the namespace of the store need not be known. The encoded task is stored
+    in pieces (``d1``..``d8``) or whole (``d``); it is written back whole.
     """
     client = redis.Redis.from_url(store_url.split("?", 1)[0])
     try:
-        keys = list(client.scan_iter(match=f"*:d:{task_id}", count=1000))
+        keys = list(client.scan_iter(match=f"*:t:{task_id}", count=1000))
         if len(keys) != 1:
             raise LookupError(f"expected one stored task {task_id}, found {keys}")
-        data = cast(bytes, client.get(keys[0]))
+        fields = ["d", *(f"d{i}" for i in range(1, 9))]
+        values = cast(list[bytes | None], client.hmget(keys[0], fields))
+        data = values[0] or b"".join(v for v in values[1:] if v is not None)
         task = msgspec.msgpack.decode(data, type=Task)
         altered = msgspec.structs.replace(task, payload=alter(task.payload))
-        client.set(keys[0], msgspec.msgpack.encode(altered))
+        client.hdel(keys[0], *fields)
+        client.hset(keys[0], "d", msgspec.msgpack.encode(altered))
     finally:
         client.close()

@@ -433,7 +433,14 @@ async def test_task_hashes_stay_compact_and_deleting_a_task_leaves_no_keys(
     dependent = msgspec.structs.replace(
         dependent, status=TaskStatus.SCHEDULED, depends_on=[plain.id]
     )
-    await queue.enqueue([plain, later, dependent])
+    # A payload of a few hundred bytes is stored in pieces, a larger one whole.
+    medium = make_task(new_task_id(), queue="other", payload=bytes(range(256)) + b"tail")
+    large = make_task(new_task_id(), queue="other", payload=b"x" * 2000)
+    await queue.enqueue([plain, later, dependent, medium, large])
+    for task in (medium, large):
+        stored = await queue.get(task.id)
+        assert stored is not None and stored.payload == task.payload
+    assert (await redis.object("encoding", f"{ns}:t:{medium.id}")) == b"listpack"
 
     async def encodings() -> set[str]:
         ids = (plain.id, later.id, dependent.id)
@@ -453,7 +460,7 @@ async def test_task_hashes_stay_compact_and_deleting_a_task_leaves_no_keys(
 
     assert await queue.delete_finished(now + timedelta(seconds=1)) == 1
     assert await queue.get(plain.id) is None
-    assert await redis.exists(f"{ns}:t:{plain.id}", f"{ns}:d:{plain.id}") == 0
+    assert await redis.exists(f"{ns}:t:{plain.id}") == 0
     assert (await queue.get(later.id)) is not None
 
 
@@ -509,7 +516,8 @@ async def test_a_corrupt_task_is_failed_and_the_others_are_claimed(
 ) -> None:
     queue = backend.task_queue()
     await queue.enqueue([make_task("bad", priority=1), make_task("good")])
-    await redis.set(f"{backend.namespace}:d:bad", b"\xc1 not msgpack")
+    corrupt = redis.hset(f"{backend.namespace}:t:bad", mapping={"d": b"\xc1 not msgpack"})
+    await cast(Awaitable[int], corrupt)
     claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
     assert [t.id for t in claimed] == ["good"]
     assert "bad" in caplog.text

@@ -53,10 +53,10 @@ end
 for j = 1, math.min(limit, #cands) do
   local member, q = cands[j][2], cands[j][3]
   local id = string.sub(member, ID_AT)
-  local h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm')
+  local h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', unpack(DATA))
   if h[4] ~= member then  -- stored before members shrank: {sortdue:016}{seq:016}{id}
     id = string.sub(member, 33)
-    h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm')
+    h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', unpack(DATA))
   end
   local k = tkey(id)
   redis.call('ZREM', qkey(q, 'ready'), member)
@@ -66,7 +66,7 @@ for j = 1, math.min(limit, #cands) do
     restatus(id, q, h[1], 'running', h[2])
     redis.call('ZADD', qkey(q, 'leases'), lease, id)
     out[#out + 1] = id
-    out[#out + 1] = task_data(id)
+    out[#out + 1] = joined(h, 5)
     out[#out + 1] = attempts
     out[#out + 1] = h[3]
   end

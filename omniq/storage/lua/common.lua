@@ -6,7 +6,6 @@ local P = ARGV[1]
 local FINAL = {complete = true, failed = true, cancelled = true, expired = true}
 
 local function tkey(id) return P .. 't:' .. id end
-local function dkey(id) return P .. 'd:' .. id end
 local function qkey(q, part) return P .. 'q:' .. q .. ':' .. part end
 local function skey(q, status) return P .. 'q:' .. q .. ':s:' .. status end
 
@@ -73,20 +72,44 @@ local function wake(counts)
   end
 end
 
--- A task's encoded form. Tasks stored before it moved to its own key keep it in the hash
--- (field 'd'); their ready-set members are {sortdue:016}{seq:016}{id} (see claim.lua).
-local function task_data(id)
-  return redis.call('GET', dkey(id)) or redis.call('HGET', tkey(id), 'd') or ''
+-- A task's encoded form lives in its hash in pieces of at most 64 bytes (fields d1..d8),
+-- so that the hash stays a listpack; a larger one, and any task stored before pieces, is
+-- the one field 'd' (its hash is then a hash table: more memory, same behaviour).
+local PIECE, PIECES = 64, 8
+local DATA = {'d', 'd1', 'd2', 'd3', 'd4', 'd5', 'd6', 'd7', 'd8'}
+
+-- Append the field/value pairs that store `data` to `args` (for HSET).
+local function data_pairs(args, data)
+  if #data > PIECE * PIECES then
+    args[#args + 1] = 'd'
+    args[#args + 1] = data
+    return
+  end
+  for j = 1, math.ceil(#data / PIECE) do
+    args[#args + 1] = DATA[j + 1]
+    args[#args + 1] = string.sub(data, (j - 1) * PIECE + 1, j * PIECE)
+  end
+end
+
+-- The encoded task from an HMGET reply whose fields from `at` on are DATA.
+local function joined(h, at)
+  if h[at] then return h[at] end
+  local parts = {}
+  for j = at + 1, at + PIECES do
+    if not h[j] then break end
+    parts[#parts + 1] = h[j]
+  end
+  return table.concat(parts)
 end
 
 -- The stored fields of a task, in the order omniq.storage.redis decodes them: the encoded
 -- task, then the hash fields.
-local FIELDS = {'s', 'a', 'w', 'l', 'due', 'u'}
+local FIELDS = {'s', 'a', 'w', 'l', 'due', 'u', unpack(DATA)}
 local function fetch(out, id)
   local h = redis.call('HMGET', tkey(id), unpack(FIELDS))
   if h[1] then
     out[#out + 1] = id
-    out[#out + 1] = task_data(id)
+    out[#out + 1] = joined(h, 7)
     for j = 1, 6 do out[#out + 1] = h[j] or '' end
   end
 end

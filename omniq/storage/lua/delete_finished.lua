@@ -7,7 +7,7 @@ for _, id in ipairs(ids) do
   local h = redis.call('HMGET', k, 'q', 's')
   if h[1] then
     redis.call('ZREM', skey(h[1], h[2]), id)
-    redis.call('DEL', k, dkey(id), P .. 'deps:' .. id)
+    redis.call('DEL', k, P .. 'deps:' .. id)
     deleted = deleted + 1
   end
 end

@@ -27,16 +27,15 @@ for _ = 1, n do
   local attempts, worker, lease, due, sortdue = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
   local updated, ndeps = ARGV[i + 10], tonumber(ARGV[i + 11])
   local k = tkey(id)
-  -- The hash is the record, in either layout (before the encoded task had its own key,
-  -- it was the hash's field 'd'): an id already stored is left as it is.
   if redis.call('EXISTS', k) == 0 then
-    redis.call('SET', dkey(id), data)
     seq = seq + 1
     local sq = string.format('%016d', seq)
     local member = member_of(sortdue, seq, id)
     local has_deps = ndeps > 0 and '1' or ''
-    redis.call('HSET', k, 's', status, 'a', attempts, 'w', worker, 'l', lease,
-      'due', due, 'u', updated, 'q', q, 'p', prio, 'seq', sq, 'm', member, 'x', has_deps)
+    local fields = {'s', status, 'a', attempts, 'w', worker, 'l', lease, 'due', due,
+      'u', updated, 'q', q, 'p', prio, 'seq', sq, 'm', member, 'x', has_deps}
+    data_pairs(fields, data)
+    redis.call('HSET', k, unpack(fields))
     add(skey(q, status), sq, id)
     queues[q] = true
     for j = 1, ndeps do

@@ -87,6 +87,10 @@ def _choice(value: str, allowed: Sequence[str], option: str) -> list[str]:
     return items
 
 
+#: Where a full run (and --report-from) writes the published report by default.
+_DOCS = "docs/benchmarks.md"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the plan, write the report."""
     parser = argparse.ArgumentParser(
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--docs",
         default=None,
         help="write the full report here too ('' to skip); the chart goes beside it "
-        "(default: docs/benchmarks.md for a full run of every backend, workload and peer, "
+        f"(default: {_DOCS} for a full run of every backend, workload and peer, "
         "else nowhere, so a partial run never replaces the published table)",
     )
     parser.add_argument(
@@ -141,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=Path(args.out),
             stamp=stamp,
             workloads=stored.get("workloads", list(harness.WORKLOADS)),
-            docs=Path(args.docs or "docs/benchmarks.md") if args.docs != "" else None,
+            docs=Path(args.docs or _DOCS) if args.docs != "" else None,
         )
         for path in paths:
             print(path)
@@ -170,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             and args.peers == "all"
             and not (args.quick or args.no_omniq or args.no_events_row or args.reuse_peers)
         )
-        args.docs = "docs/benchmarks.md" if full else ""
+        args.docs = _DOCS if full else ""
     cells = harness.plan(backends, workloads, labels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

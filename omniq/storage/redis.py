@@ -22,10 +22,12 @@ key                                type    holds
                                            ``a`` attempts, ``w`` worker, ``l`` lease expiry,
                                            ``due``, ``u`` updated; plus ``q`` queue, ``p``
                                            priority, ``seq`` enqueue order, ``m`` ready-set
-                                           member, ``x`` has dependencies. Every value under
-                                           64 bytes keeps the hash a compact listpack: a
-                                           queued task with events off takes about 830
-                                           bytes in all, 1,730 as a hash table
+                                           member, ``x`` has dependencies (a field that
+                                           would be empty is left out, and read as empty).
+                                           Every value under 64 bytes keeps the hash a
+                                           compact listpack: a queued task with events off
+                                           takes about 830 bytes in all, 1,730 as a hash
+                                           table
 ``seq``                            string  enqueue counter (ties in claim order)
 ``queues``                         set     every queue name seen (for stats and list)
 ``q:{queue}:ready``                zset    claimable tasks: score ``-priority``, member
@@ -256,27 +258,28 @@ def _decode_tasks(flat: Sequence[Any]) -> builtins.list[Task]:
     return [_decode_task(*flat[i : i + 8]) for i in range(0, len(flat), 8)]
 
 
-def _task_args(task: Task) -> builtins.list[Any]:
-    created = _us(task.created_at)
-    due = None if task.due_at is None else _us(task.due_at)
-    lease = task.lease_expires_at
-    args = [
-        task.id,
-        _ENCODER.encode(task),
+def _shared_args(task: Task) -> tuple[Any, ...]:
+    """A task's ``enqueue.lua`` fields that the tasks after it may share (sent once)."""
+    lease, due = task.lease_expires_at, task.due_at
+    updated = task.updated_at or task.created_at
+    return (
         task.queue,
         task.priority,
         task.status.value,
         task.attempts,
         task.worker_id or "",
         "" if lease is None else _us(lease),
-        "" if due is None else due,
-        _sortkey(created if due is None else due),
-        _us(task.updated_at) if task.updated_at is not None else created,
+        "" if due is None else _us(due),
+        _us(updated),
         len(task.depends_on),
-    ]
-    if task.depends_on:
-        args.extend(task.depends_on)
-    return args
+        *task.depends_on,
+    )
+
+
+def _own_args(task: Task, args: builtins.list[Any]) -> None:
+    """Append a task's own ``enqueue.lua`` arguments (id, record, sort time) to ``args``."""
+    sort_us = _us(task.created_at if task.due_at is None else task.due_at)
+    args += (task.id, _ENCODER.encode(task), f"{max(sort_us, 0) // 1000:013d}")
 
 
 def _event_item(event: TaskEvent) -> bytes:
@@ -353,17 +356,26 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         now = time.time_ns() // 1000
         if len(tasks) == 1:
             task = tasks[0]
-            args = _task_args(task)
+            shared = _shared_args(task)
+            args: builtins.list[Any] = [now, 1, len(shared), *shared]
+            _own_args(task, args)
             _add_event_items(args, events[0] if events else ())
-            await client.script("enqueue", now, 1, *args)
+            await client.script("enqueue", *args)
             return [task.id]
 
         def calls() -> Iterator[builtins.list[Any]]:
             for start in range(0, len(tasks), _ENQUEUE_CHUNK):
                 chunk = tasks[start : start + _ENQUEUE_CHUNK]
                 args: builtins.list[Any] = [now, len(chunk)]
+                last: tuple[Any, ...] = ()
                 for offset, task in enumerate(chunk):
-                    args += _task_args(task)
+                    shared = _shared_args(task)
+                    if shared == last:
+                        args.append(0)  # the fields of the task before
+                    else:
+                        args += (len(shared), *shared)
+                        last = shared
+                    _own_args(task, args)
                     _add_event_items(args, events[start + offset] if events else ())
                 yield args
 

@@ -128,6 +128,50 @@ class QueueContract:
         assert await log.get(old.id) == []
         await log.close()
 
+    async def test_a_mixed_batch_stores_each_task_with_its_own_fields(
+        self, queue: BaseTaskQueue
+    ) -> None:
+        # Runs of tasks with the same queue, priority, status... sit beside tasks that
+        # differ in one field each: a backend that shares fields across a run (Redis
+        # sends them once) must not carry one task's fields over to the next.
+        now = utcnow()
+        running = make_task(
+            queue="q1", status=TaskStatus.RUNNING, worker_id="w0", lease_expires_at=now + 60 * S
+        )
+        tasks = [
+            make_task(queue="q1", priority=1),
+            make_task(queue="q1", priority=1, max_retries=4),
+            make_task(queue="q2", priority=5, due_at=now + 3600 * S),
+            running,
+            make_task(queue="q1", priority=1),
+            make_task(queue="q1", status=TaskStatus.SCHEDULED, depends_on=(running.id,)),
+            make_task(queue="q1", priority=2),
+        ]
+        await queue.enqueue(tasks)
+        stored = await queue.get_many([task.id for task in tasks])
+
+        def fields(task: Task | None) -> tuple[object, ...]:
+            assert task is not None
+            return (
+                task.id,
+                task.queue,
+                task.priority,
+                task.status,
+                task.worker_id,
+                task.max_retries,
+                task.depends_on,
+            )
+
+        assert [fields(task) for task in stored] == [fields(task) for task in tasks]
+        assert [task.due_at for task in stored] == [task.due_at for task in tasks]
+        assert await queue.stats() == {
+            "q1": {"pending": 4, "running": 1, "scheduled": 1},
+            "q2": {"pending": 1},
+        }
+        claimed = await queue.claim(["q1", "q2"], "w", limit=10, lease_seconds=30, now=utcnow())
+        assert [task.id for task in claimed] == [tasks[6].id, tasks[0].id, tasks[1].id, tasks[4].id]
+        assert [task.id for task in await queue.dependents(running.id)] == [tasks[5].id]
+
     async def test_enqueue_nothing(self, queue: BaseTaskQueue) -> None:
         assert await queue.enqueue([]) == []
 

@@ -68,7 +68,7 @@ for j = 1, math.min(limit, #cands) do
     out[#out + 1] = id
     out[#out + 1] = joined(h, 5)
     out[#out + 1] = attempts
-    out[#out + 1] = h[3]
+    out[#out + 1] = h[3] or ''
   end
 end
 return out

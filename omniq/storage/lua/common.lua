@@ -6,8 +6,37 @@ local P = ARGV[1]
 local FINAL = {complete = true, failed = true, cancelled = true, expired = true}
 
 local function tkey(id) return P .. 't:' .. id end
-local function qkey(q, part) return P .. 'q:' .. q .. ':' .. part end
-local function skey(q, status) return P .. 'q:' .. q .. ':s:' .. status end
+
+-- A queue's keys, built once per script call: a script working through many tasks would
+-- otherwise build (and garbage-collect) the same key strings once per task, and creating a
+-- string is the dearest thing a short script does.
+local QKEYS, SKEYS = {}, {}
+local function qkey(q, part)
+  local keys = QKEYS[q]
+  if keys == nil then
+    keys = {}
+    QKEYS[q] = keys
+  end
+  local k = keys[part]
+  if k == nil then
+    k = P .. 'q:' .. q .. ':' .. part
+    keys[part] = k
+  end
+  return k
+end
+local function skey(q, status)
+  local keys = SKEYS[q]
+  if keys == nil then
+    keys = {}
+    SKEYS[q] = keys
+  end
+  local k = keys[status]
+  if k == nil then
+    k = P .. 'q:' .. q .. ':s:' .. status
+    keys[status] = k
+  end
+  return k
+end
 
 local function zadd(key, score, member) redis.call('ZADD', key, score, member) end
 
@@ -19,11 +48,11 @@ local function zadd(key, score, member) redis.call('ZADD', key, score, member) e
 -- costs memory.
 local ID_AT = 27
 local function member_of(sortdue, seq, id)
-  return string.sub(sortdue, 1, 13) .. string.format('%013x', tonumber(seq)) .. id
+  return string.format('%s%013x%s', string.sub(sortdue, 1, 13), tonumber(seq), id)
 end
 
--- Put a task where claim finds it: in the ready set when due, the delayed set when not
--- yet, the leases set while running, the finished set when final; a SCHEDULED task with
+-- Put a task where claim finds it (`due` and `has_deps` may be false: a hash field left
+-- out because it was empty): in the ready set when due, the delayed set when not yet, the leases set while running, the finished set when final; a SCHEDULED task with
 -- dependencies is held nowhere until a transition releases it. True when it is waiting
 -- (a worker should look again). `add` (default: one ZADD now) lets a caller gather the
 -- writes of many tasks into one ZADD per set.
@@ -37,7 +66,7 @@ local function place(id, q, status, has_deps, due, member, prio, lease, now, add
     return false
   elseif status == 'scheduled' and has_deps == '1' then
     return false
-  elseif due == '' or tonumber(due) <= tonumber(now) then
+  elseif not due or due == '' or tonumber(due) <= tonumber(now) then
     add(qkey(q, 'ready'), -tonumber(prio), member)
   else
     add(qkey(q, 'delayed'), due, id)
@@ -78,17 +107,20 @@ end
 local PIECE, PIECES = 64, 8
 local DATA = {'d', 'd1', 'd2', 'd3', 'd4', 'd5', 'd6', 'd7', 'd8'}
 
--- Append the field/value pairs that store `data` to `args` (for HSET).
-local function data_pairs(args, data)
+-- Write the field/value pairs that store `data` into `args` (for HSET) after index `at`;
+-- return the index of the last one.
+local function data_pairs(args, data, at)
   if #data > PIECE * PIECES then
-    args[#args + 1] = 'd'
-    args[#args + 1] = data
-    return
+    args[at + 1] = 'd'
+    args[at + 2] = data
+    return at + 2
   end
   for j = 1, math.ceil(#data / PIECE) do
-    args[#args + 1] = DATA[j + 1]
-    args[#args + 1] = string.sub(data, (j - 1) * PIECE + 1, j * PIECE)
+    args[at + 1] = DATA[j + 1]
+    args[at + 2] = string.sub(data, (j - 1) * PIECE + 1, j * PIECE)
+    at = at + 2
   end
+  return at
 end
 
 -- The encoded task from an HMGET reply whose fields from `at` on are DATA.

@@ -10,7 +10,7 @@ for i = 7, #ARGV do
   if ARGV[i] == h[1] then allowed = true end
 end
 if not allowed then return false end
-local q, member, due = h[2], h[4], h[7]
+local q, member, due = h[2], h[4], h[7] or ''  -- a missing field is ''
 unplace(id, q, member)
 if new_due ~= '' then
   due = new_due

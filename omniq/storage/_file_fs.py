@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import stat
 import threading
 import weakref
 import zlib
@@ -257,6 +258,15 @@ class Store(ABC):
     async def walk(self, directory: str) -> list[str]:
         """Every object below ``directory``, as paths relative to the root."""
 
+    def signal(self) -> None:  # noqa: B027 - optional hook
+        """Wake this tree's waiters in other processes, where the filesystem has a way
+        (local disk: a FIFO); elsewhere they see a change at their next poll."""
+
+    def listen(self) -> int | None:
+        """A non-blocking descriptor that turns readable when another process calls
+        :meth:`signal` (the caller closes it), or None where there is no such way."""
+        return None
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Prepare the tree (create the root where that means anything)."""
 
@@ -283,12 +293,49 @@ class LocalStore(Store):
     def __init__(self, root: str) -> None:
         super().__init__(os.path.abspath(root))
         self._lock_dir = os.path.join(self.root, ".locks")
+        self._wake_path = os.path.join(self.root, ".wake")
         # flock excludes other processes; threads of this process each open their own
         # descriptor, so they exclude each other through it as well.
         self._thread_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
     def _abs(self, path: str) -> str:
         return os.path.join(self.root, path)
+
+    # Cross-process wake-ups: a FIFO at the root (hidden, like .locks). A waiter holds it
+    # open while it waits; a writer that finds no reader (ENXIO) has nobody to wake, and
+    # one that finds the pipe full (EAGAIN) knows wake-ups are pending already. Any error
+    # falls back to what every filesystem has: the waiter's polling.
+
+    def signal(self) -> None:
+        """Write a byte into the tree's FIFO if a process is waiting on it."""
+        try:
+            fd = os.open(self._wake_path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: nobody waits; ENOENT: nobody has waited yet
+            return
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, b"!")
+        except OSError:  # EAGAIN: unread wake-ups fill the pipe already
+            pass
+        finally:
+            os.close(fd)
+
+    def listen(self) -> int | None:
+        """The tree's FIFO, opened for reading (created on first use)."""
+        if not hasattr(os, "mkfifo"):  # pragma: no cover - Windows
+            return None
+        with contextlib.suppress(FileExistsError, OSError):
+            os.mkfifo(self._wake_path, 0o600)
+        try:
+            # Read-write: the waiter is a writer too, so the FIFO never reads as closed
+            # (which would make it readable for ever) when the last producer closes it.
+            fd = os.open(self._wake_path, os.O_RDWR | os.O_NONBLOCK)
+        except OSError:  # a filesystem without FIFOs: polling only
+            return None
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
 
     async def open(self) -> None:
         """Create the root and its lock directory."""

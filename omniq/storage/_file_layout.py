@@ -9,13 +9,17 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus
+
+if TYPE_CHECKING:
+    from omniq.storage._file_fs import Store
 
 __all__ = [
     "STATUS_CODES",
@@ -230,3 +234,38 @@ class WakeUps:
 
 
 WAKEUPS = WakeUps()
+
+
+def _drain(fd: int) -> None:
+    """Read every pending byte of a non-blocking descriptor."""
+    with contextlib.suppress(OSError):  # BlockingIOError: empty
+        while os.read(fd, 65536):
+            pass
+
+
+def _on_signal(fd: int, key: str) -> None:
+    _drain(fd)
+    # As an enqueue in this process would: also marks cached ready listings stale.
+    WAKEUPS.notify(key)
+
+
+@contextlib.contextmanager
+def wake_ups(store: Store) -> Iterator[asyncio.Event]:
+    """An event set when the store's tree changes: by :meth:`WakeUps.notify` in this
+    process, and by :meth:`Store.signal` in another where the store can listen (local
+    disk). Wake-ups from before the wait are dropped: the caller checks for work after
+    entering, and only then waits on the event.
+    """
+    waiter = WAKEUPS.register(store.key)
+    loop, event = waiter
+    fd = store.listen()
+    if fd is not None:
+        _drain(fd)
+        loop.add_reader(fd, _on_signal, fd, store.key)
+    try:
+        yield event
+    finally:
+        if fd is not None:
+            loop.remove_reader(fd)
+            os.close(fd)
+        WAKEUPS.unregister(store.key, waiter)

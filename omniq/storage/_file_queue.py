@@ -29,6 +29,7 @@ from omniq.storage._file_layout import (
     parse_entry,
     to_us,
     token,
+    wake_ups,
 )
 from omniq.storage.base import Ack, BaseTaskQueue
 
@@ -198,6 +199,7 @@ class AsyncFileQueue(BaseTaskQueue):
 
     def _wake(self, store: Store) -> None:
         WAKEUPS.notify(store.key)
+        store.signal()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -706,15 +708,16 @@ class AsyncFileQueue(BaseTaskQueue):
         return due is not None and due <= utcnow()
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Poll the ready listings (names only) with a growing interval, starting at 5 ms
-        and capped at ``poll_interval``; an enqueue in this process wakes it at once."""
+        """Wait for work: an enqueue wakes it at once (in this process, and from another
+        on local disk); the ready listings (names only) are also polled with a growing
+        interval, from 5 ms up to ``poll_interval``, for other filesystems, due times and
+        another process's work on a filesystem without FIFOs."""
         store = await self._s()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         ceiling = max(float(getattr(self.backend.settings, "poll_interval", 1.0) or 1.0), 0.005)
-        waiter = WAKEUPS.register(store.key)
         delay = 0.005
-        try:
+        with wake_ups(store) as woken:
             while True:
                 if await self._has_work(queues):
                     return
@@ -722,10 +725,8 @@ class AsyncFileQueue(BaseTaskQueue):
                 if remaining <= 0:
                     return
                 try:
-                    await asyncio.wait_for(waiter[1].wait(), min(delay, remaining))
+                    await asyncio.wait_for(woken.wait(), min(delay, remaining))
                     return
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, ceiling)
-        finally:
-            WAKEUPS.unregister(store.key, waiter)

@@ -16,6 +16,9 @@ Layout under the backend's root (each component in its own subdirectory)::
       done/<queue>/<entry>         tasks in a final state (the name carries the finish time)
       deps/<dependency>/<id>       who depends on whom
       .locks/NN                    local disk only: lock files for read-modify-write
+      .wake                        local disk only: a FIFO an enqueue writes a byte into,
+                                   so a worker waiting in another process wakes at once
+                                   (elsewhere waiters poll, from 5 ms up to poll_interval)
     results/r/<id>                 one TaskResult per task
     results/x/<expiry>-<id>        expiry index, so cleanup reads only expired results
     events/e/<task id>/<time>-<seq>    one small object per event
@@ -73,7 +76,7 @@ from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import Schedule, TaskEvent, TaskResult, utcnow
 from omniq.storage._file_fs import Change, Store
-from omniq.storage._file_layout import WAKEUPS, next_seq, to_us, token
+from omniq.storage._file_layout import WAKEUPS, next_seq, to_us, token, wake_ups
 from omniq.storage._file_queue import AsyncFileQueue
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseScheduleStorage
 
@@ -165,6 +168,7 @@ class AsyncFileResultStorage(_Component, BaseResultStorage):
         await store.update_many([(f"r/{token(r.task_id)}", put(r)) for r in results])
         if results:
             WAKEUPS.notify(store.key)
+            store.signal()
 
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""
@@ -178,15 +182,15 @@ class AsyncFileResultStorage(_Component, BaseResultStorage):
         return result
 
     async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
-        """Poll for the result with a growing interval; a put in this process wakes it."""
+        """Wait for the result: a put wakes it at once (in this process, and from another
+        on local disk); it also polls with a growing interval, up to 0.1 s."""
         store = await self._s()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        waiter = WAKEUPS.register(store.key)
         delay = 0.005
-        try:
+        with wake_ups(store) as woken:
             while True:
-                waiter[1].clear()
+                woken.clear()
                 result = await self.get(task_id)
                 if result is not None:
                     return result
@@ -194,11 +198,9 @@ class AsyncFileResultStorage(_Component, BaseResultStorage):
                 if remaining <= 0:
                     return None
                 try:
-                    await asyncio.wait_for(waiter[1].wait(), min(delay, remaining))
+                    await asyncio.wait_for(woken.wait(), min(delay, remaining))
                 except TimeoutError:
                     delay = min(delay * 2, 0.1)
-        finally:
-            WAKEUPS.unregister(store.key, waiter)
 
     async def delete_expired(self, now: datetime) -> int:
         """Delete results whose ``expires_at`` has passed, found through the expiry index."""

@@ -7,10 +7,13 @@ SIGKILL mid-claim.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,6 +29,8 @@ from omniq.backend.file import FileBackend
 from omniq.config import Settings
 from omniq.errors import ConfigError
 from omniq.models import TaskStatus, utcnow
+from omniq.storage._file_fs import LocalStore
+from omniq.storage._file_layout import wake_ups
 from omniq.storage.file import AsyncFileQueue, FileEventStorage, FileQueue
 from tests.storage import _file_race
 from tests.storage._file_checks import (
@@ -247,7 +252,38 @@ def test_worker_killed_with_sigkill_loses_nothing(tmp_path: Path) -> None:
         finally:
             await queue.close()
 
-    import asyncio
-
     ids = asyncio.run(recover())
     assert sorted(ids) == sorted(f"t{i:05d}" for i in range(300))
+
+
+# -- wake-ups across processes (local disk) ----------------------------------------------
+
+
+async def test_a_signal_from_another_process_wakes_a_waiter_on_local_disk(tmp_path: Path) -> None:
+    root = str(tmp_path / "tree")
+    store = LocalStore(root)
+    await store.open()
+    signal_there = f"from omniq.storage._file_fs import LocalStore; LocalStore({root!r}).signal()"
+    with wake_ups(store) as woken:
+        # Nothing polls here: only the FIFO can set the event.
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-c", signal_there], check=True)
+        await asyncio.wait_for(woken.wait(), 10)
+    # Nobody waits now: a signal is dropped (the writer finds no reader), not stored up.
+    store.signal()
+    fd = store.listen()
+    assert fd is not None
+    try:
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 1)
+    finally:
+        os.close(fd)
+
+
+async def test_a_wake_path_that_is_not_a_fifo_is_left_alone(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "tree"))
+    await store.open()
+    wake = tmp_path / "tree" / ".wake"
+    wake.write_bytes(b"mine")
+    assert store.listen() is None  # the waiter falls back to polling
+    store.signal()
+    assert wake.read_bytes() == b"mine"

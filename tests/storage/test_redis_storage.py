@@ -420,6 +420,19 @@ async def test_a_draining_claim_drops_stale_wake_ups(
     assert await redis.exists(wake_key) == 0  # drained: an idle worker will block at once
 
 
+async def test_wake_up_tokens_are_capped_at_sixteen(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    # Nobody claims: without the cap a busy producer would grow the list without end.
+    queue = backend.task_queue()
+    wake_key = f"{backend.namespace}:q:default:wake"
+    for _ in range(10):
+        await queue.enqueue([make_task(), make_task()])
+    assert await llen(redis, wake_key) == 16
+    await queue.enqueue([make_task() for _ in range(40)])
+    assert await llen(redis, wake_key) == 16
+
+
 async def test_task_hashes_stay_compact_and_deleting_a_task_leaves_no_keys(
     backend: RedisBackend, redis: aioredis.Redis
 ) -> None:

@@ -96,8 +96,7 @@ local function wake(counts)
     local k = qkey(q, 'wake')
     local tokens = {}
     for j = 1, math.min(n, 16) do tokens[j] = '1' end
-    redis.call('LPUSH', k, unpack(tokens))
-    redis.call('LTRIM', k, 0, 15)
+    if redis.call('LPUSH', k, unpack(tokens)) > 16 then redis.call('LTRIM', k, 0, 15) end
   end
 end
 

@@ -10,33 +10,23 @@ local function tkey(id) return P .. 't:' .. id end
 -- A queue's keys, built once per script call: a script working through many tasks would
 -- otherwise build (and garbage-collect) the same key strings once per task, and creating a
 -- string is the dearest thing a short script does.
-local QKEYS, SKEYS = {}, {}
-local function qkey(q, part)
-  local keys = QKEYS[q]
+local KEY_CACHE = {[':'] = {}, [':s:'] = {}}
+local function queue_key(sep, q, name)
+  local by_queue = KEY_CACHE[sep]
+  local keys = by_queue[q]
   if keys == nil then
     keys = {}
-    QKEYS[q] = keys
+    by_queue[q] = keys
   end
-  local k = keys[part]
+  local k = keys[name]
   if k == nil then
-    k = P .. 'q:' .. q .. ':' .. part
-    keys[part] = k
+    k = P .. 'q:' .. q .. sep .. name
+    keys[name] = k
   end
   return k
 end
-local function skey(q, status)
-  local keys = SKEYS[q]
-  if keys == nil then
-    keys = {}
-    SKEYS[q] = keys
-  end
-  local k = keys[status]
-  if k == nil then
-    k = P .. 'q:' .. q .. ':s:' .. status
-    keys[status] = k
-  end
-  return k
-end
+local function qkey(q, part) return queue_key(':', q, part) end
+local function skey(q, status) return queue_key(':s:', q, status) end
 
 local function zadd(key, score, member) redis.call('ZADD', key, score, member) end
 

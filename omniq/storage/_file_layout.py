@@ -35,6 +35,8 @@ __all__ = [
     "parse_entry",
     "to_us",
     "token",
+    "wake",
+    "wake_ups",
 ]
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-]{1,100}")
@@ -234,6 +236,13 @@ class WakeUps:
 
 
 WAKEUPS = WakeUps()
+
+
+def wake(store: Store) -> None:
+    """Wake the waiters on the store's tree: in this process, and in others where the
+    store can signal them (local disk)."""
+    WAKEUPS.notify(store.key)
+    store.signal()
 
 
 def _drain(fd: int) -> None:

@@ -29,6 +29,7 @@ from omniq.storage._file_layout import (
     parse_entry,
     to_us,
     token,
+    wake,
     wake_ups,
 )
 from omniq.storage.base import Ack, BaseTaskQueue
@@ -197,10 +198,6 @@ class AsyncFileQueue(BaseTaskQueue):
         """The schedule store on the same backend (schedules follow the task queue)."""
         return self.backend.schedule_storage()
 
-    def _wake(self, store: Store) -> None:
-        WAKEUPS.notify(store.key)
-        store.signal()
-
     # -- writing ------------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
@@ -230,7 +227,7 @@ class AsyncFileQueue(BaseTaskQueue):
             likely_absent=True,
         )
         if any(created):
-            self._wake(store)
+            wake(store)
         return [task.id for task in tasks]
 
     async def _change(
@@ -466,7 +463,7 @@ class AsyncFileQueue(BaseTaskQueue):
 
         (result,) = await self._change(store, [task_id], decide)
         if result is not None:
-            self._wake(store)
+            wake(store)
         return result is not None
 
     async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
@@ -488,7 +485,7 @@ class AsyncFileQueue(BaseTaskQueue):
 
         released = sum(r is not None for r in await self._change(store, list(task_ids), decide))
         if released:
-            self._wake(store)
+            wake(store)
         return released
 
     async def transition(
@@ -518,7 +515,7 @@ class AsyncFileQueue(BaseTaskQueue):
 
         (result,) = await self._change(store, [task_id], decide)
         if result is not None and _claimable(result, now):
-            self._wake(store)
+            wake(store)
         return result
 
     # -- reading ------------------------------------------------------------------------

@@ -76,7 +76,7 @@ from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import Schedule, TaskEvent, TaskResult, utcnow
 from omniq.storage._file_fs import Change, Store
-from omniq.storage._file_layout import WAKEUPS, next_seq, to_us, token, wake_ups
+from omniq.storage._file_layout import next_seq, to_us, token, wake, wake_ups
 from omniq.storage._file_queue import AsyncFileQueue
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseScheduleStorage
 
@@ -167,8 +167,7 @@ class AsyncFileResultStorage(_Component, BaseResultStorage):
 
         await store.update_many([(f"r/{token(r.task_id)}", put(r)) for r in results])
         if results:
-            WAKEUPS.notify(store.key)
-            store.signal()
+            wake(store)
 
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""

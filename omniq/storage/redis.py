@@ -141,8 +141,13 @@ def _dt(us: bytes | str | int) -> datetime:
 
 
 def _sortkey(us: int) -> str:
-    """A time as the fixed-width string that orders ready-set members and event entries."""
+    """A time as the fixed-width string that orders event entries."""
     return f"{max(us, 0):016d}"
+
+
+def _sortms(us: int) -> str:
+    """A time as the fixed-width millisecond prefix of a ready-set member."""
+    return f"{max(us, 0) // 1000:013d}"
 
 
 def _text(value: bytes | str) -> str:
@@ -279,7 +284,7 @@ def _shared_args(task: Task) -> tuple[Any, ...]:
 def _own_args(task: Task, args: builtins.list[Any]) -> None:
     """Append a task's own ``enqueue.lua`` arguments (id, record, sort time) to ``args``."""
     sort_us = _us(task.created_at if task.due_at is None else task.due_at)
-    args += (task.id, _ENCODER.encode(task), f"{max(sort_us, 0) // 1000:013d}")
+    args += (task.id, _ENCODER.encode(task), _sortms(sort_us))
 
 
 def _event_item(event: TaskEvent) -> bytes:
@@ -354,14 +359,6 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
             return []
         client = self.client if self._connected else await self._client()
         now = time.time_ns() // 1000
-        if len(tasks) == 1:
-            task = tasks[0]
-            shared = _shared_args(task)
-            args: builtins.list[Any] = [now, 1, len(shared), *shared]
-            _own_args(task, args)
-            _add_event_items(args, events[0] if events else ())
-            await client.script("enqueue", *args)
-            return [task.id]
 
         def calls() -> Iterator[builtins.list[Any]]:
             for start in range(0, len(tasks), _ENQUEUE_CHUNK):
@@ -379,6 +376,9 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                     _add_event_items(args, events[start + offset] if events else ())
                 yield args
 
+        if len(tasks) == 1:
+            await client.script("enqueue", *next(calls()))
+            return [tasks[0].id]
         await client.scripts("enqueue", calls())
         return [task.id for task in tasks]
 
@@ -572,7 +572,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Move a held task to ``RETRYING``, due at ``due_at``."""
         client = await self._client()
         due = _us(due_at)
-        changed = await client.script("retry", _us(now), task_id, worker_id, due, _sortkey(due))
+        changed = await client.script("retry", _us(now), task_id, worker_id, due, _sortms(due))
         return bool(changed)
 
     async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
@@ -602,7 +602,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
             task_id,
             TaskStatus(to_status).value,
             "" if due is None else due,
-            "" if due is None else _sortkey(due),
+            "" if due is None else _sortms(due),
             *(TaskStatus(status).value for status in from_statuses),
         )
         if not flat:

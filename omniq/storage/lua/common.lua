@@ -30,15 +30,15 @@ local function skey(q, status) return queue_key(':s:', q, status) end
 
 local function zadd(key, score, member) redis.call('ZADD', key, score, member) end
 
--- A task's ready-set member: due time in milliseconds (13 digits, from the 16-digit
--- microsecond sortdue), enqueue sequence (13 hex digits), id. Members of one priority sort
+-- A task's ready-set member: due time in milliseconds (`sortms`, 13 digits, as the client
+-- sends it), enqueue sequence (13 hex digits), id. Members of one priority sort
 -- by due time, then enqueue order. Under 64 bytes for ids of up to 38 characters (OmniQ's
 -- own are 36), like every other value of the task hash, so Redis keeps the hash as a
 -- compact listpack (a fraction of the memory of a hash table); a longer custom id only
 -- costs memory.
 local ID_AT = 27
-local function member_of(sortdue, seq, id)
-  return string.format('%s%013x%s', string.sub(sortdue, 1, 13), tonumber(seq), id)
+local function member_of(sortms, seq, id)
+  return string.format('%s%013x%s', sortms, tonumber(seq), id)
 end
 
 -- Put a task where claim finds it (`due` and `has_deps` may be false: a hash field left

@@ -60,7 +60,7 @@ for _ = 1, n do
   local k = tkey(id)
   if redis.call('EXISTS', k) == 0 then
     seq = seq + 1
-    local member = string.format('%s%013x%s', sortms, seq, id)  -- as member_of
+    local member = member_of(sortms, seq, id)
     fields[12] = string.format('%016d', seq)
     fields[14] = member
     redis.call('HSET', k, unpack(fields, 1, data_pairs(fields, data, shared)))

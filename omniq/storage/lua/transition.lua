@@ -1,7 +1,8 @@
 -- Compare-and-set a task's status; clears its lease.
--- ARGV: prefix, now, id, to_status, due ('' keeps it), sortdue, from statuses...
+-- ARGV: prefix, now, id, to_status, due ('' keeps it), sortms (13-digit due ms), from
+-- statuses...
 -- Returns the task's fields (see fetch) or false when its status was not in `from`.
-local now, id, to, new_due, new_sortdue = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local now, id, to, new_due, new_sortms = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local k = tkey(id)
 local h = redis.call('HMGET', k, 's', 'q', 'seq', 'm', 'p', 'x', 'due')
 if not h[1] then return false end
@@ -14,7 +15,7 @@ local q, member, due = h[2], h[4], h[7] or ''  -- a missing field is ''
 unplace(id, q, member)
 if new_due ~= '' then
   due = new_due
-  member = member_of(new_sortdue, h[3], id)
+  member = member_of(new_sortms, h[3], id)
 end
 redis.call('HSET', k, 's', to, 'l', '', 'due', due, 'm', member, 'u', now)
 restatus(id, q, h[1], to, h[3])

@@ -80,13 +80,18 @@ local function restatus(id, q, old, new, seq)
   end
 end
 
--- Wake workers blocked on these queues: a few tokens per queue, the list capped.
+-- Wake workers blocked on these queues: a token per waiting task, at most 16 in a list.
+-- A list that holds tokens has nobody blocked on it, and a full one is left alone: with no
+-- worker waiting (a producer filling the queue), one LLEN replaces an LPUSH and an LTRIM.
 local function wake(counts)
   for q, n in pairs(counts) do
     local k = qkey(q, 'wake')
-    local tokens = {}
-    for j = 1, math.min(n, 16) do tokens[j] = '1' end
-    if redis.call('LPUSH', k, unpack(tokens)) > 16 then redis.call('LTRIM', k, 0, 15) end
+    local room = 16 - redis.call('LLEN', k)
+    if room > 0 then
+      local tokens = {}
+      for j = 1, math.min(n, room) do tokens[j] = '1' end
+      redis.call('LPUSH', k, unpack(tokens))
+    end
   end
 end
 

@@ -451,6 +451,41 @@ class QueueContract:
             b.id: {c.id},
         }
 
+    async def test_finish_many_and_dependents(self, queue: BaseTaskQueue, backend: Backend) -> None:
+        # What a worker does with each batch of finished tasks: results stored, tasks
+        # acknowledged, and the dependents of exactly those acknowledged returned, read
+        # after the acks (a backend may do all of it in one round trip or transaction).
+        results = backend.result_storage()
+        await results.connect()
+        try:
+            mine, theirs = make_task(priority=2), make_task(priority=1)
+            child = make_task(status=TaskStatus.SCHEDULED, depends_on=(mine.id, theirs.id))
+            orphan_parent = make_task()
+            await queue.enqueue([mine, theirs, child, orphan_parent])
+            now = utcnow()
+            await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
+            await queue.claim(["default"], "them", limit=1, lease_seconds=30, now=now)
+            done = make_result(mine.id, worker_id="w")
+            acked, dependents = await queue.finish_many_and_dependents(
+                [Ack(mine.id, "w", TaskStatus.COMPLETE), Ack(theirs.id, "w", TaskStatus.COMPLETE)],
+                [done],
+                results,
+                now=now,
+            )
+            assert acked == [True, False]  # theirs is held by another worker
+            assert await results.get(mine.id) == done
+            assert {k: [t.id for t in v] for k, v in dependents.items() if v} == {
+                mine.id: [child.id]
+            }
+            [seen] = dependents[mine.id]
+            assert seen.depends_on == (mine.id, theirs.id)
+            stored = await queue.get(mine.id)
+            assert stored is not None and stored.status is TaskStatus.COMPLETE
+            nothing = await queue.finish_many_and_dependents([], [], results, now=now)
+            assert nothing == ([], {})
+        finally:
+            await results.close()
+
     async def test_next_due_at(self, queue: BaseTaskQueue) -> None:
         assert await queue.next_due_at(["default"]) is None
         now = utcnow()

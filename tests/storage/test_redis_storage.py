@@ -479,6 +479,32 @@ async def test_task_hashes_stay_compact_and_deleting_a_task_leaves_no_keys(
     assert (await queue.get(later.id)) is not None
 
 
+async def test_a_task_record_leaves_its_id_to_the_hash_key(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    # The record is stored without the id (36 bytes a task, and for a plain task one
+    # 64-byte piece, one hash field, fewer); every reader puts the id back from the key.
+    queue = backend.task_queue()
+    ns = backend.namespace
+    task = Task(
+        id=new_task_id(),
+        func="benchmarks.apps.omniq_tasks:noop",
+        payload=b"M\x92\x90\x80",  # what enqueue(f) stores for a call with no arguments
+        retry_delay=1.0,
+        result_ttl=86400.0,
+    )
+    await queue.enqueue([task])
+    fields = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(f"{ns}:t:{task.id}"))
+    pieces = [fields[name] for name in (b"d1", b"d2", b"d3") if name in fields]
+    assert len(pieces) == 2
+    assert msgspec.msgpack.decode(b"".join(pieces))["id"] == ""
+    [got] = await queue.get_many([task.id])
+    assert got is not None and got.id == task.id and got.func == task.func
+    assert [t.id for t in await queue.list(queue="default")] == [task.id]
+    [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+    assert claimed.id == task.id and claimed.payload == task.payload
+
+
 async def test_tasks_stored_in_the_earlier_layout_still_run(
     backend: RedisBackend, redis: aioredis.Redis
 ) -> None:

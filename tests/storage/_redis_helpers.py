@@ -20,7 +20,8 @@ def tamper_redis_task(store_url: str, task_id: str, alter: Callable[[bytes], byt
     """
     client = redis.Redis.from_url(store_url.split("?", 1)[0])
     try:
-        keys = list(client.scan_iter(match=f"*:t:{task_id}", count=1000))
+        # A set: SCAN may return a key twice while Redis resizes its keyspace.
+        keys = sorted(set(client.scan_iter(match=f"*:t:{task_id}", count=1000)))
         if len(keys) != 1:
             raise LookupError(f"expected one stored task {task_id}, found {keys}")
         fields = ["d", *(f"d{i}" for i in range(1, 9))]

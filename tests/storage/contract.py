@@ -460,8 +460,7 @@ class QueueContract:
         try:
             mine, theirs = make_task(priority=2), make_task(priority=1)
             child = make_task(status=TaskStatus.SCHEDULED, depends_on=(mine.id, theirs.id))
-            orphan_parent = make_task()
-            await queue.enqueue([mine, theirs, child, orphan_parent])
+            await queue.enqueue([mine, theirs, child])
             now = utcnow()
             await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
             await queue.claim(["default"], "them", limit=1, lease_seconds=30, now=now)

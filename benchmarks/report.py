@@ -748,7 +748,9 @@ METHOD = """\
 - **Producer** = the child itself: one client, stdlib asyncio loop (no uvloop) for async
   libraries, plain calls for sync ones (RQ, Dramatiq, Celery, Huey). Only the enqueue loop is
   timed, after 20 warm-up calls, one call at a time.
-- **Worker** = exactly one worker process of the library, spawned by the child.
+- **Worker** = exactly one worker process of the library, spawned by the child. The
+  `omniq worker` and `taskiq worker` commands run on uvloop when it is installed (the
+  `[bench]` extra installs it); the other async workers use the stdlib loop.
 - **Task bodies** are identical (`benchmarks/apps/bodies.py`): drain = one pipelined Redis
   round trip (`INCR` of a counter + `SET` of the first/last completion time); latency =
   `time.time()` first, then `RPUSH`; sleep = 10 ms sleep (`asyncio.sleep`, or `time.sleep` in

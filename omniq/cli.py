@@ -3,6 +3,10 @@
 Errors print as one line (``omniq: error: …``) with a non-zero exit code, never as a
 traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG`` and
 ``OMNIQ_LOG_LEVEL`` before the app is imported, so they reach settings the app builds.
+
+``omniq worker --loop auto`` (the default) runs the worker on uvloop when it is installed
+(``pip install 'omniq[uvloop]'``), as uvicorn does: the event loop's own work is a large
+part of a short task's cost, and uvloop does it in C. A gevent worker stays on asyncio.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from omniq.errors import ConfigError, OmniQError
@@ -65,7 +69,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 async def _run_worker(args: argparse.Namespace) -> int:
-    oq = _client(args)
+    oq = getattr(args, "client", None) or _client(args)
     pool = oq.worker(worker_type=args.worker_type, concurrency=args.concurrency, queues=args.queues)
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -90,6 +94,39 @@ async def _run_worker(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     return EXIT_OK
+
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def loop_factory(choice: str, worker_type: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``omniq worker --loop choice`` runs a ``worker_type`` worker on.
+
+    ``auto`` is uvloop when it can be imported, except for gevent workers (gevent patches
+    the standard library underneath asyncio); ``uvloop`` insists on it.
+    """
+    if choice not in LOOPS:
+        raise ConfigError(f"--loop {choice!r}: expected one of {', '.join(LOOPS)}")
+    if choice == "asyncio" or (choice == "auto" and worker_type == "gevent"):
+        return asyncio.new_event_loop
+    if worker_type == "gevent":
+        raise ConfigError("--loop uvloop: a gevent worker runs on asyncio's own loop")
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "auto":
+            return asyncio.new_event_loop
+        raise ConfigError(
+            "--loop uvloop: uvloop is not installed (pip install 'omniq[uvloop]')"
+        ) from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _worker_loop(args: argparse.Namespace) -> Callable[[], asyncio.AbstractEventLoop]:
+    # The app is built (not connected) first: its settings may name the worker type.
+    oq = args.client = _client(args)
+    return loop_factory(args.loop, args.worker_type or oq.settings.default_worker)
 
 
 # -- one-shot commands ------------------------------------------------------------------
@@ -229,6 +266,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, help="tasks at once (default: max_workers)")
     w.add_argument("--worker-type", choices=["async", "thread", "process", "gevent"])
     w.add_argument("--burst", action="store_true", help="exit once nothing is left to run")
+    w.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default), asyncio or uvloop",
+    )
     w.set_defaults(handler=_run_worker)
 
     e = command("enqueue", "enqueue package.module:function with JSON arguments")
@@ -275,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if level:
         os.environ["OMNIQ_LOG_LEVEL"] = level
     try:
-        code: int = asyncio.run(args.handler(args))
+        factory = _worker_loop(args) if args.handler is _run_worker else None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            code: int = runner.run(args.handler(args))
         if args.handler is _run_worker and threading.active_count() > 1:
             # A task still blocking a thread after the graceful stop would make the
             # interpreter wait for it at exit; its lease was handed back, so leave now.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -75,6 +76,34 @@ def test_environment_and_yaml_configure_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("loop", "expected"),
+    [
+        ("asyncio", "asyncio"),
+        ("uvloop", "uvloop"),
+        # The default: uvloop when it is installed (it is, with the [dev] extra).
+        (None, "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"),
+    ],
+)
+def test_worker_runs_on_the_loop_chosen(tmp_path: Path, loop: str | None, expected: str) -> None:
+    enq = omniq("enqueue", "tests.conformance.tasks:loop_module", cwd=tmp_path)
+    assert enq.returncode == 0, enq.stderr
+    chosen = ("--loop", loop) if loop else ()
+    work = omniq("worker", "--burst", *chosen, "--log-level", "INFO", cwd=tmp_path)
+    assert work.returncode == 0, work.stderr
+    assert f"loop={expected}" in work.stderr
+    status = omniq("status", enq.stdout.strip(), cwd=tmp_path)
+    assert "complete" in status.stdout and repr(expected) in status.stdout, status.stdout
+
+
+def test_a_gevent_worker_stays_on_asyncio_by_default(tmp_path: Path) -> None:
+    work = omniq(
+        "worker", "--burst", "--worker-type", "gevent", "--log-level", "INFO", cwd=tmp_path
+    )
+    assert work.returncode == 0, work.stderr
+    assert "type=gevent" in work.stderr and "loop=asyncio" in work.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
         (("status", "no-such-id"), {}, "no task no-such-id"),
@@ -82,6 +111,7 @@ def test_environment_and_yaml_configure_the_cli(tmp_path: Path) -> None:
         (("worker", "--app", "tests.conformance.tasks:add"), {}, "expected an OmniQ"),
         (("stats",), {"OMNIQ_MAX_WORKERS": "many"}, "OMNIQ_MAX_WORKERS"),
         (("--config", "missing.yaml", "stats"), {}, "missing.yaml"),
+        (("worker", "--worker-type", "gevent", "--loop", "uvloop"), {}, "gevent"),
     ],
 )
 def test_errors_are_one_line_without_traceback(

@@ -48,7 +48,8 @@ class OmniQAdapter(Adapter):
     def worker_setting(self, concurrency: int) -> str:
         """Worker type, concurrency and whether events are logged."""
         events = "events on (same URL)" if self.events else "event_storage=False"
-        return f"omniq worker --worker-type async --concurrency {concurrency}; {events}"
+        # --loop auto, the default: uvloop, which the [bench] extra installs.
+        return f"omniq worker --worker-type async --concurrency {concurrency} (uvloop); {events}"
 
     def child_env(self) -> dict[str, str]:
         """What :mod:`benchmarks.apps.omniq_app` reads."""

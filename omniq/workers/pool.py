@@ -143,11 +143,12 @@ class AsyncWorkerPool:
         finisher = asyncio.create_task(self._finish_loop(), name="omniq-finisher")
         renewer = asyncio.create_task(self._renew_loop(), name="omniq-renewer")
         logger.info(
-            "worker %s started: type=%s concurrency=%d queues=%s",
+            "worker %s started: type=%s concurrency=%d queues=%s loop=%s",
             self.worker_id,
             self.worker_type,
             self.concurrency,
             ",".join(self.queues),
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
         try:
             await self._claim_loop(burst)

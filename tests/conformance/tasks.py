@@ -25,6 +25,11 @@ async def async_add(a: int, b: int) -> int:
     return a + b
 
 
+async def loop_module() -> str:
+    """The top-level module of the event loop the task runs on ("asyncio", "uvloop")."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 def record(label: str) -> str:
     """Remember the call order (same process only)."""
     CALLS.append(("record", label))

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 REDIS_URL = os.environ.get("OMNIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,3 +67,14 @@ async def redis_cleanup(namespace: str) -> AsyncIterator[str]:
     """Yields the namespace and deletes its Redis keys afterwards."""
     yield namespace
     await delete_redis_namespace(REDIS_URL, namespace)
+
+
+async def drop_postgres_schema(url: str, namespace: str) -> None:
+    """Drop the schema a test's namespace created (test teardown)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+    finally:
+        await conn.close()

@@ -52,7 +52,7 @@ def backend_for_url(url: str, settings: Any) -> Backend:
         if missing.startswith("omniq") and missing == module_name:
             raise ConfigError(
                 f"the {scheme} backend for {url!r} is not part of this OmniQ release yet; "
-                "available: sqlite, file (fsspec), redis"
+                "available: sqlite, file (fsspec), redis, postgresql"
             ) from exc
         hint = f" (pip install 'omniq[{extra}]')" if extra else ""
         raise ConfigError(

@@ -27,10 +27,11 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from hiredis import pack_command
 
+from omniq._urls import redact_url as _redact
+from omniq._urls import split_namespace
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.storage._resp import (
     NoScriptError,
@@ -94,19 +95,6 @@ _MAX_IDLE = 32
 _BLOCK_SLACK = 5.0
 
 
-def split_namespace(url: str) -> tuple[str, str | None]:
-    """``url`` without a ``namespace`` query parameter, and that parameter's value."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url, None
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    found = [value for key, value in query if key == "namespace"]
-    if not found:
-        return url, None
-    rest = urlencode([(key, value) for key, value in query if key != "namespace"])
-    return urlunsplit(parts._replace(query=rest)), found[-1]
-
-
 def _check_namespace(namespace: str) -> str:
     if not namespace or _BAD_NAMESPACE.search(namespace):
         raise ConfigError(
@@ -114,16 +102,6 @@ def _check_namespace(namespace: str) -> str:
             "glob characters (it prefixes every Redis key)"
         )
     return namespace
-
-
-def _redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _pack(command: Command) -> bytes:

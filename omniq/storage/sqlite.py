@@ -27,7 +27,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
@@ -37,6 +37,9 @@ from omniq.backend.sqlite import QUERIES as _Q
 from omniq.backend.sqlite import _SQLiteConnection, sqlite_path
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.storage._rows import dt as _dt
+from omniq.storage._rows import task_from_row
+from omniq.storage._rows import ts as _ts
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
@@ -65,22 +68,14 @@ logger = logging.getLogger("omniq")
 Row = tuple[Any, ...]
 
 _ENCODER = msgspec.msgpack.Encoder()
-_TASK_DECODER = msgspec.msgpack.Decoder(Task)
 _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
 _EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
 _SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
-_STATUSES = {status.value: status for status in TaskStatus}
 _CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskStatus.SCHEDULED})
 
 
-def _ts(moment: datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
+def _task_from_row(row: Row) -> Task:
+    return task_from_row(row, "sqlite")
 
 
 class _SQLiteComponent(BaseStorage):
@@ -141,30 +136,6 @@ class _SQLiteComponent(BaseStorage):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._conn.path!r})"
-
-
-def _task_from_row(row: Row) -> Task:
-    """A stored task: the blob as enqueued, with the mutable columns applied."""
-    _, task_id, status, _, attempts, worker_id, lease_ts, due_ts, updated_ts, data = row
-    try:
-        base = _TASK_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-        raise StorageError(f"sqlite: task {task_id}: its stored record is corrupt: {exc}") from exc
-    due_at = base.due_at
-    if _ts(due_at or base.created_at) != due_ts:
-        due_at = _dt(due_ts)
-    updated_at = base.updated_at
-    if _ts(updated_at or base.created_at) != updated_ts:
-        updated_at = _dt(updated_ts)
-    return msgspec.structs.replace(
-        base,
-        status=_STATUSES[status],
-        attempts=attempts,
-        worker_id=worker_id,
-        lease_expires_at=None if lease_ts is None else _dt(lease_ts),
-        due_at=due_at,
-        updated_at=updated_at,
-    )
 
 
 def _task_params(task: Task) -> tuple[Any, ...]:

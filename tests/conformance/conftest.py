@@ -14,9 +14,15 @@ from typing import Any
 import pytest
 
 from omniq import AsyncOmniQ
-from tests.conftest import REDIS_URL, delete_redis_namespace, unique_name
+from tests.conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    delete_redis_namespace,
+    drop_postgres_schema,
+    unique_name,
+)
 
-BACKENDS = ["sqlite", "file", "memory", "redis"]
+BACKENDS = ["sqlite", "file", "memory", "redis", "postgres"]
 #: Stores that several OS processes can share (``memory://`` lives in one process).
 SHARED_BACKENDS = [name for name in BACKENDS if name != "memory"]
 
@@ -45,6 +51,8 @@ def store_url(backend_name: str, tmp_path: Path) -> str:
         return f"memory://{unique_name('mem')}"
     if backend_name == "redis":
         return REDIS_URL
+    if backend_name == "postgres":
+        return POSTGRES_URL
     raise AssertionError(f"unknown backend {backend_name}")
 
 
@@ -75,6 +83,8 @@ async def make_oq(
         await oq.close()
     if backend_name == "redis":
         await delete_redis_namespace(REDIS_URL, namespace)
+    if backend_name == "postgres":
+        await drop_postgres_schema(POSTGRES_URL, namespace)
     if backend_name == "memory":
         import fsspec
 

@@ -369,12 +369,43 @@ def _tamper_sqlite(store_url: str, task_id: str, alter: Callable[[bytes], bytes]
         conn.close()
 
 
+def _tamper_postgres(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
+    import asyncpg
+
+    async def rewrite() -> None:
+        conn = await asyncpg.connect(store_url)
+        try:
+            # Task ids are unique across test schemas: find the one that holds it.
+            schemas = await conn.fetch(
+                "SELECT table_schema FROM information_schema.tables WHERE table_name = 'tasks'"
+            )
+            for (schema,) in schemas:
+                data = await conn.fetchval(
+                    f'SELECT data FROM "{schema}".tasks WHERE id = $1', task_id
+                )
+                if data is not None:
+                    task = msgspec.msgpack.decode(data, type=Task)
+                    altered = msgspec.structs.replace(task, payload=alter(task.payload))
+                    await conn.execute(
+                        f'UPDATE "{schema}".tasks SET data = $1 WHERE id = $2',
+                        msgspec.msgpack.encode(altered),
+                        task_id,
+                    )
+                    return
+            raise AssertionError(f"task {task_id} not found in any schema")
+        finally:
+            await conn.close()
+
+    asyncio.run(rewrite())
+
+
 #: Per backend: rewrite a stored task's payload in place, behind OmniQ's back.
 TAMPER: dict[str, Callable[[str, str, Callable[[bytes], bytes]], None]] = {
     "sqlite": _tamper_sqlite,
     "redis": tamper_redis_task,
     "file": tamper_file_task,
     "memory": tamper_file_task,
+    "postgres": _tamper_postgres,
 }
 
 

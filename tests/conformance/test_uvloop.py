@@ -12,7 +12,7 @@ import uvloop
 
 from omniq import AsyncOmniQ, TaskStatus
 from tests.conformance import tasks
-from tests.conftest import REDIS_URL, delete_redis_namespace
+from tests.conftest import POSTGRES_URL, REDIS_URL, delete_redis_namespace, drop_postgres_schema
 
 
 def test_enqueue_wait_and_run_on_uvloop(
@@ -42,5 +42,7 @@ def test_enqueue_wait_and_run_on_uvloop(
         finally:
             if backend_name == "redis":
                 await delete_redis_namespace(REDIS_URL, namespace)
+            if backend_name == "postgres":
+                await drop_postgres_schema(POSTGRES_URL, namespace)
 
     uvloop.run(scenario())

@@ -3,12 +3,10 @@ is special to SQLite: URLs, migrations, several processes on one file, corrupt r
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -219,23 +217,9 @@ async def test_corrupt_record_names_the_task_and_spares_the_others(db_url: str) 
         assert await queue.stats() == {"default": {"running": 1, "failed": 1}}
 
 
-def _spawn(target: Callable[..., None], *args: object) -> list[tuple[str, Any]]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, f"p{i}", barrier, out)) for i in range(2)]
-    for proc in procs:
-        proc.start()
-    try:
-        return [out.get(timeout=90) for _ in procs]
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            assert proc.exitcode == 0
-
-
 def test_two_processes_migrate_a_fresh_file_at_once(tmp_path: Path) -> None:
     path = str(tmp_path / "fresh.db")
-    results = _spawn(_race_worker.open_fresh, path)
+    results = _race_worker.spawn_pair(_race_worker.open_fresh, path)
     assert sorted(results) == [("ok", 0), ("ok", 0)]
 
 
@@ -244,7 +228,7 @@ def test_two_processes_claim_each_task_exactly_once(tmp_path: Path) -> None:
     tasks = [make_task() for _ in range(500)]
     with SQLiteQueue(path) as queue:
         queue.enqueue(tasks)
-    results = _spawn(_race_worker.claim_all, path)
+    results = _race_worker.spawn_pair(_race_worker.claim_all, path)
     counts = Counter(task_id for _, ids in results for task_id in ids)
     assert set(counts) == {t.id for t in tasks}
     assert set(counts.values()) == {1}

@@ -1,0 +1,345 @@
+"""The PostgreSQL backend bundle: one asyncpg pool shared by the four components.
+
+``postgresql://user@host:port/db`` (``postgres://`` too). Every table lives in a schema
+named after ``settings.namespace`` (default ``omniq``; a ``?namespace=name`` in the URL
+wins), created with its tables on first connect, so applications share a database safely.
+
+Workers are woken by ``LISTEN``/``NOTIFY``: enqueueing notifies ``omniq:{namespace}:work``
+in the same transaction, and storing a result notifies ``omniq:{namespace}:results`` with
+the task id. Only a client that waits opens the one extra listening connection; a lost
+listener makes waiters fall back to their timeouts (they are allowed to wake spuriously,
+and they re-check) until it is reopened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+
+from omniq._urls import redact_url, split_namespace
+from omniq.backend.base import Backend
+from omniq.errors import ConfigError, StorageConnectionError, StorageError
+
+if TYPE_CHECKING:
+    from omniq.storage.postgres import (
+        AsyncPostgresEventStorage,
+        AsyncPostgresQueue,
+        AsyncPostgresResultStorage,
+        AsyncPostgresScheduleStorage,
+    )
+
+__all__ = ["SCHEMA_VERSION", "PostgresBackend", "connection_errors"]
+
+logger = logging.getLogger("omniq")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SQL_DIR = resources.files("omniq.storage").joinpath("sql", "postgres")
+# A schema name must fit PostgreSQL's 63-byte identifiers with room for the channel names.
+_NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,47}$")
+_POOL_MAX = 10
+# Pauses between tries of a statement that met a dropped connection (None: give up).
+_RETRY_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, None)
+
+#: The errors that mean the server cannot be reached (as opposed to a refused statement).
+connection_errors: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    # What an idle pooled connection raises when the server ended its session before the
+    # client saw the socket close (a restart, pg_terminate_backend).
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def _schema_name(namespace: str) -> str:
+    if not _NAMESPACE_RE.match(namespace):
+        raise ConfigError(
+            f"namespace={namespace!r}: expected a name of letters, digits, '_' or '-' "
+            "(at most 48, not starting with a digit); it names the PostgreSQL schema"
+        )
+    return namespace
+
+
+class PostgresBackend(Backend):
+    """The task queue, results, events and schedules in one PostgreSQL schema.
+
+    Example::
+
+        backend = PostgresBackend("postgresql://postgres@127.0.0.1:5432/app", settings)
+        queue = backend.task_queue()
+        await queue.connect()  # opens the shared pool, creates the schema if needed
+    """
+
+    def __init__(self, url: str, settings: Any, *, namespace: str | None = None) -> None:
+        super().__init__(url, settings)
+        dsn, url_namespace = split_namespace(url)
+        namespace = url_namespace or namespace or getattr(settings, "namespace", None) or "omniq"
+        self.dsn = dsn
+        self.namespace = _schema_name(namespace)
+        #: The quoted schema name, ready to prefix table names in SQL.
+        self.schema = '"' + self.namespace + '"'
+        self.work_channel = f"omniq:{self.namespace}:work"
+        self.results_channel = f"omniq:{self.namespace}:results"
+        #: How OmniQ's sessions show in ``pg_stat_activity``.
+        self.application_name = f"omniq:{self.namespace}"
+        self._where = redact_url(dsn)
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._listen_lock = asyncio.Lock()
+        self._work_waiters: set[asyncio.Future[None]] = set()
+        self._result_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._queue: AsyncPostgresQueue | None = None
+        self._results: AsyncPostgresResultStorage | None = None
+        self._events: AsyncPostgresEventStorage | None = None
+        self._schedules: AsyncPostgresScheduleStorage | None = None
+
+    # -- connection ------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=_POOL_MAX,
+                server_settings={"application_name": self.application_name},
+            )
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise StorageConnectionError(f"postgres: {self._where}: {exc}") from exc
+        except connection_errors as exc:
+            raise StorageConnectionError(
+                f"postgres: cannot connect to {self._where}: {exc}"
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            raise StorageConnectionError(f"postgres: {self._where}: {exc}") from exc
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            try:
+                await asyncio.wait_for(listener.close(), 5)
+            except Exception:
+                listener.terminate()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except Exception:
+                pool.terminate()
+        self._wake_all()
+
+    def _ready_pool(self, doing: str) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StorageConnectionError(f"postgres: {doing}: {self._where} is not connected")
+        return self._pool
+
+    async def _run(self, doing: str, op: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+        """``op(pool)`` with database errors as OmniQ errors naming what was being done.
+
+        A connection error is retried on a fresh connection for about a second and a
+        half (a server restart drops every pooled connection at once). Every statement
+        OmniQ sends may run twice: a retried enqueue skips ids already stored, and a
+        retried claim whose first try did commit leaves tasks leased until their lease
+        runs out, never lost.
+        """
+        for delay in _RETRY_DELAYS:
+            try:
+                return await op(self._ready_pool(doing))
+            except connection_errors as exc:
+                if delay is None or self._pool is None:
+                    raise StorageConnectionError(f"postgres: {doing}: {exc}") from exc
+                logger.debug("postgres: %s: %s; trying again", doing, exc)
+                await asyncio.sleep(delay)
+            except asyncpg.PostgresError as exc:
+                raise StorageError(f"postgres: {doing}: {exc}") from exc
+        raise AssertionError("unreachable")  # the last delay is None
+
+    async def fetch(self, doing: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Rows of one statement (its own transaction)."""
+        rows: list[asyncpg.Record] = await self._run(doing, lambda pool: pool.fetch(sql, *args))
+        return rows
+
+    async def fetchrow(self, doing: str, sql: str, *args: Any) -> asyncpg.Record | None:
+        """The first row of one statement, or None."""
+        row: asyncpg.Record | None = await self._run(doing, lambda pool: pool.fetchrow(sql, *args))
+        return row
+
+    async def fetchval(self, doing: str, sql: str, *args: Any) -> Any:
+        """The first value of the first row of one statement."""
+        return await self._run(doing, lambda pool: pool.fetchval(sql, *args))
+
+    async def execute(self, doing: str, sql: str, *args: Any) -> int:
+        """Run one statement; return how many rows it changed."""
+        status: str = await self._run(doing, lambda pool: pool.execute(sql, *args))
+        return _row_count(status)
+
+    async def transaction(self, doing: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``fn(conn)`` in one transaction on a pooled connection."""
+
+        async def run(pool: asyncpg.Pool) -> T:
+            async with pool.acquire() as conn, conn.transaction():
+                return await fn(conn)
+
+        return await self._run(doing, run)
+
+    async def _migrate(self) -> None:
+        """Create the schema and its tables, or bring them up to date, once per database:
+        concurrent first connects queue on an advisory lock."""
+        schema = self.schema
+        initial = _SQL_DIR.joinpath("0001_initial.sql").read_text(encoding="utf-8")
+
+        async def migrate(conn: asyncpg.Connection) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.work_channel)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {schema}.schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            version = await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version")
+            if version is None:
+                await conn.execute(initial.replace("{schema}", schema))
+                await conn.execute(
+                    f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", SCHEMA_VERSION
+                )
+            elif version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"postgres: schema {self.namespace} is at version {version}, newer than "
+                    f"this OmniQ knows ({SCHEMA_VERSION}): upgrade OmniQ"
+                )
+
+        await self.transaction(f"creating schema {self.namespace}", migrate)
+
+    # -- notifications -----------------------------------------------------------------
+
+    async def _listening(self) -> bool:
+        """Open the listening connection if it is not open; False if that failed."""
+        listener = self._listener
+        if listener is not None and not listener.is_closed():
+            return True
+        async with self._listen_lock:
+            listener = self._listener
+            if listener is not None and not listener.is_closed():
+                return True
+            if self._pool is None:
+                return False
+            try:
+                listener = await asyncpg.connect(
+                    self.dsn, server_settings={"application_name": self.application_name}
+                )
+                await listener.add_listener(self.work_channel, self._on_work)
+                await listener.add_listener(self.results_channel, self._on_result)
+            except (*connection_errors, asyncpg.PostgresError) as exc:
+                logger.warning("postgres: cannot listen for notifications: %s", exc)
+                return False
+            listener.add_termination_listener(self._on_listener_lost)
+            self._listener = listener
+            return True
+
+    def _on_work(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        waiters, self._work_waiters = self._work_waiters, set()
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    def _on_result(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for future in self._result_waiters.pop(str(payload), ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        # Whatever was notified while it was down is unknown: wake everyone to re-check.
+        self._listener = None
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._on_work(None, 0, "", None)
+        waiting, self._result_waiters = self._result_waiters, {}
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return at the next work notification, or after ``timeout``."""
+        future = asyncio.get_running_loop().create_future()
+        self._work_waiters.add(future)
+        try:
+            if not await self._listening():
+                timeout = min(timeout, 1.0)
+            await asyncio.wait({future}, timeout=timeout)
+        finally:
+            self._work_waiters.discard(future)
+
+    async def result_future(self, task_id: str) -> asyncio.Future[None] | None:
+        """A future set when the result of ``task_id`` is stored (None: not listening)."""
+        if not await self._listening():
+            return None
+        future = asyncio.get_running_loop().create_future()
+        self._result_waiters.setdefault(task_id, set()).add(future)
+        return future
+
+    def drop_result_future(self, task_id: str, future: asyncio.Future[None]) -> None:
+        """Forget a future :meth:`result_future` returned."""
+        futures = self._result_waiters.get(task_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self._result_waiters[task_id]
+
+    # -- components --------------------------------------------------------------------
+
+    def task_queue(self) -> AsyncPostgresQueue:
+        """The task queue on the shared pool."""
+        from omniq.storage.postgres import AsyncPostgresQueue
+
+        if self._queue is None:
+            self._queue = AsyncPostgresQueue(self.url, self.settings, bundle=self)
+        return self._queue
+
+    def result_storage(self) -> AsyncPostgresResultStorage:
+        """The result storage on the shared pool."""
+        from omniq.storage.postgres import AsyncPostgresResultStorage
+
+        if self._results is None:
+            self._results = AsyncPostgresResultStorage(self.url, self.settings, bundle=self)
+        return self._results
+
+    def event_storage(self) -> AsyncPostgresEventStorage:
+        """The event storage on the shared pool."""
+        from omniq.storage.postgres import AsyncPostgresEventStorage
+
+        if self._events is None:
+            self._events = AsyncPostgresEventStorage(self.url, self.settings, bundle=self)
+        return self._events
+
+    def schedule_storage(self) -> AsyncPostgresScheduleStorage:
+        """The schedule storage on the shared pool."""
+        from omniq.storage.postgres import AsyncPostgresScheduleStorage
+
+        if self._schedules is None:
+            self._schedules = AsyncPostgresScheduleStorage(self.url, self.settings, bundle=self)
+        return self._schedules
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend({self._where!r}, namespace={self.namespace!r})"
+
+
+def _row_count(status: str) -> int:
+    """Rows changed, from a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    tail = status.rpartition(" ")[2]
+    return int(tail) if tail.isdigit() else 0

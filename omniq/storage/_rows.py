@@ -1,0 +1,63 @@
+"""Task rows shared by the SQL backends (SQLite, PostgreSQL).
+
+Both keep a task as the msgspec record it was enqueued as, plus columns for what changes
+while it lives. A task row is always selected as: seq, id, status, priority, attempts,
+worker_id, lease_ts, due_ts, updated_ts, data. Times are epoch seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from omniq.errors import StorageError
+from omniq.models import Task, TaskStatus
+
+__all__ = ["dt", "task_from_row", "ts"]
+
+_TASK_DECODER = msgspec.msgpack.Decoder(Task)
+_STATUSES = {status.value: status for status in TaskStatus}
+
+
+def ts(moment: datetime) -> float:
+    """Epoch seconds of ``moment`` (a naive time is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def dt(seconds: float) -> datetime:
+    """The aware UTC datetime of epoch ``seconds``."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def task_from_row(row: Sequence[Any], backend: str) -> Task:
+    """A stored task: the record as enqueued, with the mutable columns applied.
+
+    Raises StorageError (naming ``backend`` and the task) when the record is corrupt.
+    """
+    _, task_id, status, _, attempts, worker_id, lease_ts, due_ts, updated_ts, data = row
+    try:
+        base = _TASK_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        raise StorageError(
+            f"{backend}: task {task_id}: its stored record is corrupt: {exc}"
+        ) from exc
+    due_at = base.due_at
+    if ts(due_at or base.created_at) != due_ts:
+        due_at = dt(due_ts)
+    updated_at = base.updated_at
+    if ts(updated_at or base.created_at) != updated_ts:
+        updated_at = dt(updated_ts)
+    return msgspec.structs.replace(
+        base,
+        status=_STATUSES[status],
+        attempts=attempts,
+        worker_id=worker_id,
+        lease_expires_at=None if lease_ts is None else dt(lease_ts),
+        due_at=due_at,
+        updated_at=updated_at,
+    )

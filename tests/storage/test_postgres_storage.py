@@ -1,0 +1,344 @@
+"""The storage contract on PostgreSQL, plus what is special to it: schemas per namespace,
+migrations racing, two processes claiming, dropped connections, corrupt records."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from omniq.backend import backend_for_url
+from omniq.backend.base import Backend
+from omniq.backend.postgres import SCHEMA_VERSION, PostgresBackend
+from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.models import EventType, TaskStatus, utcnow
+from omniq.storage.base import Ack
+from omniq.storage.postgres import (
+    AsyncPostgresEventStorage,
+    AsyncPostgresQueue,
+    AsyncPostgresResultStorage,
+    AsyncPostgresScheduleStorage,
+    PostgresEventStorage,
+    PostgresQueue,
+    PostgresResultStorage,
+    PostgresScheduleStorage,
+)
+from tests.conftest import POSTGRES_URL, drop_postgres_schema, free_port, unique_name
+from tests.storage import _race_worker
+from tests.storage.contract import (
+    EventContract,
+    MakeBackend,
+    QueueContract,
+    ResultContract,
+    ScheduleContract,
+    make_event,
+    make_result,
+    make_task,
+)
+
+
+@pytest.fixture
+async def schema(namespace: str) -> AsyncIterator[str]:
+    """This test's namespace; its schema is dropped afterwards."""
+    yield namespace
+    await drop_postgres_schema(POSTGRES_URL, namespace)
+
+
+@pytest.fixture
+async def make_backend(schema: str) -> AsyncIterator[MakeBackend]:
+    """Opened bundles on this test's schema, each with its own pool."""
+    made: list[Backend] = []
+
+    async def make() -> Backend:
+        backend = PostgresBackend(f"{POSTGRES_URL}?namespace={schema}", None)
+        await backend.connect()
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        # Components a test used without connecting them connected on first use: each
+        # holds a reference to the pool.
+        while backend._refs:
+            await backend.close()
+
+
+@pytest.fixture
+async def backend(make_backend: MakeBackend) -> Backend:
+    return await make_backend()
+
+
+@pytest.fixture
+async def sql() -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection, to look at (and break) what OmniQ stored."""
+    conn = await asyncpg.connect(POSTGRES_URL)
+    yield conn
+    await conn.close()
+
+
+class TestPostgresQueue(QueueContract):
+    pass
+
+
+class TestPostgresResults(ResultContract):
+    pass
+
+
+class TestPostgresEvents(EventContract):
+    pass
+
+
+class TestPostgresSchedules(ScheduleContract):
+    pass
+
+
+# -- URLs, namespaces, migrations ---------------------------------------------------------
+
+
+def test_backend_for_url_builds_the_postgres_bundle() -> None:
+    for url in (POSTGRES_URL, POSTGRES_URL.replace("postgresql://", "postgres://")):
+        assert isinstance(backend_for_url(url, None), PostgresBackend)
+
+
+async def test_url_namespace_names_the_schema_and_is_not_sent_to_the_server(
+    schema: str, sql: asyncpg.Connection
+) -> None:
+    async with AsyncPostgresQueue(f"{POSTGRES_URL}?namespace={schema}") as queue:
+        assert queue.namespace == schema
+        await queue.enqueue([make_task("t1")])
+    stored = await sql.fetchval(f'SELECT count(*) FROM "{schema}".tasks')
+    assert stored == 1
+
+
+@pytest.mark.parametrize("bad", ["has space", 'quo"te', "semi;colon", "1digit-first", "x" * 49])
+def test_bad_namespace_is_a_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match="namespace"):
+        PostgresBackend(POSTGRES_URL, None, namespace=bad)
+
+
+async def test_namespaces_do_not_see_each_other(schema: str) -> None:
+    other = unique_name("omniqtest")
+    try:
+        async with (
+            AsyncPostgresQueue(POSTGRES_URL, namespace=schema) as one,
+            AsyncPostgresQueue(POSTGRES_URL, namespace=other) as two,
+        ):
+            await one.enqueue([make_task("only-in-one")])
+            assert await two.get("only-in-one") is None
+            assert await two.stats() == {}
+            assert await one.stats() == {"default": {"pending": 1}}
+    finally:
+        await drop_postgres_schema(POSTGRES_URL, other)
+
+
+async def test_concurrent_first_connects_migrate_once(schema: str, sql: asyncpg.Connection) -> None:
+    backends = [PostgresBackend(POSTGRES_URL, None, namespace=schema) for _ in range(4)]
+    await asyncio.gather(*(backend.connect() for backend in backends))
+    try:
+        versions = await sql.fetch(f'SELECT version FROM "{schema}".schema_version')
+        assert [row[0] for row in versions] == [SCHEMA_VERSION]
+    finally:
+        await asyncio.gather(*(backend.close() for backend in backends))
+
+
+async def test_newer_schema_is_refused(schema: str, sql: asyncpg.Connection) -> None:
+    async with AsyncPostgresQueue(POSTGRES_URL, namespace=schema):
+        pass
+    await sql.execute(f'INSERT INTO "{schema}".schema_version (version) VALUES (99)')
+    with pytest.raises(StorageError, match="version 99"):
+        await AsyncPostgresQueue(POSTGRES_URL, namespace=schema).connect()
+
+
+def test_two_processes_migrate_a_fresh_schema_at_once(schema: str) -> None:
+    results = _race_worker.spawn_pair(_race_worker.open_fresh, f"{POSTGRES_URL}?namespace={schema}")
+    assert sorted(results) == [("ok", 0), ("ok", 0)]
+
+
+def test_two_processes_claim_each_task_exactly_once(schema: str) -> None:
+    url = f"{POSTGRES_URL}?namespace={schema}"
+    tasks = [make_task() for _ in range(500)]
+    with PostgresQueue(url) as queue:
+        queue.enqueue(tasks)
+    results = _race_worker.spawn_pair(_race_worker.claim_all, url)
+    counts = Counter(task_id for _, ids in results for task_id in ids)
+    assert set(counts) == {t.id for t in tasks}
+    assert set(counts.values()) == {1}
+    assert all(ids for _, ids in results), "both processes should have claimed some tasks"
+    with PostgresQueue(url) as queue:
+        assert queue.stats() == {"default": {"complete": 500}}
+
+
+# -- sync twins ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sync_cls", "async_cls"),
+    [
+        (PostgresQueue, AsyncPostgresQueue),
+        (PostgresResultStorage, AsyncPostgresResultStorage),
+        (PostgresEventStorage, AsyncPostgresEventStorage),
+        (PostgresScheduleStorage, AsyncPostgresScheduleStorage),
+    ],
+)
+def test_sync_twins_mirror_async_methods_and_signatures(sync_cls: type, async_cls: type) -> None:
+    coroutines = {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(async_cls, inspect.iscoroutinefunction)
+        if not name.startswith("_")
+    }
+    assert {"connect", "close", "get"} <= set(coroutines)
+    for name, signature in coroutines.items():
+        blocking = getattr(sync_cls, name)
+        assert not inspect.iscoroutinefunction(blocking), name
+        assert inspect.signature(blocking).parameters.keys() == signature.parameters.keys(), name
+
+
+async def test_sync_twins_work_on_their_own_loop(schema: str) -> None:
+    def run() -> None:
+        with PostgresQueue(POSTGRES_URL, namespace=schema) as queue:
+            assert queue.enqueue([make_task("s1")]) == ["s1"]
+            [got] = queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+            assert queue.ack(got.id, "w", TaskStatus.COMPLETE, now=utcnow()) is True
+            assert queue.stats() == {"default": {"complete": 1}}
+        with PostgresEventStorage(POSTGRES_URL, namespace=schema) as events:
+            events.append([make_event("s1", EventType.ENQUEUED)])
+            assert len(events.get("s1")) == 1
+
+    await asyncio.to_thread(run)
+
+
+# -- one statement per operation ----------------------------------------------------------
+
+
+async def test_events_ride_in_the_enqueue_statement(backend: PostgresBackend) -> None:
+    queue, events = backend.task_queue(), backend.event_storage()
+    await queue.connect()
+    await events.connect()
+    assert queue.writes_events(events)
+    tasks = [make_task() for _ in range(3)]
+    logged = [[make_event(t.id, EventType.ENQUEUED)] for t in tasks]
+    await queue.enqueue_logged(tasks, logged, events)
+    # Again, with one new task: only its event is added.
+    extra = make_task()
+    await queue.enqueue_logged(
+        [*tasks, extra], [*logged, [make_event(extra.id, EventType.ENQUEUED)]], events
+    )
+    assert [len(await events.get(t.id)) for t in [*tasks, extra]] == [1, 1, 1, 1]
+    # Another pool on the same schema cannot share the enqueue's statement.
+    other = PostgresBackend(POSTGRES_URL, None, namespace=backend.namespace)
+    assert not queue.writes_events(other.event_storage())
+
+
+async def test_results_and_acks_finish_in_one_statement(backend: PostgresBackend) -> None:
+    queue, results = backend.task_queue(), backend.result_storage()
+    await queue.connect()
+    task = make_task()
+    await queue.enqueue([task])
+    [held] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+    waiter = asyncio.ensure_future(results.wait(task.id, 10))
+    await asyncio.sleep(0.05)
+    result = make_result(task.id)
+    # The same result twice in one batch is stored once (the last wins), not an error.
+    flags = await queue.finish_many(
+        [Ack(held.id, "w", TaskStatus.COMPLETE)], [result, result], results, now=utcnow()
+    )
+    assert flags == [True]
+    assert await asyncio.wait_for(waiter, 5) == result
+    assert await queue.stats() == {"default": {"complete": 1}}
+
+
+# -- bad data and a server that goes away --------------------------------------------------
+
+
+async def test_a_corrupt_task_is_failed_and_the_others_are_claimed(
+    backend: PostgresBackend, sql: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = backend.task_queue()
+    good, bad = make_task(priority=1), make_task()
+    await queue.enqueue([good, bad])
+    await sql.execute(
+        f"UPDATE {backend.schema}.tasks SET data = $1 WHERE id = $2", b"\xc1\xc1", bad.id
+    )
+    with pytest.raises(StorageError, match=bad.id):
+        await queue.get(bad.id)
+    assert await queue.get(good.id) == good
+    claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert [t.id for t in claimed] == [good.id]
+    assert bad.id in caplog.text
+    assert await queue.stats() == {"default": {"running": 1, "failed": 1}}
+
+
+async def test_unreachable_server_raises_storage_connection_error(namespace: str) -> None:
+    queue = AsyncPostgresQueue(f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    with pytest.raises(StorageConnectionError, match="cannot connect") as info:
+        await queue.connect()
+    assert info.value.__cause__ is not None
+
+
+async def test_unknown_database_is_named(namespace: str) -> None:
+    queue = AsyncPostgresQueue("postgresql://postgres@127.0.0.1:5432/no_such_db_omniq")
+    with pytest.raises(StorageConnectionError, match="no_such_db_omniq"):
+        await queue.connect()
+
+
+async def test_server_errors_become_storage_errors(
+    backend: PostgresBackend, sql: asyncpg.Connection
+) -> None:
+    queue = backend.task_queue()
+    await sql.execute(f"DROP TABLE {backend.schema}.task_deps")
+    with pytest.raises(StorageError, match="task_deps") as info:
+        await queue.dependents("x")
+    assert not isinstance(info.value, StorageConnectionError)
+
+
+async def _drop_connections(sql: asyncpg.Connection, backend: PostgresBackend) -> int:
+    """Terminate the backend's sessions, as a server restart would (and no one else's:
+    they are named after the test's own namespace)."""
+    dropped: int = await sql.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+        backend.application_name,
+    )
+    return dropped
+
+
+async def test_dropped_connections_are_replaced_and_nothing_is_lost(
+    backend: PostgresBackend, sql: asyncpg.Connection
+) -> None:
+    queue = backend.task_queue()
+    first = make_task()
+    await queue.enqueue([first])
+    waiter = asyncio.ensure_future(queue.wait(["default"], 30))
+    await asyncio.sleep(0.1)  # the listener is up
+    assert await _drop_connections(sql, backend) >= 2  # the pool's and the listener's
+    # A waiter is woken when its listener goes: notifications may have been missed.
+    await asyncio.wait_for(waiter, 5)
+    second = make_task()
+    assert await queue.enqueue([second]) == [second.id]  # on a fresh connection
+    claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert {t.id for t in claimed} == {first.id, second.id}
+    # The listener is reopened by the next wait, and wakes it on the next enqueue.
+    waiter = asyncio.ensure_future(queue.wait(["default"], 30))
+    await asyncio.sleep(0.2)
+    assert backend._listener is not None and not backend._listener.is_closed()
+    await queue.enqueue([make_task()])
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_result_wait_wakes_every_waiter_across_pools(
+    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without its backstop a waiter can only be woken by the notification.
+    monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
+    reader, writer = await make_backend(), await make_backend()
+    results = reader.result_storage()
+    await results.connect()
+    result = make_result(expires_at=utcnow() + timedelta(minutes=5))
+    waiters = [asyncio.ensure_future(results.wait(result.task_id, 10.0)) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    await writer.result_storage().put(result)
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == [result] * 3

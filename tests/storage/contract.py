@@ -13,6 +13,7 @@ The classes are not collected here (no ``Test`` prefix); subclasses named ``Test
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
@@ -40,6 +41,23 @@ from omniq.storage.base import (
 )
 
 MakeBackend = Callable[[], Awaitable[Backend]]
+
+
+def assert_sync_twin_mirrors(sync_cls: type, async_cls: type) -> None:
+    """The blocking twin has every public coroutine of ``async_cls``, blocking, with the
+    same parameters."""
+    coroutines = {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(async_cls, inspect.iscoroutinefunction)
+        if not name.startswith("_")
+    }
+    assert {"connect", "close", "get"} <= set(coroutines)
+    for name, signature in coroutines.items():
+        blocking = getattr(sync_cls, name)
+        assert not inspect.iscoroutinefunction(blocking), name
+        assert inspect.signature(blocking).parameters.keys() == signature.parameters.keys(), name
+
+
 S = timedelta(seconds=1)
 
 

@@ -4,7 +4,6 @@ migrations racing, two processes claiming, dropped connections, corrupt records.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -36,6 +35,7 @@ from tests.storage.contract import (
     QueueContract,
     ResultContract,
     ScheduleContract,
+    assert_sync_twin_mirrors,
     make_event,
     make_result,
     make_task,
@@ -186,16 +186,7 @@ def test_two_processes_claim_each_task_exactly_once(schema: str) -> None:
     ],
 )
 def test_sync_twins_mirror_async_methods_and_signatures(sync_cls: type, async_cls: type) -> None:
-    coroutines = {
-        name: inspect.signature(member)
-        for name, member in inspect.getmembers(async_cls, inspect.iscoroutinefunction)
-        if not name.startswith("_")
-    }
-    assert {"connect", "close", "get"} <= set(coroutines)
-    for name, signature in coroutines.items():
-        blocking = getattr(sync_cls, name)
-        assert not inspect.iscoroutinefunction(blocking), name
-        assert inspect.signature(blocking).parameters.keys() == signature.parameters.keys(), name
+    assert_sync_twin_mirrors(sync_cls, async_cls)
 
 
 async def test_sync_twins_work_on_their_own_loop(schema: str) -> None:

@@ -8,7 +8,6 @@ blocking waits and error translation.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -47,6 +46,7 @@ from tests.storage.contract import (
     QueueContract,
     ResultContract,
     ScheduleContract,
+    assert_sync_twin_mirrors,
     make_event,
     make_result,
     make_task,
@@ -189,16 +189,7 @@ async def test_namespaces_do_not_see_each_other(redis: aioredis.Redis) -> None:
     ],
 )
 def test_sync_twins_mirror_async_methods_and_signatures(sync_cls: type, async_cls: type) -> None:
-    coroutines = {
-        name: inspect.signature(member)
-        for name, member in inspect.getmembers(async_cls, inspect.iscoroutinefunction)
-        if not name.startswith("_")
-    }
-    assert {"connect", "close", "get"} <= set(coroutines)
-    for name, signature in coroutines.items():
-        blocking = getattr(sync_cls, name)
-        assert not inspect.iscoroutinefunction(blocking), name
-        assert inspect.signature(blocking).parameters.keys() == signature.parameters.keys(), name
+    assert_sync_twin_mirrors(sync_cls, async_cls)
 
 
 async def test_sync_twins_work_on_their_own_loop(namespace: str) -> None:

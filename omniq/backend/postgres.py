@@ -241,10 +241,21 @@ class PostgresBackend(Backend):
                 listener = await asyncpg.connect(
                     self.dsn, server_settings={"application_name": self.application_name}
                 )
-                await listener.add_listener(self.work_channel, self._on_work)
-                await listener.add_listener(self.results_channel, self._on_result)
             except (*connection_errors, asyncpg.PostgresError) as exc:
                 logger.warning("postgres: cannot listen for notifications: %s", exc)
+                return False
+            try:
+                await listener.add_listener(self.work_channel, self._on_work)
+                await listener.add_listener(self.results_channel, self._on_result)
+            except BaseException as exc:
+                # A waiter cancelled here (a worker stopping) must not leak the connection.
+                listener.terminate()
+                if isinstance(exc, (*connection_errors, asyncpg.PostgresError)):
+                    logger.warning("postgres: cannot listen for notifications: %s", exc)
+                    return False
+                raise
+            if self._pool is None:  # the bundle closed while this one was opening
+                listener.terminate()
                 return False
             listener.add_termination_listener(self._on_listener_lost)
             self._listener = listener

@@ -97,6 +97,7 @@ class PostgresBackend(Backend):
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
+        self._opening: asyncio.Future[bool] | None = None
         self._work_waiters: set[asyncio.Future[None]] = set()
         self._result_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._queue: AsyncPostgresQueue | None = None
@@ -129,13 +130,16 @@ class PostgresBackend(Backend):
             raise
 
     async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        opening, self._opening = self._opening, None
+        if opening is not None and not opening.done():
+            await asyncio.wait({opening}, timeout=10)  # it sees the pool gone and closes
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
             try:
                 await asyncio.wait_for(listener.close(), 5)
             except Exception:
                 listener.terminate()
-        pool, self._pool = self._pool, None
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 10)
@@ -237,29 +241,35 @@ class PostgresBackend(Backend):
                 return True
             if self._pool is None:
                 return False
-            try:
-                listener = await asyncpg.connect(
-                    self.dsn, server_settings={"application_name": self.application_name}
-                )
-            except (*connection_errors, asyncpg.PostgresError) as exc:
+            if self._opening is None or self._opening.done():
+                self._opening = asyncio.ensure_future(self._open_listener())
+            # Shielded: a waiter cancelled meanwhile (a worker stopping) lets the opening
+            # finish, so the connection is kept or closed, never left half made.
+            return await asyncio.shield(self._opening)
+
+    async def _open_listener(self) -> bool:
+        try:
+            listener = await asyncpg.connect(
+                self.dsn, server_settings={"application_name": self.application_name}
+            )
+        except (*connection_errors, asyncpg.PostgresError) as exc:
+            logger.warning("postgres: cannot listen for notifications: %s", exc)
+            return False
+        try:
+            await listener.add_listener(self.work_channel, self._on_work)
+            await listener.add_listener(self.results_channel, self._on_result)
+        except BaseException as exc:
+            listener.terminate()
+            if isinstance(exc, (*connection_errors, asyncpg.PostgresError)):
                 logger.warning("postgres: cannot listen for notifications: %s", exc)
                 return False
-            try:
-                await listener.add_listener(self.work_channel, self._on_work)
-                await listener.add_listener(self.results_channel, self._on_result)
-            except BaseException as exc:
-                # A waiter cancelled here (a worker stopping) must not leak the connection.
-                listener.terminate()
-                if isinstance(exc, (*connection_errors, asyncpg.PostgresError)):
-                    logger.warning("postgres: cannot listen for notifications: %s", exc)
-                    return False
-                raise
-            if self._pool is None:  # the bundle closed while this one was opening
-                listener.terminate()
-                return False
-            listener.add_termination_listener(self._on_listener_lost)
-            self._listener = listener
-            return True
+            raise
+        if self._pool is None:  # the bundle closed while this one was opening
+            listener.terminate()
+            return False
+        listener.add_termination_listener(self._on_listener_lost)
+        self._listener = listener
+        return True
 
     def _on_work(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         waiters, self._work_waiters = self._work_waiters, set()

@@ -96,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--backend", default="all", help="redis, sqlite, file, a comma list or all")
+    parser.add_argument(
+        "--backend", default="all", help="redis, sqlite, file, postgres, a comma list or all"
+    )
     parser.add_argument(
         "--workload",
         default="all",
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(cells)} cells x {args.runs} runs; backends {','.join(backends)}; "
         f"workloads {','.join(workloads)}; rows {', '.join(labels) or '(reused only)'}\n"
     )
-    calibration = calibrate(harness.WORK_ROOT / "calibrate")
+    calibration = calibrate(harness.WORK_ROOT / "calibrate", postgres="postgres" in backends)
     records = harness.run_plan(cells, args.runs, args.quick, Progress(), keep)
     meta = report.machine(
         quick=args.quick, runs=args.runs, reused_from=args.reuse_peers, calibration=calibration

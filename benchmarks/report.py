@@ -24,7 +24,7 @@ import redis
 from benchmarks.adapters import REGISTRY
 from benchmarks.adapters.base import REDIS_URL
 
-BACKEND_ORDER = ("redis", "sqlite", "file")
+BACKEND_ORDER = ("redis", "sqlite", "file", "postgres")
 DISPLAY = {
     "omniq": "OmniQ",
     "omniq-noevents": "OmniQ (events off)",
@@ -33,7 +33,7 @@ DISPLAY = {
     "arq-fastpoll": "arq (poll_delay=0.01, non-default)",
     "rq-simple": "rq (SimpleWorker, non-default)",
 }
-BACKEND_NAME = {"redis": "Redis", "sqlite": "SQLite", "file": "File"}
+BACKEND_NAME = {"redis": "Redis", "sqlite": "SQLite", "file": "File", "postgres": "PostgreSQL"}
 
 #: The peer reference benchmark's medians on the same kind of machine (peer-benchmark.md).
 REFERENCE: dict[tuple[str, str], dict[str, float]] = {

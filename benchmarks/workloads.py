@@ -9,7 +9,8 @@ Each returns a flat dict of metrics. Method (same as the peer reference benchmar
   process spawned. rate = (n-1) / (last - first completion); startup = spawn -> first
   completion; total = n / (last completion - spawn). The same run records the memory
   figures: peak RSS (``VmHWM``) of the worker and its children when the queue is drained,
-  and the storage growth per queued task (Redis ``used_memory``, or the size of the files).
+  and the storage growth per queued task (Redis ``used_memory``, ``pg_database_size``, or
+  the size of the files).
 - latency: worker spawned and proven alive with one task; 5 warm-up + ``n`` tasks enqueued
   open-loop with exponential gaps (mean 50 ms, seeded); latency = body ``time.time()`` -
   ``time.time()`` just before the enqueue call.
@@ -198,10 +199,14 @@ def storage_dir_bytes(path: Path) -> int:
 
 
 async def storage_bytes(adapter: Adapter, mon: aredis.Redis) -> int:
-    """Redis ``used_memory`` for Redis queues, else the size of the working directory."""
+    """Redis ``used_memory``, ``pg_database_size``, or the size of the working directory."""
     if adapter.backend == "redis":
         info = await mon.info("memory")
         return int(info["used_memory"])
+    if adapter.backend == "postgres":
+        from benchmarks import pg
+
+        return await pg.database_bytes()
     return storage_dir_bytes(adapter.workdir)
 
 
@@ -402,14 +407,15 @@ async def bare_bodies(body: Callable[[], Awaitable[None]], n: int, width: int) -
     return rate
 
 
-def calibrate(workdir: Path) -> dict[str, float]:
+def calibrate(workdir: Path, postgres: bool = False) -> dict[str, float]:
     """Raw engine limits on this machine right now (compare with the reference's).
 
     redis-py asyncio and sync sequential ``LPUSH`` on one connection (reference: 11,447/s and
     17,760/s), and SQLite WAL single-row transactions with ``synchronous=FULL`` and
     ``NORMAL`` (reference: 11,808/s and 35,087/s): the disk's fsync rate shows in the first.
-    Also the drain and sleep bodies with no queue (:func:`bare_bodies`, at the workloads'
-    concurrency): what a worker's own overhead is measured against.
+    With ``postgres``, single-row autocommit INSERTs through asyncpg (reference:
+    7.1k/s). Also the drain and sleep bodies with no queue (:func:`bare_bodies`, at the
+    workloads' concurrency): what a worker's own overhead is measured against.
     """
     import sqlite3
 
@@ -455,6 +461,11 @@ def calibrate(workdir: Path) -> dict[str, float]:
             conn.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if postgres:
+        from benchmarks import pg
+
+        pg.reset_database()
+        out["postgres_asyncpg_insert_per_s"] = asyncio.run(pg.insert_rate(3000))
     return out
 
 

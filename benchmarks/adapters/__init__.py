@@ -30,16 +30,12 @@ class Entry:
 
 
 _P = "benchmarks.adapters."
+OMNIQ_BACKENDS = ("redis", "sqlite", "file", "postgres")
 REGISTRY: dict[str, Entry] = {
     e.label: e
     for e in (
-        Entry("omniq", "omniq", _P + "omniq_adapter:OmniQAdapter", ("redis", "sqlite", "file")),
-        Entry(
-            "omniq-noevents",
-            "omniq",
-            _P + "omniq_adapter:OmniQNoEventsAdapter",
-            ("redis", "sqlite", "file"),
-        ),
+        Entry("omniq", "omniq", _P + "omniq_adapter:OmniQAdapter", OMNIQ_BACKENDS),
+        Entry("omniq-noevents", "omniq", _P + "omniq_adapter:OmniQNoEventsAdapter", OMNIQ_BACKENDS),
         Entry("arq", "arq", _P + "arq:ArqAdapter", ("redis",)),
         Entry("saq", "saq", _P + "saq:SaqAdapter", ("redis",)),
         Entry("rq", "rq", _P + "rq:RqAdapter", ("redis",)),

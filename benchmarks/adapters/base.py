@@ -8,6 +8,7 @@ library's app module reads.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -15,7 +16,12 @@ from pathlib import Path
 from typing import ClassVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/15"
+#: Brokers and the instrumentation counters (the task bodies read the same variable).
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: The PostgreSQL database every Postgres row uses; dropped and re-created per repetition.
+POSTGRES_DB = os.environ.get("BENCH_POSTGRES_DB", "qbench")
+POSTGRES_SERVER = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
+POSTGRES_URL = f"{POSTGRES_SERVER}/{POSTGRES_DB}"
 
 #: Task kinds; every library's app module defines one task per kind.
 KINDS = ("noop", "drain", "latency", "sleep")

@@ -12,15 +12,15 @@ import sys
 import time
 from typing import Any, ClassVar
 
-from benchmarks.adapters.base import REDIS_URL, Adapter, WorkerCommand, cli
+from benchmarks.adapters.base import POSTGRES_URL, REDIS_URL, Adapter, WorkerCommand, cli
 
 
 class OmniQAdapter(Adapter):
-    """OmniQ with the event log on (the default), on Redis, SQLite or the file backend."""
+    """OmniQ with the event log on (the default), on Redis, SQLite, files or PostgreSQL."""
 
     library = "omniq"
     dist = "omniq"
-    backends = ("redis", "sqlite", "file")
+    backends = ("redis", "sqlite", "file", "postgres")
     has_bulk = True
     extra_workloads = ("sync",)
     events: ClassVar[bool] = True
@@ -39,10 +39,12 @@ class OmniQAdapter(Adapter):
             return f"sqlite:///{self.workdir / f'bench{suffix}.db'}"
         if self.backend == "file":
             return f"file://{self.workdir / f'fq{suffix}'}"
+        if self.backend == "postgres":
+            return POSTGRES_URL  # the namespace (a schema) separates a second store
         raise ValueError(f"omniq adapter: unknown backend {self.backend!r}")
 
     def namespace(self, suffix: str = "") -> str:
-        """Settings namespace (the Redis key prefix); a suffix separates a 2nd store."""
+        """Namespace (Redis key prefix, Postgres schema); a suffix separates a 2nd store."""
         return f"bench{suffix.replace('-', '_')}"
 
     def worker_setting(self, concurrency: int) -> str:

@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report-from",
         metavar="FILE",
-        help="run nothing: rewrite the report from a stored results JSON",
+        help="run nothing: rewrite the report from a stored results JSON (into --out; into "
+        "docs only with --docs FILE)",
     )
     args = parser.parse_args(argv)
     if args.report_from:
@@ -147,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=Path(args.out),
             stamp=stamp,
             workloads=stored.get("workloads", list(harness.WORKLOADS)),
-            docs=Path(args.docs or _DOCS) if args.docs != "" else None,
+            # Only where asked: a stored partial or quick run must not replace the
+            # published table by default.
+            docs=Path(args.docs) if args.docs else None,
         )
         for path in paths:
             print(path)

@@ -110,6 +110,32 @@ REFERENCE: dict[tuple[str, str], dict[str, float]] = {
         "p99": 4.6,
         "sleep": 720,
     },
+    ("saq", "postgres"): {
+        "enqueue": 1201,
+        "drain": 464,
+        "startup": 0.31,
+        "p50": 6.4,
+        "p99": 12.3,
+        "sleep": 429,
+    },
+    ("procrastinate", "postgres"): {
+        "enqueue": 965,
+        "bulk": 10048,
+        "drain": 142,
+        "startup": 0.23,
+        "p50": 5.0,
+        "p99": 8.6,
+        "sleep": 559,
+    },
+    ("pgqueuer", "postgres"): {
+        "enqueue": 4325,
+        "bulk": 57337,
+        "drain": 6380,
+        "startup": 0.38,
+        "p50": 2.7,
+        "p99": 4.0,
+        "sleep": 4386,
+    },
 }
 ASYNC_PEERS = ("arq", "saq", "taskiq", "taskiq-list")
 
@@ -120,6 +146,27 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError:
         return ""
+
+
+def _postgres_version() -> str:
+    """``server_version`` of the benchmark's PostgreSQL server, or why it is unknown."""
+    import asyncio
+
+    import asyncpg
+
+    from benchmarks.adapters.base import POSTGRES_SERVER
+
+    async def ask() -> str:
+        conn = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres", timeout=5)
+        try:
+            return str(await conn.fetchval("SHOW server_version"))
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(ask())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return "unreachable"
 
 
 def machine(
@@ -158,6 +205,7 @@ def machine(
         client.close()
     except redis.RedisError:
         redis_version = "unreachable"
+    postgres_version = _postgres_version()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu": model,
@@ -167,6 +215,7 @@ def machine(
         "kernel": platform.release(),
         "python": platform.python_version(),
         "redis": redis_version,
+        "postgres": postgres_version,
         "sqlite": sqlite3.sqlite_version,
         "quick": quick,
         "runs": runs,
@@ -378,6 +427,8 @@ def targets_table(agg: dict[tuple[str, str, str], dict[str, Any]]) -> str:
         lowest: bool = False,
         unit: str = "/s",
     ) -> None:
+        if not any(k[0] == "omniq" and k[1] == backend for k in agg):
+            return  # OmniQ did not run on this backend: no row, rather than an empty one
         ours = _get(agg, "omniq", backend, workload, metric)
         if peer is None:
             rows.append(f"| {what} | – | no peer figure | – | – |")
@@ -468,6 +519,26 @@ def targets_table(agg: dict[tuple[str, str, str], dict[str, Any]]) -> str:
         lowest=True,
         unit=" ms",
     )
+    # PostgreSQL joined after the issue's targets were set; its bar is the issue's general
+    # one ("OmniQ ahead of every peer on its own backend"), so the factor is 1.
+    pg_peers = [p for p in peers if "postgres" in REGISTRY[p].backends]
+    for what, workload, metric, lowest, unit in (
+        ("PostgreSQL single-call enqueue ahead of every PG peer", "enqueue", "rate", False, "/s"),
+        ("PostgreSQL bulk enqueue ahead of every PG peer", "bulk", "rate", False, "/s"),
+        ("PostgreSQL drain ahead of every PG peer", "drain", "rate", False, "/s"),
+        ("PostgreSQL sleep-concurrency ahead of every PG peer", "sleep", "rate", False, "/s"),
+        ("PostgreSQL latency p50 ≤ every PG peer's", "latency", "p50_ms", True, " ms"),
+    ):
+        add(
+            what,
+            "postgres",
+            workload,
+            metric,
+            _best(agg, pg_peers, "postgres", workload, metric, lowest=lowest),
+            1,
+            lowest=lowest,
+            unit=unit,
+        )
     head = (
         "| target (issue 7) | best peer, this run | target | OmniQ, this run (min–max) | result |\n"
         "|---|---|---|---|---|\n"
@@ -575,7 +646,9 @@ def chart(agg: dict[tuple[str, str, str], dict[str, Any]], path: Path) -> Path |
             colors.append(
                 "#d62728"
                 if is_omniq
-                else {"redis": "#1f77b4", "sqlite": "#2ca02c"}.get(backend, "#7f7f7f")
+                else {"redis": "#1f77b4", "sqlite": "#2ca02c", "postgres": "#9467bd"}.get(
+                    backend, "#7f7f7f"
+                )
             )
         ypos = range(len(names))
         ax.barh(list(ypos), medians, xerr=[lows, highs], color=colors, capsize=2)
@@ -587,7 +660,9 @@ def chart(agg: dict[tuple[str, str, str], dict[str, Any]], path: Path) -> Path |
         for y, value in zip(ypos, medians, strict=True):
             ax.text(value, y, f" {_num(value)}", va="center", fontsize=7)
     fig.suptitle(
-        "OmniQ (red) beside its peers: Redis (blue), SQLite (green); median, min–max", fontsize=11
+        "OmniQ (red) beside its peers: Redis (blue), SQLite (green), PostgreSQL (purple); "
+        "median, min–max",
+        fontsize=11,
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -606,6 +681,7 @@ def calibration_text(meta: dict[str, Any], loads: Sequence[float]) -> str:
         ("redis_sync_lpush_per_s", "redis-py sync sequential LPUSH", 17760),
         ("sqlite_wal_full_tx_per_s", "SQLite WAL synchronous=FULL 1-row transactions", 11808),
         ("sqlite_wal_normal_tx_per_s", "SQLite WAL synchronous=NORMAL 1-row transactions", 35087),
+        ("postgres_asyncpg_insert_per_s", "PostgreSQL asyncpg 1-row autocommit INSERTs", 7094),
     )
     for key, what, ref in refs:
         if key in cal:
@@ -664,16 +740,21 @@ def markdown(
         "Reproduce on a fresh clone (after the README's install):\n\n"
         "```sh\npip install -e '.[bench]'  # or: pip install -r benchmarks/requirements-peers.txt\n"
         "python -m benchmarks --backend all --workload all\n```\n\n"
-        "Options: `--backend redis|sqlite|file|all`, `--workload enqueue|bulk|drain|latency|sleep|"
-        "memory|sync|all` (comma lists work), `--runs 3`, `--peers all|none|arq,saq,...`, "
+        "Options: `--backend redis|sqlite|file|postgres|all`, "
+        "`--workload enqueue|bulk|drain|latency|sleep|memory|sync|all` (comma lists work), "
+        "`--runs 3`, `--peers all|none|arq,saq,...`, "
         "`--quick` (small N, development only), `--out benchmarks/results`, "
         "`--reuse-peers FILE` (combine a new OmniQ run with stored peer figures from the same "
         "machine), `--docs FILE` (where the full report also goes; a full run writes "
         "docs/benchmarks.md, a partial run only benchmarks/results). Needs Redis on "
-        "127.0.0.1:6379; DB 15 is flushed before every repetition.\n",
+        "127.0.0.1:6379 (DB 15 is flushed before every repetition) and PostgreSQL on "
+        "127.0.0.1:5432 as user postgres (database `qbench` is dropped and re-created before "
+        "every PostgreSQL repetition); `BENCH_REDIS_URL`, `BENCH_POSTGRES_SERVER` and "
+        "`BENCH_POSTGRES_DB` move them.\n",
         "## Machine\n",
         f"{m['cpus']} vCPU ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['os']}, kernel "
-        f"{m['kernel']}, Python {m['python']}, Redis {m['redis']} on loopback, SQLite "
+        f"{m['kernel']}, Python {m['python']}, Redis {m['redis']} and PostgreSQL "
+        f"{m.get('postgres', 'not recorded')} on loopback, SQLite "
         f"{m['sqlite']}. Producer, worker and server share the same cores. Run {m['date']}, "
         f"{m['runs']} repetition(s) per cell{quick}{reused}.\n",
         calibration_text(m, loads),
@@ -709,7 +790,7 @@ def markdown(
         "\n## Targets of issue 7\n",
         reuse_warning(m),
         "Best peers are the peer rows of this report (variants with non-default knobs excluded); "
-        "the async peers for the enqueue target are arq, SAQ and taskiq.\n\n",
+        "the async peers for the Redis enqueue target are arq, SAQ and taskiq.\n\n",
         targets_table(agg),
     ]
     if ANALYSIS.exists():
@@ -743,21 +824,25 @@ METHOD = """\
 - **Isolation.** Each repetition runs in a fresh child process with its own process group and
   a hard timeout (enqueue 180 s, bulk 120 s, drain 420 s, latency 180 s, sleep 240 s, sync
   300 s). Before it: `FLUSHDB` of Redis DB 15, the working directory (SQLite file, file-backend
-  directory) removed. After it: the group (producer, worker and the worker's children) gets
-  SIGTERM, then SIGKILL. Repetitions are run-major (all cells once, then again).
+  directory) removed, and for PostgreSQL cells the database `qbench` dropped `WITH (FORCE)` and
+  re-created (each library then installs its own schema: OmniQ on first use, procrastinate
+  `apply_schema_async`, PgQueuer `Queries.install`, SAQ's migrations on connect). After it:
+  the group (producer, worker and the worker's children) gets SIGTERM, then SIGKILL.
+  Repetitions are run-major (all cells once, then again).
 - **Producer** = the child itself: one client, stdlib asyncio loop (no uvloop) for async
   libraries, plain calls for sync ones (RQ, Dramatiq, Celery, Huey). Only the enqueue loop is
   timed, after 20 warm-up calls, one call at a time.
 - **Worker** = exactly one worker process of the library, spawned by the child. The
-  `omniq worker` and `taskiq worker` commands run on uvloop when it is installed (the
-  `[bench]` extra installs it); the other async workers use the stdlib loop.
+  `omniq worker`, `taskiq worker` and `pgq run` commands run on uvloop when it is installed
+  (the `[bench]` extra installs it); the other async workers use the stdlib loop.
 - **Task bodies** are identical (`benchmarks/apps/bodies.py`): drain = one pipelined Redis
   round trip (`INCR` of a counter + `SET` of the first/last completion time); latency =
   `time.time()` first, then `RPUSH`; sleep = 10 ms sleep (`asyncio.sleep`, or `time.sleep` in
   thread/process workers) then the drain body. Every library's tasks, OmniQ's included and on
   every backend, do their Redis round trip in DB 15.
 - **enqueue/s**: 10,000 no-op tasks, no worker running. **bulk**: the library's bulk API, one
-  call per 1,000 tasks (n/a = no bulk API).
+  call per 1,000 tasks (OmniQ `enqueue_many`, RQ `enqueue_many`, procrastinate
+  `batch_defer_async`, PgQueuer `Queries.enqueue` with lists; n/a = no bulk API).
 - **drain/s** = 9,999 / (last - first completion) over 10,000 tasks enqueued before the worker
   was spawned (bulk API where one exists; not timed); **startup** = spawn -> first completion
   (interpreter start, imports, connecting, first fetch). Measuring stops 150 s after the spawn:
@@ -770,7 +855,8 @@ METHOD = """\
   as drain (ideal 10,000/s).
 - **memory**: `VmHWM` (peak RSS) summed over the worker process and its live children when the
   drain finished; storage per queued task = growth of Redis `used_memory` (Redis queues) or of
-  the working directory's files (SQLite, file) while the 10,000 drain tasks were enqueued.
+  the working directory's files (SQLite, file) or of `pg_database_size` (PostgreSQL) while the
+  10,000 drain tasks were enqueued.
 - **sync**: the enqueue workload through `OmniQ` then `AsyncOmniQ` in the same child, each on
   its own store; ratio = async rate / sync rate.
 """

@@ -1,10 +1,10 @@
-"""SAQ 0.26 on Redis DB 15: ``Queue.enqueue``; worker via the ``saq`` CLI."""
+"""SAQ 0.26 on Redis DB 15 and on PostgreSQL: ``Queue.enqueue``; worker via the ``saq`` CLI."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.adapters.base import Adapter, WorkerCommand, cli
+from benchmarks.adapters.base import POSTGRES_URL, REDIS_URL, Adapter, WorkerCommand, cli
 
 
 class SaqAdapter(Adapter):
@@ -12,6 +12,7 @@ class SaqAdapter(Adapter):
 
     library = "saq"
     dist = "saq"
+    backends = ("redis", "postgres")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -21,8 +22,12 @@ class SaqAdapter(Adapter):
         """Concurrency and process count."""
         return f"saq --workers 1; concurrency={concurrency} (default 10)"
 
+    def child_env(self) -> dict[str, str]:
+        """The queue URL: SAQ picks ``RedisQueue`` or ``PostgresQueue`` from its scheme."""
+        return {"BENCH_SAQ_URL": POSTGRES_URL if self.backend == "postgres" else REDIS_URL}
+
     async def open(self) -> None:
-        """Connect SAQ's queue."""
+        """Connect SAQ's queue (on PostgreSQL, connecting also runs SAQ's migrations)."""
         from benchmarks.apps.saq_app import queue
 
         self._queue = queue

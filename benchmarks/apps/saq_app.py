@@ -1,4 +1,8 @@
-"""SAQ worker settings for ``saq benchmarks.apps.saq_app.settings`` (concurrency from env)."""
+"""SAQ worker settings for ``saq benchmarks.apps.saq_app.settings``.
+
+The queue's URL (Redis DB 15, or the PostgreSQL benchmark database) and the concurrency come
+from the environment the adapter sets, so one module serves both backends.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from saq import Queue
 
 from benchmarks.apps import bodies
 
-queue = Queue.from_url("redis://127.0.0.1:6379/15")
+queue = Queue.from_url(os.environ.get("BENCH_SAQ_URL", bodies.REDIS_URL))
 
 
 async def noop(ctx: dict[str, Any]) -> None:

@@ -48,6 +48,19 @@ _POOL_MAX = 10
 # Pauses between tries of a statement that met a dropped connection (None: give up).
 _RETRY_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, None)
 
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool ``reset`` hook: nothing to undo on a returned connection.
+
+    asyncpg's default reset sends ``UNLISTEN *; RESET ALL; CLOSE ALL;
+    pg_advisory_unlock_all()`` every time a connection goes back to the pool: one more
+    round trip per statement, which nearly halved single-call enqueue. OmniQ leaves no
+    session state on pooled connections (its LISTEN is on a connection of its own, its
+    advisory lock is transaction-scoped, it never SETs or opens cursors), and asyncpg
+    still rolls back any open transaction before calling this hook.
+    """
+
+
 #: The errors that mean the server cannot be reached (as opposed to a refused statement).
 connection_errors: tuple[type[BaseException], ...] = (
     OSError,
@@ -113,6 +126,7 @@ class PostgresBackend(Backend):
                 self.dsn,
                 min_size=1,
                 max_size=_POOL_MAX,
+                reset=_keep_session,
                 server_settings={"application_name": self.application_name},
             )
         except asyncpg.InvalidCatalogNameError as exc:

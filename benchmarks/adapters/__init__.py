@@ -37,16 +37,33 @@ REGISTRY: dict[str, Entry] = {
         Entry("omniq", "omniq", _P + "omniq_adapter:OmniQAdapter", OMNIQ_BACKENDS),
         Entry("omniq-noevents", "omniq", _P + "omniq_adapter:OmniQNoEventsAdapter", OMNIQ_BACKENDS),
         Entry("arq", "arq", _P + "arq:ArqAdapter", ("redis",)),
-        Entry("saq", "saq", _P + "saq:SaqAdapter", ("redis",)),
+        Entry("saq", "saq", _P + "saq:SaqAdapter", ("redis", "postgres")),
         Entry("rq", "rq", _P + "rq:RqAdapter", ("redis",)),
         Entry("taskiq", "taskiq", _P + "taskiq:TaskiqStreamAdapter", ("redis",)),
         Entry("taskiq-list", "taskiq", _P + "taskiq:TaskiqListAdapter", ("redis",)),
         Entry("dramatiq", "dramatiq", _P + "dramatiq:DramatiqAdapter", ("redis",)),
         Entry("celery", "celery", _P + "celery:CeleryAdapter", ("redis",)),
         Entry("huey", "huey", _P + "huey:HueyAdapter", ("redis", "sqlite")),
+        Entry(
+            "procrastinate",
+            "procrastinate",
+            _P + "procrastinate:ProcrastinateAdapter",
+            ("postgres",),
+        ),
+        Entry("pgqueuer", "pgqueuer", _P + "pgqueuer:PgQueuerAdapter", ("postgres",)),
         Entry("arq-fastpoll", "arq", _P + "arq:ArqFastPollAdapter", ("redis",), variant=True),
         Entry("rq-simple", "rq", _P + "rq:RqSimpleWorkerAdapter", ("redis",), variant=True),
     )
 }
 
-PEER_LIBRARIES = ("arq", "saq", "rq", "taskiq", "dramatiq", "celery", "huey")
+PEER_LIBRARIES = (
+    "arq",
+    "saq",
+    "rq",
+    "taskiq",
+    "dramatiq",
+    "celery",
+    "huey",
+    "procrastinate",
+    "pgqueuer",
+)

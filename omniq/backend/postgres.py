@@ -292,9 +292,14 @@ class PostgresBackend(Backend):
                 future.set_result(None)
 
     def _on_result(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        for future in self._result_waiters.pop(str(payload), ()):
-            if not future.done():
-                future.set_result(None)
+        # The payload is the ids of a batch of stored results, one per line. (An id with a
+        # newline in it wakes nobody here; its waiter finds the result at its next look.)
+        if not self._result_waiters:
+            return
+        for task_id in str(payload).split("\n"):
+            for future in self._result_waiters.pop(task_id, ()):
+                if not future.done():
+                    future.set_result(None)
 
     def _on_listener_lost(self, _conn: object) -> None:
         # Whatever was notified while it was down is unknown: wake everyone to re-check.

@@ -188,12 +188,24 @@ ON CONFLICT (task_id) DO UPDATE SET expires_ts = EXCLUDED.expires_ts, data = EXC
 RETURNING task_id
 """
 
-# Results and acks in one statement; each stored result is announced (payload: task id).
+# Stored results are announced a few hundred at a time: one NOTIFY per chunk of ids joined
+# by newlines, each chunk under PostgreSQL's 8,000-byte payload limit (6,000 plus one id).
+# One NOTIFY per result cost the server a queue entry and every listener a message each.
+_ANNOUNCE = """
+SELECT pg_notify({channel}, string_agg(task_id, E'\\n'))
+FROM (
+    SELECT task_id, sum(octet_length(task_id) + 1) OVER (ROWS UNBOUNDED PRECEDING) / 6000 AS chunk
+    FROM put
+) AS stored
+GROUP BY chunk
+"""
+
+# Results and acks in one statement.
 _FINISH = f"""
 WITH put AS ({_PUT_RESULTS}), acked AS ({_ACK})
 SELECT id, worker, status FROM acked
 UNION ALL
-SELECT NULL, NULL, NULL FROM (SELECT pg_notify($8, task_id) FROM put) AS announced
+SELECT NULL, NULL, NULL FROM ({_ANNOUNCE.format(channel="$8")}) AS announced
 """.replace("$1::text[], $2::float8[], $3::bytea[]", "$5::text[], $6::float8[], $7::bytea[]", 1)
 
 _QUARANTINE = (
@@ -578,10 +590,10 @@ class AsyncPostgresResultStorage(_PostgresComponent, BaseResultStorage):
     """Task results on PostgreSQL; ``wait`` is woken by the ``NOTIFY`` of the write."""
 
     async def put_many(self, results: Sequence[TaskResult]) -> None:
-        """Store (or replace) results in one statement, announcing each."""
+        """Store (or replace) results in one statement, announcing them."""
         if not results:
             return
-        sql = self._q(f"WITH put AS ({_PUT_RESULTS}) SELECT pg_notify($4, task_id) FROM put")
+        sql = self._q(f"WITH put AS ({_PUT_RESULTS}) {_ANNOUNCE.format(channel='$4')}")
         db = await self._db()
         await db.execute("storing results", sql, *_result_arrays(results), db.results_channel)
 

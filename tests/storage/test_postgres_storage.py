@@ -333,3 +333,42 @@ async def test_result_wait_wakes_every_waiter_across_pools(
     await asyncio.sleep(0.1)
     await writer.result_storage().put(result)
     assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == [result] * 3
+
+
+async def test_a_batch_of_results_wakes_the_waiter_of_each(
+    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Results are announced many ids per notification, split under PostgreSQL's 8,000-byte
+    # payload limit: 300 long ids need several notifications, and each waiter, whichever
+    # notification carries its id, is woken by it (the backstop is out of reach).
+    monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
+    reader, writer = await make_backend(), await make_backend()
+    results = reader.result_storage()
+    await results.connect()
+    expires = utcnow() + timedelta(minutes=5)
+    batch = [make_result(f"{i:04d}-" + "x" * 60, expires_at=expires) for i in range(300)]
+    watched = [batch[0], batch[150], batch[-1]]
+    waiters = [asyncio.ensure_future(results.wait(r.task_id, 30.0)) for r in watched]
+    await asyncio.sleep(0.1)
+    await writer.result_storage().put_many(batch)
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == watched
+
+
+async def test_finishing_tasks_wakes_their_result_waiters(
+    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
+    reader, writer = await make_backend(), await make_backend()
+    results = reader.result_storage()
+    await results.connect()
+    queue, stored = writer.task_queue(), writer.result_storage()
+    tasks = [make_task() for _ in range(3)]
+    await queue.enqueue(tasks)
+    claimed = await queue.claim(["default"], "w", limit=3, lease_seconds=30, now=utcnow())
+    assert len(claimed) == 3
+    waiters = [asyncio.ensure_future(results.wait(t.id, 30.0)) for t in tasks]
+    await asyncio.sleep(0.1)
+    outcomes = [make_result(t.id) for t in tasks]
+    acks = [Ack(t.id, "w", TaskStatus.COMPLETE) for t in tasks]
+    assert await queue.finish_many(acks, outcomes, stored, now=utcnow()) == [True] * 3
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == outcomes

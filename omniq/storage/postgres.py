@@ -159,10 +159,14 @@ WITH new AS (
 SELECT pg_notify($17, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
 """
 
-_CLAIM = f"""
+# One queue (the usual worker) is matched with "=", so the claim is an ordered scan of
+# tasks_claim that stops after LIMIT rows. "= ANY(array)" cannot give PostgreSQL 15 that
+# order: it read and sorted every ready row of the queue on each claim (measured: 1.3 ms
+# per claim with 1,600 ready, growing with the backlog).
+_CLAIM_TEMPLATE = f"""
 WITH picked AS (
     SELECT seq FROM {{s}}.tasks
-    WHERE queue = ANY($1::text[]) AND ready_ts IS NOT NULL AND ready_ts <= $2
+    WHERE {{match}} AND ready_ts IS NOT NULL AND ready_ts <= $2
     ORDER BY priority DESC, due_ts, seq
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -173,6 +177,8 @@ SET status = 'running', worker_id = $4, lease_ts = $5, attempts = t.attempts + 1
 FROM picked WHERE t.seq = picked.seq
 RETURNING {", ".join("t." + c for c in _TASK_COLUMNS.split(", "))}
 """
+_CLAIM_ONE = _CLAIM_TEMPLATE.replace("{match}", "queue = $1::text")
+_CLAIM_ANY = _CLAIM_TEMPLATE.replace("{match}", "queue = ANY($1::text[])")
 
 _ACK = """
 UPDATE {s}.tasks AS t SET status = a.status, lease_ts = NULL, updated_ts = $4
@@ -322,11 +328,12 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         if limit <= 0 or not queues:
             return []
         now_ts = ts(now)
+        names = list(dict.fromkeys(queues))
         db = await self._db()
         rows = await db.fetch(
             "claiming tasks",
-            self._q(_CLAIM),
-            list(dict.fromkeys(queues)),
+            self._q(_CLAIM_ONE if len(names) == 1 else _CLAIM_ANY),
+            names[0] if len(names) == 1 else names,
             now_ts,
             limit,
             worker_id,

@@ -15,7 +15,7 @@ from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
 from omniq.backend.postgres import SCHEMA_VERSION, PostgresBackend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
-from omniq.models import EventType, TaskStatus, utcnow
+from omniq.models import EventType, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack
 from omniq.storage.postgres import (
     AsyncPostgresEventStorage,
@@ -320,17 +320,26 @@ async def test_dropped_connections_are_replaced_and_nothing_is_lost(
     await asyncio.wait_for(waiter, 5)
 
 
-async def test_result_wait_wakes_every_waiter_across_pools(
-    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Without its backstop a waiter can only be woken by the notification.
+async def _notified_waiters(
+    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch, task_ids: list[str]
+) -> tuple[Backend, list[asyncio.Future[TaskResult | None]]]:
+    """Waiters for ``task_ids`` on one backend, and another backend to store results on.
+
+    Without its backstop a waiter can only be woken by the notification."""
     monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
     reader, writer = await make_backend(), await make_backend()
     results = reader.result_storage()
     await results.connect()
+    waiters = [asyncio.ensure_future(results.wait(task_id, 30.0)) for task_id in task_ids]
+    await asyncio.sleep(0.1)  # they listen
+    return writer, waiters
+
+
+async def test_result_wait_wakes_every_waiter_across_pools(
+    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     result = make_result(expires_at=utcnow() + timedelta(minutes=5))
-    waiters = [asyncio.ensure_future(results.wait(result.task_id, 10.0)) for _ in range(3)]
-    await asyncio.sleep(0.1)
+    writer, waiters = await _notified_waiters(make_backend, monkeypatch, [result.task_id] * 3)
     await writer.result_storage().put(result)
     assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == [result] * 3
 
@@ -339,17 +348,14 @@ async def test_a_batch_of_results_wakes_the_waiter_of_each(
     make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Results are announced many ids per notification, split under PostgreSQL's 8,000-byte
-    # payload limit: 300 long ids need several notifications, and each waiter, whichever
-    # notification carries its id, is woken by it (the backstop is out of reach).
-    monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
-    reader, writer = await make_backend(), await make_backend()
-    results = reader.result_storage()
-    await results.connect()
+    # payload limit: 300 long ids need several notifications, and each waiter is woken by
+    # the one that carries its id.
     expires = utcnow() + timedelta(minutes=5)
     batch = [make_result(f"{i:04d}-" + "x" * 60, expires_at=expires) for i in range(300)]
     watched = [batch[0], batch[150], batch[-1]]
-    waiters = [asyncio.ensure_future(results.wait(r.task_id, 30.0)) for r in watched]
-    await asyncio.sleep(0.1)
+    writer, waiters = await _notified_waiters(
+        make_backend, monkeypatch, [r.task_id for r in watched]
+    )
     await writer.result_storage().put_many(batch)
     assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == watched
 
@@ -357,17 +363,12 @@ async def test_a_batch_of_results_wakes_the_waiter_of_each(
 async def test_finishing_tasks_wakes_their_result_waiters(
     make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
-    reader, writer = await make_backend(), await make_backend()
-    results = reader.result_storage()
-    await results.connect()
-    queue, stored = writer.task_queue(), writer.result_storage()
     tasks = [make_task() for _ in range(3)]
+    writer, waiters = await _notified_waiters(make_backend, monkeypatch, [t.id for t in tasks])
+    queue, stored = writer.task_queue(), writer.result_storage()
     await queue.enqueue(tasks)
     claimed = await queue.claim(["default"], "w", limit=3, lease_seconds=30, now=utcnow())
     assert len(claimed) == 3
-    waiters = [asyncio.ensure_future(results.wait(t.id, 30.0)) for t in tasks]
-    await asyncio.sleep(0.1)
     outcomes = [make_result(t.id) for t in tasks]
     acks = [Ack(t.id, "w", TaskStatus.COMPLETE) for t in tasks]
     assert await queue.finish_many(acks, outcomes, stored, now=utcnow()) == [True] * 3

@@ -35,6 +35,22 @@ def reset_database() -> None:
     asyncio.run(_reset())
 
 
+async def _server_version() -> str:
+    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def server_version() -> str:
+    """The server's ``server_version``, or ``unreachable`` (no event loop may be running)."""
+    try:
+        return asyncio.run(_server_version())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return "unreachable"
+
+
 async def database_bytes() -> int:
     """``pg_database_size`` of the benchmark database: tables, indexes and TOAST."""
     conn = await asyncpg.connect(POSTGRES_URL)

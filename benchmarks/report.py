@@ -148,27 +148,6 @@ def _read(path: str) -> str:
         return ""
 
 
-def _postgres_version() -> str:
-    """``server_version`` of the benchmark's PostgreSQL server, or why it is unknown."""
-    import asyncio
-
-    import asyncpg
-
-    from benchmarks.adapters.base import POSTGRES_SERVER
-
-    async def ask() -> str:
-        conn = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres", timeout=5)
-        try:
-            return str(await conn.fetchval("SHOW server_version"))
-        finally:
-            await conn.close()
-
-    try:
-        return asyncio.run(ask())
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return "unreachable"
-
-
 def machine(
     *,
     quick: bool,
@@ -205,7 +184,9 @@ def machine(
         client.close()
     except redis.RedisError:
         redis_version = "unreachable"
-    postgres_version = _postgres_version()
+    from benchmarks import pg
+
+    postgres_version = pg.server_version()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu": model,

@@ -21,8 +21,7 @@ class ProcrastinateAdapter(Adapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._app: Any = None
-        self._tasks: dict[str, Any] = {}
+        self._module: Any = None
 
     def worker_setting(self, concurrency: int) -> str:
         """Concurrency, the wake-up mechanism and the pool ceiling the app applies."""
@@ -38,36 +37,31 @@ class ProcrastinateAdapter(Adapter):
         """Open the app's pool and install procrastinate's schema in the fresh database."""
         from benchmarks.apps import procrastinate_app
 
-        self._app = procrastinate_app.app
-        self._tasks = {
-            "noop": procrastinate_app.noop,
-            "drain": procrastinate_app.drain,
-            "latency": procrastinate_app.latency,
-            "sleep": procrastinate_app.sleep,
-        }
-        await self._app.open_async()
+        self._module = procrastinate_app
+        await procrastinate_app.app.open_async()
         # The harness hands every repetition an empty database, and procrastinate does not
         # create its tables on connect (unlike SAQ): apply the bundled schema once here.
-        await self._app.schema_manager.apply_schema_async()
+        await procrastinate_app.app.schema_manager.apply_schema_async()
 
     async def close(self) -> None:
         """Close the app's pool."""
-        if self._app is not None:
-            await self._app.close_async()
+        if self._module is not None:
+            await self._module.app.close_async()
 
     async def aenqueue(self, kind: str, index: int = 0) -> None:
         """``task.defer_async(**kwargs)``: one statement; a row trigger sends the NOTIFY."""
+        task = getattr(self._module, kind)
         if kind == "latency":
-            await self._tasks["latency"].defer_async(index=index)
+            await task.defer_async(index=index)
         else:
-            await self._tasks[kind].defer_async()
+            await task.defer_async()
 
     async def aenqueue_bulk(self, kind: str, count: int) -> None:
         """``task.batch_defer_async(*kwargs)``: one multi-row INSERT for the whole batch.
 
         (procrastinate_defer_jobs_v1 runs ``INSERT ... SELECT FROM unnest(jobs)``.)
         """
-        task = self._tasks[kind]
+        task = getattr(self._module, kind)
         if kind == "latency":
             await task.batch_defer_async(*({"index": i} for i in range(count)))
         else:

@@ -337,11 +337,12 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
             return []
         now_ts = ts(now)
         names = list(dict.fromkeys(queues))
+        one = len(names) == 1
         db = await self._db()
         rows = await db.fetch(
             "claiming tasks",
-            self._q(_CLAIM_ONE if len(names) == 1 else _CLAIM_ANY),
-            names[0] if len(names) == 1 else names,
+            self._q(_CLAIM_ONE if one else _CLAIM_ANY),
+            names[0] if one else names,
             now_ts,
             limit,
             worker_id,

@@ -75,6 +75,15 @@ connection_errors: tuple[type[BaseException], ...] = (
 )
 
 
+async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Hand ``conn`` back to ``pool``; a connection that cannot go back is closed."""
+    try:
+        await pool.release(conn)
+    except Exception as exc:  # broken, or the pool is closing: it is dropped either way
+        logger.debug("postgres: releasing a connection: %s", exc)
+        conn.terminate()
+
+
 def _schema_name(namespace: str) -> str:
     if not _NAMESPACE_RE.match(namespace):
         raise ConfigError(
@@ -108,6 +117,9 @@ class PostgresBackend(Backend):
         self.application_name = f"omniq:{self.namespace}"
         self._where = redact_url(dsn)
         self._pool: asyncpg.Pool | None = None
+        # One pooled connection kept out of the pool for single statements (see _run).
+        self._held: asyncpg.Connection | None = None
+        self._held_busy = False
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
         self._opening: asyncio.Future[bool] | None = None
@@ -148,6 +160,9 @@ class PostgresBackend(Backend):
         opening, self._opening = self._opening, None
         if opening is not None and not opening.done():
             await asyncio.wait({opening}, timeout=10)  # it sees the pool gone and closes
+        held, self._held = self._held, None
+        if held is not None and pool is not None and not self._held_busy:
+            await _release(pool, held)  # in use: its user hands it back (see _on_held)
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
             try:
@@ -166,8 +181,11 @@ class PostgresBackend(Backend):
             raise StorageConnectionError(f"postgres: {doing}: {self._where} is not connected")
         return self._pool
 
-    async def _run(self, doing: str, op: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-        """``op(pool)`` with database errors as OmniQ errors naming what was being done.
+    async def _run(
+        self, doing: str, op: Callable[[asyncpg.Pool | asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """``op(pool or connection)`` with database errors as OmniQ errors naming what
+        was being done.
 
         A connection error is retried on a fresh connection for about a second and a
         half (a server restart drops every pooled connection at once). Every statement
@@ -177,7 +195,10 @@ class PostgresBackend(Backend):
         """
         for delay in _RETRY_DELAYS:
             try:
-                return await op(self._ready_pool(doing))
+                pool = self._ready_pool(doing)
+                if self._held_busy:
+                    return await op(pool)
+                return await self._on_held(pool, op)
             except connection_errors as exc:
                 if delay is None or self._pool is None:
                     raise StorageConnectionError(f"postgres: {doing}: {exc}") from exc
@@ -186,6 +207,38 @@ class PostgresBackend(Backend):
             except asyncpg.PostgresError as exc:
                 raise StorageError(f"postgres: {doing}: {exc}") from exc
         raise AssertionError("unreachable")  # the last delay is None
+
+    async def _on_held(
+        self, pool: asyncpg.Pool, op: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """``op`` on the held connection.
+
+        A statement through the pool pays for an acquire and a release (a task and
+        several turns of the event loop): a third of the client's time in a single-call
+        enqueue. The held connection skips both for one statement at a time; statements
+        that overlap it go through the pool. After any error, or a cancellation, it goes
+        back to the pool (which cleans it up or replaces it) and a later statement takes
+        another.
+        """
+        self._held_busy = True
+        held = self._held
+        try:
+            if held is None:
+                held = await pool.acquire()
+            result = await op(held)
+        except BaseException:
+            self._held = None
+            if held is not None:
+                await _release(pool, held)
+            raise
+        finally:
+            self._held_busy = False
+        if self._pool is pool:
+            self._held = held
+        else:  # the bundle closed meanwhile
+            self._held = None
+            await _release(pool, held)
+        return result
 
     async def fetch(self, doing: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         """Rows of one statement (its own transaction)."""
@@ -209,9 +262,12 @@ class PostgresBackend(Backend):
     async def transaction(self, doing: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``fn(conn)`` in one transaction on a pooled connection."""
 
-        async def run(pool: asyncpg.Pool) -> T:
-            async with pool.acquire() as conn, conn.transaction():
-                return await fn(conn)
+        async def run(db: asyncpg.Pool | asyncpg.Connection) -> T:
+            if isinstance(db, asyncpg.Pool):
+                async with db.acquire() as conn, conn.transaction():
+                    return await fn(conn)
+            async with db.transaction():
+                return await fn(db)
 
         return await self._run(doing, run)
 

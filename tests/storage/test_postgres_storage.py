@@ -320,6 +320,29 @@ async def test_dropped_connections_are_replaced_and_nothing_is_lost(
     await asyncio.wait_for(waiter, 5)
 
 
+async def test_a_cancelled_statement_leaves_the_connections_usable(
+    backend: PostgresBackend, sql: asyncpg.Connection
+) -> None:
+    # The first statement runs on the connection the bundle holds for single statements.
+    slow = asyncio.ensure_future(backend.fetchval("sleeping", "SELECT pg_sleep(30)"))
+    await asyncio.sleep(0.3)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    # Statements at once: one on the held connection, the others through the pool.
+    queue = backend.task_queue()
+    tasks = [make_task() for _ in range(20)]
+    stored = await asyncio.gather(*(queue.enqueue([task]) for task in tasks))
+    assert stored == [[task.id] for task in tasks]
+    assert await queue.stats() == {"default": {"pending": 20}}
+    sleeping = await sql.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+        "AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+        backend.application_name,
+    )
+    assert sleeping == 0
+
+
 async def _notified_waiters(
     make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch, task_ids: list[str]
 ) -> tuple[Backend, list[asyncio.Future[TaskResult | None]]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import operator
 import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -159,6 +160,28 @@ WITH new AS (
 SELECT pg_notify($17, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
 """
 
+# The same, for a batch whose tasks differ only in id and data (enqueue_many, and any single
+# task without dependencies): the shared columns go once, as scalars, and the events once
+# for the batch, their records without the task id (the row's task_id holds it; readers
+# put it back). asyncpg encodes an array element by element, with a few abstract-class
+# checks each: for 1,000 tasks, 2 arrays of 1,000 instead of 16 halve the client's work.
+_ENQUEUE_UNIFORM = """
+WITH new AS (
+    INSERT INTO {s}.tasks (id, queue, status, priority, due_ts, lease_ts, worker_id,
+                            attempts, has_deps, updated_ts, data)
+    SELECT t.id, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, t.data
+    FROM unnest($1::text[], $2::bytea[]) AS t(id, data)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), logged AS (
+    INSERT INTO {s}.events (task_id, ts, data)
+    SELECT new.id, e.ts, e.data
+    FROM unnest($11::float8[], $12::bytea[]) WITH ORDINALITY AS e(ts, data, n), new
+    ORDER BY e.n
+)
+SELECT pg_notify($13, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
+"""
+
 # A claim should be an ordered scan of tasks_claim that stops after LIMIT rows. The
 # planner took another path whenever tasks_ready looked cheaper: a bitmap scan of every
 # ready row of the queue, then a sort, per claim (9 ms with 10,000 ready against 0.3 ms;
@@ -249,6 +272,54 @@ def _task_arrays(tasks: Sequence[Task]) -> builtins.list[builtins.list[Any]]:
     return columns
 
 
+# What tasks of a uniform batch share (compared as objects: the tasks of an enqueue_many are
+# copies of one, so the comparison mostly meets the same objects), and what their events
+# share besides the task id.
+_shared_fields = operator.attrgetter(
+    "queue", "status", "priority", "due_at", "created_at", "lease_expires_at", "worker_id",
+    "attempts", "updated_at", "depends_on",
+)  # fmt: skip
+_event_fields = operator.attrgetter(
+    "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
+)
+
+
+def _uniform_args(
+    tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
+) -> tuple[Any, ...] | None:
+    """The arguments of _ENQUEUE_UNIFORM but its channel, or None when the tasks differ in
+    more than id and data, or have dependencies, or their events differ in more than
+    the task id."""
+    head = tasks[0]
+    if head.depends_on:
+        return None
+    shared = _shared_fields(head)
+    if any(_shared_fields(task) != shared for task in tasks[1:]):
+        return None
+    records: builtins.list[TaskEvent] = []
+    if events:
+        head_events = [_event_fields(event) for event in events[0]]
+        if any([_event_fields(event) for event in logged] != head_events for logged in events[1:]):
+            return None
+        records = [msgspec.structs.replace(event, task_id="") for event in events[0]]
+    lease = head.lease_expires_at
+    encode = _ENCODER.encode
+    return (
+        [task.id for task in tasks],
+        [encode(task) for task in tasks],
+        head.queue,
+        head.status.value,
+        head.priority,
+        ts(head.due_at or head.created_at),
+        None if lease is None else ts(lease),
+        head.worker_id,
+        head.attempts,
+        ts(head.updated_at or head.created_at),
+        [ts(record.timestamp) for record in records],
+        [encode(record) for record in records],
+    )
+
+
 class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
     """The task queue on PostgreSQL.
 
@@ -299,6 +370,11 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         for index, task in enumerate(tasks):
             first.setdefault(task.id, index)
         unique = [tasks[index] for index in first.values()]
+        logged = [events[index] for index in first.values()] if events else None
+        uniform = _uniform_args(unique, logged)
+        if uniform is not None:
+            await db.execute("enqueueing", self._q(_ENQUEUE_UNIFORM), *uniform, db.work_channel)
+            return [task.id for task in tasks]
         arrays = _task_arrays(unique)
         parents = [dep for task in unique for dep in task.depends_on]
         children = [task.id for task in unique for _ in task.depends_on]
@@ -689,11 +765,15 @@ class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
         events = []
         for event_id, data in await db.fetch("reading events", sql, task_id):
             try:
-                events.append(_EVENT_DECODER.decode(data))
+                event = _EVENT_DECODER.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise StorageError(
                     f"postgres: event {event_id} of task {task_id} is corrupt"
                 ) from exc
+            # An enqueue logs its events without the task id (see _ENQUEUE_UNIFORM).
+            events.append(
+                event if event.task_id else msgspec.structs.replace(event, task_id=task_id)
+            )
         return events
 
     async def delete_before(self, before: datetime) -> int:

@@ -15,7 +15,7 @@ from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
 from omniq.backend.postgres import SCHEMA_VERSION, PostgresBackend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
-from omniq.models import EventType, TaskResult, TaskStatus, utcnow
+from omniq.models import EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack
 from omniq.storage.postgres import (
     AsyncPostgresEventStorage,
@@ -220,9 +220,69 @@ async def test_events_ride_in_the_enqueue_statement(backend: PostgresBackend) ->
         [*tasks, extra], [*logged, [make_event(extra.id, EventType.ENQUEUED)]], events
     )
     assert [len(await events.get(t.id)) for t in [*tasks, extra]] == [1, 1, 1, 1]
+    for task in [*tasks, extra]:
+        [event] = await events.get(task.id)
+        assert (event.task_id, event.event_type, event.queue) == (
+            task.id,
+            EventType.ENQUEUED,
+            task.queue,
+        )
     # Another pool on the same schema cannot share the enqueue's statement.
     other = PostgresBackend(POSTGRES_URL, None, namespace=backend.namespace)
     assert not queue.writes_events(other.event_storage())
+
+
+async def test_a_uniform_batch_stores_each_task_and_event_under_its_own_id(
+    backend: PostgresBackend, sql: asyncpg.Connection
+) -> None:
+    """Tasks that differ only in id and data (enqueue_many's) go with their shared columns
+    and events sent once; what is read back is the same as for any other batch."""
+    queue, events = backend.task_queue(), backend.event_storage()
+    await events.connect()
+    now = utcnow()
+    due = now + timedelta(hours=1)
+
+    def batch(count: int, **fields: object) -> list[Task]:
+        return [
+            make_task(payload=bytes([n]), created_at=now, due_at=due, priority=3, **fields)
+            for n in range(count)
+        ]
+
+    def logged(tasks: list[Task]) -> list[list[TaskEvent]]:
+        return [
+            [
+                make_event(t.id, EventType.ENQUEUED, timestamp=now, queue=t.queue),
+                make_event(t.id, EventType.SCHEDULED, timestamp=now, queue=t.queue),
+            ]
+            for t in tasks
+        ]
+
+    uniform = batch(3, queue="mail")
+    await queue.enqueue_logged(uniform, logged(uniform), events)
+    # Again with one new task: only the new one is stored and logged.
+    [extra] = batch(1, queue="mail")
+    await queue.enqueue_logged([*uniform, extra], logged([*uniform, extra]), events)
+    mixed = [*batch(1, queue="mail"), *batch(1, queue="sms")]  # differ in queue: not uniform
+    await queue.enqueue_logged(mixed, logged(mixed), events)
+
+    for task in [*uniform, extra, *mixed]:
+        stored = await queue.get(task.id)
+        assert stored is not None
+        assert (stored.payload, stored.queue, stored.priority, stored.status, stored.due_at) == (
+            task.payload,
+            task.queue,
+            3,
+            TaskStatus.PENDING,
+            due,
+        )
+        assert [(e.task_id, e.event_type, e.queue) for e in await events.get(task.id)] == [
+            (task.id, EventType.ENQUEUED, task.queue),
+            (task.id, EventType.SCHEDULED, task.queue),
+        ]
+    # The uniform batches logged one record for all their tasks (the row holds the id).
+    records = await sql.fetch(f"SELECT task_id, data FROM {backend.schema}.events")
+    bare = {row[0] for row in records if b"task_id\xa0" in row[1]}
+    assert bare == {t.id for t in [*uniform, extra]}
 
 
 async def test_results_and_acks_finish_in_one_statement(backend: PostgresBackend) -> None:

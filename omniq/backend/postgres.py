@@ -40,8 +40,10 @@ logger = logging.getLogger("omniq")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
 _SQL_DIR = resources.files("omniq.storage").joinpath("sql", "postgres")
+# (version, file): each file takes the schema from the version before to its own.
+_MIGRATIONS = ((1, "0001_initial.sql"), (2, "0002_lean_event_log.sql"))
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
 # A schema name must fit PostgreSQL's 63-byte identifiers with room for the channel names.
 _NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,47}$")
 _POOL_MAX = 10
@@ -273,9 +275,9 @@ class PostgresBackend(Backend):
 
     async def _migrate(self) -> None:
         """Create the schema and its tables, or bring them up to date, once per database:
-        concurrent first connects queue on an advisory lock."""
+        concurrent first connects queue on an advisory lock. Each migration file runs in
+        order, in the one transaction, and records its version."""
         schema = self.schema
-        initial = _SQL_DIR.joinpath("0001_initial.sql").read_text(encoding="utf-8")
 
         async def migrate(conn: asyncpg.Connection) -> None:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.work_channel)
@@ -285,15 +287,16 @@ class PostgresBackend(Backend):
                 "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             )
             version = await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version")
-            if version is None:
-                await conn.execute(initial.replace("{schema}", schema))
-                await conn.execute(
-                    f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", SCHEMA_VERSION
-                )
-            elif version > SCHEMA_VERSION:
+            if version is not None and version > SCHEMA_VERSION:
                 raise StorageError(
                     f"postgres: schema {self.namespace} is at version {version}, newer than "
                     f"this OmniQ knows ({SCHEMA_VERSION}): upgrade OmniQ"
+                )
+            for number, name in _MIGRATIONS[version or 0 : SCHEMA_VERSION]:
+                script = _SQL_DIR.joinpath(name).read_text(encoding="utf-8")
+                await conn.execute(script.replace("{schema}", schema))
+                await conn.execute(
+                    f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", number
                 )
 
         await self.transaction(f"creating schema {self.namespace}", migrate)

@@ -141,7 +141,7 @@ async def test_concurrent_first_connects_migrate_once(schema: str, sql: asyncpg.
     await asyncio.gather(*(backend.connect() for backend in backends))
     try:
         versions = await sql.fetch(f'SELECT version FROM "{schema}".schema_version')
-        assert [row[0] for row in versions] == [SCHEMA_VERSION]
+        assert [row[0] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
     finally:
         await asyncio.gather(*(backend.close() for backend in backends))
 
@@ -152,6 +152,54 @@ async def test_newer_schema_is_refused(schema: str, sql: asyncpg.Connection) -> 
     await sql.execute(f'INSERT INTO "{schema}".schema_version (version) VALUES (99)')
     with pytest.raises(StorageError, match="version 99"):
         await AsyncPostgresQueue(POSTGRES_URL, namespace=schema).connect()
+
+
+async def test_a_version_1_schema_is_upgraded_and_keeps_its_data(
+    schema: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{POSTGRES_URL}?namespace={schema}"
+    with monkeypatch.context() as patch:
+        patch.setattr("omniq.backend.postgres.SCHEMA_VERSION", 1)
+        old = PostgresBackend(url, None)
+        await old.connect()
+        queue, events = old.task_queue(), old.event_storage()
+        tasks = [make_task() for _ in range(3)]
+        await queue.enqueue_logged(
+            tasks, [[make_event(t.id, EventType.ENQUEUED)] for t in tasks], events
+        )
+        while old._refs:  # the components connected on first use
+            await old.close()
+    assert await sql.fetchval(f'SELECT max(version) FROM "{schema}".schema_version') == 1
+    assert await sql.fetchval(f"SELECT to_regclass('\"{schema}\".events_pkey')") is not None
+
+    new = PostgresBackend(url, None)
+    await new.connect()
+    try:
+        versions = await sql.fetch(f'SELECT version FROM "{schema}".schema_version')
+        assert [row[0] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
+        indexes = dict(
+            await sql.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 "
+                "AND tablename = 'events'",
+                schema,
+            )
+        )
+        assert set(indexes) == {"events_task", "events_ts"}
+        assert "USING brin" in indexes["events_ts"]
+        queue, events = new.task_queue(), new.event_storage()
+        assert [t.id for t in await queue.get_many([t.id for t in tasks])] == [
+            t.id for t in tasks
+        ]
+        for task in tasks:
+            [event] = await events.get(task.id)
+            assert (event.task_id, event.event_type) == (task.id, EventType.ENQUEUED)
+        # The upgraded log takes new events, and time-based cleanup still finds the old.
+        await events.append([make_event(tasks[0].id, EventType.EXECUTING)])
+        assert len(await events.get(tasks[0].id)) == 2
+        assert await events.delete_before(utcnow() + timedelta(seconds=1)) == 4
+    finally:
+        while new._refs:
+            await new.close()
 
 
 def test_two_processes_migrate_a_fresh_schema_at_once(schema: str) -> None:

@@ -187,9 +187,7 @@ async def test_a_version_1_schema_is_upgraded_and_keeps_its_data(
         assert set(indexes) == {"events_task", "events_ts"}
         assert "USING brin" in indexes["events_ts"]
         queue, events = new.task_queue(), new.event_storage()
-        assert [t.id for t in await queue.get_many([t.id for t in tasks])] == [
-            t.id for t in tasks
-        ]
+        assert [t.id for t in await queue.get_many([t.id for t in tasks])] == [t.id for t in tasks]
         for task in tasks:
             [event] = await events.get(task.id)
             assert (event.task_id, event.event_type) == (task.id, EventType.ENQUEUED)

@@ -169,17 +169,17 @@ _ENQUEUE_UNIFORM = """
 WITH new AS (
     INSERT INTO {s}.tasks (id, queue, status, priority, due_ts, lease_ts, worker_id,
                             attempts, has_deps, updated_ts, data)
-    SELECT t.id, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, t.data
+    SELECT t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, t.data
     FROM unnest($1::text[], $2::bytea[]) AS t(id, data)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), logged AS (
     INSERT INTO {s}.events (task_id, ts, data)
     SELECT new.id, e.ts, e.data
-    FROM unnest($11::float8[], $12::bytea[]) WITH ORDINALITY AS e(ts, data, n), new
+    FROM unnest($12::float8[], $13::bytea[]) WITH ORDINALITY AS e(ts, data, n), new
     ORDER BY e.n
 )
-SELECT pg_notify($13, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
+SELECT pg_notify($14, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
 """
 
 # A claim should be an ordered scan of tasks_claim that stops after LIMIT rows. The
@@ -250,25 +250,28 @@ _QUARANTINE = (
 )
 
 
+def _task_row(task: Task) -> tuple[Any, ...]:
+    """A task's columns in the enqueue statements' order, all but its data."""
+    lease = task.lease_expires_at
+    return (
+        task.id,
+        task.queue,
+        task.status.value,
+        task.priority,
+        ts(task.due_at or task.created_at),
+        None if lease is None else ts(lease),
+        task.worker_id,
+        task.attempts,
+        bool(task.depends_on),
+        ts(task.updated_at or task.created_at),
+    )
+
+
 def _task_arrays(tasks: Sequence[Task]) -> builtins.list[builtins.list[Any]]:
     """The column arrays of the enqueue statement ($1..$11) for ``tasks``."""
-    columns: builtins.list[builtins.list[Any]] = [[] for _ in range(11)]
-    (ids, queues, statuses, priorities, dues, leases, workers, attempts, deps, updated, data) = (
-        columns
-    )
     encode = _ENCODER.encode
-    for task in tasks:
-        ids.append(task.id)
-        queues.append(task.queue)
-        statuses.append(task.status.value)
-        priorities.append(task.priority)
-        dues.append(ts(task.due_at or task.created_at))
-        leases.append(None if task.lease_expires_at is None else ts(task.lease_expires_at))
-        workers.append(task.worker_id)
-        attempts.append(task.attempts)
-        deps.append(bool(task.depends_on))
-        updated.append(ts(task.updated_at or task.created_at))
-        data.append(encode(task))
+    columns = [list(column) for column in zip(*map(_task_row, tasks), strict=True)]
+    columns.append([encode(task) for task in tasks])
     return columns
 
 
@@ -302,19 +305,11 @@ def _uniform_args(
         if any([_event_fields(event) for event in logged] != head_events for logged in events[1:]):
             return None
         records = [msgspec.structs.replace(event, task_id="") for event in events[0]]
-    lease = head.lease_expires_at
     encode = _ENCODER.encode
     return (
         [task.id for task in tasks],
         [encode(task) for task in tasks],
-        head.queue,
-        head.status.value,
-        head.priority,
-        ts(head.due_at or head.created_at),
-        None if lease is None else ts(lease),
-        head.worker_id,
-        head.attempts,
-        ts(head.updated_at or head.created_at),
+        *_task_row(head)[1:],
         [ts(record.timestamp) for record in records],
         [encode(record) for record in records],
     )

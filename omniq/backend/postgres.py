@@ -3,6 +3,9 @@
 ``postgresql://user@host:port/db`` (``postgres://`` too). Every table lives in a schema
 named after ``settings.namespace`` (default ``omniq``; a ``?namespace=name`` in the URL
 wins), created with its tables on first connect, so applications share a database safely.
+``?pool_size=N`` sets how many connections the bundle's pool may open (default 10, at
+least 2: one is held for single statements while the others serve transactions and
+overlapping statements).
 
 Workers are woken by ``LISTEN``/``NOTIFY``: enqueueing notifies ``omniq:{namespace}:work``
 in the same transaction, and storing a result notifies ``omniq:{namespace}:results`` with
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from omniq._urls import redact_url, split_namespace
+from omniq._urls import redact_url, split_namespace, split_option
 from omniq.backend.base import Backend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
         AsyncPostgresScheduleStorage,
     )
 
-__all__ = ["SCHEMA_VERSION", "PostgresBackend", "connection_errors"]
+__all__ = ["POOL_SIZE", "SCHEMA_VERSION", "PostgresBackend", "connection_errors"]
 
 logger = logging.getLogger("omniq")
 
@@ -46,7 +49,7 @@ _MIGRATIONS = ((1, "0001_initial.sql"), (2, "0002_lean_event_log.sql"))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 # A schema name must fit PostgreSQL's 63-byte identifiers with room for the channel names.
 _NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,47}$")
-_POOL_MAX = 10
+POOL_SIZE = 10
 # Pauses between tries of a statement that met a dropped connection (None: give up).
 _RETRY_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, None)
 
@@ -86,6 +89,21 @@ async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
         conn.terminate()
 
 
+def _pool_size(value: str | None) -> int:
+    if value is None:
+        return POOL_SIZE
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 2:
+        raise ConfigError(
+            f"pool_size={value!r}: expected a whole number of connections, at least 2 "
+            "(one is held for single statements, the rest serve transactions)"
+        )
+    return size
+
+
 def _schema_name(namespace: str) -> str:
     if not _NAMESPACE_RE.match(namespace):
         raise ConfigError(
@@ -108,8 +126,11 @@ class PostgresBackend(Backend):
     def __init__(self, url: str, settings: Any, *, namespace: str | None = None) -> None:
         super().__init__(url, settings)
         dsn, url_namespace = split_namespace(url)
+        dsn, url_pool_size = split_option(dsn, "pool_size")
         namespace = url_namespace or namespace or getattr(settings, "namespace", None) or "omniq"
         self.dsn = dsn
+        #: The most connections the pool opens (``?pool_size=`` in the URL).
+        self.pool_size = _pool_size(url_pool_size)
         self.namespace = _schema_name(namespace)
         #: The quoted schema name, ready to prefix table names in SQL.
         self.schema = '"' + self.namespace + '"'
@@ -139,7 +160,7 @@ class PostgresBackend(Backend):
             self._pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=1,
-                max_size=_POOL_MAX,
+                max_size=self.pool_size,
                 reset=_keep_session,
                 server_settings={"application_name": self.application_name},
             )

@@ -121,6 +121,35 @@ def test_bad_namespace_is_a_config_error(bad: str) -> None:
         PostgresBackend(POSTGRES_URL, None, namespace=bad)
 
 
+async def _sessions_under_load(url: str, schema: str, sql: asyncpg.Connection) -> int:
+    """How many sessions a queue on ``url`` keeps open after 30 overlapping reads."""
+    async with AsyncPostgresQueue(url) as queue:
+        await queue.enqueue([make_task("t1")])
+        await asyncio.gather(*(queue.stats() for _ in range(30)))
+        count: int = await sql.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            f"omniq:{schema}",
+        )
+    return count
+
+
+async def test_url_pool_size_caps_the_connections_and_is_not_sent_to_the_server(
+    schema: str, sql: asyncpg.Connection
+) -> None:
+    default = await _sessions_under_load(f"{POSTGRES_URL}?namespace={schema}", schema, sql)
+    capped = await _sessions_under_load(
+        f"{POSTGRES_URL}?pool_size=3&namespace={schema}", schema, sql
+    )
+    assert 3 < default <= 10  # the default pool does open more under this load
+    assert 2 <= capped <= 3
+
+
+@pytest.mark.parametrize("bad", ["1", "0", "-4", "ten", ""])
+def test_bad_pool_size_is_a_config_error_naming_it(bad: str) -> None:
+    with pytest.raises(ConfigError, match="pool_size"):
+        PostgresBackend(f"{POSTGRES_URL}?pool_size={bad}", None)
+
+
 async def test_namespaces_do_not_see_each_other(schema: str) -> None:
     other = unique_name("omniqtest")
     try:

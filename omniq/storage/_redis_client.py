@@ -67,6 +67,7 @@ _SCRIPT_NAMES = (
     "delete_finished",
     "delete_results",
     "delete_events",
+    "events_get",
     "schedule_put",
     "schedule_get",
     "schedule_delete",

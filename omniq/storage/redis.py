@@ -23,8 +23,9 @@ key                                type    holds
                                            ``a`` attempts, ``w`` worker, ``l`` lease expiry,
                                            ``due``, ``u`` updated; plus ``q`` queue, ``p``
                                            priority, ``seq`` enqueue order, ``m`` ready-set
-                                           member, ``x`` has dependencies (a field that
-                                           would be empty is left out, and read as empty).
+                                           member, ``x`` has dependencies, ``eb`` its
+                                           enqueue's event group (a field that would be
+                                           empty is left out, and read as empty).
                                            Every value under 64 bytes keeps the hash a
                                            compact listpack: a queued task with events off
                                            takes about 760 bytes in all, about twice that
@@ -48,6 +49,12 @@ key                                type    holds
 ``e:{id}``                         list    a task's events, each ``{timestamp:016}`` +
                                            msgpack
 ``events``                         zset    task ids by their oldest event (``delete_before``)
+``eb:{n}``                         hash    events an enqueue logged for a group of tasks
+                                           (``1``, ``2``… items as in ``e:{id}`` without
+                                           the task id; ``n`` how many tasks point at it
+                                           by their hash's ``eb`` field); a task's own
+                                           list takes them over when the task is deleted
+``events:b``                       zset    those groups by their oldest event
 ``s:{id}``                         hash    a schedule: ``d`` msgpack, ``v`` version
 ``schedules``                      zset    schedule ids (score 0: by id)
 ``schedules:due``                  zset    unpaused schedules by ``next_run_at``
@@ -75,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import operator
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -298,10 +306,31 @@ def _event_item(event: TaskEvent) -> bytes:
     return b"%016d" % max(_us(event.timestamp), 0) + _ENCODER.encode(event)
 
 
-def _add_event_items(args: builtins.list[Any], events: Sequence[TaskEvent]) -> None:
-    """The events part of a task's ``enqueue.lua`` arguments: a count, then the items."""
-    args.append(len(events))
-    args += [_event_item(event) for event in events]
+#: What tells a task's events from another's, apart from its id (see ``_event_groups``).
+_EVENT_KEY = operator.attrgetter(
+    "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
+)
+
+
+class _EventGroups:
+    """The events of one ``enqueue.lua`` call, stored once per group of tasks that log the
+    same events apart from their ids (every task of a plain bulk enqueue: one group)."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[tuple[Any, ...], int] = {}
+        self.args: builtins.list[Any] = []
+
+    def number(self, events: Sequence[TaskEvent]) -> int:
+        """The group of a task that logs ``events`` (0: none), added when new."""
+        if not events:
+            return 0
+        key = tuple(map(_EVENT_KEY, events))
+        found = self.numbers.get(key)
+        if found is None:
+            found = self.numbers[key] = len(self.numbers) + 1
+            self.args.append(len(events))
+            self.args += [_event_item(msgspec.structs.replace(e, task_id="")) for e in events]
+        return found
 
 
 def _parse_dependents(flat: Sequence[Any]) -> dict[str, builtins.list[Task]]:
@@ -369,7 +398,8 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         def calls() -> Iterator[builtins.list[Any]]:
             for start in range(0, len(tasks), _ENQUEUE_CHUNK):
                 chunk = tasks[start : start + _ENQUEUE_CHUNK]
-                args: builtins.list[Any] = [now, len(chunk)]
+                args: builtins.list[Any] = []
+                groups = _EventGroups()
                 last: tuple[Any, ...] = ()
                 for offset, task in enumerate(chunk):
                     shared = _shared_args(task)
@@ -379,8 +409,8 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                         args += (len(shared), *shared)
                         last = shared
                     _own_args(task, args)
-                    _add_event_items(args, events[start + offset] if events else ())
-                yield args
+                    args.append(groups.number(events[start + offset]) if events else 0)
+                yield [now, len(chunk), len(groups.numbers), *groups.args, *args]
 
         if len(tasks) == 1:
             await client.script("enqueue", *next(calls()))
@@ -760,7 +790,8 @@ class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
 
 
 class AsyncRedisEventStorage(_RedisComponent, BaseEventStorage):
-    """The task event log on Redis: one list per task, indexed by its oldest event."""
+    """The task event log on Redis: one list per task, indexed by its oldest event, plus
+    the events an enqueue on the same client stored once for a group of its tasks."""
 
     async def append(self, events: Sequence[TaskEvent]) -> None:
         """Append events atomically (``MULTI``/``EXEC``, one round trip)."""
@@ -794,12 +825,18 @@ class AsyncRedisEventStorage(_RedisComponent, BaseEventStorage):
     async def get(self, task_id: str) -> builtins.list[TaskEvent]:
         """The task's events, oldest first."""
         client = await self._client()
-        items = await client.call("LRANGE", f"{self._prefix}e:{task_id}", 0, -1)
+        grouped, own = await client.script("events_get", task_id)
         try:
-            events = [_EVENT_DECODER.decode(memoryview(item)[16:]) for item in items]
+            events = [_EVENT_DECODER.decode(memoryview(item)[16:]) for item in grouped + own]
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StorageError(f"redis: events of task {task_id} are corrupt: {exc}") from exc
+        # Events an enqueue stored for a group of tasks leave the id out.
+        events = [
+            event if event.task_id else msgspec.structs.replace(event, task_id=task_id)
+            for event in events
+        ]
         # Lists keep append order; concurrent writers may append slightly out of time order.
+        # The sort is stable: events of one time keep the order they were logged in.
         events.sort(key=lambda event: event.timestamp)
         return events
 

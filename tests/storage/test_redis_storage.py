@@ -24,7 +24,7 @@ from omniq.backend import backend_for_url
 from omniq.backend.redis import RedisBackend
 from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
-from omniq.models import EventType, Task, TaskStatus, utcnow
+from omniq.models import EventType, Task, TaskEvent, TaskStatus, utcnow
 from omniq.storage.base import Ack
 from omniq.storage.redis import (
     AsyncRedisEventStorage,
@@ -289,7 +289,87 @@ async def test_a_batch_cut_by_a_lost_connection_is_sent_again_without_duplicates
     # The calls that had run were sent again and left their tasks (and events) alone.
     for task in (tasks[0], tasks[len(tasks) // 2], tasks[-1]):
         assert [e.event_type for e in await log.get(task.id)] == [EventType.ENQUEUED]
-    assert await redis.zcard(f"{backend.namespace}:events") == 20_000
+    assert await grouped_event_tasks(redis, backend.namespace) == 20_000
+
+
+async def grouped_event_tasks(redis: aioredis.Redis, namespace: str) -> int:
+    """How many tasks point at the event groups enqueues stored (each counted once)."""
+    total = 0
+    async for key in redis.scan_iter(match=f"{namespace}:eb:*", count=1000):
+        total += int(await cast(Awaitable[bytes], redis.hget(key, "n")))
+    return total
+
+
+async def test_a_bulk_enqueue_stores_its_events_once_per_group(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    queue, log = backend.task_queue(), backend.event_storage()
+    await queue.connect()
+    now = utcnow()
+    plain = [make_task() for _ in range(300)]
+    other = [make_task(queue="other") for _ in range(3)]
+    delayed = make_task(due_at=now + timedelta(hours=1), status=TaskStatus.SCHEDULED)
+    tasks = [*plain[:150], *other, delayed, *plain[150:]]
+
+    def logged(task: Task) -> list[TaskEvent]:
+        events = [make_event(task.id, EventType.ENQUEUED, timestamp=now, queue=task.queue)]
+        if task is delayed:
+            events.append(make_event(task.id, EventType.SCHEDULED, timestamp=now, message="x"))
+        return events
+
+    await queue.enqueue_logged(tasks, [logged(t) for t in tasks], log)
+    # No list per task: one group per kind of task per 250-task call (plain twice).
+    assert [key async for key in redis.scan_iter(match=f"{backend.namespace}:e:*")] == []
+    groups = [key async for key in redis.scan_iter(match=f"{backend.namespace}:eb:*")]
+    assert len(groups) == 4
+    assert await grouped_event_tasks(redis, backend.namespace) == len(tasks)
+    for task in (plain[0], plain[-1], other[1], delayed):
+        assert await log.get(task.id) == logged(task)
+    # Events appended later (a worker's) read back after the enqueue's, in time order.
+    later = make_event(plain[0].id, EventType.EXECUTING, timestamp=now + timedelta(seconds=1))
+    await log.append([later])
+    assert await log.get(plain[0].id) == [*logged(plain[0]), later]
+
+
+async def test_deleting_a_task_keeps_its_grouped_events_until_their_retention(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    queue, log = backend.task_queue(), backend.event_storage()
+    await queue.connect()
+    then = utcnow() - timedelta(hours=2)
+    tasks = [make_task() for _ in range(5)]
+    events = [[make_event(t.id, EventType.ENQUEUED, timestamp=then)] for t in tasks]
+    await queue.enqueue_logged(tasks, events, log)
+    claimed = await queue.claim(["default"], "w", limit=2, lease_seconds=30, now=utcnow())
+    await queue.ack_many([Ack(t.id, "w", TaskStatus.COMPLETE) for t in claimed], now=then)
+    assert await queue.delete_finished(utcnow()) == 2
+    for task in tasks:  # the deleted tasks' events moved to their own lists
+        assert await log.get(task.id) == events[tasks.index(task)]
+    assert await grouped_event_tasks(redis, backend.namespace) == 3
+    # Retention counts every task's event once, whether grouped or moved.
+    assert await log.delete_before(utcnow() - timedelta(hours=1)) == 5
+    assert [await log.get(task.id) for task in tasks] == [[]] * 5
+    assert await redis.exists(f"{backend.namespace}:events:b") == 0
+    # The tasks left point at a deleted group: they read no events, and delete cleanly.
+    rest = await queue.claim(["default"], "w", limit=3, lease_seconds=30, now=utcnow())
+    await queue.ack_many([Ack(t.id, "w", TaskStatus.COMPLETE) for t in rest], now=then)
+    assert await queue.delete_finished(utcnow()) == 3
+    assert [await log.get(task.id) for task in tasks] == [[]] * 5
+    assert [key async for key in redis.scan_iter(match=f"{backend.namespace}:e*")] == []
+
+
+async def test_a_corrupt_grouped_event_is_an_error_naming_the_task(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    queue, log = backend.task_queue(), backend.event_storage()
+    await queue.connect()
+    task = make_task()
+    await queue.enqueue_logged([task], [[make_event(task.id, EventType.ENQUEUED)]], log)
+    [group] = [key async for key in redis.scan_iter(match=f"{backend.namespace}:eb:*")]
+    await cast(Awaitable[int], redis.hset(group, "1", b"0000000000000001\xc1"))
+    with pytest.raises(StorageError, match=task.id):
+        await log.get(task.id)
+    assert await queue.get(task.id) is not None  # the task itself is untouched
 
 
 async def test_a_wait_cancelled_after_its_claim_hands_the_tasks_back(

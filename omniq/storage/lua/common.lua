@@ -139,3 +139,24 @@ local function fetch(out, id)
     for j = 1, 6 do out[#out + 1] = h[j] or '' end
   end
 end
+
+-- The events an enqueue stored once for a group of tasks (see enqueue.lua): the items in
+-- order, and how many tasks still point at them.
+local function batch_events(name)
+  local h = redis.call('HGETALL', P .. 'eb:' .. name)
+  local items, count = {}, 0
+  for j = 1, #h, 2 do
+    if h[j] == 'n' then count = tonumber(h[j + 1]) else items[tonumber(h[j])] = h[j + 1] end
+  end
+  return items, count
+end
+
+-- The oldest time among event items (each starts with its 16-digit time).
+local function oldest_stamp(items)
+  local oldest = nil
+  for _, item in ipairs(items) do
+    local stamp = string.sub(item, 1, 16)
+    if oldest == nil or stamp < oldest then oldest = stamp end
+  end
+  return oldest
+end

@@ -1,10 +1,17 @@
 -- Store new tasks; existing ids are left as they are.
--- ARGV: prefix, now, count, then per task: nshared, then (when nshared > 0) the fields it
--- shares with the tasks after it: queue, priority, status, attempts, worker, lease, due
--- ('' for none), updated, ndeps, dep ids...; then its own: id, data, sortms (13 digits: due
--- or creation time, in ms), nevents, events... (each a 16-digit time then the record,
--- appended to the task's event list as omniq.storage.redis's event log does, only for a new
--- task). nshared = 0: the same shared fields as the task before.
+-- ARGV: prefix, now, count, ngroups, then per event group: nitems, items... (each a
+-- 16-digit time then the record without its task id), then per task: nshared, then (when
+-- nshared > 0) the fields it shares with the tasks after it: queue, priority, status,
+-- attempts, worker, lease, due ('' for none), updated, ndeps, dep ids...; then its own: id,
+-- data, sortms (13 digits: due or creation time, in ms), group (0: no events). nshared = 0:
+-- the same shared fields as the task before.
+--
+-- The events of a call's new tasks are stored once per group of tasks that log the same
+-- events (a bulk enqueue's tasks all log one ENQUEUED at one time, in one queue): a hash
+-- eb:{n} holds the items and `n` the count of tasks pointing at it (their hash's `eb`
+-- field), indexed in events:b by its oldest item. A list and an index entry per task cost
+-- a third of Redis's time on a bulk enqueue. n is the call's first enqueue sequence number
+-- plus the group's: sequence numbers are reserved per call, so no other call uses it.
 --
 -- What makes a long call cheap (the server does most of the work of a bulk enqueue):
 -- - shared fields are sent once per run of tasks, not per task: every argument is a string
@@ -18,10 +25,17 @@
 local now = ARGV[2]
 local n = tonumber(ARGV[3])
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
+local base = seq
+local groups = {}
+local i = 5
+for g = 1, tonumber(ARGV[4]) do
+  local nitems = tonumber(ARGV[i])
+  groups[g] = {first = i + 1, last = i + nitems, tasks = 0}
+  i = i + 1 + nitems
+end
 local woken = {}
 local queues = {}
 local batches = {}
-local indexed = {}
 local function add(key, score, member)
   local b = batches[key]
   if b == nil then
@@ -39,7 +53,6 @@ local function keep(name, value)
     fields[#fields + 1] = value
   end
 end
-local i = 4
 for _ = 1, n do
   local nshared = tonumber(ARGV[i])
   if nshared > 0 then
@@ -56,14 +69,23 @@ for _ = 1, n do
     status_key = skey(q, status)
   end
   i = i + 1 + nshared
-  local id, data, sortms, nev = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local id, data, sortms, g = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local k = tkey(id)
   if redis.call('EXISTS', k) == 0 then
     seq = seq + 1
     local member = member_of(sortms, seq, id)
     fields[12] = string.format('%016d', seq)
     fields[14] = member
-    redis.call('HSET', k, unpack(fields, 1, data_pairs(fields, data, shared)))
+    local last = data_pairs(fields, data, shared)
+    if g > 0 then
+      local group = groups[g]
+      if group.tasks == 0 then group.name = string.format('%d', base + g) end
+      group.tasks = group.tasks + 1
+      fields[last + 1] = 'eb'
+      fields[last + 2] = group.name
+      last = last + 2
+    end
+    redis.call('HSET', k, unpack(fields, 1, last))
     add(status_key, seq, id)
     queues[q] = true
     for j = deps_at, deps_at + ndeps - 1 do
@@ -74,23 +96,21 @@ for _ = 1, n do
     elseif FINAL[status] then
       add(P .. 'finished', updated, id)
     end
-    if nev > 0 then
-      local e = i + 4
-      redis.call('RPUSH', P .. 'e:' .. id, unpack(ARGV, e, e + nev - 1))
-      local oldest = string.sub(ARGV[e], 1, 16)
-      for j = e + 1, e + nev - 1 do
-        local stamp = string.sub(ARGV[j], 1, 16)
-        if stamp < oldest then oldest = stamp end
-      end
-      indexed[#indexed + 1] = oldest
-      indexed[#indexed + 1] = id
-    end
   end
-  i = i + 4 + nev
+  i = i + 4
 end
--- LT: a task's events may predate this call (an id reused after its record was deleted).
-for s = 1, #indexed, 1000 do
-  redis.call('ZADD', P .. 'events', 'LT', unpack(indexed, s, math.min(s + 999, #indexed)))
+for _, group in ipairs(groups) do
+  if group.tasks > 0 then
+    local h, oldest = {'n', group.tasks}, nil
+    for j = group.first, group.last do
+      h[#h + 1] = j - group.first + 1
+      h[#h + 1] = ARGV[j]
+      local stamp = string.sub(ARGV[j], 1, 16)
+      if oldest == nil or stamp < oldest then oldest = stamp end
+    end
+    redis.call('HSET', P .. 'eb:' .. group.name, unpack(h))
+    redis.call('ZADD', P .. 'events:b', oldest, group.name)
+  end
 end
 for key, b in pairs(batches) do
   for s = 1, #b, 1000 do

@@ -45,7 +45,11 @@ T = TypeVar("T")
 
 _SQL_DIR = resources.files("omniq.storage").joinpath("sql", "postgres")
 # (version, file): each file takes the schema from the version before to its own.
-_MIGRATIONS = ((1, "0001_initial.sql"), (2, "0002_lean_event_log.sql"))
+_MIGRATIONS = (
+    (1, "0001_initial.sql"),
+    (2, "0002_lean_event_log.sql"),
+    (3, "0003_event_groups.sql"),
+)
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 # A schema name must fit PostgreSQL's 63-byte identifiers with room for the channel names.
 _NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,47}$")

@@ -12,7 +12,9 @@ Each operation is one statement, so one round trip and its own transaction: batc
 as arrays (``unnest``), the writes that belong together are data-modifying CTEs of one
 statement, and the ``NOTIFY`` that wakes workers commits with the write it announces.
 Claims lock their rows with ``FOR UPDATE SKIP LOCKED``: concurrent workers never wait on
-each other and never take the same task.
+each other and never take the same task. The events of a batch whose tasks log the same
+ones (an ``enqueue_many`` on the same pool) are stored once, as an event group its tasks
+point at (see ``sql/postgres/0003_event_groups.sql``).
 """
 
 from __future__ import annotations
@@ -161,10 +163,9 @@ SELECT pg_notify($17, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
 """
 
 # The same, for a batch whose tasks differ only in id and data (enqueue_many, and any single
-# task without dependencies): the shared columns go once, as scalars, and the events once
-# for the batch, their records without the task id (the row's task_id holds it; readers
-# put it back). asyncpg encodes an array element by element, with a few abstract-class
-# checks each: for 1,000 tasks, 2 arrays of 1,000 instead of 16 halve the client's work.
+# task without dependencies): the shared columns go once, as scalars. asyncpg encodes an
+# array element by element, with a few abstract-class checks each: for 1,000 tasks, 2
+# arrays of 1,000 instead of 16 halve the client's work.
 _ENQUEUE_UNIFORM = """
 WITH new AS (
     INSERT INTO {s}.tasks (id, queue, status, priority, due_ts, lease_ts, worker_id,
@@ -173,11 +174,28 @@ WITH new AS (
     FROM unnest($1::text[], $2::bytea[]) AS t(id, data)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
+)
+SELECT pg_notify($12, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
+"""
+
+# A uniform batch with its events: they are the same for every task but for the id, so
+# they are stored once, as an event group the new tasks point at (schema version 3), their
+# records without the task id (readers put it back).
+_ENQUEUE_UNIFORM_LOGGED = """
+WITH grp AS MATERIALIZED (
+    SELECT nextval('{s}.event_group_ids') AS id
+), new AS (
+    INSERT INTO {s}.tasks (id, queue, status, priority, due_ts, lease_ts, worker_id,
+                            attempts, has_deps, updated_ts, data, event_group)
+    SELECT t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, t.data, grp.id
+    FROM unnest($1::text[], $2::bytea[]) AS t(id, data), grp
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
 ), logged AS (
-    INSERT INTO {s}.events (task_id, ts, data)
-    SELECT new.id, e.ts, e.data
-    FROM unnest($12::float8[], $13::bytea[]) WITH ORDINALITY AS e(ts, data, n), new
-    ORDER BY e.n
+    INSERT INTO {s}.event_groups (id, ts, tasks, stamps, data)
+    SELECT grp.id, (SELECT min(stamp) FROM unnest($12::float8[]) AS stamp), stored.n, $12, $13
+    FROM grp, (SELECT count(*) AS n FROM new) AS stored
+    WHERE stored.n > 0
 )
 SELECT pg_notify($14, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
 """
@@ -245,6 +263,30 @@ UNION ALL
 SELECT NULL, NULL, NULL FROM ({_ANNOUNCE.format(channel="$8")}) AS announced
 """.replace("$1::text[], $2::float8[], $3::bytea[]", "$5::text[], $6::float8[], $7::bytea[]", 1)
 
+_DELETE_FINISHED = f"""
+WITH gone AS (
+    DELETE FROM {{s}}.tasks WHERE status IN {_FINAL} AND updated_ts < $1
+    RETURNING id, event_group
+), deps AS (
+    DELETE FROM {{s}}.task_deps WHERE task_id IN (SELECT id FROM gone)
+), pointing AS (
+    SELECT event_group AS id, count(*) AS n FROM gone
+    WHERE event_group IS NOT NULL GROUP BY event_group
+), moved AS (
+    INSERT INTO {{s}}.events (task_id, ts, data)
+    SELECT gone.id, e.ts, e.data
+    FROM gone JOIN {{s}}.event_groups AS g ON g.id = gone.event_group
+    CROSS JOIN LATERAL unnest(g.stamps, g.data) WITH ORDINALITY AS e(ts, data, n)
+    ORDER BY gone.id, e.n
+), emptied AS (
+    DELETE FROM {{s}}.event_groups AS g USING pointing AS p WHERE g.id = p.id AND g.tasks <= p.n
+), counted AS (
+    UPDATE {{s}}.event_groups AS g SET tasks = g.tasks - p.n
+    FROM pointing AS p WHERE g.id = p.id AND g.tasks > p.n
+)
+SELECT count(*) FROM gone
+"""
+
 _QUARANTINE = (
     "UPDATE {s}.tasks SET status = 'failed', lease_ts = NULL, updated_ts = $1 WHERE seq = $2"
 )
@@ -289,30 +331,26 @@ _event_fields = operator.attrgetter(
 
 def _uniform_args(
     tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
-) -> tuple[Any, ...] | None:
-    """The arguments of _ENQUEUE_UNIFORM but its channel, or None when the tasks differ in
-    more than id and data, or have dependencies, or their events differ in more than
-    the task id."""
+) -> tuple[str, tuple[Any, ...]] | None:
+    """_ENQUEUE_UNIFORM (or, with events, _ENQUEUE_UNIFORM_LOGGED) and its arguments but
+    the channel, or None when the tasks differ in more than id and data, or have
+    dependencies, or their events differ in more than the task id."""
     head = tasks[0]
     if head.depends_on:
         return None
     shared = _shared_fields(head)
     if any(_shared_fields(task) != shared for task in tasks[1:]):
         return None
-    records: builtins.list[TaskEvent] = []
-    if events:
-        head_events = [_event_fields(event) for event in events[0]]
-        if any([_event_fields(event) for event in logged] != head_events for logged in events[1:]):
-            return None
-        records = [msgspec.structs.replace(event, task_id="") for event in events[0]]
     encode = _ENCODER.encode
-    return (
-        [task.id for task in tasks],
-        [encode(task) for task in tasks],
-        *_task_row(head)[1:],
-        [ts(record.timestamp) for record in records],
-        [encode(record) for record in records],
-    )
+    columns = ([task.id for task in tasks], [encode(task) for task in tasks], *_task_row(head)[1:])
+    if not events or not any(events):
+        return _ENQUEUE_UNIFORM, columns
+    head_events = [_event_fields(event) for event in events[0]]
+    if any([_event_fields(event) for event in logged] != head_events for logged in events[1:]):
+        return None
+    records = [msgspec.structs.replace(event, task_id="") for event in events[0]]
+    stamps = [ts(record.timestamp) for record in records]
+    return _ENQUEUE_UNIFORM_LOGGED, (*columns, stamps, [encode(r) for r in records])
 
 
 class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
@@ -368,7 +406,8 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         logged = [events[index] for index in first.values()] if events else None
         uniform = _uniform_args(unique, logged)
         if uniform is not None:
-            await db.execute("enqueueing", self._q(_ENQUEUE_UNIFORM), *uniform, db.work_channel)
+            sql, args = uniform
+            await db.execute("enqueueing", self._q(sql), *args, db.work_channel)
             return [task.id for task in tasks]
         arrays = _task_arrays(unique)
         parents = [dep for task in unique for dep in task.depends_on]
@@ -622,13 +661,12 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         return None if earliest is None else dt(earliest)
 
     async def delete_finished(self, before: datetime) -> int:
-        """Delete finished tasks last updated before ``before`` (and their dependency rows)."""
-        sql = self._q(
-            f"WITH gone AS (DELETE FROM {{s}}.tasks WHERE status IN {_FINAL} "
-            "AND updated_ts < $1 RETURNING id), "
-            "deps AS (DELETE FROM {s}.task_deps WHERE task_id IN (SELECT id FROM gone)) "
-            "SELECT count(*) FROM gone"
-        )
+        """Delete finished tasks last updated before ``before`` (and their dependency rows).
+
+        The events a task's enqueue stored in a group move to rows of their own first:
+        the event log outlives the task (its retention is ``delete_before``'s).
+        """
+        sql = self._q(_DELETE_FINISHED)
         db = await self._db()
         return int(await db.fetchval("deleting finished tasks", sql, ts(before)))
 
@@ -731,6 +769,44 @@ class AsyncPostgresResultStorage(_PostgresComponent, BaseResultStorage):
 # -- events ------------------------------------------------------------------------------
 
 
+# A task's events: those of its enqueue's group first (id 0), then its own rows.
+_EVENTS_OF_TASK = """
+SELECT id, data FROM (
+    SELECT 0 AS part, 0::bigint AS id, e.n, e.data
+    FROM {s}.tasks AS t JOIN {s}.event_groups AS g ON g.id = t.event_group
+    CROSS JOIN LATERAL unnest(g.data) WITH ORDINALITY AS e(data, n)
+    WHERE t.id = $1
+    UNION ALL
+    SELECT 1, id, 0, data FROM {s}.events WHERE task_id = $1
+) AS found
+ORDER BY part, id, n
+"""
+
+# Rows older than the cutoff go; so do a group's old events (the group itself once none
+# is left; tasks pointing at a deleted group read no events from it).
+_DELETE_EVENTS_BEFORE = """
+WITH rows AS (
+    DELETE FROM {s}.events WHERE ts < $1 RETURNING 1
+), old AS (
+    SELECT g.id, g.tasks,
+           (SELECT count(*) FROM unnest(g.stamps) AS s WHERE s < $1) AS dropped,
+           (SELECT count(*) FROM unnest(g.stamps) AS s WHERE s >= $1) AS kept
+    FROM {s}.event_groups AS g WHERE g.ts < $1
+), gone AS (
+    DELETE FROM {s}.event_groups AS g USING old WHERE g.id = old.id AND old.kept = 0
+), trimmed AS (
+    UPDATE {s}.event_groups AS g
+    SET ts = (SELECT min(s) FROM unnest(g.stamps) AS s WHERE s >= $1),
+        stamps = ARRAY(SELECT e.s FROM unnest(g.stamps, g.data) WITH ORDINALITY AS e(s, d, n)
+                       WHERE e.s >= $1 ORDER BY e.n),
+        data = ARRAY(SELECT e.d FROM unnest(g.stamps, g.data) WITH ORDINALITY AS e(s, d, n)
+                     WHERE e.s >= $1 ORDER BY e.n)
+    FROM old WHERE g.id = old.id AND old.kept > 0
+)
+SELECT (SELECT count(*) FROM rows) + coalesce((SELECT sum(tasks * dropped) FROM old), 0)
+"""
+
+
 class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
     """The task event log on PostgreSQL (append-only, ordered by insertion)."""
 
@@ -755,27 +831,30 @@ class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
 
     async def get(self, task_id: str) -> builtins.list[TaskEvent]:
         """The task's events, oldest first."""
-        sql = self._q("SELECT id, data FROM {s}.events WHERE task_id = $1 ORDER BY id")
+        sql = self._q(_EVENTS_OF_TASK)
         db = await self._db()
         events = []
         for event_id, data in await db.fetch("reading events", sql, task_id):
             try:
                 event = _EVENT_DECODER.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise StorageError(
-                    f"postgres: event {event_id} of task {task_id} is corrupt"
-                ) from exc
-            # An enqueue logs its events without the task id (see _ENQUEUE_UNIFORM).
+                where = f"event {event_id}" if event_id else "an event of the enqueue's group"
+                raise StorageError(f"postgres: {where} of task {task_id} is corrupt") from exc
+            # An enqueue logs its events without the task id (see _ENQUEUE_UNIFORM*).
             events.append(
                 event if event.task_id else msgspec.structs.replace(event, task_id=task_id)
             )
+        # Rows come in the order logged, but a deleted task's grouped events moved to rows
+        # logged after its later ones. The sort is stable: one time keeps the logged order.
+        events.sort(key=lambda event: event.timestamp)
         return events
 
     async def delete_before(self, before: datetime) -> int:
-        """Delete events older than ``before``."""
-        sql = self._q("DELETE FROM {s}.events WHERE ts < $1")
+        """Delete events older than ``before``; an event of a group counts once per task
+        still pointing at it."""
+        sql = self._q(_DELETE_EVENTS_BEFORE)
         db = await self._db()
-        return await db.execute("deleting events", sql, ts(before))
+        return int(await db.fetchval("deleting events", sql, ts(before)))
 
 
 # -- schedules ---------------------------------------------------------------------------

@@ -97,6 +97,64 @@ class TestPostgresSchedules(ScheduleContract):
     pass
 
 
+# -- event groups ------------------------------------------------------------------------
+
+
+async def test_deleting_a_task_keeps_its_grouped_events_until_their_retention(
+    backend: PostgresBackend, sql: asyncpg.Connection
+) -> None:
+    queue, log = backend.task_queue(), backend.event_storage()
+    await log.connect()
+    then = utcnow() - timedelta(hours=2)
+    tasks = [make_task(created_at=then) for _ in range(5)]  # uniform: one group
+
+    def logged(task: Task) -> list[TaskEvent]:
+        return [
+            make_event(task.id, EventType.ENQUEUED, timestamp=then),
+            make_event(task.id, EventType.SCHEDULED, timestamp=then + timedelta(hours=1.5)),
+        ]
+
+    await queue.enqueue_logged(tasks, [logged(t) for t in tasks], log)
+    claimed = await queue.claim(["default"], "w", limit=2, lease_seconds=30, now=utcnow())
+    await queue.ack_many([Ack(t.id, "w", TaskStatus.COMPLETE) for t in claimed], now=then)
+    running = make_event(claimed[0].id, EventType.EXECUTING, timestamp=then + timedelta(hours=1))
+    await log.append([running])
+    assert await queue.delete_finished(utcnow()) == 2
+    # The deleted tasks' events moved to rows of their own, and read back in time order.
+    assert await log.get(claimed[0].id) == [logged(claimed[0])[0], running, logged(claimed[0])[1]]
+    for task in tasks[1:]:
+        assert await log.get(task.id) == logged(task)
+    group = f"SELECT tasks, cardinality(data) FROM {backend.schema}.event_groups"
+    assert [tuple(row) for row in await sql.fetch(group)] == [(3, 2)]
+    # Retention takes each task's old event once, whether grouped or moved, and keeps the
+    # group's newer event.
+    assert await log.delete_before(utcnow() - timedelta(hours=1)) == 6
+    assert [tuple(row) for row in await sql.fetch(group)] == [(3, 1)]
+    for task in tasks[1:]:
+        assert [e.event_type for e in await log.get(task.id)] == [EventType.SCHEDULED]
+    assert await log.delete_before(utcnow()) == 5
+    assert await sql.fetch(group) == []
+    # The tasks left point at a deleted group: they read no events, and delete cleanly.
+    rest = await queue.claim(["default"], "w", limit=3, lease_seconds=30, now=utcnow())
+    await queue.ack_many([Ack(t.id, "w", TaskStatus.COMPLETE) for t in rest], now=then)
+    assert await queue.delete_finished(utcnow()) == 3
+    assert [await log.get(task.id) for task in tasks] == [[]] * 5
+
+
+async def test_a_corrupt_grouped_event_is_an_error_naming_the_task(
+    backend: PostgresBackend, sql: asyncpg.Connection
+) -> None:
+    queue, log = backend.task_queue(), backend.event_storage()
+    await log.connect()
+    task = make_task()
+    await queue.enqueue_logged([task], [[make_event(task.id, EventType.ENQUEUED)]], log)
+    assert len(await log.get(task.id)) == 1
+    await sql.execute(f"UPDATE {backend.schema}.event_groups SET data = ARRAY['\\xc1'::bytea]")
+    with pytest.raises(StorageError, match=task.id):
+        await log.get(task.id)
+    assert await queue.get(task.id) is not None  # the task itself is untouched
+
+
 # -- URLs, namespaces, migrations ---------------------------------------------------------
 
 
@@ -193,9 +251,8 @@ async def test_a_version_1_schema_is_upgraded_and_keeps_its_data(
         await old.connect()
         queue, events = old.task_queue(), old.event_storage()
         tasks = [make_task() for _ in range(3)]
-        await queue.enqueue_logged(
-            tasks, [[make_event(t.id, EventType.ENQUEUED)] for t in tasks], events
-        )
+        await queue.enqueue(tasks)
+        await events.append([make_event(t.id, EventType.ENQUEUED) for t in tasks])
         while old._refs:  # the components connected on first use
             await old.close()
     assert await sql.fetchval(f'SELECT max(version) FROM "{schema}".schema_version') == 1
@@ -354,10 +411,14 @@ async def test_a_uniform_batch_stores_each_task_and_event_under_its_own_id(
             (task.id, EventType.ENQUEUED, task.queue),
             (task.id, EventType.SCHEDULED, task.queue),
         ]
-    # The uniform batches logged one record for all their tasks (the row holds the id).
-    records = await sql.fetch(f"SELECT task_id, data FROM {backend.schema}.events")
-    bare = {row[0] for row in records if b"task_id\xa0" in row[1]}
-    assert bare == {t.id for t in [*uniform, extra]}
+    # Each uniform batch logged its events once, as a group its new tasks point at; the
+    # mixed batch logged a row per event.
+    groups = await sql.fetch(
+        f"SELECT tasks, cardinality(data) FROM {backend.schema}.event_groups ORDER BY id"
+    )
+    assert [tuple(row) for row in groups] == [(3, 2), (1, 2)]
+    rows = await sql.fetch(f"SELECT task_id FROM {backend.schema}.events")
+    assert sorted(row[0] for row in rows) == sorted(t.id for t in mixed for _ in range(2))
 
 
 async def test_results_and_acks_finish_in_one_statement(backend: PostgresBackend) -> None:

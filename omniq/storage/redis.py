@@ -306,7 +306,7 @@ def _event_item(event: TaskEvent) -> bytes:
     return b"%016d" % max(_us(event.timestamp), 0) + _ENCODER.encode(event)
 
 
-#: What tells a task's events from another's, apart from its id (see ``_event_groups``).
+#: What tells a task's events from another's, apart from its id (see ``_EventGroups``).
 _EVENT_KEY = operator.attrgetter(
     "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
 )

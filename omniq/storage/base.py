@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -35,7 +36,14 @@ __all__ = [
     "BaseScheduleStorage",
     "BaseStorage",
     "BaseTaskQueue",
+    "event_fields_but_task_id",
 ]
+
+#: An event's fields but its task id, as a tuple: the events of a batch's tasks that match
+#: on these can be stored once for the batch (``enqueue_logged`` on Redis and PostgreSQL).
+event_fields_but_task_id = operator.attrgetter(
+    "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
+)
 
 
 class Ack(NamedTuple):

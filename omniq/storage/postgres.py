@@ -43,6 +43,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    event_fields_but_task_id,
 )
 
 __all__ = [
@@ -318,15 +319,11 @@ def _task_arrays(tasks: Sequence[Task]) -> builtins.list[builtins.list[Any]]:
 
 
 # What tasks of a uniform batch share (compared as objects: the tasks of an enqueue_many are
-# copies of one, so the comparison mostly meets the same objects), and what their events
-# share besides the task id.
+# copies of one, so the comparison mostly meets the same objects).
 _shared_fields = operator.attrgetter(
     "queue", "status", "priority", "due_at", "created_at", "lease_expires_at", "worker_id",
     "attempts", "updated_at", "depends_on",
 )  # fmt: skip
-_event_fields = operator.attrgetter(
-    "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
-)
 
 
 def _uniform_args(
@@ -345,8 +342,11 @@ def _uniform_args(
     columns = ([task.id for task in tasks], [encode(task) for task in tasks], *_task_row(head)[1:])
     if not events or not any(events):
         return _ENQUEUE_UNIFORM, columns
-    head_events = [_event_fields(event) for event in events[0]]
-    if any([_event_fields(event) for event in logged] != head_events for logged in events[1:]):
+    head_events = [event_fields_but_task_id(event) for event in events[0]]
+    if any(
+        [event_fields_but_task_id(event) for event in logged] != head_events
+        for logged in events[1:]
+    ):
         return None
     records = [msgspec.structs.replace(event, task_id="") for event in events[0]]
     stamps = [ts(record.timestamp) for record in records]

@@ -82,7 +82,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import operator
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -102,6 +101,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    event_fields_but_task_id,
 )
 
 if TYPE_CHECKING:
@@ -306,12 +306,6 @@ def _event_item(event: TaskEvent) -> bytes:
     return b"%016d" % max(_us(event.timestamp), 0) + _ENCODER.encode(event)
 
 
-#: What tells a task's events from another's, apart from its id (see ``_EventGroups``).
-_EVENT_KEY = operator.attrgetter(
-    "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
-)
-
-
 class _EventGroups:
     """The events of one ``enqueue.lua`` call, stored once per group of tasks that log the
     same events apart from their ids (every task of a plain bulk enqueue: one group)."""
@@ -324,7 +318,7 @@ class _EventGroups:
         """The group of a task that logs ``events`` (0: none), added when new."""
         if not events:
             return 0
-        key = tuple(map(_EVENT_KEY, events))
+        key = tuple(map(event_fields_but_task_id, events))
         found = self.numbers.get(key)
         if found is None:
             found = self.numbers[key] = len(self.numbers) + 1

@@ -101,15 +101,13 @@ for _ = 1, n do
 end
 for _, group in ipairs(groups) do
   if group.tasks > 0 then
-    local h, oldest = {'n', group.tasks}, nil
-    for j = group.first, group.last do
-      h[#h + 1] = j - group.first + 1
-      h[#h + 1] = ARGV[j]
-      local stamp = string.sub(ARGV[j], 1, 16)
-      if oldest == nil or stamp < oldest then oldest = stamp end
+    local h, items = {'n', group.tasks}, {unpack(ARGV, group.first, group.last)}
+    for j, item in ipairs(items) do
+      h[#h + 1] = j
+      h[#h + 1] = item
     end
     redis.call('HSET', P .. 'eb:' .. group.name, unpack(h))
-    redis.call('ZADD', P .. 'events:b', oldest, group.name)
+    redis.call('ZADD', P .. 'events:b', oldest_stamp(items), group.name)
   end
 end
 for key, b in pairs(batches) do

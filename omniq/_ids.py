@@ -15,6 +15,7 @@ _lock = threading.Lock()
 _rng = random.Random()
 _random_bits = _rng.getrandbits
 os.register_at_fork(after_in_child=_rng.seed)
+_VARIANT = 0b10 << 62
 _last_ms = 0
 _seq = 0
 
@@ -25,7 +26,18 @@ def new_task_id() -> str:
     Ids made in one process are strictly increasing, which keeps enqueue order visible
     to backends that sort by id.
     """
-    return new_task_ids(1)[0]
+    global _last_ms, _seq
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            seq = 0
+        elif _seq < 0xFFF:
+            ms, seq = _last_ms, _seq + 1
+        else:
+            ms, seq = _last_ms + 1, 0
+        _last_ms, _seq = ms, seq
+    h = f"{(ms << 80) | (0x7 << 76) | (seq << 64) | _VARIANT | _random_bits(62):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_task_ids(count: int) -> list[str]:
@@ -40,15 +52,21 @@ def new_task_ids(count: int) -> list[str]:
             ms, seq = _last_ms, _seq + 1
         else:
             seq = 0
-        stamps = []
-        for _ in range(count):
-            if seq > 0xFFF:
-                ms, seq = ms + 1, 0
-            stamps.append((ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62))
-            seq += 1
-        _last_ms, _seq = ms, seq - 1
-    ids = []
-    for stamp in stamps:
-        h = f"{stamp | _random_bits(62):032x}"
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        # Positions seq, seq+1, ... run on into the next milliseconds past 0xFFF.
+        end = seq + count - 1
+        _last_ms, _seq = ms + (end >> 12), end & 0xFFF
+    ids: list[str] = []
+    while count:
+        take = min(count, 0x1000 - seq)
+        # The id as text: 48-bit ms, version 7, 12-bit sequence, then variant 0b10 and 62
+        # random bits; the part before the sequence is the same for a whole millisecond.
+        h = f"{ms:012x}"
+        head = f"{h[:8]}-{h[8:]}-7"
+        tails = [f"{_VARIANT | _random_bits(62):016x}" for _ in range(take)]
+        ids += [
+            f"{head}{s:03x}-{t[:4]}-{t[4:]}"
+            for s, t in zip(range(seq, seq + take), tails, strict=True)
+        ]
+        count -= take
+        ms, seq = ms + 1, 0
     return ids

@@ -98,6 +98,21 @@ def _enqueued_events(task: Task, now: datetime) -> list[TaskEvent]:
     return events
 
 
+def _unnamed_events(tasks: Sequence[Task], now: datetime) -> list[list[TaskEvent]]:
+    """:func:`_enqueued_events` of each task with an empty task id (the form
+    ``enqueue_logged`` takes): one list for all the tasks that log the same events, so a
+    bulk enqueue builds its events once, and the backend sees at a glance that they match."""
+    made: dict[tuple[Any, ...], list[TaskEvent]] = {}
+    logged = []
+    for task in tasks:
+        key = (task.queue, task.status, task.due_at, task.depends_on)
+        events = made.get(key)
+        if events is None:
+            events = made[key] = _enqueued_events(msgspec.structs.replace(task, id=""), now)
+        logged.append(events)
+    return logged
+
+
 class AsyncTaskFunction(Generic[P, R]):
     """A function registered with ``@oq.task``: still callable, plus ``delay``/``submit``."""
 
@@ -410,10 +425,9 @@ class AsyncOmniQ:
         storage = events.storage
         if self._events_ride_enqueue():
             assert storage is not None
-            logged = [_enqueued_events(task, now) for task in tasks]
-            ids = await queue.enqueue_logged(tasks, logged, storage)
+            ids = await queue.enqueue_logged(tasks, _unnamed_events(tasks, now), storage)
             if events._handlers and not log_later:
-                events.announce(event for group in logged for event in group)
+                events.announce(event for task in tasks for event in _enqueued_events(task, now))
             return ids
         ids = await queue.enqueue(tasks)
         if not log_later and (events.enabled or events._handlers):

@@ -27,6 +27,8 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from msgspec.structs import replace
+
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 
 __all__ = [
@@ -106,6 +108,9 @@ class BaseTaskQueue(BaseStorage):
         """:meth:`enqueue`, and append ``events[i]`` to ``event_storage`` for each task
         ``tasks[i]`` stored by this call (not for one whose id already existed).
 
+        An event with an empty ``task_id`` is logged as ``tasks[i]``'s: the tasks of a
+        batch that log the same events can share one list (it is never modified).
+
         A backend for which :meth:`writes_events` holds does both atomically, in the
         round trips of the enqueue alone. This default looks up which ids exist, writes
         the tasks, then the events of the new ones: not atomic, and a race with another
@@ -117,7 +122,7 @@ class BaseTaskQueue(BaseStorage):
         for task, group in zip(tasks, events, strict=True):
             if task.id not in seen:
                 seen.add(task.id)
-                fresh += group
+                fresh += (e if e.task_id else replace(e, task_id=task.id) for e in group)
         if fresh:
             await event_storage.append(fresh)
         return ids

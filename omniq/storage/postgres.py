@@ -342,9 +342,10 @@ def _uniform_args(
     columns = ([task.id for task in tasks], [encode(task) for task in tasks], *_task_row(head)[1:])
     if not events or not any(events):
         return _ENQUEUE_UNIFORM, columns
-    head_events = [event_fields_but_task_id(event) for event in events[0]]
+    first = events[0]
+    head_events = [event_fields_but_task_id(event) for event in first]
     if any(
-        [event_fields_but_task_id(event) for event in logged] != head_events
+        logged is not first and [event_fields_but_task_id(event) for event in logged] != head_events
         for logged in events[1:]
     ):
         return None
@@ -417,6 +418,8 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         event_data: builtins.list[bytes] = []
         for index in first.values() if events else ():
             for event in events[index]:  # type: ignore[index]
+                if not event.task_id:
+                    event = msgspec.structs.replace(event, task_id=tasks[index].id)
                 event_ids.append(event.task_id)
                 event_ts.append(ts(event.timestamp))
                 event_data.append(_ENCODER.encode(event))

@@ -82,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import operator
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -273,6 +274,13 @@ def _decode_tasks(flat: Sequence[Any]) -> builtins.list[Task]:
     return [_decode_task(*flat[i : i + 8]) for i in range(0, len(flat), 8)]
 
 
+#: The fields :func:`_shared_args` reads.
+_shared_fields = operator.attrgetter(
+    "queue", "priority", "status", "attempts", "worker_id", "lease_expires_at", "due_at",
+    "updated_at", "created_at", "depends_on",
+)  # fmt: skip
+
+
 def _shared_args(task: Task) -> tuple[Any, ...]:
     """A task's ``enqueue.lua`` fields that the tasks after it may share (sent once)."""
     lease, due = task.lease_expires_at, task.due_at
@@ -291,16 +299,6 @@ def _shared_args(task: Task) -> tuple[Any, ...]:
     )
 
 
-def _own_args(task: Task, args: builtins.list[Any]) -> None:
-    """Append a task's own ``enqueue.lua`` arguments (id, record, sort time) to ``args``."""
-    sort_us = _us(task.created_at if task.due_at is None else task.due_at)
-    # The record leaves the id out (the hash's key holds it; readers put it back): 36
-    # bytes less makes a plain task's record two 64-byte pieces instead of three, one
-    # hash field fewer to write and keep.
-    record = _ENCODER.encode(msgspec.structs.replace(task, id=""))
-    args += (task.id, record, _sortms(sort_us))
-
-
 def _event_item(event: TaskEvent) -> bytes:
     """An event as stored in its task's list: a fixed-width time, then the record."""
     return b"%016d" % max(_us(event.timestamp), 0) + _ENCODER.encode(event)
@@ -313,17 +311,24 @@ class _EventGroups:
     def __init__(self) -> None:
         self.numbers: dict[tuple[Any, ...], int] = {}
         self.args: builtins.list[Any] = []
+        # The list the task before logged, and its group: the tasks of a bulk enqueue
+        # share one list (see ``enqueue_logged``), found here without building a key.
+        self._last: tuple[Sequence[TaskEvent], int] = ((), 0)
 
     def number(self, events: Sequence[TaskEvent]) -> int:
         """The group of a task that logs ``events`` (0: none), added when new."""
         if not events:
             return 0
+        last, found = self._last
+        if events is last:
+            return found
         key = tuple(map(event_fields_but_task_id, events))
-        found = self.numbers.get(key)
-        if found is None:
+        found = self.numbers.get(key) or 0
+        if not found:
             found = self.numbers[key] = len(self.numbers) + 1
             self.args.append(len(events))
             self.args += [_event_item(msgspec.structs.replace(e, task_id="")) for e in events]
+        self._last = (events, found)
         return found
 
 
@@ -395,14 +400,25 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                 args: builtins.list[Any] = []
                 groups = _EventGroups()
                 last: tuple[Any, ...] = ()
+                sort_time, sortms = None, ""
                 for offset, task in enumerate(chunk):
-                    shared = _shared_args(task)
-                    if shared == last:
+                    # A bulk enqueue's tasks hold the same field values (the same
+                    # objects): compared as they are, converted once per run.
+                    fields = _shared_fields(task)
+                    if fields == last:
                         args.append(0)  # the fields of the task before
                     else:
+                        shared = _shared_args(task)
                         args += (len(shared), *shared)
-                        last = shared
-                    _own_args(task, args)
+                        last = fields
+                    when = task.created_at if task.due_at is None else task.due_at
+                    if when is not sort_time:
+                        sort_time, sortms = when, _sortms(_us(when))
+                    # The record leaves the id out (the hash's key holds it; readers put
+                    # it back): 36 bytes less makes a plain task's record two 64-byte
+                    # pieces instead of three, one hash field fewer to write and keep.
+                    record = _ENCODER.encode(msgspec.structs.replace(task, id=""))
+                    args += (task.id, record, sortms)
                     args.append(groups.number(events[start + offset]) if events else 0)
                 yield [now, len(chunk), len(groups.numbers), *groups.args, *args]
 

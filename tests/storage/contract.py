@@ -146,6 +146,37 @@ class QueueContract:
         assert await log.get(old.id) == []
         await log.close()
 
+    async def test_enqueue_logged_names_shared_unnamed_events_after_each_task(
+        self, queue: BaseTaskQueue, backend: Backend
+    ) -> None:
+        # The client hands every task of a bulk enqueue the same list of events with an
+        # empty task id: each task's log must hold them under its own id, and a task
+        # with a list of its own (another queue, other events) keeps that one.
+        log = backend.event_storage()
+        await log.connect()
+        now = utcnow()
+        shared = [make_event("", EventType.ENQUEUED, timestamp=now, queue="default")]
+        plain = [make_task() for _ in range(4)]
+        other = make_task(queue="other")
+        own = [
+            make_event("", EventType.ENQUEUED, timestamp=now, queue="other"),
+            make_event("", EventType.SCHEDULED, timestamp=now, queue="other", message="why"),
+        ]
+        tasks = [*plain[:2], other, *plain[2:]]
+        await queue.enqueue_logged(tasks, [shared, shared, own, shared, shared], log)
+        for task in plain:
+            events = await log.get(task.id)
+            assert [(e.task_id, e.event_type, e.queue) for e in events] == [
+                (task.id, EventType.ENQUEUED, "default")
+            ]
+        events = await log.get(other.id)
+        assert [(e.task_id, e.event_type, e.message) for e in events] == [
+            (other.id, EventType.ENQUEUED, ""),
+            (other.id, EventType.SCHEDULED, "why"),
+        ]
+        assert shared[0].task_id == "" and own[0].task_id == ""
+        await log.close()
+
     async def test_a_mixed_batch_stores_each_task_with_its_own_fields(
         self, queue: BaseTaskQueue
     ) -> None:

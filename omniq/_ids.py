@@ -20,22 +20,28 @@ _last_ms = 0
 _seq = 0
 
 
+def _reserve(count: int) -> tuple[int, int]:
+    """The millisecond and sequence of the first of ``count`` consecutive id positions;
+    the positions past 0xFFF run on into the next milliseconds. Call under ``_lock``."""
+    global _last_ms, _seq
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last_ms:
+        ms, seq = _last_ms, _seq + 1
+    else:
+        seq = 0
+    end = seq + count - 1
+    _last_ms, _seq = ms + (end >> 12), end & 0xFFF
+    return ms + (seq >> 12), seq & 0xFFF
+
+
 def new_task_id() -> str:
     """A new UUIDv7-formatted id: 48-bit milliseconds, 12-bit sequence, 62 random bits.
 
     Ids made in one process are strictly increasing, which keeps enqueue order visible
     to backends that sort by id.
     """
-    global _last_ms, _seq
     with _lock:
-        ms = time.time_ns() // 1_000_000
-        if ms > _last_ms:
-            seq = 0
-        elif _seq < 0xFFF:
-            ms, seq = _last_ms, _seq + 1
-        else:
-            ms, seq = _last_ms + 1, 0
-        _last_ms, _seq = ms, seq
+        ms, seq = _reserve(1)
     h = f"{(ms << 80) | (0x7 << 76) | (seq << 64) | _VARIANT | _random_bits(62):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -43,18 +49,10 @@ def new_task_id() -> str:
 def new_task_ids(count: int) -> list[str]:
     """``count`` new ids (see :func:`new_task_id`), in order: one clock read and one
     lock for the whole batch, for ``enqueue_many``."""
-    global _last_ms, _seq
     if count <= 0:
         return []
     with _lock:
-        ms = time.time_ns() // 1_000_000
-        if ms <= _last_ms:
-            ms, seq = _last_ms, _seq + 1
-        else:
-            seq = 0
-        # Positions seq, seq+1, ... run on into the next milliseconds past 0xFFF.
-        end = seq + count - 1
-        _last_ms, _seq = ms + (end >> 12), end & 0xFFF
+        ms, seq = _reserve(count)
     ids: list[str] = []
     while count:
         take = min(count, 0x1000 - seq)

@@ -77,10 +77,12 @@ def _seconds(value: Seconds | None, name: str) -> float | None:
     return seconds
 
 
-def _enqueued_events(task: Task, now: datetime) -> list[TaskEvent]:
-    """The events of a task just stored: ``ENQUEUED``, and ``SCHEDULED`` when it waits."""
+def _enqueued_events(task: Task, now: datetime, task_id: str | None = None) -> list[TaskEvent]:
+    """The events of a task just stored: ``ENQUEUED``, and ``SCHEDULED`` when it waits;
+    logged under ``task_id`` when given (``""``: unnamed, see ``enqueue_logged``)."""
+    name = task.id if task_id is None else task_id
     events = [
-        TaskEvent(task_id=task.id, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue)
+        TaskEvent(task_id=name, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue)
     ]
     if task.status is TaskStatus.SCHEDULED:
         why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
@@ -88,7 +90,7 @@ def _enqueued_events(task: Task, now: datetime) -> list[TaskEvent]:
             why += f" until {task.due_at.isoformat()}"
         events.append(
             TaskEvent(
-                task_id=task.id,
+                task_id=name,
                 event_type=EventType.SCHEDULED,
                 timestamp=now,
                 queue=task.queue,
@@ -108,7 +110,7 @@ def _unnamed_events(tasks: Sequence[Task], now: datetime) -> list[list[TaskEvent
         key = (task.queue, task.status, task.due_at, task.depends_on)
         events = made.get(key)
         if events is None:
-            events = made[key] = _enqueued_events(msgspec.structs.replace(task, id=""), now)
+            events = made[key] = _enqueued_events(task, now, task_id="")
         logged.append(events)
     return logged
 

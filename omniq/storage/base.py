@@ -39,6 +39,7 @@ __all__ = [
     "BaseStorage",
     "BaseTaskQueue",
     "event_fields_but_task_id",
+    "event_of",
 ]
 
 #: An event's fields but its task id, as a tuple: the events of a batch's tasks that match
@@ -46,6 +47,11 @@ __all__ = [
 event_fields_but_task_id = operator.attrgetter(
     "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
 )
+
+
+def event_of(task_id: str, event: TaskEvent) -> TaskEvent:
+    """``event`` as ``task_id``'s: an event ``enqueue_logged`` got without a task id."""
+    return event if event.task_id else replace(event, task_id=task_id)
 
 
 class Ack(NamedTuple):
@@ -122,7 +128,7 @@ class BaseTaskQueue(BaseStorage):
         for task, group in zip(tasks, events, strict=True):
             if task.id not in seen:
                 seen.add(task.id)
-                fresh += (e if e.task_id else replace(e, task_id=task.id) for e in group)
+                fresh += (event_of(task.id, event) for event in group)
         if fresh:
             await event_storage.append(fresh)
         return ids

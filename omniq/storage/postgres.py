@@ -44,6 +44,7 @@ from omniq.storage.base import (
     BaseStorage,
     BaseTaskQueue,
     event_fields_but_task_id,
+    event_of,
 )
 
 __all__ = [
@@ -417,9 +418,8 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         event_ts: builtins.list[float] = []
         event_data: builtins.list[bytes] = []
         for index in first.values() if events else ():
-            for event in events[index]:  # type: ignore[index]
-                if not event.task_id:
-                    event = msgspec.structs.replace(event, task_id=tasks[index].id)
+            for unnamed in events[index]:  # type: ignore[index]
+                event = event_of(tasks[index].id, unnamed)
                 event_ids.append(event.task_id)
                 event_ts.append(ts(event.timestamp))
                 event_data.append(_ENCODER.encode(event))

@@ -12,6 +12,7 @@ import builtins
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Collection
 from importlib import resources
@@ -122,6 +123,20 @@ def _tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     return result
 
 
+def _daemon(connecting: aiosqlite.Connection) -> aiosqlite.Connection:
+    """``connecting`` with its thread made a daemon before it starts.
+
+    aiosqlite's thread is not a daemon, so a client the program never closed (a script
+    that enqueues and ends) kept the interpreter from exiting, forever. Nothing needs
+    that thread at exit: a committed write is already on disk, and a transaction cut
+    short rolls back when the file is next opened.
+    """
+    thread = getattr(connecting, "_thread", None)
+    if isinstance(thread, threading.Thread) and not thread.is_alive():
+        thread.daemon = True
+    return connecting
+
+
 # How long opening a database waits out another process's switch to WAL or migration.
 _OPEN_BUSY_SECONDS = 10.0
 
@@ -170,7 +185,7 @@ class _SQLiteConnection:
                         f"sqlite: cannot create {self.path}: {exc}"
                     ) from exc
             try:
-                db = await aiosqlite.connect(self.path, isolation_level=None, timeout=10.0)
+                db = await _daemon(aiosqlite.connect(self.path, isolation_level=None, timeout=10.0))
             except (sqlite3.Error, ValueError) as exc:
                 raise StorageConnectionError(f"sqlite: cannot open {self.path}: {exc}") from exc
             self._db = db

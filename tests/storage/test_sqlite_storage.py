@@ -4,6 +4,9 @@ is special to SQLite: URLs, migrations, several processes on one file, corrupt r
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -215,6 +218,41 @@ async def test_corrupt_record_names_the_task_and_spares_the_others(db_url: str) 
         claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
         assert [t.id for t in claimed] == [good.id]
         assert await queue.stats() == {"default": {"running": 1, "failed": 1}}
+
+
+_UNCLOSED_CLIENTS = """
+import asyncio, sys
+from omniq import AsyncOmniQ, OmniQ
+
+url = sys.argv[1]
+print(OmniQ(task_queue=url, result_storage=url, event_storage=url).enqueue(
+    "tests.conformance.tasks:add", 1, 2))
+
+async def main():
+    oq = AsyncOmniQ(task_queue=url, result_storage=url, event_storage=url)
+    print(await oq.enqueue("tests.conformance.tasks:add", 3, 4))
+
+asyncio.run(main())
+"""
+
+
+def test_a_script_that_never_closes_its_client_still_exits(db_url: str) -> None:
+    # The commonest script there is: make a client, enqueue, end. SQLite's connection
+    # thread must not keep the interpreter alive; the tasks were committed before the
+    # calls returned.
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_UNCLOSED_CLIENTS), db_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(ids) == 2
+    with sqlite3.connect(sqlite_path(db_url)) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM tasks")}
+    conn.close()
+    assert stored == set(ids)
 
 
 def test_two_processes_migrate_a_fresh_file_at_once(tmp_path: Path) -> None:

@@ -12,16 +12,32 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from omniq.errors import SyncInAsyncError
 
-__all__ = ["LoopThread", "ensure_not_in_loop", "sync_twin"]
+__all__ = ["LoopThread", "ensure_not_in_loop", "may_wait", "sync_twin"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("omniq")
+
+# Background tasks that can wait for the sync client's next call, each with how long: the
+# event logger's writer. While only these are pending the calling thread keeps running
+# the loop itself (a thread would cost every later call two wake-ups), and a timer runs
+# them if no call comes within that time.
+_MAY_WAIT: weakref.WeakKeyDictionary[asyncio.Future[Any], float] = weakref.WeakKeyDictionary()
+
+
+def may_wait(task: asyncio.Future[Any], seconds: float) -> None:
+    """Let ``task`` wait up to ``seconds`` for a :class:`LoopThread`'s next call before
+    the loop runs it without one. Other loops ignore this."""
+    _MAY_WAIT[task] = seconds
 
 
 def _os_thread_class() -> type[threading.Thread]:
@@ -53,14 +69,16 @@ class LoopThread:
     it, and on its own daemon thread once something does.
 
     ``run(coro)`` blocks until the coroutine returns. While no background work exists
-    (no pending task: a started worker pool, buffered events being written…), the
-    calling thread runs the loop itself for the length of the call. That is about as
-    fast as plain asyncio: handing each call to another thread and back costs two
-    thread wake-ups, which is most of the price of a short call. Once a call leaves
-    work behind, or :meth:`submit` is used, or another thread calls while one is already
-    running the loop, a daemon thread takes the loop over and keeps it running, and
-    later calls are handed to it. Under gevent monkey-patching the loop always runs on
-    its own real OS thread. :meth:`stop` ends it all.
+    (no pending task: a started worker pool…), the calling thread runs the loop itself
+    for the length of the call. That is about as fast as plain asyncio: handing each
+    call to another thread and back costs two thread wake-ups, which is most of the
+    price of a short call. Work that can wait (see :func:`may_wait`: buffered events
+    being written) does not change that: it moves on during later calls, and if none
+    comes within its wait, a timer thread runs the loop until that work is done. Once a
+    call leaves other work behind, or :meth:`submit` is used, or another thread calls
+    while one is already running the loop, a daemon thread takes the loop over and
+    keeps it running, and later calls are handed to it. Under gevent monkey-patching
+    the loop always runs on its own real OS thread. :meth:`stop` ends it all.
     """
 
     def __init__(self, name: str = "omniq-loop", *, async_name: str = "the async API") -> None:
@@ -75,6 +93,9 @@ class LoopThread:
         # loop thread when it finishes, so they complete.
         self._handed_over = 0
         self._inline = not _gevent_patched()
+        # Calls run by a caller thread so far, and the timer armed for work that waits.
+        self._calls = 0
+        self._timer: threading.Timer | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -136,6 +157,7 @@ class LoopThread:
                 if loop is None or loop.is_closed():
                     loop = self._loop = asyncio.new_event_loop()
                 self._caller_runs = True
+                self._calls += 1
         if inline:
             assert loop is not None
             return self._run_here(loop, coro)
@@ -161,8 +183,52 @@ class LoopThread:
                 if self._loop is not loop:  # stopped meanwhile
                     if not loop.is_running():
                         _shut_down(loop)
-                elif handed_over or asyncio.all_tasks(loop):
+                elif handed_over:
                     self._start_thread(loop)
+                else:
+                    self._after_call(loop)
+
+    def _after_call(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Called with the lock held, by the thread that just ran the loop.
+        pending = asyncio.all_tasks(loop)
+        if not pending:
+            return
+        waits = [_MAY_WAIT.get(task) for task in pending]
+        if None in waits:
+            self._start_thread(loop)
+        else:
+            self._arm_timer(min(wait for wait in waits if wait is not None))
+
+    def _arm_timer(self, delay: float) -> None:
+        # Called with the lock held. One timer at a time: it looks again when it fires.
+        if self._timer is not None:
+            return
+        timer = threading.Timer(delay, self._on_timer, args=(self._calls, delay))
+        timer.name = f"{self._name}-timer"
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _on_timer(self, calls: int, delay: float) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread():
+                return  # stopped, or replaced
+            self._timer = None
+            loop = self._loop
+            if (
+                loop is None
+                or loop.is_closed()
+                or (self._thread is not None and self._thread.is_alive())
+            ):
+                return  # stopped, or a loop thread runs it anyway
+            if self._caller_runs or self._calls != calls:
+                self._arm_timer(delay)  # calls keep the loop turning; look again later
+                return
+            self._caller_runs = True  # this thread runs the loop now, as a caller would
+        try:
+            self._run_here(loop, _waiting_work())
+        except Exception:
+            logger.debug("running background work between calls failed", exc_info=True)
 
     def stop(self) -> None:
         """Stop the loop (and its thread, if it has one). Safe to call twice."""
@@ -170,6 +236,9 @@ class LoopThread:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
             caller_runs = self._caller_runs
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         if loop is None or loop.is_closed():
             return
         if thread is not None and thread.is_alive():
@@ -180,6 +249,14 @@ class LoopThread:
             loop.call_soon_threadsafe(loop.stop)  # that caller closes it
         else:
             _shut_down(loop)
+
+
+async def _waiting_work() -> None:
+    """Wait for the loop's background work that can wait (run by the timer)."""
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current and task in _MAY_WAIT]
+    if pending:
+        await asyncio.wait(pending)
 
 
 def _gevent_patched() -> bool:

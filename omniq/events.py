@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from omniq._sync import sync_twin
+from omniq._sync import may_wait, sync_twin
 from omniq.models import EventType, TaskEvent
 from omniq.storage.base import BaseEventStorage
 
@@ -109,6 +109,8 @@ class AsyncEventLogger:
                 return  # written by the next flush() or close()
             self._wakeup = asyncio.Event()
             self._flusher = loop.create_task(self._run(), name="omniq-event-flusher")
+            # A blocking client need not hand its loop to a thread for this writer.
+            may_wait(self._flusher, self.flush_interval)
         if now and self._wakeup is not None:
             self._wakeup.set()
 
@@ -117,8 +119,10 @@ class AsyncEventLogger:
         wakeup = self._wakeup
         while self._buffer:
             if self.flush_interval > 0 and len(self._buffer) < self.batch_size:
+                # asyncio.timeout, not wait_for: no inner task (see _kick).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), self.flush_interval)
+                    async with asyncio.timeout(self.flush_interval):
+                        await wakeup.wait()
             wakeup.clear()
             await self._write_some()
 

@@ -4,8 +4,10 @@ No logic lives here. Each ``OmniQ`` owns a private event loop
 (:class:`omniq._sync.LoopThread`) and runs the async client's coroutines there, so
 connections survive from one call to the next. The calling thread runs the loop while
 nothing else needs it (a call costs about what it costs in asyncio); a background worker
-or unwritten events move the loop to its own thread. Calling it from inside a running
-event loop raises ``SyncInAsyncError`` pointing to ``AsyncOmniQ``.
+moves the loop to its own thread. Unwritten events do not: they are written during later
+calls, or by a timer thread when no call comes within the logger's flush interval.
+Calling it from inside a running event loop raises ``SyncInAsyncError`` pointing to
+``AsyncOmniQ``.
 """
 
 from __future__ import annotations

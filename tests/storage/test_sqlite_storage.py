@@ -7,12 +7,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from omniq import OmniQ
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
 from omniq.backend.sqlite import SCHEMA_VERSION, SQLiteBackend, sqlite_path
@@ -253,6 +256,30 @@ def test_a_script_that_never_closes_its_client_still_exits(db_url: str) -> None:
         stored = {row[0] for row in conn.execute("SELECT id FROM tasks")}
     conn.close()
     assert stored == set(ids)
+
+
+def _stored_event_ids(db_url: str) -> list[str]:
+    """The task ids of the event rows, as another connection (process) sees them."""
+    conn = sqlite3.connect(sqlite_path(db_url))
+    try:
+        return [row[0] for row in conn.execute("SELECT task_id FROM events ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_the_blocking_client_writes_events_without_a_loop_thread(db_url: str) -> None:
+    # Events are written in the background; on the blocking client that must neither
+    # hand every later call to a loop thread (two thread wake-ups a call) nor leave the
+    # events unwritten until the next call.
+    with OmniQ(task_queue=db_url, result_storage=db_url, event_storage=db_url) as oq:
+        ids = [oq.enqueue("tests.conformance.tasks:add", i, i) for i in range(3)]
+        assert not any(thread.name == "omniq-loop" for thread in threading.enumerate())
+        deadline = time.monotonic() + 10
+        while sorted(_stored_event_ids(db_url)) != sorted(ids):
+            assert time.monotonic() < deadline, "events not written while no call came"
+            time.sleep(0.01)
+        assert oq.get_task(ids[0]) is not None
+        assert not any(thread.name == "omniq-loop" for thread in threading.enumerate())
 
 
 def test_two_processes_migrate_a_fresh_file_at_once(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from omniq._sync import LoopThread
+from omniq._sync import LoopThread, may_wait
 
 
 @pytest.fixture
@@ -42,6 +42,51 @@ def test_work_left_behind_keeps_running_on_the_loop_thread(runner: LoopThread) -
     assert done.wait(5), "the task left on the loop never ran"
     # From now on calls go to that thread, which keeps the loop running between them.
     assert runner.run(current_thread()).name == "omniq-test-loop"
+
+
+def test_work_that_may_wait_leaves_the_loop_with_the_caller_and_still_runs(
+    runner: LoopThread,
+) -> None:
+    # The event logger's writer: calls keep running in the calling thread, and with no
+    # further call a timer runs the loop until the work is done.
+    done = threading.Event()
+    ran_in: list[threading.Thread] = []
+
+    async def leave_work() -> threading.Thread:
+        async def later() -> None:
+            await asyncio.sleep(0.02)
+            ran_in.append(threading.current_thread())
+            done.set()
+
+        may_wait(asyncio.get_running_loop().create_task(later()), 0.05)
+        return threading.current_thread()
+
+    assert runner.run(leave_work()) is threading.current_thread()
+    assert runner.run(current_thread()) is threading.current_thread()
+    assert done.wait(5), "work that may wait never ran without a call"
+    assert ran_in[0] is not threading.current_thread()
+    assert not any(t.name == "omniq-test-loop" for t in threading.enumerate())
+    assert runner.run(current_thread()) is threading.current_thread()
+
+
+def test_work_that_may_wait_moves_on_during_later_calls(runner: LoopThread) -> None:
+    steps: list[threading.Thread] = []
+
+    async def leave_work() -> None:
+        async def stepping() -> None:
+            for _ in range(3):
+                await asyncio.sleep(0)
+                steps.append(threading.current_thread())
+
+        may_wait(asyncio.get_running_loop().create_task(stepping()), 60)
+
+    async def yield_a_few_times() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    runner.run(leave_work())
+    runner.run(yield_a_few_times())
+    assert steps == [threading.current_thread()] * 3
 
 
 def test_a_call_from_a_second_thread_while_the_first_runs_the_loop(runner: LoopThread) -> None:

@@ -110,9 +110,13 @@ class LoopThread:
             loop = self._loop = asyncio.new_event_loop()
         if self._caller_runs:
             self._handed_over += 1  # that caller passes the loop to a thread when done
-        elif self._thread is None or not self._thread.is_alive():
+        elif not self._thread_runs():
             self._start_thread(loop)
         return loop
+
+    def _thread_runs(self) -> bool:
+        # True while the loop has a thread of its own (then calls are handed to it).
+        return self._thread is not None and self._thread.is_alive()
 
     def _start_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         ready = threading.Event()
@@ -148,11 +152,7 @@ class LoopThread:
             raise
         with self._lock:
             loop = self._loop
-            inline = (
-                self._inline
-                and not self._caller_runs
-                and (self._thread is None or not self._thread.is_alive())
-            )
+            inline = self._inline and not self._caller_runs and not self._thread_runs()
             if inline:
                 if loop is None or loop.is_closed():
                     loop = self._loop = asyncio.new_event_loop()
@@ -215,11 +215,7 @@ class LoopThread:
                 return  # stopped, or replaced
             self._timer = None
             loop = self._loop
-            if (
-                loop is None
-                or loop.is_closed()
-                or (self._thread is not None and self._thread.is_alive())
-            ):
+            if loop is None or loop.is_closed() or self._thread_runs():
                 return  # stopped, or a loop thread runs it anyway
             if self._caller_runs or self._calls != calls:
                 self._arm_timer(delay)  # calls keep the loop turning; look again later

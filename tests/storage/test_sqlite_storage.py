@@ -252,19 +252,20 @@ def test_a_script_that_never_closes_its_client_still_exits(db_url: str) -> None:
     assert done.returncode == 0, done.stderr
     ids = done.stdout.split()
     assert len(ids) == 2
-    with sqlite3.connect(sqlite_path(db_url)) as conn:
-        stored = {row[0] for row in conn.execute("SELECT id FROM tasks")}
-    conn.close()
-    assert stored == set(ids)
+    assert set(_read_ids(db_url, "SELECT id FROM tasks")) == set(ids)
+
+
+def _read_ids(db_url: str, sql: str) -> list[str]:
+    """The first column of ``sql``'s rows, as another connection (process) sees them."""
+    conn = sqlite3.connect(sqlite_path(db_url))
+    try:
+        return [row[0] for row in conn.execute(sql)]
+    finally:
+        conn.close()
 
 
 def _stored_event_ids(db_url: str) -> list[str]:
-    """The task ids of the event rows, as another connection (process) sees them."""
-    conn = sqlite3.connect(sqlite_path(db_url))
-    try:
-        return [row[0] for row in conn.execute("SELECT task_id FROM events ORDER BY id")]
-    finally:
-        conn.close()
+    return _read_ids(db_url, "SELECT task_id FROM events ORDER BY id")
 
 
 def test_the_blocking_client_writes_events_without_a_loop_thread(db_url: str) -> None:

@@ -135,6 +135,12 @@ class AsyncEventLogger:
             batch, self._buffer = self._buffer, []
             try:
                 await self.storage.append(batch)
+            except asyncio.CancelledError:
+                # Stopped mid-write (close() stopping the writer): the batch goes back, for
+                # the final flush. A store that had applied it may then hold it twice;
+                # losing it would be worse.
+                self._buffer[:0] = batch
+                raise
             except Exception as exc:
                 # Keep them for the next attempt; events must not break task processing.
                 self._buffer[:0] = batch
@@ -146,8 +152,14 @@ class AsyncEventLogger:
                 await asyncio.sleep(min(1.0, max(self.flush_interval, 0.05)))
 
     async def flush(self) -> None:
-        """Write every buffered event now."""
-        while self._buffer and self.storage is not None:
+        """Write every buffered event now; on return, every event logged before the call
+        is stored (unless the storage is failing: then they stay buffered)."""
+        if self.storage is None:
+            return
+        # A batch the background writer has taken is not in the buffer: taking the write
+        # lock first waits for that write to end (or to put a failed batch back).
+        await self._write_some()
+        while self._buffer:
             before = len(self._buffer)
             await self._write_some()
             if len(self._buffer) >= before:
@@ -162,6 +174,10 @@ class AsyncEventLogger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         self._flusher = None
+        if self._buffer:
+            # The writer took events logged during the flush above and was stopped
+            # holding them: they were put back, write them now.
+            await self.flush()
 
 
 class AsyncEventProcessor:

@@ -117,14 +117,22 @@ class AsyncEventLogger:
     async def _run(self) -> None:
         assert self._wakeup is not None
         wakeup = self._wakeup
-        while self._buffer:
-            if self.flush_interval > 0 and len(self._buffer) < self.batch_size:
-                # asyncio.timeout, not wait_for: no inner task (see _kick).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.flush_interval):
-                        await wakeup.wait()
-            wakeup.clear()
-            await self._write_some()
+        try:
+            while self._buffer:
+                if self.flush_interval > 0 and len(self._buffer) < self.batch_size:
+                    # asyncio.timeout, not wait_for: no inner task (see _kick).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.flush_interval):
+                            await wakeup.wait()
+                wakeup.clear()
+                await self._write_some()
+        except asyncio.CancelledError:
+            if self._buffer and not self._closed:
+                # Stopped from outside close(): most often asyncio.run() ending a script
+                # whose client was never closed. One last write, or these events would
+                # go with the loop.
+                await self._write_some()
+            raise
 
     async def _write_some(self) -> None:
         if self._write_lock is None:

@@ -12,7 +12,10 @@ Calling it from inside a running event loop raises ``SyncInAsyncError`` pointing
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
@@ -25,6 +28,10 @@ from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueu
 from omniq.workers.sync import WorkerPool
 
 __all__ = ["OmniQ", "TaskFunction"]
+
+logger = logging.getLogger("omniq")
+# How long a client left open may hold up exit (or its collection) writing its events.
+_LEFT_OPEN_FLUSH_SECONDS = 10.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -83,6 +90,8 @@ class OmniQ:
             **overrides,
         )
         self._runner = LoopThread("omniq-loop", async_name="AsyncOmniQ")
+        # Never closed: its buffered events are written when it is collected or at exit.
+        self._left_open = weakref.finalize(self, _flush_left_open, self._runner, self._async)
 
     @property
     def settings(self) -> Settings:
@@ -100,6 +109,7 @@ class OmniQ:
 
     def close(self) -> None:
         """Flush events, release the storages and stop the private loop."""
+        self._left_open.detach()
         try:
             self._runner.run(self._async.close())
         finally:
@@ -275,3 +285,18 @@ class OmniQ:
         """A blocking worker pool over this client's storages (not started)."""
         pool = self._async.worker(worker_type=worker_type, concurrency=concurrency, queues=queues)
         return WorkerPool(pool, self._runner)
+
+
+def _flush_left_open(runner: LoopThread, client: AsyncOmniQ) -> None:
+    """Write the buffered events of a client the program never closed.
+
+    A script that ends without ``close()`` or ``with`` (or drops its client) has its
+    tasks stored already, but events written in the background (SQLite, file) could
+    still be in memory. Runs at interpreter exit or when the client is collected.
+    """
+    if not (client._connected and client.events._buffer):
+        return
+    try:
+        runner.run(asyncio.wait_for(client.events.flush(), _LEFT_OPEN_FLUSH_SECONDS))
+    except Exception as exc:
+        logger.warning("writing the events of a client left open failed: %s", exc)

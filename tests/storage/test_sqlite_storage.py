@@ -228,8 +228,11 @@ import asyncio, sys
 from omniq import AsyncOmniQ, OmniQ
 
 url = sys.argv[1]
+# Dropped at once (collected), and kept to the end (left open at exit).
 print(OmniQ(task_queue=url, result_storage=url, event_storage=url).enqueue(
     "tests.conformance.tasks:add", 1, 2))
+oq = OmniQ(task_queue=url, result_storage=url, event_storage=url)
+print(oq.enqueue("tests.conformance.tasks:add", 5, 6))
 
 async def main():
     oq = AsyncOmniQ(task_queue=url, result_storage=url, event_storage=url)
@@ -242,7 +245,9 @@ asyncio.run(main())
 def test_a_script_that_never_closes_its_client_still_exits(db_url: str) -> None:
     # The commonest script there is: make a client, enqueue, end. SQLite's connection
     # thread must not keep the interpreter alive; the tasks were committed before the
-    # calls returned.
+    # calls returned, and the ENQUEUED events, written in the background, are written
+    # as the script ends (OmniQ: when collected or at exit; AsyncOmniQ: as asyncio.run()
+    # ends).
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_UNCLOSED_CLIENTS), db_url],
         capture_output=True,
@@ -251,8 +256,9 @@ def test_a_script_that_never_closes_its_client_still_exits(db_url: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     ids = done.stdout.split()
-    assert len(ids) == 2
+    assert len(ids) == 3
     assert set(_read_ids(db_url, "SELECT id FROM tasks")) == set(ids)
+    assert sorted(_stored_event_ids(db_url)) == sorted(ids)
 
 
 def _read_ids(db_url: str, sql: str) -> list[str]:

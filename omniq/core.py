@@ -276,9 +276,14 @@ class AsyncOmniQ:
         return backend
 
     async def close(self) -> None:
-        """Flush events and release the storages. Safe to call twice."""
+        """Stop this client's running worker pools (gracefully, as ``pool.stop()``),
+        flush events and release the storages. Safe to call twice."""
         if not self._connected:
             return
+        for pool in list(self._pools):
+            # A pool left running would go on with closed storages; its tasks would stay
+            # leased (and run again elsewhere) when their lease ran out.
+            await pool.stop()
         try:
             await self.events.close()
         finally:

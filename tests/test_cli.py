@@ -149,3 +149,45 @@ def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_a_second_sigterm_stops_the_worker_at_once(tmp_path: Path) -> None:
+    # The first signal lets running tasks finish (here: never, within a minute); the
+    # second stops now, still handing the unfinished task back.
+    marker = tmp_path / "started"
+    queued = omniq(
+        "enqueue",
+        "tests.conformance.tasks:wait_for_file",
+        str(tmp_path / "never"),
+        str(marker),
+        cwd=tmp_path,
+    )
+    assert queued.returncode == 0, queued.stderr
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMNIQ_SHUTDOWN_TIMEOUT": "60"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniq", "worker", "--log-level", "INFO"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # the graceful stop is under way
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        _, err = proc.communicate()
+        assert "handed back 1 unfinished tasks" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    status = omniq("status", queued.stdout.strip(), cwd=tmp_path)
+    assert "pending" in status.stdout, status.stdout

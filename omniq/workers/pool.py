@@ -103,7 +103,13 @@ class AsyncWorkerPool:
         self._stop_event: asyncio.Event | None = None
         self._abandoned: set[str] = set()
         self._main: asyncio.Task[None] | None = None
+        # The task inside run(), and set once run() has shut everything down.
+        self._run_task: asyncio.Task[Any] | None = None
+        self._run_done: asyncio.Event | None = None
+        # The stop's timeout in seconds (None: not asked to stop), and an event set by
+        # every stop(): a stop with a shorter timeout cuts a graceful wait short.
         self._stop_timeout: float | None = None
+        self._stop_changed: asyncio.Event | None = None
         self._started = False
         # The task blocked in _idle (interruptible), and whether it was interrupted.
         self._waiting: asyncio.Task[Any] | None = None
@@ -133,7 +139,18 @@ class AsyncWorkerPool:
         if self._started:
             raise ConfigError("this worker pool is already running")
         self._started = True
+        self._run_task = asyncio.current_task()
+        self._run_done = done = asyncio.Event()
+        try:
+            await self._run(burst)
+        finally:
+            self._started = False
+            done.set()
+
+    async def _run(self, burst: bool) -> None:
         self._stop_event = asyncio.Event()
+        self._stop_changed = asyncio.Event()
+        self._stop_timeout = None
         self._slot_freed = asyncio.Event()
         self._finish_wakeup = asyncio.Event()
         await self.oq.connect()
@@ -157,7 +174,6 @@ class AsyncWorkerPool:
                 await self._shutdown(finisher, renewer)
             finally:
                 self.oq._pools.discard(self)
-                self._started = False
                 logger.info("worker %s stopped: %s", self.worker_id, self.counts)
 
     async def start(self) -> None:
@@ -171,18 +187,32 @@ class AsyncWorkerPool:
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, let running tasks finish within ``timeout`` (default
         ``shutdown_timeout``), hand back the leases of the rest, flush, and return.
-        ``timeout=0`` stops at once (leases are still handed back)."""
-        self._stop_timeout = timeout
+        ``timeout=0`` stops at once (leases are still handed back).
+
+        Whether the pool was started with :meth:`start` or runs :meth:`run` in another
+        task, this returns once it has stopped.
+        """
+        seconds = self.oq.settings.shutdown_timeout if timeout is None else timeout
+        if self._stop_timeout is None or seconds < self._stop_timeout:
+            # The shorter wins: a second Ctrl-C (timeout 0) ends a graceful stop at once.
+            self._stop_timeout = seconds
+        if self._stop_changed is not None:
+            self._stop_changed.set()
         if self._stop_event is not None:
             self._stop_event.set()
             if self._slot_freed is not None:
                 self._slot_freed.set()
             self._interrupt_wait()
+        current = asyncio.current_task()
+        if current is self._run_task or current in self._running.values():
+            return  # asked from inside the pool: waiting for the stop would wait for itself
         main = self._main
         if main is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await main
             self._main = None
+        if self._run_done is not None:
+            await self._run_done.wait()
 
     async def __aenter__(self) -> AsyncWorkerPool:
         await self.start()
@@ -598,13 +628,31 @@ class AsyncWorkerPool:
 
     # -- stopping ------------------------------------------------------------------------
 
+    async def _let_running_finish(self) -> None:
+        """Wait for the running tasks, up to the stop's timeout (``shutdown_timeout`` by
+        default), counted from now; a later stop() with a shorter one takes over."""
+        assert self._stop_changed is not None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:
+            pending = [task for task in self._running.values() if not task.done()]
+            timeout = self._stop_timeout
+            if timeout is None:
+                timeout = self.oq.settings.shutdown_timeout
+            remaining = began + timeout - loop.time()
+            if not pending or remaining <= 0:
+                return
+            self._stop_changed.clear()
+            changed = asyncio.create_task(self._stop_changed.wait())
+            try:
+                await asyncio.wait(
+                    [*pending, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                changed.cancel()
+
     async def _shutdown(self, finisher: asyncio.Task[None], renewer: asyncio.Task[None]) -> None:
-        timeout = self._stop_timeout
-        if timeout is None:
-            timeout = self.oq.settings.shutdown_timeout
-        running = list(self._running.values())
-        if running and timeout > 0:
-            await asyncio.wait(running, timeout=timeout)
+        await self._let_running_finish()
         leftover = dict(self._running)
         for task in leftover.values():
             task.cancel()

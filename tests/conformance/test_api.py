@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -403,6 +404,69 @@ async def test_graceful_stop_hands_back_unfinished_leases(oq: AsyncOmniQ, tmp_pa
     (tmp_path / "go").write_text("go")
     await oq.worker().run(burst=True)
     assert (await oq.get_result(task_id)).result == "released"
+
+
+async def _started(marker: Path) -> None:
+    for _ in range(1000):
+        if await asyncio.to_thread(marker.exists):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the task did not start")
+
+
+async def test_stop_returns_once_a_pool_running_in_another_task_has_stopped(
+    oq: AsyncOmniQ, tmp_path: Path
+) -> None:
+    marker, go = tmp_path / "started", tmp_path / "go"
+    task_id = await oq.enqueue(tasks.wait_for_file, str(go), str(marker))
+    pool = oq.worker()
+    running = asyncio.create_task(pool.run())
+    await _started(marker)
+    go.write_text("go")
+    await pool.stop()
+    # Stopped means done: the running task finished and its result is stored.
+    assert running.done()
+    assert not pool.running
+    assert (await oq.get_result(task_id)).result == "released"
+
+
+async def test_a_second_stop_with_no_timeout_cuts_a_graceful_stop_short(
+    make_oq: MakeOQ, tmp_path: Path
+) -> None:
+    # The worker's second Ctrl-C: the graceful stop (a minute here) gives way at once.
+    oq = await make_oq(shutdown_timeout=60)
+    marker = tmp_path / "started"
+    task_id = await oq.enqueue(tasks.wait_for_file, str(tmp_path / "never"), str(marker))
+    pool = oq.worker()
+    await pool.start()
+    await _started(marker)
+    graceful = asyncio.create_task(pool.stop())
+    await asyncio.sleep(0.05)
+    assert not graceful.done()
+    await asyncio.wait_for(pool.stop(timeout=0), timeout=10)
+    await asyncio.wait_for(graceful, timeout=10)
+    task = await oq.get_task(task_id)
+    assert task is not None and task.status is TaskStatus.PENDING  # handed back
+    assert task.attempts == 0
+
+
+async def test_closing_the_client_stops_its_pools_first(make_oq: MakeOQ, tmp_path: Path) -> None:
+    oq = await make_oq()
+    marker, go = tmp_path / "started", tmp_path / "go"
+    task_id = await oq.enqueue(tasks.wait_for_file, str(go), str(marker))
+    pool = oq.worker()
+    await pool.start()
+    await _started(marker)
+    go.write_text("go")
+    await oq.close()
+    # The pool did not go on with closed storages: it let its task finish and stored
+    # the outcome before the client closed.
+    assert not pool.running
+    reader = await make_oq()
+    task = await reader.get_task(task_id)
+    assert task is not None and task.status is TaskStatus.COMPLETE
+    events = [e.event_type for e in await reader.get_events(task_id)]
+    assert events[-1] is EventType.COMPLETE
 
 
 async def test_expired_lease_runs_again_and_counts_an_attempt(make_oq: MakeOQ) -> None:

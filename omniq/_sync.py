@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from omniq import _fork
 from omniq.errors import SyncInAsyncError
 
 __all__ = ["LoopThread", "ensure_not_in_loop", "may_wait", "sync_twin"]
@@ -96,6 +97,19 @@ class LoopThread:
         # Calls run by a caller thread so far, and the timer armed for work that waits.
         self._calls = 0
         self._timer: threading.Timer | None = None
+        _fork.track(self)
+
+    def _after_fork_in_child(self) -> list[Any]:
+        """In a forked child: the loop's thread did not come along, and its selector is
+        shared with the parent; start over with a new loop at the next call."""
+        dropped: list[Any] = [self._loop, self._thread, self._timer]
+        self._loop = None
+        self._thread = None
+        self._timer = None
+        self._lock = threading.Lock()  # may have been held by a thread that is gone
+        self._caller_runs = False
+        self._handed_over = 0
+        return dropped
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 import msgspec
 
-from omniq import _callables
+from omniq import _callables, _fork
 from omniq._ids import new_task_id, new_task_ids
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
@@ -192,6 +192,10 @@ class AsyncOmniQ:
         self._connect_lock: asyncio.Lock | None = None
         self._pools: set[AsyncWorkerPool] = set()
         self._scheduler: AsyncScheduler | None = None
+        # Storage instances given to this client and connected before a fork: unusable
+        # in the child (their connections are the parent's), so refused there.
+        self._inherited_instances: set[Component] = set()
+        _fork.track(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -250,6 +254,13 @@ class AsyncOmniQ:
         if isinstance(spec, BaseStorage):
             if not isinstance(spec, kind):
                 raise ConfigError(f"argument {component}: expected a {kind.__name__} instance")
+            if component in self._inherited_instances:
+                raise ConfigError(
+                    f"argument {component}: this storage instance was connected in the "
+                    "parent before this process was forked; its connections are the "
+                    "parent's. Create the client in the child, or pass URLs (a client "
+                    "built from URLs reconnects in a forked child by itself)"
+                )
             await spec.connect()
             self._owned.append(spec)
             return spec
@@ -268,6 +279,44 @@ class AsyncOmniQ:
         await storage.connect()
         self._owned.append(storage)
         return storage
+
+    def _after_fork_in_child(self) -> list[Any]:
+        """In a forked child: forget the parent's connections, pools and buffered events
+        (the parent writes those); the next call connects anew."""
+        dropped: list[Any] = [
+            self._backends,
+            self._owned,
+            self.events,
+            self._pools,
+            self._scheduler,
+            self._connect_lock,
+        ]
+        if self._connected:
+            self._inherited_instances = {
+                component
+                for component, spec in self._specs.items()
+                if isinstance(spec, BaseStorage) and spec in self._owned
+            }
+        self._backends = {}
+        self._owned = []
+        self._queue = self._results = self._event_store = self._schedules = None
+        self._scheduler = None
+        self._pools = set()
+        self._connect_lock = None
+        self._connected = False
+        self.events = self._fresh_event_logger()
+        return dropped
+
+    def _fresh_event_logger(self) -> AsyncEventLogger:
+        """A logger without storage (``connect`` gives it one), keeping the handlers."""
+        fresh = AsyncEventLogger(
+            None,
+            flush_interval=self.settings.event_flush_interval,
+            batch_size=self.settings.event_batch_size,
+        )
+        for handler in self.events._handlers:
+            fresh.add_handler(handler)
+        return fresh
 
     def _backend(self, url: str) -> Backend:
         backend = self._backends.get(url)
@@ -289,11 +338,7 @@ class AsyncOmniQ:
         finally:
             await self._close_storages()
             self._connected = False
-            self.events = AsyncEventLogger(
-                None,
-                flush_interval=self.settings.event_flush_interval,
-                batch_size=self.settings.event_batch_size,
-            )
+            self.events = self._fresh_event_logger()
 
     async def _close_storages(self) -> None:
         owned, self._owned = self._owned, []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -125,16 +127,29 @@ def test_errors_are_one_line_without_traceback(
     assert lines[0].startswith("omniq: error:") and needle in lines[0]
 
 
-def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMNIQ_POLL_INTERVAL": "0.05"}
+@contextlib.contextmanager
+def worker_process(cwd: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """``omniq worker --log-level INFO`` in ``cwd``, stderr piped; killed if still up."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "omniq", "worker", "--log-level", "INFO"],
-        cwd=tmp_path,
-        env=env,
+        cwd=cwd,
+        env=full_env,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    with worker_process(tmp_path, OMNIQ_POLL_INTERVAL="0.05") as proc:
         assert proc.stderr is not None
         deadline = time.monotonic() + 30
         line = ""
@@ -143,12 +158,6 @@ def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert "started" in line
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_a_second_sigterm_stops_the_worker_at_once(tmp_path: Path) -> None:
@@ -163,15 +172,7 @@ def test_a_second_sigterm_stops_the_worker_at_once(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert queued.returncode == 0, queued.stderr
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMNIQ_SHUTDOWN_TIMEOUT": "60"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omniq", "worker", "--log-level", "INFO"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with worker_process(tmp_path, OMNIQ_SHUTDOWN_TIMEOUT="60") as proc:
         deadline = time.monotonic() + 30
         while not marker.exists():
             assert time.monotonic() < deadline, "the task never started"
@@ -183,11 +184,5 @@ def test_a_second_sigterm_stops_the_worker_at_once(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
         _, err = proc.communicate()
         assert "handed back 1 unfinished tasks" in err, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
     status = omniq("status", queued.stdout.strip(), cwd=tmp_path)
     assert "pending" in status.stdout, status.stdout

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
+from omniq import _fork
 from omniq._sync import LoopThread
 from omniq.config import Settings
 from omniq.core import AsyncOmniQ, AsyncTaskFunction, Seconds
@@ -92,6 +94,24 @@ class OmniQ:
         self._runner = LoopThread("omniq-loop", async_name="AsyncOmniQ")
         # Never closed: its buffered events are written when it is collected or at exit.
         self._left_open = weakref.finalize(self, _flush_left_open, self._runner, self._async)
+        self._flush_at_multiprocessing_exit()
+        _fork.track(self)
+
+    def _flush_at_multiprocessing_exit(self) -> None:
+        # multiprocessing ends the children it forks with os._exit: no atexit, so the
+        # finalizer above would not run there. Its own exit hooks do run.
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            mp_util.Finalize(self, self._left_open, exitpriority=0)
+
+    def _after_fork_in_child(self) -> list[Any]:
+        """In a forked child: have the child's own events written when it ends."""
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            # A child multiprocessing starts drops the exit hooks it inherited after this
+            # runs; the callbacks registered here run after that.
+            mp_util.register_after_fork(self, OmniQ._flush_at_multiprocessing_exit)
+        return []
 
     @property
     def settings(self) -> Settings:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from omniq import AsyncOmniQ, OmniQ, TaskStatus
+from omniq import AsyncOmniQ, EventType, OmniQ, TaskStatus
 from tests.conformance import tasks
 
 
@@ -22,12 +22,34 @@ def _enqueue_in_child(client: OmniQ, out: Any) -> None:
         out.put(("error", repr(exc)))
 
 
-def _fork_and_enqueue(options: dict[str, Any]) -> tuple[str, tuple[str, str], str]:
+def _enqueue_in_child_left_open(client: OmniQ, out: Any) -> None:
+    try:
+        out.put(("ok", client.enqueue(tasks.add, 3, 4)))
+    except BaseException as exc:
+        out.put(("error", repr(exc)))
+    # No close(): multiprocessing ends the child with os._exit, so atexit does not run.
+
+
+_kept_to_exit: list[OmniQ] = []
+
+
+def _new_client_enqueues_left_open(options: dict[str, Any], out: Any) -> None:
+    client = OmniQ(**options)
+    _kept_to_exit.append(client)  # not collected (which would write its events) before exit
+    try:
+        out.put(("ok", client.enqueue(tasks.add, 3, 4)))
+    except BaseException as exc:
+        out.put(("error", repr(exc)))
+
+
+def _fork_and_enqueue(
+    options: dict[str, Any], child_target: Any = _enqueue_in_child
+) -> tuple[str, tuple[str, str], str]:
     with OmniQ(**options) as client:
         first = client.enqueue(tasks.add, 1, 2)  # connected before the fork
         context = multiprocessing.get_context("fork")
         out = context.SimpleQueue()
-        child = context.Process(target=_enqueue_in_child, args=(client, out))
+        child = context.Process(target=child_target, args=(client, out))
         child.start()
         child.join(60)
         if child.exitcode is None:
@@ -62,3 +84,49 @@ async def test_a_client_connected_before_a_fork_works_in_the_child(
         result = await oq.get_result(task_id)
         assert result is not None and result.status is TaskStatus.COMPLETE
         assert result.result == expected
+
+
+@pytest.mark.cross_process
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+async def test_a_forked_child_that_never_closes_its_client_keeps_its_events(
+    oq: AsyncOmniQ, store_url: str, namespace: str, tmp_path: Path
+) -> None:
+    options = {
+        "task_queue": store_url,
+        "result_storage": store_url,
+        "event_storage": store_url,
+        "namespace": namespace,
+        "base_dir": str(tmp_path / ".omniq"),
+        "event_flush_interval": 60.0,  # no timer write before the child exits
+    }
+    _, (outcome, in_child), _ = await asyncio.to_thread(
+        _fork_and_enqueue, options, _enqueue_in_child_left_open
+    )
+    assert outcome == "ok", in_child
+    events = await oq.get_events(in_child)
+    assert [event.event_type for event in events] == [EventType.ENQUEUED]
+
+
+@pytest.mark.cross_process
+async def test_a_forkserver_child_that_never_closes_its_client_keeps_its_events(
+    oq: AsyncOmniQ, store_url: str, namespace: str, tmp_path: Path
+) -> None:
+    # The client is made in the child; multiprocessing ends it with os._exit all the same.
+    options = {
+        "task_queue": store_url,
+        "result_storage": store_url,
+        "event_storage": store_url,
+        "namespace": namespace,
+        "base_dir": str(tmp_path / ".omniq"),
+        "event_flush_interval": 60.0,
+    }
+    context = multiprocessing.get_context("forkserver")
+    out = context.SimpleQueue()
+    child = context.Process(target=_new_client_enqueues_left_open, args=(options, out))
+    child.start()
+    await asyncio.to_thread(child.join, 60)
+    assert child.exitcode == 0
+    outcome, in_child = out.get()
+    assert outcome == "ok", in_child
+    events = await oq.get_events(in_child)
+    assert [event.event_type for event in events] == [EventType.ENQUEUED]

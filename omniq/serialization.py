@@ -404,7 +404,10 @@ class SerializationManager:
         try:
             body = self._dill.dumps(value)
         except SerializationError as exc:
-            raise SerializationError(f"cannot encode {culprit()}: {exc}") from exc
+            # dill's own complaint, not the wrapper's: that one names the whole call's type.
+            cause = exc.__cause__
+            reason = str(exc) if cause is None else f"{type(cause).__name__}: {cause}"
+            raise SerializationError(f"cannot encode {culprit()} with dill ({reason})") from exc
         return (b"S" if self._dill.signs else b"D") + body
 
     def _dill_culprit(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
 from omniq.storage._file_fs import Change, Store
 from omniq.storage._file_layout import (
@@ -32,7 +33,7 @@ from omniq.storage._file_layout import (
     wake,
     wake_ups,
 )
-from omniq.storage.base import Ack, BaseTaskQueue
+from omniq.storage.base import Ack, BaseTaskQueue, UnreadableTask, unreadable_task
 
 if TYPE_CHECKING:
     from omniq.backend.file import FileBackend
@@ -124,6 +125,42 @@ def _moved(result: Any, task: Task, record: Record) -> Change[Any]:
     """
     data, entry = _with_entry(task, record.seq)
     return Change(result, data, move=(record.entry, entry), move_first=_scanned(entry))
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """Claim result: a record that could not be decoded, now replaced by a stand-in."""
+
+    task: UnreadableTask
+    data: bytes
+
+
+def _unreadable_change(
+    entry: Entry,
+    data: bytes,
+    exc: StorageError,
+    queue_names: dict[str, str],
+    worker_id: str,
+    lease: datetime,
+    now: datetime,
+) -> Change[_Unreadable]:
+    """Lease a task whose record cannot be decoded under a stand-in record (what its
+    entry's name says: id, queue, order), so that the worker can fail it and every later
+    operation reads a valid record. The id is the entry's token: the id itself, unless
+    the id was too long or odd for a file name (then a hash)."""
+    queue_token = entry.path.split("/", 2)[1]
+    stand_in = unreadable_task(
+        entry.token,
+        f"file backend: task {entry.token}: its stored record is corrupt: {exc.__cause__ or exc}",
+        queue=queue_names.get(queue_token, queue_token),
+        attempts=1,
+        worker_id=worker_id,
+        lease_expires_at=lease,
+        now=now,
+    )
+    plain = Task(**{f: getattr(stand_in, f) for f in Task.__struct_fields__})
+    old = Record(task=plain, seq=entry.seq, entry=entry.path)
+    return _moved(_Unreadable(stand_in, data), plain, old)
 
 
 def _claimable(task: Task, now: datetime) -> bool:
@@ -273,6 +310,7 @@ class AsyncFileQueue(BaseTaskQueue):
         lease = now + timedelta(seconds=lease_seconds)
         # Entries another claim of this process is trying right now are skipped: racing
         # for them would only cost a failed update each.
+        queue_names = {token(queue): queue for queue in queues}
         inflight = _INFLIGHT.setdefault(store.key, set())
         candidates = (entry for entry in candidates if entry.path not in inflight)
         while len(claimed) < limit:
@@ -286,7 +324,7 @@ class AsyncFileQueue(BaseTaskQueue):
                     [
                         (
                             _record_path(entry.token),
-                            self._claim_fn(store, entry, worker_id, lease, now),
+                            self._claim_fn(store, entry, queue_names, worker_id, lease, now),
                         )
                         for entry in window
                     ]
@@ -297,7 +335,11 @@ class AsyncFileQueue(BaseTaskQueue):
             for entry, result in zip(window, results, strict=True):
                 if cache is not None and entry.path.startswith("ready/"):
                     cache.tried.add(entry.path.rsplit("/", 1)[1])
-                if isinstance(result, Task):
+                if isinstance(result, _Unreadable):
+                    # Its bytes are kept beside the stand-in record that replaced them.
+                    await store.write_many([(f"unreadable/{entry.token}", result.data)])
+                    claimed.append(result.task)
+                elif isinstance(result, Task):
                     claimed.append(result)
                 elif result == _STALE and store.optimistic:
                     await self._recheck_stale(store, entry)
@@ -374,12 +416,21 @@ class AsyncFileQueue(BaseTaskQueue):
         return Change(_STALE, remove=[entry.path])
 
     def _claim_fn(
-        self, store: Store, entry: Entry, worker_id: str, lease: datetime, now: datetime
+        self,
+        store: Store,
+        entry: Entry,
+        queue_names: dict[str, str],
+        worker_id: str,
+        lease: datetime,
+        now: datetime,
     ) -> Callable[[bytes | None], Change[Any]]:
         def fn(current: bytes | None) -> Change[Any]:
             if current is None:
                 return self._stale_change(store, entry, None)
-            record = decode_record(current)
+            try:
+                record = decode_record(current)
+            except StorageError as exc:
+                return _unreadable_change(entry, current, exc, queue_names, worker_id, lease, now)
             if record.entry != entry.path:
                 return self._stale_change(store, entry, record)
             task = record.task

@@ -38,6 +38,7 @@ __all__ = [
     "BaseScheduleStorage",
     "BaseStorage",
     "BaseTaskQueue",
+    "UnreadableTask",
     "event_fields_but_task_id",
     "event_of",
 ]
@@ -60,6 +61,44 @@ class Ack(NamedTuple):
     task_id: str
     worker_id: str
     status: TaskStatus
+
+
+class UnreadableTask(Task, frozen=True, kw_only=True):
+    """A claimed task whose stored record cannot be decoded (damaged, or written by an
+    incompatible version), with ``reason`` saying why.
+
+    A claim leases it like any other task and hands it out so that the worker fails it:
+    a ``FAILED`` result naming the reason, an ``ERROR`` event and dependents cancelled.
+    Left in the queue it would block claims or be retried at every lease expiry; failed
+    quietly by the storage, nobody waiting on its result would ever hear of it.
+    """
+
+    reason: str
+
+
+def unreadable_task(
+    task_id: str,
+    reason: str,
+    *,
+    queue: str,
+    attempts: int,
+    worker_id: str,
+    lease_expires_at: datetime,
+    now: datetime,
+) -> UnreadableTask:
+    """What a claim returns for a record it leased but could not decode."""
+    return UnreadableTask(
+        id=task_id,
+        func="",
+        queue=queue,
+        status=TaskStatus.RUNNING,
+        attempts=attempts,
+        worker_id=worker_id,
+        lease_expires_at=lease_expires_at,
+        created_at=now,
+        updated_at=now,
+        reason=reason,
+    )
 
 
 class BaseStorage(ABC):  # noqa: B024 - connect/close are optional hooks, not abstract
@@ -149,7 +188,8 @@ class BaseTaskQueue(BaseStorage):
         creation time), then enqueue order. Each claimed task becomes ``RUNNING`` with
         ``worker_id``, ``lease_expires_at = now + lease_seconds`` and ``attempts + 1``;
         the returned tasks show those values. Two concurrent claims never return the
-        same task.
+        same task. A claimable task whose record cannot be decoded is leased the same way
+        and returned as an :class:`UnreadableTask` (the worker fails it), never skipped.
         """
 
     @abstractmethod

@@ -25,7 +25,7 @@ import logging
 import operator
 import time
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 import asyncpg
@@ -45,6 +45,7 @@ from omniq.storage.base import (
     BaseTaskQueue,
     event_fields_but_task_id,
     event_of,
+    unreadable_task,
 )
 
 __all__ = [
@@ -289,9 +290,7 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
-_QUARANTINE = (
-    "UPDATE {s}.tasks SET status = 'failed', lease_ts = NULL, updated_ts = $1 WHERE seq = $2"
-)
+_QUEUE_OF_TASK = "SELECT queue FROM {s}.tasks WHERE seq = $1"
 
 
 def _task_row(task: Task) -> tuple[Any, ...]:
@@ -462,15 +461,26 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
             now_ts + lease_seconds,
         )
         rows.sort(key=lambda row: (-row[3], row[7], row[0]))
-        claimed = []
+        claimed: builtins.list[Task] = []
         for row in rows:
             try:
                 claimed.append(_task(row))
             except StorageError as exc:
-                # An undecodable task would be claimed again at every lease expiry and
-                # block the queue: fail it here, keep the others.
-                logger.error("%s; marking it failed", exc)
-                await db.execute("failing a corrupt task", self._q(_QUARANTINE), now_ts, row[0])
+                logger.error("%s; handing it to the worker to fail", exc)
+                queue = await db.fetchval(
+                    "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
+                )
+                claimed.append(
+                    unreadable_task(
+                        row[1],
+                        str(exc),
+                        queue=queue,
+                        attempts=row[4],
+                        worker_id=worker_id,
+                        lease_expires_at=now + timedelta(seconds=lease_seconds),
+                        now=now,
+                    )
+                )
         return claimed
 
     async def renew(

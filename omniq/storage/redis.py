@@ -103,6 +103,7 @@ from omniq.storage.base import (
     BaseStorage,
     BaseTaskQueue,
     event_fields_but_task_id,
+    unreadable_task,
 )
 
 if TYPE_CHECKING:
@@ -253,7 +254,9 @@ def _decode_task(
     try:
         base = _TASK_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"redis: task {_text(task_id)}: its record is corrupt: {exc}") from exc
+        raise StorageError(
+            f"redis: task {_text(task_id)}: its stored record is corrupt: {exc}"
+        ) from exc
     updated_at = base.updated_at
     if int(updated) != _us(updated_at or base.created_at):
         updated_at = _dt(updated)
@@ -500,19 +503,29 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
     async def _claimed(
         self, flat: Sequence[Any], worker_id: str, now: datetime, lease_at: datetime
     ) -> builtins.list[Task]:
-        """Tasks from a claim's reply (a corrupt record is failed, the rest returned)."""
-        claimed = []
-        corrupt: builtins.list[Ack] = []
+        """Tasks from a claim's reply (a corrupt record as an :class:`UnreadableTask`)."""
+        claimed: builtins.list[Task] = []
         for i in range(0, len(flat), 4):
             task_id, data, attempts, due = flat[i : i + 4]
             try:
                 base = _TASK_DECODER.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                # Claimed again at every lease expiry it would block the queue: fail it,
-                # keep the others.
                 name = _text(task_id)
-                logger.error("redis: task %s: corrupt record (%s); marking it failed", name, exc)
-                corrupt.append(Ack(name, worker_id, TaskStatus.FAILED))
+                reason = f"redis: task {name}: its stored record is corrupt: {exc}"
+                logger.error("%s; handing it to the worker to fail", reason)
+                client = await self._client()
+                queue = await client.call("HGET", f"{self._prefix}t:{name}", "q")
+                claimed.append(
+                    unreadable_task(
+                        name,
+                        reason,
+                        queue=_text(queue or b"default"),
+                        attempts=int(attempts),
+                        worker_id=worker_id,
+                        lease_expires_at=lease_at,
+                        now=now,
+                    )
+                )
                 continue
             claimed.append(
                 msgspec.structs.replace(
@@ -526,8 +539,6 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                     updated_at=now,
                 )
             )
-        if corrupt:
-            await self.ack_many(corrupt, now=now)
         return claimed
 
     async def renew(

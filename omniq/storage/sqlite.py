@@ -27,7 +27,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
@@ -47,6 +47,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    unreadable_task,
 )
 
 if TYPE_CHECKING:
@@ -220,20 +221,29 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
         params.update(worker=worker_id, lease=now_ts + lease_seconds, now=now_ts, limit=limit)
         sql = _claim_sql(len(queues))
-        quarantine = _Q["quarantine_task"]
+        queue_of = _Q["queue_of_task"]
 
         def claim(conn: sqlite3.Connection) -> list[Task]:
             rows = conn.execute(sql, params).fetchall()
             rows.sort(key=lambda row: (-row[3], row[7], row[0]))
-            claimed = []
+            claimed: list[Task] = []
             for row in rows:
                 try:
                     claimed.append(_task_from_row(row))
                 except StorageError as exc:
-                    # An undecodable task would be claimed again at every lease expiry and
-                    # block the queue: fail it here, keep the others.
-                    logger.error("%s; marking it failed", exc)
-                    conn.execute(quarantine, (now_ts, row[0]))
+                    logger.error("%s; handing it to the worker to fail", exc)
+                    (queue,) = conn.execute(queue_of, (row[0],)).fetchone()
+                    claimed.append(
+                        unreadable_task(
+                            row[1],
+                            str(exc),
+                            queue=queue,
+                            attempts=row[4],
+                            worker_id=worker_id,
+                            lease_expires_at=now + timedelta(seconds=lease_seconds),
+                            now=now,
+                        )
+                    )
             return claimed
 
         return await (await self._db()).write(claim, "claiming tasks")

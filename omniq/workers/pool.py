@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from omniq.errors import ConfigError, OmniQError, SerializationError, StorageError, TaskTimeoutError
 from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.retry import Retry, backoff_delay, has_attempts_left
-from omniq.storage.base import Ack
+from omniq.storage.base import Ack, UnreadableTask
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
 
 if TYPE_CHECKING:
@@ -452,6 +452,12 @@ class AsyncWorkerPool:
                 self._slot_freed.set()
 
     async def _execute_inner(self, task: Task) -> None:
+        if isinstance(task, UnreadableTask):
+            # Nothing can run it, and no retry can mend it: fail it with the reason.
+            self._event(task, EventType.ERROR, task.reason)
+            error = ErrorInfo(type="omniq.UnreadableTask", message=task.reason)
+            self._finish(task, TaskStatus.FAILED, error=error)
+            return
         now = utcnow()
         if task.expires_at is not None and now >= task.expires_at and task.attempts <= 1:
             message = f"not started within its ttl (expired at {task.expires_at.isoformat()})"

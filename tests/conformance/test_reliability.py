@@ -353,23 +353,40 @@ async def test_gevent_worker_runs_200_blocking_tasks_together(oq: AsyncOmniQ) ->
 # -- signed payloads ---------------------------------------------------------------------------
 
 
-def _tamper_sqlite(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
+def _altered(data: bytes, alter: Callable[[bytes], bytes], replace_record: bytes | None) -> bytes:
+    if replace_record is not None:
+        return replace_record
+    task = msgspec.msgpack.decode(data, type=Task)
+    return msgspec.msgpack.encode(msgspec.structs.replace(task, payload=alter(task.payload)))
+
+
+def _tamper_sqlite(
+    store_url: str,
+    task_id: str,
+    alter: Callable[[bytes], bytes],
+    *,
+    replace_record: bytes | None = None,
+) -> None:
     path = store_url.removeprefix("sqlite:///")
     conn = sqlite3.connect(path)
     try:
         with conn:
             (data,) = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            task = msgspec.msgpack.decode(data, type=Task)
-            altered = msgspec.structs.replace(task, payload=alter(task.payload))
             conn.execute(
                 "UPDATE tasks SET data = ? WHERE id = ?",
-                (msgspec.msgpack.encode(altered), task_id),
+                (_altered(data, alter, replace_record), task_id),
             )
     finally:
         conn.close()
 
 
-def _tamper_postgres(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
+def _tamper_postgres(
+    store_url: str,
+    task_id: str,
+    alter: Callable[[bytes], bytes],
+    *,
+    replace_record: bytes | None = None,
+) -> None:
     import asyncpg
 
     async def rewrite() -> None:
@@ -384,11 +401,9 @@ def _tamper_postgres(store_url: str, task_id: str, alter: Callable[[bytes], byte
                     f'SELECT data FROM "{schema}".tasks WHERE id = $1', task_id
                 )
                 if data is not None:
-                    task = msgspec.msgpack.decode(data, type=Task)
-                    altered = msgspec.structs.replace(task, payload=alter(task.payload))
                     await conn.execute(
                         f'UPDATE "{schema}".tasks SET data = $1 WHERE id = $2',
-                        msgspec.msgpack.encode(altered),
+                        _altered(data, alter, replace_record),
                         task_id,
                     )
                     return
@@ -399,8 +414,9 @@ def _tamper_postgres(store_url: str, task_id: str, alter: Callable[[bytes], byte
     asyncio.run(rewrite())
 
 
-#: Per backend: rewrite a stored task's payload in place, behind OmniQ's back.
-TAMPER: dict[str, Callable[[str, str, Callable[[bytes], bytes]], None]] = {
+#: Per backend: rewrite a stored task's payload (or with ``replace_record=``, its whole
+#: record) in place, behind OmniQ's back.
+TAMPER: dict[str, Callable[..., None]] = {
     "sqlite": _tamper_sqlite,
     "redis": tamper_redis_task,
     "file": tamper_file_task,
@@ -410,12 +426,17 @@ TAMPER: dict[str, Callable[[str, str, Callable[[bytes], bytes]], None]] = {
 
 
 async def tamper(
-    backend: str, store_url: str, task_id: str, alter: Callable[[bytes], bytes]
+    backend: str,
+    store_url: str,
+    task_id: str,
+    alter: Callable[[bytes], bytes] = bytes,
+    *,
+    replace_record: bytes | None = None,
 ) -> None:
     helper = TAMPER.get(backend)
     if helper is None:
         pytest.fail(f"no helper to alter stored task bytes on the {backend} backend: add one")
-    await asyncio.to_thread(helper, store_url, task_id, alter)
+    await asyncio.to_thread(helper, store_url, task_id, alter, replace_record=replace_record)
 
 
 def flip_last_byte(payload: bytes) -> bytes:
@@ -453,3 +474,32 @@ async def test_tampered_signed_payload_is_refused_and_never_unpickled(
     assert ok.status is TaskStatus.COMPLETE
     assert made["ok-called"].exists()
     assert made["ok-loaded"].exists()  # the evidence files do work
+
+
+# -- damaged records ---------------------------------------------------------------------------
+
+
+async def test_a_task_whose_record_is_damaged_fails_with_a_result_and_spares_the_queue(
+    oq: AsyncOmniQ, backend_name: str, store_url: str
+) -> None:
+    damaged = await oq.submit(tasks.add, (1, 2), queue="mail")
+    dependent = await oq.submit(tasks.add, (3, 4), queue="mail", depends_on=[damaged])
+    others = [await oq.submit(tasks.add, (i, i), queue="mail") for i in range(3)]
+    await tamper(backend_name, store_url, damaged, replace_record=b"\xc1 not a record")
+    waiting = asyncio.ensure_future(oq.get_result(damaged, wait=True, timeout=WAIT))
+
+    await oq.worker(queues="mail").run(burst=True)
+
+    result = await waiting  # a waiter hears of it, like of any failure
+    assert result.status is TaskStatus.FAILED
+    assert result.error is not None and result.error.type == "omniq.UnreadableTask"
+    assert damaged in result.error.message and "corrupt" in result.error.message
+    events = await oq.get_events(damaged)
+    assert events[-1].event_type is EventType.ERROR
+    assert events[-1].queue == "mail"
+    cancelled = await oq.get_result(dependent)
+    assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
+    for i, task_id in enumerate(others):  # the rest of the queue ran
+        done = await oq.get_result(task_id)
+        assert done is not None and (done.status, done.result) == (TaskStatus.COMPLETE, 2 * i)
+    assert (await oq.stats())["mail"] == {"failed": 1, "cancelled": 1, "complete": 3}

@@ -14,6 +14,7 @@ from typing import Any
 from omniq.backend.file import FileBackend
 from omniq.models import EventType, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack
+from tests.storage.contract import assert_claim_hands_out_unreadable
 
 MakeBackend = Callable[[], Awaitable[FileBackend]]
 
@@ -289,6 +290,20 @@ class FileQueueChecks:
         (claimed,) = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
         assert claimed.id == "good"
 
+    async def test_a_corrupt_record_is_handed_out_as_unreadable_and_kept(
+        self, backend: FileBackend
+    ) -> None:
+        queue = backend.task_queue()
+        good = task("good", priority=1, queue="mail")
+        await queue.enqueue([good, task("bad", queue="mail")])
+        store = backend.store("tasks")
+        await store.write_many([("t/bad", b"\xc1not msgpack")])
+        await assert_claim_hands_out_unreadable(queue, good, "bad", queue_name="mail")
+        # A stand-in record took its place (later reads work); its bytes are kept aside.
+        stand_in = await queue.get("bad")
+        assert stand_in is not None and stand_in.status is TaskStatus.FAILED
+        assert await store.read("unreadable/bad") == b"\xc1not msgpack"
+
     async def test_stale_entry_left_by_a_crash_is_ignored(self, backend: FileBackend) -> None:
         # A crash between writing a new entry and removing the old one leaves two entries
         # for one task: the task is still claimed once and counted once.
@@ -458,8 +473,15 @@ class FileScheduleChecks:
         assert (stored.runs, stored.next_run_at) == (1, now + timedelta(minutes=1))
 
 
-def tamper_file_task(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
-    """Rewrite a stored task's payload bytes in place (file:// and memory:// stores).
+def tamper_file_task(
+    store_url: str,
+    task_id: str,
+    alter: Callable[[bytes], bytes],
+    *,
+    replace_record: bytes | None = None,
+) -> None:
+    """Rewrite a stored task's payload bytes in place, or its whole record with
+    ``replace_record`` (file:// and memory:// stores).
 
     For tests that check what a worker does with a payload altered in storage.
     """
@@ -472,6 +494,9 @@ def tamper_file_task(store_url: str, task_id: str, alter: Callable[[bytes], byte
     location = parse_location(store_url)
     fs = fsspec.filesystem(location.protocol)
     path = f"{location.root}/tasks/t/{token(task_id)}"
+    if replace_record is not None:
+        fs.pipe_file(path, replace_record)
+        return
     record = decode_record(fs.cat_file(path))
     task = msgspec.structs.replace(record.task, payload=alter(record.task.payload))
     fs.pipe_file(path, encode_record(msgspec.structs.replace(record, task=task)))

@@ -11,8 +11,15 @@ import redis
 from omniq.models import Task
 
 
-def tamper_redis_task(store_url: str, task_id: str, alter: Callable[[bytes], bytes]) -> None:
-    """Rewrite a stored task's payload in place, in whichever namespace holds it.
+def tamper_redis_task(
+    store_url: str,
+    task_id: str,
+    alter: Callable[[bytes], bytes],
+    *,
+    replace_record: bytes | None = None,
+) -> None:
+    """Rewrite a stored task's payload in place (or its whole record with
+    ``replace_record``), in whichever namespace holds it.
 
     Task ids are unique across the test run, so the one ``{namespace}:t:{id}`` key is found
     by ``SCAN``; the namespace of the store need not be known. The encoded task is stored
@@ -27,9 +34,11 @@ def tamper_redis_task(store_url: str, task_id: str, alter: Callable[[bytes], byt
         fields = ["d", *(f"d{i}" for i in range(1, 9))]
         values = cast(list[bytes | None], client.hmget(keys[0], fields))
         data = values[0] or b"".join(v for v in values[1:] if v is not None)
-        task = msgspec.msgpack.decode(data, type=Task)
-        altered = msgspec.structs.replace(task, payload=alter(task.payload))
+        if replace_record is None:
+            task = msgspec.msgpack.decode(data, type=Task)
+            altered = msgspec.structs.replace(task, payload=alter(task.payload))
+            replace_record = msgspec.msgpack.encode(altered)
         client.hdel(keys[0], *fields)
-        client.hset(keys[0], "d", msgspec.msgpack.encode(altered))
+        client.hset(keys[0], "d", replace_record)
     finally:
         client.close()

@@ -38,6 +38,7 @@ from omniq.storage.base import (
     BaseResultStorage,
     BaseScheduleStorage,
     BaseTaskQueue,
+    UnreadableTask,
 )
 
 MakeBackend = Callable[[], Awaitable[Backend]]
@@ -64,6 +65,28 @@ S = timedelta(seconds=1)
 def make_task(task_id: str | None = None, **fields: object) -> Task:
     """A task with a fresh id (``fields`` override any attribute)."""
     return Task(id=task_id or uuid.uuid4().hex, func="tests.tasks:noop", **fields)  # type: ignore[arg-type]
+
+
+async def assert_claim_hands_out_unreadable(
+    queue: BaseTaskQueue, good: Task, bad_id: str, *, queue_name: str = "default"
+) -> None:
+    """``bad_id``'s record was damaged after ``good`` (of a higher priority) and it were
+    enqueued: a claim leases both and returns the damaged one as an
+    :class:`UnreadableTask` naming it, whose FAILED acknowledgement goes through."""
+    claimed = await queue.claim([queue_name], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert [t.id for t in claimed] == [good.id, bad_id]
+    assert not isinstance(claimed[0], UnreadableTask)
+    unreadable = claimed[1]
+    assert isinstance(unreadable, UnreadableTask)
+    assert bad_id in unreadable.reason and "corrupt" in unreadable.reason
+    assert (unreadable.queue, unreadable.attempts) == (queue_name, 1)
+    assert (unreadable.status, unreadable.worker_id) == (TaskStatus.RUNNING, "w")
+    assert await queue.stats() == {queue_name: {"running": 2}}
+    acks = [Ack(bad_id, "w", TaskStatus.FAILED)]
+    assert await queue.ack_many(acks, now=utcnow()) == [True]
+    assert await queue.stats() == {queue_name: {"running": 1, "failed": 1}}
+    # Handed out once: the next claim finds nothing.
+    assert await queue.claim([queue_name], "w", limit=5, lease_seconds=30, now=utcnow()) == []
 
 
 def close_to(a: datetime | None, b: datetime, tolerance: float = 0.002) -> bool:

@@ -62,8 +62,8 @@ SET status = :to_status, due_ts = COALESCE(:due, due_ts), lease_ts = NULL, updat
 WHERE id = :id AND status IN (SELECT value FROM json_each(:from_statuses))
 RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data;
 
--- name: quarantine_task
-UPDATE tasks SET status = 'failed', lease_ts = NULL, updated_ts = ? WHERE seq = ?;
+-- name: queue_of_task
+SELECT queue FROM tasks WHERE seq = ?;
 
 -- name: get_tasks
 SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data

@@ -87,7 +87,10 @@ async def _run_worker(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         async with oq:
-            await pool.run(burst=args.burst)
+            # A signal during start-up (connecting can take a while) asked a pool that
+            # was not running yet to stop, which it ignores: do not start it at all.
+            if not stopper:
+                await pool.run(burst=args.burst)
             if stopper:
                 await asyncio.gather(*stopper, return_exceptions=True)
     finally:

@@ -128,11 +128,12 @@ def test_errors_are_one_line_without_traceback(
 
 
 @contextlib.contextmanager
-def worker_process(cwd: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """``omniq worker --log-level INFO`` in ``cwd``, stderr piped; killed if still up."""
+def worker_process(cwd: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """``omniq worker --log-level INFO *args`` in ``cwd``, stderr piped; killed if still
+    up."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omniq", "worker", "--log-level", "INFO"],
+        [sys.executable, "-m", "omniq", "worker", "--log-level", "INFO", *args],
         cwd=cwd,
         env=full_env,
         stderr=subprocess.PIPE,
@@ -157,6 +158,36 @@ def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             line = proc.stderr.readline()
         assert "started" in line
         proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+_GATED_APP = """
+import asyncio, pathlib
+from omniq import AsyncOmniQ
+
+class GatedClient(AsyncOmniQ):
+    async def connect(self) -> None:
+        pathlib.Path("connecting").touch()
+        while not pathlib.Path("go").exists():
+            await asyncio.sleep(0.01)
+        await super().connect()
+
+oq = GatedClient()
+"""
+
+
+def test_a_sigterm_while_the_worker_starts_up_stops_it(tmp_path: Path) -> None:
+    # A signal that arrives before the pool runs (here: while the client connects, as
+    # on a slow host) must not be lost: the worker used to start and run on regardless.
+    (tmp_path / "gated_app.py").write_text(_GATED_APP)
+    with worker_process(tmp_path, "--app", "gated_app:oq") as proc:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "connecting").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no connect"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)  # the signal is handled while connect() is still waiting
+        (tmp_path / "go").touch()
         assert proc.wait(timeout=30) == 0
 
 

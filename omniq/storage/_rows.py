@@ -15,8 +15,9 @@ import msgspec
 
 from omniq.errors import StorageError
 from omniq.models import Task, TaskStatus
+from omniq.storage.base import UnreadableTask, unreadable_task
 
-__all__ = ["dt", "task_from_row", "ts"]
+__all__ = ["dt", "task_from_row", "ts", "unreadable_from_claimed_row"]
 
 _TASK_DECODER = msgspec.msgpack.Decoder(Task)
 _STATUSES = {status.value: status for status in TaskStatus}
@@ -60,4 +61,19 @@ def task_from_row(row: Sequence[Any], backend: str) -> Task:
         lease_expires_at=None if lease_ts is None else dt(lease_ts),
         due_at=due_at,
         updated_at=updated_at,
+    )
+
+
+def unreadable_from_claimed_row(row: Sequence[Any], reason: str, queue: str) -> UnreadableTask:
+    """What a claim returns for a row it leased whose record :func:`task_from_row`
+    refused: the row's columns (holder, lease, attempts) say the rest."""
+    _, task_id, _, _, attempts, worker_id, lease_ts, _, updated_ts, _ = row
+    return unreadable_task(
+        task_id,
+        reason,
+        queue=queue,
+        attempts=attempts,
+        worker_id=worker_id,
+        lease_expires_at=dt(lease_ts),
+        now=dt(updated_ts),
     )

@@ -25,7 +25,7 @@ import logging
 import operator
 import time
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Self
 
 import asyncpg
@@ -35,7 +35,7 @@ from omniq._sync import sync_twin
 from omniq.backend.postgres import PostgresBackend
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
-from omniq.storage._rows import dt, task_from_row, ts
+from omniq.storage._rows import dt, task_from_row, ts, unreadable_from_claimed_row
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
@@ -45,7 +45,6 @@ from omniq.storage.base import (
     BaseTaskQueue,
     event_fields_but_task_id,
     event_of,
-    unreadable_task,
 )
 
 __all__ = [
@@ -470,17 +469,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
                 queue = await db.fetchval(
                     "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
                 )
-                claimed.append(
-                    unreadable_task(
-                        row[1],
-                        str(exc),
-                        queue=queue,
-                        attempts=row[4],
-                        worker_id=worker_id,
-                        lease_expires_at=now + timedelta(seconds=lease_seconds),
-                        now=now,
-                    )
-                )
+                claimed.append(unreadable_from_claimed_row(row, str(exc), queue))
         return claimed
 
     async def renew(

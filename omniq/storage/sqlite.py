@@ -27,7 +27,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
@@ -38,7 +38,7 @@ from omniq.backend.sqlite import _SQLiteConnection, sqlite_path
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from omniq.storage._rows import dt as _dt
-from omniq.storage._rows import task_from_row
+from omniq.storage._rows import task_from_row, unreadable_from_claimed_row
 from omniq.storage._rows import ts as _ts
 from omniq.storage.base import (
     Ack,
@@ -47,7 +47,6 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
-    unreadable_task,
 )
 
 if TYPE_CHECKING:
@@ -233,17 +232,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
                 except StorageError as exc:
                     logger.error("%s; handing it to the worker to fail", exc)
                     (queue,) = conn.execute(queue_of, (row[0],)).fetchone()
-                    claimed.append(
-                        unreadable_task(
-                            row[1],
-                            str(exc),
-                            queue=queue,
-                            attempts=row[4],
-                            worker_id=worker_id,
-                            lease_expires_at=now + timedelta(seconds=lease_seconds),
-                            now=now,
-                        )
-                    )
+                    claimed.append(unreadable_from_claimed_row(row, str(exc), queue))
             return claimed
 
         return await (await self._db()).write(claim, "claiming tasks")

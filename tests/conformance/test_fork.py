@@ -14,6 +14,18 @@ from omniq import AsyncOmniQ, EventType, OmniQ, TaskStatus
 from tests.conformance import tasks
 
 
+def _options(store_url: str, namespace: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """An OmniQ's arguments for the test's store (picklable: children rebuild it)."""
+    return {
+        "task_queue": store_url,
+        "result_storage": store_url,
+        "event_storage": store_url,
+        "namespace": namespace,
+        "base_dir": str(tmp_path / ".omniq"),
+        **extra,
+    }
+
+
 def _enqueue_in_child(client: OmniQ, out: Any) -> None:
     try:
         out.put(("ok", client.enqueue(tasks.add, 3, 4)))
@@ -69,13 +81,7 @@ def _fork_and_enqueue(
 async def test_a_client_connected_before_a_fork_works_in_the_child(
     oq: AsyncOmniQ, store_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    options = {
-        "task_queue": store_url,
-        "result_storage": store_url,
-        "event_storage": store_url,
-        "namespace": namespace,
-        "base_dir": str(tmp_path / ".omniq"),
-    }
+    options = _options(store_url, namespace, tmp_path)
     # Forked from a plain thread: the test's event loop runs in this one.
     first, (outcome, second), third = await asyncio.to_thread(_fork_and_enqueue, options)
     assert outcome == "ok", second
@@ -91,14 +97,8 @@ async def test_a_client_connected_before_a_fork_works_in_the_child(
 async def test_a_forked_child_that_never_closes_its_client_keeps_its_events(
     oq: AsyncOmniQ, store_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    options = {
-        "task_queue": store_url,
-        "result_storage": store_url,
-        "event_storage": store_url,
-        "namespace": namespace,
-        "base_dir": str(tmp_path / ".omniq"),
-        "event_flush_interval": 60.0,  # no timer write before the child exits
-    }
+    # No timer write before the child exits.
+    options = _options(store_url, namespace, tmp_path, event_flush_interval=60.0)
     _, (outcome, in_child), _ = await asyncio.to_thread(
         _fork_and_enqueue, options, _enqueue_in_child_left_open
     )
@@ -112,14 +112,7 @@ async def test_a_forkserver_child_that_never_closes_its_client_keeps_its_events(
     oq: AsyncOmniQ, store_url: str, namespace: str, tmp_path: Path
 ) -> None:
     # The client is made in the child; multiprocessing ends it with os._exit all the same.
-    options = {
-        "task_queue": store_url,
-        "result_storage": store_url,
-        "event_storage": store_url,
-        "namespace": namespace,
-        "base_dir": str(tmp_path / ".omniq"),
-        "event_flush_interval": 60.0,
-    }
+    options = _options(store_url, namespace, tmp_path, event_flush_interval=60.0)
     context = multiprocessing.get_context("forkserver")
     out = context.SimpleQueue()
     child = context.Process(target=_new_client_enqueues_left_open, args=(options, out))

@@ -26,6 +26,8 @@ from omniq.errors import (
     DependencyFailedError,
     ResultTimeoutError,
     SerializationError,
+    StorageConnectionError,
+    StorageError,
     TaskNotFoundError,
 )
 from omniq.events import AsyncEventLogger, AsyncEventProcessor
@@ -621,6 +623,10 @@ class AsyncOmniQ:
         """The task's result once it is final (``COMPLETE``, ``FAILED``, ``CANCELLED``,
         ``EXPIRED``), else None; with ``wait=True`` block until then, or raise
         ``ResultTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds.
+
+        With ``wait=True`` nothing is waited for that cannot come: an id the queue does
+        not know raises ``TaskNotFoundError``, and a task that finished but whose result
+        is gone (past ``result_ttl``, or cleaned up) returns None at once.
         """
         if not self._connected:
             await self.connect()
@@ -630,11 +636,30 @@ class AsyncOmniQ:
             loop = asyncio.get_running_loop()
             deadline = None if limit is None else loop.time() + limit
             while stored is None:
+                if await self._finished_without_result(task_id):
+                    # Results are stored before tasks are acknowledged: read once more.
+                    stored = await self.results.get(task_id)
+                    break
                 remaining = 60.0 if deadline is None else deadline - loop.time()
                 if remaining <= 0:
                     raise ResultTimeoutError(f"no result for task {task_id} within {limit} s")
                 stored = await self.results.wait(task_id, min(remaining, 60.0))
         return None if stored is None else self._decode_result(stored)
+
+    async def _finished_without_result(self, task_id: str) -> bool:
+        """True if the task is final (its result, if any, was stored before that);
+        raises TaskNotFoundError for an id the queue does not hold."""
+        try:
+            task = await self.queue.get(task_id)
+        except (TaskNotFoundError, StorageConnectionError):
+            raise
+        except StorageError:
+            return False  # an unreadable record: its worker will store a result
+        if task is None:
+            raise TaskNotFoundError(
+                f"task {task_id} does not exist (never enqueued, or cleaned up)"
+            )
+        return task.status in FINAL_STATUSES
 
     async def get_events(self, task_id: str) -> list[TaskEvent]:
         """The task's lifecycle events, oldest first (``[]`` with events off)."""

@@ -365,9 +365,30 @@ async def test_result_ttl_and_cleanup(make_oq: MakeOQ) -> None:
     await oq.worker().run(burst=True)
     await asyncio.sleep(0.1)
     assert await oq.get_result(task_id) is None
+    # Waiting cannot bring back a result that expired: None now, not a wait forever.
+    assert await asyncio.wait_for(oq.get_result(task_id, wait=True), 5) is None
     counts = await oq.cleanup()
     assert counts["tasks"] == 1
     assert await oq.get_task(task_id) is None
+    # Cleaned up, the task is unknown: waiting for it is an error, at once.
+    with pytest.raises(TaskNotFoundError, match=task_id):
+        await asyncio.wait_for(oq.get_result(task_id, wait=True), 5)
+
+
+async def test_waiting_for_the_result_of_an_unknown_task_raises_at_once(oq: AsyncOmniQ) -> None:
+    with pytest.raises(TaskNotFoundError, match="no-such-task"):
+        await asyncio.wait_for(oq.get_result("no-such-task", wait=True), 5)
+    assert await oq.get_result("no-such-task") is None  # without wait: just not there
+
+
+async def test_waiting_for_a_scheduled_task_waits_for_its_result(oq: AsyncOmniQ) -> None:
+    # Not final yet (waiting for its dependency): the wait goes on until the result.
+    first = await oq.submit(tasks.add, (1, 1), delay=0.3)
+    second = await oq.submit(tasks.add, (2, 2), depends_on=[first])
+    waiting = asyncio.ensure_future(oq.get_result(second, wait=True, timeout=20))
+    async with oq.worker():
+        result = await waiting
+    assert (result.status, result.result) == (TaskStatus.COMPLETE, 4)
 
 
 async def test_events_can_be_switched_off(make_oq: MakeOQ) -> None:

@@ -151,7 +151,7 @@ def _unreadable_change(
     queue_token = entry.path.split("/", 2)[1]
     stand_in = unreadable_task(
         entry.token,
-        f"file backend: task {entry.token}: its stored record is corrupt: {exc.__cause__ or exc}",
+        _unreadable_reason(entry, exc),
         queue=queue_names.get(queue_token, queue_token),
         attempts=1,
         worker_id=worker_id,
@@ -161,6 +161,25 @@ def _unreadable_change(
     plain = Task(**{f: getattr(stand_in, f) for f in Task.__struct_fields__})
     old = Record(task=plain, seq=entry.seq, entry=entry.path)
     return _moved(_Unreadable(stand_in, data), plain, old)
+
+
+def _unreadable_reason(entry: Entry, exc: StorageError) -> str:
+    return f"file backend: task {entry.token}: its stored record is corrupt: {exc.__cause__ or exc}"
+
+
+def _unreadable_entry(entry: Entry, exc: StorageError, queue: str | None) -> UnreadableTask:
+    """A listed task whose record cannot be decoded, as far as its entry's name tells."""
+    queue_token = entry.path.split("/", 2)[1]
+    return unreadable_task(
+        entry.token,
+        _unreadable_reason(entry, exc),
+        queue=queue if queue is not None else queue_token,
+        status=entry.status,
+        attempts=0,
+        worker_id=None,
+        lease_expires_at=from_us(entry.extra_us) if entry.status is TaskStatus.RUNNING else None,
+        now=from_us(entry.created_ms * 1000),
+    )
 
 
 def _claimable(task: Task, now: datetime) -> bool:
@@ -628,10 +647,15 @@ class AsyncFileQueue(BaseTaskQueue):
                     seen.add(entry.token)
                     batch.append(entry)
             found = await store.read_many([_record_path(e.token) for e in batch])
-            for data in found:
+            for entry, data in zip(batch, found, strict=True):
                 if data is None:
                     continue
-                task = decode_record(data).task
+                try:
+                    task = decode_record(data).task
+                except StorageError as exc:
+                    # Listed as what its entry's name says: one bad record must not hide
+                    # the rest.
+                    task = _unreadable_entry(entry, exc, queue)
                 if (status is None or task.status is status) and (
                     queue is None or task.queue == queue
                 ):

@@ -17,7 +17,7 @@ from omniq.errors import StorageError
 from omniq.models import Task, TaskStatus
 from omniq.storage.base import UnreadableTask, unreadable_task
 
-__all__ = ["dt", "task_from_row", "ts", "unreadable_from_claimed_row"]
+__all__ = ["dt", "task_from_row", "ts", "unreadable_from_row"]
 
 _TASK_DECODER = msgspec.msgpack.Decoder(Task)
 _STATUSES = {status.value: status for status in TaskStatus}
@@ -64,16 +64,17 @@ def task_from_row(row: Sequence[Any], backend: str) -> Task:
     )
 
 
-def unreadable_from_claimed_row(row: Sequence[Any], reason: str, queue: str) -> UnreadableTask:
-    """What a claim returns for a row it leased whose record :func:`task_from_row`
-    refused: the row's columns (holder, lease, attempts) say the rest."""
-    _, task_id, _, _, attempts, worker_id, lease_ts, _, updated_ts, _ = row
+def unreadable_from_row(row: Sequence[Any], reason: str, queue: str) -> UnreadableTask:
+    """A row whose record :func:`task_from_row` refused, as an :class:`UnreadableTask`
+    (what a claim that leased it, or a listing, returns): the columns say the rest."""
+    _, task_id, status, _, attempts, worker_id, lease_ts, _, updated_ts, _ = row
     return unreadable_task(
         task_id,
         reason,
         queue=queue,
+        status=_STATUSES[status],
         attempts=attempts,
         worker_id=worker_id,
-        lease_expires_at=dt(lease_ts),
+        lease_expires_at=None if lease_ts is None else dt(lease_ts),
         now=dt(updated_ts),
     )

@@ -82,16 +82,18 @@ def unreadable_task(
     *,
     queue: str,
     attempts: int,
-    worker_id: str,
-    lease_expires_at: datetime,
+    worker_id: str | None,
+    lease_expires_at: datetime | None,
     now: datetime,
+    status: TaskStatus = TaskStatus.RUNNING,
 ) -> UnreadableTask:
-    """What a claim returns for a record it leased but could not decode."""
+    """A record that could not be decoded, as far as the storage's own fields tell:
+    what a claim that leased it returns (``RUNNING``), or a listing that met it."""
     return UnreadableTask(
         id=task_id,
         func="",
         queue=queue,
-        status=TaskStatus.RUNNING,
+        status=status,
         attempts=attempts,
         worker_id=worker_id,
         lease_expires_at=lease_expires_at,

@@ -35,7 +35,7 @@ from omniq._sync import sync_twin
 from omniq.backend.postgres import PostgresBackend
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
-from omniq.storage._rows import dt, task_from_row, ts, unreadable_from_claimed_row
+from omniq.storage._rows import dt, task_from_row, ts, unreadable_from_row
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
@@ -469,7 +469,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
                 queue = await db.fetchval(
                     "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
                 )
-                claimed.append(unreadable_from_claimed_row(row, str(exc), queue))
+                claimed.append(unreadable_from_row(row, str(exc), queue))
         return claimed
 
     async def renew(
@@ -618,7 +618,17 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         rows = await db.fetch(
             "listing tasks", sql, queue, None if status is None else TaskStatus(status).value, limit
         )
-        return [_task(row) for row in rows]
+        tasks: builtins.list[Task] = []
+        for row in rows:
+            try:
+                tasks.append(_task(row))
+            except StorageError as exc:
+                # Listed as what its columns say: one bad record must not hide the rest.
+                name = await db.fetchval(
+                    "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
+                )
+                tasks.append(unreadable_from_row(row, str(exc), name))
+        return tasks
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status."""

@@ -690,7 +690,29 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         client = await self._client()
         statuses = _ALL_STATUSES if status is None else (TaskStatus(status).value,)
         flat = await client.script("list", limit, queue or "", *statuses)
-        return _decode_tasks(flat)
+        tasks: builtins.list[Task] = []
+        for i in range(0, len(flat), 8):
+            fields = flat[i : i + 8]
+            try:
+                tasks.append(_decode_task(*fields))
+            except StorageError as exc:
+                # Listed as what its hash's fields say: one bad record must not hide the rest.
+                task_id, _, state, attempts, worker, lease, _, updated = fields
+                name = _text(task_id)
+                found = await client.call("HGET", f"{self._prefix}t:{name}", "q")
+                tasks.append(
+                    unreadable_task(
+                        name,
+                        str(exc),
+                        queue=_text(found or b"default"),
+                        status=_STATUSES[state],
+                        attempts=int(attempts),
+                        worker_id=worker.decode() or None,
+                        lease_expires_at=_dt(lease) if lease else None,
+                        now=_dt(updated),
+                    )
+                )
+        return tasks
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status (one script call over the status sets)."""

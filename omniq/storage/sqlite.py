@@ -38,7 +38,7 @@ from omniq.backend.sqlite import _SQLiteConnection, sqlite_path
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from omniq.storage._rows import dt as _dt
-from omniq.storage._rows import task_from_row, unreadable_from_claimed_row
+from omniq.storage._rows import task_from_row, unreadable_from_row
 from omniq.storage._rows import ts as _ts
 from omniq.storage.base import (
     Ack,
@@ -232,7 +232,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
                 except StorageError as exc:
                     logger.error("%s; handing it to the worker to fail", exc)
                     (queue,) = conn.execute(queue_of, (row[0],)).fetchone()
-                    claimed.append(unreadable_from_claimed_row(row, str(exc), queue))
+                    claimed.append(unreadable_from_row(row, str(exc), queue))
             return claimed
 
         return await (await self._db()).write(claim, "claiming tasks")
@@ -396,9 +396,21 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             params["status"] = TaskStatus(status).value
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = _Q["list_tasks"].format(where=where)
+        queue_of = _Q["queue_of_task"]
+
+        def listing(conn: sqlite3.Connection) -> builtins.list[Task]:
+            tasks: builtins.list[Task] = []
+            for row in conn.execute(sql, params).fetchall():
+                try:
+                    tasks.append(_task_from_row(row))
+                except StorageError as exc:
+                    # Listed as what its columns say: one bad record must not hide the rest.
+                    (name,) = conn.execute(queue_of, (row[0],)).fetchone()
+                    tasks.append(unreadable_from_row(row, str(exc), name))
+            return tasks
+
         db = await self._db()
-        rows = await db.run(lambda conn: conn.execute(sql, params).fetchall(), "listing tasks")
-        return [_task_from_row(row) for row in rows]
+        return await db.run(listing, "listing tasks")
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status."""

@@ -14,7 +14,7 @@ from typing import Any
 from omniq.backend.file import FileBackend
 from omniq.models import EventType, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack
-from tests.storage.contract import assert_claim_hands_out_unreadable
+from tests.storage.contract import assert_unreadable_is_listed_and_handed_out
 
 MakeBackend = Callable[[], Awaitable[FileBackend]]
 
@@ -298,7 +298,7 @@ class FileQueueChecks:
         await queue.enqueue([good, task("bad", queue="mail")])
         store = backend.store("tasks")
         await store.write_many([("t/bad", b"\xc1not msgpack")])
-        await assert_claim_hands_out_unreadable(queue, good, "bad", queue_name="mail")
+        await assert_unreadable_is_listed_and_handed_out(queue, good, "bad", queue_name="mail")
         # A stand-in record took its place (later reads work); its bytes are kept aside.
         stand_in = await queue.get("bad")
         assert stand_in is not None and stand_in.status is TaskStatus.FAILED

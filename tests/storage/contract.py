@@ -67,12 +67,21 @@ def make_task(task_id: str | None = None, **fields: object) -> Task:
     return Task(id=task_id or uuid.uuid4().hex, func="tests.tasks:noop", **fields)  # type: ignore[arg-type]
 
 
-async def assert_claim_hands_out_unreadable(
+async def assert_unreadable_is_listed_and_handed_out(
     queue: BaseTaskQueue, good: Task, bad_id: str, *, queue_name: str = "default"
 ) -> None:
     """``bad_id``'s record was damaged after ``good`` (of a higher priority) and it were
-    enqueued: a claim leases both and returns the damaged one as an
-    :class:`UnreadableTask` naming it, whose FAILED acknowledgement goes through."""
+    enqueued: listings still work and show it as an :class:`UnreadableTask`; a claim
+    leases both and returns the damaged one as one, whose FAILED acknowledgement goes
+    through."""
+    listed = {task.id: task for task in await queue.list()}
+    assert set(listed) == {good.id, bad_id}
+    assert not isinstance(listed[good.id], UnreadableTask)
+    unreadable = listed[bad_id]
+    assert isinstance(unreadable, UnreadableTask)
+    assert bad_id in unreadable.reason and "corrupt" in unreadable.reason
+    assert (unreadable.queue, unreadable.status) == (queue_name, TaskStatus.PENDING)
+
     claimed = await queue.claim([queue_name], "w", limit=5, lease_seconds=30, now=utcnow())
     assert [t.id for t in claimed] == [good.id, bad_id]
     assert not isinstance(claimed[0], UnreadableTask)
@@ -85,8 +94,10 @@ async def assert_claim_hands_out_unreadable(
     acks = [Ack(bad_id, "w", TaskStatus.FAILED)]
     assert await queue.ack_many(acks, now=utcnow()) == [True]
     assert await queue.stats() == {queue_name: {"running": 1, "failed": 1}}
-    # Handed out once: the next claim finds nothing.
+    # Handed out once: the next claim finds nothing; a listing shows it failed.
     assert await queue.claim([queue_name], "w", limit=5, lease_seconds=30, now=utcnow()) == []
+    failed = await queue.list(queue=queue_name, status=TaskStatus.FAILED)
+    assert [(t.id, t.status) for t in failed] == [(bad_id, TaskStatus.FAILED)]
 
 
 def close_to(a: datetime | None, b: datetime, tolerance: float = 0.002) -> bool:

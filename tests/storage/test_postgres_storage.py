@@ -35,8 +35,8 @@ from tests.storage.contract import (
     QueueContract,
     ResultContract,
     ScheduleContract,
-    assert_claim_hands_out_unreadable,
     assert_sync_twin_mirrors,
+    assert_unreadable_is_listed_and_handed_out,
     make_event,
     make_result,
     make_task,
@@ -455,7 +455,7 @@ async def test_a_corrupt_task_is_handed_out_as_unreadable_and_the_others_are_cla
     with pytest.raises(StorageError, match=bad.id):
         await queue.get(bad.id)
     assert await queue.get(good.id) == good
-    await assert_claim_hands_out_unreadable(queue, good, bad.id, queue_name="mail")
+    await assert_unreadable_is_listed_and_handed_out(queue, good, bad.id, queue_name="mail")
     assert bad.id in caplog.text
 
 

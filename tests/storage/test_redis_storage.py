@@ -46,8 +46,8 @@ from tests.storage.contract import (
     QueueContract,
     ResultContract,
     ScheduleContract,
-    assert_claim_hands_out_unreadable,
     assert_sync_twin_mirrors,
+    assert_unreadable_is_listed_and_handed_out,
     make_event,
     make_result,
     make_task,
@@ -632,7 +632,7 @@ async def test_a_corrupt_task_is_handed_out_as_unreadable_and_the_others_are_cla
     await queue.enqueue([good, make_task("bad", queue="mail")])
     corrupt = redis.hset(f"{backend.namespace}:t:bad", mapping={"d": b"\xc1 not msgpack"})
     await cast(Awaitable[int], corrupt)
-    await assert_claim_hands_out_unreadable(queue, good, "bad", queue_name="mail")
+    await assert_unreadable_is_listed_and_handed_out(queue, good, "bad", queue_name="mail")
     assert "bad" in caplog.text
 
 

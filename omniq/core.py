@@ -651,7 +651,7 @@ class AsyncOmniQ:
         raises TaskNotFoundError for an id the queue does not hold."""
         try:
             task = await self.queue.get(task_id)
-        except (TaskNotFoundError, StorageConnectionError):
+        except StorageConnectionError:
             raise
         except StorageError:
             return False  # an unreadable record: its worker will store a result

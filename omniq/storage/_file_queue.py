@@ -7,7 +7,7 @@ import builtins
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -139,41 +139,40 @@ def _unreadable_change(
     entry: Entry,
     data: bytes,
     exc: StorageError,
-    queue_names: dict[str, str],
+    queue_names: Mapping[str, str],
     worker_id: str,
     lease: datetime,
     now: datetime,
 ) -> Change[_Unreadable]:
     """Lease a task whose record cannot be decoded under a stand-in record (what its
-    entry's name says: id, queue, order), so that the worker can fail it and every later
-    operation reads a valid record. The id is the entry's token: the id itself, unless
-    the id was too long or odd for a file name (then a hash)."""
-    queue_token = entry.path.split("/", 2)[1]
-    stand_in = unreadable_task(
-        entry.token,
-        _unreadable_reason(entry, exc),
-        queue=queue_names.get(queue_token, queue_token),
+    entry's name says), so that the worker can fail it and every later operation reads
+    a valid record."""
+    stand_in = msgspec.structs.replace(
+        _unreadable_entry(entry, exc, queue_names),
+        status=TaskStatus.RUNNING,
         attempts=1,
         worker_id=worker_id,
         lease_expires_at=lease,
-        now=now,
+        created_at=now,
+        updated_at=now,
     )
     plain = Task(**{f: getattr(stand_in, f) for f in Task.__struct_fields__})
     old = Record(task=plain, seq=entry.seq, entry=entry.path)
     return _moved(_Unreadable(stand_in, data), plain, old)
 
 
-def _unreadable_reason(entry: Entry, exc: StorageError) -> str:
-    return f"file backend: task {entry.token}: its stored record is corrupt: {exc.__cause__ or exc}"
-
-
-def _unreadable_entry(entry: Entry, exc: StorageError, queue: str | None) -> UnreadableTask:
-    """A listed task whose record cannot be decoded, as far as its entry's name tells."""
+def _unreadable_entry(
+    entry: Entry, exc: StorageError, queue_names: Mapping[str, str]
+) -> UnreadableTask:
+    """A task whose record cannot be decoded, as far as its entry's name tells. The id is
+    the entry's token: the id itself, unless the id was too long or odd for a file name
+    (then a hash); so is the queue, unless ``queue_names`` maps its token back."""
     queue_token = entry.path.split("/", 2)[1]
+    reason = f"file backend: task {entry.token}: its stored record is corrupt: "
     return unreadable_task(
         entry.token,
-        _unreadable_reason(entry, exc),
-        queue=queue if queue is not None else queue_token,
+        reason + str(exc.__cause__ or exc),
+        queue=queue_names.get(queue_token, queue_token),
         status=entry.status,
         attempts=0,
         worker_id=None,
@@ -438,7 +437,7 @@ class AsyncFileQueue(BaseTaskQueue):
         self,
         store: Store,
         entry: Entry,
-        queue_names: dict[str, str],
+        queue_names: Mapping[str, str],
         worker_id: str,
         lease: datetime,
         now: datetime,
@@ -655,7 +654,9 @@ class AsyncFileQueue(BaseTaskQueue):
                 except StorageError as exc:
                     # Listed as what its entry's name says: one bad record must not hide
                     # the rest.
-                    task = _unreadable_entry(entry, exc, queue)
+                    task = _unreadable_entry(
+                        entry, exc, {} if queue is None else {token(queue): queue}
+                    )
                 if (status is None or task.status is status) and (
                     queue is None or task.queue == queue
                 ):

@@ -43,6 +43,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    UnreadableTask,
     event_fields_but_task_id,
     event_of,
 )
@@ -460,17 +461,23 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
             now_ts + lease_seconds,
         )
         rows.sort(key=lambda row: (-row[3], row[7], row[0]))
-        claimed: builtins.list[Task] = []
-        for row in rows:
-            try:
-                claimed.append(_task(row))
-            except StorageError as exc:
-                logger.error("%s; handing it to the worker to fail", exc)
-                queue = await db.fetchval(
-                    "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
-                )
-                claimed.append(unreadable_from_row(row, str(exc), queue))
+        claimed = [await self._task_or_unreadable(db, row) for row in rows]
+        for task in claimed:
+            if isinstance(task, UnreadableTask):
+                logger.error("%s; handing it to the worker to fail", task.reason)
         return claimed
+
+    async def _task_or_unreadable(self, db: PostgresBackend, row: Sequence[Any]) -> Task:
+        """The row's task, or, when its record cannot be decoded, an UnreadableTask of
+        what the columns say: one bad record must neither block claims nor hide a
+        listing."""
+        try:
+            return _task(row)
+        except StorageError as exc:
+            queue = await db.fetchval(
+                "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
+            )
+            return unreadable_from_row(row, str(exc), queue)
 
     async def renew(
         self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
@@ -618,17 +625,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         rows = await db.fetch(
             "listing tasks", sql, queue, None if status is None else TaskStatus(status).value, limit
         )
-        tasks: builtins.list[Task] = []
-        for row in rows:
-            try:
-                tasks.append(_task(row))
-            except StorageError as exc:
-                # Listed as what its columns say: one bad record must not hide the rest.
-                name = await db.fetchval(
-                    "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
-                )
-                tasks.append(unreadable_from_row(row, str(exc), name))
-        return tasks
+        return [await self._task_or_unreadable(db, row) for row in rows]
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status."""

@@ -102,6 +102,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    UnreadableTask,
     event_fields_but_task_id,
     unreadable_task,
 )
@@ -513,13 +514,10 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                 name = _text(task_id)
                 reason = f"redis: task {name}: its stored record is corrupt: {exc}"
                 logger.error("%s; handing it to the worker to fail", reason)
-                client = await self._client()
-                queue = await client.call("HGET", f"{self._prefix}t:{name}", "q")
                 claimed.append(
-                    unreadable_task(
+                    await self._unreadable(
                         name,
                         reason,
-                        queue=_text(queue or b"default"),
                         attempts=int(attempts),
                         worker_id=worker_id,
                         lease_expires_at=lease_at,
@@ -540,6 +538,13 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                 )
             )
         return claimed
+
+    async def _unreadable(self, task_id: str, reason: str, **fields: Any) -> UnreadableTask:
+        """A task whose record cannot be decoded, as an UnreadableTask of ``fields`` (the
+        hash's other fields) in the queue its hash names."""
+        client = await self._client()
+        queue = await client.call("HGET", f"{self._prefix}t:{task_id}", "q")
+        return unreadable_task(task_id, reason, queue=_text(queue or b"default"), **fields)
 
     async def renew(
         self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
@@ -698,13 +703,10 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
             except StorageError as exc:
                 # Listed as what its hash's fields say: one bad record must not hide the rest.
                 task_id, _, state, attempts, worker, lease, _, updated = fields
-                name = _text(task_id)
-                found = await client.call("HGET", f"{self._prefix}t:{name}", "q")
                 tasks.append(
-                    unreadable_task(
-                        name,
+                    await self._unreadable(
+                        _text(task_id),
                         str(exc),
-                        queue=_text(found or b"default"),
                         status=_STATUSES[state],
                         attempts=int(attempts),
                         worker_id=worker.decode() or None,

@@ -47,6 +47,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    UnreadableTask,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +77,16 @@ _CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskSta
 
 def _task_from_row(row: Row) -> Task:
     return task_from_row(row, "sqlite")
+
+
+def _task_or_unreadable(conn: sqlite3.Connection, row: Row) -> Task:
+    """The row's task, or, when its record cannot be decoded, an UnreadableTask of what
+    the columns say: one bad record must neither block claims nor hide a listing."""
+    try:
+        return _task_from_row(row)
+    except StorageError as exc:
+        (queue,) = conn.execute(_Q["queue_of_task"], (row[0],)).fetchone()
+        return unreadable_from_row(row, str(exc), queue)
 
 
 class _SQLiteComponent(BaseStorage):
@@ -220,19 +231,14 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
         params.update(worker=worker_id, lease=now_ts + lease_seconds, now=now_ts, limit=limit)
         sql = _claim_sql(len(queues))
-        queue_of = _Q["queue_of_task"]
 
         def claim(conn: sqlite3.Connection) -> list[Task]:
             rows = conn.execute(sql, params).fetchall()
             rows.sort(key=lambda row: (-row[3], row[7], row[0]))
-            claimed: list[Task] = []
-            for row in rows:
-                try:
-                    claimed.append(_task_from_row(row))
-                except StorageError as exc:
-                    logger.error("%s; handing it to the worker to fail", exc)
-                    (queue,) = conn.execute(queue_of, (row[0],)).fetchone()
-                    claimed.append(unreadable_from_row(row, str(exc), queue))
+            claimed = [_task_or_unreadable(conn, row) for row in rows]
+            for task in claimed:
+                if isinstance(task, UnreadableTask):
+                    logger.error("%s; handing it to the worker to fail", task.reason)
             return claimed
 
         return await (await self._db()).write(claim, "claiming tasks")
@@ -396,18 +402,9 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             params["status"] = TaskStatus(status).value
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = _Q["list_tasks"].format(where=where)
-        queue_of = _Q["queue_of_task"]
 
         def listing(conn: sqlite3.Connection) -> builtins.list[Task]:
-            tasks: builtins.list[Task] = []
-            for row in conn.execute(sql, params).fetchall():
-                try:
-                    tasks.append(_task_from_row(row))
-                except StorageError as exc:
-                    # Listed as what its columns say: one bad record must not hide the rest.
-                    (name,) = conn.execute(queue_of, (row[0],)).fetchone()
-                    tasks.append(unreadable_from_row(row, str(exc), name))
-            return tasks
+            return [_task_or_unreadable(conn, row) for row in conn.execute(sql, params)]
 
         db = await self._db()
         return await db.run(listing, "listing tasks")

@@ -184,13 +184,20 @@ class LoopThread:
             raise
 
     def _run_here(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
-        task = loop.create_task(coro)
+        # Not run_until_complete: it stops the loop from a done callback, one loop turn
+        # (a poll of the selector) more per call. The task stops the loop as it ends.
+        stopper = _Stopper(loop)
+        task = loop.create_task(stopper.run(coro))
         try:
-            return loop.run_until_complete(task)
+            loop.run_forever()
+            if not task.done():
+                raise RuntimeError("the event loop stopped before the call completed")
+            return task.result()
         except BaseException:
             task.cancel()  # finished by the loop thread started below
             raise
         finally:
+            stopper.armed = False  # the task may yet end on a loop thread: not its stop
             with self._lock:
                 self._caller_runs = False
                 handed_over, self._handed_over = self._handed_over, 0
@@ -259,6 +266,24 @@ class LoopThread:
             loop.call_soon_threadsafe(loop.stop)  # that caller closes it
         else:
             _shut_down(loop)
+
+
+class _Stopper:
+    """Runs one call's coroutine and, while armed, stops the loop when it ends (the loop
+    finishes its current turn first)."""
+
+    __slots__ = ("armed", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.armed = True
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await coro
+        finally:
+            if self.armed:
+                self.loop.stop()
 
 
 async def _waiting_work() -> None:

@@ -152,3 +152,31 @@ def test_an_exception_reaches_the_caller_and_the_loop_stays_usable(runner: LoopT
     with pytest.raises(ValueError, match="boom"):
         runner.run(fail())
     assert runner.run(current_thread()) is threading.current_thread()
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_call_ends_on_the_loop_thread_which_keeps_running(
+    runner: LoopThread,
+) -> None:
+    # Ctrl-C during a blocking call: the call is cancelled, and its clean-up finishes on
+    # a loop thread. Ending there must not stop that thread's loop: work handed to it
+    # afterwards still completes.
+    cleaned_up = threading.Event()
+
+    async def interrupted() -> None:
+        asyncio.get_running_loop().call_soon(_interrupt)
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.sleep(0.05)
+            cleaned_up.set()
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(interrupted())
+    later = runner.submit(asyncio.sleep(0.2, "done"))
+    assert cleaned_up.wait(5)
+    assert later.result(timeout=5) == "done"
+    assert runner.run(current_thread()).name == "omniq-test-loop"

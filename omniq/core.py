@@ -699,15 +699,18 @@ class AsyncOmniQ:
         error: ErrorInfo | None = None,
         started_at: datetime | None = None,
         worker_id: str | None = None,
+        attempts: int | None = None,
         now: datetime,
     ) -> TaskResult:
+        """The result of ``task`` ending in ``status``; ``attempts`` defaults to the
+        task's claim count (pass fewer when the last claim did not run it)."""
         ttl = task.result_ttl
         return TaskResult(
             task_id=task.id,
             status=status,
             result=value,
             error=error,
-            attempts=task.attempts,
+            attempts=task.attempts if attempts is None else attempts,
             started_at=started_at,
             finished_at=now,
             worker_id=worker_id,

@@ -417,6 +417,7 @@ class AsyncWorkerPool:
         value: bytes | None = None,
         error: ErrorInfo | None = None,
         started_at: datetime | None = None,
+        attempts: int | None = None,
     ) -> None:
         result = self.oq._final_result(
             task,
@@ -425,6 +426,7 @@ class AsyncWorkerPool:
             error=error,
             started_at=started_at,
             worker_id=self.worker_id,
+            attempts=attempts,
             now=utcnow(),
         )
         self._finished.append(_Finished(task, result))
@@ -463,7 +465,8 @@ class AsyncWorkerPool:
             message = f"not started within its ttl (expired at {task.expires_at.isoformat()})"
             self._event(task, EventType.EXPIRED, message)
             error = ErrorInfo(type="omniq.TaskExpired", message=message)
-            self._finish(task, TaskStatus.EXPIRED, error=error)
+            # This claim found it expired: it never ran, so no attempt was made.
+            self._finish(task, TaskStatus.EXPIRED, error=error, attempts=task.attempts - 1)
             return
         if task.attempts > task.max_attempts:
             # Every earlier holder lost its lease (killed, or hung): a poison pill.
@@ -472,9 +475,9 @@ class AsyncWorkerPool:
                 f"{task.attempts - 1} of {task.max_attempts} attempts used"
             )
             self._event(task, EventType.ERROR, message)
-            self._finish(
-                task, TaskStatus.FAILED, error=ErrorInfo(type="omniq.WorkerLost", message=message)
-            )
+            error = ErrorInfo(type="omniq.WorkerLost", message=message)
+            # The attempts made are the earlier, lost ones; this claim does not run it.
+            self._finish(task, TaskStatus.FAILED, error=error, attempts=task.attempts - 1)
             return
         self._event(task, EventType.EXECUTING)
         try:

@@ -299,6 +299,8 @@ async def test_ttl_expires_a_task_that_did_not_start(oq: AsyncOmniQ) -> None:
     assert ("record", label) not in tasks.CALLS
     result = await oq.get_result(task_id)
     assert result.status is TaskStatus.EXPIRED
+    assert result.attempts == 0  # it never ran
+    assert result.started_at is None
     assert (await oq.get_task(task_id)).status is TaskStatus.EXPIRED
     assert kinds(await oq.get_events(task_id))[-1] is EventType.EXPIRED
 
@@ -518,6 +520,7 @@ async def test_lease_lost_too_often_fails_the_task(make_oq: MakeOQ) -> None:
     result = await oq.get_result(task_id)
     assert result.status is TaskStatus.FAILED
     assert result.error.type == "omniq.WorkerLost"
+    assert result.attempts == 1  # the lost one; the claim that failed it did not run it
 
 
 async def test_long_task_keeps_its_lease(make_oq: MakeOQ) -> None:

@@ -222,6 +222,7 @@ async def test_task_that_kills_its_worker_every_time_ends_failed(
 
     assert result is not None, workers.output()
     assert result.status is TaskStatus.FAILED
+    assert result.attempts == 1  # the one that took its worker down
     assert result.error is not None
     assert "lease expired" in result.error.message
     assert after_result is not None

@@ -76,6 +76,7 @@ _RULES: dict[str, tuple[str, Any]] = {
     "event_ttl": ("duration?", True),
     "lease_seconds": ("duration", True),
     "max_retries": ("int", 0),
+    "max_lost_runs": ("int", 0),
     "retry_delay": ("duration", False),
     "retry_max_delay": ("duration", False),
     "task_timeout": ("duration?", True),
@@ -264,6 +265,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     event_ttl: float | None = 604800.0
     lease_seconds: float = 30.0
     max_retries: int = 0
+    max_lost_runs: int = 3
     retry_delay: float = 1.0
     retry_max_delay: float = 300.0
     task_timeout: float | None = None

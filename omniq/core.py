@@ -21,6 +21,14 @@ from omniq._ids import new_task_id, new_task_ids
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
 from omniq.config import LoggingConfig, Settings
+from omniq.decisions import (
+    CANCELLED,
+    cancelled_result,
+    enqueued_events,
+    final_result,
+    is_expired,
+    unnamed_events,
+)
 from omniq.errors import (
     ConfigError,
     DependencyFailedError,
@@ -65,6 +73,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 Seconds = float | int | timedelta
 Component = Literal["task_queue", "result_storage", "event_storage"]
+#: How long a ``get_result`` waiter gives a task that just became final to show its
+#: result: one ended by ``cancel()`` or its ttl stores it right after the status change.
+_RESULT_GRACE = timedelta(seconds=1)
 
 
 def _seconds(value: Seconds | None, name: str) -> float | None:
@@ -77,44 +88,6 @@ def _seconds(value: Seconds | None, name: str) -> float | None:
     if seconds < 0:
         raise ConfigError(f"argument {name}={value!r}: expected a duration >= 0")
     return seconds
-
-
-def _enqueued_events(task: Task, now: datetime, task_id: str | None = None) -> list[TaskEvent]:
-    """The events of a task just stored: ``ENQUEUED``, and ``SCHEDULED`` when it waits;
-    logged under ``task_id`` when given (``""``: unnamed, see ``enqueue_logged``)."""
-    name = task.id if task_id is None else task_id
-    events = [
-        TaskEvent(task_id=name, event_type=EventType.ENQUEUED, timestamp=now, queue=task.queue)
-    ]
-    if task.status is TaskStatus.SCHEDULED:
-        why = f"waiting for {', '.join(task.depends_on)}" if task.depends_on else "delayed"
-        if task.due_at is not None:
-            why += f" until {task.due_at.isoformat()}"
-        events.append(
-            TaskEvent(
-                task_id=name,
-                event_type=EventType.SCHEDULED,
-                timestamp=now,
-                queue=task.queue,
-                message=why,
-            )
-        )
-    return events
-
-
-def _unnamed_events(tasks: Sequence[Task], now: datetime) -> list[list[TaskEvent]]:
-    """:func:`_enqueued_events` of each task with an empty task id (the form
-    ``enqueue_logged`` takes): one list for all the tasks that log the same events, so a
-    bulk enqueue builds its events once, and the backend sees at a glance that they match."""
-    made: dict[tuple[Any, ...], list[TaskEvent]] = {}
-    logged = []
-    for task in tasks:
-        key = (task.queue, task.status, task.due_at, task.depends_on)
-        events = made.get(key)
-        if events is None:
-            events = made[key] = _enqueued_events(task, now, task_id="")
-        logged.append(events)
-    return logged
 
 
 class AsyncTaskFunction(Generic[P, R]):
@@ -479,13 +452,13 @@ class AsyncOmniQ:
         storage = events.storage
         if self._events_ride_enqueue():
             assert storage is not None
-            ids = await queue.enqueue_logged(tasks, _unnamed_events(tasks, now), storage)
+            ids = await queue.enqueue_logged(tasks, unnamed_events(tasks, now), storage)
             if events._handlers and not log_later:
-                events.announce(event for task in tasks for event in _enqueued_events(task, now))
+                events.announce(event for task in tasks for event in enqueued_events(task, now))
             return ids
         ids = await queue.enqueue(tasks)
         if not log_later and (events.enabled or events._handlers):
-            events.log_many(event for task in tasks for event in _enqueued_events(task, now))
+            events.log_many(event for task in tasks for event in enqueued_events(task, now))
         return ids
 
     def _events_ride_enqueue(self) -> bool:
@@ -499,7 +472,7 @@ class AsyncOmniQ:
         events = self.events
         if not (events.enabled or events._handlers):
             return
-        fresh = (event for task in tasks for event in _enqueued_events(task, now))
+        fresh = (event for task in tasks for event in enqueued_events(task, now))
         if self._events_ride_enqueue():
             if events._handlers:
                 events.announce(fresh)
@@ -601,10 +574,25 @@ class AsyncOmniQ:
     # -- reading -----------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> Task | None:
-        """The task with its current status and attempts, or None."""
+        """The task with its current status and attempts, or None.
+
+        A task that never started and is past its ``ttl`` reads ``EXPIRED`` (it is
+        expired here, with its result and event, if no worker did it yet).
+        """
         if not self._connected:
             await self.connect()
-        return await self.queue.get(task_id)
+        task = await self.queue.get(task_id)
+        if task is not None and is_expired(task, utcnow()):
+            task = await self._expire(task)
+        return task
+
+    async def _expire(self, task: Task) -> Task | None:
+        """Expire a waiting task past its ttl (no queue serves it, or none did yet), and
+        return it as it now stands."""
+        message = f"not started within its ttl (expired at {task.expires_at})"
+        error = ErrorInfo(type="omniq.TaskExpired", message=message)
+        await self._finish_waiting(task.id, TaskStatus.EXPIRED, error, EventType.EXPIRED, utcnow())
+        return await self.queue.get(task.id)
 
     def _decode_result(self, stored: TaskResult) -> TaskResult:
         data = stored.result
@@ -625,8 +613,9 @@ class AsyncOmniQ:
         ``ResultTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds.
 
         With ``wait=True`` nothing is waited for that cannot come: an id the queue does
-        not know raises ``TaskNotFoundError``, and a task that finished but whose result
-        is gone (past ``result_ttl``, or cleaned up) returns None at once.
+        not know raises ``TaskNotFoundError``, a task past its ``ttl`` that no worker
+        started ends ``EXPIRED`` as its ttl passes, and a task that finished but whose
+        result is gone (past ``result_ttl``, or cleaned up) returns None.
         """
         if not self._connected:
             await self.connect()
@@ -636,30 +625,48 @@ class AsyncOmniQ:
             loop = asyncio.get_running_loop()
             deadline = None if limit is None else loop.time() + limit
             while stored is None:
-                if await self._finished_without_result(task_id):
+                now = utcnow()
+                look_again, gone = await self._while_no_result(task_id, now)
+                if gone:
                     # Results are stored before tasks are acknowledged: read once more.
                     stored = await self.results.get(task_id)
                     break
                 remaining = 60.0 if deadline is None else deadline - loop.time()
                 if remaining <= 0:
                     raise ResultTimeoutError(f"no result for task {task_id} within {limit} s")
-                stored = await self.results.wait(task_id, min(remaining, 60.0))
+                chunk = min(remaining, 60.0)
+                if look_again is not None:
+                    chunk = min(chunk, max(0.001, (look_again - now).total_seconds()))
+                stored = await self.results.wait(task_id, chunk)
         return None if stored is None else self._decode_result(stored)
 
-    async def _finished_without_result(self, task_id: str) -> bool:
-        """True if the task is final (its result, if any, was stored before that);
-        raises TaskNotFoundError for an id the queue does not hold."""
+    async def _while_no_result(self, task_id: str, now: datetime) -> tuple[datetime | None, bool]:
+        """What a ``get_result`` waiter that found no result should do: (when to look at
+        the task again, None for "at leisure"; True when no result is coming).
+
+        A final task's result was stored before it became final, but for a task ended
+        by ``cancel()`` or ``ttl``: that result follows the status change at once, so a
+        task final for under a second is given that second. Raises TaskNotFoundError for
+        an id the queue does not hold.
+        """
         try:
             task = await self.queue.get(task_id)
         except StorageConnectionError:
             raise
         except StorageError:
-            return False  # an unreadable record: its worker will store a result
+            return None, False  # an unreadable record: its worker will store a result
         if task is None:
             raise TaskNotFoundError(
                 f"task {task_id} does not exist (never enqueued, or cleaned up)"
             )
-        return task.status in FINAL_STATUSES
+        if is_expired(task, now):
+            task = await self._expire(task) or task
+        if task.status in FINAL_STATUSES:
+            settled = (task.updated_at or task.created_at) + _RESULT_GRACE
+            return (settled, False) if now < settled else (None, True)
+        if task.expires_at is not None and task.attempts == 0:
+            return task.expires_at, False
+        return None, False
 
     async def get_events(self, task_id: str) -> list[TaskEvent]:
         """The task's lifecycle events, oldest first (``[]`` with events off)."""
@@ -671,7 +678,8 @@ class AsyncOmniQ:
     async def list_tasks(
         self, *, queue: str | None = None, status: TaskStatus | str | None = None, limit: int = 100
     ) -> list[Task]:
-        """Tasks, newest first, filtered by queue and status."""
+        """Tasks, newest first, filtered by queue and status (a task that never started
+        and is past its ttl is expired as it is listed, as ``get_task`` does)."""
         if not self._connected:
             await self.connect()
         if status is not None:
@@ -680,7 +688,19 @@ class AsyncOmniQ:
             except ValueError:
                 choices = ", ".join(s.value for s in TaskStatus)
                 raise ConfigError(f"status={status!r}: expected one of {choices}") from None
-        return await self.queue.list(queue=queue, status=status, limit=limit)
+        tasks = await self.queue.list(queue=queue, status=status, limit=limit)
+        now = utcnow()
+        if not any(is_expired(task, now) for task in tasks):
+            return tasks
+        listed = []
+        for task in tasks:
+            if is_expired(task, now):
+                expired = await self._expire(task)
+                if expired is None or (status is not None and expired.status is not status):
+                    continue
+                task = expired
+            listed.append(task)
+        return listed
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Task counts per queue and status."""
@@ -689,33 +709,6 @@ class AsyncOmniQ:
         return await self.queue.stats()
 
     # -- finishing (shared with the workers) ---------------------------------------------
-
-    def _final_result(
-        self,
-        task: Task,
-        status: TaskStatus,
-        *,
-        value: bytes | None = None,
-        error: ErrorInfo | None = None,
-        started_at: datetime | None = None,
-        worker_id: str | None = None,
-        attempts: int | None = None,
-        now: datetime,
-    ) -> TaskResult:
-        """The result of ``task`` ending in ``status``; ``attempts`` defaults to the
-        task's claim count (pass fewer when the last claim did not run it)."""
-        ttl = task.result_ttl
-        return TaskResult(
-            task_id=task.id,
-            status=status,
-            result=value,
-            error=error,
-            attempts=task.attempts if attempts is None else attempts,
-            started_at=started_at,
-            finished_at=now,
-            worker_id=worker_id,
-            expires_at=now + timedelta(seconds=ttl) if ttl else None,
-        )
 
     async def _finish_waiting(
         self, task_id: str, status: TaskStatus, error: ErrorInfo, event: EventType, now: datetime
@@ -730,8 +723,13 @@ class AsyncOmniQ:
         )
         if task is None:
             return False
-        await self.results.put(self._final_result(task, status, error=error, now=now))
-        self.events.log(
+        result = (
+            cancelled_result(task, now=now)
+            if error is CANCELLED
+            else final_result(task, status, error=error, now=now)
+        )
+        await self.results.put(result)
+        await self._log_now(
             TaskEvent(
                 task_id=task_id,
                 event_type=event,
@@ -743,6 +741,16 @@ class AsyncOmniQ:
         )
         await self._on_finished([(task_id, status)])
         return True
+
+    async def _log_now(self, event: TaskEvent) -> None:
+        """Log an event and store it before returning (a task's final event is stored
+        no later than its result is read); the logger keeps it if the store fails."""
+        events = self.events
+        if events.storage is None:
+            events.announce((event,))
+            return
+        events.log(event)
+        await events.flush()
 
     async def _on_finished(
         self,
@@ -802,16 +810,24 @@ class AsyncOmniQ:
             )
 
     async def cancel(self, task_id: str) -> bool:
-        """Cancel a task: a waiting one never runs; a running one is stopped where its
-        worker type can. False for a finished or unknown id."""
+        """Cancel a task: True if it ends ``CANCELLED``, False for a finished or unknown id.
+
+        A waiting task never runs. A running one is taken from its worker at once, and
+        the worker hears of it within moments (Redis and PostgreSQL push the cancel to
+        it; SQLite and the file backend are looked at five times a second): an ``async``
+        task's coroutine is cancelled, a ``process`` or ``gevent`` task's child or
+        greenlet is killed, a ``thread`` task's thread runs on to its end (Python cannot
+        stop a thread) but its outcome is dropped. Exactly one of cancel and finish
+        wins: if the task finished first, this returns False and the task keeps its
+        result; if the cancel won, no later finish stores a result.
+        """
         if not self._connected:
             await self.connect()
-        error = ErrorInfo(type="omniq.TaskCancelled", message="cancelled")
         cancelled = await self._finish_waiting(
-            task_id, TaskStatus.CANCELLED, error, EventType.CANCELLED, utcnow()
+            task_id, TaskStatus.CANCELLED, CANCELLED, EventType.CANCELLED, utcnow()
         )
         if cancelled:
-            # Pools in other processes notice at their next lease renewal.
+            # Pools in other processes hear of it through the queue (watch_cancels).
             for pool in list(self._pools):
                 pool.cancel_local(task_id)
         return cancelled

@@ -57,6 +57,11 @@ class AsyncEventLogger:
         self._flusher: asyncio.Task[None] | None = None
         self._write_lock: asyncio.Lock | None = None
         self._closed = False
+        #: Events taken into the buffer so far, and how many of them are written (or
+        #: dropped): the buffer is written in order, so every event taken before
+        #: ``accepted`` reached ``n`` is stored once ``written`` reaches ``n``.
+        self.accepted = 0
+        self.written = 0
 
     @property
     def enabled(self) -> bool:
@@ -74,17 +79,21 @@ class AsyncEventLogger:
         if self.storage is None or self._closed:
             return
         self._buffer.append(event)
+        self.accepted += 1
         self._kick(len(self._buffer) >= self.batch_size)
 
-    def log_many(self, events: Iterable[TaskEvent]) -> None:
-        """Queue several events (one wake-up of the writer for all of them)."""
-        if self._handlers:
+    def log_many(self, events: Iterable[TaskEvent], *, announce: bool = True) -> None:
+        """Queue several events (one wake-up of the writer for all of them);
+        ``announce=False`` for events the handlers have heard of already."""
+        if self._handlers and announce:
             events = list(events)
             for event in events:
                 self._call_handlers(event)
         if self.storage is None or self._closed:
             return
+        before = len(self._buffer)
         self._buffer.extend(events)
+        self.accepted += len(self._buffer) - before
         if self._buffer:
             self._kick(len(self._buffer) >= self.batch_size)
 
@@ -143,6 +152,7 @@ class AsyncEventLogger:
             batch, self._buffer = self._buffer, []
             try:
                 await self.storage.append(batch)
+                self.written += len(batch)
             except asyncio.CancelledError:
                 # Stopped mid-write (close() stopping the writer): the batch goes back, for
                 # the final flush. A store that had applied it may then hold it twice;
@@ -155,6 +165,7 @@ class AsyncEventLogger:
                 if len(self._buffer) > _MAX_BUFFER:
                     dropped = len(self._buffer) - _MAX_BUFFER
                     del self._buffer[:dropped]
+                    self.written += dropped
                     logger.error("event storage unavailable: dropped %d oldest events", dropped)
                 logger.warning("writing %d events failed: %s", len(batch), exc)
                 await asyncio.sleep(min(1.0, max(self.flush_interval, 0.05)))

@@ -106,6 +106,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
     ``payload`` holds the encoded ``(callable or None, args, kwargs)``. ``due_at`` is the
     earliest time the task may run (None: now); ``expires_at`` the time after which it
     must not start (from ``ttl``). Tasks hash and compare by ``id``.
+
+    ``attempts`` counts the runs that started; ``lost_runs`` how many of them were lost
+    with their worker (its lease ran out), which do not use up ``max_retries``.
     """
 
     id: str
@@ -115,6 +118,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
     priority: int = 0
     status: TaskStatus = TaskStatus.PENDING
     attempts: int = 0
+    lost_runs: int = 0
     max_retries: int = 0
     retry_delay: float = 1.0
     timeout: float | None = None
@@ -136,7 +140,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
 
     @property
     def max_attempts(self) -> int:
-        """How many times the task may run: ``1 + max_retries``."""
+        """How many runs of the task may fail: ``1 + max_retries`` (lost runs aside)."""
         return 1 + self.max_retries
 
 

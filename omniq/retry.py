@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-__all__ = ["Retry", "backoff_delay", "has_attempts_left", "to_seconds"]
+__all__ = [
+    "Retry",
+    "backoff_delay",
+    "failed_runs",
+    "has_attempts_left",
+    "lost_too_often",
+    "to_seconds",
+]
 
 
 class Retry(Exception):
@@ -27,8 +34,21 @@ def to_seconds(value: float | timedelta) -> float:
 
 
 def has_attempts_left(attempts: int, max_retries: int) -> bool:
-    """True if a task that has run ``attempts`` times may run again."""
+    """True if a task whose runs have failed ``attempts`` times may run again."""
     return attempts < 1 + max_retries
+
+
+def failed_runs(attempts: int, lost_runs: int) -> int:
+    """How many of a task's ``attempts`` runs failed (or asked to retry), counting the
+    one under way as failed: the runs lost with their worker are not the task's failures.
+    """
+    return attempts - lost_runs
+
+
+def lost_too_often(lost_runs: int, max_lost_runs: int) -> bool:
+    """True when a task was lost with its worker more often than ``max_lost_runs``: it
+    likely kills its worker (a poison pill), so it must not run again."""
+    return lost_runs > max_lost_runs
 
 
 def backoff_delay(

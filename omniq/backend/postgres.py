@@ -49,6 +49,7 @@ _MIGRATIONS = (
     (1, "0001_initial.sql"),
     (2, "0002_lean_event_log.sql"),
     (3, "0003_event_groups.sql"),
+    (4, "0004_lost_runs.sql"),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 # A schema name must fit PostgreSQL's 63-byte identifiers with room for the channel names.
@@ -140,6 +141,10 @@ class PostgresBackend(Backend):
         self.schema = '"' + self.namespace + '"'
         self.work_channel = f"omniq:{self.namespace}:work"
         self.results_channel = f"omniq:{self.namespace}:results"
+        #: Running tasks taken from their worker (cancelled): payload ``worker\nid``.
+        self.cancel_channel = f"omniq:{self.namespace}:cancel"
+        #: The ``notice`` callback of each worker watching for cancels (by worker id).
+        self.cancel_watchers: dict[str, Callable[[str], None]] = {}
         #: How OmniQ's sessions show in ``pg_stat_activity``.
         self.application_name = f"omniq:{self.namespace}"
         self._where = redact_url(dsn)
@@ -152,6 +157,7 @@ class PostgresBackend(Backend):
         self._opening: asyncio.Future[bool] | None = None
         self._work_waiters: set[asyncio.Future[None]] = set()
         self._result_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._lost_waiters: set[asyncio.Future[None]] = set()
         self._queue: AsyncPostgresQueue | None = None
         self._results: AsyncPostgresResultStorage | None = None
         self._events: AsyncPostgresEventStorage | None = None
@@ -356,6 +362,7 @@ class PostgresBackend(Backend):
         try:
             await listener.add_listener(self.work_channel, self._on_work)
             await listener.add_listener(self.results_channel, self._on_result)
+            await listener.add_listener(self.cancel_channel, self._on_cancel)
         except BaseException as exc:
             listener.terminate()
             if isinstance(exc, (*connection_errors, asyncpg.PostgresError)):
@@ -385,6 +392,12 @@ class PostgresBackend(Backend):
                 if not future.done():
                     future.set_result(None)
 
+    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        worker_id, _, task_id = str(payload).partition("\n")
+        notice = self.cancel_watchers.get(worker_id)
+        if notice is not None:
+            notice(task_id)
+
     def _on_listener_lost(self, _conn: object) -> None:
         # Whatever was notified while it was down is unknown: wake everyone to re-check.
         self._listener = None
@@ -392,11 +405,28 @@ class PostgresBackend(Backend):
 
     def _wake_all(self) -> None:
         self._on_work(None, 0, "", None)
+        lost, self._lost_waiters = self._lost_waiters, set()
+        for future in lost:
+            if not future.done():
+                future.set_result(None)
         waiting, self._result_waiters = self._result_waiters, {}
         for futures in waiting.values():
             for future in futures:
                 if not future.done():
                     future.set_result(None)
+
+    async def listening(self) -> bool:
+        """True once the connection that hears notifications is open (it opens it)."""
+        return await self._listening()
+
+    async def listener_lost(self) -> None:
+        """Return when the listening connection is lost or the bundle closes."""
+        future = asyncio.get_running_loop().create_future()
+        self._lost_waiters.add(future)
+        try:
+            await future
+        finally:
+            self._lost_waiters.discard(future)
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return at the next work notification, or after ``timeout``."""

@@ -235,6 +235,9 @@ class AsyncFileQueue(BaseTaskQueue):
         if self._store is None:
             await self.backend.connect()
             self._store = self.backend.store("tasks")
+            if self._store.optimistic:
+                # Each look at a held task is a request to the object store.
+                self.cancel_poll_interval = 1.0
 
     async def close(self) -> None:
         """Release the backend reference. Safe to call twice."""
@@ -460,6 +463,8 @@ class AsyncFileQueue(BaseTaskQueue):
                 worker_id=worker_id,
                 lease_expires_at=lease,
                 attempts=task.attempts + 1,
+                # A running task is claimable only once its lease ran out: a lost run.
+                lost_runs=task.lost_runs + (task.status is TaskStatus.RUNNING),
                 updated_at=now,
             )
             return _moved(new, new, record)
@@ -497,7 +502,11 @@ class AsyncFileQueue(BaseTaskQueue):
                 if not _holds(task, ack.worker_id):
                     return None
                 return msgspec.structs.replace(
-                    task, status=ack.status, lease_expires_at=None, updated_at=now
+                    task,
+                    status=ack.status,
+                    lease_expires_at=None,
+                    updated_at=now,
+                    attempts=task.attempts if ack.ran else task.attempts - 1,
                 )
 
             def fn(current: bytes | None) -> Change[bool]:

@@ -56,6 +56,7 @@ _SCRIPT_NAMES = (
     "claim",
     "renew",
     "ack",
+    "finish",
     "retry",
     "release",
     "transition",

@@ -2,7 +2,7 @@
 
 Both keep a task as the msgspec record it was enqueued as, plus columns for what changes
 while it lives. A task row is always selected as: seq, id, status, priority, attempts,
-worker_id, lease_ts, due_ts, updated_ts, data. Times are epoch seconds.
+worker_id, lease_ts, due_ts, updated_ts, data, lost_runs. Times are epoch seconds.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def task_from_row(row: Sequence[Any], backend: str) -> Task:
 
     Raises StorageError (naming ``backend`` and the task) when the record is corrupt.
     """
-    _, task_id, status, _, attempts, worker_id, lease_ts, due_ts, updated_ts, data = row
+    _, task_id, status, _, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost = row
     try:
         base = _TASK_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
@@ -57,6 +57,7 @@ def task_from_row(row: Sequence[Any], backend: str) -> Task:
         base,
         status=_STATUSES[status],
         attempts=attempts,
+        lost_runs=lost,
         worker_id=worker_id,
         lease_expires_at=None if lease_ts is None else dt(lease_ts),
         due_at=due_at,
@@ -67,7 +68,7 @@ def task_from_row(row: Sequence[Any], backend: str) -> Task:
 def unreadable_from_row(row: Sequence[Any], reason: str, queue: str) -> UnreadableTask:
     """A row whose record :func:`task_from_row` refused, as an :class:`UnreadableTask`
     (what a claim that leased it, or a listing, returns): the columns say the rest."""
-    _, task_id, status, _, attempts, worker_id, lease_ts, _, updated_ts, _ = row
+    _, task_id, status, _, attempts, worker_id, lease_ts, _, updated_ts, _, _ = row
     return unreadable_task(
         task_id,
         reason,

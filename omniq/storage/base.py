@@ -23,12 +23,14 @@ import asyncio
 import builtins
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from msgspec.structs import replace
 
+from omniq.decisions import cancelled_result
+from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "BaseScheduleStorage",
     "BaseStorage",
     "BaseTaskQueue",
+    "Finish",
     "UnreadableTask",
     "event_fields_but_task_id",
     "event_of",
@@ -56,11 +59,26 @@ def event_of(task_id: str, event: TaskEvent) -> TaskEvent:
 
 
 class Ack(NamedTuple):
-    """The final status a worker reports for a task it holds."""
+    """The final status a worker reports for a task it holds.
+
+    ``ran`` is False when the claim being acknowledged did not run the task (it found the
+    task past its ttl, or lost with its workers too often): the attempt that claim
+    counted is taken back, so ``attempts`` counts the runs that started.
+    """
 
     task_id: str
     worker_id: str
     status: TaskStatus
+    ran: bool = True
+
+
+class Finish(NamedTuple):
+    """A task its worker holds, ended: the ack, the result, and the events that go with
+    them (stored only if the ack takes effect)."""
+
+    ack: Ack
+    result: TaskResult
+    events: Sequence[TaskEvent] = ()
 
 
 class UnreadableTask(Task, frozen=True, kw_only=True):
@@ -207,40 +225,93 @@ class BaseTaskQueue(BaseStorage):
         Returns, per ack, whether it took effect (False when the lease was lost).
         """
 
-    async def finish_many(
-        self,
-        acks: Sequence[Ack],
-        results: Sequence[TaskResult],
-        result_storage: BaseResultStorage,
-        *,
-        now: datetime,
-    ) -> builtins.list[bool]:
-        """Store ``results`` in ``result_storage``, then :meth:`ack_many` ``acks``.
+    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
+        """True when :meth:`finish` can store events in ``event_storage`` in the same
+        atomic step as the results and acks (they share a connection)."""
+        return False
 
-        Results go first, so a crash in between repeats a task rather than losing its
-        result. A backend whose result storage shares its connection may override this
-        to do both in one transaction (one round trip instead of two).
-        """
-        await result_storage.put_many(results)
-        return await self.ack_many(acks, now=now)
-
-    async def finish_many_and_dependents(
+    async def finish(
         self,
-        acks: Sequence[Ack],
-        results: Sequence[TaskResult],
+        items: Sequence[Finish],
         result_storage: BaseResultStorage,
+        event_storage: BaseEventStorage | None = None,
         *,
         now: datetime,
     ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
-        """:meth:`finish_many`, then :meth:`dependents_many` of the acknowledged tasks:
-        what a worker does with each batch of finished tasks.
+        """End tasks their workers hold: what a worker does with each batch of finished
+        tasks. Returns, per item, whether its ack took effect, and the dependents of the
+        acknowledged tasks (read after the acks, so a dependent sees its parent final).
 
-        A backend may override this to do both in one round trip (the lookup must run
-        after the acknowledgement, so a dependent sees its parent final).
+        For each item whose task its worker still holds: store the result, append the
+        events to ``event_storage`` (only given when :meth:`finish_logs_events` holds) and
+        acknowledge. An item whose task was cancelled, or taken over after its lease ran
+        out, changes nothing: exactly one outcome wins, and it keeps its result and events.
+        Results go before the acks, so a crash in between repeats a task rather than
+        losing its result.
+
+        A backend that holds results (and events) on the queue's connection does all of
+        it in one transaction or script. This default, for components on different
+        backends, reads which tasks are still held, stores their results, then acks: a
+        cancel that lands between the read and the ack finds the result stored, and the
+        cancelled task's result is written again here, so a reader sees the finished
+        result for a moment at most.
         """
-        acked = await self.finish_many(acks, results, result_storage, now=now)
-        ids = [ack.task_id for ack, ok in zip(acks, acked, strict=True) if ok]
+        if not items:
+            return [], {}
+        current = await self.get_many([item.ack.task_id for item in items])
+        held = [
+            task is not None
+            and task.status is TaskStatus.RUNNING
+            and task.worker_id == item.ack.worker_id
+            for item, task in zip(items, current, strict=True)
+        ]
+        trying = [item for item, ok in zip(items, held, strict=True) if ok]
+        flags = iter(await self._finish_held(trying, result_storage, event_storage, now=now))
+        acked = [ok and next(flags) for ok in held]
+        beaten = [
+            item.ack.task_id
+            for item, ok, done in zip(items, held, acked, strict=True)
+            if ok and not done
+        ]
+        if beaten:
+            await self._restore_results(beaten, result_storage)
+        ids = [item.ack.task_id for item, ok in zip(items, acked, strict=True) if ok]
         return acked, (await self.dependents_many(ids) if ids else {})
+
+    async def _finish_held(
+        self,
+        items: Sequence[Finish],
+        result_storage: BaseResultStorage,
+        event_storage: BaseEventStorage | None,
+        *,
+        now: datetime,
+    ) -> builtins.list[bool]:
+        """Results, then acks, then the events of the acknowledged (the default's steps)."""
+        if not items:
+            return []
+        await result_storage.put_many([item.result for item in items])
+        acked = await self.ack_many([item.ack for item in items], now=now)
+        if event_storage is not None:
+            events = [
+                event for item, ok in zip(items, acked, strict=True) if ok for event in item.events
+            ]
+            if events:
+                await event_storage.append(events)
+        return acked
+
+    async def _restore_results(
+        self, task_ids: Sequence[str], result_storage: BaseResultStorage
+    ) -> None:
+        """Write again the result of tasks a cancel took from their worker while it was
+        storing its own: the cancel's outcome won (see :meth:`finish`)."""
+        tasks = await self.get_many(task_ids)
+        restored = [
+            cancelled_result(task, now=task.updated_at or task.created_at)
+            for task in tasks
+            if task is not None and task.status is TaskStatus.CANCELLED
+        ]
+        if restored:
+            await result_storage.put_many(restored)
 
     async def ack(self, task_id: str, worker_id: str, status: TaskStatus, *, now: datetime) -> bool:
         """Single-task form of :meth:`ack_many`."""
@@ -347,6 +418,50 @@ class BaseTaskQueue(BaseStorage):
         return await self.claim(
             queues, worker_id, limit=limit, lease_seconds=lease_seconds, now=utcnow()
         )
+
+    #: How often the default :meth:`watch_cancels` looks at the held tasks, in seconds.
+    cancel_poll_interval: float = 0.2
+
+    async def watch_cancels(
+        self,
+        worker_id: str,
+        held: Callable[[], Collection[str]],
+        notice: Callable[[str], None],
+    ) -> None:
+        """Call ``notice(task_id)`` for each task in ``held()`` that ``worker_id`` no
+        longer holds (cancelled, or taken over after its lease ran out), promptly: the
+        worker stops running it. Runs until cancelled; spurious notices are allowed.
+
+        Backends that can push (a message per cancel) override this; the default reads
+        the held tasks every :attr:`cancel_poll_interval` seconds.
+        """
+        while True:
+            await asyncio.sleep(self.cancel_poll_interval)
+            await self._look_at_held(worker_id, held, notice)
+
+    async def _look_at_held(
+        self,
+        worker_id: str,
+        held: Callable[[], Collection[str]],
+        notice: Callable[[str], None],
+    ) -> None:
+        """One look of :meth:`watch_cancels`: ``notice`` each held task ``worker_id`` no
+        longer holds. A failed read notices nothing (the lease renewal finds a lost task
+        later at worst)."""
+        ids = builtins.list(held())
+        if not ids:
+            return
+        try:
+            tasks = await self.get_many(ids)
+        except StorageError:
+            return
+        for task_id, task in zip(ids, tasks, strict=True):
+            if (
+                task is None
+                or task.status is not TaskStatus.RUNNING
+                or (task.worker_id != worker_id)
+            ):
+                notice(task_id)
 
 
 class BaseResultStorage(BaseStorage):

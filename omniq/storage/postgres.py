@@ -24,7 +24,7 @@ import builtins
 import logging
 import operator
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -43,6 +43,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    Finish,
     UnreadableTask,
     event_fields_but_task_id,
     event_of,
@@ -67,7 +68,10 @@ _EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
 _SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
 _CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskStatus.SCHEDULED})
 _FINAL = "('complete', 'failed', 'cancelled', 'expired')"
-_TASK_COLUMNS = "seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data"
+_TASK_COLUMNS = (
+    "seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs"
+)
+_TASK_WIDTH = _TASK_COLUMNS.count(",") + 1
 _DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # How long a result waiter trusts notifications before it looks again anyway.
 _RESULT_BACKSTOP = 1.0
@@ -221,7 +225,7 @@ WITH picked AS (
 )
 UPDATE {{s}}.tasks AS t
 SET status = 'running', worker_id = $4, lease_ts = $5, attempts = t.attempts + 1,
-    updated_ts = $2
+    lost_runs = t.lost_runs + (t.status = 'running')::int, updated_ts = $2
 FROM picked WHERE t.seq = picked.seq
 RETURNING {", ".join("t." + c for c in _TASK_COLUMNS.split(", "))}
 """
@@ -232,9 +236,11 @@ _CLAIM_ANY = _CLAIM_TEMPLATE.replace("{match}", "queue = ANY($1::text[])").repla
     "{ready}", "ready_ts <= $2"
 )
 
+# ``unrun`` is 1 for an ack whose claim did not run the task (``Ack.ran`` is False).
 _ACK = """
-UPDATE {s}.tasks AS t SET status = a.status, lease_ts = NULL, updated_ts = $4
-FROM unnest($1::text[], $2::text[], $3::text[]) AS a(id, worker, status)
+UPDATE {s}.tasks AS t SET status = a.status, lease_ts = NULL, updated_ts = $5,
+    attempts = t.attempts - a.unrun
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS a(id, worker, status, unrun)
 WHERE t.id = a.id AND t.worker_id = a.worker AND t.status = 'running'
 RETURNING t.id, a.worker, a.status
 """
@@ -258,13 +264,28 @@ FROM (
 GROUP BY chunk
 """
 
-# Results and acks in one statement.
+# Acks, and the results and events of the tasks they finished, in one statement: a task
+# its worker no longer holds (cancelled, or taken over) keeps the outcome that won.
 _FINISH = f"""
-WITH put AS ({_PUT_RESULTS}), acked AS ({_ACK})
+WITH acked AS ({_ACK}), put AS (
+    INSERT INTO {{s}}.results (task_id, expires_ts, data)
+    SELECT r.task_id, r.expires_ts, r.data
+    FROM unnest($6::text[], $7::float8[], $8::bytea[]) AS r(task_id, expires_ts, data)
+    WHERE r.task_id IN (SELECT id FROM acked)
+    ON CONFLICT (task_id) DO UPDATE SET expires_ts = EXCLUDED.expires_ts, data = EXCLUDED.data
+    RETURNING task_id
+), logged AS (
+    INSERT INTO {{s}}.events (task_id, ts, data)
+    SELECT e.task_id, e.ts, e.data
+    FROM unnest($9::text[], $10::float8[], $11::bytea[])
+        WITH ORDINALITY AS e(task_id, ts, data, n)
+    WHERE e.task_id IN (SELECT id FROM acked)
+    ORDER BY e.n
+)
 SELECT id, worker, status FROM acked
 UNION ALL
-SELECT NULL, NULL, NULL FROM ({_ANNOUNCE.format(channel="$8")}) AS announced
-""".replace("$1::text[], $2::float8[], $3::bytea[]", "$5::text[], $6::float8[], $7::bytea[]", 1)
+SELECT NULL, NULL, NULL FROM ({_ANNOUNCE.format(channel="$12")}) AS announced
+"""
 
 _DELETE_FINISHED = f"""
 WITH gone AS (
@@ -500,42 +521,54 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         """Finish the tasks still held by their workers, in one statement."""
         if not acks:
             return []
-        ids, workers, statuses = _ack_arrays(acks)
         db = await self._db()
-        rows = await db.fetch("acknowledging tasks", self._q(_ACK), ids, workers, statuses, ts(now))
+        rows = await db.fetch("acknowledging tasks", self._q(_ACK), *_ack_arrays(acks), ts(now))
         return _ack_flags(acks, rows)
 
-    async def finish_many(
+    def _on_my_pool(self, storage: BaseStorage | None) -> bool:
+        return isinstance(storage, _PostgresComponent) and storage._pg is self._pg
+
+    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
+        """True when the event log is in this queue's schema, on its pool."""
+        return isinstance(event_storage, AsyncPostgresEventStorage) and self._on_my_pool(
+            event_storage
+        )
+
+    async def finish(
         self,
-        acks: Sequence[Ack],
-        results: Sequence[TaskResult],
+        items: Sequence[Finish],
         result_storage: BaseResultStorage,
+        event_storage: BaseEventStorage | None = None,
         *,
         now: datetime,
-    ) -> builtins.list[bool]:
-        """Results and acks in one statement when the results share this pool."""
+    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
+        """Acks with the results and events of the tasks they finished, in one statement,
+        when the results share this pool; then the dependents of the finished tasks."""
         if not (
             isinstance(result_storage, AsyncPostgresResultStorage)
-            and result_storage._pg is self._pg
+            and self._on_my_pool(result_storage)
         ):
-            return await super().finish_many(acks, results, result_storage, now=now)
-        if not acks:
-            await result_storage.put_many(results)
-            return []
+            return await super().finish(items, result_storage, event_storage, now=now)
+        if not items:
+            return [], {}
         await result_storage.connect()
-        ids, workers, statuses = _ack_arrays(acks)
+        acks = [item.ack for item in items]
+        events = [e for item in items for e in item.events] if event_storage is not None else []
         db = await self._db()
         rows = await db.fetch(
-            "acknowledging tasks",
+            "finishing tasks",
             self._q(_FINISH),
-            ids,
-            workers,
-            statuses,
+            *_ack_arrays(acks),
             ts(now),
-            *_result_arrays(results),
+            *_result_arrays([item.result for item in items]),
+            [event.task_id for event in events],
+            [ts(event.timestamp) for event in events],
+            [_ENCODER.encode(event) for event in events],
             db.results_channel,
         )
-        return _ack_flags(acks, [row for row in rows if row[0] is not None])
+        flags = _ack_flags(acks, [row for row in rows if row[0] is not None])
+        done = [ack.task_id for ack, ok in zip(acks, flags, strict=True) if ok]
+        return flags, (await self.dependents_many(done) if done else {})
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, due at ``due_at``."""
@@ -578,12 +611,19 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
     ) -> Task | None:
         """Compare-and-set the status of one task; clears its lease."""
         to_status = TaskStatus(to_status)
+        # A task taken from its worker (a cancel) is announced on the cancel channel, as
+        # "worker\nid", so that worker stops it at once (see watch_cancels). The worker of
+        # a task's last run stays on its row: a waiting task's old worker hears too, and
+        # finds nothing of it running.
         sql = self._q(
             "WITH moved AS (UPDATE {s}.tasks "
             "SET status = $1, due_ts = COALESCE($2, due_ts), lease_ts = NULL, updated_ts = $3 "
             f"WHERE id = $4 AND status = ANY($5::text[]) RETURNING {_TASK_COLUMNS}) "
-            "SELECT moved.*, CASE WHEN $6 THEN pg_notify($7, '') END FROM moved"
+            "SELECT moved.*, CASE WHEN $6 THEN pg_notify($7, '') END, "
+            "CASE WHEN $8 AND moved.worker_id IS NOT NULL "
+            "THEN pg_notify($9, moved.worker_id || E'\\n' || moved.id) END FROM moved"
         )
+        statuses = {TaskStatus(s) for s in from_statuses}
         db = await self._db()
         row = await db.fetchrow(
             "changing a task's status",
@@ -592,11 +632,13 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
             None if due_at is None else ts(due_at),
             ts(now),
             task_id,
-            [TaskStatus(s).value for s in from_statuses],
+            [status.value for status in statuses],
             to_status in _CLAIMABLE_TARGETS,
             db.work_channel,
+            TaskStatus.RUNNING in statuses,
+            db.cancel_channel,
         )
-        return None if row is None else _task(tuple(row)[:10])
+        return None if row is None else _task(tuple(row)[:_TASK_WIDTH])
 
     async def get(self, task_id: str) -> Task | None:
         """The task as stored, or None."""
@@ -679,6 +721,34 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         db = await self._db()
         return int(await db.fetchval("deleting finished tasks", sql, ts(before)))
 
+    async def watch_cancels(
+        self,
+        worker_id: str,
+        held: Callable[[], Collection[str]],
+        notice: Callable[[str], None],
+    ) -> None:
+        """Hear cancels on the backend's listening connection: a transition that takes a
+        running task from its worker sends a ``NOTIFY`` in the same statement. While the
+        listener is down, the held tasks are read instead, and once more when it is back
+        (what was announced meanwhile is lost)."""
+        db = await self._db()
+        db.cancel_watchers[worker_id] = notice
+        try:
+            # Until the listener is open, cancels are not heard: look once it is.
+            missed = True
+            while True:
+                if await db.listening():
+                    if missed:
+                        await self._look_at_held(worker_id, held, notice)
+                        missed = False
+                    await db.listener_lost()
+                    missed = True
+                else:
+                    await asyncio.sleep(self.cancel_poll_interval)
+                    await self._look_at_held(worker_id, held, notice)
+        finally:
+            db.cancel_watchers.pop(worker_id, None)
+
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may have arrived (a ``NOTIFY``), or after ``timeout``."""
         if timeout <= 0:
@@ -686,11 +756,12 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         await (await self._db()).wait_for_work(timeout)
 
 
-def _ack_arrays(acks: Sequence[Ack]) -> tuple[list[str], list[str], list[str]]:
+def _ack_arrays(acks: Sequence[Ack]) -> tuple[list[str], list[str], list[str], list[int]]:
     return (
         [ack.task_id for ack in acks],
         [ack.worker_id for ack in acks],
         [TaskStatus(ack.status).value for ack in acks],
+        [0 if ack.ran else 1 for ack in acks],
     )
 
 

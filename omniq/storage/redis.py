@@ -81,10 +81,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import operator
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
@@ -102,6 +103,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    Finish,
     UnreadableTask,
     event_fields_but_task_id,
     unreadable_task,
@@ -137,6 +139,8 @@ _ONE_US = timedelta(microseconds=1)
 
 #: Tasks per enqueue script call; a batch sends all its calls in one pipeline.
 _ENQUEUE_CHUNK = 250
+#: How long a worker's wait for cancel notices blocks before it looks again (seconds).
+_CANCEL_WAIT = 10
 #: Results of ``wait`` keep their wake-up token this long at most (milliseconds).
 _RESULT_TOKEN_MS = 60_000
 
@@ -169,7 +173,28 @@ def _text(value: bytes | str) -> str:
 def _ack_args(acks: Sequence[Ack], now: datetime) -> builtins.list[Any]:
     args: builtins.list[Any] = [_us(now)]
     for ack in acks:
-        args += (ack.task_id, ack.worker_id, TaskStatus(ack.status).value)
+        args += (ack.task_id, ack.worker_id, TaskStatus(ack.status).value, 1 if ack.ran else 0)
+    return args
+
+
+def _finish_args(items: Sequence[Finish], now: datetime, *, log_events: bool) -> builtins.list[Any]:
+    """``finish.lua``'s arguments (after the prefix)."""
+    args: builtins.list[Any] = [_us(now), _RESULT_TOKEN_MS, 1 if log_events else 0]
+    for ack, result, events in items:
+        expires = "" if result.expires_at is None else _us(result.expires_at)
+        args += (
+            ack.task_id,
+            ack.worker_id,
+            TaskStatus(ack.status).value,
+            1 if ack.ran else 0,
+            _ENCODER.encode(result),
+            expires,
+        )
+        if log_events and events:
+            args.append(len(events))
+            args += map(_event_item, events)
+        else:
+            args.append(0)
     return args
 
 
@@ -250,6 +275,7 @@ def _decode_task(
     lease: bytes,
     due: bytes,
     updated: bytes,
+    lost: bytes = b"",
 ) -> Task:
     """A stored task: the record as enqueued with the mutable fields applied."""
     try:
@@ -266,6 +292,7 @@ def _decode_task(
         id=_text(task_id),
         status=_STATUSES[status],
         attempts=int(attempts),
+        lost_runs=int(lost or 0),
         worker_id=worker.decode() or None,
         lease_expires_at=_dt(lease) if lease else None,
         due_at=_dt(due) if due else None,
@@ -273,9 +300,13 @@ def _decode_task(
     )
 
 
+#: Items per task in the reply of a script that fetches tasks (``fetch()`` in common.lua).
+_FETCHED = 9
+
+
 def _decode_tasks(flat: Sequence[Any]) -> builtins.list[Task]:
-    """Tasks from a script's flat reply of ``id, d, s, a, w, l, due, u`` groups."""
-    return [_decode_task(*flat[i : i + 8]) for i in range(0, len(flat), 8)]
+    """Tasks from a script's flat reply of ``id, d, s, a, w, l, due, u, lr`` groups."""
+    return [_decode_task(*flat[i : i + _FETCHED]) for i in range(0, len(flat), _FETCHED)]
 
 
 #: The fields :func:`_shared_args` reads.
@@ -344,8 +375,8 @@ def _parse_dependents(flat: Sequence[Any]) -> dict[str, builtins.list[Task]]:
         parent, count = _text(flat[i]), int(flat[i + 1])
         i += 2
         if count:
-            found[parent] = _decode_tasks(flat[i : i + 8 * count])
-            i += 8 * count
+            found[parent] = _decode_tasks(flat[i : i + _FETCHED * count])
+            i += _FETCHED * count
     return found
 
 
@@ -483,8 +514,8 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
 
         async def hand_back(replies: builtins.list[Any]) -> None:
             flat = replies[-1]
-            if isinstance(flat, list) and len(flat) > 2:  # now, lease, then 4 per task
-                ids = [_text(task_id) for task_id in flat[2::4]]
+            if isinstance(flat, list) and len(flat) > 2:  # now, lease, then 5 per task
+                ids = [_text(task_id) for task_id in flat[2::5]]
                 await self.release(ids, worker_id, now=utcnow())
 
         try:
@@ -506,8 +537,8 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
     ) -> builtins.list[Task]:
         """Tasks from a claim's reply (a corrupt record as an :class:`UnreadableTask`)."""
         claimed: builtins.list[Task] = []
-        for i in range(0, len(flat), 4):
-            task_id, data, attempts, due = flat[i : i + 4]
+        for i in range(0, len(flat), 5):
+            task_id, data, attempts, due, lost = flat[i : i + 5]
             try:
                 base = _TASK_DECODER.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -531,6 +562,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                     id=_text(task_id),
                     status=TaskStatus.RUNNING,
                     attempts=attempts,
+                    lost_runs=int(lost),
                     worker_id=worker_id,
                     lease_expires_at=lease_at,
                     due_at=_dt(due) if due else None,
@@ -565,71 +597,73 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         done = await client.script("ack", *_ack_args(acks, now))
         return [bool(flag) for flag in done]
 
-    def _results_here(self, result_storage: BaseResultStorage) -> bool:
-        return self._shares_client(result_storage, AsyncRedisResultStorage)
+    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
+        """True when ``event_storage`` is the event log on this queue's client."""
+        return self._shares_client(event_storage, AsyncRedisEventStorage)
 
-    async def finish_many(
+    async def finish(
         self,
-        acks: Sequence[Ack],
-        results: Sequence[TaskResult],
+        items: Sequence[Finish],
         result_storage: BaseResultStorage,
-        *,
-        now: datetime,
-    ) -> builtins.list[bool]:
-        """Results then acks in one round trip when the results live on this client."""
-        if not (acks and self._results_here(result_storage)):
-            return await super().finish_many(acks, results, result_storage, now=now)
-        acked, _ = await self._finish(acks, results, result_storage, now, dependents=False)
-        return acked
-
-    async def finish_many_and_dependents(
-        self,
-        acks: Sequence[Ack],
-        results: Sequence[TaskResult],
-        result_storage: BaseResultStorage,
+        event_storage: BaseEventStorage | None = None,
         *,
         now: datetime,
     ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
-        """Results, acks and the dependents lookup in one round trip when the results
-        live on this client (a worker's per-batch write)."""
-        if not (acks and self._results_here(result_storage)):
-            return await super().finish_many_and_dependents(acks, results, result_storage, now=now)
-        return await self._finish(acks, results, result_storage, now, dependents=True)
-
-    async def _finish(
-        self,
-        acks: Sequence[Ack],
-        results: Sequence[TaskResult],
-        result_storage: BaseResultStorage,
-        now: datetime,
-        *,
-        dependents: bool,
-    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
-        assert isinstance(result_storage, AsyncRedisResultStorage)
+        """Acks with their results and events in one script call, atomically, when the
+        results live on this client; the dependents lookup in the same round trip."""
+        if not (items and self._shares_client(result_storage, AsyncRedisResultStorage)):
+            return await super().finish(items, result_storage, event_storage, now=now)
         client = self.client if self._connected else await self._client()
+        log_events = event_storage is not None and self.finish_logs_events(event_storage)
+        ids = [item.ack.task_id for item in items]
         commands: builtins.list[Command] = [
-            result_storage.result_command(results),
-            ("EVALSHA", _SHAS["ack"], 0, client.prefix, *_ack_args(acks, now)),
-        ]
-        if dependents:
-            ids = [ack.task_id for ack in acks]
-            commands.append(("EVALSHA", _SHAS["dependents"], 0, client.prefix, *ids))
+            ("EVALSHA", _SHAS["finish"], 0, client.prefix, *_finish_args(
+                items, now, log_events=log_events
+            )),
+            ("EVALSHA", _SHAS["dependents"], 0, client.prefix, *ids),
+        ]  # fmt: skip
         replies = await client.execute(commands)
         if any(isinstance(reply, NoScriptError) for reply in replies):
             # Scripts flushed (server restarted): reload, then redo in order.
             await client.load_scripts()
             replies = await client.execute(commands)
-        for reply, what in zip(
-            replies, ("storing results", "acknowledging", "finding dependents"), strict=False
-        ):
+        for reply, what in zip(replies, ("finishing tasks", "finding dependents"), strict=True):
             if isinstance(reply, ResponseError):
                 raise StorageError(f"redis: {what}: {reply}") from reply
-        acked = [bool(flag) for flag in replies[1]]
-        if not dependents:
-            return acked, {}
-        kept = {ack.task_id for ack, ok in zip(acks, acked, strict=True) if ok}
-        found = _parse_dependents(replies[2])
-        return acked, {parent: tasks for parent, tasks in found.items() if parent in kept}
+        acked = [bool(flag) for flag in replies[0]]
+        found = _parse_dependents(replies[1])
+        return acked, {
+            task_id: found[task_id]
+            for task_id, ok in zip(ids, acked, strict=True)
+            if ok and task_id in found
+        }
+
+    async def watch_cancels(
+        self,
+        worker_id: str,
+        held: Callable[[], Collection[str]],
+        notice: Callable[[str], None],
+    ) -> None:
+        """Block on this worker's cancel list (``wc:{worker}``): a transition that takes
+        a running task from its worker (a cancel) pushes the task's id there in the same
+        script, so the worker hears of it one round trip later."""
+        key = f"{self._prefix}wc:{worker_id}"
+        client = await self._client()
+        try:
+            while True:
+                try:
+                    reply = await client.block(_CANCEL_WAIT, "BLPOP", key, _CANCEL_WAIT)
+                except TimeoutError:
+                    continue  # the server went quiet; look again
+                except StorageError as exc:
+                    logger.debug("redis: waiting for cancels: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if reply:
+                    notice(_text(reply[1]))
+        finally:
+            with contextlib.suppress(Exception):
+                await client.call("DEL", key)
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, due at ``due_at``."""
@@ -696,13 +730,13 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         statuses = _ALL_STATUSES if status is None else (TaskStatus(status).value,)
         flat = await client.script("list", limit, queue or "", *statuses)
         tasks: builtins.list[Task] = []
-        for i in range(0, len(flat), 8):
-            fields = flat[i : i + 8]
+        for i in range(0, len(flat), _FETCHED):
+            fields = flat[i : i + _FETCHED]
             try:
                 tasks.append(_decode_task(*fields))
             except StorageError as exc:
                 # Listed as what its hash's fields say: one bad record must not hide the rest.
-                task_id, _, state, attempts, worker, lease, _, updated = fields
+                task_id, _, state, attempts, worker, lease, _, updated, _ = fields
                 tasks.append(
                     await self._unreadable(
                         _text(task_id),

@@ -47,6 +47,7 @@ from omniq.storage.base import (
     BaseScheduleStorage,
     BaseStorage,
     BaseTaskQueue,
+    Finish,
     UnreadableTask,
 )
 
@@ -72,6 +73,8 @@ _ENCODER = msgspec.msgpack.Encoder()
 _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
 _EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
 _SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
+#: The result of an ack that stores none (``ack_many``).
+_NO_RESULT = TaskResult(task_id="", status=TaskStatus.COMPLETE)
 _CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskStatus.SCHEDULED})
 
 
@@ -265,61 +268,85 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
 
     async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
         """Finish the tasks still held by their workers, in one transaction."""
-        return await self._finish(acks, (), now=now)
+        return await self._finish([Finish(ack, _NO_RESULT) for ack in acks], now=now)
 
-    async def finish_many(
+    def _on_my_connection(self, storage: BaseStorage | None) -> bool:
+        return isinstance(storage, _SQLiteComponent) and storage._conn is self._conn
+
+    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
+        """True when the event log is in this queue's database file."""
+        return isinstance(event_storage, AsyncSQLiteEventStorage) and self._on_my_connection(
+            event_storage
+        )
+
+    async def finish(
         self,
-        acks: Sequence[Ack],
-        results: Sequence[TaskResult],
+        items: Sequence[Finish],
         result_storage: BaseResultStorage,
+        event_storage: BaseEventStorage | None = None,
         *,
         now: datetime,
-    ) -> builtins.list[bool]:
-        """Results and acks in one transaction when the results share this connection."""
+    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
+        """Acks, then the results and events of the acknowledged tasks, in one
+        transaction when the results share this connection."""
         if not (
             isinstance(result_storage, AsyncSQLiteResultStorage)
-            and result_storage._conn is self._conn
+            and (self._on_my_connection(result_storage))
         ):
-            return await super().finish_many(acks, results, result_storage, now=now)
+            return await super().finish(items, result_storage, event_storage, now=now)
+        if not items:
+            return [], {}
         await result_storage._db()
-        flags = await self._finish(acks, _result_rows(results), now=now)
-        self._conn.notify_results([result.task_id for result in results])
-        return flags
+        flags = await self._finish(items, now=now, events=event_storage is not None)
+        done = [item.ack.task_id for item, ok in zip(items, flags, strict=True) if ok]
+        self._conn.notify_results(done)
+        return flags, (await self.dependents_many(done) if done else {})
 
     async def _finish(
-        self, acks: Sequence[Ack], result_rows: Sequence[tuple[Any, ...]], *, now: datetime
+        self, items: Sequence[Finish], *, now: datetime, events: bool = False
     ) -> builtins.list[bool]:
-        if not acks:
+        """Ack each item still held by its worker, and (for the results of an item that
+        is not ``_NO_RESULT``) store its result and, with ``events``, its events."""
+        if not items:
             return []
-        now_ts, sql, put_sql = _ts(now), _Q["ack"], _Q["put_result"]
-        groups: dict[tuple[str, str], builtins.list[str]] = {}
-        for item in acks:
-            groups.setdefault((item.worker_id, TaskStatus(item.status).value), []).append(
-                item.task_id
-            )
+        now_ts, sql = _ts(now), _Q["ack"]
+        put_sql, event_sql = _Q["put_result"], _Q["append_event"]
+        groups: dict[tuple[str, str, int], builtins.list[str]] = {}
+        for item in items:
+            ack = item.ack
+            key = (ack.worker_id, TaskStatus(ack.status).value, 0 if ack.ran else 1)
+            groups.setdefault(key, []).append(ack.task_id)
         params = [
-            {"ids": json.dumps(ids), "worker": worker, "status": status, "now": now_ts}
-            for (worker, status), ids in groups.items()
-        ]
+            {"ids": json.dumps(ids), "worker": worker, "status": status, "now": now_ts,
+             "unrun": unrun}
+            for (worker, status, unrun), ids in groups.items()
+        ]  # fmt: skip
 
-        def ack(conn: sqlite3.Connection) -> set[tuple[Any, ...]]:
-            if result_rows:
-                conn.executemany(put_sql, result_rows).close()
-            return {
-                (group["worker"], group["status"], row[0])
+        def finish(conn: sqlite3.Connection) -> builtins.list[bool]:
+            done = {
+                (group["worker"], group["status"], group["unrun"], row[0])
                 for group in params
                 for row in conn.execute(sql, group).fetchall()
             }
+            flags = []
+            for item in items:  # an ack repeated in one batch took effect once
+                ack = item.ack
+                key = (ack.worker_id, TaskStatus(ack.status).value, 0 if ack.ran else 1)
+                flags.append((*key, ack.task_id) in done)
+                done.discard((*key, ack.task_id))
+            won = [item for item, ok in zip(items, flags, strict=True) if ok]
+            rows = _result_rows([item.result for item in won if item.result is not _NO_RESULT])
+            if rows:
+                conn.executemany(put_sql, rows).close()
+            if events:
+                logged = [_event_row(event) for item in won for event in item.events]
+                if logged:
+                    conn.executemany(event_sql, logged).close()
+            return flags
 
         db = await self._db()
-        run = db.run if len(params) == 1 and not result_rows else db.write
-        done = await run(ack, "acknowledging tasks")
-        flags = []
-        for item in acks:  # an ack repeated in one batch took effect once
-            key = (item.worker_id, TaskStatus(item.status).value, item.task_id)
-            flags.append(key in done)
-            done.discard(key)
-        return flags
+        single = len(params) == 1 and all(item.result is _NO_RESULT for item in items)
+        return await (db.run if single else db.write)(finish, "acknowledging tasks")
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, due at ``due_at``."""
@@ -547,14 +574,18 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
         return int(await db.run(lambda conn: conn.execute(sql, (now_ts,)).rowcount, "deleting"))
 
 
+def _event_row(event: TaskEvent) -> tuple[Any, ...]:
+    return (event.task_id, _ts(event.timestamp), _ENCODER.encode(event))
+
+
 class AsyncSQLiteEventStorage(_SQLiteComponent, BaseEventStorage):
-    """The task event log on SQLite (append-only, ordered by insertion)."""
+    """The task event log on SQLite (append-only; read back in time order)."""
 
     async def append(self, events: Sequence[TaskEvent]) -> None:
         """Append events in one transaction."""
         if not events:
             return
-        rows = [(event.task_id, _ts(event.timestamp), _ENCODER.encode(event)) for event in events]
+        rows = [_event_row(event) for event in events]
         sql = _Q["append_event"]
         db = await self._db()
         if len(rows) == 1:
@@ -575,6 +606,10 @@ class AsyncSQLiteEventStorage(_SQLiteComponent, BaseEventStorage):
                 raise StorageError(
                     f"sqlite: event {event_id} of task {task_id} is corrupt"
                 ) from exc
+        # Rows come in the order written, and a worker writes a task's last events with
+        # its result, maybe before the producer's background writer stored ENQUEUED. The
+        # sort is stable: events of one time keep the order they were logged in.
+        events.sort(key=lambda event: event.timestamp)
         return events
 
     async def delete_before(self, before: datetime) -> int:

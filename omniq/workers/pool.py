@@ -19,12 +19,13 @@ import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from omniq.decisions import Verdict, before_run, final_result
 from omniq.errors import ConfigError, OmniQError, SerializationError, StorageError, TaskTimeoutError
-from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
-from omniq.retry import Retry, backoff_delay, has_attempts_left
-from omniq.storage.base import Ack, UnreadableTask
+from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskStatus, utcnow
+from omniq.retry import Retry, backoff_delay, failed_runs, has_attempts_left
+from omniq.storage.base import Ack, Finish, UnreadableTask
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
 
 if TYPE_CHECKING:
@@ -40,11 +41,6 @@ _FINISH_BATCH = 500
 #: call whatever its size). An isolated completion is written at once.
 _FINISH_INTERVAL = 0.002
 _MAX_BACKOFF = 5.0
-
-
-class _Finished(NamedTuple):
-    task: Task
-    result: TaskResult
 
 
 def _parse_queues(queues: Sequence[str] | str | None, default: str) -> tuple[str, ...]:
@@ -90,14 +86,23 @@ class AsyncWorkerPool:
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
         self.lease_seconds: float = settings.lease_seconds
-        #: Counts of outcomes since start: complete, failed, retried, expired, cancelled.
+        #: Counts of outcomes since start: complete, failed, retried, expired, and
+        #: cancelled (runs stopped because the task was cancelled, or taken over).
         self.counts: dict[str, int] = dict.fromkeys(
             ("complete", "failed", "retried", "expired", "cancelled"), 0
         )
         self._executor: BaseExecutor | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._held: set[str] = set()
-        self._finished: list[_Finished] = []
+        self._finished: list[Finish] = []
+        # Events of the held tasks not yet handed to the event logger: they are written
+        # with the task's result (one write, never after it), or handed over once the task
+        # has run for ``_spill_after`` seconds, so a long run shows EXECUTING meanwhile.
+        self._pending: dict[str, list[TaskEvent]] = {}
+        # Per task, the event logger's count of events accepted when the task's last
+        # event went to it: its finish waits until the logger has written that many.
+        self._logged_upto: dict[str, int] = {}
+        self._spill_after = max(0.01, oq.settings.event_flush_interval)
         self._finish_wakeup: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
@@ -159,6 +164,10 @@ class AsyncWorkerPool:
         self.oq._pools.add(self)
         finisher = asyncio.create_task(self._finish_loop(), name="omniq-finisher")
         renewer = asyncio.create_task(self._renew_loop(), name="omniq-renewer")
+        watcher = asyncio.create_task(
+            self.oq.queue.watch_cancels(self.worker_id, self._held_ids, self._lost_notice),
+            name="omniq-cancel-watcher",
+        )
         logger.info(
             "worker %s started: type=%s concurrency=%d queues=%s loop=%s",
             self.worker_id,
@@ -171,7 +180,7 @@ class AsyncWorkerPool:
             await self._claim_loop(burst)
         finally:
             try:
-                await self._shutdown(finisher, renewer)
+                await self._shutdown(finisher, renewer, watcher)
             finally:
                 self.oq._pools.discard(self)
                 logger.info("worker %s stopped: %s", self.worker_id, self.counts)
@@ -232,8 +241,19 @@ class AsyncWorkerPool:
         if running is None:
             return False
         self._abandoned.add(task_id)
+        self._held.discard(task_id)  # no longer this worker's: not renewed nor handed back
         running.cancel()
+        self.counts["cancelled"] += 1
         return True
+
+    def _held_ids(self) -> set[str]:
+        return self._held
+
+    def _lost_notice(self, task_id: str) -> None:
+        """The queue says this worker no longer holds ``task_id`` (cancelled, or taken
+        over after its lease ran out): stop running it."""
+        if task_id in self._held and self.cancel_local(task_id):
+            logger.info("task %s: cancelled (or its lease taken over); stopped", task_id)
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -395,19 +415,41 @@ class AsyncWorkerPool:
 
     # -- running one task ----------------------------------------------------------------
 
-    def _event(self, task: Task, kind: EventType, message: str = "") -> None:
+    def _event(self, task: Task, kind: EventType, message: str = "", *, attempt: int = -1) -> None:
+        """Note an event of a held task: the in-process handlers hear of it now; the
+        event log gets it with the task's result (or when the task has run a while)."""
         events = self.oq.events
-        if events.enabled or events._handlers:
-            events.log(
-                TaskEvent(
-                    task_id=task.id,
-                    event_type=kind,
-                    attempt=task.attempts,
-                    worker_id=self.worker_id,
-                    message=message,
-                    queue=task.queue,
-                )
-            )
+        if not (events.enabled or events._handlers):
+            return
+        event = TaskEvent(
+            task_id=task.id,
+            event_type=kind,
+            attempt=task.attempts if attempt < 0 else attempt,
+            worker_id=self.worker_id,
+            message=message,
+            queue=task.queue,
+        )
+        if events._handlers:
+            events.announce((event,))
+        if events.enabled:
+            self._pending.setdefault(task.id, []).append(event)
+
+    def _spill(self, task_id: str) -> None:
+        """Hand a held task's noted events to the event logger (written in the
+        background): it has run for a while, or will not finish here."""
+        events = self._pending.pop(task_id, None)
+        if events:
+            logger_ = self.oq.events
+            logger_.log_many(events, announce=False)
+            self._logged_upto[task_id] = logger_.accepted
+
+    def _spill_later(self, task: Task) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._spill_after, self._spill_if_running, task.id)
+
+    def _spill_if_running(self, task_id: str) -> None:
+        if task_id in self._running:
+            self._spill(task_id)
 
     def _finish(
         self,
@@ -417,9 +459,10 @@ class AsyncWorkerPool:
         value: bytes | None = None,
         error: ErrorInfo | None = None,
         started_at: datetime | None = None,
-        attempts: int | None = None,
+        ran: bool = True,
     ) -> None:
-        result = self.oq._final_result(
+        attempts = task.attempts if ran else task.attempts - 1
+        result = final_result(
             task,
             status,
             value=value,
@@ -429,7 +472,8 @@ class AsyncWorkerPool:
             attempts=attempts,
             now=utcnow(),
         )
-        self._finished.append(_Finished(task, result))
+        events = self._pending.pop(task.id, ())
+        self._finished.append(Finish(Ack(task.id, self.worker_id, status, ran), result, events))
         assert self._finish_wakeup is not None
         self._finish_wakeup.set()
 
@@ -438,10 +482,12 @@ class AsyncWorkerPool:
             await self._execute_inner(task)
         except asyncio.CancelledError:
             # Stopped here: by a hard stop (the lease is handed back in _shutdown), or
-            # because the task was cancelled or its lease lost (settled elsewhere).
-            pass
+            # because the task was cancelled or its lease lost (settled elsewhere). It did
+            # start: its EXECUTING event stands.
+            self._spill(task.id)
         except Exception:
             logger.exception("worker %s: internal error on task %s", self.worker_id, task.id)
+            self._spill(task.id)
         finally:
             self._running.pop(task.id, None)
             self._progress += 1
@@ -460,31 +506,29 @@ class AsyncWorkerPool:
             error = ErrorInfo(type="omniq.UnreadableTask", message=task.reason)
             self._finish(task, TaskStatus.FAILED, error=error)
             return
-        now = utcnow()
-        if task.expires_at is not None and now >= task.expires_at and task.attempts <= 1:
-            message = f"not started within its ttl (expired at {task.expires_at.isoformat()})"
-            self._event(task, EventType.EXPIRED, message)
-            error = ErrorInfo(type="omniq.TaskExpired", message=message)
-            # This claim found it expired: it never ran, so no attempt was made.
-            self._finish(task, TaskStatus.EXPIRED, error=error, attempts=task.attempts - 1)
-            return
-        if task.attempts > task.max_attempts:
-            # Every earlier holder lost its lease (killed, or hung): a poison pill.
-            message = (
-                f"its worker was lost while running it (lease expired); "
-                f"{task.attempts - 1} of {task.max_attempts} attempts used"
-            )
-            self._event(task, EventType.ERROR, message)
-            error = ErrorInfo(type="omniq.WorkerLost", message=message)
-            # The attempts made are the earlier, lost ones; this claim does not run it.
-            self._finish(task, TaskStatus.FAILED, error=error, attempts=task.attempts - 1)
+        verdict, why = before_run(task, now=utcnow(), max_lost_runs=self.oq.settings.max_lost_runs)
+        if verdict is not Verdict.RUN:
+            # This claim does not run it: the attempt it counted is taken back.
+            assert why is not None
+            expired = verdict is Verdict.EXPIRE
+            kind = EventType.EXPIRED if expired else EventType.ERROR
+            self._event(task, kind, why.message, attempt=task.attempts - 1)
+            if not expired:
+                logger.warning("task %s (%s): %s", task.id, task.func, why.message)
+            status = TaskStatus.EXPIRED if expired else TaskStatus.FAILED
+            self._finish(task, status, error=why, ran=False)
             return
         self._event(task, EventType.EXECUTING)
+        if self._pending.get(task.id):
+            self._spill_later(task)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("task %s (%s): attempt %d started", task.id, task.func, task.attempts)
         try:
             carried, args, kwargs = self.oq.serializer.loads_call(task.payload)
             func = carried if carried is not None else self.oq.resolve(task.func)
         except OmniQError as exc:
             # Retrying cannot fix a payload or an import: fail now with the reason.
+            self._log_failure(task, exc, final=True)
             self._event(task, EventType.ERROR, str(exc))
             self._finish(task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
             return
@@ -496,6 +540,7 @@ class AsyncWorkerPool:
             await self._retry(task, request, request.delay)
             return
         except TaskTimeoutError as exc:
+            logger.warning("task %s (%s): attempt %d timed out", task.id, task.func, task.attempts)
             self._event(task, EventType.TIMEOUT, str(exc))
             await self._failed(task, exc, started_at)
             return
@@ -508,27 +553,57 @@ class AsyncWorkerPool:
             await self._failed(task, exc, started_at)
             return
         self._event(task, EventType.COMPLETE)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("task %s (%s): attempt %d complete", task.id, task.func, task.attempts)
         self._finish(task, TaskStatus.COMPLETE, value=encoded, started_at=started_at)
 
+    def _retries_left(self, task: Task) -> bool:
+        return has_attempts_left(failed_runs(task.attempts, task.lost_runs), task.max_retries)
+
+    def _log_failure(self, task: Task, exc: BaseException, *, final: bool) -> None:
+        """One WARNING line per failed attempt; its traceback at INFO."""
+        outcome = "failed" if final else "failed, will retry"
+        logger.warning(
+            "task %s (%s): attempt %d %s: %s: %s",
+            task.id,
+            task.func,
+            task.attempts,
+            outcome,
+            type(exc).__name__,
+            exc,
+        )
+        if exc.__traceback__ is not None and logger.isEnabledFor(logging.INFO):
+            logger.info("task %s traceback:", task.id, exc_info=exc)
+
     async def _failed(self, task: Task, exc: BaseException, started_at: datetime) -> None:
-        if has_attempts_left(task.attempts, task.max_retries):
+        if self._retries_left(task):
             await self._retry(task, exc, None)
             return
+        self._log_failure(task, exc, final=True)
         self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
         self._finish(
             task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc), started_at=started_at
         )
 
     async def _retry(self, task: Task, exc: BaseException, delay: float | None) -> None:
-        if not has_attempts_left(task.attempts, task.max_retries):
+        if not self._retries_left(task):
+            self._log_failure(task, exc, final=True)
             self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
             self._finish(task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
             return
         if delay is None:
             delay = backoff_delay(
-                task.attempts, base=task.retry_delay, cap=self.oq.settings.retry_max_delay
+                failed_runs(task.attempts, task.lost_runs),
+                base=task.retry_delay,
+                cap=self.oq.settings.retry_max_delay,
             )
+        if not isinstance(exc, Retry):
+            self._log_failure(task, exc, final=False)
+        logger.info("task %s (%s): retry %d in %.3f s", task.id, task.func, task.attempts, delay)
         self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
+        self._event(task, EventType.RETRY, f"attempt {task.attempts + 1} in {delay:.3f} s")
+        # Written before the retry is stored: the next attempt (on any worker) logs after.
+        await self._write_events(self._pending.pop(task.id, []))
         now = utcnow()
         due = now + timedelta(seconds=delay)
         try:
@@ -541,7 +616,17 @@ class AsyncWorkerPool:
             self._held.discard(task.id)
         if moved:
             self.counts["retried"] += 1
-            self._event(task, EventType.RETRY, f"attempt {task.attempts + 1} in {delay:.3f} s")
+
+    async def _write_events(self, events: Sequence[TaskEvent]) -> None:
+        """Store events now; if the event log is failing, leave them to the logger."""
+        storage = self.oq.events.storage
+        if not events or storage is None:
+            return
+        try:
+            await storage.append(events)
+        except StorageError as exc:
+            logger.warning("writing %d events failed (%s); retrying later", len(events), exc)
+            self.oq.events.log_many(events, announce=False)
 
     # -- finishing -----------------------------------------------------------------------
 
@@ -571,16 +656,16 @@ class AsyncWorkerPool:
     async def _flush_finished_locked(self, everything: bool) -> None:
         """Write finished tasks: one batch, or (``everything``) until none are left."""
         backoff = 0.0
+        oq = self.oq
+        event_log = oq.events.storage
+        rides = event_log is not None and oq.queue.finish_logs_events(event_log)
         while self._finished:
             batch = self._finished[:_FINISH_BATCH]
             del self._finished[: len(batch)]
-            now = utcnow()
+            await self._events_logged_before(batch)
             try:
-                acked, dependents = await self.oq.queue.finish_many_and_dependents(
-                    [Ack(item.task.id, self.worker_id, item.result.status) for item in batch],
-                    [item.result for item in batch],
-                    self.oq.results,
-                    now=now,
+                acked, dependents = await oq.queue.finish(
+                    batch, oq.results, event_log if rides else None, now=utcnow()
                 )
             except StorageError as exc:
                 if self._stopping and backoff >= _MAX_BACKOFF:
@@ -594,23 +679,43 @@ class AsyncWorkerPool:
                 await asyncio.sleep(backoff)
                 continue
             done: list[tuple[str, TaskStatus]] = []
+            later: list[TaskEvent] = []
             for item, ok in zip(batch, acked, strict=True):
-                self._held.discard(item.task.id)
-                status = item.result.status
+                task_id = item.ack.task_id
+                self._held.discard(task_id)
+                self._logged_upto.pop(task_id, None)
+                status = item.ack.status
                 if ok:
                     self.counts[status.value] = self.counts.get(status.value, 0) + 1
-                    done.append((item.task.id, status))
+                    done.append((task_id, status))
+                    if not rides:
+                        later += item.events
                 else:
+                    # Another outcome won (a cancel, or a worker that took over after the
+                    # lease ran out): this run's result is dropped, its start stands.
+                    later += (e for e in item.events if e.event_type is EventType.EXECUTING)
                     logger.warning(
-                        "task %s: lease lost before its result was acknowledged", item.task.id
+                        "task %s: cancelled or its lease lost before its result was "
+                        "acknowledged; result dropped",
+                        task_id,
                     )
+            await self._write_events(later)
             try:
-                await self.oq._on_finished(done, dependents)
+                await oq._on_finished(done, dependents)
             except StorageError as exc:
                 logger.warning("settling dependents failed: %s", exc)
             self._progress += 1
             if not everything:
                 return
+
+    async def _events_logged_before(self, batch: Sequence[Finish]) -> None:
+        """Wait until the events the logger took for these tasks earlier (a long run's
+        EXECUTING) are stored: a task's events are never stored after its result."""
+        if not self._logged_upto:
+            return
+        needed = max((self._logged_upto.get(item.ack.task_id, 0) for item in batch), default=0)
+        if needed > self.oq.events.written:
+            await self.oq.events.flush()
 
     # -- leases --------------------------------------------------------------------------
 
@@ -633,7 +738,6 @@ class AsyncWorkerPool:
                     logger.warning(
                         "task %s: lease lost (cancelled or taken over); stopped", task_id
                     )
-                self._held.discard(task_id)
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -660,7 +764,12 @@ class AsyncWorkerPool:
             finally:
                 changed.cancel()
 
-    async def _shutdown(self, finisher: asyncio.Task[None], renewer: asyncio.Task[None]) -> None:
+    async def _shutdown(
+        self,
+        finisher: asyncio.Task[None],
+        renewer: asyncio.Task[None],
+        watcher: asyncio.Task[None],
+    ) -> None:
         await self._let_running_finish()
         leftover = dict(self._running)
         for task in leftover.values():
@@ -668,10 +777,11 @@ class AsyncWorkerPool:
         if leftover:
             await asyncio.gather(*leftover.values(), return_exceptions=True)
         renewer.cancel()
+        watcher.cancel()
         await self._flush_finished()
         # The finisher is idle now (the flush lock serialises it with the call above).
         finisher.cancel()
-        await asyncio.gather(finisher, renewer, return_exceptions=True)
+        await asyncio.gather(finisher, renewer, watcher, return_exceptions=True)
         handback = [tid for tid in leftover if tid in self._held and tid not in self._abandoned]
         if handback:
             try:

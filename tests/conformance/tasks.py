@@ -131,14 +131,17 @@ def exit_process(code: int) -> None:
 
 def hold_until(release: str, log: str, timeout: float = 30.0) -> str:
     """Append ``start <pid>`` to ``log`` (one line per run), then block until ``release``
-    exists."""
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"start {os.getpid()}\n")
+    exists; ``stopped <pid>`` when stopped before (a greenlet killed)."""
+    _log_start(log)
     deadline = time.monotonic() + timeout
-    while not Path(release).exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(release)
-        time.sleep(0.01)
+    try:
+        while not Path(release).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(release)
+            time.sleep(0.01)
+    except BaseException:
+        _log_line(log, f"stopped {os.getpid()}")
+        raise
     return "released"
 
 
@@ -176,15 +179,23 @@ class TouchOnLoad:
         return touch, (self.path,)
 
 
-def _log_start(log: str) -> None:
+def _log_line(log: str, line: str) -> None:
     with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"start {os.getpid()}\n")
+        fh.write(f"{line}\n")
+
+
+def _log_start(log: str) -> None:
+    _log_line(log, f"start {os.getpid()}")
 
 
 async def hold_until_async(release: str, log: str) -> str:
-    """:func:`hold_until` as a coroutine (a hard stop can cancel it)."""
+    """:func:`hold_until` as a coroutine (a hard stop or a cancel can cancel it)."""
     await asyncio.to_thread(_log_start, log)
-    while True:
-        if await asyncio.to_thread(os.path.exists, release):
-            return "released"
-        await asyncio.sleep(0.01)
+    try:
+        while True:
+            if await asyncio.to_thread(os.path.exists, release):
+                return "released"
+            await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        _log_line(log, f"stopped {os.getpid()}")
+        raise

@@ -301,8 +301,34 @@ async def test_ttl_expires_a_task_that_did_not_start(oq: AsyncOmniQ) -> None:
     assert result.status is TaskStatus.EXPIRED
     assert result.attempts == 0  # it never ran
     assert result.started_at is None
-    assert (await oq.get_task(task_id)).status is TaskStatus.EXPIRED
-    assert kinds(await oq.get_events(task_id))[-1] is EventType.EXPIRED
+    stored = await oq.queue.get(task_id)  # as the worker left it: one truth everywhere
+    assert (stored.status, stored.attempts) == (TaskStatus.EXPIRED, 0)
+    events = await oq.get_events(task_id)
+    assert kinds(events) == [EventType.ENQUEUED, EventType.EXPIRED]
+    assert events[-1].attempt == 0
+
+
+async def test_ttl_passes_on_a_queue_no_worker_serves(oq: AsyncOmniQ) -> None:
+    # Nobody claims from "nobody": the ttl still ends the task, as it is read.
+    listed_id = await oq.submit(tasks.add, (5, 6), queue="nobody", ttl=0.2)
+    task_id = await oq.submit(tasks.add, (1, 2), queue="nobody", ttl=0.3)
+    dependent = await oq.submit(tasks.add, (3, 4), depends_on=[task_id])
+    assert (await oq.get_task(task_id)).status is TaskStatus.PENDING
+    # A waiter is released when the ttl passes, not left waiting for its own timeout.
+    result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert result.status is TaskStatus.EXPIRED
+    assert result.attempts == 0 and result.error.type == "omniq.TaskExpired"
+    task = await oq.get_task(task_id)
+    assert (task.status, task.attempts) == (TaskStatus.EXPIRED, 0)
+    assert kinds(await oq.get_events(task_id)) == [EventType.ENQUEUED, EventType.EXPIRED]
+    # A listing shows an expired task as expired.
+    listed = {t.id: t.status for t in await oq.list_tasks(queue="nobody")}
+    assert listed == {task_id: TaskStatus.EXPIRED, listed_id: TaskStatus.EXPIRED}
+    assert await oq.list_tasks(queue="nobody", status="pending") == []
+    # Its dependent hears of it, as from a worker.
+    cancelled = await oq.get_result(dependent, wait=True, timeout=5)
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert task_id in cancelled.error.message
 
 
 async def test_dependencies_run_in_order(oq: AsyncOmniQ) -> None:
@@ -494,7 +520,7 @@ async def test_closing_the_client_stops_its_pools_first(make_oq: MakeOQ, tmp_pat
 
 async def test_expired_lease_runs_again_and_counts_an_attempt(make_oq: MakeOQ) -> None:
     oq = await make_oq(lease_seconds=0.2)
-    task_id = await oq.submit(tasks.add, (1, 2), max_retries=1)
+    task_id = await oq.submit(tasks.add, (1, 2))  # max_retries=0: a lost run is no failure
     # A worker that claims and then dies: it never renews or acknowledges.
     claimed = await oq.queue.claim(
         ["default"], "dead-worker", limit=1, lease_seconds=0.2, now=utcnow()
@@ -504,23 +530,52 @@ async def test_expired_lease_runs_again_and_counts_an_attempt(make_oq: MakeOQ) -
     await oq.worker().run(burst=True)
     result = await oq.get_result(task_id)
     assert result.status is TaskStatus.COMPLETE
+    # Every run that started counts, the lost one included, and reads the same everywhere.
     assert result.attempts == 2
+    task = await oq.get_task(task_id)
+    assert task.attempts == 2 and task.lost_runs == 1
+    final = (await oq.get_events(task_id))[-1]
+    assert final.event_type is EventType.COMPLETE and final.attempt == 2
     # The dead worker's late acknowledgement is refused.
     assert not (
         await oq.queue.ack_many([Ack(task_id, "dead-worker", TaskStatus.FAILED)], now=utcnow())
     )[0]
 
 
+async def test_lost_runs_leave_the_retries_alone(make_oq: MakeOQ) -> None:
+    # Lost once, then a failing run: max_retries=1 still grants the retry, which succeeds.
+    oq = await make_oq(lease_seconds=0.2)
+    key = uuid.uuid4().hex
+    task_id = await oq.submit(tasks.flaky, (key, 1), max_retries=1, retry_delay=0)
+    await oq.queue.claim(["default"], "dead-worker", limit=1, lease_seconds=0.2, now=utcnow())
+    await asyncio.sleep(0.3)
+    await oq.worker().run(burst=True)
+    result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.COMPLETE and result.result == "ok after 2"
+    assert result.attempts == 3
+    assert (await oq.get_task(task_id)).attempts == 3
+
+
 async def test_lease_lost_too_often_fails_the_task(make_oq: MakeOQ) -> None:
-    oq = await make_oq(lease_seconds=0.1)
-    task_id = await oq.submit(tasks.add, (1, 2), max_retries=0)
-    await oq.queue.claim(["default"], "dead-worker", limit=1, lease_seconds=0.1, now=utcnow())
-    await asyncio.sleep(0.2)
+    oq = await make_oq(lease_seconds=0.1, max_lost_runs=2)
+    task_id = await oq.submit(tasks.add, (1, 2), max_retries=5)
+    for _ in range(3):  # three workers die holding it: one more than allowed
+        claimed = await oq.queue.claim(
+            ["default"], "dead-worker", limit=1, lease_seconds=0.1, now=utcnow()
+        )
+        assert [t.id for t in claimed] == [task_id]
+        await asyncio.sleep(0.15)
     await oq.worker().run(burst=True)
     result = await oq.get_result(task_id)
     assert result.status is TaskStatus.FAILED
     assert result.error.type == "omniq.WorkerLost"
-    assert result.attempts == 1  # the lost one; the claim that failed it did not run it
+    assert "3 times" in result.error.message
+    # The three lost runs; the claim that failed it did not run it: one truth everywhere.
+    assert result.attempts == 3
+    task = await oq.get_task(task_id)
+    assert task.status is TaskStatus.FAILED and task.attempts == 3
+    final = (await oq.get_events(task_id))[-1]
+    assert final.event_type is EventType.ERROR and final.attempt == 3
 
 
 async def test_long_task_keeps_its_lease(make_oq: MakeOQ) -> None:

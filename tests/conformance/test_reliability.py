@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,11 @@ from tests.storage._redis_helpers import tamper_redis_task
 WAIT = 25.0  # upper bound for anything a test waits for
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check()`` is true (it reads a file or the store), at most ``WAIT`` s."""
-    deadline = time.monotonic() + WAIT
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, *, within: float = WAIT
+) -> None:
+    """Wait until ``check()`` is true (it reads a file or the store), at most ``within`` s."""
+    deadline = time.monotonic() + within
     while True:
         if await check():
             return
@@ -182,52 +186,72 @@ async def test_four_cli_workers_run_each_of_1000_tasks_once(
 async def test_worker_killed_mid_task_task_runs_again_after_the_lease(
     oq: AsyncOmniQ, workers: Workers, tmp_path: Path
 ) -> None:
+    # Default options (max_retries=0): a worker's death is not its tasks' failure.
     release, log = tmp_path / "release", tmp_path / "runs.log"
-    task_id = await oq.submit(tasks.hold_until, (str(release), str(log)), max_retries=1)
+    ids = [await oq.submit(tasks.hold_until, (str(release), str(log))) for _ in range(3)]
     first = workers.start(lease_seconds=1)
-    await wait_for_path(log, "the task to start")
+
+    def three_started() -> bool:
+        return log.exists() and log.read_text(encoding="utf-8").count("\n") >= 3
+
+    await eventually(lambda: asyncio.to_thread(three_started), "three tasks to start")
     first.kill()
     assert await workers.exit_code(first) == -signal.SIGKILL
     release.touch()
 
     second = workers.start(lease_seconds=1)
-    result = await oq.get_result(task_id, wait=True, timeout=WAIT)
-
-    assert result is not None, workers.output()
-    assert (result.status, result.result) == (TaskStatus.COMPLETE, "released")
-    assert result.attempts == 2
-    task = await oq.get_task(task_id)
-    assert task is not None
-    assert task.attempts == 2
+    for task_id in ids:
+        result = await oq.get_result(task_id, wait=True, timeout=WAIT)
+        assert result is not None, workers.output()
+        assert (result.status, result.result) == (TaskStatus.COMPLETE, "released")
+        assert result.attempts == 2
+        task = await oq.get_task(task_id)
+        assert task is not None
+        assert (task.attempts, task.lost_runs) == (2, 1)
     runs = [int(line.split()[1]) for line in log.read_text().splitlines()]
-    assert runs == [first.pid, second.pid]
+    assert runs == [first.pid] * 3 + [second.pid] * 3
     assert await workers.terminate_all() == [-signal.SIGKILL, 0]
     # The killed worker may not have flushed its events; the second one has, at its stop.
-    events = await oq.get_events(task_id)
-    assert [e.attempt for e in events if e.event_type is EventType.EXECUTING][-1] == 2
-    assert events[-1].event_type is EventType.COMPLETE
+    for task_id in ids:
+        events = await oq.get_events(task_id)
+        assert [e.attempt for e in events if e.event_type is EventType.EXECUTING][-1] == 2
+        assert events[-1].event_type is EventType.COMPLETE
+        assert events[-1].attempt == 2
 
 
 async def test_task_that_kills_its_worker_every_time_ends_failed(
     oq: AsyncOmniQ, workers: Workers
 ) -> None:
     poison = await oq.submit(tasks.exit_process, (1,), max_retries=0)
-    first = workers.start("--burst", lease_seconds=1)
+    # A lost run is not the task's failure: it runs again, up to max_lost_runs lost runs.
+    first = workers.start("--burst", lease_seconds=1, max_lost_runs=1)
     assert await workers.exit_code(first) == 1  # the task took its worker down
 
-    workers.start(lease_seconds=1)
+    async def lease_ran_out() -> bool:
+        task = await oq.get_task(poison)
+        lease = task.lease_expires_at if task is not None else None
+        return lease is not None and lease < datetime.now(UTC)
+
+    await eventually(lease_ran_out, "the dead worker's lease to run out")
+    second = workers.start("--burst", lease_seconds=1, max_lost_runs=1)
+    assert await workers.exit_code(second) == 1  # again, after the first lease ran out
+
+    workers.start(lease_seconds=1, max_lost_runs=1)
     result = await oq.get_result(poison, wait=True, timeout=WAIT)
     after = await oq.enqueue(tasks.add, 1, 2)
     after_result = await oq.get_result(after, wait=True, timeout=WAIT)
 
     assert result is not None, workers.output()
     assert result.status is TaskStatus.FAILED
-    assert result.attempts == 1  # the one that took its worker down
+    assert result.attempts == 2  # the two that took their workers down
     assert result.error is not None
+    assert result.error.type == "omniq.WorkerLost"
     assert "lease expired" in result.error.message
+    task = await oq.get_task(poison)
+    assert task is not None and task.attempts == 2 and task.lost_runs == 2
     assert after_result is not None
     assert after_result.result == 3  # the worker carried on
-    assert (await workers.terminate_all())[1] == 0
+    assert (await workers.terminate_all())[2] == 0
 
 
 @pytest.mark.parametrize(
@@ -514,3 +538,127 @@ async def test_a_task_whose_record_is_damaged_fails_with_a_result_and_spares_the
         done = await oq.get_result(task_id)
         assert done is not None and (done.status, done.result) == (TaskStatus.COMPLETE, 2 * i)
     assert (await oq.stats())["mail"] == {"failed": 1, "cancelled": 1, "complete": 3}
+
+
+# -- cancel --------------------------------------------------------------------------------
+
+
+def _pid_gone(pid: int) -> bool:
+    """True when process ``pid`` has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("holder", "worker_type"),
+    [
+        pytest.param(tasks.hold_until_async, "async", id="async-coroutine"),
+        pytest.param(tasks.hold_until, "thread", id="thread"),
+        pytest.param(tasks.hold_until, "process", id="process"),
+        pytest.param(tasks.hold_until, "gevent", id="gevent"),
+    ],
+)
+async def test_cancel_reaches_a_running_task_in_another_process_at_once(
+    oq: AsyncOmniQ,
+    workers: Workers,
+    tmp_path: Path,
+    holder: Callable[..., Any],
+    worker_type: str,
+) -> None:
+    # A CLI worker with the default lease (30 s, renewed every 10 s): the cancel must
+    # reach it without waiting for a renewal (it takes well under a second; the bound
+    # below leaves room for a loaded host, and is still short of the first renewal).
+    release, log = tmp_path / "release", tmp_path / "runs.log"
+    task_id = await oq.submit(holder, (str(release), str(log)))
+    workers.start("--worker-type", worker_type, concurrency=2)
+    await wait_for_path(log, "the task to start")
+    pid = int(log.read_text(encoding="utf-8").split()[1])
+
+    assert await oq.cancel(task_id) is True
+    if worker_type == "process":  # the child running it is killed (and replaced)
+        await eventually(lambda: asyncio.to_thread(_pid_gone, pid), "the child to die", within=8)
+    elif worker_type != "thread":  # the coroutine or greenlet is stopped where it waits
+        stopped = f"stopped {pid}"
+        await eventually(
+            lambda: asyncio.to_thread(lambda: stopped in log.read_text(encoding="utf-8")),
+            "the run to stop",
+            within=8,
+        )
+    # A thread cannot be stopped: it runs on to its end, and its outcome is dropped.
+    release.touch()
+    after = await oq.enqueue(tasks.add, 1, 2)
+    assert (await oq.get_result(after, wait=True, timeout=WAIT)).result == 3
+    assert await workers.terminate_all() == [0], workers.output()
+
+    result = await oq.get_result(task_id)
+    assert result is not None and result.status is TaskStatus.CANCELLED
+    task = await oq.get_task(task_id)
+    assert task is not None and task.status is TaskStatus.CANCELLED
+    kinds = [event.event_type for event in await oq.get_events(task_id)]
+    assert kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.CANCELLED]
+
+
+async def test_cancel_racing_the_finish_has_exactly_one_outcome(
+    oq: AsyncOmniQ, workers: Workers
+) -> None:
+    # Tasks that end within ~60 ms, cancelled around that time from this process while a
+    # CLI worker runs them: whichever wins, the loser changes nothing.
+    workers.start(concurrency=8)
+    rng = random.Random(29)
+    ids = [await oq.submit(tasks.sleep_async, (rng.uniform(0.0, 0.06),)) for _ in range(40)]
+
+    async def cancel_later(task_id: str, delay: float) -> bool:
+        await asyncio.sleep(delay)
+        return await oq.cancel(task_id)
+
+    cancelled = await asyncio.gather(
+        *(cancel_later(task_id, rng.uniform(0.0, 0.3)) for task_id in ids)
+    )
+    for task_id in ids:
+        result = await oq.get_result(task_id, wait=True, timeout=WAIT)
+        assert result is not None
+    assert await workers.terminate_all() == [0], workers.output()
+    outcomes = set()
+    for task_id, won in zip(ids, cancelled, strict=True):
+        expected = TaskStatus.CANCELLED if won else TaskStatus.COMPLETE
+        result, task = await oq.get_result(task_id), await oq.get_task(task_id)
+        assert result is not None and task is not None
+        assert (result.status, task.status) == (expected, expected), task_id
+        kinds = [event.event_type for event in await oq.get_events(task_id)]
+        loser = EventType.COMPLETE if won else EventType.CANCELLED
+        assert loser not in kinds, (task_id, kinds)
+        assert kinds[-1] is (EventType.CANCELLED if won else EventType.COMPLETE), kinds
+        outcomes.add(won)
+    assert outcomes == {True, False}  # both sides of the race were exercised
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+async def test_a_finished_tasks_events_are_stored_with_its_result(
+    oq: AsyncOmniQ, workers: Workers
+) -> None:
+    # Read right after get_result returns, with the worker in another process. Where the
+    # event log shares the queue's store, the worker writes a task's events in the same
+    # transaction or script as its result; elsewhere (the file backend) they follow it
+    # within one write.
+    workers.start()
+    together = oq.event_storage is not None and oq.queue.finish_logs_events(oq.event_storage)
+    expected = [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
+    for _ in range(10):
+        task_id = await oq.enqueue(tasks.add, 1, 2)
+        result = await oq.get_result(task_id, wait=True, timeout=WAIT)
+        assert result is not None and result.status is TaskStatus.COMPLETE
+        if together:
+            kinds = [event.event_type for event in await oq.get_events(task_id)]
+            assert kinds == expected
+        else:
+
+            async def logged(task_id: str = task_id) -> bool:
+                kinds = [event.event_type for event in await oq.get_events(task_id)]
+                return kinds == expected
+
+            await eventually(logged, "the events of the finished task", within=2)

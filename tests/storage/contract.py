@@ -38,6 +38,7 @@ from omniq.storage.base import (
     BaseResultStorage,
     BaseScheduleStorage,
     BaseTaskQueue,
+    Finish,
     UnreadableTask,
 )
 
@@ -351,6 +352,7 @@ class QueueContract:
         assert close_to(await queue.next_due_at(["default"]), now + 10 * S)
         [again] = await queue.claim(["default"], "w2", limit=1, lease_seconds=10, now=now + 11 * S)
         assert (again.id, again.worker_id, again.attempts) == (task.id, "w2", 2)
+        assert again.lost_runs == 1  # the run w1 started was lost with its lease
         # The first worker lost it: its renewals and acks no longer take effect.
         assert await queue.renew([task.id], "w1", lease_seconds=10, now=now + 12 * S) == set()
         assert await queue.ack(task.id, "w1", TaskStatus.COMPLETE, now=now + 12 * S) is False
@@ -359,6 +361,21 @@ class QueueContract:
         assert stored is not None
         assert stored.status is TaskStatus.COMPLETE
         assert stored.lease_expires_at is None
+        assert (stored.attempts, stored.lost_runs) == (2, 1)
+
+    async def test_a_claim_that_did_not_run_the_task_gives_its_attempt_back(
+        self, queue: BaseTaskQueue
+    ) -> None:
+        # A worker that finds a claimed task past its ttl acknowledges it with ran=False.
+        task = make_task()
+        await queue.enqueue([task])
+        now = utcnow()
+        await queue.claim(["default"], "w", limit=1, lease_seconds=10, now=now)
+        acks = [Ack(task.id, "w", TaskStatus.EXPIRED, ran=False)]
+        assert await queue.ack_many(acks, now=now) == [True]
+        stored = await queue.get(task.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (TaskStatus.EXPIRED, 0)
 
     async def test_concurrent_claims_never_share_a_task(
         self, queue: BaseTaskQueue, other_queue: BaseTaskQueue
@@ -534,12 +551,13 @@ class QueueContract:
             b.id: {c.id},
         }
 
-    async def test_finish_many_and_dependents(self, queue: BaseTaskQueue, backend: Backend) -> None:
-        # What a worker does with each batch of finished tasks: results stored, tasks
-        # acknowledged, and the dependents of exactly those acknowledged returned, read
-        # after the acks (a backend may do all of it in one round trip or transaction).
-        results = backend.result_storage()
+    async def test_finish_and_dependents(self, queue: BaseTaskQueue, backend: Backend) -> None:
+        # What a worker does with each batch of finished tasks: results and events stored,
+        # tasks acknowledged, and the dependents of exactly those acknowledged returned,
+        # read after the acks (a backend may do all of it in one round trip or transaction).
+        results, events = backend.result_storage(), backend.event_storage()
         await results.connect()
+        await events.connect()
         try:
             mine, theirs = make_task(priority=2), make_task(priority=1)
             child = make_task(status=TaskStatus.SCHEDULED, depends_on=(mine.id, theirs.id))
@@ -547,15 +565,28 @@ class QueueContract:
             now = utcnow()
             await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
             await queue.claim(["default"], "them", limit=1, lease_seconds=30, now=now)
-            done = make_result(mine.id, worker_id="w")
-            acked, dependents = await queue.finish_many_and_dependents(
-                [Ack(mine.id, "w", TaskStatus.COMPLETE), Ack(theirs.id, "w", TaskStatus.COMPLETE)],
-                [done],
+            done, not_mine = make_result(mine.id, worker_id="w"), make_result(theirs.id)
+            logged = [
+                TaskEvent(task_id=mine.id, event_type=EventType.EXECUTING, timestamp=now),
+                TaskEvent(task_id=mine.id, event_type=EventType.COMPLETE, timestamp=now + S),
+            ]
+            ignored = [TaskEvent(task_id=theirs.id, event_type=EventType.COMPLETE)]
+            logs = queue.finish_logs_events(events)
+            acked, dependents = await queue.finish(
+                [
+                    Finish(Ack(mine.id, "w", TaskStatus.COMPLETE), done, logged),
+                    Finish(Ack(theirs.id, "w", TaskStatus.COMPLETE), not_mine, ignored),
+                ],
                 results,
+                events if logs else None,
                 now=now,
             )
             assert acked == [True, False]  # theirs is held by another worker
             assert await results.get(mine.id) == done
+            assert await results.get(theirs.id) is None  # a finish that lost stores nothing
+            if logs:
+                assert await events.get(mine.id) == logged
+            assert await events.get(theirs.id) == []
             assert {k: [t.id for t in v] for k, v in dependents.items() if v} == {
                 mine.id: [child.id]
             }
@@ -563,8 +594,39 @@ class QueueContract:
             assert seen.depends_on == (mine.id, theirs.id)
             stored = await queue.get(mine.id)
             assert stored is not None and stored.status is TaskStatus.COMPLETE
-            nothing = await queue.finish_many_and_dependents([], [], results, now=now)
+            nothing = await queue.finish([], results, now=now)
             assert nothing == ([], {})
+        finally:
+            await results.close()
+            await events.close()
+
+    async def test_a_cancel_beats_a_later_finish(
+        self, queue: BaseTaskQueue, backend: Backend
+    ) -> None:
+        # cancel() moves a running task to CANCELLED and stores its result; its worker's
+        # finish, arriving later, must change neither (SPEC §3: one outcome wins).
+        results = backend.result_storage()
+        await results.connect()
+        try:
+            task = make_task()
+            await queue.enqueue([task])
+            now = utcnow()
+            await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
+            running = {TaskStatus.RUNNING}
+            cancelled = await queue.transition(
+                task.id, from_statuses=running, to_status=TaskStatus.CANCELLED, now=now
+            )
+            assert cancelled is not None
+            verdict = make_result(task.id, status=TaskStatus.CANCELLED, result=None)
+            await results.put(verdict)
+            late = make_result(task.id, worker_id="w")
+            acked, _ = await queue.finish(
+                [Finish(Ack(task.id, "w", TaskStatus.COMPLETE), late)], results, now=now
+            )
+            assert acked == [False]
+            assert await results.get(task.id) == verdict
+            stored = await queue.get(task.id)
+            assert stored is not None and stored.status is TaskStatus.CANCELLED
         finally:
             await results.close()
 

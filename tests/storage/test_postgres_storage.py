@@ -16,7 +16,7 @@ from omniq.backend.base import Backend
 from omniq.backend.postgres import SCHEMA_VERSION, PostgresBackend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
-from omniq.storage.base import Ack
+from omniq.storage.base import Ack, Finish
 from omniq.storage.postgres import (
     AsyncPostgresEventStorage,
     AsyncPostgresQueue,
@@ -432,10 +432,10 @@ async def test_results_and_acks_finish_in_one_statement(backend: PostgresBackend
     await asyncio.sleep(0.05)
     result = make_result(task.id)
     # The same result twice in one batch is stored once (the last wins), not an error.
-    flags = await queue.finish_many(
-        [Ack(held.id, "w", TaskStatus.COMPLETE)], [result, result], results, now=utcnow()
+    flags, _ = await queue.finish(
+        [Finish(Ack(held.id, "w", TaskStatus.COMPLETE), result)] * 2, results, now=utcnow()
     )
-    assert flags == [True]
+    assert flags == [True, False]  # the repeated ack took effect once
     assert await asyncio.wait_for(waiter, 5) == result
     assert await queue.stats() == {"default": {"complete": 1}}
 
@@ -588,6 +588,8 @@ async def test_finishing_tasks_wakes_their_result_waiters(
     claimed = await queue.claim(["default"], "w", limit=3, lease_seconds=30, now=utcnow())
     assert len(claimed) == 3
     outcomes = [make_result(t.id) for t in tasks]
-    acks = [Ack(t.id, "w", TaskStatus.COMPLETE) for t in tasks]
-    assert await queue.finish_many(acks, outcomes, stored, now=utcnow()) == [True] * 3
+    items = [
+        Finish(Ack(t.id, "w", TaskStatus.COMPLETE), r) for t, r in zip(tasks, outcomes, strict=True)
+    ]
+    assert (await queue.finish(items, stored, now=utcnow()))[0] == [True] * 3
     assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == outcomes

@@ -181,7 +181,7 @@ async def test_migration_is_idempotent(db_url: str) -> None:
             await queue.enqueue([task])
     with sqlite3.connect(sqlite_path(db_url)) as conn:
         versions = conn.execute("SELECT version FROM schema_version").fetchall()
-        assert versions == [(SCHEMA_VERSION,)]
+        assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("SELECT COUNT(*) FROM tasks").fetchone() == (1,)
 

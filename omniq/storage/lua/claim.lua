@@ -1,7 +1,7 @@
 -- Lease up to `limit` claimable tasks: promote due delayed tasks and expired leases to
 -- the ready sets, then take the best `limit` across the queues.
 -- ARGV: prefix, now, lease_until, worker, limit, nqueues, queues...
--- Returns per task: id, data, attempts, due.
+-- Returns per task: id, data, attempts, due, lost runs.
 -- With now = '' the server's clock gives now and lease_until is now + ARGV[3] (a lease
 -- length in microseconds); the reply then starts with now and lease_until. A worker uses
 -- this to claim in the same pipeline as its blocking wait, when the client cannot know
@@ -53,22 +53,27 @@ end
 for j = 1, math.min(limit, #cands) do
   local member, q = cands[j][2], cands[j][3]
   local id = string.sub(member, ID_AT)
-  local h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', unpack(DATA))
+  local h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', 'lr', unpack(DATA))
   if h[4] ~= member then  -- stored before members shrank: {sortdue:016}{seq:016}{id}
     id = string.sub(member, 33)
-    h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', unpack(DATA))
+    h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', 'lr', unpack(DATA))
   end
   local k = tkey(id)
   redis.call('ZREM', qkey(q, 'ready'), member)
   if h[4] == member then  -- else a stale member: its task is gone or has moved on
     local attempts = redis.call('HINCRBY', k, 'a', 1)
+    local lost = h[5] or 0
+    if h[1] == 'running' then  -- its lease ran out: the run before was lost
+      lost = redis.call('HINCRBY', k, 'lr', 1)
+    end
     redis.call('HSET', k, 's', 'running', 'w', worker, 'l', lease, 'u', now)
     restatus(id, q, h[1], 'running', h[2])
     redis.call('ZADD', qkey(q, 'leases'), lease, id)
     out[#out + 1] = id
-    out[#out + 1] = joined(h, 5)
+    out[#out + 1] = joined(h, 6)
     out[#out + 1] = attempts
     out[#out + 1] = h[3] or ''
+    out[#out + 1] = lost
   end
 end
 return out

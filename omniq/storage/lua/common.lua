@@ -4,6 +4,9 @@
 -- would round them, so times are only turned into numbers to compare them.
 local P = ARGV[1]
 local FINAL = {complete = true, failed = true, cancelled = true, expired = true}
+-- How long a cancel notice waits in a worker's list (`wc:{worker}`) for the worker to
+-- read it: a live worker does so at once; a dead one's list must not stay forever.
+local CANCEL_NOTICE_MS = 600000
 
 local function tkey(id) return P .. 't:' .. id end
 
@@ -129,14 +132,14 @@ local function joined(h, at)
 end
 
 -- The stored fields of a task, in the order omniq.storage.redis decodes them: the encoded
--- task, then the hash fields.
-local FIELDS = {'s', 'a', 'w', 'l', 'due', 'u', unpack(DATA)}
+-- task, then the hash fields ('lr', lost runs, is left out while it is 0).
+local FIELDS = {'s', 'a', 'w', 'l', 'due', 'u', 'lr', unpack(DATA)}
 local function fetch(out, id)
   local h = redis.call('HMGET', tkey(id), unpack(FIELDS))
   if h[1] then
     out[#out + 1] = id
-    out[#out + 1] = joined(h, 7)
-    for j = 1, 6 do out[#out + 1] = h[j] or '' end
+    out[#out + 1] = joined(h, 8)
+    for j = 1, 7 do out[#out + 1] = h[j] or '' end
   end
 end
 
@@ -159,4 +162,53 @@ local function oldest_stamp(items)
     if oldest == nil or stamp < oldest then oldest = stamp end
   end
   return oldest
+end
+
+-- Store a result (see put_results.lua): `now` a number, `expires` '' or microseconds.
+local RESULTS_EXP = P .. 'results:exp'
+local function store_result(id, data, expires, token_ms, now)
+  local key, token = P .. 'r:' .. id, P .. 'rw:' .. id
+  local stored = true
+  if expires == '' then
+    redis.call('SET', key, data)
+    redis.call('ZREM', RESULTS_EXP, id)
+  else
+    local ttl_ms = math.floor((tonumber(expires) - now) / 1000)
+    if ttl_ms <= 0 then
+      redis.call('DEL', key)
+      stored = false
+    else
+      redis.call('SET', key, data, 'PX', ttl_ms)
+      if ttl_ms < token_ms then token_ms = ttl_ms end
+    end
+    redis.call('ZADD', RESULTS_EXP, expires, id)
+  end
+  if stored then
+    redis.call('RPUSH', token, 1)
+    redis.call('LTRIM', token, 0, 0)
+    redis.call('PEXPIRE', token, token_ms)
+  end
+end
+
+-- Append a task's event items (each a 16-digit time, then the record) to its list, and
+-- index the task by its oldest event.
+local function append_events(id, items)
+  if #items == 0 then return end
+  redis.call('RPUSH', P .. 'e:' .. id, unpack(items))
+  redis.call('ZADD', P .. 'events', 'LT', oldest_stamp(items), id)
+end
+
+-- Finish a held task: the ack of ack.lua. `ran` '0' takes back the attempt of a claim
+-- that did not run it. True if the worker held it.
+local function ack_task(id, worker, status, ran, now)
+  local k = tkey(id)
+  local h = redis.call('HMGET', k, 's', 'w', 'q', 'seq', 'm', 'x', 'due', 'p')
+  if h[1] ~= 'running' or h[2] ~= worker then return false end
+  redis.call('HSET', k, 's', status, 'l', '', 'u', now)
+  if ran == '0' then redis.call('HINCRBY', k, 'a', -1) end
+  redis.call('ZREM', qkey(h[3], 'leases'), id)
+  redis.call('ZREM', qkey(h[3], 'ready'), h[5])
+  restatus(id, h[3], 'running', status, h[4])
+  place(id, h[3], status, h[6], h[7], h[5], h[8], '', now)
+  return true
 end

@@ -4,7 +4,7 @@
 -- Returns the task's fields (see fetch) or false when its status was not in `from`.
 local now, id, to, new_due, new_sortms = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local k = tkey(id)
-local h = redis.call('HMGET', k, 's', 'q', 'seq', 'm', 'p', 'x', 'due')
+local h = redis.call('HMGET', k, 's', 'q', 'seq', 'm', 'p', 'x', 'due', 'w')
 if not h[1] then return false end
 local allowed = false
 for i = 7, #ARGV do
@@ -19,6 +19,12 @@ if new_due ~= '' then
 end
 redis.call('HSET', k, 's', to, 'l', '', 'due', due, 'm', member, 'u', now)
 restatus(id, q, h[1], to, h[3])
+if h[1] == 'running' and h[8] and h[8] ~= '' then
+  -- Taken from its worker: tell it at once (see AsyncRedisQueue.watch_cancels).
+  local told = P .. 'wc:' .. h[8]
+  redis.call('RPUSH', told, id)
+  redis.call('PEXPIRE', told, CANCEL_NOTICE_MS)
+end
 if place(id, q, to, h[6], due, member, h[5], '', now) then
   wake({[q] = 1})
 end

@@ -1,7 +1,7 @@
 -- Queries of the SQLite backend, loaded by name (``-- name: <name>``).
 -- ``{...}`` marks a fragment filled in by omniq.storage.sqlite (lists of placeholders).
 -- Task rows are always selected as: seq, id, status, priority, attempts, worker_id,
--- lease_ts, due_ts, updated_ts, data.
+-- lease_ts, due_ts, updated_ts, data, lost_runs.
 
 -- name: schema_version
 SELECT MAX(version) FROM schema_version;
@@ -30,11 +30,11 @@ LIMIT :limit
 -- name: claim
 UPDATE tasks
 SET status = 'running', worker_id = :worker, lease_ts = :lease,
-    attempts = attempts + 1, updated_ts = :now
+    attempts = attempts + 1, lost_runs = lost_runs + (status = 'running'), updated_ts = :now
 WHERE seq IN (
     SELECT seq FROM ({candidates}) ORDER BY priority DESC, due_ts, seq LIMIT :limit
 )
-RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data;
+RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs;
 
 -- name: renew
 UPDATE tasks SET lease_ts = :lease, updated_ts = :now
@@ -42,7 +42,9 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND worker_id = :worker AND stat
 RETURNING id;
 
 -- name: ack
-UPDATE tasks SET status = :status, lease_ts = NULL, updated_ts = :now
+-- :unrun is 1 when the claim being acknowledged did not run the task (Ack.ran is False).
+UPDATE tasks SET status = :status, lease_ts = NULL, updated_ts = :now,
+    attempts = attempts - :unrun
 WHERE id IN (SELECT value FROM json_each(:ids)) AND worker_id = :worker AND status = 'running'
 RETURNING id;
 
@@ -60,17 +62,17 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND worker_id = :worker AND stat
 UPDATE tasks
 SET status = :to_status, due_ts = COALESCE(:due, due_ts), lease_ts = NULL, updated_ts = :now
 WHERE id = :id AND status IN (SELECT value FROM json_each(:from_statuses))
-RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data;
+RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs;
 
 -- name: queue_of_task
 SELECT queue FROM tasks WHERE seq = ?;
 
 -- name: get_tasks
-SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data
+SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs
 FROM tasks WHERE id IN (SELECT value FROM json_each(?));
 
 -- name: list_tasks
-SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data
+SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs
 FROM tasks {where} ORDER BY seq DESC LIMIT :limit;
 
 -- name: stats
@@ -78,7 +80,7 @@ SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status;
 
 -- name: dependents
 SELECT d.depends_on, t.seq, t.id, t.status, t.priority, t.attempts, t.worker_id, t.lease_ts,
-       t.due_ts, t.updated_ts, t.data
+       t.due_ts, t.updated_ts, t.data, t.lost_runs
 FROM task_deps AS d JOIN tasks AS t ON t.id = d.task_id
 WHERE d.depends_on IN (SELECT value FROM json_each(?))
 ORDER BY t.seq;

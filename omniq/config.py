@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from omniq._urls import ACCEPTED_FORMS, mistyped_url_problem, redact_url, storage_url_problem
 from omniq.errors import ConfigError
 
 __all__ = ["ConfigProvider", "EnvConfig", "LoggingConfig", "Settings", "parse_duration"]
@@ -55,19 +56,20 @@ _BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
 
 # field -> (kind, argument). A trailing "?" makes the kind optional (None allowed); "upper"
 # and "lower" are case-insensitive choices among the argument, stored in that case; the
-# argument of "int" is its minimum, of "duration" whether 0 is excluded.
+# argument of "int" is its minimum, of "duration" whether 0 is excluded, of "url" the
+# schemes allowed (None: any storage URL).
 _RULES: dict[str, tuple[str, Any]] = {
     "base_dir": ("text", None),
     "log_level": ("upper", _LEVELS),
     "task_queue_type": ("lower", _BACKENDS),
     "result_storage_type": ("lower", _BACKENDS),
     "event_storage_type": ("lower", (*_BACKENDS, "none")),
-    "task_queue_url": ("text?", None),
-    "result_storage_url": ("text?", None),
-    "event_storage_url": ("text?", None),
-    "redis_url": ("text", None),
-    "postgres_url": ("text", None),
-    "nats_url": ("text", None),
+    "task_queue_url": ("url?", None),
+    "result_storage_url": ("url?", None),
+    "event_storage_url": ("url?", None),
+    "redis_url": ("url", ("redis", "rediss", "unix")),
+    "postgres_url": ("url", ("postgresql", "postgres")),
+    "nats_url": ("url", ("nats",)),
     "default_worker": ("lower", ("async", "thread", "process", "gevent")),
     "max_workers": ("int", 1),
     "default_queue": ("text", None),
@@ -92,7 +94,8 @@ _RULES: dict[str, tuple[str, Any]] = {
 
 
 class _Invalid(Exception):
-    """A value was rejected; the caller words the message with its source."""
+    """A value was rejected; the caller words the message with its source (and with the
+    exception's text, when it has one, as the reason)."""
 
 
 def _seconds(value: Any) -> float:
@@ -127,6 +130,18 @@ def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
         (kind == "text" and value.strip()) or (kind == "name" and _NAME_RE.fullmatch(value))
     ):
         return value
+    elif kind == "url" and isinstance(value, str):
+        if arg is None:
+            problem = storage_url_problem(value)
+        else:  # a server's URL: one of its own schemes
+            scheme, sep, _ = value.partition("://")
+            if not sep:
+                problem = mistyped_url_problem(value) or "it has no scheme"
+            else:
+                problem = None if scheme.lower() in arg else f"a {scheme}:// URL does not fit here"
+        if problem is None:
+            return value
+        raise _Invalid(problem)
     elif kind == "duration":
         seconds = _seconds(value)
         if seconds > 0 or (seconds == 0 and not arg):
@@ -158,6 +173,12 @@ def _expected(kind: str, arg: Any) -> str:
         "duration": f"a duration {'>' if arg else '>='} 0 ({_DURATION_FORM})",
         "mapping": "a mapping with string keys (a JSON object in the environment)",
     }
+    if kind.startswith("url"):
+        forms["url"] = (
+            " or ".join(f"a {scheme}:// URL" for scheme in arg)
+            if arg
+            else f"a storage URL ({ACCEPTED_FORMS})"
+        )
     form = forms.get(kind.rstrip("?")) or "one of " + ", ".join(repr(o) for o in arg)
     if kind == "duration?":
         return form + ", or none ('none', 'null' or '' in the environment)"
@@ -177,10 +198,15 @@ def _convert(name: str, value: Any, *, source: str, from_text: bool = False) -> 
     from_text = from_text and isinstance(value, str)
     try:
         return _check(kind, arg, value, from_text)
-    except _Invalid:
-        shown = "<hidden>" if name in _HIDDEN else repr(value)
-        expected = _expected(kind, arg)
-        raise ConfigError(f"{_label(source, name)}={shown}: expected {expected}") from None
+    except _Invalid as exc:
+        if name in _HIDDEN:
+            shown = "<hidden>"
+        else:
+            shown = repr(redact_url(value) if kind.startswith("url") else value)
+        expected = f"expected {_expected(kind, arg)}"
+        if reason := str(exc):
+            expected = f"{reason}{' ' if reason.endswith('?') else '. '}E{expected[1:]}"
+        raise ConfigError(f"{_label(source, name)}={shown}: {expected}") from None
 
 
 def _unknown(source: str, key: object) -> ConfigError:

@@ -51,7 +51,8 @@ def backend_for_url(url: str, settings: Any) -> Backend:
     problem = storage_url_problem(url)
     if problem is not None:
         raise ConfigError(
-            f"storage URL {redact_url(url)!r}: {problem}. Accepted forms: {ACCEPTED_FORMS}"
+            f"storage URL {redact_url(url)!r}: {problem}{'' if problem.endswith('?') else '.'} "
+            f"Accepted forms: {ACCEPTED_FORMS}"
         )
     scheme = scheme_of(url)
     module_name, class_name, extra = _BACKENDS.get(scheme, _FILE_BACKEND)

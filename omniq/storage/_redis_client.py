@@ -39,6 +39,7 @@ from omniq.storage._resp import (
     RespConnectionError,
     RespEndpoint,
     ResponseError,
+    RespTLSError,
     parse_redis_url,
 )
 
@@ -213,6 +214,8 @@ class RedisClient:
             return await RespConnection.open(endpoint, client_id=client_id)
         except ResponseError as exc:  # AUTH or SELECT refused: retrying will not help
             raise StorageConnectionError(f"redis: {self._where}: refused: {exc}") from exc
+        except RespTLSError as exc:  # nor with a certificate refused or a plain-text port
+            raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
 
     async def execute(
         self, commands: Sequence[Command], *, blocking: bool = False

@@ -32,7 +32,7 @@ from hiredis import pack_command
 
 from omniq._urls import redact_url as _redact
 from omniq._urls import split_namespace
-from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.errors import ConfigError, StorageConnectionError, StorageError, ValueTooLargeError
 from omniq.storage._resp import (
     NoScriptError,
     RespConnection,
@@ -43,7 +43,7 @@ from omniq.storage._resp import (
     parse_redis_url,
 )
 
-__all__ = ["RedisClient", "split_namespace"]
+__all__ = ["MAX_BULK_BYTES", "RedisClient", "checked_value", "split_namespace"]
 
 logger = logging.getLogger("omniq")
 
@@ -106,8 +106,45 @@ def _check_namespace(namespace: str) -> str:
     return namespace
 
 
+#: The longest bulk string (one argument) a Redis server takes: ``proto-max-bulk-len``,
+#: 512 MB unless raised. A longer one is a protocol error: the server closes the connection
+#: with ``ERR Protocol error: invalid bulk length``, after reading what it was sent.
+MAX_BULK_BYTES = 512 * 1024 * 1024
+
+
+def checked_value(data: bytes, what: str) -> bytes:
+    """``data``, or ValueTooLargeError naming ``what`` when it is over Redis's limit.
+
+    The components check each record as they encode it: packing a value this large
+    takes hiredis seconds (3.6 s for 513 MB), all spent on a command the server refuses.
+    """
+    if len(data) > MAX_BULK_BYTES:
+        raise _too_large(what, len(data))
+    return data
+
+
+def _too_large(what: str, size: int) -> ValueTooLargeError:
+    return ValueTooLargeError(
+        f"redis: {what} is {size / 2**20:.1f} MB ({size} bytes), over Redis's limit of "
+        f"{MAX_BULK_BYTES // 2**20} MB per value (proto-max-bulk-len); keep large data "
+        "elsewhere (a file or object store) and pass its location instead"
+    )
+
+
 def _pack(command: Command) -> bytes:
     packed: bytes = pack_command(command)
+    # A backstop for values no component checked. The packed length bounds every
+    # argument's, so one comparison guards the hot path; the arguments are measured only
+    # when the whole is too long.
+    if len(packed) > MAX_BULK_BYTES:
+        size = max(
+            memoryview(arg).nbytes
+            if isinstance(arg, bytes | bytearray | memoryview)
+            else len(str(arg).encode())
+            for arg in command
+        )
+        if size > MAX_BULK_BYTES:
+            raise _too_large(f"a value of {command[0]}", size)
     return packed
 
 

@@ -59,7 +59,7 @@ _BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
 # argument of "int" is its minimum, of "duration" whether 0 is excluded, of "url" the
 # schemes allowed (None: any storage URL).
 _RULES: dict[str, tuple[str, Any]] = {
-    "base_dir": ("text", None),
+    "base_dir": ("path", None),
     "log_level": ("upper", _LEVELS),
     "task_queue_type": ("lower", _BACKENDS),
     "result_storage_type": ("lower", _BACKENDS),
@@ -130,6 +130,10 @@ def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
         (kind == "text" and value.strip()) or (kind == "name" and _NAME_RE.fullmatch(value))
     ):
         return value
+    elif kind == "path" and isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str) and path.strip():
+            return path
     elif kind == "url" and isinstance(value, str):
         if arg is None:
             problem = storage_url_problem(value)
@@ -168,6 +172,7 @@ def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
 def _expected(kind: str, arg: Any) -> str:
     forms = {
         "text": "a non-empty string",
+        "path": "a non-empty path (a string or an os.PathLike such as pathlib.Path)",
         "name": "letters, digits and underscores, starting with a letter",
         "int": f"an integer >= {arg}",
         "duration": f"a duration {'>' if arg else '>='} 0 ({_DURATION_FORM})",
@@ -267,11 +272,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     seconds and also accept ``timedelta`` or strings like ``"30s"``; the optional ones take
     ``None`` for "never". ``*_type`` picks a backend under ``base_dir`` or at ``redis_url``
     / ``postgres_url`` / ``nats_url``; an explicit ``*_url`` wins (see :meth:`storage_url`).
+    ``base_dir`` takes a ``str`` or any ``os.PathLike`` (``pathlib.Path``) and keeps its str.
     ``namespace`` isolates applications sharing a server (key prefix, schema, stream).
     ``poll_interval`` is the longest idle sleep where a backend cannot notify.
     """
 
-    base_dir: str = ".omniq"
+    # Any os.PathLike is taken; the value kept is always its str.
+    base_dir: str | os.PathLike[str] = ".omniq"
     log_level: str = "WARNING"
     task_queue_type: str = "sqlite"
     result_storage_type: str = "sqlite"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from omniq import OmniQ, TaskStatus
+from omniq import OmniQ, Settings, TaskStatus
 from omniq.errors import ConfigError
 from tests.conformance import tasks
 
@@ -74,3 +74,18 @@ def test_unknown_backend_url_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mongodb"):
         oq.connect()
     oq.close()
+
+
+def test_paths_may_be_path_objects(tmp_path: Path) -> None:
+    # base_dir=Path(...) used to be refused ("expected a non-empty string").
+    with OmniQ(base_dir=tmp_path / "pathlib") as oq:
+        assert oq.settings.base_dir == str(tmp_path / "pathlib")
+        run_one(oq)
+    assert (tmp_path / "pathlib" / "omniq.db").is_file()
+    config = tmp_path / "omniq.yaml"
+    config.write_text("max_workers: 3\n")
+    assert Settings.from_yaml(config).max_workers == 3
+    assert Settings.load(config_file=config, base_dir=tmp_path).base_dir == str(tmp_path)
+    assert Settings().replace(base_dir=tmp_path / "x").base_dir == str(tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"os\.PathLike"):
+        Settings(base_dir=b"/bytes/are/not/taken")  # type: ignore[arg-type]

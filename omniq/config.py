@@ -40,6 +40,9 @@ DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 StorageComponent = Literal["task_queue", "result_storage", "event_storage"]
 _COMPONENTS: tuple[str, ...] = ("task_queue", "result_storage", "event_storage")
+_TYPES: tuple[str, ...] = tuple(f"{component}_type" for component in _COMPONENTS)
+# A *_type left at this marker was not given: ``backend`` (else "sqlite") fills it in.
+_NOT_GIVEN = ""
 
 # Source markers; any other source string is a config file description.
 _ENV = "environment"
@@ -61,6 +64,7 @@ _BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
 _RULES: dict[str, tuple[str, Any]] = {
     "base_dir": ("path", None),
     "log_level": ("upper", _LEVELS),
+    "backend": ("lower?", _BACKENDS),
     "task_queue_type": ("lower", _BACKENDS),
     "result_storage_type": ("lower", _BACKENDS),
     "event_storage_type": ("lower", (*_BACKENDS, "none")),
@@ -260,7 +264,7 @@ def _read_yaml(path: str | os.PathLike[str], *, via: str = "") -> tuple[str, dic
     return source, values
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
+class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """Every OmniQ setting, checked on construction (a bad value raises ConfigError).
 
     Build it with :meth:`load` (defaults < YAML < environment < arguments), or directly:
@@ -272,6 +276,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     seconds and also accept ``timedelta`` or strings like ``"30s"``; the optional ones take
     ``None`` for "never". ``*_type`` picks a backend under ``base_dir`` or at ``redis_url``
     / ``postgres_url`` / ``nats_url``; an explicit ``*_url`` wins (see :meth:`storage_url`).
+
+    ``backend`` is a shorthand for the three ``*_type`` settings at once:
+
+    >>> Settings(backend="redis", event_storage_type="none").result_storage_type
+    'redis'
+
+    The rule: a ``*_type`` given anywhere (in code, the environment or the YAML file, at
+    any layer) wins over ``backend`` given anywhere; ``backend`` fills in only the
+    ``*_type`` settings nobody gave, and those left to it follow it through
+    :meth:`replace`. Without ``backend`` they default to ``sqlite``.
     ``base_dir`` takes a ``str`` or any ``os.PathLike`` (``pathlib.Path``) and keeps its str.
     ``namespace`` isolates applications sharing a server (key prefix, schema, stream).
     ``poll_interval`` is the longest idle sleep where a backend cannot notify.
@@ -280,9 +294,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Any os.PathLike is taken; the value kept is always its str.
     base_dir: str | os.PathLike[str] = ".omniq"
     log_level: str = "WARNING"
-    task_queue_type: str = "sqlite"
-    result_storage_type: str = "sqlite"
-    event_storage_type: str = "sqlite"
+    backend: str | None = None
+    # Always a backend name once built; empty only to mark "not given" (see __post_init__).
+    task_queue_type: str = _NOT_GIVEN
+    result_storage_type: str = _NOT_GIVEN
+    event_storage_type: str = _NOT_GIVEN
     task_queue_url: str | None = None
     result_storage_url: str | None = None
     event_storage_url: str | None = None
@@ -311,11 +327,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sqlite_synchronous: str = "NORMAL"
 
     def __post_init__(self) -> None:
+        given = frozenset(name for name in _TYPES if getattr(self, name) != _NOT_GIVEN)
         for name in self.__struct_fields__:
             value = getattr(self, name)
+            if name in _TYPES and name not in given:
+                continue
             converted = _convert(name, value, source=_ARG)
             if converted is not value:
                 msgspec.structs.force_setattr(self, name, converted)
+        for name in _TYPES:
+            if name not in given:
+                msgspec.structs.force_setattr(self, name, self.backend or "sqlite")
+        # Not a field: which *_type settings were given, so that replace(backend=…)
+        # changes only the others. The instance dict bypasses the frozen __setattr__.
+        self.__dict__["_given_types"] = given
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -352,11 +377,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(**EnvConfig(environ).values())
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes`` applied, checked like the constructor."""
+        """A copy with ``changes`` applied, checked like the constructor.
+
+        ``*_type`` settings that were not given follow a new ``backend``."""
         for key in changes:
             if key not in _RULES:
                 raise _unknown(_ARG, key)
-        return msgspec.structs.replace(self, **changes)
+        return Settings(**{**self._as_given(), **changes})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the values as given, so a copy (or a pickled copy in a worker
+        # process) still knows which *_type settings follow ``backend``.
+        return (_rebuild_settings, (self._as_given(),))
+
+    def _as_given(self) -> dict[str, Any]:
+        """The field values, with the ``*_type`` settings left to ``backend`` unset."""
+        fields = msgspec.structs.asdict(self)
+        for name in _TYPES:
+            if name not in self.__dict__["_given_types"]:
+                fields[name] = _NOT_GIVEN
+        return fields
 
     def storage_url(self, component: StorageComponent) -> str | None:
         """The URL of a storage component: its ``*_url`` if set, else derived from ``*_type``.
@@ -382,6 +422,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "nats": self.nats_url,
         }
         return derived.get(kind)
+
+
+def _rebuild_settings(fields: dict[str, Any]) -> Settings:
+    return Settings(**fields)
 
 
 class EnvConfig:
@@ -449,6 +493,10 @@ class ConfigProvider:
             values.update(layer)
             for name in layer:
                 sources[name] = _label(source, name)
+        if values.get("backend") is not None:
+            for name in _TYPES:
+                if name not in values:
+                    sources[name] = f"{sources['backend']} (the backend shorthand)"
         return values, sources
 
     def settings(self) -> Settings:

@@ -157,3 +157,20 @@ def test_backend_rule_in_code_and_through_replace() -> None:
     assert OmniQ(settings, backend="redis").settings.result_storage_type == "redis"
     with pytest.raises(ConfigError, match=r"backend='mongo'"):
         Settings(backend="mongo")
+
+
+def test_from_env_loads_every_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "omniq.yaml"
+    config.write_text(f"base_dir: {tmp_path / 'yaml'}\nmax_workers: 2\nmax_retries: 1\n")
+    monkeypatch.setenv("OMNIQ_CONFIG", str(config))
+    monkeypatch.setenv("OMNIQ_MAX_WORKERS", "3")
+    monkeypatch.setenv("OMNIQ_EVENT_STORAGE_TYPE", "none")
+    with OmniQ.from_env(max_retries=4) as oq:
+        # YAML < environment < arguments.
+        assert (oq.settings.max_workers, oq.settings.max_retries) == (3, 4)
+        task_id = run_one(oq)
+        assert oq.get_events(task_id) == []
+    assert (tmp_path / "yaml" / "omniq.db").is_file()
+    client = AsyncOmniQ.from_env(base_dir=tmp_path / "code")
+    assert isinstance(client, AsyncOmniQ)
+    assert (client.settings.base_dir, client.settings.max_workers) == (str(tmp_path / "code"), 3)

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from omniq.config import LoggingConfig, warn_unknown_variables
 from omniq.errors import ConfigError, OmniQError
 
 __all__ = ["load_app", "main"]
@@ -321,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if level:
         os.environ["OMNIQ_LOG_LEVEL"] = level
     try:
+        # The omniq logger's stderr handler from the start, so that warnings about the
+        # environment (an unknown OMNIQ_* variable) are seen before anything runs.
+        LoggingConfig(level=level or "WARNING").apply()
+        warn_unknown_variables()
         factory = _worker_loop(args) if args.handler is _run_worker else None
         with asyncio.Runner(loop_factory=factory) as runner:
             code: int = runner.run(args.handler(args))

@@ -32,10 +32,25 @@ import msgspec
 from omniq._urls import ACCEPTED_FORMS, mistyped_url_problem, redact_url, storage_url_problem
 from omniq.errors import ConfigError
 
-__all__ = ["ConfigProvider", "EnvConfig", "LoggingConfig", "Settings", "parse_duration"]
+__all__ = [
+    "ConfigProvider",
+    "EnvConfig",
+    "LoggingConfig",
+    "Settings",
+    "parse_duration",
+    "warn_unknown_variables",
+]
+
+logger = logging.getLogger("omniq")
 
 ENV_PREFIX = "OMNIQ_"
 CONFIG_ENV_VAR = "OMNIQ_CONFIG"
+#: ``OMNIQ_*`` variables OmniQ reads that are not settings (the CLI reads OMNIQ_APP).
+_OTHER_VARIABLES = frozenset({CONFIG_ENV_VAR, "OMNIQ_APP"})
+#: Prefixes of the variables of OmniQ's own test suite and benchmarks.
+_OTHER_PREFIXES = ("OMNIQ_TEST_", "OMNIQ_BENCH_")
+# Unknown variables already warned about: once per process, however often settings load.
+_warned_variables: set[str] = set()
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 StorageComponent = Literal["task_queue", "result_storage", "event_storage"]
@@ -434,7 +449,9 @@ class EnvConfig:
     >>> EnvConfig({"OMNIQ_MAX_WORKERS": "4", "OMNIQ_TASK_TTL": "1h"}).values()
     {'max_workers': 4, 'task_ttl': 3600.0}
 
-    Unknown ``OMNIQ_*`` variables are ignored; ``OMNIQ_CONFIG`` names a YAML file.
+    ``OMNIQ_CONFIG`` names a YAML file. Other ``OMNIQ_*`` variables that are not settings
+    (a typo such as ``OMNIQ_MAX_WORKER``) are ignored, with a warning on the ``omniq``
+    logger the first time :meth:`values` meets each, naming the closest known variable.
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -445,14 +462,53 @@ class EnvConfig:
         """The YAML path in ``OMNIQ_CONFIG``, or None when unset or empty."""
         return self._environ.get(CONFIG_ENV_VAR) or None
 
+    def unknown(self) -> dict[str, str | None]:
+        """Each ``OMNIQ_*`` variable that OmniQ does not read, with the closest known name
+        (or None).
+
+        >>> EnvConfig({"OMNIQ_MAX_WORKER": "8"}).unknown()
+        {'OMNIQ_MAX_WORKER': 'OMNIQ_MAX_WORKERS'}
+        """
+        known = {ENV_PREFIX + name.upper() for name in _RULES} | _OTHER_VARIABLES
+        # Compared without the prefix, which every name shares.
+        suffixes = sorted(name.removeprefix(ENV_PREFIX) for name in known)
+        found: dict[str, str | None] = {}
+        for var in self._environ:
+            if not var.startswith(ENV_PREFIX) or var in known or var.startswith(_OTHER_PREFIXES):
+                continue
+            close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX).upper(), suffixes, n=1)
+            found[var] = ENV_PREFIX + close[0] if close else None
+        return found
+
     def values(self) -> dict[str, Any]:
-        """Converted field values; a bad one raises ConfigError naming its variable."""
+        """Converted field values; a bad one raises ConfigError naming its variable.
+
+        Warns (once per process) about each variable :meth:`unknown` finds."""
+        warn_unknown_variables(self._environ)
         found: dict[str, Any] = {}
         for name in _RULES:
             var = ENV_PREFIX + name.upper()
             if var in self._environ:
                 found[name] = _convert(name, self._environ[var], source=_ENV, from_text=True)
         return found
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Log a warning on the ``omniq`` logger for each ``OMNIQ_*`` variable of ``environ``
+    (default ``os.environ``) that OmniQ does not read, once per variable and process.
+
+    Returns the messages logged by this call. Settings loading calls it; so does the
+    ``omniq`` command at start-up, where the warnings go to stderr.
+    """
+    messages = []
+    for var, close in EnvConfig(environ).unknown().items():
+        if var in _warned_variables:
+            continue
+        _warned_variables.add(var)
+        hint = f" (did you mean {close}?)" if close else ""
+        messages.append(f"environment variable {var} is not an OmniQ setting: ignored{hint}")
+        logger.warning("%s", messages[-1])
+    return messages
 
 
 class ConfigProvider:

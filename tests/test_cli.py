@@ -77,6 +77,21 @@ def test_environment_and_yaml_configure_the_cli(tmp_path: Path) -> None:
     assert (tmp_path / "from_env" / "omniq.db").exists()
 
 
+def test_unknown_omniq_variables_are_warned_about_on_stderr(tmp_path: Path) -> None:
+    env = {
+        "OMNIQ_MAX_WORKER": "8",  # a typo: warned about, with the name meant
+        "OMNIQ_BACKEND": "file",  # a setting (the shorthand): used, not warned about
+        "OMNIQ_APP": "",  # read by the CLI itself
+    }
+    done = omniq("enqueue", "tests.conformance.tasks:add", "1", "2", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, done.stderr
+    assert "OMNIQ_MAX_WORKER is not an OmniQ setting" in warnings[0]
+    assert "did you mean OMNIQ_MAX_WORKERS?" in warnings[0]
+    assert (tmp_path / ".omniq" / "task_queue").is_dir()  # OMNIQ_BACKEND=file took effect
+
+
 @pytest.mark.parametrize(
     ("loop", "expected"),
     [

@@ -2,7 +2,8 @@
 
 Errors print as one line (``omniq: error: …``) with a non-zero exit code, never as a
 traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG`` and
-``OMNIQ_LOG_LEVEL`` before the app is imported, so they reach settings the app builds.
+``OMNIQ_LOG_LEVEL`` before the app is imported, so they reach settings the app builds;
+they are checked first, so that a bad one is reported as the option it is.
 
 ``omniq worker --loop auto`` (the default) runs the worker on uvloop when it is installed
 (``pip install 'omniq[uvloop]'``), as uvicorn does: the event loop's own work is a large
@@ -22,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from omniq.config import LoggingConfig, warn_unknown_variables
+from omniq.config import LOG_LEVELS, LoggingConfig, Settings, warn_unknown_variables
 from omniq.errors import ConfigError, OmniQError
 
 __all__ = ["load_app", "main"]
@@ -312,11 +313,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_options(config: str | None, level: str | None) -> str | None:
+    """The ``--log-level`` value to use; ConfigError naming the option for a bad
+    ``--log-level`` or ``--config`` (reported as itself, not as the variable it sets)."""
+    if level is not None:
+        if level.strip().upper() not in LOG_LEVELS:
+            raise ConfigError(f"--log-level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
+        level = level.strip().upper()
+    if config is not None:
+        try:
+            Settings.from_yaml(config)
+        except ConfigError as exc:
+            raise ConfigError(f"--config {config!r}: {exc}") from None
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
     args = _parser().parse_args(argv)
     config = args.sub_config or args.config
-    level = args.sub_log_level or args.log_level
+    try:
+        level = _check_options(config, args.sub_log_level or args.log_level)
+    except ConfigError as exc:
+        print(f"omniq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if config:
         os.environ["OMNIQ_CONFIG"] = config
     if level:

@@ -33,6 +33,7 @@ from omniq._urls import ACCEPTED_FORMS, mistyped_url_problem, redact_url, storag
 from omniq.errors import ConfigError
 
 __all__ = [
+    "LOG_LEVELS",
     "ConfigProvider",
     "EnvConfig",
     "LoggingConfig",
@@ -69,7 +70,8 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.I
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_FORM = "a number of seconds or a string like '30s', '5m', '2h', '1d', '250ms'"
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The values ``log_level`` takes (case-insensitive).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
 
 # field -> (kind, argument). A trailing "?" makes the kind optional (None allowed); "upper"
@@ -78,7 +80,7 @@ _BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
 # schemes allowed (None: any storage URL).
 _RULES: dict[str, tuple[str, Any]] = {
     "base_dir": ("path", None),
-    "log_level": ("upper", _LEVELS),
+    "log_level": ("upper", LOG_LEVELS),
     "backend": ("lower?", _BACKENDS),
     "task_queue_type": ("lower", _BACKENDS),
     "result_storage_type": ("lower", _BACKENDS),

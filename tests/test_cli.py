@@ -142,6 +142,26 @@ def test_errors_are_one_line_without_traceback(
     assert lines[0].startswith("omniq: error:") and needle in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("--log-level", "LOUD", "stats"), "--log-level 'LOUD'"),
+        (("stats", "--log-level", "LOUD"), "--log-level 'LOUD'"),
+        (("--config", "missing.yaml", "stats"), "--config 'missing.yaml'"),
+    ],
+)
+def test_a_bad_option_is_reported_as_the_option(
+    tmp_path: Path, args: tuple[str, ...], option: str
+) -> None:
+    # They used to be reported as the variables they set ("environment variable
+    # OMNIQ_LOG_LEVEL", "(from OMNIQ_CONFIG)"), which the user never wrote.
+    done = omniq(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"omniq: error: {option}: ")
+    assert "OMNIQ_" not in line and "environment" not in line
+
+
 @contextlib.contextmanager
 def worker_process(cwd: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
     """``omniq worker --log-level INFO *args`` in ``cwd``, stderr piped; killed if still

@@ -44,8 +44,7 @@ def load_app(spec: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"--app {spec!r}: expected 'package.module:attribute'")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _import_from_cwd()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -59,6 +58,17 @@ def load_app(spec: str) -> Any:
     if isinstance(app, AsyncOmniQ):
         return app
     raise ConfigError(f"--app {spec!r}: expected an OmniQ or AsyncOmniQ, got {type(app).__name__}")
+
+
+def _import_from_cwd() -> None:
+    """Put the current directory first on ``sys.path``, as Celery, RQ and uvicorn do.
+
+    ``python -m omniq`` does so by itself; the ``omniq`` console script puts its own
+    directory there instead, so ``--app myapp:oq`` and the ``tasks:add`` a worker runs
+    could not be imported from where the user stands. Process workers inherit it.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -330,6 +340,7 @@ def _check_options(config: str | None, level: str | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
+    _import_from_cwd()
     args = _parser().parse_args(argv)
     config = args.sub_config or args.config
     try:

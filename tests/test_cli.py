@@ -142,6 +142,46 @@ def test_errors_are_one_line_without_traceback(
     assert lines[0].startswith("omniq: error:") and needle in lines[0]
 
 
+# What pip writes as the ``omniq`` console script: run as a file, it puts its own
+# directory (the venv's bin/) first on sys.path, not the current directory.
+_CONSOLE_SCRIPT = """
+import re, sys
+from omniq.cli import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+def test_the_console_script_imports_tasks_from_the_current_directory(tmp_path: Path) -> None:
+    # With `omniq` (not `python -m omniq`) and no --app, the worker failed the task with
+    # "No module named 'tasks'": the current directory was not on sys.path.
+    script = tmp_path / "bin" / "omniq"
+    script.parent.mkdir()
+    script.write_text(_CONSOLE_SCRIPT)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tasks.py").write_text("def add(a, b):\n    return a + b\n")
+    (project / "omniq.yaml").write_text("base_dir: state\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), "--config", "omniq.yaml", *args],
+            cwd=project,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    enq = run("enqueue", "tasks:add", "4", "5")
+    assert enq.returncode == 0, enq.stderr
+    work = run("worker", "--burst")
+    assert work.returncode == 0, work.stderr
+    status = run("status", enq.stdout.strip())
+    assert "complete" in status.stdout and "result    9" in status.stdout, status.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "option"),
     [

@@ -5,6 +5,12 @@ traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG``
 ``OMNIQ_LOG_LEVEL`` before the app is imported, so they reach settings the app builds;
 they are checked first, so that a bad one is reported as the option it is.
 
+Every command but ``demo`` takes ``--app package.module:oq`` (before or after the
+command's name, or ``OMNIQ_APP``): without it a command works on the stores the settings
+name (the SQLite default under ``.omniq/``), which is not where an app configured in code
+puts its tasks. The current directory is put first on ``sys.path``, so the app and its
+tasks import from where the command runs.
+
 ``omniq worker --loop auto`` (the default) runs the worker on uvloop when it is installed
 (``pip install 'omniq[uvloop]'``), as uvicorn does: the event loop's own work is a large
 part of a short task's cost, and uvloop does it in C. A gevent worker stays on asyncio.
@@ -74,6 +80,7 @@ def _import_from_cwd() -> None:
 def _client(args: argparse.Namespace) -> Any:
     from omniq.core import AsyncOmniQ
 
+    # Without an app, the settings' stores: not the ones an app configured in code uses.
     return load_app(args.app) if args.app else AsyncOmniQ()
 
 
@@ -262,16 +269,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omniq", description="OmniQ task queue")
     parser.add_argument("--config", help="YAML settings file (sets OMNIQ_CONFIG)")
     parser.add_argument("--log-level", help="library log level (sets OMNIQ_LOG_LEVEL)")
+    app_help = (
+        "package.module:attribute of your OmniQ/AsyncOmniQ (default: OMNIQ_APP, else the "
+        "stores the settings name)"
+    )
+    parser.add_argument("--app", dest="top_app", help=app_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str, app: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if app:
-            p.add_argument(
-                "--app",
-                default=os.environ.get("OMNIQ_APP"),
-                help="package.module:attribute of your OmniQ/AsyncOmniQ (default: settings)",
-            )
+            p.add_argument("--app", help=app_help)
         p.add_argument("--config", help=argparse.SUPPRESS, dest="sub_config")
         p.add_argument("--log-level", help=argparse.SUPPRESS, dest="sub_log_level")
         return p
@@ -342,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
     _import_from_cwd()
     args = _parser().parse_args(argv)
+    if hasattr(args, "app"):  # every command but demo: before or after its name, or OMNIQ_APP
+        args.app = args.app or args.top_app or os.environ.get("OMNIQ_APP") or None
     config = args.sub_config or args.config
     try:
         level = _check_options(config, args.sub_log_level or args.log_level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -90,6 +91,62 @@ def test_unknown_omniq_variables_are_warned_about_on_stderr(tmp_path: Path) -> N
     assert "OMNIQ_MAX_WORKER is not an OmniQ setting" in warnings[0]
     assert "did you mean OMNIQ_MAX_WORKERS?" in warnings[0]
     assert (tmp_path / ".omniq" / "task_queue").is_dir()  # OMNIQ_BACKEND=file took effect
+
+
+def readme_cli_example() -> dict[str, list[str]]:
+    """The commands of the README's command-line example, by command name."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Workers from the command line", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.splitlines() if line.startswith("omniq ")]
+    return {command[1]: command[1:] for command in commands}
+
+
+_MYAPP_QUEUE = """
+from omniq import OmniQ
+
+# Not the default store: a command that does not name this app does not see its tasks.
+oq = OmniQ(base_dir="myapp-state", event_storage="sqlite:///myapp-state/events.db")
+"""
+
+
+def test_the_readme_cli_example_reaches_the_apps_store(tmp_path: Path) -> None:
+    # The example used to enqueue and ask for status without --app: into the SQLite
+    # default, while the worker started with --app watched the app's store.
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "queue.py").write_text(_MYAPP_QUEUE)
+    (tmp_path / "myapp" / "tasks.py").write_text("def add(a, b):\n    return a + b\n")
+    example = readme_cli_example()
+    assert set(example) >= {"worker", "enqueue", "status", "events", "schedules"}
+
+    enq = omniq(*example["enqueue"], cwd=tmp_path)
+    assert enq.returncode == 0, enq.stderr
+    task_id = enq.stdout.strip()
+    work = omniq(*example["worker"], "--burst", cwd=tmp_path)
+    assert work.returncode == 0, work.stderr
+    status = omniq(*[task_id if a == "<task-id>" else a for a in example["status"]], cwd=tmp_path)
+    assert "status    complete" in status.stdout and "result    5" in status.stdout, (
+        status.stdout + status.stderr
+    )
+    events = omniq(*[task_id if a == "<task-id>" else a for a in example["events"]], cwd=tmp_path)
+    assert [line.split()[1] for line in events.stdout.splitlines()] == [
+        "enqueued",
+        "executing",
+        "complete",
+    ], events.stdout + events.stderr
+    schedules = omniq(*example["schedules"], cwd=tmp_path)
+    assert schedules.returncode == 0 and schedules.stdout.strip() == "no schedules"
+    assert not (tmp_path / ".omniq").exists()  # nothing went to the default store
+    # OMNIQ_APP, and --app before the command's name, name the app too.
+    for args, env in [
+        (("status", task_id), {"OMNIQ_APP": "myapp.queue:oq"}),
+        (("--app", "myapp.queue:oq", "stats"), {}),
+    ]:
+        done = omniq(*args, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "complete" in done.stdout, done.stdout
+    assert not (tmp_path / ".omniq").exists()
 
 
 @pytest.mark.parametrize(

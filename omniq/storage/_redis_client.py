@@ -43,7 +43,7 @@ from omniq.storage._resp import (
     parse_redis_url,
 )
 
-__all__ = ["MAX_BULK_BYTES", "RedisClient", "checked_value", "split_namespace"]
+__all__ = ["MAX_BULK_BYTES", "RedisClient", "split_namespace", "too_large"]
 
 logger = logging.getLogger("omniq")
 
@@ -112,18 +112,13 @@ def _check_namespace(namespace: str) -> str:
 MAX_BULK_BYTES = 512 * 1024 * 1024
 
 
-def checked_value(data: bytes, what: str) -> bytes:
-    """``data``, or ValueTooLargeError naming ``what`` when it is over Redis's limit.
+def too_large(what: str, size: int) -> ValueTooLargeError:
+    """The error for ``what``, of ``size`` bytes, over :data:`MAX_BULK_BYTES`.
 
-    The components check each record as they encode it: packing a value this large
-    takes hiredis seconds (3.6 s for 513 MB), all spent on a command the server refuses.
+    The components compare each record with the limit as they encode it (a comparison,
+    not a call: it is on every enqueue's path): packing a value this large takes hiredis
+    seconds (3.6 s for 513 MB), all spent on a command the server refuses.
     """
-    if len(data) > MAX_BULK_BYTES:
-        raise _too_large(what, len(data))
-    return data
-
-
-def _too_large(what: str, size: int) -> ValueTooLargeError:
     return ValueTooLargeError(
         f"redis: {what} is {size / 2**20:.1f} MB ({size} bytes), over Redis's limit of "
         f"{MAX_BULK_BYTES // 2**20} MB per value (proto-max-bulk-len); keep large data "
@@ -144,7 +139,7 @@ def _pack(command: Command) -> bytes:
             for arg in command
         )
         if size > MAX_BULK_BYTES:
-            raise _too_large(f"a value of {command[0]}", size)
+            raise too_large(f"a value of {command[0]}", size)
     return packed
 
 

@@ -98,8 +98,8 @@ from omniq.storage._redis_client import (
     MAX_BULK_BYTES,
     Command,
     RedisClient,
-    checked_value,
     split_namespace,
+    too_large,
 )
 from omniq.storage._resp import NoScriptError, ResponseError
 from omniq.storage.base import (
@@ -409,7 +409,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
             # that the error leaves the whole batch unstored.
             for task in tasks:
                 if len(task.payload) > MAX_BULK_BYTES:
-                    checked_value(task.payload, f"task {task.id} (its arguments)")
+                    raise too_large(f"task {task.id} (its arguments)", len(task.payload))
 
         def calls() -> Iterator[builtins.list[Any]]:
             for start in range(0, len(tasks), _ENQUEUE_CHUNK):
@@ -435,7 +435,8 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                     # it back): 36 bytes less makes a plain task's record two 64-byte
                     # pieces instead of three, one hash field fewer to write and keep.
                     record = _ENCODER.encode(msgspec.structs.replace(task, id=""))
-                    checked_value(record, f"task {task.id} (its arguments)")
+                    if len(record) > MAX_BULK_BYTES:
+                        raise too_large(f"task {task.id} (its arguments)", len(record))
                     args += (task.id, record, sortms)
                     args.append(groups.number(events[start + offset]) if events else 0)
                 yield [now, len(chunk), len(groups.numbers), *groups.args, *args]
@@ -792,7 +793,9 @@ class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
         args: builtins.list[Any] = [time.time_ns() // 1000]
         for result in results:
             expires = "" if result.expires_at is None else _us(result.expires_at)
-            record = checked_value(_ENCODER.encode(result), f"the result of task {result.task_id}")
+            record = _ENCODER.encode(result)
+            if len(record) > MAX_BULK_BYTES:
+                raise too_large(f"the result of task {result.task_id}", len(record))
             args += (result.task_id, record, expires, _RESULT_TOKEN_MS)
         return ("EVALSHA", _SHAS["put_results"], 0, self._prefix, *args)
 
@@ -924,10 +927,13 @@ class AsyncRedisScheduleStorage(_RedisComponent, BaseScheduleStorage):
     async def _put(self, schedule: Schedule, expected_version: bytes | str = "") -> bool:
         client = await self._client()
         next_run = "" if schedule.next_run_at is None else _us(schedule.next_run_at)
+        record = _ENCODER.encode(schedule)
+        if len(record) > MAX_BULK_BYTES:
+            raise too_large(f"schedule {schedule.id} (its task)", len(record))
         written = await client.script(
             "schedule_put",
             schedule.id,
-            checked_value(_ENCODER.encode(schedule), f"schedule {schedule.id} (its task)"),
+            record,
             next_run,
             "1" if schedule.paused else "0",
             expected_version,

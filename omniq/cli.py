@@ -2,7 +2,14 @@
 
 Errors print as one line (``omniq: error: …``) with a non-zero exit code, never as a
 traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG`` and
-``OMNIQ_LOG_LEVEL`` before the app is imported, so they reach settings the app builds.
+``OMNIQ_LOG_LEVEL`` before the app is imported, so they reach settings the app builds;
+they are checked first, so that a bad one is reported as the option it is.
+
+Every command but ``demo`` takes ``--app package.module:oq`` (before or after the
+command's name, or ``OMNIQ_APP``): without it a command works on the stores the settings
+name (the SQLite default under ``.omniq/``), which is not where an app configured in code
+puts its tasks. The current directory is put first on ``sys.path``, so the app and its
+tasks import from where the command runs.
 
 ``omniq worker --loop auto`` (the default) runs the worker on uvloop when it is installed
 (``pip install 'omniq[uvloop]'``), as uvicorn does: the event loop's own work is a large
@@ -22,6 +29,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from omniq.config import LOG_LEVELS, LoggingConfig, Settings, warn_unknown_variables
 from omniq.errors import ConfigError, OmniQError
 
 __all__ = ["load_app", "main"]
@@ -42,8 +50,7 @@ def load_app(spec: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"--app {spec!r}: expected 'package.module:attribute'")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _import_from_cwd()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -59,9 +66,21 @@ def load_app(spec: str) -> Any:
     raise ConfigError(f"--app {spec!r}: expected an OmniQ or AsyncOmniQ, got {type(app).__name__}")
 
 
+def _import_from_cwd() -> None:
+    """Put the current directory first on ``sys.path``, as Celery, RQ and uvicorn do.
+
+    ``python -m omniq`` does so by itself; the ``omniq`` console script puts its own
+    directory there instead, so ``--app myapp:oq`` and the ``tasks:add`` a worker runs
+    could not be imported from where the user stands. Process workers inherit it.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def _client(args: argparse.Namespace) -> Any:
     from omniq.core import AsyncOmniQ
 
+    # Without an app, the settings' stores: not the ones an app configured in code uses.
     return load_app(args.app) if args.app else AsyncOmniQ()
 
 
@@ -250,16 +269,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omniq", description="OmniQ task queue")
     parser.add_argument("--config", help="YAML settings file (sets OMNIQ_CONFIG)")
     parser.add_argument("--log-level", help="library log level (sets OMNIQ_LOG_LEVEL)")
+    app_help = (
+        "package.module:attribute of your OmniQ/AsyncOmniQ (default: OMNIQ_APP, else the "
+        "stores the settings name)"
+    )
+    parser.add_argument("--app", dest="top_app", help=app_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str, app: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if app:
-            p.add_argument(
-                "--app",
-                default=os.environ.get("OMNIQ_APP"),
-                help="package.module:attribute of your OmniQ/AsyncOmniQ (default: settings)",
-            )
+            p.add_argument("--app", help=app_help)
         p.add_argument("--config", help=argparse.SUPPRESS, dest="sub_config")
         p.add_argument("--log-level", help=argparse.SUPPRESS, dest="sub_log_level")
         return p
@@ -311,16 +331,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_options(config: str | None, level: str | None) -> str | None:
+    """The ``--log-level`` value to use; ConfigError naming the option for a bad
+    ``--log-level`` or ``--config`` (reported as itself, not as the variable it sets)."""
+    if level is not None:
+        if level.strip().upper() not in LOG_LEVELS:
+            raise ConfigError(f"--log-level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
+        level = level.strip().upper()
+    if config is not None:
+        try:
+            Settings.from_yaml(config)
+        except ConfigError as exc:
+            raise ConfigError(f"--config {config!r}: {exc}") from None
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
+    _import_from_cwd()
     args = _parser().parse_args(argv)
+    if hasattr(args, "app"):  # every command but demo: before or after its name, or OMNIQ_APP
+        args.app = args.app or args.top_app or os.environ.get("OMNIQ_APP") or None
     config = args.sub_config or args.config
-    level = args.sub_log_level or args.log_level
+    try:
+        level = _check_options(config, args.sub_log_level or args.log_level)
+    except ConfigError as exc:
+        print(f"omniq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if config:
         os.environ["OMNIQ_CONFIG"] = config
     if level:
         os.environ["OMNIQ_LOG_LEVEL"] = level
     try:
+        # The omniq logger's stderr handler from the start, so that warnings about the
+        # environment (an unknown OMNIQ_* variable) are seen before anything runs.
+        LoggingConfig(level=level or "WARNING").apply()
+        warn_unknown_variables()
         factory = _worker_loop(args) if args.handler is _run_worker else None
         with asyncio.Runner(loop_factory=factory) as runner:
             code: int = runner.run(args.handler(args))

@@ -29,16 +29,36 @@ from typing import Any, Literal
 
 import msgspec
 
+from omniq._urls import ACCEPTED_FORMS, mistyped_url_problem, redact_url, storage_url_problem
 from omniq.errors import ConfigError
 
-__all__ = ["ConfigProvider", "EnvConfig", "LoggingConfig", "Settings", "parse_duration"]
+__all__ = [
+    "LOG_LEVELS",
+    "ConfigProvider",
+    "EnvConfig",
+    "LoggingConfig",
+    "Settings",
+    "parse_duration",
+    "warn_unknown_variables",
+]
+
+logger = logging.getLogger("omniq")
 
 ENV_PREFIX = "OMNIQ_"
 CONFIG_ENV_VAR = "OMNIQ_CONFIG"
+#: ``OMNIQ_*`` variables OmniQ reads that are not settings (the CLI reads OMNIQ_APP).
+_OTHER_VARIABLES = frozenset({CONFIG_ENV_VAR, "OMNIQ_APP"})
+#: Prefixes of the variables of OmniQ's own test suite and benchmarks.
+_OTHER_PREFIXES = ("OMNIQ_TEST_", "OMNIQ_BENCH_")
+# Unknown variables already warned about: once per process, however often settings load.
+_warned_variables: set[str] = set()
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 StorageComponent = Literal["task_queue", "result_storage", "event_storage"]
 _COMPONENTS: tuple[str, ...] = ("task_queue", "result_storage", "event_storage")
+_TYPES: tuple[str, ...] = tuple(f"{component}_type" for component in _COMPONENTS)
+# A *_type left at this marker was not given: ``backend`` (else "sqlite") fills it in.
+_NOT_GIVEN = ""
 
 # Source markers; any other source string is a config file description.
 _ENV = "environment"
@@ -50,24 +70,27 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.I
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_FORM = "a number of seconds or a string like '30s', '5m', '2h', '1d', '250ms'"
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The values ``log_level`` takes (case-insensitive).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
 
 # field -> (kind, argument). A trailing "?" makes the kind optional (None allowed); "upper"
 # and "lower" are case-insensitive choices among the argument, stored in that case; the
-# argument of "int" is its minimum, of "duration" whether 0 is excluded.
+# argument of "int" is its minimum, of "duration" whether 0 is excluded, of "url" the
+# schemes allowed (None: any storage URL).
 _RULES: dict[str, tuple[str, Any]] = {
-    "base_dir": ("text", None),
-    "log_level": ("upper", _LEVELS),
+    "base_dir": ("path", None),
+    "log_level": ("upper", LOG_LEVELS),
+    "backend": ("lower?", _BACKENDS),
     "task_queue_type": ("lower", _BACKENDS),
     "result_storage_type": ("lower", _BACKENDS),
     "event_storage_type": ("lower", (*_BACKENDS, "none")),
-    "task_queue_url": ("text?", None),
-    "result_storage_url": ("text?", None),
-    "event_storage_url": ("text?", None),
-    "redis_url": ("text", None),
-    "postgres_url": ("text", None),
-    "nats_url": ("text", None),
+    "task_queue_url": ("url?", None),
+    "result_storage_url": ("url?", None),
+    "event_storage_url": ("url?", None),
+    "redis_url": ("url", ("redis", "rediss", "unix")),
+    "postgres_url": ("url", ("postgresql", "postgres")),
+    "nats_url": ("url", ("nats",)),
     "default_worker": ("lower", ("async", "thread", "process", "gevent")),
     "max_workers": ("int", 1),
     "default_queue": ("text", None),
@@ -93,7 +116,8 @@ _RULES: dict[str, tuple[str, Any]] = {
 
 
 class _Invalid(Exception):
-    """A value was rejected; the caller words the message with its source."""
+    """A value was rejected; the caller words the message with its source (and with the
+    exception's text, when it has one, as the reason)."""
 
 
 def _seconds(value: Any) -> float:
@@ -128,6 +152,22 @@ def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
         (kind == "text" and value.strip()) or (kind == "name" and _NAME_RE.fullmatch(value))
     ):
         return value
+    elif kind == "path" and isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str) and path.strip():
+            return path
+    elif kind == "url" and isinstance(value, str):
+        if arg is None:
+            problem = storage_url_problem(value)
+        else:  # a server's URL: one of its own schemes
+            scheme, sep, _ = value.partition("://")
+            if not sep:
+                problem = mistyped_url_problem(value) or "it has no scheme"
+            else:
+                problem = None if scheme.lower() in arg else f"a {scheme}:// URL does not fit here"
+        if problem is None:
+            return value
+        raise _Invalid(problem)
     elif kind == "duration":
         seconds = _seconds(value)
         if seconds > 0 or (seconds == 0 and not arg):
@@ -154,11 +194,18 @@ def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
 def _expected(kind: str, arg: Any) -> str:
     forms = {
         "text": "a non-empty string",
+        "path": "a non-empty path (a string or an os.PathLike such as pathlib.Path)",
         "name": "letters, digits and underscores, starting with a letter",
         "int": f"an integer >= {arg}",
         "duration": f"a duration {'>' if arg else '>='} 0 ({_DURATION_FORM})",
         "mapping": "a mapping with string keys (a JSON object in the environment)",
     }
+    if kind.startswith("url"):
+        forms["url"] = (
+            " or ".join(f"a {scheme}:// URL" for scheme in arg)
+            if arg
+            else f"a storage URL ({ACCEPTED_FORMS})"
+        )
     form = forms.get(kind.rstrip("?")) or "one of " + ", ".join(repr(o) for o in arg)
     if kind == "duration?":
         return form + ", or none ('none', 'null' or '' in the environment)"
@@ -178,10 +225,15 @@ def _convert(name: str, value: Any, *, source: str, from_text: bool = False) -> 
     from_text = from_text and isinstance(value, str)
     try:
         return _check(kind, arg, value, from_text)
-    except _Invalid:
-        shown = "<hidden>" if name in _HIDDEN else repr(value)
-        expected = _expected(kind, arg)
-        raise ConfigError(f"{_label(source, name)}={shown}: expected {expected}") from None
+    except _Invalid as exc:
+        if name in _HIDDEN:
+            shown = "<hidden>"
+        else:
+            shown = repr(redact_url(value) if kind.startswith("url") else value)
+        expected = f"expected {_expected(kind, arg)}"
+        if reason := str(exc):
+            expected = f"{reason}{' ' if reason.endswith('?') else '. '}E{expected[1:]}"
+        raise ConfigError(f"{_label(source, name)}={shown}: {expected}") from None
 
 
 def _unknown(source: str, key: object) -> ConfigError:
@@ -230,7 +282,7 @@ def _read_yaml(path: str | os.PathLike[str], *, via: str = "") -> tuple[str, dic
     return source, values
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
+class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """Every OmniQ setting, checked on construction (a bad value raises ConfigError).
 
     Build it with :meth:`load` (defaults < YAML < environment < arguments), or directly:
@@ -242,15 +294,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     seconds and also accept ``timedelta`` or strings like ``"30s"``; the optional ones take
     ``None`` for "never". ``*_type`` picks a backend under ``base_dir`` or at ``redis_url``
     / ``postgres_url`` / ``nats_url``; an explicit ``*_url`` wins (see :meth:`storage_url`).
+
+    ``backend`` is a shorthand for the three ``*_type`` settings at once:
+
+    >>> Settings(backend="redis", event_storage_type="none").result_storage_type
+    'redis'
+
+    The rule: a ``*_type`` given anywhere (in code, the environment or the YAML file, at
+    any layer) wins over ``backend`` given anywhere; ``backend`` fills in only the
+    ``*_type`` settings nobody gave, and those left to it follow it through
+    :meth:`replace`. Without ``backend`` they default to ``sqlite``.
+    ``base_dir`` takes a ``str`` or any ``os.PathLike`` (``pathlib.Path``) and keeps its str.
     ``namespace`` isolates applications sharing a server (key prefix, schema, stream).
     ``poll_interval`` is the longest idle sleep where a backend cannot notify.
     """
 
-    base_dir: str = ".omniq"
+    # Any os.PathLike is taken; the value kept is always its str.
+    base_dir: str | os.PathLike[str] = ".omniq"
     log_level: str = "WARNING"
-    task_queue_type: str = "sqlite"
-    result_storage_type: str = "sqlite"
-    event_storage_type: str = "sqlite"
+    backend: str | None = None
+    # Always a backend name once built; empty only to mark "not given" (see __post_init__).
+    task_queue_type: str = _NOT_GIVEN
+    result_storage_type: str = _NOT_GIVEN
+    event_storage_type: str = _NOT_GIVEN
     task_queue_url: str | None = None
     result_storage_url: str | None = None
     event_storage_url: str | None = None
@@ -280,11 +346,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sqlite_synchronous: str = "NORMAL"
 
     def __post_init__(self) -> None:
+        given = frozenset(name for name in _TYPES if getattr(self, name) != _NOT_GIVEN)
         for name in self.__struct_fields__:
             value = getattr(self, name)
+            if name in _TYPES and name not in given:
+                continue
             converted = _convert(name, value, source=_ARG)
             if converted is not value:
                 msgspec.structs.force_setattr(self, name, converted)
+        for name in _TYPES:
+            if name not in given:
+                msgspec.structs.force_setattr(self, name, self.backend or "sqlite")
+        # Not a field: which *_type settings were given, so that replace(backend=…)
+        # changes only the others. The instance dict bypasses the frozen __setattr__.
+        self.__dict__["_given_types"] = given
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -321,11 +396,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(**EnvConfig(environ).values())
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes`` applied, checked like the constructor."""
+        """A copy with ``changes`` applied, checked like the constructor.
+
+        ``*_type`` settings that were not given follow a new ``backend``."""
         for key in changes:
             if key not in _RULES:
                 raise _unknown(_ARG, key)
-        return msgspec.structs.replace(self, **changes)
+        return Settings(**{**self._as_given(), **changes})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the values as given, so a copy (or a pickled copy in a worker
+        # process) still knows which *_type settings follow ``backend``.
+        return (_rebuild_settings, (self._as_given(),))
+
+    def _as_given(self) -> dict[str, Any]:
+        """The field values, with the ``*_type`` settings left to ``backend`` unset."""
+        fields = msgspec.structs.asdict(self)
+        for name in _TYPES:
+            if name not in self.__dict__["_given_types"]:
+                fields[name] = _NOT_GIVEN
+        return fields
 
     def storage_url(self, component: StorageComponent) -> str | None:
         """The URL of a storage component: its ``*_url`` if set, else derived from ``*_type``.
@@ -353,13 +443,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return derived.get(kind)
 
 
+def _rebuild_settings(fields: dict[str, Any]) -> Settings:
+    return Settings(**fields)
+
+
 class EnvConfig:
     """The settings found in ``OMNIQ_*`` variables of a mapping (default ``os.environ``).
 
     >>> EnvConfig({"OMNIQ_MAX_WORKERS": "4", "OMNIQ_TASK_TTL": "1h"}).values()
     {'max_workers': 4, 'task_ttl': 3600.0}
 
-    Unknown ``OMNIQ_*`` variables are ignored; ``OMNIQ_CONFIG`` names a YAML file.
+    ``OMNIQ_CONFIG`` names a YAML file. Other ``OMNIQ_*`` variables that are not settings
+    (a typo such as ``OMNIQ_MAX_WORKER``) are ignored, with a warning on the ``omniq``
+    logger the first time :meth:`values` meets each, naming the closest known variable.
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -370,14 +466,53 @@ class EnvConfig:
         """The YAML path in ``OMNIQ_CONFIG``, or None when unset or empty."""
         return self._environ.get(CONFIG_ENV_VAR) or None
 
+    def unknown(self) -> dict[str, str | None]:
+        """Each ``OMNIQ_*`` variable that OmniQ does not read, with the closest known name
+        (or None).
+
+        >>> EnvConfig({"OMNIQ_MAX_WORKER": "8"}).unknown()
+        {'OMNIQ_MAX_WORKER': 'OMNIQ_MAX_WORKERS'}
+        """
+        known = {ENV_PREFIX + name.upper() for name in _RULES} | _OTHER_VARIABLES
+        # Compared without the prefix, which every name shares.
+        suffixes = sorted(name.removeprefix(ENV_PREFIX) for name in known)
+        found: dict[str, str | None] = {}
+        for var in self._environ:
+            if not var.startswith(ENV_PREFIX) or var in known or var.startswith(_OTHER_PREFIXES):
+                continue
+            close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX).upper(), suffixes, n=1)
+            found[var] = ENV_PREFIX + close[0] if close else None
+        return found
+
     def values(self) -> dict[str, Any]:
-        """Converted field values; a bad one raises ConfigError naming its variable."""
+        """Converted field values; a bad one raises ConfigError naming its variable.
+
+        Warns (once per process) about each variable :meth:`unknown` finds."""
+        warn_unknown_variables(self._environ)
         found: dict[str, Any] = {}
         for name in _RULES:
             var = ENV_PREFIX + name.upper()
             if var in self._environ:
                 found[name] = _convert(name, self._environ[var], source=_ENV, from_text=True)
         return found
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Log a warning on the ``omniq`` logger for each ``OMNIQ_*`` variable of ``environ``
+    (default ``os.environ``) that OmniQ does not read, once per variable and process.
+
+    Returns the messages logged by this call. Settings loading calls it; so does the
+    ``omniq`` command at start-up, where the warnings go to stderr.
+    """
+    messages = []
+    for var, close in EnvConfig(environ).unknown().items():
+        if var in _warned_variables:
+            continue
+        _warned_variables.add(var)
+        hint = f" (did you mean {close}?)" if close else ""
+        messages.append(f"environment variable {var} is not an OmniQ setting: ignored{hint}")
+        logger.warning("%s", messages[-1])
+    return messages
 
 
 class ConfigProvider:
@@ -418,6 +553,10 @@ class ConfigProvider:
             values.update(layer)
             for name in layer:
                 sources[name] = _label(source, name)
+        if values.get("backend") is not None:
+            for name in _TYPES:
+                if name not in values:
+                    sources[name] = f"{sources['backend']} (the backend shorthand)"
         return values, sources
 
     def settings(self) -> Settings:

@@ -172,6 +172,20 @@ class AsyncOmniQ:
         self._inherited_instances: set[Component] = set()
         _fork.track(self)
 
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncOmniQ:
+        """A client on the layered settings, spelled out: ``cls(Settings.load(**overrides))``.
+
+        Defaults < the YAML file named by ``OMNIQ_CONFIG`` < ``OMNIQ_*`` variables <
+        ``overrides`` (Settings fields); the storages come from those settings. The same
+        as ``AsyncOmniQ(**overrides)``, said plainly where it matters to the reader.
+
+        Example::
+
+            oq = AsyncOmniQ.from_env(max_workers=4)   # OMNIQ_BACKEND=redis, ...
+        """
+        return cls(Settings.load(**overrides))
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def connect(self) -> None:

@@ -9,7 +9,8 @@ Every error OmniQ raises derives from :class:`OmniQError`::
     │   └── PayloadSignatureError   a dill payload that is unsigned or altered
     ├── StorageError           a backend failed
     │   ├── StorageConnectionError  the backend cannot be reached
-    │   └── TaskNotFoundError       (also LookupError) an id that does not exist
+    │   ├── TaskNotFoundError       (also LookupError) an id that does not exist
+    │   └── ValueTooLargeError      (also ValueError) a value over the backend's size limit
     ├── ScheduleError          (also ValueError) a bad cron string, interval or schedule id
     ├── TaskImportError        a ``module:qualname`` that cannot be imported at the worker
     ├── TaskTimeoutError       (also TimeoutError) a task ran past its timeout
@@ -37,6 +38,7 @@ __all__ = [
     "TaskImportError",
     "TaskNotFoundError",
     "TaskTimeoutError",
+    "ValueTooLargeError",
     "WorkerError",
 ]
 
@@ -67,6 +69,11 @@ class StorageConnectionError(StorageError):
 
 class TaskNotFoundError(StorageError, LookupError):
     """A task id does not exist."""
+
+
+class ValueTooLargeError(StorageError, ValueError):
+    """A value (a task's arguments, a result) is larger than the backend stores in one
+    piece, such as Redis's 512 MB per value; nothing was written."""
 
 
 class ScheduleError(OmniQError, ValueError):

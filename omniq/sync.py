@@ -97,6 +97,20 @@ class OmniQ:
         self._flush_at_multiprocessing_exit()
         _fork.track(self)
 
+    @classmethod
+    def from_env(cls, **overrides: Any) -> OmniQ:
+        """A client on the layered settings, spelled out: ``cls(Settings.load(**overrides))``.
+
+        Defaults < the YAML file named by ``OMNIQ_CONFIG`` < ``OMNIQ_*`` variables <
+        ``overrides`` (Settings fields), as :meth:`AsyncOmniQ.from_env`.
+
+        Example::
+
+            with OmniQ.from_env(max_workers=4) as oq:
+                oq.enqueue(send_email, "ada@example.com")
+        """
+        return cls(Settings.load(**overrides))
+
     def _flush_at_multiprocessing_exit(self) -> None:
         # multiprocessing ends the children it forks with os._exit: no atexit, so the
         # finalizer above would not run there. Its own exit hooks do run.

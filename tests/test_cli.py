@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -77,6 +78,77 @@ def test_environment_and_yaml_configure_the_cli(tmp_path: Path) -> None:
     assert (tmp_path / "from_env" / "omniq.db").exists()
 
 
+def test_unknown_omniq_variables_are_warned_about_on_stderr(tmp_path: Path) -> None:
+    env = {
+        "OMNIQ_MAX_WORKER": "8",  # a typo: warned about, with the name meant
+        "OMNIQ_BACKEND": "file",  # a setting (the shorthand): used, not warned about
+        "OMNIQ_APP": "",  # read by the CLI itself
+    }
+    done = omniq("enqueue", "tests.conformance.tasks:add", "1", "2", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, done.stderr
+    assert "OMNIQ_MAX_WORKER is not an OmniQ setting" in warnings[0]
+    assert "did you mean OMNIQ_MAX_WORKERS?" in warnings[0]
+    assert (tmp_path / ".omniq" / "task_queue").is_dir()  # OMNIQ_BACKEND=file took effect
+
+
+def readme_cli_example() -> dict[str, list[str]]:
+    """The commands of the README's command-line example, by command name."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Workers from the command line", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.splitlines() if line.startswith("omniq ")]
+    return {command[1]: command[1:] for command in commands}
+
+
+_MYAPP_QUEUE = """
+from omniq import OmniQ
+
+# Not the default store: a command that does not name this app does not see its tasks.
+oq = OmniQ(base_dir="myapp-state", event_storage="sqlite:///myapp-state/events.db")
+"""
+
+
+def test_the_readme_cli_example_reaches_the_apps_store(tmp_path: Path) -> None:
+    # The example used to enqueue and ask for status without --app: into the SQLite
+    # default, while the worker started with --app watched the app's store.
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "queue.py").write_text(_MYAPP_QUEUE)
+    (tmp_path / "myapp" / "tasks.py").write_text("def add(a, b):\n    return a + b\n")
+    example = readme_cli_example()
+    assert set(example) >= {"worker", "enqueue", "status", "events", "schedules"}
+
+    enq = omniq(*example["enqueue"], cwd=tmp_path)
+    assert enq.returncode == 0, enq.stderr
+    task_id = enq.stdout.strip()
+    work = omniq(*example["worker"], "--burst", cwd=tmp_path)
+    assert work.returncode == 0, work.stderr
+    status = omniq(*[task_id if a == "<task-id>" else a for a in example["status"]], cwd=tmp_path)
+    assert "status    complete" in status.stdout and "result    5" in status.stdout, (
+        status.stdout + status.stderr
+    )
+    events = omniq(*[task_id if a == "<task-id>" else a for a in example["events"]], cwd=tmp_path)
+    assert [line.split()[1] for line in events.stdout.splitlines()] == [
+        "enqueued",
+        "executing",
+        "complete",
+    ], events.stdout + events.stderr
+    schedules = omniq(*example["schedules"], cwd=tmp_path)
+    assert schedules.returncode == 0 and schedules.stdout.strip() == "no schedules"
+    assert not (tmp_path / ".omniq").exists()  # nothing went to the default store
+    # OMNIQ_APP, and --app before the command's name, name the app too.
+    for args, env in [
+        (("status", task_id), {"OMNIQ_APP": "myapp.queue:oq"}),
+        (("--app", "myapp.queue:oq", "stats"), {}),
+    ]:
+        done = omniq(*args, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "complete" in done.stdout, done.stdout
+    assert not (tmp_path / ".omniq").exists()
+
+
 @pytest.mark.parametrize(
     ("loop", "expected"),
     [
@@ -125,6 +197,66 @@ def test_errors_are_one_line_without_traceback(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("omniq: error:") and needle in lines[0]
+
+
+# What pip writes as the ``omniq`` console script: run as a file, it puts its own
+# directory (the venv's bin/) first on sys.path, not the current directory.
+_CONSOLE_SCRIPT = """
+import re, sys
+from omniq.cli import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+def test_the_console_script_imports_tasks_from_the_current_directory(tmp_path: Path) -> None:
+    # With `omniq` (not `python -m omniq`) and no --app, the worker failed the task with
+    # "No module named 'tasks'": the current directory was not on sys.path.
+    script = tmp_path / "bin" / "omniq"
+    script.parent.mkdir()
+    script.write_text(_CONSOLE_SCRIPT)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tasks.py").write_text("def add(a, b):\n    return a + b\n")
+    (project / "omniq.yaml").write_text("base_dir: state\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), "--config", "omniq.yaml", *args],
+            cwd=project,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    enq = run("enqueue", "tasks:add", "4", "5")
+    assert enq.returncode == 0, enq.stderr
+    work = run("worker", "--burst")
+    assert work.returncode == 0, work.stderr
+    status = run("status", enq.stdout.strip())
+    assert "complete" in status.stdout and "result    9" in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("--log-level", "LOUD", "stats"), "--log-level 'LOUD'"),
+        (("stats", "--log-level", "LOUD"), "--log-level 'LOUD'"),
+        (("--config", "missing.yaml", "stats"), "--config 'missing.yaml'"),
+    ],
+)
+def test_a_bad_option_is_reported_as_the_option(
+    tmp_path: Path, args: tuple[str, ...], option: str
+) -> None:
+    # They used to be reported as the variables they set ("environment variable
+    # OMNIQ_LOG_LEVEL", "(from OMNIQ_CONFIG)"), which the user never wrote.
+    done = omniq(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"omniq: error: {option}: ")
+    assert "OMNIQ_" not in line and "environment" not in line
 
 
 @contextlib.contextmanager

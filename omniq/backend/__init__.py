@@ -1,9 +1,11 @@
 """Backend bundles: one connection or pool per URL, shared by its storage components.
 
 A URL's scheme picks the backend (``sqlite://``, ``redis://``, ``postgresql://``,
-``nats://`` and every fsspec protocol for the file backend). Backend modules are imported
-lazily, so a missing driver only matters when its URL is used, and then the error says
-which extra to install.
+``nats://``, and for the file backend ``file://``, ``memory://`` and the fsspec protocols
+of writable filesystems and object stores, :data:`omniq._urls.FILE_PROTOCOLS`). Anything
+else, a bare path included, is refused with a ConfigError naming the URL and the forms
+accepted. Backend modules are imported lazily, so a missing driver only matters when its
+URL is used, and then the error says which extra to install.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from omniq._urls import ACCEPTED_FORMS, redact_url, storage_url_problem
 from omniq.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,7 +35,8 @@ _FILE_BACKEND = ("omniq.backend.file", "FileBackend", None)
 
 
 def scheme_of(url: str) -> str:
-    """The lower-case scheme of ``url`` (``"file"`` for a plain path)."""
+    """The lower-case scheme of ``url`` (``"file"`` for a plain path, which
+    :func:`backend_for_url` refuses)."""
     head, sep, _ = url.partition("://")
     return head.lower() if sep else "file"
 
@@ -40,9 +44,16 @@ def scheme_of(url: str) -> str:
 def backend_for_url(url: str, settings: Any) -> Backend:
     """Build the backend bundle for ``url`` (not yet connected).
 
-    Raises ConfigError for an unknown scheme or a missing optional driver, naming the
-    extra to install.
+    Raises ConfigError for a string that is not a storage URL (no scheme, an unknown
+    one, ``http://``), naming the URL and the forms accepted, or for a missing optional
+    driver, naming the extra to install.
     """
+    problem = storage_url_problem(url)
+    if problem is not None:
+        raise ConfigError(
+            f"storage URL {redact_url(url)!r}: {problem}{'' if problem.endswith('?') else '.'} "
+            f"Accepted forms: {ACCEPTED_FORMS}"
+        )
     scheme = scheme_of(url)
     module_name, class_name, extra = _BACKENDS.get(scheme, _FILE_BACKEND)
     try:

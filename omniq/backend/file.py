@@ -1,8 +1,10 @@
 """The file backend bundle: one filesystem per URL, four components in subdirectories.
 
-URLs: ``file:///abs/dir`` or a plain path (relative to the current directory),
-``memory://name``, ``s3://bucket/prefix``, ``az://container/prefix``,
-``abfs://container/prefix``, ``gs://bucket/prefix``. ``storage_options`` from the
+URLs: ``file:///abs/dir``, ``memory://name``, ``s3://bucket/prefix``,
+``az://container/prefix``, ``abfs://container/prefix``, ``gs://bucket/prefix`` (and the
+other writable fsspec protocols). Built directly, the bundle and its components also take
+a plain directory path (relative to the current directory); a client's storage URL must
+have a scheme (see :func:`omniq.backend.backend_for_url`). ``storage_options`` from the
 settings go to the fsspec driver of remote filesystems (credentials, ``endpoint_url``…).
 See :mod:`omniq.storage.file` for the layout and what is safe on which filesystem.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 from omniq.backend.base import Backend
@@ -52,8 +55,8 @@ class FileBackend(Backend):
         await queue.connect()
     """
 
-    def __init__(self, url: str, settings: Any) -> None:
-        super().__init__(url, settings)
+    def __init__(self, url: str | os.PathLike[str], settings: Any) -> None:
+        super().__init__(os.fspath(url), settings)
         self.location: Location = parse_location(url)
         options = getattr(settings, "storage_options", None) or {}
         if not isinstance(options, dict):
@@ -71,6 +74,12 @@ class FileBackend(Backend):
     async def _open(self) -> None:
         location = self.location
         if location.is_local:
+            if await asyncio.to_thread(os.path.isfile, location.root):
+                # Most likely a SQLite database named where a directory was meant.
+                raise ConfigError(
+                    f"file backend: {location.url!r} is an existing file, not a directory "
+                    f"(for a SQLite database write sqlite:///{location.root})"
+                )
             self._stores = {sub: LocalStore(f"{location.root}/{sub}") for sub in _SUBDIRS}
         else:
             fs = filesystem_for(location, self._options)

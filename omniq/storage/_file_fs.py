@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from omniq._urls import FILE_PROTOCOLS, mistyped_url_problem, redact_url, storage_url_problem
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 
 try:
@@ -100,6 +101,8 @@ _EXTRAS = {
     "gcs": "gcs",
 }
 
+_OBJECT_STORES = ("s3://", "gs://", "az://", "abfs://", "other writable fsspec protocols")
+
 
 @dataclass(frozen=True)
 class Location:
@@ -115,12 +118,27 @@ class Location:
         return self.protocol == "file"
 
 
-def parse_location(url: str) -> Location:
-    """Split a file backend URL: ``file:///abs``, a plain path, ``memory://name``, ``s3://b/p``."""
+def parse_location(url: str | os.PathLike[str]) -> Location:
+    """Split a file backend URL: ``file:///abs``, ``memory://name``, ``s3://b/p``, or a plain
+    directory path (the file backend's own classes take one; a client's URL does not).
+
+    Raises ConfigError for a protocol that cannot hold a store (``http://``, ``zip://``…)
+    and for a path that is a mistyped URL of another backend (``redis//host:6379``).
+    """
+    url = os.fspath(url)
     scheme, sep, rest = url.partition("://")
     if not sep:
+        mistyped = mistyped_url_problem(url)
+        if mistyped is not None:
+            raise ConfigError(f"file backend: {url!r} is not a path: {mistyped}")
         return Location("file", os.path.abspath(os.path.expanduser(url)), url)
     protocol = scheme.lower()
+    if protocol not in FILE_PROTOCOLS:
+        raise ConfigError(
+            f"file backend: {redact_url(url)!r}: "
+            f"{storage_url_problem(url) or f'a {protocol} URL is for another backend'}"
+            f"; it takes file://, memory:// and {', '.join(_OBJECT_STORES)}"
+        )
     if protocol in ("file", "local"):
         if rest.startswith("localhost/"):
             rest = rest[len("localhost") :]

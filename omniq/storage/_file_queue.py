@@ -6,6 +6,7 @@ import asyncio
 import builtins
 import heapq
 import itertools
+import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -216,7 +217,11 @@ class AsyncFileQueue(BaseTaskQueue):
     notifies = True
 
     def __init__(
-        self, url: str | None = None, settings: Any = None, *, backend: FileBackend | None = None
+        self,
+        url: str | os.PathLike[str] | None = None,
+        settings: Any = None,
+        *,
+        backend: FileBackend | None = None,
     ) -> None:
         if backend is None:
             if url is None:

@@ -32,17 +32,18 @@ from hiredis import pack_command
 
 from omniq._urls import redact_url as _redact
 from omniq._urls import split_namespace
-from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.errors import ConfigError, StorageConnectionError, StorageError, ValueTooLargeError
 from omniq.storage._resp import (
     NoScriptError,
     RespConnection,
     RespConnectionError,
     RespEndpoint,
     ResponseError,
+    RespTLSError,
     parse_redis_url,
 )
 
-__all__ = ["RedisClient", "split_namespace"]
+__all__ = ["MAX_BULK_BYTES", "RedisClient", "split_namespace", "too_large"]
 
 logger = logging.getLogger("omniq")
 
@@ -106,8 +107,40 @@ def _check_namespace(namespace: str) -> str:
     return namespace
 
 
+#: The longest bulk string (one argument) a Redis server takes: ``proto-max-bulk-len``,
+#: 512 MB unless raised. A longer one is a protocol error: the server closes the connection
+#: with ``ERR Protocol error: invalid bulk length``, after reading what it was sent.
+MAX_BULK_BYTES = 512 * 1024 * 1024
+
+
+def too_large(what: str, size: int) -> ValueTooLargeError:
+    """The error for ``what``, of ``size`` bytes, over :data:`MAX_BULK_BYTES`.
+
+    The components compare each record with the limit as they encode it (a comparison,
+    not a call: it is on every enqueue's path): packing a value this large takes hiredis
+    seconds (3.6 s for 513 MB), all spent on a command the server refuses.
+    """
+    return ValueTooLargeError(
+        f"redis: {what} is {size / 2**20:.1f} MB ({size} bytes), over Redis's limit of "
+        f"{MAX_BULK_BYTES // 2**20} MB per value (proto-max-bulk-len); keep large data "
+        "elsewhere (a file or object store) and pass its location instead"
+    )
+
+
 def _pack(command: Command) -> bytes:
     packed: bytes = pack_command(command)
+    # A backstop for values no component checked. The packed length bounds every
+    # argument's, so one comparison guards the hot path; the arguments are measured only
+    # when the whole is too long.
+    if len(packed) > MAX_BULK_BYTES:
+        size = max(
+            memoryview(arg).nbytes
+            if isinstance(arg, bytes | bytearray | memoryview)
+            else len(str(arg).encode())
+            for arg in command
+        )
+        if size > MAX_BULK_BYTES:
+            raise too_large(f"a value of {command[0]}", size)
     return packed
 
 
@@ -214,6 +247,8 @@ class RedisClient:
             return await RespConnection.open(endpoint, client_id=client_id)
         except ResponseError as exc:  # AUTH or SELECT refused: retrying will not help
             raise StorageConnectionError(f"redis: {self._where}: refused: {exc}") from exc
+        except RespTLSError as exc:  # nor with a certificate refused or a plain-text port
+            raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
 
     async def execute(
         self, commands: Sequence[Command], *, blocking: bool = False

@@ -11,7 +11,9 @@ order), so one connection serves every ordinary command of a process; blocking c
 Error replies are returned as :class:`ResponseError` instances (a ``NOSCRIPT`` one as
 :class:`NoScriptError`), never raised, so a pipeline always yields every reply. A lost
 connection fails its pending requests with :class:`RespConnectionError`; reconnecting is
-the caller's choice.
+the caller's choice. A TLS handshake that cannot succeed (a certificate refused, or a
+server that answers in plain text) is a :class:`RespTLSError`, which trying again will
+not mend.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "RespConnection",
     "RespConnectionError",
     "RespEndpoint",
+    "RespTLSError",
     "ResponseError",
     "parse_redis_url",
 ]
@@ -39,6 +42,17 @@ __all__ = [
 
 class RespConnectionError(ConnectionError):
     """The connection failed or was lost; requests still pending on it are lost too."""
+
+
+class RespTLSError(RespConnectionError):
+    """The TLS handshake failed in a way that trying again will not mend."""
+
+
+#: How long a TLS handshake may go unanswered before a second, plain connection asks the
+#: server whether it speaks plain-text RESP. A plain-text Redis sent a TLS ClientHello
+#: waits for the end of a line that never comes, so the handshake would only end with the
+#: connect timeout; a real TLS server answers well within this, so it is never probed.
+_PLAIN_PROBE_AFTER = 0.5
 
 
 # Our own reply types rather than redis-py's: importing redis.exceptions imports the whole
@@ -112,6 +126,32 @@ def parse_redis_url(url: str) -> RespEndpoint:
         raise ConfigError(f"redis URL {url!r}: {exc}") from exc
 
 
+async def _answers_in_plain_text(host: str, port: int) -> bool:
+    """True when the server at ``host:port`` answers a plain-text ``PING`` in RESP (a
+    status or an error reply). Anything else (a TLS alert, silence, a refusal) is False."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        first = await reader.read(1)
+    except OSError:
+        return False
+    finally:
+        writer.close()
+    return first in (b"+", b"-")
+
+
+def _drop_outcome(attempt: asyncio.Future[Any]) -> None:
+    """Close the connection of an abandoned connect attempt, or retrieve its error."""
+    if attempt.cancelled():
+        return
+    if attempt.exception() is None:
+        transport, _ = attempt.result()
+        transport.abort()
+
+
 def _reply_error(message: str) -> ResponseError:
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
@@ -149,17 +189,27 @@ class RespConnection(asyncio.Protocol):
         """Connect, authenticate and select the database; with ``client_id``, also learn
         the connection's id (so another connection can ``CLIENT UNBLOCK`` it)."""
         loop = asyncio.get_running_loop()
+        where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
         try:
             async with asyncio.timeout(endpoint.connect_timeout):
                 if endpoint.path is not None:
                     _, conn = await loop.create_unix_connection(cls, endpoint.path)
+                elif endpoint.tls is None:
+                    _, conn = await loop.create_connection(cls, endpoint.host, endpoint.port)
                 else:
-                    _, conn = await loop.create_connection(
-                        cls, endpoint.host, endpoint.port, ssl=endpoint.tls
-                    )
+                    conn = await cls._open_tls(endpoint, where)
+        except RespTLSError:
+            raise
+        except ssl.SSLError as exc:
+            raise RespTLSError(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
         except (OSError, TimeoutError) as exc:
-            where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
-            raise RespConnectionError(f"cannot connect to {where}: {exc}") from exc
+            if isinstance(exc, TimeoutError):  # its text is empty
+                reason = f"no connection within {endpoint.connect_timeout:g} s"
+                if endpoint.tls is not None:
+                    reason += " (TCP connect and TLS handshake)"
+            else:
+                reason = str(exc) or type(exc).__name__
+            raise RespConnectionError(f"cannot connect to {where}: {reason}") from exc
         handshake: list[tuple[Any, ...]] = []
         if endpoint.password is not None:
             if endpoint.username:
@@ -184,6 +234,36 @@ class RespConnection(asyncio.Protocol):
             if client_id:
                 conn.client_id = int(replies[-1])
         return conn
+
+    @classmethod
+    async def _open_tls(cls, endpoint: RespEndpoint, where: str) -> RespConnection:
+        """Connect with TLS; a handshake left unanswered for a moment has the server
+        asked, on a plain connection, whether it speaks plain text (then: RespTLSError)."""
+        loop = asyncio.get_running_loop()
+        attempt = loop.create_task(
+            loop.create_connection(cls, endpoint.host, endpoint.port, ssl=endpoint.tls)
+        )
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=_PLAIN_PROBE_AFTER)
+            if not done:
+                probe = loop.create_task(_answers_in_plain_text(endpoint.host, endpoint.port))
+                try:
+                    await asyncio.wait({attempt, probe}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    probe.cancel()
+                plain = probe.done() and not probe.cancelled() and probe.result()
+                if plain and not attempt.done():
+                    raise RespTLSError(
+                        f"TLS handshake with {where} failed: the server answered in plain "
+                        "text, so it does not speak TLS on this port (use redis:// for it, "
+                        "or the port where it serves TLS)"
+                    )
+            _, conn = await attempt
+            return conn
+        finally:
+            if not attempt.done():
+                attempt.cancel()
+                attempt.add_done_callback(_drop_outcome)
 
     @property
     def is_closed(self) -> bool:

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -113,7 +114,11 @@ class _Component:
     _subdir = ""
 
     def __init__(
-        self, url: str | None = None, settings: Any = None, *, backend: FileBackend | None = None
+        self,
+        url: str | os.PathLike[str] | None = None,
+        settings: Any = None,
+        *,
+        backend: FileBackend | None = None,
     ) -> None:
         if backend is None:
             if url is None:

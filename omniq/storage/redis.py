@@ -94,7 +94,14 @@ import msgspec
 from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
-from omniq.storage._redis_client import _SHAS, Command, RedisClient, split_namespace
+from omniq.storage._redis_client import (
+    _SHAS,
+    MAX_BULK_BYTES,
+    Command,
+    RedisClient,
+    split_namespace,
+    too_large,
+)
 from omniq.storage._resp import NoScriptError, ResponseError
 from omniq.storage.base import (
     Ack,
@@ -428,6 +435,12 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
             return []
         client = self.client if self._connected else await self._client()
         now = time.time_ns() // 1000
+        if len(tasks) > _ENQUEUE_CHUNK:
+            # Each chunk is sent as soon as it is built: find an oversized task first, so
+            # that the error leaves the whole batch unstored.
+            for task in tasks:
+                if len(task.payload) > MAX_BULK_BYTES:
+                    raise too_large(f"task {task.id} (its arguments)", len(task.payload))
 
         def calls() -> Iterator[builtins.list[Any]]:
             for start in range(0, len(tasks), _ENQUEUE_CHUNK):
@@ -453,6 +466,8 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                     # it back): 36 bytes less makes a plain task's record two 64-byte
                     # pieces instead of three, one hash field fewer to write and keep.
                     record = _ENCODER.encode(msgspec.structs.replace(task, id=""))
+                    if len(record) > MAX_BULK_BYTES:
+                        raise too_large(f"task {task.id} (its arguments)", len(record))
                     args += (task.id, record, sortms)
                     args.append(groups.number(events[start + offset]) if events else 0)
                 yield [now, len(chunk), len(groups.numbers), *groups.args, *args]
@@ -812,7 +827,10 @@ class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
         args: builtins.list[Any] = [time.time_ns() // 1000]
         for result in results:
             expires = "" if result.expires_at is None else _us(result.expires_at)
-            args += (result.task_id, _ENCODER.encode(result), expires, _RESULT_TOKEN_MS)
+            record = _ENCODER.encode(result)
+            if len(record) > MAX_BULK_BYTES:
+                raise too_large(f"the result of task {result.task_id}", len(record))
+            args += (result.task_id, record, expires, _RESULT_TOKEN_MS)
         return ("EVALSHA", _SHAS["put_results"], 0, self._prefix, *args)
 
     async def put_many(self, results: Sequence[TaskResult]) -> None:
@@ -943,10 +961,13 @@ class AsyncRedisScheduleStorage(_RedisComponent, BaseScheduleStorage):
     async def _put(self, schedule: Schedule, expected_version: bytes | str = "") -> bool:
         client = await self._client()
         next_run = "" if schedule.next_run_at is None else _us(schedule.next_run_at)
+        record = _ENCODER.encode(schedule)
+        if len(record) > MAX_BULK_BYTES:
+            raise too_large(f"schedule {schedule.id} (its task)", len(record))
         written = await client.script(
             "schedule_put",
             schedule.id,
-            _ENCODER.encode(schedule),
+            record,
             next_run,
             "1" if schedule.paused else "0",
             expected_version,

@@ -118,7 +118,7 @@ class TestFileSchedules(FileScheduleChecks):
 
 
 async def test_backend_by_url_lays_components_out_in_subdirectories(tmp_path: Path) -> None:
-    backend = backend_for_url(str(tmp_path / "plain"), SETTINGS)
+    backend = backend_for_url(f"file://{tmp_path}/plain", SETTINGS)
     assert isinstance(backend, FileBackend)
     queue = backend.task_queue()
     assert backend.task_queue() is queue

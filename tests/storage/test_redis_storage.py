@@ -675,3 +675,32 @@ async def test_server_errors_become_storage_errors(
     with pytest.raises(StorageError, match="WRONGTYPE") as info:
         await queue.get("bad")
     assert not isinstance(info.value, StorageConnectionError)
+
+
+async def test_an_argument_over_redis_512_mb_limit_is_refused_before_sending(
+    redis_cleanup: str,
+) -> None:
+    # It used to be sent whole, and fail after seconds with the server's raw
+    # "ERR Protocol error: invalid bulk length".
+    from omniq import AsyncOmniQ
+    from omniq.errors import ValueTooLargeError
+
+    oq = AsyncOmniQ(
+        task_queue=REDIS_URL, result_storage=REDIS_URL, event_storage=False, namespace=redis_cleanup
+    )
+    too_big = b"x" * (513 * 2**20)
+    async with oq:
+        started = time.monotonic()
+        with pytest.raises(ValueTooLargeError) as caught:
+            await oq.enqueue(len, too_big)
+        assert time.monotonic() - started < 5
+        message = str(caught.value)
+        assert "Redis's limit of 512 MB per value" in message and "513.0 MB" in message
+        assert isinstance(caught.value, ValueError)
+        # A bulk enqueue sends each chunk of tasks as it is built: none may go out first.
+        with pytest.raises(ValueTooLargeError):
+            await oq.enqueue_many(len, [(b"small",)] * 300 + [(too_big,)])
+        del too_big
+        # Nothing was stored, and the connection is still good.
+        assert await oq.list_tasks() == []
+        assert await oq.get_result(await oq.enqueue(len, b"small")) is None

@@ -65,3 +65,50 @@ async def test_a_refused_login_is_a_clear_error_without_the_password() -> None:
     with pytest.raises(StorageConnectionError, match="refused") as caught:
         await queue.connect()
     assert "hunter2" not in str(caught.value) and ":***@" in str(caught.value)
+
+
+async def test_tls_to_a_plain_text_port_fails_at_once_saying_so() -> None:
+    # rediss:// to the plain-text server: the handshake used to wait out the connect
+    # timeout on each of six tries (31.8 s) and then print an empty reason.
+    import time
+
+    from omniq.errors import StorageConnectionError
+    from omniq.storage.redis import AsyncRedisQueue
+
+    queue = AsyncRedisQueue("rediss://127.0.0.1:6379/0")
+    started = time.monotonic()
+    with pytest.raises(StorageConnectionError) as caught:
+        await queue.connect()
+    assert time.monotonic() - started < 3
+    message = str(caught.value)
+    assert "TLS handshake with 127.0.0.1:6379 failed" in message
+    assert "plain text" in message
+    await queue.close()
+
+
+async def test_a_silent_tls_port_times_out_saying_so() -> None:
+    # A port that accepts and never answers: neither a TLS server nor a plain-text Redis.
+    import asyncio
+
+    from omniq.storage._resp import RespConnection, RespConnectionError
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    endpoint = parse_redis_url(f"rediss://127.0.0.1:{port}/0?socket_connect_timeout=1")
+    try:
+        with pytest.raises(RespConnectionError) as caught:
+            await RespConnection.open(endpoint)
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert str(caught.value) == (
+        f"cannot connect to 127.0.0.1:{port}: no connection within 1 s "
+        "(TCP connect and TLS handshake)"
+    )

@@ -129,6 +129,26 @@ def test_unknown_omniq_variable_is_ignored() -> None:
     assert Settings.from_env({"OMNIQ_NOT_A_SETTING": "x", "OMNIQ_": ""}) == Settings()
 
 
+def test_unknown_omniq_variable_is_warned_about_once_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # OMNIQ_MAX_WORKER=8 used to do nothing, silently.
+    caplog.set_level(logging.WARNING, logger="omniq")
+    monkeypatch.setenv("OMNIQ_MAX_WORKER", "8")
+    for name in ("OMNIQ_CONFIG", "OMNIQ_APP", "OMNIQ_TEST_URL", "OMNIQ_BENCH_QUEUE_URL"):
+        monkeypatch.setenv(name, "")  # read by OmniQ, its CLI, its tests or benchmarks
+    monkeypatch.setenv("OMNIQ_BACKEND", "sqlite")  # a setting
+    assert Settings.load().max_workers == 10
+    Settings.load()
+    Settings.from_env()
+    warnings = [r for r in caplog.records if r.name == "omniq" and r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "environment variable OMNIQ_MAX_WORKER is not an OmniQ setting: ignored "
+        "(did you mean OMNIQ_MAX_WORKERS?)"
+    ]
+    assert EnvConfig({"OMNIQ_QQQ": "1"}).unknown() == {"OMNIQ_QQQ": None}
+
+
 def test_provider_remembers_each_source(tmp_path: Path) -> None:
     config = write_yaml(tmp_path / "c.yaml", "max_workers: 3\nnamespace: a\n")
     provider = ConfigProvider(

@@ -20,7 +20,7 @@ from omniq import _callables, _fork
 from omniq._ids import new_task_id, new_task_ids
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
-from omniq.config import LoggingConfig, Settings
+from omniq.config import Duration, LoggingConfig, Settings, parse_duration
 from omniq.errors import (
     ConfigError,
     DependencyFailedError,
@@ -43,7 +43,6 @@ from omniq.models import (
     TaskStatus,
     utcnow,
 )
-from omniq.retry import to_seconds
 from omniq.serialization import SerializationManager
 from omniq.storage.base import (
     BaseEventStorage,
@@ -63,20 +62,15 @@ logger = logging.getLogger("omniq")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Seconds = float | int | timedelta
+#: A duration argument: seconds, a ``timedelta`` or a string like ``"30s"``, ``"5m"``.
+Seconds = Duration
 Component = Literal["task_queue", "result_storage", "event_storage"]
 
 
 def _seconds(value: Seconds | None, name: str) -> float | None:
     if value is None:
         return None
-    try:
-        seconds = to_seconds(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"argument {name}={value!r}: expected seconds or a timedelta") from None
-    if seconds < 0:
-        raise ConfigError(f"argument {name}={value!r}: expected a duration >= 0")
-    return seconds
+    return parse_duration(value, field=f"argument {name}")
 
 
 def _enqueued_events(task: Task, now: datetime, task_id: str | None = None) -> list[TaskEvent]:
@@ -433,7 +427,9 @@ class AsyncOmniQ:
             timeout=settings.task_timeout if timeout is None else _seconds(timeout, "timeout"),
             due_at=due_at,
             expires_at=now + timedelta(seconds=ttl_s) if ttl_s else None,
-            result_ttl=settings.result_ttl if result_ttl is None else _seconds(result_ttl, "ttl"),
+            result_ttl=(
+                settings.result_ttl if result_ttl is None else _seconds(result_ttl, "result_ttl")
+            ),
             depends_on=deps,
             created_at=now,
         )

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from omniq.config import Duration, parse_duration
 from omniq.errors import ConfigError, OmniQError, SerializationError, StorageError, TaskTimeoutError
 from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.retry import Retry, backoff_delay, has_attempts_left
@@ -184,15 +185,20 @@ class AsyncWorkerPool:
         # Let it get going so that stop() right after start() finds it started.
         await asyncio.sleep(0)
 
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop claiming, let running tasks finish within ``timeout`` (default
-        ``shutdown_timeout``), hand back the leases of the rest, flush, and return.
-        ``timeout=0`` stops at once (leases are still handed back).
+    async def stop(self, timeout: Duration | None = None) -> None:
+        """Stop claiming, let running tasks finish within ``timeout`` (seconds, a
+        ``timedelta`` or a string like ``"30s"``; default ``shutdown_timeout``), hand back
+        the leases of the rest, flush, and return. ``timeout=0`` stops at once (leases
+        are still handed back).
 
         Whether the pool was started with :meth:`start` or runs :meth:`run` in another
         task, this returns once it has stopped.
         """
-        seconds = self.oq.settings.shutdown_timeout if timeout is None else timeout
+        seconds = (
+            self.oq.settings.shutdown_timeout
+            if timeout is None
+            else parse_duration(timeout, field="argument timeout")
+        )
         if self._stop_timeout is None or seconds < self._stop_timeout:
             # The shorter wins: a second Ctrl-C (timeout 0) ends a graceful stop at once.
             self._stop_timeout = seconds

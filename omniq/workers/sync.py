@@ -7,6 +7,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from omniq._sync import LoopThread
+from omniq.config import Duration
 
 if TYPE_CHECKING:
     from omniq.workers.pool import AsyncWorkerPool
@@ -57,8 +58,9 @@ class WorkerPool:
         """Run the pool in the background (on the client's loop thread); returns at once."""
         self._runner.run(self._async.start())
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop gracefully within ``timeout`` seconds, handing back unfinished leases."""
+    def stop(self, timeout: Duration | None = None) -> None:
+        """Stop gracefully within ``timeout`` (seconds, a ``timedelta`` or ``"30s"``),
+        handing back unfinished leases."""
         self._runner.run(self._async.stop(timeout))
 
     def cancel_local(self, task_id: str) -> bool:

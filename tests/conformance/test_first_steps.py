@@ -1,0 +1,59 @@
+"""What new users trip over (issue 30), on every backend: mistakes fail at enqueue, and
+the forms users naturally pass (dotted paths, "30s", blocking components) are accepted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from omniq import AsyncOmniQ, TaskStatus
+from omniq.errors import ConfigError, ResultTimeoutError
+from omniq.models import utcnow
+from tests.conformance import tasks
+from tests.conformance.conftest import MakeOQ
+
+WHEN = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+async def assert_nothing_stored(oq: AsyncOmniQ) -> None:
+    assert await oq.list_tasks() == []
+
+
+# -- 4. durations as strings -------------------------------------------------------------
+
+
+async def test_duration_arguments_take_strings(make_oq: MakeOQ) -> None:
+    oq = await make_oq()
+    before = utcnow()
+    task_id = await oq.submit(
+        tasks.add,
+        (1, 2),
+        delay="1m",
+        ttl="2h",
+        retry_delay="250ms",
+        timeout="30s",
+    )
+    task = await oq.get_task(task_id)
+    assert task.status is TaskStatus.SCHEDULED
+    assert before + timedelta(seconds=60) <= task.due_at <= utcnow() + timedelta(seconds=60)
+    assert task.expires_at - task.created_at == timedelta(hours=2)
+    assert (task.retry_delay, task.timeout) == (0.25, 30.0)
+
+    many = await oq.enqueue_many(tasks.add, [(1, 1)], timeout="5s")
+    assert (await oq.get_task(many[0])).timeout == 5.0
+    sid = await oq.schedule(tasks.add, (1, 1), interval="90s", ttl="1h")
+    assert (await oq.get_schedule(sid)).interval == 90.0
+    with pytest.raises(ResultTimeoutError):
+        await oq.get_result(task_id, wait=True, timeout="100ms")
+
+    pool = oq.worker()
+    await pool.start()
+    await pool.stop(timeout="1s")
+
+
+@pytest.mark.parametrize("option", ["delay", "ttl", "retry_delay", "timeout"])
+async def test_a_bad_duration_names_the_argument_and_the_forms(oq: AsyncOmniQ, option: str) -> None:
+    with pytest.raises(ConfigError, match=rf"argument {option}='5 minutes': .*'30s', '5m'"):
+        await oq.submit(tasks.add, (1, 2), **{option: "5 minutes"})
+    await assert_nothing_stored(oq)

@@ -8,6 +8,7 @@ public API of SPEC §2 on top of the storage primitives of ``omniq.storage.base`
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -66,11 +67,45 @@ R = TypeVar("R")
 Seconds = Duration
 Component = Literal["task_queue", "result_storage", "event_storage"]
 
+#: ``submit``'s options; ``@oq.task`` takes them all, ``enqueue_many`` all but ``depends_on``
+#: and ``task_id``.
+SUBMIT_OPTIONS = frozenset(
+    {
+        "queue",
+        "priority",
+        "delay",
+        "eta",
+        "ttl",
+        "max_retries",
+        "retry_delay",
+        "timeout",
+        "result_ttl",
+        "depends_on",
+        "task_id",
+    }
+)
+
 
 def _seconds(value: Seconds | None, name: str) -> float | None:
     if value is None:
         return None
     return parse_duration(value, field=f"argument {name}")
+
+
+def _check_option_names(where: str, options: Iterable[str], allowed: frozenset[str]) -> None:
+    """ConfigError for an option name ``where`` does not take, with the nearest one."""
+    unknown = sorted(set(options) - allowed)
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        f"{where} does not take {unknown[0]!r}{hint}; its options are {', '.join(sorted(allowed))}"
+    )
+
+
+def _options_probe() -> None:
+    """A stand-in task function: ``@oq.task`` builds one task of it to check its options."""
 
 
 def _enqueued_events(task: Task, now: datetime, task_id: str | None = None) -> list[TaskEvent]:
@@ -518,11 +553,22 @@ class AsyncOmniQ:
         timeout: Seconds | None = None,
         depends_on: Iterable[str] = (),
         task_id: str | None = None,
+        result_ttl: Seconds | None = None,
     ) -> str:
         """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
 
+        Durations (``delay``, ``ttl``, ``retry_delay``, ``timeout``, ``result_ttl``) are
+        seconds, a ``timedelta`` or a string like ``"30s"``, ``"5m"``, ``"2h"``; ``eta``
+        is an aware ``datetime``. ``result_ttl`` keeps this task's result that long
+        (default: the ``result_ttl`` setting).
+
         Submitting an id that already exists returns it unchanged. ``depends_on`` ids
         must exist (``TaskNotFoundError`` otherwise).
+
+        Example::
+
+            await oq.submit(send, ("ada@example.com",), queue="mail", delay="5m",
+                            max_retries=3, timeout=30)
         """
         if not self._connected:
             await self.connect()
@@ -542,6 +588,7 @@ class AsyncOmniQ:
             timeout=timeout,
             depends_on=depends_on,
             task_id=task_id,
+            result_ttl=result_ttl,
         )
         queue_store = self.queue
         if task_id is not None and await queue_store.get(task_id) is not None:
@@ -570,11 +617,15 @@ class AsyncOmniQ:
     async def enqueue_many(
         self, func: Callable[..., Any] | str, args_list: Iterable[Sequence[Any]], **options: Any
     ) -> list[str]:
-        """One task per argument tuple in ``args_list``, in as few round trips as possible."""
+        """One task per argument tuple in ``args_list``, in as few round trips as possible.
+
+        ``options`` are :meth:`submit`'s, but ``task_id`` and ``depends_on``.
+        """
         if not self._connected:
             await self.connect()
         if "task_id" in options or "depends_on" in options:
             raise ConfigError("enqueue_many does not take task_id or depends_on; use submit")
+        _check_option_names("enqueue_many()", options, SUBMIT_OPTIONS)
         now = utcnow()
         calls = iter(args_list)
         first = next(calls, None)
@@ -919,16 +970,24 @@ class AsyncOmniQ:
     ) -> AsyncTaskFunction[P, R] | Callable[[Callable[P, R]], AsyncTaskFunction[P, R]]:
         """Register a task function; it stays callable and gains ``delay``/``submit``.
 
+        ``task_options`` are :meth:`submit`'s options (``queue``, ``max_retries``,
+        ``timeout``, ``result_ttl``…), applied to every ``delay``; they are checked here,
+        when decorating: an unknown name or a bad value raises ``ConfigError``.
+
         Example::
 
-            @oq.task(max_retries=3)
+            @oq.task(max_retries=3, timeout="30s")
             async def resize(path: str) -> str: ...
 
             task_id = await resize.delay("cat.png")
         """
+        _check_option_names("@oq.task()", task_options, SUBMIT_OPTIONS)
 
         def register(f: Callable[P, R]) -> AsyncTaskFunction[P, R]:
             task_name = name or _callables.callable_path(f) or _callables.describe(f)
+            # Bad option values fail now, not at the first delay(): build one task with
+            # them (of a stand-in function: ``f`` may be a closure dill cannot carry).
+            self._build_task(_options_probe, (), None, now=utcnow(), **task_options)
             self._registry[task_name] = f
             return self._wrap_task(f, task_name, task_options)
 

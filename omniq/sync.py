@@ -158,8 +158,13 @@ class OmniQ:
         timeout: Seconds | None = None,
         depends_on: Iterable[str] = (),
         task_id: str | None = None,
+        result_ttl: Seconds | None = None,
     ) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with options; return the task id."""
+        """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
+
+        As :meth:`AsyncOmniQ.submit`: durations take seconds, a ``timedelta`` or
+        ``"30s"``.
+        """
         return self._runner.run(
             self._async.submit(
                 func,
@@ -175,6 +180,7 @@ class OmniQ:
                 timeout=timeout,
                 depends_on=depends_on,
                 task_id=task_id,
+                result_ttl=result_ttl,
             )
         )
 
@@ -283,10 +289,14 @@ class OmniQ:
     def task(
         self, func: Callable[P, R] | None = None, /, *, name: str | None = None, **task_options: Any
     ) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
-        """Register a task function; it stays callable and gains blocking ``delay``/``submit``."""
+        """Register a task function; it stays callable and gains blocking ``delay``/``submit``.
+
+        ``task_options`` are :meth:`submit`'s options, checked here (``ConfigError``).
+        """
+        decorate = self._async.task(name=name, **task_options)  # checks the option names
 
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
-            inner: AsyncTaskFunction[P, R] = self._async.task(name=name, **task_options)(f)
+            inner: AsyncTaskFunction[P, R] = decorate(f)
             return TaskFunction(inner, self._runner)
 
         return register(func) if func is not None else register

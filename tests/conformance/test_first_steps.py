@@ -4,10 +4,11 @@ the forms users naturally pass (dotted paths, "30s", blocking components) are ac
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from omniq import AsyncOmniQ, TaskStatus
+from omniq import AsyncOmniQ, OmniQ, TaskStatus
 from omniq.errors import ConfigError, ResultTimeoutError
 from omniq.models import utcnow
 from tests.conformance import tasks
@@ -18,6 +19,32 @@ WHEN = datetime(2030, 1, 1, tzinfo=UTC)
 
 async def assert_nothing_stored(oq: AsyncOmniQ) -> None:
     assert await oq.list_tasks() == []
+
+
+# -- 2. result_ttl is a submit option ----------------------------------------------------
+
+
+async def test_result_ttl_per_task_through_submit_and_delay(oq: AsyncOmniQ) -> None:
+    @oq.task(result_ttl=3600)
+    def double(x: int) -> int:
+        return 2 * x
+
+    by_submit = await oq.submit(tasks.add, (1, 2), result_ttl=60)
+    by_delay = await double.delay(21)
+    by_task_submit = await double.submit((4,), result_ttl="2m")
+    await oq.worker().run(burst=True)
+    for task_id, ttl in ((by_submit, 60), (by_delay, 3600), (by_task_submit, 120)):
+        result = await oq.get_result(task_id)
+        assert result.status is TaskStatus.COMPLETE
+        assert result.expires_at == result.finished_at + timedelta(seconds=ttl)
+
+
+def test_the_blocking_client_takes_result_ttl(tmp_path: Path) -> None:
+    with OmniQ(base_dir=str(tmp_path)) as oq:
+        task_id = oq.submit(tasks.add, (1, 2), result_ttl="1h")
+        oq.worker().run(burst=True)
+        result = oq.get_result(task_id)
+        assert result.expires_at == result.finished_at + timedelta(hours=1)
 
 
 # -- 4. durations as strings -------------------------------------------------------------
@@ -33,12 +60,13 @@ async def test_duration_arguments_take_strings(make_oq: MakeOQ) -> None:
         ttl="2h",
         retry_delay="250ms",
         timeout="30s",
+        result_ttl="1d",
     )
     task = await oq.get_task(task_id)
     assert task.status is TaskStatus.SCHEDULED
     assert before + timedelta(seconds=60) <= task.due_at <= utcnow() + timedelta(seconds=60)
     assert task.expires_at - task.created_at == timedelta(hours=2)
-    assert (task.retry_delay, task.timeout) == (0.25, 30.0)
+    assert (task.retry_delay, task.timeout, task.result_ttl) == (0.25, 30.0, 86400.0)
 
     many = await oq.enqueue_many(tasks.add, [(1, 1)], timeout="5s")
     assert (await oq.get_task(many[0])).timeout == 5.0
@@ -52,7 +80,7 @@ async def test_duration_arguments_take_strings(make_oq: MakeOQ) -> None:
     await pool.stop(timeout="1s")
 
 
-@pytest.mark.parametrize("option", ["delay", "ttl", "retry_delay", "timeout"])
+@pytest.mark.parametrize("option", ["delay", "ttl", "retry_delay", "timeout", "result_ttl"])
 async def test_a_bad_duration_names_the_argument_and_the_forms(oq: AsyncOmniQ, option: str) -> None:
     with pytest.raises(ConfigError, match=rf"argument {option}='5 minutes': .*'30s', '5m'"):
         await oq.submit(tasks.add, (1, 2), **{option: "5 minutes"})

@@ -6,12 +6,67 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from omniq import OmniQ, Retry
+from omniq import AsyncOmniQ, OmniQ, Retry
 from omniq.errors import ConfigError
 from tests.conformance import tasks
+
+# -- @oq.task options are checked when decorating ------------------------------------------
+
+
+@pytest.mark.parametrize("client", [AsyncOmniQ, OmniQ])
+def test_task_options_with_an_unknown_name_fail_when_decorating(
+    client: type[Any], tmp_path: Path
+) -> None:
+    oq = client(base_dir=str(tmp_path / "never"))
+    with pytest.raises(
+        ConfigError, match=r"does not take 'retries' \(did you mean 'max_retries'\?\)"
+    ):
+        oq.task(retries=3)
+    assert not (tmp_path / "never").exists()  # nothing connected
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"timeout": "soon"}, "timeout"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"priority": "high"}, "priority"),
+        ({"result_ttl": "a day"}, "result_ttl"),
+        ({"eta": "tomorrow"}, "eta"),
+    ],
+)
+@pytest.mark.parametrize("client", [AsyncOmniQ, OmniQ])
+def test_task_options_with_a_bad_value_fail_when_decorating(
+    client: type[Any], options: dict[str, Any], named: str, tmp_path: Path
+) -> None:
+    oq = client(base_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=f"argument {named}="):
+
+        @oq.task(**options)
+        def job() -> None: ...
+
+
+def test_task_options_for_a_closure_under_the_strict_serializer(tmp_path: Path) -> None:
+    # Checking the options must not try to carry the function itself.
+    oq = AsyncOmniQ(base_dir=str(tmp_path), serializer="msgspec")
+    factor = 3
+
+    @oq.task(result_ttl="1h", timeout=5)
+    def triple(x: int) -> int:
+        return factor * x
+
+    assert triple(2) == 6
+
+
+async def test_enqueue_many_names_an_unknown_option(tmp_path: Path) -> None:
+    async with AsyncOmniQ(base_dir=str(tmp_path)) as oq:
+        with pytest.raises(ConfigError, match=r"'max_retry' \(did you mean 'max_retries'\?\)"):
+            await oq.enqueue_many(tasks.add, [(1, 2)], max_retry=3)
+
 
 # -- durations ---------------------------------------------------------------------------
 

@@ -1,4 +1,7 @@
-"""How a task's callable travels: by import path when it can, by value (dill) otherwise."""
+"""How a task's callable travels: by import path when it can, by value (dill) otherwise.
+
+Also where a path points, as far as the producer can tell (:func:`locate`).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,17 @@ from typing import Any
 
 from omniq.errors import TaskImportError
 
-__all__ = ["callable_path", "describe", "resolve"]
+__all__ = ["callable_path", "describe", "is_dotted_path", "locate", "resolve"]
 
 _path_cache: dict[Any, str | None] = {}
 _resolve_cache: dict[str, Callable[..., Any]] = {}
+# Paths as given at enqueue -> (the form stored, the callable or None if the producer
+# cannot import it). Failures are kept too: an unimportable path costs a search of
+# sys.path once, not at every enqueue.
+_locate_cache: dict[str, tuple[str, Callable[..., Any] | None]] = {}
+_LOCATE_CACHE_SIZE = 4096
+
+_FORMS = "'package.module:qualname', 'package.module.function'"
 
 
 def _unwrap(func: Any) -> Any:
@@ -68,17 +78,53 @@ def _lookup(module_name: str, qualname: str) -> Any:
     return obj
 
 
+def is_dotted_path(path: str) -> bool:
+    """True for ``"package.module.function"``: dotted identifiers, at least two."""
+    parts = path.split(".")
+    return len(parts) > 1 and all(part.isidentifier() for part in parts)
+
+
+def _split_dotted(path: str) -> tuple[str, str, str | None]:
+    """``(module, qualname, the longest prefix that is no module)`` of
+    ``"package.module.function"``: the longest prefix that imports is the module
+    (``"pkg.mod.Class.method"`` -> ``("pkg.mod", "Class.method", "pkg.mod.Class")``)."""
+    parts = path.split(".")
+    not_found: str | None = None
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if module_name == missing or module_name.startswith(missing + "."):
+                not_found = not_found or module_name
+                continue  # this prefix is no module: try a shorter one
+            # The module exists, but something it imports does not: say so.
+            raise TaskImportError(
+                f"cannot import module {module_name!r} for task {path!r}: {exc}"
+            ) from exc
+        except Exception as exc:
+            raise TaskImportError(
+                f"cannot import module {module_name!r} for task {path!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return module_name, ".".join(parts[cut:]), not_found
+    raise TaskImportError(f"cannot import task {path!r}: no module named {parts[0]!r}")
+
+
 def resolve(path: str) -> Callable[..., Any]:
-    """Import ``"package.module:qualname"``; TaskImportError says what could not be found."""
+    """Import ``"package.module:qualname"`` or ``"package.module.function"`` (the longest
+    importable prefix is the module); TaskImportError says what could not be found."""
     try:
         return _resolve_cache[path]
     except KeyError:
         pass
     module_name, sep, qualname = path.partition(":")
-    if not sep or not module_name or not qualname:
-        raise TaskImportError(
-            f"task function {path!r} is not of the form 'package.module:qualname'"
-        )
+    not_found = None
+    if not sep and is_dotted_path(path):
+        module_name, qualname, not_found = _split_dotted(path)
+    elif not sep or not module_name or not qualname:
+        raise TaskImportError(f"task function {path!r} is not of the form {_FORMS}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -90,11 +136,39 @@ def resolve(path: str) -> Callable[..., Any]:
         try:
             obj = getattr(obj, part)
         except AttributeError:
+            also = f"no module named {not_found!r}, and " if not_found else ""
             raise TaskImportError(
-                f"module {module_name!r} has no attribute {qualname!r} (task {path!r})"
+                f"{also}module {module_name!r} has no attribute {qualname!r} (task {path!r})"
             ) from None
     func = _unwrap(obj)
     if not callable(func):
         raise TaskImportError(f"task {path!r} is not callable")
     _resolve_cache[path] = func
     return func  # type: ignore[no-any-return]
+
+
+def locate(path: str) -> tuple[str, Callable[..., Any] | None]:
+    """Where a task path given at enqueue points, as far as the producer can tell:
+    ``(the path to store, the callable)``.
+
+    A path the producer can import is stored as ``"module:qualname"`` (a dotted
+    ``"package.module.function"`` is rewritten to that form) and comes with its
+    callable. One it cannot import, for whatever reason, is stored as given with None:
+    the producer need not have the code, and the worker resolves it (or fails the task
+    saying why). Importing runs the module's top-level code here, once.
+    """
+    found = _locate_cache.get(path)
+    if found is not None:
+        return found
+    stored, func = path, None
+    try:
+        if ":" not in path:
+            module_name, qualname, _ = _split_dotted(path)
+            stored = f"{module_name}:{qualname}"
+        func = resolve(stored)
+    except Exception:
+        stored, func = path, None
+    if len(_locate_cache) >= _LOCATE_CACHE_SIZE:
+        _locate_cache.clear()
+    found = _locate_cache[path] = (stored, func)
+    return found

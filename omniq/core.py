@@ -471,18 +471,29 @@ class AsyncOmniQ:
 
     def _task_function(self, func: Callable[..., Any] | str) -> tuple[str, Any]:
         """The import path a task records, and the callable itself when it must travel
-        in the payload (it has no importable path)."""
+        in the payload (it has no importable path).
+
+        A string is a name registered with ``@oq.task``, ``"module:qualname"`` or
+        ``"package.module.function"``; a dotted path the producer can import is stored
+        as ``"module:qualname"``, one it cannot is stored as given (the worker resolves
+        it).
+        """
         if isinstance(func, str):
-            if ":" not in func and func not in self._registry:
-                raise ConfigError(
-                    f"task function {func!r}: expected 'package.module:qualname' or a "
-                    "name registered with @oq.task"
-                )
-            return func, None
+            if func in self._registry:
+                return func, None
+            if ":" in func or _callables.is_dotted_path(func):
+                return _callables.locate(func)[0], None
+            raise ConfigError(
+                f"task function {func!r}: expected 'package.module:qualname', "
+                "'package.module.function' or a name registered with @oq.task"
+            )
         if callable(func):
             found = _callables.callable_path(func)
             return (found, None) if found else (_callables.describe(func), func)
-        raise ConfigError(f"task function {func!r}: expected a callable or 'module:qualname'")
+        raise ConfigError(
+            f"task function {func!r}: expected a callable, 'module:qualname' or "
+            "'package.module.function'"
+        )
 
     def _call_payload(
         self, carried: Any, args: Sequence[Any], kwargs: dict[str, Any] | None
@@ -561,6 +572,10 @@ class AsyncOmniQ:
         seconds, a ``timedelta`` or a string like ``"30s"``, ``"5m"``, ``"2h"``; ``eta``
         is an aware ``datetime``. ``result_ttl`` keeps this task's result that long
         (default: the ``result_ttl`` setting).
+
+        ``func`` is a callable, ``"module:qualname"``, ``"package.module.function"`` or a
+        name registered with ``@oq.task``. A path this process cannot import is stored
+        as given; the worker resolves it.
 
         Submitting an id that already exists returns it unchanged. ``depends_on`` ids
         must exist (``TaskNotFoundError`` otherwise).

@@ -3,6 +3,9 @@ the forms users naturally pass (dotted paths, "30s", blocking components) are ac
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from omniq.errors import ConfigError, ResultTimeoutError
 from omniq.models import utcnow
 from tests.conformance import tasks
 from tests.conformance.conftest import MakeOQ
+from tests.conftest import unique_name
 
 WHEN = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -45,6 +49,47 @@ def test_the_blocking_client_takes_result_ttl(tmp_path: Path) -> None:
         oq.worker().run(burst=True)
         result = oq.get_result(task_id)
         assert result.expires_at == result.finished_at + timedelta(hours=1)
+
+
+# -- 3. "package.module.function" --------------------------------------------------------
+
+
+async def test_a_dotted_path_is_accepted_and_stored_as_module_colon_qualname(
+    oq: AsyncOmniQ,
+) -> None:
+    task_id = await oq.enqueue("tests.conformance.tasks.add", 2, 3)
+    method = await oq.enqueue("tests.conformance.tasks.Labels.label", "x")
+    assert (await oq.get_task(task_id)).func == "tests.conformance.tasks:add"
+    assert (await oq.get_task(method)).func == "tests.conformance.tasks:Labels.label"
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(task_id)).result == 5
+    assert (await oq.get_result(method)).result == "label x"
+
+
+@pytest.fixture
+def late_module(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A module name nobody can import yet, and the directory to create it in."""
+    name = unique_name("omniq_late_")
+    directory = tmp_path / "late"
+    directory.mkdir()
+    yield name, directory
+    sys.modules.pop(name, None)
+    if str(directory) in sys.path:
+        sys.path.remove(str(directory))
+
+
+async def test_a_dotted_path_the_producer_cannot_import_is_resolved_at_the_worker(
+    oq: AsyncOmniQ, late_module: tuple[str, Path]
+) -> None:
+    name, directory = late_module
+    task_id = await oq.enqueue(f"{name}.shout", "hi")
+    assert (await oq.get_task(task_id)).func == f"{name}.shout"  # stored as given
+    # The worker has the code the producer lacked.
+    (directory / f"{name}.py").write_text("def shout(text):\n    return text.upper()\n")
+    sys.path.insert(0, str(directory))
+    importlib.invalidate_caches()
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(task_id)).result == "HI"
 
 
 # -- 4. durations as strings -------------------------------------------------------------

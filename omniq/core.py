@@ -29,6 +29,7 @@ from omniq.errors import (
     SerializationError,
     StorageConnectionError,
     StorageError,
+    TaskArgumentError,
     TaskNotFoundError,
 )
 from omniq.events import AsyncEventLogger, AsyncEventProcessor
@@ -84,12 +85,27 @@ SUBMIT_OPTIONS = frozenset(
         "task_id",
     }
 )
+# Keyword arguments that, given to enqueue(), were meant for submit().
+_SUBMIT_WORDS = SUBMIT_OPTIONS | {"args", "kwargs"}
 
 
 def _seconds(value: Seconds | None, name: str) -> float | None:
     if value is None:
         return None
     return parse_duration(value, field=f"argument {name}")
+
+
+def _argument_error(spec: _callables.ArgSpec, problem: tuple[str, str | None]) -> TaskArgumentError:
+    """The error for a call ``spec`` refuses, with a hint when the keyword at fault is
+    one of submit's options (``enqueue(send, "hi", eta=...)``)."""
+    message, keyword = problem
+    text = f"task {spec.name}() {message}"
+    if keyword in _SUBMIT_WORDS:
+        text += (
+            f"; did you mean submit(..., {keyword}=...)? enqueue() and .delay() pass every "
+            "keyword argument to the task; options go through submit()"
+        )
+    return TaskArgumentError(text)
 
 
 def _check_option_names(where: str, options: Iterable[str], allowed: frozenset[str]) -> None:
@@ -429,8 +445,12 @@ class AsyncOmniQ:
         result_ttl: Seconds | None = None,
     ) -> Task:
         settings = self.settings
-        path, carried = self._task_function(func)
+        path, carried, spec = self._task_function(func)
         payload = self._call_payload(carried, args, kwargs)
+        if spec is not None:
+            problem = spec.problem(args, kwargs)
+            if problem is not None:
+                raise _argument_error(spec, problem)
         if eta is not None:
             if not isinstance(eta, datetime) or eta.tzinfo is None:
                 raise ConfigError(f"argument eta={eta!r}: expected an aware datetime")
@@ -469,27 +489,33 @@ class AsyncOmniQ:
             created_at=now,
         )
 
-    def _task_function(self, func: Callable[..., Any] | str) -> tuple[str, Any]:
-        """The import path a task records, and the callable itself when it must travel
-        in the payload (it has no importable path).
+    def _task_function(
+        self, func: Callable[..., Any] | str
+    ) -> tuple[str, Any, _callables.ArgSpec | None]:
+        """The import path a task records, the callable itself when it must travel in
+        the payload (it has no importable path), and the signature its arguments are
+        checked against (None: unknown here, or not inspectable; not checked).
 
         A string is a name registered with ``@oq.task``, ``"module:qualname"`` or
-        ``"package.module.function"``; a dotted path the producer can import is stored
-        as ``"module:qualname"``, one it cannot is stored as given (the worker resolves
-        it).
+        ``"package.module.function"``; one the producer can import is checked and
+        stored as ``"module:qualname"``, one it cannot is stored as given (the worker
+        resolves it).
         """
         if isinstance(func, str):
-            if func in self._registry:
-                return func, None
+            registered = self._registry.get(func)
+            if registered is not None:
+                return func, None, _callables.arg_spec(registered)
             if ":" in func or _callables.is_dotted_path(func):
-                return _callables.locate(func)[0], None
+                stored, target = _callables.locate(func)
+                return stored, None, None if target is None else _callables.arg_spec(target)
             raise ConfigError(
                 f"task function {func!r}: expected 'package.module:qualname', "
                 "'package.module.function' or a name registered with @oq.task"
             )
         if callable(func):
             found = _callables.callable_path(func)
-            return (found, None) if found else (_callables.describe(func), func)
+            spec = _callables.arg_spec(func)
+            return (found, None, spec) if found else (_callables.describe(func), func, spec)
         raise ConfigError(
             f"task function {func!r}: expected a callable, 'module:qualname' or "
             "'package.module.function'"
@@ -574,8 +600,11 @@ class AsyncOmniQ:
         (default: the ``result_ttl`` setting).
 
         ``func`` is a callable, ``"module:qualname"``, ``"package.module.function"`` or a
-        name registered with ``@oq.task``. A path this process cannot import is stored
-        as given; the worker resolves it.
+        name registered with ``@oq.task``. When the function is known here (a callable,
+        a registered name, a path this process can import), the arguments are checked
+        against its signature: ``TaskArgumentError`` (a ``ConfigError`` and a
+        ``TypeError``) names the one that does not fit. A path this process cannot
+        import is stored unchecked; the worker resolves it.
 
         Submitting an id that already exists returns it unchanged. ``depends_on`` ids
         must exist (``TaskNotFoundError`` otherwise).
@@ -626,7 +655,16 @@ class AsyncOmniQ:
         return task.id
 
     async def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id."""
+        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id.
+
+        Every keyword argument goes to the task: options (``eta``, ``timeout``,
+        ``max_retries``…) go through :meth:`submit`. Arguments the function cannot take
+        raise ``TaskArgumentError`` here (see :meth:`submit`)::
+
+            await oq.enqueue(send, "hi", eta=when)     # TaskArgumentError: ... did you
+                                                       # mean submit(..., eta=...)?
+            await oq.submit(send, ("hi",), eta=when)   # what was meant
+        """
         return await self.submit(func, args, kwargs)
 
     async def enqueue_many(
@@ -634,7 +672,8 @@ class AsyncOmniQ:
     ) -> list[str]:
         """One task per argument tuple in ``args_list``, in as few round trips as possible.
 
-        ``options`` are :meth:`submit`'s, but ``task_id`` and ``depends_on``.
+        ``options`` are :meth:`submit`'s, but ``task_id`` and ``depends_on``. Each tuple
+        is checked against the function's signature as in :meth:`submit`.
         """
         if not self._connected:
             await self.connect()
@@ -649,7 +688,7 @@ class AsyncOmniQ:
         # Options are checked once; the other tasks differ from the first only in id and
         # arguments.
         proto = self._build_task(func, first, None, now=now, **options)
-        _, carried = self._task_function(func)
+        _, carried, spec = self._task_function(func)
         replace = msgspec.structs.replace
         payload = self._call_payload
         rest = list(calls)
@@ -658,6 +697,15 @@ class AsyncOmniQ:
             replace(proto, id=task_id, payload=payload(carried, args, None))
             for task_id, args in zip(new_task_ids(len(rest)), rest, strict=True)
         ]
+        if spec is not None:
+            # Without keyword arguments only the count can differ: one check per count.
+            arities = {len(first)}
+            for args in rest:
+                if len(args) not in arities:
+                    problem = spec.problem(args, None)
+                    if problem is not None:
+                        raise _argument_error(spec, problem)
+                    arities.add(len(args))
         return await self._store_new(tasks, now)
 
     # -- reading -----------------------------------------------------------------------

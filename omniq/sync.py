@@ -163,7 +163,7 @@ class OmniQ:
         """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
 
         As :meth:`AsyncOmniQ.submit`: durations take seconds, a ``timedelta`` or
-        ``"30s"``.
+        ``"30s"``; arguments the function cannot take raise ``TaskArgumentError``.
         """
         return self._runner.run(
             self._async.submit(
@@ -185,7 +185,12 @@ class OmniQ:
         )
 
     def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id."""
+        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id.
+
+        Every keyword argument goes to the task; options go through :meth:`submit`
+        (``enqueue(send, "hi", eta=when)`` raises ``TaskArgumentError`` unless ``send``
+        takes ``eta``).
+        """
         return self._runner.run(self._async.enqueue(func, *args, **kwargs))
 
     def enqueue_many(

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from omniq import AsyncOmniQ, OmniQ, TaskStatus
-from omniq.errors import ConfigError, ResultTimeoutError
+from omniq.errors import ConfigError, ResultTimeoutError, TaskArgumentError
 from omniq.models import utcnow
 from tests.conformance import tasks
 from tests.conformance.conftest import MakeOQ
@@ -23,6 +24,97 @@ WHEN = datetime(2030, 1, 1, tzinfo=UTC)
 
 async def assert_nothing_stored(oq: AsyncOmniQ) -> None:
     assert await oq.list_tasks() == []
+
+
+# -- 1. arguments are checked against the function at enqueue ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("eta", WHEN), ("max_retries", 3), ("timeout", 10), ("args", (1, 2)), ("queue", "io")],
+)
+async def test_enqueue_refuses_a_submit_option_passed_as_a_task_argument(
+    oq: AsyncOmniQ, option: str, value: Any
+) -> None:
+    with pytest.raises(TaskArgumentError) as caught:
+        await oq.enqueue(tasks.record, "hi", **{option: value})
+    message = str(caught.value)
+    assert f"unexpected keyword argument '{option}'" in message
+    assert f"did you mean submit(..., {option}=...)?" in message
+    # Caught as a configuration mistake and as the TypeError the same call would raise.
+    assert isinstance(caught.value, ConfigError)
+    assert isinstance(caught.value, TypeError)
+    await assert_nothing_stored(oq)
+
+
+async def test_every_way_in_checks_the_arguments(oq: AsyncOmniQ) -> None:
+    @oq.task
+    def greet(name: str) -> str:
+        return f"hello {name}"
+
+    # Calls made only when awaited: a coroutine never awaited would warn in a later test.
+    attempts: list[Callable[[], Awaitable[Any]]] = [
+        lambda: oq.enqueue(tasks.add, 1),  # missing b
+        lambda: oq.enqueue(tasks.add, 1, 2, 3),  # one too many
+        lambda: oq.submit(tasks.add, (1, 2), {"c": 3}),
+        lambda: oq.submit(tasks.add, (1,), {"a": 1}),  # a twice
+        lambda: oq.enqueue("tests.conformance.tasks:add", 1, 2, eta=WHEN),  # importable path
+        lambda: oq.enqueue("tests.conformance.tasks.add", 1),  # a dotted path
+        lambda: oq.enqueue_many(tasks.add, [(1, 2), (3, 4), (5,)]),  # the odd one out
+        lambda: oq.schedule(tasks.add, (1,), interval=60),
+        lambda: greet.delay("ada", timeout=3),
+        lambda: greet.submit(("ada", "lovelace")),
+    ]
+    for attempt in attempts:
+        with pytest.raises(TaskArgumentError):
+            await attempt()
+    with pytest.raises(TaskArgumentError, match=r"task add\(\) missing required argument: 'b'"):
+        await oq.enqueue(tasks.add, 1)
+    with pytest.raises(TaskArgumentError, match="takes 2 positional arguments but 3 were given"):
+        await oq.enqueue_many(tasks.add, [(1, 2), (3, 4, 5)])
+    with pytest.raises(TaskArgumentError, match="did you mean submit"):
+        await greet.delay("ada", timeout=3)
+    await assert_nothing_stored(oq)
+    assert await oq.list_schedules() == []
+
+
+async def test_calls_that_bind_still_run(oq: AsyncOmniQ) -> None:
+    class Greeter:
+        def __init__(self, greeting: str) -> None:
+            self.greeting = greeting
+
+        def greet(self, name: str, *, punctuation: str = "!") -> str:
+            return f"{self.greeting} {name}{punctuation}"
+
+    ids = [
+        # A function taking **kwargs takes any keyword, options' names included.
+        await oq.enqueue(tasks.echo, 1, eta="soon", timeout=3),
+        await oq.submit(tasks.add, (), {"a": 1, "b": 2}),
+        # Builtins without a readable signature pass unchecked.
+        await oq.enqueue(max, 3, 7),
+        # A bound method: its self is given already.
+        await oq.enqueue(Greeter("hi").greet, "ada", punctuation="?"),
+        await oq.enqueue(lambda *numbers: sum(numbers), 1, 2, 3),
+    ]
+    ids += await oq.enqueue_many(tasks.echo, [(), (1,), (1, 2, 3)])
+    await oq.worker().run(burst=True)
+    results = [await oq.get_result(task_id) for task_id in ids]
+    assert [r.status for r in results] == [TaskStatus.COMPLETE] * len(ids)
+    assert results[0].result == ((1,), {"eta": "soon", "timeout": 3})
+    assert [r.result for r in results[1:5]] == [3, 7, "hi ada?", 6]
+
+
+async def test_a_path_the_producer_cannot_import_is_stored_unchecked(oq: AsyncOmniQ) -> None:
+    # SPEC §2: the producer need not have the code; the worker says what is missing.
+    colon = await oq.enqueue("tests.conformance.nowhere:add", 1, 2, eta=WHEN)
+    dotted = await oq.enqueue("tests.conformance.nowhere.add", 1, 2, 3)
+    assert (await oq.get_task(dotted)).func == "tests.conformance.nowhere.add"
+    await oq.worker().run(burst=True)
+    for task_id in (colon, dotted):
+        result = await oq.get_result(task_id)
+        assert result.status is TaskStatus.FAILED
+        assert result.error.type == "omniq.errors.TaskImportError"
+        assert "tests.conformance.nowhere" in result.error.message
 
 
 # -- 2. result_ttl is a submit option ----------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from omniq import AsyncOmniQ, OmniQ, Retry
-from omniq.errors import ConfigError
+from omniq.errors import ConfigError, OmniQError
 from tests.conformance import tasks
 
 # -- @oq.task options are checked when decorating ------------------------------------------
@@ -86,3 +86,11 @@ def test_blocking_pool_stop_takes_a_duration_string(tmp_path: Path) -> None:
         pool.start()
         assert oq.get_result(task_id, wait=True, timeout="10s").result == 3
         pool.stop(timeout="2s")
+
+
+def test_errors_stay_under_the_root() -> None:
+    from omniq.errors import TaskArgumentError
+
+    assert issubclass(TaskArgumentError, ConfigError)
+    assert issubclass(TaskArgumentError, TypeError)
+    assert issubclass(TaskArgumentError, OmniQError)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 import msgspec
 
-from omniq import _callables, _fork
+from omniq import _callables, _fork, _sync
 from omniq._ids import new_task_id, new_task_ids
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
@@ -88,6 +88,12 @@ SUBMIT_OPTIONS = frozenset(
 # Keyword arguments that, given to enqueue(), were meant for submit().
 _SUBMIT_WORDS = SUBMIT_OPTIONS | {"args", "kwargs"}
 
+_KINDS: dict[Component, type[BaseStorage]] = {
+    "task_queue": BaseTaskQueue,
+    "result_storage": BaseResultStorage,
+    "event_storage": BaseEventStorage,
+}
+
 
 def _seconds(value: Seconds | None, name: str) -> float | None:
     if value is None:
@@ -120,8 +126,55 @@ def _check_option_names(where: str, options: Iterable[str], allowed: frozenset[s
     )
 
 
+def _component(component: Component, spec: Any) -> Any:
+    """A storage argument checked at construction: a URL, None, False (events only) or
+    a storage instance of the right kind; a blocking twin (``SQLiteQueue``) stands for
+    the async instance it drives."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    if spec is False:
+        if component == "event_storage":
+            return spec
+        raise ConfigError(f"argument {component}=False: only event_storage can be off")
+    inner = _sync.twin_target(spec)
+    if inner is not None:
+        if _sync.twin_in_use(spec):
+            # Its connections belong to its own loop; this client runs another.
+            raise ConfigError(
+                f"argument {component}={spec!r}: this {type(spec).__name__} is open on its "
+                "own event loop; pass it unconnected (the client connects and closes it), "
+                "or close it first"
+            )
+        spec = inner
+    kind = _KINDS[component]
+    if isinstance(spec, kind):
+        return spec
+    fits = [name for name, other in _KINDS.items() if isinstance(spec, other)]
+    hint = f"; pass it as {fits[0]}=..." if fits else ""
+    raise ConfigError(
+        f"argument {component}={spec!r}: expected a URL, a {kind.__name__} instance "
+        f"(async or blocking) or None{hint}"
+    )
+
+
 def _options_probe() -> None:
     """A stand-in task function: ``@oq.task`` builds one task of it to check its options."""
+
+
+def _misplaced_settings(value: object) -> ConfigError:
+    """The error for a first positional argument that is not a ``Settings``."""
+    target = _sync.twin_target(value)
+    fits = [name for name, kind in _KINDS.items() if isinstance(target or value, kind)]
+    if fits:
+        hint = f"a storage goes by keyword: pass it as {fits[0]}=..."
+    elif isinstance(value, str):
+        hint = (
+            "a URL goes by keyword: pass it as task_queue=..., result_storage=... "
+            "or event_storage=..."
+        )
+    else:
+        hint = "expected a Settings (or None); Settings fields can also be passed as keywords"
+    return ConfigError(f"argument settings={value!r}: {hint}")
 
 
 def _enqueued_events(task: Task, now: datetime, task_id: str | None = None) -> list[TaskEvent]:
@@ -196,9 +249,11 @@ class AsyncOmniQ:
             async with oq.worker(concurrency=8):
                 result = await oq.get_result(task_id, wait=True, timeout=10)
 
-    Each storage argument is a URL, a storage instance, or None (from settings);
+    Each storage argument is a URL, a storage instance (async, or its blocking twin
+    such as ``SQLiteQueue``, passed unconnected), or None (from settings);
     ``event_storage=False`` switches events off. ``overrides`` are ``Settings`` fields.
-    Constructing an instance never touches storage: ``connect()`` (or first use) does.
+    Arguments of the wrong kind raise ``ConfigError`` here. Constructing an instance
+    never touches storage: ``connect()`` (or first use) does.
     """
 
     def __init__(
@@ -210,15 +265,17 @@ class AsyncOmniQ:
         event_storage: str | BaseEventStorage | Literal[False] | None = None,
         **overrides: Any,
     ) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            raise _misplaced_settings(settings)
         if settings is None:
             settings = Settings.load(**overrides)
         elif overrides:
             settings = settings.replace(**overrides)
         self.settings = settings
         self._specs: dict[Component, Any] = {
-            "task_queue": task_queue,
-            "result_storage": result_storage,
-            "event_storage": event_storage,
+            "task_queue": _component("task_queue", task_queue),
+            "result_storage": _component("result_storage", result_storage),
+            "event_storage": _component("event_storage", event_storage),
         }
         self.serializer = SerializationManager(
             mode=settings.serializer, secret_key=settings.secret_key

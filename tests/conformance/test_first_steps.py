@@ -222,3 +222,65 @@ async def test_a_bad_duration_names_the_argument_and_the_forms(oq: AsyncOmniQ, o
     with pytest.raises(ConfigError, match=rf"argument {option}='5 minutes': .*'30s', '5m'"):
         await oq.submit(tasks.add, (1, 2), **{option: "5 minutes"})
     await assert_nothing_stored(oq)
+
+
+# -- 5. blocking components for the blocking client ----------------------------------------
+
+
+def blocking_components(backend_name: str, url: str, namespace: str) -> dict[str, Any]:
+    """The blocking twins of the backend under test, each built on its own from a URL."""
+    if backend_name == "sqlite":
+        from omniq.storage import sqlite as module
+
+        prefix, args, options = "SQLite", (url.removeprefix("sqlite:///"),), {}
+    elif backend_name in ("file", "memory"):
+        from omniq.storage import file as module  # type: ignore[no-redef]
+
+        prefix, args, options = "File", (url,), {}
+    elif backend_name == "redis":
+        from omniq.storage import redis as module  # type: ignore[no-redef]
+
+        prefix, args, options = "Redis", (url,), {"namespace": namespace}
+    else:
+        from omniq.storage import postgres as module  # type: ignore[no-redef]
+
+        prefix, args, options = "Postgres", (url,), {"namespace": namespace}
+    kinds = {
+        "task_queue": "Queue",
+        "result_storage": "ResultStorage",
+        "event_storage": "EventStorage",
+    }
+    return {
+        keyword: getattr(module, prefix + kind)(*args, **options) for keyword, kind in kinds.items()
+    }
+
+
+def test_the_blocking_client_takes_blocking_components(
+    backend_name: str, store_url: str, namespace: str, make_oq: MakeOQ
+) -> None:
+    # make_oq: only for its clean-up of the namespace on Redis and PostgreSQL.
+    components = blocking_components(backend_name, store_url, namespace)
+    with OmniQ(**components) as oq:
+        task_id = oq.enqueue(tasks.add, 2, 3)
+        oq.worker().run(burst=True)
+        assert oq.get_result(task_id).result == 5
+        assert [e.event_type.value for e in oq.get_events(task_id)] == [
+            "enqueued",
+            "executing",
+            "complete",
+        ]
+
+
+async def test_the_async_client_takes_blocking_components_too(
+    backend_name: str, store_url: str, namespace: str, make_oq: MakeOQ
+) -> None:
+    components = blocking_components(backend_name, store_url, namespace)
+    async with AsyncOmniQ(**components) as oq:
+        task_id = await oq.enqueue(tasks.add, 2, 3)
+        await oq.worker().run(burst=True)
+        assert (await oq.get_result(task_id)).result == 5
+
+
+def test_storage_urls_reach_a_blocking_client_by_keyword_only(store_url: str) -> None:
+    with pytest.raises(ConfigError, match=r"pass it as task_queue=\.\.\."):
+        OmniQ(store_url)  # type: ignore[arg-type]

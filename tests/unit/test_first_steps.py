@@ -12,6 +12,12 @@ import pytest
 
 from omniq import AsyncOmniQ, OmniQ, Retry
 from omniq.errors import ConfigError, OmniQError
+from omniq.storage.sqlite import (
+    AsyncSQLiteQueue,
+    SQLiteEventStorage,
+    SQLiteQueue,
+    SQLiteResultStorage,
+)
 from tests.conformance import tasks
 
 # -- @oq.task options are checked when decorating ------------------------------------------
@@ -86,6 +92,52 @@ def test_blocking_pool_stop_takes_a_duration_string(tmp_path: Path) -> None:
         pool.start()
         assert oq.get_result(task_id, wait=True, timeout="10s").result == 3
         pool.stop(timeout="2s")
+
+
+# -- storage arguments are checked by the constructor ---------------------------------------
+
+
+@pytest.mark.parametrize("client", [AsyncOmniQ, OmniQ])
+def test_a_storage_passed_where_settings_go_says_which_keyword(
+    client: type[Any], tmp_path: Path
+) -> None:
+    cases = [
+        (SQLiteQueue(str(tmp_path / "q.db")), "task_queue"),
+        (AsyncSQLiteQueue(str(tmp_path / "q.db")), "task_queue"),
+        (SQLiteResultStorage(str(tmp_path / "q.db")), "result_storage"),
+        (SQLiteEventStorage(str(tmp_path / "q.db")), "event_storage"),
+    ]
+    for storage, keyword in cases:
+        with pytest.raises(ConfigError, match=rf"pass it as {keyword}=\.\.\."):
+            client(storage)
+    with pytest.raises(ConfigError, match="expected a Settings"):
+        client({"max_workers": 4})
+
+
+@pytest.mark.parametrize("client", [AsyncOmniQ, OmniQ])
+def test_a_wrong_storage_argument_fails_at_construction(client: type[Any], tmp_path: Path) -> None:
+    results = SQLiteResultStorage(str(tmp_path / "r.db"))
+    with pytest.raises(ConfigError, match=r"expected .*BaseTaskQueue.*pass it as result_storage="):
+        client(task_queue=results, base_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="argument event_storage=42: expected a URL"):
+        client(event_storage=42, base_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="only event_storage can be off"):
+        client(result_storage=False, base_dir=str(tmp_path))
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_a_blocking_component_open_on_its_own_loop_is_refused_until_closed(
+    tmp_path: Path,
+) -> None:
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.connect()
+    with pytest.raises(ConfigError, match="open on its own event loop"):
+        OmniQ(task_queue=queue, base_dir=str(tmp_path))
+    queue.close()
+    with OmniQ(task_queue=queue, base_dir=str(tmp_path)) as oq:
+        task_id = oq.enqueue(tasks.add, 1, 2)
+        oq.worker().run(burst=True)
+        assert oq.get_result(task_id).result == 3
 
 
 def test_errors_stay_under_the_root() -> None:

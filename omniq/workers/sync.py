@@ -54,6 +54,11 @@ class WorkerPool:
         """Process tasks until stopped (or, with ``burst``, until nothing is left)."""
         self._runner.run(self._async.run(burst=burst))
 
+    def process_tasks(self, limit: int | None = None) -> int:
+        """Run at most ``limit`` tasks that are due now (every one with None), wait for
+        them, and return how many were run (see :meth:`AsyncWorkerPool.process_tasks`)."""
+        return self._runner.run(self._async.process_tasks(limit))
+
     def start(self) -> None:
         """Run the pool in the background (on the client's loop thread); returns at once."""
         self._runner.run(self._async.start())

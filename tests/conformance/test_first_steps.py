@@ -284,3 +284,29 @@ async def test_the_async_client_takes_blocking_components_too(
 def test_storage_urls_reach_a_blocking_client_by_keyword_only(store_url: str) -> None:
     with pytest.raises(ConfigError, match=r"pass it as task_queue=\.\.\."):
         OmniQ(store_url)  # type: ignore[arg-type]
+
+
+# -- 6. process_tasks(limit) -------------------------------------------------------------
+
+
+async def test_process_tasks_runs_at_most_limit_tasks_due_now(oq: AsyncOmniQ) -> None:
+    ids = await oq.enqueue_many(tasks.add, [(i, i) for i in range(7)])
+    later = await oq.submit(tasks.add, (1, 1), delay=60)
+    pool = oq.worker(concurrency=4)
+    assert await pool.process_tasks(limit=3) == 3
+    assert (await oq.stats())["default"].get("complete") == 3
+    assert await pool.process_tasks(limit=0) == 0
+    assert await pool.process_tasks(limit=10) == 4  # the delayed one is not due
+    assert await pool.process_tasks() == 0
+    assert [(await oq.get_result(i)).result for i in ids] == [2 * i for i in range(7)]
+    assert (await oq.get_task(later)).status is TaskStatus.SCHEDULED
+    with pytest.raises(ConfigError, match="limit"):
+        await pool.process_tasks(limit=-1)
+
+
+def test_the_blocking_pool_processes_tasks_in_slices(tmp_path: Path) -> None:
+    with OmniQ(base_dir=str(tmp_path)) as oq:
+        ids = oq.enqueue_many(tasks.add, [(i, 1) for i in range(5)])
+        pool = oq.worker(concurrency=2)
+        assert [pool.process_tasks(limit=2) for _ in range(4)] == [2, 2, 1, 0]
+        assert [oq.get_result(i).result for i in ids] == [1, 2, 3, 4, 5]

@@ -4,13 +4,15 @@ gevent task that overruns its timeout without yielding."""
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from omniq import AsyncOmniQ, OmniQ, Retry
+from omniq import AsyncOmniQ, OmniQ, Retry, TaskStatus
 from omniq.errors import ConfigError, OmniQError
 from omniq.storage.sqlite import (
     AsyncSQLiteQueue,
@@ -19,6 +21,15 @@ from omniq.storage.sqlite import (
     SQLiteResultStorage,
 )
 from tests.conformance import tasks
+
+
+def spin(seconds: float) -> str:
+    """CPU-bound: never yields to gevent."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "spun"
+
 
 # -- @oq.task options are checked when decorating ------------------------------------------
 
@@ -138,6 +149,27 @@ def test_a_blocking_component_open_on_its_own_loop_is_refused_until_closed(
         task_id = oq.enqueue(tasks.add, 1, 2)
         oq.worker().run(burst=True)
         assert oq.get_result(task_id).result == 3
+
+
+# -- a gevent task that overruns its timeout without yielding --------------------------------
+
+
+async def test_gevent_task_overrunning_its_timeout_without_yielding_logs_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="omniq")
+    async with AsyncOmniQ(base_dir=str(tmp_path), event_storage=False) as oq:
+        task_id = await oq.submit(spin, (3.0,), timeout=0.3)
+        await oq.worker(worker_type="gevent", concurrency=4).run(burst=True)
+        result = await oq.get_result(task_id)
+    assert result.status is TaskStatus.FAILED
+    assert result.error.type == "omniq.errors.TaskTimeoutError"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and task_id in r.message]
+    assert len(warnings) == 1, caplog.text
+    message = warnings[0].getMessage()
+    assert "did not yield to gevent" in message
+    assert "every other task of this gevent worker is stalled" in message
+    assert "process worker" in message
 
 
 def test_errors_stay_under_the_root() -> None:

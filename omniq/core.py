@@ -430,7 +430,11 @@ class AsyncOmniQ:
 
     async def close(self) -> None:
         """Stop this client's running worker pools (gracefully, as ``pool.stop()``),
-        flush events and release the storages. Safe to call twice."""
+        flush events and release the storages. Safe to call twice.
+
+        Closing is not final: a later call on this client connects again, with the same
+        settings and storages (and needs ``close()`` again to release them).
+        """
         if not self._connected:
             return
         for pool in list(self._pools):
@@ -663,8 +667,10 @@ class AsyncOmniQ:
         ``TypeError``) names the one that does not fit. A path this process cannot
         import is stored unchecked; the worker resolves it.
 
-        Submitting an id that already exists returns it unchanged. ``depends_on`` ids
-        must exist (``TaskNotFoundError`` otherwise).
+        Idempotent on ``task_id``: submitting an id that already exists returns it and
+        changes nothing: the first task's function, arguments and options stay, and the
+        new ones are dropped without an error (whatever state the first task is in).
+        ``depends_on`` ids must exist (``TaskNotFoundError`` otherwise).
 
         Example::
 
@@ -1133,6 +1139,26 @@ class AsyncOmniQ:
         """A worker pool over this client's storages (not started).
 
         ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"``.
+        ``queues``: a name, a list of names or ``"a,b"``; None is the ``default_queue``
+        setting.
+
+        Several queues are served as one, not in the order listed: on every backend a
+        claim takes, across all of them, the tasks of higher ``priority`` first, then
+        the earlier due time (a task not delayed is due when enqueued), then the earlier
+        enqueued. So ``queues=["high", "low"]`` runs an older ``low`` task before a newer
+        ``high`` one of the same priority. To favour a queue, give its tasks a higher
+        ``priority`` or run a worker of its own for it.
+
+        A ``"gevent"`` worker runs its tasks as greenlets of one thread: a task that
+        computes without yielding (CPU-bound, or blocked in a call gevent does not
+        patch) holds up every other task of that worker until it returns, even past its
+        timeout, which is reported (with a WARNING in the log) but cannot stop it. Run
+        CPU-bound work in ``"process"`` workers.
+
+        Example::
+
+            async with oq.worker(queues=["mail", "default"], concurrency=16):
+                ...
         """
         from omniq.workers.pool import AsyncWorkerPool
 

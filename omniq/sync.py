@@ -128,7 +128,11 @@ class OmniQ:
         self._runner.run(self._async.connect())
 
     def close(self) -> None:
-        """Flush events, release the storages and stop the private loop."""
+        """Flush events, release the storages and stop the private loop.
+
+        Closing is not final: a later call on this client starts a new loop and connects
+        again (and needs ``close()`` again to release them).
+        """
         self._left_open.detach()
         try:
             self._runner.run(self._async.close())
@@ -163,7 +167,8 @@ class OmniQ:
         """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
 
         As :meth:`AsyncOmniQ.submit`: durations take seconds, a ``timedelta`` or
-        ``"30s"``; arguments the function cannot take raise ``TaskArgumentError``.
+        ``"30s"``; arguments the function cannot take raise ``TaskArgumentError``; an
+        existing ``task_id`` returns that id and keeps the first task as it is.
         """
         return self._runner.run(
             self._async.submit(
@@ -317,7 +322,13 @@ class OmniQ:
         concurrency: int | None = None,
         queues: Sequence[str] | str | None = None,
     ) -> WorkerPool:
-        """A blocking worker pool over this client's storages (not started)."""
+        """A blocking worker pool over this client's storages (not started).
+
+        As :meth:`AsyncOmniQ.worker`: several ``queues`` are served in one order (by
+        priority, then due time, then enqueue order), not in the order listed; a
+        ``"gevent"`` task that never yields holds up its whole worker, even past its
+        timeout.
+        """
         pool = self._async.worker(worker_type=worker_type, concurrency=concurrency, queues=queues)
         return WorkerPool(pool, self._runner)
 

@@ -16,7 +16,7 @@ from omniq import AsyncOmniQ, OmniQ, TaskStatus
 from omniq.errors import ConfigError, ResultTimeoutError, TaskArgumentError
 from omniq.models import utcnow
 from tests.conformance import tasks
-from tests.conformance.conftest import MakeOQ
+from tests.conformance.conftest import MakeOQ, task_marker
 from tests.conftest import unique_name
 
 WHEN = datetime(2030, 1, 1, tzinfo=UTC)
@@ -310,3 +310,33 @@ def test_the_blocking_pool_processes_tasks_in_slices(tmp_path: Path) -> None:
         pool = oq.worker(concurrency=2)
         assert [pool.process_tasks(limit=2) for _ in range(4)] == [2, 2, 1, 0]
         assert [oq.get_result(i).result for i in ids] == [1, 2, 3, 4, 5]
+
+
+# -- 7. documented behaviour -------------------------------------------------------------
+
+
+async def test_a_closed_client_reconnects_on_its_next_call(oq: AsyncOmniQ) -> None:
+    task_id = await oq.enqueue(tasks.add, 1, 2)
+    await oq.close()
+    assert (await oq.get_task(task_id)).status is TaskStatus.PENDING  # connected again
+    await oq.worker().run(burst=True)
+    assert (await oq.get_result(task_id)).result == 3
+
+
+# -- 8. several queues: one order across them, not the list's --------------------------------
+
+
+async def test_a_worker_of_several_queues_takes_priority_then_age_not_the_list_order(
+    oq: AsyncOmniQ,
+) -> None:
+    label = task_marker()
+    for name, queue, priority in [
+        ("low-old", "low", 0),
+        ("high-new", "high", 0),
+        ("low-urgent", "low", 5),
+        ("high-newest", "high", 0),
+    ]:
+        await oq.submit(tasks.record, (f"{label}-{name}",), queue=queue, priority=priority)
+    await oq.worker(queues=["high", "low"], concurrency=1).run(burst=True)
+    order = [value.removeprefix(f"{label}-") for _, value in tasks.CALLS if value.startswith(label)]
+    assert order == ["low-urgent", "low-old", "high-new", "high-newest"]

@@ -22,7 +22,14 @@ from typing import Any, TypeVar
 from omniq import _fork
 from omniq.errors import SyncInAsyncError
 
-__all__ = ["LoopThread", "ensure_not_in_loop", "may_wait", "sync_twin"]
+__all__ = [
+    "LoopThread",
+    "ensure_not_in_loop",
+    "may_wait",
+    "sync_twin",
+    "twin_in_use",
+    "twin_target",
+]
 
 T = TypeVar("T")
 
@@ -371,3 +378,20 @@ def sync_twin(async_cls: type, name: str) -> type:
         close_and_stop.__doc__ = close.__doc__
         namespace["close"] = close_and_stop
     return type(name, (), namespace)
+
+
+def twin_target(obj: object) -> Any | None:
+    """The async instance a blocking twin made by :func:`sync_twin` drives, or None
+    when ``obj`` is no such twin (a client given ``SQLiteQueue(...)`` uses this)."""
+    async_cls = getattr(type(obj), "async_class", None)
+    inner = getattr(obj, "__dict__", {}).get("_async")
+    if isinstance(async_cls, type) and isinstance(inner, async_cls):
+        return inner
+    return None
+
+
+def twin_in_use(obj: Any) -> bool:
+    """True while a twin's own loop is open (it was used and not closed): whatever it
+    connected belongs to that loop."""
+    loop = obj._runner._loop
+    return loop is not None and not loop.is_closed()

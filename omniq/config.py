@@ -35,6 +35,7 @@ from omniq.errors import ConfigError
 __all__ = [
     "LOG_LEVELS",
     "ConfigProvider",
+    "Duration",
     "EnvConfig",
     "LoggingConfig",
     "Settings",
@@ -54,6 +55,8 @@ _OTHER_PREFIXES = ("OMNIQ_TEST_", "OMNIQ_BENCH_")
 _warned_variables: set[str] = set()
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+#: A duration argument: seconds, a ``timedelta``, or a string like ``"30s"`` or ``"5m"``.
+Duration = float | int | timedelta | str
 StorageComponent = Literal["task_queue", "result_storage", "event_storage"]
 _COMPONENTS: tuple[str, ...] = ("task_queue", "result_storage", "event_storage")
 _TYPES: tuple[str, ...] = tuple(f"{component}_type" for component in _COMPONENTS)
@@ -242,14 +245,19 @@ def _unknown(source: str, key: object) -> ConfigError:
     return ConfigError(f"{_label(source, str(key))}: unknown setting{hint}")
 
 
-def parse_duration(value: str | float | timedelta, *, field: str) -> float:
+def parse_duration(value: Duration, *, field: str) -> float:
     """Seconds in ``value``: a number, ``timedelta`` or a string like ``"30s"`` or ``"1.5h"``.
 
     >>> parse_duration("5m", field="lease_seconds")
     300.0
 
     Raises ConfigError naming ``field`` for anything else (negative values included).
+    The one parser of durations: settings, and every duration argument of the API.
     """
+    # Most duration arguments are plain numbers: the enqueue path pays no more. (A NaN,
+    # an infinity or an int too large for a float goes the long way, and is refused.)
+    if (type(value) is int or type(value) is float) and 0 <= value < 1e300:
+        return float(value)
     try:
         return float(_check("duration", False, value, False))
     except _Invalid:

@@ -8,6 +8,7 @@ public API of SPEC §2 on top of the storage primitives of ``omniq.storage.base`
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 import msgspec
 
-from omniq import _callables, _fork
+from omniq import _callables, _fork, _sync
 from omniq._ids import new_task_id, new_task_ids
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
-from omniq.config import LoggingConfig, Settings
+from omniq.config import Duration, LoggingConfig, Settings, parse_duration
 from omniq.decisions import (
     CANCELLED,
     cancelled_result,
@@ -36,6 +37,7 @@ from omniq.errors import (
     SerializationError,
     StorageConnectionError,
     StorageError,
+    TaskArgumentError,
     TaskNotFoundError,
 )
 from omniq.events import AsyncEventLogger, AsyncEventProcessor
@@ -51,7 +53,6 @@ from omniq.models import (
     TaskStatus,
     utcnow,
 )
-from omniq.retry import to_seconds
 from omniq.serialization import SerializationManager
 from omniq.storage.base import (
     BaseEventStorage,
@@ -71,23 +72,120 @@ logger = logging.getLogger("omniq")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Seconds = float | int | timedelta
+#: A duration argument: seconds, a ``timedelta`` or a string like ``"30s"``, ``"5m"``.
+Seconds = Duration
 Component = Literal["task_queue", "result_storage", "event_storage"]
 #: How long a ``get_result`` waiter gives a task that just became final to show its
 #: result: one ended by ``cancel()`` or its ttl stores it right after the status change.
 _RESULT_GRACE = timedelta(seconds=1)
 
+#: ``submit``'s options; ``@oq.task`` takes them all, ``enqueue_many`` all but ``depends_on``
+#: and ``task_id``.
+SUBMIT_OPTIONS = frozenset(
+    {
+        "queue",
+        "priority",
+        "delay",
+        "eta",
+        "ttl",
+        "max_retries",
+        "retry_delay",
+        "timeout",
+        "result_ttl",
+        "depends_on",
+        "task_id",
+    }
+)
+# Keyword arguments that, given to enqueue(), were meant for submit().
+_SUBMIT_WORDS = SUBMIT_OPTIONS | {"args", "kwargs"}
+
+_KINDS: dict[Component, type[BaseStorage]] = {
+    "task_queue": BaseTaskQueue,
+    "result_storage": BaseResultStorage,
+    "event_storage": BaseEventStorage,
+}
+
 
 def _seconds(value: Seconds | None, name: str) -> float | None:
     if value is None:
         return None
-    try:
-        seconds = to_seconds(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"argument {name}={value!r}: expected seconds or a timedelta") from None
-    if seconds < 0:
-        raise ConfigError(f"argument {name}={value!r}: expected a duration >= 0")
-    return seconds
+    return parse_duration(value, field=f"argument {name}")
+
+
+def _argument_error(spec: _callables.ArgSpec, problem: tuple[str, str | None]) -> TaskArgumentError:
+    """The error for a call ``spec`` refuses, with a hint when the keyword at fault is
+    one of submit's options (``enqueue(send, "hi", eta=...)``)."""
+    message, keyword = problem
+    text = f"task {spec.name}() {message}"
+    if keyword in _SUBMIT_WORDS:
+        text += (
+            f"; did you mean submit(..., {keyword}=...)? enqueue() and .delay() pass every "
+            "keyword argument to the task; options go through submit()"
+        )
+    return TaskArgumentError(text)
+
+
+def _check_option_names(where: str, options: Iterable[str], allowed: frozenset[str]) -> None:
+    """ConfigError for an option name ``where`` does not take, with the nearest one."""
+    unknown = sorted(set(options) - allowed)
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        f"{where} does not take {unknown[0]!r}{hint}; its options are {', '.join(sorted(allowed))}"
+    )
+
+
+def _component(component: Component, spec: Any) -> Any:
+    """A storage argument checked at construction: a URL, None, False (events only) or
+    a storage instance of the right kind; a blocking twin (``SQLiteQueue``) stands for
+    the async instance it drives."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    if spec is False:
+        if component == "event_storage":
+            return spec
+        raise ConfigError(f"argument {component}=False: only event_storage can be off")
+    inner = _sync.twin_target(spec)
+    if inner is not None:
+        if _sync.twin_in_use(spec):
+            # Its connections belong to its own loop; this client runs another.
+            raise ConfigError(
+                f"argument {component}={spec!r}: this {type(spec).__name__} is open on its "
+                "own event loop; pass it unconnected (the client connects and closes it), "
+                "or close it first"
+            )
+        spec = inner
+    kind = _KINDS[component]
+    if isinstance(spec, kind):
+        return spec
+    fits = [name for name, other in _KINDS.items() if isinstance(spec, other)]
+    hint = f"; pass it as {fits[0]}=..." if fits else ""
+    raise ConfigError(
+        f"argument {component}={spec!r}: expected a URL, a {kind.__name__} instance "
+        f"(async or blocking) or None{hint}"
+    )
+
+
+def _options_probe() -> None:
+    """A stand-in task function: ``@oq.task`` builds one task of it to check its options."""
+
+
+def _misplaced_settings(value: object) -> ConfigError:
+    """The error for a first positional argument that is not a ``Settings``."""
+    target = _sync.twin_target(value)
+    fits = [name for name, kind in _KINDS.items() if isinstance(target or value, kind)]
+    if fits:
+        hint = f"a storage goes by keyword: pass it as {fits[0]}=..."
+    elif isinstance(value, str):
+        hint = (
+            "a URL goes by keyword: pass it as task_queue=..., result_storage=... "
+            "or event_storage=..."
+        )
+    else:
+        hint = "expected a Settings (or None); Settings fields can also be passed as keywords"
+    return ConfigError(f"argument settings={value!r}: {hint}")
 
 
 class AsyncTaskFunction(Generic[P, R]):
@@ -124,9 +222,11 @@ class AsyncOmniQ:
             async with oq.worker(concurrency=8):
                 result = await oq.get_result(task_id, wait=True, timeout=10)
 
-    Each storage argument is a URL, a storage instance, or None (from settings);
+    Each storage argument is a URL, a storage instance (async, or its blocking twin
+    such as ``SQLiteQueue``, passed unconnected), or None (from settings);
     ``event_storage=False`` switches events off. ``overrides`` are ``Settings`` fields.
-    Constructing an instance never touches storage: ``connect()`` (or first use) does.
+    Arguments of the wrong kind raise ``ConfigError`` here. Constructing an instance
+    never touches storage: ``connect()`` (or first use) does.
     """
 
     def __init__(
@@ -138,15 +238,17 @@ class AsyncOmniQ:
         event_storage: str | BaseEventStorage | Literal[False] | None = None,
         **overrides: Any,
     ) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            raise _misplaced_settings(settings)
         if settings is None:
             settings = Settings.load(**overrides)
         elif overrides:
             settings = settings.replace(**overrides)
         self.settings = settings
         self._specs: dict[Component, Any] = {
-            "task_queue": task_queue,
-            "result_storage": result_storage,
-            "event_storage": event_storage,
+            "task_queue": _component("task_queue", task_queue),
+            "result_storage": _component("result_storage", result_storage),
+            "event_storage": _component("event_storage", event_storage),
         }
         self.serializer = SerializationManager(
             mode=settings.serializer, secret_key=settings.secret_key
@@ -315,7 +417,11 @@ class AsyncOmniQ:
 
     async def close(self) -> None:
         """Stop this client's running worker pools (gracefully, as ``pool.stop()``),
-        flush events and release the storages. Safe to call twice."""
+        flush events and release the storages. Safe to call twice.
+
+        Closing is not final: a later call on this client connects again, with the same
+        settings and storages (and needs ``close()`` again to release them).
+        """
         if not self._connected:
             return
         for pool in list(self._pools):
@@ -387,8 +493,12 @@ class AsyncOmniQ:
         result_ttl: Seconds | None = None,
     ) -> Task:
         settings = self.settings
-        path, carried = self._task_function(func)
+        path, carried, spec = self._task_function(func)
         payload = self._call_payload(carried, args, kwargs)
+        if spec is not None:
+            problem = spec.problem(args, kwargs)
+            if problem is not None:
+                raise _argument_error(spec, problem)
         if eta is not None:
             if not isinstance(eta, datetime) or eta.tzinfo is None:
                 raise ConfigError(f"argument eta={eta!r}: expected an aware datetime")
@@ -420,25 +530,44 @@ class AsyncOmniQ:
             timeout=settings.task_timeout if timeout is None else _seconds(timeout, "timeout"),
             due_at=due_at,
             expires_at=now + timedelta(seconds=ttl_s) if ttl_s else None,
-            result_ttl=settings.result_ttl if result_ttl is None else _seconds(result_ttl, "ttl"),
+            result_ttl=(
+                settings.result_ttl if result_ttl is None else _seconds(result_ttl, "result_ttl")
+            ),
             depends_on=deps,
             created_at=now,
         )
 
-    def _task_function(self, func: Callable[..., Any] | str) -> tuple[str, Any]:
-        """The import path a task records, and the callable itself when it must travel
-        in the payload (it has no importable path)."""
+    def _task_function(
+        self, func: Callable[..., Any] | str
+    ) -> tuple[str, Any, _callables.ArgSpec | None]:
+        """The import path a task records, the callable itself when it must travel in
+        the payload (it has no importable path), and the signature its arguments are
+        checked against (None: unknown here, or not inspectable; not checked).
+
+        A string is a name registered with ``@oq.task``, ``"module:qualname"`` or
+        ``"package.module.function"``; one the producer can import is checked and
+        stored as ``"module:qualname"``, one it cannot is stored as given (the worker
+        resolves it).
+        """
         if isinstance(func, str):
-            if ":" not in func and func not in self._registry:
-                raise ConfigError(
-                    f"task function {func!r}: expected 'package.module:qualname' or a "
-                    "name registered with @oq.task"
-                )
-            return func, None
+            registered = self._registry.get(func)
+            if registered is not None:
+                return func, None, _callables.arg_spec(registered)
+            if ":" in func or _callables.is_dotted_path(func):
+                stored, target = _callables.locate(func)
+                return stored, None, None if target is None else _callables.arg_spec(target)
+            raise ConfigError(
+                f"task function {func!r}: expected 'package.module:qualname', "
+                "'package.module.function' or a name registered with @oq.task"
+            )
         if callable(func):
             found = _callables.callable_path(func)
-            return (found, None) if found else (_callables.describe(func), func)
-        raise ConfigError(f"task function {func!r}: expected a callable or 'module:qualname'")
+            spec = _callables.arg_spec(func)
+            return (found, None, spec) if found else (_callables.describe(func), func, spec)
+        raise ConfigError(
+            f"task function {func!r}: expected a callable, 'module:qualname' or "
+            "'package.module.function'"
+        )
 
     def _call_payload(
         self, carried: Any, args: Sequence[Any], kwargs: dict[str, Any] | None
@@ -509,11 +638,31 @@ class AsyncOmniQ:
         timeout: Seconds | None = None,
         depends_on: Iterable[str] = (),
         task_id: str | None = None,
+        result_ttl: Seconds | None = None,
     ) -> str:
         """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
 
-        Submitting an id that already exists returns it unchanged. ``depends_on`` ids
-        must exist (``TaskNotFoundError`` otherwise).
+        Durations (``delay``, ``ttl``, ``retry_delay``, ``timeout``, ``result_ttl``) are
+        seconds, a ``timedelta`` or a string like ``"30s"``, ``"5m"``, ``"2h"``; ``eta``
+        is an aware ``datetime``. ``result_ttl`` keeps this task's result that long
+        (default: the ``result_ttl`` setting).
+
+        ``func`` is a callable, ``"module:qualname"``, ``"package.module.function"`` or a
+        name registered with ``@oq.task``. When the function is known here (a callable,
+        a registered name, a path this process can import), the arguments are checked
+        against its signature: ``TaskArgumentError`` (a ``ConfigError`` and a
+        ``TypeError``) names the one that does not fit. A path this process cannot
+        import is stored unchecked; the worker resolves it.
+
+        Idempotent on ``task_id``: submitting an id that already exists returns it and
+        changes nothing: the first task's function, arguments and options stay, and the
+        new ones are dropped without an error (whatever state the first task is in).
+        ``depends_on`` ids must exist (``TaskNotFoundError`` otherwise).
+
+        Example::
+
+            await oq.submit(send, ("ada@example.com",), queue="mail", delay="5m",
+                            max_retries=3, timeout=30)
         """
         if not self._connected:
             await self.connect()
@@ -533,6 +682,7 @@ class AsyncOmniQ:
             timeout=timeout,
             depends_on=depends_on,
             task_id=task_id,
+            result_ttl=result_ttl,
         )
         queue_store = self.queue
         if task_id is not None and await queue_store.get(task_id) is not None:
@@ -555,17 +705,31 @@ class AsyncOmniQ:
         return task.id
 
     async def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id."""
+        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id.
+
+        Every keyword argument goes to the task: options (``eta``, ``timeout``,
+        ``max_retries``…) go through :meth:`submit`. Arguments the function cannot take
+        raise ``TaskArgumentError`` here (see :meth:`submit`)::
+
+            await oq.enqueue(send, "hi", eta=when)     # TaskArgumentError: ... did you
+                                                       # mean submit(..., eta=...)?
+            await oq.submit(send, ("hi",), eta=when)   # what was meant
+        """
         return await self.submit(func, args, kwargs)
 
     async def enqueue_many(
         self, func: Callable[..., Any] | str, args_list: Iterable[Sequence[Any]], **options: Any
     ) -> list[str]:
-        """One task per argument tuple in ``args_list``, in as few round trips as possible."""
+        """One task per argument tuple in ``args_list``, in as few round trips as possible.
+
+        ``options`` are :meth:`submit`'s, but ``task_id`` and ``depends_on``. Each tuple
+        is checked against the function's signature as in :meth:`submit`.
+        """
         if not self._connected:
             await self.connect()
         if "task_id" in options or "depends_on" in options:
             raise ConfigError("enqueue_many does not take task_id or depends_on; use submit")
+        _check_option_names("enqueue_many()", options, SUBMIT_OPTIONS)
         now = utcnow()
         calls = iter(args_list)
         first = next(calls, None)
@@ -574,7 +738,7 @@ class AsyncOmniQ:
         # Options are checked once; the other tasks differ from the first only in id and
         # arguments.
         proto = self._build_task(func, first, None, now=now, **options)
-        _, carried = self._task_function(func)
+        _, carried, spec = self._task_function(func)
         replace = msgspec.structs.replace
         payload = self._call_payload
         rest = list(calls)
@@ -583,6 +747,15 @@ class AsyncOmniQ:
             replace(proto, id=task_id, payload=payload(carried, args, None))
             for task_id, args in zip(new_task_ids(len(rest)), rest, strict=True)
         ]
+        if spec is not None:
+            # Without keyword arguments only the count can differ: one check per count.
+            arities = {len(first)}
+            for args in rest:
+                if len(args) not in arities:
+                    problem = spec.problem(args, None)
+                    if problem is not None:
+                        raise _argument_error(spec, problem)
+                    arities.add(len(args))
         return await self._store_new(tasks, now)
 
     # -- reading -----------------------------------------------------------------------
@@ -953,16 +1126,24 @@ class AsyncOmniQ:
     ) -> AsyncTaskFunction[P, R] | Callable[[Callable[P, R]], AsyncTaskFunction[P, R]]:
         """Register a task function; it stays callable and gains ``delay``/``submit``.
 
+        ``task_options`` are :meth:`submit`'s options (``queue``, ``max_retries``,
+        ``timeout``, ``result_ttl``…), applied to every ``delay``; they are checked here,
+        when decorating: an unknown name or a bad value raises ``ConfigError``.
+
         Example::
 
-            @oq.task(max_retries=3)
+            @oq.task(max_retries=3, timeout="30s")
             async def resize(path: str) -> str: ...
 
             task_id = await resize.delay("cat.png")
         """
+        _check_option_names("@oq.task()", task_options, SUBMIT_OPTIONS)
 
         def register(f: Callable[P, R]) -> AsyncTaskFunction[P, R]:
             task_name = name or _callables.callable_path(f) or _callables.describe(f)
+            # Bad option values fail now, not at the first delay(): build one task with
+            # them (of a stand-in function: ``f`` may be a closure dill cannot carry).
+            self._build_task(_options_probe, (), None, now=utcnow(), **task_options)
             self._registry[task_name] = f
             return self._wrap_task(f, task_name, task_options)
 
@@ -988,6 +1169,26 @@ class AsyncOmniQ:
         """A worker pool over this client's storages (not started).
 
         ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"``.
+        ``queues``: a name, a list of names or ``"a,b"``; None is the ``default_queue``
+        setting.
+
+        Several queues are served as one, not in the order listed: on every backend a
+        claim takes, across all of them, the tasks of higher ``priority`` first, then
+        the earlier due time (a task not delayed is due when enqueued), then the earlier
+        enqueued. So ``queues=["high", "low"]`` runs an older ``low`` task before a newer
+        ``high`` one of the same priority. To favour a queue, give its tasks a higher
+        ``priority`` or run a worker of its own for it.
+
+        A ``"gevent"`` worker runs its tasks as greenlets of one thread: a task that
+        computes without yielding (CPU-bound, or blocked in a call gevent does not
+        patch) holds up every other task of that worker until it returns, even past its
+        timeout, which is reported (with a WARNING in the log) but cannot stop it. Run
+        CPU-bound work in ``"process"`` workers.
+
+        Example::
+
+            async with oq.worker(queues=["mail", "default"], concurrency=16):
+                ...
         """
         from omniq.workers.pool import AsyncWorkerPool
 

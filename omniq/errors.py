@@ -4,6 +4,8 @@ Every error OmniQ raises derives from :class:`OmniQError`::
 
     OmniQError
     ├── ConfigError            (also ValueError) bad setting, naming source, field, expected form
+    │   └── TaskArgumentError  (also TypeError) arguments the task function cannot take,
+    │                          found at enqueue (``enqueue(send, "hi", eta=...)``)
     ├── SerializationError     (also ValueError) a value that cannot be encoded or a payload
     │   │                      that cannot be decoded
     │   └── PayloadSignatureError   a dill payload that is unsigned or altered
@@ -35,6 +37,7 @@ __all__ = [
     "StorageConnectionError",
     "StorageError",
     "SyncInAsyncError",
+    "TaskArgumentError",
     "TaskImportError",
     "TaskNotFoundError",
     "TaskTimeoutError",
@@ -49,6 +52,18 @@ class OmniQError(Exception):
 
 class ConfigError(OmniQError, ValueError):
     """A configuration value is invalid; the message names source, field and expected form."""
+
+
+class TaskArgumentError(ConfigError, TypeError):
+    """The arguments given at enqueue do not fit the task function's signature.
+
+    Raised by ``enqueue``, ``submit``, ``enqueue_many``, ``schedule`` and ``.delay()``
+    when the function is known where the task is enqueued (a callable, a registered
+    name, or an import path the producer can import), so the mistake surfaces there and
+    not as a failed task at the worker. The message names the argument, and says
+    ``did you mean submit(..., eta=...)?`` when it is one of ``submit``'s options.
+    A ``TypeError`` too, as the same call made directly would raise.
+    """
 
 
 class SerializationError(OmniQError, ValueError):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+
+from omniq.config import Duration, parse_duration
 
 __all__ = [
     "Retry",
@@ -16,21 +17,25 @@ __all__ = [
 
 
 class Retry(Exception):
-    """Raise inside a task to ask for another run, after ``delay`` seconds if given.
+    """Raise inside a task to ask for another run, after ``delay`` if given: seconds, a
+    ``timedelta`` or a string like ``"30s"`` or ``"5m"``.
 
     The run still counts as an attempt; when none are left the task ends ``FAILED``.
+
+    Example::
+
+        raise Retry(delay="5s")
     """
 
-    def __init__(self, delay: float | timedelta | None = None, message: str = "") -> None:
+    def __init__(self, delay: Duration | None = None, message: str = "") -> None:
         super().__init__(message or "retry requested")
-        self.delay = None if delay is None else to_seconds(delay)
+        self.delay = None if delay is None else to_seconds(delay, "delay")
 
 
-def to_seconds(value: float | timedelta) -> float:
-    """Seconds from a number or a ``timedelta``."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return float(value)
+def to_seconds(value: Duration, name: str = "duration") -> float:
+    """Seconds from a number, a ``timedelta`` or a duration string (``"30s"``);
+    ``ConfigError`` naming ``name`` for anything else."""
+    return parse_duration(value, field=f"argument {name}")
 
 
 def has_attempts_left(attempts: int, max_retries: int) -> bool:

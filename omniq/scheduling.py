@@ -36,7 +36,8 @@ import msgspec
 from croniter import CroniterError, croniter
 
 from omniq._ids import new_task_id
-from omniq.errors import ScheduleError
+from omniq.config import Duration, parse_duration
+from omniq.errors import ConfigError, ScheduleError
 from omniq.models import Schedule, Task, TaskStatus, utcnow
 from omniq.storage.base import BaseScheduleStorage
 
@@ -189,14 +190,12 @@ def tick_task_id(schedule_id: str, tick: datetime) -> str:
     return str(uuid.uuid5(_TICK_NAMESPACE, f"{schedule_id}@{stamp}"))
 
 
-def _interval_seconds(interval: object) -> float:
-    if isinstance(interval, timedelta):
-        seconds = interval.total_seconds()
-    elif isinstance(interval, (int, float)) and not isinstance(interval, bool):
-        seconds = float(interval)
-    else:
-        raise ScheduleError(f"interval={interval!r}: expected seconds or a timedelta")
-    if not seconds > 0 or seconds == float("inf"):
+def _interval_seconds(interval: Any) -> float:
+    try:
+        seconds = parse_duration(interval, field="interval")
+    except ConfigError as exc:
+        raise ScheduleError(str(exc)) from None
+    if not seconds > 0:
         raise ScheduleError(f"interval={interval!r}: expected a duration > 0")
     return seconds
 
@@ -277,7 +276,7 @@ class AsyncScheduler:
         kwargs: dict[str, Any] | None = None,
         *,
         cron: str | None = None,
-        interval: float | timedelta | None = None,
+        interval: Duration | None = None,
         timezone: str = "UTC",
         start_at: datetime | None = None,
         end_at: datetime | None = None,

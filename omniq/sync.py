@@ -142,7 +142,11 @@ class OmniQ:
         self._runner.run(self._async.connect())
 
     def close(self) -> None:
-        """Flush events, release the storages and stop the private loop."""
+        """Flush events, release the storages and stop the private loop.
+
+        Closing is not final: a later call on this client starts a new loop and connects
+        again (and needs ``close()`` again to release them).
+        """
         self._left_open.detach()
         try:
             self._runner.run(self._async.close())
@@ -172,8 +176,14 @@ class OmniQ:
         timeout: Seconds | None = None,
         depends_on: Iterable[str] = (),
         task_id: str | None = None,
+        result_ttl: Seconds | None = None,
     ) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with options; return the task id."""
+        """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
+
+        As :meth:`AsyncOmniQ.submit`: durations take seconds, a ``timedelta`` or
+        ``"30s"``; arguments the function cannot take raise ``TaskArgumentError``; an
+        existing ``task_id`` returns that id and keeps the first task as it is.
+        """
         return self._runner.run(
             self._async.submit(
                 func,
@@ -189,11 +199,17 @@ class OmniQ:
                 timeout=timeout,
                 depends_on=depends_on,
                 task_id=task_id,
+                result_ttl=result_ttl,
             )
         )
 
     def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id."""
+        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id.
+
+        Every keyword argument goes to the task; options go through :meth:`submit`
+        (``enqueue(send, "hi", eta=when)`` raises ``TaskArgumentError`` unless ``send``
+        takes ``eta``).
+        """
         return self._runner.run(self._async.enqueue(func, *args, **kwargs))
 
     def enqueue_many(
@@ -297,10 +313,14 @@ class OmniQ:
     def task(
         self, func: Callable[P, R] | None = None, /, *, name: str | None = None, **task_options: Any
     ) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
-        """Register a task function; it stays callable and gains blocking ``delay``/``submit``."""
+        """Register a task function; it stays callable and gains blocking ``delay``/``submit``.
+
+        ``task_options`` are :meth:`submit`'s options, checked here (``ConfigError``).
+        """
+        decorate = self._async.task(name=name, **task_options)  # checks the option names
 
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
-            inner: AsyncTaskFunction[P, R] = self._async.task(name=name, **task_options)(f)
+            inner: AsyncTaskFunction[P, R] = decorate(f)
             return TaskFunction(inner, self._runner)
 
         return register(func) if func is not None else register
@@ -316,7 +336,13 @@ class OmniQ:
         concurrency: int | None = None,
         queues: Sequence[str] | str | None = None,
     ) -> WorkerPool:
-        """A blocking worker pool over this client's storages (not started)."""
+        """A blocking worker pool over this client's storages (not started).
+
+        As :meth:`AsyncOmniQ.worker`: several ``queues`` are served in one order (by
+        priority, then due time, then enqueue order), not in the order listed; a
+        ``"gevent"`` task that never yields holds up its whole worker, even past its
+        timeout.
+        """
         pool = self._async.worker(worker_type=worker_type, concurrency=concurrency, queues=queues)
         return WorkerPool(pool, self._runner)
 

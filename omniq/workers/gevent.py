@@ -18,7 +18,10 @@ in the same gevent worker ("cannot be called from a running event loop").
 Timeout: ``gevent.Timeout`` is raised in the greenlet at its next cooperative yield and
 the attempt fails with ``TaskTimeoutError``. A greenlet that never yields (CPU-bound, or
 blocking in a call gevent does not patch) cannot be interrupted: the worker reports the
-timeout a grace period later and the greenlet finishes in the background.
+timeout a grace period later (and logs a WARNING naming the task) while the greenlet
+runs on. Until it returns, it holds the child's only OS thread: every other greenlet of
+that worker (its other tasks, at any concurrency) waits, even after the timeout was
+reported. CPU-bound work belongs in ``process`` workers.
 Cancel: the greenlet is killed (``GreenletExit``) at its next cooperative yield.
 If the child process dies, the calls in flight fail with ``WorkerError`` and the next
 call starts a new child.
@@ -214,6 +217,18 @@ class GeventWorker(BaseExecutor):
                     reply = await future
             except TimeoutError:
                 self._cancel_call(call_id)
+                # The failure alone reads like any timeout; what it leaves behind does
+                # not: a greenlet still running, and stalling the whole worker.
+                logger.warning(
+                    "task %s (%s) overran its timeout of %s s and its greenlet did not "
+                    "yield to gevent (CPU-bound, or blocked in a call gevent does not patch; "
+                    "or another task holds the worker): it runs on, and until it returns "
+                    "every other task of this gevent worker is stalled; run CPU-bound work "
+                    "in a process worker",
+                    task.id,
+                    task.func,
+                    timeout,
+                )
                 raise TaskTimeoutError(
                     f"task ran longer than its timeout of {timeout} s and did not yield to "
                     "gevent (CPU-bound, or blocked in a call gevent does not patch); it "

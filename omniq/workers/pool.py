@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from omniq.config import Duration, parse_duration
 from omniq.decisions import Verdict, before_run, final_result
 from omniq.errors import ConfigError, OmniQError, SerializationError, StorageError, TaskTimeoutError
 from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskStatus, utcnow
@@ -129,6 +130,10 @@ class AsyncWorkerPool:
         # but capped, so that with many slots (long sleeps) they do not idle waiting for
         # a big batch (measured: 8 beats 25 and 4 at concurrency 100).
         self._claim_watermark = max(1, min(8, self.concurrency // 4))
+        # Tasks claimed since construction, and (during process_tasks) the count at which
+        # claiming stops.
+        self._claimed = 0
+        self._claim_limit: int | None = None
 
     # -- public control ----------------------------------------------------------------
 
@@ -185,6 +190,34 @@ class AsyncWorkerPool:
                 self.oq._pools.discard(self)
                 logger.info("worker %s stopped: %s", self.worker_id, self.counts)
 
+    async def process_tasks(self, limit: int | None = None) -> int:
+        """Run at most ``limit`` tasks that are due now (every one with None), wait for
+        them to finish, and return how many were run.
+
+        A bounded burst: as ``run(burst=True)``, but claiming stops once ``limit`` tasks
+        were claimed. Each claim counts, so a task that fails and is retried within the
+        call counts again, and one found expired counts too. Useful to drain a queue in
+        slices (a cron job, a test, a request handler)::
+
+            while await pool.process_tasks(limit=100):
+                ...                       # between slices
+        """
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise ConfigError(f"limit={limit!r}: expected an integer >= 0 or None")
+        if self._started:
+            raise ConfigError("this worker pool is already running")
+        if limit == 0:
+            return 0
+        before = self._claimed
+        self._claim_limit = None if limit is None else before + limit
+        try:
+            await self.run(burst=True)
+        finally:
+            self._claim_limit = None
+        return self._claimed - before
+
     async def start(self) -> None:
         """Run the pool in the background; returns at once."""
         if self._main is not None and not self._main.done():
@@ -193,15 +226,20 @@ class AsyncWorkerPool:
         # Let it get going so that stop() right after start() finds it started.
         await asyncio.sleep(0)
 
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop claiming, let running tasks finish within ``timeout`` (default
-        ``shutdown_timeout``), hand back the leases of the rest, flush, and return.
-        ``timeout=0`` stops at once (leases are still handed back).
+    async def stop(self, timeout: Duration | None = None) -> None:
+        """Stop claiming, let running tasks finish within ``timeout`` (seconds, a
+        ``timedelta`` or a string like ``"30s"``; default ``shutdown_timeout``), hand back
+        the leases of the rest, flush, and return. ``timeout=0`` stops at once (leases
+        are still handed back).
 
         Whether the pool was started with :meth:`start` or runs :meth:`run` in another
         task, this returns once it has stopped.
         """
-        seconds = self.oq.settings.shutdown_timeout if timeout is None else timeout
+        seconds = (
+            self.oq.settings.shutdown_timeout
+            if timeout is None
+            else parse_duration(timeout, field="argument timeout")
+        )
         if self._stop_timeout is None or seconds < self._stop_timeout:
             # The shorter wins: a second Ctrl-C (timeout 0) ends a graceful stop at once.
             self._stop_timeout = seconds
@@ -274,14 +312,18 @@ class AsyncWorkerPool:
                 await self._fire_schedules(settings.poll_interval)
                 just_claimed = False
             free = self.concurrency - len(self._running)
-            if free < self._claim_watermark and self._running:
+            capped = False
+            if self._claim_limit is not None and free >= self._claim_limit - self._claimed:
+                # process_tasks(limit): no more claims than the limit leaves (none at 0).
+                free, capped = self._claim_limit - self._claimed, True
+            if free < self._claim_watermark and self._running and not capped:
                 # Claim in batches: one round trip per several free slots, not per slot.
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             tasks: list[Task] = []
             progress = self._progress
-            if not just_claimed:
+            if not just_claimed and free:
                 try:
                     tasks = await queue.claim(
                         self.queues,
@@ -325,6 +367,7 @@ class AsyncWorkerPool:
             just_claimed = woke_with is not None and not woke_with
 
     def _start(self, tasks: list[Task]) -> None:
+        self._claimed += len(tasks)
         for task in tasks:
             self._held.add(task.id)
             self._running[task.id] = asyncio.create_task(self._execute(task))

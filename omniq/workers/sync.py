@@ -7,6 +7,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from omniq._sync import LoopThread
+from omniq.config import Duration
 
 if TYPE_CHECKING:
     from omniq.workers.pool import AsyncWorkerPool
@@ -53,12 +54,18 @@ class WorkerPool:
         """Process tasks until stopped (or, with ``burst``, until nothing is left)."""
         self._runner.run(self._async.run(burst=burst))
 
+    def process_tasks(self, limit: int | None = None) -> int:
+        """Run at most ``limit`` tasks that are due now (every one with None), wait for
+        them, and return how many were run (see :meth:`AsyncWorkerPool.process_tasks`)."""
+        return self._runner.run(self._async.process_tasks(limit))
+
     def start(self) -> None:
         """Run the pool in the background (on the client's loop thread); returns at once."""
         self._runner.run(self._async.start())
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop gracefully within ``timeout`` seconds, handing back unfinished leases."""
+    def stop(self, timeout: Duration | None = None) -> None:
+        """Stop gracefully within ``timeout`` (seconds, a ``timedelta`` or ``"30s"``),
+        handing back unfinished leases."""
         self._runner.run(self._async.stop(timeout))
 
     def cancel_local(self, task_id: str) -> bool:

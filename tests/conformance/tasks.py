@@ -98,6 +98,15 @@ async def wait_for_file(path: str, marker: str, timeout: float = 30.0) -> str:
     return "released"
 
 
+class Labels:
+    """A namespace class: its static method is reached by a dotted path."""
+
+    @staticmethod
+    def label(text: str) -> str:
+        """Returns ``"label <text>"``."""
+        return f"label {text}"
+
+
 class Unencodable:
     """A class msgspec cannot encode (for strict-mode and result-encoding tests)."""
 

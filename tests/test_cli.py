@@ -349,3 +349,40 @@ def test_a_second_sigterm_stops_the_worker_at_once(tmp_path: Path) -> None:
         assert "handed back 1 unfinished tasks" in err, err
     status = omniq("status", queued.stdout.strip(), cwd=tmp_path)
     assert "pending" in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize("level", ["WARNING", "INFO", "DEBUG"])
+def test_a_worker_says_what_goes_wrong_at_its_log_level(tmp_path: Path, level: str) -> None:
+    # One task that fails for good, one that times out and is retried: the worker's log
+    # names each failed attempt (with the traceback from INFO), each retry and timeout,
+    # and from DEBUG each start and finish.
+    failing = omniq("enqueue", "tests.conformance.tasks:fail", "no luck", cwd=tmp_path)
+    slow = omniq(
+        "enqueue",
+        "tests.conformance.tasks:sleep_async",
+        "5",
+        "--timeout",
+        "0.2",
+        "--max-retries",
+        "1",
+        cwd=tmp_path,
+        env={"OMNIQ_RETRY_DELAY": "0"},
+    )
+    assert failing.returncode == 0 and slow.returncode == 0, failing.stderr + slow.stderr
+    failing_id, slow_id = failing.stdout.strip(), slow.stdout.strip()
+    work = omniq("worker", "--burst", "--log-level", level, cwd=tmp_path)
+    assert work.returncode == 0, work.stderr
+    log = work.stderr
+    failed = [line for line in log.splitlines() if failing_id in line and "failed" in line]
+    assert len(failed) == 1, log
+    assert "WARNING" in failed[0] and "attempt 1" in failed[0]
+    assert "ValueError: no luck" in failed[0] and "tests.conformance.tasks:fail" in failed[0]
+    assert log.count(f"task {slow_id} (tests.conformance.tasks:sleep_async): attempt") >= 3
+    assert f"{slow_id} (tests.conformance.tasks:sleep_async): attempt 1 timed out" in log
+    assert f"{slow_id} (tests.conformance.tasks:sleep_async): attempt 2 timed out" in log
+    shown = level in ("INFO", "DEBUG")
+    assert ("Traceback (most recent call last)" in log) is shown
+    assert (f"task {slow_id} (tests.conformance.tasks:sleep_async): retry 1" in log) is shown
+    assert (f"{failing_id} (tests.conformance.tasks:fail): attempt 1 started" in log) is (
+        level == "DEBUG"
+    )

@@ -213,7 +213,8 @@ async def test_cancel_finished_task_is_refused(oq: AsyncOmniQ) -> None:
 async def test_cancel_running_async_task(oq: AsyncOmniQ, tmp_path) -> None:
     marker = tmp_path / "started"
     task_id = await oq.enqueue(tasks.wait_for_file, str(tmp_path / "never"), str(marker))
-    async with oq.worker():
+    pool = oq.worker()
+    async with pool:
         for _ in range(500):
             if marker.exists():
                 break
@@ -223,6 +224,7 @@ async def test_cancel_running_async_task(oq: AsyncOmniQ, tmp_path) -> None:
         result = await oq.get_result(task_id, wait=True, timeout=5)
     assert result.status is TaskStatus.CANCELLED
     assert (await oq.get_task(task_id)).status is TaskStatus.CANCELLED
+    assert pool.counts["cancelled"] == 1  # the worker counts the run it stopped
 
 
 async def test_idempotent_submit(oq: AsyncOmniQ) -> None:

@@ -51,6 +51,17 @@ CONFIG_ENV_VAR = "OMNIQ_CONFIG"
 _OTHER_VARIABLES = frozenset({CONFIG_ENV_VAR, "OMNIQ_APP"})
 #: Prefixes of the variables of OmniQ's own test suite and benchmarks.
 _OTHER_PREFIXES = ("OMNIQ_TEST_", "OMNIQ_BENCH_")
+#: Variables of the plan OmniQ grew from, and the one to use instead (spelling alone
+#: would point some of them the wrong way: GEVENT_WORKERS is close to EVENT_STORAGE_URL).
+_PLAN_VARIABLES = {
+    "OMNIQ_RETRY_ATTEMPTS": "OMNIQ_MAX_RETRIES",
+    "OMNIQ_PROJECT_NAME": "OMNIQ_NAMESPACE",
+    "OMNIQ_THREAD_WORKERS": "OMNIQ_MAX_WORKERS",
+    "OMNIQ_PROCESS_WORKERS": "OMNIQ_MAX_WORKERS",
+    "OMNIQ_GEVENT_WORKERS": "OMNIQ_MAX_WORKERS",
+    "OMNIQ_FSSPEC_URI": "OMNIQ_TASK_QUEUE_URL",
+    "OMNIQ_DISABLE_LOGGING": "OMNIQ_LOG_LEVEL",
+}
 # Unknown variables already warned about: once per process, however often settings load.
 _warned_variables: set[str] = set()
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -487,6 +498,9 @@ class EnvConfig:
         found: dict[str, str | None] = {}
         for var in self._environ:
             if not var.startswith(ENV_PREFIX) or var in known or var.startswith(_OTHER_PREFIXES):
+                continue
+            if var in _PLAN_VARIABLES:
+                found[var] = _PLAN_VARIABLES[var]
                 continue
             close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX).upper(), suffixes, n=1)
             found[var] = ENV_PREFIX + close[0] if close else None

@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from omniq._sync import may_wait, sync_twin
+from omniq._sync import may_wait, sync_twin, twin_target
 from omniq.models import EventType, TaskEvent
 from omniq.storage.base import BaseEventStorage
 
@@ -48,7 +48,8 @@ class AsyncEventLogger:
         flush_interval: float = 0.05,
         batch_size: int = 500,
     ) -> None:
-        self.storage = storage
+        # A blocking twin (``SQLiteEventStorage``) stands for the async storage it drives.
+        self.storage = twin_target(storage) or storage
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self._buffer: list[TaskEvent] = []
@@ -208,7 +209,7 @@ class AsyncEventProcessor:
     """
 
     def __init__(self, storage: BaseEventStorage | None) -> None:
-        self.storage = storage
+        self.storage = twin_target(storage) or storage
 
     async def get(self, task_id: str) -> list[TaskEvent]:
         """The task's events, oldest first (``[]`` when events are off)."""

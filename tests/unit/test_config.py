@@ -147,6 +147,11 @@ def test_unknown_omniq_variable_is_warned_about_once_with_the_closest_name(
         "(did you mean OMNIQ_MAX_WORKERS?)"
     ]
     assert EnvConfig({"OMNIQ_QQQ": "1"}).unknown() == {"OMNIQ_QQQ": None}
+    # The plan's names point at the setting that does their job, not the nearest spelling.
+    assert EnvConfig({"OMNIQ_GEVENT_WORKERS": "4", "OMNIQ_RETRY_ATTEMPTS": "2"}).unknown() == {
+        "OMNIQ_GEVENT_WORKERS": "OMNIQ_MAX_WORKERS",
+        "OMNIQ_RETRY_ATTEMPTS": "OMNIQ_MAX_RETRIES",
+    }
 
 
 def test_provider_remembers_each_source(tmp_path: Path) -> None:

@@ -81,3 +81,16 @@ async def test_events_logged_while_closing_are_stored_once(storage: HeldEventSto
     await asyncio.wait_for(closing, timeout=10)
     for task_id in (first, second):
         assert [e.event_type for e in await storage.get(task_id)] == [EventType.ENQUEUED]
+
+
+def test_the_blocking_logger_writes_to_a_blocking_event_storage(tmp_path) -> None:
+    # The plan's usage: EventLogger(SQLiteEventStorage(...)), both blocking.
+    from omniq.events import EventLogger
+    from omniq.storage.sqlite import SQLiteEventStorage
+
+    storage = SQLiteEventStorage(f"sqlite:///{tmp_path}/events.db")
+    logger = EventLogger(storage)
+    logger.log(TaskEvent(task_id="t1", event_type=EventType.ENQUEUED))
+    logger.close()
+    assert [e.event_type for e in storage.get("t1")] == [EventType.ENQUEUED]
+    storage.close()

@@ -7,9 +7,10 @@ Modules, in the order a report is made:
 - :mod:`~benchmarks.report.machine`: what the run ran on (read at the end of a run);
 - :mod:`~benchmarks.report.results`: the repetitions aggregated per cell, and the lookups
   and number formatting every renderer shares;
-- :mod:`~benchmarks.report.data`: the figures a run is compared with, read from
-  ``benchmarks/data/reference.toml`` (the peer reference benchmark);
-- :mod:`~benchmarks.report.targets`: the targets table;
+- :mod:`~benchmarks.report.data`: what a run is compared with, read from data files:
+  ``benchmarks/data/reference.toml`` (the peer reference benchmark's figures) and
+  ``benchmarks/data/targets.toml`` (the targets: adding or changing one is an edit there);
+- :mod:`~benchmarks.report.targets`: each target decided against the run, and its table;
 - :mod:`~benchmarks.report.tables`: the other tables;
 - :mod:`~benchmarks.report.markdown`: the whole document, with ``benchmarks/analysis.md``
   (hand-written) inside it;

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.data import Reference, load_reference
+from benchmarks.report.data import Reference, Targets, load_reference, load_targets
 from benchmarks.report.results import Agg, num
 from benchmarks.report.tables import (
     failures,
@@ -81,12 +81,15 @@ def markdown(
     loads: Sequence[float] = (),
     *,
     reference: Reference | None = None,
+    targets: Targets | None = None,
 ) -> str:
     """The full report (used for results/*.md and docs/benchmarks.md).
 
-    ``reference`` defaults to ``benchmarks/data/reference.toml``.
+    ``reference`` and ``targets`` default to ``benchmarks/data/reference.toml`` and
+    ``benchmarks/data/targets.toml``.
     """
     reference = reference or load_reference()
+    targets = targets or load_targets()
     m = meta
     quick = " (QUICK mode: small N, not comparable)" if m["quick"] else ""
     reused = (
@@ -144,11 +147,10 @@ def markdown(
             syn,
         ]
     parts += [
-        "\n## Targets of issue 7\n",
+        f"\n## {targets.heading}\n",
         reuse_warning(m),
-        "Best peers are the peer rows of this report (variants with non-default knobs excluded); "
-        "the async peers for the Redis enqueue target are arq, SAQ and taskiq.\n\n",
-        targets_table(agg),
+        f"{targets.note}\n\n" if targets.note else "",
+        targets_table(agg, targets),
     ]
     if ANALYSIS.exists():
         parts.append("\n" + ANALYSIS.read_text(encoding="utf-8"))

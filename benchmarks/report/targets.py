@@ -1,165 +1,96 @@
-"""Issue 7's targets: OmniQ against the best peer measured in the same run."""
+"""The targets: OmniQ against the best peer measured in the same run.
 
-# The en dashes and multiplication signs are the report's typography, not typos.
+The targets themselves are data (``benchmarks/data/targets.toml``, read by
+:func:`benchmarks.report.data.load_targets`); here each is decided (:func:`evaluate`, no
+I/O) and shown as a row of the targets table (:func:`targets_table`).
+"""
+
+# The en dashes are the report's typography, not typos.
 # ruff: noqa: RUF001
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from benchmarks.adapters import REGISTRY
-from benchmarks.report.results import Agg, name, num, peer_labels, stat
-
-ASYNC_PEERS = ("arq", "saq", "taskiq", "taskiq-list")
+from benchmarks.report.data import Target, Targets
+from benchmarks.report.results import Agg, Stat, name, num, stat
 
 
-def _best(
-    agg: Agg,
-    labels: Sequence[str],
-    backend: str,
-    workload: str,
-    metric: str,
-    lowest: bool = False,
-) -> tuple[str, float] | None:
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """One target decided against one run."""
+
+    target: Target
+    best_peer: tuple[str, float] | None  # (label, median); None: no peer measured
+    ours: Stat | None  # OmniQ's (median, min, max); None: not measured
+
+    @property
+    def goal(self) -> float | None:
+        """The figure OmniQ has to reach: the best peer's median x the ratio."""
+        return None if self.best_peer is None else self.best_peer[1] * self.target.ratio
+
+    @property
+    def met(self) -> bool | None:
+        """Whether OmniQ reached the goal; None when either side was not measured."""
+        if self.goal is None or self.ours is None:
+            return None
+        if self.target.lower_is_better:
+            return self.ours[0] <= self.goal
+        return self.ours[0] >= self.goal
+
+
+def best_peer(agg: Agg, target: Target) -> tuple[str, float] | None:
+    """The target's peer with the best median in this run (the lowest where lower wins)."""
     found = [
         (label, hit[0])
-        for label in labels
-        if (hit := stat(agg, label, backend, workload, metric)) is not None
+        for label in target.peers
+        if (hit := stat(agg, label, target.backend, target.workload, target.metric)) is not None
     ]
     if not found:
         return None
-    return (min if lowest else max)(found, key=lambda item: item[1])
+    return (min if target.lower_is_better else max)(found, key=lambda item: item[1])
 
 
-def targets_table(agg: Agg) -> str:
-    """Issue 7's targets, against the peers measured in this same run."""
-    peers = peer_labels()
-    rows: list[str] = []
-
-    def add(
-        what: str,
-        backend: str,
-        workload: str,
-        metric: str,
-        peer: tuple[str, float] | None,
-        factor: float,
-        lowest: bool = False,
-        unit: str = "/s",
-    ) -> None:
-        if not any(k[0] == "omniq" and k[1] == backend for k in agg):
-            return  # OmniQ did not run on this backend: no row, rather than an empty one
-        ours = stat(agg, "omniq", backend, workload, metric)
-        if peer is None:
-            rows.append(f"| {what} | – | no peer figure | – | – |")
-            return
-        target = peer[1] * factor
-        peer_text = f"{num(peer[1])}{unit} ({name(peer[0])})"
-        goal = f"{'≤' if lowest else '≥'} {num(target)}{unit}"
-        if ours is None:
-            rows.append(f"| {what} | {peer_text} | {goal} | not measured | – |")
-            return
-        met = ours[0] <= target if lowest else ours[0] >= target
-        if met:
-            verdict = "met"
-        elif lowest:
-            verdict = f"missed: {ours[0] / target:.2f}x the target"
-        else:
-            verdict = f"missed by {(1 - ours[0] / target) * 100:.0f}%"
-        rows.append(
-            f"| {what} | {peer_text} | {goal} | {num(ours[0])}{unit} "
-            f"({num(ours[1])}–{num(ours[2])}) | {verdict} |"
+def evaluate(agg: Agg, targets: Sequence[Target]) -> list[Verdict]:
+    """Each target decided against the run, except on backends OmniQ did not run on."""
+    ran = {backend for label, backend, _ in agg if label == "omniq"}
+    return [
+        Verdict(
+            target=target,
+            best_peer=best_peer(agg, target),
+            ours=stat(agg, "omniq", target.backend, target.workload, target.metric),
         )
+        for target in targets
+        if target.backend in ran
+    ]
 
-    add(
-        "Redis drain ≥ 2× best Redis peer",
-        "redis",
-        "drain",
-        "rate",
-        _best(agg, peers, "redis", "drain", "rate"),
-        2,
+
+def _row(verdict: Verdict) -> str:
+    target, peer, ours, goal = verdict.target, verdict.best_peer, verdict.ours, verdict.goal
+    if peer is None or goal is None:
+        return f"| {target.title} | – | no peer figure | – | – |"
+    unit = target.unit
+    peer_text = f"{num(peer[1])}{unit} ({name(peer[0])})"
+    goal_text = f"{'≤' if target.lower_is_better else '≥'} {num(goal)}{unit}"
+    if ours is None:
+        return f"| {target.title} | {peer_text} | {goal_text} | not measured | – |"
+    if verdict.met:
+        result = "met"
+    elif target.lower_is_better:
+        result = f"missed: {ours[0] / goal:.2f}x the target"
+    else:
+        result = f"missed by {(1 - ours[0] / goal) * 100:.0f}%"
+    return (
+        f"| {target.title} | {peer_text} | {goal_text} | {num(ours[0])}{unit} "
+        f"({num(ours[1])}–{num(ours[2])}) | {result} |"
     )
-    add(
-        "Redis sleep-concurrency ≥ 2× best peer",
-        "redis",
-        "sleep",
-        "rate",
-        _best(agg, peers, "redis", "sleep", "rate"),
-        2,
-    )
-    add(
-        "Redis latency p50 ≤ best peer's",
-        "redis",
-        "latency",
-        "p50_ms",
-        _best(agg, peers, "redis", "latency", "p50_ms", lowest=True),
-        1,
-        lowest=True,
-        unit=" ms",
-    )
-    add(
-        "async single-call enqueue ≥ 2× best async peer",
-        "redis",
-        "enqueue",
-        "rate",
-        _best(agg, list(ASYNC_PEERS), "redis", "enqueue", "rate"),
-        2,
-    )
-    add(
-        "enqueue_many ≥ 5× RQ bulk",
-        "redis",
-        "bulk",
-        "rate",
-        _best(agg, ["rq"], "redis", "bulk", "rate"),
-        5,
-    )
-    add(
-        "SQLite drain ≥ 2× SqliteHuey",
-        "sqlite",
-        "drain",
-        "rate",
-        _best(agg, ["huey"], "sqlite", "drain", "rate"),
-        2,
-    )
-    add(
-        "SQLite sleep-concurrency ≥ 2× SqliteHuey",
-        "sqlite",
-        "sleep",
-        "rate",
-        _best(agg, ["huey"], "sqlite", "sleep", "rate"),
-        2,
-    )
-    add(
-        "SQLite latency p50 ≤ SqliteHuey's",
-        "sqlite",
-        "latency",
-        "p50_ms",
-        _best(agg, ["huey"], "sqlite", "latency", "p50_ms", lowest=True),
-        1,
-        lowest=True,
-        unit=" ms",
-    )
-    # PostgreSQL joined after the issue's targets were set; its bar is the issue's general
-    # one ("OmniQ ahead of every peer on its own backend"), so the factor is 1.
-    pg_peers = [p for p in peers if "postgres" in REGISTRY[p].backends]
-    for what, workload, metric, lowest, unit in (
-        ("PostgreSQL single-call enqueue ahead of every PG peer", "enqueue", "rate", False, "/s"),
-        ("PostgreSQL bulk enqueue ahead of every PG peer", "bulk", "rate", False, "/s"),
-        ("PostgreSQL drain ahead of every PG peer", "drain", "rate", False, "/s"),
-        ("PostgreSQL sleep-concurrency ahead of every PG peer", "sleep", "rate", False, "/s"),
-        ("PostgreSQL latency p50 ≤ every PG peer's", "latency", "p50_ms", True, " ms"),
-    ):
-        add(
-            what,
-            "postgres",
-            workload,
-            metric,
-            _best(agg, pg_peers, "postgres", workload, metric, lowest=lowest),
-            1,
-            lowest=lowest,
-            unit=unit,
-        )
+
+
+def targets_table(agg: Agg, targets: Targets) -> str:
+    """The targets table: one row per target on a backend OmniQ ran on."""
     head = (
-        "| target (issue 7) | best peer, this run | target | OmniQ, this run (min–max) | result |\n"
-        "|---|---|---|---|---|\n"
+        f"| {targets.column} | best peer, this run | target | OmniQ, this run (min–max) "
+        "| result |\n|---|---|---|---|---|\n"
     )
-    return head + "\n".join(rows) + "\n"
+    return head + "\n".join(_row(v) for v in evaluate(agg, targets.targets)) + "\n"

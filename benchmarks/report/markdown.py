@@ -1,0 +1,218 @@
+"""The full report as one Markdown document (results/*.md and docs/benchmarks.md)."""
+
+# The en dashes are the report's typography, not typos.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report.data import Reference, Targets, load_reference, load_targets
+from benchmarks.report.results import Agg, num
+from benchmarks.report.tables import (
+    failures,
+    main_table,
+    memory_table,
+    reference_table,
+    settings_list,
+    sync_table,
+)
+from benchmarks.report.targets import targets_table
+
+#: Written by hand after a run: where the time goes on the missed targets.
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis.md"
+
+
+def calibration_text(
+    meta: dict[str, Any], loads: Sequence[float], reference: Reference | None = None
+) -> str:
+    """Raw limits measured at the start of the run, next to the reference's, and the load."""
+    reference = reference or load_reference()
+    cal = meta.get("calibration") or {}
+    parts = [
+        f"{limit.what} {num(cal[limit.key])}/s (reference machine: {limit.value:,.0f}/s)"
+        for limit in reference.limits
+        if limit.key in cal
+    ]
+    bare = (
+        ("bare_drain_per_s", "the drain body with no queue, 32 at a time in one asyncio loop"),
+        ("bare_sleep_per_s", "the sleep body with no queue, 100 at a time"),
+    )
+    for key, what in bare:
+        if key in cal:
+            parts.append(f"{what} {num(cal[key])}/s")
+    text = ""
+    if parts:
+        text += "Raw limits measured at the start of this run: " + "; ".join(parts) + ".\n"
+    if loads:
+        text += (
+            f"1-minute load average before each repetition: median {statistics.median(loads):.1f}, "
+            f"max {max(loads):.1f} (2 cores; anything much above 1 means other work shared "
+            "the machine).\n"
+        )
+    return text
+
+
+def reuse_warning(meta: dict[str, Any]) -> str:
+    """A loud note when reused peer figures were measured under other conditions."""
+    old = (meta.get("reused_meta") or {}).get("calibration", {})
+    new = meta.get("calibration", {})
+    key = "redis_asyncio_lpush_per_s"
+    if key not in old or key not in new:
+        return ""
+    ratio = new[key] / old[key]
+    if 1 / 1.3 <= ratio <= 1.3:
+        return ""
+    return (
+        f"**Warning: the peer figures below were reused from a run whose raw Redis limit "
+        f"(asyncio LPUSH) was {num(old[key])}/s against {num(new[key])}/s in this run "
+        f"({ratio:.2f}x): the machine was not equally loaded, so these ratios are not valid. "
+        "Run the one command (peers and OmniQ together) before reading them as results.**\n\n"
+    )
+
+
+def markdown(
+    agg: Agg,
+    meta: dict[str, Any],
+    chart_name: str | None,
+    loads: Sequence[float] = (),
+    *,
+    reference: Reference | None = None,
+    targets: Targets | None = None,
+) -> str:
+    """The full report (used for results/*.md and docs/benchmarks.md).
+
+    ``reference`` and ``targets`` default to ``benchmarks/data/reference.toml`` and
+    ``benchmarks/data/targets.toml``.
+    """
+    reference = reference or load_reference()
+    targets = targets or load_targets()
+    m = meta
+    quick = " (QUICK mode: small N, not comparable)" if m["quick"] else ""
+    reused = (
+        f"; peer figures reused from {m['reused_peers_from']}" if m.get("reused_peers_from") else ""
+    )
+    parts = [
+        "# OmniQ benchmarks\n",
+        "Reproduce on a fresh clone (after the README's install):\n\n"
+        "```sh\npip install -e '.[bench]'  # or: pip install -r benchmarks/requirements-peers.txt\n"
+        "python -m benchmarks --backend all --workload all\n```\n\n"
+        "Options: `--backend redis|sqlite|file|postgres|all`, "
+        "`--workload enqueue|bulk|drain|latency|sleep|memory|sync|all` (comma lists work), "
+        "`--runs 3`, `--peers all|none|arq,saq,...`, "
+        "`--quick` (small N, development only), `--out benchmarks/results`, "
+        "`--reuse-peers FILE` (combine a new OmniQ run with stored peer figures from the same "
+        "machine), `--docs FILE` (where the full report also goes; a full run writes "
+        "docs/benchmarks.md, a partial run only benchmarks/results). Needs Redis on "
+        "127.0.0.1:6379 (DB 15 is flushed before every repetition) and PostgreSQL on "
+        "127.0.0.1:5432 as user postgres (database `qbench` is dropped and re-created before "
+        "every PostgreSQL repetition); `BENCH_REDIS_URL`, `BENCH_POSTGRES_SERVER` and "
+        "`BENCH_POSTGRES_DB` move them.\n",
+        "## Machine\n",
+        f"{m['cpus']} vCPU ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['os']}, kernel "
+        f"{m['kernel']}, Python {m['python']}, Redis {m['redis']} and PostgreSQL "
+        f"{m.get('postgres', 'not recorded')} on loopback, SQLite "
+        f"{m['sqlite']}. Producer, worker and server share the same cores. Run {m['date']}, "
+        f"{m['runs']} repetition(s) per cell{quick}{reused}.\n",
+        calibration_text(m, loads, reference),
+        (
+            "The reused peer figures came from an earlier run on this machine: "
+            + calibration_text(m["reused_meta"], m["reused_meta"].get("loads", []), reference)
+            if m.get("reused_meta")
+            else ""
+        ),
+        "## Results (median of the runs)\n",
+        main_table(agg, spread=False),
+        "† = the worker had not drained the whole queue 150 s after it was spawned; the rate is "
+        "over the tasks it completed by then (see Method).\n"
+        if any(c.get("partial") for c in agg.values())
+        else "",
+    ]
+    if chart_name:
+        parts.append(f"\n![OmniQ beside its peers]({chart_name})\n")
+    parts += [
+        "\n### Spread (median, min–max over the runs)\n",
+        main_table(agg, spread=True),
+    ]
+    if mem := memory_table(agg):
+        parts += ["\n## Memory (measured during the drain runs)\n", mem]
+    if syn := sync_table(agg):
+        parts += [
+            "\n## Sync overhead (OmniQ only)\n",
+            "The enqueue workload through `OmniQ` (blocking facade) and `AsyncOmniQ`, "
+            "same child process, each on its own fresh store.\n\n",
+            syn,
+        ]
+    parts += [
+        f"\n## {targets.heading}\n",
+        reuse_warning(m),
+        f"{targets.note}\n\n" if targets.note else "",
+        targets_table(agg, targets),
+    ]
+    if ANALYSIS.exists():
+        parts.append("\n" + ANALYSIS.read_text(encoding="utf-8"))
+    if ref := reference_table(agg, reference):
+        parts += [
+            "\n## Peers here vs the reference benchmark\n",
+            "The reference is `shared/reference/peer-benchmark.md` (same method, a machine of "
+            "the same kind); a shared 2-vCPU VM is noisy, so treat differences under ~1.3x as "
+            "ties.\n\n",
+            ref,
+        ]
+    parts += [
+        "\n## How each library was configured\n",
+        "Each worker is exactly one process started through the library's own CLI (arq "
+        "through its documented `run_worker()`, because its CLI forces INFO logging), log level "
+        "WARNING where a flag exists, concurrency 32 for drain and latency and 100 for sleep:\n\n",
+        settings_list(agg),
+        "\n## Method\n",
+        METHOD,
+        "\n## Failures\n",
+        failures(agg),
+    ]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+
+
+METHOD = """\
+- **Isolation.** Each repetition runs in a fresh child process with its own process group and
+  a hard timeout (enqueue 180 s, bulk 120 s, drain 420 s, latency 180 s, sleep 240 s, sync
+  300 s). Before it: `FLUSHDB` of Redis DB 15, the working directory (SQLite file, file-backend
+  directory) removed, and for PostgreSQL cells the database `qbench` dropped `WITH (FORCE)` and
+  re-created (each library then installs its own schema: OmniQ on first use, procrastinate
+  `apply_schema_async`, PgQueuer `Queries.install`, SAQ's migrations on connect). After it:
+  the group (producer, worker and the worker's children) gets SIGTERM, then SIGKILL.
+  Repetitions are run-major (all cells once, then again).
+- **Producer** = the child itself: one client, stdlib asyncio loop (no uvloop) for async
+  libraries, plain calls for sync ones (RQ, Dramatiq, Celery, Huey). Only the enqueue loop is
+  timed, after 20 warm-up calls, one call at a time.
+- **Worker** = exactly one worker process of the library, spawned by the child. The
+  `omniq worker`, `taskiq worker` and `pgq run` commands run on uvloop when it is installed
+  (the `[bench]` extra installs it); the other async workers use the stdlib loop.
+- **Task bodies** are identical (`benchmarks/apps/bodies.py`): drain = one pipelined Redis
+  round trip (`INCR` of a counter + `SET` of the first/last completion time); latency =
+  `time.time()` first, then `RPUSH`; sleep = 10 ms sleep (`asyncio.sleep`, or `time.sleep` in
+  thread/process workers) then the drain body. Every library's tasks, OmniQ's included and on
+  every backend, do their Redis round trip in DB 15.
+- **enqueue/s**: 10,000 no-op tasks, no worker running. **bulk**: the library's bulk API, one
+  call per 1,000 tasks (OmniQ `enqueue_many`, RQ `enqueue_many`, procrastinate
+  `batch_defer_async`, PgQueuer `Queries.enqueue` with lists; n/a = no bulk API).
+- **drain/s** = 9,999 / (last - first completion) over 10,000 tasks enqueued before the worker
+  was spawned (bulk API where one exists; not timed); **startup** = spawn -> first completion
+  (interpreter start, imports, connecting, first fetch). Measuring stops 150 s after the spawn:
+  a worker still draining then (RQ, which forks per job) is rated over the tasks it completed,
+  (completed-1) / (last - first completion), marked †.
+- **latency**: worker spawned and proven alive by one task; 5 warm-up + 500 tasks enqueued
+  open-loop with exponential gaps (mean 50 ms, seeded); latency = task-body `time.time()` -
+  `time.time()` just before the enqueue call (includes the enqueue call).
+- **sleep-concurrency/s**: 2,000 pre-enqueued sleep tasks, concurrency 100, same rate formula
+  as drain (ideal 10,000/s).
+- **memory**: `VmHWM` (peak RSS) summed over the worker process and its live children when the
+  drain finished; storage per queued task = growth of Redis `used_memory` (Redis queues) or of
+  the working directory's files (SQLite, file) or of `pg_database_size` (PostgreSQL) while the
+  10,000 drain tasks were enqueued.
+- **sync**: the enqueue workload through `OmniQ` then `AsyncOmniQ` in the same child, each on
+  its own store; ratio = async rate / sync rate.
+"""

@@ -5,6 +5,10 @@ the event storage in batches, so logging costs the hot path an append to a list.
 are visible within ``flush_interval`` (default 50 ms) and always after ``flush()`` or
 ``close()``. With no storage the logger is off and ``log`` does nothing.
 
+A logger outlives event loops (``asyncio.run`` twice): the loop that ends cancels its
+writer, which writes what is buffered first; what it could not write stays buffered, and
+the next event or flush, on the new loop, starts a writer there.
+
 Library logging (the ``omniq`` logger) is separate and never receives task events.
 """
 
@@ -56,6 +60,8 @@ class AsyncEventLogger:
         self._wakeup: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._write_lock: asyncio.Lock | None = None
+        # The loop the writer, its wake-up and the lock belong to.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     @property
@@ -101,12 +107,19 @@ class AsyncEventLogger:
             except Exception:
                 logger.exception("event handler %r failed", handler)
 
+    def _follow_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            # A new loop: the old one stopped the writer (or will never run it again).
+            self._loop = loop
+            self._flusher = self._wakeup = self._write_lock = None
+
     def _kick(self, now: bool) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # written by the next flush() or close()
+        self._follow_loop(loop)
         if self._flusher is None or self._flusher.done():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # written by the next flush() or close()
             self._wakeup = asyncio.Event()
             self._flusher = loop.create_task(self._run(), name="omniq-event-flusher")
             # A blocking client need not hand its loop to a thread for this writer.
@@ -135,6 +148,7 @@ class AsyncEventLogger:
             raise
 
     async def _write_some(self) -> None:
+        self._follow_loop(asyncio.get_running_loop())
         if self._write_lock is None:
             self._write_lock = asyncio.Lock()
         async with self._write_lock:
@@ -175,6 +189,7 @@ class AsyncEventLogger:
 
     async def close(self) -> None:
         """Flush and stop the background writer. Later events are ignored."""
+        self._follow_loop(asyncio.get_running_loop())
         await self.flush()
         self._closed = True
         if self._flusher is not None and not self._flusher.done():

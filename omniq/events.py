@@ -109,7 +109,8 @@ class AsyncEventLogger:
 
     def _follow_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop is not self._loop:
-            # A new loop: the old one stopped the writer (or will never run it again).
+            # A new loop: the old one stopped its writer (asyncio.run cancels it), or
+            # will never run it again, or if it does, the writer sees it is not current.
             self._loop = loop
             self._flusher = self._wakeup = self._write_lock = None
 
@@ -130,6 +131,7 @@ class AsyncEventLogger:
     async def _run(self) -> None:
         assert self._wakeup is not None
         wakeup = self._wakeup
+        me = asyncio.current_task()
         try:
             while self._buffer:
                 if self.flush_interval > 0 and len(self._buffer) < self.batch_size:
@@ -138,9 +140,11 @@ class AsyncEventLogger:
                         async with asyncio.timeout(self.flush_interval):
                             await wakeup.wait()
                 wakeup.clear()
+                if self._flusher is not me:
+                    return  # the logger moved to another loop, whose writer takes over
                 await self._write_some()
         except asyncio.CancelledError:
-            if self._buffer and not self._closed:
+            if self._buffer and not self._closed and self._flusher is me:
                 # Stopped from outside close(): most often asyncio.run() ending a script
                 # whose client was never closed. One last write, or these events would
                 # go with the loop.
@@ -148,7 +152,7 @@ class AsyncEventLogger:
             raise
 
     async def _write_some(self) -> None:
-        self._follow_loop(asyncio.get_running_loop())
+        # Only on the logger's current loop (the lock is that loop's).
         if self._write_lock is None:
             self._write_lock = asyncio.Lock()
         async with self._write_lock:
@@ -178,6 +182,7 @@ class AsyncEventLogger:
         is stored (unless the storage is failing: then they stay buffered)."""
         if self.storage is None:
             return
+        self._follow_loop(asyncio.get_running_loop())
         # A batch the background writer has taken is not in the buffer: taking the write
         # lock first waits for that write to end (or to put a failed batch back).
         await self._write_some()

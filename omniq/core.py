@@ -19,6 +19,7 @@ import msgspec
 
 from omniq import _callables, _fork, _sync
 from omniq._ids import new_task_id, new_task_ids
+from omniq._loops import LoopBinding
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
 from omniq.config import Duration, LoggingConfig, Settings, parse_duration
@@ -265,7 +266,9 @@ class AsyncOmniQ:
             batch_size=settings.event_batch_size,
         )
         self._registry: dict[str, Callable[..., Any]] = {}
-        self._connected = False
+        self._is_connected = False
+        # The event loop the client runs on: it follows its caller to a new one.
+        self._bound = LoopBinding("this AsyncOmniQ")
         self._connect_lock: asyncio.Lock | None = None
         self._pools: set[AsyncWorkerPool] = set()
         self._scheduler: AsyncScheduler | None = None
@@ -290,14 +293,32 @@ class AsyncOmniQ:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    @property
+    def _connected(self) -> bool:
+        # Connected, and on the running loop (or asked outside any loop): a caller on a
+        # new loop reads False, so its call goes through connect(), which follows it.
+        if not self._is_connected:
+            return False
+        running = asyncio._get_running_loop()
+        return running is None or running is self._bound.loop
+
     async def connect(self) -> None:
-        """Open the storages (done on first use too). Safe to call twice."""
+        """Open the storages (done on first use too). Safe to call twice.
+
+        A client follows its caller from one event loop to the next (``asyncio.run``
+        twice, a loop per test): its storages reconnect on the new loop. It serves one
+        loop at a time: a call from another loop while the first still runs (in another
+        thread) raises ``EventLoopError``.
+        """
         if self._connected:
             return
+        self._follow_loop()
+        if self._is_connected:
+            return  # on a new loop: the storages follow by themselves
         if self._connect_lock is None:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
-            if self._connected:  # another caller connected while this one waited
+            if self._is_connected:  # another caller connected while this one waited
                 return  # type: ignore[unreachable]
             LoggingConfig.from_settings(self.settings).apply()
             try:
@@ -309,7 +330,14 @@ class AsyncOmniQ:
                 raise
             self._event_store = events
             self.events.storage = events
-            self._connected = True
+            self._is_connected = True
+
+    def _follow_loop(self) -> None:
+        if self._bound.moved():
+            # The old loop ended its pools (asyncio.run cancels their tasks); the storages
+            # and the event logger follow to the new loop by themselves.
+            self._pools = set()
+            self._connect_lock = None
 
     async def _open_schedules(self) -> AsyncScheduler:
         """The scheduler, on the schedule store of the task queue's backend."""
@@ -382,7 +410,7 @@ class AsyncOmniQ:
             self._scheduler,
             self._connect_lock,
         ]
-        if self._connected:
+        if self._is_connected:
             self._inherited_instances = {
                 component
                 for component, spec in self._specs.items()
@@ -394,7 +422,9 @@ class AsyncOmniQ:
         self._scheduler = None
         self._pools = set()
         self._connect_lock = None
-        self._connected = False
+        self._is_connected = False
+        # The parent's loop may still look like it runs (in a thread that did not come).
+        self._bound = LoopBinding("this AsyncOmniQ")
         self.events = self._fresh_event_logger()
         return dropped
 
@@ -422,8 +452,9 @@ class AsyncOmniQ:
         Closing is not final: a later call on this client connects again, with the same
         settings and storages (and needs ``close()`` again to release them).
         """
-        if not self._connected:
+        if not self._is_connected:
             return
+        self._follow_loop()
         for pool in list(self._pools):
             # A pool left running would go on with closed storages; its tasks would stay
             # leased (and run again elsewhere) when their lease ran out.
@@ -432,7 +463,8 @@ class AsyncOmniQ:
             await self.events.close()
         finally:
             await self._close_storages()
-            self._connected = False
+            self._is_connected = False
+            await self._bound.detach()
             self.events = self._fresh_event_logger()
 
     async def _close_storages(self) -> None:

@@ -19,7 +19,8 @@ Every error OmniQ raises derives from :class:`OmniQError`::
     ├── ResultTimeoutError     (also TimeoutError) ``get_result(wait=True)`` gave up waiting
     ├── DependencyFailedError  a dependency ended FAILED, CANCELLED or EXPIRED
     ├── WorkerError            a worker could not run or stop as asked
-    └── SyncInAsyncError       (also RuntimeError) the sync API called inside a running loop
+    ├── SyncInAsyncError       (also RuntimeError) the sync API called inside a running loop
+    └── EventLoopError         (also RuntimeError) a client used from two running loops at once
 
 Control flow for task authors (``omniq.Retry``) is deliberately not an error.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DependencyFailedError",
+    "EventLoopError",
     "OmniQError",
     "PayloadSignatureError",
     "ResultTimeoutError",
@@ -130,3 +132,10 @@ class WorkerError(OmniQError):
 
 class SyncInAsyncError(OmniQError, RuntimeError):
     """The blocking API was called from inside a running event loop."""
+
+
+class EventLoopError(OmniQError, RuntimeError):
+    """A client (or a storage) was used from an event loop while the loop it runs on is
+    still running in another thread. One object serves one loop at a time: it follows its
+    caller to a new loop once the old one has finished (``asyncio.run`` twice), never two
+    at once."""

@@ -5,6 +5,10 @@ the event storage in batches, so logging costs the hot path an append to a list.
 are visible within ``flush_interval`` (default 50 ms) and always after ``flush()`` or
 ``close()``. With no storage the logger is off and ``log`` does nothing.
 
+A logger outlives event loops (``asyncio.run`` twice): the loop that ends cancels its
+writer, which writes what is buffered first; what it could not write stays buffered, and
+the next event or flush, on the new loop, starts a writer there.
+
 Library logging (the ``omniq`` logger) is separate and never receives task events.
 """
 
@@ -57,6 +61,8 @@ class AsyncEventLogger:
         self._wakeup: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._write_lock: asyncio.Lock | None = None
+        # The loop the writer, its wake-up and the lock belong to.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         #: Events taken into the buffer so far, and how many of them are written (or
         #: dropped): the buffer is written in order, so every event taken before
@@ -111,12 +117,20 @@ class AsyncEventLogger:
             except Exception:
                 logger.exception("event handler %r failed", handler)
 
+    def _follow_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            # A new loop: the old one stopped its writer (asyncio.run cancels it), or
+            # will never run it again, or if it does, the writer sees it is not current.
+            self._loop = loop
+            self._flusher = self._wakeup = self._write_lock = None
+
     def _kick(self, now: bool) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # written by the next flush() or close()
+        self._follow_loop(loop)
         if self._flusher is None or self._flusher.done():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # written by the next flush() or close()
             self._wakeup = asyncio.Event()
             self._flusher = loop.create_task(self._run(), name="omniq-event-flusher")
             # A blocking client need not hand its loop to a thread for this writer.
@@ -127,6 +141,7 @@ class AsyncEventLogger:
     async def _run(self) -> None:
         assert self._wakeup is not None
         wakeup = self._wakeup
+        me = asyncio.current_task()
         try:
             while self._buffer:
                 if self.flush_interval > 0 and len(self._buffer) < self.batch_size:
@@ -135,9 +150,11 @@ class AsyncEventLogger:
                         async with asyncio.timeout(self.flush_interval):
                             await wakeup.wait()
                 wakeup.clear()
+                if self._flusher is not me:
+                    return  # the logger moved to another loop, whose writer takes over
                 await self._write_some()
         except asyncio.CancelledError:
-            if self._buffer and not self._closed:
+            if self._buffer and not self._closed and self._flusher is me:
                 # Stopped from outside close(): most often asyncio.run() ending a script
                 # whose client was never closed. One last write, or these events would
                 # go with the loop.
@@ -145,6 +162,7 @@ class AsyncEventLogger:
             raise
 
     async def _write_some(self) -> None:
+        # Only on the logger's current loop (the lock is that loop's).
         if self._write_lock is None:
             self._write_lock = asyncio.Lock()
         async with self._write_lock:
@@ -176,6 +194,7 @@ class AsyncEventLogger:
         is stored (unless the storage is failing: then they stay buffered)."""
         if self.storage is None:
             return
+        self._follow_loop(asyncio.get_running_loop())
         # A batch the background writer has taken is not in the buffer: taking the write
         # lock first waits for that write to end (or to put a failed batch back).
         await self._write_some()
@@ -187,6 +206,7 @@ class AsyncEventLogger:
 
     async def close(self) -> None:
         """Flush and stop the background writer. Later events are ignored."""
+        self._follow_loop(asyncio.get_running_loop())
         await self.flush()
         self._closed = True
         if self._flusher is not None and not self._flusher.done():

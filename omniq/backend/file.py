@@ -7,6 +7,10 @@ a plain directory path (relative to the current directory); a client's storage U
 have a scheme (see :func:`omniq.backend.backend_for_url`). ``storage_options`` from the
 settings go to the fsspec driver of remote filesystems (credentials, ``endpoint_url``…).
 See :mod:`omniq.storage.file` for the layout and what is safe on which filesystem.
+
+Async drivers (s3fs, adlfs, gcsfs) bind their HTTP session to the event loop they first
+ran on. When that loop shuts down (``asyncio.run`` returning) the session is closed there,
+and the next operation, on the caller's new loop, opens a filesystem of its own.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class FileBackend(Backend):
             driver_class(self.location)  # a missing driver fails here, naming the extra
         self._fs: Any = None
         self._session: Any = None
+        self._reopen_lock = asyncio.Lock()
         self._stores: dict[str, Store] = {}
         self._components: dict[str, Any] = {}
 
@@ -91,16 +96,22 @@ class FileBackend(Backend):
                 except BaseException:
                     await self._close()
                     raise
-                self._stores = {sub: FsspecStore(fs, f"{location.root}/{sub}") for sub in _SUBDIRS}
+                self._stores = {
+                    sub: FsspecStore(fs, f"{location.root}/{sub}", ready=self._remote_here)
+                    for sub in _SUBDIRS
+                }
+                await self._bound.watch()
             self._fs = fs
         for store in self._stores.values():
             await store.open()
 
-    async def _connect_remote(self, fs: Any) -> None:
+    async def _connect_remote(self, fs: Any, *, check: bool = True) -> None:
         set_session = getattr(fs, "set_session", None)
         with translate_errors(f"connect to {self.location.url}"):
             if set_session is not None:
                 self._session = await set_session()
+            if not check:
+                return
             bucket = self.location.root.split("/", 1)[0]
             exists = (
                 await fs._exists(bucket)
@@ -114,12 +125,40 @@ class FileBackend(Backend):
             )
 
     async def _close(self) -> None:
+        await self._release_loop()
+        self._stores = {}
+
+    async def _release_loop(self) -> None:
+        # Also when the loop is ending: the session closes while the loop still runs.
         session, self._session = self._session, None
         self._fs = None
-        self._stores = {}
         if session is not None:
             with contextlib.suppress(Exception):
                 await session.close()
+
+    def _forget_loop(self) -> None:
+        # Left on a loop that finished without shutting down: too late to close the
+        # session there; dropped (the driver's finalizers close what they can).
+        self._session = None
+        if self.location.protocol != "memory":  # memory:// is not bound to a loop
+            self._fs = None
+        self._reopen_lock = asyncio.Lock()
+
+    async def _remote_here(self) -> None:
+        """Before each operation of a remote store: a filesystem of the running loop."""
+        if self._fs is not None and self._bound.loop is asyncio.get_running_loop():
+            return
+        self._follow_loop()
+        async with self._reopen_lock:
+            if self._fs is not None or not self._stores:
+                return  # reopened meanwhile, or closed
+            fs = filesystem_for(self.location, self._options)
+            await self._connect_remote(fs, check=False)
+            for store in self._stores.values():
+                assert isinstance(store, FsspecStore)
+                store.fs = fs
+            self._fs = fs
+            await self._bound.watch()
 
     def store(self, subdir: str) -> Store:
         """The store of one component's subdirectory (the backend must be connected)."""

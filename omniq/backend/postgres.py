@@ -12,6 +12,10 @@ in the same transaction, and storing a result notifies ``omniq:{namespace}:resul
 the task id. Only a client that waits opens the one extra listening connection; a lost
 listener makes waiters fall back to their timeouts (they are allowed to wake spuriously,
 and they re-check) until it is reopened.
+
+The pool and the listener belong to the event loop they were opened on. When that loop
+shuts down (``asyncio.run`` returning) they are closed there, and the next statement, on
+the caller's new loop, opens a new pool (see :mod:`omniq._loops`).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
+from omniq._loops import abort_transport, quietly
 from omniq._urls import redact_url, split_namespace, split_option
 from omniq.backend.base import Backend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
@@ -154,6 +160,10 @@ class PostgresBackend(Backend):
         self._held_busy = False
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
+        self._reopen_lock = asyncio.Lock()
+        # Every connection opened (pooled or listening): what to close by hand when their
+        # loop is gone (see _forget_loop).
+        self._conns: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
         self._opening: asyncio.Future[bool] | None = None
         self._work_waiters: set[asyncio.Future[None]] = set()
         self._result_waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -166,12 +176,22 @@ class PostgresBackend(Backend):
     # -- connection ------------------------------------------------------------------
 
     async def _open(self) -> None:
+        self._pool = await self._create_pool()
+        await self._bound.watch()
         try:
-            self._pool = await asyncpg.create_pool(
+            await self._migrate()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        try:
+            return await asyncpg.create_pool(
                 self.dsn,
                 min_size=1,
                 max_size=self.pool_size,
                 reset=_keep_session,
+                init=self._track,
                 server_settings={"application_name": self.application_name},
             )
         except asyncpg.InvalidCatalogNameError as exc:
@@ -182,13 +202,43 @@ class PostgresBackend(Backend):
             ) from exc
         except asyncpg.PostgresError as exc:
             raise StorageConnectionError(f"postgres: {self._where}: {exc}") from exc
-        try:
-            await self._migrate()
-        except BaseException:
-            await self._close()
-            raise
 
     async def _close(self) -> None:
+        await self._close_connections()
+
+    async def _release_loop(self) -> None:
+        # The loop is ending: close its pool and listener gracefully while it still runs.
+        await self._close_connections()
+
+    async def _track(self, conn: asyncpg.Connection) -> None:
+        self._conns.add(conn)
+
+    def _forget_loop(self) -> None:
+        # Left on a loop that finished without shutting down (closed by hand, or stopped):
+        # terminated without it, as far as it goes (a closed loop refuses the callbacks
+        # that close a socket; abort_transport closes it in place).
+        pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        self._held = None  # one of the pool's connections
+        self._held_busy = False
+        self._opening = None
+        self._listen_lock = asyncio.Lock()
+        self._reopen_lock = asyncio.Lock()
+        self._work_waiters = set()
+        self._result_waiters = {}
+        if listener is not None:
+            quietly(listener.terminate)
+        if pool is not None:
+            quietly(pool.terminate)
+        conns = list(self._conns)
+        self._conns.clear()
+        for conn in conns:
+            quietly(conn.terminate)
+            transport = getattr(conn, "_transport", None)
+            if transport is not None:
+                abort_transport(transport)
+
+    async def _close_connections(self) -> None:
         pool, self._pool = self._pool, None
         opening, self._opening = self._opening, None
         if opening is not None and not opening.done():
@@ -228,7 +278,9 @@ class PostgresBackend(Backend):
         """
         for delay in _RETRY_DELAYS:
             try:
-                pool = self._ready_pool(doing)
+                pool = self._pool
+                if pool is None or self._bound.loop is not asyncio.get_running_loop():
+                    pool = await self._pool_here(doing)
                 if self._held_busy:
                     return await op(pool)
                 return await self._on_held(pool, op)
@@ -240,6 +292,17 @@ class PostgresBackend(Backend):
             except asyncpg.PostgresError as exc:
                 raise StorageError(f"postgres: {doing}: {exc}") from exc
         raise AssertionError("unreachable")  # the last delay is None
+
+    async def _pool_here(self, doing: str) -> asyncpg.Pool:
+        """The pool, on the running loop: a caller that moved to a new loop gets a new
+        pool there (the old loop closed its own as it ended, or left it behind)."""
+        self._follow_loop()
+        if self._pool is None and self._refs > 0:
+            async with self._reopen_lock:
+                if self._pool is None:
+                    self._pool = await self._create_pool()
+                    await self._bound.watch()
+        return self._ready_pool(doing)
 
     async def _on_held(
         self, pool: asyncpg.Pool, op: Callable[[asyncpg.Connection], Awaitable[T]]
@@ -372,6 +435,7 @@ class PostgresBackend(Backend):
         if self._pool is None:  # the bundle closed while this one was opening
             listener.terminate()
             return False
+        self._conns.add(listener)
         listener.add_termination_listener(self._on_listener_lost)
         self._listener = listener
         return True
@@ -430,6 +494,7 @@ class PostgresBackend(Backend):
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return at the next work notification, or after ``timeout``."""
+        self._follow_loop()
         future = asyncio.get_running_loop().create_future()
         self._work_waiters.add(future)
         try:
@@ -441,6 +506,7 @@ class PostgresBackend(Backend):
 
     async def result_future(self, task_id: str) -> asyncio.Future[None] | None:
         """A future set when the result of ``task_id`` is stored (None: not listening)."""
+        self._follow_loop()
         if not await self._listening():
             return None
         future = asyncio.get_running_loop().create_future()

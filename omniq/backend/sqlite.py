@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiosqlite
 
+from omniq._loops import LoopBinding
 from omniq.backend.base import Backend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 
@@ -146,7 +147,9 @@ class _SQLiteConnection:
 
     Each operation is one function run on the connection's thread, so operations never
     interleave: that single thread is the write lock within a process, and
-    ``BEGIN IMMEDIATE`` with the busy timeout is the lock between processes.
+    ``BEGIN IMMEDIATE`` with the busy timeout is the lock between processes. That thread
+    serves any event loop; the wake-ups (and the open lock) belong to one, and are made
+    anew when the caller moves to a new loop (``asyncio.run`` twice).
     """
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
@@ -159,6 +162,7 @@ class _SQLiteConnection:
         self._work: asyncio.Event | None = None
         self._result_waiters: dict[str, builtins.list[asyncio.Future[None]]] = {}
         self._shm_fd: int | None = None
+        self._bound = LoopBinding(f"the SQLite connection to {path}")
 
     @property
     def is_memory(self) -> bool:
@@ -172,6 +176,7 @@ class _SQLiteConnection:
 
     async def open(self) -> None:
         """Open the file (creating its directory), set the pragmas, migrate the schema."""
+        self._follow_loop()
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
@@ -258,6 +263,8 @@ class _SQLiteConnection:
 
     async def close(self) -> None:
         """Close the connection. Safe to call twice."""
+        self._follow_loop()
+        await self._bound.detach()
         db, self._db = self._db, None
         if self._shm_fd is not None:
             os.close(self._shm_fd)
@@ -294,8 +301,15 @@ class _SQLiteConnection:
 
     # -- wake-ups ---------------------------------------------------------------------
 
+    def _follow_loop(self) -> None:
+        if self._bound.moved():  # the old loop's waiters went with it
+            self._open_lock = None
+            self._work = None
+            self._result_waiters = {}
+
     def notify_work(self) -> None:
         """Wake every in-process waiter of :meth:`wait_for_work`."""
+        self._follow_loop()
         if self._work is not None:
             self._work.set()
             self._work = None
@@ -307,6 +321,7 @@ class _SQLiteConnection:
 
     def notify_results(self, task_ids: Collection[str]) -> None:
         """Wake in-process waiters for these results."""
+        self._follow_loop()
         for task_id in task_ids:
             for future in self._result_waiters.pop(task_id, ()):
                 if not future.done():
@@ -344,6 +359,7 @@ class _SQLiteConnection:
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when this process or another one may have made work available."""
+        self._follow_loop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         waiter = asyncio.ensure_future(self._work_event().wait())
@@ -371,6 +387,7 @@ class _SQLiteConnection:
 
     def result_future(self, task_id: str) -> asyncio.Future[None]:
         """A future completed when a result for ``task_id`` is stored in this process."""
+        self._follow_loop()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._result_waiters.setdefault(task_id, []).append(future)
         return future

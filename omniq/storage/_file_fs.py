@@ -27,7 +27,7 @@ import threading
 import weakref
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -589,9 +589,14 @@ class FsspecStore(Store):
 
     optimistic = True
 
-    def __init__(self, fs: Any, root: str) -> None:
+    def __init__(
+        self, fs: Any, root: str, *, ready: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         super().__init__(root.rstrip("/"))
         self.fs = fs
+        # Awaited before each operation: the backend may swap ``fs`` for one made on the
+        # running loop (async drivers bind their HTTP session to one loop).
+        self._ready = ready
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.conditional = protocol in ("s3", "s3a")
         self.cross_process = self.conditional
@@ -656,6 +661,8 @@ class FsspecStore(Store):
 
     async def update(self, path: str, fn: UpdateFn[T], *, likely_absent: bool = False) -> T:
         """Compare-and-set loop: read, decide, write if unchanged, else decide again."""
+        if self._ready is not None:
+            await self._ready()
         full = self._abs(path)
         with translate_errors(f"update {path}"):
             async with _keyed_locks().hold(self.key + "\0" + path):
@@ -694,6 +701,8 @@ class FsspecStore(Store):
 
     async def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
         """Read objects concurrently."""
+        if self._ready is not None:
+            await self._ready()
 
         async def one(path: str) -> bytes | None:
             try:
@@ -707,6 +716,8 @@ class FsspecStore(Store):
 
     async def write_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Write objects concurrently (each PUT is whole or absent)."""
+        if self._ready is not None:
+            await self._ready()
         with translate_errors("write"):
             await asyncio.gather(
                 *(self._call("pipe_file", self._abs(path), data) for path, data in items)
@@ -714,6 +725,8 @@ class FsspecStore(Store):
 
     async def delete_many(self, paths: Sequence[str]) -> None:
         """Delete objects concurrently."""
+        if self._ready is not None:
+            await self._ready()
         with translate_errors("delete"):
             await self._delete_abs([self._abs(path) for path in paths])
 
@@ -736,11 +749,15 @@ class FsspecStore(Store):
 
     async def list_many(self, dirs: Sequence[str]) -> list[list[str]]:
         """List directories concurrently (listing caches bypassed)."""
+        if self._ready is not None:
+            await self._ready()
         with translate_errors("list"):
             return list(await asyncio.gather(*(self._ls(self._abs(d)) for d in dirs)))
 
     async def walk(self, directory: str) -> list[str]:
         """Every object below ``directory``."""
+        if self._ready is not None:
+            await self._ready()
         full = self._abs(directory)
         with translate_errors(f"walk {directory}"):
             try:

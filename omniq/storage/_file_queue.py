@@ -73,7 +73,9 @@ def _with_entry(task: Task, seq: int) -> tuple[bytes, str]:
 
 
 _Listing = list[list[str]]
-_PENDING_LISTINGS: dict[tuple[int, str, tuple[str, ...]], asyncio.Future[_Listing]] = {}
+_PENDING_LISTINGS: dict[
+    tuple[asyncio.AbstractEventLoop, str, tuple[str, ...]], asyncio.Future[_Listing]
+] = {}
 
 
 async def _shared_listing(store: Store, dirs: Sequence[str]) -> _Listing:
@@ -82,7 +84,9 @@ async def _shared_listing(store: Store, dirs: Sequence[str]) -> _Listing:
     Many concurrent claims would otherwise each list the same directories (on an object
     store, a slow request each). Callers must not modify the lists.
     """
-    key = (id(asyncio.get_running_loop()), store.key, tuple(dirs))
+    # The loop itself, not its id: a listing left pending by a loop closed by hand must
+    # not be awaited by a later loop that happens to reuse that id.
+    key = (asyncio.get_running_loop(), store.key, tuple(dirs))
     pending = _PENDING_LISTINGS.get(key)
     if pending is None:
         pending = asyncio.ensure_future(store.list_many(dirs))

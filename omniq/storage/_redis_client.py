@@ -12,6 +12,9 @@ lease runs out, a repeated append logs an event twice; a worker stopped while bl
 may leave a claim made at that instant to its lease, the same way. Blocking commands
 are not retried.
 
+A client outlives event loops (``asyncio.run`` twice): its connections close as their loop
+shuts down, and the next call, on the new loop, connects again (see :mod:`omniq._loops`).
+
 Scripts are the files of ``omniq/storage/lua``, each prefixed with ``common.lua``, loaded
 once and called by SHA (``NOSCRIPT`` reloads them: a restarted server lost them). The key
 layout they work on is described in :mod:`omniq.storage.redis`.
@@ -30,6 +33,7 @@ from typing import Any
 
 from hiredis import pack_command
 
+from omniq._loops import LoopBinding, quietly
 from omniq._urls import redact_url as _redact
 from omniq._urls import split_namespace
 from omniq.errors import ConfigError, StorageConnectionError, StorageError, ValueTooLargeError
@@ -177,6 +181,8 @@ class RedisClient:
         # Blocking calls given up by their callers, still being settled (see block_many).
         self._settling: set[asyncio.Task[None]] = set()
         self._open_lock = asyncio.Lock()
+        # Connections, locks and settling tasks belong to one event loop.
+        self._bound = LoopBinding(self, self._release_loop)
 
     @property
     def is_open(self) -> bool:
@@ -185,6 +191,7 @@ class RedisClient:
 
     async def open(self) -> None:
         """Check the server answers and load the scripts. Safe to call twice."""
+        self._follow_loop()
         async with self._open_lock:
             if self._endpoint is not None:
                 return
@@ -199,6 +206,7 @@ class RedisClient:
     async def close(self) -> None:
         """Close every connection (after settling abandoned blocking calls). Safe to
         call twice."""
+        self._follow_loop()
         if self._settling:
             await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
         self._endpoint = None
@@ -206,6 +214,33 @@ class RedisClient:
         # Requests still in flight (a worker blocked in BLPOP) end with a connection error.
         for conn in list(self._blocking_busy):
             conn.close()
+        await self._bound.detach()
+
+    def _follow_loop(self) -> None:
+        """Bind to the running loop; after a move, forget what the old loop left."""
+        if self._bound.moved():
+            self._forget_loop()
+
+    def _forget_loop(self) -> None:
+        # Everything made on the loop the client leaves (or that is ending): closed as far
+        # as that loop still allows. The client stays open; the next request connects.
+        self._settling.clear()  # tasks of that loop: they ended (or never run again) there
+        conns = [self._main, *self._blocking_idle, *self._blocking_busy]
+        self._main = None
+        self._blocking_idle.clear()
+        self._blocking_busy.clear()
+        for conn in conns:
+            if conn is not None:
+                quietly(conn.close)
+        self._connecting = None
+        self._open_lock = asyncio.Lock()
+
+    async def _release_loop(self) -> None:
+        # The loop is shutting down (asyncio.run returning): its tasks are done, but
+        # blocking calls they gave up may still be settling (as in close()).
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
+        self._forget_loop()
 
     async def load_scripts(self) -> None:
         """``SCRIPT LOAD`` every OmniQ script (one round trip)."""
@@ -244,11 +279,13 @@ class RedisClient:
         self, endpoint: RespEndpoint, *, client_id: bool = False
     ) -> RespConnection:
         try:
-            return await RespConnection.open(endpoint, client_id=client_id)
+            conn = await RespConnection.open(endpoint, client_id=client_id)
         except ResponseError as exc:  # AUTH or SELECT refused: retrying will not help
             raise StorageConnectionError(f"redis: {self._where}: refused: {exc}") from exc
         except RespTLSError as exc:  # nor with a certificate refused or a plain-text port
             raise StorageConnectionError(f"redis: {self._where}: {exc}") from exc
+        await self._bound.watch()
+        return conn
 
     async def execute(
         self, commands: Sequence[Command], *, blocking: bool = False
@@ -259,6 +296,8 @@ class RedisClient:
         always reads every reply. Connection errors are retried (blocking commands are
         not), then raised as :class:`StorageConnectionError`.
         """
+        if self._bound.loop is not asyncio.get_running_loop():
+            self._follow_loop()
         data = _pack(commands[0]) if len(commands) == 1 else b"".join(map(_pack, commands))
         count = len(commands)
         if blocking:
@@ -385,6 +424,8 @@ class RedisClient:
         through one call while the next is built. The calls must be safe to repeat: a
         batch cut by a lost connection is sent again whole.
         """
+        if self._bound.loop is not asyncio.get_running_loop():
+            self._follow_loop()
         sha, prefix = _SHAS[name], self.prefix
         packed: builtins.list[bytes] = []
         futures: builtins.list[asyncio.Future[builtins.list[Any]]] = []
@@ -432,6 +473,7 @@ class RedisClient:
         If the caller is cancelled while it waits, ``abandoned`` (when given) gets the
         replies in the background: what the later commands did is not lost.
         """
+        self._follow_loop()
         data = b"".join(map(_pack, commands))
         async with asyncio.timeout(timeout + _BLOCK_SLACK):
             return await self._execute_blocking(data, len(commands), abandoned)

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from omniq._loops import abort_transport
 from omniq.errors import ConfigError
 
 __all__ = [
@@ -291,9 +292,12 @@ class RespConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close now; pending requests fail with :class:`RespConnectionError`."""
-        self._fail(RespConnectionError("closed"))
-        if self._transport is not None:
-            self._transport.abort()
+        try:
+            self._fail(RespConnectionError("closed"))
+        finally:
+            transport, self._transport = self._transport, None
+            if transport is not None:
+                abort_transport(transport)  # also when its loop has closed
 
     # -- asyncio.Protocol ------------------------------------------------------------
 

@@ -19,18 +19,22 @@ What does not run here, and why:
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 import pytest
 
+from omniq import AsyncOmniQ, EventType
 from omniq.backend import backend_for_url
 from omniq.backend.file import FileBackend
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
 from omniq.storage._file_fs import FsspecStore
+from tests.conformance import tasks
 from tests.s3server import S3_KEY, S3_SECRET, running_s3_server
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -163,3 +167,37 @@ async def test_missing_bucket_fails_loudly(s3_settings: Settings) -> None:
     with pytest.raises(StorageConnectionError, match="no-such-bucket"):
         await backend.connect()
     assert backend._refs == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_client_on_s3_follows_its_caller_from_loop_to_loop(
+    s3_settings: Settings, bucket: str, tmp_path: Path
+) -> None:
+    # s3fs binds its HTTP session to the loop it first ran on: each loop gets its own,
+    # closed as that loop ends.
+    url = f"s3://{bucket}/app"
+    oq = AsyncOmniQ(
+        s3_settings,
+        task_queue=url,
+        result_storage=url,
+        event_storage=url,
+        base_dir=str(tmp_path / ".omniq"),
+    )
+
+    async def step(n: int) -> None:
+        async with asyncio.timeout(20):
+            task_id = await oq.enqueue(tasks.add, n, n)
+            await oq.worker(concurrency=2).run(burst=True)
+            result = await oq.get_result(task_id)
+            assert result is not None and result.result == 2 * n
+            kinds = [event.event_type for event in await oq.get_events(task_id)]
+            assert kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
+
+    async def close() -> None:
+        async with asyncio.timeout(20):
+            assert (await oq.stats())["default"] == {"complete": 3}
+            await oq.close()
+
+    for n in range(3):
+        asyncio.run(step(n))
+    asyncio.run(close())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -23,7 +23,7 @@ from omniq._ids import new_task_id
 from omniq.backend import backend_for_url
 from omniq.backend.redis import RedisBackend
 from omniq.config import Settings
-from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.errors import ConfigError, EventLoopError, StorageConnectionError, StorageError
 from omniq.models import EventType, Task, TaskEvent, TaskStatus, utcnow
 from omniq.storage.base import Ack
 from omniq.storage.redis import (
@@ -206,6 +206,68 @@ async def test_sync_twins_work_on_their_own_loop(namespace: str) -> None:
 
     await asyncio.to_thread(run)
     await delete_redis_namespace(REDIS_URL, namespace)
+
+
+def _run_on_a_loop_closed_by_hand(coro: Coroutine[Any, Any, None]) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()  # without shutting down its async generators: nothing hears of it
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("runner", ["asyncio.run", "closed by hand"])
+def test_a_standalone_component_follows_its_caller_from_loop_to_loop(
+    namespace: str, runner: str
+) -> None:
+    run = asyncio.run if runner == "asyncio.run" else _run_on_a_loop_closed_by_hand
+    queue = AsyncRedisQueue(REDIS_URL, namespace=namespace)  # made outside any loop
+
+    async def step(n: int) -> None:
+        async with asyncio.timeout(10):
+            await queue.enqueue([make_task(f"t{n}")])
+            await queue.wait(["default"], 5.0)  # BLPOP on a connection of its own: a token
+            [got] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+            assert got.id == f"t{n}"
+            assert await queue.ack(got.id, "w", TaskStatus.COMPLETE, now=utcnow())
+
+    async def close() -> None:
+        async with asyncio.timeout(10):
+            assert await queue.stats() == {"default": {"complete": 3}}
+            await queue.close()
+
+    try:
+        for n in range(3):
+            run(step(n))
+        run(close())
+        assert not queue.client.is_open
+    finally:
+        asyncio.run(delete_redis_namespace(REDIS_URL, namespace))
+
+
+@pytest.mark.timeout(60)
+def test_a_standalone_component_refuses_a_second_running_loop(namespace: str) -> None:
+    queue = AsyncRedisQueue(REDIS_URL, namespace=namespace)
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+
+    async def from_here() -> None:
+        async with asyncio.timeout(10):
+            with pytest.raises(EventLoopError, match="one event loop at a time"):
+                await queue.get("t0")
+
+    try:
+        enqueued = asyncio.run_coroutine_threadsafe(queue.enqueue([make_task("t0")]), other)
+        assert enqueued.result(10) == ["t0"]
+        asyncio.run(from_here())
+        asyncio.run_coroutine_threadsafe(queue.close(), other).result(10)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(10)
+        other.close()
+        asyncio.run(delete_redis_namespace(REDIS_URL, namespace))
 
 
 # -- batches and round trips -------------------------------------------------------------

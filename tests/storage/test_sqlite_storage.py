@@ -3,6 +3,7 @@ is special to SQLite: URLs, migrations, several processes on one file, corrupt r
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -162,6 +163,28 @@ async def test_standalone_component_connects_on_first_use(db_url: str) -> None:
     reopened = AsyncSQLiteQueue(db_url)
     async with reopened:
         assert await reopened.get(task.id) == task
+
+
+@pytest.mark.timeout(30)
+def test_a_wait_on_a_new_event_loop_still_waits(db_url: str) -> None:
+    # The wake-up event of the first loop is not reused on the next (it would fail at
+    # once there, and a worker would poll in a hot loop instead of waiting).
+    queue = AsyncSQLiteQueue(db_url)
+    waited: list[float] = []
+
+    async def wait() -> None:
+        started = time.monotonic()
+        await queue.wait(["default"], 0.3)
+        waited.append(time.monotonic() - started)
+
+    async def close() -> None:
+        await queue.enqueue([make_task()])  # wakes nobody: no waiter on this loop
+        await queue.close()
+
+    for _ in range(3):
+        asyncio.run(wait())
+    asyncio.run(close())
+    assert min(waited) >= 0.25
 
 
 async def test_default_path_is_under_base_dir(tmp_path: Path) -> None:

@@ -29,7 +29,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from omniq.config import LOG_LEVELS, LoggingConfig, Settings, warn_unknown_variables
+from omniq.config import (
+    LOG_LEVELS,
+    QUEUE_ORDERS,
+    LoggingConfig,
+    Settings,
+    warn_unknown_variables,
+)
 from omniq.errors import ConfigError, OmniQError
 
 __all__ = ["load_app", "main"]
@@ -89,7 +95,12 @@ def _client(args: argparse.Namespace) -> Any:
 
 async def _run_worker(args: argparse.Namespace) -> int:
     oq = getattr(args, "client", None) or _client(args)
-    pool = oq.worker(worker_type=args.worker_type, concurrency=args.concurrency, queues=args.queues)
+    pool = oq.worker(
+        worker_type=args.worker_type,
+        concurrency=args.concurrency,
+        queues=args.queues,
+        queue_order=args.queue_order,
+    )
     loop = asyncio.get_running_loop()
     signals_seen = 0
     stopper: list[asyncio.Task[None]] = []
@@ -286,6 +297,12 @@ def _parser() -> argparse.ArgumentParser:
 
     w = command("worker", "run a worker until SIGTERM/SIGINT")
     w.add_argument("--queues", help="comma-separated queue names (default: default_queue)")
+    w.add_argument(
+        "--queue-order",
+        metavar="{merged,strict}",
+        help="merged: by priority, then age, across the queues (default: queue_order); "
+        "strict: the first listed queue with work first",
+    )
     w.add_argument("--concurrency", type=int, help="tasks at once (default: max_workers)")
     w.add_argument("--worker-type", choices=["async", "thread", "process", "gevent"])
     w.add_argument("--burst", action="store_true", help="exit once nothing is left to run")
@@ -331,9 +348,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_options(config: str | None, level: str | None) -> str | None:
+def _check_options(
+    config: str | None, level: str | None, queue_order: str | None = None
+) -> str | None:
     """The ``--log-level`` value to use; ConfigError naming the option for a bad
-    ``--log-level`` or ``--config`` (reported as itself, not as the variable it sets)."""
+    ``--log-level``, ``--config`` (reported as itself, not as the variable it sets) or
+    ``--queue-order`` (reported as itself, not as ``worker()``'s argument)."""
+    if queue_order is not None and queue_order.strip().lower() not in QUEUE_ORDERS:
+        choices = ", ".join(QUEUE_ORDERS)
+        raise ConfigError(f"--queue-order {queue_order!r}: expected one of {choices}")
     if level is not None:
         if level.strip().upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
@@ -354,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.app = args.app or args.top_app or os.environ.get("OMNIQ_APP") or None
     config = args.sub_config or args.config
     try:
-        level = _check_options(config, args.sub_log_level or args.log_level)
+        level = _check_options(
+            config, args.sub_log_level or args.log_level, getattr(args, "queue_order", None)
+        )
     except ConfigError as exc:
         print(f"omniq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -38,6 +38,7 @@ __all__ = [
     "Duration",
     "EnvConfig",
     "LoggingConfig",
+    "QUEUE_ORDERS",
     "Settings",
     "parse_duration",
     "warn_unknown_variables",
@@ -87,6 +88,8 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 #: The values ``log_level`` takes (case-insensitive).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BACKENDS = ("sqlite", "file", "memory", "redis", "postgres", "nats")
+#: The values ``queue_order`` takes: how a worker of several queues orders its claims.
+QUEUE_ORDERS = ("merged", "strict")
 
 # field -> (kind, argument). A trailing "?" makes the kind optional (None allowed); "upper"
 # and "lower" are case-insensitive choices among the argument, stored in that case; the
@@ -108,6 +111,7 @@ _RULES: dict[str, tuple[str, Any]] = {
     "default_worker": ("lower", ("async", "thread", "process", "gevent")),
     "max_workers": ("int", 1),
     "default_queue": ("text", None),
+    "queue_order": ("lower", QUEUE_ORDERS),
     "task_ttl": ("duration?", True),
     "result_ttl": ("duration?", True),
     "event_ttl": ("duration?", True),
@@ -326,6 +330,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     ``base_dir`` takes a ``str`` or any ``os.PathLike`` (``pathlib.Path``) and keeps its str.
     ``namespace`` isolates applications sharing a server (key prefix, schema, stream).
     ``poll_interval`` is the longest idle sleep where a backend cannot notify.
+    ``queue_order`` is how a worker of several queues claims: ``"merged"`` (by priority,
+    due time and enqueue order across them all) or ``"strict"`` (the first listed queue
+    with claimable work first); see :meth:`omniq.AsyncOmniQ.worker`.
     """
 
     # Any os.PathLike is taken; the value kept is always its str.
@@ -345,6 +352,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     default_worker: str = "async"
     max_workers: int = 10
     default_queue: str = "default"
+    queue_order: str = "merged"
     task_ttl: float | None = None
     result_ttl: float | None = 86400.0
     event_ttl: float | None = 604800.0

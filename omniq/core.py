@@ -1197,19 +1197,31 @@ class AsyncOmniQ:
         worker_type: str | None = None,
         concurrency: int | None = None,
         queues: Sequence[str] | str | None = None,
+        queue_order: str | None = None,
     ) -> AsyncWorkerPool:
         """A worker pool over this client's storages (not started).
 
         ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"``.
         ``queues``: a name, a list of names or ``"a,b"``; None is the ``default_queue``
-        setting.
+        setting. ``queue_order``: ``"merged"`` or ``"strict"``; None is the
+        ``queue_order`` setting (``"merged"`` unless configured). Any other value raises
+        ``ConfigError`` (a ``ValueError``).
 
-        Several queues are served as one, not in the order listed: on every backend a
-        claim takes, across all of them, the tasks of higher ``priority`` first, then
-        the earlier due time (a task not delayed is due when enqueued), then the earlier
-        enqueued. So ``queues=["high", "low"]`` runs an older ``low`` task before a newer
-        ``high`` one of the same priority. To favour a queue, give its tasks a higher
-        ``priority`` or run a worker of its own for it.
+        With ``"merged"``, several queues are served as one, not in the order listed: on
+        every backend a claim takes, across all of them, the tasks of higher
+        ``priority`` first, then the earlier due time (a task not delayed is due when
+        enqueued), then the earlier enqueued. So ``queues=["high", "low"]`` runs an older
+        ``low`` task before a newer ``high`` one of the same priority.
+
+        With ``"strict"``, the list order comes first, as in an RQ worker: each claim
+        takes from the first listed queue that has claimable work and fills its batch
+        from the next queues only when the earlier ones have nothing more to claim
+        (within a queue: priority, then due time, then enqueue order). So
+        ``worker(queues=["high", "low"], queue_order="strict")`` starts a ``low`` task
+        only when ``high`` has nothing claimable, and a steady flow into ``high`` can keep
+        ``low`` waiting indefinitely: run a worker of its own for ``low`` if it must
+        progress. A pool with ``concurrency`` above 1 may start a ``low`` task in a batch
+        that ``high`` could not fill, and keeps running it when ``high`` work arrives.
 
         A ``"gevent"`` worker runs its tasks as greenlets of one thread: a task that
         computes without yielding (CPU-bound, or blocked in a call gevent does not
@@ -1225,5 +1237,9 @@ class AsyncOmniQ:
         from omniq.workers.pool import AsyncWorkerPool
 
         return AsyncWorkerPool(
-            self, worker_type=worker_type, concurrency=concurrency, queues=queues
+            self,
+            worker_type=worker_type,
+            concurrency=concurrency,
+            queues=queues,
+            queue_order=queue_order,
         )

@@ -335,15 +335,22 @@ class OmniQ:
         worker_type: str | None = None,
         concurrency: int | None = None,
         queues: Sequence[str] | str | None = None,
+        queue_order: str | None = None,
     ) -> WorkerPool:
         """A blocking worker pool over this client's storages (not started).
 
-        As :meth:`AsyncOmniQ.worker`: several ``queues`` are served in one order (by
-        priority, then due time, then enqueue order), not in the order listed; a
-        ``"gevent"`` task that never yields holds up its whole worker, even past its
-        timeout.
+        As :meth:`AsyncOmniQ.worker`: with ``queue_order="merged"`` (the default)
+        several ``queues`` are served in one order (by priority, then due time, then
+        enqueue order), not in the order listed; with ``queue_order="strict"`` the first
+        listed queue with claimable work goes first. A ``"gevent"`` task that never
+        yields holds up its whole worker, even past its timeout.
         """
-        pool = self._async.worker(worker_type=worker_type, concurrency=concurrency, queues=queues)
+        pool = self._async.worker(
+            worker_type=worker_type,
+            concurrency=concurrency,
+            queues=queues,
+            queue_order=queue_order,
+        )
         return WorkerPool(pool, self._runner)
 
 

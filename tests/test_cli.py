@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from omniq import OmniQ
 from tests.conftest import REPO_ROOT
 
 
@@ -186,6 +187,7 @@ def test_a_gevent_worker_stays_on_asyncio_by_default(tmp_path: Path) -> None:
         (("stats",), {"OMNIQ_MAX_WORKERS": "many"}, "OMNIQ_MAX_WORKERS"),
         (("--config", "missing.yaml", "stats"), {}, "missing.yaml"),
         (("worker", "--worker-type", "gevent", "--loop", "uvloop"), {}, "gevent"),
+        (("worker", "--burst"), {"OMNIQ_QUEUE_ORDER": "lifo"}, "OMNIQ_QUEUE_ORDER='lifo'"),
     ],
 )
 def test_errors_are_one_line_without_traceback(
@@ -245,6 +247,7 @@ def test_the_console_script_imports_tasks_from_the_current_directory(tmp_path: P
         (("--log-level", "LOUD", "stats"), "--log-level 'LOUD'"),
         (("stats", "--log-level", "LOUD"), "--log-level 'LOUD'"),
         (("--config", "missing.yaml", "stats"), "--config 'missing.yaml'"),
+        (("worker", "--queue-order", "fifo"), "--queue-order 'fifo'"),
     ],
 )
 def test_a_bad_option_is_reported_as_the_option(
@@ -257,6 +260,29 @@ def test_a_bad_option_is_reported_as_the_option(
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"omniq: error: {option}: ")
     assert "OMNIQ_" not in line and "environment" not in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "first"),
+    [
+        ((), {}, "low"),  # merged: the older task first, whatever the list order
+        (("--queue-order", "strict"), {}, "high"),
+        ((), {"OMNIQ_QUEUE_ORDER": "strict"}, "high"),
+        (("--queue-order", "merged"), {"OMNIQ_QUEUE_ORDER": "strict"}, "low"),  # flag wins
+    ],
+)
+def test_worker_queue_order_from_the_flag_or_the_environment(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], first: str
+) -> None:
+    ran = tmp_path / "ran"
+    with OmniQ(base_dir=str(tmp_path / ".omniq")) as oq:  # the CLI's default store here
+        for queue in ("low", "high"):
+            oq.submit("tests.conformance.tasks:append_line", (str(ran), queue), queue=queue)
+    options = ("--burst", "--concurrency", "1", "--queues", "high,low", *args)
+    work = omniq("worker", *options, cwd=tmp_path, env=env)
+    assert work.returncode == 0, work.stderr
+    second = "high" if first == "low" else "low"
+    assert [line.split()[0] for line in ran.read_text().splitlines()] == [first, second]
 
 
 @contextlib.contextmanager

@@ -107,6 +107,7 @@ class _ReadyCache:
     """A sorted listing of ready entries, reused by the next claims for a moment."""
 
     queues: tuple[str, ...]
+    strict: bool  # names in (queue position, name) order rather than by name alone
     generation: int
     listed_at: float
     names: list[tuple[str, str]]  # (name, directory), in claim order
@@ -326,16 +327,18 @@ class AsyncFileQueue(BaseTaskQueue):
         limit: int,
         lease_seconds: float,
         now: datetime,
+        strict: bool = False,
     ) -> list[Task]:
         """Lease up to ``limit`` claimable tasks, best first.
 
         Lists the ready and running directories of ``queues`` (names only), then claims
-        candidates in name order, each with one atomic update of its record.
+        candidates in name order (with ``strict``: queue by queue in list order, each in
+        name order), each with one atomic update of its record.
         """
         if limit <= 0 or not queues:
             return []
         store = await self._s()
-        candidates = await self._candidates(store, queues, now)
+        candidates = await self._candidates(store, queues, now, strict)
         claimed: list[Task] = []
         lease = now + timedelta(seconds=lease_seconds)
         # Entries another claim of this process is trying right now are skipped: racing
@@ -378,16 +381,20 @@ class AsyncFileQueue(BaseTaskQueue):
         return claimed
 
     async def _candidates(
-        self, store: Store, queues: Sequence[str], now: datetime
+        self, store: Store, queues: Sequence[str], now: datetime, strict: bool = False
     ) -> Iterator[Entry]:
         """Claimable-looking entries in claim order, parsed lazily (names sort in order).
 
-        The sorted ready listing is reused for up to ``_LIST_TTL`` seconds while it has
-        untried names and no enqueue in this process has happened since, so a claim
-        against a long backlog does not list and sort it each time; entries another
-        process took in the meantime fail their update and are skipped.
+        Merged, the entries of all ``queues`` sort together by name; ``strict``, by
+        (position of their queue in ``queues``, name). The sorted ready listing is
+        reused for up to ``_LIST_TTL`` seconds while it has untried names and no enqueue
+        in this process has happened since, so a claim against a long backlog does not
+        list and sort it each time; entries another process took in the meantime fail
+        their update and are skipped.
         """
         now_us = to_us(now)
+        if strict:
+            queues = list(dict.fromkeys(queues))  # a name listed again keeps its place
         key = tuple(queues)
         ready_dirs = [f"ready/{token(q)}" for q in queues]
         running_dirs = [f"running/{token(q)}" for q in queues]
@@ -397,17 +404,18 @@ class AsyncFileQueue(BaseTaskQueue):
         if (
             cache is None
             or cache.queues != key
+            or cache.strict != strict
             or cache.generation != generation
             or clock - cache.listed_at > _LIST_TTL
             or len(cache.tried) >= len(cache.names)
         ):
             listings = await _shared_listing(store, ready_dirs + running_dirs)
-            names = sorted(
-                (name, directory)
-                for directory, found in zip(ready_dirs, listings[: len(queues)], strict=True)
-                for name in found
-            )
-            cache = self._ready_cache = _ReadyCache(key, generation, clock, names, set())
+            found_ready = zip(ready_dirs, listings[: len(queues)], strict=True)
+            if strict:
+                names = [(name, d) for d, found in found_ready for name in sorted(found)]
+            else:
+                names = sorted((name, d) for d, found in found_ready for name in found)
+            cache = self._ready_cache = _ReadyCache(key, strict, generation, clock, names, set())
             running = listings[len(queues) :]
         else:
             running = await _shared_listing(store, running_dirs)
@@ -426,8 +434,15 @@ class AsyncFileQueue(BaseTaskQueue):
                 entry = parse_entry(directory, name)
                 if entry is not None and entry.extra_us <= now_us:
                     expired.append(entry)
-        expired.sort(key=_order)
-        return heapq.merge(ready(cache), iter(expired), key=_order)
+        order: Callable[[Entry], Any] = _order
+        if strict:
+            rank = {d: i for dirs in (ready_dirs, running_dirs) for i, d in enumerate(dirs)}
+
+            def order(entry: Entry) -> tuple[int, str]:
+                return rank[entry.path.rpartition("/")[0]], entry.key
+
+        expired.sort(key=order)
+        return heapq.merge(ready(cache), iter(expired), key=order)
 
     @staticmethod
     def _stale_change(store: Store, entry: Entry, record: Record | None) -> Change[Any]:

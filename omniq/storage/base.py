@@ -201,11 +201,18 @@ class BaseTaskQueue(BaseStorage):
         limit: int,
         lease_seconds: float,
         now: datetime,
+        strict: bool = False,
     ) -> list[Task]:
         """Atomically lease up to ``limit`` claimable tasks from ``queues``.
 
         Order: higher ``priority`` first, then earlier due time (``due_at``, or the
-        creation time), then enqueue order. Each claimed task becomes ``RUNNING`` with
+        creation time), then enqueue order. By default (``strict=False``) the queues are
+        merged: that order runs across all of them, whatever order they are listed in.
+        With ``strict=True`` the list order comes first: the claim takes the claimable
+        tasks of ``queues[0]`` (in the order above), and only when those are fewer than
+        ``limit`` fills the rest from ``queues[1]``, and so on; the returned list follows
+        (queue position, priority, due time, enqueue order). A name listed twice counts
+        at its first position. Each claimed task becomes ``RUNNING`` with
         ``worker_id``, ``lease_expires_at = now + lease_seconds`` and ``attempts + 1``;
         the returned tasks show those values. Two concurrent claims never return the
         same task. A claimable task whose record cannot be decoded is leased the same way
@@ -408,15 +415,22 @@ class BaseTaskQueue(BaseStorage):
         limit: int,
         lease_seconds: float,
         timeout: float,
+        strict: bool = False,
     ) -> builtins.list[Task]:
         """:meth:`wait`, then :meth:`claim` at once: what an idle worker does.
 
-        Backends that can run the claim on the server the moment the wait ends (Redis
-        pipelines it behind the blocking pop) override this to save a round trip.
+        ``strict`` is :meth:`claim`'s (the list order of ``queues`` first). Backends that
+        can run the claim on the server the moment the wait ends (Redis pipelines it
+        behind the blocking pop) override this to save a round trip.
         """
         await self.wait(queues, timeout)
         return await self.claim(
-            queues, worker_id, limit=limit, lease_seconds=lease_seconds, now=utcnow()
+            queues,
+            worker_id,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            now=utcnow(),
+            strict=strict,
         )
 
     #: How often the default :meth:`watch_cancels` looks at the held tasks, in seconds.

@@ -215,25 +215,60 @@ SELECT pg_notify($14, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
 # queue is matched with "=" ("= ANY(array)" cannot give PostgreSQL 15 an ordered scan).
 # The scan walks past the queue's running tasks and past not-yet-due tasks of a higher
 # priority than the ready ones; both are few in the usual queue.
-_CLAIM_TEMPLATE = f"""
-WITH picked AS (
-    SELECT seq FROM {{s}}.tasks
-    WHERE {{match}} AND ready_ts IS NOT NULL AND {{ready}}
-    ORDER BY priority DESC, due_ts, seq
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
+_CLAIM_UPDATE = f"""
 UPDATE {{s}}.tasks AS t
 SET status = 'running', worker_id = $4, lease_ts = $5, attempts = t.attempts + 1,
     lost_runs = t.lost_runs + (t.status = 'running')::int, updated_ts = $2
 FROM picked WHERE t.seq = picked.seq
 RETURNING {", ".join("t." + c for c in _TASK_COLUMNS.split(", "))}
 """
+_CLAIM_TEMPLATE = (
+    """
+WITH picked AS (
+    SELECT seq FROM {s}.tasks
+    WHERE {match} AND ready_ts IS NOT NULL AND {ready}
+    ORDER BY priority DESC, due_ts, seq
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)"""
+    + _CLAIM_UPDATE
+)
 _CLAIM_ONE = _CLAIM_TEMPLATE.replace("{match}", "queue = $1::text").replace(
     "{ready}", "(ready_ts <= $2) IS TRUE"
 )
 _CLAIM_ANY = _CLAIM_TEMPLATE.replace("{match}", "queue = ANY($1::text[])").replace(
     "{ready}", "ready_ts <= $2"
+)
+
+# A strict claim (queue_order="strict": the worker's list order first) keeps what the
+# comment above is about: per queue, an ordered scan of tasks_claim matched with "=" that
+# stops after LIMIT rows, here one per queue through a LATERAL join over the array WITH
+# ORDINALITY, in list order. EXPLAIN ANALYZE (PostgreSQL 15, 10,000 ready tasks in
+# "high" and "low", limit 8, 5 runs each): 0.16-0.38 ms whether the tasks are split
+# 5,000/5,000, 0/10,000 or 3/10,000, where the merged "= ANY" form above takes 3-15 ms
+# (a scan of every ready row, then a sort). Claiming queue by queue from the client would
+# use the same scans but cost a round trip for each queue that falls short.
+# The outer ORDER BY is the rank alone, on purpose: PostgreSQL knows an ordinality column
+# is sorted, so no Sort node comes between the LIMIT and the nested loop, which hands out
+# each queue's rows in its sub-query's index order and locks a row only when the LIMIT
+# takes it. With the full key (rank, priority, due, seq) an Incremental Sort appears
+# instead, which reads (and locks, until the statement ends) rows of the next queues to
+# fill its first batch: 11 rows locked for 8 taken with 3 ready in "high".
+_CLAIM_IN_LIST_ORDER = (
+    """
+WITH picked AS (
+    SELECT c.seq FROM unnest($1::text[]) WITH ORDINALITY AS q(name, rank)
+    CROSS JOIN LATERAL (
+        SELECT seq FROM {s}.tasks
+        WHERE queue = q.name AND ready_ts IS NOT NULL AND (ready_ts <= $2) IS TRUE
+        ORDER BY priority DESC, due_ts, seq
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY q.rank
+    LIMIT $3
+)"""
+    + _CLAIM_UPDATE
 )
 
 # ``unrun`` is 1 for an ack whose claim did not run the task (``Ack.ran`` is False).
@@ -464,17 +499,20 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         limit: int,
         lease_seconds: float,
         now: datetime,
+        strict: bool = False,
     ) -> builtins.list[Task]:
-        """Lease up to ``limit`` claimable tasks in one statement (``SKIP LOCKED``)."""
+        """Lease up to ``limit`` claimable tasks in one statement (``SKIP LOCKED``; with
+        ``strict``, the earlier listed queues first)."""
         if limit <= 0 or not queues:
             return []
         now_ts = ts(now)
         names = list(dict.fromkeys(queues))
         one = len(names) == 1
+        strict = strict and not one  # one queue: both orders are the same
         db = await self._db()
         rows = await db.fetch(
             "claiming tasks",
-            self._q(_CLAIM_ONE if one else _CLAIM_ANY),
+            self._q(_CLAIM_ONE if one else _CLAIM_IN_LIST_ORDER if strict else _CLAIM_ANY),
             names[0] if one else names,
             now_ts,
             limit,
@@ -483,6 +521,11 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         )
         rows.sort(key=lambda row: (-row[3], row[7], row[0]))
         claimed = [await self._task_or_unreadable(db, row) for row in rows]
+        if strict:
+            # RETURNING gives rows in no set order and without their queue: the record's
+            # queue puts them in list order (a stable sort keeps the order within each).
+            rank = {name: i for i, name in enumerate(names)}
+            claimed.sort(key=lambda task: rank.get(task.queue, len(rank)))
         for task in claimed:
             if isinstance(task, UnreadableTask):
                 logger.error("%s; handing it to the worker to fail", task.reason)

@@ -62,7 +62,8 @@ key                                type    holds
 
 Every state change of a task is one Lua script (``omniq/storage/lua``), loaded once and
 called by SHA: a claim promotes due delayed tasks and expired leases into the ready set,
-then leases the best ``limit`` tasks across the queues, all in one ``EVALSHA``. Enqueue,
+then leases the best ``limit`` tasks across the queues, all in one ``EVALSHA`` (a
+strict claim takes the queues one by one, in the order listed). Enqueue,
 retry, release and transitions push a token to the queue's wake list; an idle worker
 blocks on those lists (``BLPOP``) on a connection kept for blocking calls, and a result
 ``wait`` blocks the same way on ``rw:{id}``. A claim that takes everything claimable
@@ -150,6 +151,8 @@ _ENQUEUE_CHUNK = 250
 _CANCEL_WAIT = 10
 #: Results of ``wait`` keep their wake-up token this long at most (milliseconds).
 _RESULT_TOKEN_MS = 60_000
+#: The claim script's trailing argument for queue_order="strict" (left out otherwise).
+_STRICT = ("1",)
 
 
 def _us(moment: datetime) -> int:
@@ -486,15 +489,18 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         limit: int,
         lease_seconds: float,
         now: datetime,
+        strict: bool = False,
     ) -> builtins.list[Task]:
-        """Lease up to ``limit`` claimable tasks in one script call."""
+        """Lease up to ``limit`` claimable tasks in one script call (with ``strict``, the
+        earlier listed queues first)."""
         if limit <= 0 or not queues:
             return []
         client = self.client if self._connected else await self._client()
         names = list(dict.fromkeys(queues))
         lease_at = now + timedelta(seconds=lease_seconds)
+        order = _STRICT if strict else ()
         flat = await client.script(
-            "claim", _us(now), _us(lease_at), worker_id, limit, len(names), *names
+            "claim", _us(now), _us(lease_at), worker_id, limit, len(names), *names, *order
         )
         return await self._claimed(flat, worker_id, now, lease_at)
 
@@ -506,6 +512,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         limit: int,
         lease_seconds: float,
         timeout: float,
+        strict: bool = False,
     ) -> builtins.list[Task]:
         """Block on the wake lists, then claim, in one pipeline on a blocking connection.
 
@@ -519,13 +526,21 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         names = list(dict.fromkeys(queues))
         if timeout < 0.001 or not names or limit <= 0:
             return await super().wait_and_claim(
-                queues, worker_id, limit=limit, lease_seconds=lease_seconds, timeout=timeout
+                queues,
+                worker_id,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                timeout=timeout,
+                strict=strict,
             )
         client = await self._client()
         keys = [f"{self._prefix}q:{queue}:wake" for queue in names]
         lease_us = round(lease_seconds * 1_000_000)
         claim = (_SHAS["claim"], 0, self._prefix, "", lease_us, worker_id, limit, len(names))
-        commands = [("BLPOP", *keys, f"{timeout:.3f}"), ("EVALSHA", *claim, *names)]
+        commands = [
+            ("BLPOP", *keys, f"{timeout:.3f}"),
+            ("EVALSHA", *claim, *names, *(_STRICT if strict else ())),
+        ]
 
         async def hand_back(replies: builtins.list[Any]) -> None:
             flat = replies[-1]
@@ -540,7 +555,12 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         if isinstance(flat, NoScriptError):  # scripts flushed (server restarted)
             await client.load_scripts()
             return await self.claim(
-                queues, worker_id, limit=limit, lease_seconds=lease_seconds, now=utcnow()
+                queues,
+                worker_id,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                now=utcnow(),
+                strict=strict,
             )
         if isinstance(flat, ResponseError):
             raise StorageError(f"redis: script claim: {flat}") from flat

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import json
 import logging
 import os
@@ -168,15 +169,25 @@ def _task_params(task: Task) -> tuple[Any, ...]:
     )
 
 
-def _claim_sql(queue_count: int) -> str:
+@functools.cache
+def _claim_sql(queue_count: int, strict: bool = False) -> str:
+    """The claim over ``queue_count`` queues (``:q0``, ``:q1``…): one ordered sub-query
+    per queue, so each is a walk of ``tasks_claim`` that stops at ``:limit``; with
+    ``strict``, each candidate carries its queue's position and that sorts first."""
     if queue_count == 1:
         candidates = _Q["claim_candidates"].format(queue=":q0")
+    elif strict:
+        candidates = " UNION ALL ".join(
+            f"SELECT * FROM ({_Q['claim_candidates_ranked'].format(queue=f':q{i}', rank=i)})"
+            for i in range(queue_count)
+        )
     else:
         candidates = " UNION ALL ".join(
             f"SELECT * FROM ({_Q['claim_candidates'].format(queue=f':q{i}')})"
             for i in range(queue_count)
         )
-    return _Q["claim"].format(candidates=candidates)
+    pick = _Q["claim_pick_in_list_order" if strict else "claim_pick"]
+    return _Q["claim"].format(pick=pick.format(candidates=candidates))
 
 
 class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
@@ -225,20 +236,28 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         limit: int,
         lease_seconds: float,
         now: datetime,
+        strict: bool = False,
     ) -> list[Task]:
-        """Lease up to ``limit`` claimable tasks in one ``BEGIN IMMEDIATE`` transaction."""
+        """Lease up to ``limit`` claimable tasks in one ``BEGIN IMMEDIATE`` transaction
+        (with ``strict``, the earlier listed queues first)."""
         if limit <= 0 or not queues:
             return []
         queues = list(dict.fromkeys(queues))
+        strict = strict and len(queues) > 1  # one queue: both orders are the same
         now_ts = _ts(now)
         params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
         params.update(worker=worker_id, lease=now_ts + lease_seconds, now=now_ts, limit=limit)
-        sql = _claim_sql(len(queues))
+        sql = _claim_sql(len(queues), strict)
+        rank = {queue: i for i, queue in enumerate(queues)} if strict else None
 
         def claim(conn: sqlite3.Connection) -> list[Task]:
             rows = conn.execute(sql, params).fetchall()
             rows.sort(key=lambda row: (-row[3], row[7], row[0]))
             claimed = [_task_or_unreadable(conn, row) for row in rows]
+            if rank is not None:
+                # RETURNING gives rows in no set order and without their queue: the
+                # record's queue puts them in list order (a stable sort keeps the rest).
+                claimed.sort(key=lambda task: rank.get(task.queue, len(rank)))
             for task in claimed:
                 if isinstance(task, UnreadableTask):
                     logger.error("%s; handing it to the worker to fail", task.reason)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from omniq.config import Duration, parse_duration
+from omniq.config import QUEUE_ORDERS, Duration, parse_duration
 from omniq.decisions import Verdict, before_run, final_result
 from omniq.errors import ConfigError, OmniQError, SerializationError, StorageError, TaskTimeoutError
 from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskStatus, utcnow
@@ -54,8 +54,22 @@ def _parse_queues(queues: Sequence[str] | str | None, default: str) -> tuple[str
     return cleaned
 
 
+def _parse_queue_order(queue_order: str | None, default: str) -> str:
+    if queue_order is None:
+        return default
+    if isinstance(queue_order, str) and queue_order.strip().lower() in QUEUE_ORDERS:
+        return queue_order.strip().lower()
+    choices = ", ".join(repr(order) for order in QUEUE_ORDERS)
+    raise ConfigError(f"queue_order={queue_order!r}: expected one of {choices}")
+
+
 class AsyncWorkerPool:
     """Runs tasks from ``queues`` with up to ``concurrency`` at a time.
+
+    ``queue_order`` (default: the ``queue_order`` setting, ``"merged"``) is how several
+    queues are claimed from: ``"merged"`` by priority, due time and enqueue order across
+    them all, ``"strict"`` the first listed queue with claimable work first (see
+    :meth:`omniq.AsyncOmniQ.worker`).
 
     Example::
 
@@ -74,6 +88,7 @@ class AsyncWorkerPool:
         concurrency: int | None = None,
         queues: Sequence[str] | str | None = None,
         worker_id: str | None = None,
+        queue_order: str | None = None,
     ) -> None:
         settings = oq.settings
         self.oq = oq
@@ -83,6 +98,9 @@ class AsyncWorkerPool:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigError(f"concurrency={concurrency!r}: expected an integer >= 1")
         self.queues = _parse_queues(queues, settings.default_queue)
+        self.queue_order = _parse_queue_order(queue_order, settings.queue_order)
+        # What every claim passes to the queue: take the queues in list order.
+        self._strict = self.queue_order == "strict"
         self.worker_id = worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
@@ -331,6 +349,7 @@ class AsyncWorkerPool:
                         limit=free,
                         lease_seconds=self.lease_seconds,
                         now=utcnow(),
+                        strict=self._strict,
                     )
                     backoff = 0.0
                 except StorageError as exc:
@@ -414,6 +433,7 @@ class AsyncWorkerPool:
             limit=free,
             lease_seconds=self.lease_seconds,
             timeout=timeout,
+            strict=self._strict,
         )
         claimed: list[Task] | None = await self._idle(timeout, waiter)
         return claimed

@@ -46,6 +46,11 @@ class WorkerPool:
         return self._async.worker_id
 
     @property
+    def queue_order(self) -> str:
+        """How several queues are claimed from: ``"merged"`` or ``"strict"``."""
+        return self._async.queue_order
+
+    @property
     def counts(self) -> dict[str, int]:
         """Outcome counts since start."""
         return self._async.counts

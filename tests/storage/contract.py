@@ -302,6 +302,84 @@ class QueueContract:
         assert [t.id for t in claimed] == [b.id, a.id]
         assert await queue.claim(["nope"], "w", limit=10, lease_seconds=30, now=utcnow()) == []
 
+    @staticmethod
+    async def enqueue_high_and_low(queue: BaseTaskQueue, now: datetime) -> None:
+        """Older tasks in "low" (one urgent), newer ones in "high" (one not yet due), and
+        an urgent one in a queue nobody asks for."""
+        await queue.enqueue(
+            [
+                make_task("low-old", queue="low", due_at=now - 30 * S),
+                make_task("low-urgent", queue="low", priority=5, due_at=now - 5 * S),
+                make_task("low-older", queue="low", due_at=now - 40 * S),
+                make_task("high-new", queue="high", due_at=now - 10 * S),
+                make_task("high-later", queue="high", priority=9, due_at=now + 60 * S),
+                make_task("high-newest", queue="high", due_at=now - 1 * S),
+                make_task("high-top", queue="high", priority=1, due_at=now - 2 * S),
+                make_task("elsewhere", queue="other", priority=9, due_at=now - 50 * S),
+            ]
+        )
+
+    async def test_strict_claim_takes_the_queues_in_list_order(self, queue: BaseTaskQueue) -> None:
+        now = utcnow()
+        await self.enqueue_high_and_low(queue, now)
+        queues = ["high", "low", "high"]  # a name listed again keeps its first place
+
+        def claim(limit: int) -> Awaitable[list[Task]]:
+            return queue.claim(queues, "w", limit=limit, lease_seconds=300, now=now, strict=True)
+
+        # Within a queue: priority, then due time; "high" first, "low" fills the batch.
+        assert [t.id for t in await claim(2)] == ["high-top", "high-new"]
+        assert [t.id for t in await claim(3)] == ["high-newest", "low-urgent", "low-older"]
+        assert [t.id for t in await claim(10)] == ["low-old"]
+        assert await claim(10) == []
+        # Once due, the delayed task is claimed: "low" has nothing left (its leases run).
+        later = await queue.claim(
+            ["low", "high"], "w", limit=10, lease_seconds=30, now=now + 61 * S, strict=True
+        )
+        assert [t.id for t in later] == ["high-later"]
+
+    async def test_strict_claim_takes_a_lost_lease_in_its_queue_turn(
+        self, queue: BaseTaskQueue
+    ) -> None:
+        now = utcnow()
+        await queue.enqueue([make_task("low-lost", queue="low", due_at=now - 20 * S)])
+        await queue.claim(["low"], "dead", limit=1, lease_seconds=10, now=now)
+        await queue.enqueue([make_task("high-new", queue="high", due_at=now - 1 * S)])
+        later = now + 11 * S  # the lease of low-lost has run out
+
+        def claim(queues: list[str]) -> Awaitable[list[Task]]:
+            return queue.claim(queues, "w", limit=1, lease_seconds=30, now=later, strict=True)
+
+        assert [t.id for t in await claim(["high", "low"])] == ["high-new"]
+        [lost] = await claim(["high", "low"])
+        assert (lost.id, lost.attempts, lost.worker_id) == ("low-lost", 2, "w")
+
+    async def test_merged_claim_ignores_the_list_order(self, queue: BaseTaskQueue) -> None:
+        now = utcnow()
+        await self.enqueue_high_and_low(queue, now)
+        claimed = await queue.claim(["high", "low"], "w", limit=10, lease_seconds=30, now=now)
+        assert [t.id for t in claimed] == [
+            "low-urgent",
+            "high-top",
+            "low-older",
+            "low-old",
+            "high-new",
+            "high-newest",
+        ]
+
+    async def test_strict_wait_and_claim_takes_the_queues_in_list_order(
+        self, queue: BaseTaskQueue
+    ) -> None:
+        await self.enqueue_high_and_low(queue, utcnow())
+        claimed = await asyncio.wait_for(
+            queue.wait_and_claim(
+                ["high", "low"], "w", limit=4, lease_seconds=30, timeout=0.2, strict=True
+            ),
+            5,
+        )
+        assert [t.id for t in claimed] == ["high-top", "high-new", "high-newest", "low-urgent"]
+        assert all(t.status is TaskStatus.RUNNING for t in claimed)
+
     async def test_due_at_is_respected(self, queue: BaseTaskQueue) -> None:
         now = utcnow()
         task = make_task(due_at=now + 60 * S)
@@ -385,6 +463,21 @@ class QueueContract:
         now = utcnow()
         claims = [
             q.claim(["default"], f"w{i}", limit=8, lease_seconds=30, now=now)
+            for i in range(20)
+            for q in (queue, other_queue)
+        ]
+        results = await asyncio.gather(*claims)
+        ids = [t.id for claimed in results for t in claimed]
+        assert len(ids) == len(set(ids)) == 200
+
+    async def test_concurrent_strict_claims_never_share_a_task(
+        self, queue: BaseTaskQueue, other_queue: BaseTaskQueue
+    ) -> None:
+        tasks = [make_task(queue=("high", "low")[i % 2], priority=i % 3) for i in range(200)]
+        await queue.enqueue(tasks)
+        now = utcnow()
+        claims = [
+            q.claim(["high", "low"], f"w{i}", limit=8, lease_seconds=30, now=now, strict=True)
             for i in range(20)
             for q in (queue, other_queue)
         ]

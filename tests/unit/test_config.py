@@ -34,6 +34,7 @@ def test_defaults() -> None:
     assert s.postgres_url == "postgresql://postgres@127.0.0.1:5432/postgres"
     assert s.nats_url == "nats://127.0.0.1:4222"
     assert (s.default_worker, s.max_workers, s.default_queue) == ("async", 10, "default")
+    assert s.queue_order == "merged"
     assert (s.task_ttl, s.result_ttl, s.event_ttl) == (None, 86400.0, 604800.0)
     assert (s.lease_seconds, s.max_retries, s.retry_delay, s.retry_max_delay) == (
         30.0,
@@ -355,6 +356,10 @@ def test_relative_yaml_path_is_shown_absolute(
         ({"max_workers": True}, "argument max_workers=True: expected an integer >= 1"),
         ({"max_workers": "10"}, "argument max_workers='10': expected an integer >= 1"),
         ({"log_level": "verbose"}, "argument log_level='verbose': expected one of"),
+        (
+            {"queue_order": "fifo"},
+            "argument queue_order='fifo': expected one of 'merged', 'strict'",
+        ),
         ({"event_storage_type": None}, "argument event_storage_type=None: expected one of"),
         ({"storage_options": {1: 2}}, "argument storage_options=<hidden>: expected a mapping"),
     ],
@@ -523,3 +528,15 @@ def test_logging_format_is_used(omniq_logger: logging.Logger) -> None:
 def test_logging_rejects_a_bad_level() -> None:
     with pytest.raises(ConfigError, match="expected one of 'DEBUG'"):
         LoggingConfig(level="loud")
+
+
+def test_queue_order_from_the_environment_and_yaml(tmp_path: Path) -> None:
+    assert Settings.load(environ={"OMNIQ_QUEUE_ORDER": "Strict"}).queue_order == "strict"
+    write_yaml(tmp_path / "c.yaml", "queue_order: strict\n")
+    assert Settings.from_yaml(tmp_path / "c.yaml").queue_order == "strict"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(environ={"OMNIQ_QUEUE_ORDER": "lifo"})
+    assert str(caught.value) == (
+        "environment variable OMNIQ_QUEUE_ORDER='lifo': expected one of 'merged', 'strict'"
+    )
+    assert isinstance(caught.value, ValueError)

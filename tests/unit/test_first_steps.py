@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,40 @@ def test_blocking_pool_stop_takes_a_duration_string(tmp_path: Path) -> None:
         pool.start()
         assert oq.get_result(task_id, wait=True, timeout="10s").result == 3
         pool.stop(timeout="2s")
+
+
+# -- worker(queue_order=...) is checked when the pool is built -----------------------------
+
+
+@pytest.mark.parametrize("client", [AsyncOmniQ, OmniQ])
+@pytest.mark.parametrize("value", ["fifo", "", 1, True])
+def test_a_bad_queue_order_names_the_argument_and_the_choices(
+    client: type[Any], value: Any, tmp_path: Path
+) -> None:
+    oq = client(base_dir=str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        oq.worker(queues=["high", "low"], queue_order=value)
+    assert str(caught.value) == f"queue_order={value!r}: expected one of 'merged', 'strict'"
+    assert isinstance(caught.value, ValueError)
+    assert not tmp_path.joinpath("omniq.db").exists()  # checked before any storage
+
+
+@pytest.mark.parametrize("client", [AsyncOmniQ, OmniQ])
+def test_queue_order_defaults_to_the_setting(client: type[Any], tmp_path: Path) -> None:
+    assert client(base_dir=str(tmp_path)).worker().queue_order == "merged"
+    strict = client(base_dir=str(tmp_path), queue_order="strict")
+    assert strict.worker().queue_order == "strict"
+    assert strict.worker(queue_order="MERGED").queue_order == "merged"  # the argument wins
+
+
+def test_the_blocking_client_runs_a_strict_worker(tmp_path: Path) -> None:
+    label = uuid.uuid4().hex
+    with OmniQ(base_dir=str(tmp_path)) as oq:
+        for name, queue in [("low", "low"), ("high", "high")]:
+            oq.submit(tasks.record, (f"{label}-{name}",), queue=queue)
+        oq.worker(queues="high,low", queue_order="strict", concurrency=1).run(burst=True)
+    order = [value for _, value in tasks.CALLS if value.startswith(label)]
+    assert order == [f"{label}-high", f"{label}-low"]
 
 
 # -- storage arguments are checked by the constructor ---------------------------------------

@@ -1,6 +1,8 @@
 -- Lease up to `limit` claimable tasks: promote due delayed tasks and expired leases to
 -- the ready sets, then take the best `limit` across the queues.
--- ARGV: prefix, now, lease_until, worker, limit, nqueues, queues...
+-- ARGV: prefix, now, lease_until, worker, limit, nqueues, queues..., [strict]
+-- With strict = '1' the queues are taken in the order given (queue_order="strict"): each
+-- queue's best in turn, until `limit` are found; queues after that are not looked at.
 -- Returns per task: id, data, attempts, due, lost runs.
 -- With now = '' the server's clock gives now and lease_until is now + ARGV[3] (a lease
 -- length in microseconds); the reply then starts with now and lease_until. A worker uses
@@ -8,6 +10,7 @@
 -- the time the wait will end.
 local now, lease, worker = ARGV[2], ARGV[3], ARGV[4]
 local limit, nq = tonumber(ARGV[5]), tonumber(ARGV[6])
+local strict = ARGV[7 + nq] == '1'
 local PROMOTE = 1000
 local cands = {}
 local out = {}
@@ -36,8 +39,11 @@ for i = 1, nq do
   for j = 1, #top, 2 do
     cands[#cands + 1] = {tonumber(top[j + 1]), top[j], q}
   end
+  -- Strict: a ready set is already in claim order, and the batch is full (the queues
+  -- left are promoted by the claim that reaches them).
+  if strict and #cands >= limit then break end
 end
-if nq > 1 then
+if nq > 1 and not strict then
   table.sort(cands, function(a, b)
     if a[1] ~= b[1] then return a[1] < b[1] end
     return a[2] < b[2]

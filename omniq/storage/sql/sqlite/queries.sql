@@ -27,13 +27,25 @@ WHERE queue = {queue} AND ready_ts IS NOT NULL AND ready_ts <= :now
 ORDER BY priority DESC, due_ts, seq
 LIMIT :limit
 
+-- name: claim_candidates_ranked
+-- claim_candidates, with the queue's position in the worker's list (strict order).
+SELECT seq, priority, due_ts, {rank} AS queue_rank FROM tasks INDEXED BY tasks_claim
+WHERE queue = {queue} AND ready_ts IS NOT NULL AND ready_ts <= :now
+ORDER BY priority DESC, due_ts, seq
+LIMIT :limit
+
+-- name: claim_pick
+SELECT seq FROM ({candidates}) ORDER BY priority DESC, due_ts, seq LIMIT :limit
+
+-- name: claim_pick_in_list_order
+SELECT seq FROM ({candidates}) ORDER BY queue_rank, priority DESC, due_ts, seq LIMIT :limit
+
 -- name: claim
+-- Takes the seqs that claim_pick (queues merged) or claim_pick_in_list_order (strict) pick.
 UPDATE tasks
 SET status = 'running', worker_id = :worker, lease_ts = :lease,
     attempts = attempts + 1, lost_runs = lost_runs + (status = 'running'), updated_ts = :now
-WHERE seq IN (
-    SELECT seq FROM ({candidates}) ORDER BY priority DESC, due_ts, seq LIMIT :limit
-)
+WHERE seq IN ({pick})
 RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs;
 
 -- name: renew

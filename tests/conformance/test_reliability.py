@@ -606,7 +606,9 @@ async def test_cancel_racing_the_finish_has_exactly_one_outcome(
 ) -> None:
     # Tasks that end within ~60 ms, cancelled around that time from this process while a
     # CLI worker runs them: whichever wins, the loser changes nothing.
-    workers.start(concurrency=8)
+    workers.start(concurrency=8, log_level="INFO")
+    # Submitted once the worker runs: before, every cancel would find a waiting task.
+    await eventually(lambda: asyncio.to_thread(workers.all_started), "the worker to start")
     rng = random.Random(29)
     ids = [await oq.submit(tasks.sleep_async, (rng.uniform(0.0, 0.06),)) for _ in range(40)]
 

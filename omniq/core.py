@@ -21,7 +21,6 @@ from omniq import _callables, _fork, _sync
 from omniq._ids import new_task_id, new_task_ids
 from omniq._loops import LoopBinding
 from omniq.backend import backend_for_url
-from omniq.backend.base import Backend
 from omniq.config import Duration, LoggingConfig, Settings, parse_duration
 from omniq.decisions import (
     CANCELLED,
@@ -55,6 +54,7 @@ from omniq.models import (
     utcnow,
 )
 from omniq.serialization import SerializationManager
+from omniq.storage._bundle import Components
 from omniq.storage.base import (
     BaseEventStorage,
     BaseResultStorage,
@@ -254,7 +254,7 @@ class AsyncOmniQ:
         self.serializer = SerializationManager(
             mode=settings.serializer, secret_key=settings.secret_key
         )
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[str, Components] = {}
         self._owned: list[BaseStorage] = []
         self._queue: BaseTaskQueue | None = None
         self._results: BaseResultStorage | None = None
@@ -439,7 +439,7 @@ class AsyncOmniQ:
             fresh.add_handler(handler)
         return fresh
 
-    def _backend(self, url: str) -> Backend:
+    def _backend(self, url: str) -> Components:
         backend = self._backends.get(url)
         if backend is None:
             backend = self._backends[url] = backend_for_url(url, self.settings)

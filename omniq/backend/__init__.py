@@ -17,7 +17,7 @@ from omniq._urls import ACCEPTED_FORMS, redact_url, storage_url_problem
 from omniq.errors import ConfigError
 
 if TYPE_CHECKING:
-    from omniq.backend.base import Backend
+    from omniq.storage._bundle import Components
 
 __all__ = ["backend_for_url", "scheme_of"]
 
@@ -41,7 +41,7 @@ def scheme_of(url: str) -> str:
     return head.lower() if sep else "file"
 
 
-def backend_for_url(url: str, settings: Any) -> Backend:
+def backend_for_url(url: str, settings: Any) -> Components:
     """Build the backend bundle for ``url`` (not yet connected).
 
     Raises ConfigError for a string that is not a storage URL (no scheme, an unknown
@@ -69,5 +69,5 @@ def backend_for_url(url: str, settings: Any) -> Backend:
         raise ConfigError(
             f"the {scheme} backend for {url!r} needs the package {missing!r}{hint}"
         ) from exc
-    backend_cls: type[Backend] = getattr(module, class_name)
-    return backend_cls(url, settings)
+    backend: Components = getattr(module, class_name)(url, settings)
+    return backend

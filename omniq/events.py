@@ -75,6 +75,16 @@ class AsyncEventLogger:
         """False when events are switched off (no storage)."""
         return self.storage is not None
 
+    @property
+    def handlers(self) -> tuple[EventHandler, ...]:
+        """The in-process handlers added with :meth:`add_handler`."""
+        return tuple(self._handlers)
+
+    @property
+    def has_handlers(self) -> bool:
+        """True when an in-process handler listens (events are built for it)."""
+        return bool(self._handlers)
+
     def add_handler(self, handler: EventHandler) -> None:
         """Call ``handler(event)`` in-process for every event logged here."""
         self._handlers.append(handler)

@@ -29,20 +29,18 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from croniter import CroniterError, croniter
 
+from omniq._building import TaskBuilder
 from omniq._ids import new_task_id
 from omniq.config import Duration, parse_duration
 from omniq.errors import ConfigError, ScheduleError
 from omniq.models import Schedule, Task, TaskStatus, utcnow
 from omniq.storage.base import BaseScheduleStorage
-
-if TYPE_CHECKING:
-    from omniq.core import AsyncOmniQ
 
 __all__ = [
     "AsyncScheduler",
@@ -54,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger("omniq")
 
-#: Task options a schedule's template accepts (passed to ``AsyncOmniQ._build_task``).
+#: Task options a schedule's template accepts (passed to ``TaskBuilder.build``).
 TASK_OPTIONS = frozenset(
     {"queue", "priority", "ttl", "max_retries", "retry_delay", "timeout", "result_ttl"}
 )
@@ -250,15 +248,32 @@ def _tick_task(schedule: Schedule, tick: datetime, now: datetime) -> Task:
 # -- the scheduler ------------------------------------------------------------------------
 
 
+class ScheduleHost(Protocol):
+    """What a scheduler needs of the client it fires tasks for (its engine)."""
+
+    builder: TaskBuilder
+
+    async def store_new(
+        self, tasks: Sequence[Task], now: datetime, *, log_later: bool = False
+    ) -> list[str]:
+        """Store new tasks (with their events unless ``log_later``)."""
+
+    def log_stored(self, tasks: Sequence[Task], now: datetime) -> None:
+        """Log the events of tasks stored with ``log_later``."""
+
+    def wake_pools(self) -> None:
+        """Have the running worker pools look at the schedules again now."""
+
+
 class AsyncScheduler:
     """Creates, changes and fires schedules on one schedule store.
 
-    ``AsyncOmniQ`` builds one per client (``AsyncOmniQ._open_schedules``); its schedule
+    A client's engine builds one (``Engine.open_schedules``); the client's schedule
     methods delegate here, and running worker pools call :meth:`fire_due`.
     """
 
-    def __init__(self, oq: AsyncOmniQ, store: BaseScheduleStorage) -> None:
-        self.oq = oq
+    def __init__(self, host: ScheduleHost, store: BaseScheduleStorage) -> None:
+        self.host = host
         self.store = store
         # Next ticks of unpaused schedules as last seen: a hint for how long pools may
         # sleep, never a decision (due() decides). Refreshed from the store now and then.
@@ -266,8 +281,7 @@ class AsyncScheduler:
         self._listed_at: datetime | None = None
 
     def _wake_pools(self) -> None:
-        for pool in list(self.oq._pools):
-            pool.wake()
+        self.host.wake_pools()
 
     async def schedule(
         self,
@@ -316,7 +330,7 @@ class AsyncScheduler:
                 f"schedule() does not take {', '.join(unknown)}; task options are "
                 f"{', '.join(sorted(TASK_OPTIONS))}"
             )
-        template = self.oq._build_task(func, args, kwargs, now=now, **task_options)
+        template = self.host.builder.build(func, args, kwargs, now=now, **task_options)
         schedule = Schedule(
             id=schedule_id or new_task_id(),
             task=template,
@@ -443,7 +457,7 @@ class AsyncScheduler:
                 continue
             ticks.append((schedule, tick, following, _tick_task(schedule, tick, now)))
         if ticks:
-            await self.oq._store_new([task for *_, task in ticks], now, log_later=True)
+            await self.host.store_new([task for *_, task in ticks], now, log_later=True)
         fired: list[Task] = []
         for schedule, tick, following, task in ticks:
             won = await self.store.advance(
@@ -456,7 +470,7 @@ class AsyncScheduler:
             if won:
                 fired.append(task)
         if fired:
-            self.oq._log_stored(fired, now)
+            self.host.log_stored(fired, now)
             for task in fired:
                 logger.debug("schedule %s fired task %s", task.schedule_id, task.id)
         if len(due) >= limit:

@@ -30,7 +30,7 @@ from omniq.storage.base import Ack, Finish, UnreadableTask
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
 
 if TYPE_CHECKING:
-    from omniq.core import AsyncOmniQ
+    from omniq.engine import Engine
 
 __all__ = ["AsyncWorkerPool"]
 
@@ -82,7 +82,7 @@ class AsyncWorkerPool:
 
     def __init__(
         self,
-        oq: AsyncOmniQ,
+        oq: Any,
         *,
         worker_type: str | None = None,
         concurrency: int | None = None,
@@ -90,8 +90,10 @@ class AsyncWorkerPool:
         worker_id: str | None = None,
         queue_order: str | None = None,
     ) -> None:
-        settings = oq.settings
+        #: The engine of the client this pool works for (``oq.worker()`` passes the client).
+        self.engine: Engine = getattr(oq, "engine", oq)
         self.oq = oq
+        settings = self.engine.settings
         self.worker_type = worker_type or settings.default_worker
         executor_class(self.worker_type)  # fail now on an unknown type
         self.concurrency = settings.max_workers if concurrency is None else concurrency
@@ -121,7 +123,7 @@ class AsyncWorkerPool:
         # Per task, the event logger's count of events accepted when the task's last
         # event went to it: its finish waits until the logger has written that many.
         self._logged_upto: dict[str, int] = {}
-        self._spill_after = max(0.01, oq.settings.event_flush_interval)
+        self._spill_after = max(0.01, settings.event_flush_interval)
         self._finish_wakeup: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
@@ -181,14 +183,14 @@ class AsyncWorkerPool:
         self._stop_timeout = None
         self._slot_freed = asyncio.Event()
         self._finish_wakeup = asyncio.Event()
-        await self.oq.connect()
+        await self.engine.connect()
         self._executor = create_executor(self.worker_type, self.concurrency)
         await self._executor.start()
-        self.oq._pools.add(self)
+        self.engine.add_pool(self)
         finisher = asyncio.create_task(self._finish_loop(), name="omniq-finisher")
         renewer = asyncio.create_task(self._renew_loop(), name="omniq-renewer")
         watcher = asyncio.create_task(
-            self.oq.queue.watch_cancels(self.worker_id, self._held_ids, self._lost_notice),
+            self.engine.queue.watch_cancels(self.worker_id, self._held_ids, self._lost_notice),
             name="omniq-cancel-watcher",
         )
         logger.info(
@@ -205,7 +207,7 @@ class AsyncWorkerPool:
             try:
                 await self._shutdown(finisher, renewer, watcher)
             finally:
-                self.oq._pools.discard(self)
+                self.engine.discard_pool(self)
                 logger.info("worker %s stopped: %s", self.worker_id, self.counts)
 
     async def process_tasks(self, limit: int | None = None) -> int:
@@ -254,7 +256,7 @@ class AsyncWorkerPool:
         task, this returns once it has stopped.
         """
         seconds = (
-            self.oq.settings.shutdown_timeout
+            self.engine.settings.shutdown_timeout
             if timeout is None
             else parse_duration(timeout, field="argument timeout")
         )
@@ -319,8 +321,8 @@ class AsyncWorkerPool:
 
     async def _claim_loop(self, burst: bool) -> None:
         assert self._slot_freed is not None
-        queue = self.oq.queue
-        settings = self.oq.settings
+        queue = self.engine.queue
+        settings = self.engine.settings
         backoff = 0.0
         loop = asyncio.get_running_loop()
         # True when the wait that just ended claimed (and found nothing) itself.
@@ -398,7 +400,7 @@ class AsyncWorkerPool:
         if self._schedules_off:
             return
         try:
-            scheduler = await self.oq._open_schedules()
+            scheduler = await self.engine.open_schedules()
             next_due = await scheduler.fire_due(utcnow())
         except OmniQError as exc:
             if isinstance(exc, StorageError):
@@ -413,7 +415,7 @@ class AsyncWorkerPool:
     async def _wait_for_work(self, poll_interval: float, free: int) -> list[Task] | None:
         """Wait for work and claim up to ``free`` tasks as the wait ends; None when
         no claim was made (nothing waited for, or woken by a stop or a nudge)."""
-        queue = self.oq.queue
+        queue = self.engine.queue
         ceiling = max(poll_interval, 5.0) if queue.notifies else poll_interval
         if not self._schedules_off:
             loop = asyncio.get_running_loop()
@@ -481,8 +483,8 @@ class AsyncWorkerPool:
     def _event(self, task: Task, kind: EventType, message: str = "", *, attempt: int = -1) -> None:
         """Note an event of a held task: the in-process handlers hear of it now; the
         event log gets it with the task's result (or when the task has run a while)."""
-        events = self.oq.events
-        if not (events.enabled or events._handlers):
+        events = self.engine.events
+        if not (events.enabled or events.has_handlers):
             return
         event = TaskEvent(
             task_id=task.id,
@@ -492,7 +494,7 @@ class AsyncWorkerPool:
             message=message,
             queue=task.queue,
         )
-        if events._handlers:
+        if events.has_handlers:
             events.announce((event,))
         if events.enabled:
             self._pending.setdefault(task.id, []).append(event)
@@ -502,7 +504,7 @@ class AsyncWorkerPool:
         background): it has run for a while, or will not finish here."""
         events = self._pending.pop(task_id, None)
         if events:
-            logger_ = self.oq.events
+            logger_ = self.engine.events
             logger_.log_many(events, announce=False)
             self._logged_upto[task_id] = logger_.accepted
 
@@ -569,7 +571,9 @@ class AsyncWorkerPool:
             error = ErrorInfo(type="omniq.UnreadableTask", message=task.reason)
             self._finish(task, TaskStatus.FAILED, error=error)
             return
-        verdict, why = before_run(task, now=utcnow(), max_lost_runs=self.oq.settings.max_lost_runs)
+        verdict, why = before_run(
+            task, now=utcnow(), max_lost_runs=self.engine.settings.max_lost_runs
+        )
         if verdict is not Verdict.RUN:
             # This claim does not run it: the attempt it counted is taken back.
             assert why is not None
@@ -587,8 +591,8 @@ class AsyncWorkerPool:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("task %s (%s): attempt %d started", task.id, task.func, task.attempts)
         try:
-            carried, args, kwargs = self.oq.serializer.loads_call(task.payload)
-            func = carried if carried is not None else self.oq.resolve(task.func)
+            carried, args, kwargs = self.engine.serializer.loads_call(task.payload)
+            func = carried if carried is not None else self.engine.builder.resolve(task.func)
         except OmniQError as exc:
             # Retrying cannot fix a payload or an import: fail now with the reason.
             self._log_failure(task, exc, final=True)
@@ -611,7 +615,7 @@ class AsyncWorkerPool:
             await self._failed(task, exc, started_at)
             return
         try:
-            encoded = self.oq.serializer.dumps(value, what=f"the result of {task.func}")
+            encoded = self.engine.serializer.dumps(value, what=f"the result of {task.func}")
         except SerializationError as exc:
             await self._failed(task, exc, started_at)
             return
@@ -658,7 +662,7 @@ class AsyncWorkerPool:
             delay = backoff_delay(
                 failed_runs(task.attempts, task.lost_runs),
                 base=task.retry_delay,
-                cap=self.oq.settings.retry_max_delay,
+                cap=self.engine.settings.retry_max_delay,
             )
         if not isinstance(exc, Retry):
             self._log_failure(task, exc, final=False)
@@ -670,7 +674,7 @@ class AsyncWorkerPool:
         now = utcnow()
         due = now + timedelta(seconds=delay)
         try:
-            moved = await self.oq.queue.retry(task.id, self.worker_id, due_at=due, now=now)
+            moved = await self.engine.queue.retry(task.id, self.worker_id, due_at=due, now=now)
         except StorageError as err:
             # The lease runs out and the task is claimed again: nothing is lost.
             logger.warning("could not schedule retry of %s: %s", task.id, err)
@@ -682,14 +686,14 @@ class AsyncWorkerPool:
 
     async def _write_events(self, events: Sequence[TaskEvent]) -> None:
         """Store events now; if the event log is failing, leave them to the logger."""
-        storage = self.oq.events.storage
+        storage = self.engine.events.storage
         if not events or storage is None:
             return
         try:
             await storage.append(events)
         except StorageError as exc:
             logger.warning("writing %d events failed (%s); retrying later", len(events), exc)
-            self.oq.events.log_many(events, announce=False)
+            self.engine.events.log_many(events, announce=False)
 
     # -- finishing -----------------------------------------------------------------------
 
@@ -719,16 +723,16 @@ class AsyncWorkerPool:
     async def _flush_finished_locked(self, everything: bool) -> None:
         """Write finished tasks: one batch, or (``everything``) until none are left."""
         backoff = 0.0
-        oq = self.oq
-        event_log = oq.events.storage
-        rides = event_log is not None and oq.queue.finish_logs_events(event_log)
+        engine = self.engine
+        event_log = engine.events.storage
+        rides = event_log is not None and engine.queue.finish_logs_events(event_log)
         while self._finished:
             batch = self._finished[:_FINISH_BATCH]
             del self._finished[: len(batch)]
             await self._events_logged_before(batch)
             try:
-                acked, dependents = await oq.queue.finish(
-                    batch, oq.results, event_log if rides else None, now=utcnow()
+                acked, dependents = await engine.queue.finish(
+                    batch, engine.results, event_log if rides else None, now=utcnow()
                 )
             except StorageError as exc:
                 if self._stopping and backoff >= _MAX_BACKOFF:
@@ -764,7 +768,7 @@ class AsyncWorkerPool:
                     )
             await self._write_events(later)
             try:
-                await oq._on_finished(done, dependents)
+                await engine.on_finished(done, dependents)
             except StorageError as exc:
                 logger.warning("settling dependents failed: %s", exc)
             self._progress += 1
@@ -777,8 +781,8 @@ class AsyncWorkerPool:
         if not self._logged_upto:
             return
         needed = max((self._logged_upto.get(item.ack.task_id, 0) for item in batch), default=0)
-        if needed > self.oq.events.written:
-            await self.oq.events.flush()
+        if needed > self.engine.events.written:
+            await self.engine.events.flush()
 
     # -- leases --------------------------------------------------------------------------
 
@@ -790,7 +794,7 @@ class AsyncWorkerPool:
             if not held:
                 continue
             try:
-                kept = await self.oq.queue.renew(
+                kept = await self.engine.queue.renew(
                     held, self.worker_id, lease_seconds=self.lease_seconds, now=utcnow()
                 )
             except StorageError as exc:
@@ -814,7 +818,7 @@ class AsyncWorkerPool:
             pending = [task for task in self._running.values() if not task.done()]
             timeout = self._stop_timeout
             if timeout is None:
-                timeout = self.oq.settings.shutdown_timeout
+                timeout = self.engine.settings.shutdown_timeout
             remaining = began + timeout - loop.time()
             if not pending or remaining <= 0:
                 return
@@ -848,7 +852,7 @@ class AsyncWorkerPool:
         handback = [tid for tid in leftover if tid in self._held and tid not in self._abandoned]
         if handback:
             try:
-                count = await self.oq.queue.release(handback, self.worker_id, now=utcnow())
+                count = await self.engine.queue.release(handback, self.worker_id, now=utcnow())
                 logger.info("handed back %d unfinished tasks", count)
             except StorageError as exc:
                 logger.warning(
@@ -860,4 +864,4 @@ class AsyncWorkerPool:
         if self._executor is not None:
             await self._executor.stop(wait=not leftover)
             self._executor = None
-        await self.oq.events.flush()
+        await self.engine.events.flush()

@@ -79,7 +79,7 @@ async def test_missed_ticks_fire_once_and_a_tick_is_claimed_once(make_oq: MakeOQ
     assert schedule.next_run_at == schedule.created_at + timedelta(seconds=1)
     # No worker ran for ~10 intervals; two schedulers race for the same moment.
     later = schedule.created_at + timedelta(seconds=10.3)
-    one, two = await first._open_schedules(), await second._open_schedules()
+    one, two = await first.engine.open_schedules(), await second.engine.open_schedules()
     await asyncio.gather(one.fire_due(later), two.fire_due(later))
     fired = await fired_tasks(first, sid)
     assert len(fired) == 1
@@ -111,7 +111,7 @@ async def test_a_worker_dying_as_it_fires_a_tick_loses_nothing(make_oq: MakeOQ, 
     assert schedule is not None and schedule.next_run_at is not None
     tick = schedule.next_run_at
     moment = tick + timedelta(seconds=0.5)
-    dying = await dying_client._open_schedules()
+    dying = await dying_client.engine.open_schedules()
     real_advance = dying.store.advance
 
     async def advance_and_die(*args: Any, **kwargs: Any) -> bool:
@@ -123,7 +123,7 @@ async def test_a_worker_dying_as_it_fires_a_tick_loses_nothing(make_oq: MakeOQ, 
     with pytest.raises(_WorkerDied):
         await dying.fire_due(moment)
 
-    survivor = await survivor_client._open_schedules()
+    survivor = await survivor_client.engine.open_schedules()
     await survivor.fire_due(moment)
     fired = await fired_tasks(survivor_client, sid)
     assert [t.id for t in fired] == [tick_task_id(sid, tick)]
@@ -144,7 +144,7 @@ async def test_a_worker_dying_as_it_fires_a_tick_loses_nothing(make_oq: MakeOQ, 
 
 
 async def test_max_runs_and_end_at_stop_a_schedule(oq: AsyncOmniQ) -> None:
-    scheduler = await oq._open_schedules()
+    scheduler = await oq.engine.open_schedules()
     sid = await oq.schedule(tasks.add, (1, 1), interval=1.0, max_runs=2)
     schedule = await oq.get_schedule(sid)
     assert schedule is not None
@@ -277,7 +277,7 @@ async def test_cron_next_run_matches_croniter_across_dst(oq: AsyncOmniQ) -> None
     assert schedule.next_run_at == expected.astimezone(UTC)
     assert schedule.timezone == "Europe/Berlin"
     # Firing that tick moves to croniter's following one, across the change.
-    scheduler = await oq._open_schedules()
+    scheduler = await oq.engine.open_schedules()
     assert schedule.next_run_at is not None
     await scheduler.fire_due(schedule.next_run_at)
     after = await oq.get_schedule(sid)

@@ -1,0 +1,505 @@
+"""The engine under the client: a task's life from its submit to its final result.
+
+:class:`Engine` owns what one client works with: its storages, its event logger, the
+task builder, the scheduler and the registry of its running worker pools. It stores new
+tasks with their events, finishes tasks that are not running (a cancel, an expiry, a
+failed dependency) with their result and event, releases or cancels dependents, and
+reads results back. ``AsyncOmniQ`` is the facade over it; the worker pools and the
+scheduler use it through its methods, never a client's private members. The decisions
+themselves (a final result, the events an enqueue logs, what a worker does with a task
+it claimed) are pure functions in :mod:`omniq.decisions`.
+
+An engine follows its caller from one event loop to the next (:mod:`omniq._loops`) and
+starts afresh in a forked child (:mod:`omniq._fork`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from omniq import _fork
+from omniq._building import TaskBuilder
+from omniq._loops import LoopBinding
+from omniq._storages import Component, Storages
+from omniq.config import LoggingConfig, Settings
+from omniq.decisions import (
+    CANCELLED,
+    cancelled_result,
+    enqueued_events,
+    final_result,
+    is_expired,
+    unnamed_events,
+)
+from omniq.errors import (
+    ConfigError,
+    DependencyFailedError,
+    SerializationError,
+    StorageConnectionError,
+    StorageError,
+    TaskNotFoundError,
+)
+from omniq.events import AsyncEventLogger
+from omniq.models import (
+    FINAL_STATUSES,
+    WAITING_STATUSES,
+    ErrorInfo,
+    EventType,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    utcnow,
+)
+from omniq.serialization import SerializationManager
+from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueue
+
+if TYPE_CHECKING:
+    from omniq.scheduling import AsyncScheduler
+
+__all__ = ["Engine", "RunningPool"]
+
+logger = logging.getLogger("omniq")
+
+#: How long a ``get_result`` waiter gives a task that just became final to show its
+#: result: one ended by ``cancel()`` or its ttl stores it right after the status change.
+RESULT_GRACE = timedelta(seconds=1)
+
+
+class RunningPool(Protocol):
+    """What the engine asks of a running worker pool."""
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully."""
+
+    def cancel_local(self, task_id: str) -> bool:
+        """Stop running ``task_id`` here (it was settled elsewhere)."""
+
+    def wake(self) -> None:
+        """Look at the schedules and the queue again now."""
+
+
+class Engine:
+    """A client's storages, event logger and task lifecycle (see the module docstring).
+
+    ``specs`` are the client's checked storage arguments.
+    """
+
+    def __init__(self, settings: Settings, specs: dict[Component, Any]) -> None:
+        self.settings = settings
+        self.serializer = SerializationManager(
+            mode=settings.serializer, secret_key=settings.secret_key
+        )
+        self.builder = TaskBuilder(settings, self.serializer)
+        self.storages = Storages(settings, specs)
+        self.events = self._fresh_event_logger(None)
+        self._pools: set[RunningPool] = set()
+        self._scheduler: AsyncScheduler | None = None
+        self._is_connected = False
+        # The event loop the engine runs on: it follows its caller to a new one.
+        self._bound = LoopBinding("this AsyncOmniQ")
+        self._connect_lock: asyncio.Lock | None = None
+        _fork.track(self)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Connected, and on the running loop (or asked outside any loop): a caller on a
+        new loop reads False, so its call goes through :meth:`connect`, which follows it."""
+        if not self._is_connected:
+            return False
+        running = asyncio._get_running_loop()
+        return running is None or running is self._bound.loop
+
+    async def connect(self) -> None:
+        """Open the storages (done on first use too). Safe to call twice.
+
+        Follows its caller from one event loop to the next; a call from another loop
+        while the first still runs (in another thread) raises ``EventLoopError``.
+        """
+        if self.connected:
+            return
+        self._follow_loop()
+        if self._is_connected:
+            return  # on a new loop: the storages follow by themselves
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._is_connected:  # another caller connected while this one waited
+                return  # type: ignore[unreachable]
+            LoggingConfig.from_settings(self.settings).apply()
+            await self.storages.open()
+            self.events.storage = self.storages.events
+            self._is_connected = True
+
+    def _follow_loop(self) -> None:
+        if self._bound.moved():
+            # The old loop ended its pools (asyncio.run cancels their tasks); the storages
+            # and the event logger follow to the new loop by themselves.
+            self._pools = set()
+            self._connect_lock = None
+
+    async def close(self) -> None:
+        """Stop the running worker pools (gracefully), flush events and release the
+        storages. Safe to call twice; a later call connects again."""
+        if not self._is_connected:
+            return
+        self._follow_loop()
+        for pool in list(self._pools):
+            # A pool left running would go on with closed storages; its tasks would stay
+            # leased (and run again elsewhere) when their lease ran out.
+            await pool.stop()
+        try:
+            await self.events.close()
+        finally:
+            await self.storages.close()
+            self._scheduler = None
+            self._is_connected = False
+            await self._bound.detach()
+            self.events = self._fresh_event_logger(self.events)
+
+    def _after_fork_in_child(self) -> list[Any]:
+        """In a forked child: forget the parent's connections, pools and buffered events
+        (the parent writes those); the next call connects anew."""
+        dropped: list[Any] = [
+            *self.storages.after_fork(self._is_connected),
+            self.events,
+            self._pools,
+            self._scheduler,
+            self._connect_lock,
+        ]
+        self._scheduler = None
+        self._pools = set()
+        self._connect_lock = None
+        self._is_connected = False
+        # The parent's loop may still look like it runs (in a thread that did not come).
+        self._bound = LoopBinding("this AsyncOmniQ")
+        self.events = self._fresh_event_logger(self.events)
+        return dropped
+
+    def _fresh_event_logger(self, old: AsyncEventLogger | None) -> AsyncEventLogger:
+        """A logger without storage (``connect`` gives it one), keeping the handlers."""
+        fresh = AsyncEventLogger(
+            None,
+            flush_interval=self.settings.event_flush_interval,
+            batch_size=self.settings.event_batch_size,
+        )
+        for handler in old.handlers if old is not None else ():
+            fresh.add_handler(handler)
+        return fresh
+
+    @property
+    def queue(self) -> BaseTaskQueue:
+        """The connected task queue component."""
+        if self.storages.queue is None:
+            raise ConfigError("AsyncOmniQ is not connected: await connect() first")
+        return self.storages.queue
+
+    @property
+    def results(self) -> BaseResultStorage:
+        """The connected result storage component."""
+        if self.storages.results is None:
+            raise ConfigError("AsyncOmniQ is not connected: await connect() first")
+        return self.storages.results
+
+    @property
+    def event_storage(self) -> BaseEventStorage | None:
+        """The connected event storage, or None when events are off."""
+        return self.storages.events
+
+    # -- worker pools and the scheduler ------------------------------------------------
+
+    def add_pool(self, pool: RunningPool) -> None:
+        """A pool started on this engine (stopped with it, told of local cancels)."""
+        self._pools.add(pool)
+
+    def discard_pool(self, pool: RunningPool) -> None:
+        """A pool that stopped."""
+        self._pools.discard(pool)
+
+    def wake_pools(self) -> None:
+        """Have every running pool look at the schedules and the queue again now."""
+        for pool in list(self._pools):
+            pool.wake()
+
+    async def open_schedules(self) -> AsyncScheduler:
+        """The scheduler, on the schedule store of the task queue's backend."""
+        if self._scheduler is not None:
+            return self._scheduler
+        from omniq.scheduling import AsyncScheduler
+
+        store = await self.storages.open_schedules()
+        self._scheduler = AsyncScheduler(self, store)
+        return self._scheduler
+
+    # -- storing new tasks -----------------------------------------------------------------
+
+    def events_ride_enqueue(self) -> bool:
+        """True when the queue writes new tasks' events in the call that stores them."""
+        storage = self.events.storage
+        return storage is not None and self.queue.writes_events(storage)
+
+    async def store_new(
+        self, tasks: Sequence[Task], now: datetime, *, log_later: bool = False
+    ) -> list[str]:
+        """Store new tasks and log their ``ENQUEUED`` (and ``SCHEDULED``) events.
+
+        When the queue can write into the event storage (the same Redis), the events go
+        in the same call as their tasks: no second write, and never one without the other.
+        Otherwise the logger writes them in the background.
+
+        ``log_later``: events that cannot go with the tasks are left to the caller, who
+        logs them with :meth:`log_stored` once it knows they are its to log (several
+        workers may store the same schedule tick; only the one that claims it logs).
+        """
+        queue, events = self.queue, self.events
+        storage = events.storage
+        if self.events_ride_enqueue():
+            assert storage is not None
+            ids = await queue.enqueue_logged(tasks, unnamed_events(tasks, now), storage)
+            if events.has_handlers and not log_later:
+                events.announce(event for task in tasks for event in enqueued_events(task, now))
+            return ids
+        ids = await queue.enqueue(tasks)
+        if not log_later and (events.enabled or events.has_handlers):
+            events.log_many(event for task in tasks for event in enqueued_events(task, now))
+        return ids
+
+    def log_stored(self, tasks: Sequence[Task], now: datetime) -> None:
+        """The events of tasks stored with ``store_new(log_later=True)``: logged now, or
+        only handed to the handlers where the store already wrote them."""
+        events = self.events
+        if not (events.enabled or events.has_handlers):
+            return
+        fresh = (event for task in tasks for event in enqueued_events(task, now))
+        if self.events_ride_enqueue():
+            if events.has_handlers:
+                events.announce(fresh)
+        else:
+            events.log_many(fresh)
+
+    async def submit(self, task: Task, now: datetime, *, given_id: bool) -> str:
+        """Store one built task: an existing id (``given_id``) is left as it is; the
+        dependencies of a dependent must exist."""
+        if given_id and await self.queue.get(task.id) is not None:
+            return task.id
+        if not task.depends_on:
+            await self.store_new([task], now)
+            return task.id
+        deps = await self.queue.get_many(list(task.depends_on))
+        for dep_id, dep in zip(task.depends_on, deps, strict=True):
+            if dep is None:
+                raise TaskNotFoundError(f"task {task.id} depends on {dep_id}, which does not exist")
+        await self.store_new([task], now)
+        # Dependencies may have finished before the dependent was stored: settle it now,
+        # so no completion is missed between the check and the insert.
+        await self.settle_dependent(task.id)
+        return task.id
+
+    # -- finishing tasks that are not running ----------------------------------------------
+
+    async def finish_waiting(
+        self, task_id: str, status: TaskStatus, error: ErrorInfo, event: EventType, now: datetime
+    ) -> bool:
+        """Move a task that is not running to a final state, with result, event and
+        dependents settled. False if it was not waiting (or running, for cancel)."""
+        from_statuses = set(WAITING_STATUSES)
+        if status is TaskStatus.CANCELLED:
+            from_statuses.add(TaskStatus.RUNNING)
+        task = await self.queue.transition(
+            task_id, from_statuses=from_statuses, to_status=status, now=now
+        )
+        if task is None:
+            return False
+        result = (
+            cancelled_result(task, now=now)
+            if error is CANCELLED
+            else final_result(task, status, error=error, now=now)
+        )
+        await self.results.put(result)
+        await self.log_now(
+            TaskEvent(
+                task_id=task_id,
+                event_type=event,
+                timestamp=now,
+                attempt=task.attempts,
+                message=error.message,
+                queue=task.queue,
+            )
+        )
+        await self.on_finished([(task_id, status)])
+        return True
+
+    async def log_now(self, event: TaskEvent) -> None:
+        """Log an event and store it before returning (a task's final event is stored
+        no later than its result is read); the logger keeps it if the store fails."""
+        events = self.events
+        if events.storage is None:
+            events.announce((event,))
+            return
+        events.log(event)
+        await events.flush()
+
+    async def on_finished(
+        self,
+        finished: Sequence[tuple[str, TaskStatus]],
+        found: dict[str, list[Task]] | None = None,
+    ) -> None:
+        """Release or cancel the dependents of tasks that just reached a final state
+        (``found``: their dependents, when the caller already looked them up)."""
+        if not finished:
+            return
+        if found is None:
+            found = await self.queue.dependents_many([task_id for task_id, _ in finished])
+        if not found:
+            return
+        for task_id, status in finished:
+            for dependent in found.get(task_id, ()):
+                if dependent.status is not TaskStatus.SCHEDULED:
+                    continue
+                if status is TaskStatus.COMPLETE:
+                    await self.settle_dependent(dependent.id)
+                else:
+                    await self._cancel_dependent(dependent.id, task_id, status)
+
+    async def _cancel_dependent(self, task_id: str, dep_id: str, dep_status: TaskStatus) -> None:
+        exc = DependencyFailedError(dep_id, dep_status.value)
+        await self.finish_waiting(
+            task_id,
+            TaskStatus.CANCELLED,
+            ErrorInfo.from_exception(exc, with_traceback=False),
+            EventType.CANCELLED,
+            utcnow(),
+        )
+
+    async def settle_dependent(self, task_id: str) -> None:
+        """Release a dependent whose dependencies all completed; cancel one with a
+        dependency that ended otherwise."""
+        task = await self.queue.get(task_id)
+        if task is None or task.status is not TaskStatus.SCHEDULED or not task.depends_on:
+            return
+        deps = await self.queue.get_many(list(task.depends_on))
+        for dep_id, dep in zip(task.depends_on, deps, strict=True):
+            dep_status = dep.status if dep is not None else None
+            if dep_status in FINAL_STATUSES and dep_status is not TaskStatus.COMPLETE:
+                assert dep_status is not None
+                await self._cancel_dependent(task_id, dep_id, dep_status)
+                return
+        if all(dep is not None and dep.status is TaskStatus.COMPLETE for dep in deps):
+            # The backend wakes idle workers when the task becomes claimable.
+            await self.queue.transition(
+                task_id,
+                from_statuses={TaskStatus.SCHEDULED},
+                to_status=TaskStatus.PENDING,
+                now=utcnow(),
+                due_at=task.due_at,
+            )
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task (see ``AsyncOmniQ.cancel``); True if it ends ``CANCELLED``."""
+        cancelled = await self.finish_waiting(
+            task_id, TaskStatus.CANCELLED, CANCELLED, EventType.CANCELLED, utcnow()
+        )
+        if cancelled:
+            # Pools in other processes hear of it through the queue (watch_cancels).
+            for pool in list(self._pools):
+                pool.cancel_local(task_id)
+        return cancelled
+
+    async def expire(self, task: Task) -> Task | None:
+        """Expire a waiting task past its ttl (no queue serves it, or none did yet), and
+        return it as it now stands."""
+        message = f"not started within its ttl (expired at {task.expires_at})"
+        error = ErrorInfo(type="omniq.TaskExpired", message=message)
+        await self.finish_waiting(task.id, TaskStatus.EXPIRED, error, EventType.EXPIRED, utcnow())
+        return await self.queue.get(task.id)
+
+    async def cleanup(self) -> dict[str, int]:
+        """Drop expired results, finished tasks past ``result_ttl`` and old events."""
+        now = utcnow()
+        counts = {"results": await self.results.delete_expired(now)}
+        retention = self.settings.result_ttl
+        counts["tasks"] = (
+            await self.queue.delete_finished(now - timedelta(seconds=retention)) if retention else 0
+        )
+        event_ttl = self.settings.event_ttl
+        events = self.event_storage
+        counts["events"] = (
+            await events.delete_before(now - timedelta(seconds=event_ttl))
+            if events is not None and event_ttl
+            else 0
+        )
+        return counts
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """The task as it stands (past its ttl and never started: expired here)."""
+        task = await self.queue.get(task_id)
+        if task is not None and is_expired(task, utcnow()):
+            task = await self.expire(task)
+        return task
+
+    async def list_tasks(
+        self, queue: str | None, status: TaskStatus | None, limit: int
+    ) -> list[Task]:
+        """Tasks, newest first (those past their ttl and never started expired here)."""
+        tasks = await self.queue.list(queue=queue, status=status, limit=limit)
+        now = utcnow()
+        if not any(is_expired(task, now) for task in tasks):
+            return tasks
+        listed = []
+        for task in tasks:
+            if is_expired(task, now):
+                expired = await self.expire(task)
+                if expired is None or (status is not None and expired.status is not status):
+                    continue
+                task = expired
+            listed.append(task)
+        return listed
+
+    def decode_result(self, stored: TaskResult) -> TaskResult:
+        """A stored result with its value decoded (an undecodable one as its error)."""
+        data = stored.result
+        if data is None or not isinstance(data, bytes):
+            return stored
+        try:
+            value = self.serializer.loads(data)
+        except SerializationError as exc:
+            error = ErrorInfo(type="omniq.errors.SerializationError", message=str(exc))
+            return msgspec.structs.replace(stored, result=None, error=stored.error or error)
+        return msgspec.structs.replace(stored, result=value)
+
+    async def while_no_result(self, task_id: str, now: datetime) -> tuple[datetime | None, bool]:
+        """What a ``get_result`` waiter that found no result should do: (when to look at
+        the task again, None for "at leisure"; True when no result is coming).
+
+        A final task's result was stored before it became final, but for a task ended
+        by ``cancel()`` or ``ttl``: that result follows the status change at once, so a
+        task final for under a second is given that second. Raises TaskNotFoundError for
+        an id the queue does not hold.
+        """
+        try:
+            task = await self.queue.get(task_id)
+        except StorageConnectionError:
+            raise
+        except StorageError:
+            return None, False  # an unreadable record: its worker will store a result
+        if task is None:
+            raise TaskNotFoundError(
+                f"task {task_id} does not exist (never enqueued, or cleaned up)"
+            )
+        if is_expired(task, now):
+            task = await self.expire(task) or task
+        if task.status in FINAL_STATUSES:
+            settled = (task.updated_at or task.created_at) + RESULT_GRACE
+            return (settled, False) if now < settled else (None, True)
+        if task.expires_at is not None and task.attempts == 0:
+            return task.expires_at, False
+        return None, False

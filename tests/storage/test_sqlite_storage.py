@@ -19,10 +19,16 @@ import pytest
 from omniq import OmniQ
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
-from omniq.backend.sqlite import SCHEMA_VERSION, SQLiteBackend, sqlite_path
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import TaskStatus, utcnow
-from omniq.storage.sqlite import AsyncSQLiteQueue, AsyncSQLiteResultStorage, SQLiteQueue
+from omniq.storage.sqlite import (
+    SCHEMA_VERSION,
+    AsyncSQLiteQueue,
+    AsyncSQLiteResultStorage,
+    SQLiteBackend,
+    SQLiteQueue,
+    sqlite_path,
+)
 from tests.storage import _race_worker
 from tests.storage.contract import (
     EventContract,

@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any, Self
 import msgspec
 
 from omniq._sync import sync_twin
-from omniq.backend.sqlite import QUERIES as _Q
-from omniq.backend.sqlite import _SQLiteConnection, sqlite_path
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from omniq.storage._rows import dt as _dt
@@ -51,6 +49,8 @@ from omniq.storage.base import (
     Finish,
     UnreadableTask,
 )
+from omniq.storage.sqlite.connection import QUERIES as _Q
+from omniq.storage.sqlite.connection import _SQLiteConnection, sqlite_path
 
 if TYPE_CHECKING:
     from omniq.backend.base import Backend

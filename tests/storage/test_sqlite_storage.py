@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from omniq import OmniQ
+from omniq import OmniQ, Settings
 from omniq.backend import backend_for_url
-from omniq.backend.base import Backend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import TaskStatus, utcnow
 from omniq.storage.sqlite import (
@@ -50,9 +49,9 @@ def db_url(tmp_path: Path) -> str:
 @pytest.fixture
 async def make_backend(db_url: str) -> AsyncIterator[MakeBackend]:
     """Opened bundles on the one database file of this test, each its own connection."""
-    made: list[Backend] = []
+    made: list[SQLiteBackend] = []
 
-    async def make() -> Backend:
+    async def make() -> SQLiteBackend:
         backend = SQLiteBackend(db_url, None)
         await backend.connect()
         made.append(backend)
@@ -64,7 +63,7 @@ async def make_backend(db_url: str) -> AsyncIterator[MakeBackend]:
 
 
 @pytest.fixture
-async def backend(make_backend: MakeBackend) -> Backend:
+async def backend(make_backend: MakeBackend) -> SQLiteBackend:
     return await make_backend()
 
 
@@ -88,15 +87,15 @@ class TestSQLiteMemoryQueue(QueueContract):
     """``sqlite://:memory:`` lives in one connection: the "second connection" is the bundle."""
 
     @pytest.fixture
-    async def backend(self) -> AsyncIterator[Backend]:
+    async def backend(self) -> AsyncIterator[SQLiteBackend]:
         backend = SQLiteBackend("sqlite://:memory:", None)
         await backend.connect()
         yield backend
         await backend.close()
 
     @pytest.fixture
-    async def make_backend(self, backend: Backend) -> MakeBackend:
-        async def same() -> Backend:
+    async def make_backend(self, backend: SQLiteBackend) -> MakeBackend:
+        async def same() -> SQLiteBackend:
             return backend
 
         return same
@@ -104,15 +103,15 @@ class TestSQLiteMemoryQueue(QueueContract):
 
 class TestSQLiteMemoryResults(ResultContract):
     @pytest.fixture
-    async def backend(self) -> AsyncIterator[Backend]:
+    async def backend(self) -> AsyncIterator[SQLiteBackend]:
         backend = SQLiteBackend("sqlite://:memory:", None)
         await backend.connect()
         yield backend
         await backend.close()
 
     @pytest.fixture
-    async def make_backend(self, backend: Backend) -> MakeBackend:
-        async def same() -> Backend:
+    async def make_backend(self, backend: SQLiteBackend) -> MakeBackend:
+        async def same() -> SQLiteBackend:
             return backend
 
         return same
@@ -194,11 +193,8 @@ def test_a_wait_on_a_new_event_loop_still_waits(db_url: str) -> None:
 
 
 async def test_default_path_is_under_base_dir(tmp_path: Path) -> None:
-    class Settings:
-        base_dir = str(tmp_path / "base")
-        sqlite_synchronous = "NORMAL"
-
-    async with AsyncSQLiteResultStorage(settings=Settings()) as store:
+    settings = Settings(base_dir=str(tmp_path / "base"), sqlite_synchronous="NORMAL")
+    async with AsyncSQLiteResultStorage(settings=settings) as store:
         await store.put(make_result("r"))
     assert (tmp_path / "base" / "omniq.db").exists()
 

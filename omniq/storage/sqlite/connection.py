@@ -1,8 +1,9 @@
-"""The SQLite backend: one database file, one shared connection, four components.
+"""The SQLite connection: one database file, shared by the components built on it.
 
 This module owns the file: URL parsing, the connection (on aiosqlite's thread), the
-pragmas, schema migrations (numbered ``.sql`` files in ``omniq/storage/sql/sqlite``) and
-wake-ups. The components themselves live in :mod:`omniq.storage.sqlite`.
+pragmas, schema migrations (numbered ``.sql`` files in this package's ``sql/``), the
+wake-ups, and the translation of sqlite3's errors into OmniQ's. The components live
+beside it (:mod:`omniq.storage.sqlite.queue` and the others).
 """
 
 from __future__ import annotations
@@ -14,24 +15,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from omniq._loops import LoopBinding
-from omniq.backend.base import Backend
+from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.storage._connection import Connection
 from omniq.storage._sql import load_migrations, load_queries
 
-if TYPE_CHECKING:
-    from omniq.storage.sqlite.queue import (
-        AsyncSQLiteEventStorage,
-        AsyncSQLiteQueue,
-        AsyncSQLiteResultStorage,
-        AsyncSQLiteScheduleStorage,
-    )
-
-__all__ = ["QUERIES", "SCHEMA_VERSION", "SQLiteBackend", "sqlite_path"]
+__all__ = ["QUERIES", "SCHEMA_VERSION", "SQLiteConnection", "sqlite_path"]
 
 T = TypeVar("T")
 
@@ -119,27 +112,33 @@ def _daemon(connecting: aiosqlite.Connection) -> aiosqlite.Connection:
 _OPEN_BUSY_SECONDS = 10.0
 
 
-class _SQLiteConnection:
-    """One aiosqlite connection, its schema migration and its in-process wake-ups.
+class SQLiteConnection(Connection):
+    """One aiosqlite connection to a database file, its schema migration and its
+    in-process wake-ups.
+
+    ``url`` is ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``,
+    ``sqlite://:memory:`` (which lives and dies with this connection) or a plain path.
+    ``settings.sqlite_synchronous`` ("NORMAL", the default, or "FULL") trades the
+    durability of the last commits on power loss for write speed.
 
     Each operation is one function run on the connection's thread, so operations never
     interleave: that single thread is the write lock within a process, and
     ``BEGIN IMMEDIATE`` with the busy timeout is the lock between processes. That thread
-    serves any event loop; the wake-ups (and the open lock) belong to one, and are made
-    anew when the caller moves to a new loop (``asyncio.run`` twice).
+    serves any event loop; the wake-ups belong to one, and are made anew when the caller
+    moves to a new loop (``asyncio.run`` twice).
     """
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
-        self.path = path
+    def __init__(self, url: str | os.PathLike[str], settings: Settings) -> None:
+        super().__init__(url, settings)
+        self.path = sqlite_path(url)
+        synchronous = settings.sqlite_synchronous
         self.synchronous = str(synchronous).upper()
         if self.synchronous not in ("FULL", "NORMAL", "OFF", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous={synchronous!r}: expected FULL or NORMAL")
         self._db: aiosqlite.Connection | None = None
-        self._open_lock: asyncio.Lock | None = None
         self._work: asyncio.Event | None = None
         self._result_waiters: dict[str, builtins.list[asyncio.Future[None]]] = {}
         self._shm_fd: int | None = None
-        self._bound = LoopBinding(f"the SQLite connection to {path}")
 
     @property
     def is_memory(self) -> bool:
@@ -148,35 +147,29 @@ class _SQLiteConnection:
 
     @property
     def is_open(self) -> bool:
-        """True between :meth:`open` and :meth:`close`."""
+        """True while a component holds the connection (the file is open)."""
         return self._db is not None
 
-    async def open(self) -> None:
+    async def _open(self) -> None:
         """Open the file (creating its directory), set the pragmas, migrate the schema."""
-        self._follow_loop()
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if self._db is not None:
-                return
-            if not self.is_memory:
-                try:
-                    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                except OSError as exc:
-                    raise StorageConnectionError(
-                        f"sqlite: cannot create {self.path}: {exc}"
-                    ) from exc
+        if self._db is not None:
+            return
+        if not self.is_memory:
             try:
-                db = await _daemon(aiosqlite.connect(self.path, isolation_level=None, timeout=10.0))
-            except (sqlite3.Error, ValueError) as exc:
-                raise StorageConnectionError(f"sqlite: cannot open {self.path}: {exc}") from exc
-            self._db = db
-            try:
-                await self.run(self._setup, "opening the database")
-            except BaseException:
-                self._db = None
-                await db.close()
-                raise
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            except OSError as exc:
+                raise StorageConnectionError(f"sqlite: cannot create {self.path}: {exc}") from exc
+        try:
+            db = await _daemon(aiosqlite.connect(self.path, isolation_level=None, timeout=10.0))
+        except (sqlite3.Error, ValueError) as exc:
+            raise StorageConnectionError(f"sqlite: cannot open {self.path}: {exc}") from exc
+        self._db = db
+        try:
+            await self.run(self._setup, "opening the database")
+        except BaseException:
+            self._db = None
+            await db.close()
+            raise
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         # Switching a fresh file to WAL, and the first read while another process does,
@@ -238,10 +231,8 @@ class _SQLiteConnection:
             raise
         return int(row[0] or 0)
 
-    async def close(self) -> None:
-        """Close the connection. Safe to call twice."""
-        self._follow_loop()
-        await self._bound.detach()
+    async def _close(self) -> None:
+        """Close the file; a result waiter of this process is woken, not left hanging."""
         db, self._db = self._db, None
         if self._shm_fd is not None:
             os.close(self._shm_fd)
@@ -278,11 +269,10 @@ class _SQLiteConnection:
 
     # -- wake-ups ---------------------------------------------------------------------
 
-    def _follow_loop(self) -> None:
-        if self._bound.moved():  # the old loop's waiters went with it
-            self._open_lock = None
-            self._work = None
-            self._result_waiters = {}
+    def _forget_loop(self) -> None:
+        # The old loop's waiters went with it; the database connection serves any loop.
+        self._work = None
+        self._result_waiters = {}
 
     def notify_work(self) -> None:
         """Wake every in-process waiter of :meth:`wait_for_work`."""
@@ -377,76 +367,5 @@ class _SQLiteConnection:
             if not futures:
                 del self._result_waiters[task_id]
 
-
-class SQLiteBackend(Backend):
-    """The task queue, results, events and schedules in one SQLite file.
-
-    ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` or ``sqlite://:memory:``
-    (the last one lives and dies with this bundle). ``settings.sqlite_synchronous``
-    ("FULL", the default, or "NORMAL") trades durability of the last commits on power
-    loss for write speed.
-
-    Example::
-
-        backend = SQLiteBackend("sqlite:///.omniq/omniq.db", settings)
-        queue = backend.task_queue()
-        await queue.connect()  # opens the shared connection
-    """
-
-    def __init__(self, url: str, settings: Any) -> None:
-        super().__init__(url, settings)
-        synchronous = getattr(settings, "sqlite_synchronous", "FULL")
-        self.connection = _SQLiteConnection(sqlite_path(url), synchronous=synchronous)
-        self._queue: AsyncSQLiteQueue | None = None
-        self._results: AsyncSQLiteResultStorage | None = None
-        self._events: AsyncSQLiteEventStorage | None = None
-        self._schedules: AsyncSQLiteScheduleStorage | None = None
-
-    async def _open(self) -> None:
-        await self.connection.open()
-
-    async def _close(self) -> None:
-        await self.connection.close()
-
-    def task_queue(self) -> AsyncSQLiteQueue:
-        """The task queue on the shared connection."""
-        from omniq.storage.sqlite.queue import AsyncSQLiteQueue
-
-        if self._queue is None:
-            self._queue = AsyncSQLiteQueue(
-                self.url, self.settings, connection=self.connection, bundle=self
-            )
-        return self._queue
-
-    def result_storage(self) -> AsyncSQLiteResultStorage:
-        """The result storage on the shared connection."""
-        from omniq.storage.sqlite.queue import AsyncSQLiteResultStorage
-
-        if self._results is None:
-            self._results = AsyncSQLiteResultStorage(
-                self.url, self.settings, connection=self.connection, bundle=self
-            )
-        return self._results
-
-    def event_storage(self) -> AsyncSQLiteEventStorage:
-        """The event storage on the shared connection."""
-        from omniq.storage.sqlite.queue import AsyncSQLiteEventStorage
-
-        if self._events is None:
-            self._events = AsyncSQLiteEventStorage(
-                self.url, self.settings, connection=self.connection, bundle=self
-            )
-        return self._events
-
-    def schedule_storage(self) -> AsyncSQLiteScheduleStorage:
-        """The schedule storage on the shared connection."""
-        from omniq.storage.sqlite.queue import AsyncSQLiteScheduleStorage
-
-        if self._schedules is None:
-            self._schedules = AsyncSQLiteScheduleStorage(
-                self.url, self.settings, connection=self.connection, bundle=self
-            )
-        return self._schedules
-
     def __repr__(self) -> str:
-        return f"SQLiteBackend({self.connection.path!r})"
+        return f"SQLiteConnection({self.path!r})"

@@ -10,7 +10,7 @@ Every component works standalone from a URL::
     async with AsyncSQLiteQueue("sqlite:///.omniq/omniq.db") as queue:
         await queue.enqueue([task])
 
-or on the shared connection of a :class:`omniq.backend.sqlite.SQLiteBackend`. Blocking
+or on the shared connection of a :class:`omniq.storage.sqlite.SQLiteBackend`. Blocking
 twins (``SQLiteQueue``, ``SQLiteResultStorage``…) run the same coroutines on a private loop.
 
 Each operation is one function run on aiosqlite's connection thread, so the event loop
@@ -29,13 +29,15 @@ import sqlite3
 import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
 import msgspec
 
 from omniq._sync import sync_twin
+from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.storage._component import Component
 from omniq.storage._rows import dt as _dt
 from omniq.storage._rows import task_from_row, unreadable_from_row
 from omniq.storage._rows import ts as _ts
@@ -44,16 +46,12 @@ from omniq.storage.base import (
     BaseEventStorage,
     BaseResultStorage,
     BaseScheduleStorage,
-    BaseStorage,
     BaseTaskQueue,
     Finish,
     UnreadableTask,
 )
 from omniq.storage.sqlite.connection import QUERIES as _Q
-from omniq.storage.sqlite.connection import _SQLiteConnection, sqlite_path
-
-if TYPE_CHECKING:
-    from omniq.backend.base import Backend
+from omniq.storage.sqlite.connection import SQLiteConnection
 
 __all__ = [
     "AsyncSQLiteEventStorage",
@@ -93,64 +91,16 @@ def _task_or_unreadable(conn: sqlite3.Connection, row: Row) -> Task:
         return unreadable_from_row(row, str(exc), queue)
 
 
-class _SQLiteComponent(BaseStorage):
-    """Connection handling shared by the four components.
+class _SQLiteComponent(Component[SQLiteConnection]):
+    """What the four components share: their connection class, and the database file of
+    a component built without a URL (``omniq.db`` under ``settings.base_dir``)."""
 
-    Built from a URL, a component opens its own connection on :meth:`connect`; built by
-    a :class:`~omniq.backend.sqlite.SQLiteBackend`, it connects through the bundle.
-    """
+    connection_class = SQLiteConnection
 
-    def __init__(
-        self,
-        url: str | os.PathLike[str] | None = None,
-        settings: Any = None,
-        *,
-        connection: _SQLiteConnection | None = None,
-        bundle: Backend | None = None,
-    ) -> None:
-        self.settings = settings
-        if connection is None:
-            if url is None:
-                base_dir = getattr(settings, "base_dir", ".omniq")
-                url = os.path.join(os.fspath(base_dir), "omniq.db")
-            synchronous = getattr(settings, "sqlite_synchronous", "FULL")
-            connection = _SQLiteConnection(sqlite_path(url), synchronous=synchronous)
-        self.url = os.fspath(url) if url is not None else connection.path
-        self._conn = connection
-        self._bundle = bundle
-        self._connected = False
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def connect(self) -> None:
-        """Open the connection (through the bundle when there is one). Safe to call twice."""
-        if self._connected:
-            return
-        if self._bundle is not None:
-            await self._bundle.connect()
-        else:
-            await self._conn.open()
-        self._connected = True
-
-    async def close(self) -> None:
-        """Release the connection. Safe to call twice."""
-        if not self._connected:
-            return
-        self._connected = False
-        if self._bundle is not None:
-            await self._bundle.close()
-        else:
-            await self._conn.close()
-
-    async def _db(self) -> _SQLiteConnection:
-        if not self._connected:
-            await self.connect()
-        return self._conn
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._conn.path!r})"
+    @classmethod
+    def default_url(cls, settings: Settings) -> str:
+        """``<base_dir>/omniq.db``."""
+        return os.path.join(os.fspath(settings.base_dir), "omniq.db")
 
 
 def _task_params(task: Task) -> tuple[Any, ...]:
@@ -219,7 +169,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             if deps:
                 conn.executemany(insert_dep, deps)
 
-        db = await self._db()
+        db = await self._conn()
         if len(rows) == 1 and not deps:
             # A single statement is its own atomic transaction.
             await db.run(lambda conn: conn.execute(insert, rows[0]).close(), "enqueueing")
@@ -263,7 +213,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
                     logger.error("%s; handing it to the worker to fail", task.reason)
             return claimed
 
-        return await (await self._db()).write(claim, "claiming tasks")
+        return await (await self._conn()).write(claim, "claiming tasks")
 
     async def renew(
         self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
@@ -283,18 +233,15 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         def renew(conn: sqlite3.Connection) -> set[str]:
             return {row[0] for row in conn.execute(sql, params).fetchall()}
 
-        return await (await self._db()).run(renew, "renewing leases")
+        return await (await self._conn()).run(renew, "renewing leases")
 
     async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
         """Finish the tasks still held by their workers, in one transaction."""
         return await self._finish([Finish(ack, _NO_RESULT) for ack in acks], now=now)
 
-    def _on_my_connection(self, storage: BaseStorage | None) -> bool:
-        return isinstance(storage, _SQLiteComponent) and storage._conn is self._conn
-
     def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
         """True when the event log is in this queue's database file."""
-        return isinstance(event_storage, AsyncSQLiteEventStorage) and self._on_my_connection(
+        return isinstance(event_storage, AsyncSQLiteEventStorage) and self.shares_connection(
             event_storage
         )
 
@@ -310,15 +257,15 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         transaction when the results share this connection."""
         if not (
             isinstance(result_storage, AsyncSQLiteResultStorage)
-            and (self._on_my_connection(result_storage))
+            and self.shares_connection(result_storage)
         ):
             return await super().finish(items, result_storage, event_storage, now=now)
         if not items:
             return [], {}
-        await result_storage._db()
+        await result_storage.connect()  # first use connects, as if it wrote the results
         flags = await self._finish(items, now=now, events=event_storage is not None)
         done = [item.ack.task_id for item, ok in zip(items, flags, strict=True) if ok]
-        self._conn.notify_results(done)
+        self.connection.notify_results(done)
         return flags, (await self.dependents_many(done) if done else {})
 
     async def _finish(
@@ -363,7 +310,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
                     conn.executemany(event_sql, logged).close()
             return flags
 
-        db = await self._db()
+        db = await self._conn()
         single = len(params) == 1 and all(item.result is _NO_RESULT for item in items)
         return await (db.run if single else db.write)(finish, "acknowledging tasks")
 
@@ -371,7 +318,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         """Move a held task to ``RETRYING``, due at ``due_at``."""
         params = {"id": task_id, "worker": worker_id, "due": _ts(due_at), "now": _ts(now)}
         sql = _Q["retry"]
-        db = await self._db()
+        db = await self._conn()
         changed = await db.run(lambda conn: conn.execute(sql, params).rowcount, "retrying")
         if changed:
             db.notify_work()
@@ -383,7 +330,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             return 0
         params = {"ids": json.dumps(list(task_ids)), "worker": worker_id, "now": _ts(now)}
         sql = _Q["release"]
-        db = await self._db()
+        db = await self._conn()
         count = await db.run(lambda conn: conn.execute(sql, params).rowcount, "releasing")
         if count:
             db.notify_work()
@@ -412,7 +359,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             rows = conn.execute(sql, params).fetchall()
             return tuple(rows[0]) if rows else None
 
-        db = await self._db()
+        db = await self._conn()
         row = await db.run(transition, "changing a task's status")
         if row is None:
             return None
@@ -429,7 +376,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         if not task_ids:
             return []
         sql, ids = _Q["get_tasks"], json.dumps(list(task_ids))
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql, (ids,)).fetchall(), "reading tasks")
         found = {row[1]: _task_from_row(row) for row in rows}
         return [found.get(task_id) for task_id in task_ids]
@@ -452,13 +399,13 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         def listing(conn: sqlite3.Connection) -> builtins.list[Task]:
             return [_task_or_unreadable(conn, row) for row in conn.execute(sql, params)]
 
-        db = await self._db()
+        db = await self._conn()
         return await db.run(listing, "listing tasks")
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status."""
         sql = _Q["stats"]
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "counting tasks")
         counts: dict[str, dict[str, int]] = {}
         for queue, status, count in rows:
@@ -475,7 +422,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         if not task_ids:
             return {}
         sql, ids = _Q["dependents"], json.dumps(list(task_ids))
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql, (ids,)).fetchall(), "reading deps")
         found: dict[str, builtins.list[Task]] = {}
         for row in rows:
@@ -493,7 +440,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             known = [ts for ts in times if ts is not None]
             return min(known) if known else None
 
-        ts = await (await self._db()).run(earliest, "reading due times")
+        ts = await (await self._conn()).run(earliest, "reading due times")
         return None if ts is None else _dt(ts)
 
     async def delete_finished(self, before: datetime) -> int:
@@ -505,13 +452,13 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             conn.execute(deps_sql, params)
             return int(conn.execute(sql, params).rowcount)
 
-        return await (await self._db()).write(delete, "deleting finished tasks")
+        return await (await self._conn()).write(delete, "deleting finished tasks")
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may have arrived (any queue), or after ``timeout``."""
         if timeout <= 0:
             return
-        await (await self._db()).wait_for_work(timeout)
+        await (await self._conn()).wait_for_work(timeout)
 
 
 def _result_rows(results: Sequence[TaskResult]) -> builtins.list[tuple[Any, ...]]:
@@ -534,7 +481,7 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
             return
         rows = _result_rows(results)
         sql = _Q["put_result"]
-        db = await self._db()
+        db = await self._conn()
         if len(rows) == 1:
             await db.run(lambda conn: conn.execute(sql, rows[0]).close(), "storing results")
         else:
@@ -544,7 +491,7 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""
         sql = _Q["get_result"]
-        db = await self._db()
+        db = await self._conn()
         row = await db.run(lambda conn: conn.execute(sql, (task_id,)).fetchone(), "reading")
         if row is None:
             return None
@@ -558,7 +505,7 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
 
     async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
         """Wait for a result: woken in-process at once, else when the file changes."""
-        db = await self._db()
+        db = await self._conn()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         future = db.result_future(task_id)
@@ -589,7 +536,7 @@ class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
     async def delete_expired(self, now: datetime) -> int:
         """Delete results past their ``expires_at``."""
         sql, now_ts = _Q["delete_expired_results"], _ts(now)
-        db = await self._db()
+        db = await self._conn()
         return int(await db.run(lambda conn: conn.execute(sql, (now_ts,)).rowcount, "deleting"))
 
 
@@ -606,7 +553,7 @@ class AsyncSQLiteEventStorage(_SQLiteComponent, BaseEventStorage):
             return
         rows = [_event_row(event) for event in events]
         sql = _Q["append_event"]
-        db = await self._db()
+        db = await self._conn()
         if len(rows) == 1:
             await db.run(lambda conn: conn.execute(sql, rows[0]).close(), "appending events")
         else:
@@ -615,7 +562,7 @@ class AsyncSQLiteEventStorage(_SQLiteComponent, BaseEventStorage):
     async def get(self, task_id: str) -> builtins.list[TaskEvent]:
         """The task's events, oldest first."""
         sql = _Q["get_events"]
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql, (task_id,)).fetchall(), "reading")
         events = []
         for event_id, data in rows:
@@ -634,7 +581,7 @@ class AsyncSQLiteEventStorage(_SQLiteComponent, BaseEventStorage):
     async def delete_before(self, before: datetime) -> int:
         """Delete events older than ``before``."""
         sql, before_ts = _Q["delete_events_before"], _ts(before)
-        db = await self._db()
+        db = await self._conn()
         return int(await db.run(lambda conn: conn.execute(sql, (before_ts,)).rowcount, "deleting"))
 
 
@@ -657,26 +604,26 @@ class AsyncSQLiteScheduleStorage(_SQLiteComponent, BaseScheduleStorage):
     async def upsert(self, schedule: Schedule) -> None:
         """Insert or replace the schedule with this id."""
         sql, row = _Q["upsert_schedule"], _schedule_row(schedule)
-        await (await self._db()).run(lambda conn: conn.execute(sql, row).close(), "storing")
+        await (await self._conn()).run(lambda conn: conn.execute(sql, row).close(), "storing")
 
     async def get(self, schedule_id: str) -> Schedule | None:
         """The schedule, or None."""
         sql = _Q["get_schedule"]
-        db = await self._db()
+        db = await self._conn()
         row = await db.run(lambda conn: conn.execute(sql, (schedule_id,)).fetchone(), "reading")
         return None if row is None else _schedule_from_row(row)
 
     async def list(self) -> builtins.list[Schedule]:
         """All schedules, by id."""
         sql = _Q["list_schedules"]
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "listing schedules")
         return [_schedule_from_row(row) for row in rows]
 
     async def delete(self, schedule_id: str) -> bool:
         """Remove a schedule; False if it did not exist."""
         sql = _Q["delete_schedule"]
-        db = await self._db()
+        db = await self._conn()
         count = await db.run(lambda conn: conn.execute(sql, (schedule_id,)).rowcount, "deleting")
         return count > 0
 
@@ -692,12 +639,12 @@ class AsyncSQLiteScheduleStorage(_SQLiteComponent, BaseScheduleStorage):
             conn.execute(put_sql, _schedule_row(schedule))
             return schedule
 
-        return await (await self._db()).write(update, "updating a schedule")
+        return await (await self._conn()).write(update, "updating a schedule")
 
     async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
         """Unpaused schedules due at or before ``now``, earliest first."""
         sql, now_ts = _Q["due_schedules"], _ts(now)
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql, (now_ts, limit)).fetchall(), "reading")
         return [_schedule_from_row(row) for row in rows]
 
@@ -726,7 +673,7 @@ class AsyncSQLiteScheduleStorage(_SQLiteComponent, BaseScheduleStorage):
             old_ts = _ts(schedule.next_run_at)
             return conn.execute(set_sql, (new_row[1], new_row[3], schedule_id, old_ts)).rowcount > 0
 
-        return await (await self._db()).write(advance, "advancing a schedule")
+        return await (await self._conn()).write(advance, "advancing a schedule")
 
 
 SQLiteQueue = sync_twin(AsyncSQLiteQueue, "SQLiteQueue")

@@ -25,16 +25,10 @@ from __future__ import annotations
 
 from omniq.storage._bundle import BackendSpec, Bundle
 from omniq.storage.sqlite.connection import SCHEMA_VERSION, SQLiteConnection, sqlite_path
-from omniq.storage.sqlite.queue import (
-    AsyncSQLiteEventStorage,
-    AsyncSQLiteQueue,
-    AsyncSQLiteResultStorage,
-    AsyncSQLiteScheduleStorage,
-    SQLiteEventStorage,
-    SQLiteQueue,
-    SQLiteResultStorage,
-    SQLiteScheduleStorage,
-)
+from omniq.storage.sqlite.events import AsyncSQLiteEventStorage, SQLiteEventStorage
+from omniq.storage.sqlite.queue import AsyncSQLiteQueue, SQLiteQueue
+from omniq.storage.sqlite.results import AsyncSQLiteResultStorage, SQLiteResultStorage
+from omniq.storage.sqlite.schedules import AsyncSQLiteScheduleStorage, SQLiteScheduleStorage
 
 __all__ = [
     "BACKEND",

@@ -20,11 +20,14 @@ from omniq import OmniQ, Settings
 from omniq.backend import backend_for_url
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import TaskStatus, utcnow
+from omniq.storage.registry import spec_for_url
 from omniq.storage.sqlite import (
+    BACKEND,
     SCHEMA_VERSION,
     AsyncSQLiteQueue,
     AsyncSQLiteResultStorage,
     SQLiteBackend,
+    SQLiteConnection,
     SQLiteQueue,
     sqlite_path,
 )
@@ -140,6 +143,22 @@ def test_sqlite_path_rejects_other_schemes() -> None:
 
 def test_backend_for_url_builds_the_sqlite_bundle(db_url: str) -> None:
     assert isinstance(backend_for_url(db_url, None), SQLiteBackend)
+
+
+def test_the_registry_serves_sqlite_urls_from_the_package(db_url: str) -> None:
+    assert spec_for_url(db_url) is BACKEND
+    backend = SQLiteBackend(db_url)
+    alone = AsyncSQLiteQueue.from_url(db_url)
+    assert isinstance(alone.connection, SQLiteConnection)
+    assert backend.task_queue().shares_connection(backend.result_storage())
+    assert not alone.shares_connection(backend.result_storage())
+
+
+def test_synchronous_defaults_to_the_settings_default(db_url: str) -> None:
+    # The one default lives in Settings; a component built without settings uses it.
+    assert AsyncSQLiteQueue(db_url).connection.synchronous == Settings().sqlite_synchronous
+    full = Settings(sqlite_synchronous="FULL")
+    assert SQLiteBackend(db_url, full).task_queue().connection.synchronous == "FULL"
 
 
 async def test_bundle_components_share_one_reference_counted_connection(db_url: str) -> None:

@@ -16,13 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from omniq import OmniQ
+from omniq import OmniQ, Settings
 from omniq.backend import backend_for_url
-from omniq.backend.base import Backend
-from omniq.backend.sqlite import SCHEMA_VERSION, SQLiteBackend, sqlite_path
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import TaskStatus, utcnow
-from omniq.storage.sqlite import AsyncSQLiteQueue, AsyncSQLiteResultStorage, SQLiteQueue
+from omniq.storage.registry import spec_for_url
+from omniq.storage.sqlite import (
+    BACKEND,
+    SCHEMA_VERSION,
+    AsyncSQLiteQueue,
+    AsyncSQLiteResultStorage,
+    SQLiteBackend,
+    SQLiteConnection,
+    SQLiteQueue,
+    sqlite_path,
+)
 from tests.storage import _race_worker
 from tests.storage.contract import (
     EventContract,
@@ -44,9 +52,9 @@ def db_url(tmp_path: Path) -> str:
 @pytest.fixture
 async def make_backend(db_url: str) -> AsyncIterator[MakeBackend]:
     """Opened bundles on the one database file of this test, each its own connection."""
-    made: list[Backend] = []
+    made: list[SQLiteBackend] = []
 
-    async def make() -> Backend:
+    async def make() -> SQLiteBackend:
         backend = SQLiteBackend(db_url, None)
         await backend.connect()
         made.append(backend)
@@ -58,7 +66,7 @@ async def make_backend(db_url: str) -> AsyncIterator[MakeBackend]:
 
 
 @pytest.fixture
-async def backend(make_backend: MakeBackend) -> Backend:
+async def backend(make_backend: MakeBackend) -> SQLiteBackend:
     return await make_backend()
 
 
@@ -82,15 +90,15 @@ class TestSQLiteMemoryQueue(QueueContract):
     """``sqlite://:memory:`` lives in one connection: the "second connection" is the bundle."""
 
     @pytest.fixture
-    async def backend(self) -> AsyncIterator[Backend]:
+    async def backend(self) -> AsyncIterator[SQLiteBackend]:
         backend = SQLiteBackend("sqlite://:memory:", None)
         await backend.connect()
         yield backend
         await backend.close()
 
     @pytest.fixture
-    async def make_backend(self, backend: Backend) -> MakeBackend:
-        async def same() -> Backend:
+    async def make_backend(self, backend: SQLiteBackend) -> MakeBackend:
+        async def same() -> SQLiteBackend:
             return backend
 
         return same
@@ -98,15 +106,15 @@ class TestSQLiteMemoryQueue(QueueContract):
 
 class TestSQLiteMemoryResults(ResultContract):
     @pytest.fixture
-    async def backend(self) -> AsyncIterator[Backend]:
+    async def backend(self) -> AsyncIterator[SQLiteBackend]:
         backend = SQLiteBackend("sqlite://:memory:", None)
         await backend.connect()
         yield backend
         await backend.close()
 
     @pytest.fixture
-    async def make_backend(self, backend: Backend) -> MakeBackend:
-        async def same() -> Backend:
+    async def make_backend(self, backend: SQLiteBackend) -> MakeBackend:
+        async def same() -> SQLiteBackend:
             return backend
 
         return same
@@ -135,6 +143,22 @@ def test_sqlite_path_rejects_other_schemes() -> None:
 
 def test_backend_for_url_builds_the_sqlite_bundle(db_url: str) -> None:
     assert isinstance(backend_for_url(db_url, None), SQLiteBackend)
+
+
+def test_the_registry_serves_sqlite_urls_from_the_package(db_url: str) -> None:
+    assert spec_for_url(db_url) is BACKEND
+    backend = SQLiteBackend(db_url)
+    alone = AsyncSQLiteQueue.from_url(db_url)
+    assert isinstance(alone.connection, SQLiteConnection)
+    assert backend.task_queue().shares_connection(backend.result_storage())
+    assert not alone.shares_connection(backend.result_storage())
+
+
+def test_synchronous_defaults_to_the_settings_default(db_url: str) -> None:
+    # The one default lives in Settings; a component built without settings uses it.
+    assert AsyncSQLiteQueue(db_url).connection.synchronous == Settings().sqlite_synchronous
+    full = Settings(sqlite_synchronous="FULL")
+    assert SQLiteBackend(db_url, full).task_queue().connection.synchronous == "FULL"
 
 
 async def test_bundle_components_share_one_reference_counted_connection(db_url: str) -> None:
@@ -188,11 +212,8 @@ def test_a_wait_on_a_new_event_loop_still_waits(db_url: str) -> None:
 
 
 async def test_default_path_is_under_base_dir(tmp_path: Path) -> None:
-    class Settings:
-        base_dir = str(tmp_path / "base")
-        sqlite_synchronous = "NORMAL"
-
-    async with AsyncSQLiteResultStorage(settings=Settings()) as store:
+    settings = Settings(base_dir=str(tmp_path / "base"), sqlite_synchronous="NORMAL")
+    async with AsyncSQLiteResultStorage(settings=settings) as store:
         await store.put(make_result("r"))
     assert (tmp_path / "base" / "omniq.db").exists()
 

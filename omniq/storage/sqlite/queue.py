@@ -1,43 +1,25 @@
-"""SQLite storage: the embedded default.
+"""The SQLite task queue: one row per task, a claim in one short write transaction.
 
-One database file holds the task queue, the results, the event log and the schedules.
-It is safe for several worker processes on one host: the file is in WAL mode, every write
-that spans statements runs in ``BEGIN IMMEDIATE`` (so writers queue on the busy timeout
-instead of failing on a lock upgrade), and a claim is one short write transaction.
-
-Every component works standalone from a URL::
-
-    async with AsyncSQLiteQueue("sqlite:///.omniq/omniq.db") as queue:
-        await queue.enqueue([task])
-
-or on the shared connection of a :class:`omniq.backend.sqlite.SQLiteBackend`. Blocking
-twins (``SQLiteQueue``, ``SQLiteResultStorage``…) run the same coroutines on a private loop.
-
-Each operation is one function run on aiosqlite's connection thread, so the event loop
-never blocks on SQLite and a whole transaction costs one thread hop.
+Claims walk the ``tasks_claim`` index per queue (``sql/queries.sql``); ``wait`` wakes at
+once for work enqueued in-process and watches the database's WAL files for work committed
+by other processes. A finish whose results (and events) share the queue's connection
+writes them with the acks in one transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import json
 import logging
-import os
 import sqlite3
-import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self
-
-import msgspec
+from typing import Any
 
 from omniq._sync import sync_twin
-from omniq.backend.sqlite import QUERIES as _Q
-from omniq.backend.sqlite import _SQLiteConnection, sqlite_path
 from omniq.errors import StorageError
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.models import Task, TaskResult, TaskStatus
 from omniq.storage._rows import dt as _dt
 from omniq.storage._rows import task_from_row, unreadable_from_row
 from omniq.storage._rows import ts as _ts
@@ -45,35 +27,19 @@ from omniq.storage.base import (
     Ack,
     BaseEventStorage,
     BaseResultStorage,
-    BaseScheduleStorage,
-    BaseStorage,
     BaseTaskQueue,
     Finish,
     UnreadableTask,
 )
+from omniq.storage.sqlite._base import ENCODER, Row, SQLiteComponent
+from omniq.storage.sqlite.connection import QUERIES as _Q
+from omniq.storage.sqlite.events import AsyncSQLiteEventStorage, event_row
+from omniq.storage.sqlite.results import AsyncSQLiteResultStorage, result_rows
 
-if TYPE_CHECKING:
-    from omniq.backend.base import Backend
-
-__all__ = [
-    "AsyncSQLiteEventStorage",
-    "AsyncSQLiteQueue",
-    "AsyncSQLiteResultStorage",
-    "AsyncSQLiteScheduleStorage",
-    "SQLiteEventStorage",
-    "SQLiteQueue",
-    "SQLiteResultStorage",
-    "SQLiteScheduleStorage",
-]
+__all__ = ["AsyncSQLiteQueue", "SQLiteQueue"]
 
 logger = logging.getLogger("omniq")
 
-Row = tuple[Any, ...]
-
-_ENCODER = msgspec.msgpack.Encoder()
-_RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
-_EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
-_SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
 #: The result of an ack that stores none (``ack_many``).
 _NO_RESULT = TaskResult(task_id="", status=TaskStatus.COMPLETE)
 _CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskStatus.SCHEDULED})
@@ -93,66 +59,6 @@ def _task_or_unreadable(conn: sqlite3.Connection, row: Row) -> Task:
         return unreadable_from_row(row, str(exc), queue)
 
 
-class _SQLiteComponent(BaseStorage):
-    """Connection handling shared by the four components.
-
-    Built from a URL, a component opens its own connection on :meth:`connect`; built by
-    a :class:`~omniq.backend.sqlite.SQLiteBackend`, it connects through the bundle.
-    """
-
-    def __init__(
-        self,
-        url: str | os.PathLike[str] | None = None,
-        settings: Any = None,
-        *,
-        connection: _SQLiteConnection | None = None,
-        bundle: Backend | None = None,
-    ) -> None:
-        self.settings = settings
-        if connection is None:
-            if url is None:
-                base_dir = getattr(settings, "base_dir", ".omniq")
-                url = os.path.join(os.fspath(base_dir), "omniq.db")
-            synchronous = getattr(settings, "sqlite_synchronous", "FULL")
-            connection = _SQLiteConnection(sqlite_path(url), synchronous=synchronous)
-        self.url = os.fspath(url) if url is not None else connection.path
-        self._conn = connection
-        self._bundle = bundle
-        self._connected = False
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def connect(self) -> None:
-        """Open the connection (through the bundle when there is one). Safe to call twice."""
-        if self._connected:
-            return
-        if self._bundle is not None:
-            await self._bundle.connect()
-        else:
-            await self._conn.open()
-        self._connected = True
-
-    async def close(self) -> None:
-        """Release the connection. Safe to call twice."""
-        if not self._connected:
-            return
-        self._connected = False
-        if self._bundle is not None:
-            await self._bundle.close()
-        else:
-            await self._conn.close()
-
-    async def _db(self) -> _SQLiteConnection:
-        if not self._connected:
-            await self.connect()
-        return self._conn
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._conn.path!r})"
-
-
 def _task_params(task: Task) -> tuple[Any, ...]:
     return (
         task.id,
@@ -165,7 +71,7 @@ def _task_params(task: Task) -> tuple[Any, ...]:
         task.attempts,
         1 if task.depends_on else 0,
         _ts(task.updated_at or task.created_at),
-        _ENCODER.encode(task),
+        ENCODER.encode(task),
     )
 
 
@@ -190,7 +96,7 @@ def _claim_sql(queue_count: int, strict: bool = False) -> str:
     return _Q["claim"].format(pick=pick.format(candidates=candidates))
 
 
-class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
+class AsyncSQLiteQueue(SQLiteComponent, BaseTaskQueue):
     """The task queue on SQLite.
 
     ``wait`` wakes at once for work enqueued through the same connection and within a few
@@ -219,7 +125,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             if deps:
                 conn.executemany(insert_dep, deps)
 
-        db = await self._db()
+        db = await self._conn()
         if len(rows) == 1 and not deps:
             # A single statement is its own atomic transaction.
             await db.run(lambda conn: conn.execute(insert, rows[0]).close(), "enqueueing")
@@ -263,7 +169,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
                     logger.error("%s; handing it to the worker to fail", task.reason)
             return claimed
 
-        return await (await self._db()).write(claim, "claiming tasks")
+        return await (await self._conn()).write(claim, "claiming tasks")
 
     async def renew(
         self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
@@ -283,18 +189,15 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         def renew(conn: sqlite3.Connection) -> set[str]:
             return {row[0] for row in conn.execute(sql, params).fetchall()}
 
-        return await (await self._db()).run(renew, "renewing leases")
+        return await (await self._conn()).run(renew, "renewing leases")
 
     async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
         """Finish the tasks still held by their workers, in one transaction."""
         return await self._finish([Finish(ack, _NO_RESULT) for ack in acks], now=now)
 
-    def _on_my_connection(self, storage: BaseStorage | None) -> bool:
-        return isinstance(storage, _SQLiteComponent) and storage._conn is self._conn
-
     def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
         """True when the event log is in this queue's database file."""
-        return isinstance(event_storage, AsyncSQLiteEventStorage) and self._on_my_connection(
+        return isinstance(event_storage, AsyncSQLiteEventStorage) and self.shares_connection(
             event_storage
         )
 
@@ -310,15 +213,15 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         transaction when the results share this connection."""
         if not (
             isinstance(result_storage, AsyncSQLiteResultStorage)
-            and (self._on_my_connection(result_storage))
+            and self.shares_connection(result_storage)
         ):
             return await super().finish(items, result_storage, event_storage, now=now)
         if not items:
             return [], {}
-        await result_storage._db()
+        await result_storage.connect()  # first use connects, as if it wrote the results
         flags = await self._finish(items, now=now, events=event_storage is not None)
         done = [item.ack.task_id for item, ok in zip(items, flags, strict=True) if ok]
-        self._conn.notify_results(done)
+        self.connection.notify_results(done)
         return flags, (await self.dependents_many(done) if done else {})
 
     async def _finish(
@@ -354,16 +257,16 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
                 flags.append((*key, ack.task_id) in done)
                 done.discard((*key, ack.task_id))
             won = [item for item, ok in zip(items, flags, strict=True) if ok]
-            rows = _result_rows([item.result for item in won if item.result is not _NO_RESULT])
+            rows = result_rows([item.result for item in won if item.result is not _NO_RESULT])
             if rows:
                 conn.executemany(put_sql, rows).close()
             if events:
-                logged = [_event_row(event) for item in won for event in item.events]
+                logged = [event_row(event) for item in won for event in item.events]
                 if logged:
                     conn.executemany(event_sql, logged).close()
             return flags
 
-        db = await self._db()
+        db = await self._conn()
         single = len(params) == 1 and all(item.result is _NO_RESULT for item in items)
         return await (db.run if single else db.write)(finish, "acknowledging tasks")
 
@@ -371,7 +274,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         """Move a held task to ``RETRYING``, due at ``due_at``."""
         params = {"id": task_id, "worker": worker_id, "due": _ts(due_at), "now": _ts(now)}
         sql = _Q["retry"]
-        db = await self._db()
+        db = await self._conn()
         changed = await db.run(lambda conn: conn.execute(sql, params).rowcount, "retrying")
         if changed:
             db.notify_work()
@@ -383,7 +286,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             return 0
         params = {"ids": json.dumps(list(task_ids)), "worker": worker_id, "now": _ts(now)}
         sql = _Q["release"]
-        db = await self._db()
+        db = await self._conn()
         count = await db.run(lambda conn: conn.execute(sql, params).rowcount, "releasing")
         if count:
             db.notify_work()
@@ -412,7 +315,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             rows = conn.execute(sql, params).fetchall()
             return tuple(rows[0]) if rows else None
 
-        db = await self._db()
+        db = await self._conn()
         row = await db.run(transition, "changing a task's status")
         if row is None:
             return None
@@ -429,7 +332,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         if not task_ids:
             return []
         sql, ids = _Q["get_tasks"], json.dumps(list(task_ids))
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql, (ids,)).fetchall(), "reading tasks")
         found = {row[1]: _task_from_row(row) for row in rows}
         return [found.get(task_id) for task_id in task_ids]
@@ -452,13 +355,13 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         def listing(conn: sqlite3.Connection) -> builtins.list[Task]:
             return [_task_or_unreadable(conn, row) for row in conn.execute(sql, params)]
 
-        db = await self._db()
+        db = await self._conn()
         return await db.run(listing, "listing tasks")
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status."""
         sql = _Q["stats"]
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "counting tasks")
         counts: dict[str, dict[str, int]] = {}
         for queue, status, count in rows:
@@ -475,7 +378,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
         if not task_ids:
             return {}
         sql, ids = _Q["dependents"], json.dumps(list(task_ids))
-        db = await self._db()
+        db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql, (ids,)).fetchall(), "reading deps")
         found: dict[str, builtins.list[Task]] = {}
         for row in rows:
@@ -493,7 +396,7 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             known = [ts for ts in times if ts is not None]
             return min(known) if known else None
 
-        ts = await (await self._db()).run(earliest, "reading due times")
+        ts = await (await self._conn()).run(earliest, "reading due times")
         return None if ts is None else _dt(ts)
 
     async def delete_finished(self, before: datetime) -> int:
@@ -505,231 +408,13 @@ class AsyncSQLiteQueue(_SQLiteComponent, BaseTaskQueue):
             conn.execute(deps_sql, params)
             return int(conn.execute(sql, params).rowcount)
 
-        return await (await self._db()).write(delete, "deleting finished tasks")
+        return await (await self._conn()).write(delete, "deleting finished tasks")
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may have arrived (any queue), or after ``timeout``."""
         if timeout <= 0:
             return
-        await (await self._db()).wait_for_work(timeout)
-
-
-def _result_rows(results: Sequence[TaskResult]) -> builtins.list[tuple[Any, ...]]:
-    return [
-        (
-            result.task_id,
-            None if result.expires_at is None else _ts(result.expires_at),
-            _ENCODER.encode(result),
-        )
-        for result in results
-    ]
-
-
-class AsyncSQLiteResultStorage(_SQLiteComponent, BaseResultStorage):
-    """Task results on SQLite; ``wait`` is woken at once by a result stored in-process."""
-
-    async def put_many(self, results: Sequence[TaskResult]) -> None:
-        """Store (or replace) results in one transaction."""
-        if not results:
-            return
-        rows = _result_rows(results)
-        sql = _Q["put_result"]
-        db = await self._db()
-        if len(rows) == 1:
-            await db.run(lambda conn: conn.execute(sql, rows[0]).close(), "storing results")
-        else:
-            await db.write(lambda conn: conn.executemany(sql, rows).close(), "storing results")
-        db.notify_results([result.task_id for result in results])
-
-    async def get(self, task_id: str) -> TaskResult | None:
-        """The stored result, or None (also once it expired)."""
-        sql = _Q["get_result"]
-        db = await self._db()
-        row = await db.run(lambda conn: conn.execute(sql, (task_id,)).fetchone(), "reading")
-        if row is None:
-            return None
-        expires_ts, data = row
-        if expires_ts is not None and expires_ts <= time.time():
-            return None
-        try:
-            return _RESULT_DECODER.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StorageError(f"sqlite: result of task {task_id} is corrupt: {exc}") from exc
-
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
-        """Wait for a result: woken in-process at once, else when the file changes."""
-        db = await self._db()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        future = db.result_future(task_id)
-        try:
-            delay = 0.002
-            while True:
-                signature = db.file_signature()
-                result = await self.get(task_id)
-                if result is not None:
-                    return result
-                last_read = loop.time()
-                while True:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return None
-                    await asyncio.wait({future}, timeout=min(delay, remaining))
-                    delay = min(delay * 1.5, 0.05)
-                    if future.done():
-                        future = db.result_future(task_id)
-                        break
-                    if signature is not None and db.file_signature() != signature:
-                        break
-                    if loop.time() - last_read >= 0.25:  # backstop, and :memory: elsewhere
-                        break
-        finally:
-            db.drop_result_future(task_id, future)
-
-    async def delete_expired(self, now: datetime) -> int:
-        """Delete results past their ``expires_at``."""
-        sql, now_ts = _Q["delete_expired_results"], _ts(now)
-        db = await self._db()
-        return int(await db.run(lambda conn: conn.execute(sql, (now_ts,)).rowcount, "deleting"))
-
-
-def _event_row(event: TaskEvent) -> tuple[Any, ...]:
-    return (event.task_id, _ts(event.timestamp), _ENCODER.encode(event))
-
-
-class AsyncSQLiteEventStorage(_SQLiteComponent, BaseEventStorage):
-    """The task event log on SQLite (append-only; read back in time order)."""
-
-    async def append(self, events: Sequence[TaskEvent]) -> None:
-        """Append events in one transaction."""
-        if not events:
-            return
-        rows = [_event_row(event) for event in events]
-        sql = _Q["append_event"]
-        db = await self._db()
-        if len(rows) == 1:
-            await db.run(lambda conn: conn.execute(sql, rows[0]).close(), "appending events")
-        else:
-            await db.write(lambda conn: conn.executemany(sql, rows).close(), "appending events")
-
-    async def get(self, task_id: str) -> builtins.list[TaskEvent]:
-        """The task's events, oldest first."""
-        sql = _Q["get_events"]
-        db = await self._db()
-        rows = await db.run(lambda conn: conn.execute(sql, (task_id,)).fetchall(), "reading")
-        events = []
-        for event_id, data in rows:
-            try:
-                events.append(_EVENT_DECODER.decode(data))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise StorageError(
-                    f"sqlite: event {event_id} of task {task_id} is corrupt"
-                ) from exc
-        # Rows come in the order written, and a worker writes a task's last events with
-        # its result, maybe before the producer's background writer stored ENQUEUED. The
-        # sort is stable: events of one time keep the order they were logged in.
-        events.sort(key=lambda event: event.timestamp)
-        return events
-
-    async def delete_before(self, before: datetime) -> int:
-        """Delete events older than ``before``."""
-        sql, before_ts = _Q["delete_events_before"], _ts(before)
-        db = await self._db()
-        return int(await db.run(lambda conn: conn.execute(sql, (before_ts,)).rowcount, "deleting"))
-
-
-def _schedule_row(schedule: Schedule) -> tuple[Any, ...]:
-    next_ts = None if schedule.next_run_at is None else _ts(schedule.next_run_at)
-    return (schedule.id, next_ts, 1 if schedule.paused else 0, _ENCODER.encode(schedule))
-
-
-def _schedule_from_row(row: Row) -> Schedule:
-    schedule_id, data = row
-    try:
-        return _SCHEDULE_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"sqlite: schedule {schedule_id} is corrupt: {exc}") from exc
-
-
-class AsyncSQLiteScheduleStorage(_SQLiteComponent, BaseScheduleStorage):
-    """Schedules on SQLite; a tick is claimed with a compare-and-set on ``next_run_at``."""
-
-    async def upsert(self, schedule: Schedule) -> None:
-        """Insert or replace the schedule with this id."""
-        sql, row = _Q["upsert_schedule"], _schedule_row(schedule)
-        await (await self._db()).run(lambda conn: conn.execute(sql, row).close(), "storing")
-
-    async def get(self, schedule_id: str) -> Schedule | None:
-        """The schedule, or None."""
-        sql = _Q["get_schedule"]
-        db = await self._db()
-        row = await db.run(lambda conn: conn.execute(sql, (schedule_id,)).fetchone(), "reading")
-        return None if row is None else _schedule_from_row(row)
-
-    async def list(self) -> builtins.list[Schedule]:
-        """All schedules, by id."""
-        sql = _Q["list_schedules"]
-        db = await self._db()
-        rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "listing schedules")
-        return [_schedule_from_row(row) for row in rows]
-
-    async def delete(self, schedule_id: str) -> bool:
-        """Remove a schedule; False if it did not exist."""
-        sql = _Q["delete_schedule"]
-        db = await self._db()
-        count = await db.run(lambda conn: conn.execute(sql, (schedule_id,)).rowcount, "deleting")
-        return count > 0
-
-    async def update(self, schedule_id: str, changes: Mapping[str, Any]) -> Schedule | None:
-        """Apply field changes in one transaction; None if the schedule is unknown."""
-        get_sql, put_sql = _Q["get_schedule"], _Q["upsert_schedule"]
-
-        def update(conn: sqlite3.Connection) -> Schedule | None:
-            row = conn.execute(get_sql, (schedule_id,)).fetchone()
-            if row is None:
-                return None
-            schedule = msgspec.structs.replace(_schedule_from_row(row), **dict(changes))
-            conn.execute(put_sql, _schedule_row(schedule))
-            return schedule
-
-        return await (await self._db()).write(update, "updating a schedule")
-
-    async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
-        """Unpaused schedules due at or before ``now``, earliest first."""
-        sql, now_ts = _Q["due_schedules"], _ts(now)
-        db = await self._db()
-        rows = await db.run(lambda conn: conn.execute(sql, (now_ts, limit)).fetchall(), "reading")
-        return [_schedule_from_row(row) for row in rows]
-
-    async def advance(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run_at: datetime,
-        next_run_at: datetime | None,
-        last_run_at: datetime,
-    ) -> bool:
-        """Claim one tick: a compare-and-set on ``next_run_at`` under the write lock."""
-        get_sql, set_sql = _Q["get_schedule"], _Q["advance_schedule"]
-
-        def advance(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(get_sql, (schedule_id,)).fetchone()
-            if row is None:
-                return False
-            schedule = _schedule_from_row(row)
-            if schedule.next_run_at is None or schedule.next_run_at != expected_next_run_at:
-                return False
-            new = msgspec.structs.replace(
-                schedule, next_run_at=next_run_at, last_run_at=last_run_at, runs=schedule.runs + 1
-            )
-            new_row = _schedule_row(new)
-            old_ts = _ts(schedule.next_run_at)
-            return conn.execute(set_sql, (new_row[1], new_row[3], schedule_id, old_ts)).rowcount > 0
-
-        return await (await self._db()).write(advance, "advancing a schedule")
+        await (await self._conn()).wait_for_work(timeout)
 
 
 SQLiteQueue = sync_twin(AsyncSQLiteQueue, "SQLiteQueue")
-SQLiteResultStorage = sync_twin(AsyncSQLiteResultStorage, "SQLiteResultStorage")
-SQLiteEventStorage = sync_twin(AsyncSQLiteEventStorage, "SQLiteEventStorage")
-SQLiteScheduleStorage = sync_twin(AsyncSQLiteScheduleStorage, "SQLiteScheduleStorage")

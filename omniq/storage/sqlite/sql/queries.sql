@@ -1,5 +1,5 @@
 -- Queries of the SQLite backend, loaded by name (``-- name: <name>``).
--- ``{...}`` marks a fragment filled in by omniq.storage.sqlite (lists of placeholders).
+-- ``{...}`` marks a fragment omniq.storage.sqlite.queue fills in (claim sub-queries, a WHERE).
 -- Task rows are always selected as: seq, id, status, priority, attempts, worker_id,
 -- lease_ts, due_ts, updated_ts, data, lost_runs.
 

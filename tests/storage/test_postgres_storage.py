@@ -13,7 +13,6 @@ import pytest
 
 from omniq.backend import backend_for_url
 from omniq.backend.base import Backend
-from omniq.backend.postgres import SCHEMA_VERSION, PostgresBackend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack, Finish
@@ -22,11 +21,13 @@ from omniq.storage.postgres import (
     AsyncPostgresQueue,
     AsyncPostgresResultStorage,
     AsyncPostgresScheduleStorage,
+    PostgresBackend,
     PostgresEventStorage,
     PostgresQueue,
     PostgresResultStorage,
     PostgresScheduleStorage,
 )
+from omniq.storage.postgres.connection import SCHEMA_VERSION
 from tests.conftest import POSTGRES_URL, drop_postgres_schema, free_port, unique_name
 from tests.storage import _race_worker
 from tests.storage.contract import (
@@ -247,7 +248,7 @@ async def test_a_version_1_schema_is_upgraded_and_keeps_its_data(
 ) -> None:
     url = f"{POSTGRES_URL}?namespace={schema}"
     with monkeypatch.context() as patch:
-        patch.setattr("omniq.backend.postgres.SCHEMA_VERSION", 1)
+        patch.setattr("omniq.storage.postgres.connection.SCHEMA_VERSION", 1)
         old = PostgresBackend(url, None)
         await old.connect()
         queue, events = old.task_queue(), old.event_storage()
@@ -544,7 +545,7 @@ async def _notified_waiters(
     """Waiters for ``task_ids`` on one backend, and another backend to store results on.
 
     Without its backstop a waiter can only be woken by the notification."""
-    monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
+    monkeypatch.setattr("omniq.storage.postgres.queue._RESULT_BACKSTOP", 60.0)
     reader, writer = await make_backend(), await make_backend()
     results = reader.result_storage()
     await results.connect()

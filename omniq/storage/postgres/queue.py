@@ -32,7 +32,6 @@ import asyncpg
 import msgspec
 
 from omniq._sync import sync_twin
-from omniq.backend.postgres import PostgresBackend
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
 from omniq.storage._rows import dt, task_from_row, ts, unreadable_from_row
@@ -48,6 +47,7 @@ from omniq.storage.base import (
     event_fields_but_task_id,
     event_of,
 )
+from omniq.storage.postgres.connection import PostgresBackend
 
 __all__ = [
     "AsyncPostgresEventStorage",

@@ -24,8 +24,8 @@ import asyncio
 import logging
 import re
 import weakref
-from collections.abc import Awaitable, Callable
-from importlib import resources
+from collections.abc import Awaitable, Callable, Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -34,6 +34,7 @@ from omniq._loops import abort_transport, quietly
 from omniq._urls import redact_url, split_namespace, split_option
 from omniq.backend.base import Backend
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.storage._sql import load_migrations, load_queries
 
 if TYPE_CHECKING:
     from omniq.storage.postgres import (
@@ -49,14 +50,9 @@ logger = logging.getLogger("omniq")
 
 T = TypeVar("T")
 
-_SQL_DIR = resources.files("omniq.storage.postgres").joinpath("sql")
-# (version, file): each file takes the schema from the version before to its own.
-_MIGRATIONS = (
-    (1, "0001_initial.sql"),
-    (2, "0002_lean_event_log.sql"),
-    (3, "0003_event_groups.sql"),
-    (4, "0004_lost_runs.sql"),
-)
+# Every statement, by name, with {s} for the schema; and the schema migrations, in order.
+_QUERIES = load_queries("omniq.storage.postgres")
+_MIGRATIONS = load_migrations("omniq.storage.postgres")
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 # A schema name must fit PostgreSQL's 63-byte identifiers with room for the channel names.
 _NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,47}$")
@@ -115,6 +111,12 @@ def _pool_size(value: str | None) -> int:
     return size
 
 
+@cache
+def _statements(schema: str) -> Mapping[str, str]:
+    """Every statement with ``{s}`` as ``schema`` (once per schema and process)."""
+    return {name: sql.format(s=schema) for name, sql in _QUERIES.items()}
+
+
 def _schema_name(namespace: str) -> str:
     if not _NAMESPACE_RE.match(namespace):
         raise ConfigError(
@@ -145,6 +147,8 @@ class PostgresBackend(Backend):
         self.namespace = _schema_name(namespace)
         #: The quoted schema name, ready to prefix table names in SQL.
         self.schema = '"' + self.namespace + '"'
+        #: The statements of ``sql/queries.sql`` by name, for this schema.
+        self.sql = _statements(self.schema)
         self.work_channel = f"omniq:{self.namespace}:work"
         self.results_channel = f"omniq:{self.namespace}:results"
         #: Running tasks taken from their worker (cancelled): payload ``worker\nid``.
@@ -371,27 +375,21 @@ class PostgresBackend(Backend):
         """Create the schema and its tables, or bring them up to date, once per database:
         concurrent first connects queue on an advisory lock. Each migration file runs in
         order, in the one transaction, and records its version."""
-        schema = self.schema
+        sql = self.sql
 
         async def migrate(conn: asyncpg.Connection) -> None:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.work_channel)
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {schema}.schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            version = await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version")
+            await conn.execute(sql["lock_migrations"], self.work_channel)
+            await conn.execute(sql["create_schema"])
+            await conn.execute(sql["create_version_table"])
+            version = await conn.fetchval(sql["schema_version"])
             if version is not None and version > SCHEMA_VERSION:
                 raise StorageError(
                     f"postgres: schema {self.namespace} is at version {version}, newer than "
                     f"this OmniQ knows ({SCHEMA_VERSION}): upgrade OmniQ"
                 )
-            for number, name in _MIGRATIONS[version or 0 : SCHEMA_VERSION]:
-                script = _SQL_DIR.joinpath(name).read_text(encoding="utf-8")
-                await conn.execute(script.replace("{schema}", schema))
-                await conn.execute(
-                    f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", number
-                )
+            for number, script in _MIGRATIONS[version or 0 : SCHEMA_VERSION]:
+                await conn.execute(script.format(s=self.schema))
+                await conn.execute(sql["record_version"], number)
 
         await self.transaction(f"creating schema {self.namespace}", migrate)
 

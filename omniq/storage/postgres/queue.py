@@ -67,11 +67,8 @@ _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
 _EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
 _SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
 _CLAIMABLE_TARGETS = frozenset({TaskStatus.PENDING, TaskStatus.RETRYING, TaskStatus.SCHEDULED})
-_FINAL = "('complete', 'failed', 'cancelled', 'expired')"
-_TASK_COLUMNS = (
-    "seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs"
-)
-_TASK_WIDTH = _TASK_COLUMNS.count(",") + 1
+# The columns of a task row (omniq/storage/_rows.py), which transition's row starts with.
+_TASK_WIDTH = 11
 _DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # How long a result waiter trusts notifications before it looks again anyway.
 _RESULT_BACKSTOP = 1.0
@@ -103,7 +100,6 @@ class _PostgresComponent(BaseStorage):
         self.url = url or bundle.url
         self._pg = bundle
         self._connected = False
-        self._sql: dict[str, str] = {}
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -128,12 +124,9 @@ class _PostgresComponent(BaseStorage):
             await self.connect()
         return self._pg
 
-    def _q(self, template: str) -> str:
-        """``template`` with ``{s}`` as this namespace's schema (built once per template)."""
-        sql = self._sql.get(template)
-        if sql is None:
-            sql = self._sql[template] = template.replace("{s}", self._pg.schema)
-        return sql
+    def _q(self, name: str) -> str:
+        """The statement ``name`` of ``sql/queries.sql``, for this namespace's schema."""
+        return self._pg.sql[name]
 
     @property
     def namespace(self) -> str:
@@ -145,208 +138,6 @@ class _PostgresComponent(BaseStorage):
 
 
 # -- the task queue ----------------------------------------------------------------------
-
-_ENQUEUE = """
-WITH new AS (
-    INSERT INTO {s}.tasks (id, queue, status, priority, due_ts, lease_ts, worker_id,
-                            attempts, has_deps, updated_ts, data)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[],
-                         $6::float8[], $7::text[], $8::int[], $9::bool[], $10::float8[],
-                         $11::bytea[])
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-), deps AS (
-    INSERT INTO {s}.task_deps (depends_on, task_id)
-    SELECT * FROM unnest($12::text[], $13::text[])
-    ON CONFLICT DO NOTHING
-), logged AS (
-    INSERT INTO {s}.events (task_id, ts, data)
-    SELECT e.task_id, e.ts, e.data
-    FROM unnest($14::text[], $15::float8[], $16::bytea[]) WITH ORDINALITY AS e(task_id, ts, data, n)
-    WHERE e.task_id IN (SELECT id FROM new)
-    ORDER BY e.n
-)
-SELECT pg_notify($17, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
-"""
-
-# The same, for a batch whose tasks differ only in id and data (enqueue_many, and any single
-# task without dependencies): the shared columns go once, as scalars. asyncpg encodes an
-# array element by element, with a few abstract-class checks each: for 1,000 tasks, 2
-# arrays of 1,000 instead of 16 halve the client's work.
-_ENQUEUE_UNIFORM = """
-WITH new AS (
-    INSERT INTO {s}.tasks (id, queue, status, priority, due_ts, lease_ts, worker_id,
-                            attempts, has_deps, updated_ts, data)
-    SELECT t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, t.data
-    FROM unnest($1::text[], $2::bytea[]) AS t(id, data)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-)
-SELECT pg_notify($12, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
-"""
-
-# A uniform batch with its events: they are the same for every task but for the id, so
-# they are stored once, as an event group the new tasks point at (schema version 3), their
-# records without the task id (readers put it back).
-_ENQUEUE_UNIFORM_LOGGED = """
-WITH grp AS MATERIALIZED (
-    SELECT nextval('{s}.event_group_ids') AS id
-), new AS (
-    INSERT INTO {s}.tasks (id, queue, status, priority, due_ts, lease_ts, worker_id,
-                            attempts, has_deps, updated_ts, data, event_group)
-    SELECT t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, t.data, grp.id
-    FROM unnest($1::text[], $2::bytea[]) AS t(id, data), grp
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-), logged AS (
-    INSERT INTO {s}.event_groups (id, ts, tasks, stamps, data)
-    SELECT grp.id, (SELECT min(stamp) FROM unnest($12::float8[]) AS stamp), stored.n, $12, $13
-    FROM grp, (SELECT count(*) AS n FROM new) AS stored
-    WHERE stored.n > 0
-)
-SELECT pg_notify($14, '') FROM (SELECT 1 FROM new LIMIT 1) AS stored
-"""
-
-# A claim should be an ordered scan of tasks_claim that stops after LIMIT rows. The
-# planner took another path whenever tasks_ready looked cheaper: a bitmap scan of every
-# ready row of the queue, then a sort, per claim (9 ms with 10,000 ready against 0.3 ms;
-# a fresh table, before autovacuum's first ANALYZE, always looked that way). So, for one
-# queue, the readiness test is written so that no index can take it ({ready}), and the
-# queue is matched with "=" ("= ANY(array)" cannot give PostgreSQL 15 an ordered scan).
-# The scan walks past the queue's running tasks and past not-yet-due tasks of a higher
-# priority than the ready ones; both are few in the usual queue.
-_CLAIM_UPDATE = f"""
-UPDATE {{s}}.tasks AS t
-SET status = 'running', worker_id = $4, lease_ts = $5, attempts = t.attempts + 1,
-    lost_runs = t.lost_runs + (t.status = 'running')::int, updated_ts = $2
-FROM picked WHERE t.seq = picked.seq
-RETURNING {", ".join("t." + c for c in _TASK_COLUMNS.split(", "))}
-"""
-_CLAIM_TEMPLATE = (
-    """
-WITH picked AS (
-    SELECT seq FROM {s}.tasks
-    WHERE {match} AND ready_ts IS NOT NULL AND {ready}
-    ORDER BY priority DESC, due_ts, seq
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)"""
-    + _CLAIM_UPDATE
-)
-_CLAIM_ONE = _CLAIM_TEMPLATE.replace("{match}", "queue = $1::text").replace(
-    "{ready}", "(ready_ts <= $2) IS TRUE"
-)
-_CLAIM_ANY = _CLAIM_TEMPLATE.replace("{match}", "queue = ANY($1::text[])").replace(
-    "{ready}", "ready_ts <= $2"
-)
-
-# A strict claim (queue_order="strict": the worker's list order first) keeps what the
-# comment above is about: per queue, an ordered scan of tasks_claim matched with "=" that
-# stops after LIMIT rows, here one per queue through a LATERAL join over the array WITH
-# ORDINALITY, in list order. EXPLAIN ANALYZE (PostgreSQL 15, 10,000 ready tasks in
-# "high" and "low", limit 8, 5 runs each): 0.16-0.38 ms whether the tasks are split
-# 5,000/5,000, 0/10,000 or 3/10,000, where the merged "= ANY" form above takes 3-15 ms
-# (a scan of every ready row, then a sort). Claiming queue by queue from the client would
-# use the same scans but cost a round trip for each queue that falls short.
-# The outer ORDER BY is the rank alone, on purpose: PostgreSQL knows an ordinality column
-# is sorted, so no Sort node comes between the LIMIT and the nested loop, which hands out
-# each queue's rows in its sub-query's index order and locks a row only when the LIMIT
-# takes it. With the full key (rank, priority, due, seq) an Incremental Sort appears
-# instead, which reads (and locks, until the statement ends) rows of the next queues to
-# fill its first batch: 11 rows locked for 8 taken with 3 ready in "high".
-_CLAIM_IN_LIST_ORDER = (
-    """
-WITH picked AS (
-    SELECT c.seq FROM unnest($1::text[]) WITH ORDINALITY AS q(name, rank)
-    CROSS JOIN LATERAL (
-        SELECT seq FROM {s}.tasks
-        WHERE queue = q.name AND ready_ts IS NOT NULL AND (ready_ts <= $2) IS TRUE
-        ORDER BY priority DESC, due_ts, seq
-        LIMIT $3
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    ORDER BY q.rank
-    LIMIT $3
-)"""
-    + _CLAIM_UPDATE
-)
-
-# ``unrun`` is 1 for an ack whose claim did not run the task (``Ack.ran`` is False).
-_ACK = """
-UPDATE {s}.tasks AS t SET status = a.status, lease_ts = NULL, updated_ts = $5,
-    attempts = t.attempts - a.unrun
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS a(id, worker, status, unrun)
-WHERE t.id = a.id AND t.worker_id = a.worker AND t.status = 'running'
-RETURNING t.id, a.worker, a.status
-"""
-
-_PUT_RESULTS = """
-INSERT INTO {s}.results (task_id, expires_ts, data)
-SELECT * FROM unnest($1::text[], $2::float8[], $3::bytea[])
-ON CONFLICT (task_id) DO UPDATE SET expires_ts = EXCLUDED.expires_ts, data = EXCLUDED.data
-RETURNING task_id
-"""
-
-# Stored results are announced a few hundred at a time: one NOTIFY per chunk of ids joined
-# by newlines, each chunk under PostgreSQL's 8,000-byte payload limit (6,000 plus one id).
-# One NOTIFY per result cost the server a queue entry and every listener a message each.
-_ANNOUNCE = """
-SELECT pg_notify({channel}, string_agg(task_id, E'\\n'))
-FROM (
-    SELECT task_id, sum(octet_length(task_id) + 1) OVER (ROWS UNBOUNDED PRECEDING) / 6000 AS chunk
-    FROM put
-) AS stored
-GROUP BY chunk
-"""
-
-# Acks, and the results and events of the tasks they finished, in one statement: a task
-# its worker no longer holds (cancelled, or taken over) keeps the outcome that won.
-_FINISH = f"""
-WITH acked AS ({_ACK}), put AS (
-    INSERT INTO {{s}}.results (task_id, expires_ts, data)
-    SELECT r.task_id, r.expires_ts, r.data
-    FROM unnest($6::text[], $7::float8[], $8::bytea[]) AS r(task_id, expires_ts, data)
-    WHERE r.task_id IN (SELECT id FROM acked)
-    ON CONFLICT (task_id) DO UPDATE SET expires_ts = EXCLUDED.expires_ts, data = EXCLUDED.data
-    RETURNING task_id
-), logged AS (
-    INSERT INTO {{s}}.events (task_id, ts, data)
-    SELECT e.task_id, e.ts, e.data
-    FROM unnest($9::text[], $10::float8[], $11::bytea[])
-        WITH ORDINALITY AS e(task_id, ts, data, n)
-    WHERE e.task_id IN (SELECT id FROM acked)
-    ORDER BY e.n
-)
-SELECT id, worker, status FROM acked
-UNION ALL
-SELECT NULL, NULL, NULL FROM ({_ANNOUNCE.format(channel="$12")}) AS announced
-"""
-
-_DELETE_FINISHED = f"""
-WITH gone AS (
-    DELETE FROM {{s}}.tasks WHERE status IN {_FINAL} AND updated_ts < $1
-    RETURNING id, event_group
-), deps AS (
-    DELETE FROM {{s}}.task_deps WHERE task_id IN (SELECT id FROM gone)
-), pointing AS (
-    SELECT event_group AS id, count(*) AS n FROM gone
-    WHERE event_group IS NOT NULL GROUP BY event_group
-), moved AS (
-    INSERT INTO {{s}}.events (task_id, ts, data)
-    SELECT gone.id, e.ts, e.data
-    FROM gone JOIN {{s}}.event_groups AS g ON g.id = gone.event_group
-    CROSS JOIN LATERAL unnest(g.stamps, g.data) WITH ORDINALITY AS e(ts, data, n)
-    ORDER BY gone.id, e.n
-), emptied AS (
-    DELETE FROM {{s}}.event_groups AS g USING pointing AS p WHERE g.id = p.id AND g.tasks <= p.n
-), counted AS (
-    UPDATE {{s}}.event_groups AS g SET tasks = g.tasks - p.n
-    FROM pointing AS p WHERE g.id = p.id AND g.tasks > p.n
-)
-SELECT count(*) FROM gone
-"""
-
-_QUEUE_OF_TASK = "SELECT queue FROM {s}.tasks WHERE seq = $1"
 
 
 def _task_row(task: Task) -> tuple[Any, ...]:
@@ -385,7 +176,7 @@ _shared_fields = operator.attrgetter(
 def _uniform_args(
     tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
 ) -> tuple[str, tuple[Any, ...]] | None:
-    """_ENQUEUE_UNIFORM (or, with events, _ENQUEUE_UNIFORM_LOGGED) and its arguments but
+    """The statement enqueue_uniform (or, with events, enqueue_uniform_logged) and its arguments but
     the channel, or None when the tasks differ in more than id and data, or have
     dependencies, or their events differ in more than the task id."""
     head = tasks[0]
@@ -397,7 +188,7 @@ def _uniform_args(
     encode = _ENCODER.encode
     columns = ([task.id for task in tasks], [encode(task) for task in tasks], *_task_row(head)[1:])
     if not events or not any(events):
-        return _ENQUEUE_UNIFORM, columns
+        return "enqueue_uniform", columns
     first = events[0]
     head_events = [event_fields_but_task_id(event) for event in first]
     if any(
@@ -407,7 +198,7 @@ def _uniform_args(
         return None
     records = [msgspec.structs.replace(event, task_id="") for event in events[0]]
     stamps = [ts(record.timestamp) for record in records]
-    return _ENQUEUE_UNIFORM_LOGGED, (*columns, stamps, [encode(r) for r in records])
+    return "enqueue_uniform_logged", (*columns, stamps, [encode(r) for r in records])
 
 
 class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
@@ -480,7 +271,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
                 event_data.append(_ENCODER.encode(event))
         await db.execute(
             "enqueueing",
-            self._q(_ENQUEUE),
+            self._q("enqueue"),
             *arrays,
             parents,
             children,
@@ -512,7 +303,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         db = await self._db()
         rows = await db.fetch(
             "claiming tasks",
-            self._q(_CLAIM_ONE if one else _CLAIM_IN_LIST_ORDER if strict else _CLAIM_ANY),
+            self._q("claim_one" if one else "claim_in_list_order" if strict else "claim_any"),
             names[0] if one else names,
             now_ts,
             limit,
@@ -539,7 +330,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
             return _task(row)
         except StorageError as exc:
             queue = await db.fetchval(
-                "reading a corrupt task's queue", self._q(_QUEUE_OF_TASK), row[0]
+                "reading a corrupt task's queue", self._q("queue_of_task"), row[0]
             )
             return unreadable_from_row(row, str(exc), queue)
 
@@ -550,10 +341,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         if not task_ids:
             return set()
         now_ts = ts(now)
-        sql = self._q(
-            "UPDATE {s}.tasks SET lease_ts = $1, updated_ts = $2 "
-            "WHERE id = ANY($3::text[]) AND worker_id = $4 AND status = 'running' RETURNING id"
-        )
+        sql = self._q("renew")
         db = await self._db()
         rows = await db.fetch(
             "renewing leases", sql, now_ts + lease_seconds, now_ts, list(task_ids), worker_id
@@ -565,7 +353,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         if not acks:
             return []
         db = await self._db()
-        rows = await db.fetch("acknowledging tasks", self._q(_ACK), *_ack_arrays(acks), ts(now))
+        rows = await db.fetch("acknowledging tasks", self._q("ack"), *_ack_arrays(acks), ts(now))
         return _ack_flags(acks, rows)
 
     def _on_my_pool(self, storage: BaseStorage | None) -> bool:
@@ -600,7 +388,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         db = await self._db()
         rows = await db.fetch(
             "finishing tasks",
-            self._q(_FINISH),
+            self._q("finish"),
             *_ack_arrays(acks),
             ts(now),
             *_result_arrays([item.result for item in items]),
@@ -615,12 +403,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, due at ``due_at``."""
-        sql = self._q(
-            "WITH moved AS (UPDATE {s}.tasks "
-            "SET status = 'retrying', due_ts = $1, lease_ts = NULL, updated_ts = $2 "
-            "WHERE id = $3 AND worker_id = $4 AND status = 'running' RETURNING id) "
-            "SELECT id, pg_notify($5, '') FROM moved"
-        )
+        sql = self._q("retry")
         db = await self._db()
         rows = await db.fetch(
             "retrying", sql, ts(due_at), ts(now), task_id, worker_id, db.work_channel
@@ -631,14 +414,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         """Hand back held tasks, giving back the attempt their claim counted."""
         if not task_ids:
             return 0
-        sql = self._q(
-            "WITH released AS (UPDATE {s}.tasks "
-            "SET status = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'pending' END, "
-            "attempts = GREATEST(attempts - 1, 0), lease_ts = NULL, worker_id = NULL, "
-            "updated_ts = $1 "
-            "WHERE id = ANY($2::text[]) AND worker_id = $3 AND status = 'running' RETURNING id) "
-            "SELECT id, pg_notify($4, '') FROM released"
-        )
+        sql = self._q("release")
         db = await self._db()
         rows = await db.fetch("releasing", sql, ts(now), list(task_ids), worker_id, db.work_channel)
         return len(rows)
@@ -658,14 +434,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         # "worker\nid", so that worker stops it at once (see watch_cancels). The worker of
         # a task's last run stays on its row: a waiting task's old worker hears too, and
         # finds nothing of it running.
-        sql = self._q(
-            "WITH moved AS (UPDATE {s}.tasks "
-            "SET status = $1, due_ts = COALESCE($2, due_ts), lease_ts = NULL, updated_ts = $3 "
-            f"WHERE id = $4 AND status = ANY($5::text[]) RETURNING {_TASK_COLUMNS}) "
-            "SELECT moved.*, CASE WHEN $6 THEN pg_notify($7, '') END, "
-            "CASE WHEN $8 AND moved.worker_id IS NOT NULL "
-            "THEN pg_notify($9, moved.worker_id || E'\\n' || moved.id) END FROM moved"
-        )
+        sql = self._q("transition")
         statuses = {TaskStatus(s) for s in from_statuses}
         db = await self._db()
         row = await db.fetchrow(
@@ -691,7 +460,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         """Several tasks in one query, in order (None for unknown ids)."""
         if not task_ids:
             return []
-        sql = self._q(f"SELECT {_TASK_COLUMNS} FROM {{s}}.tasks WHERE id = ANY($1::text[])")
+        sql = self._q("get_tasks")
         db = await self._db()
         rows = await db.fetch("reading tasks", sql, list(task_ids))
         found = {row[1]: _task(row) for row in rows}
@@ -701,11 +470,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         self, *, queue: str | None = None, status: TaskStatus | None = None, limit: int = 100
     ) -> builtins.list[Task]:
         """Tasks, newest first, filtered by queue and status."""
-        sql = self._q(
-            f"SELECT {_TASK_COLUMNS} FROM {{s}}.tasks "
-            "WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR status = $2) "
-            "ORDER BY seq DESC LIMIT $3"
-        )
+        sql = self._q("list_tasks")
         db = await self._db()
         rows = await db.fetch(
             "listing tasks", sql, queue, None if status is None else TaskStatus(status).value, limit
@@ -714,7 +479,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status."""
-        sql = self._q("SELECT queue, status, count(*) FROM {s}.tasks GROUP BY queue, status")
+        sql = self._q("count_tasks")
         db = await self._db()
         counts: dict[str, dict[str, int]] = {}
         for queue, status, count in await db.fetch("counting tasks", sql):
@@ -730,12 +495,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         """Dependents of several tasks in one query."""
         if not task_ids:
             return {}
-        columns = ", ".join("t." + c for c in _TASK_COLUMNS.split(", "))
-        sql = self._q(
-            f"SELECT d.depends_on, {columns} FROM {{s}}.task_deps AS d "
-            "JOIN {s}.tasks AS t ON t.id = d.task_id "
-            "WHERE d.depends_on = ANY($1::text[]) ORDER BY t.seq"
-        )
+        sql = self._q("dependents")
         db = await self._db()
         found: dict[str, builtins.list[Task]] = {}
         for row in await db.fetch("reading dependents", sql, list(task_ids)):
@@ -746,10 +506,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         """The earliest ready time (due time or lease expiry) in ``queues``."""
         if not queues:
             return None
-        sql = self._q(
-            "SELECT min(ready_ts) FROM {s}.tasks "
-            "WHERE queue = ANY($1::text[]) AND ready_ts IS NOT NULL"
-        )
+        sql = self._q("next_due")
         db = await self._db()
         earliest = await db.fetchval("reading due times", sql, list(dict.fromkeys(queues)))
         return None if earliest is None else dt(earliest)
@@ -760,7 +517,7 @@ class AsyncPostgresQueue(_PostgresComponent, BaseTaskQueue):
         The events a task's enqueue stored in a group move to rows of their own first:
         the event log outlives the task (its retention is ``delete_before``'s).
         """
-        sql = self._q(_DELETE_FINISHED)
+        sql = self._q("delete_finished")
         db = await self._db()
         return int(await db.fetchval("deleting finished tasks", sql, ts(before)))
 
@@ -841,13 +598,13 @@ class AsyncPostgresResultStorage(_PostgresComponent, BaseResultStorage):
         """Store (or replace) results in one statement, announcing them."""
         if not results:
             return
-        sql = self._q(f"WITH put AS ({_PUT_RESULTS}) {_ANNOUNCE.format(channel='$4')}")
+        sql = self._q("put_results")
         db = await self._db()
         await db.execute("storing results", sql, *_result_arrays(results), db.results_channel)
 
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""
-        sql = self._q("SELECT expires_ts, data FROM {s}.results WHERE task_id = $1")
+        sql = self._q("get_result")
         db = await self._db()
         row = await db.fetchrow("reading a result", sql, task_id)
         if row is None:
@@ -884,50 +641,12 @@ class AsyncPostgresResultStorage(_PostgresComponent, BaseResultStorage):
 
     async def delete_expired(self, now: datetime) -> int:
         """Delete results past their ``expires_at``."""
-        sql = self._q("DELETE FROM {s}.results WHERE expires_ts IS NOT NULL AND expires_ts <= $1")
+        sql = self._q("delete_expired_results")
         db = await self._db()
         return await db.execute("deleting expired results", sql, ts(now))
 
 
 # -- events ------------------------------------------------------------------------------
-
-
-# A task's events: those of its enqueue's group first (id 0), then its own rows.
-_EVENTS_OF_TASK = """
-SELECT id, data FROM (
-    SELECT 0 AS part, 0::bigint AS id, e.n, e.data
-    FROM {s}.tasks AS t JOIN {s}.event_groups AS g ON g.id = t.event_group
-    CROSS JOIN LATERAL unnest(g.data) WITH ORDINALITY AS e(data, n)
-    WHERE t.id = $1
-    UNION ALL
-    SELECT 1, id, 0, data FROM {s}.events WHERE task_id = $1
-) AS found
-ORDER BY part, id, n
-"""
-
-# Rows older than the cutoff go; so do a group's old events (the group itself once none
-# is left; tasks pointing at a deleted group read no events from it).
-_DELETE_EVENTS_BEFORE = """
-WITH rows AS (
-    DELETE FROM {s}.events WHERE ts < $1 RETURNING 1
-), old AS (
-    SELECT g.id, g.tasks,
-           (SELECT count(*) FROM unnest(g.stamps) AS s WHERE s < $1) AS dropped,
-           (SELECT count(*) FROM unnest(g.stamps) AS s WHERE s >= $1) AS kept
-    FROM {s}.event_groups AS g WHERE g.ts < $1
-), gone AS (
-    DELETE FROM {s}.event_groups AS g USING old WHERE g.id = old.id AND old.kept = 0
-), trimmed AS (
-    UPDATE {s}.event_groups AS g
-    SET ts = (SELECT min(s) FROM unnest(g.stamps) AS s WHERE s >= $1),
-        stamps = ARRAY(SELECT e.s FROM unnest(g.stamps, g.data) WITH ORDINALITY AS e(s, d, n)
-                       WHERE e.s >= $1 ORDER BY e.n),
-        data = ARRAY(SELECT e.d FROM unnest(g.stamps, g.data) WITH ORDINALITY AS e(s, d, n)
-                     WHERE e.s >= $1 ORDER BY e.n)
-    FROM old WHERE g.id = old.id AND old.kept > 0
-)
-SELECT (SELECT count(*) FROM rows) + coalesce((SELECT sum(tasks * dropped) FROM old), 0)
-"""
 
 
 class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
@@ -937,12 +656,7 @@ class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
         """Append events in one statement, in order."""
         if not events:
             return
-        sql = self._q(
-            "INSERT INTO {s}.events (task_id, ts, data) "
-            "SELECT e.task_id, e.ts, e.data "
-            "FROM unnest($1::text[], $2::float8[], $3::bytea[]) "
-            "WITH ORDINALITY AS e(task_id, ts, data, n) ORDER BY e.n"
-        )
+        sql = self._q("append_events")
         db = await self._db()
         await db.execute(
             "appending events",
@@ -954,7 +668,7 @@ class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
 
     async def get(self, task_id: str) -> builtins.list[TaskEvent]:
         """The task's events, oldest first."""
-        sql = self._q(_EVENTS_OF_TASK)
+        sql = self._q("events_of_task")
         db = await self._db()
         events = []
         for event_id, data in await db.fetch("reading events", sql, task_id):
@@ -963,7 +677,7 @@ class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 where = f"event {event_id}" if event_id else "an event of the enqueue's group"
                 raise StorageError(f"postgres: {where} of task {task_id} is corrupt") from exc
-            # An enqueue logs its events without the task id (see _ENQUEUE_UNIFORM*).
+            # An enqueue logs its events without the task id (see enqueue_uniform_logged).
             events.append(
                 event if event.task_id else msgspec.structs.replace(event, task_id=task_id)
             )
@@ -975,7 +689,7 @@ class AsyncPostgresEventStorage(_PostgresComponent, BaseEventStorage):
     async def delete_before(self, before: datetime) -> int:
         """Delete events older than ``before``; an event of a group counts once per task
         still pointing at it."""
-        sql = self._q(_DELETE_EVENTS_BEFORE)
+        sql = self._q("delete_events_before")
         db = await self._db()
         return int(await db.fetchval("deleting events", sql, ts(before)))
 
@@ -995,14 +709,6 @@ def _schedule(schedule_id: str, data: bytes) -> Schedule:
         raise StorageError(f"postgres: schedule {schedule_id} is corrupt: {exc}") from exc
 
 
-_UPSERT_SCHEDULE = (
-    "INSERT INTO {s}.schedules (id, next_run_ts, paused, data) VALUES ($1, $2, $3, $4) "
-    "ON CONFLICT (id) DO UPDATE SET next_run_ts = EXCLUDED.next_run_ts, "
-    "paused = EXCLUDED.paused, data = EXCLUDED.data"
-)
-_LOCK_SCHEDULE = "SELECT data FROM {s}.schedules WHERE id = $1 FOR UPDATE"
-
-
 class AsyncPostgresScheduleStorage(_PostgresComponent, BaseScheduleStorage):
     """Schedules on PostgreSQL; a tick is claimed under a row lock (``FOR UPDATE``)."""
 
@@ -1010,31 +716,31 @@ class AsyncPostgresScheduleStorage(_PostgresComponent, BaseScheduleStorage):
         """Insert or replace the schedule with this id."""
         db = await self._db()
         await db.execute(
-            "storing a schedule", self._q(_UPSERT_SCHEDULE), *_schedule_params(schedule)
+            "storing a schedule", self._q("upsert_schedule"), *_schedule_params(schedule)
         )
 
     async def get(self, schedule_id: str) -> Schedule | None:
         """The schedule, or None."""
-        sql = self._q("SELECT data FROM {s}.schedules WHERE id = $1")
+        sql = self._q("get_schedule")
         db = await self._db()
         data = await db.fetchval("reading a schedule", sql, schedule_id)
         return None if data is None else _schedule(schedule_id, data)
 
     async def list(self) -> builtins.list[Schedule]:
         """All schedules, by id."""
-        sql = self._q("SELECT id, data FROM {s}.schedules ORDER BY id")
+        sql = self._q("list_schedules")
         db = await self._db()
         return [_schedule(row[0], row[1]) for row in await db.fetch("listing schedules", sql)]
 
     async def delete(self, schedule_id: str) -> bool:
         """Remove a schedule; False if it did not exist."""
-        sql = self._q("DELETE FROM {s}.schedules WHERE id = $1")
+        sql = self._q("delete_schedule")
         db = await self._db()
         return await db.execute("deleting a schedule", sql, schedule_id) > 0
 
     async def update(self, schedule_id: str, changes: Mapping[str, Any]) -> Schedule | None:
         """Apply field changes under the row's lock; None if the schedule is unknown."""
-        lock, put = self._q(_LOCK_SCHEDULE), self._q(_UPSERT_SCHEDULE)
+        lock, put = self._q("lock_schedule"), self._q("upsert_schedule")
 
         async def update(conn: asyncpg.Connection) -> Schedule | None:
             data = await conn.fetchval(lock, schedule_id)
@@ -1048,11 +754,7 @@ class AsyncPostgresScheduleStorage(_PostgresComponent, BaseScheduleStorage):
 
     async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
         """Unpaused schedules due at or before ``now``, earliest first."""
-        sql = self._q(
-            "SELECT id, data FROM {s}.schedules "
-            "WHERE NOT paused AND next_run_ts IS NOT NULL AND next_run_ts <= $1 "
-            "ORDER BY next_run_ts, id LIMIT $2"
-        )
+        sql = self._q("due_schedules")
         db = await self._db()
         rows = await db.fetch("reading due schedules", sql, ts(now), limit)
         return [_schedule(row[0], row[1]) for row in rows]
@@ -1066,7 +768,7 @@ class AsyncPostgresScheduleStorage(_PostgresComponent, BaseScheduleStorage):
         last_run_at: datetime,
     ) -> bool:
         """Claim one tick: a compare-and-set on ``next_run_at`` under the row's lock."""
-        lock, put = self._q(_LOCK_SCHEDULE), self._q(_UPSERT_SCHEDULE)
+        lock, put = self._q("lock_schedule"), self._q("upsert_schedule")
 
         async def advance(conn: asyncpg.Connection) -> bool:
             data = await conn.fetchval(lock, schedule_id)

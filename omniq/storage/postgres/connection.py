@@ -1,9 +1,10 @@
-"""The PostgreSQL backend bundle: one asyncpg pool shared by the four components.
+"""The PostgreSQL connection: one asyncpg pool (and a listening connection) shared by the
+components built on it.
 
 ``postgresql://user@host:port/db`` (``postgres://`` too). Every table lives in a schema
 named after ``settings.namespace`` (default ``omniq``; a ``?namespace=name`` in the URL
 wins), created with its tables on first connect, so applications share a database safely.
-``?pool_size=N`` sets how many connections the bundle's pool may open (default 10, at
+``?pool_size=N`` sets how many connections the pool may open (default 10, at
 least 2: one is held for single statements while the others serve transactions and
 overlapping statements).
 
@@ -22,29 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
 from omniq._loops import abort_transport, quietly
 from omniq._urls import redact_url, split_namespace, split_option
-from omniq.backend.base import Backend
+from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
+from omniq.storage._connection import Connection
 from omniq.storage._sql import load_migrations, load_queries
 
-if TYPE_CHECKING:
-    from omniq.storage.postgres import (
-        AsyncPostgresEventStorage,
-        AsyncPostgresQueue,
-        AsyncPostgresResultStorage,
-        AsyncPostgresScheduleStorage,
-    )
-
-__all__ = ["POOL_SIZE", "SCHEMA_VERSION", "PostgresBackend", "connection_errors"]
+__all__ = ["POOL_SIZE", "SCHEMA_VERSION", "PostgresConnection", "connection_errors"]
 
 logger = logging.getLogger("omniq")
 
@@ -126,21 +121,33 @@ def _schema_name(namespace: str) -> str:
     return namespace
 
 
-class PostgresBackend(Backend):
-    """The task queue, results, events and schedules in one PostgreSQL schema.
+class PostgresConnection(Connection):
+    """One asyncpg pool on a database, and the schema of a namespace in it.
+
+    It runs every statement of its components (:meth:`fetch`, :meth:`execute`,
+    :meth:`transaction`…), translating asyncpg's errors into OmniQ's, creates or upgrades
+    the schema when it opens, and hears the notifications that wake waiting workers,
+    result waiters and cancels. The namespace is the URL's ``?namespace=``, else
+    ``namespace``, else ``settings.namespace``.
 
     Example::
 
-        backend = PostgresBackend("postgresql://postgres@127.0.0.1:5432/app", settings)
-        queue = backend.task_queue()
-        await queue.connect()  # opens the shared pool, creates the schema if needed
+        connection = PostgresConnection("postgresql://postgres@127.0.0.1:5432/app", Settings())
+        await connection.acquire()  # opens the pool, creates the schema if needed
+        rows = await connection.fetch("counting tasks", connection.sql["count_tasks"])
     """
 
-    def __init__(self, url: str, settings: Any, *, namespace: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        settings: Settings,
+        *,
+        namespace: str | None = None,
+    ) -> None:
         super().__init__(url, settings)
-        dsn, url_namespace = split_namespace(url)
+        dsn, url_namespace = split_namespace(self.url)
         dsn, url_pool_size = split_option(dsn, "pool_size")
-        namespace = url_namespace or namespace or getattr(settings, "namespace", None) or "omniq"
+        namespace = url_namespace or namespace or settings.namespace
         self.dsn = dsn
         #: The most connections the pool opens (``?pool_size=`` in the URL).
         self.pool_size = _pool_size(url_pool_size)
@@ -172,10 +179,6 @@ class PostgresBackend(Backend):
         self._work_waiters: set[asyncio.Future[None]] = set()
         self._result_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._lost_waiters: set[asyncio.Future[None]] = set()
-        self._queue: AsyncPostgresQueue | None = None
-        self._results: AsyncPostgresResultStorage | None = None
-        self._events: AsyncPostgresEventStorage | None = None
-        self._schedules: AsyncPostgresScheduleStorage | None = None
 
     # -- connection ------------------------------------------------------------------
 
@@ -335,7 +338,7 @@ class PostgresBackend(Backend):
             self._held_busy = False
         if self._pool is pool:
             self._held = held
-        else:  # the bundle closed meanwhile
+        else:  # the connection closed meanwhile
             self._held = None
             await _release(pool, held)
         return result
@@ -430,7 +433,7 @@ class PostgresBackend(Backend):
                 logger.warning("postgres: cannot listen for notifications: %s", exc)
                 return False
             raise
-        if self._pool is None:  # the bundle closed while this one was opening
+        if self._pool is None:  # closed while the listener was opening
             listener.terminate()
             return False
         self._conns.add(listener)
@@ -482,7 +485,7 @@ class PostgresBackend(Backend):
         return await self._listening()
 
     async def listener_lost(self) -> None:
-        """Return when the listening connection is lost or the bundle closes."""
+        """Return when the listening connection is lost or this connection closes."""
         future = asyncio.get_running_loop().create_future()
         self._lost_waiters.add(future)
         try:
@@ -519,42 +522,8 @@ class PostgresBackend(Backend):
             if not futures:
                 del self._result_waiters[task_id]
 
-    # -- components --------------------------------------------------------------------
-
-    def task_queue(self) -> AsyncPostgresQueue:
-        """The task queue on the shared pool."""
-        from omniq.storage.postgres import AsyncPostgresQueue
-
-        if self._queue is None:
-            self._queue = AsyncPostgresQueue(self.url, self.settings, bundle=self)
-        return self._queue
-
-    def result_storage(self) -> AsyncPostgresResultStorage:
-        """The result storage on the shared pool."""
-        from omniq.storage.postgres import AsyncPostgresResultStorage
-
-        if self._results is None:
-            self._results = AsyncPostgresResultStorage(self.url, self.settings, bundle=self)
-        return self._results
-
-    def event_storage(self) -> AsyncPostgresEventStorage:
-        """The event storage on the shared pool."""
-        from omniq.storage.postgres import AsyncPostgresEventStorage
-
-        if self._events is None:
-            self._events = AsyncPostgresEventStorage(self.url, self.settings, bundle=self)
-        return self._events
-
-    def schedule_storage(self) -> AsyncPostgresScheduleStorage:
-        """The schedule storage on the shared pool."""
-        from omniq.storage.postgres import AsyncPostgresScheduleStorage
-
-        if self._schedules is None:
-            self._schedules = AsyncPostgresScheduleStorage(self.url, self.settings, bundle=self)
-        return self._schedules
-
     def __repr__(self) -> str:
-        return f"PostgresBackend({self._where!r}, namespace={self.namespace!r})"
+        return f"PostgresConnection({self._where!r}, namespace={self.namespace!r})"
 
 
 def _row_count(status: str) -> int:

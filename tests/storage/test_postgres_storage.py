@@ -12,8 +12,7 @@ import asyncpg
 import pytest
 
 from omniq.backend import backend_for_url
-from omniq.backend.base import Backend
-from omniq.backend.postgres import SCHEMA_VERSION, PostgresBackend
+from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack, Finish
@@ -22,11 +21,14 @@ from omniq.storage.postgres import (
     AsyncPostgresQueue,
     AsyncPostgresResultStorage,
     AsyncPostgresScheduleStorage,
+    PostgresBackend,
+    PostgresConnection,
     PostgresEventStorage,
     PostgresQueue,
     PostgresResultStorage,
     PostgresScheduleStorage,
 )
+from omniq.storage.postgres.connection import SCHEMA_VERSION
 from tests.conftest import POSTGRES_URL, drop_postgres_schema, free_port, unique_name
 from tests.storage import _race_worker
 from tests.storage.contract import (
@@ -53,9 +55,9 @@ async def schema(namespace: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def make_backend(schema: str) -> AsyncIterator[MakeBackend]:
     """Opened bundles on this test's schema, each with its own pool."""
-    made: list[Backend] = []
+    made: list[PostgresBackend] = []
 
-    async def make() -> Backend:
+    async def make() -> PostgresBackend:
         backend = PostgresBackend(f"{POSTGRES_URL}?namespace={schema}", None)
         await backend.connect()
         made.append(backend)
@@ -65,12 +67,12 @@ async def make_backend(schema: str) -> AsyncIterator[MakeBackend]:
     for backend in made:
         # Components a test used without connecting them connected on first use: each
         # holds a reference to the pool.
-        while backend._refs:
+        while backend.connection.references:
             await backend.close()
 
 
 @pytest.fixture
-async def backend(make_backend: MakeBackend) -> Backend:
+async def backend(make_backend: MakeBackend) -> PostgresBackend:
     return await make_backend()
 
 
@@ -177,7 +179,7 @@ async def test_url_namespace_names_the_schema_and_is_not_sent_to_the_server(
 @pytest.mark.parametrize("bad", ["has space", 'quo"te', "semi;colon", "1digit-first", "x" * 49])
 def test_bad_namespace_is_a_config_error(bad: str) -> None:
     with pytest.raises(ConfigError, match="namespace"):
-        PostgresBackend(POSTGRES_URL, None, namespace=bad)
+        PostgresConnection(POSTGRES_URL, Settings(), namespace=bad)
 
 
 async def _sessions_under_load(url: str, schema: str, sql: asyncpg.Connection) -> int:
@@ -225,7 +227,7 @@ async def test_namespaces_do_not_see_each_other(schema: str) -> None:
 
 
 async def test_concurrent_first_connects_migrate_once(schema: str, sql: asyncpg.Connection) -> None:
-    backends = [PostgresBackend(POSTGRES_URL, None, namespace=schema) for _ in range(4)]
+    backends = [PostgresBackend(f"{POSTGRES_URL}?namespace={schema}") for _ in range(4)]
     await asyncio.gather(*(backend.connect() for backend in backends))
     try:
         versions = await sql.fetch(f'SELECT version FROM "{schema}".schema_version')
@@ -247,14 +249,14 @@ async def test_a_version_1_schema_is_upgraded_and_keeps_its_data(
 ) -> None:
     url = f"{POSTGRES_URL}?namespace={schema}"
     with monkeypatch.context() as patch:
-        patch.setattr("omniq.backend.postgres.SCHEMA_VERSION", 1)
+        patch.setattr("omniq.storage.postgres.connection.SCHEMA_VERSION", 1)
         old = PostgresBackend(url, None)
         await old.connect()
         queue, events = old.task_queue(), old.event_storage()
         tasks = [make_task() for _ in range(3)]
         await queue.enqueue(tasks)
         await events.append([make_event(t.id, EventType.ENQUEUED) for t in tasks])
-        while old._refs:  # the components connected on first use
+        while old.connection.references:  # the components connected on first use
             await old.close()
     assert await sql.fetchval(f'SELECT max(version) FROM "{schema}".schema_version') == 1
     assert await sql.fetchval(f"SELECT to_regclass('\"{schema}\".events_pkey')") is not None
@@ -283,7 +285,7 @@ async def test_a_version_1_schema_is_upgraded_and_keeps_its_data(
         assert len(await events.get(tasks[0].id)) == 2
         assert await events.delete_before(utcnow() + timedelta(seconds=1)) == 4
     finally:
-        while new._refs:
+        while new.connection.references:
             await new.close()
 
 
@@ -361,7 +363,7 @@ async def test_events_ride_in_the_enqueue_statement(backend: PostgresBackend) ->
             task.queue,
         )
     # Another pool on the same schema cannot share the enqueue's statement.
-    other = PostgresBackend(POSTGRES_URL, None, namespace=backend.namespace)
+    other = PostgresBackend(f"{POSTGRES_URL}?namespace={backend.namespace}")
     assert not queue.writes_events(other.event_storage())
 
 
@@ -487,7 +489,7 @@ async def _drop_connections(sql: asyncpg.Connection, backend: PostgresBackend) -
     they are named after the test's own namespace)."""
     dropped: int = await sql.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-        backend.application_name,
+        backend.connection.application_name,
     )
     return dropped
 
@@ -510,7 +512,7 @@ async def test_dropped_connections_are_replaced_and_nothing_is_lost(
     # The listener is reopened by the next wait, and wakes it on the next enqueue.
     waiter = asyncio.ensure_future(queue.wait(["default"], 30))
     await asyncio.sleep(0.2)
-    assert backend._listener is not None and not backend._listener.is_closed()
+    assert backend.connection._listener is not None and not backend.connection._listener.is_closed()
     await queue.enqueue([make_task()])
     await asyncio.wait_for(waiter, 5)
 
@@ -519,7 +521,7 @@ async def test_a_cancelled_statement_leaves_the_connections_usable(
     backend: PostgresBackend, sql: asyncpg.Connection
 ) -> None:
     # The first statement runs on the connection the bundle holds for single statements.
-    slow = asyncio.ensure_future(backend.fetchval("sleeping", "SELECT pg_sleep(30)"))
+    slow = asyncio.ensure_future(backend.connection.fetchval("sleeping", "SELECT pg_sleep(30)"))
     await asyncio.sleep(0.3)
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -533,18 +535,18 @@ async def test_a_cancelled_statement_leaves_the_connections_usable(
     sleeping = await sql.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
         "AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
-        backend.application_name,
+        backend.connection.application_name,
     )
     assert sleeping == 0
 
 
 async def _notified_waiters(
     make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch, task_ids: list[str]
-) -> tuple[Backend, list[asyncio.Future[TaskResult | None]]]:
+) -> tuple[PostgresBackend, list[asyncio.Future[TaskResult | None]]]:
     """Waiters for ``task_ids`` on one backend, and another backend to store results on.
 
     Without its backstop a waiter can only be woken by the notification."""
-    monkeypatch.setattr("omniq.storage.postgres._RESULT_BACKSTOP", 60.0)
+    monkeypatch.setattr("omniq.storage.postgres.results._RESULT_BACKSTOP", 60.0)
     reader, writer = await make_backend(), await make_backend()
     results = reader.result_storage()
     await results.connect()

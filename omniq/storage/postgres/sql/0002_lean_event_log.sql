@@ -5,6 +5,6 @@
 -- deletes by time, and rows arrive in time order, so a BRIN index (a summary per block
 -- range, almost free to keep up) finds the old ones as well as the B-tree did.
 
-ALTER TABLE {schema}.events DROP CONSTRAINT events_pkey;
-DROP INDEX {schema}.events_ts;
-CREATE INDEX events_ts ON {schema}.events USING brin (ts);
+ALTER TABLE {s}.events DROP CONSTRAINT events_pkey;
+DROP INDEX {s}.events_ts;
+CREATE INDEX events_ts ON {s}.events USING brin (ts);

@@ -2,4 +2,4 @@
 -- A claim that takes a task whose lease ran out (its worker died, or stalled) counts
 -- one; such runs do not use up max_retries, and past max_lost_runs the task fails.
 
-ALTER TABLE {schema}.tasks ADD COLUMN lost_runs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE {s}.tasks ADD COLUMN lost_runs INTEGER NOT NULL DEFAULT 0;

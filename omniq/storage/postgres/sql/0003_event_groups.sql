@@ -7,14 +7,14 @@
 -- retention counts each task's event once.
 
 -- The enqueue statement draws a group's id before it stores the tasks that point at it.
-CREATE SEQUENCE {schema}.event_group_ids;
-CREATE TABLE {schema}.event_groups (
+CREATE SEQUENCE {s}.event_group_ids;
+CREATE TABLE {s}.event_groups (
     id BIGINT PRIMARY KEY,
     ts DOUBLE PRECISION NOT NULL,           -- its oldest event
     tasks INTEGER NOT NULL,
     stamps DOUBLE PRECISION[] NOT NULL,     -- each event's time, in the order logged
     data BYTEA[] NOT NULL
 );
-CREATE INDEX event_groups_ts ON {schema}.event_groups USING brin (ts);
+CREATE INDEX event_groups_ts ON {s}.event_groups USING brin (ts);
 
-ALTER TABLE {schema}.tasks ADD COLUMN event_group BIGINT;
+ALTER TABLE {s}.tasks ADD COLUMN event_group BIGINT;

@@ -60,7 +60,7 @@ key                                type    holds
 ``schedules:due``                  zset    unpaused schedules by ``next_run_at``
 =================================  ======  ==============================================
 
-Every state change of a task is one Lua script (``omniq/storage/lua``), loaded once and
+Every state change of a task is one Lua script (``omniq/storage/redis/lua``), loaded once and
 called by SHA: a claim promotes due delayed tasks and expired leases into the ready set,
 then leases the best ``limit`` tasks across the queues, all in one ``EVALSHA`` (a
 strict claim takes the queues one by one, in the order listed). Enqueue,
@@ -74,7 +74,7 @@ restarts, ``appendonly yes`` (``appendfsync always`` loses nothing acknowledged)
 A claim promotes at most 1,000 due delayed tasks and 1,000 expired leases per queue per
 call; a larger backlog moves over the next claims.
 
-The client (``omniq.storage._redis_client``) shares one pipelined connection per process
+The client (``omniq.storage.redis.connection``) shares one pipelined connection per process
 for ordinary requests and gives each blocking call its own; see there for its retries.
 """
 
@@ -95,15 +95,6 @@ import msgspec
 from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
-from omniq.storage._redis_client import (
-    _SHAS,
-    MAX_BULK_BYTES,
-    Command,
-    RedisClient,
-    split_namespace,
-    too_large,
-)
-from omniq.storage._resp import NoScriptError, ResponseError
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
@@ -115,6 +106,15 @@ from omniq.storage.base import (
     UnreadableTask,
     event_fields_but_task_id,
     unreadable_task,
+)
+from omniq.storage.redis._resp import NoScriptError, ResponseError
+from omniq.storage.redis.connection import (
+    _SHAS,
+    MAX_BULK_BYTES,
+    Command,
+    RedisClient,
+    split_namespace,
+    too_large,
 )
 
 if TYPE_CHECKING:

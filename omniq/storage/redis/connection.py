@@ -1,6 +1,6 @@
 """The Redis client every OmniQ Redis component shares: connections, scripts, retries.
 
-It speaks RESP over an ``asyncio.Protocol`` with hiredis parsing (``omniq.storage._resp``):
+It speaks RESP over an ``asyncio.Protocol`` with hiredis parsing (``omniq.storage.redis._resp``):
 every ordinary request of a process shares one pipelined connection, and each blocking
 call (``BLPOP``) gets a connection of its own. An idle worker sends its claim in the same
 pipeline as its ``BLPOP``, so Redis runs the claim the moment a token arrives (that claim
@@ -15,7 +15,7 @@ are not retried.
 A client outlives event loops (``asyncio.run`` twice): its connections close as their loop
 shuts down, and the next call, on the new loop, connects again (see :mod:`omniq._loops`).
 
-Scripts are the files of ``omniq/storage/lua``, each prefixed with ``common.lua``, loaded
+Scripts are the files of ``omniq/storage/redis/lua``, each prefixed with ``common.lua``, loaded
 once and called by SHA (``NOSCRIPT`` reloads them: a restarted server lost them). The key
 layout they work on is described in :mod:`omniq.storage.redis`.
 """
@@ -37,7 +37,7 @@ from omniq._loops import LoopBinding, quietly
 from omniq._urls import redact_url as _redact
 from omniq._urls import split_namespace
 from omniq.errors import ConfigError, StorageConnectionError, StorageError, ValueTooLargeError
-from omniq.storage._resp import (
+from omniq.storage.redis._resp import (
     NoScriptError,
     RespConnection,
     RespConnectionError,
@@ -55,7 +55,7 @@ Command = tuple[Any, ...]
 #: Called with the replies of a blocking call whose caller was cancelled.
 Abandoned = Callable[[builtins.list[Any]], Awaitable[None]]
 
-_LUA_DIR = resources.files("omniq.storage").joinpath("lua")
+_LUA_DIR = resources.files("omniq.storage.redis").joinpath("lua")
 _SCRIPT_NAMES = (
     "enqueue",
     "claim",

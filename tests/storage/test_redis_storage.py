@@ -36,9 +36,9 @@ from omniq.storage.redis import (
     RedisQueue,
     RedisResultStorage,
     RedisScheduleStorage,
-    _us,
     split_namespace,
 )
+from omniq.storage.redis._codec import _us
 from tests.conftest import REDIS_URL, delete_redis_namespace, free_port, unique_name
 from tests.storage.contract import (
     EventContract,

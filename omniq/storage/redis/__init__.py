@@ -5,8 +5,14 @@ Every component works standalone from a URL::
     async with AsyncRedisQueue("redis://127.0.0.1:6379/0", namespace="myapp") as queue:
         await queue.enqueue([task])
 
-or on the shared client of a :class:`omniq.backend.redis.RedisBackend`. Blocking twins
+or, built by a :class:`RedisBackend` (the bundle), on its one shared
+:class:`~omniq.storage.redis.connection.RedisConnection`. Blocking twins
 (``RedisQueue``, ``RedisResultStorage``…) run the same coroutines on a private loop.
+
+Modules: ``connection`` (the connection: RESP over hiredis, scripts, retries, error
+translation), ``queue``, ``results``, ``events``, ``schedules`` (one component each, with
+its blocking twin), ``_codec`` (records and script arguments), ``_scripts`` (the ``lua/``
+files), ``_resp`` (the protocol).
 
 Key layout. Everything lives under ``{namespace}:`` (``settings.namespace``, or
 ``?namespace=`` in the URL), so applications share a server safely; a namespace may not
@@ -74,27 +80,86 @@ restarts, ``appendonly yes`` (``appendfsync always`` loses nothing acknowledged)
 A claim promotes at most 1,000 due delayed tasks and 1,000 expired leases per queue per
 call; a larger backlog moves over the next claims.
 
-The client (``omniq.storage.redis.connection``) shares one pipelined connection per process
-for ordinary requests and gives each blocking call its own; see there for its retries.
+The connection (``omniq.storage.redis.connection``) shares one pipelined socket per
+process for ordinary requests and gives each blocking call its own; see there for its
+retries.
 """
 
 from __future__ import annotations
 
-from omniq.storage.redis.connection import RedisClient, split_namespace
+from omniq._urls import split_namespace
+from omniq.storage._bundle import BackendSpec, Bundle
+from omniq.storage.redis.connection import RedisConnection
 from omniq.storage.redis.events import AsyncRedisEventStorage, RedisEventStorage
 from omniq.storage.redis.queue import AsyncRedisQueue, RedisQueue
 from omniq.storage.redis.results import AsyncRedisResultStorage, RedisResultStorage
 from omniq.storage.redis.schedules import AsyncRedisScheduleStorage, RedisScheduleStorage
 
 __all__ = [
+    "BACKEND",
     "AsyncRedisEventStorage",
     "AsyncRedisQueue",
     "AsyncRedisResultStorage",
     "AsyncRedisScheduleStorage",
-    "RedisClient",
+    "RedisBackend",
+    "RedisConnection",
     "RedisEventStorage",
     "RedisQueue",
     "RedisResultStorage",
     "RedisScheduleStorage",
     "split_namespace",
 ]
+
+#: The Redis backend for the registry (:mod:`omniq.storage.registry`): ``redis://``,
+#: ``rediss://`` and ``unix://`` URLs.
+BACKEND = BackendSpec(
+    name="redis",
+    connection=RedisConnection,
+    task_queue=AsyncRedisQueue,
+    result_storage=AsyncRedisResultStorage,
+    event_storage=AsyncRedisEventStorage,
+    schedule_storage=AsyncRedisScheduleStorage,
+)
+
+
+class RedisBackend(Bundle):
+    """The task queue, results, events and schedules on one Redis server, sharing one
+    :class:`RedisConnection`.
+
+    ``redis://host:port/db`` (also ``rediss://`` and ``unix://``). Keys live under
+    ``settings.namespace`` (default ``omniq``); a ``?namespace=name`` in the URL wins.
+
+    Example::
+
+        backend = RedisBackend("redis://127.0.0.1:6379/0", settings)
+        queue = backend.task_queue()
+        await queue.connect()  # opens the shared connection
+    """
+
+    spec = BACKEND
+    connection: RedisConnection
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix every component uses (without its ``:``)."""
+        return self.connection.namespace
+
+    def task_queue(self) -> AsyncRedisQueue:
+        """The task queue on the shared connection."""
+        queue: AsyncRedisQueue = self._component("task_queue")
+        return queue
+
+    def result_storage(self) -> AsyncRedisResultStorage:
+        """The result storage on the shared connection."""
+        results: AsyncRedisResultStorage = self._component("result_storage")
+        return results
+
+    def event_storage(self) -> AsyncRedisEventStorage:
+        """The event storage on the shared connection."""
+        events: AsyncRedisEventStorage = self._component("event_storage")
+        return events
+
+    def schedule_storage(self) -> AsyncRedisScheduleStorage:
+        """The schedule storage on the shared connection."""
+        schedules: AsyncRedisScheduleStorage = self._component("schedule_storage")
+        return schedules

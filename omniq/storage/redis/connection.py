@@ -26,6 +26,7 @@ import asyncio
 import builtins
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
@@ -33,10 +34,12 @@ from typing import Any
 
 from hiredis import pack_command
 
-from omniq._loops import LoopBinding, quietly
+from omniq._loops import quietly
 from omniq._urls import redact_url as _redact
 from omniq._urls import split_namespace
+from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError, ValueTooLargeError
+from omniq.storage._connection import Connection
 from omniq.storage.redis._resp import (
     NoScriptError,
     RespConnection,
@@ -47,7 +50,7 @@ from omniq.storage.redis._resp import (
     parse_redis_url,
 )
 
-__all__ = ["MAX_BULK_BYTES", "RedisClient", "split_namespace", "too_large"]
+__all__ = ["MAX_BULK_BYTES", "RedisConnection", "too_large"]
 
 logger = logging.getLogger("omniq")
 
@@ -148,25 +151,35 @@ def _pack(command: Command) -> bytes:
     return packed
 
 
-class RedisClient:
-    """The connection to one Redis server shared by a bundle's components.
+class RedisConnection(Connection):
+    """The connection to one Redis server, shared by the components built on it.
 
     Holds the key prefix, a small pool of connections for ordinary commands and another
     for blocking ones (so a worker blocked on ``BLPOP`` never holds up a claim), and the
     SHAs of the Lua scripts. ``round_trips`` counts request/response exchanges.
 
+    The key prefix is ``namespace`` when given, else the URL's ``?namespace=``, else
+    ``settings.namespace``.
+
     Example::
 
-        client = RedisClient("redis://127.0.0.1:6379/0", namespace="myapp")
-        await client.open()
-        await client.call("PING")
+        connection = RedisConnection("redis://127.0.0.1:6379/0", Settings(namespace="myapp"))
+        await connection.acquire()
+        await connection.call("PING")
     """
 
-    def __init__(self, url: str, *, namespace: str | None = None) -> None:
-        url, url_namespace = split_namespace(url)
-        self.url = url
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        settings: Settings | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> None:
+        url, url_namespace = split_namespace(os.fspath(url))
+        settings = settings if settings is not None else Settings()
+        super().__init__(url, settings)
         if namespace is None:
-            namespace = "omniq" if url_namespace is None else url_namespace
+            namespace = settings.namespace if url_namespace is None else url_namespace
         self.namespace = _check_namespace(namespace)
         self.prefix = f"{self.namespace}:"
         self.round_trips = 0
@@ -180,33 +193,25 @@ class RedisClient:
         self._blocking_busy: set[RespConnection] = set()
         # Blocking calls given up by their callers, still being settled (see block_many).
         self._settling: set[asyncio.Task[None]] = set()
-        self._open_lock = asyncio.Lock()
-        # Connections, locks and settling tasks belong to one event loop.
-        self._bound = LoopBinding(self, self._release_loop)
 
     @property
     def is_open(self) -> bool:
-        """True between :meth:`open` and :meth:`close`."""
+        """True while a component holds the connection (it is open, between the first
+        :meth:`acquire` and the last :meth:`release`)."""
         return self._endpoint is not None
 
-    async def open(self) -> None:
-        """Check the server answers and load the scripts. Safe to call twice."""
-        self._follow_loop()
-        async with self._open_lock:
-            if self._endpoint is not None:
-                return
-            self._endpoint = parse_redis_url(self.url)
-            try:
-                await self.load_scripts()
-            except BaseException:
-                self._endpoint = None
-                self._drop_connections()
-                raise
+    async def _open(self) -> None:
+        """Check the server answers and load the scripts."""
+        self._endpoint = parse_redis_url(self.url)
+        try:
+            await self.load_scripts()
+        except BaseException:
+            self._endpoint = None
+            self._drop_connections()
+            raise
 
-    async def close(self) -> None:
-        """Close every connection (after settling abandoned blocking calls). Safe to
-        call twice."""
-        self._follow_loop()
+    async def _close(self) -> None:
+        """Close every connection (after settling abandoned blocking calls)."""
         if self._settling:
             await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
         self._endpoint = None
@@ -214,12 +219,6 @@ class RedisClient:
         # Requests still in flight (a worker blocked in BLPOP) end with a connection error.
         for conn in list(self._blocking_busy):
             conn.close()
-        await self._bound.detach()
-
-    def _follow_loop(self) -> None:
-        """Bind to the running loop; after a move, forget what the old loop left."""
-        if self._bound.moved():
-            self._forget_loop()
 
     def _forget_loop(self) -> None:
         # Everything made on the loop the client leaves (or that is ending): closed as far
@@ -233,11 +232,10 @@ class RedisClient:
             if conn is not None:
                 quietly(conn.close)
         self._connecting = None
-        self._open_lock = asyncio.Lock()
 
     async def _release_loop(self) -> None:
         # The loop is shutting down (asyncio.run returning): its tasks are done, but
-        # blocking calls they gave up may still be settling (as in close()).
+        # blocking calls they gave up may still be settling (as in _close()).
         if self._settling:
             await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
         self._forget_loop()
@@ -479,4 +477,4 @@ class RedisClient:
             return await self._execute_blocking(data, len(commands), abandoned)
 
     def __repr__(self) -> str:
-        return f"RedisClient({self.url!r}, namespace={self.namespace!r})"
+        return f"RedisConnection({self._where!r}, namespace={self.namespace!r})"

@@ -13,7 +13,7 @@ from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import TaskEvent
 from omniq.storage.base import BaseEventStorage
-from omniq.storage.redis._base import _RedisComponent
+from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import _event_item, _sortkey, _us
 from omniq.storage.redis._resp import ResponseError
 from omniq.storage.redis.connection import Command
@@ -21,15 +21,15 @@ from omniq.storage.redis.connection import Command
 _EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
 
 
-class AsyncRedisEventStorage(_RedisComponent, BaseEventStorage):
+class AsyncRedisEventStorage(RedisComponent, BaseEventStorage):
     """The task event log on Redis: one list per task, indexed by its oldest event, plus
-    the events an enqueue on the same client stored once for a group of its tasks."""
+    the events an enqueue on the same connection stored once for a group of its tasks."""
 
     async def append(self, events: Sequence[TaskEvent]) -> None:
         """Append events atomically (``MULTI``/``EXEC``, one round trip)."""
         if not events:
             return
-        client = await self._client()
+        client = await self._conn()
         prefix = self._prefix
         per_task: dict[str, builtins.list[bytes]] = {}
         oldest: dict[str, int] = {}
@@ -56,7 +56,7 @@ class AsyncRedisEventStorage(_RedisComponent, BaseEventStorage):
 
     async def get(self, task_id: str) -> builtins.list[TaskEvent]:
         """The task's events, oldest first."""
-        client = await self._client()
+        client = await self._conn()
         grouped, own = await client.script("events_get", task_id)
         try:
             events = [_EVENT_DECODER.decode(memoryview(item)[16:]) for item in grouped + own]
@@ -74,7 +74,7 @@ class AsyncRedisEventStorage(_RedisComponent, BaseEventStorage):
 
     async def delete_before(self, before: datetime) -> int:
         """Delete events older than ``before`` (in batches of 500 tasks)."""
-        client = await self._client()
+        client = await self._conn()
         cutoff, total = _sortkey(_us(before)), 0
         while True:
             deleted, seen = await client.script("delete_events", cutoff, 500)

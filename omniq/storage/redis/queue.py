@@ -20,13 +20,12 @@ from omniq.storage.base import (
     Ack,
     BaseEventStorage,
     BaseResultStorage,
-    BaseStorage,
     BaseTaskQueue,
     Finish,
     UnreadableTask,
     unreadable_task,
 )
-from omniq.storage.redis._base import _RedisComponent
+from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import (
     _ALL_STATUSES,
     _ENCODER,
@@ -61,7 +60,7 @@ _CANCEL_WAIT = 10
 _STRICT = ("1",)
 
 
-class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
+class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
     """The task queue on Redis.
 
     Claims are one Lua script call each (leasing up to ``limit`` tasks); ``wait`` blocks
@@ -83,12 +82,11 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         return await self._enqueue(tasks, None)
 
     def writes_events(self, event_storage: BaseEventStorage) -> bool:
-        """True when ``event_storage`` is the event log on this queue's client."""
-        return self._shares_client(event_storage, AsyncRedisEventStorage)
-
-    def _shares_client(self, storage: BaseStorage, kind: type[_RedisComponent]) -> bool:
-        # One client means one connection: writes to both can go in one script call.
-        return isinstance(storage, kind) and storage.client is self.client
+        """True when ``event_storage`` is the event log on this queue's connection."""
+        # One connection: writes to both can go in one script call.
+        return isinstance(event_storage, AsyncRedisEventStorage) and self.shares_connection(
+            event_storage
+        )
 
     async def enqueue_logged(
         self,
@@ -97,7 +95,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         event_storage: BaseEventStorage,
     ) -> builtins.list[str]:
         """Tasks and their events in the same script calls, when the event log shares
-        this client: no separate write, and an event is stored exactly when its task is."""
+        this connection: no separate write, and an event is stored exactly when its task is."""
         if not self.writes_events(event_storage):
             return await super().enqueue_logged(tasks, events, event_storage)
         return await self._enqueue(tasks, events)
@@ -107,7 +105,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
     ) -> builtins.list[str]:
         if not tasks:
             return []
-        client = self.client if self._connected else await self._client()
+        client = self.connection if self._connected else await self._conn()
         now = time.time_ns() // 1000
         if len(tasks) > _ENQUEUE_CHUNK:
             # Each chunk is sent as soon as it is built: find an oversized task first, so
@@ -166,7 +164,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         earlier listed queues first)."""
         if limit <= 0 or not queues:
             return []
-        client = self.client if self._connected else await self._client()
+        client = self.connection if self._connected else await self._conn()
         names = list(dict.fromkeys(queues))
         lease_at = now + timedelta(seconds=lease_seconds)
         order = _STRICT if strict else ()
@@ -204,7 +202,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
                 timeout=timeout,
                 strict=strict,
             )
-        client = await self._client()
+        client = await self._conn()
         keys = [f"{self._prefix}q:{queue}:wake" for queue in names]
         lease_us = round(lease_seconds * 1_000_000)
         claim = (_SHAS["claim"], 0, self._prefix, "", lease_us, worker_id, limit, len(names))
@@ -280,7 +278,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
     async def _unreadable(self, task_id: str, reason: str, **fields: Any) -> UnreadableTask:
         """A task whose record cannot be decoded, as an UnreadableTask of ``fields`` (the
         hash's other fields) in the queue its hash names."""
-        client = await self._client()
+        client = await self._conn()
         queue = await client.call("HGET", f"{self._prefix}t:{task_id}", "q")
         return unreadable_task(task_id, reason, queue=_text(queue or b"default"), **fields)
 
@@ -290,7 +288,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Extend the leases ``worker_id`` still holds (one script call)."""
         if not task_ids:
             return set()
-        client = await self._client()
+        client = await self._conn()
         lease_at = _us(now + timedelta(seconds=lease_seconds))
         held = await client.script("renew", _us(now), lease_at, worker_id, *task_ids)
         return {_text(task_id) for task_id in held}
@@ -299,13 +297,13 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Finish the tasks still held by their workers (one script call)."""
         if not acks:
             return []
-        client = self.client if self._connected else await self._client()
+        client = self.connection if self._connected else await self._conn()
         done = await client.script("ack", *_ack_args(acks, now))
         return [bool(flag) for flag in done]
 
     def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
-        """True when ``event_storage`` is the event log on this queue's client."""
-        return self._shares_client(event_storage, AsyncRedisEventStorage)
+        """True when ``event_storage`` is the event log on this queue's connection."""
+        return self.writes_events(event_storage)
 
     async def finish(
         self,
@@ -316,10 +314,14 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         now: datetime,
     ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
         """Acks with their results and events in one script call, atomically, when the
-        results live on this client; the dependents lookup in the same round trip."""
-        if not (items and self._shares_client(result_storage, AsyncRedisResultStorage)):
+        results live on this connection; the dependents lookup in the same round trip."""
+        if not (
+            items
+            and isinstance(result_storage, AsyncRedisResultStorage)
+            and self.shares_connection(result_storage)
+        ):
             return await super().finish(items, result_storage, event_storage, now=now)
-        client = self.client if self._connected else await self._client()
+        client = self.connection if self._connected else await self._conn()
         log_events = event_storage is not None and self.finish_logs_events(event_storage)
         ids = [item.ack.task_id for item in items]
         commands: builtins.list[Command] = [
@@ -354,7 +356,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         a running task from its worker (a cancel) pushes the task's id there in the same
         script, so the worker hears of it one round trip later."""
         key = f"{self._prefix}wc:{worker_id}"
-        client = await self._client()
+        client = await self._conn()
         try:
             while True:
                 try:
@@ -373,7 +375,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, due at ``due_at``."""
-        client = await self._client()
+        client = await self._conn()
         due = _us(due_at)
         changed = await client.script("retry", _us(now), task_id, worker_id, due, _sortms(due))
         return bool(changed)
@@ -382,7 +384,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Hand back held tasks, giving back the attempt their claim counted."""
         if not task_ids:
             return 0
-        client = await self._client()
+        client = await self._conn()
         return int(await client.script("release", _us(now), worker_id, *task_ids))
 
     async def transition(
@@ -397,7 +399,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Compare-and-set the status of one task; clears its lease."""
         if not from_statuses:
             return None
-        client = await self._client()
+        client = await self._conn()
         due = None if due_at is None else _us(due_at)
         flat = await client.script(
             "transition",
@@ -414,7 +416,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
 
     async def get(self, task_id: str) -> Task | None:
         """The task as stored, or None."""
-        client = await self._client()
+        client = await self._conn()
         found = _decode_tasks(await client.script("fetch", task_id))
         return found[0] if found else None
 
@@ -422,7 +424,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Several tasks in one script call, in order (None for unknown ids)."""
         if not task_ids:
             return []
-        client = await self._client()
+        client = await self._conn()
         found = {task.id: task for task in _decode_tasks(await client.script("fetch", *task_ids))}
         return [found.get(task_id) for task_id in task_ids]
 
@@ -432,7 +434,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Tasks, newest first, filtered by queue and status (read from the status sets)."""
         if limit <= 0:
             return []
-        client = await self._client()
+        client = await self._conn()
         statuses = _ALL_STATUSES if status is None else (TaskStatus(status).value,)
         flat = await client.script("list", limit, queue or "", *statuses)
         tasks: builtins.list[Task] = []
@@ -458,7 +460,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status (one script call over the status sets)."""
-        client = await self._client()
+        client = await self._conn()
         flat = await client.script("stats", *_ALL_STATUSES)
         counts: dict[str, dict[str, int]] = {}
         for i in range(0, len(flat), 3):
@@ -473,20 +475,20 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Dependents of several tasks in one script call (ids without any are omitted)."""
         if not task_ids:
             return {}
-        client = await self._client()
+        client = await self._conn()
         return _parse_dependents(await client.script("dependents", *task_ids))
 
     async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
         """The earliest ready time (due time or lease expiry) in ``queues``."""
         if not queues:
             return None
-        client = await self._client()
+        client = await self._conn()
         earliest = await client.script("next_due", *dict.fromkeys(queues))
         return None if earliest is None else _dt(earliest)
 
     async def delete_finished(self, before: datetime) -> int:
         """Delete finished tasks last updated before ``before``, 1,000 per script call."""
-        client = await self._client()
+        client = await self._conn()
         cutoff, total = _us(before), 0
         while True:
             deleted, seen = await client.script("delete_finished", cutoff, 1000)
@@ -498,7 +500,7 @@ class AsyncRedisQueue(_RedisComponent, BaseTaskQueue):
         """Block on the queues' wake lists (``BLPOP``) until a token or ``timeout``."""
         if timeout < 0.001 or not queues:
             return
-        client = await self._client()
+        client = await self._conn()
         keys = [f"{self._prefix}q:{queue}:wake" for queue in dict.fromkeys(queues)]
         try:
             await client.block(timeout, "BLPOP", *keys, f"{timeout:.3f}")

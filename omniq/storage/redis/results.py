@@ -15,14 +15,14 @@ from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import TaskResult
 from omniq.storage.base import BaseResultStorage
-from omniq.storage.redis._base import _RedisComponent
+from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import _ENCODER, _RESULT_TOKEN_MS, _us
 from omniq.storage.redis.connection import _SHAS, MAX_BULK_BYTES, Command, too_large
 
 _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
 
 
-class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
+class AsyncRedisResultStorage(RedisComponent, BaseResultStorage):
     """Task results on Redis, one key each with native expiry from ``expires_at``.
 
     ``wait`` blocks on a per-result token list that ``put_many`` fills, so a waiter wakes
@@ -44,13 +44,13 @@ class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
         """Store (or replace) results in one round trip."""
         if not results:
             return
-        client = await self._client()
+        client = await self._conn()
         command = self.result_command(results)
         await client.script("put_results", *command[4:])
 
     async def get(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (also once it expired)."""
-        client = await self._client()
+        client = await self._conn()
         data = await client.call("GET", f"{self._prefix}r:{task_id}")
         if data is None:
             return None
@@ -63,7 +63,7 @@ class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
         """Block until the result exists (``BLMOVE`` on its token list) or ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        client = await self._client()
+        client = await self._conn()
         token = f"{self._prefix}rw:{task_id}"
         rotate = True
         while True:
@@ -84,7 +84,7 @@ class AsyncRedisResultStorage(_RedisComponent, BaseResultStorage):
 
     async def delete_expired(self, now: datetime) -> int:
         """Delete results whose ``expires_at`` is at or before ``now``."""
-        client = await self._client()
+        client = await self._conn()
         total = 0
         while True:
             deleted = int(await client.script("delete_results", _us(now), 1000))

@@ -13,7 +13,7 @@ from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import Schedule
 from omniq.storage.base import BaseScheduleStorage
-from omniq.storage.redis._base import _RedisComponent
+from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import _ENCODER, _us
 from omniq.storage.redis.connection import MAX_BULK_BYTES, too_large
 
@@ -27,11 +27,11 @@ def _decode_schedule(data: bytes) -> Schedule:
         raise StorageError(f"redis: a schedule record is corrupt: {exc}") from exc
 
 
-class AsyncRedisScheduleStorage(_RedisComponent, BaseScheduleStorage):
+class AsyncRedisScheduleStorage(RedisComponent, BaseScheduleStorage):
     """Schedules on Redis; every write is a compare-and-set on a version (Lua)."""
 
     async def _put(self, schedule: Schedule, expected_version: bytes | str = "") -> bool:
-        client = await self._client()
+        client = await self._conn()
         next_run = "" if schedule.next_run_at is None else _us(schedule.next_run_at)
         record = _ENCODER.encode(schedule)
         if len(record) > MAX_BULK_BYTES:
@@ -47,7 +47,7 @@ class AsyncRedisScheduleStorage(_RedisComponent, BaseScheduleStorage):
         return bool(written)
 
     async def _read(self, schedule_id: str) -> tuple[Schedule, bytes] | None:
-        client = await self._client()
+        client = await self._conn()
         data, version = await client.call("HMGET", f"{self._prefix}s:{schedule_id}", "d", "v")
         if data is None:
             return None
@@ -64,12 +64,12 @@ class AsyncRedisScheduleStorage(_RedisComponent, BaseScheduleStorage):
 
     async def list(self) -> builtins.list[Schedule]:
         """All schedules, by id."""
-        client = await self._client()
+        client = await self._conn()
         return [_decode_schedule(data) for data in await client.script("schedule_get", "all")]
 
     async def delete(self, schedule_id: str) -> bool:
         """Remove a schedule; False if it did not exist."""
-        client = await self._client()
+        client = await self._conn()
         return bool(await client.script("schedule_delete", schedule_id))
 
     async def update(self, schedule_id: str, changes: Mapping[str, Any]) -> Schedule | None:
@@ -86,7 +86,7 @@ class AsyncRedisScheduleStorage(_RedisComponent, BaseScheduleStorage):
         """Unpaused schedules due at or before ``now``, earliest first."""
         if limit <= 0:
             return []
-        client = await self._client()
+        client = await self._conn()
         blobs = await client.script("schedule_get", "due", _us(now), limit)
         return [_decode_schedule(data) for data in blobs]
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from importlib import resources
 from typing import Any
 
 from hiredis import pack_command
@@ -49,6 +47,7 @@ from omniq.storage.redis._resp import (
     RespTLSError,
     parse_redis_url,
 )
+from omniq.storage.redis._scripts import SCRIPTS, SHAS
 
 __all__ = ["MAX_BULK_BYTES", "RedisConnection", "too_large"]
 
@@ -57,43 +56,6 @@ logger = logging.getLogger("omniq")
 Command = tuple[Any, ...]
 #: Called with the replies of a blocking call whose caller was cancelled.
 Abandoned = Callable[[builtins.list[Any]], Awaitable[None]]
-
-_LUA_DIR = resources.files("omniq.storage.redis").joinpath("lua")
-_SCRIPT_NAMES = (
-    "enqueue",
-    "claim",
-    "renew",
-    "ack",
-    "finish",
-    "retry",
-    "release",
-    "transition",
-    "fetch",
-    "dependents",
-    "list",
-    "stats",
-    "next_due",
-    "delete_finished",
-    "delete_results",
-    "delete_events",
-    "events_get",
-    "schedule_put",
-    "schedule_get",
-    "schedule_delete",
-    "put_results",
-)
-
-
-def _load_scripts() -> dict[str, str]:
-    common = _LUA_DIR.joinpath("common.lua").read_text(encoding="utf-8")
-    return {
-        name: common + "\n" + _LUA_DIR.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        for name in _SCRIPT_NAMES
-    }
-
-
-_SCRIPTS = _load_scripts()
-_SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 
 _BAD_NAMESPACE = re.compile(r"[:\s*?\[\]]")
 
@@ -242,7 +204,7 @@ class RedisConnection(Connection):
 
     async def load_scripts(self) -> None:
         """``SCRIPT LOAD`` every OmniQ script (one round trip)."""
-        replies = await self.execute([("SCRIPT", "LOAD", text) for text in _SCRIPTS.values()])
+        replies = await self.execute([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise StorageError(f"redis: loading scripts: {reply}")
@@ -406,7 +368,7 @@ class RedisConnection(Connection):
 
     async def script(self, name: str, *args: Any) -> Any:
         """Run the named Lua script (``EVALSHA``, loading the scripts on ``NOSCRIPT``)."""
-        command = ("EVALSHA", _SHAS[name], 0, self.prefix, *args)
+        command = ("EVALSHA", SHAS[name], 0, self.prefix, *args)
         reply = (await self.execute([command]))[0]
         if isinstance(reply, NoScriptError):
             await self.load_scripts()
@@ -424,7 +386,7 @@ class RedisConnection(Connection):
         """
         if self._bound.loop is not asyncio.get_running_loop():
             self._follow_loop()
-        sha, prefix = _SHAS[name], self.prefix
+        sha, prefix = SHAS[name], self.prefix
         packed: builtins.list[bytes] = []
         futures: builtins.list[asyncio.Future[builtins.list[Any]]] = []
         conn = self._main

@@ -46,7 +46,8 @@ from omniq.storage.redis._codec import (
     _us,
 )
 from omniq.storage.redis._resp import NoScriptError, ResponseError
-from omniq.storage.redis.connection import _SHAS, MAX_BULK_BYTES, Command, too_large
+from omniq.storage.redis._scripts import SHAS
+from omniq.storage.redis.connection import MAX_BULK_BYTES, Command, too_large
 from omniq.storage.redis.events import AsyncRedisEventStorage
 from omniq.storage.redis.results import AsyncRedisResultStorage
 
@@ -205,7 +206,7 @@ class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
         client = await self._conn()
         keys = [f"{self._prefix}q:{queue}:wake" for queue in names]
         lease_us = round(lease_seconds * 1_000_000)
-        claim = (_SHAS["claim"], 0, self._prefix, "", lease_us, worker_id, limit, len(names))
+        claim = (SHAS["claim"], 0, self._prefix, "", lease_us, worker_id, limit, len(names))
         commands = [
             ("BLPOP", *keys, f"{timeout:.3f}"),
             ("EVALSHA", *claim, *names, *(_STRICT if strict else ())),
@@ -325,10 +326,10 @@ class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
         log_events = event_storage is not None and self.finish_logs_events(event_storage)
         ids = [item.ack.task_id for item in items]
         commands: builtins.list[Command] = [
-            ("EVALSHA", _SHAS["finish"], 0, client.prefix, *_finish_args(
+            ("EVALSHA", SHAS["finish"], 0, client.prefix, *_finish_args(
                 items, now, log_events=log_events
             )),
-            ("EVALSHA", _SHAS["dependents"], 0, client.prefix, *ids),
+            ("EVALSHA", SHAS["dependents"], 0, client.prefix, *ids),
         ]  # fmt: skip
         replies = await client.execute(commands)
         if any(isinstance(reply, NoScriptError) for reply in replies):

@@ -17,7 +17,8 @@ from omniq.models import TaskResult
 from omniq.storage.base import BaseResultStorage
 from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import _ENCODER, _RESULT_TOKEN_MS, _us
-from omniq.storage.redis.connection import _SHAS, MAX_BULK_BYTES, Command, too_large
+from omniq.storage.redis._scripts import SHAS
+from omniq.storage.redis.connection import MAX_BULK_BYTES, Command, too_large
 
 _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
 
@@ -38,7 +39,7 @@ class AsyncRedisResultStorage(RedisComponent, BaseResultStorage):
             if len(record) > MAX_BULK_BYTES:
                 raise too_large(f"the result of task {result.task_id}", len(record))
             args += (result.task_id, record, expires, _RESULT_TOKEN_MS)
-        return ("EVALSHA", _SHAS["put_results"], 0, self._prefix, *args)
+        return ("EVALSHA", SHAS["put_results"], 0, self._prefix, *args)
 
     async def put_many(self, results: Sequence[TaskResult]) -> None:
         """Store (or replace) results in one round trip."""

@@ -11,8 +11,8 @@ or, built by a :class:`RedisBackend` (the bundle), on its one shared
 
 Modules: ``connection`` (the connection: RESP over hiredis, scripts, retries, error
 translation), ``queue``, ``results``, ``events``, ``schedules`` (one component each, with
-its blocking twin), ``_codec`` (records and script arguments), ``_scripts`` (the ``lua/``
-files), ``_resp`` (the protocol).
+its blocking twin, on ``_base.RedisComponent``), ``_codec`` (records and script
+arguments), ``_scripts`` (the ``lua/`` files), ``_resp`` (the protocol).
 
 Key layout. Everything lives under ``{namespace}:`` (``settings.namespace``, or
 ``?namespace=`` in the URL), so applications share a server safely; a namespace may not

@@ -1,6 +1,9 @@
-"""The Redis client every OmniQ Redis component shares: connections, scripts, retries.
+"""The connection to Redis that a backend's components share: sockets, scripts, retries.
 
-It speaks RESP over an ``asyncio.Protocol`` with hiredis parsing (``omniq.storage.redis._resp``):
+:class:`RedisConnection` is the backend's :class:`~omniq.storage._connection.Connection`:
+reference counted by the components on it, and the one place where the protocol's
+errors become OmniQ's (:class:`StorageConnectionError`, :class:`StorageError`).
+It speaks RESP over an ``asyncio.Protocol`` with hiredis parsing (``._resp``):
 every ordinary request of a process shares one pipelined connection, and each blocking
 call (``BLPOP``) gets a connection of its own. An idle worker sends its claim in the same
 pipeline as its ``BLPOP``, so Redis runs the claim the moment a token arrives (that claim
@@ -12,12 +15,13 @@ lease runs out, a repeated append logs an event twice; a worker stopped while bl
 may leave a claim made at that instant to its lease, the same way. Blocking commands
 are not retried.
 
-A client outlives event loops (``asyncio.run`` twice): its connections close as their loop
-shuts down, and the next call, on the new loop, connects again (see :mod:`omniq._loops`).
+A connection outlives event loops (``asyncio.run`` twice): its sockets close as their
+loop shuts down, and the next call, on the new loop, connects again (see
+:mod:`omniq._loops`).
 
-Scripts are the files of ``omniq/storage/redis/lua``, each prefixed with ``common.lua``, loaded
-once and called by SHA (``NOSCRIPT`` reloads them: a restarted server lost them). The key
-layout they work on is described in :mod:`omniq.storage.redis`.
+Scripts are the files of ``omniq/storage/redis/lua`` (see ``._scripts``), loaded once and
+called by SHA (``NOSCRIPT`` reloads them: a restarted server lost them). The key layout
+they work on is described in :mod:`omniq.storage.redis`.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ async def test_enqueue_of_ten_thousand_tasks_takes_bounded_round_trips(
 ) -> None:
     async with AsyncRedisQueue(counted_server.url, namespace="bulk") as queue:
         await queue.stats()
-        client = queue.client
+        client = queue.connection
         tasks = [make_task(priority=i % 4) for i in range(10_000)]
 
         before, trips = await command_counts(stats_client), client.round_trips

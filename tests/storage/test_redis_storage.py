@@ -21,7 +21,6 @@ import redis.asyncio as aioredis
 
 from omniq._ids import new_task_id
 from omniq.backend import backend_for_url
-from omniq.backend.redis import RedisBackend
 from omniq.config import Settings
 from omniq.errors import ConfigError, EventLoopError, StorageConnectionError, StorageError
 from omniq.models import EventType, Task, TaskEvent, TaskStatus, utcnow
@@ -31,14 +30,15 @@ from omniq.storage.redis import (
     AsyncRedisQueue,
     AsyncRedisResultStorage,
     AsyncRedisScheduleStorage,
-    RedisClient,
+    RedisBackend,
+    RedisConnection,
     RedisEventStorage,
     RedisQueue,
     RedisResultStorage,
     RedisScheduleStorage,
-    _us,
     split_namespace,
 )
+from omniq.storage.redis._codec import _us
 from tests.conftest import REDIS_URL, delete_redis_namespace, free_port, unique_name
 from tests.storage.contract import (
     EventContract,
@@ -125,17 +125,17 @@ async def test_backend_by_url_shares_one_client(namespace: str) -> None:
     queue, results = backend.task_queue(), backend.result_storage()
     assert backend.task_queue() is queue
     events, schedules = backend.event_storage(), backend.schedule_storage()
-    assert queue.client is results.client is events.client is schedules.client
+    assert queue.connection is results.connection is events.connection is schedules.connection
     assert queue.namespace == namespace
     await queue.enqueue([make_task("a")])  # first use connects through the bundle
     await results.connect()
     await results.connect()  # a second connect takes no second reference
-    assert backend._refs == 2
+    assert backend.connection.references == 2
     await queue.close()
     assert await results.get("x") is None  # still open for the other component
     await results.close()
-    assert backend._refs == 0
-    assert not backend.client.is_open
+    assert backend.connection.references == 0
+    assert not backend.connection.is_open
     await delete_redis_namespace(REDIS_URL, namespace)
 
 
@@ -156,7 +156,7 @@ async def test_url_namespace_wins_and_is_not_sent_to_redis(namespace: str) -> No
 def test_bad_namespace_is_a_config_error() -> None:
     for bad in ("", "a:b", "a b", "a*"):
         with pytest.raises(ConfigError, match="namespace"):
-            RedisClient(REDIS_URL, namespace=bad)
+            RedisConnection(REDIS_URL, namespace=bad)
 
 
 async def test_namespaces_do_not_see_each_other(redis: aioredis.Redis) -> None:
@@ -241,7 +241,7 @@ def test_a_standalone_component_follows_its_caller_from_loop_to_loop(
         for n in range(3):
             run(step(n))
         run(close())
-        assert not queue.client.is_open
+        assert not queue.connection.is_open
     finally:
         asyncio.run(delete_redis_namespace(REDIS_URL, namespace))
 
@@ -276,7 +276,7 @@ def test_a_standalone_component_refuses_a_second_running_loop(namespace: str) ->
 async def test_batches_take_one_round_trip_each(backend: RedisBackend) -> None:
     queue = backend.task_queue()
     await queue.connect()
-    client = backend.client
+    client = backend.connection
     tasks = [make_task(priority=i % 5) for i in range(2_500)]
     before = client.round_trips
     assert await queue.enqueue(tasks) == [t.id for t in tasks]
@@ -307,9 +307,9 @@ async def test_events_on_the_same_client_ride_in_the_enqueue_round_trip(
         ]
         for t in tasks
     ]
-    before = backend.client.round_trips
+    before = backend.connection.round_trips
     await queue.enqueue_logged(tasks, events, log)
-    assert backend.client.round_trips - before == 1
+    assert backend.connection.round_trips - before == 1
     stored = await log.get(tasks[-1].id)
     assert [e.event_type for e in stored] == [EventType.SCHEDULED, EventType.ENQUEUED]
     # The index holds each task's oldest event, so retention finds the older one.
@@ -322,7 +322,7 @@ async def test_a_batch_cut_by_a_lost_connection_is_sent_again_without_duplicates
 ) -> None:
     queue, log = backend.task_queue(), backend.event_storage()
     await queue.connect()
-    client_id = await backend.client.call("CLIENT", "ID")
+    client_id = await backend.connection.call("CLIENT", "ID")
     pending = f"{backend.namespace}:q:default:s:pending"
     tasks = [make_task() for _ in range(20_000)]
     now = utcnow()
@@ -446,7 +446,7 @@ async def test_a_wait_cancelled_after_its_claim_hands_the_tasks_back(
     plain = sync_redis.Redis.from_url(REDIS_URL)
     # Blocking calls from here on: the event loop must not run until the cancel, so the
     # waiter cannot read the reply of the claim the server is about to run for it.
-    await wait_for_blocked_client(backend.client, plain)
+    await wait_for_blocked_client(backend.connection, plain)
     task = make_task()
 
     def produce() -> None:
@@ -476,7 +476,7 @@ async def test_a_wait_cancelled_after_its_claim_hands_the_tasks_back(
     assert [(t.id, t.attempts) for t in claimed] == [(task.id, 1)]
 
 
-async def wait_for_blocked_client(client: RedisClient, plain: sync_redis.Redis) -> None:
+async def wait_for_blocked_client(client: RedisConnection, plain: sync_redis.Redis) -> None:
     """Until a blocking connection of ``client`` is blocked in ``BLPOP`` on the server."""
     for _ in range(1_000):
         await asyncio.sleep(0.005)

@@ -7,7 +7,7 @@ import ssl
 import pytest
 
 from omniq.errors import ConfigError
-from omniq.storage._resp import parse_redis_url
+from omniq.storage.redis._resp import parse_redis_url
 
 
 def test_host_port_and_database() -> None:
@@ -90,7 +90,7 @@ async def test_a_silent_tls_port_times_out_saying_so() -> None:
     # A port that accepts and never answers: neither a TLS server nor a plain-text Redis.
     import asyncio
 
-    from omniq.storage._resp import RespConnection, RespConnectionError
+    from omniq.storage.redis._resp import RespConnection, RespConnectionError
 
     held: list[asyncio.StreamWriter] = []
 

@@ -1,4 +1,4 @@
--- Prepended to every OmniQ Redis script (see omniq/storage/redis.py for the key layout).
+-- Prepended to every OmniQ Redis script (see omniq/storage/redis/__init__.py for the key layout).
 -- ARGV[1] is always the key prefix ("<namespace>:"). Times are integer microseconds since
 -- the epoch, passed and stored as decimal strings: Lua numbers are doubles and tostring()
 -- would round them, so times are only turned into numbers to compare them.

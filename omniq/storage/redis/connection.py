@@ -1,6 +1,9 @@
-"""The Redis client every OmniQ Redis component shares: connections, scripts, retries.
+"""The connection to Redis that a backend's components share: sockets, scripts, retries.
 
-It speaks RESP over an ``asyncio.Protocol`` with hiredis parsing (``omniq.storage._resp``):
+:class:`RedisConnection` is the backend's :class:`~omniq.storage._connection.Connection`:
+reference counted by the components on it, and the one place where the protocol's
+errors become OmniQ's (:class:`StorageConnectionError`, :class:`StorageError`).
+It speaks RESP over an ``asyncio.Protocol`` with hiredis parsing (``._resp``):
 every ordinary request of a process shares one pipelined connection, and each blocking
 call (``BLPOP``) gets a connection of its own. An idle worker sends its claim in the same
 pipeline as its ``BLPOP``, so Redis runs the claim the moment a token arrives (that claim
@@ -12,32 +15,34 @@ lease runs out, a repeated append logs an event twice; a worker stopped while bl
 may leave a claim made at that instant to its lease, the same way. Blocking commands
 are not retried.
 
-A client outlives event loops (``asyncio.run`` twice): its connections close as their loop
-shuts down, and the next call, on the new loop, connects again (see :mod:`omniq._loops`).
+A connection outlives event loops (``asyncio.run`` twice): its sockets close as their
+loop shuts down, and the next call, on the new loop, connects again (see
+:mod:`omniq._loops`).
 
-Scripts are the files of ``omniq/storage/lua``, each prefixed with ``common.lua``, loaded
-once and called by SHA (``NOSCRIPT`` reloads them: a restarted server lost them). The key
-layout they work on is described in :mod:`omniq.storage.redis`.
+Scripts are the files of ``omniq/storage/redis/lua`` (see ``._scripts``), loaded once and
+called by SHA (``NOSCRIPT`` reloads them: a restarted server lost them). The key layout
+they work on is described in :mod:`omniq.storage.redis`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from importlib import resources
 from typing import Any
 
 from hiredis import pack_command
 
-from omniq._loops import LoopBinding, quietly
+from omniq._loops import quietly
 from omniq._urls import redact_url as _redact
 from omniq._urls import split_namespace
+from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError, ValueTooLargeError
-from omniq.storage._resp import (
+from omniq.storage._connection import Connection
+from omniq.storage.redis._resp import (
     NoScriptError,
     RespConnection,
     RespConnectionError,
@@ -46,51 +51,15 @@ from omniq.storage._resp import (
     RespTLSError,
     parse_redis_url,
 )
+from omniq.storage.redis._scripts import SCRIPTS, SHAS
 
-__all__ = ["MAX_BULK_BYTES", "RedisClient", "split_namespace", "too_large"]
+__all__ = ["MAX_BULK_BYTES", "RedisConnection", "too_large"]
 
 logger = logging.getLogger("omniq")
 
 Command = tuple[Any, ...]
 #: Called with the replies of a blocking call whose caller was cancelled.
 Abandoned = Callable[[builtins.list[Any]], Awaitable[None]]
-
-_LUA_DIR = resources.files("omniq.storage").joinpath("lua")
-_SCRIPT_NAMES = (
-    "enqueue",
-    "claim",
-    "renew",
-    "ack",
-    "finish",
-    "retry",
-    "release",
-    "transition",
-    "fetch",
-    "dependents",
-    "list",
-    "stats",
-    "next_due",
-    "delete_finished",
-    "delete_results",
-    "delete_events",
-    "events_get",
-    "schedule_put",
-    "schedule_get",
-    "schedule_delete",
-    "put_results",
-)
-
-
-def _load_scripts() -> dict[str, str]:
-    common = _LUA_DIR.joinpath("common.lua").read_text(encoding="utf-8")
-    return {
-        name: common + "\n" + _LUA_DIR.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        for name in _SCRIPT_NAMES
-    }
-
-
-_SCRIPTS = _load_scripts()
-_SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 
 _BAD_NAMESPACE = re.compile(r"[:\s*?\[\]]")
 
@@ -148,25 +117,35 @@ def _pack(command: Command) -> bytes:
     return packed
 
 
-class RedisClient:
-    """The connection to one Redis server shared by a bundle's components.
+class RedisConnection(Connection):
+    """The connection to one Redis server, shared by the components built on it.
 
     Holds the key prefix, a small pool of connections for ordinary commands and another
     for blocking ones (so a worker blocked on ``BLPOP`` never holds up a claim), and the
     SHAs of the Lua scripts. ``round_trips`` counts request/response exchanges.
 
+    The key prefix is ``namespace`` when given, else the URL's ``?namespace=``, else
+    ``settings.namespace``.
+
     Example::
 
-        client = RedisClient("redis://127.0.0.1:6379/0", namespace="myapp")
-        await client.open()
-        await client.call("PING")
+        connection = RedisConnection("redis://127.0.0.1:6379/0", Settings(namespace="myapp"))
+        await connection.acquire()
+        await connection.call("PING")
     """
 
-    def __init__(self, url: str, *, namespace: str | None = None) -> None:
-        url, url_namespace = split_namespace(url)
-        self.url = url
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        settings: Settings | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> None:
+        url, url_namespace = split_namespace(os.fspath(url))
+        settings = settings if settings is not None else Settings()
+        super().__init__(url, settings)
         if namespace is None:
-            namespace = "omniq" if url_namespace is None else url_namespace
+            namespace = settings.namespace if url_namespace is None else url_namespace
         self.namespace = _check_namespace(namespace)
         self.prefix = f"{self.namespace}:"
         self.round_trips = 0
@@ -180,33 +159,25 @@ class RedisClient:
         self._blocking_busy: set[RespConnection] = set()
         # Blocking calls given up by their callers, still being settled (see block_many).
         self._settling: set[asyncio.Task[None]] = set()
-        self._open_lock = asyncio.Lock()
-        # Connections, locks and settling tasks belong to one event loop.
-        self._bound = LoopBinding(self, self._release_loop)
 
     @property
     def is_open(self) -> bool:
-        """True between :meth:`open` and :meth:`close`."""
+        """True while a component holds the connection (it is open, between the first
+        :meth:`acquire` and the last :meth:`release`)."""
         return self._endpoint is not None
 
-    async def open(self) -> None:
-        """Check the server answers and load the scripts. Safe to call twice."""
-        self._follow_loop()
-        async with self._open_lock:
-            if self._endpoint is not None:
-                return
-            self._endpoint = parse_redis_url(self.url)
-            try:
-                await self.load_scripts()
-            except BaseException:
-                self._endpoint = None
-                self._drop_connections()
-                raise
+    async def _open(self) -> None:
+        """Check the server answers and load the scripts."""
+        self._endpoint = parse_redis_url(self.url)
+        try:
+            await self.load_scripts()
+        except BaseException:
+            self._endpoint = None
+            self._drop_connections()
+            raise
 
-    async def close(self) -> None:
-        """Close every connection (after settling abandoned blocking calls). Safe to
-        call twice."""
-        self._follow_loop()
+    async def _close(self) -> None:
+        """Close every connection (after settling abandoned blocking calls)."""
         if self._settling:
             await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
         self._endpoint = None
@@ -214,12 +185,6 @@ class RedisClient:
         # Requests still in flight (a worker blocked in BLPOP) end with a connection error.
         for conn in list(self._blocking_busy):
             conn.close()
-        await self._bound.detach()
-
-    def _follow_loop(self) -> None:
-        """Bind to the running loop; after a move, forget what the old loop left."""
-        if self._bound.moved():
-            self._forget_loop()
 
     def _forget_loop(self) -> None:
         # Everything made on the loop the client leaves (or that is ending): closed as far
@@ -233,18 +198,17 @@ class RedisClient:
             if conn is not None:
                 quietly(conn.close)
         self._connecting = None
-        self._open_lock = asyncio.Lock()
 
     async def _release_loop(self) -> None:
         # The loop is shutting down (asyncio.run returning): its tasks are done, but
-        # blocking calls they gave up may still be settling (as in close()).
+        # blocking calls they gave up may still be settling (as in _close()).
         if self._settling:
             await asyncio.wait(list(self._settling), timeout=_BLOCK_SLACK)
         self._forget_loop()
 
     async def load_scripts(self) -> None:
         """``SCRIPT LOAD`` every OmniQ script (one round trip)."""
-        replies = await self.execute([("SCRIPT", "LOAD", text) for text in _SCRIPTS.values()])
+        replies = await self.execute([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise StorageError(f"redis: loading scripts: {reply}")
@@ -408,7 +372,7 @@ class RedisClient:
 
     async def script(self, name: str, *args: Any) -> Any:
         """Run the named Lua script (``EVALSHA``, loading the scripts on ``NOSCRIPT``)."""
-        command = ("EVALSHA", _SHAS[name], 0, self.prefix, *args)
+        command = ("EVALSHA", SHAS[name], 0, self.prefix, *args)
         reply = (await self.execute([command]))[0]
         if isinstance(reply, NoScriptError):
             await self.load_scripts()
@@ -426,7 +390,7 @@ class RedisClient:
         """
         if self._bound.loop is not asyncio.get_running_loop():
             self._follow_loop()
-        sha, prefix = _SHAS[name], self.prefix
+        sha, prefix = SHAS[name], self.prefix
         packed: builtins.list[bytes] = []
         futures: builtins.list[asyncio.Future[builtins.list[Any]]] = []
         conn = self._main
@@ -479,4 +443,4 @@ class RedisClient:
             return await self._execute_blocking(data, len(commands), abandoned)
 
     def __repr__(self) -> str:
-        return f"RedisClient({self.url!r}, namespace={self.namespace!r})"
+        return f"RedisConnection({self._where!r}, namespace={self.namespace!r})"

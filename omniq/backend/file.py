@@ -22,7 +22,13 @@ from typing import Any
 
 from omniq.backend.base import Backend
 from omniq.errors import ConfigError, StorageConnectionError
-from omniq.storage._file_fs import (
+from omniq.storage.file import (
+    AsyncFileEventStorage,
+    AsyncFileQueue,
+    AsyncFileResultStorage,
+    AsyncFileScheduleStorage,
+)
+from omniq.storage.file._fs import (
     FsspecStore,
     LocalStore,
     Location,
@@ -32,12 +38,6 @@ from omniq.storage._file_fs import (
     filesystem_for,
     parse_location,
     translate_errors,
-)
-from omniq.storage.file import (
-    AsyncFileEventStorage,
-    AsyncFileQueue,
-    AsyncFileResultStorage,
-    AsyncFileScheduleStorage,
 )
 
 __all__ = ["FileBackend"]

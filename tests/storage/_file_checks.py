@@ -488,8 +488,8 @@ def tamper_file_task(
     import fsspec
     import msgspec
 
-    from omniq.storage._file_fs import parse_location
-    from omniq.storage._file_layout import decode_record, encode_record, token
+    from omniq.storage.file._fs import parse_location
+    from omniq.storage.file._layout import decode_record, encode_record, token
 
     location = parse_location(store_url)
     fs = fsspec.filesystem(location.protocol)

@@ -17,8 +17,9 @@ import msgspec
 
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
-from omniq.storage._file_fs import Change, Store
-from omniq.storage._file_layout import (
+from omniq.storage.base import Ack, BaseTaskQueue, UnreadableTask, unreadable_task
+from omniq.storage.file._fs import Change, Store
+from omniq.storage.file._layout import (
     WAKEUPS,
     Entry,
     Record,
@@ -34,7 +35,6 @@ from omniq.storage._file_layout import (
     wake,
     wake_ups,
 )
-from omniq.storage.base import Ack, BaseTaskQueue, UnreadableTask, unreadable_task
 
 if TYPE_CHECKING:
     from omniq.backend.file import FileBackend

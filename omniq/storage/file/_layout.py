@@ -19,7 +19,7 @@ from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus
 
 if TYPE_CHECKING:
-    from omniq.storage._file_fs import Store
+    from omniq.storage.file._fs import Store
 
 __all__ = [
     "STATUS_CODES",

@@ -76,10 +76,10 @@ import msgspec
 from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import Schedule, TaskEvent, TaskResult, utcnow
-from omniq.storage._file_fs import Change, Store
-from omniq.storage._file_layout import next_seq, to_us, token, wake, wake_ups
-from omniq.storage._file_queue import AsyncFileQueue
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseScheduleStorage
+from omniq.storage.file._fs import Change, Store
+from omniq.storage.file._layout import next_seq, to_us, token, wake, wake_ups
+from omniq.storage.file.queue import AsyncFileQueue
 
 if TYPE_CHECKING:
     from omniq.backend.file import FileBackend

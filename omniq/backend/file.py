@@ -28,17 +28,11 @@ from omniq.storage.file import (
     AsyncFileResultStorage,
     AsyncFileScheduleStorage,
 )
-from omniq.storage.file._fs import (
-    FsspecStore,
-    LocalStore,
-    Location,
-    MemoryStore,
-    Store,
-    driver_class,
-    filesystem_for,
-    parse_location,
-    translate_errors,
-)
+from omniq.storage.file._local import LocalStore
+from omniq.storage.file._memory import MemoryStore
+from omniq.storage.file._remote import FsspecStore
+from omniq.storage.file._store import Store, translate_errors
+from omniq.storage.file.connection import Location, driver_class, filesystem_for, parse_location
 
 __all__ = ["FileBackend"]
 

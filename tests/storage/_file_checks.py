@@ -488,8 +488,8 @@ def tamper_file_task(
     import fsspec
     import msgspec
 
-    from omniq.storage.file._fs import parse_location
     from omniq.storage.file._layout import decode_record, encode_record, token
+    from omniq.storage.file.connection import parse_location
 
     location = parse_location(store_url)
     fs = fsspec.filesystem(location.protocol)

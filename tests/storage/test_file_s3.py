@@ -33,7 +33,7 @@ from omniq.backend import backend_for_url
 from omniq.backend.file import FileBackend
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
-from omniq.storage.file._fs import FsspecStore
+from omniq.storage.file._remote import FsspecStore
 from tests.conformance import tasks
 from tests.s3server import S3_KEY, S3_SECRET, running_s3_server
 from tests.storage._file_checks import (

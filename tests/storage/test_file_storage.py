@@ -30,8 +30,8 @@ from omniq.config import Settings
 from omniq.errors import ConfigError
 from omniq.models import TaskStatus, utcnow
 from omniq.storage.file import AsyncFileQueue, FileEventStorage, FileQueue
-from omniq.storage.file._fs import LocalStore
 from omniq.storage.file._layout import wake_ups
+from omniq.storage.file._local import LocalStore
 from tests.storage import _file_race
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -263,7 +263,9 @@ async def test_a_signal_from_another_process_wakes_a_waiter_on_local_disk(tmp_pa
     root = str(tmp_path / "tree")
     store = LocalStore(root)
     await store.open()
-    signal_there = f"from omniq.storage.file._fs import LocalStore; LocalStore({root!r}).signal()"
+    signal_there = (
+        f"from omniq.storage.file._local import LocalStore; LocalStore({root!r}).signal()"
+    )
     with wake_ups(store) as woken:
         # Nothing polls here: only the FIFO can set the event.
         await asyncio.to_thread(subprocess.run, [sys.executable, "-c", signal_there], check=True)

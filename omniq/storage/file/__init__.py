@@ -77,8 +77,8 @@ from omniq._sync import sync_twin
 from omniq.errors import StorageError
 from omniq.models import Schedule, TaskEvent, TaskResult, utcnow
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseScheduleStorage
-from omniq.storage.file._fs import Change, Store
 from omniq.storage.file._layout import next_seq, to_us, token, wake, wake_ups
+from omniq.storage.file._store import Change, Store
 from omniq.storage.file.queue import AsyncFileQueue
 
 if TYPE_CHECKING:

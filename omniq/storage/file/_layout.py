@@ -19,7 +19,7 @@ from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus
 
 if TYPE_CHECKING:
-    from omniq.storage.file._fs import Store
+    from omniq.storage.file._store import Store
 
 __all__ = [
     "STATUS_CODES",

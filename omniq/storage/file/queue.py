@@ -18,7 +18,6 @@ import msgspec
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
 from omniq.storage.base import Ack, BaseTaskQueue, UnreadableTask, unreadable_task
-from omniq.storage.file._fs import Change, Store
 from omniq.storage.file._layout import (
     WAKEUPS,
     Entry,
@@ -35,6 +34,7 @@ from omniq.storage.file._layout import (
     wake,
     wake_ups,
 )
+from omniq.storage.file._store import Change, Store
 
 if TYPE_CHECKING:
     from omniq.backend.file import FileBackend

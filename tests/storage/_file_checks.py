@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from omniq.backend.file import FileBackend
 from omniq.models import EventType, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack
+from omniq.storage.file import FileBackend
 from tests.storage.contract import assert_unreadable_is_listed_and_handed_out
 
 MakeBackend = Callable[[], Awaitable[FileBackend]]

@@ -25,11 +25,10 @@ import fsspec
 import pytest
 
 from omniq.backend import backend_for_url
-from omniq.backend.file import FileBackend
 from omniq.config import Settings
 from omniq.errors import ConfigError
 from omniq.models import TaskStatus, utcnow
-from omniq.storage.file import AsyncFileQueue, FileEventStorage, FileQueue
+from omniq.storage.file import AsyncFileQueue, FileBackend, FileEventStorage, FileQueue
 from omniq.storage.file._layout import wake_ups
 from omniq.storage.file._local import LocalStore
 from tests.storage import _file_race
@@ -129,7 +128,7 @@ async def test_backend_by_url_lays_components_out_in_subdirectories(tmp_path: Pa
     ) == ["events", "results", "schedules", "tasks"]
     assert (tmp_path / "plain" / "tasks" / "t" / "a").is_file()
     await close_backend(backend)
-    assert backend._refs == 0
+    assert backend.connection.references == 0
 
 
 async def test_backend_is_reference_counted(tmp_path: Path) -> None:
@@ -142,7 +141,7 @@ async def test_backend_is_reference_counted(tmp_path: Path) -> None:
     assert await results.get("x") is None  # still open for the other component
     await results.close()
     await results.close()
-    assert backend._refs == 0
+    assert backend.connection.references == 0
 
 
 @pytest.mark.parametrize(

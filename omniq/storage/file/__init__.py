@@ -5,6 +5,14 @@ Runs on any fsspec filesystem: local disk (``file:///dir`` or a plain path),
 ``gs://``. Local disk is driven through ``os`` in worker threads; async drivers
 (s3fs, adlfs, gcsfs) through fsspec's async API; ``memory://`` directly on the loop.
 
+The package: :class:`~omniq.storage.file.connection.FileConnection` (the filesystem
+client for one URL and a store per component subdirectory, in ``connection``), one module
+per component (``queue``, ``results``, ``events``, ``schedules``) and private helpers:
+the stores (``_store``, ``_local``, ``_remote``, ``_memory``), names and records
+(``_layout``) and claims (``_claim``). A component built alone
+(``AsyncFileQueue("file:///var/omniq")``, ``AsyncFileQueue.from_url(url)``) makes a
+connection of its own; :class:`FileBackend` builds the four on one.
+
 Layout under the backend's root (each component in its own subdirectory)::
 
     tasks/
@@ -64,315 +72,89 @@ overwrite each other on any filesystem.
 
 from __future__ import annotations
 
-import asyncio
-import builtins
-import os
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
-
-import msgspec
-
 from omniq._sync import sync_twin
-from omniq.errors import StorageError
-from omniq.models import Schedule, TaskEvent, TaskResult, utcnow
-from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseScheduleStorage
-from omniq.storage.file._layout import next_seq, to_us, token, wake, wake_ups
-from omniq.storage.file._store import Change, Store
+from omniq.storage._bundle import BackendSpec, Bundle
+from omniq.storage.file._store import Store
+from omniq.storage.file.connection import FileConnection, Location
+from omniq.storage.file.events import AsyncFileEventStorage
 from omniq.storage.file.queue import AsyncFileQueue
-
-if TYPE_CHECKING:
-    from omniq.backend.file import FileBackend
+from omniq.storage.file.results import AsyncFileResultStorage
+from omniq.storage.file.schedules import AsyncFileScheduleStorage
 
 __all__ = [
+    "BACKEND",
     "AsyncFileEventStorage",
     "AsyncFileQueue",
     "AsyncFileResultStorage",
     "AsyncFileScheduleStorage",
+    "FileBackend",
+    "FileConnection",
     "FileEventStorage",
     "FileQueue",
     "FileResultStorage",
     "FileScheduleStorage",
 ]
 
-_encoder = msgspec.msgpack.Encoder()
-_result_decoder = msgspec.msgpack.Decoder(TaskResult)
-_event_decoder = msgspec.msgpack.Decoder(TaskEvent)
-_schedule_decoder = msgspec.msgpack.Decoder(Schedule)
-
-
-def _decode(decoder: msgspec.msgpack.Decoder[Any], data: bytes, what: str) -> Any:
-    try:
-        return decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise StorageError(f"file backend: a stored {what} cannot be decoded: {exc}") from exc
-
-
-class _Component:
-    """Shared plumbing: a reference on the backend and the store of one subdirectory."""
-
-    _subdir = ""
-
-    def __init__(
-        self,
-        url: str | os.PathLike[str] | None = None,
-        settings: Any = None,
-        *,
-        backend: FileBackend | None = None,
-    ) -> None:
-        if backend is None:
-            if url is None:
-                raise TypeError(f"{type(self).__name__} needs a url or a backend")
-            from omniq.backend.file import FileBackend
-
-            backend = FileBackend(url, settings)
-        self.backend = backend
-        self._store: Store | None = None
-
-    async def connect(self) -> None:
-        """Take a reference on the backend. Safe to call twice."""
-        if self._store is None:
-            await self.backend.connect()
-            self._store = self.backend.store(self._subdir)
-
-    async def close(self) -> None:
-        """Release the backend reference. Safe to call twice."""
-        if self._store is not None:
-            self._store = None
-            await self.backend.close()
-
-    async def _s(self) -> Store:
-        if self._store is None:
-            await self.connect()
-        assert self._store is not None
-        return self._store
-
-
-class AsyncFileResultStorage(_Component, BaseResultStorage):
-    """Task results as one object each, with an expiry index for cleanup.
-
-    Example::
-
-        async with AsyncFileResultStorage("/tmp/omniq") as results:
-            stored = await results.get(task_id)
-    """
-
-    _subdir = "results"
-
-    async def put_many(self, results: Sequence[TaskResult]) -> None:
-        """Store results, replacing any for the same task id."""
-        store = await self._s()
-
-        def put(result: TaskResult) -> Callable[[bytes | None], Change[None]]:
-            add = []
-            if result.expires_at is not None:
-                add.append(f"x/{to_us(result.expires_at):017d}-{token(result.task_id)}")
-            data = _encoder.encode(result)
-            return lambda _current: Change(None, data, add=add)
-
-        await store.update_many([(f"r/{token(r.task_id)}", put(r)) for r in results])
-        if results:
-            wake(store)
-
-    async def get(self, task_id: str) -> TaskResult | None:
-        """The stored result, or None (also once it expired)."""
-        store = await self._s()
-        data = await store.read(f"r/{token(task_id)}")
-        if data is None:
-            return None
-        result: TaskResult = _decode(_result_decoder, data, "result")
-        if result.expires_at is not None and result.expires_at <= utcnow():
-            return None
-        return result
-
-    async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
-        """Wait for the result: a put wakes it at once (in this process, and from another
-        on local disk); it also polls with a growing interval, up to 0.1 s."""
-        store = await self._s()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        delay = 0.005
-        with wake_ups(store) as woken:
-            while True:
-                woken.clear()
-                result = await self.get(task_id)
-                if result is not None:
-                    return result
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                try:
-                    await asyncio.wait_for(woken.wait(), min(delay, remaining))
-                except TimeoutError:
-                    delay = min(delay * 2, 0.1)
-
-    async def delete_expired(self, now: datetime) -> int:
-        """Delete results whose ``expires_at`` has passed, found through the expiry index."""
-        store = await self._s()
-        now_us = to_us(now)
-        expired = []
-        for name in await store.list_dir("x"):
-            stamp, _, tok = name.partition("-")
-            if stamp.isdigit() and int(stamp) <= now_us and tok:
-                expired.append((f"x/{name}", tok))
-
-        def delete(entry: str) -> Callable[[bytes | None], Change[bool]]:
-            def fn(current: bytes | None) -> Change[bool]:
-                if current is None:
-                    return Change(False, remove=[entry])
-                result: TaskResult = _decode(_result_decoder, current, "result")
-                if result.expires_at is None or result.expires_at > now:
-                    # Replaced since: the new result has its own index entry.
-                    return Change(False, remove=[entry])
-                return Change(True, None, remove=[entry])
-
-            return fn
-
-        deleted = await store.update_many([(f"r/{tok}", delete(entry)) for entry, tok in expired])
-        return sum(deleted)
-
-
-class AsyncFileEventStorage(_Component, BaseEventStorage):
-    """The event log: one small object per event, so writers never collide.
-
-    Example::
-
-        async with AsyncFileEventStorage("memory://app") as events:
-            history = await events.get(task_id)
-    """
-
-    _subdir = "events"
-
-    async def append(self, events: Sequence[TaskEvent]) -> None:
-        """Append events, each as its own object named by time and a unique sequence."""
-        store = await self._s()
-        items = []
-        for event in events:
-            name = f"{to_us(event.timestamp):017d}-{next_seq():020d}"
-            items.append((f"e/{token(event.task_id)}/{name}", _encoder.encode(event)))
-        await store.write_many(items)
-
-    async def get(self, task_id: str) -> builtins.list[TaskEvent]:
-        """The task's events, oldest first."""
-        store = await self._s()
-        directory = f"e/{token(task_id)}"
-        names = sorted(await store.list_dir(directory))
-        found = await store.read_many([f"{directory}/{name}" for name in names])
-        events: builtins.list[TaskEvent] = [
-            _decode(_event_decoder, data, "event") for data in found if data is not None
-        ]
-        return [event for event in events if event.task_id == task_id]
-
-    async def delete_before(self, before: datetime) -> int:
-        """Delete events older than ``before``, by their names alone."""
-        store = await self._s()
-        limit = to_us(before)
-        old = []
-        for path in await store.walk("e"):
-            stamp = path.rsplit("/", 1)[-1].partition("-")[0]
-            if stamp.isdigit() and int(stamp) < limit:
-                old.append(path)
-        await store.delete_many(old)
-        return len(old)
-
-
-class AsyncFileScheduleStorage(_Component, BaseScheduleStorage):
-    """Schedules as one object each; firing a tick is a compare-and-set on the object.
-
-    Example::
-
-        async with AsyncFileScheduleStorage("/tmp/omniq") as schedules:
-            due = await schedules.due(utcnow())
-    """
-
-    _subdir = "schedules"
-
-    async def upsert(self, schedule: Schedule) -> None:
-        """Insert or replace the schedule with this id."""
-        store = await self._s()
-        data = _encoder.encode(schedule)
-        await store.update(f"s/{token(schedule.id)}", lambda _current: Change(None, data))
-
-    async def get(self, schedule_id: str) -> Schedule | None:
-        """The schedule, or None."""
-        store = await self._s()
-        data = await store.read(f"s/{token(schedule_id)}")
-        return None if data is None else _decode(_schedule_decoder, data, "schedule")
-
-    async def list(self) -> builtins.list[Schedule]:
-        """All schedules, by id."""
-        store = await self._s()
-        names = await store.list_dir("s")
-        found = await store.read_many([f"s/{name}" for name in names])
-        schedules: builtins.list[Schedule] = [
-            _decode(_schedule_decoder, data, "schedule") for data in found if data is not None
-        ]
-        return sorted(schedules, key=lambda schedule: schedule.id)
-
-    async def delete(self, schedule_id: str) -> bool:
-        """Remove a schedule; False if it did not exist."""
-        store = await self._s()
-
-        def fn(current: bytes | None) -> Change[bool]:
-            return Change(False) if current is None else Change(True, None)
-
-        return await store.update(f"s/{token(schedule_id)}", fn)
-
-    async def _modify(
-        self, schedule_id: str, modify: Callable[[Schedule], Schedule | None]
-    ) -> Schedule | None:
-        store = await self._s()
-
-        def fn(current: bytes | None) -> Change[Schedule | None]:
-            if current is None:
-                return Change(None)
-            new = modify(_decode(_schedule_decoder, current, "schedule"))
-            return Change(None) if new is None else Change(new, _encoder.encode(new))
-
-        return await store.update(f"s/{token(schedule_id)}", fn)
-
-    async def update(self, schedule_id: str, changes: Mapping[str, Any]) -> Schedule | None:
-        """Apply field changes; return the new schedule or None if unknown."""
-        return await self._modify(
-            schedule_id, lambda schedule: msgspec.structs.replace(schedule, **changes)
-        )
-
-    async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
-        """Unpaused schedules whose ``next_run_at`` is at or before ``now``, soonest first."""
-        due = [
-            schedule
-            for schedule in await self.list()
-            if not schedule.paused
-            and schedule.next_run_at is not None
-            and schedule.next_run_at <= now
-        ]
-        due.sort(key=lambda schedule: (schedule.next_run_at, schedule.id))
-        return due[:limit]
-
-    async def advance(
-        self,
-        schedule_id: str,
-        *,
-        expected_next_run_at: datetime,
-        next_run_at: datetime | None,
-        last_run_at: datetime,
-    ) -> bool:
-        """Claim one tick by compare-and-set on ``next_run_at``; True if this caller won."""
-
-        def modify(schedule: Schedule) -> Schedule | None:
-            if schedule.next_run_at != expected_next_run_at:
-                return None
-            return msgspec.structs.replace(
-                schedule,
-                next_run_at=next_run_at,
-                last_run_at=last_run_at,
-                runs=schedule.runs + 1,
-            )
-
-        return await self._modify(schedule_id, modify) is not None
-
-
 FileQueue = sync_twin(AsyncFileQueue, "FileQueue")
 FileResultStorage = sync_twin(AsyncFileResultStorage, "FileResultStorage")
 FileEventStorage = sync_twin(AsyncFileEventStorage, "FileEventStorage")
 FileScheduleStorage = sync_twin(AsyncFileScheduleStorage, "FileScheduleStorage")
+
+#: The file backend, for :mod:`omniq.storage.registry` (``file://``, ``memory://`` and
+#: the fsspec protocols of object stores).
+BACKEND = BackendSpec(
+    name="file",
+    connection=FileConnection,
+    task_queue=AsyncFileQueue,
+    result_storage=AsyncFileResultStorage,
+    event_storage=AsyncFileEventStorage,
+    schedule_storage=AsyncFileScheduleStorage,
+)
+
+
+class FileBackend(Bundle):
+    """Task queue, results, events and schedules under one fsspec URL.
+
+    Each component lives in its own subdirectory of the URL's root (``tasks/``,
+    ``results/``, ``events/``, ``schedules/``) and shares the one filesystem client
+    (a :class:`FileConnection`), which opens with the first component connected and
+    closes with the last.
+
+    Example::
+
+        backend = FileBackend("file:///var/lib/omniq", settings)
+        queue = backend.task_queue()
+        await queue.connect()
+    """
+
+    spec = BACKEND
+    connection: FileConnection
+
+    @property
+    def location(self) -> Location:
+        """Where the backend lives: the fsspec protocol and the root path."""
+        return self.connection.location
+
+    def store(self, subdir: str) -> Store:
+        """The store of one component's subdirectory (the backend must be connected)."""
+        return self.connection.store(subdir)
+
+    def task_queue(self) -> AsyncFileQueue:
+        """The task queue (``tasks/``)."""
+        queue: AsyncFileQueue = self._component("task_queue")
+        return queue
+
+    def result_storage(self) -> AsyncFileResultStorage:
+        """The result storage (``results/``)."""
+        results: AsyncFileResultStorage = self._component("result_storage")
+        return results
+
+    def event_storage(self) -> AsyncFileEventStorage:
+        """The event storage (``events/``)."""
+        events: AsyncFileEventStorage = self._component("event_storage")
+        return events
+
+    def schedule_storage(self) -> AsyncFileScheduleStorage:
+        """The schedule storage (``schedules/``)."""
+        schedules: AsyncFileScheduleStorage = self._component("schedule_storage")
+        return schedules

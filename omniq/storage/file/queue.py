@@ -8,13 +8,15 @@ import itertools
 import os
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
 from omniq.storage.base import Ack, BaseTaskQueue
+from omniq.storage.file._base import FileComponent
 from omniq.storage.file._claim import (
     INFLIGHT,
     STALE,
@@ -42,10 +44,8 @@ from omniq.storage.file._layout import (
     with_entry,
 )
 from omniq.storage.file._store import Change, Store
-
-if TYPE_CHECKING:
-    from omniq.backend.file import FileBackend
-    from omniq.storage.file import AsyncFileScheduleStorage
+from omniq.storage.file.connection import FileConnection
+from omniq.storage.file.schedules import AsyncFileScheduleStorage
 
 __all__ = ["AsyncFileQueue"]
 
@@ -64,11 +64,11 @@ def _holds(task: Task, worker_id: str) -> bool:
     return task.status is TaskStatus.RUNNING and task.worker_id == worker_id
 
 
-class AsyncFileQueue(BaseTaskQueue):
+class AsyncFileQueue(FileComponent, BaseTaskQueue):
     """A task queue on a directory tree: local disk, ``memory://`` or an object store.
 
     Build it from a URL (``AsyncFileQueue("file:///var/omniq/tasks")``) or get it from a
-    :class:`~omniq.backend.file.FileBackend`. See ``omniq.storage.file`` for the layout and
+    :class:`~omniq.storage.file.FileBackend`. See ``omniq.storage.file`` for the layout and
     for what is safe on which filesystem.
 
     Example::
@@ -81,50 +81,35 @@ class AsyncFileQueue(BaseTaskQueue):
     #: process, within ``poll_interval`` for one elsewhere (it polls the listings).
     notifies = True
 
+    subdir = "tasks"
+
     def __init__(
         self,
         url: str | os.PathLike[str] | None = None,
-        settings: Any = None,
+        settings: Settings | None = None,
         *,
-        backend: FileBackend | None = None,
+        connection: FileConnection | None = None,
     ) -> None:
-        if backend is None:
-            if url is None:
-                raise TypeError("AsyncFileQueue needs a url or a backend")
-            from omniq.backend.file import FileBackend
-
-            backend = FileBackend(url, settings)
-        self.backend = backend
-        self._store: Store | None = None
+        super().__init__(url, settings, connection=connection)
         self._ready_cache: ReadyCache | None = None
-
-    # -- lifecycle ----------------------------------------------------------------------
+        self._schedules: AsyncFileScheduleStorage | None = None
 
     async def connect(self) -> None:
-        """Take a reference on the backend. Safe to call twice."""
-        if self._store is None:
-            await self.backend.connect()
-            self._store = self.backend.store("tasks")
-            if self._store.optimistic:
-                # Each look at a held task is a request to the object store.
-                self.cancel_poll_interval = 1.0
-
-    async def close(self) -> None:
-        """Release the backend reference. Safe to call twice."""
-        if self._store is not None:
-            self._store = None
-            await self.backend.close()
-
-    async def _s(self) -> Store:
-        if self._store is None:
-            await self.connect()
+        """Take a reference on the connection (opening it if first). Safe to call twice."""
+        await super().connect()
         assert self._store is not None
-        return self._store
+        if self._store.optimistic:
+            # Each look at a held task is a request to the object store.
+            self.cancel_poll_interval = 1.0
 
     @property
     def schedule_storage(self) -> AsyncFileScheduleStorage:
-        """The schedule store on the same backend (schedules follow the task queue)."""
-        return self.backend.schedule_storage()
+        """The schedule store on the same connection (schedules follow the task queue)."""
+        if self._schedules is None:
+            self._schedules = AsyncFileScheduleStorage(
+                self.url, self.settings, connection=self.connection
+            )
+        return self._schedules
 
     # -- writing ------------------------------------------------------------------------
 
@@ -561,7 +546,7 @@ class AsyncFileQueue(BaseTaskQueue):
         store = await self._s()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        ceiling = max(float(getattr(self.backend.settings, "poll_interval", 1.0) or 1.0), 0.005)
+        ceiling = max(self.settings.poll_interval, 0.005)
         delay = 0.005
         with wake_ups(store) as woken:
             while True:

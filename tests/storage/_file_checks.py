@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from omniq.backend.file import FileBackend
 from omniq.models import EventType, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack
+from omniq.storage.file import FileBackend
 from tests.storage.contract import assert_unreadable_is_listed_and_handed_out
 
 MakeBackend = Callable[[], Awaitable[FileBackend]]
@@ -488,8 +488,8 @@ def tamper_file_task(
     import fsspec
     import msgspec
 
-    from omniq.storage._file_fs import parse_location
-    from omniq.storage._file_layout import decode_record, encode_record, token
+    from omniq.storage.file._layout import decode_record, encode_record, token
+    from omniq.storage.file.connection import parse_location
 
     location = parse_location(store_url)
     fs = fsspec.filesystem(location.protocol)

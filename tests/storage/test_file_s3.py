@@ -30,10 +30,10 @@ import pytest
 
 from omniq import AsyncOmniQ, EventType
 from omniq.backend import backend_for_url
-from omniq.backend.file import FileBackend
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
-from omniq.storage._file_fs import FsspecStore
+from omniq.storage.file import FileBackend
+from omniq.storage.file._remote import FsspecStore
 from tests.conformance import tasks
 from tests.s3server import S3_KEY, S3_SECRET, running_s3_server
 from tests.storage._file_checks import (
@@ -166,7 +166,7 @@ async def test_missing_bucket_fails_loudly(s3_settings: Settings) -> None:
     backend = backend_for_url("s3://no-such-bucket/p", s3_settings)
     with pytest.raises(StorageConnectionError, match="no-such-bucket"):
         await backend.connect()
-    assert backend._refs == 0
+    assert backend.connection.references == 0
 
 
 @pytest.mark.timeout(60)

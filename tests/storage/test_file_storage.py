@@ -25,13 +25,12 @@ import fsspec
 import pytest
 
 from omniq.backend import backend_for_url
-from omniq.backend.file import FileBackend
 from omniq.config import Settings
 from omniq.errors import ConfigError
 from omniq.models import TaskStatus, utcnow
-from omniq.storage._file_fs import LocalStore
-from omniq.storage._file_layout import wake_ups
-from omniq.storage.file import AsyncFileQueue, FileEventStorage, FileQueue
+from omniq.storage.file import AsyncFileQueue, FileBackend, FileEventStorage, FileQueue
+from omniq.storage.file._layout import wake_ups
+from omniq.storage.file._local import LocalStore
 from tests.storage import _file_race
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -129,7 +128,7 @@ async def test_backend_by_url_lays_components_out_in_subdirectories(tmp_path: Pa
     ) == ["events", "results", "schedules", "tasks"]
     assert (tmp_path / "plain" / "tasks" / "t" / "a").is_file()
     await close_backend(backend)
-    assert backend._refs == 0
+    assert backend.connection.references == 0
 
 
 async def test_backend_is_reference_counted(tmp_path: Path) -> None:
@@ -142,7 +141,7 @@ async def test_backend_is_reference_counted(tmp_path: Path) -> None:
     assert await results.get("x") is None  # still open for the other component
     await results.close()
     await results.close()
-    assert backend._refs == 0
+    assert backend.connection.references == 0
 
 
 @pytest.mark.parametrize(
@@ -263,7 +262,9 @@ async def test_a_signal_from_another_process_wakes_a_waiter_on_local_disk(tmp_pa
     root = str(tmp_path / "tree")
     store = LocalStore(root)
     await store.open()
-    signal_there = f"from omniq.storage._file_fs import LocalStore; LocalStore({root!r}).signal()"
+    signal_there = (
+        f"from omniq.storage.file._local import LocalStore; LocalStore({root!r}).signal()"
+    )
     with wake_ups(store) as woken:
         # Nothing polls here: only the FIFO can set the event.
         await asyncio.to_thread(subprocess.run, [sys.executable, "-c", signal_there], check=True)

@@ -4,49 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import heapq
 import itertools
 import os
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
-from omniq.storage._file_fs import Change, Store
-from omniq.storage._file_layout import (
-    WAKEUPS,
+from omniq.storage.base import Ack, BaseTaskQueue
+from omniq.storage.file._base import FileComponent
+from omniq.storage.file._claim import (
+    INFLIGHT,
+    STALE,
+    ReadyCache,
+    Unreadable,
+    candidates,
+    claim_fn,
+    claimable,
+    recheck_stale,
+    shared_listing,
+    unreadable_entry,
+)
+from omniq.storage.file._layout import (
     Entry,
-    Record,
     decode_record,
-    encode_record,
-    entry_dir,
-    entry_name,
     from_us,
+    moved,
     next_seq,
     parse_entry,
+    record_path,
     to_us,
     token,
     wake,
     wake_ups,
+    with_entry,
 )
-from omniq.storage.base import Ack, BaseTaskQueue, UnreadableTask, unreadable_task
-
-if TYPE_CHECKING:
-    from omniq.backend.file import FileBackend
-    from omniq.storage.file import AsyncFileScheduleStorage
+from omniq.storage.file._store import Change, Store
+from omniq.storage.file.connection import FileConnection
+from omniq.storage.file.schedules import AsyncFileScheduleStorage
 
 __all__ = ["AsyncFileQueue"]
 
-# On an optimistic store an entry that its record does not name may belong to a change
-# still in flight (entries are written before the record); only older ones are stale.
-_STALE_GRACE_MS = 60_000
-# How long a claim may reuse the previous claim's listing of the ready directories.
-_LIST_TTL = 0.05
 _STATES = ("ready", "held", "running", "done")
 
 _STATES_OF: dict[TaskStatus, tuple[str, ...]] = {
@@ -57,158 +59,16 @@ _STATES_OF: dict[TaskStatus, tuple[str, ...]] = {
     **{status: ("done",) for status in FINAL_STATUSES},
 }
 
-_STALE = "stale"  # claim result: the entry was stale and has been dealt with
-
-# store key -> entries some claim of this process is trying right now
-_INFLIGHT: dict[str, set[str]] = {}
-
-
-def _record_path(task_token: str) -> str:
-    return f"t/{task_token}"
-
-
-def _with_entry(task: Task, seq: int) -> tuple[bytes, str]:
-    entry = f"{entry_dir(task)}/{entry_name(task, seq)}"
-    return encode_record(Record(task=task, seq=seq, entry=entry)), entry
-
-
-_Listing = list[list[str]]
-_PENDING_LISTINGS: dict[
-    tuple[asyncio.AbstractEventLoop, str, tuple[str, ...]], asyncio.Future[_Listing]
-] = {}
-
-
-async def _shared_listing(store: Store, dirs: Sequence[str]) -> _Listing:
-    """``store.list_many(dirs)``, shared by the calls of this loop that overlap in time.
-
-    Many concurrent claims would otherwise each list the same directories (on an object
-    store, a slow request each). Callers must not modify the lists.
-    """
-    # The loop itself, not its id: a listing left pending by a loop closed by hand must
-    # not be awaited by a later loop that happens to reuse that id.
-    key = (asyncio.get_running_loop(), store.key, tuple(dirs))
-    pending = _PENDING_LISTINGS.get(key)
-    if pending is None:
-        pending = asyncio.ensure_future(store.list_many(dirs))
-        _PENDING_LISTINGS[key] = pending
-
-        def done(future: asyncio.Future[_Listing]) -> None:
-            if _PENDING_LISTINGS.get(key) is future:
-                del _PENDING_LISTINGS[key]
-            if not future.cancelled():
-                future.exception()  # retrieved here; every waiter re-raises it
-
-        pending.add_done_callback(done)
-    return await asyncio.shield(pending)
-
-
-@dataclass
-class _ReadyCache:
-    """A sorted listing of ready entries, reused by the next claims for a moment."""
-
-    queues: tuple[str, ...]
-    strict: bool  # names in (queue position, name) order rather than by name alone
-    generation: int
-    listed_at: float
-    names: list[tuple[str, str]]  # (name, directory), in claim order
-    tried: set[str]
-
-
-def _order(entry: Entry) -> str:
-    return entry.key
-
-
-def _scanned(entry: str) -> bool:
-    return entry.startswith(("ready/", "running/"))
-
-
-def _moved(result: Any, task: Task, record: Record) -> Change[Any]:
-    """The change that stores ``task`` and moves its entry from the record's old one.
-
-    The entry moves before the record is written when its new place is one claims scan
-    (ready/, running/), else after: either way a crash in between leaves the surviving
-    entry where a claim finds it, and the claim then puts it where the record says.
-    """
-    data, entry = _with_entry(task, record.seq)
-    return Change(result, data, move=(record.entry, entry), move_first=_scanned(entry))
-
-
-@dataclass(frozen=True)
-class _Unreadable:
-    """Claim result: a record that could not be decoded, now replaced by a stand-in."""
-
-    task: UnreadableTask
-    data: bytes
-
-
-def _unreadable_change(
-    entry: Entry,
-    data: bytes,
-    exc: StorageError,
-    queue_names: Mapping[str, str],
-    worker_id: str,
-    lease: datetime,
-    now: datetime,
-) -> Change[_Unreadable]:
-    """Lease a task whose record cannot be decoded under a stand-in record (what its
-    entry's name says), so that the worker can fail it and every later operation reads
-    a valid record."""
-    stand_in = msgspec.structs.replace(
-        _unreadable_entry(entry, exc, queue_names),
-        status=TaskStatus.RUNNING,
-        attempts=1,
-        worker_id=worker_id,
-        lease_expires_at=lease,
-        created_at=now,
-        updated_at=now,
-    )
-    plain = Task(**{f: getattr(stand_in, f) for f in Task.__struct_fields__})
-    old = Record(task=plain, seq=entry.seq, entry=entry.path)
-    return _moved(_Unreadable(stand_in, data), plain, old)
-
-
-def _unreadable_entry(
-    entry: Entry, exc: StorageError, queue_names: Mapping[str, str]
-) -> UnreadableTask:
-    """A task whose record cannot be decoded, as far as its entry's name tells. The id is
-    the entry's token: the id itself, unless the id was too long or odd for a file name
-    (then a hash); so is the queue, unless ``queue_names`` maps its token back."""
-    queue_token = entry.path.split("/", 2)[1]
-    reason = f"file backend: task {entry.token}: its stored record is corrupt: "
-    return unreadable_task(
-        entry.token,
-        reason + str(exc.__cause__ or exc),
-        queue=queue_names.get(queue_token, queue_token),
-        status=entry.status,
-        attempts=0,
-        worker_id=None,
-        lease_expires_at=from_us(entry.extra_us) if entry.status is TaskStatus.RUNNING else None,
-        now=from_us(entry.created_ms * 1000),
-    )
-
-
-def _claimable(task: Task, now: datetime) -> bool:
-    if task.due_at is not None and task.due_at > now:
-        return False
-    status = task.status
-    if status in (TaskStatus.PENDING, TaskStatus.RETRYING):
-        return True
-    if status is TaskStatus.SCHEDULED:
-        return not task.depends_on
-    if status is TaskStatus.RUNNING:
-        return task.lease_expires_at is None or task.lease_expires_at <= now
-    return False
-
 
 def _holds(task: Task, worker_id: str) -> bool:
     return task.status is TaskStatus.RUNNING and task.worker_id == worker_id
 
 
-class AsyncFileQueue(BaseTaskQueue):
+class AsyncFileQueue(FileComponent, BaseTaskQueue):
     """A task queue on a directory tree: local disk, ``memory://`` or an object store.
 
     Build it from a URL (``AsyncFileQueue("file:///var/omniq/tasks")``) or get it from a
-    :class:`~omniq.backend.file.FileBackend`. See ``omniq.storage.file`` for the layout and
+    :class:`~omniq.storage.file.FileBackend`. See ``omniq.storage.file`` for the layout and
     for what is safe on which filesystem.
 
     Example::
@@ -221,50 +81,35 @@ class AsyncFileQueue(BaseTaskQueue):
     #: process, within ``poll_interval`` for one elsewhere (it polls the listings).
     notifies = True
 
+    subdir = "tasks"
+
     def __init__(
         self,
         url: str | os.PathLike[str] | None = None,
-        settings: Any = None,
+        settings: Settings | None = None,
         *,
-        backend: FileBackend | None = None,
+        connection: FileConnection | None = None,
     ) -> None:
-        if backend is None:
-            if url is None:
-                raise TypeError("AsyncFileQueue needs a url or a backend")
-            from omniq.backend.file import FileBackend
-
-            backend = FileBackend(url, settings)
-        self.backend = backend
-        self._store: Store | None = None
-        self._ready_cache: _ReadyCache | None = None
-
-    # -- lifecycle ----------------------------------------------------------------------
+        super().__init__(url, settings, connection=connection)
+        self._ready_cache: ReadyCache | None = None
+        self._schedules: AsyncFileScheduleStorage | None = None
 
     async def connect(self) -> None:
-        """Take a reference on the backend. Safe to call twice."""
-        if self._store is None:
-            await self.backend.connect()
-            self._store = self.backend.store("tasks")
-            if self._store.optimistic:
-                # Each look at a held task is a request to the object store.
-                self.cancel_poll_interval = 1.0
-
-    async def close(self) -> None:
-        """Release the backend reference. Safe to call twice."""
-        if self._store is not None:
-            self._store = None
-            await self.backend.close()
-
-    async def _s(self) -> Store:
-        if self._store is None:
-            await self.connect()
+        """Take a reference on the connection (opening it if first). Safe to call twice."""
+        await super().connect()
         assert self._store is not None
-        return self._store
+        if self._store.optimistic:
+            # Each look at a held task is a request to the object store.
+            self.cancel_poll_interval = 1.0
 
     @property
     def schedule_storage(self) -> AsyncFileScheduleStorage:
-        """The schedule store on the same backend (schedules follow the task queue)."""
-        return self.backend.schedule_storage()
+        """The schedule store on the same connection (schedules follow the task queue)."""
+        if self._schedules is None:
+            self._schedules = AsyncFileScheduleStorage(
+                self.url, self.settings, connection=self.connection
+            )
+        return self._schedules
 
     # -- writing ------------------------------------------------------------------------
 
@@ -284,14 +129,14 @@ class AsyncFileQueue(BaseTaskQueue):
             def fn(current: bytes | None) -> Change[bool]:
                 if current is not None:
                     return Change(False)
-                data, entry = _with_entry(task, seq)
+                data, entry = with_entry(task, seq)
                 return Change(True, data, add=[entry])
 
             return fn
 
         # Sequence numbers are taken in batch order, before any concurrent write.
         created = await store.update_many(
-            [(_record_path(token(task.id)), create(task, next_seq())) for task in tasks],
+            [(record_path(token(task.id)), create(task, next_seq())) for task in tasks],
             likely_absent=True,
         )
         if any(created):
@@ -313,10 +158,10 @@ class AsyncFileQueue(BaseTaskQueue):
             new = decide(record.task)
             if new is None:
                 return Change(None)
-            return _moved(new, new, record)
+            return moved(new, new, record)
 
         return await store.update_many(
-            [(_record_path(token(task_id)), change) for task_id in task_ids]
+            [(record_path(token(task_id)), change) for task_id in task_ids]
         )
 
     async def claim(
@@ -338,16 +183,18 @@ class AsyncFileQueue(BaseTaskQueue):
         if limit <= 0 or not queues:
             return []
         store = await self._s()
-        candidates = await self._candidates(store, queues, now, strict)
+        found, fresh = await candidates(store, queues, now, strict, self._ready_cache)
+        if fresh is not None:
+            self._ready_cache = fresh
         claimed: list[Task] = []
         lease = now + timedelta(seconds=lease_seconds)
         # Entries another claim of this process is trying right now are skipped: racing
         # for them would only cost a failed update each.
         queue_names = {token(queue): queue for queue in queues}
-        inflight = _INFLIGHT.setdefault(store.key, set())
-        candidates = (entry for entry in candidates if entry.path not in inflight)
+        inflight = INFLIGHT.setdefault(store.key, set())
+        untried = (entry for entry in found if entry.path not in inflight)
         while len(claimed) < limit:
-            window = list(itertools.islice(candidates, limit - len(claimed)))
+            window = list(itertools.islice(untried, limit - len(claimed)))
             if not window:
                 break
             paths = {entry.path for entry in window}
@@ -356,8 +203,8 @@ class AsyncFileQueue(BaseTaskQueue):
                 results = await store.update_many(
                     [
                         (
-                            _record_path(entry.token),
-                            self._claim_fn(store, entry, queue_names, worker_id, lease, now),
+                            record_path(entry.token),
+                            claim_fn(store, entry, queue_names, worker_id, lease, now),
                         )
                         for entry in window
                     ]
@@ -368,139 +215,17 @@ class AsyncFileQueue(BaseTaskQueue):
             for entry, result in zip(window, results, strict=True):
                 if cache is not None and entry.path.startswith("ready/"):
                     cache.tried.add(entry.path.rsplit("/", 1)[1])
-                if isinstance(result, _Unreadable):
+                if isinstance(result, Unreadable):
                     # Its bytes are kept beside the stand-in record that replaced them.
                     await store.write_many([(f"unreadable/{entry.token}", result.data)])
                     claimed.append(result.task)
                 elif isinstance(result, Task):
                     claimed.append(result)
-                elif result == _STALE and store.optimistic:
-                    await self._recheck_stale(store, entry)
+                elif result == STALE and store.optimistic:
+                    await recheck_stale(store, entry)
         if len(claimed) < limit:
             self._ready_cache = None  # exhausted: the next claim lists afresh
         return claimed
-
-    async def _candidates(
-        self, store: Store, queues: Sequence[str], now: datetime, strict: bool = False
-    ) -> Iterator[Entry]:
-        """Claimable-looking entries in claim order, parsed lazily (names sort in order).
-
-        Merged, the entries of all ``queues`` sort together by name; ``strict``, by
-        (position of their queue in ``queues``, name). The sorted ready listing is
-        reused for up to ``_LIST_TTL`` seconds while it has untried names and no enqueue
-        in this process has happened since, so a claim against a long backlog does not
-        list and sort it each time; entries another process took in the meantime fail
-        their update and are skipped.
-        """
-        now_us = to_us(now)
-        if strict:
-            queues = list(dict.fromkeys(queues))  # a name listed again keeps its place
-        key = tuple(queues)
-        ready_dirs = [f"ready/{token(q)}" for q in queues]
-        running_dirs = [f"running/{token(q)}" for q in queues]
-        generation = WAKEUPS.generation(store.key)
-        clock = time.monotonic()
-        cache = self._ready_cache
-        if (
-            cache is None
-            or cache.queues != key
-            or cache.strict != strict
-            or cache.generation != generation
-            or clock - cache.listed_at > _LIST_TTL
-            or len(cache.tried) >= len(cache.names)
-        ):
-            listings = await _shared_listing(store, ready_dirs + running_dirs)
-            found_ready = zip(ready_dirs, listings[: len(queues)], strict=True)
-            if strict:
-                names = [(name, d) for d, found in found_ready for name in sorted(found)]
-            else:
-                names = sorted((name, d) for d, found in found_ready for name in found)
-            cache = self._ready_cache = _ReadyCache(key, strict, generation, clock, names, set())
-            running = listings[len(queues) :]
-        else:
-            running = await _shared_listing(store, running_dirs)
-
-        def ready(cache: _ReadyCache) -> Iterator[Entry]:
-            for name, directory in cache.names:
-                if name in cache.tried:
-                    continue
-                entry = parse_entry(directory, name)
-                if entry is not None and (not entry.has_due or entry.due_us <= now_us):
-                    yield entry
-
-        expired = []
-        for directory, in_running in zip(running_dirs, running, strict=True):
-            for name in in_running:
-                entry = parse_entry(directory, name)
-                if entry is not None and entry.extra_us <= now_us:
-                    expired.append(entry)
-        order: Callable[[Entry], Any] = _order
-        if strict:
-            rank = {d: i for dirs in (ready_dirs, running_dirs) for i, d in enumerate(dirs)}
-
-            def order(entry: Entry) -> tuple[int, str]:
-                return rank[entry.path.rpartition("/")[0]], entry.key
-
-        expired.sort(key=order)
-        return heapq.merge(ready(cache), iter(expired), key=order)
-
-    @staticmethod
-    def _stale_change(store: Store, entry: Entry, record: Record | None) -> Change[Any]:
-        """An entry its record does not name: a leftover of a crash or of a change.
-
-        Under a lock (local disk, memory) nothing is in flight, so the record is the
-        truth: the entry is moved to where the record says (which also heals a crash
-        between moving an entry and writing the record) or, without a record, deleted.
-        """
-        if not store.optimistic:
-            if record is None or not record.entry:
-                return Change(_STALE, remove=[entry.path])
-            return Change(_STALE, move=(entry.path, record.entry), move_first=True)
-        if time.time() * 1000 - entry.created_ms < _STALE_GRACE_MS:
-            return Change(None)
-        return Change(_STALE, remove=[entry.path])
-
-    def _claim_fn(
-        self,
-        store: Store,
-        entry: Entry,
-        queue_names: Mapping[str, str],
-        worker_id: str,
-        lease: datetime,
-        now: datetime,
-    ) -> Callable[[bytes | None], Change[Any]]:
-        def fn(current: bytes | None) -> Change[Any]:
-            if current is None:
-                return self._stale_change(store, entry, None)
-            try:
-                record = decode_record(current)
-            except StorageError as exc:
-                return _unreadable_change(entry, current, exc, queue_names, worker_id, lease, now)
-            if record.entry != entry.path:
-                return self._stale_change(store, entry, record)
-            task = record.task
-            if not _claimable(task, now):
-                return Change(None)
-            new = msgspec.structs.replace(
-                task,
-                status=TaskStatus.RUNNING,
-                worker_id=worker_id,
-                lease_expires_at=lease,
-                attempts=task.attempts + 1,
-                # A running task is claimable only once its lease ran out: a lost run.
-                lost_runs=task.lost_runs + (task.status is TaskStatus.RUNNING),
-                updated_at=now,
-            )
-            return _moved(new, new, record)
-
-        return fn
-
-    async def _recheck_stale(self, store: Store, entry: Entry) -> None:
-        # Optimistic stores: a change may have named this entry between our read and the
-        # delete. Put it back if so (entries are empty; recreating one is harmless).
-        current = await store.read(_record_path(entry.token))
-        if current is not None and decode_record(current).entry == entry.path:
-            await store.write_many([(entry.path, b"")])
 
     async def renew(
         self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
@@ -540,12 +265,12 @@ class AsyncFileQueue(BaseTaskQueue):
                 new = decide(record.task)
                 if new is None:
                     return Change(False)
-                return _moved(True, new, record)
+                return moved(True, new, record)
 
             return fn
 
         return await store.update_many(
-            [(_record_path(token(ack.task_id)), one(ack)) for ack in acks]
+            [(record_path(token(ack.task_id)), one(ack)) for ack in acks]
         )
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
@@ -616,7 +341,7 @@ class AsyncFileQueue(BaseTaskQueue):
             return msgspec.structs.replace(task, **changes)
 
         (result,) = await self._change(store, [task_id], decide)
-        if result is not None and _claimable(result, now):
+        if result is not None and claimable(result, now):
             wake(store)
         return result
 
@@ -625,13 +350,13 @@ class AsyncFileQueue(BaseTaskQueue):
     async def get(self, task_id: str) -> Task | None:
         """The task as stored, or None (one read, no listing)."""
         store = await self._s()
-        data = await store.read(_record_path(token(task_id)))
+        data = await store.read(record_path(token(task_id)))
         return None if data is None else decode_record(data).task
 
     async def get_many(self, task_ids: Sequence[str]) -> builtins.list[Task | None]:
         """Several tasks, in order (None for unknown ids)."""
         store = await self._s()
-        found = await store.read_many([_record_path(token(task_id)) for task_id in task_ids])
+        found = await store.read_many([record_path(token(task_id)) for task_id in task_ids])
         return [None if data is None else decode_record(data).task for data in found]
 
     async def _entries(self, store: Store, states: Sequence[str], queue: str | None) -> list[Entry]:
@@ -678,7 +403,7 @@ class AsyncFileQueue(BaseTaskQueue):
                 if entry.token not in seen:
                     seen.add(entry.token)
                     batch.append(entry)
-            found = await store.read_many([_record_path(e.token) for e in batch])
+            found = await store.read_many([record_path(e.token) for e in batch])
             for entry, data in zip(batch, found, strict=True):
                 if data is None:
                     continue
@@ -687,7 +412,7 @@ class AsyncFileQueue(BaseTaskQueue):
                 except StorageError as exc:
                     # Listed as what its entry's name says: one bad record must not hide
                     # the rest.
-                    task = _unreadable_entry(
+                    task = unreadable_entry(
                         entry, exc, {} if queue is None else {token(queue): queue}
                     )
                 if (status is None or task.status is status) and (
@@ -709,7 +434,7 @@ class AsyncFileQueue(BaseTaskQueue):
         unsure = [tok for tok, found in by_token.items() if len(found) > 1]
         settled: dict[str, Task] = {}
         if unsure:
-            found = await store.read_many([_record_path(tok) for tok in unsure])
+            found = await store.read_many([record_path(tok) for tok in unsure])
             settled = {
                 tok: decode_record(data).task
                 for tok, data in zip(unsure, found, strict=True)
@@ -724,7 +449,7 @@ class AsyncFileQueue(BaseTaskQueue):
                 queue_token = entry.path.split("/", 2)[1]
                 queue = queue_names.get(queue_token, queue_token)
                 if queue_token.startswith("~") and queue_token not in queue_names:
-                    data = await store.read(_record_path(tok))
+                    data = await store.read(record_path(tok))
                     if data is None:
                         continue
                     queue = queue_names[queue_token] = decode_record(data).task.queue
@@ -744,7 +469,7 @@ class AsyncFileQueue(BaseTaskQueue):
         store = await self._s()
         listings = await store.list_many([f"deps/{token(task_id)}" for task_id in task_ids])
         wanted = sorted({name for names in listings for name in names})
-        records = await store.read_many([_record_path(name) for name in wanted])
+        records = await store.read_many([record_path(name) for name in wanted])
         tasks = {
             name: decode_record(data).task
             for name, data in zip(wanted, records, strict=True)
@@ -767,7 +492,7 @@ class AsyncFileQueue(BaseTaskQueue):
             return None
         store = await self._s()
         dirs = [f"ready/{token(q)}" for q in queues] + [f"running/{token(q)}" for q in queues]
-        listings = await _shared_listing(store, dirs)
+        listings = await shared_listing(store, dirs)
         earliest: int | None = None
         for directory, names in zip(dirs, listings, strict=True):
             running = directory.startswith("running/")
@@ -804,7 +529,7 @@ class AsyncFileQueue(BaseTaskQueue):
 
             return fn
 
-        results = await store.update_many([(_record_path(e.token), delete(e)) for e in old])
+        results = await store.update_many([(record_path(e.token), delete(e)) for e in old])
         return sum(results)
 
     # -- waiting ------------------------------------------------------------------------
@@ -821,7 +546,7 @@ class AsyncFileQueue(BaseTaskQueue):
         store = await self._s()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        ceiling = max(float(getattr(self.backend.settings, "poll_interval", 1.0) or 1.0), 0.005)
+        ceiling = max(self.settings.poll_interval, 0.005)
         delay = 0.005
         with wake_ups(store) as woken:
             while True:

@@ -11,15 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus
-
-if TYPE_CHECKING:
-    from omniq.storage._file_fs import Store
+from omniq.storage.file._store import Change, Store
 
 __all__ = [
     "STATUS_CODES",
@@ -31,12 +29,15 @@ __all__ = [
     "entry_dir",
     "entry_name",
     "from_us",
+    "moved",
     "next_seq",
     "parse_entry",
+    "record_path",
     "to_us",
     "token",
     "wake",
     "wake_ups",
+    "with_entry",
 ]
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-]{1,100}")
@@ -191,6 +192,32 @@ def parse_entry(directory: str, name: str) -> Entry | None:
         )
     except (ValueError, KeyError, IndexError):
         return None
+
+
+def record_path(task_token: str) -> str:
+    """Where a task's record lives, by its id's token."""
+    return f"t/{task_token}"
+
+
+def with_entry(task: Task, seq: int) -> tuple[bytes, str]:
+    """The bytes of ``task``'s record and the path of the index entry it names."""
+    entry = f"{entry_dir(task)}/{entry_name(task, seq)}"
+    return encode_record(Record(task=task, seq=seq, entry=entry)), entry
+
+
+def _scanned(entry: str) -> bool:
+    return entry.startswith(("ready/", "running/"))
+
+
+def moved(result: Any, task: Task, record: Record) -> Change[Any]:
+    """The change that stores ``task`` and moves its entry from the record's old one.
+
+    The entry moves before the record is written when its new place is one claims scan
+    (ready/, running/), else after: either way a crash in between leaves the surviving
+    entry where a claim finds it, and the claim then puts it where the record says.
+    """
+    data, entry = with_entry(task, record.seq)
+    return Change(result, data, move=(record.entry, entry), move_first=_scanned(entry))
 
 
 class WakeUps:

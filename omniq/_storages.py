@@ -13,9 +13,6 @@ import logging
 from typing import Any, Literal
 
 from omniq import _sync
-
-# Until every backend is a package of omniq.storage (issue 31), the old registry.
-from omniq.backend import backend_for_url as bundle_for_url
 from omniq.config import Settings
 from omniq.errors import ConfigError, ScheduleError
 from omniq.storage._bundle import Components
@@ -26,6 +23,7 @@ from omniq.storage.base import (
     BaseStorage,
     BaseTaskQueue,
 )
+from omniq.storage.registry import bundle_for_url
 
 __all__ = ["Component", "Storages", "checked_component", "misplaced_settings"]
 

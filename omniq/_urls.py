@@ -23,7 +23,7 @@ __all__ = [
     "storage_url_problem",
 ]
 
-#: Schemes of the SQLite and server backends (``omniq.backend`` maps each to its bundle).
+#: Schemes of the SQLite and server backends (``omniq.storage.registry`` maps each to its backend).
 SERVER_SCHEMES = frozenset({"sqlite", "redis", "rediss", "unix", "postgresql", "postgres", "nats"})
 
 #: fsspec protocols the file backend takes: filesystems and object stores that can be

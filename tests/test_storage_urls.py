@@ -98,6 +98,6 @@ def test_the_file_classes_take_a_directory_path_but_not_a_file(tmp_path: Path) -
 
 def test_every_server_scheme_has_a_backend() -> None:
     from omniq._urls import SERVER_SCHEMES
-    from omniq.backend import _BACKENDS
+    from omniq.storage.registry import _BACKENDS
 
     assert set(_BACKENDS) == SERVER_SCHEMES

@@ -7,8 +7,9 @@ else, a bare path included, is refused with a ConfigError naming the URL and the
 accepted. A backend's package is imported when its URL is first used, so a missing
 driver only matters then, and the error says which extra to install.
 
-Adding a backend: a package ``omniq.storage.<name>`` whose ``BACKEND`` is a
-:class:`~omniq.storage._bundle.BackendSpec`, and its schemes here.
+Adding a backend: a package ``omniq.storage.<name>`` with its bundle class (a
+:class:`~omniq.storage._bundle.Bundle` whose ``spec`` is the package's ``BACKEND``), and
+its schemes here.
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from omniq._urls import ACCEPTED_FORMS, redact_url, storage_url_problem
 from omniq.errors import ConfigError
 from omniq.storage._bundle import BackendSpec, Bundle
 
-__all__ = ["bundle_for_url", "scheme_of", "spec_for_url"]
+__all__ = ["bundle_class_for_url", "bundle_for_url", "scheme_of", "spec_for_url"]
 
-# scheme -> (module holding a BACKEND spec, the extra that provides its driver or None)
-_BACKENDS: dict[str, tuple[str, str | None]] = {
-    "sqlite": ("omniq.storage.sqlite", None),
-    "redis": ("omniq.storage.redis", "redis"),
-    "rediss": ("omniq.storage.redis", "redis"),
-    "unix": ("omniq.storage.redis", "redis"),
-    "postgresql": ("omniq.storage.postgres", "postgres"),
-    "postgres": ("omniq.storage.postgres", "postgres"),
-    "nats": ("omniq.storage.nats", "nats"),
+# scheme -> (the backend's package, its bundle class, the extra that brings its driver)
+_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "sqlite": ("omniq.storage.sqlite", "SQLiteBackend", None),
+    "redis": ("omniq.storage.redis", "RedisBackend", "redis"),
+    "rediss": ("omniq.storage.redis", "RedisBackend", "redis"),
+    "unix": ("omniq.storage.redis", "RedisBackend", "redis"),
+    "postgresql": ("omniq.storage.postgres", "PostgresBackend", "postgres"),
+    "postgres": ("omniq.storage.postgres", "PostgresBackend", "postgres"),
+    "nats": ("omniq.storage.nats", "NATSBackend", "nats"),
 }
-_FILE_BACKEND = ("omniq.storage.file", None)
+_FILE_BACKEND = ("omniq.storage.file", "FileBackend", None)
 
 
 def scheme_of(url: str) -> str:
@@ -42,8 +43,8 @@ def scheme_of(url: str) -> str:
     return head.lower() if sep else "file"
 
 
-def spec_for_url(url: str) -> BackendSpec:
-    """The backend that serves ``url``.
+def bundle_class_for_url(url: str) -> type[Bundle]:
+    """The bundle class of the backend that serves ``url``.
 
     Raises ConfigError for a string that is not a storage URL (no scheme, an unknown
     one, ``http://``), naming the URL and the forms accepted, or for a missing optional
@@ -56,7 +57,7 @@ def spec_for_url(url: str) -> BackendSpec:
             f"Accepted forms: {ACCEPTED_FORMS}"
         )
     scheme = scheme_of(url)
-    module_name, extra = _BACKENDS.get(scheme, _FILE_BACKEND)
+    module_name, class_name, extra = _BACKENDS.get(scheme, _FILE_BACKEND)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -70,11 +71,16 @@ def spec_for_url(url: str) -> BackendSpec:
         raise ConfigError(
             f"the {scheme} backend for {url!r} needs the package {missing!r}{hint}"
         ) from exc
-    spec: BackendSpec = module.BACKEND
-    return spec
+    bundle: type[Bundle] = getattr(module, class_name)
+    return bundle
+
+
+def spec_for_url(url: str) -> BackendSpec:
+    """What the backend that serves ``url`` is made of (see :func:`bundle_class_for_url`)."""
+    return bundle_class_for_url(url).spec
 
 
 def bundle_for_url(url: str, settings: Any) -> Bundle:
     """The bundle of the backend for ``url`` (not yet connected): its components share
     one connection."""
-    return Bundle(url, settings, spec=spec_for_url(url))
+    return bundle_class_for_url(url)(url, settings)

@@ -3,7 +3,7 @@
 A backend joins by subclassing these classes in its own test module and providing two
 async fixtures:
 
-- ``backend``: an opened :class:`omniq.backend.base.Backend` on a fresh, empty store;
+- ``backend``: an opened :class:`omniq.storage._bundle.Bundle` on a fresh, empty store;
 - ``make_backend``: a callable returning another opened backend on the SAME store (a
   second connection where the backend has connections), for cross-connection tests.
 
@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from omniq.backend.base import Backend
 from omniq.models import (
     ErrorInfo,
     EventType,
@@ -32,6 +31,7 @@ from omniq.models import (
     TaskStatus,
     utcnow,
 )
+from omniq.storage._bundle import Bundle as Backend
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,

@@ -29,11 +29,11 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 
 from omniq import AsyncOmniQ, EventType
-from omniq.backend import backend_for_url
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
 from omniq.storage.file import FileBackend
 from omniq.storage.file._remote import FsspecStore
+from omniq.storage.registry import bundle_for_url
 from tests.conformance import tasks
 from tests.s3server import S3_KEY, S3_SECRET, running_s3_server
 from tests.storage._file_checks import (
@@ -163,7 +163,7 @@ async def test_objects_land_under_the_prefix(
 
 
 async def test_missing_bucket_fails_loudly(s3_settings: Settings) -> None:
-    backend = backend_for_url("s3://no-such-bucket/p", s3_settings)
+    backend = bundle_for_url("s3://no-such-bucket/p", s3_settings)
     with pytest.raises(StorageConnectionError, match="no-such-bucket"):
         await backend.connect()
     assert backend.connection.references == 0

@@ -24,13 +24,13 @@ from typing import Any
 import fsspec
 import pytest
 
-from omniq.backend import backend_for_url
 from omniq.config import Settings
 from omniq.errors import ConfigError
 from omniq.models import TaskStatus, utcnow
 from omniq.storage.file import AsyncFileQueue, FileBackend, FileEventStorage, FileQueue
 from omniq.storage.file._layout import wake_ups
 from omniq.storage.file._local import LocalStore
+from omniq.storage.registry import bundle_for_url
 from tests.storage import _file_race
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -117,7 +117,7 @@ class TestFileSchedules(FileScheduleChecks):
 
 
 async def test_backend_by_url_lays_components_out_in_subdirectories(tmp_path: Path) -> None:
-    backend = backend_for_url(f"file://{tmp_path}/plain", SETTINGS)
+    backend = bundle_for_url(f"file://{tmp_path}/plain", SETTINGS)
     assert isinstance(backend, FileBackend)
     queue = backend.task_queue()
     assert backend.task_queue() is queue
@@ -150,10 +150,10 @@ async def test_backend_is_reference_counted(tmp_path: Path) -> None:
 )
 def test_missing_cloud_driver_names_the_extra(url: str, module: str, extra: str) -> None:
     if importlib.util.find_spec(module) is not None:
-        backend_for_url(url, SETTINGS)  # installed: construction succeeds
+        bundle_for_url(url, SETTINGS)  # installed: construction succeeds
         return
     with pytest.raises(ConfigError, match=rf"pip install 'omniq\[{extra}\]'"):
-        backend_for_url(url, SETTINGS)
+        bundle_for_url(url, SETTINGS)
 
 
 def test_sync_twins_block_and_mirror_the_async_class(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from omniq.backend import backend_for_url
 from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
@@ -29,6 +28,7 @@ from omniq.storage.postgres import (
     PostgresScheduleStorage,
 )
 from omniq.storage.postgres.connection import SCHEMA_VERSION
+from omniq.storage.registry import bundle_for_url
 from tests.conftest import POSTGRES_URL, drop_postgres_schema, free_port, unique_name
 from tests.storage import _race_worker
 from tests.storage.contract import (
@@ -163,7 +163,7 @@ async def test_a_corrupt_grouped_event_is_an_error_naming_the_task(
 
 def test_backend_for_url_builds_the_postgres_bundle() -> None:
     for url in (POSTGRES_URL, POSTGRES_URL.replace("postgresql://", "postgres://")):
-        assert isinstance(backend_for_url(url, None), PostgresBackend)
+        assert isinstance(bundle_for_url(url, None), PostgresBackend)
 
 
 async def test_url_namespace_names_the_schema_and_is_not_sent_to_the_server(

@@ -20,7 +20,6 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from omniq._ids import new_task_id
-from omniq.backend import backend_for_url
 from omniq.config import Settings
 from omniq.errors import ConfigError, EventLoopError, StorageConnectionError, StorageError
 from omniq.models import EventType, Task, TaskEvent, TaskStatus, utcnow
@@ -39,6 +38,7 @@ from omniq.storage.redis import (
     split_namespace,
 )
 from omniq.storage.redis._codec import _us
+from omniq.storage.registry import bundle_for_url
 from tests.conftest import REDIS_URL, delete_redis_namespace, free_port, unique_name
 from tests.storage.contract import (
     EventContract,
@@ -120,7 +120,7 @@ class TestRedisSchedules(ScheduleContract):
 
 
 async def test_backend_by_url_shares_one_client(namespace: str) -> None:
-    backend = backend_for_url(REDIS_URL, Settings(namespace=namespace))
+    backend = bundle_for_url(REDIS_URL, Settings(namespace=namespace))
     assert isinstance(backend, RedisBackend)
     queue, results = backend.task_queue(), backend.result_storage()
     assert backend.task_queue() is queue

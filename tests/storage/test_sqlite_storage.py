@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from omniq import OmniQ, Settings
-from omniq.backend import backend_for_url
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
 from omniq.models import TaskStatus, utcnow
-from omniq.storage.registry import spec_for_url
+from omniq.storage.registry import bundle_for_url, spec_for_url
 from omniq.storage.sqlite import (
     BACKEND,
     SCHEMA_VERSION,
@@ -142,7 +141,7 @@ def test_sqlite_path_rejects_other_schemes() -> None:
 
 
 def test_backend_for_url_builds_the_sqlite_bundle(db_url: str) -> None:
-    assert isinstance(backend_for_url(db_url, None), SQLiteBackend)
+    assert isinstance(bundle_for_url(db_url, None), SQLiteBackend)
 
 
 def test_the_registry_serves_sqlite_urls_from_the_package(db_url: str) -> None:

@@ -8,7 +8,7 @@ import sys
 
 _PROBE = """
 import sys
-import omniq, omniq.cli, omniq.backend.redis, omniq.storage.redis, omniq.workers
+import omniq, omniq.cli, omniq.storage.redis, omniq.workers
 print(" ".join(sorted(m for m in ("redis", "yaml", "dill") if m in sys.modules)))
 """
 

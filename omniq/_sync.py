@@ -11,27 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from omniq import _fork
 from omniq.errors import SyncInAsyncError
 
 __all__ = [
+    "BlockingTwin",
     "LoopThread",
+    "StorageTwin",
+    "blocking",
     "ensure_not_in_loop",
     "may_wait",
-    "sync_twin",
     "twin_in_use",
     "twin_target",
 ]
 
 T = TypeVar("T")
+A = TypeVar("A")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 logger = logging.getLogger("omniq")
 
@@ -321,67 +325,94 @@ def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def _blocking_method(name: str, async_method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(async_method)
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._runner.run(getattr(self._async, name)(*args, **kwargs))
+class blocking(Generic[P, R]):
+    """A blocking method of a twin: its async original, run on the twin's loop.
 
-    return method
+    ``method`` is the async class's function (``AsyncSQLiteQueue.claim``); the twin's
+    attribute takes its name, signature and docstring, so type checkers and ``help()``
+    see the blocking call as it is, and a twin cannot drift from its original::
 
-
-def sync_twin(async_cls: type, name: str) -> type:
-    """Generate the blocking twin of an async storage class.
-
-    The twin takes the same constructor arguments, exposes every public coroutine
-    method as a blocking method with the same signature and docstring, and works as a
-    context manager (``connect``/``close``). Other public attributes are read through.
+        class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
+            async_class = AsyncSQLiteQueue
+            claim = blocking(AsyncSQLiteQueue.claim)
     """
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        self._async = async_cls(*args, **kwargs)
-        self._runner = LoopThread(f"omniq-{name}", async_name=async_cls.__name__)
+    def __init__(self, method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]) -> None:
+        functools.update_wrapper(cast(Any, self), method)
+        self.name: str = method.__name__
 
-    def __getattr__(self: Any, attr: str) -> Any:
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> blocking[P, R]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type) -> Callable[P, R]: ...
+
+    def __get__(self, obj: object, owner: type) -> Any:
+        if obj is None:
+            return self
+        # A partial, not a closure kept on the object: no reference cycle through it.
+        return functools.partial(self._call, obj)
+
+    def _call(self, twin: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return twin._runner.run(getattr(twin._async, self.name)(*args, **kwargs))
+
+    def __call__(self, twin: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Called on the class, as an unbound method: ``OmniQ.stats(oq)``."""
+        return self._call(twin, *args, **kwargs)
+
+
+class BlockingTwin(Generic[A]):
+    """The blocking twin of an async class: the same constructor arguments, and each
+    public coroutine as a :class:`blocking` method, run on a private loop
+    (:class:`LoopThread`). Other public attributes are read through."""
+
+    #: The async class this twin drives.
+    async_class: ClassVar[type[Any]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._async: A = self.async_class(*args, **kwargs)
+        self._runner = LoopThread(
+            f"omniq-{type(self).__name__}", async_name=self.async_class.__name__
+        )
+
+    def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_"):
             raise AttributeError(attr)
         return getattr(self._async, attr)
 
-    def __enter__(self: Any) -> Any:
+    def _stop(self) -> None:
+        """Close the private loop (the next call opens a new one)."""
+        self._runner.stop()
+
+
+class StorageTwin(BlockingTwin[A]):
+    """A blocking storage component: ``connect``/``close`` and a context manager; closing
+    also closes the private loop."""
+
+    def connect(self) -> None:
+        """Open connections and create the schema if needed. Safe to call twice."""
+        self._runner.run(self._async.connect())  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+        try:
+            self._runner.run(self._async.close())  # type: ignore[attr-defined]
+        finally:
+            self._stop()
+
+    def __enter__(self) -> Self:
         self.connect()
         return self
 
-    def __exit__(self: Any, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-
-    namespace: dict[str, Any] = {
-        "__init__": __init__,
-        "__getattr__": __getattr__,
-        "__enter__": __enter__,
-        "__exit__": __exit__,
-        "__doc__": f"Blocking twin of :class:`{async_cls.__name__}`.\n\n{async_cls.__doc__ or ''}",
-        "__module__": async_cls.__module__,
-        "async_class": async_cls,
-    }
-    for attr, value in inspect.getmembers(async_cls):
-        if not attr.startswith("_") and inspect.iscoroutinefunction(value):
-            namespace[attr] = _blocking_method(attr, value)
-
-    close = namespace.get("close")
-    if close is not None:
-
-        def close_and_stop(self: Any) -> None:
-            try:
-                close(self)
-            finally:
-                self._runner.stop()
-
-        close_and_stop.__doc__ = close.__doc__
-        namespace["close"] = close_and_stop
-    return type(name, (), namespace)
 
 
 def twin_target(obj: object) -> Any | None:
-    """The async instance a blocking twin made by :func:`sync_twin` drives, or None
+    """The async instance a :class:`BlockingTwin` drives, or None
     when ``obj`` is no such twin (a client given ``SQLiteQueue(...)`` uses this)."""
     async_cls = getattr(type(obj), "async_class", None)
     inner = getattr(obj, "__dict__", {}).get("_async")

@@ -259,7 +259,11 @@ class AsyncOmniQ:
         return await self.submit(func, args, kwargs)
 
     async def enqueue_many(
-        self, func: Callable[..., Any] | str, args_list: Iterable[Sequence[Any]], **options: Any
+        self,
+        /,
+        func: Callable[..., Any] | str,
+        args_list: Iterable[Sequence[Any]],
+        **options: Any,
     ) -> list[str]:
         """One task per argument tuple in ``args_list``, in as few round trips as possible.
 
@@ -345,6 +349,7 @@ class AsyncOmniQ:
 
     async def schedule(
         self,
+        /,
         func: Callable[..., Any] | str,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,

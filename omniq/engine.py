@@ -100,6 +100,10 @@ class Engine:
         self.events = self._fresh_event_logger(None)
         self._pools: set[RunningPool] = set()
         self._scheduler: AsyncScheduler | None = None
+        #: True when the queue stores new tasks' events in the write that stores the tasks,
+        #: and when it stores finished tasks' events with their results (set at connect).
+        self.enqueue_logs_events = False
+        self.finish_logs_events = False
         self._is_connected = False
         # The event loop the engine runs on: it follows its caller to a new one.
         self._bound = LoopBinding("this AsyncOmniQ")
@@ -135,7 +139,11 @@ class Engine:
                 return  # type: ignore[unreachable]
             LoggingConfig.from_settings(self.settings).apply()
             await self.storages.open()
-            self.events.storage = self.storages.events
+            self.events.storage = events = self.storages.events
+            # Which writes can span two components, decided once: they share a connection.
+            queue = self.queue
+            self.enqueue_logs_events = events is not None and queue.writes_events(events)
+            self.finish_logs_events = events is not None and queue.finish_logs_events(events)
             self._is_connected = True
 
     def _follow_loop(self) -> None:
@@ -240,11 +248,6 @@ class Engine:
 
     # -- storing new tasks -----------------------------------------------------------------
 
-    def events_ride_enqueue(self) -> bool:
-        """True when the queue writes new tasks' events in the call that stores them."""
-        storage = self.events.storage
-        return storage is not None and self.queue.writes_events(storage)
-
     async def store_new(
         self, tasks: Sequence[Task], now: datetime, *, log_later: bool = False
     ) -> list[str]:
@@ -260,7 +263,7 @@ class Engine:
         """
         queue, events = self.queue, self.events
         storage = events.storage
-        if self.events_ride_enqueue():
+        if self.enqueue_logs_events:
             assert storage is not None
             ids = await queue.enqueue_logged(tasks, unnamed_events(tasks, now), storage)
             if events.has_handlers and not log_later:
@@ -278,7 +281,7 @@ class Engine:
         if not (events.enabled or events.has_handlers):
             return
         fresh = (event for task in tasks for event in enqueued_events(task, now))
-        if self.events_ride_enqueue():
+        if self.enqueue_logs_events:
             if events.has_handlers:
                 events.announce(fresh)
         else:

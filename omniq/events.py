@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from omniq._sync import may_wait, sync_twin, twin_target
+from omniq._sync import BlockingTwin, blocking, may_wait, twin_target
 from omniq.models import EventType, TaskEvent
 from omniq.storage.base import BaseEventStorage
 
@@ -267,5 +267,28 @@ class AsyncEventProcessor:
         return lines
 
 
-EventLogger = sync_twin(AsyncEventLogger, "EventLogger")
-EventProcessor = sync_twin(AsyncEventProcessor, "EventProcessor")
+class EventLogger(BlockingTwin[AsyncEventLogger]):
+    """Blocking twin of :class:`AsyncEventLogger`: the same methods, without ``await``."""
+
+    async_class = AsyncEventLogger
+    flush = blocking(AsyncEventLogger.flush)
+
+    def close(self) -> None:
+        """Flush and stop the logger (as ``AsyncEventLogger.close``), then this twin's loop."""
+        try:
+            self._runner.run(self._async.close())
+        finally:
+            self._stop()
+
+
+class EventProcessor(BlockingTwin[AsyncEventProcessor]):
+    """Blocking twin of :class:`AsyncEventProcessor`: the same methods, without ``await``."""
+
+    async_class = AsyncEventProcessor
+    counts = blocking(AsyncEventProcessor.counts)
+    get = blocking(AsyncEventProcessor.get)
+    timeline = blocking(AsyncEventProcessor.timeline)
+
+    def close(self) -> None:
+        """Close this twin's private loop (the next call opens a new one)."""
+        self._stop()

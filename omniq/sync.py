@@ -17,15 +17,13 @@ import functools
 import logging
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from omniq import _fork
-from omniq._sync import LoopThread
+from omniq._sync import LoopThread, blocking
 from omniq.config import Settings
-from omniq.core import AsyncOmniQ, AsyncTaskFunction, Seconds
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus
+from omniq.core import AsyncOmniQ, AsyncTaskFunction
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueue
 from omniq.workers.sync import WorkerPool
 
@@ -137,9 +135,7 @@ class OmniQ:
         """The async client this one drives (use it only on this client's loop)."""
         return self._async
 
-    def connect(self) -> None:
-        """Open the storages (done on first use too)."""
-        self._runner.run(self._async.connect())
+    connect = blocking(AsyncOmniQ.connect)
 
     def close(self) -> None:
         """Flush events, release the storages and stop the private loop.
@@ -160,147 +156,37 @@ class OmniQ:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(
-        self,
-        func: Callable[..., Any] | str,
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int = 0,
-        delay: Seconds | None = None,
-        eta: datetime | None = None,
-        ttl: Seconds | None = None,
-        max_retries: int | None = None,
-        retry_delay: Seconds | None = None,
-        timeout: Seconds | None = None,
-        depends_on: Iterable[str] = (),
-        task_id: str | None = None,
-        result_ttl: Seconds | None = None,
-    ) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
+    submit = blocking(AsyncOmniQ.submit)
 
-        As :meth:`AsyncOmniQ.submit`: durations take seconds, a ``timedelta`` or
-        ``"30s"``; arguments the function cannot take raise ``TaskArgumentError``; an
-        existing ``task_id`` returns that id and keeps the first task as it is.
-        """
-        return self._runner.run(
-            self._async.submit(
-                func,
-                args,
-                kwargs,
-                queue=queue,
-                priority=priority,
-                delay=delay,
-                eta=eta,
-                ttl=ttl,
-                max_retries=max_retries,
-                retry_delay=retry_delay,
-                timeout=timeout,
-                depends_on=depends_on,
-                task_id=task_id,
-                result_ttl=result_ttl,
-            )
-        )
+    enqueue = blocking(AsyncOmniQ.enqueue)
 
-    def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``func(*args, **kwargs)`` with default options; return the task id.
+    enqueue_many = blocking(AsyncOmniQ.enqueue_many)
 
-        Every keyword argument goes to the task; options go through :meth:`submit`
-        (``enqueue(send, "hi", eta=when)`` raises ``TaskArgumentError`` unless ``send``
-        takes ``eta``).
-        """
-        return self._runner.run(self._async.enqueue(func, *args, **kwargs))
+    get_task = blocking(AsyncOmniQ.get_task)
 
-    def enqueue_many(
-        self, func: Callable[..., Any] | str, args_list: Iterable[Sequence[Any]], **options: Any
-    ) -> list[str]:
-        """One task per argument tuple, in as few round trips as possible."""
-        return self._runner.run(self._async.enqueue_many(func, args_list, **options))
+    get_result = blocking(AsyncOmniQ.get_result)
 
-    def get_task(self, task_id: str) -> Task | None:
-        """The task with its current status and attempts, or None."""
-        return self._runner.run(self._async.get_task(task_id))
+    get_events = blocking(AsyncOmniQ.get_events)
 
-    def get_result(
-        self, task_id: str, *, wait: bool = False, timeout: Seconds | None = None
-    ) -> TaskResult | None:
-        """The final result, or None; ``wait=True`` blocks (``ResultTimeoutError`` at timeout)."""
-        return self._runner.run(self._async.get_result(task_id, wait=wait, timeout=timeout))
+    list_tasks = blocking(AsyncOmniQ.list_tasks)
 
-    def get_events(self, task_id: str) -> list[TaskEvent]:
-        """The task's lifecycle events, oldest first."""
-        return self._runner.run(self._async.get_events(task_id))
+    stats = blocking(AsyncOmniQ.stats)
 
-    def list_tasks(
-        self, *, queue: str | None = None, status: TaskStatus | str | None = None, limit: int = 100
-    ) -> list[Task]:
-        """Tasks, newest first, filtered by queue and status."""
-        return self._runner.run(self._async.list_tasks(queue=queue, status=status, limit=limit))
+    cancel = blocking(AsyncOmniQ.cancel)
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        """Task counts per queue and status."""
-        return self._runner.run(self._async.stats())
+    cleanup = blocking(AsyncOmniQ.cleanup)
 
-    def cancel(self, task_id: str) -> bool:
-        """Cancel a waiting or running task; False for a finished or unknown id."""
-        return self._runner.run(self._async.cancel(task_id))
+    schedule = blocking(AsyncOmniQ.schedule)
 
-    def cleanup(self) -> dict[str, int]:
-        """Drop expired results, old finished tasks and old events; return counts."""
-        return self._runner.run(self._async.cleanup())
+    pause_schedule = blocking(AsyncOmniQ.pause_schedule)
 
-    def schedule(
-        self,
-        func: Callable[..., Any] | str,
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        cron: str | None = None,
-        interval: Seconds | None = None,
-        timezone: str = "UTC",
-        start_at: datetime | None = None,
-        end_at: datetime | None = None,
-        max_runs: int | None = None,
-        schedule_id: str | None = None,
-        **task_options: Any,
-    ) -> str:
-        """Create or update recurring work; return the schedule id."""
-        return self._runner.run(
-            self._async.schedule(
-                func,
-                args,
-                kwargs,
-                cron=cron,
-                interval=interval,
-                timezone=timezone,
-                start_at=start_at,
-                end_at=end_at,
-                max_runs=max_runs,
-                schedule_id=schedule_id,
-                **task_options,
-            )
-        )
+    resume_schedule = blocking(AsyncOmniQ.resume_schedule)
 
-    def pause_schedule(self, schedule_id: str) -> bool:
-        """Stop a schedule from firing until resumed."""
-        return self._runner.run(self._async.pause_schedule(schedule_id))
+    remove_schedule = blocking(AsyncOmniQ.remove_schedule)
 
-    def resume_schedule(self, schedule_id: str) -> bool:
-        """Let a paused schedule fire again."""
-        return self._runner.run(self._async.resume_schedule(schedule_id))
+    list_schedules = blocking(AsyncOmniQ.list_schedules)
 
-    def remove_schedule(self, schedule_id: str) -> bool:
-        """Delete a schedule."""
-        return self._runner.run(self._async.remove_schedule(schedule_id))
-
-    def list_schedules(self) -> list[Schedule]:
-        """All schedules."""
-        return self._runner.run(self._async.list_schedules())
-
-    def get_schedule(self, schedule_id: str) -> Schedule | None:
-        """One schedule, or None."""
-        return self._runner.run(self._async.get_schedule(schedule_id))
+    get_schedule = blocking(AsyncOmniQ.get_schedule)
 
     @overload
     def task(self, func: Callable[P, R], /) -> TaskFunction[P, R]: ...

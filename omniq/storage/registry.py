@@ -15,9 +15,9 @@ its schemes here.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from omniq._urls import ACCEPTED_FORMS, redact_url, storage_url_problem
+from omniq.config import Settings
 from omniq.errors import ConfigError
 from omniq.storage._bundle import BackendSpec, Bundle
 
@@ -80,7 +80,7 @@ def spec_for_url(url: str) -> BackendSpec:
     return bundle_class_for_url(url).spec
 
 
-def bundle_for_url(url: str, settings: Any) -> Bundle:
+def bundle_for_url(url: str, settings: Settings | None = None) -> Bundle:
     """The bundle of the backend for ``url`` (not yet connected): its components share
     one connection."""
     return bundle_class_for_url(url)(url, settings)

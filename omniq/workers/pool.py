@@ -18,15 +18,13 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from omniq.config import QUEUE_ORDERS, Duration, parse_duration
-from omniq.decisions import Verdict, before_run, final_result
-from omniq.errors import ConfigError, OmniQError, SerializationError, StorageError, TaskTimeoutError
-from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskStatus, utcnow
-from omniq.retry import Retry, backoff_delay, failed_runs, has_attempts_left
-from omniq.storage.base import Ack, Finish, UnreadableTask
+from omniq.errors import ConfigError, OmniQError, StorageError
+from omniq.models import Task, utcnow
+from omniq.workers._outcomes import Outcomes
+from omniq.workers._running import TaskRunner
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
 
 if TYPE_CHECKING:
@@ -36,11 +34,6 @@ __all__ = ["AsyncWorkerPool"]
 
 logger = logging.getLogger("omniq.worker")
 
-_FINISH_BATCH = 500
-#: Under load, write finished tasks at most once per this many seconds: one write then
-#: carries a batch instead of one or two tasks (each write costs a round trip and a script
-#: call whatever its size). An isolated completion is written at once.
-_FINISH_INTERVAL = 0.002
 _MAX_BACKOFF = 5.0
 
 
@@ -115,16 +108,23 @@ class AsyncWorkerPool:
         self._executor: BaseExecutor | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._held: set[str] = set()
-        self._finished: list[Finish] = []
-        # Events of the held tasks not yet handed to the event logger: they are written
-        # with the task's result (one write, never after it), or handed over once the task
-        # has run for ``_spill_after`` seconds, so a long run shows EXECUTING meanwhile.
-        self._pending: dict[str, list[TaskEvent]] = {}
-        # Per task, the event logger's count of events accepted when the task's last
-        # event went to it: its finish waits until the logger has written that many.
-        self._logged_upto: dict[str, int] = {}
-        self._spill_after = max(0.01, settings.event_flush_interval)
-        self._finish_wakeup: asyncio.Event | None = None
+        self._outcomes = Outcomes(
+            self.engine,
+            self.worker_id,
+            counts=self.counts,
+            held=self._held,
+            stopping=lambda: self._stopping,
+            on_written=self._written,
+        )
+        self._runner = TaskRunner(
+            self.engine,
+            self.worker_id,
+            self._outcomes,
+            executor=lambda: self._executor,
+            held=self._held,
+            running=self._running,
+            counts=self.counts,
+        )
         self._slot_freed: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
         self._abandoned: set[str] = set()
@@ -142,7 +142,6 @@ class AsyncWorkerPool:
         self._interrupted = False
         self._next_schedule_check = 0.0
         self._schedules_off = False
-        self._flush_lock: asyncio.Lock | None = None
         #: Bumped whenever a task leaves a slot or a batch of outcomes is written: a burst
         #: run only ends after a claim that started after the last of these found nothing.
         self._progress = 0
@@ -182,12 +181,11 @@ class AsyncWorkerPool:
         self._stop_changed = asyncio.Event()
         self._stop_timeout = None
         self._slot_freed = asyncio.Event()
-        self._finish_wakeup = asyncio.Event()
         await self.engine.connect()
         self._executor = create_executor(self.worker_type, self.concurrency)
         await self._executor.start()
         self.engine.add_pool(self)
-        finisher = asyncio.create_task(self._finish_loop(), name="omniq-finisher")
+        finisher = asyncio.create_task(self._outcomes.write_loop(), name="omniq-finisher")
         renewer = asyncio.create_task(self._renew_loop(), name="omniq-renewer")
         watcher = asyncio.create_task(
             self.engine.queue.watch_cancels(self.worker_id, self._held_ids, self._lost_notice),
@@ -307,6 +305,10 @@ class AsyncWorkerPool:
     def _held_ids(self) -> set[str]:
         return self._held
 
+    def _written(self) -> None:
+        # A batch of outcomes was written: dependents may have been released.
+        self._progress += 1
+
     def _lost_notice(self, task_id: str) -> None:
         """The queue says this worker no longer holds ``task_id`` (cancelled, or taken
         over after its lease ran out): stop running it."""
@@ -372,9 +374,9 @@ class AsyncWorkerPool:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
                     continue
-                if self._finished or (self._flush_lock is not None and self._flush_lock.locked()):
+                if self._outcomes.busy:
                     # Results not yet written may release dependents: write them, look again.
-                    await self._flush_finished()
+                    await self._outcomes.flush()
                     continue
                 if self._progress != progress:
                     # A task settled while that claim was out (a retry due now, released
@@ -480,79 +482,17 @@ class AsyncWorkerPool:
 
     # -- running one task ----------------------------------------------------------------
 
-    def _event(self, task: Task, kind: EventType, message: str = "", *, attempt: int = -1) -> None:
-        """Note an event of a held task: the in-process handlers hear of it now; the
-        event log gets it with the task's result (or when the task has run a while)."""
-        events = self.engine.events
-        if not (events.enabled or events.has_handlers):
-            return
-        event = TaskEvent(
-            task_id=task.id,
-            event_type=kind,
-            attempt=task.attempts if attempt < 0 else attempt,
-            worker_id=self.worker_id,
-            message=message,
-            queue=task.queue,
-        )
-        if events.has_handlers:
-            events.announce((event,))
-        if events.enabled:
-            self._pending.setdefault(task.id, []).append(event)
-
-    def _spill(self, task_id: str) -> None:
-        """Hand a held task's noted events to the event logger (written in the
-        background): it has run for a while, or will not finish here."""
-        events = self._pending.pop(task_id, None)
-        if events:
-            logger_ = self.engine.events
-            logger_.log_many(events, announce=False)
-            self._logged_upto[task_id] = logger_.accepted
-
-    def _spill_later(self, task: Task) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_later(self._spill_after, self._spill_if_running, task.id)
-
-    def _spill_if_running(self, task_id: str) -> None:
-        if task_id in self._running:
-            self._spill(task_id)
-
-    def _finish(
-        self,
-        task: Task,
-        status: TaskStatus,
-        *,
-        value: bytes | None = None,
-        error: ErrorInfo | None = None,
-        started_at: datetime | None = None,
-        ran: bool = True,
-    ) -> None:
-        attempts = task.attempts if ran else task.attempts - 1
-        result = final_result(
-            task,
-            status,
-            value=value,
-            error=error,
-            started_at=started_at,
-            worker_id=self.worker_id,
-            attempts=attempts,
-            now=utcnow(),
-        )
-        events = self._pending.pop(task.id, ())
-        self._finished.append(Finish(Ack(task.id, self.worker_id, status, ran), result, events))
-        assert self._finish_wakeup is not None
-        self._finish_wakeup.set()
-
     async def _execute(self, task: Task) -> None:
         try:
-            await self._execute_inner(task)
+            await self._runner.run(task)
         except asyncio.CancelledError:
             # Stopped here: by a hard stop (the lease is handed back in _shutdown), or
             # because the task was cancelled or its lease lost (settled elsewhere). It did
             # start: its EXECUTING event stands.
-            self._spill(task.id)
+            self._outcomes.spill(task.id)
         except Exception:
             logger.exception("worker %s: internal error on task %s", self.worker_id, task.id)
-            self._spill(task.id)
+            self._outcomes.spill(task.id)
         finally:
             self._running.pop(task.id, None)
             self._progress += 1
@@ -563,226 +503,6 @@ class AsyncWorkerPool:
                 not self._running or self.concurrency - len(self._running) >= self._claim_watermark
             ):
                 self._slot_freed.set()
-
-    async def _execute_inner(self, task: Task) -> None:
-        if isinstance(task, UnreadableTask):
-            # Nothing can run it, and no retry can mend it: fail it with the reason.
-            self._event(task, EventType.ERROR, task.reason)
-            error = ErrorInfo(type="omniq.UnreadableTask", message=task.reason)
-            self._finish(task, TaskStatus.FAILED, error=error)
-            return
-        verdict, why = before_run(
-            task, now=utcnow(), max_lost_runs=self.engine.settings.max_lost_runs
-        )
-        if verdict is not Verdict.RUN:
-            # This claim does not run it: the attempt it counted is taken back.
-            assert why is not None
-            expired = verdict is Verdict.EXPIRE
-            kind = EventType.EXPIRED if expired else EventType.ERROR
-            self._event(task, kind, why.message, attempt=task.attempts - 1)
-            if not expired:
-                logger.warning("task %s (%s): %s", task.id, task.func, why.message)
-            status = TaskStatus.EXPIRED if expired else TaskStatus.FAILED
-            self._finish(task, status, error=why, ran=False)
-            return
-        self._event(task, EventType.EXECUTING)
-        if self._pending.get(task.id):
-            self._spill_later(task)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("task %s (%s): attempt %d started", task.id, task.func, task.attempts)
-        try:
-            carried, args, kwargs = self.engine.serializer.loads_call(task.payload)
-            func = carried if carried is not None else self.engine.builder.resolve(task.func)
-        except OmniQError as exc:
-            # Retrying cannot fix a payload or an import: fail now with the reason.
-            self._log_failure(task, exc, final=True)
-            self._event(task, EventType.ERROR, str(exc))
-            self._finish(task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
-            return
-        started_at = utcnow()
-        assert self._executor is not None
-        try:
-            value = await self._executor.run(task, func, args, kwargs, task.timeout)
-        except Retry as request:
-            await self._retry(task, request, request.delay)
-            return
-        except TaskTimeoutError as exc:
-            logger.warning("task %s (%s): attempt %d timed out", task.id, task.func, task.attempts)
-            self._event(task, EventType.TIMEOUT, str(exc))
-            await self._failed(task, exc, started_at)
-            return
-        except Exception as exc:
-            await self._failed(task, exc, started_at)
-            return
-        try:
-            encoded = self.engine.serializer.dumps(value, what=f"the result of {task.func}")
-        except SerializationError as exc:
-            await self._failed(task, exc, started_at)
-            return
-        self._event(task, EventType.COMPLETE)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("task %s (%s): attempt %d complete", task.id, task.func, task.attempts)
-        self._finish(task, TaskStatus.COMPLETE, value=encoded, started_at=started_at)
-
-    def _retries_left(self, task: Task) -> bool:
-        return has_attempts_left(failed_runs(task.attempts, task.lost_runs), task.max_retries)
-
-    def _log_failure(self, task: Task, exc: BaseException, *, final: bool) -> None:
-        """One WARNING line per failed attempt; its traceback at INFO."""
-        outcome = "failed" if final else "failed, will retry"
-        logger.warning(
-            "task %s (%s): attempt %d %s: %s: %s",
-            task.id,
-            task.func,
-            task.attempts,
-            outcome,
-            type(exc).__name__,
-            exc,
-        )
-        if exc.__traceback__ is not None and logger.isEnabledFor(logging.INFO):
-            logger.info("task %s traceback:", task.id, exc_info=exc)
-
-    async def _failed(self, task: Task, exc: BaseException, started_at: datetime) -> None:
-        if self._retries_left(task):
-            await self._retry(task, exc, None)
-            return
-        self._log_failure(task, exc, final=True)
-        self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
-        self._finish(
-            task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc), started_at=started_at
-        )
-
-    async def _retry(self, task: Task, exc: BaseException, delay: float | None) -> None:
-        if not self._retries_left(task):
-            self._log_failure(task, exc, final=True)
-            self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
-            self._finish(task, TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
-            return
-        if delay is None:
-            delay = backoff_delay(
-                failed_runs(task.attempts, task.lost_runs),
-                base=task.retry_delay,
-                cap=self.engine.settings.retry_max_delay,
-            )
-        if not isinstance(exc, Retry):
-            self._log_failure(task, exc, final=False)
-        logger.info("task %s (%s): retry %d in %.3f s", task.id, task.func, task.attempts, delay)
-        self._event(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
-        self._event(task, EventType.RETRY, f"attempt {task.attempts + 1} in {delay:.3f} s")
-        # Written before the retry is stored: the next attempt (on any worker) logs after.
-        await self._write_events(self._pending.pop(task.id, []))
-        now = utcnow()
-        due = now + timedelta(seconds=delay)
-        try:
-            moved = await self.engine.queue.retry(task.id, self.worker_id, due_at=due, now=now)
-        except StorageError as err:
-            # The lease runs out and the task is claimed again: nothing is lost.
-            logger.warning("could not schedule retry of %s: %s", task.id, err)
-            return
-        finally:
-            self._held.discard(task.id)
-        if moved:
-            self.counts["retried"] += 1
-
-    async def _write_events(self, events: Sequence[TaskEvent]) -> None:
-        """Store events now; if the event log is failing, leave them to the logger."""
-        storage = self.engine.events.storage
-        if not events or storage is None:
-            return
-        try:
-            await storage.append(events)
-        except StorageError as exc:
-            logger.warning("writing %d events failed (%s); retrying later", len(events), exc)
-            self.engine.events.log_many(events, announce=False)
-
-    # -- finishing -----------------------------------------------------------------------
-
-    async def _finish_loop(self) -> None:
-        assert self._finish_wakeup is not None
-        loop = asyncio.get_running_loop()
-        last = -_FINISH_INTERVAL
-        while True:
-            await self._finish_wakeup.wait()
-            self._finish_wakeup.clear()
-            wait = last + _FINISH_INTERVAL - loop.time()
-            if wait > 0 and len(self._finished) < _FINISH_BATCH:
-                await asyncio.sleep(wait)
-            last = loop.time()
-            await self._flush_finished(everything=False)
-            if self._finished:  # finished while that write was out: next round
-                self._finish_wakeup.set()
-
-    async def _flush_finished(self, *, everything: bool = True) -> None:
-        # One flusher at a time: the background finisher and the shutdown path both call
-        # this, and a batch must be written and acknowledged exactly once.
-        if self._flush_lock is None:
-            self._flush_lock = asyncio.Lock()
-        async with self._flush_lock:
-            await self._flush_finished_locked(everything)
-
-    async def _flush_finished_locked(self, everything: bool) -> None:
-        """Write finished tasks: one batch, or (``everything``) until none are left."""
-        backoff = 0.0
-        engine = self.engine
-        event_log = engine.events.storage
-        rides = event_log is not None and engine.queue.finish_logs_events(event_log)
-        while self._finished:
-            batch = self._finished[:_FINISH_BATCH]
-            del self._finished[: len(batch)]
-            await self._events_logged_before(batch)
-            try:
-                acked, dependents = await engine.queue.finish(
-                    batch, engine.results, event_log if rides else None, now=utcnow()
-                )
-            except StorageError as exc:
-                if self._stopping and backoff >= _MAX_BACKOFF:
-                    logger.error(
-                        "giving up on %d results: %s (their leases will expire)", len(batch), exc
-                    )
-                    return
-                self._finished[:0] = batch
-                backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
-                logger.warning("writing results failed (%s); retrying in %.2f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                continue
-            done: list[tuple[str, TaskStatus]] = []
-            later: list[TaskEvent] = []
-            for item, ok in zip(batch, acked, strict=True):
-                task_id = item.ack.task_id
-                self._held.discard(task_id)
-                self._logged_upto.pop(task_id, None)
-                status = item.ack.status
-                if ok:
-                    self.counts[status.value] = self.counts.get(status.value, 0) + 1
-                    done.append((task_id, status))
-                    if not rides:
-                        later += item.events
-                else:
-                    # Another outcome won (a cancel, or a worker that took over after the
-                    # lease ran out): this run's result is dropped, its start stands.
-                    later += (e for e in item.events if e.event_type is EventType.EXECUTING)
-                    logger.warning(
-                        "task %s: cancelled or its lease lost before its result was "
-                        "acknowledged; result dropped",
-                        task_id,
-                    )
-            await self._write_events(later)
-            try:
-                await engine.on_finished(done, dependents)
-            except StorageError as exc:
-                logger.warning("settling dependents failed: %s", exc)
-            self._progress += 1
-            if not everything:
-                return
-
-    async def _events_logged_before(self, batch: Sequence[Finish]) -> None:
-        """Wait until the events the logger took for these tasks earlier (a long run's
-        EXECUTING) are stored: a task's events are never stored after its result."""
-        if not self._logged_upto:
-            return
-        needed = max((self._logged_upto.get(item.ack.task_id, 0) for item in batch), default=0)
-        if needed > self.engine.events.written:
-            await self.engine.events.flush()
 
     # -- leases --------------------------------------------------------------------------
 
@@ -845,7 +565,7 @@ class AsyncWorkerPool:
             await asyncio.gather(*leftover.values(), return_exceptions=True)
         renewer.cancel()
         watcher.cancel()
-        await self._flush_finished()
+        await self._outcomes.flush()
         # The finisher is idle now (the flush lock serialises it with the call above).
         finisher.cancel()
         await asyncio.gather(finisher, renewer, watcher, return_exceptions=True)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from omniq._sync import LoopThread
-from omniq.config import Duration
-
-if TYPE_CHECKING:
-    from omniq.workers.pool import AsyncWorkerPool
+from omniq._sync import LoopThread, blocking
+from omniq.workers.pool import AsyncWorkerPool
 
 __all__ = ["WorkerPool"]
 
@@ -55,23 +52,10 @@ class WorkerPool:
         """Outcome counts since start."""
         return self._async.counts
 
-    def run(self, *, burst: bool = False) -> None:
-        """Process tasks until stopped (or, with ``burst``, until nothing is left)."""
-        self._runner.run(self._async.run(burst=burst))
-
-    def process_tasks(self, limit: int | None = None) -> int:
-        """Run at most ``limit`` tasks that are due now (every one with None), wait for
-        them, and return how many were run (see :meth:`AsyncWorkerPool.process_tasks`)."""
-        return self._runner.run(self._async.process_tasks(limit))
-
-    def start(self) -> None:
-        """Run the pool in the background (on the client's loop thread); returns at once."""
-        self._runner.run(self._async.start())
-
-    def stop(self, timeout: Duration | None = None) -> None:
-        """Stop gracefully within ``timeout`` (seconds, a ``timedelta`` or ``"30s"``),
-        handing back unfinished leases."""
-        self._runner.run(self._async.stop(timeout))
+    run = blocking(AsyncWorkerPool.run)
+    process_tasks = blocking(AsyncWorkerPool.process_tasks)
+    start = blocking(AsyncWorkerPool.start)
+    stop = blocking(AsyncWorkerPool.stop)
 
     def cancel_local(self, task_id: str) -> bool:
         """Stop a task this pool is running."""

@@ -77,3 +77,44 @@ async def test_sync_api_refuses_to_run_inside_an_event_loop(tmp_path) -> None:
     assert isinstance(caught.value, OmniQError)
     assert isinstance(caught.value, RuntimeError)
     await asyncio.sleep(0)
+
+
+def _twins() -> list[tuple[type, type]]:
+    from omniq import events
+    from omniq._sync import BlockingTwin
+    from omniq.storage import file, postgres, redis, sqlite
+
+    found = [(events.EventLogger, events.AsyncEventLogger)]
+    found.append((events.EventProcessor, events.AsyncEventProcessor))
+    for package in (sqlite, file, redis, postgres):
+        for name in package.__all__:
+            cls = getattr(package, name)
+            if isinstance(cls, type) and issubclass(cls, BlockingTwin):
+                found.append((cls, cls.async_class))
+    return found
+
+
+@pytest.mark.parametrize(("sync_cls", "async_cls"), _twins(), ids=lambda cls: cls.__name__)
+def test_every_blocking_twin_has_each_coroutine_of_its_original(
+    sync_cls: type, async_cls: type
+) -> None:
+    # A coroutine added to an async class and forgotten in its twin fails here; a twin's
+    # method takes its signature from the original (omniq._sync.blocking), so it cannot
+    # drift once present.
+    coroutines = {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(async_cls, inspect.iscoroutinefunction)
+        if not name.startswith("_")
+    }
+    assert coroutines
+    for name, signature in coroutines.items():
+        blocking = getattr(sync_cls, name)
+        assert not inspect.iscoroutinefunction(blocking), name
+        assert inspect.signature(blocking).parameters.keys() == signature.parameters.keys(), name
+
+
+def test_the_storage_twins_are_all_there() -> None:
+    names = {sync_cls.__name__ for sync_cls, _ in _twins()}
+    for backend in ("SQLite", "File", "Redis", "Postgres"):
+        for part in ("Queue", "ResultStorage", "EventStorage", "ScheduleStorage"):
+            assert f"{backend}{part}" in names

@@ -72,7 +72,7 @@ overwrite each other on any filesystem.
 
 from __future__ import annotations
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.storage._bundle import BackendSpec, Bundle
 from omniq.storage.file._store import Store
 from omniq.storage.file.connection import FileConnection, Location
@@ -95,10 +95,66 @@ __all__ = [
     "FileScheduleStorage",
 ]
 
-FileQueue = sync_twin(AsyncFileQueue, "FileQueue")
-FileResultStorage = sync_twin(AsyncFileResultStorage, "FileResultStorage")
-FileEventStorage = sync_twin(AsyncFileEventStorage, "FileEventStorage")
-FileScheduleStorage = sync_twin(AsyncFileScheduleStorage, "FileScheduleStorage")
+
+class FileQueue(StorageTwin[AsyncFileQueue]):
+    """Blocking twin of :class:`AsyncFileQueue`: the same methods, without ``await``."""
+
+    async_class = AsyncFileQueue
+    ack = blocking(AsyncFileQueue.ack)
+    ack_many = blocking(AsyncFileQueue.ack_many)
+    claim = blocking(AsyncFileQueue.claim)
+    delete_finished = blocking(AsyncFileQueue.delete_finished)
+    dependents = blocking(AsyncFileQueue.dependents)
+    dependents_many = blocking(AsyncFileQueue.dependents_many)
+    enqueue = blocking(AsyncFileQueue.enqueue)
+    enqueue_logged = blocking(AsyncFileQueue.enqueue_logged)
+    finish = blocking(AsyncFileQueue.finish)
+    get = blocking(AsyncFileQueue.get)
+    get_many = blocking(AsyncFileQueue.get_many)
+    list = blocking(AsyncFileQueue.list)
+    next_due_at = blocking(AsyncFileQueue.next_due_at)
+    release = blocking(AsyncFileQueue.release)
+    renew = blocking(AsyncFileQueue.renew)
+    retry = blocking(AsyncFileQueue.retry)
+    stats = blocking(AsyncFileQueue.stats)
+    transition = blocking(AsyncFileQueue.transition)
+    wait = blocking(AsyncFileQueue.wait)
+    wait_and_claim = blocking(AsyncFileQueue.wait_and_claim)
+    watch_cancels = blocking(AsyncFileQueue.watch_cancels)
+
+
+class FileResultStorage(StorageTwin[AsyncFileResultStorage]):
+    """Blocking twin of :class:`AsyncFileResultStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncFileResultStorage
+    delete_expired = blocking(AsyncFileResultStorage.delete_expired)
+    get = blocking(AsyncFileResultStorage.get)
+    put = blocking(AsyncFileResultStorage.put)
+    put_many = blocking(AsyncFileResultStorage.put_many)
+    wait = blocking(AsyncFileResultStorage.wait)
+
+
+class FileEventStorage(StorageTwin[AsyncFileEventStorage]):
+    """Blocking twin of :class:`AsyncFileEventStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncFileEventStorage
+    append = blocking(AsyncFileEventStorage.append)
+    delete_before = blocking(AsyncFileEventStorage.delete_before)
+    get = blocking(AsyncFileEventStorage.get)
+
+
+class FileScheduleStorage(StorageTwin[AsyncFileScheduleStorage]):
+    """Blocking twin of :class:`AsyncFileScheduleStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncFileScheduleStorage
+    advance = blocking(AsyncFileScheduleStorage.advance)
+    delete = blocking(AsyncFileScheduleStorage.delete)
+    due = blocking(AsyncFileScheduleStorage.due)
+    get = blocking(AsyncFileScheduleStorage.get)
+    list = blocking(AsyncFileScheduleStorage.list)
+    update = blocking(AsyncFileScheduleStorage.update)
+    upsert = blocking(AsyncFileScheduleStorage.upsert)
+
 
 #: The file backend, for :mod:`omniq.storage.registry` (``file://``, ``memory://`` and
 #: the fsspec protocols of object stores).

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import TaskEvent
 from omniq.storage._rows import ts
@@ -66,4 +66,10 @@ class AsyncPostgresEventStorage(PostgresComponent, BaseEventStorage):
         return int(await db.fetchval("deleting events", sql, ts(before)))
 
 
-PostgresEventStorage = sync_twin(AsyncPostgresEventStorage, "PostgresEventStorage")
+class PostgresEventStorage(StorageTwin[AsyncPostgresEventStorage]):
+    """Blocking twin of :class:`AsyncPostgresEventStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncPostgresEventStorage
+    append = blocking(AsyncPostgresEventStorage.append)
+    delete_before = blocking(AsyncPostgresEventStorage.delete_before)
+    get = blocking(AsyncPostgresEventStorage.get)

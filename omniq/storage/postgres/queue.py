@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskEvent, TaskStatus
 from omniq.storage._rows import dt, ts, unreadable_from_row
@@ -480,4 +480,28 @@ def _ack_flags(acks: Sequence[Ack], rows: Sequence[Sequence[Any]]) -> builtins.l
     return flags
 
 
-PostgresQueue = sync_twin(AsyncPostgresQueue, "PostgresQueue")
+class PostgresQueue(StorageTwin[AsyncPostgresQueue]):
+    """Blocking twin of :class:`AsyncPostgresQueue`: the same methods, without ``await``."""
+
+    async_class = AsyncPostgresQueue
+    ack = blocking(AsyncPostgresQueue.ack)
+    ack_many = blocking(AsyncPostgresQueue.ack_many)
+    claim = blocking(AsyncPostgresQueue.claim)
+    delete_finished = blocking(AsyncPostgresQueue.delete_finished)
+    dependents = blocking(AsyncPostgresQueue.dependents)
+    dependents_many = blocking(AsyncPostgresQueue.dependents_many)
+    enqueue = blocking(AsyncPostgresQueue.enqueue)
+    enqueue_logged = blocking(AsyncPostgresQueue.enqueue_logged)
+    finish = blocking(AsyncPostgresQueue.finish)
+    get = blocking(AsyncPostgresQueue.get)
+    get_many = blocking(AsyncPostgresQueue.get_many)
+    list = blocking(AsyncPostgresQueue.list)
+    next_due_at = blocking(AsyncPostgresQueue.next_due_at)
+    release = blocking(AsyncPostgresQueue.release)
+    renew = blocking(AsyncPostgresQueue.renew)
+    retry = blocking(AsyncPostgresQueue.retry)
+    stats = blocking(AsyncPostgresQueue.stats)
+    transition = blocking(AsyncPostgresQueue.transition)
+    wait = blocking(AsyncPostgresQueue.wait)
+    wait_and_claim = blocking(AsyncPostgresQueue.wait_and_claim)
+    watch_cancels = blocking(AsyncPostgresQueue.watch_cancels)

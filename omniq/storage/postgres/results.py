@@ -10,7 +10,7 @@ from datetime import datetime
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import TaskResult
 from omniq.storage._rows import ts
@@ -91,4 +91,12 @@ class AsyncPostgresResultStorage(PostgresComponent, BaseResultStorage):
         return await db.execute("deleting expired results", sql, ts(now))
 
 
-PostgresResultStorage = sync_twin(AsyncPostgresResultStorage, "PostgresResultStorage")
+class PostgresResultStorage(StorageTwin[AsyncPostgresResultStorage]):
+    """Blocking twin of :class:`AsyncPostgresResultStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncPostgresResultStorage
+    delete_expired = blocking(AsyncPostgresResultStorage.delete_expired)
+    get = blocking(AsyncPostgresResultStorage.get)
+    put = blocking(AsyncPostgresResultStorage.put)
+    put_many = blocking(AsyncPostgresResultStorage.put_many)
+    wait = blocking(AsyncPostgresResultStorage.wait)

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Schedule
 from omniq.storage._rows import ts
@@ -114,4 +114,14 @@ class AsyncPostgresScheduleStorage(PostgresComponent, BaseScheduleStorage):
         return await db.transaction("advancing a schedule", advance)
 
 
-PostgresScheduleStorage = sync_twin(AsyncPostgresScheduleStorage, "PostgresScheduleStorage")
+class PostgresScheduleStorage(StorageTwin[AsyncPostgresScheduleStorage]):
+    """Blocking twin of :class:`AsyncPostgresScheduleStorage` (its methods, without ``await``)."""
+
+    async_class = AsyncPostgresScheduleStorage
+    advance = blocking(AsyncPostgresScheduleStorage.advance)
+    delete = blocking(AsyncPostgresScheduleStorage.delete)
+    due = blocking(AsyncPostgresScheduleStorage.due)
+    get = blocking(AsyncPostgresScheduleStorage.get)
+    list = blocking(AsyncPostgresScheduleStorage.list)
+    update = blocking(AsyncPostgresScheduleStorage.update)
+    upsert = blocking(AsyncPostgresScheduleStorage.upsert)

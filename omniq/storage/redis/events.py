@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import TaskEvent
 from omniq.storage.base import BaseEventStorage
@@ -83,4 +83,10 @@ class AsyncRedisEventStorage(RedisComponent, BaseEventStorage):
                 return total
 
 
-RedisEventStorage = sync_twin(AsyncRedisEventStorage, "RedisEventStorage")
+class RedisEventStorage(StorageTwin[AsyncRedisEventStorage]):
+    """Blocking twin of :class:`AsyncRedisEventStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncRedisEventStorage
+    append = blocking(AsyncRedisEventStorage.append)
+    delete_before = blocking(AsyncRedisEventStorage.delete_before)
+    get = blocking(AsyncRedisEventStorage.get)

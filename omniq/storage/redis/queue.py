@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskEvent, TaskStatus, utcnow
 from omniq.storage.base import (
@@ -509,4 +509,28 @@ class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
             return  # the server went quiet: a spurious wake-up, the caller looks again
 
 
-RedisQueue = sync_twin(AsyncRedisQueue, "RedisQueue")
+class RedisQueue(StorageTwin[AsyncRedisQueue]):
+    """Blocking twin of :class:`AsyncRedisQueue`: the same methods, without ``await``."""
+
+    async_class = AsyncRedisQueue
+    ack = blocking(AsyncRedisQueue.ack)
+    ack_many = blocking(AsyncRedisQueue.ack_many)
+    claim = blocking(AsyncRedisQueue.claim)
+    delete_finished = blocking(AsyncRedisQueue.delete_finished)
+    dependents = blocking(AsyncRedisQueue.dependents)
+    dependents_many = blocking(AsyncRedisQueue.dependents_many)
+    enqueue = blocking(AsyncRedisQueue.enqueue)
+    enqueue_logged = blocking(AsyncRedisQueue.enqueue_logged)
+    finish = blocking(AsyncRedisQueue.finish)
+    get = blocking(AsyncRedisQueue.get)
+    get_many = blocking(AsyncRedisQueue.get_many)
+    list = blocking(AsyncRedisQueue.list)
+    next_due_at = blocking(AsyncRedisQueue.next_due_at)
+    release = blocking(AsyncRedisQueue.release)
+    renew = blocking(AsyncRedisQueue.renew)
+    retry = blocking(AsyncRedisQueue.retry)
+    stats = blocking(AsyncRedisQueue.stats)
+    transition = blocking(AsyncRedisQueue.transition)
+    wait = blocking(AsyncRedisQueue.wait)
+    wait_and_claim = blocking(AsyncRedisQueue.wait_and_claim)
+    watch_cancels = blocking(AsyncRedisQueue.watch_cancels)

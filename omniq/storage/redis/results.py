@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import TaskResult
 from omniq.storage.base import BaseResultStorage
@@ -94,4 +94,12 @@ class AsyncRedisResultStorage(RedisComponent, BaseResultStorage):
                 return total
 
 
-RedisResultStorage = sync_twin(AsyncRedisResultStorage, "RedisResultStorage")
+class RedisResultStorage(StorageTwin[AsyncRedisResultStorage]):
+    """Blocking twin of :class:`AsyncRedisResultStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncRedisResultStorage
+    delete_expired = blocking(AsyncRedisResultStorage.delete_expired)
+    get = blocking(AsyncRedisResultStorage.get)
+    put = blocking(AsyncRedisResultStorage.put)
+    put_many = blocking(AsyncRedisResultStorage.put_many)
+    wait = blocking(AsyncRedisResultStorage.wait)

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Schedule
 from omniq.storage.base import BaseScheduleStorage
@@ -113,4 +113,14 @@ class AsyncRedisScheduleStorage(RedisComponent, BaseScheduleStorage):
                 return True
 
 
-RedisScheduleStorage = sync_twin(AsyncRedisScheduleStorage, "RedisScheduleStorage")
+class RedisScheduleStorage(StorageTwin[AsyncRedisScheduleStorage]):
+    """Blocking twin of :class:`AsyncRedisScheduleStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncRedisScheduleStorage
+    advance = blocking(AsyncRedisScheduleStorage.advance)
+    delete = blocking(AsyncRedisScheduleStorage.delete)
+    due = blocking(AsyncRedisScheduleStorage.due)
+    get = blocking(AsyncRedisScheduleStorage.get)
+    list = blocking(AsyncRedisScheduleStorage.list)
+    update = blocking(AsyncRedisScheduleStorage.update)
+    upsert = blocking(AsyncRedisScheduleStorage.upsert)

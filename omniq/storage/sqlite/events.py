@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import TaskEvent
 from omniq.storage._rows import ts as _ts
@@ -68,4 +68,10 @@ class AsyncSQLiteEventStorage(SQLiteComponent, BaseEventStorage):
         return int(await db.run(lambda conn: conn.execute(sql, (before_ts,)).rowcount, "deleting"))
 
 
-SQLiteEventStorage = sync_twin(AsyncSQLiteEventStorage, "SQLiteEventStorage")
+class SQLiteEventStorage(StorageTwin[AsyncSQLiteEventStorage]):
+    """Blocking twin of :class:`AsyncSQLiteEventStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncSQLiteEventStorage
+    append = blocking(AsyncSQLiteEventStorage.append)
+    delete_before = blocking(AsyncSQLiteEventStorage.delete_before)
+    get = blocking(AsyncSQLiteEventStorage.get)

@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskResult, TaskStatus
 from omniq.storage._rows import dt as _dt
@@ -417,4 +417,28 @@ class AsyncSQLiteQueue(SQLiteComponent, BaseTaskQueue):
         await (await self._conn()).wait_for_work(timeout)
 
 
-SQLiteQueue = sync_twin(AsyncSQLiteQueue, "SQLiteQueue")
+class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
+    """Blocking twin of :class:`AsyncSQLiteQueue`: the same methods, without ``await``."""
+
+    async_class = AsyncSQLiteQueue
+    ack = blocking(AsyncSQLiteQueue.ack)
+    ack_many = blocking(AsyncSQLiteQueue.ack_many)
+    claim = blocking(AsyncSQLiteQueue.claim)
+    delete_finished = blocking(AsyncSQLiteQueue.delete_finished)
+    dependents = blocking(AsyncSQLiteQueue.dependents)
+    dependents_many = blocking(AsyncSQLiteQueue.dependents_many)
+    enqueue = blocking(AsyncSQLiteQueue.enqueue)
+    enqueue_logged = blocking(AsyncSQLiteQueue.enqueue_logged)
+    finish = blocking(AsyncSQLiteQueue.finish)
+    get = blocking(AsyncSQLiteQueue.get)
+    get_many = blocking(AsyncSQLiteQueue.get_many)
+    list = blocking(AsyncSQLiteQueue.list)
+    next_due_at = blocking(AsyncSQLiteQueue.next_due_at)
+    release = blocking(AsyncSQLiteQueue.release)
+    renew = blocking(AsyncSQLiteQueue.renew)
+    retry = blocking(AsyncSQLiteQueue.retry)
+    stats = blocking(AsyncSQLiteQueue.stats)
+    transition = blocking(AsyncSQLiteQueue.transition)
+    wait = blocking(AsyncSQLiteQueue.wait)
+    wait_and_claim = blocking(AsyncSQLiteQueue.wait_and_claim)
+    watch_cancels = blocking(AsyncSQLiteQueue.watch_cancels)

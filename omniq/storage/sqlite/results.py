@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import TaskResult
 from omniq.storage._rows import ts as _ts
@@ -104,4 +104,12 @@ class AsyncSQLiteResultStorage(SQLiteComponent, BaseResultStorage):
         return int(await db.run(lambda conn: conn.execute(sql, (now_ts,)).rowcount, "deleting"))
 
 
-SQLiteResultStorage = sync_twin(AsyncSQLiteResultStorage, "SQLiteResultStorage")
+class SQLiteResultStorage(StorageTwin[AsyncSQLiteResultStorage]):
+    """Blocking twin of :class:`AsyncSQLiteResultStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncSQLiteResultStorage
+    delete_expired = blocking(AsyncSQLiteResultStorage.delete_expired)
+    get = blocking(AsyncSQLiteResultStorage.get)
+    put = blocking(AsyncSQLiteResultStorage.put)
+    put_many = blocking(AsyncSQLiteResultStorage.put_many)
+    wait = blocking(AsyncSQLiteResultStorage.wait)

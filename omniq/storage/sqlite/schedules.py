@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from omniq._sync import sync_twin
+from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Schedule
 from omniq.storage._rows import ts as _ts
@@ -114,4 +114,14 @@ class AsyncSQLiteScheduleStorage(SQLiteComponent, BaseScheduleStorage):
         return await (await self._conn()).write(advance, "advancing a schedule")
 
 
-SQLiteScheduleStorage = sync_twin(AsyncSQLiteScheduleStorage, "SQLiteScheduleStorage")
+class SQLiteScheduleStorage(StorageTwin[AsyncSQLiteScheduleStorage]):
+    """Blocking twin of :class:`AsyncSQLiteScheduleStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncSQLiteScheduleStorage
+    advance = blocking(AsyncSQLiteScheduleStorage.advance)
+    delete = blocking(AsyncSQLiteScheduleStorage.delete)
+    due = blocking(AsyncSQLiteScheduleStorage.due)
+    get = blocking(AsyncSQLiteScheduleStorage.get)
+    list = blocking(AsyncSQLiteScheduleStorage.list)
+    update = blocking(AsyncSQLiteScheduleStorage.update)
+    upsert = blocking(AsyncSQLiteScheduleStorage.upsert)

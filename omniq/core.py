@@ -8,7 +8,6 @@ and the task lifecycle.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -19,7 +18,7 @@ from omniq._building import seconds
 from omniq._storages import checked_component, misplaced_settings
 from omniq.config import Duration, Settings
 from omniq.engine import Engine
-from omniq.errors import ConfigError, ResultTimeoutError
+from omniq.errors import ConfigError
 from omniq.events import AsyncEventLogger, AsyncEventProcessor
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.serialization import SerializationManager
@@ -300,7 +299,7 @@ class AsyncOmniQ:
         engine = await self._ready()
         stored = await engine.results.get(task_id)
         if stored is None and wait:
-            stored = await _wait_for_result(engine, task_id, timeout)
+            stored = await engine.wait_for_result(task_id, seconds(timeout, "timeout"))
         return None if stored is None else engine.decode_result(stored)
 
     async def get_events(self, task_id: str) -> list[TaskEvent]:
@@ -463,33 +462,15 @@ class AsyncOmniQ:
     ) -> AsyncWorkerPool:
         """A worker pool over this client's storages (not started).
 
-        ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"``.
+        ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"`` (the
+        README's "Worker types" says what each can stop on a timeout or a cancel).
         ``queues``: a name, a list of names or ``"a,b"``; None is the ``default_queue``
-        setting. ``queue_order``: ``"merged"`` or ``"strict"``; None is the
-        ``queue_order`` setting (``"merged"`` unless configured). Any other value raises
-        ``ConfigError`` (a ``ValueError``).
-
-        With ``"merged"``, several queues are served as one, not in the order listed: on
-        every backend a claim takes, across all of them, the tasks of higher
-        ``priority`` first, then the earlier due time (a task not delayed is due when
-        enqueued), then the earlier enqueued. So ``queues=["high", "low"]`` runs an older
-        ``low`` task before a newer ``high`` one of the same priority.
-
-        With ``"strict"``, the list order comes first, as in an RQ worker: each claim
-        takes from the first listed queue that has claimable work and fills its batch
-        from the next queues only when the earlier ones have nothing more to claim
-        (within a queue: priority, then due time, then enqueue order). So
-        ``worker(queues=["high", "low"], queue_order="strict")`` starts a ``low`` task
-        only when ``high`` has nothing claimable, and a steady flow into ``high`` can keep
-        ``low`` waiting indefinitely: run a worker of its own for ``low`` if it must
-        progress. A pool with ``concurrency`` above 1 may start a ``low`` task in a batch
-        that ``high`` could not fill, and keeps running it when ``high`` work arrives.
-
-        A ``"gevent"`` worker runs its tasks as greenlets of one thread: a task that
-        computes without yielding (CPU-bound, or blocked in a call gevent does not
-        patch) holds up every other task of that worker until it returns, even past its
-        timeout, which is reported (with a WARNING in the log) but cannot stop it. Run
-        CPU-bound work in ``"process"`` workers.
+        setting. ``queue_order``: ``"merged"`` (the default: the best task across all the
+        queues, by priority, then due time, then enqueue order) or ``"strict"`` (the
+        first listed queue with claimable work first, as in an RQ worker; a steady flow
+        into it can starve the next ones). A bad value raises ``ConfigError``. A
+        ``"gevent"`` task that computes without yielding stalls every task of its worker,
+        even past its timeout (logged as a WARNING): run CPU-bound work in ``"process"``.
 
         Example::
 
@@ -505,28 +486,3 @@ class AsyncOmniQ:
             queues=queues,
             queue_order=queue_order,
         )
-
-
-async def _wait_for_result(
-    engine: Engine, task_id: str, timeout: Seconds | None
-) -> TaskResult | None:
-    """Wait for a task's result (``get_result(wait=True)``): None when it finished but
-    its result is gone; ``ResultTimeoutError`` past ``timeout``."""
-    limit = seconds(timeout, "timeout")
-    loop = asyncio.get_running_loop()
-    deadline = None if limit is None else loop.time() + limit
-    while True:
-        now = utcnow()
-        look_again, gone = await engine.while_no_result(task_id, now)
-        if gone:
-            # Results are stored before tasks are acknowledged: read once more.
-            return await engine.results.get(task_id)
-        remaining = 60.0 if deadline is None else deadline - loop.time()
-        if remaining <= 0:
-            raise ResultTimeoutError(f"no result for task {task_id} within {limit} s")
-        chunk = min(remaining, 60.0)
-        if look_again is not None:
-            chunk = min(chunk, max(0.001, (look_again - now).total_seconds()))
-        stored = await engine.results.wait(task_id, chunk)
-        if stored is not None:
-            return stored

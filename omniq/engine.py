@@ -39,6 +39,7 @@ from omniq.decisions import (
 from omniq.errors import (
     ConfigError,
     DependencyFailedError,
+    ResultTimeoutError,
     SerializationError,
     StorageConnectionError,
     StorageError,
@@ -478,6 +479,27 @@ class Engine:
             error = ErrorInfo(type="omniq.errors.SerializationError", message=str(exc))
             return msgspec.structs.replace(stored, result=None, error=stored.error or error)
         return msgspec.structs.replace(stored, result=value)
+
+    async def wait_for_result(self, task_id: str, limit: float | None) -> TaskResult | None:
+        """Wait for a task's result (``get_result(wait=True)``): None when it finished but
+        its result is gone; ``ResultTimeoutError`` after ``limit`` seconds (None: never)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        while True:
+            now = utcnow()
+            look_again, gone = await self.while_no_result(task_id, now)
+            if gone:
+                # Results are stored before tasks are acknowledged: read once more.
+                return await self.results.get(task_id)
+            remaining = 60.0 if deadline is None else deadline - loop.time()
+            if remaining <= 0:
+                raise ResultTimeoutError(f"no result for task {task_id} within {limit} s")
+            chunk = min(remaining, 60.0)
+            if look_again is not None:
+                chunk = min(chunk, max(0.001, (look_again - now).total_seconds()))
+            stored = await self.results.wait(task_id, chunk)
+            if stored is not None:
+                return stored
 
     async def while_no_result(self, task_id: str, now: datetime) -> tuple[datetime | None, bool]:
         """What a ``get_result`` waiter that found no result should do: (when to look at

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from omniq.decisions import final_result
@@ -107,16 +107,22 @@ class Outcomes:
             logger_.log_many(events, announce=False)
             self._logged_upto[task_id] = logger_.accepted
 
-    def spill_later(self, task_id: str, still_running: Callable[[str], bool]) -> None:
-        """:meth:`spill` the task's events after ``spill_after``, if it still runs."""
-        if not self._pending.get(task_id):
-            return
-
-        def spill_if_running() -> None:
-            if still_running(task_id):
+    async def spill_loop(self, still_running: Callable[[str], bool]) -> None:
+        """Every ``spill_after`` seconds, :meth:`spill` the events of the tasks that have
+        run longer than that (the pool runs this in the background). One sweep for all:
+        a timer per task would cost every short task its setting up and tearing down."""
+        step = timedelta(seconds=self.spill_after)
+        while True:
+            await asyncio.sleep(self.spill_after)
+            if not self._pending:
+                continue
+            cutoff = utcnow() - step
+            for task_id in [
+                task_id
+                for task_id, events in self._pending.items()
+                if events[0].timestamp <= cutoff and still_running(task_id)
+            ]:
                 self.spill(task_id)
-
-        asyncio.get_running_loop().call_later(self.spill_after, spill_if_running)
 
     def take(self, task_id: str) -> list[TaskEvent]:
         """The task's noted events, taken (to be written now, by the caller)."""

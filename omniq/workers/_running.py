@@ -79,7 +79,6 @@ class TaskRunner:
             self.outcomes.finish(task, status, error=why, ran=False)
             return
         self.outcomes.note(task, EventType.EXECUTING)
-        self.outcomes.spill_later(task.id, self.running.__contains__)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("task %s (%s): attempt %d started", task.id, task.func, task.attempts)
         try:

@@ -187,10 +187,17 @@ class AsyncWorkerPool:
         self.engine.add_pool(self)
         finisher = asyncio.create_task(self._outcomes.write_loop(), name="omniq-finisher")
         renewer = asyncio.create_task(self._renew_loop(), name="omniq-renewer")
-        watcher = asyncio.create_task(
-            self.engine.queue.watch_cancels(self.worker_id, self._held_ids, self._lost_notice),
-            name="omniq-cancel-watcher",
-        )
+        # Beside the finisher and the renewer: the cancel watcher, and the spiller that
+        # hands long runs' EXECUTING to the event logger.
+        helpers = [
+            asyncio.create_task(
+                self.engine.queue.watch_cancels(self.worker_id, self._held_ids, self._lost_notice),
+                name="omniq-cancel-watcher",
+            ),
+            asyncio.create_task(
+                self._outcomes.spill_loop(self._running.__contains__), name="omniq-spiller"
+            ),
+        ]
         logger.info(
             "worker %s started: type=%s concurrency=%d queues=%s loop=%s",
             self.worker_id,
@@ -203,7 +210,7 @@ class AsyncWorkerPool:
             await self._claim_loop(burst)
         finally:
             try:
-                await self._shutdown(finisher, renewer, watcher)
+                await self._shutdown(finisher, renewer, helpers)
             finally:
                 self.engine.discard_pool(self)
                 logger.info("worker %s stopped: %s", self.worker_id, self.counts)
@@ -555,7 +562,7 @@ class AsyncWorkerPool:
         self,
         finisher: asyncio.Task[None],
         renewer: asyncio.Task[None],
-        watcher: asyncio.Task[None],
+        helpers: list[asyncio.Task[None]],
     ) -> None:
         await self._let_running_finish()
         leftover = dict(self._running)
@@ -564,11 +571,12 @@ class AsyncWorkerPool:
         if leftover:
             await asyncio.gather(*leftover.values(), return_exceptions=True)
         renewer.cancel()
-        watcher.cancel()
+        for helper in helpers:
+            helper.cancel()
         await self._outcomes.flush()
         # The finisher is idle now (the flush lock serialises it with the call above).
         finisher.cancel()
-        await asyncio.gather(finisher, renewer, watcher, return_exceptions=True)
+        await asyncio.gather(finisher, renewer, *helpers, return_exceptions=True)
         handback = [tid for tid in leftover if tid in self._held and tid not in self._abandoned]
         if handback:
             try:

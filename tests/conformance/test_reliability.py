@@ -669,3 +669,30 @@ async def test_a_finished_tasks_events_are_stored_with_its_result(
                 return kinds == expected
 
             await eventually(logged, "the events of the finished task", within=2)
+
+
+async def test_a_long_runs_executing_event_shows_while_it_runs(
+    oq: AsyncOmniQ, workers: Workers, tmp_path: Path
+) -> None:
+    # Short runs write EXECUTING with their result; a long one hands it to the event
+    # logger after a moment, so a reader in another process sees the run under way.
+    release, log = tmp_path / "release", tmp_path / "runs.log"
+    task_id = await oq.submit(tasks.hold_until, (str(release), str(log)))
+    workers.start()
+    await wait_for_path(log, "the task to start")
+
+    async def executing() -> bool:
+        kinds = [event.event_type for event in await oq.get_events(task_id)]
+        return kinds == [EventType.ENQUEUED, EventType.EXECUTING]
+
+    await eventually(executing, "EXECUTING while the task runs", within=5)
+    assert (await oq.get_task(task_id)).status is TaskStatus.RUNNING
+    release.touch()
+    result = await oq.get_result(task_id, wait=True, timeout=WAIT)
+    assert result is not None and result.status is TaskStatus.COMPLETE
+
+    async def finished() -> bool:  # at once, or (the file backend) within a write
+        kinds = [event.event_type for event in await oq.get_events(task_id)]
+        return kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
+
+    await eventually(finished, "EXECUTING once, then COMPLETE", within=2)

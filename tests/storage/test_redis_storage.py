@@ -751,11 +751,16 @@ async def test_an_argument_over_redis_512_mb_limit_is_refused_before_sending(
         task_queue=REDIS_URL, result_storage=REDIS_URL, event_storage=False, namespace=redis_cleanup
     )
     too_big = b"x" * (513 * 2**20)
+    server = aioredis.from_url(REDIS_URL)
     async with oq:
-        started = time.monotonic()
+        await oq.stats()  # connected before the count starts
+        received = (await server.info("stats"))["total_net_input_bytes"]
         with pytest.raises(ValueTooLargeError) as caught:
             await oq.enqueue(len, too_big)
-        assert time.monotonic() - started < 5
+        # Refused before sending: the server got nothing like 513 MB (only small requests,
+        # the INFO above among them, from this and other clients).
+        sent = (await server.info("stats"))["total_net_input_bytes"] - received
+        assert sent < 2**20, sent
         message = str(caught.value)
         assert "Redis's limit of 512 MB per value" in message and "513.0 MB" in message
         assert isinstance(caught.value, ValueError)
@@ -766,3 +771,4 @@ async def test_an_argument_over_redis_512_mb_limit_is_refused_before_sending(
         # Nothing was stored, and the connection is still good.
         assert await oq.list_tasks() == []
         assert await oq.get_result(await oq.enqueue(len, b"small")) is None
+    await server.aclose()

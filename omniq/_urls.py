@@ -15,7 +15,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 __all__ = [
     "ACCEPTED_FORMS",
     "FILE_PROTOCOLS",
+    "LOCAL_SCHEMES",
     "SERVER_SCHEMES",
+    "is_shared_store",
     "mistyped_url_problem",
     "redact_url",
     "split_namespace",
@@ -54,6 +56,23 @@ FILE_PROTOCOLS = frozenset(
         "dbfs",
     }
 )
+
+#: Schemes of the stores kept in this host's own files or in this process (SQLite, local
+#: files, memory): writing to one already takes the rights of the user who runs the workers.
+#: Every other store (a server, an object store, a remote filesystem) may be writable by
+#: others, so what a worker reads from it must not be trusted to run code (SECURITY.md).
+LOCAL_SCHEMES = frozenset({"sqlite", "file", "local", "memory"})
+
+
+def is_shared_store(url: str) -> bool:
+    """True unless ``url`` names a store in this host's own files or this process.
+
+    >>> is_shared_store("redis://127.0.0.1:6379/0"), is_shared_store("sqlite:///jobs.db")
+    (True, False)
+    """
+    scheme, sep, _ = url.partition("://")
+    return not sep or scheme.lower() not in LOCAL_SCHEMES
+
 
 #: The forms listed when a URL is refused.
 ACCEPTED_FORMS = (

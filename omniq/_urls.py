@@ -176,13 +176,25 @@ def split_namespace(url: str) -> tuple[str, str | None]:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    """``url`` with its password replaced by ``***`` (for messages and logs): the one in
+    its user part, and any query parameter whose name holds ``password``
+    (``?password=``, ``?sslpassword=``, ``?tls_key_password=``).
+
+    >>> redact_url("postgresql://app:s3cret@db/app?sslpassword=s3cret")
+    'postgresql://app:***@db/app?sslpassword=***'
+    """
     try:
         parts = urlsplit(url)
     except ValueError:  # not a URL at all (a bad IPv6 host): nothing to find in it
         return url
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.query and "password" in parts.query.lower():
+        query = [
+            (key, "***" if "password" in key.lower() else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return urlunsplit(parts)

@@ -91,7 +91,7 @@ REDIS_TLS_ALIASES = {
     "ssl_ca_certs": "tls_ca_file",
     "ssl_certfile": "tls_cert_file",
     "ssl_keyfile": "tls_key_file",
-    "ssl_password": "tls_key_password",
+    "ssl_password": "tls_key_password",  # nosec B105 # an option's name, not a password
 }
 
 

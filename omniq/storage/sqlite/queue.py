@@ -83,13 +83,14 @@ def _claim_sql(queue_count: int, strict: bool = False) -> str:
     if queue_count == 1:
         candidates = _Q["claim_candidates"].format(queue=":q0")
     elif strict:
+        # Only placeholder names (:q0, :q1…) and ranks are formatted in; values are bound.
         candidates = " UNION ALL ".join(
-            f"SELECT * FROM ({_Q['claim_candidates_ranked'].format(queue=f':q{i}', rank=i)})"
+            f"SELECT * FROM ({_Q['claim_candidates_ranked'].format(queue=f':q{i}', rank=i)})"  # nosec B608 # placeholders only
             for i in range(queue_count)
         )
     else:
         candidates = " UNION ALL ".join(
-            f"SELECT * FROM ({_Q['claim_candidates'].format(queue=f':q{i}')})"
+            f"SELECT * FROM ({_Q['claim_candidates'].format(queue=f':q{i}')})"  # nosec B608 # placeholders only
             for i in range(queue_count)
         )
     pick = _Q["claim_pick_in_list_order" if strict else "claim_pick"]

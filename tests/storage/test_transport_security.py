@@ -161,6 +161,14 @@ async def test_redis_server_certificate_from_another_ca_is_refused(
     assert str(error).startswith(f"redis: rediss://{REDIS_USER}:***@{tls_redis}/0")
 
 
+async def test_redis_tls_verify_false_skips_the_server_check(
+    tls_redis: str, certs: CertFiles
+) -> None:
+    # For a test server only: nothing checks who answers.
+    files = {k: v for k, v in client_files(certs).items() if k != "tls_ca_file"}
+    await round_trip(redis_url(tls_redis, tls_verify="false", **files))
+
+
 async def test_redis_without_client_certificate_is_refused(
     tls_redis: str, certs: CertFiles
 ) -> None:

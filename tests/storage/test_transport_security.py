@@ -25,6 +25,8 @@ import pytest
 
 from omniq import AsyncOmniQ, Settings
 from omniq.errors import ConfigError, StorageConnectionError
+from omniq.storage.postgres import AsyncPostgresQueue
+from omniq.storage.redis import AsyncRedisQueue
 from tests._certs import CertFiles, make_certs
 from tests.conformance import tasks
 from tests.conftest import REPO_ROOT, unique_name
@@ -206,7 +208,7 @@ async def test_redis_wrong_password_is_one_clear_error_that_never_shows_it(
     assert "WRONGPASS" in message
     assert f"rediss://{REDIS_USER}:***@{tls_redis}/0" in message
     assert_secret_nowhere(WRONG_PASSWORD, message, repr(raised.value), caplog.text, repr(oq))
-    assert_secret_nowhere(WRONG_PASSWORD, repr(Settings(redis_url=url)))
+    assert_secret_nowhere(WRONG_PASSWORD, repr(Settings(redis_url=url)), repr(AsyncRedisQueue(url)))
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------
@@ -274,6 +276,8 @@ async def test_postgres_wrong_password_is_one_clear_error_that_never_shows_it(
     assert f'password authentication failed for user "{PG_USER}"' in message
     assert f"postgresql://{PG_USER}:***@127.0.0.1:{tls_postgres.port}/omniq" in message
     assert_secret_nowhere(WRONG_PASSWORD, message, repr(raised.value), caplog.text, repr(oq))
+    queue = AsyncPostgresQueue(url, Settings(postgres_url=url))
+    assert_secret_nowhere(WRONG_PASSWORD, repr(queue), repr(Settings(postgres_url=url)))
 
 
 def test_cli_shows_a_wrong_password_as_one_line_without_it(

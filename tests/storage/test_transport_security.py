@@ -62,8 +62,8 @@ def tls_redis(certs: CertFiles, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def tls_postgres(certs: CertFiles) -> Iterator[PrivatePostgres]:
     """The private PostgreSQL cluster, with a login role using a scram-sha-256 password."""
     cluster = PrivatePostgres(certs)
-    cluster.start()
     try:
+        cluster.start()
 
         async def make_role() -> None:
             conn = await asyncpg.connect(cluster.socket_dsn)

@@ -19,11 +19,11 @@ import msgspec
 from omniq import _callables
 from omniq._ids import new_task_id, new_task_ids
 from omniq.config import Duration, Settings, parse_duration
-from omniq.errors import ConfigError, TaskArgumentError
+from omniq.errors import ConfigError, TaskArgumentError, ValueTooLargeError
 from omniq.models import Task, TaskStatus
 from omniq.serialization import SerializationManager
 
-__all__ = ["SUBMIT_OPTIONS", "TaskBuilder", "check_option_names", "seconds"]
+__all__ = ["SUBMIT_OPTIONS", "TaskBuilder", "check_option_names", "payload_too_large", "seconds"]
 
 #: ``submit``'s options; ``@oq.task`` takes them all, ``enqueue_many`` all but ``depends_on``
 #: and ``task_id``.
@@ -51,6 +51,15 @@ def seconds(value: Duration | None, name: str) -> float | None:
     if value is None:
         return None
     return parse_duration(value, field=f"argument {name}")
+
+
+def payload_too_large(what: str, size: int, limit: int) -> ValueTooLargeError:
+    """The error for ``what``, encoded to ``size`` bytes, over ``max_payload_bytes``."""
+    return ValueTooLargeError(
+        f"{what} encode to {size} bytes ({size / 2**20:.1f} MiB), over max_payload_bytes="
+        f"{limit}: pass large data by reference (a path or a key in a file or object store), "
+        "or raise max_payload_bytes on producers and workers alike"
+    )
 
 
 def _argument_error(spec: _callables.ArgSpec, problem: tuple[str, str | None]) -> TaskArgumentError:
@@ -242,7 +251,11 @@ class TaskBuilder:
             raise ConfigError(f"args={args!r}: expected a tuple or list of arguments")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ConfigError(f"kwargs={kwargs!r}: expected a dict of keyword arguments")
-        return self.serializer.dumps_call(carried, tuple(args), kwargs or {})
+        payload = self.serializer.dumps_call(carried, tuple(args), kwargs or {})
+        limit = self.settings.max_payload_bytes
+        if limit is not None and len(payload) > limit:
+            raise payload_too_large("the task's arguments", len(payload), limit)
+        return payload
 
     def resolve(self, name: str) -> Callable[..., Any]:
         """The callable behind a task's ``func`` name: registered first, then imported."""

@@ -12,7 +12,7 @@ __all__ = ["new_task_id", "new_task_ids"]
 _lock = threading.Lock()
 # Ids need uniqueness, not secrecy: the Mersenne Twister is ample and far cheaper than
 # a system call per id. Re-seeded after fork so children do not repeat their parent.
-_rng = random.Random()
+_rng = random.Random()  # nosec B311 # ids must be unique, not secret: no key or token
 _random_bits = _rng.getrandbits
 os.register_at_fork(after_in_child=_rng.seed)
 _VARIANT = 0b10 << 62

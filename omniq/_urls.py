@@ -15,7 +15,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 __all__ = [
     "ACCEPTED_FORMS",
     "FILE_PROTOCOLS",
+    "LOCAL_SCHEMES",
     "SERVER_SCHEMES",
+    "is_shared_store",
     "mistyped_url_problem",
     "redact_url",
     "split_namespace",
@@ -54,6 +56,23 @@ FILE_PROTOCOLS = frozenset(
         "dbfs",
     }
 )
+
+#: Schemes of the stores kept in this host's own files or in this process (SQLite, local
+#: files, memory): writing to one already takes the rights of the user who runs the workers.
+#: Every other store (a server, an object store, a remote filesystem) may be writable by
+#: others, so what a worker reads from it must not be trusted to run code (SECURITY.md).
+LOCAL_SCHEMES = frozenset({"sqlite", "file", "local", "memory"})
+
+
+def is_shared_store(url: str) -> bool:
+    """True unless ``url`` names a store in this host's own files or this process.
+
+    >>> is_shared_store("redis://127.0.0.1:6379/0"), is_shared_store("sqlite:///jobs.db")
+    (True, False)
+    """
+    scheme, sep, _ = url.partition("://")
+    return not sep or scheme.lower() not in LOCAL_SCHEMES
+
 
 #: The forms listed when a URL is refused.
 ACCEPTED_FORMS = (
@@ -157,13 +176,25 @@ def split_namespace(url: str) -> tuple[str, str | None]:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    """``url`` with its password replaced by ``***`` (for messages and logs): the one in
+    its user part, and any query parameter whose name holds ``password``
+    (``?password=``, ``?sslpassword=``, ``?tls_key_password=``).
+
+    >>> redact_url("postgresql://app:s3cret@db/app?sslpassword=s3cret")
+    'postgresql://app:***@db/app?sslpassword=***'
+    """
     try:
         parts = urlsplit(url)
     except ValueError:  # not a URL at all (a bad IPv6 host): nothing to find in it
         return url
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.query and "password" in parts.query.lower():
+        query = [
+            (key, "***" if "password" in key.lower() else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return urlunsplit(parts)

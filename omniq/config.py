@@ -66,6 +66,10 @@ _PLAN_VARIABLES = {
 # Unknown variables already warned about: once per process, however often settings load.
 _warned_variables: set[str] = set()
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The default of ``max_payload_bytes``: 16 MiB of encoded arguments per task. Far above
+#: what a task queue should carry (pass large data by reference), far below what would
+#: strain a worker's memory or a server's (Redis takes 512 MB per value).
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 
 #: A duration argument: seconds, a ``timedelta``, or a string like ``"30s"`` or ``"5m"``.
 Duration = float | int | timedelta | str
@@ -122,7 +126,9 @@ _RULES: dict[str, tuple[str, Any]] = {
     "retry_max_delay": ("duration", False),
     "task_timeout": ("duration?", True),
     "serializer": ("lower", ("auto", "msgspec", "dill")),
-    "secret_key": ("text?", None),
+    "secret_key": ("keys?", None),
+    "allow_unsigned_dill": ("bool", None),
+    "max_payload_bytes": ("int?", 1),
     "storage_options": ("mapping", None),
     "namespace": ("name", None),
     "shutdown_timeout": ("duration", False),
@@ -155,10 +161,36 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _key_text(key: object) -> bool:
+    return isinstance(key, str) and bool(key.strip())
+
+
+def _keys(value: Any, from_text: bool) -> str | tuple[str, ...]:
+    """``secret_key``: one key, or a list of them (the first signs, any verifies).
+
+    In the environment a value that starts with ``[`` is a JSON list; any other is one
+    key, commas and all (a key is any string, so no separator is safe to split on).
+    """
+    if from_text and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _Invalid from None
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list | tuple) and value and all(_key_text(key) for key in value):
+        return tuple(value)
+    raise _Invalid
+
+
 def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
     """``value`` converted for a field of ``kind``; ``from_text`` for environment strings."""
     if kind.endswith("?"):
-        nulls = ("", "none", "null") if kind == "duration?" else ("",)
+        nulls = ("", "none", "null") if kind in ("duration?", "int?") else ("",)
         if value is None or (from_text and value.strip().lower() in nulls):
             return None
         kind = kind[:-1]
@@ -186,6 +218,13 @@ def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
         if problem is None:
             return value
         raise _Invalid(problem)
+    elif kind == "keys":
+        return _keys(value, from_text)
+    elif kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if from_text and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
     elif kind == "duration":
         seconds = _seconds(value)
         if seconds > 0 or (seconds == 0 and not arg):
@@ -217,6 +256,8 @@ def _expected(kind: str, arg: Any) -> str:
         "int": f"an integer >= {arg}",
         "duration": f"a duration {'>' if arg else '>='} 0 ({_DURATION_FORM})",
         "mapping": "a mapping with string keys (a JSON object in the environment)",
+        "keys": "a non-empty string, or a non-empty list of them (a JSON list in the environment)",
+        "bool": "true or false (1/0, yes/no, on/off in the environment)",
     }
     if kind.startswith("url"):
         forms["url"] = (
@@ -225,7 +266,7 @@ def _expected(kind: str, arg: Any) -> str:
             else f"a storage URL ({ACCEPTED_FORMS})"
         )
     form = forms.get(kind.rstrip("?")) or "one of " + ", ".join(repr(o) for o in arg)
-    if kind == "duration?":
+    if kind in ("duration?", "int?"):
         return form + ", or none ('none', 'null' or '' in the environment)"
     return form + ", or none" if kind.endswith("?") else form
 
@@ -363,7 +404,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     retry_max_delay: float = 300.0
     task_timeout: float | None = None
     serializer: str = "auto"
-    secret_key: str | None = None
+    # One key, or several to rotate them (a list in code and YAML is kept as a tuple).
+    secret_key: str | tuple[str, ...] | None = None
+    allow_unsigned_dill: bool = False
+    max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES
     storage_options: dict[str, Any] = msgspec.field(default_factory=dict)
     namespace: str = "omniq"
     shutdown_timeout: float = 30.0
@@ -389,11 +433,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         self.__dict__["_given_types"] = given
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{name}={'<hidden>' if name == 'secret_key' and value else repr(value)}"
-            for name, value in msgspec.structs.asdict(self).items()
-        )
-        return f"Settings({fields})"
+        fields = msgspec.structs.asdict(self).items()
+        return f"Settings({', '.join(_shown(name, value) for name, value in fields)})"
 
     @classmethod
     def load(
@@ -468,6 +509,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
             "nats": self.nats_url,
         }
         return derived.get(kind)
+
+
+def _shown(name: str, value: Any) -> str:
+    """``name=value`` for a repr, with no secret in it: the keys hidden, passwords out of
+    URLs, the values of ``storage_options`` (credentials, key passwords) hidden."""
+    if name == "secret_key" and value:
+        return f"{name}=<hidden>"
+    if name == "storage_options":
+        return f"{name}={ {key: '<hidden>' for key in value}!r}"
+    if isinstance(value, str) and name.endswith("_url"):
+        return f"{name}={redact_url(value)!r}"
+    return f"{name}={value!r}"
 
 
 def _rebuild_settings(fields: dict[str, Any]) -> Settings:

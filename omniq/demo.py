@@ -23,7 +23,7 @@ _attempts: Counter[str] = Counter()
 
 async def resize_image(name: str, size: int) -> str:
     """An async task: pretend to resize an image."""
-    await asyncio.sleep(random.uniform(0.01, 0.05))
+    await asyncio.sleep(random.uniform(0.01, 0.05))  # nosec B311 # a demo's pause, not a secret
     return f"{name} resized to {size}px"
 
 
@@ -76,7 +76,8 @@ async def run_demo(oq: AsyncOmniQ | None = None, *, out: TextIO = sys.stdout) ->
             resize_image, [(f"photo-{i}.png", 256 * (1 + i % 3)) for i in range(12)]
         )
         ids += await client.enqueue_many(
-            summarise, [([random.randint(1, 100) for _ in range(50)],) for _ in range(5)]
+            summarise,
+            [([random.randint(1, 100) for _ in range(50)],) for _ in range(5)],  # nosec B311 # demo data
         )
         flaky = [
             await client.submit(

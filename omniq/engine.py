@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +28,7 @@ from omniq import _fork
 from omniq._building import TaskBuilder
 from omniq._loops import LoopBinding
 from omniq._storages import Component, Storages
+from omniq._urls import is_shared_store
 from omniq.config import LoggingConfig, Settings
 from omniq.decisions import (
     CANCELLED,
@@ -63,13 +65,44 @@ from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueu
 if TYPE_CHECKING:
     from omniq.scheduling import AsyncScheduler
 
-__all__ = ["Engine", "RunningPool"]
+__all__ = ["KEY_FILE", "Engine", "RunningPool", "serializer_for"]
 
 logger = logging.getLogger("omniq")
 
 #: How long a ``get_result`` waiter gives a task that just became final to show its
 #: result: one ended by ``cancel()`` or its ttl stores it right after the status change.
 RESULT_GRACE = timedelta(seconds=1)
+
+
+#: The file under ``base_dir`` that holds the signing key of an embedded store.
+KEY_FILE = "secret_key"
+
+
+def serializer_for(settings: Settings, queue: Any) -> SerializationManager:
+    """The serializer of a client whose task queue is ``queue`` (its argument: a URL, a
+    storage instance, or None for the settings' URL).
+
+    Decided once, from where the tasks are kept. With ``secret_key`` every dill payload
+    is signed with it. Without it, a queue in this host's own files (SQLite, local files,
+    memory) signs with a key kept in ``base_dir`` (made on first use, mode 0600): who can
+    write that store can already act as its user. On a shared store (a server, an object
+    store; or an instance whose URL is unknown) dill is refused unless
+    ``allow_unsigned_dill``: anyone who can write there could otherwise run code in every
+    worker. See SECURITY.md.
+    """
+    url = queue if isinstance(queue, str) else getattr(queue, "url", None)
+    if queue is None:
+        url = settings.storage_url("task_queue")
+    key_file = None
+    if not settings.secret_key and isinstance(url, str) and not is_shared_store(url):
+        base = os.path.abspath(os.path.expanduser(settings.base_dir))
+        key_file = os.path.join(base, KEY_FILE)
+    return SerializationManager(
+        mode=settings.serializer,
+        secret_key=settings.secret_key,
+        key_file=key_file,
+        allow_unsigned_dill=settings.allow_unsigned_dill,
+    )
 
 
 class RunningPool(Protocol):
@@ -93,9 +126,7 @@ class Engine:
 
     def __init__(self, settings: Settings, specs: dict[Component, Any]) -> None:
         self.settings = settings
-        self.serializer = SerializationManager(
-            mode=settings.serializer, secret_key=settings.secret_key
-        )
+        self.serializer = serializer_for(settings, specs.get("task_queue"))
         self.builder = TaskBuilder(settings, self.serializer)
         self.storages = Storages(settings, specs)
         self.events = self._fresh_event_logger(None)

@@ -13,6 +13,7 @@ Every error OmniQ raises derives from :class:`OmniQError`::
     │   ├── StorageConnectionError  the backend cannot be reached
     │   ├── TaskNotFoundError       (also LookupError) an id that does not exist
     │   └── ValueTooLargeError      (also ValueError) a value over the backend's size limit
+    │                               or ``max_payload_bytes``
     ├── ScheduleError          (also ValueError) a bad cron string, interval or schedule id
     ├── TaskImportError        a ``module:qualname`` that cannot be imported at the worker
     ├── TaskTimeoutError       (also TimeoutError) a task ran past its timeout
@@ -90,7 +91,9 @@ class TaskNotFoundError(StorageError, LookupError):
 
 class ValueTooLargeError(StorageError, ValueError):
     """A value (a task's arguments, a result) is larger than the backend stores in one
-    piece, such as Redis's 512 MB per value; nothing was written."""
+    piece, such as Redis's 512 MB per value, or than the ``max_payload_bytes`` setting
+    allows; nothing was written. A worker fails a stored task whose payload is over
+    ``max_payload_bytes`` with this error, without decoding it."""
 
 
 class ScheduleError(OmniQError, ValueError):

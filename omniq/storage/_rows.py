@@ -35,34 +35,41 @@ def dt(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+#: What a damaged record or column can raise while it is decoded: a wrong type or shape
+#: (msgspec), a time out of range (ValueError, OverflowError, OSError from the C
+#: library), an unknown status. Found by fuzzing (tests/unit/test_record_decoders.py).
+_DAMAGE = (msgspec.DecodeError, ValueError, TypeError, KeyError, OverflowError, OSError)
+
+
 def task_from_row(row: Sequence[Any], backend: str) -> Task:
     """A stored task: the record as enqueued, with the mutable columns applied.
 
-    Raises StorageError (naming ``backend`` and the task) when the record is corrupt.
+    Raises StorageError (naming ``backend`` and the task) when the record or a column is
+    damaged, and nothing else whatever the row holds.
     """
     _, task_id, status, _, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost = row
     try:
         base = _TASK_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        due_at = base.due_at
+        if ts(due_at or base.created_at) != due_ts:
+            due_at = dt(due_ts)
+        updated_at = base.updated_at
+        if ts(updated_at or base.created_at) != updated_ts:
+            updated_at = dt(updated_ts)
+        return msgspec.structs.replace(
+            base,
+            status=_STATUSES[status],
+            attempts=attempts,
+            lost_runs=lost,
+            worker_id=worker_id,
+            lease_expires_at=None if lease_ts is None else dt(lease_ts),
+            due_at=due_at,
+            updated_at=updated_at,
+        )
+    except _DAMAGE as exc:
         raise StorageError(
             f"{backend}: task {task_id}: its stored record is corrupt: {exc}"
         ) from exc
-    due_at = base.due_at
-    if ts(due_at or base.created_at) != due_ts:
-        due_at = dt(due_ts)
-    updated_at = base.updated_at
-    if ts(updated_at or base.created_at) != updated_ts:
-        updated_at = dt(updated_ts)
-    return msgspec.structs.replace(
-        base,
-        status=_STATUSES[status],
-        attempts=attempts,
-        lost_runs=lost,
-        worker_id=worker_id,
-        lease_expires_at=None if lease_ts is None else dt(lease_ts),
-        due_at=due_at,
-        updated_at=updated_at,
-    )
 
 
 def unreadable_from_row(row: Sequence[Any], reason: str, queue: str) -> UnreadableTask:

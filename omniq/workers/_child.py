@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import pickle
+import pickle  # nosec B403 # only over the pipes between a worker and its own children
 import signal
 import sys
 import threading
@@ -54,13 +54,13 @@ def _dumps(value: Any) -> bytes:
     """Standard pickle when it carries ``value`` faithfully, else dill."""
     try:
         data = pickle.dumps(value, protocol=_PROTOCOL)
-    except Exception:
+    except Exception:  # nosec B110 # not picklable: dill below carries it (or says why not)
         pass
     else:
         # A reference into ``__main__`` would resolve to another module in the child.
         if b"__main__" not in data:
             return _PICKLE + data
-    import dill
+    import dill  # nosec B403 # as pickle above: the worker's own pipes
 
     body: bytes = dill.dumps(value, protocol=_PROTOCOL, recurse=True)
     return _DILL + body
@@ -69,11 +69,11 @@ def _dumps(value: Any) -> bytes:
 def _loads(data: bytes) -> Any:
     tag, body = data[:1], memoryview(data)[1:]
     if tag == _PICKLE:
-        return pickle.loads(body)
+        return pickle.loads(body)  # nosec B301 # written by this worker or its own child
     if tag == _DILL:
-        import dill
+        import dill  # nosec B403 # as pickle above
 
-        return dill.loads(body)
+        return dill.loads(body)  # nosec B301 # written by this worker or its own child
     raise SerializationError(f"unknown worker wire tag {tag!r}")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Container
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from omniq._building import payload_too_large
 from omniq.decisions import Verdict, before_run
 from omniq.errors import OmniQError, SerializationError, StorageError, TaskTimeoutError
 from omniq.models import ErrorInfo, EventType, Task, TaskStatus, utcnow
@@ -82,6 +83,10 @@ class TaskRunner:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("task %s (%s): attempt %d started", task.id, task.func, task.attempts)
         try:
+            limit = self.engine.settings.max_payload_bytes
+            if limit is not None and len(task.payload) > limit:
+                # Someone wrote this record past the producers' check: never decoded.
+                raise payload_too_large("its stored arguments", len(task.payload), limit)
             carried, args, kwargs = self.engine.serializer.loads_call(task.payload)
             func = carried if carried is not None else self.engine.builder.resolve(task.func)
         except OmniQError as exc:

@@ -35,9 +35,9 @@ import importlib.util
 import itertools
 import logging
 import os
-import pickle
+import pickle  # nosec B403 # only over the socketpair to the worker's own child
 import socket
-import subprocess
+import subprocess  # nosec B404 # starts this interpreter as the gevent child, no shell
 import sys
 from collections.abc import Callable
 from typing import Any, Final
@@ -136,7 +136,7 @@ class GeventWorker(BaseExecutor):
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> Any:
         size = int.from_bytes(await reader.readexactly(_HEADER), "big")
-        return pickle.loads(await reader.readexactly(size))
+        return pickle.loads(await reader.readexactly(size))  # nosec B301 # its own child, socketpair
 
     async def _read_loop(
         self, reader: asyncio.StreamReader, process: subprocess.Popen[bytes]
@@ -320,7 +320,7 @@ def child_main(fd: int, concurrency: int) -> None:  # pragma: no cover - runs in
     try:
         while True:
             size = int.from_bytes(recv_exact(_HEADER), "big")
-            message = pickle.loads(recv_exact(size))
+            message = pickle.loads(recv_exact(size))  # nosec B301 # its parent, socketpair
             kind = message[0]
             if kind == "call":
                 _, call_id, request, timeout = message

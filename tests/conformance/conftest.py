@@ -100,6 +100,20 @@ async def oq(make_oq: MakeOQ) -> AsyncOmniQ:
     return await make_oq()
 
 
+#: Backends whose stores others may write to: dill travels there only signed, so a test
+#: that sends a lambda sets a key (embedded stores sign with their own, made in base_dir).
+SHARED_STORES = {"redis", "postgres"}
+
+
+@pytest.fixture
+async def dill_oq(make_oq: MakeOQ, backend_name: str) -> AsyncOmniQ:
+    """Like ``oq``, ready to carry lambdas and closures: a ``secret_key`` on shared stores,
+    nothing on embedded ones (they sign with the key they keep under ``base_dir``)."""
+    if backend_name in SHARED_STORES:
+        return await make_oq(secret_key="conformance-secret")
+    return await make_oq()
+
+
 def task_marker() -> str:
     """A unique token tasks can record, to tell tests apart."""
     return uuid.uuid4().hex

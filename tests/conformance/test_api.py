@@ -84,7 +84,8 @@ async def test_arguments_keep_their_types(oq: AsyncOmniQ) -> None:
     assert type(got_kwargs["key"]) is tuple
 
 
-async def test_lambda_and_closure_travel_by_value(oq: AsyncOmniQ) -> None:
+async def test_lambda_and_closure_travel_by_value(dill_oq: AsyncOmniQ) -> None:
+    oq = dill_oq
     factor = 7
     closure_id = await oq.enqueue(lambda x: x * factor, 6)
     await oq.worker().run(burst=True)

@@ -78,7 +78,9 @@ async def test_every_way_in_checks_the_arguments(oq: AsyncOmniQ) -> None:
     assert await oq.list_schedules() == []
 
 
-async def test_calls_that_bind_still_run(oq: AsyncOmniQ) -> None:
+async def test_calls_that_bind_still_run(dill_oq: AsyncOmniQ) -> None:
+    oq = dill_oq
+
     class Greeter:
         def __init__(self, greeting: str) -> None:
             self.greeting = greeting

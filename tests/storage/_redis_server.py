@@ -9,8 +9,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from tests._certs import CertFiles
 from tests.conftest import free_port
 
 
@@ -18,26 +20,52 @@ class PrivateRedis:
     """One ``redis-server`` process; ``restart`` keeps its port and data directory.
 
     With ``persistent=True`` it writes an append-only file synced on every write, so a
-    crash (SIGKILL) loses nothing that was acknowledged.
+    crash (SIGKILL) loses nothing that was acknowledged. With ``tls`` it serves TLS only
+    (no plain-text port), with that server certificate, and asks clients for a certificate
+    signed by its CA. ``config`` lines are added to its configuration file (ACL users…).
     """
 
-    def __init__(self, data_dir: Path, *, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        persistent: bool = False,
+        tls: CertFiles | None = None,
+        config: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.persistent = persistent
+        self.tls = tls
+        self.config = list(config)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """The server's URL (database 0)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start the server and return once it accepts connections."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "redis.conf"
+        conf.write_text("".join(f"{line}\n" for line in self.config))
+        conf.chmod(0o600)  # it may hold ACL passwords
+        if self.tls is None:
+            ports = ["--port", str(self.port)]
+        else:
+            ports = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.server_cert),
+                "--tls-key-file", str(self.tls.server_key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "yes",
+            ]  # fmt: skip
         args = [
             "redis-server",
-            "--port", str(self.port),
+            str(conf),
+            *ports,
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--save", "",
@@ -62,8 +90,10 @@ class PrivateRedis:
     def _answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.tls is not None:
+                    return True  # it listens; the tests make the TLS handshakes
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -400,10 +400,53 @@ def test_secret_key_never_appears_in_messages_or_repr(tmp_path: Path) -> None:
     assert "secret_key=<hidden>: expected a non-empty string" in str(info.value)
 
     with pytest.raises(ConfigError) as info:
-        Settings(secret_key=["hunter2"])  # type: ignore[arg-type]
+        Settings(secret_key=["hunter2", 7])  # type: ignore[list-item]
     assert "hunter2" not in str(info.value)
 
     assert "hunter2" not in repr(Settings(secret_key="hunter2"))
+    assert "hunter2" not in repr(Settings(secret_key=["new", "hunter2"]))
+
+
+def test_secret_key_takes_a_list_to_rotate_keys(tmp_path: Path) -> None:
+    assert Settings(secret_key=["new", "old"]).secret_key == ("new", "old")
+    config = write_yaml(tmp_path / "c.yaml", "secret_key: [new, old]\n")
+    assert Settings.from_yaml(config).secret_key == ("new", "old")
+    assert Settings.from_env({"OMNIQ_SECRET_KEY": '["new", "old"]'}).secret_key == (
+        "new",
+        "old",
+    )
+    # Not a JSON list: one key, commas and all (a key may hold any character).
+    assert Settings.from_env({"OMNIQ_SECRET_KEY": "a,b"}).secret_key == "a,b"
+    for bad in ('["a", ""]', "[]", '["a", 1]', "[not json"):
+        with pytest.raises(ConfigError, match="OMNIQ_SECRET_KEY=<hidden>: expected"):
+            Settings.from_env({"OMNIQ_SECRET_KEY": bad})
+    with pytest.raises(ConfigError, match="argument secret_key=<hidden>"):
+        Settings(secret_key=[])
+
+
+def test_security_switches_from_every_layer() -> None:
+    assert Settings().allow_unsigned_dill is False
+    assert Settings().max_payload_bytes == 16 * 1024 * 1024
+    env = {"OMNIQ_ALLOW_UNSIGNED_DILL": "true", "OMNIQ_MAX_PAYLOAD_BYTES": "1024"}
+    loaded = Settings.from_env(env)
+    assert (loaded.allow_unsigned_dill, loaded.max_payload_bytes) == (True, 1024)
+    assert Settings.from_env({"OMNIQ_MAX_PAYLOAD_BYTES": "none"}).max_payload_bytes is None
+    with pytest.raises(ConfigError, match="OMNIQ_ALLOW_UNSIGNED_DILL='maybe': expected true"):
+        Settings.from_env({"OMNIQ_ALLOW_UNSIGNED_DILL": "maybe"})
+    with pytest.raises(ConfigError, match="argument max_payload_bytes=0: expected an integer"):
+        Settings(max_payload_bytes=0)
+
+
+def test_repr_shows_no_password_and_no_storage_credentials() -> None:
+    settings = Settings(
+        redis_url="redis://app:hunter2@10.0.0.1:6379/0",
+        postgres_url="postgresql://app:hunter2@db/app",
+        storage_options={"secret": "hunter2", "tls_key_password": "hunter2"},
+    )
+    shown = repr(settings)
+    assert "hunter2" not in shown
+    assert "redis://app:***@10.0.0.1:6379/0" in shown
+    assert "tls_key_password" in shown
 
 
 def test_storage_options_value_is_not_echoed() -> None:

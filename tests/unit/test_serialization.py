@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import enum
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +26,7 @@ from omniq.serialization import (
     MsgspecSerializer,
     SerializationDetector,
     SerializationManager,
+    load_or_create_key,
 )
 
 KEY = "test-secret"
@@ -52,6 +56,11 @@ class Sentinel:
     def __setstate__(self, state: dict[str, Any]) -> None:
         UNPICKLED.append(state["label"])
         self.__dict__.update(state)
+
+
+def unsigned_ok(**options: Any) -> SerializationManager:
+    """A manager that reads and writes unsigned dill (``allow_unsigned_dill=True``)."""
+    return SerializationManager(allow_unsigned_dill=True, **options)
 
 
 def make_adder(n: int) -> Callable[[int], int]:
@@ -142,7 +151,7 @@ def assert_same(got: Any, expected: Any) -> None:
 @pytest.mark.parametrize("mode", ["auto", "msgspec", "dill"])
 @pytest.mark.parametrize("value", TYPED_VALUES.values(), ids=TYPED_VALUES.keys())
 def test_typed_values_round_trip_with_their_type(mode: str, value: Any) -> None:
-    manager = SerializationManager(mode=mode)
+    manager = unsigned_ok(mode=mode)
     data = manager.dumps(value)
     assert data[:1] == (b"D" if mode == "dill" else b"M")
     assert_same(manager.loads(data), value)
@@ -159,7 +168,7 @@ def test_typed_values_round_trip_as_arguments(mode: str, value: Any) -> None:
 
 
 def test_common_call_payloads() -> None:
-    manager = SerializationManager()
+    manager = unsigned_ok()
     for args, kwargs in [
         ((), {}),
         ((1, "a", 2.5, None, True), {}),
@@ -172,7 +181,7 @@ def test_common_call_payloads() -> None:
 
 @pytest.mark.parametrize("value", DILL_VALUES.values(), ids=DILL_VALUES.keys())
 def test_values_msgspec_cannot_carry_travel_with_dill_in_auto_mode(value: Any) -> None:
-    manager = SerializationManager()
+    manager = unsigned_ok()
     data = manager.dumps(value)
     assert data[:1] == b"D"
     got = manager.loads(data)
@@ -184,7 +193,7 @@ def test_values_msgspec_cannot_carry_travel_with_dill_in_auto_mode(value: Any) -
 def test_self_referencing_list_travels_with_dill() -> None:
     looped: list[Any] = [1]
     looped.append(looped)
-    manager = SerializationManager()
+    manager = unsigned_ok()
     got = manager.loads(manager.dumps(looped))
     assert got[0] == 1
     assert got[1] is got
@@ -204,7 +213,7 @@ def test_exception_result_travels_with_dill() -> None:
 def test_lambda_and_closure_travel_with_dill(
     func: Callable[[int], int], secret_key: str | None
 ) -> None:
-    manager = SerializationManager(secret_key=secret_key)
+    manager = SerializationManager(secret_key=secret_key, allow_unsigned_dill=secret_key is None)
     data = manager.dumps_call(func, (1,), {})
     assert data[:1] == (b"S" if secret_key else b"D")
     loaded, args, kwargs = manager.loads_call(data)
@@ -213,7 +222,7 @@ def test_lambda_and_closure_travel_with_dill(
 
 
 def test_custom_class_argument_switches_the_call_to_dill_in_auto_mode() -> None:
-    manager = SerializationManager()
+    manager = unsigned_ok()
     data = manager.dumps_call(None, (1, Point(1, 2)), {"t": (1,)})
     assert data[:1] == b"D"
     assert manager.loads_call(data) == (None, (1, Point(1, 2)), {"t": (1,)})
@@ -242,7 +251,7 @@ def test_strict_mode_refuses_a_callable_and_a_custom_result() -> None:
 
 
 def test_strict_mode_refuses_to_read_a_dill_payload() -> None:
-    data = SerializationManager().dumps(Point(1, 2))
+    data = unsigned_ok().dumps(Point(1, 2))
     with pytest.raises(SerializationError, match="forbids dill"):
         SerializationManager(mode="msgspec").loads(data)
 
@@ -250,7 +259,7 @@ def test_strict_mode_refuses_to_read_a_dill_payload() -> None:
 def test_unencodable_argument_is_named_in_auto_mode() -> None:
     generator = (i for i in range(3))
     with pytest.raises(SerializationError) as raised:
-        SerializationManager().dumps_call(None, (1, generator), {})
+        unsigned_ok().dumps_call(None, (1, generator), {})
     # The argument, its type and dill's reason; not the type of the call's tuple.
     assert str(raised.value) == (
         "cannot encode argument 2 (type generator) with dill "
@@ -277,7 +286,7 @@ def test_tampered_payload_is_refused_and_never_unpickled(position: int) -> None:
 
 
 def test_unsigned_dill_payload_is_refused_when_a_key_is_set() -> None:
-    unsigned = SerializationManager().dumps(Sentinel("unsigned"))
+    unsigned = unsigned_ok().dumps(Sentinel("unsigned"))
     UNPICKLED.clear()
     with pytest.raises(PayloadSignatureError, match="unsigned"):
         SerializationManager(secret_key=KEY).loads(unsigned)
@@ -292,8 +301,99 @@ def test_wrong_key_and_missing_key_are_refused() -> None:
     with pytest.raises(PayloadSignatureError):
         SerializationManager(secret_key="other").loads(signed)
     with pytest.raises(PayloadSignatureError, match="no secret_key"):
+        unsigned_ok().loads(signed)
+    with pytest.raises(PayloadSignatureError, match="no secret_key"):
         SerializationManager().loads(signed)
     assert UNPICKLED == []
+
+
+# -- signed or refused by default -----------------------------------------------------------
+
+
+def test_without_a_key_dill_is_refused_at_encoding_with_the_way_out() -> None:
+    manager = SerializationManager()
+    with pytest.raises(SerializationError) as raised:
+        manager.dumps_call(lambda x: x, (1,), {})
+    message = str(raised.value)
+    assert message.startswith("cannot send the task function ")
+    assert "<lambda>() without a signing key: it needs dill" in message
+    assert "set secret_key" in message and "allow_unsigned_dill=True" in message
+    with pytest.raises(SerializationError, match=r"argument 2 \(type Point\) without a"):
+        manager.dumps_call(None, (1, Point(1, 2)), {})
+    with pytest.raises(SerializationError, match=r"result \(type Color\) without a"):
+        manager.dumps(Color.RED, what="result")
+    # msgpack never needs a key.
+    assert manager.loads_call(manager.dumps_call(None, (1, (2,)), {})) == (None, (1, (2,)), {})
+
+
+def test_without_a_key_unsigned_dill_is_refused_and_never_unpickled() -> None:
+    unsigned = unsigned_ok().dumps_call(None, (Sentinel("unsigned"),), {})
+    UNPICKLED.clear()
+    with pytest.raises(PayloadSignatureError) as raised:
+        SerializationManager().loads_call(unsigned)
+    assert "unsigned and no key is set: refused, nothing was unpickled" in str(raised.value)
+    assert "allow_unsigned_dill=True" in str(raised.value)
+    assert UNPICKLED == []
+
+
+def test_allow_unsigned_dill_reads_unsigned_payloads_even_with_a_key() -> None:
+    unsigned = unsigned_ok().dumps(Sentinel("old"))
+    manager = SerializationManager(secret_key=KEY, allow_unsigned_dill=True)
+    assert manager.loads(unsigned).label == "old"
+    assert manager.dumps(Sentinel("new"))[:1] == b"S"  # a key always signs
+
+
+def test_several_keys_sign_with_the_first_and_accept_any() -> None:
+    old = SerializationManager(secret_key="old")
+    rotating = SerializationManager(secret_key=["new", "old"])
+    new = SerializationManager(secret_key="new")
+    assert rotating.loads(old.dumps(Sentinel("a"))).label == "a"
+    signed = rotating.dumps(Sentinel("b"))
+    assert new.loads(signed).label == "b"
+    UNPICKLED.clear()
+    with pytest.raises(PayloadSignatureError, match="does not match"):
+        old.loads(signed)
+    with pytest.raises(PayloadSignatureError, match="does not match"):
+        rotating.loads(SerializationManager(secret_key="stranger").dumps(Sentinel("c")))
+    assert UNPICKLED == []
+    assert DillSerializer([b"k2", b"k1"]).loads(DillSerializer(b"k1").dumps(3)) == 3
+    with pytest.raises(ConfigError, match="secret_key"):
+        SerializationManager(secret_key=["new", ""])
+    with pytest.raises(ConfigError, match="secret_key"):
+        SerializationManager(secret_key=[])
+
+
+def test_key_file_is_made_on_first_dill_use_private_and_shared(tmp_path: Path) -> None:
+    key_file = tmp_path / "base" / "secret_key"
+    producer = SerializationManager(key_file=key_file)
+    producer.dumps_call(None, (1, "plain"), {})
+    assert not key_file.exists()  # msgpack alone never makes a key
+    data = producer.dumps_call(make_adder(2), (1,), {})
+    assert data[:1] == b"S"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_bytes()) == 64  # 32 random bytes, hex
+    func, args, _ = SerializationManager(key_file=key_file).loads_call(data)
+    assert func is not None and func(*args) == 3
+    with pytest.raises(PayloadSignatureError, match="another key than this base_dir's"):
+        SerializationManager(key_file=tmp_path / "other" / "secret_key").loads_call(data)
+    # An explicit key wins over the file.
+    with pytest.raises(PayloadSignatureError, match="does not match"):
+        SerializationManager(secret_key=KEY, key_file=key_file).loads_call(data)
+
+
+def test_key_file_open_to_other_users_is_refused(tmp_path: Path) -> None:
+    key_file = tmp_path / "secret_key"
+    assert load_or_create_key(key_file) == load_or_create_key(key_file)
+    key_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="open to every user of this host: chmod 600"):
+        load_or_create_key(key_file)
+
+
+def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "secret_key"
+    with concurrent.futures.ProcessPoolExecutor(4) as pool:
+        keys = set(pool.map(load_or_create_key, [key_file] * 8))
+    assert keys == {key_file.read_bytes()}
 
 
 @pytest.mark.parametrize(
@@ -301,7 +401,7 @@ def test_wrong_key_and_missing_key_are_refused() -> None:
     [b"", b"X", b"Xabc", b"M", b"M\xc1", b"M\x92", b"M\xd4\x7f\x00", b"D", b"Dnot a pickle"],
 )
 def test_corrupt_bytes_raise_serialization_error(data: bytes) -> None:
-    manager = SerializationManager()
+    manager = unsigned_ok()
     with pytest.raises(SerializationError):
         manager.loads(data)
     with pytest.raises(SerializationError):
@@ -309,7 +409,7 @@ def test_corrupt_bytes_raise_serialization_error(data: bytes) -> None:
 
 
 def test_value_payload_is_not_a_call() -> None:
-    manager = SerializationManager()
+    manager = unsigned_ok()
     with pytest.raises(SerializationError, match="not a task call"):
         manager.loads_call(manager.dumps([1, 2, 3]))
 
@@ -413,8 +513,22 @@ def assert_only_serialization_errors(manager: SerializationManager, data: bytes)
 @FUZZ
 @given(data=st.binary(max_size=64), tag=st.sampled_from([b"M", b"X", b"\x00", b""]))
 def test_random_bytes_without_key_raise_only_serialization_error(data: bytes, tag: bytes) -> None:
-    # Without a key a dill payload is unpickled as-is, so only non-dill tags are fuzzed here.
-    assert_only_serialization_errors(SerializationManager(), tag + data)
+    # Allowed unsigned, a dill payload is unpickled as-is: only non-dill tags are fuzzed.
+    assert_only_serialization_errors(unsigned_ok(), tag + data)
+
+
+@FUZZ
+@given(
+    data=st.one_of(
+        st.binary(max_size=96),
+        st.sampled_from([b"D", b"S"]).flatmap(lambda tag: st.binary(max_size=96).map(tag.__add__)),
+        st.text(max_size=8).map(lambda label: unsigned_ok().dumps(Sentinel(label))),
+    )
+)
+def test_by_default_no_bytes_are_unpickled_without_a_key(data: bytes) -> None:
+    UNPICKLED.clear()
+    assert_only_serialization_errors(SerializationManager(), data)
+    assert UNPICKLED == []
 
 
 @FUZZ
@@ -427,7 +541,7 @@ def test_random_bytes_with_key_raise_only_serialization_error(data: bytes) -> No
 @FUZZ
 @given(data=ext_payloads())
 def test_random_extension_values_raise_only_serialization_error(data: bytes) -> None:
-    assert_only_serialization_errors(SerializationManager(), data)
+    assert_only_serialization_errors(unsigned_ok(), data)
 
 
 @pytest.mark.parametrize("secret_key", [None, KEY])
@@ -436,7 +550,7 @@ def test_random_extension_values_raise_only_serialization_error(data: bytes) -> 
 def test_truncated_payloads_raise_only_serialization_error(
     data: st.DataObject, secret_key: str | None
 ) -> None:
-    manager = SerializationManager(secret_key=secret_key)
+    manager = SerializationManager(secret_key=secret_key, allow_unsigned_dill=secret_key is None)
     payload = data.draw(valid_payloads(manager))
     if secret_key is not None:
         payload = data.draw(st.sampled_from([payload, manager.dumps_call(make_adder(2), (), {})]))

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from omniq._tls import TLS_OPTIONS
 from omniq._urls import FILE_PROTOCOLS, mistyped_url_problem, redact_url, storage_url_problem
 from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError
@@ -143,7 +144,10 @@ class FileConnection(Connection):
     def __init__(self, url: str | os.PathLike[str], settings: Settings) -> None:
         super().__init__(url, settings)
         self.location: Location = parse_location(url)
-        self._options: dict[str, Any] = dict(settings.storage_options)
+        # OmniQ's TLS options are the server backends' (omniq._tls): not fsspec's.
+        self._options: dict[str, Any] = {
+            key: value for key, value in settings.storage_options.items() if key not in TLS_OPTIONS
+        }
         if not self.location.is_local:
             driver_class(self.location)  # a missing driver fails here, naming the extra
         self._fs: Any = None

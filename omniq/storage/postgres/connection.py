@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from omniq._loops import abort_transport, quietly
+from omniq._tls import split_tls_options
 from omniq._urls import redact_url, split_namespace, split_option
 from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
@@ -147,6 +148,9 @@ class PostgresConnection(Connection):
         super().__init__(url, settings)
         dsn, url_namespace = split_namespace(self.url)
         dsn, url_pool_size = split_option(dsn, "pool_size")
+        # OmniQ's TLS options (also in storage_options); libpq's own (sslmode,
+        # sslrootcert, sslcert, sslkey) stay in the DSN, where asyncpg reads them.
+        dsn, self._tls = split_tls_options(dsn, settings.storage_options)
         namespace = url_namespace or namespace or settings.namespace
         self.dsn = dsn
         #: The most connections the pool opens (``?pool_size=`` in the URL).
@@ -191,6 +195,15 @@ class PostgresConnection(Connection):
             await self._close()
             raise
 
+    def _connect_options(self) -> dict[str, Any]:
+        """What every connection is opened with (the pool's and the listener's)."""
+        options: dict[str, Any] = {"server_settings": {"application_name": self.application_name}}
+        if self._tls.given:
+            # Required and checked as the options say (verify-full unless tls_verify is
+            # off); it wins over an sslmode in the DSN.
+            options["ssl"] = self._tls.context()
+        return options
+
     async def _create_pool(self) -> asyncpg.Pool:
         try:
             return await asyncpg.create_pool(
@@ -199,7 +212,7 @@ class PostgresConnection(Connection):
                 max_size=self.pool_size,
                 reset=_keep_session,
                 init=self._track,
-                server_settings={"application_name": self.application_name},
+                **self._connect_options(),
             )
         except asyncpg.InvalidCatalogNameError as exc:
             raise StorageConnectionError(f"postgres: {self._where}: {exc}") from exc
@@ -417,9 +430,7 @@ class PostgresConnection(Connection):
 
     async def _open_listener(self) -> bool:
         try:
-            listener = await asyncpg.connect(
-                self.dsn, server_settings={"application_name": self.application_name}
-            )
+            listener = await asyncpg.connect(self.dsn, **self._connect_options())
         except (*connection_errors, asyncpg.PostgresError) as exc:
             logger.warning("postgres: cannot listen for notifications: %s", exc)
             return False

@@ -79,6 +79,17 @@ def _finish_args(items: Sequence[Finish], now: datetime, *, log_events: bool) ->
     return args
 
 
+#: What a damaged record or field can raise while it is decoded: a wrong type or shape
+#: (msgspec), a number that is not one or out of range, an unknown status. Found by
+#: fuzzing (tests/unit/test_record_decoders.py).
+_DAMAGE = (msgspec.DecodeError, ValueError, TypeError, KeyError, OverflowError, OSError)
+
+
+def _corrupt(task_id: bytes | str, exc: BaseException) -> StorageError:
+    name = task_id.decode(errors="replace") if isinstance(task_id, bytes) else str(task_id)
+    return StorageError(f"redis: task {name}: its stored record is corrupt: {exc}")
+
+
 def _decode_task(
     task_id: bytes | str,
     data: bytes,
@@ -90,27 +101,58 @@ def _decode_task(
     updated: bytes,
     lost: bytes = b"",
 ) -> Task:
-    """A stored task: the record as enqueued with the mutable fields applied."""
+    """A stored task: the record as enqueued with the mutable fields applied.
+
+    Whatever the hash holds, a damaged record or field raises StorageError, never
+    anything else (anyone who can write to the server can write it).
+    """
     try:
         base = _TASK_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(
-            f"redis: task {_text(task_id)}: its stored record is corrupt: {exc}"
-        ) from exc
-    updated_at = base.updated_at
-    if int(updated) != _us(updated_at or base.created_at):
-        updated_at = _dt(updated)
-    return msgspec.structs.replace(
-        base,
-        id=_text(task_id),
-        status=_STATUSES[status],
-        attempts=int(attempts),
-        lost_runs=int(lost or 0),
-        worker_id=worker.decode() or None,
-        lease_expires_at=_dt(lease) if lease else None,
-        due_at=_dt(due) if due else None,
-        updated_at=updated_at,
-    )
+        updated_at = base.updated_at
+        if int(updated) != _us(updated_at or base.created_at):
+            updated_at = _dt(updated)
+        return msgspec.structs.replace(
+            base,
+            id=_text(task_id),
+            status=_STATUSES[status],
+            attempts=int(attempts),
+            lost_runs=int(lost or 0),
+            worker_id=worker.decode() or None,
+            lease_expires_at=_dt(lease) if lease else None,
+            due_at=_dt(due) if due else None,
+            updated_at=updated_at,
+        )
+    except _DAMAGE as exc:
+        raise _corrupt(task_id, exc) from exc
+
+
+def _claimed_task(
+    task_id: bytes | str,
+    data: bytes,
+    attempts: bytes | int,
+    due: bytes,
+    lost: bytes | int,
+    worker_id: str,
+    now: datetime,
+    lease_at: datetime,
+) -> Task:
+    """A task from a claim's reply, leased to ``worker_id``; a damaged record or field
+    raises StorageError (the claim hands it out as an ``UnreadableTask``)."""
+    try:
+        base = _TASK_DECODER.decode(data)
+        return msgspec.structs.replace(
+            base,
+            id=_text(task_id),
+            status=TaskStatus.RUNNING,
+            attempts=int(attempts),
+            lost_runs=int(lost),
+            worker_id=worker_id,
+            lease_expires_at=lease_at,
+            due_at=_dt(due) if due else None,
+            updated_at=now,
+        )
+    except _DAMAGE as exc:
+        raise _corrupt(task_id, exc) from exc
 
 
 #: Items per task in the reply of a script that fetches tasks (``fetch()`` in common.lua).

@@ -19,6 +19,7 @@ not mend.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -28,9 +29,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import hiredis
 
 from omniq._loops import abort_transport
+from omniq._tls import TLSOptions
+from omniq._urls import redact_url
 from omniq.errors import ConfigError
 
 __all__ = [
+    "REDIS_TLS_ALIASES",
     "NoScriptError",
     "RespConnection",
     "RespConnectionError",
@@ -81,9 +85,27 @@ class RespEndpoint:
     connect_timeout: float = 5.0
 
 
-def parse_redis_url(url: str) -> RespEndpoint:
+#: redis-py's names for the TLS options in a URL's query, taken as OmniQ's own
+#: (:mod:`omniq._tls`), so a URL written for redis-py works as it is.
+REDIS_TLS_ALIASES = dict(
+    (  # (redis-py's name, OmniQ's): option names, no secret among them
+        ("ssl_ca_certs", "tls_ca_file"),
+        ("ssl_certfile", "tls_cert_file"),
+        ("ssl_keyfile", "tls_key_file"),
+        ("ssl_password", "tls_key_password"),
+    )
+)
+
+
+def parse_redis_url(url: str, tls: TLSOptions | None = None) -> RespEndpoint:
     """``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
-    ``unix:///path/to/socket?db=N``; ``?ssl_cert_reqs=none`` skips certificate checks."""
+    ``unix:///path/to/socket?db=N``.
+
+    ``tls`` holds the TLS options taken out of the URL and the settings
+    (:func:`omniq._tls.split_tls_options`); they need ``rediss://``. redis-py's
+    ``?ssl_cert_reqs=none`` (skip certificate checks) is taken as ``tls_verify=false``.
+    """
+    tls = tls or TLSOptions()
     try:
         parts = urlsplit(url)
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -96,6 +118,11 @@ def parse_redis_url(url: str) -> RespEndpoint:
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         timeout = float(query.get("socket_connect_timeout", 5.0))
+        if tls.given and scheme != "rediss":
+            raise ValueError(
+                "TLS options are set but the URL is not rediss://: the connection would be "
+                "plain text; write rediss:// for a TLS server"
+            )
         if scheme == "unix":
             if not parts.path:
                 raise ValueError("no socket path")
@@ -108,23 +135,24 @@ def parse_redis_url(url: str) -> RespEndpoint:
             )
         if scheme not in ("redis", "rediss"):
             raise ValueError(f"unknown scheme {parts.scheme!r} (expected redis, rediss or unix)")
-        tls = None
+        context = None
         if scheme == "rediss":
-            tls = ssl.create_default_context()
             if query.get("ssl_cert_reqs", "required").lower() == "none":
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
+                tls = dataclasses.replace(tls, verify=False)
+            context = tls.context()
         return RespEndpoint(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 6379,
             db=db,
             username=username,
             password=password,
-            tls=tls,
+            tls=context,
             connect_timeout=timeout,
         )
     except ValueError as exc:
-        raise ConfigError(f"redis URL {url!r}: {exc}") from exc
+        # Never the password: the URL as shown in messages (a ConfigError from the TLS
+        # files passes through as it is).
+        raise ConfigError(f"redis URL {redact_url(url)!r}: {exc}") from exc
 
 
 async def _answers_in_plain_text(host: str, port: int) -> bool:
@@ -201,6 +229,12 @@ class RespConnection(asyncio.Protocol):
                     conn = await cls._open_tls(endpoint, where)
         except RespTLSError:
             raise
+        except ssl.SSLCertVerificationError as exc:  # the server's certificate: say why
+            raise RespTLSError(
+                f"TLS handshake with {where} failed: certificate verify failed: "
+                f"{exc.verify_message} (check tls_ca_file, and that the URL's host is a name "
+                "the certificate holds)"
+            ) from exc
         except ssl.SSLError as exc:
             raise RespTLSError(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
         except (OSError, TimeoutError) as exc:

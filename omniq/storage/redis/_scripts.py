@@ -29,4 +29,8 @@ def _load_scripts() -> dict[str, str]:
 #: Script name -> its full text (``common.lua``, then the script's file).
 SCRIPTS = _load_scripts()
 #: Script name -> the SHA1 ``EVALSHA`` calls it by.
-SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
+SHAS = {
+    # The name Redis gives a script (EVALSHA), not a security measure.
+    name: hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+    for name, text in SCRIPTS.items()
+}

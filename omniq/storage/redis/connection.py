@@ -37,12 +37,14 @@ from typing import Any
 from hiredis import pack_command
 
 from omniq._loops import quietly
+from omniq._tls import split_tls_options
 from omniq._urls import redact_url as _redact
 from omniq._urls import split_namespace
 from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError, ValueTooLargeError
 from omniq.storage._connection import Connection
 from omniq.storage.redis._resp import (
+    REDIS_TLS_ALIASES,
     NoScriptError,
     RespConnection,
     RespConnectionError,
@@ -143,6 +145,8 @@ class RedisConnection(Connection):
     ) -> None:
         url, url_namespace = split_namespace(os.fspath(url))
         settings = settings if settings is not None else Settings()
+        # The TLS options leave the URL here; the connection keeps them apart.
+        url, self._tls = split_tls_options(url, settings.storage_options, aliases=REDIS_TLS_ALIASES)
         super().__init__(url, settings)
         if namespace is None:
             namespace = settings.namespace if url_namespace is None else url_namespace
@@ -168,7 +172,7 @@ class RedisConnection(Connection):
 
     async def _open(self) -> None:
         """Check the server answers and load the scripts."""
-        self._endpoint = parse_redis_url(self.url)
+        self._endpoint = parse_redis_url(self.url, self._tls)
         try:
             await self.load_scripts()
         except BaseException:

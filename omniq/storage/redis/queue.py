@@ -31,8 +31,8 @@ from omniq.storage.redis._codec import (
     _ENCODER,
     _FETCHED,
     _STATUSES,
-    _TASK_DECODER,
     _ack_args,
+    _claimed_task,
     _decode_task,
     _decode_tasks,
     _dt,
@@ -245,35 +245,22 @@ class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
         for i in range(0, len(flat), 5):
             task_id, data, attempts, due, lost = flat[i : i + 5]
             try:
-                base = _TASK_DECODER.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                name = _text(task_id)
-                reason = f"redis: task {name}: its stored record is corrupt: {exc}"
+                task = _claimed_task(task_id, data, attempts, due, lost, worker_id, now, lease_at)
+            except StorageError as exc:
+                reason = str(exc)
                 logger.error("%s; handing it to the worker to fail", reason)
                 claimed.append(
                     await self._unreadable(
-                        name,
+                        _text(task_id),
                         reason,
-                        attempts=int(attempts),
+                        attempts=attempts if isinstance(attempts, int) else 1,
                         worker_id=worker_id,
                         lease_expires_at=lease_at,
                         now=now,
                     )
                 )
                 continue
-            claimed.append(
-                msgspec.structs.replace(
-                    base,
-                    id=_text(task_id),
-                    status=TaskStatus.RUNNING,
-                    attempts=attempts,
-                    lost_runs=int(lost),
-                    worker_id=worker_id,
-                    lease_expires_at=lease_at,
-                    due_at=_dt(due) if due else None,
-                    updated_at=now,
-                )
-            )
+            claimed.append(task)
         return claimed
 
     async def _unreadable(self, task_id: str, reason: str, **fields: Any) -> UnreadableTask:

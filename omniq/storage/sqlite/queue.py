@@ -75,6 +75,11 @@ def _task_params(task: Task) -> tuple[Any, ...]:
     )
 
 
+#: One queue's candidates inside the claim over several. Only statements of queries.sql,
+#: placeholder names (:q0, :q1…) and ranks are formatted in; every value is bound.
+_SUBQUERY = "SELECT * FROM ({})"
+
+
 @functools.cache
 def _claim_sql(queue_count: int, strict: bool = False) -> str:
     """The claim over ``queue_count`` queues (``:q0``, ``:q1``…): one ordered sub-query
@@ -84,12 +89,12 @@ def _claim_sql(queue_count: int, strict: bool = False) -> str:
         candidates = _Q["claim_candidates"].format(queue=":q0")
     elif strict:
         candidates = " UNION ALL ".join(
-            f"SELECT * FROM ({_Q['claim_candidates_ranked'].format(queue=f':q{i}', rank=i)})"
+            _SUBQUERY.format(_Q["claim_candidates_ranked"].format(queue=f":q{i}", rank=i))
             for i in range(queue_count)
         )
     else:
         candidates = " UNION ALL ".join(
-            f"SELECT * FROM ({_Q['claim_candidates'].format(queue=f':q{i}')})"
+            _SUBQUERY.format(_Q["claim_candidates"].format(queue=f":q{i}"))
             for i in range(queue_count)
         )
     pick = _Q["claim_pick_in_list_order" if strict else "claim_pick"]

@@ -17,6 +17,7 @@ REDIS_URL = os.environ.get("OMNIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
     "OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+NATS_URL = os.environ.get("OMNIQ_TEST_NATS_URL", "nats://127.0.0.1:4222")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -60,6 +61,18 @@ async def delete_redis_namespace(url: str, namespace: str) -> None:
             await client.unlink(*keys[start : start + 500])
     finally:
         await client.aclose()
+
+
+async def delete_nats_namespace(url: str, namespace: str) -> None:
+    """Delete the streams and buckets of ``namespace`` on NATS (test teardown)."""
+    from omniq.storage.nats import NATSConnection
+
+    connection = NATSConnection(url, namespace=namespace)
+    await connection.acquire()
+    try:
+        await connection.delete_streams()
+    finally:
+        await connection.release()
 
 
 @pytest.fixture

@@ -1,0 +1,362 @@
+"""The task index: a process's ordered view of the tasks bucket, kept by a watch.
+
+JetStream delivers a stream in sequence order; OmniQ's claim order is priority, then due
+time, then enqueue order, judged at the claim's ``now``, across the queues a worker
+names (merged, or strictly in list order). So each process that claims keeps an index
+of the bucket: an ordered consumer on the bucket's stream (a KV watch, pushed by the
+server) feeds it every change, and per queue it keeps three heaps: ready tasks (by
+``-priority``, due time, enqueue order), tasks waiting for their due time, and running
+tasks by lease expiry. A claim picks from the heaps and takes each task with a
+compare-and-set on the revision it saw; a task another process changed meanwhile fails
+that write and is skipped, so two claims never share a task. The index may lag the
+server by a moment; it never decides alone: every change is a compare-and-set.
+
+Heap entries are never removed in place: each carries the revision it was pushed for,
+and one whose task has moved on since is dropped when it reaches the top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
+
+from nats.aio.msg import Msg
+from nats.js import api
+
+from omniq.storage.nats._base import Record, decode_record, ident_of
+from omniq.storage.nats.connection import NATSConnection
+
+__all__ = ["CLAIMABLE", "TaskIndex", "index_of"]
+
+logger = logging.getLogger("omniq")
+
+#: Statuses a task waits in (SCHEDULED only without dependencies).
+CLAIMABLE = frozenset({"pending", "retrying", "scheduled"})
+_RUNNING = "running"
+#: How long reading the index waits for it to catch up with the server.
+_CATCH_UP = 5.0
+
+Ready = tuple[int, int, int, str, int]  # -priority, due or created, seq, id, revision
+Timed = tuple[int, str, int]  # time, id, revision
+
+
+def _waiting(record: Record) -> bool:
+    return record.status in CLAIMABLE and not (record.status == "scheduled" and record.deps)
+
+
+class TaskIndex:
+    """The tasks of one namespace as this process last heard of them (see the module)."""
+
+    def __init__(self, connection: NATSConnection) -> None:
+        self.connection = connection
+        bucket = connection.tasks_bucket
+        self._stream = f"KV_{bucket}"
+        self._subject = f"$KV.{bucket}.>"
+        self._pre = len(f"$KV.{bucket}.")
+        #: id -> (revision, record)
+        self.records: dict[str, tuple[int, Record]] = {}
+        self._ready: defaultdict[str, list[Ready]] = defaultdict(list)
+        self._delayed: defaultdict[str, list[Timed]] = defaultdict(list)
+        self._leases: defaultdict[str, list[Timed]] = defaultdict(list)
+        self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.dependents: defaultdict[str, set[str]] = defaultdict(set)
+        self._wakers: dict[asyncio.Event, frozenset[str]] = {}
+        self._cancel_watchers: dict[
+            str, tuple[Callable[[], Collection[str]], Callable[[str], None]]
+        ] = {}
+        self._sub: object | None = None
+        self._seen = 0
+        self._progress: asyncio.Event = asyncio.Event()
+        #: The first start (awaited by every caller of :func:`index_of`).
+        self.starting: asyncio.Future[None] | None = None
+
+    # -- the watch -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to the bucket and wait until its current contents are in."""
+        js = await self.connection.jetstream()
+        try:
+            info = await js.stream_info(self._stream)
+            self._sub = await js.subscribe(
+                self._subject,
+                stream=self._stream,
+                cb=self._on_message,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                idle_heartbeat=2.0,
+            )
+        except Exception as exc:
+            raise self.connection.error("watching the tasks bucket", exc) from exc
+        # The replay ends with the stream's last message (each is its key's last).
+        await self._wait_seen(info.state.last_seq)
+
+    def restart(self) -> None:
+        """After a reconnect: watch again from the bucket's current contents (the
+        server may have lost the ordered consumer with its restart)."""
+        old, self._sub = self._sub, None
+        if old is None:
+            return
+
+        async def again() -> None:
+            try:
+                if old is not None:
+                    await old.unsubscribe()  # type: ignore[attr-defined]
+            except Exception as exc:
+                logger.debug("nats: dropping the task watch: %s", exc)
+            try:
+                await self.start()
+            except Exception as exc:
+                logger.warning("nats: the task watch could not restart: %s", exc)
+
+        asyncio.get_running_loop().create_task(again(), name="omniq-nats-rewatch")
+
+    def drop(self) -> None:
+        """Forget the subscription (its client is closing)."""
+        self._sub = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            revision = msg.metadata.sequence.stream
+        except Exception:  # not a stream message (a status the client let through)
+            return
+        key = msg.subject[self._pre :]
+        headers = msg.headers
+        if headers and headers.get("KV-Operation") in ("DEL", "PURGE"):
+            record = None
+        else:
+            record = decode_record(msg.data)
+            if record is None:
+                logger.warning("nats: task record %s is damaged: left out of the index", key)
+        self.apply(ident_of(key), revision, record, tell=True)
+        if revision > self._seen:
+            self._seen = revision
+            self._progress.set()
+
+    async def _wait_seen(self, revision: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CATCH_UP
+        while self._seen < revision:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                logger.warning(
+                    "nats: the task index lags the server (at %d of %d)", self._seen, revision
+                )
+                return
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+
+    async def catch_up(self) -> None:
+        """Wait until every change the server holds now is in the index (a listing
+        after another process's writes sees them)."""
+        js = await self.connection.jetstream()
+        try:
+            info = await js.stream_info(self._stream)
+        except Exception as exc:
+            raise self.connection.error("reading the tasks stream", exc) from exc
+        await self._wait_seen(info.state.last_seq)
+
+    # -- changes -----------------------------------------------------------------------
+
+    def apply(
+        self, ident: str, revision: int, record: Record | None, *, tell: bool = False
+    ) -> None:
+        """Take in revision ``revision`` of task ``ident`` (None: deleted), unless the
+        index already holds a later one. ``tell``: a change heard from the server, which
+        may take a task from a worker watching for cancels (this process's own writes
+        are not told: the client tells its own pools)."""
+        old = self.records.get(ident)
+        if old is not None:
+            if old[0] >= revision:
+                return
+            self._forget(ident, old[1])
+        if record is None:
+            self.records.pop(ident, None)
+            return
+        self.records[ident] = (revision, record)
+        self.counts[record.queue][record.status] += 1
+        for dep in record.deps:
+            self.dependents[dep].add(ident)
+        self.place(ident, revision, record)
+        if tell and self._cancel_watchers:
+            self._tell_watchers(ident, record)
+
+    def place(self, ident: str, revision: int, record: Record) -> None:
+        """Push the heap entry of a task's state (a claim that could not write it puts
+        it back this way)."""
+        queue = record.queue
+        if _waiting(record):
+            if record.due:
+                heapq.heappush(self._delayed[queue], (record.due, ident, revision))
+            else:
+                heapq.heappush(self._ready[queue], _ready_key(ident, revision, record))
+            if self._wakers:
+                for event, queues in self._wakers.items():
+                    if queue in queues:
+                        event.set()
+        elif record.status == _RUNNING:
+            heapq.heappush(self._leases[queue], (record.lease, ident, revision))
+
+    def _forget(self, ident: str, record: Record) -> None:
+        counts = self.counts[record.queue]
+        counts[record.status] -= 1
+        if counts[record.status] <= 0:
+            del counts[record.status]
+        for dep in record.deps:
+            found = self.dependents.get(dep)
+            if found is not None:
+                found.discard(ident)
+                if not found:
+                    del self.dependents[dep]
+
+    def _tell_watchers(self, ident: str, record: Record) -> None:
+        for worker_id, (held, notice) in list(self._cancel_watchers.items()):
+            if (record.status != _RUNNING or record.worker != worker_id) and ident in held():
+                notice(ident)
+
+    # -- claims --------------------------------------------------------------------------
+
+    def _valid(self, ident: str, revision: int) -> Record | None:
+        found = self.records.get(ident)
+        if found is None or found[0] != revision:
+            return None
+        return found[1]
+
+    def _promote(self, queue: str, now: int) -> None:
+        """Move the tasks of ``queue`` due by ``now``, and those whose lease ran out by
+        then, into its ready heap."""
+        ready = self._ready[queue]
+        for heap in (self._delayed.get(queue), self._leases.get(queue)):
+            while heap and heap[0][0] <= now:
+                _, ident, revision = heapq.heappop(heap)
+                record = self._valid(ident, revision)
+                if record is not None:
+                    heapq.heappush(ready, _ready_key(ident, revision, record))
+
+    def _top(self, queue: str, now: int, later: list[tuple[str, int, Record]]) -> Ready | None:
+        """The first claimable entry of ``queue``'s ready heap at ``now`` (dropping
+        stale entries; an entry not claimable at this ``now`` goes to ``later``)."""
+        heap = self._ready.get(queue)
+        while heap:
+            entry = heap[0]
+            ident, revision = entry[3], entry[4]
+            record = self._valid(ident, revision)
+            if record is None:
+                heapq.heappop(heap)
+                continue
+            if record.status == _RUNNING:
+                claimable = record.lease <= now
+            else:
+                claimable = _waiting(record) and record.due <= now
+            if claimable:
+                return entry
+            heapq.heappop(heap)
+            if record.status == _RUNNING or _waiting(record):
+                later.append((ident, revision, record))
+        return None
+
+    def take(
+        self, queues: Sequence[str], limit: int, now: int, *, strict: bool
+    ) -> list[tuple[str, int, Record]]:
+        """Pop up to ``limit`` claimable tasks of ``queues`` in claim order (``strict``:
+        queue by queue in list order); the caller writes them or puts them back."""
+        for queue in queues:
+            self._promote(queue, now)
+        picked: list[tuple[str, int, Record]] = []
+        later: list[tuple[str, int, Record]] = []
+        if strict:
+            for queue in queues:
+                while len(picked) < limit:
+                    entry = self._top(queue, now, later)
+                    if entry is None:
+                        break
+                    heapq.heappop(self._ready[queue])
+                    picked.append((entry[3], entry[4], self.records[entry[3]][1]))
+        else:
+            while len(picked) < limit:
+                best: Ready | None = None
+                best_queue = ""
+                for queue in queues:
+                    entry = self._top(queue, now, later)
+                    if entry is not None and (best is None or entry < best):
+                        best, best_queue = entry, queue
+                if best is None:
+                    break
+                heapq.heappop(self._ready[best_queue])
+                picked.append((best[3], best[4], self.records[best[3]][1]))
+        for ident, revision, record in later:
+            self.place(ident, revision, record)
+        return picked
+
+    def next_due(self, queues: Iterable[str]) -> int | None:
+        """The earliest time (microseconds) something in ``queues`` is claimable."""
+        found: list[int] = []
+        later: list[tuple[str, int, Record]] = []
+        for queue in queues:
+            for heap in (self._delayed.get(queue), self._leases.get(queue)):
+                while heap:
+                    if self._valid(heap[0][1], heap[0][2]) is not None:
+                        found.append(heap[0][0])
+                        break
+                    heapq.heappop(heap)
+            entry = self._top(queue, 2**62, later)
+            if entry is not None:
+                found.append(entry[1])
+        for ident, revision, record in later:
+            self.place(ident, revision, record)
+        return min(found) if found else None
+
+    # -- waiting -----------------------------------------------------------------------
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a task of ``queues`` may have become claimable, or after
+        ``timeout``."""
+        event = asyncio.Event()
+        self._wakers[event] = frozenset(queues)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            del self._wakers[event]
+
+    def watch_cancels(
+        self, worker_id: str, held: Callable[[], Collection[str]], notice: Callable[[str], None]
+    ) -> None:
+        """Call ``notice(id)`` whenever a task in ``held()`` changes away from
+        ``worker_id``'s run (until :meth:`unwatch_cancels`)."""
+        self._cancel_watchers[worker_id] = (held, notice)
+
+    def unwatch_cancels(self, worker_id: str) -> None:
+        """Stop what :meth:`watch_cancels` started."""
+        self._cancel_watchers.pop(worker_id, None)
+
+
+def _ready_key(ident: str, revision: int, record: Record) -> Ready:
+    return (-record.priority, record.due or record.created, record.seq or revision, ident, revision)
+
+
+async def index_of(connection: NATSConnection) -> TaskIndex:
+    """The connection's task index, started on first use (one per client)."""
+    found = connection.state.get("index")
+    if isinstance(found, TaskIndex):
+        index = found
+    else:
+        index = connection.state["index"] = TaskIndex(connection)
+        index.starting = asyncio.ensure_future(index.start())
+        connection.on_reconnect.append(index.restart)
+    assert index.starting is not None
+    try:
+        await asyncio.shield(index.starting)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        if connection.state.get("index") is index:
+            del connection.state["index"]
+            connection.on_reconnect.remove(index.restart)
+        raise
+    return index

@@ -1,0 +1,452 @@
+"""The connection to NATS that a backend's components share: the client, JetStream, the
+buckets and streams of the namespace, and the errors translated.
+
+:class:`NATSConnection` is the backend's :class:`~omniq.storage._connection.Connection`.
+It opens one nats-py client per process (the components share it), checks that the
+server runs JetStream, and makes the namespace's buckets and stream if they are missing.
+Connecting fails fast, with one :class:`StorageConnectionError` naming what is wrong (a
+malformed URL, no server answering, credentials refused, no JetStream); once connected
+the client reconnects on its own, without limit, so workers carry on across a server
+restart. A write whose reply was lost in a restart is checked before it is sent again
+(:meth:`NATSConnection.cas`), so a repeated write never takes effect twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from omniq._loops import quietly
+from omniq._tls import split_tls_options
+from omniq._urls import redact_url, split_namespace
+from omniq.config import Settings
+from omniq.errors import StorageConnectionError, StorageError, ValueTooLargeError
+from omniq.storage._connection import Connection
+
+__all__ = ["NATSConnection", "sanitize"]
+
+logger = logging.getLogger("omniq")
+
+_DEFAULT_PORT = 4222
+_SCHEMES = ("nats", "tls")
+#: Seconds a JetStream request may take before it counts as lost.
+_REQUEST_TIMEOUT = 5.0
+#: How long a write keeps trying through a lost connection (a server restart) before
+#: it gives up with StorageConnectionError.
+_WRITE_PATIENCE = 30.0
+#: "wrong last sequence": a compare-and-set that lost (nats-server's JSStreamWrongLastSequenceErrF).
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_BAD_NAME = re.compile(r"[^A-Za-z0-9_-]")
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+
+
+def sanitize(namespace: str) -> str:
+    """``namespace`` as a name NATS accepts in stream, bucket and subject names: each
+    character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
+    return _BAD_NAME.sub("_", namespace) or "_"
+
+
+def _servers(url: str) -> tuple[list[str], str | None]:
+    """The server URLs of ``nats://[creds@]a:4222,b:4222`` (each with the credentials),
+    or ``(servers, problem)`` when the URL is malformed."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return [], str(exc)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        return [], f"expected nats:// or tls://, not {parts.scheme}://"
+    creds, _, hosts = parts.netloc.rpartition("@")
+    servers = []
+    for host in hosts.split(","):
+        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if not colon:
+            name, port = host, str(_DEFAULT_PORT)
+        if not name or not port.isdigit() or not 0 < int(port) < 65536:
+            return [], f"expected host:port, not {host!r}"
+        servers.append(f"{scheme}://{creds + '@' if creds else ''}{name}:{port}")
+    if parts.path not in ("", "/"):
+        return [], f"a NATS URL has no path (got {parts.path!r})"
+    return servers, None
+
+
+class NATSConnection(Connection):
+    """The nats-py client, the JetStream context and the namespace's buckets, shared by
+    the components of one backend.
+
+    ``nats://host:port`` (``tls://`` for TLS; several servers as
+    ``nats://a:4222,b:4222``; ``user:password@`` or ``token@`` before the hosts). The
+    TLS options (``tls_ca_file``…) come from the URL's query or ``storage_options``.
+    Everything lives under the namespace: ``namespace`` when given, else the URL's
+    ``?namespace=``, else ``settings.namespace``, made safe for NATS names
+    (:func:`sanitize`).
+
+    Example::
+
+        connection = NATSConnection("nats://127.0.0.1:4222", Settings(namespace="myapp"))
+        await connection.acquire()
+        js = await connection.jetstream()
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        settings: Settings | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> None:
+        url, url_namespace = split_namespace(os.fspath(url))
+        settings = settings if settings is not None else Settings()
+        url, self._tls = split_tls_options(url, settings.storage_options)
+        super().__init__(url, settings)
+        if namespace is None:
+            namespace = settings.namespace if url_namespace is None else url_namespace
+        self.namespace = namespace
+        self.prefix = sanitize(namespace)
+        self.tasks_bucket = f"{self.prefix}_tasks"
+        self.results_bucket = f"{self.prefix}_results"
+        self.schedules_bucket = f"{self.prefix}_schedules"
+        self.events_stream = f"{self.prefix}_events"
+        self.events_subject = f"{self.prefix}.events"
+        self._where = redact_url(url)
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._opening: asyncio.Lock | None = None
+        #: Called (without arguments) after the client reconnected to a server.
+        self.on_reconnect: list[Callable[[], None]] = []
+        #: What other modules keep per client (the task index): dropped with the client.
+        self.state: dict[str, Any] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        await self.jetstream()
+
+    async def _close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self._drop_state()
+        if nc is not None:
+            try:
+                await nc.close()
+            except Exception as exc:  # closing what already failed: nothing to report
+                logger.debug("nats: closing %s: %s", self._where, exc)
+
+    def _forget_loop(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self._opening = None
+        self._drop_state()
+        if nc is not None:
+            # A client of a finished loop: its socket goes with the loop's transports.
+            transport = nc._transport
+            if transport is not None:
+                quietly(transport.close)
+
+    async def _release_loop(self) -> None:
+        await self._close()
+
+    def _drop_state(self) -> None:
+        for value in self.state.values():
+            close = getattr(value, "drop", None)
+            if close is not None:
+                quietly(close)
+        self.state.clear()
+        self.on_reconnect.clear()
+
+    async def jetstream(self) -> JetStreamContext:
+        """The JetStream context, connecting (and making the buckets) on first use or
+        on a new event loop."""
+        if self._bound.loop is not asyncio.get_running_loop():
+            self._follow_loop()
+        js = self._js
+        if js is not None:
+            return js
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._js is None:
+                await self._connect()
+            assert self._js is not None
+            return self._js
+
+    async def client(self) -> Client:
+        """The nats-py client (connected)."""
+        await self.jetstream()
+        assert self._nc is not None
+        return self._nc
+
+    async def _connect(self) -> None:
+        servers, problem = _servers(self.url)
+        if problem is not None:
+            raise StorageConnectionError(f"nats: bad URL {self._where!r}: {problem}")
+        options: dict[str, Any] = {}
+        if self._tls.given or servers[0].startswith("tls://"):
+            options["tls"] = self._tls.context()
+        user = urlsplit(servers[0])
+        if user.username and not user.password:
+            options["token"] = unquote(user.username)
+
+        async def quiet(exc: Exception) -> None:
+            logger.debug("nats: %s: %s", self._where, exc)
+
+        async def reconnected() -> None:
+            logger.info("nats: reconnected to %s", self._where)
+            for hook in list(self.on_reconnect):
+                hook()
+
+        try:
+            # Fail fast while connecting: each server twice, a tenth of a second apart.
+            nc = await nats.connect(
+                servers=servers,
+                connect_timeout=2,
+                reconnect_time_wait=0.1,
+                max_reconnect_attempts=1,
+                error_cb=quiet,
+                reconnected_cb=reconnected,
+                **options,
+            )
+        except nats.errors.NoServersError as exc:
+            cause = exc.__context__ or exc
+            raise StorageConnectionError(
+                f"nats: cannot connect to {self._where}: {_describe(cause)}"
+            ) from exc
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise StorageConnectionError(
+                f"nats: cannot connect to {self._where}: {_describe(exc)}"
+            ) from exc
+        # Connected: from now on a lost server is waited for, however long it takes.
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 0.25
+        js = nc.jetstream(timeout=_REQUEST_TIMEOUT)
+        try:
+            await js.account_info()
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            await nc.close()
+            raise StorageConnectionError(
+                f"nats: the server at {self._where} has no JetStream (start it with "
+                "nats-server -js): OmniQ keeps its tasks in JetStream"
+            ) from exc
+        except (TimeoutError, nats.errors.Error) as exc:
+            await nc.close()
+            raise StorageConnectionError(f"nats: {self._where}: {_describe(exc)}") from exc
+        try:
+            await self._make_streams(js)
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._js = nc, js
+        await self._bound.watch()
+
+    async def _make_streams(self, js: JetStreamContext) -> None:
+        """The namespace's three buckets and its event stream (kept as they are when they
+        exist)."""
+        made = [
+            self._bucket_config(self.tasks_bucket),
+            self._bucket_config(self.results_bucket),
+            self._bucket_config(self.schedules_bucket),
+            api.StreamConfig(
+                name=self.events_stream,
+                subjects=[f"{self.events_subject}.>"],
+                storage=api.StorageType.FILE,
+                allow_direct=True,
+                max_msgs=-1,
+                max_bytes=-1,
+                discard=api.DiscardPolicy.OLD,
+            ),
+        ]
+        for config in made:
+            assert config.name is not None
+            try:
+                await js.stream_info(config.name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await js.add_stream(config)
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != 10058:  # made by another process meanwhile
+                        raise StorageError(f"nats: creating {config.name}: {exc}") from exc
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise StorageConnectionError(
+                    f"nats: {self._where}: reading stream {config.name}: {_describe(exc)}"
+                ) from exc
+
+    @staticmethod
+    def _bucket_config(bucket: str) -> api.StreamConfig:
+        # What nats-py's create_key_value makes, without the fields nats-server 2.9 lacks.
+        return api.StreamConfig(
+            name=f"KV_{bucket}",
+            subjects=[f"$KV.{bucket}.>"],
+            allow_direct=True,
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=120.0,
+            max_msgs=-1,
+            max_bytes=-1,
+            max_msgs_per_subject=1,
+            storage=api.StorageType.FILE,
+        )
+
+    def stream_names(self) -> list[str]:
+        """Every stream this namespace uses (the buckets' and the events')."""
+        return [
+            f"KV_{self.tasks_bucket}",
+            f"KV_{self.results_bucket}",
+            f"KV_{self.schedules_bucket}",
+            self.events_stream,
+        ]
+
+    # -- requests ------------------------------------------------------------------------
+
+    def error(self, doing: str, exc: BaseException) -> StorageError:
+        """The OmniQ error for ``exc`` raised while ``doing``."""
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return ValueTooLargeError(f"nats: {doing}: {exc}")
+        if isinstance(exc, nats.js.errors.APIError) and exc.err_code == 10054:
+            return ValueTooLargeError(f"nats: {doing}: {exc}")
+        if isinstance(
+            exc,
+            asyncio.TimeoutError
+            | nats.errors.TimeoutError
+            | nats.errors.ConnectionClosedError
+            | nats.errors.NoRespondersError
+            | nats.errors.StaleConnectionError
+            | nats.js.errors.ServiceUnavailableError
+            | OSError,
+        ):
+            return StorageConnectionError(f"nats: {self._where}: {doing}: {_describe(exc)}")
+        return StorageError(f"nats: {doing}: {_describe(exc)}")
+
+    async def get_last(self, stream: str, subject: str) -> tuple[int, bytes | None]:
+        """The last message on ``subject`` as ``(revision, data)``: ``(0, None)`` when
+        there is none, ``(revision, None)`` when it is a delete or purge marker."""
+        js = await self.jetstream()
+        try:
+            msg = await js.get_msg(stream, subject=subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return 0, None
+        except Exception as exc:
+            raise self.error(f"reading {subject}", exc) from exc
+        headers, revision = msg.headers, msg.seq or 0
+        if headers and headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return revision, None
+        return revision, msg.data
+
+    async def cas(self, subject: str, stream: str, data: bytes, last: int) -> int | None:
+        """Publish ``data`` on ``subject`` if its last message is still revision ``last``
+        (0: none, or a delete marker when ``last`` is that marker's revision); the new
+        revision, or None when another write came first.
+
+        A reply lost with the connection is not taken for a failure: the subject is read
+        again, and the write counts as done when it holds ``data``, or is sent again when
+        it still holds revision ``last``.
+        """
+        js = await self.jetstream()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _WRITE_PATIENCE
+        while True:
+            try:
+                ack = await js.publish(subject, data, headers={EXPECTED_LAST: str(last)})
+                return ack.seq
+            except nats.js.errors.APIError as exc:
+                if exc.err_code in _WRONG_LAST_SEQUENCE:
+                    return None
+                failure: BaseException = exc
+                if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                    raise self.error(f"writing {subject}", exc) from exc
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                failure = exc
+            if loop.time() > deadline:
+                raise self.error(f"writing {subject}", failure) from failure
+            await asyncio.sleep(0.1)
+            try:
+                revision, current = await self.get_last(stream, subject)
+            except StorageConnectionError:
+                continue
+            if current == data and revision != last:
+                return revision
+            if revision != last:
+                return None
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish ``data`` on ``subject`` (a JetStream subject); its sequence."""
+        js = await self.jetstream()
+        try:
+            return (await js.publish(subject, data, headers=headers)).seq
+        except Exception as exc:
+            raise self.error(f"writing {subject}", exc) from exc
+
+    async def scan(self, stream: str, subject: str, *, last_per_subject: bool) -> list[Msg]:
+        """Every message on ``subject`` (a wildcard may match many) in stream order, or
+        only the last of each subject: an ordered consumer read to its end."""
+        js = await self.jetstream()
+        found: list[Msg] = []
+        done = asyncio.Event()
+
+        async def take(msg: Msg) -> None:
+            found.append(msg)
+            if msg.metadata.num_pending == 0:
+                done.set()
+
+        policy = api.DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else api.DeliverPolicy.ALL
+        try:
+            sub = await js.subscribe(
+                subject, stream=stream, cb=take, ordered_consumer=True, deliver_policy=policy
+            )
+        except Exception as exc:
+            raise self.error(f"reading {subject}", exc) from exc
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending or (info.delivered and info.delivered.consumer_seq):
+                await asyncio.wait_for(done.wait(), _REQUEST_TIMEOUT)
+        except Exception as exc:
+            raise self.error(f"reading {subject}", exc) from exc
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                logger.debug("nats: unsubscribing from %s: %s", subject, exc)
+        return found
+
+    async def purge_key(self, bucket: str, key: str) -> None:
+        """Purge a bucket's key (a purge marker that watchers see)."""
+        await self.publish(
+            f"$KV.{bucket}.{key}", b"", {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+        )
+
+    async def delete_streams(self) -> None:
+        """Delete every stream and bucket of the namespace (tests, and ``omniq`` tools)."""
+        js = await self.jetstream()
+        for name in self.stream_names():
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+
+    def __repr__(self) -> str:
+        return f"NATSConnection({self._where!r}, namespace={self.namespace!r})"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for ``exc`` (nats-py's own messages are often empty)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is nats-server running there?)"
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return "authorization refused (check the user, password or token in the URL)"
+    if isinstance(exc, asyncio.TimeoutError | nats.errors.TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, nats.errors.NoServersError):
+        return "no server answered"
+    text = str(exc) or type(exc).__name__
+    return text

@@ -1,0 +1,84 @@
+"""Task events on NATS: a stream (``{namespace}_events``) with one subject per task,
+``{namespace}.events.{task id}``, so a task's log is read by its subject alone."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from omniq._sync import StorageTwin, blocking
+from omniq.errors import StorageError
+from omniq.models import TaskEvent
+from omniq.storage.base import BaseEventStorage
+from omniq.storage.nats._base import ENCODER, NATSComponent, key_of, us
+
+__all__ = ["AsyncNATSEventStorage", "NATSEventStorage"]
+
+_EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
+
+
+def _event(data: bytes) -> TaskEvent:
+    try:
+        return _EVENT_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StorageError(f"nats: an event is corrupt: {exc}") from exc
+
+
+class AsyncNATSEventStorage(NATSComponent, BaseEventStorage):
+    """Task lifecycle events in a JetStream stream, a subject per task."""
+
+    def _subject(self, task_id: str) -> str:
+        return f"{self.connection.events_subject}.{key_of(task_id)}"
+
+    async def append(self, events: Sequence[TaskEvent]) -> None:
+        """Publish the events, all in flight at once (sent in order, stored in order)."""
+        if not events:
+            return
+        conn = await self._conn()
+        await asyncio.gather(
+            *(conn.publish(self._subject(event.task_id), ENCODER.encode(event)) for event in events)
+        )
+
+    async def get(self, task_id: str) -> builtins.list[TaskEvent]:
+        """The task's events, oldest first (its subject, read to the end)."""
+        conn = await self._conn()
+        messages = await conn.scan(
+            conn.events_stream, self._subject(task_id), last_per_subject=False
+        )
+        return [_event(msg.data) for msg in messages]
+
+    async def delete_before(self, before: datetime) -> int:
+        """Delete the events older than ``before`` (a scan of the stream)."""
+        conn = await self._conn()
+        cutoff = us(before)
+        messages = await conn.scan(
+            conn.events_stream, f"{conn.events_subject}.>", last_per_subject=False
+        )
+        doomed = [
+            msg.metadata.sequence.stream
+            for msg in messages
+            if us(_event(msg.data).timestamp) < cutoff
+        ]
+        js = await conn.jetstream()
+
+        async def delete(seq: int) -> None:
+            try:
+                await js.delete_msg(conn.events_stream, seq)
+            except Exception as exc:
+                raise conn.error("deleting events", exc) from exc
+
+        await asyncio.gather(*(delete(seq) for seq in doomed))
+        return len(doomed)
+
+
+class NATSEventStorage(StorageTwin[AsyncNATSEventStorage]):
+    """Blocking twin of :class:`AsyncNATSEventStorage`: the same methods, without ``await``."""
+
+    async_class = AsyncNATSEventStorage
+    append = blocking(AsyncNATSEventStorage.append)
+    delete_before = blocking(AsyncNATSEventStorage.delete_before)
+    get = blocking(AsyncNATSEventStorage.get)

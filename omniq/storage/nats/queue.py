@@ -1,0 +1,501 @@
+"""The task queue on NATS: one record per task in the tasks bucket, every change a
+compare-and-set on the key's revision, claims ordered by the process's task index
+(:mod:`omniq.storage.nats._index`), idle workers woken by the bucket's watch."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import heapq
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+
+import msgspec
+
+from omniq._sync import StorageTwin, blocking
+from omniq.errors import StorageError
+from omniq.models import Task, TaskEvent, TaskStatus
+from omniq.storage.base import (
+    Ack,
+    BaseEventStorage,
+    BaseTaskQueue,
+    event_of,
+    unreadable_task,
+)
+from omniq.storage.nats._base import (
+    ENCODER,
+    NATSComponent,
+    Record,
+    decode_record,
+    dt,
+    key_of,
+    record_of,
+    task_of,
+    us,
+)
+from omniq.storage.nats._index import TaskIndex, index_of
+
+__all__ = ["AsyncNATSQueue", "NATSQueue"]
+
+_FINAL = frozenset(
+    {
+        TaskStatus.COMPLETE.value,
+        TaskStatus.FAILED.value,
+        TaskStatus.CANCELLED.value,
+        TaskStatus.EXPIRED.value,
+    }
+)
+_RUNNING = TaskStatus.RUNNING.value
+#: Tries of one compare-and-set against other writers before giving up on it.
+_CAS_TRIES = 8
+
+Change = Callable[[Record], Record | None]
+
+
+class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
+    """Tasks in a JetStream key-value bucket (``{namespace}_tasks``), claimed in
+    priority order with compare-and-set writes; see :mod:`omniq.storage.nats`.
+
+    Example::
+
+        async with AsyncNATSQueue("nats://127.0.0.1:4222", namespace="app") as queue:
+            await queue.enqueue([task])
+    """
+
+    notifies = True
+
+    def _subject(self, task_id: str) -> str:
+        return f"$KV.{self.connection.tasks_bucket}.{key_of(task_id)}"
+
+    @property
+    def _stream(self) -> str:
+        return f"KV_{self.connection.tasks_bucket}"
+
+    async def _index(self) -> TaskIndex:
+        return await index_of(await self._conn())
+
+    def _known_index(self) -> TaskIndex | None:
+        """The index if this process already keeps one (a producer never starts it)."""
+        index = self.connection.state.get("index")
+        return index if isinstance(index, TaskIndex) and index.starting is not None else None
+
+    # -- enqueue -----------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
+        """Store the tasks whose ids are new (a create each, all in flight at once)."""
+        await self._enqueue(tasks)
+        return [task.id for task in tasks]
+
+    async def _enqueue(self, tasks: Sequence[Task]) -> builtins.list[bool]:
+        """Per task, whether this call created it (False: its id existed)."""
+        if not tasks:
+            return []
+        first: dict[str, int] = {}
+        for position, task in enumerate(tasks):
+            first.setdefault(task.id, position)
+        unique = [tasks[position] for position in first.values()]
+        records = [record_of(task) for task in unique]
+        made = await asyncio.gather(
+            *(self._create(task.id, record) for task, record in zip(unique, records, strict=True))
+        )
+        index = self._known_index()
+        if index is not None:
+            for task, record, revision in zip(unique, records, made, strict=True):
+                if revision:
+                    index.apply(task.id, revision, record)
+        created = {task.id for task, revision in zip(unique, made, strict=True) if revision}
+        return [
+            task.id in created and first[task.id] == position for position, task in enumerate(tasks)
+        ]
+
+    async def _create(self, task_id: str, record: Record) -> int | None:
+        """Create the task's key; its revision, or None when the id exists."""
+        conn = await self._conn()
+        subject, data = self._subject(task_id), ENCODER.encode(record)
+        last = 0
+        for _ in range(_CAS_TRIES):
+            revision = await conn.cas(subject, self._stream, data, last)
+            if revision is not None:
+                return revision
+            # Taken, or a delete marker left by delete_finished: create over that.
+            last, current = await conn.get_last(self._stream, subject)
+            if current is not None:
+                return None
+        return None
+
+    def writes_events(self, event_storage: BaseEventStorage) -> bool:
+        """False: JetStream 2.9 has no write spanning streams (events follow the tasks)."""
+        return False
+
+    async def enqueue_logged(
+        self,
+        tasks: Sequence[Task],
+        events: Sequence[Sequence[TaskEvent]],
+        event_storage: BaseEventStorage,
+    ) -> builtins.list[str]:
+        """:meth:`enqueue`, then the events of the tasks this call created (a create
+        that finds the id taken logs nothing: no read before the write)."""
+        created = await self._enqueue(tasks)
+        fresh = [
+            event_of(task.id, event)
+            for task, group, new in zip(tasks, events, created, strict=True)
+            if new
+            for event in group
+        ]
+        if fresh:
+            await event_storage.append(fresh)
+        return [task.id for task in tasks]
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def _read(self, task_id: str) -> tuple[int, Record] | None:
+        """The task's current revision and record, from the server."""
+        conn = await self._conn()
+        revision, data = await conn.get_last(self._stream, self._subject(task_id))
+        if data is None:
+            return None
+        record = decode_record(data)
+        if record is None:
+            raise StorageError(f"nats: task {task_id} is corrupt: its record cannot be read")
+        return revision, record
+
+    def _task(self, task_id: str, record: Record) -> Task:
+        try:
+            return task_of(task_id, record)
+        except StorageError as exc:
+            now = dt(record.updated or record.created)
+            return unreadable_task(
+                task_id,
+                str(exc),
+                queue=record.queue,
+                attempts=record.attempts,
+                worker_id=record.worker,
+                lease_expires_at=dt(record.lease) if record.lease else None,
+                now=now,
+                status=TaskStatus(record.status),
+            )
+
+    async def get(self, task_id: str) -> Task | None:
+        """The task as the server holds it now, or None."""
+        found = await self._read(task_id)
+        return None if found is None else self._task(task_id, found[1])
+
+    async def get_many(self, task_ids: Sequence[str]) -> builtins.list[Task | None]:
+        """Several tasks, read at once."""
+        return list(await asyncio.gather(*(self.get(task_id) for task_id in task_ids)))
+
+    async def list(
+        self, *, queue: str | None = None, status: TaskStatus | None = None, limit: int = 100
+    ) -> builtins.list[Task]:
+        """Tasks, newest first (by enqueue order), from the index caught up with the server."""
+        index = await self._index()
+        await index.catch_up()
+        wanted = None if status is None else TaskStatus(status).value
+        matching = (
+            (record.seq or revision, ident, record)
+            for ident, (revision, record) in index.records.items()
+            if (queue is None or record.queue == queue)
+            and (wanted is None or record.status == wanted)
+        )
+        newest = heapq.nlargest(limit, matching, key=lambda item: item[0])
+        return [self._task(ident, record) for _, ident, record in newest]
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts per queue and status, from the index caught up with the server."""
+        index = await self._index()
+        await index.catch_up()
+        return {
+            queue: {status: count for status, count in counts.items() if count > 0}
+            for queue, counts in sorted(index.counts.items())
+            if any(count > 0 for count in counts.values())
+        }
+
+    async def dependents(self, task_id: str) -> builtins.list[Task]:
+        """Tasks whose ``depends_on`` names ``task_id``."""
+        return (await self.dependents_many([task_id])).get(task_id, [])
+
+    async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
+        """The dependents of several tasks, from the index caught up with the server."""
+        if not task_ids:
+            return {}
+        index = await self._index()
+        await index.catch_up()
+        found: dict[str, builtins.list[Task]] = {}
+        for task_id in task_ids:
+            idents = index.dependents.get(task_id)
+            if idents:
+                found[task_id] = [
+                    self._task(ident, index.records[ident][1])
+                    for ident in sorted(idents)
+                    if ident in index.records
+                ]
+        return found
+
+    async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
+        """The earliest time something in ``queues`` is claimable, from the index."""
+        index = await self._index()
+        due = index.next_due(dict.fromkeys(queues))
+        return None if due is None else dt(due)
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        strict: bool = False,
+    ) -> builtins.list[Task]:
+        """Lease up to ``limit`` tasks in claim order: picked from the index, each taken
+        with a compare-and-set (a task another worker took first is skipped)."""
+        if limit <= 0:
+            return []
+        index = await self._index()
+        conn = await self._conn()
+        names = builtins.list(dict.fromkeys(queues))
+        now_us = us(now)
+        lease = now_us + round(lease_seconds * 1_000_000)
+        won: builtins.list[tuple[str, Record]] = []
+        while len(won) < limit:
+            picked = index.take(names, limit - len(won), now_us, strict=strict)
+            if not picked:
+                break
+            changed = [
+                msgspec.structs.replace(
+                    record,
+                    status=_RUNNING,
+                    attempts=record.attempts + 1,
+                    lost=record.lost + (record.status == _RUNNING),
+                    worker=worker_id,
+                    lease=lease,
+                    updated=now_us,
+                    seq=record.seq or revision,
+                )
+                for _, revision, record in picked
+            ]
+            outcomes = await asyncio.gather(
+                *(
+                    conn.cas(self._subject(ident), self._stream, ENCODER.encode(new), revision)
+                    for (ident, revision, _), new in zip(picked, changed, strict=True)
+                ),
+                return_exceptions=True,
+            )
+            failure: BaseException | None = None
+            for (ident, revision, record), new, outcome in zip(
+                picked, changed, outcomes, strict=True
+            ):
+                if isinstance(outcome, BaseException):
+                    index.place(ident, revision, record)  # unchanged: claimable again
+                    failure = outcome
+                elif outcome is not None:
+                    index.apply(ident, outcome, new)
+                    won.append((ident, new))
+            if failure is not None:
+                if won:
+                    break  # what was taken is held: hand it out, the error shows next time
+                raise failure
+        return [self._task(ident, record) for ident, record in won]
+
+    async def _change(self, task_id: str, change: Change) -> tuple[int, Record] | None:
+        """Apply ``change`` to the task with a compare-and-set (retried against other
+        writers); the new revision and record, or None when ``change`` refuses the
+        current record (None) or the task is unknown.
+
+        Starts from the index when it knows the task; a refusal there is checked against
+        the server before it counts (the index may not have heard of a change yet).
+        """
+        conn = await self._conn()
+        index = self._known_index()
+        current = index.records.get(task_id) if index is not None else None
+        fresh = current is None
+        if current is None:
+            current = await self._read(task_id)
+        for _ in range(_CAS_TRIES):
+            if current is None:
+                return None
+            new = change(current[1])
+            if new is None:
+                if fresh:
+                    return None
+                current, fresh = await self._read(task_id), True
+                continue
+            data = ENCODER.encode(new)
+            revision = await conn.cas(self._subject(task_id), self._stream, data, current[0])
+            if revision is not None:
+                if index is not None:
+                    index.apply(task_id, revision, new)
+                return revision, new
+            current, fresh = await self._read(task_id), True
+        raise StorageError(f"nats: task {task_id}: too many concurrent changes")
+
+    async def renew(
+        self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
+    ) -> set[str]:
+        """Extend the leases ``worker_id`` holds (a compare-and-set each, all at once)."""
+        lease = us(now) + round(lease_seconds * 1_000_000)
+
+        def renew(record: Record) -> Record | None:
+            if record.status != _RUNNING or record.worker != worker_id:
+                return None
+            return msgspec.structs.replace(record, lease=lease)
+
+        ids = builtins.list(dict.fromkeys(task_ids))
+        done = await asyncio.gather(*(self._change(task_id, renew) for task_id in ids))
+        return {task_id for task_id, ok in zip(ids, done, strict=True) if ok is not None}
+
+    async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> builtins.list[bool]:
+        """Move each held task to its final status (a compare-and-set each, all at once)."""
+        now_us = us(now)
+
+        def ack_of(ack: Ack) -> Change:
+            status = TaskStatus(ack.status).value
+
+            def change(record: Record) -> Record | None:
+                if record.status != _RUNNING or record.worker != ack.worker_id:
+                    return None
+                attempts = record.attempts if ack.ran else max(record.attempts - 1, 0)
+                return msgspec.structs.replace(
+                    record, status=status, lease=0, updated=now_us, attempts=attempts
+                )
+
+            return change
+
+        done = await asyncio.gather(*(self._change(ack.task_id, ack_of(ack)) for ack in acks))
+        return [outcome is not None for outcome in done]
+
+    async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
+        """Move a held task to ``RETRYING``, due at ``due_at``."""
+        due, now_us = us(due_at), us(now)
+
+        def retry(record: Record) -> Record | None:
+            if record.status != _RUNNING or record.worker != worker_id:
+                return None
+            return msgspec.structs.replace(
+                record, status=TaskStatus.RETRYING.value, due=due, lease=0, updated=now_us
+            )
+
+        return await self._change(task_id, retry) is not None
+
+    async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
+        """Hand back held tasks, giving back the attempt their claim counted."""
+        now_us = us(now)
+
+        def release(record: Record) -> Record | None:
+            if record.status != _RUNNING or record.worker != worker_id:
+                return None
+            status = TaskStatus.RETRYING if record.attempts > 1 else TaskStatus.PENDING
+            return msgspec.structs.replace(
+                record,
+                status=status.value,
+                attempts=max(record.attempts - 1, 0),
+                lease=0,
+                worker=None,
+                updated=now_us,
+            )
+
+        ids = builtins.list(dict.fromkeys(task_ids))
+        done = await asyncio.gather(*(self._change(task_id, release) for task_id in ids))
+        return sum(outcome is not None for outcome in done)
+
+    async def transition(
+        self,
+        task_id: str,
+        *,
+        from_statuses: Collection[TaskStatus],
+        to_status: TaskStatus,
+        now: datetime,
+        due_at: datetime | None = None,
+    ) -> Task | None:
+        """Compare-and-set the task's status (the lease cleared; ``due_at`` replaces the
+        due time when given)."""
+        allowed = {TaskStatus(status).value for status in from_statuses}
+        target, now_us = TaskStatus(to_status).value, us(now)
+        due = None if due_at is None else us(due_at)
+
+        def move(record: Record) -> Record | None:
+            if record.status not in allowed:
+                return None
+            return msgspec.structs.replace(
+                record,
+                status=target,
+                lease=0,
+                updated=now_us,
+                due=record.due if due is None else due,
+            )
+
+        outcome = await self._change(task_id, move)
+        return None if outcome is None else self._task(task_id, outcome[1])
+
+    async def delete_finished(self, before: datetime) -> int:
+        """Purge the tasks in a final state last changed before ``before``."""
+        index = await self._index()
+        await index.catch_up()
+        cutoff = us(before)
+        doomed = [
+            ident
+            for ident, (_, record) in index.records.items()
+            if record.status in _FINAL and (record.updated or record.created) < cutoff
+        ]
+        conn = await self._conn()
+        bucket = conn.tasks_bucket
+        await asyncio.gather(*(conn.purge_key(bucket, key_of(ident)) for ident in doomed))
+        await index.catch_up()  # the purge markers, heard back, take the tasks out
+        return len(doomed)
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when the bucket's watch brings a claimable task of ``queues``, or
+        after ``timeout``."""
+        if timeout <= 0:
+            return
+        index = await self._index()
+        await index.wait(queues, timeout)
+
+    async def watch_cancels(
+        self,
+        worker_id: str,
+        held: Callable[[], Collection[str]],
+        notice: Callable[[str], None],
+    ) -> None:
+        """Hear, through the bucket's watch, each held task that another process took
+        from ``worker_id`` (a cancel, a lease taken over), as the change arrives."""
+        index = await self._index()
+        index.watch_cancels(worker_id, held, notice)
+        try:
+            await self._look_at_held(worker_id, held, notice)
+            await asyncio.Event().wait()
+        finally:
+            current = self._known_index()
+            if current is not None:
+                current.unwatch_cancels(worker_id)
+
+
+class NATSQueue(StorageTwin[AsyncNATSQueue]):
+    """Blocking twin of :class:`AsyncNATSQueue`: the same methods, without ``await``."""
+
+    async_class = AsyncNATSQueue
+    ack = blocking(AsyncNATSQueue.ack)
+    ack_many = blocking(AsyncNATSQueue.ack_many)
+    claim = blocking(AsyncNATSQueue.claim)
+    delete_finished = blocking(AsyncNATSQueue.delete_finished)
+    dependents = blocking(AsyncNATSQueue.dependents)
+    dependents_many = blocking(AsyncNATSQueue.dependents_many)
+    enqueue = blocking(AsyncNATSQueue.enqueue)
+    enqueue_logged = blocking(AsyncNATSQueue.enqueue_logged)
+    finish = blocking(AsyncNATSQueue.finish)
+    get = blocking(AsyncNATSQueue.get)
+    get_many = blocking(AsyncNATSQueue.get_many)
+    list = blocking(AsyncNATSQueue.list)
+    next_due_at = blocking(AsyncNATSQueue.next_due_at)
+    release = blocking(AsyncNATSQueue.release)
+    renew = blocking(AsyncNATSQueue.renew)
+    retry = blocking(AsyncNATSQueue.retry)
+    stats = blocking(AsyncNATSQueue.stats)
+    transition = blocking(AsyncNATSQueue.transition)
+    wait = blocking(AsyncNATSQueue.wait)
+    wait_and_claim = blocking(AsyncNATSQueue.wait_and_claim)
+    watch_cancels = blocking(AsyncNATSQueue.watch_cancels)

@@ -15,14 +15,16 @@ import pytest
 
 from omniq import AsyncOmniQ
 from tests.conftest import (
+    NATS_URL,
     POSTGRES_URL,
     REDIS_URL,
+    delete_nats_namespace,
     delete_redis_namespace,
     drop_postgres_schema,
     unique_name,
 )
 
-BACKENDS = ["sqlite", "file", "memory", "redis", "postgres"]
+BACKENDS = ["sqlite", "file", "memory", "redis", "postgres", "nats"]
 #: Stores that several OS processes can share (``memory://`` lives in one process).
 SHARED_BACKENDS = [name for name in BACKENDS if name != "memory"]
 
@@ -53,6 +55,8 @@ def store_url(backend_name: str, tmp_path: Path) -> str:
         return REDIS_URL
     if backend_name == "postgres":
         return POSTGRES_URL
+    if backend_name == "nats":
+        return NATS_URL
     raise AssertionError(f"unknown backend {backend_name}")
 
 
@@ -85,6 +89,8 @@ async def make_oq(
         await delete_redis_namespace(REDIS_URL, namespace)
     if backend_name == "postgres":
         await drop_postgres_schema(POSTGRES_URL, namespace)
+    if backend_name == "nats":
+        await delete_nats_namespace(NATS_URL, namespace)
     if backend_name == "memory":
         import fsspec
 
@@ -102,7 +108,7 @@ async def oq(make_oq: MakeOQ) -> AsyncOmniQ:
 
 #: Backends whose stores others may write to: dill travels there only signed, so a test
 #: that sends a lambda sets a key (embedded stores sign with their own, made in base_dir).
-SHARED_STORES = {"redis", "postgres"}
+SHARED_STORES = {"redis", "postgres", "nats"}
 
 
 @pytest.fixture

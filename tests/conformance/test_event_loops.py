@@ -24,7 +24,14 @@ import uvloop
 
 from omniq import AsyncOmniQ, EventType, TaskEvent, TaskStatus
 from tests.conformance import tasks
-from tests.conftest import POSTGRES_URL, REDIS_URL, delete_redis_namespace, drop_postgres_schema
+from tests.conftest import (
+    NATS_URL,
+    POSTGRES_URL,
+    REDIS_URL,
+    delete_nats_namespace,
+    delete_redis_namespace,
+    drop_postgres_schema,
+)
 
 #: Seconds any one step may take (each takes well under one).
 STEP = 20.0
@@ -54,6 +61,8 @@ def _drop_store(backend_name: str, store_url: str, namespace: str) -> None:
         asyncio.run(delete_redis_namespace(REDIS_URL, namespace))
     if backend_name == "postgres":
         asyncio.run(drop_postgres_schema(POSTGRES_URL, namespace))
+    if backend_name == "nats":
+        asyncio.run(delete_nats_namespace(NATS_URL, namespace))
     if backend_name == "memory":
         import fsspec
 

@@ -243,6 +243,10 @@ def blocking_components(backend_name: str, url: str, namespace: str) -> dict[str
         from omniq.storage import redis as module  # type: ignore[no-redef]
 
         prefix, args, options = "Redis", (url,), {"namespace": namespace}
+    elif backend_name == "nats":
+        from omniq.storage import nats as module  # type: ignore[no-redef]
+
+        prefix, args, options = "NATS", (url,), {"namespace": namespace}
     else:
         from omniq.storage import postgres as module  # type: ignore[no-redef]
 

@@ -31,6 +31,7 @@ from tests.conformance import tasks
 from tests.conformance.conftest import MakeOQ
 from tests.conftest import REPO_ROOT
 from tests.storage._file_checks import tamper_file_task
+from tests.storage._nats_helpers import tamper_nats_task
 from tests.storage._redis_helpers import tamper_redis_task
 
 WAIT = 25.0  # upper bound for anything a test waits for
@@ -457,6 +458,7 @@ TAMPER: dict[str, Callable[..., None]] = {
     "file": tamper_file_task,
     "memory": tamper_file_task,
     "postgres": _tamper_postgres,
+    "nats": tamper_nats_task,
 }
 
 

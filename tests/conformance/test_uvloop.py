@@ -12,7 +12,14 @@ import uvloop
 
 from omniq import AsyncOmniQ, TaskStatus
 from tests.conformance import tasks
-from tests.conftest import POSTGRES_URL, REDIS_URL, delete_redis_namespace, drop_postgres_schema
+from tests.conftest import (
+    NATS_URL,
+    POSTGRES_URL,
+    REDIS_URL,
+    delete_nats_namespace,
+    delete_redis_namespace,
+    drop_postgres_schema,
+)
 
 
 def test_enqueue_wait_and_run_on_uvloop(
@@ -44,5 +51,7 @@ def test_enqueue_wait_and_run_on_uvloop(
                 await delete_redis_namespace(REDIS_URL, namespace)
             if backend_name == "postgres":
                 await drop_postgres_schema(POSTGRES_URL, namespace)
+            if backend_name == "nats":
+                await delete_nats_namespace(NATS_URL, namespace)
 
     uvloop.run(scenario())

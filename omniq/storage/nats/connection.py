@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from omniq._loops import quietly
+from omniq._loops import abort_transport, quietly
 from omniq._tls import split_tls_options
 from omniq._urls import redact_url, split_namespace
 from omniq.config import Settings
@@ -149,10 +149,7 @@ class NATSConnection(Connection):
         self._opening = None
         self._drop_state()
         if nc is not None:
-            # A client of a finished loop: its socket goes with the loop's transports.
-            transport = nc._transport
-            if transport is not None:
-                quietly(transport.close)
+            _abandon(nc)
 
     async def _release_loop(self) -> None:
         await self._close()
@@ -172,7 +169,12 @@ class NATSConnection(Connection):
             self._follow_loop()
         js = self._js
         if js is not None:
-            return js
+            if not _stopped(self._nc):
+                return js
+            # Its loop is ending (asyncio.run cancelled every task, nats-py's reader
+            # among them) while a task still writes on its way out (the event writer's
+            # last flush): a client of its own does that write.
+            self._forget_loop()
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
@@ -352,10 +354,10 @@ class NATSConnection(Connection):
         again, and the write counts as done when it holds ``data``, or is sent again when
         it still holds revision ``last``.
         """
-        js = await self.jetstream()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _WRITE_PATIENCE
         while True:
+            js = await self.jetstream()
             try:
                 ack = await js.publish(subject, data, headers={EXPECTED_LAST: str(last)})
                 return ack.seq
@@ -436,6 +438,38 @@ class NATSConnection(Connection):
 
     def __repr__(self) -> str:
         return f"NATSConnection({self._where!r}, namespace={self.namespace!r})"
+
+
+def _abandon(nc: Client) -> None:
+    """Let go of a client whose loop finished, or closed without shutting down: its
+    socket closed at once, and its tasks ended as far as that loop allows (a closed
+    loop cannot run them: their coroutines are closed in place, without the warnings
+    of tasks destroyed pending)."""
+    tasks = [nc._reading_task, nc._ping_interval_task, nc._flusher_task]
+    tasks += [getattr(sub, "_wait_for_msgs_task", None) for sub in nc._subs.values()]
+    for task in tasks:
+        if task is None or task.done():
+            continue
+        if task.get_loop().is_closed():
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+            quietly(task.get_coro().close)
+        else:
+            quietly(task.cancel)
+    writer = getattr(nc._transport, "_io_writer", None)
+    if writer is not None:
+        # Marked closing first (a closed loop refuses the rest of close()), so the
+        # stream writer's own finalizer has nothing left to warn about.
+        quietly(writer.transport.close)
+        abort_transport(writer.transport)
+
+
+def _stopped(nc: Client | None) -> bool:
+    """True when ``nc`` is connected but its reading task was cancelled (not by a
+    reconnect: the loop is shutting down), so no reply would ever be read."""
+    if nc is None or not nc.is_connected:
+        return False
+    reader = nc._reading_task
+    return reader is None or reader.done() or reader.cancelling() > 0
 
 
 def _describe(exc: BaseException) -> str:

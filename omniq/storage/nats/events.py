@@ -49,7 +49,12 @@ class AsyncNATSEventStorage(NATSComponent, BaseEventStorage):
         messages = await conn.scan(
             conn.events_stream, self._subject(task_id), last_per_subject=False
         )
-        return [_event(msg.data) for msg in messages]
+        events = [_event(msg.data) for msg in messages]
+        # Writers of one task's events may be several processes, each with its own
+        # buffer: the time of each event orders them (the sort is stable: events of one
+        # time keep the order they were stored in).
+        events.sort(key=lambda event: event.timestamp)
+        return events
 
     async def delete_before(self, before: datetime) -> int:
         """Delete the events older than ``before`` (a scan of the stream)."""

@@ -70,6 +70,8 @@ class TaskIndex:
         ] = {}
         self._sub: object | None = None
         self._seen = 0
+        #: The latest revision this process wrote (applied with ``own=True``).
+        self._written = 0
         self._progress: asyncio.Event = asyncio.Event()
         #: The first start (awaited by every caller of :func:`index_of`).
         self.starting: asyncio.Future[None] | None = None
@@ -119,19 +121,28 @@ class TaskIndex:
         self._sub = None
 
     async def _on_message(self, msg: Msg) -> None:
-        try:
-            revision = msg.metadata.sequence.stream
-        except Exception:  # not a stream message (a status the client let through)
-            return
-        key = msg.subject[self._pre :]
-        headers = msg.headers
-        if headers and headers.get("KV-Operation") in ("DEL", "PURGE"):
-            record = None
+        # The stream sequence from the reply subject: "$JS.ACK.<stream>.<consumer>.
+        # <delivered>.<stream seq>..." (9 tokens), or with a domain and an account hash
+        # after "ACK" (12 or more). Read here, not through msg.metadata, which builds
+        # several objects per message.
+        tokens = msg.reply.split(".")
+        if len(tokens) == 9:
+            revision = int(tokens[5])
+        elif len(tokens) >= 12:
+            revision = int(tokens[7])
         else:
-            record = decode_record(msg.data)
-            if record is None:
-                logger.warning("nats: task record %s is damaged: left out of the index", key)
-        self.apply(ident_of(key), revision, record, tell=True)
+            return  # not a stream message (a status the client let through)
+        ident = ident_of(msg.subject[self._pre :])
+        known = self.records.get(ident)
+        if known is None or known[0] < revision:  # this process's own writes come back
+            headers = msg.headers
+            if headers and headers.get("KV-Operation") in ("DEL", "PURGE"):
+                record = None
+            else:
+                record = decode_record(msg.data)
+                if record is None:
+                    logger.warning("nats: task record %s is damaged: left out", ident)
+            self.apply(ident, revision, record, tell=True)
         if revision > self._seen:
             self._seen = revision
             self._progress.set()
@@ -149,6 +160,17 @@ class TaskIndex:
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), remaining)
+
+    async def caught_up_with_own_writes(self) -> None:
+        """Wait until the watch has brought back this process's last write, and so
+        every change stored before it (no round trip: the change is on its way)."""
+        if self._seen < self._written:
+            await self._wait_seen(self._written)
+
+    def holds(self, ident: str, worker_id: str) -> bool:
+        """True when the index has the task running under ``worker_id``."""
+        found = self.records.get(ident)
+        return found is not None and found[1].status == _RUNNING and found[1].worker == worker_id
 
     async def catch_up(self) -> None:
         """Wait until every change the server holds now is in the index (a listing
@@ -169,6 +191,8 @@ class TaskIndex:
         index already holds a later one. ``tell``: a change heard from the server, which
         may take a task from a worker watching for cancels (this process's own writes
         are not told: the client tells its own pools)."""
+        if not tell and revision > self._written:
+            self._written = revision
         old = self.records.get(ident)
         if old is not None:
             if old[0] >= revision:

@@ -18,7 +18,9 @@ from omniq.models import Task, TaskEvent, TaskStatus
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
+    BaseResultStorage,
     BaseTaskQueue,
+    Finish,
     event_of,
     unreadable_task,
 )
@@ -215,11 +217,13 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         return (await self.dependents_many([task_id])).get(task_id, [])
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
-        """The dependents of several tasks, from the index caught up with the server."""
+        """The dependents of several tasks, from the index once it has heard back this
+        process's last write: a dependent stored before the ack that finished its parent
+        is then in it (one stored after reads its parent itself, see ``Engine.submit``)."""
         if not task_ids:
             return {}
         index = await self._index()
-        await index.catch_up()
+        await index.caught_up_with_own_writes()
         found: dict[str, builtins.list[Task]] = {}
         for task_id in task_ids:
             idents = index.dependents.get(task_id)
@@ -230,6 +234,31 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
                     if ident in index.records
                 ]
         return found
+
+    async def finish(
+        self,
+        items: Sequence[Finish],
+        result_storage: BaseResultStorage,
+        event_storage: BaseEventStorage | None = None,
+        *,
+        now: datetime,
+    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
+        """:meth:`BaseTaskQueue.finish`, with the held check made on the index (no read
+        of the server): results, then the acks (compare-and-set: a task taken meanwhile
+        is not acked, and its winner's result is written back), then dependents."""
+        index = self._known_index()
+        if (
+            not items
+            or index is None
+            or not all(index.holds(item.ack.task_id, item.ack.worker_id) for item in items)
+        ):
+            return await super().finish(items, result_storage, event_storage, now=now)
+        acked = await self._finish_held(items, result_storage, event_storage, now=now)
+        beaten = [item.ack.task_id for item, done in zip(items, acked, strict=True) if not done]
+        if beaten:
+            await self._restore_results(beaten, result_storage)
+        ids = [item.ack.task_id for item, done in zip(items, acked, strict=True) if done]
+        return acked, (await self.dependents_many(ids) if ids else {})
 
     async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
         """The earliest time something in ``queues`` is claimable, from the index."""

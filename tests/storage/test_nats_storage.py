@@ -2,18 +2,57 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import multiprocessing
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import msgspec
 import pytest
 
-from omniq.storage.nats import NATSBackend
-from tests.conftest import NATS_URL, delete_nats_namespace
+from omniq import AsyncOmniQ
+from omniq.errors import StorageConnectionError
+from omniq.models import EventType, TaskStatus, utcnow
+from omniq.storage.nats import (
+    AsyncNATSEventStorage,
+    AsyncNATSQueue,
+    AsyncNATSResultStorage,
+    AsyncNATSScheduleStorage,
+    NATSBackend,
+    NATSEventStorage,
+    NATSQueue,
+    NATSResultStorage,
+    NATSScheduleStorage,
+)
+from omniq.storage.nats._base import Record
+from omniq.storage.nats.connection import sanitize
+from omniq.storage.redis import AsyncRedisResultStorage
+from omniq.storage.registry import bundle_for_url
+from omniq.storage.sqlite import AsyncSQLiteEventStorage
+from tests.conformance import tasks
+from tests.conftest import (
+    NATS_URL,
+    REDIS_URL,
+    delete_nats_namespace,
+    delete_redis_namespace,
+    free_port,
+    unique_name,
+)
+from tests.storage import _nats_race
+from tests.storage._nats_helpers import rewrite_nats_task
+from tests.storage._nats_server import PrivateNATS
 from tests.storage.contract import (
     EventContract,
     MakeBackend,
     QueueContract,
     ResultContract,
     ScheduleContract,
+    assert_sync_twin_mirrors,
+    assert_unreadable_is_listed_and_handed_out,
+    make_event,
+    make_result,
+    make_task,
 )
 
 
@@ -56,3 +95,281 @@ class TestNATSEvents(EventContract):
 
 class TestNATSSchedules(ScheduleContract):
     pass
+
+
+# -- the package's names -------------------------------------------------------------------
+
+
+def test_blocking_twins_mirror_the_async_components() -> None:
+    assert_sync_twin_mirrors(NATSQueue, AsyncNATSQueue)
+    assert_sync_twin_mirrors(NATSResultStorage, AsyncNATSResultStorage)
+    assert_sync_twin_mirrors(NATSEventStorage, AsyncNATSEventStorage)
+    assert_sync_twin_mirrors(NATSScheduleStorage, AsyncNATSScheduleStorage)
+
+
+def test_the_registry_serves_nats_urls() -> None:
+    assert isinstance(bundle_for_url(NATS_URL), NATSBackend)
+
+
+# -- names on the server -------------------------------------------------------------------
+
+
+async def test_the_namespace_names_every_stream_and_bucket(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, NATSBackend)
+    prefix = backend.connection.prefix
+    js = await backend.connection.jetstream()
+    mine = sorted(
+        info.config.name or ""
+        for info in await js.streams_info()
+        if prefix in (info.config.name or "")
+    )
+    assert mine == sorted(
+        [f"KV_{prefix}_tasks", f"KV_{prefix}_results", f"KV_{prefix}_schedules", f"{prefix}_events"]
+    )
+
+
+async def test_a_namespace_with_characters_nats_refuses_is_made_safe() -> None:
+    namespace = f"{unique_name('my.app ')}*>"
+    queue = AsyncNATSQueue(NATS_URL, namespace=namespace)
+    try:
+        task = make_task()
+        await queue.enqueue([task])
+        assert queue.connection.prefix == sanitize(namespace)
+        assert "." not in queue.connection.prefix and "*" not in queue.connection.prefix
+        stored = await queue.get(task.id)
+        assert stored is not None and stored.id == task.id
+    finally:
+        await queue.close()
+        await delete_nats_namespace(NATS_URL, namespace)
+
+
+async def test_ids_nats_would_not_take_as_keys_round_trip(backend: NATSBackend) -> None:
+    queue, log, results = backend.task_queue(), backend.event_storage(), backend.result_storage()
+    odd = ["a.b c", "*", ">", "=x", "ünïcode/id", "x" * 200]
+    tasks = [make_task(ident) for ident in odd]
+    assert await queue.enqueue(tasks) == odd
+    assert [t.id if t else None for t in await queue.get_many(odd)] == odd
+    claimed = await queue.claim(["default"], "w", limit=10, lease_seconds=30, now=utcnow())
+    assert sorted(t.id for t in claimed) == sorted(odd)
+    await log.append([make_event(ident, EventType.ENQUEUED) for ident in odd])
+    await results.put_many([make_result(ident) for ident in odd])
+    for ident in odd:
+        assert [e.task_id for e in await log.get(ident)] == [ident]
+        result = await results.get(ident)
+        assert result is not None and result.task_id == ident
+    assert {t.id for t in await queue.list()} == set(odd)
+
+
+async def test_a_damaged_task_is_listed_and_handed_out_to_be_failed(
+    backend: NATSBackend,
+) -> None:
+    queue = backend.task_queue()
+    good, bad = make_task(priority=5), make_task()
+    await queue.enqueue([good, bad])
+
+    def corrupt(record: Record) -> Record:
+        return msgspec.structs.replace(record, body=b"\xc1 not msgpack")
+
+    await rewrite_nats_task(NATS_URL, bad.id, corrupt)
+    await queue.stats()  # caught up with the rewrite
+    await assert_unreadable_is_listed_and_handed_out(queue, good, bad.id)
+
+
+async def test_a_claim_in_another_process_index_wins_once(
+    backend: NATSBackend, make_backend: MakeBackend
+) -> None:
+    # Two clients whose indexes both offer the same task: the compare-and-set on its
+    # revision lets one claim it; the other gets nothing (and no error).
+    other = (await make_backend()).task_queue()
+    queue = backend.task_queue()
+    task = make_task()
+    await queue.enqueue([task])
+    await other.stats()  # both indexes hold the task as pending
+    now = utcnow()
+    first, second = await asyncio.gather(
+        queue.claim(["default"], "a", limit=1, lease_seconds=30, now=now),
+        other.claim(["default"], "b", limit=1, lease_seconds=30, now=now),
+    )
+    assert sorted(len(claimed) for claimed in (first, second)) == [0, 1]
+    stored = await queue.get(task.id)
+    assert stored is not None and stored.attempts == 1
+
+
+async def test_a_cancel_from_another_client_reaches_the_watching_worker(
+    backend: NATSBackend, make_backend: MakeBackend
+) -> None:
+    queue, other = backend.task_queue(), (await make_backend()).task_queue()
+    task = make_task()
+    await queue.enqueue([task])
+    await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+    noticed: asyncio.Queue[str] = asyncio.Queue()
+    watcher = asyncio.ensure_future(queue.watch_cancels("w", lambda: {task.id}, noticed.put_nowait))
+    try:
+        await asyncio.sleep(0.05)
+        moved = await other.transition(
+            task.id,
+            from_statuses={TaskStatus.RUNNING},
+            to_status=TaskStatus.CANCELLED,
+            now=utcnow(),
+        )
+        assert moved is not None
+        assert await asyncio.wait_for(noticed.get(), 5) == task.id
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def test_an_idle_worker_waits_on_the_server_not_in_a_loop(backend: NATSBackend) -> None:
+    # A due task later than the wait: the waiter is woken by the watch when it is
+    # enqueued, and sends nothing while it waits.
+    queue = backend.task_queue()
+    await queue.stats()
+    sent = backend.connection._sent
+    waiter = asyncio.ensure_future(queue.wait(["default"], 30.0))
+    await asyncio.sleep(0.3)
+    assert not waiter.done()
+    assert backend.connection._sent == sent  # no request while idle
+    await backend.task_queue().enqueue([make_task()])
+    await asyncio.wait_for(waiter, 5)
+
+
+# -- connecting ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("nats://127.0.0.1:notaport", "bad URL"),
+        ("nats://", "bad URL"),
+        ("nats://127.0.0.1:4222/path", "no path"),
+        ("nats://no-such-host.invalid:4222", "unknown host"),
+    ],
+)
+async def test_a_bad_url_is_one_clear_error(url: str, expected: str) -> None:
+    queue = AsyncNATSQueue(url)
+    with pytest.raises(StorageConnectionError, match=expected):
+        await queue.connect()
+
+
+async def test_a_refused_connection_fails_fast_with_a_clear_error() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    queue = AsyncNATSQueue(url)
+    with pytest.raises(StorageConnectionError, match=f"{url}: connection refused"):
+        await asyncio.wait_for(queue.connect(), 10)
+
+
+async def test_a_server_without_jetstream_is_one_clear_error(tmp_path: Path) -> None:
+    server = PrivateNATS(tmp_path / "nats", jetstream=False)
+    server.start()
+    try:
+        queue = AsyncNATSQueue(server.url)
+        with pytest.raises(StorageConnectionError, match=r"no JetStream.*nats-server -js"):
+            await queue.connect()
+    finally:
+        server.kill()
+
+
+async def test_credentials_and_tokens_in_the_url(tmp_path: Path) -> None:
+    users = PrivateNATS(tmp_path / "users", args=["--user", "app", "--pass", "s3cret"])
+    tokens = PrivateNATS(tmp_path / "tokens", args=["--auth", "t0ken"])
+    users.start()
+    tokens.start()
+    try:
+        for url in (
+            f"nats://app:s3cret@127.0.0.1:{users.port}",
+            f"nats://t0ken@127.0.0.1:{tokens.port}",
+        ):
+            queue = AsyncNATSQueue(url, namespace="creds")
+            await queue.enqueue([make_task()])
+            assert (await queue.stats())["default"] == {"pending": 1}
+            await queue.close()
+        for url in (
+            f"nats://app:wrong@127.0.0.1:{users.port}",
+            f"nats://wrong@127.0.0.1:{tokens.port}",
+        ):
+            queue = AsyncNATSQueue(url)
+            with pytest.raises(StorageConnectionError, match="authorization refused") as caught:
+                await queue.connect()
+            assert "wrong" not in str(caught.value)  # neither password nor token shown
+    finally:
+        users.kill()
+        tokens.kill()
+
+
+async def test_several_servers_in_one_url(namespace: str) -> None:
+    # The first is down: the client moves on to the next.
+    url = f"nats://127.0.0.1:{free_port()},{NATS_URL.removeprefix('nats://')}"
+    queue = AsyncNATSQueue(url, namespace=namespace)
+    try:
+        await queue.enqueue([make_task()])
+        assert (await queue.stats())["default"] == {"pending": 1}
+    finally:
+        await queue.close()
+        await delete_nats_namespace(NATS_URL, namespace)
+
+
+# -- processes racing ----------------------------------------------------------------------
+
+
+async def test_four_processes_racing_over_1000_tasks_take_each_once(namespace: str) -> None:
+    url = f"{NATS_URL}?namespace={namespace}"
+    queue = AsyncNATSQueue(url)
+    try:
+        tasks = [make_task(priority=i % 4) for i in range(1000)]
+        await queue.enqueue(tasks)
+        ctx = multiprocessing.get_context("spawn")
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [
+            ctx.Process(target=_nats_race.claim_all, args=(url, f"p{i}", barrier, out))
+            for i in range(4)
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            taken = [await asyncio.to_thread(out.get, True, 120) for _ in procs]
+        finally:
+            for proc in procs:
+                await asyncio.to_thread(proc.join, 30)
+        assert [proc.exitcode for proc in procs] == [0] * 4
+        ids = [task_id for _, claimed in taken for task_id in claimed]
+        assert len(ids) == len(set(ids)) == 1000
+        assert sum(1 for _, claimed in taken if claimed) >= 2  # they did race
+        assert await queue.stats() == {"default": {"complete": 1000}}
+    finally:
+        await queue.close()
+        await delete_nats_namespace(NATS_URL, namespace)
+
+
+# -- mixed backends ------------------------------------------------------------------------
+
+
+async def test_queue_on_nats_results_on_redis_events_on_sqlite(
+    namespace: str, tmp_path: Path
+) -> None:
+    events_url = f"sqlite:///{tmp_path}/events.db"
+    oq = AsyncOmniQ(
+        task_queue=f"{NATS_URL}?namespace={namespace}",
+        result_storage=f"{REDIS_URL}?namespace={namespace}",
+        event_storage=events_url,
+        base_dir=str(tmp_path / ".omniq"),
+    )
+    try:
+        async with oq:
+            ids = await oq.enqueue_many(tasks.add, [(i, i) for i in range(20)])
+            await oq.worker(concurrency=4).run(burst=True)
+            assert [(await oq.get_result(i)).result for i in ids] == [2 * i for i in range(20)]  # type: ignore[union-attr]
+            kinds = [e.event_type for e in await oq.get_events(ids[0])]
+            assert kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
+        # Each record is where its storage is: the result in Redis, the events in SQLite.
+        async with AsyncRedisResultStorage(REDIS_URL, namespace=namespace) as results:
+            stored = await results.get(ids[0])
+            assert stored is not None and stored.status is TaskStatus.COMPLETE
+        async with AsyncSQLiteEventStorage(events_url.removeprefix("sqlite:///")) as log:
+            assert len(await log.get(ids[0])) == 3
+        async with AsyncNATSResultStorage(NATS_URL, namespace=namespace) as on_nats:
+            assert await on_nats.get(ids[0]) is None
+    finally:
+        await delete_nats_namespace(NATS_URL, namespace)
+        await delete_redis_namespace(REDIS_URL, namespace)

@@ -80,8 +80,9 @@ class TaskIndex:
 
     async def start(self) -> None:
         """Subscribe to the bucket and wait until its current contents are in."""
-        js = await self.connection.jetstream()
-        try:
+
+        async def subscribe() -> int:
+            js = await self.connection.jetstream()
             info = await js.stream_info(self._stream)
             self._sub = await js.subscribe(
                 self._subject,
@@ -91,10 +92,11 @@ class TaskIndex:
                 deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
                 idle_heartbeat=2.0,
             )
-        except Exception as exc:
-            raise self.connection.error("watching the tasks bucket", exc) from exc
+            return info.state.last_seq
+
+        last = await self.connection.patiently("watching the tasks bucket", subscribe)
         # The replay ends with the stream's last message (each is its key's last).
-        await self._wait_seen(info.state.last_seq)
+        await self._wait_seen(last)
 
     def restart(self) -> None:
         """After a reconnect: watch again from the bucket's current contents (the
@@ -175,12 +177,14 @@ class TaskIndex:
     async def catch_up(self) -> None:
         """Wait until every change the server holds now is in the index (a listing
         after another process's writes sees them)."""
-        js = await self.connection.jetstream()
-        try:
-            info = await js.stream_info(self._stream)
-        except Exception as exc:
-            raise self.connection.error("reading the tasks stream", exc) from exc
+        info = await self.connection.patiently(
+            "reading the tasks stream", lambda: self._stream_info()
+        )
         await self._wait_seen(info.state.last_seq)
+
+    async def _stream_info(self) -> api.StreamInfo:
+        js = await self.connection.jetstream()
+        return await js.stream_info(self._stream)
 
     # -- changes -----------------------------------------------------------------------
 

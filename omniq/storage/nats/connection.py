@@ -19,8 +19,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
-from typing import Any
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import nats
@@ -38,6 +39,8 @@ from omniq.errors import StorageConnectionError, StorageError, ValueTooLargeErro
 from omniq.storage._connection import Connection
 
 __all__ = ["NATSConnection", "sanitize"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("omniq")
 
@@ -122,7 +125,7 @@ class NATSConnection(Connection):
         self.schedules_bucket = f"{self.prefix}_schedules"
         self.events_stream = f"{self.prefix}_events"
         self.events_subject = f"{self.prefix}.events"
-        self._where = redact_url(url)
+        self._where = _redact(url)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._opening: asyncio.Lock | None = None
@@ -131,6 +134,8 @@ class NATSConnection(Connection):
         self._reply_prefix: str | None = None
         self._reply_client: Client | None = None
         self._sent = 0
+        # Futures of reads that a lost connection ends (see scan()).
+        self._on_disconnect: set[asyncio.Future[None]] = set()
         #: Called (without arguments) after the client reconnected to a server.
         self.on_reconnect: list[Callable[[], None]] = []
         #: What other modules keep per client (the task index): dropped with the client.
@@ -208,8 +213,18 @@ class NATSConnection(Connection):
         if user.username and not user.password:
             options["token"] = unquote(user.username)
 
+        failures: list[Exception] = []
+
         async def quiet(exc: Exception) -> None:
+            # nats-py reports each failed attempt here, then raises NoServersError: the
+            # attempts say what was wrong (refused, authorization, an unknown host).
+            failures.append(exc)
             logger.debug("nats: %s: %s", self._where, exc)
+
+        async def disconnected() -> None:
+            for future in list(self._on_disconnect):
+                if not future.done():
+                    future.set_result(None)
 
         async def reconnected() -> None:
             logger.info("nats: reconnected to %s", self._where)
@@ -225,10 +240,13 @@ class NATSConnection(Connection):
                 max_reconnect_attempts=1,
                 error_cb=quiet,
                 reconnected_cb=reconnected,
+                disconnected_cb=disconnected,
                 **options,
             )
         except nats.errors.NoServersError as exc:
-            cause = exc.__context__ or exc
+            # A refused authorization says the most (the server then resets the retry).
+            refused = [e for e in failures if "authorization" in _describe(e)]
+            cause = (refused or failures or [exc])[-1]
             raise StorageConnectionError(
                 f"nats: cannot connect to {self._where}: {_describe(cause)}"
             ) from exc
@@ -379,13 +397,32 @@ class NATSConnection(Connection):
         finally:
             self._replies.pop(token, None)
 
+    async def patiently(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, again through a lost connection or a JetStream still
+        starting (a server restart) for up to ``_WRITE_PATIENCE`` seconds; other errors,
+        and the last one, as OmniQ's. For reads and writes that are safe to repeat."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _WRITE_PATIENCE
+        while True:
+            try:
+                return await call()
+            except nats.js.errors.APIError as exc:
+                if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                    raise self.error(doing, exc) from exc
+                failure: BaseException = exc
+            except (TimeoutError, nats.errors.Error, OSError, StorageConnectionError) as exc:
+                failure = exc
+            if loop.time() > deadline:
+                raise self.error(doing, failure) from failure
+            await asyncio.sleep(0.1)
+
     async def get_last(self, stream: str, subject: str) -> tuple[int, bytes | None]:
         """The last message on ``subject`` as ``(revision, data)``: ``(0, None)`` when
         there is none, ``(revision, None)`` when it is a delete or purge marker."""
-        try:
-            msg = await self.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
-        except Exception as exc:
-            raise self.error(f"reading {subject}", exc) from exc
+        msg = await self.patiently(
+            f"reading {subject}",
+            lambda: self.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b""),
+        )
         headers = msg.headers or {}
         status = headers.get("Status")
         if status == "404":
@@ -438,20 +475,11 @@ class NATSConnection(Connection):
         """Publish ``data`` on ``subject`` (a JetStream subject); its sequence. Sent
         again through a lost connection (a server restart): give ``headers`` a
         ``Nats-Msg-Id`` where a second copy would matter, and the server drops it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _WRITE_PATIENCE
-        while True:
-            try:
-                return _seq_of(await self.request(subject, data, headers))
-            except nats.js.errors.APIError as exc:
-                if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
-                    raise self.error(f"writing {subject}", exc) from exc
-                failure: BaseException = exc
-            except (TimeoutError, nats.errors.Error, OSError, StorageConnectionError) as exc:
-                failure = exc
-            if loop.time() > deadline:
-                raise self.error(f"writing {subject}", failure) from failure
-            await asyncio.sleep(0.1)
+
+        async def send() -> int:
+            return _seq_of(await self.request(subject, data, headers))
+
+        return await self.patiently(f"writing {subject}", send)
 
     async def scan(self, stream: str, subject: str, *, last_per_subject: bool) -> list[Msg]:
         """Every message on ``subject`` (a wildcard may match many) in stream order, or
@@ -472,13 +500,28 @@ class NATSConnection(Connection):
             )
         except Exception as exc:
             raise self.error(f"reading {subject}", exc) from exc
+        lost = asyncio.get_running_loop().create_future()
+        self._on_disconnect.add(lost)
         try:
             info = await sub.consumer_info()
             if info.num_pending or (info.delivered and info.delivered.consumer_seq):
-                await asyncio.wait_for(done.wait(), _REQUEST_TIMEOUT)
+                # The consumer goes with a lost connection (a server restart): then the
+                # read fails at once, and its caller tries again later.
+                waiting = asyncio.ensure_future(done.wait())
+                finished, _ = await asyncio.wait(
+                    {waiting, lost}, timeout=_REQUEST_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiting.cancel()
+                if waiting not in finished:
+                    raise (
+                        nats.errors.TimeoutError
+                        if not finished
+                        else nats.errors.ConnectionClosedError
+                    )
         except Exception as exc:
             raise self.error(f"reading {subject}", exc) from exc
         finally:
+            self._on_disconnect.discard(lost)
             try:
                 await sub.unsubscribe()
             except Exception as exc:
@@ -500,6 +543,17 @@ class NATSConnection(Connection):
 
     def __repr__(self) -> str:
         return f"NATSConnection({self._where!r}, namespace={self.namespace!r})"
+
+
+def _redact(url: str) -> str:
+    """``url`` for messages: a password, and a token (a user part without a password,
+    ``nats://token@host``), shown as ``***``."""
+    shown = redact_url(url)
+    head, sep, rest = shown.partition("://")
+    creds, at, hosts = rest.rpartition("@")
+    if sep and at and ":" not in creds:
+        return f"{head}://***@{hosts}"
+    return shown
 
 
 def _seq_of(reply: Msg) -> int:
@@ -564,5 +618,9 @@ def _describe(exc: BaseException) -> str:
         return "no answer in time"
     if isinstance(exc, nats.errors.NoServersError):
         return "no server answered"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
     text = str(exc) or type(exc).__name__
+    if "authorization" in text.lower():
+        return "authorization refused (check the user, password or token in the URL)"
     return text

@@ -1,8 +1,7 @@
 """OmniQ: an async-first Python task queue with a native sync API.
 
-One API over SQLite (the embedded default), files via fsspec, Redis and PostgreSQL (NATS
-is not in this release yet); the task queue, results and event log can each live on
-their own backend.
+One API over SQLite (the embedded default), files via fsspec, Redis, PostgreSQL and NATS
+(JetStream); the task queue, results and event log can each live on their own backend.
 
 Example::
 

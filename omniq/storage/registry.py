@@ -64,8 +64,8 @@ def bundle_class_for_url(url: str) -> type[Bundle]:
         missing = exc.name or module_name
         if missing.startswith("omniq") and missing == module_name:
             raise ConfigError(
-                f"the {scheme} backend for {url!r} is not part of this OmniQ release yet; "
-                "available: sqlite, file (fsspec), redis, postgresql"
+                f"the {scheme} backend for {url!r} is not part of this OmniQ release; "
+                "available: sqlite, file (fsspec), redis, postgresql, nats"
             ) from exc
         hint = f" (pip install 'omniq[{extra}]')" if extra else ""
         raise ConfigError(

@@ -28,6 +28,11 @@ from omniq.storage.file import _layout
 from omniq.storage.file import events as file_events
 from omniq.storage.file import results as file_results
 from omniq.storage.file import schedules as file_schedules
+from omniq.storage.nats import _base as nats_base
+from omniq.storage.nats import events as nats_events
+from omniq.storage.nats import queue as nats_queue
+from omniq.storage.nats import results as nats_results
+from omniq.storage.nats import schedules as nats_schedules
 from omniq.storage.postgres import events as pg_events
 from omniq.storage.postgres import results as pg_results
 from omniq.storage.postgres import schedules as pg_schedules
@@ -72,14 +77,17 @@ RAW_DECODERS: dict[str, tuple[msgspec.msgpack.Decoder[Any], Any]] = {
     "redis task": (_codec._TASK_DECODER, TASK),
     "file results": (file_results._result_decoder, RESULT),
     "redis results": (redis_results._RESULT_DECODER, RESULT),
+    "nats results": (nats_results._RESULT_DECODER, RESULT),
     "postgres results": (pg_results._RESULT_DECODER, RESULT),
     "sqlite results": (sqlite_results._RESULT_DECODER, RESULT),
     "file events": (file_events._event_decoder, EVENT),
     "redis events": (redis_events._EVENT_DECODER, EVENT),
+    "nats events": (nats_events._EVENT_DECODER, EVENT),
     "postgres events": (pg_events._EVENT_DECODER, EVENT),
     "sqlite events": (sqlite_events._EVENT_DECODER, EVENT),
     "file schedules": (file_schedules._schedule_decoder, SCHEDULE),
     "redis schedules": (redis_schedules._SCHEDULE_DECODER, SCHEDULE),
+    "nats schedules": (nats_schedules._SCHEDULE_DECODER, SCHEDULE),
     "postgres schedules": (pg_schedules._SCHEDULE_DECODER, SCHEDULE),
     "sqlite schedules": (sqlite_schedules._SCHEDULE_DECODER, SCHEDULE),
 }
@@ -207,3 +215,38 @@ def test_file_task_records_raise_only_storage_errors(data: bytes) -> None:
 def test_schedule_records_raise_only_storage_errors(data: bytes) -> None:
     only(StorageError, lambda: redis_schedules._decode_schedule(data))
     only(StorageError, lambda: pg_schedules._schedule("s-1", data))
+    only(StorageError, lambda: nats_schedules._schedule("s-1", data))
+
+
+NATS_RECORD = nats_base.record_of(TASK)
+NATS_FIELDS: list[Any] = msgspec.msgpack.decode(ENCODER.encode(NATS_RECORD))
+
+
+def nats_mistyped(position: int, value: Any) -> bytes:
+    """The record with the field at ``position`` replaced by ``value``."""
+    return ENCODER.encode([*NATS_FIELDS[:position], value, *NATS_FIELDS[position + 1 :]])
+
+
+@FUZZ
+@given(
+    record=st.binary(max_size=64)
+    | damaged(ENCODER.encode(NATS_RECORD))
+    | st.builds(nats_mistyped, st.integers(0, len(NATS_FIELDS) - 1), msgpack_values),
+    body=record_bytes(TASK),
+    times=st.tuples(*[st.integers(0, 2**63 - 1)] * 4),
+)
+def test_nats_task_records_raise_only_storage_errors(
+    record: bytes, body: bytes, times: tuple[int, int, int, int]
+) -> None:
+    # The whole record: None when its order fields are damaged (the index leaves it out).
+    decoded = nats_base.decode_record(record)
+    if decoded is not None:
+        only(StorageError, lambda: nats_base.task_of("t-1", decoded))
+    # A readable record with a damaged body or times out of range: StorageError, and as
+    # a queue hands it out, an UnreadableTask (never an exception).
+    lease, due, created, updated = times
+    damaged_record = msgspec.structs.replace(
+        NATS_RECORD, body=body, lease=lease, due=due, created=created, updated=updated
+    )
+    only(StorageError, lambda: nats_base.task_of("t-1", damaged_record))
+    nats_queue.AsyncNATSQueue._task(None, "t-1", damaged_record)  # type: ignore[arg-type]

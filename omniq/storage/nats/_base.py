@@ -22,6 +22,7 @@ __all__ = [
     "Record",
     "decode_record",
     "dt",
+    "dt_or_none",
     "ident_of",
     "key_of",
     "task_of",
@@ -119,23 +120,44 @@ def decode_record(data: bytes) -> Record | None:
     return record if record.status in _STATUSES else None
 
 
+#: What a damaged record can raise while it is turned into a task: a wrong type or shape
+#: (msgspec), a time out of range (OverflowError, ValueError), an unknown status.
+_DAMAGE = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    ValueError,
+    TypeError,
+    KeyError,
+    OverflowError,
+    OSError,
+)
+
+
 def task_of(task_id: str, record: Record) -> Task:
-    """The task a record holds, with its current fields. Raises StorageError when the
-    body is damaged."""
+    """The task a record holds, with its current fields. Raises StorageError (naming the
+    task) when the body or a field is damaged, and nothing else."""
     try:
         base = _TASK_DECODER.decode(record.body)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        return msgspec.structs.replace(
+            base,
+            status=_STATUSES[record.status],
+            attempts=record.attempts,
+            lost_runs=record.lost,
+            worker_id=record.worker,
+            lease_expires_at=dt(record.lease) if record.lease else None,
+            due_at=dt(record.due) if record.due else None,
+            updated_at=dt(record.updated) if record.updated else base.updated_at,
+        )
+    except _DAMAGE as exc:
         raise StorageError(f"nats: task {task_id} is corrupt: {exc}") from exc
-    return msgspec.structs.replace(
-        base,
-        status=_STATUSES[record.status],
-        attempts=record.attempts,
-        lost_runs=record.lost,
-        worker_id=record.worker,
-        lease_expires_at=dt(record.lease) if record.lease else None,
-        due_at=dt(record.due) if record.due else None,
-        updated_at=dt(record.updated) if record.updated else base.updated_at,
-    )
+
+
+def dt_or_none(micros: int) -> datetime | None:
+    """:func:`dt`, or None for 0 or a time out of range (a damaged record)."""
+    try:
+        return dt(micros) if micros else None
+    except (OverflowError, ValueError):
+        return None
 
 
 class NATSComponent(Component[NATSConnection]):

@@ -14,7 +14,7 @@ import msgspec
 
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
-from omniq.models import Task, TaskEvent, TaskStatus
+from omniq.models import Task, TaskEvent, TaskStatus, utcnow
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
@@ -30,6 +30,7 @@ from omniq.storage.nats._base import (
     Record,
     decode_record,
     dt,
+    dt_or_none,
     key_of,
     record_of,
     task_of,
@@ -165,15 +166,14 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         try:
             return task_of(task_id, record)
         except StorageError as exc:
-            now = dt(record.updated or record.created)
             return unreadable_task(
                 task_id,
                 str(exc),
                 queue=record.queue,
                 attempts=record.attempts,
                 worker_id=record.worker,
-                lease_expires_at=dt(record.lease) if record.lease else None,
-                now=now,
+                lease_expires_at=dt_or_none(record.lease),
+                now=dt_or_none(record.updated or record.created) or utcnow(),
                 status=TaskStatus(record.status),
             )
 

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from omniq import AsyncOmniQ
-from omniq.errors import StorageConnectionError
+from omniq.errors import StorageConnectionError, ValueTooLargeError
 from omniq.models import EventType, TaskStatus, utcnow
 from omniq.storage.nats import (
     AsyncNATSEventStorage,
@@ -373,3 +373,13 @@ async def test_queue_on_nats_results_on_redis_events_on_sqlite(
     finally:
         await delete_nats_namespace(NATS_URL, namespace)
         await delete_redis_namespace(REDIS_URL, namespace)
+
+
+async def test_a_task_over_the_servers_max_payload_is_refused_clearly(
+    backend: NATSBackend,
+) -> None:
+    queue = backend.task_queue()
+    huge = make_task(payload=b"x" * (2 * 1024 * 1024))
+    with pytest.raises(ValueTooLargeError, match="max_payload"):
+        await asyncio.wait_for(queue.enqueue([huge]), 10)  # at once: not retried
+    assert await queue.get(huge.id) is None

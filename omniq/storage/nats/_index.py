@@ -24,6 +24,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -36,6 +37,8 @@ logger = logging.getLogger("omniq")
 
 #: Statuses a task waits in (SCHEDULED only without dependencies).
 CLAIMABLE = frozenset({"pending", "retrying", "scheduled"})
+#: Final statuses: the index keeps such a task without its body.
+FINAL = frozenset({"complete", "failed", "cancelled", "expired"})
 _RUNNING = "running"
 #: How long reading the index waits for it to catch up with the server.
 _CATCH_UP = 5.0
@@ -205,6 +208,10 @@ class TaskIndex:
         if record is None:
             self.records.pop(ident, None)
             return
+        if record.status in FINAL:
+            # Kept for listings and counts only: without the task as enqueued (its
+            # arguments), which a listing reads from the server.
+            record = msgspec.structs.replace(record, body=b"")
         self.records[ident] = (revision, record)
         self.counts[record.queue][record.status] += 1
         for dep in record.deps:

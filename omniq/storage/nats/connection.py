@@ -385,6 +385,12 @@ class NATSConnection(Connection):
         await self.jetstream()
         nc = self._nc
         assert nc is not None
+        if len(data) > nc.max_payload:
+            raise ValueTooLargeError(
+                f"nats: {subject}: {len(data):,} bytes, over the server's max_payload of "
+                f"{nc.max_payload:,} bytes (raise max_payload in nats-server's configuration, "
+                "or pass large values by reference)"
+            )
         prefix = await self._listen_for_replies(nc)
         self._sent += 1
         token = str(self._sent)
@@ -410,6 +416,8 @@ class NATSConnection(Connection):
                 if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
                     raise self.error(doing, exc) from exc
                 failure: BaseException = exc
+            except nats.errors.MaxPayloadError as exc:
+                raise self.error(doing, exc) from exc
             except (TimeoutError, nats.errors.Error, OSError, StorageConnectionError) as exc:
                 failure = exc
             if loop.time() > deadline:
@@ -455,6 +463,8 @@ class NATSConnection(Connection):
                 if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
                     raise self.error(f"writing {subject}", exc) from exc
                 failure: BaseException = exc
+            except nats.errors.MaxPayloadError as exc:
+                raise self.error(f"writing {subject}", exc) from exc
             except (TimeoutError, nats.errors.Error, OSError, StorageConnectionError) as exc:
                 failure = exc
             if loop.time() > deadline:

@@ -200,7 +200,19 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
             and (wanted is None or record.status == wanted)
         )
         newest = heapq.nlargest(limit, matching, key=lambda item: item[0])
-        return [self._task(ident, record) for _, ident, record in newest]
+        return await self._tasks([(ident, record) for _, ident, record in newest])
+
+    async def _tasks(self, found: Sequence[tuple[str, Record]]) -> builtins.list[Task]:
+        """The tasks of index records; a finished task's body (which the index drops) is
+        read from the server."""
+        missing = [ident for ident, record in found if not record.body]
+        fetched = dict(zip(missing, await self.get_many(missing), strict=True))
+        tasks = []
+        for ident, record in found:
+            task = fetched.get(ident) if not record.body else self._task(ident, record)
+            if task is not None:
+                tasks.append(task)
+        return tasks
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status, from the index caught up with the server."""
@@ -228,11 +240,13 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         for task_id in task_ids:
             idents = index.dependents.get(task_id)
             if idents:
-                found[task_id] = [
-                    self._task(ident, index.records[ident][1])
-                    for ident in sorted(idents)
-                    if ident in index.records
-                ]
+                found[task_id] = await self._tasks(
+                    [
+                        (ident, index.records[ident][1])
+                        for ident in sorted(idents)
+                        if ident in index.records
+                    ]
+                )
         return found
 
     async def finish(
@@ -339,6 +353,8 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         conn = await self._conn()
         index = self._known_index()
         current = index.records.get(task_id) if index is not None else None
+        if current is not None and not current[1].body:
+            current = None  # a finished task's slim copy: never written back
         fresh = current is None
         if current is None:
             current = await self._read(task_id)

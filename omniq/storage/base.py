@@ -265,13 +265,7 @@ class BaseTaskQueue(BaseStorage):
         """
         if not items:
             return [], {}
-        current = await self.get_many([item.ack.task_id for item in items])
-        held = [
-            task is not None
-            and task.status is TaskStatus.RUNNING
-            and task.worker_id == item.ack.worker_id
-            for item, task in zip(items, current, strict=True)
-        ]
+        held = await self._still_held(items)
         trying = [item for item, ok in zip(items, held, strict=True) if ok]
         flags = iter(await self._finish_held(trying, result_storage, event_storage, now=now))
         acked = [ok and next(flags) for ok in held]
@@ -284,6 +278,18 @@ class BaseTaskQueue(BaseStorage):
             await self._restore_results(beaten, result_storage)
         ids = [item.ack.task_id for item, ok in zip(items, acked, strict=True) if ok]
         return acked, (await self.dependents_many(ids) if ids else {})
+
+    async def _still_held(self, items: Sequence[Finish]) -> builtins.list[bool]:
+        """Per item, whether its worker still holds its task (the default reads the
+        tasks; a backend that keeps them at hand overrides it). A wrong True costs a
+        result written and restored; the ack decides."""
+        current = await self.get_many([item.ack.task_id for item in items])
+        return [
+            task is not None
+            and task.status is TaskStatus.RUNNING
+            and task.worker_id == item.ack.worker_id
+            for item, task in zip(items, current, strict=True)
+        ]
 
     async def _finish_held(
         self,

@@ -18,7 +18,6 @@ from omniq.models import Task, TaskEvent, TaskStatus, utcnow
 from omniq.storage.base import (
     Ack,
     BaseEventStorage,
-    BaseResultStorage,
     BaseTaskQueue,
     Finish,
     event_of,
@@ -249,30 +248,14 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
                 )
         return found
 
-    async def finish(
-        self,
-        items: Sequence[Finish],
-        result_storage: BaseResultStorage,
-        event_storage: BaseEventStorage | None = None,
-        *,
-        now: datetime,
-    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
-        """:meth:`BaseTaskQueue.finish`, with the held check made on the index (no read
-        of the server): results, then the acks (compare-and-set: a task taken meanwhile
-        is not acked, and its winner's result is written back), then dependents."""
+    async def _still_held(self, items: Sequence[Finish]) -> builtins.list[bool]:
+        """Whether each worker still holds its task, from the index (no read of the
+        server): a cancel the index has not heard of yet fails the ack's
+        compare-and-set, and the cancel's result is written back."""
         index = self._known_index()
-        if (
-            not items
-            or index is None
-            or not all(index.holds(item.ack.task_id, item.ack.worker_id) for item in items)
-        ):
-            return await super().finish(items, result_storage, event_storage, now=now)
-        acked = await self._finish_held(items, result_storage, event_storage, now=now)
-        beaten = [item.ack.task_id for item, done in zip(items, acked, strict=True) if not done]
-        if beaten:
-            await self._restore_results(beaten, result_storage)
-        ids = [item.ack.task_id for item, done in zip(items, acked, strict=True) if done]
-        return acked, (await self.dependents_many(ids) if ids else {})
+        if index is None:
+            return await super()._still_held(items)
+        return [index.holds(item.ack.task_id, item.ack.worker_id) for item in items]
 
     async def next_due_at(self, queues: Sequence[str]) -> datetime | None:
         """The earliest time something in ``queues`` is claimable, from the index."""

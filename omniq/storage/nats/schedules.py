@@ -5,6 +5,7 @@ race, one fires it."""
 from __future__ import annotations
 
 import builtins
+import heapq
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -102,15 +103,13 @@ class AsyncNATSScheduleStorage(NATSComponent, BaseScheduleStorage):
 
     async def due(self, now: datetime, limit: int = 100) -> builtins.list[Schedule]:
         """Unpaused schedules due at or before ``now``, earliest first."""
-        due = [
-            schedule
+        ticks = [
+            (schedule.next_run_at, schedule.id, schedule)
             for schedule in await self.list()
-            if not schedule.paused
-            and schedule.next_run_at is not None
-            and schedule.next_run_at <= now
+            if schedule.next_run_at is not None and schedule.next_run_at <= now
         ]
-        due.sort(key=lambda schedule: (schedule.next_run_at, schedule.id))
-        return due[:limit]
+        ready = (tick for tick in ticks if not tick[2].paused)
+        return [schedule for _, _, schedule in heapq.nsmallest(limit, ready, key=lambda t: t[:2])]
 
     async def advance(
         self,

@@ -26,7 +26,9 @@ __all__ = [
 ]
 
 #: Schemes of the SQLite and server backends (``omniq.storage.registry`` maps each to its backend).
-SERVER_SCHEMES = frozenset({"sqlite", "redis", "rediss", "unix", "postgresql", "postgres", "nats"})
+SERVER_SCHEMES = frozenset(
+    {"sqlite", "redis", "rediss", "unix", "postgresql", "postgres", "nats", "tls"}
+)
 
 #: fsspec protocols the file backend takes: filesystems and object stores that can be
 #: written. fsspec knows more (``http``, ``zip``, ``github``, the caching wrappers…), but
@@ -78,7 +80,7 @@ def is_shared_store(url: str) -> bool:
 ACCEPTED_FORMS = (
     "sqlite:///relative.db, sqlite:////abs/path.db, file:///abs/dir, memory://name, "
     "s3://bucket/prefix (also gs://, az://, abfs://…), redis://host:port/db, rediss://…, "
-    "unix:///path.sock, postgresql://user@host:port/db, nats://host:port"
+    "unix:///path.sock, postgresql://user@host:port/db, nats://host:port, tls://… (NATS)"
 )
 
 # A known scheme followed by ":", ":/" or "//" instead of "://".

@@ -1,7 +1,8 @@
 """Backends by URL scheme: which package serves a URL, imported only when used.
 
 A URL's scheme picks the backend (``sqlite://``, ``redis://``, ``postgresql://``,
-``nats://``, and for the file backend ``file://``, ``memory://`` and the fsspec protocols
+``nats://`` (``tls://`` for NATS over TLS), and for the file backend ``file://``,
+``memory://`` and the fsspec protocols
 of writable filesystems and object stores, :data:`omniq._urls.FILE_PROTOCOLS`). Anything
 else, a bare path included, is refused with a ConfigError naming the URL and the forms
 accepted. A backend's package is imported when its URL is first used, so a missing
@@ -32,6 +33,8 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "postgresql": ("omniq.storage.postgres", "PostgresBackend", "postgres"),
     "postgres": ("omniq.storage.postgres", "PostgresBackend", "postgres"),
     "nats": ("omniq.storage.nats", "NATSBackend", "nats"),
+    # nats-py's (and NATS's) scheme for a server that speaks TLS only.
+    "tls": ("omniq.storage.nats", "NATSBackend", "nats"),
 }
 _FILE_BACKEND = ("omniq.storage.file", "FileBackend", None)
 

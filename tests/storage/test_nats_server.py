@@ -13,13 +13,16 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
 from omniq import AsyncOmniQ
+from omniq.errors import StorageConnectionError
 from omniq.models import TaskStatus, utcnow
 from omniq.storage.base import Ack
 from omniq.storage.nats import AsyncNATSQueue, AsyncNATSResultStorage
+from tests._certs import CertFiles, make_certs
 from tests.conftest import REPO_ROOT
 from tests.storage._nats_server import PrivateNATS
 from tests.storage.contract import make_result, make_task
@@ -173,3 +176,57 @@ async def test_workers_carry_on_through_a_server_crash_and_run_each_task_once(
                 proc.kill()
                 proc.wait()
         await oq.close()
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def tls_server(certs: CertFiles, tmp_path: Path) -> Iterator[PrivateNATS]:
+    """A JetStream server that speaks TLS only and asks clients for a certificate."""
+    private = PrivateNATS(
+        tmp_path / "nats-tls",
+        args=[
+            "--tls", "--tlsverify",
+            "--tlscert", str(certs.server_cert),
+            "--tlskey", str(certs.server_key),
+            "--tlscacert", str(certs.ca),
+        ],
+    )  # fmt: skip
+    private.start()
+    yield private
+    private.kill()
+
+
+async def test_tls_with_the_options_in_the_url_or_in_storage_options(
+    tls_server: PrivateNATS, certs: CertFiles, tmp_path: Path
+) -> None:
+    files = {
+        "tls_ca_file": str(certs.ca),
+        "tls_cert_file": str(certs.client_cert),
+        "tls_key_file": str(certs.client_key),
+    }
+    address = f"127.0.0.1:{tls_server.port}"
+    for url, options in (
+        (f"tls://{address}?{urlencode(files)}", {}),
+        (f"nats://{address}", files),
+    ):
+        oq = AsyncOmniQ(
+            task_queue=url, result_storage=url, event_storage=url, namespace="tls",
+            storage_options=options, base_dir=str(tmp_path / ".omniq"),
+        )  # fmt: skip
+        async with oq:
+            task_id = await oq.enqueue("tests.conformance.tasks:add", 2, 3)
+            await oq.worker(concurrency=2).run(burst=True)
+            result = await oq.get_result(task_id)
+            assert result is not None and result.result == 5
+    # A server certificate from another CA: refused, saying why.
+    other = {**files, "tls_ca_file": str(certs.other_ca)}
+    queue = AsyncNATSQueue(f"tls://{address}?{urlencode(other)}")
+    with pytest.raises(StorageConnectionError, match="certificate"):
+        await queue.connect()

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -41,6 +42,7 @@ from omniq.storage._connection import Connection
 __all__ = ["NATSConnection", "sanitize"]
 
 T = TypeVar("T")
+FIRST = asyncio.FIRST_COMPLETED
 
 logger = logging.getLogger("omniq")
 
@@ -214,11 +216,14 @@ class NATSConnection(Connection):
             options["token"] = unquote(user.username)
 
         failures: list[Exception] = []
+        refusal: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
         async def quiet(exc: Exception) -> None:
             # nats-py reports each failed attempt here, then raises NoServersError: the
             # attempts say what was wrong (refused, authorization, an unknown host).
             failures.append(exc)
+            if _final(exc) and not refusal.done():
+                refusal.set_result(exc)
             logger.debug("nats: %s: %s", self._where, exc)
 
         async def disconnected() -> None:
@@ -231,9 +236,11 @@ class NATSConnection(Connection):
             for hook in list(self.on_reconnect):
                 hook()
 
-        try:
-            # Fail fast while connecting: each server twice, a tenth of a second apart.
-            nc = await nats.connect(
+        # Fail fast while connecting: each server twice, a tenth of a second apart, and
+        # not at all again after a refusal that would only repeat (a certificate, an
+        # authorization), which nats-py would otherwise retry without a time limit.
+        attempt = asyncio.ensure_future(
+            nats.connect(
                 servers=servers,
                 connect_timeout=2,
                 reconnect_time_wait=0.1,
@@ -243,9 +250,24 @@ class NATSConnection(Connection):
                 disconnected_cb=disconnected,
                 **options,
             )
+        )
+        # Two tries per server of at most connect_timeout each, and some slack.
+        limit = 5.0 + 4.5 * len(servers)
+        racing: set[asyncio.Future[Any]] = {attempt, refusal}
+        done, _ = await asyncio.wait(racing, timeout=limit, return_when=FIRST)
+        if attempt not in done:
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            cause = refusal.result() if refusal in done else (failures or [TimeoutError()])[-1]
+            raise StorageConnectionError(
+                f"nats: cannot connect to {self._where}: {_describe(cause)}"
+            )
+        try:
+            nc = attempt.result()
         except nats.errors.NoServersError as exc:
             # A refused authorization says the most (the server then resets the retry).
-            refused = [e for e in failures if "authorization" in _describe(e)]
+            refused = [e for e in failures if _final(e)]
             cause = (refused or failures or [exc])[-1]
             raise StorageConnectionError(
                 f"nats: cannot connect to {self._where}: {_describe(cause)}"
@@ -618,6 +640,11 @@ def _stopped(nc: Client | None) -> bool:
     return reader is None or reader.done() or reader.cancelling() > 0
 
 
+def _final(exc: BaseException) -> bool:
+    """True for a refusal a new try would meet again: a certificate, an authorization."""
+    return isinstance(exc, ssl.SSLError) or "authorization" in _describe(exc)
+
+
 def _describe(exc: BaseException) -> str:
     """A short reason for ``exc`` (nats-py's own messages are often empty)."""
     if isinstance(exc, ConnectionRefusedError):
@@ -628,6 +655,10 @@ def _describe(exc: BaseException) -> str:
         return "no answer in time"
     if isinstance(exc, nats.errors.NoServersError):
         return "no server answered"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate was refused ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
     text = str(exc) or type(exc).__name__

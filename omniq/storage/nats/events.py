@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
+import os
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -19,6 +22,14 @@ from omniq.storage.nats._base import ENCODER, NATSComponent, key_of, us
 __all__ = ["AsyncNATSEventStorage", "NATSEventStorage"]
 
 _EVENT_DECODER = msgspec.msgpack.Decoder(TaskEvent)
+_HOST = secrets.token_hex(6)
+_COUNTER = itertools.count()
+
+
+def _batch_id() -> str:
+    """An id no other append batch has, here or in another process (a random prefix,
+    and the pid, which differs in a forked child that inherits the counter)."""
+    return f"{_HOST}.{os.getpid()}.{next(_COUNTER)}"
 
 
 def _event(data: bytes) -> TaskEvent:
@@ -39,8 +50,18 @@ class AsyncNATSEventStorage(NATSComponent, BaseEventStorage):
         if not events:
             return
         conn = await self._conn()
+        # Each event carries an id of its own (Nats-Msg-Id): one sent again after its
+        # reply was lost (a server restart) is dropped by the stream, not logged twice.
+        base = _batch_id()
         await asyncio.gather(
-            *(conn.publish(self._subject(event.task_id), ENCODER.encode(event)) for event in events)
+            *(
+                conn.publish(
+                    self._subject(event.task_id),
+                    ENCODER.encode(event),
+                    {"Nats-Msg-Id": f"{base}.{n}"},
+                )
+                for n, event in enumerate(events)
+            )
         )
 
     async def get(self, task_id: str) -> builtins.list[TaskEvent]:

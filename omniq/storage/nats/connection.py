@@ -134,7 +134,6 @@ class NATSConnection(Connection):
         # Requests in flight, by token (see request()).
         self._replies: dict[str, asyncio.Future[Msg]] = {}
         self._reply_prefix: str | None = None
-        self._reply_client: Client | None = None
         self._sent = 0
         # Futures of reads that a lost connection ends (see scan()).
         self._on_disconnect: set[asyncio.Future[None]] = set()
@@ -174,7 +173,7 @@ class NATSConnection(Connection):
                 quietly(close)
         self.state.clear()
         self.on_reconnect.clear()
-        self._reply_prefix = self._reply_client = None
+        self._reply_prefix = None
         self._replies = {}
 
     async def jetstream(self) -> JetStreamContext:
@@ -296,6 +295,8 @@ class NATSConnection(Connection):
         except BaseException:
             await nc.close()
             raise
+        self._replies = {}
+        self._reply_prefix = await self._listen_for_replies(nc)
         self._nc, self._js = nc, js
         await self._bound.watch()
 
@@ -381,19 +382,16 @@ class NATSConnection(Connection):
     async def _listen_for_replies(self, nc: Client) -> str:
         """The reply subject prefix of this client's requests (one subscription takes
         every reply: a request costs a publish and a dict entry, no subscription)."""
-        prefix = self._reply_prefix
-        if prefix is None or self._reply_client is not nc:
-            prefix = f"{nc.new_inbox()}."
-            start = len(prefix)
-            replies = self._replies
+        prefix = f"{nc.new_inbox()}."
+        start = len(prefix)
+        replies = self._replies
 
-            async def deliver(msg: Msg) -> None:
-                future = replies.pop(msg.subject[start:], None)
-                if future is not None and not future.done():
-                    future.set_result(msg)
+        async def deliver(msg: Msg) -> None:
+            future = replies.pop(msg.subject[start:], None)
+            if future is not None and not future.done():
+                future.set_result(msg)
 
-            await nc.subscribe(f"{prefix}*", cb=deliver)
-            self._reply_prefix, self._reply_client = prefix, nc
+        await nc.subscribe(f"{prefix}*", cb=deliver)
         return prefix
 
     async def request(
@@ -413,7 +411,8 @@ class NATSConnection(Connection):
                 f"{nc.max_payload:,} bytes (raise max_payload in nats-server's configuration, "
                 "or pass large values by reference)"
             )
-        prefix = await self._listen_for_replies(nc)
+        prefix = self._reply_prefix
+        assert prefix is not None
         self._sent += 1
         token = str(self._sent)
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()

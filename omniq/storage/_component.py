@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import builtins
 import os
-from abc import abstractmethod
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from omniq.config import Settings
-from omniq.models import Task, TaskEvent
+from omniq.models import Task
 from omniq.storage._connection import Connection
 from omniq.storage.base import (
     BaseEventStorage,
     BaseResultStorage,
     BaseStorage,
     BaseTaskQueue,
-    Finish,
 )
 
 __all__ = ["Component", "Finished", "QueueComponent"]
@@ -123,10 +119,11 @@ Finished = tuple[builtins.list[bool], dict[str, builtins.list[Task]]]
 class QueueComponent(Component[C], BaseTaskQueue):
     """A backend's task queue on its connection, writing across components atomically.
 
-    Where the backend's event log (and result storage) are on this same connection, it
-    stores new tasks with their events (:meth:`_enqueue`) and finishes tasks with their
-    results and events (:meth:`_finish_together`) in one transaction or script; with
-    components elsewhere it falls back on :class:`BaseTaskQueue`'s generic steps.
+    Where the backend's event log (and result storage) are on this same connection,
+    :class:`BaseTaskQueue` stores new tasks with their events (:meth:`_enqueue`) and
+    finishes tasks with their results and events (:meth:`_finish_together`) in one
+    transaction or script, which the backend implements; with components elsewhere it
+    takes its generic steps.
     """
 
     #: The backend's result and event storage classes: instances of them on this
@@ -150,45 +147,6 @@ class QueueComponent(Component[C], BaseTaskQueue):
         """True when ``event_storage`` is the backend's event log on this connection."""
         return self.on_this_connection(event_storage, self.event_storage_class)
 
-    async def enqueue_logged(
-        self,
-        tasks: Sequence[Task],
-        events: Sequence[Sequence[TaskEvent]],
-        event_storage: BaseEventStorage,
-    ) -> builtins.list[str]:
-        """Tasks and the events of the new ones in the same call, when :meth:`writes_events`
-        holds: an event is stored exactly when its task is."""
-        if not self.writes_events(event_storage):
-            return await super().enqueue_logged(tasks, events, event_storage)
-        await event_storage.connect()
-        return await self._enqueue(tasks, events)
-
-    async def _enqueue(
-        self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
-    ) -> builtins.list[str]:
-        """Store ``tasks``, and ``events[i]`` for each new ``tasks[i]``, in one atomic call
-        (a backend with :attr:`enqueues_with_events` implements it)."""
-        raise NotImplementedError(f"{type(self).__name__} does not store events with tasks")
-
-    async def finish(
-        self,
-        items: Sequence[Finish],
-        result_storage: BaseResultStorage,
-        event_storage: BaseEventStorage | None = None,
-        *,
-        now: datetime,
-    ) -> Finished:
-        """:meth:`BaseTaskQueue.finish`, in one atomic step (:meth:`_finish_together`)
-        when ``result_storage`` is the backend's on this connection."""
-        if not (items and self.on_this_connection(result_storage, self.result_storage_class)):
-            return await super().finish(items, result_storage, event_storage, now=now)
-        await result_storage.connect()  # first use connects, as if it wrote the results
-        log_events = event_storage is not None and self.finish_logs_events(event_storage)
-        return await self._finish_together(items, log_events, now)
-
-    @abstractmethod
-    async def _finish_together(
-        self, items: Sequence[Finish], log_events: bool, now: datetime
-    ) -> Finished:
-        """Each ack whose task its worker still holds, with its result and (``log_events``)
-        its events, in one transaction or script; then the acknowledged tasks' dependents."""
+    def finishes_together(self, result_storage: BaseResultStorage) -> bool:
+        """True when ``result_storage`` is the backend's on this connection."""
+        return self.on_this_connection(result_storage, self.result_storage_class)

@@ -120,7 +120,7 @@ class QueueComponent(Component[C], BaseTaskQueue):
     """A backend's task queue on its connection, writing across components atomically.
 
     Where the backend's event log (and result storage) are on this same connection,
-    :class:`BaseTaskQueue` stores new tasks with their events (:meth:`_enqueue`) and
+    :class:`BaseTaskQueue` stores new tasks with their events (:meth:`_enqueue_with_events`) and
     finishes tasks with their results and events (:meth:`_finish_together`) in one
     transaction or script, which the backend implements; with components elsewhere it
     takes its generic steps.
@@ -130,7 +130,7 @@ class QueueComponent(Component[C], BaseTaskQueue):
     #: connection are what the atomic steps write to.
     result_storage_class: ClassVar[type[BaseResultStorage]]
     event_storage_class: ClassVar[type[BaseEventStorage]]
-    #: True when :meth:`_enqueue` stores tasks with their events in the same call; else
+    #: True when :meth:`_enqueue_with_events` stores tasks with their events in the same call; else
     #: enqueued events go through the client's event logger.
     enqueues_with_events: ClassVar[bool] = False
 

@@ -177,13 +177,13 @@ class BaseTaskQueue(BaseStorage):
         batch that log the same events can share one list (it is never modified).
 
         A backend for which :meth:`writes_events` holds does both atomically, in the
-        round trips of the enqueue alone (:meth:`_enqueue`). Otherwise this looks up
+        round trips of the enqueue alone (:meth:`_enqueue_with_events`). Otherwise this looks up
         which ids exist, writes the tasks, then the events of the new ones: not atomic,
         and a race with another producer of the same id may log its events twice.
         """
         if self.writes_events(event_storage):
             await event_storage.connect()
-            return await self._enqueue(tasks, events)
+            return await self._enqueue_with_events(tasks, events)
         seen = {task.id for task in await self.get_many([t.id for t in tasks]) if task}
         ids = await self.enqueue(tasks)
         fresh: list[TaskEvent] = []
@@ -195,7 +195,7 @@ class BaseTaskQueue(BaseStorage):
             await event_storage.append(fresh)
         return ids
 
-    async def _enqueue(
+    async def _enqueue_with_events(
         self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
     ) -> list[str]:
         """Store ``tasks``, and ``events[i]`` for each new ``tasks[i]``, in one atomic call:
@@ -398,21 +398,15 @@ class BaseTaskQueue(BaseStorage):
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status (``{"default": {"pending": 3}}``); zero counts omitted."""
 
-    @abstractmethod
     async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``."""
+        """Tasks whose ``depends_on`` names ``task_id`` (:meth:`dependents_many` of one)."""
+        return (await self.dependents_many([task_id])).get(task_id, [])
 
+    @abstractmethod
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
-        """``dependents`` for several ids at once (ids without dependents may be absent).
-
-        Called once per batch of finished tasks; backends override it with one query.
-        """
-        found: dict[str, builtins.list[Task]] = {}
-        for task_id in task_ids:
-            tasks = await self.dependents(task_id)
-            if tasks:
-                found[task_id] = tasks
-        return found
+        """Tasks whose ``depends_on`` names each of ``task_ids``, by id
+        (ids without dependents may be absent). Called once per batch of finished tasks:
+        one query where the backend can."""
 
     @abstractmethod
     async def next_due_at(self, queues: Sequence[str]) -> datetime | None:

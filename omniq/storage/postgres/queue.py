@@ -26,7 +26,7 @@ from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskEvent, TaskStatus
 from omniq.storage._component import Finished, QueueComponent
-from omniq.storage._rows import dt, ts, unreadable_from_row
+from omniq.storage._rows import counts_by_queue, dt, ts, unreadable_from_row
 from omniq.storage.base import Ack, Finish, UnreadableTask, event_fields_but_task_id, event_of
 from omniq.storage.postgres._base import ENCODER, PostgresComponent, task_of_row
 from omniq.storage.postgres.connection import PostgresConnection
@@ -124,9 +124,9 @@ class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
     async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
         """Store ``tasks`` (existing ids are left unchanged): one statement, one
         transaction, whatever the batch size."""
-        return await self._enqueue(tasks, None)
+        return await self._enqueue_with_events(tasks, None)
 
-    async def _enqueue(
+    async def _enqueue_with_events(
         self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
     ) -> builtins.list[str]:
         """Tasks and the events of the new ones in the same statement."""
@@ -343,15 +343,7 @@ class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
         """Counts per queue and status."""
         db = await self._conn()
         sql = db.sql["count_tasks"]
-        counts: dict[str, dict[str, int]] = {}
-        for queue, status, count in await db.fetch("counting tasks", sql):
-            if count:
-                counts.setdefault(queue, {})[status] = count
-        return counts
-
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
+        return counts_by_queue(await db.fetch("counting tasks", sql))
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """Dependents of several tasks in one query."""

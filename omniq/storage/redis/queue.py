@@ -76,9 +76,9 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
     async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
         """Store ``tasks`` (existing ids are left unchanged): one script call per 250
         tasks, each written as soon as it is built, all in one round trip."""
-        return await self._enqueue(tasks, None)
+        return await self._enqueue_with_events(tasks, None)
 
-    async def _enqueue(
+    async def _enqueue_with_events(
         self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
     ) -> builtins.list[str]:
         """Tasks and their events in the same script calls: no separate write."""
@@ -416,10 +416,6 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
         for i in range(0, len(flat), 3):
             counts.setdefault(_text(flat[i]), {})[_text(flat[i + 1])] = int(flat[i + 2])
         return counts
-
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``, in enqueue order."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """Dependents of several tasks in one script call (ids without any are omitted)."""

@@ -21,8 +21,8 @@ from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskResult, TaskStatus
 from omniq.storage._component import Finished, QueueComponent
+from omniq.storage._rows import counts_by_queue, task_from_row, unreadable_from_row
 from omniq.storage._rows import dt as _dt
-from omniq.storage._rows import task_from_row, unreadable_from_row
 from omniq.storage._rows import ts as _ts
 from omniq.storage.base import Ack, Finish, UnreadableTask
 from omniq.storage.sqlite._base import ENCODER, Row, SQLiteComponent
@@ -345,15 +345,7 @@ class AsyncSQLiteQueue(SQLiteComponent, QueueComponent[SQLiteConnection]):
         sql = _Q["stats"]
         db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "counting tasks")
-        counts: dict[str, dict[str, int]] = {}
-        for queue, status, count in rows:
-            if count:
-                counts.setdefault(queue, {})[status] = count
-        return counts
-
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
+        return counts_by_queue(rows)
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """Dependents of several tasks in one query."""

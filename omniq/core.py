@@ -2,8 +2,7 @@
 
 ``AsyncOmniQ`` is the facade of SPEC §2: each public method checks its arguments and
 hands the work to the client's :class:`~omniq.engine.Engine`, which owns the storages
-(task queue, results, events: each on its own backend if you like), the event logger
-and the task lifecycle; :mod:`omniq._building` builds the tasks.
+(each on its own backend if you like), the event logger and the task lifecycle.
 """
 
 from __future__ import annotations
@@ -148,13 +147,15 @@ class AsyncOmniQ:
     ) -> str:
         """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
 
-        Durations (``delay``, ``ttl``, ``retry_delay``, ``timeout``, ``result_ttl``) are
-        seconds, a ``timedelta`` or a string like ``"30s"``; ``eta`` an aware ``datetime``.
-        ``func`` is a callable, ``"module:qualname"``, ``"package.module.function"`` or a
-        name registered with ``@oq.task``; when it is known here, the arguments are
-        checked against its signature (``TaskArgumentError`` names the one that does not
-        fit). Idempotent on ``task_id``: an id that exists is returned and nothing
-        changes. ``depends_on`` ids must exist (``TaskNotFoundError`` otherwise).
+        Durations (``delay``, ``ttl``, ``retry_delay``, ``timeout``, ``result_ttl``: how
+        long this task's result is kept) are seconds, a ``timedelta`` or a string like
+        ``"30s"``; ``eta`` an aware ``datetime``. ``func`` is a callable,
+        ``"module:qualname"``, ``"package.module.function"`` or a name registered with
+        ``@oq.task``; when it is known here, the arguments are checked against its
+        signature (``TaskArgumentError`` names the one that does not fit), else the worker
+        resolves it. Idempotent on ``task_id``: an existing id is returned, nothing changes
+        (the first task's call and options stay). ``depends_on`` ids must exist, else
+        ``TaskNotFoundError``.
 
         Example::
 

@@ -23,7 +23,14 @@ from omniq.errors import ConfigError, TaskArgumentError, ValueTooLargeError
 from omniq.models import Task, TaskStatus
 from omniq.serialization import SerializationManager
 
-__all__ = ["SUBMIT_OPTIONS", "TaskBuilder", "check_option_names", "payload_too_large", "seconds"]
+__all__ = [
+    "SUBMIT_OPTIONS",
+    "TaskBuilder",
+    "check_option_names",
+    "checked_status",
+    "payload_too_large",
+    "seconds",
+]
 
 #: ``submit``'s options; ``@oq.task`` takes them all, ``enqueue_many`` all but ``depends_on``
 #: and ``task_id``.
@@ -51,6 +58,17 @@ def seconds(value: Duration | None, name: str) -> float | None:
     if value is None:
         return None
     return parse_duration(value, field=f"argument {name}")
+
+
+def checked_status(status: TaskStatus | str | None) -> TaskStatus | None:
+    """``status`` as a TaskStatus (None stays None); ConfigError for an unknown one."""
+    if status is None:
+        return None
+    try:
+        return TaskStatus(status)
+    except ValueError:
+        choices = ", ".join(s.value for s in TaskStatus)
+        raise ConfigError(f"status={status!r}: expected one of {choices}") from None
 
 
 def payload_too_large(what: str, size: int, limit: int) -> ValueTooLargeError:
@@ -205,6 +223,13 @@ class TaskBuilder:
                         raise _argument_error(spec, problem)
                     arities.add(len(args))
         return tasks
+
+    def register(self, func: Callable[..., Any], name: str | None) -> str:
+        """Register ``func`` under ``name`` (default: its import path, else a description
+        of it) for tasks to name; return the name."""
+        task_name = name or _callables.callable_path(func) or _callables.describe(func)
+        self.registry[task_name] = func
+        return task_name
 
     def check_options(self, where: str, options: dict[str, Any], now: datetime) -> None:
         """Check ``submit`` options given ahead of any call (``@oq.task(...)``): an

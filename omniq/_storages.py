@@ -25,7 +25,14 @@ from omniq.storage.base import (
 )
 from omniq.storage.registry import bundle_for_url
 
-__all__ = ["Component", "Storages", "checked_component", "misplaced_settings"]
+__all__ = [
+    "Component",
+    "Storages",
+    "checked_component",
+    "checked_components",
+    "client_settings",
+    "misplaced_settings",
+]
 
 logger = logging.getLogger("omniq")
 
@@ -83,6 +90,27 @@ def misplaced_settings(value: object) -> ConfigError:
     else:
         hint = "expected a Settings (or None); Settings fields can also be passed as keywords"
     return ConfigError(f"argument settings={value!r}: {hint}")
+
+
+def checked_components(
+    task_queue: Any, result_storage: Any, event_storage: Any
+) -> dict[Component, Any]:
+    """A client's three storage arguments, each checked by :func:`checked_component`."""
+    return {
+        "task_queue": checked_component("task_queue", task_queue),
+        "result_storage": checked_component("result_storage", result_storage),
+        "event_storage": checked_component("event_storage", event_storage),
+    }
+
+
+def client_settings(settings: object, overrides: dict[str, Any]) -> Settings:
+    """The settings a client is built with: ``settings`` (None: :meth:`Settings.load`)
+    with ``overrides`` applied; ConfigError for a first argument that is no Settings."""
+    if settings is not None and not isinstance(settings, Settings):
+        raise misplaced_settings(settings)
+    if settings is None:
+        return Settings.load(**overrides)
+    return settings.replace(**overrides) if overrides else settings
 
 
 class Storages:

@@ -2,24 +2,21 @@
 
 ``AsyncOmniQ`` is the facade of SPEC §2: each public method checks its arguments and
 hands the work to the client's :class:`~omniq.engine.Engine`, which owns the storages
-(task queue, results, events: each on its own backend if you like), the event logger
-and the task lifecycle.
+(each on its own backend if you like), the event logger and the task lifecycle.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from omniq import _callables
-from omniq._building import seconds
-from omniq._storages import checked_component, misplaced_settings
+from omniq._building import checked_status, seconds
+from omniq._storages import checked_components, client_settings
+from omniq._task_functions import AsyncTaskFunction
 from omniq.config import Duration, Settings
 from omniq.engine import Engine
-from omniq.errors import ConfigError
-from omniq.events import AsyncEventLogger, AsyncEventProcessor
+from omniq.events import AsyncEventLogger
 from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.serialization import SerializationManager
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueue
@@ -33,30 +30,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 #: A duration argument: seconds, a ``timedelta`` or a string like ``"30s"``, ``"5m"``.
 Seconds = Duration
-
-
-class AsyncTaskFunction(Generic[P, R]):
-    """A function registered with ``@oq.task``: still callable, plus ``delay``/``submit``."""
-
-    def __init__(self, oq: AsyncOmniQ, func: Callable[P, R], name: str, options: dict[str, Any]):
-        functools.update_wrapper(self, func)
-        self.__omniq_func__ = func
-        self.oq = oq
-        self.name = name
-        self.options = options
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.__omniq_func__(*args, **kwargs)
-
-    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue a call with the registered options; returns the task id."""
-        return await self.oq.submit(self.name, args, kwargs, **self.options)
-
-    async def submit(
-        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> str:
-        """Enqueue a call with per-call options over the registered ones."""
-        return await self.oq.submit(self.name, args, kwargs, **{**self.options, **options})
 
 
 class AsyncOmniQ:
@@ -85,60 +58,33 @@ class AsyncOmniQ:
         event_storage: str | BaseEventStorage | Literal[False] | None = None,
         **overrides: Any,
     ) -> None:
-        if settings is not None and not isinstance(settings, Settings):
-            raise misplaced_settings(settings)
-        if settings is None:
-            settings = Settings.load(**overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
-        self.settings = settings
+        self.settings = client_settings(settings, overrides)
         #: The task lifecycle under this facade (storages, events, scheduler, pools).
         self.engine = Engine(
-            settings,
-            {
-                "task_queue": checked_component("task_queue", task_queue),
-                "result_storage": checked_component("result_storage", result_storage),
-                "event_storage": checked_component("event_storage", event_storage),
-            },
+            self.settings, checked_components(task_queue, result_storage, event_storage)
         )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncOmniQ:
-        """A client on the layered settings, spelled out: ``cls(Settings.load(**overrides))``.
+        """A client on the layered settings: defaults < the YAML file named by
+        ``OMNIQ_CONFIG`` < ``OMNIQ_*`` variables < ``overrides`` (Settings fields).
 
-        Defaults < the YAML file named by ``OMNIQ_CONFIG`` < ``OMNIQ_*`` variables <
-        ``overrides`` (Settings fields); the storages come from those settings. The same
-        as ``AsyncOmniQ(**overrides)``, said plainly where it matters to the reader.
-
-        Example::
-
-            oq = AsyncOmniQ.from_env(max_workers=4)   # OMNIQ_BACKEND=redis, ...
-        """
+        The same as ``AsyncOmniQ(**overrides)``, said plainly where it matters."""
         return cls(Settings.load(**overrides))
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    @property
-    def _connected(self) -> bool:
-        return self.engine.connected
-
     async def connect(self) -> None:
         """Open the storages (done on first use too). Safe to call twice.
 
-        A client follows its caller from one event loop to the next (``asyncio.run``
-        twice, a loop per test): its storages reconnect on the new loop. It serves one
-        loop at a time: a call from another loop while the first still runs (in another
-        thread) raises ``EventLoopError``.
+        A client follows its caller to a new event loop (its storages reconnect there),
+        one loop at a time: a call from a second running loop raises ``EventLoopError``.
         """
         await self.engine.connect()
 
     async def close(self) -> None:
-        """Stop this client's running worker pools (gracefully, as ``pool.stop()``),
-        flush events and release the storages. Safe to call twice.
-
-        Closing is not final: a later call on this client connects again, with the same
-        settings and storages (and needs ``close()`` again to release them).
-        """
+        """Stop this client's running worker pools (as ``pool.stop()``), flush events
+        and release the storages. Safe to call twice; a later call connects again."""
         await self.engine.close()
 
     async def __aenter__(self) -> AsyncOmniQ:
@@ -201,22 +147,15 @@ class AsyncOmniQ:
     ) -> str:
         """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
 
-        Durations (``delay``, ``ttl``, ``retry_delay``, ``timeout``, ``result_ttl``) are
-        seconds, a ``timedelta`` or a string like ``"30s"``, ``"5m"``, ``"2h"``; ``eta``
-        is an aware ``datetime``. ``result_ttl`` keeps this task's result that long
-        (default: the ``result_ttl`` setting).
-
-        ``func`` is a callable, ``"module:qualname"``, ``"package.module.function"`` or a
-        name registered with ``@oq.task``. When the function is known here (a callable,
-        a registered name, a path this process can import), the arguments are checked
-        against its signature: ``TaskArgumentError`` (a ``ConfigError`` and a
-        ``TypeError``) names the one that does not fit. A path this process cannot
-        import is stored unchecked; the worker resolves it.
-
-        Idempotent on ``task_id``: submitting an id that already exists returns it and
-        changes nothing: the first task's function, arguments and options stay, and the
-        new ones are dropped without an error (whatever state the first task is in).
-        ``depends_on`` ids must exist (``TaskNotFoundError`` otherwise).
+        Durations (``delay``, ``ttl``, ``retry_delay``, ``timeout``, ``result_ttl``: how
+        long this task's result is kept) are seconds, a ``timedelta`` or a string like
+        ``"30s"``; ``eta`` an aware ``datetime``. ``func`` is a callable,
+        ``"module:qualname"``, ``"package.module.function"`` or a name registered with
+        ``@oq.task``; when it is known here, the arguments are checked against its
+        signature (``TaskArgumentError`` names the one that does not fit), else the worker
+        resolves it. Idempotent on ``task_id``: an existing id is returned, nothing changes
+        (the first task's call and options stay). ``depends_on`` ids must exist, else
+        ``TaskNotFoundError``.
 
         Example::
 
@@ -291,36 +230,24 @@ class AsyncOmniQ:
         ``EXPIRED``), else None; with ``wait=True`` block until then, or raise
         ``ResultTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds.
 
-        With ``wait=True`` nothing is waited for that cannot come: an id the queue does
-        not know raises ``TaskNotFoundError``, a task past its ``ttl`` that no worker
-        started ends ``EXPIRED`` as its ttl passes, and a task that finished but whose
-        result is gone (past ``result_ttl``, or cleaned up) returns None.
+        A waiter waits for nothing that cannot come: an unknown id raises
+        ``TaskNotFoundError``, a task past its ``ttl`` ends ``EXPIRED``, a finished task
+        whose result is gone (past ``result_ttl``) returns None.
         """
-        engine = await self._ready()
-        stored = await engine.results.get(task_id)
-        if stored is None and wait:
-            stored = await engine.wait_for_result(task_id, seconds(timeout, "timeout"))
-        return None if stored is None else engine.decode_result(stored)
+        limit = seconds(timeout, "timeout")
+        return await (await self._ready()).get_result(task_id, wait=wait, timeout=limit)
 
     async def get_events(self, task_id: str) -> list[TaskEvent]:
         """The task's lifecycle events, oldest first (``[]`` with events off)."""
-        engine = await self._ready()
-        await engine.events.flush()
-        return await AsyncEventProcessor(engine.event_storage).get(task_id)
+        return await (await self._ready()).get_events(task_id)
 
     async def list_tasks(
         self, *, queue: str | None = None, status: TaskStatus | str | None = None, limit: int = 100
     ) -> list[Task]:
         """Tasks, newest first, filtered by queue and status (a task that never started
         and is past its ttl is expired as it is listed, as ``get_task`` does)."""
-        engine = await self._ready()
-        if status is not None:
-            try:
-                status = TaskStatus(status)
-            except ValueError:
-                choices = ", ".join(s.value for s in TaskStatus)
-                raise ConfigError(f"status={status!r}: expected one of {choices}") from None
-        return await engine.list_tasks(queue, status, limit)
+        wanted = checked_status(status)
+        return await (await self._ready()).list_tasks(queue, wanted, limit)
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Task counts per queue and status."""
@@ -329,14 +256,9 @@ class AsyncOmniQ:
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task: True if it ends ``CANCELLED``, False for a finished or unknown id.
 
-        A waiting task never runs. A running one is taken from its worker at once, and
-        the worker hears of it within moments (Redis and PostgreSQL push the cancel to
-        it; SQLite and the file backend are looked at five times a second): an ``async``
-        task's coroutine is cancelled, a ``process`` or ``gevent`` task's child or
-        greenlet is killed, a ``thread`` task's thread runs on to its end (Python cannot
-        stop a thread) but its outcome is dropped. Exactly one of cancel and finish
-        wins: if the task finished first, this returns False and the task keeps its
-        result; if the cancel won, no later finish stores a result.
+        A waiting task never runs; a running one is taken from its worker at once and
+        stopped as its worker type can (README, "Worker types": a ``thread`` runs on,
+        its outcome dropped). Exactly one of cancel and finish wins.
         """
         return await (await self._ready()).cancel(task_id)
 
@@ -437,16 +359,9 @@ class AsyncOmniQ:
         builder.check_options("@oq.task()", task_options, utcnow())
 
         def register(f: Callable[P, R]) -> AsyncTaskFunction[P, R]:
-            task_name = name or _callables.callable_path(f) or _callables.describe(f)
-            builder.registry[task_name] = f
-            return self._wrap_task(f, task_name, task_options)
+            return AsyncTaskFunction(self, f, builder.register(f, name), task_options)
 
         return register(func) if func is not None else register
-
-    def _wrap_task(
-        self, func: Callable[P, R], name: str, options: dict[str, Any]
-    ) -> AsyncTaskFunction[P, R]:
-        return AsyncTaskFunction(self, func, name, options)
 
     def resolve(self, name: str) -> Callable[..., Any]:
         """The callable behind a task's ``func`` name: registered first, then imported."""
@@ -460,17 +375,14 @@ class AsyncOmniQ:
         queues: Sequence[str] | str | None = None,
         queue_order: str | None = None,
     ) -> AsyncWorkerPool:
-        """A worker pool over this client's storages (not started).
+        """A worker pool over this client's storages (not started): an AsyncWorkerPool.
 
-        ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"`` (the
-        README's "Worker types" says what each can stop on a timeout or a cancel).
-        ``queues``: a name, a list of names or ``"a,b"``; None is the ``default_queue``
-        setting. ``queue_order``: ``"merged"`` (the default: the best task across all the
-        queues, by priority, then due time, then enqueue order) or ``"strict"`` (the
-        first listed queue with claimable work first, as in an RQ worker; a steady flow
-        into it can starve the next ones). A bad value raises ``ConfigError``. A
-        ``"gevent"`` task that computes without yielding stalls every task of its worker,
-        even past its timeout (logged as a WARNING): run CPU-bound work in ``"process"``.
+        ``worker_type``: ``"async"``, ``"thread"``, ``"process"`` or ``"gevent"`` (README,
+        "Worker types": what each stops on a timeout or a cancel; a gevent task that never
+        yields stalls its whole worker). ``queues``: a name, a list or ``"a,b"`` (default:
+        the ``default_queue`` setting). ``queue_order``: ``"merged"`` (by priority, due
+        time, enqueue order across the queues) or ``"strict"`` (the first listed queue
+        with work first; it can starve the next ones). Bad values raise ``ConfigError``.
 
         Example::
 

@@ -47,7 +47,7 @@ from omniq.errors import (
     StorageError,
     TaskNotFoundError,
 )
-from omniq.events import AsyncEventLogger
+from omniq.events import AsyncEventLogger, AsyncEventProcessor
 from omniq.models import (
     FINAL_STATUSES,
     WAITING_STATUSES,
@@ -498,6 +498,21 @@ class Engine:
                 task = expired
             listed.append(task)
         return listed
+
+    async def get_result(
+        self, task_id: str, *, wait: bool, timeout: float | None
+    ) -> TaskResult | None:
+        """The task's decoded result, or None; with ``wait`` until there is one (see
+        ``AsyncOmniQ.get_result``), or ``ResultTimeoutError`` after ``timeout`` seconds."""
+        stored = await self.results.get(task_id)
+        if stored is None and wait:
+            stored = await self.wait_for_result(task_id, timeout)
+        return None if stored is None else self.decode_result(stored)
+
+    async def get_events(self, task_id: str) -> list[TaskEvent]:
+        """The task's events, oldest first, those still buffered written first."""
+        await self.events.flush()
+        return await AsyncEventProcessor(self.event_storage).get(task_id)
 
     def decode_result(self, stored: TaskResult) -> TaskResult:
         """A stored result with its value decoded (an undecodable one as its error)."""

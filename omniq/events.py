@@ -76,6 +76,11 @@ class AsyncEventLogger:
         return self.storage is not None
 
     @property
+    def pending(self) -> int:
+        """How many logged events are not written yet."""
+        return len(self._buffer)
+
+    @property
     def handlers(self) -> tuple[EventHandler, ...]:
         """The in-process handlers added with :meth:`add_handler`."""
         return tuple(self._handlers)

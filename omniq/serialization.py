@@ -2,10 +2,11 @@
 
 Every payload starts with one tag byte naming its format, so a reader never guesses:
 
-- ``M`` msgpack written by msgspec. Values msgpack would not round-trip exactly (tuple, set,
-  frozenset, Decimal, UUID, date, time, datetime with its time zone, timedelta, bytearray,
-  complex, ints beyond 64 bits, dicts whose keys are not plain scalars) travel as typed msgpack
-  extension values, so they come back with their type.
+- ``M`` msgpack written by msgspec (the codec: ``omniq._msgpack``). Values msgpack would
+  not round-trip exactly (tuple, set, frozenset, Decimal, UUID, date, time, datetime with
+  its time zone, timedelta, bytearray, complex, ints beyond 64 bits, dicts whose keys are
+  not plain scalars) travel as typed msgpack extension values, so they come back with
+  their type.
 - ``D`` an unsigned dill pickle, for what msgpack cannot carry (custom classes, enum members,
   lambdas, closures, exceptions ...).
 - ``S`` a dill pickle preceded by its HMAC-SHA256.
@@ -28,20 +29,27 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import hmac
 import os
 import secrets
 import tempfile
-import uuid
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
-import msgspec
-
+from omniq._msgpack import (
+    DECODER,
+    ENCODER,
+    FAST,
+    PLAIN,
+    MsgspecSerializer,
+    NeedsDill,
+    SerializationDetector,
+    callable_name,
+    flat,
+    type_name,
+    wire,
+)
 from omniq.errors import ConfigError, PayloadSignatureError, SerializationError
 
 __all__ = [
@@ -58,230 +66,6 @@ _TAG_SIGNED: Final = 0x53  # "S"
 _PREFIX_MSGSPEC: Final = b"M"
 _MAC_SIZE: Final = hashlib.sha256().digest_size
 _MODES: Final = ("auto", "msgspec", "dill")
-
-# Types msgpack carries exactly as they are (ints only within 64 bits, hence the fallback below).
-_FAST: Final[frozenset[type]] = frozenset({int, str, float, bool, type(None), bytes})
-_PLAIN: Final[frozenset[type]] = frozenset({str, float, bool, type(None), bytes})
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**64 - 1
-
-# Extension codes: part of the stored format, never renumber.
-_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET, _EXT_DICT = 1, 2, 3, 4
-_EXT_DECIMAL, _EXT_UUID, _EXT_DATE, _EXT_TIME, _EXT_DATETIME = 5, 6, 7, 8, 9
-_EXT_TIMEDELTA, _EXT_BIGINT, _EXT_BYTEARRAY, _EXT_COMPLEX = 10, 11, 12, 13
-
-
-class _NeedsDill(Exception):
-    """Raised while converting when a value has no exact msgpack form."""
-
-    def __init__(self, offender: type) -> None:
-        super().__init__(offender.__qualname__)
-        self.offender = offender
-
-
-def _ext_hook(code: int, data: memoryview) -> Any:
-    decode = _DECODERS.get(code)
-    if decode is None:
-        raise ValueError(f"unknown msgpack extension code {code}")
-    return decode(data)
-
-
-_ENCODER: Final = msgspec.msgpack.Encoder()
-_DECODER: Final = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
-_Ext = msgspec.msgpack.Ext
-
-
-def _wire(value: Any) -> Any:
-    """Return ``value`` as a tree msgpack round-trips exactly; raise ``_NeedsDill`` otherwise."""
-    kind = type(value)
-    if kind in _PLAIN:
-        return value
-    if kind is int:
-        if _INT_MIN <= value <= _INT_MAX:
-            return value
-        size = value.bit_length() // 8 + 1
-        return _Ext(_EXT_BIGINT, value.to_bytes(size, "big", signed=True))
-    if kind is list:
-        return [item if type(item) in _PLAIN else _wire(item) for item in value]
-    if kind is dict:
-        if all(type(key) in _PLAIN or _small_int(key) for key in value):
-            return {k: v if type(v) in _PLAIN else _wire(v) for k, v in value.items()}
-        pairs = [part for key, item in value.items() for part in (_wire(key), _wire(item))]
-        return _Ext(_EXT_DICT, _ENCODER.encode(pairs))
-    typed = _ENCODERS.get(kind)
-    if typed is None:
-        raise _NeedsDill(kind)
-    code, encode = typed
-    return _Ext(code, encode(value))
-
-
-def _flat(value: Any) -> bool:
-    """True for a list or dict of scalars that msgpack carries as they are (ints unchecked)."""
-    kind = type(value)
-    if kind is list:
-        return all(type(item) in _FAST for item in value)
-    if kind is dict:
-        return all(type(k) in _FAST and type(v) in _FAST for k, v in value.items())
-    return False
-
-
-def _small_int(value: Any) -> bool:
-    return type(value) is int and _INT_MIN <= value <= _INT_MAX
-
-
-def _wire_items(value: Any) -> bytes:
-    return _ENCODER.encode([_wire(item) for item in value])
-
-
-def _tz_wire(tz: dt.tzinfo | None) -> Any:
-    if tz is None:
-        return None
-    if type(tz) is dt.timezone:
-        offset = tz.utcoffset(None)
-        name = tz.tzname(None)
-        default = dt.timezone(offset).tzname(None)
-        return [offset // dt.timedelta(microseconds=1), None if name == default else name]
-    if type(tz) is ZoneInfo and tz.key is not None:
-        return tz.key
-    # dateutil, pytz and other tzinfo classes have no exact portable form here.
-    raise _NeedsDill(type(tz))
-
-
-def _tz_load(spec: Any) -> dt.tzinfo | None:
-    if spec is None:
-        return None
-    if type(spec) is str:
-        return ZoneInfo(spec)
-    micros, name = spec
-    offset = dt.timedelta(microseconds=micros)
-    return dt.timezone(offset) if name is None else dt.timezone(offset, name)
-
-
-def _encode_datetime(value: dt.datetime) -> bytes:
-    parts = [value.year, value.month, value.day, value.hour, value.minute, value.second]
-    tail = [value.microsecond, value.fold, _tz_wire(value.tzinfo)]
-    return _ENCODER.encode(parts + tail)
-
-
-def _decode_datetime(data: memoryview) -> dt.datetime:
-    year, month, day, hour, minute, second, micro, fold, tz = _DECODER.decode(data)
-    tzinfo = _tz_load(tz)
-    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo, fold=fold)
-
-
-def _encode_time(value: dt.time) -> bytes:
-    parts = [value.hour, value.minute, value.second, value.microsecond, value.fold]
-    return _ENCODER.encode([*parts, _tz_wire(value.tzinfo)])
-
-
-def _decode_time(data: memoryview) -> dt.time:
-    hour, minute, second, micro, fold, tz = _DECODER.decode(data)
-    return dt.time(hour, minute, second, micro, tzinfo=_tz_load(tz), fold=fold)
-
-
-def _decode_dict(data: memoryview) -> dict[Any, Any]:
-    flat = _DECODER.decode(data)
-    if type(flat) is not list or len(flat) % 2:
-        raise ValueError("malformed dict extension")
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _decode_list(data: memoryview) -> list[Any]:
-    items = _DECODER.decode(data)
-    if type(items) is not list:
-        raise ValueError("malformed sequence extension")
-    return items
-
-
-_ENCODERS: Final[dict[type, tuple[int, Callable[[Any], bytes]]]] = {
-    tuple: (_EXT_TUPLE, _wire_items),
-    set: (_EXT_SET, _wire_items),
-    frozenset: (_EXT_FROZENSET, _wire_items),
-    Decimal: (_EXT_DECIMAL, lambda v: str(v).encode()),
-    uuid.UUID: (_EXT_UUID, lambda v: v.bytes),
-    dt.date: (_EXT_DATE, lambda v: _ENCODER.encode(v.toordinal())),
-    dt.time: (_EXT_TIME, _encode_time),
-    dt.datetime: (_EXT_DATETIME, _encode_datetime),
-    dt.timedelta: (_EXT_TIMEDELTA, lambda v: _ENCODER.encode([v.days, v.seconds, v.microseconds])),
-    bytearray: (_EXT_BYTEARRAY, bytes),
-    complex: (_EXT_COMPLEX, lambda v: _ENCODER.encode([v.real, v.imag])),
-}
-
-_DECODERS: Final[dict[int, Callable[[memoryview], Any]]] = {
-    _EXT_TUPLE: lambda d: tuple(_decode_list(d)),
-    _EXT_SET: lambda d: set(_decode_list(d)),
-    _EXT_FROZENSET: lambda d: frozenset(_decode_list(d)),
-    _EXT_DICT: _decode_dict,
-    _EXT_DECIMAL: lambda d: Decimal(bytes(d).decode()),
-    _EXT_UUID: lambda d: uuid.UUID(bytes=bytes(d)),
-    _EXT_DATE: lambda d: dt.date.fromordinal(_DECODER.decode(d)),
-    _EXT_TIME: _decode_time,
-    _EXT_DATETIME: _decode_datetime,
-    _EXT_TIMEDELTA: lambda d: dt.timedelta(*_DECODER.decode(d)),
-    _EXT_BIGINT: lambda d: int.from_bytes(d, "big", signed=True),
-    _EXT_BYTEARRAY: bytearray,
-    _EXT_COMPLEX: lambda d: complex(*_DECODER.decode(d)),
-}
-
-
-def _type_name(kind: type) -> str:
-    return kind.__qualname__ if kind.__module__ == "builtins" else kind.__name__
-
-
-def _callable_name(func: Callable[..., Any]) -> str:
-    name = getattr(func, "__qualname__", None) or _type_name(type(func))
-    return f"{name}()" if isinstance(name, str) else repr(func)
-
-
-class SerializationDetector:
-    """Decides whether msgspec can carry a value exactly, walking containers.
-
-    Example::
-
-        >>> SerializationDetector().needs_dill((1, {"a": [2.5, None]}))
-        False
-        >>> SerializationDetector().needs_dill(lambda: 1)
-        True
-    """
-
-    def offender(self, value: Any) -> type | None:
-        """Return the first type inside ``value`` that msgspec cannot carry, or ``None``."""
-        try:
-            _wire(value)
-        except _NeedsDill as exc:
-            return exc.offender
-        except RecursionError:  # a cycle or absurd nesting: only dill can handle it
-            return type(value)
-        return None
-
-    def needs_dill(self, value: Any) -> bool:
-        """Return True when ``value`` (or something inside it) cannot travel as msgpack."""
-        return self.offender(value) is not None
-
-
-class MsgspecSerializer:
-    """The msgpack codec: exact round trip of plain data and the typed values listed above.
-
-    ``dumps`` raises :class:`SerializationError` for a value it cannot carry exactly.
-    """
-
-    def dumps(self, value: Any) -> bytes:
-        """Encode ``value`` as msgpack (no tag byte)."""
-        try:
-            return _ENCODER.encode(_wire(value))
-        except _NeedsDill as exc:
-            raise SerializationError(
-                f"msgspec cannot encode a value of type {_type_name(exc.offender)}"
-            ) from None
-        except RecursionError:
-            raise SerializationError("msgspec cannot encode a self-referencing value") from None
-
-    def loads(self, data: bytes | memoryview) -> Any:
-        """Decode msgpack bytes written by :meth:`dumps`."""
-        try:
-            return _DECODER.decode(data)
-        except Exception as exc:
-            raise SerializationError(f"corrupt msgpack payload: {exc}") from exc
 
 
 class DillSerializer:
@@ -317,7 +101,7 @@ class DillSerializer:
             body: bytes = dill.dumps(value, recurse=True)
         except Exception as exc:
             raise SerializationError(
-                f"dill cannot encode a value of type {_type_name(type(value))}: {exc}"
+                f"dill cannot encode a value of type {type_name(type(value))}: {exc}"
             ) from exc
         if not self._keys:
             return body
@@ -472,20 +256,20 @@ class SerializationManager:
         """Encode one value (e.g. a task result); ``what`` names it in errors."""
         if self._mode != "dill":
             try:
-                if type(value) in _PLAIN or _flat(value):
+                if type(value) in PLAIN or flat(value):
                     try:
-                        return _PREFIX_MSGSPEC + _ENCODER.encode(value)
+                        return _PREFIX_MSGSPEC + ENCODER.encode(value)
                     except OverflowError:
                         pass
-                return _PREFIX_MSGSPEC + _ENCODER.encode(_wire(value))
-            except (_NeedsDill, RecursionError) as exc:
+                return _PREFIX_MSGSPEC + ENCODER.encode(wire(value))
+            except (NeedsDill, RecursionError) as exc:
                 if self._mode == "msgspec":
-                    offender = exc.offender if isinstance(exc, _NeedsDill) else type(value)
+                    offender = exc.offender if isinstance(exc, NeedsDill) else type(value)
                     raise self._strict_error(what, offender, value) from None
         return self._dump_dill(
             value,
-            lambda: f"{what} (type {_type_name(type(value))})",
-            lambda: f"{what} (type {_type_name(self._detector.offender(value) or type(value))})",
+            lambda: f"{what} (type {type_name(type(value))})",
+            lambda: f"{what} (type {type_name(self._detector.offender(value) or type(value))})",
         )
 
     def dumps_call(
@@ -496,12 +280,12 @@ class SerializationManager:
             if func is None:
                 try:
                     return self._dump_call_msgspec(args, kwargs)
-                except (_NeedsDill, RecursionError):
+                except (NeedsDill, RecursionError):
                     if self._mode == "msgspec":
                         raise self._strict_call_error(args, kwargs) from None
             elif self._mode == "msgspec":
                 raise SerializationError(
-                    f"the task function ({_type_name(type(func))} {func!r}) cannot travel "
+                    f"the task function ({type_name(type(func))} {func!r}) cannot travel "
                     "without dill and serializer='msgspec' forbids dill; use an importable "
                     "module-level function or serializer='auto'"
                 )
@@ -516,18 +300,18 @@ class SerializationManager:
     def _dump_call_msgspec(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         # Hot path: scalars, and flat lists/dicts of them, are encoded without conversion.
         for arg in args:
-            if type(arg) not in _FAST and not _flat(arg):
+            if type(arg) not in FAST and not flat(arg):
                 break
         else:
             for key, val in kwargs.items():
-                if type(key) is not str or (type(val) not in _FAST and not _flat(val)):
+                if type(key) is not str or (type(val) not in FAST and not flat(val)):
                     break
             else:
                 try:
-                    return _PREFIX_MSGSPEC + _ENCODER.encode((args, kwargs))
-                except OverflowError:  # an int beyond 64 bits: _wire gives it a typed form
+                    return _PREFIX_MSGSPEC + ENCODER.encode((args, kwargs))
+                except OverflowError:  # an int beyond 64 bits: wire gives it a typed form
                     pass
-        return _PREFIX_MSGSPEC + _ENCODER.encode(([_wire(a) for a in args], _wire(kwargs)))
+        return _PREFIX_MSGSPEC + ENCODER.encode(([wire(a) for a in args], wire(kwargs)))
 
     def _dump_dill(
         self, value: Any, culprit: Callable[[], str], needs_dill: Callable[[], str]
@@ -560,18 +344,18 @@ class SerializationManager:
             try:
                 dill.dumps(value, recurse=True)
             except Exception:
-                return f"{label} (type {_type_name(type(value))})"
+                return f"{label} (type {type_name(type(value))})"
         return "the call"
 
     def _needs_dill_culprit(
         self, func: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str:
         if func is not None:
-            return f"the task function {_callable_name(func)}"
+            return f"the task function {callable_name(func)}"
         for label, value in self._labelled(None, args, kwargs):
             offender = self._detector.offender(value)
             if offender is not None:
-                return f"{label} (type {_type_name(offender)})"
+                return f"{label} (type {type_name(offender)})"
         return "the call"
 
     @staticmethod
@@ -594,9 +378,9 @@ class SerializationManager:
 
     @staticmethod
     def _strict_error(what: str, offender: type, value: Any = None) -> SerializationError:
-        name = _type_name(offender)
+        name = type_name(offender)
         if value is not None and type(value) is not offender:
-            name = f"{_type_name(type(value))} containing {name}"
+            name = f"{type_name(type(value))} containing {name}"
         return SerializationError(
             f"cannot encode {what} (type {name}) with msgspec, and serializer='msgspec' "
             "forbids dill; pass plain data or use serializer='auto'"
@@ -611,7 +395,7 @@ class SerializationManager:
         tag = data[0]
         if tag == _TAG_MSGSPEC:
             try:
-                return _DECODER.decode(memoryview(data)[1:])
+                return DECODER.decode(memoryview(data)[1:])
             except Exception as exc:
                 raise SerializationError(f"corrupt msgpack payload: {exc}") from exc
         return self._load_dill(tag, data)
@@ -625,7 +409,7 @@ class SerializationManager:
         kwargs: Any
         if data[:1] == _PREFIX_MSGSPEC:
             try:
-                call = _DECODER.decode(memoryview(data)[1:])
+                call = DECODER.decode(memoryview(data)[1:])
             except Exception as exc:
                 raise SerializationError(f"corrupt msgpack call payload: {exc}") from exc
             func = None

@@ -247,7 +247,7 @@ def _flush_left_open(runner: LoopThread, client: AsyncOmniQ) -> None:
     tasks stored already, but events written in the background (SQLite, file) could
     still be in memory. Runs at interpreter exit or when the client is collected.
     """
-    if not (client._connected and client.events._buffer):
+    if not (client.engine.connected and client.events.pending):
         return
     try:
         runner.run(asyncio.wait_for(client.events.flush(), _LEFT_OPEN_FLUSH_SECONDS))

@@ -1,15 +1,17 @@
 """A backend's four components on one shared connection.
 
 Each backend package declares a :class:`BackendSpec`: its connection class and its
-component classes. :class:`Bundle` builds them for a URL, sharing one connection; the
-registry (:mod:`omniq.storage.registry`) picks the spec by the URL's scheme.
+component classes. :class:`Bundle` builds them for a URL, sharing one connection (a
+backend's bundle names its component classes as type arguments, so that its accessors
+are typed); the registry (:mod:`omniq.storage.registry`) picks the spec by the URL's
+scheme.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from omniq.config import Settings
 from omniq.storage._connection import Connection
@@ -20,7 +22,12 @@ from omniq.storage.base import (
     BaseTaskQueue,
 )
 
-__all__ = ["BackendSpec", "Bundle", "Components"]
+__all__ = ["AnyBundle", "BackendSpec", "Bundle", "Components"]
+
+Q = TypeVar("Q", bound=BaseTaskQueue, covariant=True)
+R = TypeVar("R", bound=BaseResultStorage, covariant=True)
+E = TypeVar("E", bound=BaseEventStorage, covariant=True)
+S = TypeVar("S", bound=BaseScheduleStorage, covariant=True)
 
 
 class Components(Protocol):
@@ -52,8 +59,9 @@ class BackendSpec:
     schedule_storage: type[Any]
 
 
-class Bundle:
-    """The components of one backend on one connection or pool.
+class Bundle(Generic[Q, R, E, S]):
+    """The components of one backend on one connection or pool, of the classes ``Q``
+    (task queue), ``R`` (results), ``E`` (events) and ``S`` (schedules).
 
     ``connect``/``close`` of a component take and give back a reference on the shared
     connection: it opens with the first component connected and closes with the last.
@@ -88,25 +96,21 @@ class Bundle:
             made = self._made[name] = cls(self.url, self.settings, connection=self.connection)
         return made
 
-    def task_queue(self) -> BaseTaskQueue:
+    def task_queue(self) -> Q:
         """The task queue on the shared connection."""
-        queue: BaseTaskQueue = self._component("task_queue")
-        return queue
+        return cast(Q, self._component("task_queue"))
 
-    def result_storage(self) -> BaseResultStorage:
+    def result_storage(self) -> R:
         """The result storage on the shared connection."""
-        results: BaseResultStorage = self._component("result_storage")
-        return results
+        return cast(R, self._component("result_storage"))
 
-    def event_storage(self) -> BaseEventStorage:
+    def event_storage(self) -> E:
         """The event storage on the shared connection."""
-        events: BaseEventStorage = self._component("event_storage")
-        return events
+        return cast(E, self._component("event_storage"))
 
-    def schedule_storage(self) -> BaseScheduleStorage:
+    def schedule_storage(self) -> S:
         """The schedule storage on the shared connection."""
-        schedules: BaseScheduleStorage = self._component("schedule_storage")
-        return schedules
+        return cast(S, self._component("schedule_storage"))
 
     async def connect(self) -> None:
         """Take a reference on the shared connection (as a component's connect does)."""
@@ -118,3 +122,7 @@ class Bundle:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.connection!r})"
+
+
+#: A bundle of any backend.
+AnyBundle = Bundle[BaseTaskQueue, BaseResultStorage, BaseEventStorage, BaseScheduleStorage]

@@ -1,23 +1,36 @@
-"""Task rows shared by the SQL backends (SQLite, PostgreSQL).
+"""Rows and records the backends share: the SQL backends' task and result rows, and the
+decoding of a stored msgspec record.
 
-Both keep a task as the msgspec record it was enqueued as, plus columns for what changes
-while it lives. A task row is always selected as: seq, id, status, priority, attempts,
-worker_id, lease_ts, due_ts, updated_ts, data, lost_runs. Times are epoch seconds.
+The SQL backends (SQLite, PostgreSQL) keep a task as the msgspec record it was enqueued
+as, plus columns for what changes while it lives. A task row is always selected as: seq,
+id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs;
+a result row as: expires_ts, data. Times are epoch seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from omniq.errors import StorageError
-from omniq.models import Task, TaskStatus
+from omniq.models import Task, TaskResult, TaskStatus
 from omniq.storage.base import UnreadableTask, unreadable_task
 
-__all__ = ["dt", "task_from_row", "ts", "unreadable_from_row"]
+__all__ = [
+    "counts_by_queue",
+    "decode_record",
+    "dt",
+    "result_from_row",
+    "task_from_row",
+    "ts",
+    "unreadable_from_row",
+]
+
+R = TypeVar("R")
 
 _TASK_DECODER = msgspec.msgpack.Decoder(Task)
 _STATUSES = {status.value: status for status in TaskStatus}
@@ -86,3 +99,34 @@ def unreadable_from_row(row: Sequence[Any], reason: str, queue: str) -> Unreadab
         lease_expires_at=None if lease_ts is None else dt(lease_ts),
         now=dt(updated_ts),
     )
+
+
+def decode_record(decoder: msgspec.msgpack.Decoder[R], data: bytes, what: str) -> R:
+    """A stored record decoded; StorageError ``"<what> is corrupt: <why>"`` when it cannot
+    be (``what`` names the backend and the record)."""
+    try:
+        return decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StorageError(f"{what} is corrupt: {exc}") from exc
+
+
+def result_from_row(
+    row: Sequence[Any] | None, decoder: msgspec.msgpack.Decoder[TaskResult], what: str
+) -> TaskResult | None:
+    """The result in a result row, or None for no row or a result past its ``expires_at``
+    (``what`` names the backend and the result in the error for a corrupt record)."""
+    if row is None:
+        return None
+    expires_ts, data = row
+    if expires_ts is not None and expires_ts <= time.time():
+        return None
+    return decode_record(decoder, data, what)
+
+
+def counts_by_queue(rows: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
+    """``stats()`` from rows of (queue, status, count), zero counts left out."""
+    counts: dict[str, dict[str, int]] = {}
+    for queue, status, count in rows:
+        if count:
+            counts.setdefault(queue, {})[status] = count
+    return counts

@@ -177,10 +177,13 @@ class BaseTaskQueue(BaseStorage):
         batch that log the same events can share one list (it is never modified).
 
         A backend for which :meth:`writes_events` holds does both atomically, in the
-        round trips of the enqueue alone. This default looks up which ids exist, writes
-        the tasks, then the events of the new ones: not atomic, and a race with another
-        producer of the same id may log its events twice.
+        round trips of the enqueue alone (:meth:`_enqueue_with_events`). Otherwise this looks up
+        which ids exist, writes the tasks, then the events of the new ones: not atomic,
+        and a race with another producer of the same id may log its events twice.
         """
+        if self.writes_events(event_storage):
+            await event_storage.connect()
+            return await self._enqueue_with_events(tasks, events)
         seen = {task.id for task in await self.get_many([t.id for t in tasks]) if task}
         ids = await self.enqueue(tasks)
         fresh: list[TaskEvent] = []
@@ -191,6 +194,13 @@ class BaseTaskQueue(BaseStorage):
         if fresh:
             await event_storage.append(fresh)
         return ids
+
+    async def _enqueue_with_events(
+        self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
+    ) -> list[str]:
+        """Store ``tasks``, and ``events[i]`` for each new ``tasks[i]``, in one atomic call:
+        what a backend for which :meth:`writes_events` holds implements."""
+        raise NotImplementedError(f"{type(self).__name__} does not store events with tasks")
 
     @abstractmethod
     async def claim(
@@ -237,6 +247,11 @@ class BaseTaskQueue(BaseStorage):
         atomic step as the results and acks (they share a connection)."""
         return False
 
+    def finishes_together(self, result_storage: BaseResultStorage) -> bool:
+        """True when :meth:`finish` stores results in ``result_storage`` with the acks in
+        one atomic step (:meth:`_finish_together`; they share a connection)."""
+        return False
+
     async def finish(
         self,
         items: Sequence[Finish],
@@ -257,14 +272,18 @@ class BaseTaskQueue(BaseStorage):
         losing its result.
 
         A backend that holds results (and events) on the queue's connection does all of
-        it in one transaction or script. This default, for components on different
-        backends, reads which tasks are still held, stores their results, then acks: a
-        cancel that lands between the read and the ack finds the result stored, and the
-        cancelled task's result is written again here, so a reader sees the finished
-        result for a moment at most.
+        it in one transaction or script (:meth:`finishes_together`). Otherwise, for
+        components on different backends, this reads which tasks are still held, stores
+        their results, then acks: a cancel that lands between the read and the ack finds
+        the result stored, and the cancelled task's result is written again here, so a
+        reader sees the finished result for a moment at most.
         """
         if not items:
             return [], {}
+        if self.finishes_together(result_storage):
+            await result_storage.connect()  # first use connects, as if it wrote the results
+            log_events = event_storage is not None and self.finish_logs_events(event_storage)
+            return await self._finish_together(items, log_events, now)
         held = await self._still_held(items)
         trying = [item for item, ok in zip(items, held, strict=True) if ok]
         flags = iter(await self._finish_held(trying, result_storage, event_storage, now=now))
@@ -278,6 +297,14 @@ class BaseTaskQueue(BaseStorage):
             await self._restore_results(beaten, result_storage)
         ids = [item.ack.task_id for item, ok in zip(items, acked, strict=True) if ok]
         return acked, (await self.dependents_many(ids) if ids else {})
+
+    async def _finish_together(
+        self, items: Sequence[Finish], log_events: bool, now: datetime
+    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
+        """Each ack whose task its worker still holds, with its result and (``log_events``)
+        its events, in one transaction or script; then the acknowledged tasks' dependents:
+        what a backend for which :meth:`finishes_together` holds implements."""
+        raise NotImplementedError(f"{type(self).__name__} does not finish atomically")
 
     async def _still_held(self, items: Sequence[Finish]) -> builtins.list[bool]:
         """Per item, whether its worker still holds its task (the default reads the
@@ -377,21 +404,15 @@ class BaseTaskQueue(BaseStorage):
     async def stats(self) -> dict[str, dict[str, int]]:
         """Counts per queue and status (``{"default": {"pending": 3}}``); zero counts omitted."""
 
-    @abstractmethod
     async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``."""
+        """Tasks whose ``depends_on`` names ``task_id`` (:meth:`dependents_many` of one)."""
+        return (await self.dependents_many([task_id])).get(task_id, [])
 
+    @abstractmethod
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
-        """``dependents`` for several ids at once (ids without dependents may be absent).
-
-        Called once per batch of finished tasks; backends override it with one query.
-        """
-        found: dict[str, builtins.list[Task]] = {}
-        for task_id in task_ids:
-            tasks = await self.dependents(task_id)
-            if tasks:
-                found[task_id] = tasks
-        return found
+        """Tasks whose ``depends_on`` names each of ``task_ids``, by id
+        (ids without dependents may be absent). Called once per batch of finished tasks:
+        one query where the backend can."""
 
     @abstractmethod
     async def next_due_at(self, queues: Sequence[str]) -> datetime | None:

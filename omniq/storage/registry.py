@@ -20,7 +20,7 @@ import importlib
 from omniq._urls import ACCEPTED_FORMS, redact_url, storage_url_problem
 from omniq.config import Settings
 from omniq.errors import ConfigError
-from omniq.storage._bundle import BackendSpec, Bundle
+from omniq.storage._bundle import AnyBundle, BackendSpec
 
 __all__ = ["bundle_class_for_url", "bundle_for_url", "scheme_of", "spec_for_url"]
 
@@ -46,7 +46,7 @@ def scheme_of(url: str) -> str:
     return head.lower() if sep else "file"
 
 
-def bundle_class_for_url(url: str) -> type[Bundle]:
+def bundle_class_for_url(url: str) -> type[AnyBundle]:
     """The bundle class of the backend that serves ``url``.
 
     Raises ConfigError for a string that is not a storage URL (no scheme, an unknown
@@ -74,7 +74,7 @@ def bundle_class_for_url(url: str) -> type[Bundle]:
         raise ConfigError(
             f"the {scheme} backend for {url!r} needs the package {missing!r}{hint}"
         ) from exc
-    bundle: type[Bundle] = getattr(module, class_name)
+    bundle: type[AnyBundle] = getattr(module, class_name)
     return bundle
 
 
@@ -83,7 +83,7 @@ def spec_for_url(url: str) -> BackendSpec:
     return bundle_class_for_url(url).spec
 
 
-def bundle_for_url(url: str, settings: Settings | None = None) -> Bundle:
+def bundle_for_url(url: str, settings: Settings | None = None) -> AnyBundle:
     """The bundle of the backend for ``url`` (not yet connected): its components share
     one connection."""
     return bundle_class_for_url(url)(url, settings)

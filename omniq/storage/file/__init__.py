@@ -168,7 +168,9 @@ BACKEND = BackendSpec(
 )
 
 
-class FileBackend(Bundle):
+class FileBackend(Bundle[
+    AsyncFileQueue, AsyncFileResultStorage, AsyncFileEventStorage, AsyncFileScheduleStorage
+]):  # fmt: skip
     """Task queue, results, events and schedules under one fsspec URL.
 
     Each component lives in its own subdirectory of the URL's root (``tasks/``,
@@ -194,23 +196,3 @@ class FileBackend(Bundle):
     def store(self, subdir: str) -> Store:
         """The store of one component's subdirectory (the backend must be connected)."""
         return self.connection.store(subdir)
-
-    def task_queue(self) -> AsyncFileQueue:
-        """The task queue (``tasks/``)."""
-        queue: AsyncFileQueue = self._component("task_queue")
-        return queue
-
-    def result_storage(self) -> AsyncFileResultStorage:
-        """The result storage (``results/``)."""
-        results: AsyncFileResultStorage = self._component("result_storage")
-        return results
-
-    def event_storage(self) -> AsyncFileEventStorage:
-        """The event storage (``events/``)."""
-        events: AsyncFileEventStorage = self._component("event_storage")
-        return events
-
-    def schedule_storage(self) -> AsyncFileScheduleStorage:
-        """The schedule storage (``schedules/``)."""
-        schedules: AsyncFileScheduleStorage = self._component("schedule_storage")
-        return schedules

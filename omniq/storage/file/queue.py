@@ -460,10 +460,6 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
             per_queue[status.value] = per_queue.get(status.value, 0) + 1
         return counts
 
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id`` (via the ``deps/`` index)."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
-
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """``dependents`` for several ids: one listing each, then one read per dependent."""
         store = await self._s()

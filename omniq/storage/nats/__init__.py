@@ -97,7 +97,9 @@ BACKEND = BackendSpec(
 )
 
 
-class NATSBackend(Bundle):
+class NATSBackend(
+    Bundle[AsyncNATSQueue, AsyncNATSResultStorage, AsyncNATSEventStorage, AsyncNATSScheduleStorage]
+):
     """The task queue, results, events and schedules of one namespace on NATS, sharing
     one client.
 

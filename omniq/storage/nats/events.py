@@ -14,8 +14,8 @@ from datetime import datetime
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import TaskEvent
+from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseEventStorage
 from omniq.storage.nats._base import ENCODER, NATSComponent, key_of, us
 
@@ -33,10 +33,7 @@ def _batch_id() -> str:
 
 
 def _event(data: bytes) -> TaskEvent:
-    try:
-        return _EVENT_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"nats: an event is corrupt: {exc}") from exc
+    return decode_record(_EVENT_DECODER, data, "nats: an event")
 
 
 class AsyncNATSEventStorage(NATSComponent, BaseEventStorage):

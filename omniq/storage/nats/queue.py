@@ -14,13 +14,11 @@ import msgspec
 
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
-from omniq.models import Task, TaskEvent, TaskStatus, utcnow
+from omniq.models import Task, TaskStatus, utcnow
 from omniq.storage.base import (
     Ack,
-    BaseEventStorage,
     BaseTaskQueue,
     Finish,
-    event_of,
     unreadable_task,
 )
 from omniq.storage.nats._base import (
@@ -84,31 +82,19 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
     # -- enqueue -----------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
-        """Store the tasks whose ids are new (a create each, all in flight at once)."""
-        await self._enqueue(tasks)
-        return [task.id for task in tasks]
-
-    async def _enqueue(self, tasks: Sequence[Task]) -> builtins.list[bool]:
-        """Per task, whether this call created it (False: its id existed)."""
-        if not tasks:
-            return []
-        first: dict[str, int] = {}
-        for position, task in enumerate(tasks):
-            first.setdefault(task.id, position)
-        unique = [tasks[position] for position in first.values()]
-        records = [record_of(task) for task in unique]
-        made = await asyncio.gather(
-            *(self._create(task.id, record) for task, record in zip(unique, records, strict=True))
-        )
+        """Store the tasks whose ids are new: a create each (expected revision 0), all in
+        flight at once; an id that exists is left as it is."""
+        records: dict[str, Record] = {}
+        for task in tasks:  # in order: the creates' revisions are the enqueue order
+            if task.id not in records:  # the first of an id wins
+                records[task.id] = record_of(task)
+        made = await asyncio.gather(*(self._create(i, record) for i, record in records.items()))
         index = self._known_index()
         if index is not None:
-            for task, record, revision in zip(unique, records, made, strict=True):
+            for (task_id, record), revision in zip(records.items(), made, strict=True):
                 if revision:
-                    index.apply(task.id, revision, record)
-        created = {task.id for task, revision in zip(unique, made, strict=True) if revision}
-        return [
-            task.id in created and first[task.id] == position for position, task in enumerate(tasks)
-        ]
+                    index.apply(task_id, revision, record)
+        return [task.id for task in tasks]
 
     async def _create(self, task_id: str, record: Record) -> int | None:
         """Create the task's key; its revision, or None when the id exists."""
@@ -124,29 +110,6 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
             if current is not None:
                 return None
         return None
-
-    def writes_events(self, event_storage: BaseEventStorage) -> bool:
-        """False: JetStream 2.9 has no write spanning streams (events follow the tasks)."""
-        return False
-
-    async def enqueue_logged(
-        self,
-        tasks: Sequence[Task],
-        events: Sequence[Sequence[TaskEvent]],
-        event_storage: BaseEventStorage,
-    ) -> builtins.list[str]:
-        """:meth:`enqueue`, then the events of the tasks this call created (a create
-        that finds the id taken logs nothing: no read before the write)."""
-        created = await self._enqueue(tasks)
-        fresh = [
-            event_of(task.id, event)
-            for task, group, new in zip(tasks, events, created, strict=True)
-            if new
-            for event in group
-        ]
-        if fresh:
-            await event_storage.append(fresh)
-        return [task.id for task in tasks]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -222,10 +185,6 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
             for queue, counts in sorted(index.counts.items())
             if any(count > 0 for count in counts.values())
         }
-
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """The dependents of several tasks, from the index once it has heard back this

@@ -16,8 +16,8 @@ from datetime import datetime
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import TaskResult
+from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseResultStorage
 from omniq.storage.nats._base import ENCODER, NATSComponent, ident_of, key_of, us
 
@@ -27,10 +27,7 @@ _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
 
 
 def _result(task_id: str, data: bytes) -> TaskResult:
-    try:
-        return _RESULT_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"nats: result of task {task_id} is corrupt: {exc}") from exc
+    return decode_record(_RESULT_DECODER, data, f"nats: result of task {task_id}")
 
 
 def _expired(result: TaskResult, now: float) -> bool:

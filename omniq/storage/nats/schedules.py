@@ -15,6 +15,7 @@ import msgspec
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Schedule
+from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseScheduleStorage
 from omniq.storage.nats._base import ENCODER, NATSComponent, ident_of, key_of
 
@@ -25,10 +26,7 @@ _TRIES = 16
 
 
 def _schedule(schedule_id: str, data: bytes) -> Schedule:
-    try:
-        return _SCHEDULE_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"nats: schedule {schedule_id} is corrupt: {exc}") from exc
+    return decode_record(_SCHEDULE_DECODER, data, f"nats: schedule {schedule_id}")
 
 
 class AsyncNATSScheduleStorage(NATSComponent, BaseScheduleStorage):

@@ -56,7 +56,10 @@ BACKEND = BackendSpec(
 )
 
 
-class PostgresBackend(Bundle):
+class PostgresBackend(Bundle[
+    AsyncPostgresQueue, AsyncPostgresResultStorage,
+    AsyncPostgresEventStorage, AsyncPostgresScheduleStorage,
+]):  # fmt: skip
     """The task queue, results, events and schedules in one PostgreSQL schema, on one pool.
 
     Example::

@@ -25,17 +25,9 @@ import msgspec
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskEvent, TaskStatus
-from omniq.storage._rows import dt, ts, unreadable_from_row
-from omniq.storage.base import (
-    Ack,
-    BaseEventStorage,
-    BaseResultStorage,
-    BaseTaskQueue,
-    Finish,
-    UnreadableTask,
-    event_fields_but_task_id,
-    event_of,
-)
+from omniq.storage._component import Finished, QueueComponent
+from omniq.storage._rows import counts_by_queue, dt, ts, unreadable_from_row
+from omniq.storage.base import Ack, Finish, UnreadableTask, event_fields_but_task_id, event_of
 from omniq.storage.postgres._base import ENCODER, PostgresComponent, task_of_row
 from omniq.storage.postgres.connection import PostgresConnection
 from omniq.storage.postgres.events import AsyncPostgresEventStorage
@@ -111,7 +103,7 @@ def _uniform_args(
     return "enqueue_uniform_logged", (*columns, stamps, [encode(r) for r in records])
 
 
-class AsyncPostgresQueue(PostgresComponent, BaseTaskQueue):
+class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
     """The task queue on PostgreSQL.
 
     ``wait`` is woken by ``NOTIFY`` from any client of the database, within a
@@ -125,34 +117,19 @@ class AsyncPostgresQueue(PostgresComponent, BaseTaskQueue):
     """
 
     notifies = True
+    result_storage_class = AsyncPostgresResultStorage
+    event_storage_class = AsyncPostgresEventStorage
+    enqueues_with_events = True
 
     async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
         """Store ``tasks`` (existing ids are left unchanged): one statement, one
         transaction, whatever the batch size."""
-        return await self._enqueue(tasks, None)
+        return await self._enqueue_with_events(tasks, None)
 
-    def writes_events(self, event_storage: BaseEventStorage) -> bool:
-        """True when ``event_storage`` lives in this queue's schema on the same pool."""
-        return isinstance(event_storage, AsyncPostgresEventStorage) and self.shares_connection(
-            event_storage
-        )
-
-    async def enqueue_logged(
-        self,
-        tasks: Sequence[Task],
-        events: Sequence[Sequence[TaskEvent]],
-        event_storage: BaseEventStorage,
-    ) -> builtins.list[str]:
-        """Tasks and the events of the new ones in the same statement, when the event
-        log shares this pool: an event is stored exactly when its task is."""
-        if not self.writes_events(event_storage):
-            return await super().enqueue_logged(tasks, events, event_storage)
-        await event_storage.connect()
-        return await self._enqueue(tasks, events)
-
-    async def _enqueue(
+    async def _enqueue_with_events(
         self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
     ) -> builtins.list[str]:
+        """Tasks and the events of the new ones in the same statement."""
         if not tasks:
             return []
         db = await self._conn()
@@ -266,32 +243,13 @@ class AsyncPostgresQueue(PostgresComponent, BaseTaskQueue):
         rows = await db.fetch("acknowledging tasks", db.sql["ack"], *_ack_arrays(acks), ts(now))
         return _ack_flags(acks, rows)
 
-    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
-        """True when the event log is in this queue's schema, on its pool."""
-        return isinstance(event_storage, AsyncPostgresEventStorage) and self.shares_connection(
-            event_storage
-        )
-
-    async def finish(
-        self,
-        items: Sequence[Finish],
-        result_storage: BaseResultStorage,
-        event_storage: BaseEventStorage | None = None,
-        *,
-        now: datetime,
-    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
-        """Acks with the results and events of the tasks they finished, in one statement,
-        when the results share this pool; then the dependents of the finished tasks."""
-        if not (
-            isinstance(result_storage, AsyncPostgresResultStorage)
-            and self.shares_connection(result_storage)
-        ):
-            return await super().finish(items, result_storage, event_storage, now=now)
-        if not items:
-            return [], {}
-        await result_storage.connect()
+    async def _finish_together(
+        self, items: Sequence[Finish], log_events: bool, now: datetime
+    ) -> Finished:
+        """Acks with the results and events of the tasks they finished, in one statement;
+        then the dependents of the finished tasks."""
         acks = [item.ack for item in items]
-        events = [e for item in items for e in item.events] if event_storage is not None else []
+        events = [e for item in items for e in item.events] if log_events else []
         db = await self._conn()
         rows = await db.fetch(
             "finishing tasks",
@@ -385,15 +343,7 @@ class AsyncPostgresQueue(PostgresComponent, BaseTaskQueue):
         """Counts per queue and status."""
         db = await self._conn()
         sql = db.sql["count_tasks"]
-        counts: dict[str, dict[str, int]] = {}
-        for queue, status, count in await db.fetch("counting tasks", sql):
-            if count:
-                counts.setdefault(queue, {})[status] = count
-        return counts
-
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
+        return counts_by_queue(await db.fetch("counting tasks", sql))
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """Dependents of several tasks in one query."""

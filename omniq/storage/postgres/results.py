@@ -4,22 +4,21 @@ results channel (``omniq:{namespace}:results``), so a waiter wakes within a roun
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import TaskResult
-from omniq.storage._rows import ts
+from omniq.storage._rows import result_from_row, ts
 from omniq.storage.base import BaseResultStorage
 from omniq.storage.postgres._base import ENCODER, PostgresComponent
 
 __all__ = ["AsyncPostgresResultStorage", "PostgresResultStorage", "result_arrays"]
 
 _RESULT_DECODER = msgspec.msgpack.Decoder(TaskResult)
+
 # How long a result waiter trusts notifications before it looks again anyway.
 _RESULT_BACKSTOP = 1.0
 
@@ -52,15 +51,7 @@ class AsyncPostgresResultStorage(PostgresComponent, BaseResultStorage):
         db = await self._conn()
         sql = db.sql["get_result"]
         row = await db.fetchrow("reading a result", sql, task_id)
-        if row is None:
-            return None
-        expires_ts, data = row
-        if expires_ts is not None and expires_ts <= time.time():
-            return None
-        try:
-            return _RESULT_DECODER.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StorageError(f"postgres: result of task {task_id} is corrupt: {exc}") from exc
+        return result_from_row(row, _RESULT_DECODER, f"postgres: result of task {task_id}")
 
     async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
         """Wait for a result: woken by its ``NOTIFY``, with a periodic look as backstop."""

@@ -12,9 +12,8 @@ import asyncpg
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import Schedule
-from omniq.storage._rows import ts
+from omniq.storage._rows import decode_record, ts
 from omniq.storage.base import BaseScheduleStorage
 from omniq.storage.postgres._base import ENCODER, PostgresComponent
 
@@ -29,10 +28,7 @@ def _schedule_params(schedule: Schedule) -> tuple[Any, ...]:
 
 
 def _schedule(schedule_id: str, data: bytes) -> Schedule:
-    try:
-        return _SCHEDULE_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"postgres: schedule {schedule_id} is corrupt: {exc}") from exc
+    return decode_record(_SCHEDULE_DECODER, data, f"postgres: schedule {schedule_id}")
 
 
 class AsyncPostgresScheduleStorage(PostgresComponent, BaseScheduleStorage):

@@ -122,7 +122,9 @@ BACKEND = BackendSpec(
 )
 
 
-class RedisBackend(Bundle):
+class RedisBackend(Bundle[
+    AsyncRedisQueue, AsyncRedisResultStorage, AsyncRedisEventStorage, AsyncRedisScheduleStorage
+]):  # fmt: skip
     """The task queue, results, events and schedules on one Redis server, sharing one
     :class:`RedisConnection`.
 
@@ -143,23 +145,3 @@ class RedisBackend(Bundle):
     def namespace(self) -> str:
         """The key prefix every component uses (without its ``:``)."""
         return self.connection.namespace
-
-    def task_queue(self) -> AsyncRedisQueue:
-        """The task queue on the shared connection."""
-        queue: AsyncRedisQueue = self._component("task_queue")
-        return queue
-
-    def result_storage(self) -> AsyncRedisResultStorage:
-        """The result storage on the shared connection."""
-        results: AsyncRedisResultStorage = self._component("result_storage")
-        return results
-
-    def event_storage(self) -> AsyncRedisEventStorage:
-        """The event storage on the shared connection."""
-        events: AsyncRedisEventStorage = self._component("event_storage")
-        return events
-
-    def schedule_storage(self) -> AsyncRedisScheduleStorage:
-        """The schedule storage on the shared connection."""
-        schedules: AsyncRedisScheduleStorage = self._component("schedule_storage")
-        return schedules

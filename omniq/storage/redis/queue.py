@@ -16,15 +16,8 @@ import msgspec
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskEvent, TaskStatus, utcnow
-from omniq.storage.base import (
-    Ack,
-    BaseEventStorage,
-    BaseResultStorage,
-    BaseTaskQueue,
-    Finish,
-    UnreadableTask,
-    unreadable_task,
-)
+from omniq.storage._component import Finished, QueueComponent
+from omniq.storage.base import Ack, Finish, UnreadableTask, unreadable_task
 from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import (
     _ALL_STATUSES,
@@ -47,7 +40,7 @@ from omniq.storage.redis._codec import (
 )
 from omniq.storage.redis._resp import NoScriptError, ResponseError
 from omniq.storage.redis._scripts import SHAS
-from omniq.storage.redis.connection import MAX_BULK_BYTES, Command, too_large
+from omniq.storage.redis.connection import MAX_BULK_BYTES, Command, RedisConnection, too_large
 from omniq.storage.redis.events import AsyncRedisEventStorage
 from omniq.storage.redis.results import AsyncRedisResultStorage
 
@@ -61,7 +54,7 @@ _CANCEL_WAIT = 10
 _STRICT = ("1",)
 
 
-class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
+class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
     """The task queue on Redis.
 
     Claims are one Lua script call each (leasing up to ``limit`` tasks); ``wait`` blocks
@@ -76,34 +69,19 @@ class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
     """
 
     notifies = True
+    result_storage_class = AsyncRedisResultStorage
+    event_storage_class = AsyncRedisEventStorage
+    enqueues_with_events = True
 
     async def enqueue(self, tasks: Sequence[Task]) -> builtins.list[str]:
         """Store ``tasks`` (existing ids are left unchanged): one script call per 250
         tasks, each written as soon as it is built, all in one round trip."""
-        return await self._enqueue(tasks, None)
+        return await self._enqueue_with_events(tasks, None)
 
-    def writes_events(self, event_storage: BaseEventStorage) -> bool:
-        """True when ``event_storage`` is the event log on this queue's connection."""
-        # One connection: writes to both can go in one script call.
-        return isinstance(event_storage, AsyncRedisEventStorage) and self.shares_connection(
-            event_storage
-        )
-
-    async def enqueue_logged(
-        self,
-        tasks: Sequence[Task],
-        events: Sequence[Sequence[TaskEvent]],
-        event_storage: BaseEventStorage,
-    ) -> builtins.list[str]:
-        """Tasks and their events in the same script calls, when the event log shares
-        this connection: no separate write, and an event is stored exactly when its task is."""
-        if not self.writes_events(event_storage):
-            return await super().enqueue_logged(tasks, events, event_storage)
-        return await self._enqueue(tasks, events)
-
-    async def _enqueue(
+    async def _enqueue_with_events(
         self, tasks: Sequence[Task], events: Sequence[Sequence[TaskEvent]] | None
     ) -> builtins.list[str]:
+        """Tasks and their events in the same script calls: no separate write."""
         if not tasks:
             return []
         client = self.connection if self._connected else await self._conn()
@@ -289,28 +267,12 @@ class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
         done = await client.script("ack", *_ack_args(acks, now))
         return [bool(flag) for flag in done]
 
-    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
-        """True when ``event_storage`` is the event log on this queue's connection."""
-        return self.writes_events(event_storage)
-
-    async def finish(
-        self,
-        items: Sequence[Finish],
-        result_storage: BaseResultStorage,
-        event_storage: BaseEventStorage | None = None,
-        *,
-        now: datetime,
-    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
-        """Acks with their results and events in one script call, atomically, when the
-        results live on this connection; the dependents lookup in the same round trip."""
-        if not (
-            items
-            and isinstance(result_storage, AsyncRedisResultStorage)
-            and self.shares_connection(result_storage)
-        ):
-            return await super().finish(items, result_storage, event_storage, now=now)
+    async def _finish_together(
+        self, items: Sequence[Finish], log_events: bool, now: datetime
+    ) -> Finished:
+        """Acks with their results and events in one script call, atomically; the
+        dependents lookup in the same round trip."""
         client = self.connection if self._connected else await self._conn()
-        log_events = event_storage is not None and self.finish_logs_events(event_storage)
         ids = [item.ack.task_id for item in items]
         commands: builtins.list[Command] = [
             ("EVALSHA", SHAS["finish"], 0, client.prefix, *_finish_args(
@@ -454,10 +416,6 @@ class AsyncRedisQueue(RedisComponent, BaseTaskQueue):
         for i in range(0, len(flat), 3):
             counts.setdefault(_text(flat[i]), {})[_text(flat[i + 1])] = int(flat[i + 2])
         return counts
-
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``, in enqueue order."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """Dependents of several tasks in one script call (ids without any are omitted)."""

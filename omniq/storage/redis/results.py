@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import TaskResult
+from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseResultStorage
 from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import _ENCODER, _RESULT_TOKEN_MS, _us
@@ -55,10 +55,7 @@ class AsyncRedisResultStorage(RedisComponent, BaseResultStorage):
         data = await client.call("GET", f"{self._prefix}r:{task_id}")
         if data is None:
             return None
-        try:
-            return _RESULT_DECODER.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StorageError(f"redis: result of task {task_id} is corrupt: {exc}") from exc
+        return decode_record(_RESULT_DECODER, data, f"redis: result of task {task_id}")
 
     async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
         """Block until the result exists (``BLMOVE`` on its token list) or ``timeout``."""

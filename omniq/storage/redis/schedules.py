@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import Schedule
+from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseScheduleStorage
 from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import _ENCODER, _us
@@ -21,10 +21,7 @@ _SCHEDULE_DECODER = msgspec.msgpack.Decoder(Schedule)
 
 
 def _decode_schedule(data: bytes) -> Schedule:
-    try:
-        return _SCHEDULE_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"redis: a schedule record is corrupt: {exc}") from exc
+    return decode_record(_SCHEDULE_DECODER, data, "redis: a schedule record")
 
 
 class AsyncRedisScheduleStorage(RedisComponent, BaseScheduleStorage):

@@ -57,7 +57,9 @@ BACKEND = BackendSpec(
 )
 
 
-class SQLiteBackend(Bundle):
+class SQLiteBackend(Bundle[
+    AsyncSQLiteQueue, AsyncSQLiteResultStorage, AsyncSQLiteEventStorage, AsyncSQLiteScheduleStorage
+]):  # fmt: skip
     """The task queue, results, events and schedules in one SQLite file, on one
     connection: a finish writes the result, the events and the ack in one transaction.
 
@@ -75,23 +77,3 @@ class SQLiteBackend(Bundle):
 
     spec = BACKEND
     connection: SQLiteConnection
-
-    def task_queue(self) -> AsyncSQLiteQueue:
-        """The task queue on the shared connection."""
-        queue: AsyncSQLiteQueue = self._component("task_queue")
-        return queue
-
-    def result_storage(self) -> AsyncSQLiteResultStorage:
-        """The result storage on the shared connection."""
-        results: AsyncSQLiteResultStorage = self._component("result_storage")
-        return results
-
-    def event_storage(self) -> AsyncSQLiteEventStorage:
-        """The event storage on the shared connection."""
-        events: AsyncSQLiteEventStorage = self._component("event_storage")
-        return events
-
-    def schedule_storage(self) -> AsyncSQLiteScheduleStorage:
-        """The schedule storage on the shared connection."""
-        schedules: AsyncSQLiteScheduleStorage = self._component("schedule_storage")
-        return schedules

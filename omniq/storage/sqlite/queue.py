@@ -20,19 +20,14 @@ from typing import Any
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskResult, TaskStatus
+from omniq.storage._component import Finished, QueueComponent
+from omniq.storage._rows import counts_by_queue, task_from_row, unreadable_from_row
 from omniq.storage._rows import dt as _dt
-from omniq.storage._rows import task_from_row, unreadable_from_row
 from omniq.storage._rows import ts as _ts
-from omniq.storage.base import (
-    Ack,
-    BaseEventStorage,
-    BaseResultStorage,
-    BaseTaskQueue,
-    Finish,
-    UnreadableTask,
-)
+from omniq.storage.base import Ack, Finish, UnreadableTask
 from omniq.storage.sqlite._base import ENCODER, Row, SQLiteComponent
 from omniq.storage.sqlite.connection import QUERIES as _Q
+from omniq.storage.sqlite.connection import SQLiteConnection
 from omniq.storage.sqlite.events import AsyncSQLiteEventStorage, event_row
 from omniq.storage.sqlite.results import AsyncSQLiteResultStorage, result_rows
 
@@ -101,7 +96,7 @@ def _claim_sql(queue_count: int, strict: bool = False) -> str:
     return _Q["claim"].format(pick=pick.format(candidates=candidates))
 
 
-class AsyncSQLiteQueue(SQLiteComponent, BaseTaskQueue):
+class AsyncSQLiteQueue(SQLiteComponent, QueueComponent[SQLiteConnection]):
     """The task queue on SQLite.
 
     ``wait`` wakes at once for work enqueued through the same connection and within a few
@@ -116,6 +111,8 @@ class AsyncSQLiteQueue(SQLiteComponent, BaseTaskQueue):
     """
 
     notifies = True
+    result_storage_class = AsyncSQLiteResultStorage
+    event_storage_class = AsyncSQLiteEventStorage
 
     async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
         """Store ``tasks`` (existing ids are left unchanged) in one transaction."""
@@ -200,31 +197,11 @@ class AsyncSQLiteQueue(SQLiteComponent, BaseTaskQueue):
         """Finish the tasks still held by their workers, in one transaction."""
         return await self._finish([Finish(ack, _NO_RESULT) for ack in acks], now=now)
 
-    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
-        """True when the event log is in this queue's database file."""
-        return isinstance(event_storage, AsyncSQLiteEventStorage) and self.shares_connection(
-            event_storage
-        )
-
-    async def finish(
-        self,
-        items: Sequence[Finish],
-        result_storage: BaseResultStorage,
-        event_storage: BaseEventStorage | None = None,
-        *,
-        now: datetime,
-    ) -> tuple[builtins.list[bool], dict[str, builtins.list[Task]]]:
-        """Acks, then the results and events of the acknowledged tasks, in one
-        transaction when the results share this connection."""
-        if not (
-            isinstance(result_storage, AsyncSQLiteResultStorage)
-            and self.shares_connection(result_storage)
-        ):
-            return await super().finish(items, result_storage, event_storage, now=now)
-        if not items:
-            return [], {}
-        await result_storage.connect()  # first use connects, as if it wrote the results
-        flags = await self._finish(items, now=now, events=event_storage is not None)
+    async def _finish_together(
+        self, items: Sequence[Finish], log_events: bool, now: datetime
+    ) -> Finished:
+        """Acks, then the results and events of the acknowledged tasks, in one transaction."""
+        flags = await self._finish(items, now=now, events=log_events)
         done = [item.ack.task_id for item, ok in zip(items, flags, strict=True) if ok]
         self.connection.notify_results(done)
         return flags, (await self.dependents_many(done) if done else {})
@@ -368,15 +345,7 @@ class AsyncSQLiteQueue(SQLiteComponent, BaseTaskQueue):
         sql = _Q["stats"]
         db = await self._conn()
         rows = await db.run(lambda conn: conn.execute(sql).fetchall(), "counting tasks")
-        counts: dict[str, dict[str, int]] = {}
-        for queue, status, count in rows:
-            if count:
-                counts.setdefault(queue, {})[status] = count
-        return counts
-
-    async def dependents(self, task_id: str) -> builtins.list[Task]:
-        """Tasks whose ``depends_on`` names ``task_id``."""
-        return (await self.dependents_many([task_id])).get(task_id, [])
+        return counts_by_queue(rows)
 
     async def dependents_many(self, task_ids: Sequence[str]) -> dict[str, builtins.list[Task]]:
         """Dependents of several tasks in one query."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import TaskResult
+from omniq.storage._rows import result_from_row
 from omniq.storage._rows import ts as _ts
 from omniq.storage.base import BaseResultStorage
 from omniq.storage.sqlite._base import ENCODER, SQLiteComponent
@@ -57,15 +56,7 @@ class AsyncSQLiteResultStorage(SQLiteComponent, BaseResultStorage):
         sql = _Q["get_result"]
         db = await self._conn()
         row = await db.run(lambda conn: conn.execute(sql, (task_id,)).fetchone(), "reading")
-        if row is None:
-            return None
-        expires_ts, data = row
-        if expires_ts is not None and expires_ts <= time.time():
-            return None
-        try:
-            return _RESULT_DECODER.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StorageError(f"sqlite: result of task {task_id} is corrupt: {exc}") from exc
+        return result_from_row(row, _RESULT_DECODER, f"sqlite: result of task {task_id}")
 
     async def wait(self, task_id: str, timeout: float) -> TaskResult | None:
         """Wait for a result: woken in-process at once, else when the file changes."""

@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
 from omniq.models import Schedule
+from omniq.storage._rows import decode_record
 from omniq.storage._rows import ts as _ts
 from omniq.storage.base import BaseScheduleStorage
 from omniq.storage.sqlite._base import ENCODER, Row, SQLiteComponent
@@ -30,10 +30,7 @@ def _schedule_row(schedule: Schedule) -> tuple[Any, ...]:
 
 def _schedule_from_row(row: Row) -> Schedule:
     schedule_id, data = row
-    try:
-        return _SCHEDULE_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StorageError(f"sqlite: schedule {schedule_id} is corrupt: {exc}") from exc
+    return decode_record(_SCHEDULE_DECODER, data, f"sqlite: schedule {schedule_id}")
 
 
 class AsyncSQLiteScheduleStorage(SQLiteComponent, BaseScheduleStorage):

@@ -35,7 +35,14 @@ What NATS guarantees here:
   pushes every change to), and picks by priority, then due time, then enqueue order (the
   revision the task was created at), across queues or strictly in the worker's list
   order (:mod:`omniq.storage.nats._index`). A pick is only a proposal: the
-  compare-and-set decides.
+  compare-and-set decides. (A work-queue stream with a shared pull consumer, its ack
+  wait as the lease, was the first plan; it cannot keep this order, nor judge due
+  times and leases at a claim's ``now``, nor cap lost runs, so the lease lives in the
+  task's record and JetStream's part is the buckets, the watch and the event stream.)
+- **Memory.** The index holds the records of the namespace's waiting and running
+  tasks (with their arguments) in each process that claims, lists or counts, and a slim
+  entry per finished task until ``cleanup()`` deletes it. A process that only enqueues
+  keeps none.
 - **Delayed tasks** (``delay``, ``eta``, retry backoff) wait in the index by due time;
   an idle worker blocks on the watch until a change may concern it or its next due time
   comes (no polling). Cancels reach a running task's worker through the same watch.

@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import re
-import socket
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -32,12 +28,23 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from omniq._loops import abort_transport, quietly
+from omniq._loops import quietly
 from omniq._tls import split_tls_options
-from omniq._urls import redact_url, split_namespace
+from omniq._urls import split_namespace
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError, StorageError, ValueTooLargeError
 from omniq.storage._connection import Connection
+from omniq.storage.nats._protocol import (
+    abandon,
+    describe,
+    final,
+    redact,
+    sanitize,
+    seq_of,
+    servers_of,
+    status_error,
+    stopped,
+)
 
 __all__ = ["NATSConnection", "sanitize"]
 
@@ -46,8 +53,6 @@ FIRST = asyncio.FIRST_COMPLETED
 
 logger = logging.getLogger("omniq")
 
-_DEFAULT_PORT = 4222
-_SCHEMES = ("nats", "tls")
 #: Seconds a JetStream request may take before it counts as lost.
 _REQUEST_TIMEOUT = 5.0
 #: How long a write keeps trying through a lost connection (a server restart) before
@@ -55,38 +60,7 @@ _REQUEST_TIMEOUT = 5.0
 _WRITE_PATIENCE = 30.0
 #: "wrong last sequence": a compare-and-set that lost (nats-server's JSStreamWrongLastSequenceErrF).
 _WRONG_LAST_SEQUENCE = (10071, 10164)
-_BAD_NAME = re.compile(r"[^A-Za-z0-9_-]")
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-
-
-def sanitize(namespace: str) -> str:
-    """``namespace`` as a name NATS accepts in stream, bucket and subject names: each
-    character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
-    return _BAD_NAME.sub("_", namespace) or "_"
-
-
-def _servers(url: str) -> tuple[list[str], str | None]:
-    """The server URLs of ``nats://[creds@]a:4222,b:4222`` (each with the credentials),
-    or ``(servers, problem)`` when the URL is malformed."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        return [], str(exc)
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        return [], f"expected nats:// or tls://, not {parts.scheme}://"
-    creds, _, hosts = parts.netloc.rpartition("@")
-    servers = []
-    for host in hosts.split(","):
-        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-        if not colon:
-            name, port = host, str(_DEFAULT_PORT)
-        if not name or not port.isdigit() or not 0 < int(port) < 65536:
-            return [], f"expected host:port, not {host!r}"
-        servers.append(f"{scheme}://{creds + '@' if creds else ''}{name}:{port}")
-    if parts.path not in ("", "/"):
-        return [], f"a NATS URL has no path (got {parts.path!r})"
-    return servers, None
 
 
 class NATSConnection(Connection):
@@ -127,7 +101,7 @@ class NATSConnection(Connection):
         self.schedules_bucket = f"{self.prefix}_schedules"
         self.events_stream = f"{self.prefix}_events"
         self.events_subject = f"{self.prefix}.events"
-        self._where = _redact(url)
+        self._where = redact(url)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._opening: asyncio.Lock | None = None
@@ -161,7 +135,7 @@ class NATSConnection(Connection):
         self._opening = None
         self._drop_state()
         if nc is not None:
-            _abandon(nc)
+            abandon(nc)
 
     async def _release_loop(self) -> None:
         await self._close()
@@ -183,7 +157,7 @@ class NATSConnection(Connection):
             self._follow_loop()
         js = self._js
         if js is not None:
-            if not _stopped(self._nc):
+            if not stopped(self._nc):
                 return js
             # Its loop is ending (asyncio.run cancelled every task, nats-py's reader
             # among them) while a task still writes on its way out (the event writer's
@@ -204,7 +178,7 @@ class NATSConnection(Connection):
         return self._nc
 
     async def _connect(self) -> None:
-        servers, problem = _servers(self.url)
+        servers, problem = servers_of(self.url)
         if problem is not None:
             raise StorageConnectionError(f"nats: bad URL {self._where!r}: {problem}")
         options: dict[str, Any] = {}
@@ -221,7 +195,7 @@ class NATSConnection(Connection):
             # nats-py reports each failed attempt here, then raises NoServersError: the
             # attempts say what was wrong (refused, authorization, an unknown host).
             failures.append(exc)
-            if _final(exc) and not refusal.done():
+            if final(exc) and not refusal.done():
                 refusal.set_result(exc)
             logger.debug("nats: %s: %s", self._where, exc)
 
@@ -260,20 +234,20 @@ class NATSConnection(Connection):
                 await attempt
             cause = refusal.result() if refusal in done else (failures or [TimeoutError()])[-1]
             raise StorageConnectionError(
-                f"nats: cannot connect to {self._where}: {_describe(cause)}"
+                f"nats: cannot connect to {self._where}: {describe(cause)}"
             )
         try:
             nc = attempt.result()
         except nats.errors.NoServersError as exc:
             # A refused authorization says the most (the server then resets the retry).
-            refused = [e for e in failures if _final(e)]
+            refused = [e for e in failures if final(e)]
             cause = (refused or failures or [exc])[-1]
             raise StorageConnectionError(
-                f"nats: cannot connect to {self._where}: {_describe(cause)}"
+                f"nats: cannot connect to {self._where}: {describe(cause)}"
             ) from exc
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise StorageConnectionError(
-                f"nats: cannot connect to {self._where}: {_describe(exc)}"
+                f"nats: cannot connect to {self._where}: {describe(exc)}"
             ) from exc
         # Connected: from now on a lost server is waited for, however long it takes.
         nc.options["max_reconnect_attempts"] = -1
@@ -289,7 +263,7 @@ class NATSConnection(Connection):
             ) from exc
         except (TimeoutError, nats.errors.Error) as exc:
             await nc.close()
-            raise StorageConnectionError(f"nats: {self._where}: {_describe(exc)}") from exc
+            raise StorageConnectionError(f"nats: {self._where}: {describe(exc)}") from exc
         try:
             await self._make_streams(js)
         except BaseException:
@@ -329,7 +303,7 @@ class NATSConnection(Connection):
                         raise StorageError(f"nats: creating {config.name}: {exc}") from exc
             except (TimeoutError, nats.errors.Error) as exc:
                 raise StorageConnectionError(
-                    f"nats: {self._where}: reading stream {config.name}: {_describe(exc)}"
+                    f"nats: {self._where}: reading stream {config.name}: {describe(exc)}"
                 ) from exc
 
     @staticmethod
@@ -376,8 +350,8 @@ class NATSConnection(Connection):
             | nats.js.errors.ServiceUnavailableError
             | OSError,
         ):
-            return StorageConnectionError(f"nats: {self._where}: {doing}: {_describe(exc)}")
-        return StorageError(f"nats: {doing}: {_describe(exc)}")
+            return StorageConnectionError(f"nats: {self._where}: {doing}: {describe(exc)}")
+        return StorageError(f"nats: {doing}: {describe(exc)}")
 
     async def _listen_for_replies(self, nc: Client) -> str:
         """The reply subject prefix of this client's requests (one subscription takes
@@ -457,7 +431,7 @@ class NATSConnection(Connection):
         if status == "404":
             return 0, None
         if status is not None:
-            raise self.error(f"reading {subject}", _status_error(headers))
+            raise self.error(f"reading {subject}", status_error(headers))
         revision = int(headers.get("Nats-Sequence", 0))
         if headers.get("KV-Operation") in ("DEL", "PURGE"):
             return revision, None
@@ -477,7 +451,7 @@ class NATSConnection(Connection):
         headers = {EXPECTED_LAST: str(last)}
         while True:
             try:
-                return _seq_of(await self.request(subject, data, headers))
+                return seq_of(await self.request(subject, data, headers))
             except nats.js.errors.APIError as exc:
                 if exc.err_code in _WRONG_LAST_SEQUENCE:
                     return None
@@ -508,7 +482,7 @@ class NATSConnection(Connection):
         ``Nats-Msg-Id`` where a second copy would matter, and the server drops it."""
 
         async def send() -> int:
-            return _seq_of(await self.request(subject, data, headers))
+            return seq_of(await self.request(subject, data, headers))
 
         return await self.patiently(f"writing {subject}", send)
 
@@ -574,93 +548,3 @@ class NATSConnection(Connection):
 
     def __repr__(self) -> str:
         return f"NATSConnection({self._where!r}, namespace={self.namespace!r})"
-
-
-def _redact(url: str) -> str:
-    """``url`` for messages: a password, and a token (a user part without a password,
-    ``nats://token@host``), shown as ``***``."""
-    shown = redact_url(url)
-    head, sep, rest = shown.partition("://")
-    creds, at, hosts = rest.rpartition("@")
-    if sep and at and ":" not in creds:
-        return f"{head}://***@{hosts}"
-    return shown
-
-
-def _seq_of(reply: Msg) -> int:
-    """The stream sequence a JetStream publish got, from its acknowledgement; raises
-    nats-py's error for an error reply."""
-    headers = reply.headers
-    if headers and headers.get("Status") is not None:
-        raise _status_error(headers)
-    answer = json.loads(reply.data)
-    error = answer.get("error")
-    if error:
-        raise nats.js.errors.APIError.from_error(error)
-    return int(answer["seq"])
-
-
-def _status_error(headers: dict[str, str]) -> Exception:
-    """A status reply (no JetStream listening: 503) as nats-py's error."""
-    if headers.get("Status") == "503":
-        return nats.js.errors.ServiceUnavailableError(description="no responders")
-    return nats.errors.Error(f"status {headers.get('Status')}: {headers.get('Description', '')}")
-
-
-def _abandon(nc: Client) -> None:
-    """Let go of a client whose loop finished, or closed without shutting down: its
-    socket closed at once, and its tasks ended as far as that loop allows (a closed
-    loop cannot run them: their coroutines are closed in place, without the warnings
-    of tasks destroyed pending)."""
-    tasks = [nc._reading_task, nc._ping_interval_task, nc._flusher_task]
-    tasks += [getattr(sub, "_wait_for_msgs_task", None) for sub in nc._subs.values()]
-    for task in tasks:
-        if task is None or task.done():
-            continue
-        if task.get_loop().is_closed():
-            task._log_destroy_pending = False  # type: ignore[attr-defined]
-            quietly(task.get_coro().close)
-        else:
-            quietly(task.cancel)
-    writer = getattr(nc._transport, "_io_writer", None)
-    if writer is not None:
-        # Marked closing first (a closed loop refuses the rest of close()), so the
-        # stream writer's own finalizer has nothing left to warn about.
-        quietly(writer.transport.close)
-        abort_transport(writer.transport)
-
-
-def _stopped(nc: Client | None) -> bool:
-    """True when ``nc`` is connected but its reading task was cancelled (not by a
-    reconnect: the loop is shutting down), so no reply would ever be read."""
-    if nc is None or not nc.is_connected:
-        return False
-    reader = nc._reading_task
-    return reader is None or reader.done() or reader.cancelling() > 0
-
-
-def _final(exc: BaseException) -> bool:
-    """True for a refusal a new try would meet again: a certificate, an authorization."""
-    return isinstance(exc, ssl.SSLError) or "authorization" in _describe(exc)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short reason for ``exc`` (nats-py's own messages are often empty)."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is nats-server running there?)"
-    if isinstance(exc, nats.errors.AuthorizationError):
-        return "authorization refused (check the user, password or token in the URL)"
-    if isinstance(exc, asyncio.TimeoutError | nats.errors.TimeoutError):
-        return "no answer in time"
-    if isinstance(exc, nats.errors.NoServersError):
-        return "no server answered"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"the server's certificate was refused ({exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed ({exc.reason or exc})"
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host ({exc.strerror})"
-    text = str(exc) or type(exc).__name__
-    if "authorization" in text.lower():
-        return "authorization refused (check the user, password or token in the URL)"
-    return text

@@ -383,3 +383,23 @@ async def test_a_task_over_the_servers_max_payload_is_refused_clearly(
     with pytest.raises(ValueTooLargeError, match="max_payload"):
         await asyncio.wait_for(queue.enqueue([huge]), 10)  # at once: not retried
     assert await queue.get(huge.id) is None
+
+
+async def test_a_contended_claim_spreads_within_the_head_priority(backend: NATSBackend) -> None:
+    # After lost compare-and-sets a claim draws among more of the queue's head, but only
+    # among tasks of the head's queue and priority, and puts the others back.
+    queue = backend.task_queue()
+    assert isinstance(queue, AsyncNATSQueue)
+    urgent = make_task(priority=5)
+    rest = [make_task() for _ in range(20)]
+    await queue.enqueue([*rest, urgent])
+    queue._width = 8  # as after contended claims
+    now = utcnow()
+    first = await queue.claim(["default"], "w", limit=4, lease_seconds=30, now=now)
+    assert first[0].id == urgent.id  # priority first, whatever the spread
+    assert {t.id for t in first[1:]} <= {t.id for t in rest}
+    seen = [t.id for t in first]
+    while claimed := await queue.claim(["default"], "w", limit=4, lease_seconds=30, now=now):
+        seen += [t.id for t in claimed]
+    assert sorted(seen) == sorted(t.id for t in [urgent, *rest])  # each once, none lost
+    assert queue._width == 1  # uncontended claims narrowed it back

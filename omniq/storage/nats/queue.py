@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import heapq
+import random
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 
@@ -50,6 +51,9 @@ _RUNNING = TaskStatus.RUNNING.value
 _CAS_TRIES = 8
 
 Change = Callable[[Record], Record | None]
+Picked = tuple[str, int, Record]  # id, revision, record
+#: The most a contended claim spreads over: eight times the tasks it wants.
+_MAX_WIDTH = 8
 
 
 class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
@@ -63,6 +67,8 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
     """
 
     notifies = True
+    #: How far a claim spreads over the head of the queue (see _spread): 1 alone.
+    _width = 1
 
     def _subject(self, task_id: str) -> str:
         return f"$KV.{self.connection.tasks_bucket}.{key_of(task_id)}"
@@ -245,7 +251,7 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         lease = now_us + round(lease_seconds * 1_000_000)
         won: builtins.list[tuple[str, Record]] = []
         while len(won) < limit:
-            picked = index.take(names, limit - len(won), now_us, strict=strict)
+            picked = self._spread(index, index.take, names, limit - len(won), now_us, strict)
             if not picked:
                 break
             changed = [
@@ -269,6 +275,7 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
                 return_exceptions=True,
             )
             failure: BaseException | None = None
+            lost = 0
             for (ident, revision, record), new, outcome in zip(
                 picked, changed, outcomes, strict=True
             ):
@@ -278,11 +285,49 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
                 elif outcome is not None:
                     index.apply(ident, outcome, new)
                     won.append((ident, new))
+                else:
+                    lost += 1
+            # Other processes claim the same head of the queue: spread out over more of
+            # it while they do, come back to the head when they stop.
+            self._width = min(self._width * 2, _MAX_WIDTH) if lost else max(self._width // 2, 1)
             if failure is not None:
                 if won:
                     break  # what was taken is held: hand it out, the error shows next time
                 raise failure
         return [self._task(ident, record) for ident, record in won]
+
+    def _spread(
+        self,
+        index: TaskIndex,
+        take: Callable[..., builtins.list[Picked]],
+        names: Sequence[str],
+        want: int,
+        now: int,
+        strict: bool,
+    ) -> builtins.list[Picked]:
+        """``want`` tasks from the head of the queues, in claim order.
+
+        Alone, the first ``want``. While other processes claim too (the last claim lost
+        compare-and-sets), every index offers them the same head, and all but one of
+        them would lose each task: then ``want`` are drawn at random among the first
+        ``want * width`` of the same queue and priority as the head (priority and queue
+        order kept; due and enqueue order loosened only among those), the rest put back.
+        """
+        picked = take(names, want * self._width, now, strict=strict)
+        if len(picked) <= want:
+            return picked
+        head = picked[0][2]
+        alike = [
+            position
+            for position, (_, _, record) in enumerate(picked)
+            if (record.queue, record.priority) == (head.queue, head.priority)
+        ]
+        spread = random.sample(alike, want) if len(alike) > want else range(want)  # nosec B311 # a spread, not a secret
+        chosen = set(spread)
+        for position, (ident, revision, record) in enumerate(picked):
+            if position not in chosen:
+                index.place(ident, revision, record)
+        return [entry for position, entry in enumerate(picked) if position in chosen]
 
     async def _change(self, task_id: str, change: Change) -> tuple[int, Record] | None:
         """Apply ``change`` to the task with a compare-and-set (retried against other

@@ -35,7 +35,9 @@ What NATS guarantees here:
   pushes every change to), and picks by priority, then due time, then enqueue order (the
   revision the task was created at), across queues or strictly in the worker's list
   order (:mod:`omniq.storage.nats._index`). A pick is only a proposal: the
-  compare-and-set decides. (A work-queue stream with a shared pull consumer, its ack
+  compare-and-set decides. While other processes win those writes (they see the same
+  head), a claim draws among more of the head's tasks of the same queue and priority,
+  so racing workers do not all write for the same few. (A work-queue stream with a shared pull consumer, its ack
   wait as the lease, was the first plan; it cannot keep this order, nor judge due
   times and leases at a claim's ``now``, nor cap lost runs, so the lease lives in the
   task's record and JetStream's part is the buckets, the watch and the event stream.)

@@ -329,7 +329,8 @@ class AsyncWorkerPool:
         return self._stop_event is not None and self._stop_event.is_set()
 
     async def _claim_loop(self, burst: bool) -> None:
-        assert self._slot_freed is not None
+        assert self._slot_freed is not None and self._stop_event is not None
+        stop_requested = self._stop_event.is_set
         queue = self.engine.queue
         settings = self.engine.settings
         backoff = 0.0
@@ -369,6 +370,10 @@ class AsyncWorkerPool:
                     await self._idle(backoff)
                     continue
             just_claimed = False
+            if tasks and stop_requested():
+                # Asked to stop while that claim was out: nothing it leased starts here.
+                await self._hand_back(tasks, "tasks claimed as the worker stopped")
+                break
             if tasks:
                 self._start(tasks)
                 if len(tasks) < free:
@@ -391,6 +396,9 @@ class AsyncWorkerPool:
                     continue
                 return
             woke_with = await self._wait_for_work(settings.poll_interval, free)
+            if woke_with and stop_requested():
+                await self._hand_back(woke_with, "tasks claimed as the worker stopped")
+                break
             if woke_with:
                 self._start(woke_with)
                 await asyncio.sleep(0)
@@ -456,8 +464,8 @@ class AsyncWorkerPool:
         The waiter runs in this task, not a task of its own, and stop and nudge cancel
         this task (then take their cancel back): a wake-up costs no extra asyncio task
         and no extra loop turn. A waiter cut short may have claimed on the server as it
-        was stopped: the queue hands those tasks back (Redis does so at once; a backend
-        that cannot comes back to them when their lease runs out).
+        was stopped: the queue hands those tasks back at once (Redis settles its blocked
+        connection in the background; the others finish the claim, then release it).
         """
         if waiter is None:
             waiter = asyncio.sleep(timeout)
@@ -535,6 +543,20 @@ class AsyncWorkerPool:
 
     # -- stopping ------------------------------------------------------------------------
 
+    async def _hand_back(self, tasks: Sequence[Task | str], what: str) -> None:
+        """Release held tasks to the queue at once, their claim's attempt given back
+        (what a stop does with what it will not run); if that fails, their leases expire."""
+        if not tasks:
+            return
+        ids = [task if isinstance(task, str) else task.id for task in tasks]
+        try:
+            count = await self.engine.queue.release(ids, self.worker_id, now=utcnow())
+            logger.info("handed back %d %s", count, what)
+        except StorageError as exc:
+            logger.warning(
+                "handing back %d tasks failed (%s); their leases will expire", len(ids), exc
+            )
+
     async def _let_running_finish(self) -> None:
         """Wait for the running tasks, up to the stop's timeout (``shutdown_timeout`` by
         default), counted from now; a later stop() with a shorter one takes over."""
@@ -578,16 +600,7 @@ class AsyncWorkerPool:
         finisher.cancel()
         await asyncio.gather(finisher, renewer, *helpers, return_exceptions=True)
         handback = [tid for tid in leftover if tid in self._held and tid not in self._abandoned]
-        if handback:
-            try:
-                count = await self.engine.queue.release(handback, self.worker_id, now=utcnow())
-                logger.info("handed back %d unfinished tasks", count)
-            except StorageError as exc:
-                logger.warning(
-                    "handing back %d tasks failed (%s); their leases will expire",
-                    len(handback),
-                    exc,
-                )
+        await self._hand_back(handback, "unfinished tasks")
         self._held.clear()
         if self._executor is not None:
             await self._executor.stop(wait=not leftover)

@@ -106,6 +106,8 @@ class AsyncWorkerPool:
             ("complete", "failed", "retried", "expired", "cancelled"), 0
         )
         self._executor: BaseExecutor | None = None
+        # The executor of the last run, kept after it stops: its abandoned threads run on.
+        self._last_executor: BaseExecutor | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._held: set[str] = set()
         self._outcomes = Outcomes(
@@ -161,6 +163,15 @@ class AsyncWorkerPool:
         """True while the pool's loop runs."""
         return self._started
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of this pool still running calls whose tasks already ended (a thread
+        or async worker's plain function past its timeout, or stopped: Python cannot stop
+        a thread). Each holds one of the pool's threads until it returns; a WARNING names
+        the task when one is abandoned and when it ends. Counted after a stop too."""
+        executor = self._last_executor
+        return 0 if executor is None else executor.abandoned_threads
+
     async def run(self, *, burst: bool = False) -> None:
         """Process tasks until stopped; with ``burst=True`` return once nothing is left
         to claim and nothing is running (dependents released and retries due during the
@@ -182,7 +193,7 @@ class AsyncWorkerPool:
         self._stop_timeout = None
         self._slot_freed = asyncio.Event()
         await self.engine.connect()
-        self._executor = create_executor(self.worker_type, self.concurrency)
+        self._executor = self._last_executor = create_executor(self.worker_type, self.concurrency)
         await self._executor.start()
         self.engine.add_pool(self)
         finisher = asyncio.create_task(self._outcomes.write_loop(), name="omniq-finisher")
@@ -213,7 +224,14 @@ class AsyncWorkerPool:
                 await self._shutdown(finisher, renewer, helpers)
             finally:
                 self.engine.discard_pool(self)
-                logger.info("worker %s stopped: %s", self.worker_id, self.counts)
+                logger.info(
+                    "worker %s stopped: %s%s",
+                    self.worker_id,
+                    self.counts,
+                    f" ({left} abandoned threads still running)"
+                    if (left := self.abandoned_threads)
+                    else "",
+                )
 
     async def process_tasks(self, limit: int | None = None) -> int:
         """Run at most ``limit`` tasks that are due now (every one with None), wait for

@@ -344,11 +344,15 @@ class AsyncWorkerPool:
 
     @property
     def _stopping(self) -> bool:
+        return self._stop_requested()
+
+    def _stop_requested(self) -> bool:
+        # A method as well as the property: the stop can come while the loop awaits,
+        # which a narrowed ``while not self._stopping`` would hide from the checker.
         return self._stop_event is not None and self._stop_event.is_set()
 
     async def _claim_loop(self, burst: bool) -> None:
-        assert self._slot_freed is not None and self._stop_event is not None
-        stop_requested = self._stop_event.is_set
+        assert self._slot_freed is not None
         queue = self.engine.queue
         settings = self.engine.settings
         backoff = 0.0
@@ -388,9 +392,10 @@ class AsyncWorkerPool:
                     await self._idle(backoff)
                     continue
             just_claimed = False
-            if tasks and stop_requested():
-                # Asked to stop while that claim was out: nothing it leased starts here.
-                await self._hand_back(tasks, "tasks claimed as the worker stopped")
+            if tasks and self._stop_requested():
+                # A claim still out when the stop came (a slow store): its tasks go back
+                # unstarted rather than begin a run the stop would cut short.
+                await self._hand_back(tasks)
                 break
             if tasks:
                 self._start(tasks)
@@ -414,13 +419,25 @@ class AsyncWorkerPool:
                     continue
                 return
             woke_with = await self._wait_for_work(settings.poll_interval, free)
-            if woke_with and stop_requested():
-                await self._hand_back(woke_with, "tasks claimed as the worker stopped")
+            if woke_with and self._stop_requested():
+                await self._hand_back(woke_with)
                 break
             if woke_with:
                 self._start(woke_with)
                 await asyncio.sleep(0)
             just_claimed = woke_with is not None and not woke_with
+
+    async def _hand_back(self, tasks: list[Task]) -> None:
+        """Release tasks claimed but never started (their attempt is not spent)."""
+        try:
+            count = await self.engine.queue.release(
+                [task.id for task in tasks], self.worker_id, now=utcnow()
+            )
+            logger.info("handed back %d tasks claimed as the worker stopped", count)
+        except StorageError as exc:
+            logger.warning(
+                "handing back %d tasks failed (%s); their leases will expire", len(tasks), exc
+            )
 
     def _start(self, tasks: list[Task]) -> None:
         self._claimed += len(tasks)
@@ -483,7 +500,7 @@ class AsyncWorkerPool:
         this task (then take their cancel back): a wake-up costs no extra asyncio task
         and no extra loop turn. A waiter cut short may have claimed on the server as it
         was stopped: the queue hands those tasks back at once (Redis settles its blocked
-        connection in the background; the others finish the claim, then release it).
+        connection first; the other backends finish the claim, then release it).
         """
         if waiter is None:
             waiter = asyncio.sleep(timeout)
@@ -561,20 +578,6 @@ class AsyncWorkerPool:
 
     # -- stopping ------------------------------------------------------------------------
 
-    async def _hand_back(self, tasks: Sequence[Task | str], what: str) -> None:
-        """Release held tasks to the queue at once, their claim's attempt given back
-        (what a stop does with what it will not run); if that fails, their leases expire."""
-        if not tasks:
-            return
-        ids = [task if isinstance(task, str) else task.id for task in tasks]
-        try:
-            count = await self.engine.queue.release(ids, self.worker_id, now=utcnow())
-            logger.info("handed back %d %s", count, what)
-        except StorageError as exc:
-            logger.warning(
-                "handing back %d tasks failed (%s); their leases will expire", len(ids), exc
-            )
-
     async def _let_running_finish(self) -> None:
         """Wait for the running tasks, up to the stop's timeout (``shutdown_timeout`` by
         default), counted from now; a later stop() with a shorter one takes over."""
@@ -618,7 +621,16 @@ class AsyncWorkerPool:
         finisher.cancel()
         await asyncio.gather(finisher, renewer, *helpers, return_exceptions=True)
         handback = [tid for tid in leftover if tid in self._held and tid not in self._abandoned]
-        await self._hand_back(handback, "unfinished tasks")
+        if handback:
+            try:
+                count = await self.engine.queue.release(handback, self.worker_id, now=utcnow())
+                logger.info("handed back %d unfinished tasks", count)
+            except StorageError as exc:
+                logger.warning(
+                    "handing back %d tasks failed (%s); their leases will expire",
+                    len(handback),
+                    exc,
+                )
         self._held.clear()
         if self._executor is not None:
             await self._executor.stop(wait=not leftover)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -45,6 +46,8 @@ __all__ = [
     "event_fields_but_task_id",
     "event_of",
 ]
+
+logger = logging.getLogger("omniq")
 
 #: An event's fields but its task id, as a tuple: the events of a batch's tasks that match
 #: on these can be stored once for the batch (``enqueue_logged`` on Redis and PostgreSQL).
@@ -451,14 +454,47 @@ class BaseTaskQueue(BaseStorage):
         behind the blocking pop) override this to save a round trip.
         """
         await self.wait(queues, timeout)
-        return await self.claim(
-            queues,
-            worker_id,
-            limit=limit,
-            lease_seconds=lease_seconds,
-            now=utcnow(),
-            strict=strict,
+        return await self._claim_or_hand_back(
+            queues, worker_id, limit=limit, lease_seconds=lease_seconds, strict=strict
         )
+
+    async def _claim_or_hand_back(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        strict: bool = False,
+    ) -> builtins.list[Task]:
+        """:meth:`claim` now, for a caller that may be cancelled while it is out.
+
+        A claim cannot be called back once sent: the store may commit it (a thread
+        finishing its transaction, a reply already on its way) after the caller has
+        gone. So the claim runs to its end whatever happens to the caller, and when the
+        caller was cancelled (a worker stopping or nudged), what it leased is released
+        at once, its attempt given back, instead of waiting out its lease.
+        """
+        claiming = asyncio.ensure_future(
+            self.claim(
+                queues,
+                worker_id,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                now=utcnow(),
+                strict=strict,
+            )
+        )
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            try:
+                orphans = await claiming
+                if orphans:
+                    await self.release([t.id for t in orphans], worker_id, now=utcnow())
+            except StorageError as exc:
+                logger.warning("handing back a claim cut short failed: %s", exc)
+            raise
 
     #: How often the default :meth:`watch_cancels` looks at the held tasks, in seconds.
     cancel_poll_interval: float = 0.2

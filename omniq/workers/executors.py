@@ -13,6 +13,15 @@ Timeouts per type:
 - ``thread``: like ``async`` but every plain function gets one of ``concurrency``
   dedicated threads, sized for blocking I/O. Cancelling a running thread task is
   cooperative only: the pool stops waiting for it, the thread runs to its end.
+
+A thread left running that way (timed out, cancelled, or cut by a hard stop) is
+*abandoned*: its task already has its outcome, whatever the call returns later is
+dropped, and until it returns it holds one of the pool's threads, so the tasks after it
+share one thread fewer (and may wait for one, their timeout running). Executors count
+them (:attr:`BaseExecutor.abandoned_threads`) and log a WARNING with the task id when a
+thread is abandoned and again when it finally ends, so a leak shows. A stop does not
+wait for them, but Python joins pool threads at exit: the process ends only when they
+have returned (or on SIGKILL).
 - ``process`` (``omniq.workers.process``): child processes; a timeout or a cancel kills
   the child and a fresh one replaces it.
 - ``gevent`` (``omniq.workers.gevent``): greenlets in a monkey-patched child process;
@@ -22,8 +31,12 @@ Timeouts per type:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
+import logging
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +53,8 @@ __all__ = [
     "register_worker_type",
     "worker_types",
 ]
+
+logger = logging.getLogger("omniq.worker")
 
 _is_coroutine_function: Callable[[Any], bool] = functools.lru_cache(maxsize=4096)(
     inspect.iscoroutinefunction
@@ -82,6 +97,12 @@ class BaseExecutor(ABC):
         """Stop a running call where the worker type can (the pool also cancels the
         coroutine awaiting it)."""
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still running calls whose tasks already ended here (timed out or
+        stopped: Python cannot stop a thread); 0 for worker types that can stop a call."""
+        return 0
+
 
 class AsyncWorker(BaseExecutor):
     """Coroutine functions on the event loop; plain functions on a thread pool."""
@@ -91,6 +112,14 @@ class AsyncWorker(BaseExecutor):
     def __init__(self, concurrency: int) -> None:
         super().__init__(concurrency)
         self._threads: ThreadPoolExecutor | None = None
+        # Updated from the abandoned threads themselves as they end: under a lock.
+        self._abandoned = 0
+        self._abandoned_lock = threading.Lock()
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still running calls whose tasks already ended (see the module doc)."""
+        return self._abandoned
 
     def _thread_count(self) -> int:
         return min(self.concurrency, 32)
@@ -106,7 +135,8 @@ class AsyncWorker(BaseExecutor):
         """Shut the thread pool down."""
         threads, self._threads = self._threads, None
         if threads is not None:
-            if wait:
+            # An abandoned thread may never return: a stop does not wait for it.
+            if wait and not self._abandoned:
                 await asyncio.to_thread(threads.shutdown, wait=True)
             else:
                 threads.shutdown(wait=False, cancel_futures=True)
@@ -130,20 +160,57 @@ class AsyncWorker(BaseExecutor):
                 raise TaskTimeoutError(f"task ran longer than its timeout of {timeout} s") from None
         if self._threads is None:
             await self.start()
-        loop = asyncio.get_running_loop()
-        call = functools.partial(func, *args, **kwargs)
-        future = loop.run_in_executor(self._threads, call)
+        assert self._threads is not None
+        running = self._threads.submit(functools.partial(func, *args, **kwargs))
+        future = asyncio.wrap_future(running)
         try:
             value = await (future if timeout is None else asyncio.wait_for(future, timeout))
         except TimeoutError:
+            self._abandon(task, running, f"ran past its timeout of {timeout} s")
             raise TaskTimeoutError(
                 f"task ran longer than its timeout of {timeout} s (its thread cannot be "
                 "stopped and finishes in the background)"
             ) from None
+        except asyncio.CancelledError:
+            self._abandon(task, running, "was stopped")
+            raise
         if inspect.isawaitable(value):
             # A plain function that returned a coroutine: finish it on the loop.
             return await value
         return value
+
+    def _abandon(self, task: Task, running: concurrent.futures.Future[Any], why: str) -> None:
+        """Count and log a call whose thread goes on after its task ended here (one not
+        started yet was cancelled with its future: nothing runs on)."""
+        if running.cancel() or running.done():
+            return
+        since = time.monotonic()
+        with self._abandoned_lock:
+            self._abandoned += 1
+            count = self._abandoned
+        logger.warning(
+            "task %s (%s) %s, but its thread cannot be stopped: it runs on, abandoned, "
+            "holding a worker thread (%d abandoned threads now)",
+            task.id,
+            task.func,
+            why,
+            count,
+        )
+
+        def ended(_: concurrent.futures.Future[Any]) -> None:
+            with self._abandoned_lock:
+                self._abandoned -= 1
+                left = self._abandoned
+            logger.warning(
+                "task %s (%s): its abandoned thread ended after %.1f s more (%d abandoned "
+                "threads now)",
+                task.id,
+                task.func,
+                time.monotonic() - since,
+                left,
+            )
+
+        running.add_done_callback(ended)
 
 
 class ThreadWorker(AsyncWorker):

@@ -106,6 +106,8 @@ class AsyncWorkerPool:
             ("complete", "failed", "retried", "expired", "cancelled"), 0
         )
         self._executor: BaseExecutor | None = None
+        # The executor of the last run, kept after it stops: its abandoned threads run on.
+        self._last_executor: BaseExecutor | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._held: set[str] = set()
         self._outcomes = Outcomes(
@@ -161,6 +163,15 @@ class AsyncWorkerPool:
         """True while the pool's loop runs."""
         return self._started
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of this pool still running calls whose tasks already ended (a thread
+        or async worker's plain function past its timeout, or stopped: Python cannot stop
+        a thread). Each holds one of the pool's threads until it returns; a WARNING names
+        the task when one is abandoned and when it ends. Counted after a stop too."""
+        executor = self._last_executor
+        return 0 if executor is None else executor.abandoned_threads
+
     async def run(self, *, burst: bool = False) -> None:
         """Process tasks until stopped; with ``burst=True`` return once nothing is left
         to claim and nothing is running (dependents released and retries due during the
@@ -182,7 +193,7 @@ class AsyncWorkerPool:
         self._stop_timeout = None
         self._slot_freed = asyncio.Event()
         await self.engine.connect()
-        self._executor = create_executor(self.worker_type, self.concurrency)
+        self._executor = self._last_executor = create_executor(self.worker_type, self.concurrency)
         await self._executor.start()
         self.engine.add_pool(self)
         finisher = asyncio.create_task(self._outcomes.write_loop(), name="omniq-finisher")
@@ -213,7 +224,14 @@ class AsyncWorkerPool:
                 await self._shutdown(finisher, renewer, helpers)
             finally:
                 self.engine.discard_pool(self)
-                logger.info("worker %s stopped: %s", self.worker_id, self.counts)
+                logger.info(
+                    "worker %s stopped: %s%s",
+                    self.worker_id,
+                    self.counts,
+                    f" ({left} abandoned threads still running)"
+                    if (left := self.abandoned_threads)
+                    else "",
+                )
 
     async def process_tasks(self, limit: int | None = None) -> int:
         """Run at most ``limit`` tasks that are due now (every one with None), wait for
@@ -326,6 +344,11 @@ class AsyncWorkerPool:
 
     @property
     def _stopping(self) -> bool:
+        return self._stop_requested()
+
+    def _stop_requested(self) -> bool:
+        # A method as well as the property: the stop can come while the loop awaits,
+        # which a narrowed ``while not self._stopping`` would hide from the checker.
         return self._stop_event is not None and self._stop_event.is_set()
 
     async def _claim_loop(self, burst: bool) -> None:
@@ -369,6 +392,11 @@ class AsyncWorkerPool:
                     await self._idle(backoff)
                     continue
             just_claimed = False
+            if tasks and self._stop_requested():
+                # A claim still out when the stop came (a slow store): its tasks go back
+                # unstarted rather than begin a run the stop would cut short.
+                await self._hand_back(tasks)
+                break
             if tasks:
                 self._start(tasks)
                 if len(tasks) < free:
@@ -391,10 +419,25 @@ class AsyncWorkerPool:
                     continue
                 return
             woke_with = await self._wait_for_work(settings.poll_interval, free)
+            if woke_with and self._stop_requested():
+                await self._hand_back(woke_with)
+                break
             if woke_with:
                 self._start(woke_with)
                 await asyncio.sleep(0)
             just_claimed = woke_with is not None and not woke_with
+
+    async def _hand_back(self, tasks: list[Task]) -> None:
+        """Release tasks claimed but never started (their attempt is not spent)."""
+        try:
+            count = await self.engine.queue.release(
+                [task.id for task in tasks], self.worker_id, now=utcnow()
+            )
+            logger.info("handed back %d tasks claimed as the worker stopped", count)
+        except StorageError as exc:
+            logger.warning(
+                "handing back %d tasks failed (%s); their leases will expire", len(tasks), exc
+            )
 
     def _start(self, tasks: list[Task]) -> None:
         self._claimed += len(tasks)
@@ -456,8 +499,8 @@ class AsyncWorkerPool:
         The waiter runs in this task, not a task of its own, and stop and nudge cancel
         this task (then take their cancel back): a wake-up costs no extra asyncio task
         and no extra loop turn. A waiter cut short may have claimed on the server as it
-        was stopped: the queue hands those tasks back (Redis does so at once; a backend
-        that cannot comes back to them when their lease runs out).
+        was stopped: the queue hands those tasks back at once (Redis settles its blocked
+        connection first; the other backends finish the claim, then release it).
         """
         if waiter is None:
             waiter = asyncio.sleep(timeout)

@@ -52,6 +52,12 @@ class WorkerPool:
         """Outcome counts since start."""
         return self._async.counts
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still running calls whose tasks already ended (see
+        :attr:`AsyncWorkerPool.abandoned_threads`)."""
+        return self._async.abandoned_threads
+
     run = blocking(AsyncWorkerPool.run)
     process_tasks = blocking(AsyncWorkerPool.process_tasks)
     start = blocking(AsyncWorkerPool.start)

@@ -306,6 +306,10 @@ async def test_ttl_expires_a_task_that_did_not_start(oq: AsyncOmniQ) -> None:
     assert result.started_at is None
     stored = await oq.queue.get(task_id)  # as the worker left it: one truth everywhere
     assert (stored.status, stored.attempts) == (TaskStatus.EXPIRED, 0)
+    task = await oq.get_task(task_id)
+    assert (task.status, task.attempts) == (TaskStatus.EXPIRED, 0)
+    [listed] = await oq.list_tasks(status=TaskStatus.EXPIRED)
+    assert (listed.id, listed.attempts) == (task_id, 0)
     events = await oq.get_events(task_id)
     assert kinds(events) == [EventType.ENQUEUED, EventType.EXPIRED]
     assert events[-1].attempt == 0
@@ -577,6 +581,8 @@ async def test_lease_lost_too_often_fails_the_task(make_oq: MakeOQ) -> None:
     assert result.attempts == 3
     task = await oq.get_task(task_id)
     assert task.status is TaskStatus.FAILED and task.attempts == 3
+    [listed] = await oq.list_tasks(status=TaskStatus.FAILED)
+    assert listed.attempts == 3
     final = (await oq.get_events(task_id))[-1]
     assert final.event_type is EventType.ERROR and final.attempt == 3
 

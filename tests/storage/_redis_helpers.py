@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import cast
 
@@ -9,6 +10,7 @@ import msgspec
 import redis
 
 from omniq.models import Task
+from omniq.storage.redis import RedisConnection
 
 
 def tamper_redis_task(
@@ -42,3 +44,20 @@ def tamper_redis_task(
         client.hset(keys[0], "d", replace_record)
     finally:
         client.close()
+
+
+async def wait_for_blocked_client(
+    client: RedisConnection, plain: redis.Redis, *, count: int = 1
+) -> None:
+    """Until ``count`` blocking connections of ``client`` are blocked in ``BLPOP`` on the
+    server (a worker pool has two: its cancel watcher and its idle wait)."""
+    for _ in range(1_000):
+        await asyncio.sleep(0.005)
+        blocked = 0
+        for conn in client._blocking_busy:
+            seen = plain.execute_command("CLIENT", "LIST", "ID", conn.client_id)
+            if b"cmd=blpop" in seen and b"flags=b" in seen:
+                blocked += 1
+        if blocked >= count:
+            return
+    raise AssertionError(f"fewer than {count} waiters blocked in BLPOP")

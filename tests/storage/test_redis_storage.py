@@ -40,6 +40,7 @@ from omniq.storage.redis import (
 from omniq.storage.redis._codec import _us
 from omniq.storage.registry import bundle_for_url
 from tests.conftest import REDIS_URL, delete_redis_namespace, free_port, unique_name
+from tests.storage._redis_helpers import wait_for_blocked_client
 from tests.storage.contract import (
     EventContract,
     MakeBackend,
@@ -474,17 +475,6 @@ async def test_a_wait_cancelled_after_its_claim_hands_the_tasks_back(
             break
         await asyncio.sleep(0.01)
     assert [(t.id, t.attempts) for t in claimed] == [(task.id, 1)]
-
-
-async def wait_for_blocked_client(client: RedisConnection, plain: sync_redis.Redis) -> None:
-    """Until a blocking connection of ``client`` is blocked in ``BLPOP`` on the server."""
-    for _ in range(1_000):
-        await asyncio.sleep(0.005)
-        for conn in client._blocking_busy:
-            seen = plain.execute_command("CLIENT", "LIST", "ID", conn.client_id)
-            if b"cmd=blpop" in seen and b"flags=b" in seen:
-                return
-    raise AssertionError("the waiter never blocked in BLPOP")
 
 
 async def test_list_and_stats_do_not_scan(backend: RedisBackend, redis: aioredis.Redis) -> None:

@@ -208,6 +208,8 @@ class RespConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader(replyError=_reply_error)
         self._pending: deque[_Request] = deque()
+        # The replies of the last request answered after it was cancelled (see reattach).
+        self._dropped: _Request | None = None
         self._transport: asyncio.Transport | None = None
         self._lost: BaseException | None = None
         #: The server's id for this connection (``CLIENT ID``), when asked for at open.
@@ -317,11 +319,20 @@ class RespConnection(asyncio.Protocol):
 
     def reattach(self, future: asyncio.Future[list[Any]]) -> asyncio.Future[list[Any]] | None:
         """A fresh future for the replies of the request ``future`` was returned for
-        (after ``future`` was cancelled), or None when that request is not pending."""
+        (after ``future`` was cancelled), or None when that request is not pending.
+
+        Replies that arrived between the cancel and this call (read in the same loop
+        turn as the cancel) are not lost: the fresh future already holds them."""
         for request in self._pending:
             if request.future is future:
                 request.future = asyncio.get_running_loop().create_future()
                 return request.future
+        dropped = self._dropped
+        if dropped is not None and dropped.future is future:
+            self._dropped = None
+            answered: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            answered.set_result(dropped.replies)
+            return answered
         return None
 
     def close(self) -> None:
@@ -361,9 +372,11 @@ class RespConnection(asyncio.Protocol):
             request.replies.append(reply)
             if len(request.replies) == request.count:
                 pending.popleft()
-                # A cancelled request's replies still arrive; they are dropped here.
                 if not request.future.done():
                     request.future.set_result(request.replies)
+                elif request.future.cancelled():
+                    # Kept for reattach: the canceller may still want them.
+                    self._dropped = request
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = exc or RespConnectionError("closed")

@@ -11,9 +11,9 @@ reads the server's clock). A connection error drops the connections
 and retries the request a few times with a short backoff, so a restarted server is
 picked up by the next call. Only a reply lost on a live connection makes a retry repeat
 work, within at-least-once: a repeated claim leaves tasks leased to nobody until their
-lease runs out, a repeated append logs an event twice; a worker stopped while blocked
-may leave a claim made at that instant to its lease, the same way. Blocking commands
-are not retried.
+lease runs out, a repeated append logs an event twice. Blocking commands are not
+retried; one given up by its caller (a worker stopped while blocked) is settled in the
+background, so the claim pipelined behind it is handed back (see :meth:`block_many`).
 
 A connection outlives event loops (``asyncio.run`` twice): its sockets close as their
 loop shuts down, and the next call, on the new loop, connects again (see
@@ -318,7 +318,11 @@ class RedisConnection(Connection):
                 rest = rest or conn.reattach(pending)
             if rest is not None:
                 assert abandoned is not None
-                self._settle_later(conn, rest, abandoned)
+                settling = self._settle_later(conn, rest, abandoned)
+                # The caller waits for the settling (a round trip or two), so whoever
+                # stopped it finds its claim handed back; cancelled again, it leaves the
+                # settling to finish in the background.
+                await asyncio.shield(settling)
             else:
                 # The server may still hand this connection a value later: not reused.
                 self._blocking_busy.discard(conn)
@@ -341,8 +345,8 @@ class RedisConnection(Connection):
         conn: RespConnection,
         pending: asyncio.Future[builtins.list[Any]],
         abandoned: Abandoned,
-    ) -> None:
-        """Finish a blocking call its caller gave up on, in the background.
+    ) -> asyncio.Task[None]:
+        """Finish a blocking call its caller gave up on, in a task of its own.
 
         The commands pipelined after the blocking one may already have run (a claim
         right after ``BLPOP`` returned), or will as soon as it returns: their replies go
@@ -366,6 +370,7 @@ class RedisConnection(Connection):
         task = asyncio.get_running_loop().create_task(settle(), name="omniq-redis-settle")
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        return task
 
     async def call(self, *command: Any) -> Any:
         """One command; an error reply raises :class:`StorageError`."""

@@ -202,13 +202,8 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
             return []  # the server went quiet: a spurious wake-up, the caller looks again
         if isinstance(flat, NoScriptError):  # scripts flushed (server restarted)
             await client.load_scripts()
-            return await self.claim(
-                queues,
-                worker_id,
-                limit=limit,
-                lease_seconds=lease_seconds,
-                now=utcnow(),
-                strict=strict,
+            return await self._claim_or_hand_back(
+                queues, worker_id, limit=limit, lease_seconds=lease_seconds, strict=strict
             )
         if isinstance(flat, ResponseError):
             raise StorageError(f"redis: script claim: {flat}") from flat

@@ -37,10 +37,11 @@ What NATS guarantees here:
   order (:mod:`omniq.storage.nats._index`). A pick is only a proposal: the
   compare-and-set decides. While other processes win those writes (they see the same
   head), a claim draws among more of the head's tasks of the same queue and priority,
-  so racing workers do not all write for the same few. (A work-queue stream with a shared pull consumer, its ack
-  wait as the lease, was the first plan; it cannot keep this order, nor judge due
-  times and leases at a claim's ``now``, nor cap lost runs, so the lease lives in the
-  task's record and JetStream's part is the buckets, the watch and the event stream.)
+  so racing workers do not all write for the same few. (A work-queue stream with a
+  shared pull consumer, its ack wait as the lease, was the first plan; it cannot keep
+  this order, nor judge due times and leases at a claim's ``now``, nor cap lost runs,
+  so the lease lives in the task's record and JetStream's part is the buckets, the
+  watch and the event stream.)
 - **Memory.** The index holds the records of the namespace's waiting and running
   tasks (with their arguments) in each process that claims, lists or counts, and a slim
   entry per finished task until ``cleanup()`` deletes it. A process that only enqueues

@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "--backend", default="all", help="redis, sqlite, file, postgres, a comma list or all"
+        "--backend", default="all", help="redis, sqlite, file, postgres, nats, a comma list or all"
     )
     parser.add_argument(
         "--workload",

@@ -3,7 +3,8 @@
 For every repetition of every cell (library x backend x workload) the parent:
 
 1. ``FLUSHDB`` on Redis DB 15 (brokers and the instrumentation counters live there),
-   drops and re-creates the PostgreSQL database ``qbench`` for Postgres cells, and
+   drops and re-creates the PostgreSQL database ``qbench`` for Postgres cells, deletes the
+   benchmark's JetStream streams and buckets for NATS cells, and
    removes the repetition's working directory (SQLite files, file-backend directories);
 2. starts ``python -m benchmarks.harness --child SPEC RESULT`` in its own session (own
    process group), with a hard timeout per workload;
@@ -35,7 +36,7 @@ from benchmarks.adapters.base import REDIS_URL, REPO_ROOT
 from benchmarks.workloads import Spec
 
 WORKLOADS = ("enqueue", "bulk", "drain", "latency", "sleep", "memory", "sync")
-BACKENDS = ("redis", "sqlite", "file", "postgres")
+BACKENDS = ("redis", "sqlite", "file", "postgres", "nats")
 SIZES = {"enqueue": 10_000, "bulk": 10_000, "drain": 10_000, "latency": 500, "sleep": 2_000}
 SIZES["sync"] = 10_000
 QUICK_SIZES = {"enqueue": 1_000, "bulk": 2_000, "drain": 1_000, "latency": 50, "sleep": 300}
@@ -124,6 +125,10 @@ def run_repetition(cell: Cell, run: int, quick: bool, seed: int) -> dict[str, An
         from benchmarks import pg
 
         pg.reset_database()
+    if cell.backend == "nats":
+        from benchmarks import natsjs
+
+        natsjs.reset_streams()
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)

@@ -199,7 +199,8 @@ def storage_dir_bytes(path: Path) -> int:
 
 
 async def storage_bytes(adapter: Adapter, mon: aredis.Redis) -> int:
-    """Redis ``used_memory``, ``pg_database_size``, or the size of the working directory."""
+    """Redis ``used_memory``, ``pg_database_size``, the JetStream streams' bytes, or the size
+    of the working directory."""
     if adapter.backend == "redis":
         info = await mon.info("memory")
         return int(info["used_memory"])
@@ -207,6 +208,10 @@ async def storage_bytes(adapter: Adapter, mon: aredis.Redis) -> int:
         from benchmarks import pg
 
         return await pg.database_bytes()
+    if adapter.backend == "nats":
+        from benchmarks import natsjs
+
+        return await natsjs.jetstream_bytes()
     return storage_dir_bytes(adapter.workdir)
 
 

@@ -30,7 +30,7 @@ class Entry:
 
 
 _P = "benchmarks.adapters."
-OMNIQ_BACKENDS = ("redis", "sqlite", "file", "postgres")
+OMNIQ_BACKENDS = ("redis", "sqlite", "file", "postgres", "nats")
 REGISTRY: dict[str, Entry] = {
     e.label: e
     for e in (
@@ -41,6 +41,7 @@ REGISTRY: dict[str, Entry] = {
         Entry("rq", "rq", _P + "rq:RqAdapter", ("redis",)),
         Entry("taskiq", "taskiq", _P + "taskiq:TaskiqStreamAdapter", ("redis",)),
         Entry("taskiq-list", "taskiq", _P + "taskiq:TaskiqListAdapter", ("redis",)),
+        Entry("taskiq-nats", "taskiq", _P + "taskiq:TaskiqNatsAdapter", ("nats",)),
         Entry("dramatiq", "dramatiq", _P + "dramatiq:DramatiqAdapter", ("redis",)),
         Entry("celery", "celery", _P + "celery:CeleryAdapter", ("redis",)),
         Entry("huey", "huey", _P + "huey:HueyAdapter", ("redis", "sqlite")),

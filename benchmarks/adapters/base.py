@@ -22,6 +22,8 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_DB = os.environ.get("BENCH_POSTGRES_DB", "qbench")
 POSTGRES_SERVER = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
 POSTGRES_URL = f"{POSTGRES_SERVER}/{POSTGRES_DB}"
+#: The NATS server (JetStream) of the NATS rows; their streams are deleted per repetition.
+NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
 
 #: Task kinds; every library's app module defines one task per kind.
 KINDS = ("noop", "drain", "latency", "sleep")

@@ -12,15 +12,22 @@ import sys
 import time
 from typing import Any, ClassVar
 
-from benchmarks.adapters.base import POSTGRES_URL, REDIS_URL, Adapter, WorkerCommand, cli
+from benchmarks.adapters.base import (
+    NATS_URL,
+    POSTGRES_URL,
+    REDIS_URL,
+    Adapter,
+    WorkerCommand,
+    cli,
+)
 
 
 class OmniQAdapter(Adapter):
-    """OmniQ with the event log on (the default), on Redis, SQLite, files or PostgreSQL."""
+    """OmniQ with the event log on (the default), on Redis, SQLite, files, PostgreSQL or NATS."""
 
     library = "omniq"
     dist = "omniq"
-    backends = ("redis", "sqlite", "file", "postgres")
+    backends = ("redis", "sqlite", "file", "postgres", "nats")
     has_bulk = True
     extra_workloads = ("sync",)
     events: ClassVar[bool] = True
@@ -41,10 +48,13 @@ class OmniQAdapter(Adapter):
             return f"file://{self.workdir / f'fq{suffix}'}"
         if self.backend == "postgres":
             return POSTGRES_URL  # the namespace (a schema) separates a second store
+        if self.backend == "nats":
+            return NATS_URL  # the namespace prefixes every stream and bucket
         raise ValueError(f"omniq adapter: unknown backend {self.backend!r}")
 
     def namespace(self, suffix: str = "") -> str:
-        """Namespace (Redis key prefix, Postgres schema); a suffix separates a 2nd store."""
+        """Namespace (Redis key prefix, Postgres schema, NATS stream and bucket prefix); a suffix
+        separates a 2nd store."""
         return f"bench{suffix.replace('-', '_')}"
 
     def worker_setting(self, concurrency: int) -> str:

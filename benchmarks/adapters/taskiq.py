@@ -1,4 +1,5 @@
-"""taskiq 0.12.6 + taskiq-redis 1.0.9 on Redis DB 15: stream broker and list broker."""
+"""taskiq 0.12.6: taskiq-redis 1.0.9 on Redis DB 15 (stream broker and list broker), and
+taskiq-nats 0.6.0 on NATS JetStream (pull-based broker)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,16 @@ class TaskiqStreamAdapter(Adapter):
         """Which broker the app module builds."""
         return {"BENCH_TASKIQ_BROKER": self.broker_kind}
 
+    def app_module(self) -> str:
+        """The module holding the broker and its tasks."""
+        return "benchmarks.apps.taskiq_app"
+
     async def open(self) -> None:
         """Start the broker (declares the consumer group for streams)."""
-        from benchmarks.apps import taskiq_app
+        import importlib
 
-        self._app = taskiq_app
-        await taskiq_app.broker.startup()
+        self._app = importlib.import_module(self.app_module())
+        await self._app.broker.startup()
 
     async def close(self) -> None:
         """Shut the broker down."""
@@ -58,12 +63,12 @@ class TaskiqStreamAdapter(Adapter):
             await task.kiq()
 
     def worker(self, concurrency: int) -> WorkerCommand:
-        """``taskiq worker benchmarks.apps.taskiq_app:broker``."""
+        """``taskiq worker <app module>:broker``."""
         return WorkerCommand(
             [
                 cli("taskiq"),
                 "worker",
-                "benchmarks.apps.taskiq_app:broker",
+                f"{self.app_module()}:broker",
                 "--workers",
                 "1",
                 "--max-async-tasks",
@@ -78,3 +83,27 @@ class TaskiqListAdapter(TaskiqStreamAdapter):
     """``ListQueueBroker`` (BRPOP, no acks)."""
 
     broker_kind = "list"
+
+
+class TaskiqNatsAdapter(TaskiqStreamAdapter):
+    """taskiq-nats ``PullBasedJetStreamBroker`` (durable pull consumer, acks, fetch batch 1)."""
+
+    broker_kind = "nats"
+
+    @classmethod
+    def version(cls) -> str:
+        """taskiq and taskiq-nats versions."""
+        import importlib.metadata as md
+
+        return f"{md.version('taskiq')} (taskiq-nats {md.version('taskiq-nats')})"
+
+    def worker_setting(self, concurrency: int) -> str:
+        """Broker, workers and async task limit."""
+        return (
+            "PullBasedJetStreamBroker (defaults); taskiq worker --workers 1 "
+            f"--max-async-tasks {concurrency} (defaults 2 / 100)"
+        )
+
+    def app_module(self) -> str:
+        """The NATS app module."""
+        return "benchmarks.apps.taskiq_nats_app"

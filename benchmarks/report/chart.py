@@ -18,7 +18,7 @@ PANELS = (
     ("latency", "p50_ms", "latency p50 (ms, log scale; lower is better)", True),
     ("drain", "peak_rss_mib", "worker peak RSS during drain (MiB)", False),
 )
-_BACKEND_COLOR = {"redis": "#1f77b4", "sqlite": "#2ca02c", "postgres": "#9467bd"}
+_BACKEND_COLOR = {"redis": "#1f77b4", "sqlite": "#2ca02c", "postgres": "#9467bd", "nats": "#d62728"}
 
 
 def chart(agg: Agg, path: Path) -> Path | None:

@@ -100,7 +100,7 @@ def markdown(
         "Reproduce on a fresh clone (after the README's install):\n\n"
         "```sh\npip install -e '.[bench]'  # or: pip install -r benchmarks/requirements-peers.txt\n"
         "python -m benchmarks --backend all --workload all\n```\n\n"
-        "Options: `--backend redis|sqlite|file|postgres|all`, "
+        "Options: `--backend redis|sqlite|file|postgres|nats|all`, "
         "`--workload enqueue|bulk|drain|latency|sleep|memory|sync|all` (comma lists work), "
         "`--runs 3`, `--peers all|none|arq,saq,...`, "
         "`--quick` (small N, development only), `--out benchmarks/results`, "
@@ -109,8 +109,10 @@ def markdown(
         "docs/benchmarks.md, a partial run only benchmarks/results). Needs Redis on "
         "127.0.0.1:6379 (DB 15 is flushed before every repetition) and PostgreSQL on "
         "127.0.0.1:5432 as user postgres (database `qbench` is dropped and re-created before "
-        "every PostgreSQL repetition); `BENCH_REDIS_URL`, `BENCH_POSTGRES_SERVER` and "
-        "`BENCH_POSTGRES_DB` move them.\n",
+        "every PostgreSQL repetition) and, for the NATS rows, NATS with JetStream on "
+        "127.0.0.1:4222 (the benchmark's streams are deleted before every NATS repetition); "
+        "`BENCH_REDIS_URL`, `BENCH_POSTGRES_SERVER`, `BENCH_POSTGRES_DB` and `BENCH_NATS_URL` "
+        "move them.\n",
         "## Machine\n",
         f"{m['cpus']} vCPU ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['os']}, kernel "
         f"{m['kernel']}, Python {m['python']}, Redis {m['redis']} and PostgreSQL "

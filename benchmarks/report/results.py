@@ -18,13 +18,20 @@ Stat = tuple[float, float, float]
 #: ``partial``, ``version``, ``worker_setting``.
 Agg = dict[tuple[str, str, str], dict[str, Any]]
 
-BACKEND_ORDER = ("redis", "sqlite", "file", "postgres")
-BACKEND_NAME = {"redis": "Redis", "sqlite": "SQLite", "file": "File", "postgres": "PostgreSQL"}
+BACKEND_ORDER = ("redis", "sqlite", "file", "postgres", "nats")
+BACKEND_NAME = {
+    "redis": "Redis",
+    "sqlite": "SQLite",
+    "file": "File",
+    "postgres": "PostgreSQL",
+    "nats": "NATS",
+}
 DISPLAY = {
     "omniq": "OmniQ",
     "omniq-noevents": "OmniQ (events off)",
     "taskiq": "taskiq (stream)",
     "taskiq-list": "taskiq (list)",
+    "taskiq-nats": "taskiq (NATS)",
     "arq-fastpoll": "arq (poll_delay=0.01, non-default)",
     "rq-simple": "rq (SimpleWorker, non-default)",
 }

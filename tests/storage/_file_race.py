@@ -6,16 +6,22 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from omniq.config import Settings
 from omniq.models import Task, TaskStatus, utcnow
 from omniq.storage.base import Ack
 from omniq.storage.file import AsyncFileQueue
 
 
-def fill(root: str, count: int) -> None:
-    """Enqueue ``count`` tasks ``t00000``… into the queue at ``root``."""
+def _settings(options: dict[str, Any] | None) -> Settings:
+    return Settings(storage_options=options or {})
+
+
+def fill(root: str, count: int, options: dict[str, Any] | None = None) -> None:
+    """Enqueue ``count`` tasks ``t00000``… into the queue at ``root`` (a directory or a
+    URL; ``options`` are the fsspec driver's ``storage_options``)."""
 
     async def main() -> None:
-        queue = AsyncFileQueue(root)
+        queue = AsyncFileQueue(root, _settings(options))
         try:
             await queue.enqueue([Task(id=f"t{i:05d}", func="m:f") for i in range(count)])
         finally:
@@ -24,11 +30,13 @@ def fill(root: str, count: int) -> None:
     asyncio.run(main())
 
 
-def claim_and_ack(root: str, worker_id: str, output: str, start: Any) -> None:
+def claim_and_ack(
+    root: str, worker_id: str, output: str, start: Any, options: dict[str, Any] | None = None
+) -> None:
     """Once ``start`` is set, claim and ack until nothing is left; write the ids claimed."""
 
     async def main() -> list[str]:
-        queue = AsyncFileQueue(root)
+        queue = AsyncFileQueue(root, _settings(options))
         claimed: list[str] = []
         try:
             while True:

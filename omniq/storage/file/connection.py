@@ -133,6 +133,17 @@ def filesystem_for(location: Location, storage_options: dict[str, Any]) -> Any:
     return cls(skip_instance_cache=True, **options)
 
 
+async def _loop_bound_client(fs: Any) -> Any:
+    """The client an async driver opened on the running loop, to close with that loop:
+    s3fs's aiobotocore client, gcsfs's aiohttp session, adlfs's blob service client (or
+    None for a driver with none of these)."""
+    if hasattr(fs, "set_session"):
+        return await fs.set_session()
+    if hasattr(fs, "_set_session"):
+        return await fs._set_session()
+    return getattr(fs, "service_client", None)
+
+
 class FileConnection(Connection):
     """One filesystem client for a URL, and a store per component subdirectory.
 
@@ -188,10 +199,8 @@ class FileConnection(Connection):
             await store.open()
 
     async def _connect_remote(self, fs: Any, *, check: bool = True) -> None:
-        set_session = getattr(fs, "set_session", None)
         with translate_errors(f"connect to {self.location.url}"):
-            if set_session is not None:
-                self._session = await set_session()
+            self._session = await _loop_bound_client(fs)
             if not check:
                 return
             bucket = self.location.root.split("/", 1)[0]

@@ -1,0 +1,128 @@
+"""The file backend on ``az://`` (and ``abfs://``) against Azurite on loopback.
+
+A session-scoped fixture starts Azurite's Blob service on 127.0.0.1 on a free port, in
+memory (see ``tests/azureserver.py``); each test gets its own container. Nothing reaches
+the internet: the endpoint is the loopback server and the account is Azurite's
+well-known development account.
+
+What runs here: the whole storage contract, the file backend's own checks, and the checks
+every store with conditional writes passes (``_file_cloud.py``): each task update is an
+ETag compare-and-set (``If-None-Match: *`` to create, ``If-Match`` to replace or delete),
+and two processes racing to claim the same tasks each claim every task exactly once.
+Azurite applies a condition and the write it guards in one step, as Azure does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from omniq.config import Settings
+from omniq.storage.file import FileBackend
+from tests.azureserver import running_azurite
+from tests.storage._file_checks import (
+    FileEventChecks,
+    FileQueueChecks,
+    FileResultChecks,
+    FileScheduleChecks,
+    MakeBackend,
+    task,
+)
+from tests.storage._file_cloud import CloudStoreChecks, backend_maker
+from tests.storage.contract import EventContract, QueueContract, ResultContract, ScheduleContract
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[str]:
+    """Azurite's Blob service on 127.0.0.1 for the whole session: its connection string."""
+    with running_azurite() as connection_string:
+        yield connection_string
+
+
+@pytest.fixture
+def container(azurite: str) -> str:
+    """A fresh, empty container."""
+    name = f"omniq-{uuid.uuid4().hex[:12]}"
+    with BlobServiceClient.from_connection_string(azurite) as client:
+        client.create_container(name)
+    return name
+
+
+@pytest.fixture
+def cloud_settings(azurite: str) -> Settings:
+    """Settings whose storage_options point adlfs at Azurite."""
+    return Settings(poll_interval=0.05, storage_options={"connection_string": azurite})
+
+
+@pytest.fixture
+def cloud_url(container: str) -> str:
+    """A prefix of this test's container."""
+    return f"az://{container}/omniq"
+
+
+@pytest.fixture
+def missing_url() -> str:
+    """A URL whose container does not exist."""
+    return f"az://no-such-container-{uuid.uuid4().hex[:8]}/p"
+
+
+@pytest.fixture
+async def make_backend(cloud_settings: Settings, cloud_url: str) -> AsyncIterator[MakeBackend]:
+    """Connections to the test's prefix."""
+    async with backend_maker(cloud_url, cloud_settings) as make:
+        yield make
+
+
+@pytest.fixture
+async def backend(make_backend: MakeBackend) -> FileBackend:
+    """A connected FileBackend on a fresh prefix."""
+    return await make_backend()
+
+
+class TestAzureQueueContract(QueueContract):
+    pass
+
+
+class TestAzureResultContract(ResultContract):
+    pass
+
+
+class TestAzureEventContract(EventContract):
+    pass
+
+
+class TestAzureScheduleContract(ScheduleContract):
+    pass
+
+
+class TestAzureQueue(FileQueueChecks):
+    pass
+
+
+class TestAzureResults(FileResultChecks):
+    pass
+
+
+class TestAzureEvents(FileEventChecks):
+    pass
+
+
+class TestAzureSchedules(FileScheduleChecks):
+    pass
+
+
+class TestAzureStore(CloudStoreChecks):
+    pass
+
+
+async def test_abfs_and_az_urls_name_the_same_store(
+    backend: FileBackend, cloud_settings: Settings, container: str
+) -> None:
+    await backend.task_queue().enqueue([task("a")])
+    async with backend_maker(f"abfs://{container}/omniq", cloud_settings) as make:
+        other = await make()
+        stored = await other.task_queue().get("a")
+        assert stored is not None and stored.id == "a"

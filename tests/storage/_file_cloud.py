@@ -29,8 +29,12 @@ from tests.conformance import tasks
 from tests.storage import _file_race
 from tests.storage._file_checks import MakeBackend, close_backend, task
 
-#: Tasks the two racing processes share out; enough for many collisions on each store.
-RACE_TASKS = 150
+#: Tasks the racing processes share out, how many processes race, and how many tasks
+#: each claim asks for: many, so that every claim's updates overlap the other's (with a
+#: few, one process soon runs ahead and the other mostly meets tasks already taken).
+RACE_TASKS = 200
+RACE_PROCESSES = 2
+RACE_CLAIM = 25
 
 
 @asynccontextmanager
@@ -143,18 +147,17 @@ class CloudStoreChecks:
         options = dict(cloud_settings.storage_options)
         _file_race.fill(cloud_url, RACE_TASKS, options)
         context = multiprocessing.get_context("spawn")
-        start = context.Event()
-        outputs = [str(tmp_path / f"claimed-{n}.txt") for n in range(2)]
+        start = context.Barrier(RACE_PROCESSES)  # they start together, once connected
+        outputs = [str(tmp_path / f"claimed-{n}.txt") for n in range(RACE_PROCESSES)]
         workers = [
             context.Process(
                 target=_file_race.claim_and_ack,
-                args=(cloud_url, f"w{n}", outputs[n], start, options),
+                args=(cloud_url, f"w{n}", outputs[n], start, options, RACE_CLAIM),
             )
-            for n in range(2)
+            for n in range(RACE_PROCESSES)
         ]
         for worker in workers:
             worker.start()
-        start.set()  # both are up: they race from the first task on
         for worker in workers:
             worker.join(200)
             assert worker.exitcode == 0

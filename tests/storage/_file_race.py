@@ -31,17 +31,27 @@ def fill(root: str, count: int, options: dict[str, Any] | None = None) -> None:
 
 
 def claim_and_ack(
-    root: str, worker_id: str, output: str, start: Any, options: dict[str, Any] | None = None
+    root: str,
+    worker_id: str,
+    output: str,
+    start: Any,
+    options: dict[str, Any] | None = None,
+    limit: int = 4,
 ) -> None:
-    """Once ``start`` is set, claim and ack until nothing is left; write the ids claimed."""
+    """Connect, wait on ``start`` (an Event the parent sets, or a Barrier of the racers),
+    then claim (``limit`` at a time) and ack until nothing is left; write the ids claimed."""
 
     async def main() -> list[str]:
         queue = AsyncFileQueue(root, _settings(options))
         claimed: list[str] = []
         try:
+            # Connected (imports done, client open) before the race starts, so the
+            # racers' first claims overlap instead of one running ahead.
+            await queue.stats()
+            await asyncio.to_thread(start.wait)
             while True:
                 tasks = await queue.claim(
-                    ["default"], worker_id, limit=4, lease_seconds=300, now=utcnow()
+                    ["default"], worker_id, limit=limit, lease_seconds=300, now=utcnow()
                 )
                 if not tasks:
                     return claimed
@@ -51,7 +61,6 @@ def claim_and_ack(
         finally:
             await queue.close()
 
-    start.wait()
     claimed = asyncio.run(main())
     Path(output).write_text("\n".join(claimed) + "\n")
 

@@ -200,7 +200,14 @@ class GcsConditions(Conditions):
                 return None
             generation = str(meta["generation"])
             try:
-                _, content = await fs._call("GET", fs.url(full, generation=generation))
+                _, content = await fs._call(
+                    "GET",
+                    f"{fs._location}/download/storage/v1/b/{{}}/o/{{}}",
+                    bucket,
+                    key,
+                    alt="media",
+                    generation=generation,
+                )
             except FileNotFoundError:
                 continue  # replaced (or deleted) between the two requests: read again
             return bytes(content), generation

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +146,28 @@ async def _loop_bound_client(fs: Any) -> Any:
     return getattr(fs, "service_client", None)
 
 
+async def _settle_adlfs(fs: Any) -> None:
+    """After its blob service client was closed on its loop: close an adlfs filesystem's
+    credential too, and drop the finalizers adlfs registered to close both.
+
+    Those finalizers run at the latest at interpreter exit and go through ``fs.loop``,
+    None for an async filesystem, so each raises "Loop is not running" (fsspec/adlfs#495)
+    where everything was already closed properly.
+    """
+    if not hasattr(fs, "service_client"):
+        return
+    close = getattr(getattr(fs, "credential", None), "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            closing = close()
+            if inspect.isawaitable(closing):
+                await closing
+    registry: dict[Any, Any] = getattr(weakref.finalize, "_registry", {})
+    for finalizer, info in list(registry.items()):
+        if info.weakref() is fs:
+            finalizer.detach()
+
+
 class FileConnection(Connection):
     """One filesystem client for a URL, and a store per component subdirectory.
 
@@ -222,10 +246,11 @@ class FileConnection(Connection):
     async def _release_loop(self) -> None:
         # Also when the loop is ending: the session closes while the loop still runs.
         session, self._session = self._session, None
-        self._fs = None
+        fs, self._fs = self._fs, None
         if session is not None:
             with contextlib.suppress(Exception):
                 await session.close()
+            await _settle_adlfs(fs)
 
     def _forget_loop(self) -> None:
         # Left on a loop that finished without shutting down: too late to close the

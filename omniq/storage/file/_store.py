@@ -13,10 +13,12 @@ the change. How it is made atomic depends on the filesystem:
 - ``memory://`` (:class:`~omniq.storage.file._memory.MemoryStore`): one process-wide
   lock; memory is process-local.
 - object stores (:class:`~omniq.storage.file._remote.FsspecStore`): optimistic
-  compare-and-set. On S3 the write is conditional (``If-Match`` the ETag read, or
-  ``If-None-Match: *`` to create), retried from a fresh read when another writer won.
-  Other fsspec filesystems have no such primitive here: their updates are serialised
-  only within one event loop.
+  compare-and-set. On S3, Azure and GCS the write is conditional (S3 and Azure:
+  ``If-Match`` the ETag read, or ``If-None-Match: *`` to create; GCS:
+  ``ifGenerationMatch`` the generation read, or ``0``; see
+  :mod:`~omniq.storage.file._conditional`), retried from a fresh read when another
+  writer won. Other fsspec filesystems have no such primitive here: their updates are
+  serialised only within one event loop.
 
 Driver errors become OmniQ's in one place, :func:`translate_errors`, which every store
 operation and the connection's own calls go through.

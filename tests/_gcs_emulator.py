@@ -20,7 +20,7 @@ Handler = Callable[..., Any]
 
 def _with_precondition(handler: Handler, object_name: Callable[[Any], str | None]) -> Handler:
     """``handler``, refusing with 412 a request whose ``ifGenerationMatch`` does not hold."""
-    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.exceptions import NotFound  # type: ignore[import-untyped]
 
     def checked(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
         wanted = request.query.get("ifGenerationMatch")
@@ -60,12 +60,12 @@ def main(port: int) -> None:
     """Serve the emulator, in memory, with preconditions on uploads and deletes."""
     import logging
 
-    from gcp_storage_emulator.handlers import objects
+    from gcp_storage_emulator.handlers import objects  # type: ignore[import-untyped]
 
     # Before the server module is imported: its routing table takes these functions.
     objects.insert = _with_precondition(objects.insert, _uploaded_name)
     objects.delete = _with_precondition(objects.delete, lambda r: r.params["object_id"])
-    from gcp_storage_emulator import server
+    from gcp_storage_emulator import server  # type: ignore[import-untyped]
 
     # It reads an empty body as no body, and an empty media upload (an empty object, which
     # GCS stores) then fails with 500.

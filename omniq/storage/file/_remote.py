@@ -109,7 +109,7 @@ class FsspecStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     await self._call("rm_file", full)
             else:
-                await self._put(full, data)
+                await self._write_object(full, data)
             return True
         if data is None:
             return version is None or await conditions.delete(self.fs, full, version)
@@ -147,14 +147,14 @@ class FsspecStore(Store):
                         return change.result
                     await self._delete_abs(add)
 
-    async def _put(self, full: str, data: bytes) -> None:
+    async def _write_object(self, full: str, data: bytes) -> None:
         if self._conditions is not None:
             await self._conditions.put(self.fs, full, data)
         else:
             await self._call("pipe_file", full, data)
 
     async def _touch_abs(self, fulls: Sequence[str]) -> None:
-        await asyncio.gather(*(self._put(full, b"") for full in fulls))
+        await asyncio.gather(*(self._write_object(full, b"") for full in fulls))
 
     async def _delete_abs(self, fulls: Sequence[str]) -> None:
         async def one(full: str) -> None:
@@ -183,7 +183,9 @@ class FsspecStore(Store):
         if self._ready is not None:
             await self._ready()
         with translate_errors("write"):
-            await asyncio.gather(*(self._put(self._abs(path), data) for path, data in items))
+            await asyncio.gather(
+                *(self._write_object(self._abs(path), data) for path, data in items)
+            )
 
     async def delete_many(self, paths: Sequence[str]) -> None:
         """Delete objects concurrently."""

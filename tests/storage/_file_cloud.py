@@ -29,12 +29,8 @@ from tests.conformance import tasks
 from tests.storage import _file_race
 from tests.storage._file_checks import MakeBackend, close_backend, task
 
-#: Tasks the racing processes share out, how many processes race, and how many tasks
-#: each claim asks for: many, so that every claim's updates overlap the other's (with a
-#: few, one process soon runs ahead and the other mostly meets tasks already taken).
-RACE_TASKS = 200
+#: How many processes race for the same tasks.
 RACE_PROCESSES = 2
-RACE_CLAIM = 25
 
 
 @asynccontextmanager
@@ -64,6 +60,14 @@ def _plain_fs(url: str, settings: Settings) -> tuple[fsspec.AbstractFileSystem, 
 
 class CloudStoreChecks:
     """What holds on an object store with conditional writes, beyond the contract."""
+
+    #: Tasks the racing processes share out, and how many each claim asks for: many, so
+    #: that the racers' updates overlap (with a few, one process soon runs ahead and the
+    #: other mostly meets tasks already taken). A slow emulator takes fewer.
+    race_tasks = 200
+    race_claim = 25
+    #: How many times each racer adds 1 to the shared counter.
+    race_increments = 40
 
     async def test_updates_are_conditional_writes(self, backend: FileBackend) -> None:
         store = backend.store("tasks")
@@ -145,14 +149,14 @@ class CloudStoreChecks:
         self, cloud_url: str, cloud_settings: Settings, tmp_path: Path
     ) -> None:
         options = dict(cloud_settings.storage_options)
-        _file_race.fill(cloud_url, RACE_TASKS, options)
+        _file_race.fill(cloud_url, self.race_tasks, options)
         context = multiprocessing.get_context("spawn")
         start = context.Barrier(RACE_PROCESSES)  # they start together, once connected
         outputs = [str(tmp_path / f"claimed-{n}.txt") for n in range(RACE_PROCESSES)]
         workers = [
             context.Process(
                 target=_file_race.claim_and_ack,
-                args=(cloud_url, f"w{n}", outputs[n], start, options, RACE_CLAIM),
+                args=(cloud_url, f"w{n}", outputs[n], start, options, self.race_claim),
             )
             for n in range(RACE_PROCESSES)
         ]
@@ -165,6 +169,37 @@ class CloudStoreChecks:
             [line for line in Path(path).read_text().splitlines() if line] for path in outputs
         ]
         counts = Counter(task_id for claimed in per_worker for task_id in claimed)
-        assert len(counts) == RACE_TASKS
+        assert len(counts) == self.race_tasks
         assert set(counts.values()) == {1}
         assert all(per_worker)  # it was a race: both won some
+
+    @pytest.mark.timeout(120)
+    def test_updates_racing_from_two_processes_are_never_lost(
+        self, cloud_url: str, cloud_settings: Settings
+    ) -> None:
+        # The primitive under every claim: two processes add 1 to one object at the same
+        # time, each through Store.update. A plain read-then-write loses some of them.
+        options = dict(cloud_settings.storage_options)
+        context = multiprocessing.get_context("spawn")
+        start = context.Barrier(RACE_PROCESSES)
+        workers = [
+            context.Process(
+                target=_file_race.increment, args=(cloud_url, self.race_increments, start, options)
+            )
+            for _ in range(RACE_PROCESSES)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(100)
+            assert worker.exitcode == 0
+
+        async def count() -> bytes | None:
+            backend = FileBackend(cloud_url, cloud_settings)
+            await backend.connect()
+            try:
+                return await backend.store("tasks").read("counter")
+            finally:
+                await backend.close()
+
+        assert asyncio.run(count()) == str(RACE_PROCESSES * self.race_increments).encode()

@@ -9,7 +9,8 @@ from typing import Any
 from omniq.config import Settings
 from omniq.models import Task, TaskStatus, utcnow
 from omniq.storage.base import Ack
-from omniq.storage.file import AsyncFileQueue
+from omniq.storage.file import AsyncFileQueue, FileBackend
+from omniq.storage.file._store import Change
 
 
 def _settings(options: dict[str, Any] | None) -> Settings:
@@ -78,5 +79,27 @@ def claim_forever(root: str, ready: Any) -> None:
                 ready.set()
             if not tasks:
                 await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
+def increment(root: str, times: int, start: Any, options: dict[str, Any] | None = None) -> None:
+    """Connect, wait on ``start``, then add 1 to the counter object ``tasks/counter``
+    ``times`` times, each an atomic :meth:`Store.update` (read, add, write)."""
+
+    def add_one(current: bytes | None) -> Change[None]:
+        return Change(None, data=str(int(current or b"0") + 1).encode())
+
+    async def main() -> None:
+        backend = FileBackend(root, _settings(options))
+        await backend.connect()
+        try:
+            store = backend.store("tasks")
+            await store.read("counter")
+            await asyncio.to_thread(start.wait)
+            for _ in range(times):
+                await store.update("counter", add_one)
+        finally:
+            await backend.close()
 
     asyncio.run(main())

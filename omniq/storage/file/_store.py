@@ -72,6 +72,13 @@ class Change(Generic[T]):
 UpdateFn = Callable[[bytes | None], Change[T]]
 
 
+# Azure's errors for a request that never got an answer (refused, reset, timed out):
+# botocore's and aiohttp's have "Connect" or "Endpoint" in their names.
+_UNREACHABLE = frozenset({"ServiceRequestError", "ServiceResponseError"})
+# An answer that refuses the request (azure-core's, gcsfs's): the others are OSErrors.
+_REFUSED = frozenset({"HttpResponseError", "HttpError"})
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Turn driver errors into OmniQ's storage errors, once, at this boundary."""
@@ -81,12 +88,13 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except (ConnectionError, TimeoutError) as exc:
         raise StorageConnectionError(f"file backend: {what}: {exc}") from exc
-    except OSError as exc:
-        raise StorageError(f"file backend: {what}: {exc}") from exc
     except Exception as exc:
-        name = type(exc).__name__
-        if "Connect" in name or "Endpoint" in name:
+        # By name, so that no driver has to be imported to recognise its errors.
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & _UNREACHABLE or any("Connect" in name or "Endpoint" in name for name in names):
             raise StorageConnectionError(f"file backend: {what}: {exc}") from exc
+        if isinstance(exc, OSError) or names & _REFUSED:
+            raise StorageError(f"file backend: {what}: {exc}") from exc
         raise
 
 

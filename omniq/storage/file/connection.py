@@ -146,6 +146,23 @@ async def _loop_bound_client(fs: Any) -> Any:
     return getattr(fs, "service_client", None)
 
 
+async def _bucket_exists(fs: Any, bucket: str) -> bool:
+    """Whether the bucket (container) exists; a store that cannot be reached raises."""
+    if hasattr(fs, "service_client"):
+        # adlfs's exists() answers True when the request fails ("assume it exists"):
+        # asked through the SDK, a dead endpoint raises instead.
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            await fs.service_client.get_container_client(bucket).get_container_properties()
+        except ResourceNotFoundError:
+            return False
+        return True
+    if getattr(fs, "async_impl", False):
+        return bool(await fs._exists(bucket))
+    return bool(await asyncio.to_thread(fs.exists, bucket))
+
+
 async def _settle_adlfs(fs: Any) -> None:
     """After its blob service client was closed on its loop: close an adlfs filesystem's
     credential too, and drop the finalizers adlfs registered to close both.
@@ -212,6 +229,7 @@ class FileConnection(Connection):
                     await self._connect_remote(fs)
                 except BaseException:
                     await self._close()
+                    await _settle_adlfs(fs)
                     raise
                 self._stores = {
                     sub: FsspecStore(fs, f"{location.root}/{sub}", ready=self._remote_here)
@@ -228,11 +246,7 @@ class FileConnection(Connection):
             if not check:
                 return
             bucket = self.location.root.split("/", 1)[0]
-            exists = (
-                await fs._exists(bucket)
-                if getattr(fs, "async_impl", False)
-                else await asyncio.to_thread(fs.exists, bucket)
-            )
+            exists = await _bucket_exists(fs, bucket)
         if not exists:
             raise StorageConnectionError(
                 f"file backend: bucket or container {bucket!r} of {self.location.url!r} "

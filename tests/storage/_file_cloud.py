@@ -1,10 +1,11 @@
 """Checks of the file backend on a cloud object store's emulator, shared by the Azure and
 GCS test modules (S3 has its own, ``test_file_s3.py``).
 
-A module using :class:`CloudStoreChecks` provides the fixtures ``cloud_url`` (a URL under
-a fresh bucket or container), ``missing_url`` (one whose bucket does not exist),
-``cloud_settings`` (settings whose ``storage_options`` reach the emulator), ``backend``
-and ``make_backend`` (see :func:`backend_maker`).
+A module using :class:`CloudStoreChecks` (and :class:`OnCloudStore`, whose ``backend``
+and ``make_backend`` fixtures its test classes inherit) provides the fixtures
+``cloud_url`` (a URL under a fresh bucket or container), ``missing_url`` (one whose
+bucket does not exist) and ``cloud_settings`` (settings whose ``storage_options`` reach
+the emulator).
 """
 
 from __future__ import annotations
@@ -58,7 +59,52 @@ def _plain_fs(url: str, settings: Settings) -> tuple[fsspec.AbstractFileSystem, 
     return fs, root.strip("/")
 
 
-class CloudStoreChecks:
+class OnCloudStore:
+    """Test classes inheriting this get ``make_backend`` and ``backend`` fixtures on the
+    module's ``cloud_url`` and ``cloud_settings``."""
+
+    @pytest.fixture
+    async def make_backend(
+        self, cloud_settings: Settings, cloud_url: str
+    ) -> AsyncIterator[MakeBackend]:
+        """Connections to the test's prefix."""
+        async with backend_maker(cloud_url, cloud_settings) as make:
+            yield make
+
+    @pytest.fixture
+    async def backend(self, make_backend: MakeBackend) -> FileBackend:
+        """A connected FileBackend on a fresh prefix."""
+        return await make_backend()
+
+
+def follow_loops(url: str, settings: Settings, base_dir: Path) -> None:
+    """A client used from three event loops in turn, then closed from a fourth: each
+    step enqueues, works and reads back. The async drivers bind their HTTP client to the
+    loop they first ran on: each loop gets its own, closed as that loop ends."""
+    oq = AsyncOmniQ(
+        settings, task_queue=url, result_storage=url, event_storage=url, base_dir=str(base_dir)
+    )
+
+    async def step(n: int) -> None:
+        async with asyncio.timeout(30):
+            task_id = await oq.enqueue(tasks.add, n, n)
+            await oq.worker(concurrency=2).run(burst=True)
+            result = await oq.get_result(task_id)
+            assert result is not None and result.result == 2 * n
+            kinds = [event.event_type for event in await oq.get_events(task_id)]
+            assert kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
+
+    async def close() -> None:
+        async with asyncio.timeout(30):
+            assert (await oq.stats())["default"] == {"complete": 3}
+            await oq.close()
+
+    for n in range(3):
+        asyncio.run(step(n))
+    asyncio.run(close())
+
+
+class CloudStoreChecks(OnCloudStore):
     """What holds on an object store with conditional writes, beyond the contract."""
 
     #: Tasks the racing processes share out, and how many each claim asks for: many, so
@@ -116,33 +162,7 @@ class CloudStoreChecks:
     def test_a_client_follows_its_caller_from_loop_to_loop(
         self, cloud_url: str, cloud_settings: Settings, tmp_path: Path
     ) -> None:
-        # The async drivers bind their HTTP client to the loop they first ran on: each
-        # loop gets its own, closed as that loop ends.
-        oq = AsyncOmniQ(
-            cloud_settings,
-            task_queue=cloud_url,
-            result_storage=cloud_url,
-            event_storage=cloud_url,
-            base_dir=str(tmp_path / ".omniq"),
-        )
-
-        async def step(n: int) -> None:
-            async with asyncio.timeout(30):
-                task_id = await oq.enqueue(tasks.add, n, n)
-                await oq.worker(concurrency=2).run(burst=True)
-                result = await oq.get_result(task_id)
-                assert result is not None and result.result == 2 * n
-                kinds = [event.event_type for event in await oq.get_events(task_id)]
-                assert kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
-
-        async def close() -> None:
-            async with asyncio.timeout(30):
-                assert (await oq.stats())["default"] == {"complete": 3}
-                await oq.close()
-
-        for n in range(3):
-            asyncio.run(step(n))
-        asyncio.run(close())
+        follow_loops(cloud_url, cloud_settings, tmp_path / ".omniq")
 
     @pytest.mark.timeout(240)
     def test_two_processes_claim_each_task_exactly_once(

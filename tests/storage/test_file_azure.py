@@ -15,7 +15,7 @@ Azurite applies a condition and the write it guards in one step, as Azure does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -28,10 +28,9 @@ from tests.storage._file_checks import (
     FileQueueChecks,
     FileResultChecks,
     FileScheduleChecks,
-    MakeBackend,
     task,
 )
-from tests.storage._file_cloud import CloudStoreChecks, backend_maker
+from tests.storage._file_cloud import CloudStoreChecks, OnCloudStore, backend_maker
 from tests.storage.contract import EventContract, QueueContract, ResultContract, ScheduleContract
 
 
@@ -69,48 +68,35 @@ def missing_url() -> str:
     return f"az://no-such-container-{uuid.uuid4().hex[:8]}/p"
 
 
-@pytest.fixture
-async def make_backend(cloud_settings: Settings, cloud_url: str) -> AsyncIterator[MakeBackend]:
-    """Connections to the test's prefix."""
-    async with backend_maker(cloud_url, cloud_settings) as make:
-        yield make
-
-
-@pytest.fixture
-async def backend(make_backend: MakeBackend) -> FileBackend:
-    """A connected FileBackend on a fresh prefix."""
-    return await make_backend()
-
-
-class TestAzureQueueContract(QueueContract):
+class TestAzureQueueContract(OnCloudStore, QueueContract):
     pass
 
 
-class TestAzureResultContract(ResultContract):
+class TestAzureResultContract(OnCloudStore, ResultContract):
     pass
 
 
-class TestAzureEventContract(EventContract):
+class TestAzureEventContract(OnCloudStore, EventContract):
     pass
 
 
-class TestAzureScheduleContract(ScheduleContract):
+class TestAzureScheduleContract(OnCloudStore, ScheduleContract):
     pass
 
 
-class TestAzureQueue(FileQueueChecks):
+class TestAzureQueue(OnCloudStore, FileQueueChecks):
     pass
 
 
-class TestAzureResults(FileResultChecks):
+class TestAzureResults(OnCloudStore, FileResultChecks):
     pass
 
 
-class TestAzureEvents(FileEventChecks):
+class TestAzureEvents(OnCloudStore, FileEventChecks):
     pass
 
 
-class TestAzureSchedules(FileScheduleChecks):
+class TestAzureSchedules(OnCloudStore, FileScheduleChecks):
     pass
 
 
@@ -118,11 +104,12 @@ class TestAzureStore(CloudStoreChecks):
     pass
 
 
-async def test_abfs_and_az_urls_name_the_same_store(
-    backend: FileBackend, cloud_settings: Settings, container: str
-) -> None:
-    await backend.task_queue().enqueue([task("a")])
-    async with backend_maker(f"abfs://{container}/omniq", cloud_settings) as make:
-        other = await make()
-        stored = await other.task_queue().get("a")
-        assert stored is not None and stored.id == "a"
+class TestAzureUrls(OnCloudStore):
+    async def test_abfs_and_az_urls_name_the_same_store(
+        self, backend: FileBackend, cloud_settings: Settings, container: str
+    ) -> None:
+        await backend.task_queue().enqueue([task("a")])
+        async with backend_maker(f"abfs://{container}/omniq", cloud_settings) as make:
+            other = await make()
+            stored = await other.task_queue().get("a")
+            assert stored is not None and stored.id == "a"

@@ -21,21 +21,19 @@ import json
 import os
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from omniq.config import Settings
-from omniq.storage.file import FileBackend
 from tests.gcsserver import running_gcs_emulator
 from tests.storage._file_checks import (
     FileEventChecks,
     FileQueueChecks,
     FileResultChecks,
     FileScheduleChecks,
-    MakeBackend,
 )
-from tests.storage._file_cloud import CloudStoreChecks, backend_maker
+from tests.storage._file_cloud import CloudStoreChecks, OnCloudStore
 from tests.storage.contract import EventContract, QueueContract, ResultContract, ScheduleContract
 
 # gcsfs (2025.x and later) by default asks the storage control plane, over gRPC, whether
@@ -88,48 +86,35 @@ def missing_url() -> str:
     return f"gs://no-such-bucket-{uuid.uuid4().hex[:8]}/p"
 
 
-@pytest.fixture
-async def make_backend(cloud_settings: Settings, cloud_url: str) -> AsyncIterator[MakeBackend]:
-    """Connections to the test's prefix."""
-    async with backend_maker(cloud_url, cloud_settings) as make:
-        yield make
-
-
-@pytest.fixture
-async def backend(make_backend: MakeBackend) -> FileBackend:
-    """A connected FileBackend on a fresh prefix."""
-    return await make_backend()
-
-
-class TestGcsQueueContract(QueueContract):
+class TestGcsQueueContract(OnCloudStore, QueueContract):
     pass
 
 
-class TestGcsResultContract(ResultContract):
+class TestGcsResultContract(OnCloudStore, ResultContract):
     pass
 
 
-class TestGcsEventContract(EventContract):
+class TestGcsEventContract(OnCloudStore, EventContract):
     pass
 
 
-class TestGcsScheduleContract(ScheduleContract):
+class TestGcsScheduleContract(OnCloudStore, ScheduleContract):
     pass
 
 
-class TestGcsQueue(FileQueueChecks):
+class TestGcsQueue(OnCloudStore, FileQueueChecks):
     pass
 
 
-class TestGcsResults(FileResultChecks):
+class TestGcsResults(OnCloudStore, FileResultChecks):
     pass
 
 
-class TestGcsEvents(FileEventChecks):
+class TestGcsEvents(OnCloudStore, FileEventChecks):
     pass
 
 
-class TestGcsSchedules(FileScheduleChecks):
+class TestGcsSchedules(OnCloudStore, FileScheduleChecks):
     pass
 
 

@@ -19,10 +19,14 @@ from collections.abc import Iterator
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
 
 from omniq.config import Settings
+from omniq.errors import StorageConnectionError
 from omniq.storage.file import FileBackend
-from tests.azureserver import running_azurite
+from omniq.storage.file._store import translate_errors
+from tests.azureserver import AZURITE_ACCOUNT, AZURITE_KEY, running_azurite
+from tests.conftest import free_port
 from tests.storage._file_checks import (
     FileEventChecks,
     FileQueueChecks,
@@ -113,3 +117,18 @@ class TestAzureUrls(OnCloudStore):
             other = await make()
             stored = await other.task_queue().get("a")
             assert stored is not None and stored.id == "a"
+
+
+async def test_an_unreachable_endpoint_is_a_connection_error() -> None:
+    # What adlfs's client raises for a dead endpoint (after its retries, 0 here) is
+    # translated like a refused socket: StorageConnectionError, naming the operation.
+    dead = f"http://127.0.0.1:{free_port()}/{AZURITE_ACCOUNT}"
+    connection_string = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint={dead};"
+    )
+    async with AsyncBlobServiceClient.from_connection_string(
+        connection_string, retry_total=0
+    ) as client:
+        with pytest.raises(StorageConnectionError, match="probe"), translate_errors("probe"):
+            await client.get_container_client("c").get_container_properties()

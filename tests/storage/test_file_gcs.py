@@ -23,9 +23,13 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 
 from omniq.config import Settings
+from omniq.errors import StorageConnectionError
+from omniq.storage.file._store import translate_errors
+from tests.conftest import free_port
 from tests.gcsserver import running_gcs_emulator
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -123,3 +127,11 @@ class TestGcsStore(CloudStoreChecks):
     # makes every claim collide, and makes a long race slow.
     race_tasks = 60
     race_claim = 10
+
+
+async def test_an_unreachable_endpoint_is_a_connection_error() -> None:
+    # gcsfs's requests fail, once its retries are spent, with aiohttp's connector error
+    # (an OSError): translated to StorageConnectionError, not a bare StorageError.
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(StorageConnectionError, match="probe"), translate_errors("probe"):
+            await session.get(f"http://127.0.0.1:{free_port()}/storage/v1/b/x")

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,13 @@ from pathlib import Path
 from tests._loopback_server import serving
 from tests.conftest import free_port
 
-__all__ = ["AZURITE_ACCOUNT", "AZURITE_KEY", "azurite_executable", "running_azurite"]
+__all__ = [
+    "AZURITE_ACCOUNT",
+    "AZURITE_KEY",
+    "azurite_executable",
+    "new_container",
+    "running_azurite",
+]
 
 #: Azurite's well-known development account (public, documented; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -99,3 +106,13 @@ def running_azurite(timeout: float = 60.0) -> Iterator[str]:
             f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
             f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
         )
+
+
+def new_container(connection_string: str) -> str:
+    """Create a fresh, empty container on the server; return its name."""
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"omniq-{uuid.uuid4().hex[:12]}"
+    with BlobServiceClient.from_connection_string(connection_string) as client:
+        client.create_container(name)
+    return name

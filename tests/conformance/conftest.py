@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from omniq import AsyncOmniQ
+from tests.azureserver import new_container
 from tests.conftest import (
     POSTGRES_URL,
     REDIS_URL,
@@ -21,10 +22,14 @@ from tests.conftest import (
     drop_postgres_schema,
     unique_name,
 )
+from tests.gcsserver import gcs_options, new_bucket
 
-BACKENDS = ["sqlite", "file", "memory", "redis", "postgres"]
-#: Stores that several OS processes can share (``memory://`` lives in one process).
-SHARED_BACKENDS = [name for name in BACKENDS if name != "memory"]
+BACKENDS = ["sqlite", "file", "memory", "redis", "postgres", "azure", "gcs"]
+#: Stores the tests that start worker processes run on: ``memory://`` lives in one
+#: process; Azure and GCS (on their emulators) are shared by processes too, and
+#: tests/storage races processes on them, but the suite's CLI workers take no
+#: ``storage_options``, and the GCS emulator serves one request at a time.
+SHARED_BACKENDS = [name for name in BACKENDS if name not in ("memory", "azure", "gcs")]
 
 MakeOQ = Callable[..., Awaitable[AsyncOmniQ]]
 
@@ -41,7 +46,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def store_url(backend_name: str, tmp_path: Path) -> str:
+def store_options(backend_name: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The ``storage_options`` the store needs (the cloud emulators' endpoints)."""
+    if backend_name == "azure":
+        return {"connection_string": request.getfixturevalue("azurite")}
+    if backend_name == "gcs":
+        return gcs_options(request.getfixturevalue("gcs_endpoint"))
+    return {}
+
+
+@pytest.fixture
+def store_url(
+    backend_name: str, tmp_path: Path, store_options: dict[str, Any], request: pytest.FixtureRequest
+) -> str:
     """A URL for a fresh, empty store on the backend under test."""
     if backend_name == "sqlite":
         return f"sqlite:///{tmp_path}/omniq.db"
@@ -53,12 +70,20 @@ def store_url(backend_name: str, tmp_path: Path) -> str:
         return REDIS_URL
     if backend_name == "postgres":
         return POSTGRES_URL
+    if backend_name == "azure":
+        return f"az://{new_container(store_options['connection_string'])}/omniq"
+    if backend_name == "gcs":
+        return f"gs://{new_bucket(request.getfixturevalue('gcs_endpoint'))}/omniq"
     raise AssertionError(f"unknown backend {backend_name}")
 
 
 @pytest.fixture
 async def make_oq(
-    backend_name: str, store_url: str, namespace: str, tmp_path: Path
+    backend_name: str,
+    store_url: str,
+    store_options: dict[str, Any],
+    namespace: str,
+    tmp_path: Path,
 ) -> AsyncIterator[MakeOQ]:
     """Build connected AsyncOmniQ clients on the one store of this test."""
     made: list[AsyncOmniQ] = []
@@ -70,6 +95,8 @@ async def make_oq(
             "poll_interval": 0.2,
             "retry_delay": 0.0,
         }
+        if store_options:
+            options["storage_options"] = store_options
         options.update(overrides)
         url = options.pop("url", store_url)
         events = options.pop("event_storage", url)
@@ -102,7 +129,7 @@ async def oq(make_oq: MakeOQ) -> AsyncOmniQ:
 
 #: Backends whose stores others may write to: dill travels there only signed, so a test
 #: that sends a lambda sets a key (embedded stores sign with their own, made in base_dir).
-SHARED_STORES = {"redis", "postgres"}
+SHARED_STORES = {"redis", "postgres", "azure", "gcs"}
 
 
 @pytest.fixture

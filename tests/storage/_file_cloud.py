@@ -23,6 +23,7 @@ import pytest
 from omniq import AsyncOmniQ, EventType
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
+from omniq.models import utcnow
 from omniq.storage.file import FileBackend
 from omniq.storage.file._remote import FsspecStore
 from omniq.storage.registry import bundle_for_url
@@ -139,6 +140,21 @@ class CloudStoreChecks(OnCloudStore):
         assert second is not None and second[0] == b"second" and second[1] != first[1]
         assert await conditions.delete(fs, full, second[1])
         assert await conditions.read(fs, full) is None
+
+    async def test_a_listing_sees_what_another_connection_wrote(
+        self, make_backend: MakeBackend
+    ) -> None:
+        # Each connection has its own driver, and a driver may cache directory listings
+        # (adlfs does, and ignores fsspec's refresh=True).
+        first, second = await make_backend(), await make_backend()
+        await first.task_queue().enqueue([task("a")])
+        assert await first.task_queue().stats() == {"default": {"pending": 1}}
+        await second.task_queue().enqueue([task("b")])
+        assert await first.task_queue().stats() == {"default": {"pending": 2}}
+        claimed = await first.task_queue().claim(
+            ["default"], "w", limit=2, lease_seconds=30, now=utcnow()
+        )
+        assert sorted(t.id for t in claimed) == ["a", "b"]
 
     async def test_objects_land_under_the_prefix(
         self, backend: FileBackend, cloud_url: str, cloud_settings: Settings

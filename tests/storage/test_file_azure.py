@@ -1,9 +1,9 @@
 """The file backend on ``az://`` (and ``abfs://``) against Azurite on loopback.
 
-A session-scoped fixture starts Azurite's Blob service on 127.0.0.1 on a free port, in
-memory (see ``tests/azureserver.py``); each test gets its own container. Nothing reaches
-the internet: the endpoint is the loopback server and the account is Azurite's
-well-known development account.
+A session-scoped fixture (``azurite``, in ``tests/conftest.py``) starts Azurite's Blob
+service on 127.0.0.1 on a free port, in memory (see ``tests/azureserver.py``); each test
+gets its own container. Nothing reaches the internet: the endpoint is the loopback
+server and the account is Azurite's well-known development account.
 
 What runs here: the whole storage contract, the file backend's own checks, and the checks
 every store with conditional writes passes (``_file_cloud.py``): each task update is an
@@ -15,17 +15,15 @@ Azurite applies a condition and the write it guards in one step, as Azure does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from azure.storage.blob import BlobServiceClient
 from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
 
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
 from omniq.storage.file import FileBackend
 from omniq.storage.file._store import translate_errors
-from tests.azureserver import AZURITE_ACCOUNT, AZURITE_KEY, running_azurite
+from tests.azureserver import AZURITE_ACCOUNT, AZURITE_KEY, new_container
 from tests.conftest import free_port
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -38,20 +36,10 @@ from tests.storage._file_cloud import CloudStoreChecks, OnCloudStore, backend_ma
 from tests.storage.contract import EventContract, QueueContract, ResultContract, ScheduleContract
 
 
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[str]:
-    """Azurite's Blob service on 127.0.0.1 for the whole session: its connection string."""
-    with running_azurite() as connection_string:
-        yield connection_string
-
-
 @pytest.fixture
 def container(azurite: str) -> str:
     """A fresh, empty container."""
-    name = f"omniq-{uuid.uuid4().hex[:12]}"
-    with BlobServiceClient.from_connection_string(azurite) as client:
-        client.create_container(name)
-    return name
+    return new_container(azurite)
 
 
 @pytest.fixture

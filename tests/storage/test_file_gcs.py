@@ -1,8 +1,9 @@
 """The file backend on ``gs://`` against ``gcp-storage-emulator`` on loopback.
 
-A session-scoped fixture starts the emulator on 127.0.0.1 on a free port, in memory (see
-``tests/gcsserver.py``); each test gets its own bucket. Nothing reaches the internet: the
-endpoint is the loopback server and the client is anonymous.
+A session-scoped fixture (``gcs_endpoint``, in ``tests/conftest.py``) starts the emulator
+on 127.0.0.1 on a free port, in memory (see ``tests/gcsserver.py``); each test gets its
+own bucket. Nothing reaches the internet: the endpoint is the loopback server and the
+client is anonymous.
 
 What runs here: the whole storage contract, the file backend's own checks, and the checks
 every store with conditional writes passes (``_file_cloud.py``): each task update is a
@@ -17,11 +18,7 @@ under GCS's documented semantics, not Google's server.
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.request
 import uuid
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -30,7 +27,7 @@ from omniq.config import Settings
 from omniq.errors import StorageConnectionError
 from omniq.storage.file._store import translate_errors
 from tests.conftest import free_port
-from tests.gcsserver import running_gcs_emulator
+from tests.gcsserver import gcs_options, new_bucket
 from tests.storage._file_checks import (
     FileEventChecks,
     FileQueueChecks,
@@ -40,42 +37,17 @@ from tests.storage._file_checks import (
 from tests.storage._file_cloud import CloudStoreChecks, OnCloudStore
 from tests.storage.contract import EventContract, QueueContract, ResultContract, ScheduleContract
 
-# gcsfs (2025.x and later) by default asks the storage control plane, over gRPC, whether
-# each bucket is zonal; the emulator has no such service, and every request would wait
-# for that lookup to time out. This is gcsfs's documented switch; read when gcsfs is first
-# imported (after collection), and inherited by the race's worker processes.
-os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-
-
-@pytest.fixture(scope="session")
-def gcs_endpoint() -> Iterator[str]:
-    """The emulator on 127.0.0.1 for the whole session: its endpoint URL."""
-    with running_gcs_emulator() as endpoint:
-        yield endpoint
-
 
 @pytest.fixture
 def bucket(gcs_endpoint: str) -> str:
     """A fresh, empty bucket."""
-    name = f"omniq-{uuid.uuid4().hex[:12]}"
-    request = urllib.request.Request(
-        f"{gcs_endpoint}/storage/v1/b?project=omniq-test",
-        data=json.dumps({"name": name}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-    return name
+    return new_bucket(gcs_endpoint)
 
 
 @pytest.fixture
 def cloud_settings(gcs_endpoint: str) -> Settings:
     """Settings whose storage_options point gcsfs at the emulator, anonymously."""
-    return Settings(
-        poll_interval=0.05,
-        storage_options={"endpoint_url": gcs_endpoint, "token": "anon", "project": "omniq-test"},
-    )
+    return Settings(poll_interval=0.05, storage_options=gcs_options(gcs_endpoint))
 
 
 @pytest.fixture

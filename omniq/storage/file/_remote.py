@@ -197,6 +197,10 @@ class FsspecStore(Store):
     async def _ls(self, full: str) -> list[str]:
         try:
             if self._async:
+                # Not only refresh=True: adlfs ignores it (its own keyword is
+                # invalidate_cache) and would answer from a listing another process
+                # has long changed.
+                self.fs.invalidate_cache(full)
                 names = await self.fs._ls(full, detail=False, refresh=True)
             else:
                 names = await asyncio.to_thread(self.fs.ls, full, detail=False)

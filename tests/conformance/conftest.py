@@ -6,6 +6,7 @@ joins the suite by adding its name here and a branch in ``store_url``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -46,13 +47,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def store_options(backend_name: str, request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The ``storage_options`` the store needs (the cloud emulators' endpoints)."""
+def store_options(
+    backend_name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """The ``storage_options`` the store needs (the cloud emulators' endpoints), also in
+    ``OMNIQ_STORAGE_OPTIONS`` for the clients a test builds itself and its subprocesses."""
+    options: dict[str, Any] = {}
     if backend_name == "azure":
-        return {"connection_string": request.getfixturevalue("azurite")}
+        options = {"connection_string": request.getfixturevalue("azurite")}
     if backend_name == "gcs":
-        return gcs_options(request.getfixturevalue("gcs_endpoint"))
-    return {}
+        options = gcs_options(request.getfixturevalue("gcs_endpoint"))
+    if options:
+        monkeypatch.setenv("OMNIQ_STORAGE_OPTIONS", json.dumps(options))
+    return options
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
 
 from omniq.config import Settings
-from omniq.errors import StorageConnectionError
+from omniq.errors import ConfigError, StorageConnectionError
 from omniq.storage.file import FileBackend
 from omniq.storage.file._store import translate_errors
 from tests.azureserver import AZURITE_ACCOUNT, AZURITE_KEY, new_container
@@ -120,3 +120,10 @@ async def test_an_unreachable_endpoint_is_a_connection_error() -> None:
     ) as client:
         with pytest.raises(StorageConnectionError, match="probe"), translate_errors("probe"):
             await client.get_container_client("c").get_container_properties()
+
+
+async def test_no_account_in_the_options_is_a_config_error() -> None:
+    backend = FileBackend("az://container/p", Settings(storage_options={}))
+    with pytest.raises(ConfigError, match=r"az://container/p.*storage_options"):
+        await backend.connect()
+    assert backend.connection.references == 0

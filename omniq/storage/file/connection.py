@@ -132,7 +132,13 @@ def filesystem_for(location: Location, storage_options: dict[str, Any]) -> Any:
     options = dict(storage_options)
     if getattr(cls, "async_impl", False):
         options.setdefault("asynchronous", True)
-    return cls(skip_instance_cache=True, **options)
+    try:
+        return cls(skip_instance_cache=True, **options)
+    except ValueError as exc:  # adlfs: no account or credentials among the options
+        raise ConfigError(
+            f"file backend: the {location.protocol} driver for {redact_url(location.url)!r} "
+            f"refused its storage_options: {exc}"
+        ) from exc
 
 
 async def _loop_bound_client(fs: Any) -> Any:

@@ -236,10 +236,10 @@ def blocking_components(backend_name: str, url: str, namespace: str) -> dict[str
         from omniq.storage import sqlite as module
 
         prefix, args, options = "SQLite", (url.removeprefix("sqlite:///"),), {}
-    elif backend_name in ("file", "memory", "azure", "gcs"):
+    elif backend_name in ("file", "memory", "azure"):
         from omniq.storage import file as module  # type: ignore[no-redef]
 
-        # The cloud stores' storage_options come from OMNIQ_STORAGE_OPTIONS.
+        # Azure's storage_options come from OMNIQ_STORAGE_OPTIONS.
         prefix, args, options = "File", (url, Settings.from_env()), {}
     elif backend_name == "redis":
         from omniq.storage import redis as module  # type: ignore[no-redef]

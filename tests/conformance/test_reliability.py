@@ -457,7 +457,6 @@ TAMPER: dict[str, Callable[..., None]] = {
     "file": tamper_file_task,
     "memory": tamper_file_task,
     "azure": tamper_file_task,
-    "gcs": tamper_file_task,
     "postgres": _tamper_postgres,
 }
 

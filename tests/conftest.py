@@ -13,6 +13,12 @@ from pathlib import Path
 
 import pytest
 
+# gcsfs (2025.x and later) by default asks the storage control plane, over gRPC, whether
+# each bucket is zonal; the GCS emulator the tests use has no such service, and every
+# request would wait for that lookup to time out. gcsfs's documented switch, read when
+# gcsfs is first imported (so here, before any test), and inherited by worker processes.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
 REDIS_URL = os.environ.get("OMNIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
     "OMNIQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -32,6 +38,26 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[str]:
+    """Azurite's Blob service on 127.0.0.1 for the whole session: its connection string
+    (started on first use; see tests/azureserver.py)."""
+    from tests.azureserver import running_azurite
+
+    with running_azurite() as connection_string:
+        yield connection_string
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    """The GCS emulator on 127.0.0.1 for the whole session: its endpoint URL (started on
+    first use; see tests/gcsserver.py)."""
+    from tests.gcsserver import running_gcs_emulator
+
+    with running_gcs_emulator() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

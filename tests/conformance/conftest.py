@@ -6,6 +6,7 @@ joins the suite by adding its name here and a branch in ``store_url``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from omniq import AsyncOmniQ
+from tests.azureserver import new_container
 from tests.conftest import (
     NATS_URL,
     POSTGRES_URL,
@@ -24,9 +26,14 @@ from tests.conftest import (
     unique_name,
 )
 
-BACKENDS = ["sqlite", "file", "memory", "redis", "postgres", "nats"]
-#: Stores that several OS processes can share (``memory://`` lives in one process).
-SHARED_BACKENDS = [name for name in BACKENDS if name != "memory"]
+# GCS is not here: its emulator serves one request at a time, too slowly for the suite's
+# time-bound checks (leases, a schedule's grid, 200 gevent tasks); tests/storage runs the
+# storage contract and the process races on it.
+BACKENDS = ["sqlite", "file", "memory", "redis", "postgres", "nats", "azure"]
+#: Stores the tests that start worker processes run on: ``memory://`` lives in one
+#: process; Azure (on Azurite) is shared by processes too, and tests/storage races
+#: processes on it, but the suite's CLI workers take no ``storage_options``.
+SHARED_BACKENDS = [name for name in BACKENDS if name not in ("memory", "azure")]
 
 MakeOQ = Callable[..., Awaitable[AsyncOmniQ]]
 
@@ -43,7 +50,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def store_url(backend_name: str, tmp_path: Path) -> str:
+def store_options(
+    backend_name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """The ``storage_options`` the store needs (the cloud emulators' endpoints), also in
+    ``OMNIQ_STORAGE_OPTIONS`` for the clients a test builds itself and its subprocesses."""
+    if backend_name != "azure":
+        return {}
+    options = {"connection_string": request.getfixturevalue("azurite")}
+    monkeypatch.setenv("OMNIQ_STORAGE_OPTIONS", json.dumps(options))
+    return options
+
+
+@pytest.fixture
+def store_url(backend_name: str, tmp_path: Path, store_options: dict[str, Any]) -> str:
     """A URL for a fresh, empty store on the backend under test."""
     if backend_name == "sqlite":
         return f"sqlite:///{tmp_path}/omniq.db"
@@ -57,12 +77,18 @@ def store_url(backend_name: str, tmp_path: Path) -> str:
         return POSTGRES_URL
     if backend_name == "nats":
         return NATS_URL
+    if backend_name == "azure":
+        return f"az://{new_container(store_options['connection_string'])}/omniq"
     raise AssertionError(f"unknown backend {backend_name}")
 
 
 @pytest.fixture
 async def make_oq(
-    backend_name: str, store_url: str, namespace: str, tmp_path: Path
+    backend_name: str,
+    store_url: str,
+    store_options: dict[str, Any],
+    namespace: str,
+    tmp_path: Path,
 ) -> AsyncIterator[MakeOQ]:
     """Build connected AsyncOmniQ clients on the one store of this test."""
     made: list[AsyncOmniQ] = []
@@ -74,6 +100,8 @@ async def make_oq(
             "poll_interval": 0.2,
             "retry_delay": 0.0,
         }
+        if store_options:
+            options["storage_options"] = store_options
         options.update(overrides)
         url = options.pop("url", store_url)
         events = options.pop("event_storage", url)
@@ -108,7 +136,7 @@ async def oq(make_oq: MakeOQ) -> AsyncOmniQ:
 
 #: Backends whose stores others may write to: dill travels there only signed, so a test
 #: that sends a lambda sets a key (embedded stores sign with their own, made in base_dir).
-SHARED_STORES = {"redis", "postgres", "nats"}
+SHARED_STORES = {"redis", "postgres", "nats", "azure"}
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from omniq import AsyncOmniQ, OmniQ, TaskStatus
+from omniq.config import Settings
 from omniq.errors import ConfigError, ResultTimeoutError, TaskArgumentError
 from omniq.models import utcnow
 from tests.conformance import tasks
@@ -235,10 +236,11 @@ def blocking_components(backend_name: str, url: str, namespace: str) -> dict[str
         from omniq.storage import sqlite as module
 
         prefix, args, options = "SQLite", (url.removeprefix("sqlite:///"),), {}
-    elif backend_name in ("file", "memory"):
+    elif backend_name in ("file", "memory", "azure"):
         from omniq.storage import file as module  # type: ignore[no-redef]
 
-        prefix, args, options = "File", (url,), {}
+        # Azure's storage_options come from OMNIQ_STORAGE_OPTIONS.
+        prefix, args, options = "File", (url, Settings.from_env()), {}
     elif backend_name == "redis":
         from omniq.storage import redis as module  # type: ignore[no-redef]
 

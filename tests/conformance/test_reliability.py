@@ -457,6 +457,7 @@ TAMPER: dict[str, Callable[..., None]] = {
     "redis": tamper_redis_task,
     "file": tamper_file_task,
     "memory": tamper_file_task,
+    "azure": tamper_file_task,
     "postgres": _tamper_postgres,
     "nats": tamper_nats_task,
 }

@@ -481,18 +481,21 @@ def tamper_file_task(
     replace_record: bytes | None = None,
 ) -> None:
     """Rewrite a stored task's payload bytes in place, or its whole record with
-    ``replace_record`` (file:// and memory:// stores).
+    ``replace_record`` (file://, memory:// and object stores).
 
     For tests that check what a worker does with a payload altered in storage.
     """
     import fsspec
     import msgspec
 
+    from omniq.config import Settings
     from omniq.storage.file._layout import decode_record, encode_record, token
     from omniq.storage.file.connection import parse_location
 
     location = parse_location(store_url)
-    fs = fsspec.filesystem(location.protocol)
+    # Object stores: the storage_options the test's clients read from the environment.
+    options = {} if location.protocol in ("file", "memory") else Settings.from_env().storage_options
+    fs = fsspec.filesystem(location.protocol, skip_instance_cache=True, **options)
     path = f"{location.root}/tasks/t/{token(task_id)}"
     if replace_record is not None:
         fs.pipe_file(path, replace_record)

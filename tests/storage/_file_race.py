@@ -6,16 +6,23 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from omniq.config import Settings
 from omniq.models import Task, TaskStatus, utcnow
 from omniq.storage.base import Ack
-from omniq.storage.file import AsyncFileQueue
+from omniq.storage.file import AsyncFileQueue, FileBackend
+from omniq.storage.file._store import Change
 
 
-def fill(root: str, count: int) -> None:
-    """Enqueue ``count`` tasks ``t00000``… into the queue at ``root``."""
+def _settings(options: dict[str, Any] | None) -> Settings:
+    return Settings(storage_options=options or {})
+
+
+def fill(root: str, count: int, options: dict[str, Any] | None = None) -> None:
+    """Enqueue ``count`` tasks ``t00000``… into the queue at ``root`` (a directory or a
+    URL; ``options`` are the fsspec driver's ``storage_options``)."""
 
     async def main() -> None:
-        queue = AsyncFileQueue(root)
+        queue = AsyncFileQueue(root, _settings(options))
         try:
             await queue.enqueue([Task(id=f"t{i:05d}", func="m:f") for i in range(count)])
         finally:
@@ -24,16 +31,28 @@ def fill(root: str, count: int) -> None:
     asyncio.run(main())
 
 
-def claim_and_ack(root: str, worker_id: str, output: str, start: Any) -> None:
-    """Once ``start`` is set, claim and ack until nothing is left; write the ids claimed."""
+def claim_and_ack(
+    root: str,
+    worker_id: str,
+    output: str,
+    start: Any,
+    options: dict[str, Any] | None = None,
+    limit: int = 4,
+) -> None:
+    """Connect, wait on ``start`` (an Event the parent sets, or a Barrier of the racers),
+    then claim (``limit`` at a time) and ack until nothing is left; write the ids claimed."""
 
     async def main() -> list[str]:
-        queue = AsyncFileQueue(root)
+        queue = AsyncFileQueue(root, _settings(options))
         claimed: list[str] = []
         try:
+            # Connected (imports done, client open) before the race starts, so the
+            # racers' first claims overlap instead of one running ahead.
+            await queue.stats()
+            await asyncio.to_thread(start.wait)
             while True:
                 tasks = await queue.claim(
-                    ["default"], worker_id, limit=4, lease_seconds=300, now=utcnow()
+                    ["default"], worker_id, limit=limit, lease_seconds=300, now=utcnow()
                 )
                 if not tasks:
                     return claimed
@@ -43,7 +62,6 @@ def claim_and_ack(root: str, worker_id: str, output: str, start: Any) -> None:
         finally:
             await queue.close()
 
-    start.wait()
     claimed = asyncio.run(main())
     Path(output).write_text("\n".join(claimed) + "\n")
 
@@ -61,5 +79,27 @@ def claim_forever(root: str, ready: Any) -> None:
                 ready.set()
             if not tasks:
                 await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
+def increment(root: str, times: int, start: Any, options: dict[str, Any] | None = None) -> None:
+    """Connect, wait on ``start``, then add 1 to the counter object ``tasks/counter``
+    ``times`` times, each an atomic :meth:`Store.update` (read, add, write)."""
+
+    def add_one(current: bytes | None) -> Change[None]:
+        return Change(None, data=str(int(current or b"0") + 1).encode())
+
+    async def main() -> None:
+        backend = FileBackend(root, _settings(options))
+        await backend.connect()
+        try:
+            store = backend.store("tasks")
+            await store.read("counter")
+            await asyncio.to_thread(start.wait)
+            for _ in range(times):
+                await store.update("counter", add_one)
+        finally:
+            await backend.close()
 
     asyncio.run(main())

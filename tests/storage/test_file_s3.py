@@ -19,7 +19,6 @@ What does not run here, and why:
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,13 +27,11 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 import pytest
 
-from omniq import AsyncOmniQ, EventType
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
 from omniq.storage.file import FileBackend
 from omniq.storage.file._remote import FsspecStore
 from omniq.storage.registry import bundle_for_url
-from tests.conformance import tasks
 from tests.s3server import S3_KEY, S3_SECRET, running_s3_server
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -45,6 +42,7 @@ from tests.storage._file_checks import (
     close_backend,
     task,
 )
+from tests.storage._file_cloud import follow_loops
 from tests.storage.contract import EventContract, QueueContract, ResultContract, ScheduleContract
 
 
@@ -175,29 +173,4 @@ def test_a_client_on_s3_follows_its_caller_from_loop_to_loop(
 ) -> None:
     # s3fs binds its HTTP session to the loop it first ran on: each loop gets its own,
     # closed as that loop ends.
-    url = f"s3://{bucket}/app"
-    oq = AsyncOmniQ(
-        s3_settings,
-        task_queue=url,
-        result_storage=url,
-        event_storage=url,
-        base_dir=str(tmp_path / ".omniq"),
-    )
-
-    async def step(n: int) -> None:
-        async with asyncio.timeout(20):
-            task_id = await oq.enqueue(tasks.add, n, n)
-            await oq.worker(concurrency=2).run(burst=True)
-            result = await oq.get_result(task_id)
-            assert result is not None and result.result == 2 * n
-            kinds = [event.event_type for event in await oq.get_events(task_id)]
-            assert kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
-
-    async def close() -> None:
-        async with asyncio.timeout(20):
-            assert (await oq.stats())["default"] == {"complete": 3}
-            await oq.close()
-
-    for n in range(3):
-        asyncio.run(step(n))
-    asyncio.run(close())
+    follow_loops(f"s3://{bucket}/app", s3_settings, tmp_path / ".omniq")

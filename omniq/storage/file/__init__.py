@@ -8,7 +8,8 @@ Runs on any fsspec filesystem: local disk (``file:///dir`` or a plain path),
 The package: :class:`~omniq.storage.file.connection.FileConnection` (the filesystem
 client for one URL and a store per component subdirectory, in ``connection``), one module
 per component (``queue``, ``results``, ``events``, ``schedules``) and private helpers:
-the stores (``_store``, ``_local``, ``_remote``, ``_memory``), names and records
+the stores (``_store``, ``_local``, ``_remote`` with ``_conditional``, ``_memory``),
+names and records
 (``_layout``) and claims (``_claim``). A component built alone
 (``AsyncFileQueue("file:///var/omniq")``, ``AsyncFileQueue.from_url(url)``) makes a
 connection of its own; :class:`FileBackend` builds the four on one.
@@ -62,9 +63,21 @@ hence what is safe where:
   writer won. On a server that honours these conditions (AWS S3 since 2024, MinIO,
   moto) claims are safe across processes and hosts. A server that ignores them makes
   it single-consumer safe only: several consumers may then run a task twice.
-- **Other object stores** (Azure, GCS): no conditional write is used; updates are
-  serialised within one event loop only. Safe with one consumer process; several
-  consumers may run a task twice under a race.
+- **Azure Blob Storage** (``az://``, ``abfs://``, ``abfss://``): the same with Azure's
+  ETags: ``If-None-Match: *`` to create, ``If-Match`` to replace or delete, which the
+  Blob service enforces. Claims are safe across processes and hosts. Blob leases are not
+  used: a lease is a lock that a dead worker would hold until it expires.
+- **Google Cloud Storage** (``gs://``, ``gcs://``): the same with generations: each
+  update reads the object's generation, then writes with ``ifGenerationMatch`` that
+  generation (``0`` to create). Claims are safe across processes and hosts.
+- **Other object stores** (any other fsspec filesystem): no conditional write is used;
+  updates are serialised within one event loop only. Safe with one consumer process;
+  several consumers may run a task twice under a race.
+
+On every object store a conditional write whose response is lost and which the driver
+repeats may be refused although it took effect: the claim then seems lost to its
+caller, and the task runs again once its lease expires (at least once, never twice at
+the same time). How each store's conditions are spoken is in ``_conditional``.
 
 Events are one object per event with a unique name, so concurrent writers never
 overwrite each other on any filesystem.

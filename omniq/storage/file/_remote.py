@@ -8,20 +8,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from omniq.storage.file._conditional import conditions_for
 from omniq.storage.file._store import Keep, Store, UpdateFn, is_hidden, translate_errors
 
 __all__ = ["FsspecStore"]
 
 T = TypeVar("T")
-
-
-def _is_precondition_failure(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    response = getattr(cause, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        return code in ("PreconditionFailed", "ConditionalRequestConflict", "412")
-    return False
 
 
 class _KeyedLocks:
@@ -64,10 +56,11 @@ def _keyed_locks() -> _KeyedLocks:
 class FsspecStore(Store):
     """A tree on any fsspec filesystem; async drivers (s3fs, adlfs, gcsfs) natively.
 
-    ``update`` is an optimistic compare-and-set: on S3 a conditional write (``If-Match``
-    the ETag that was read, ``If-None-Match: *`` to create), retried after a fresh read
-    when another writer got there first. Elsewhere the write is unconditional and the
-    update is serialised only within this process's event loop.
+    ``update`` is an optimistic compare-and-set: on S3, Azure and GCS a conditional
+    write (see :mod:`~omniq.storage.file._conditional`: create if absent, replace if
+    still at the version read), retried after a fresh read when another writer got
+    there first. Elsewhere the write is unconditional and the update is serialised only
+    within this process's event loop.
     """
 
     optimistic = True
@@ -81,7 +74,8 @@ class FsspecStore(Store):
         # running loop (async drivers bind their HTTP session to one loop).
         self._ready = ready
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        self.conditional = protocol in ("s3", "s3a")
+        self._conditions = conditions_for(protocol)
+        self.conditional = self._conditions is not None
         self.cross_process = self.conditional
         self._async = bool(getattr(fs, "async_impl", False))
 
@@ -99,48 +93,29 @@ class FsspecStore(Store):
         return await asyncio.to_thread(getattr(self.fs, method), *args, **kwargs)
 
     async def _read_versioned(self, full: str) -> tuple[bytes, str] | None:
-        if not self.conditional:
-            try:
-                data: bytes = await self._call("cat_file", full)
-            except FileNotFoundError:
-                return None
-            return data, ""
-        bucket, key, _ = self.fs.split_path(full)
+        if self._conditions is not None:
+            return await self._conditions.read(self.fs, full)
         try:
-            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            data: bytes = await self._call("cat_file", full)
         except FileNotFoundError:
             return None
-        async with response["Body"] as body:
-            content: bytes = await body.read()
-        return content, str(response["ETag"])
+        return data, ""
 
-    async def _write_conditional(self, full: str, data: bytes | None, etag: str | None) -> bool:
-        """Write or delete ``full`` if it is still at ``etag`` (None: still absent)."""
-        if not self.conditional:
+    async def _write_conditional(self, full: str, data: bytes | None, version: str | None) -> bool:
+        """Write or delete ``full`` if it is still at ``version`` (None: still absent)."""
+        conditions = self._conditions
+        if conditions is None:
             if data is None:
                 with contextlib.suppress(FileNotFoundError):
                     await self._call("rm_file", full)
             else:
-                await self._call("pipe_file", full, data)
+                await self._write_object(full, data)
             return True
-        bucket, key, _ = self.fs.split_path(full)
-        try:
-            if data is None:
-                if etag is not None:
-                    await self.fs._call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-            elif etag is None:
-                await self.fs._pipe_file(full, data, mode="create")
-            else:
-                await self.fs._pipe_file(full, data, IfMatch=etag)
-        except FileExistsError:
-            return False
-        except FileNotFoundError:
-            return data is None
-        except OSError as exc:
-            if _is_precondition_failure(exc):
-                return False
-            raise
-        return True
+        if data is None:
+            return version is None or await conditions.delete(self.fs, full, version)
+        if version is None:
+            return await conditions.create(self.fs, full, data)
+        return await conditions.replace(self.fs, full, data, version)
 
     async def update(self, path: str, fn: UpdateFn[T], *, likely_absent: bool = False) -> T:
         """Compare-and-set loop: read, decide, write if unchanged, else decide again."""
@@ -172,8 +147,14 @@ class FsspecStore(Store):
                         return change.result
                     await self._delete_abs(add)
 
+    async def _write_object(self, full: str, data: bytes) -> None:
+        if self._conditions is not None:
+            await self._conditions.put(self.fs, full, data)
+        else:
+            await self._call("pipe_file", full, data)
+
     async def _touch_abs(self, fulls: Sequence[str]) -> None:
-        await asyncio.gather(*(self._call("pipe_file", full, b"") for full in fulls))
+        await asyncio.gather(*(self._write_object(full, b"") for full in fulls))
 
     async def _delete_abs(self, fulls: Sequence[str]) -> None:
         async def one(full: str) -> None:
@@ -203,7 +184,7 @@ class FsspecStore(Store):
             await self._ready()
         with translate_errors("write"):
             await asyncio.gather(
-                *(self._call("pipe_file", self._abs(path), data) for path, data in items)
+                *(self._write_object(self._abs(path), data) for path, data in items)
             )
 
     async def delete_many(self, paths: Sequence[str]) -> None:
@@ -216,6 +197,10 @@ class FsspecStore(Store):
     async def _ls(self, full: str) -> list[str]:
         try:
             if self._async:
+                # Not only refresh=True: adlfs ignores it (its own keyword is
+                # invalidate_cache) and would answer from a listing another process
+                # has long changed.
+                self.fs.invalidate_cache(full)
                 names = await self.fs._ls(full, detail=False, refresh=True)
             else:
                 names = await asyncio.to_thread(self.fs.ls, full, detail=False)

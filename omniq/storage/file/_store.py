@@ -13,10 +13,12 @@ the change. How it is made atomic depends on the filesystem:
 - ``memory://`` (:class:`~omniq.storage.file._memory.MemoryStore`): one process-wide
   lock; memory is process-local.
 - object stores (:class:`~omniq.storage.file._remote.FsspecStore`): optimistic
-  compare-and-set. On S3 the write is conditional (``If-Match`` the ETag read, or
-  ``If-None-Match: *`` to create), retried from a fresh read when another writer won.
-  Other fsspec filesystems have no such primitive here: their updates are serialised
-  only within one event loop.
+  compare-and-set. On S3, Azure and GCS the write is conditional (S3 and Azure:
+  ``If-Match`` the ETag read, or ``If-None-Match: *`` to create; GCS:
+  ``ifGenerationMatch`` the generation read, or ``0``; see
+  :mod:`~omniq.storage.file._conditional`), retried from a fresh read when another
+  writer won. Other fsspec filesystems have no such primitive here: their updates are
+  serialised only within one event loop.
 
 Driver errors become OmniQ's in one place, :func:`translate_errors`, which every store
 operation and the connection's own calls go through.
@@ -70,6 +72,13 @@ class Change(Generic[T]):
 UpdateFn = Callable[[bytes | None], Change[T]]
 
 
+# Azure's errors for a request that never got an answer (refused, reset, timed out):
+# botocore's and aiohttp's have "Connect" or "Endpoint" in their names.
+_UNREACHABLE = frozenset({"ServiceRequestError", "ServiceResponseError"})
+# An answer that refuses the request (azure-core's, gcsfs's): the others are OSErrors.
+_REFUSED = frozenset({"HttpResponseError", "HttpError"})
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Turn driver errors into OmniQ's storage errors, once, at this boundary."""
@@ -79,12 +88,13 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except (ConnectionError, TimeoutError) as exc:
         raise StorageConnectionError(f"file backend: {what}: {exc}") from exc
-    except OSError as exc:
-        raise StorageError(f"file backend: {what}: {exc}") from exc
     except Exception as exc:
-        name = type(exc).__name__
-        if "Connect" in name or "Endpoint" in name:
+        # By name, so that no driver has to be imported to recognise its errors.
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & _UNREACHABLE or any("Connect" in name or "Endpoint" in name for name in names):
             raise StorageConnectionError(f"file backend: {what}: {exc}") from exc
+        if isinstance(exc, OSError) or names & _REFUSED:
+            raise StorageError(f"file backend: {what}: {exc}") from exc
         raise
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +132,63 @@ def filesystem_for(location: Location, storage_options: dict[str, Any]) -> Any:
     options = dict(storage_options)
     if getattr(cls, "async_impl", False):
         options.setdefault("asynchronous", True)
-    return cls(skip_instance_cache=True, **options)
+    try:
+        return cls(skip_instance_cache=True, **options)
+    except ValueError as exc:  # adlfs: no account or credentials among the options
+        raise ConfigError(
+            f"file backend: the {location.protocol} driver for {redact_url(location.url)!r} "
+            f"refused its storage_options: {exc}"
+        ) from exc
+
+
+async def _loop_bound_client(fs: Any) -> Any:
+    """The client an async driver opened on the running loop, to close with that loop:
+    s3fs's aiobotocore client, gcsfs's aiohttp session, adlfs's blob service client (or
+    None for a driver with none of these)."""
+    if hasattr(fs, "set_session"):
+        return await fs.set_session()
+    if hasattr(fs, "_set_session"):
+        return await fs._set_session()
+    return getattr(fs, "service_client", None)
+
+
+async def _bucket_exists(fs: Any, bucket: str) -> bool:
+    """Whether the bucket (container) exists; a store that cannot be reached raises."""
+    if hasattr(fs, "service_client"):
+        # adlfs's exists() answers True when the request fails ("assume it exists"):
+        # asked through the SDK, a dead endpoint raises instead.
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            await fs.service_client.get_container_client(bucket).get_container_properties()
+        except ResourceNotFoundError:
+            return False
+        return True
+    if getattr(fs, "async_impl", False):
+        return bool(await fs._exists(bucket))
+    return bool(await asyncio.to_thread(fs.exists, bucket))
+
+
+async def _settle_adlfs(fs: Any) -> None:
+    """After its blob service client was closed on its loop: close an adlfs filesystem's
+    credential too, and drop the finalizers adlfs registered to close both.
+
+    Those finalizers run at the latest at interpreter exit and go through ``fs.loop``,
+    None for an async filesystem, so each raises "Loop is not running" (fsspec/adlfs#495)
+    where everything was already closed properly.
+    """
+    if not hasattr(fs, "service_client"):
+        return
+    close = getattr(getattr(fs, "credential", None), "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            closing = close()
+            if inspect.isawaitable(closing):
+                await closing
+    registry: dict[Any, Any] = getattr(weakref.finalize, "_registry", {})
+    for finalizer, info in list(registry.items()):
+        if info.weakref() is fs:
+            finalizer.detach()
 
 
 class FileConnection(Connection):
@@ -177,6 +235,7 @@ class FileConnection(Connection):
                     await self._connect_remote(fs)
                 except BaseException:
                     await self._close()
+                    await _settle_adlfs(fs)
                     raise
                 self._stores = {
                     sub: FsspecStore(fs, f"{location.root}/{sub}", ready=self._remote_here)
@@ -188,18 +247,12 @@ class FileConnection(Connection):
             await store.open()
 
     async def _connect_remote(self, fs: Any, *, check: bool = True) -> None:
-        set_session = getattr(fs, "set_session", None)
         with translate_errors(f"connect to {self.location.url}"):
-            if set_session is not None:
-                self._session = await set_session()
+            self._session = await _loop_bound_client(fs)
             if not check:
                 return
             bucket = self.location.root.split("/", 1)[0]
-            exists = (
-                await fs._exists(bucket)
-                if getattr(fs, "async_impl", False)
-                else await asyncio.to_thread(fs.exists, bucket)
-            )
+            exists = await _bucket_exists(fs, bucket)
         if not exists:
             raise StorageConnectionError(
                 f"file backend: bucket or container {bucket!r} of {self.location.url!r} "
@@ -213,10 +266,11 @@ class FileConnection(Connection):
     async def _release_loop(self) -> None:
         # Also when the loop is ending: the session closes while the loop still runs.
         session, self._session = self._session, None
-        self._fs = None
+        fs, self._fs = self._fs, None
         if session is not None:
             with contextlib.suppress(Exception):
                 await session.close()
+            await _settle_adlfs(fs)
 
     def _forget_loop(self) -> None:
         # Left on a loop that finished without shutting down: too late to close the

@@ -197,6 +197,7 @@ class AsyncWorkerPool:
             asyncio.create_task(
                 self._outcomes.spill_loop(self._running.__contains__), name="omniq-spiller"
             ),
+            asyncio.create_task(self._sweep_loop(), name="omniq-dependents-sweeper"),
         ]
         logger.info(
             "worker %s started: type=%s concurrency=%d queues=%s loop=%s",
@@ -532,6 +533,21 @@ class AsyncWorkerPool:
                     logger.warning(
                         "task %s: lease lost (cancelled or taken over); stopped", task_id
                     )
+
+    async def _sweep_loop(self) -> None:
+        """Release dependents that a worker lost between a finish and their release: at
+        start (a worker started after a crash repairs it at once), then once a lease
+        period, the time a lost run takes to come back too."""
+        while True:
+            try:
+                settled = await self.engine.sweep_dependents()
+            except StorageError as exc:
+                logger.warning("sweeping for stranded dependents failed: %s", exc)
+            else:
+                if settled:
+                    logger.info("settled %d dependents whose dependencies had ended", settled)
+                    self._written()
+            await asyncio.sleep(max(0.05, self.lease_seconds))
 
     # -- stopping ------------------------------------------------------------------------
 

@@ -20,6 +20,15 @@ __all__ = ["FaultProxy"]
 T = TypeVar("T")
 
 
+def _interim(data: bytes) -> bool:
+    """An HTTP ``100 Continue`` alone: the request's body has not been sent yet."""
+    return (
+        data.startswith(b"HTTP/1.1 100 ")
+        and data.endswith(b"\r\n\r\n")
+        and data.count(b"\r\n\r\n") == 1
+    )
+
+
 class FaultProxy:
     """Listen on ``127.0.0.1:<port>`` and forward to ``target_host:target_port``."""
 
@@ -27,6 +36,9 @@ class FaultProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.latency = 0.0
+        # cut_reply_once: the request marker to watch for, and the pair that sent it.
+        self._reply_marker: bytes | None = None
+        self._cut_pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter] | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -54,18 +66,34 @@ class FaultProxy:
         self._pairs.add(pair)
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+                self._pipe(reader, up_writer, pair),
+                self._pipe(up_reader, writer, pair, reply=True),
+                return_exceptions=True,
             )
         finally:
             self._pairs.discard(pair)
             for side in pair:
                 side.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        *,
+        reply: bool = False,
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if self.latency:
                     await asyncio.sleep(self.latency)
+                if reply and self._cut_pair is pair and not _interim(data):
+                    # The server has answered the marked request: the client never hears it.
+                    self._cut_pair = None
+                    await self._drop([pair])
+                    return
+                if not reply and self._reply_marker is not None and self._reply_marker in data:
+                    self._reply_marker, self._cut_pair = None, pair
                 writer.write(data)
                 await writer.drain()
         finally:
@@ -93,6 +121,11 @@ class FaultProxy:
                     transport.abort()
         return len(pairs)
 
+    def cut_reply_once(self, marker: bytes) -> None:
+        """Let the next request containing ``marker`` reach the server, then cut its
+        connection when the reply comes: the request took effect, its client saw a cut."""
+        self._reply_marker = marker
+
     def set_latency(self, seconds: float) -> None:
         """Delay every chunk forwarded in either direction by ``seconds`` (0: none)."""
         self.latency = seconds
@@ -103,6 +136,7 @@ class FaultProxy:
             self._call(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     async def _close(self) -> None:
         assert self._server is not None

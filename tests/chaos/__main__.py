@@ -17,7 +17,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="replay a run (default: a fresh one, printed)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes at a time")
     parser.add_argument("--concurrency", type=int, default=4, help="tasks at once per worker")
-    parser.add_argument("--rate", type=float, default=10.0, help="load units submitted a second")
+    parser.add_argument(
+        "--rate", type=float, help="load units submitted a second (default: the backend's)"
+    )
     parser.add_argument("--settle", type=float, default=180.0, help="longest wait to settle, s")
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     args = parser.parse_args()

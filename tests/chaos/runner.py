@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -29,9 +31,6 @@ from tests.chaos.workers import WORKER_TYPES, WorkerFleet
 
 __all__ = ["Options", "run"]
 
-#: The lease of the run's workers: short, so that lost runs come back within the run.
-LEASE = 5.0
-
 
 class Options:
     """A run's command-line options."""
@@ -44,7 +43,7 @@ class Options:
         *,
         workers: int = 4,
         concurrency: int = 4,
-        rate: float = 10.0,
+        rate: float | None = None,
         fault_gap: tuple[float, float] = (0.5, 3.0),
         settle: float = 180.0,
         keep: bool = False,
@@ -110,7 +109,9 @@ def _summary(options: Options, report: Audit, faults: Counter[str], load: Load) 
         f"lost={len(report.lost)} duplicates={sum(report.duplicates.values())}"
         f"{f' ({dup_text})' if dup_text else ''} wrong_states={len(report.wrong_states)} "
         f"violations={len(report.violations)} | submit_retries={load.submit_retries} "
-        f"no_executing_event={report.missing_executing} | {'OK' if report.ok else 'FAILED'}"
+        f"no_executing_event={report.missing_executing} "
+        f"ticks_without_enqueued={report.ticks_without_enqueued} | "
+        f"{'OK' if report.ok else 'FAILED'}"
     )
 
 
@@ -121,7 +122,8 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
     (run_dir / "ledger" / "flaky").mkdir(parents=True)
     (run_dir / "workers").mkdir()
     await asyncio.to_thread(backend.start)
-    common = {"lease_seconds": LEASE, "max_lost_runs": 50, "shutdown_timeout": 2.0}
+    lease = backend.lease
+    common = {"lease_seconds": lease, "max_lost_runs": 50, "shutdown_timeout": 2.0}
     client = AsyncOmniQ(
         task_queue=backend.client_url(),
         result_storage=backend.client_url(),
@@ -145,7 +147,7 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
         await retrying(client.connect)
         for index in range(options.workers):
             fleet.start(WORKER_TYPES[index % len(WORKER_TYPES)])
-        load = Load(client, load_rng, options.rate, LEASE)
+        load = Load(client, load_rng, options.rate or backend.rate, lease)
         await load.add_schedules()
         say(f"faults: {', '.join(sorted(injector.kinds))}; workers: {', '.join(WORKER_TYPES)}")
         deadline = time.monotonic() + options.seconds
@@ -157,7 +159,19 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
                     return
                 await injector.strike()
 
-        await asyncio.gather(load.run(options.seconds), strike_faults())
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(10)
+                say(
+                    f"{len(load.plan)} tasks submitted, {len(injector.faults)} faults, "
+                    f"{len(fleet.running())} workers"
+                )
+
+        reporter = asyncio.create_task(progress())
+        try:
+            await asyncio.gather(load.run(options.seconds), strike_faults())
+        finally:
+            reporter.cancel()
         say(f"faults stopped: {len(injector.faults)}; {len(load.plan)} tasks submitted; settling")
         await load.remove_schedules()
         for _ in range(options.workers - len(fleet.running())):
@@ -181,7 +195,7 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
             ticks,
             read_runs(run_dir / "ledger"),
             injector.faults,
-            lease=LEASE,
+            lease=lease,
             others=others,
         )
         for what, items in (
@@ -201,6 +215,10 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
         await asyncio.to_thread(backend.stop)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(options: Options) -> int:
     """Run one chaos round; 0 when the audit found nothing wrong."""
     if options.backend not in BACKENDS:
@@ -213,6 +231,9 @@ def run(options: Options) -> int:
     )
     backend = BACKENDS[options.backend](run_dir)
     ok = False
+    # A stack dump on SIGUSR1 (a run that hangs), and the cleanup on SIGTERM as on ^C.
+    faulthandler.register(signal.SIGUSR1)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = asyncio.run(_run(options, backend, run_dir))
         ok = report.ok

@@ -13,16 +13,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.chaos.proxy import FaultProxy
 from tests.conftest import free_port
-from tests.s3server import S3_KEY, S3_SECRET, running_s3_server
+from tests.s3server import S3_KEY, S3_SECRET
 from tests.storage._postgres_server import _bin
 from tests.storage._redis_server import PrivateRedis
 
@@ -47,6 +47,11 @@ class Backend:
     name = "base"
     #: Whether ``restart`` exists: a server that keeps its data across a crash.
     restartable = False
+    #: Load units a second the store keeps up with on a small machine, under faults.
+    rate = 10.0
+    #: The workers' lease: short, so that lost runs come back within the run, and long
+    #: enough that renewing it never takes longer on a loaded machine.
+    lease = 5.0
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -98,30 +103,57 @@ class LocalFileBackend(Backend):
     """The file backend on a local directory."""
 
     name = "file"
+    rate = 5.0
 
     def worker_url(self) -> str:
         return f"file://{self.run_dir / 'store'}"
 
 
+#: moto's server with one request at a time: its conditional writes (``If-Match``,
+#: ``If-None-Match``) check and store in two steps, atomic only when requests do not
+#: overlap; served one by one they hold as on AWS S3, which is what the chaos run
+#: must test (the threaded server lets two claims of one task both succeed).
+_SERIAL_MOTO = """
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app),
+           threaded=False)
+"""
+
+
 class S3FileBackend(Backend):
-    """The file backend on S3: a moto server on loopback, a bucket of the run's own.
+    """The file backend on S3: a moto server on loopback (serving one request at a
+    time, see ``_SERIAL_MOTO``), in a bucket of the run's own.
 
     moto keeps its data in memory, so it is never restarted; its connections are cut and
     slowed through the proxy instead.
     """
 
     name = "s3"
+    # moto lists a prefix by scanning every key of the bucket, one request at a time: a
+    # few tasks a second, and a lease that outlasts a renewal queued behind the others.
+    rate = 2.0
+    lease = 15.0
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(run_dir)
-        self._stack = contextlib.ExitStack()
-        self.endpoint = ""
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
         self.bucket = f"chaos-{uuid.uuid4().hex[:10]}"
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         import boto3  # type: ignore[import-untyped]
 
-        self.endpoint = self._stack.enter_context(running_s3_server())
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+        command = [sys.executable, "-c", _SERIAL_MOTO, "127.0.0.1", str(self.port)]
+        log = open(self.run_dir / "moto.log", "ab")  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            log.close()
+        _wait_port(self.port, "moto")
         client = boto3.client(
             "s3",
             endpoint_url=self.endpoint,
@@ -131,7 +163,7 @@ class S3FileBackend(Backend):
         )
         client.create_bucket(Bucket=self.bucket)
         client.close()
-        self._proxy_to(int(self.endpoint.rsplit(":", 1)[1]))
+        self._proxy_to(self.port)
 
     def worker_url(self) -> str:
         return f"s3://{self.bucket}/omniq"
@@ -143,7 +175,9 @@ class S3FileBackend(Backend):
 
     def stop(self) -> None:
         super().stop()
-        self._stack.close()
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 class RedisBackend(Backend):
@@ -282,7 +316,7 @@ class NatsBackend(Backend):
 
 
 #: Every backend the runner knows, by its ``--backend`` name.
-BACKENDS: dict[str, Callable[[Path], Backend]] = {
+BACKENDS: dict[str, type[Backend]] = {
     backend.name: backend
     for backend in (
         SqliteBackend,

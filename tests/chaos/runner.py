@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
+import json
 import random
 import shutil
 import signal
@@ -110,7 +112,8 @@ def _summary(options: Options, report: Audit, faults: Counter[str], load: Load) 
         f"{f' ({dup_text})' if dup_text else ''} wrong_states={len(report.wrong_states)} "
         f"violations={len(report.violations)} | submit_retries={load.submit_retries} "
         f"no_executing_event={report.missing_executing} "
-        f"ticks_without_enqueued={report.ticks_without_enqueued} | "
+        f"ticks_without_enqueued={report.ticks_without_enqueued} "
+        f"events_lost_with_worker={report.events_lost_with_worker} | "
         f"{'OK' if report.ok else 'FAILED'}"
     )
 
@@ -205,6 +208,9 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
         ):
             for item in items[:50]:
                 say(f"{what}: {item}")
+        (run_dir / "faults.jsonl").write_text(
+            "".join(json.dumps(dataclasses.asdict(f)) + "\n" for f in injector.faults)
+        )
         faults = Counter(fault.kind for fault in injector.faults)
         print(_summary(options, report, faults, load), flush=True)
         return report

@@ -327,6 +327,11 @@ class AsyncWorkerPool:
 
     @property
     def _stopping(self) -> bool:
+        return self._stop_requested()
+
+    def _stop_requested(self) -> bool:
+        # A method as well as the property: the stop can come while the loop awaits,
+        # which a narrowed ``while not self._stopping`` would hide from the checker.
         return self._stop_event is not None and self._stop_event.is_set()
 
     async def _claim_loop(self, burst: bool) -> None:
@@ -370,6 +375,11 @@ class AsyncWorkerPool:
                     await self._idle(backoff)
                     continue
             just_claimed = False
+            if tasks and self._stop_requested():
+                # A claim still out when the stop came (a slow store): its tasks go back
+                # unstarted rather than begin a run the stop would cut short.
+                await self._hand_back(tasks)
+                break
             if tasks:
                 self._start(tasks)
                 if len(tasks) < free:
@@ -392,10 +402,25 @@ class AsyncWorkerPool:
                     continue
                 return
             woke_with = await self._wait_for_work(settings.poll_interval, free)
+            if woke_with and self._stop_requested():
+                await self._hand_back(woke_with)
+                break
             if woke_with:
                 self._start(woke_with)
                 await asyncio.sleep(0)
             just_claimed = woke_with is not None and not woke_with
+
+    async def _hand_back(self, tasks: list[Task]) -> None:
+        """Release tasks claimed but never started (their attempt is not spent)."""
+        try:
+            count = await self.engine.queue.release(
+                [task.id for task in tasks], self.worker_id, now=utcnow()
+            )
+            logger.info("handed back %d tasks claimed as the worker stopped", count)
+        except StorageError as exc:
+            logger.warning(
+                "handing back %d tasks failed (%s); their leases will expire", len(tasks), exc
+            )
 
     def _start(self, tasks: list[Task]) -> None:
         self._claimed += len(tasks)

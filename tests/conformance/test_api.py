@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -456,6 +457,37 @@ async def test_graceful_stop_hands_back_unfinished_leases(oq: AsyncOmniQ, tmp_pa
     (tmp_path / "go").write_text("go")
     await oq.worker().run(burst=True)
     assert (await oq.get_result(task_id)).result == "released"
+
+
+async def test_tasks_a_claim_brings_back_after_a_stop_are_handed_back_not_run(
+    oq: AsyncOmniQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos runner: on a slow store a claim was still out when the worker
+    # was asked to stop, and the stopping pool started the tasks it brought back; a
+    # run longer than the shutdown timeout was then cut short and ran again elsewhere.
+    marker = tmp_path / "ran"
+    task_id = await oq.enqueue(tasks.touch, str(marker))
+    queue = oq.engine.queue
+    claim = queue.claim
+    out, back = asyncio.Event(), asyncio.Event()
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        out.set()
+        await back.wait()
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "claim", slow_claim)
+    pool = oq.worker()
+    await pool.start()
+    await asyncio.wait_for(out.wait(), timeout=10)
+    stopping = asyncio.create_task(pool.stop())
+    await asyncio.sleep(0.05)  # the stop begins while the claim is out
+    back.set()
+    await asyncio.wait_for(stopping, timeout=10)
+    assert not marker.exists()
+    task = await oq.get_task(task_id)
+    assert task is not None and task.status is TaskStatus.PENDING
+    assert task.attempts == 0
 
 
 async def _started(marker: Path) -> None:

@@ -197,13 +197,20 @@ def audit(
     faults: list[Fault],
     *,
     lease: float,
-    others: list[str],
+    listed: list[str],
 ) -> Audit:
     """Check the run. ``stored`` holds every planned task and every schedule tick;
-    ``ticks`` the tick tasks by schedule id; ``others`` ids in the store nobody planned."""
+    ``ticks`` the tick tasks by schedule id; ``listed`` the ids ``list_tasks`` shows."""
     report = Audit(tasks=len(plan))
-    for key in others:
+    for key in sorted(set(listed) - set(stored)):
         report.violations.append(f"{key}: in the store, never submitted")
+    # A task whose record lost its index entry is still read by id but listed nowhere
+    # (an orphan); one listed twice has a stale entry beside its own.
+    for key in sorted(set(stored) - set(listed)):
+        report.violations.append(f"{key}: missing from list_tasks (orphaned)")
+    seen = Counter(listed)
+    for key in sorted(k for k, n in seen.items() if n > 1):
+        report.violations.append(f"{key}: listed {seen[key]} times by list_tasks")
     for key, planned in plan.items():
         found = stored[key]
         key_runs = runs.get(key, [])

@@ -190,7 +190,6 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
             if task.schedule_id in schedule_ids:
                 ticks.setdefault(task.schedule_id, []).append(task)
         tick_ids = {t.id for group in ticks.values() for t in group}
-        others = sorted({t.id for t in tasks} - set(load.plan) - tick_ids)
         stored = await _read_store(client, set(load.plan) | tick_ids)
         report = audit(
             load.plan,
@@ -199,7 +198,7 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
             read_runs(run_dir / "ledger"),
             injector.faults,
             lease=lease,
-            others=others,
+            listed=[t.id for t in tasks],
         )
         for what, items in (
             ("LOST", report.lost),

@@ -23,17 +23,9 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=180.0, help="longest wait to settle, s")
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     args = parser.parse_args()
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
-    options = Options(
-        args.backend,
-        args.seconds,
-        seed,
-        workers=args.workers,
-        concurrency=args.concurrency,
-        rate=args.rate,
-        settle=args.settle,
-        keep=args.keep,
-    )
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1, 10**9)
+    options = Options(**vars(args))
     return run(options)
 
 

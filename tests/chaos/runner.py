@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import faulthandler
 import json
+import logging
 import random
 import shutil
 import signal
@@ -34,31 +35,19 @@ from tests.chaos.workers import WORKER_TYPES, WorkerFleet
 __all__ = ["Options", "run"]
 
 
+@dataclasses.dataclass
 class Options:
-    """A run's command-line options."""
+    """A run's command-line options (see ``python -m tests.chaos --help``)."""
 
-    def __init__(
-        self,
-        backend: str,
-        seconds: float,
-        seed: int,
-        *,
-        workers: int = 4,
-        concurrency: int = 4,
-        rate: float | None = None,
-        fault_gap: tuple[float, float] = (0.5, 3.0),
-        settle: float = 180.0,
-        keep: bool = False,
-    ) -> None:
-        self.backend = backend
-        self.seconds = seconds
-        self.seed = seed
-        self.workers = workers
-        self.concurrency = concurrency
-        self.rate = rate
-        self.fault_gap = fault_gap
-        self.settle = settle
-        self.keep = keep
+    backend: str
+    seconds: float
+    seed: int
+    workers: int = 4
+    concurrency: int = 4
+    rate: float | None = None
+    fault_gap: tuple[float, float] = (0.5, 3.0)
+    settle: float = 180.0
+    keep: bool = False
 
 
 def say(text: str) -> None:
@@ -238,6 +227,9 @@ def run(options: Options) -> int:
     ok = False
     # A stack dump on SIGUSR1 (a run that hangs), and the cleanup on SIGTERM as on ^C.
     faulthandler.register(signal.SIGUSR1)
+    # asyncpg's pool logs a traceback for each reconnection it retries while the server
+    # restarts: expected here, and the runner's own client retries its calls.
+    logging.getLogger("asyncpg").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = asyncio.run(_run(options, backend, run_dir))

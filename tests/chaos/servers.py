@@ -23,7 +23,7 @@ from typing import Any
 from tests.chaos.proxy import FaultProxy
 from tests.conftest import free_port
 from tests.s3server import S3_KEY, S3_SECRET
-from tests.storage._postgres_server import _bin
+from tests.storage._postgres_server import _bin, run_tool
 from tests.storage._redis_server import PrivateRedis
 
 __all__ = ["BACKENDS", "Backend"]
@@ -226,18 +226,11 @@ class PostgresBackend(Backend):
         # Not under the run directory: the postgres user must reach it.
         self.root = Path(tempfile.mkdtemp(prefix="omniq-chaos-pg-"))
         self.data = self.root / "data"
-        self.as_root = os.geteuid() == 0
-
-    def _run(self, *args: str) -> None:
-        command = ["runuser", "-u", "postgres", "--", *args] if self.as_root else list(args)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {done.stdout}\n{done.stderr}")
 
     def start(self) -> None:
-        if self.as_root:
+        if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
-        self._run(
+        run_tool(
             _bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"
         )
         with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:
@@ -258,11 +251,11 @@ class PostgresBackend(Backend):
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def kill_server(self) -> None:
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        run_tool(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
 
     def start_server(self) -> None:
         log = str(self.root / "log")
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", log, "-w", "start")
+        run_tool(_bin("pg_ctl"), "-D", str(self.data), "-l", log, "-w", "start")
 
     def stop(self) -> None:
         super().stop()

@@ -1,4 +1,5 @@
-"""The chaos run's worker processes: real ``python -m omniq worker`` CLI processes."""
+"""The chaos run's worker processes: real ``python -m omniq worker`` CLI processes, on
+the reliability tests' app (``tests.conformance._apps``)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ class WorkerFleet:
         self.concurrency = concurrency
         env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
         env.update(
-            CHAOS_URL=url,
-            CHAOS_NAMESPACE=namespace,
-            CHAOS_STORAGE_OPTIONS=json.dumps(storage_options),
+            OMNIQ_TEST_URL=url,
+            OMNIQ_TEST_NAMESPACE=namespace,
+            OMNIQ_TEST_STORAGE_OPTIONS=json.dumps(storage_options),
             OMNIQ_BASE_DIR=str(run_dir / ".omniq"),
             OMNIQ_LOG_LEVEL="INFO",
             PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]),
@@ -71,7 +72,7 @@ class WorkerFleet:
         log = self.run_dir / "workers" / f"{self.started:03d}-{worker_type}.log"
         command = [
             sys.executable, "-m", "omniq", "worker",
-            "--app", "tests.chaos.app:oq",
+            "--app", "tests.conformance._apps:oq",
             "--worker-type", worker_type,
             "--concurrency", str(self.concurrency),
         ]  # fmt: skip

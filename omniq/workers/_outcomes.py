@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from omniq.decisions import final_result
 from omniq.errors import StorageError
 from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskStatus, utcnow
@@ -167,6 +169,18 @@ class Outcomes:
         self.finished.append(Finish(Ack(task.id, self.worker_id, status, ran), result, events))
         if self._wakeup is not None:
             self._wakeup.set()
+
+    def reclaimed(self, task: Task) -> bool:
+        """This worker claimed ``task`` again while its finished run waits to be written
+        (the lease ran out meanwhile): the outcome is written under the new claim, with
+        its ``attempts``; True if there was one."""
+        for index, item in enumerate(self.finished):
+            if item.ack.task_id == task.id:
+                attempts = task.attempts if item.ack.ran else task.attempts - 1
+                result = msgspec.structs.replace(item.result, attempts=attempts)
+                self.finished[index] = item._replace(result=result)
+                return True
+        return False
 
     async def write_loop(self) -> None:
         """Write finished tasks as they come (the pool runs this in the background)."""

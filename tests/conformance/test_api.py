@@ -15,6 +15,7 @@ from omniq import AsyncOmniQ, EventType, Retry, TaskStatus
 from omniq.errors import (
     ConfigError,
     ResultTimeoutError,
+    StorageConnectionError,
     TaskNotFoundError,
 )
 from omniq.models import utcnow
@@ -488,6 +489,46 @@ async def test_tasks_a_claim_brings_back_after_a_stop_are_handed_back_not_run(
     task = await oq.get_task(task_id)
     assert task is not None and task.status is TaskStatus.PENDING
     assert task.attempts == 0
+
+
+async def test_a_worker_that_claims_back_its_own_lost_task_runs_it_once_at_a_time(
+    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos runner (a Redis restart): a worker whose renewals could not
+    # reach the store lost a running task's lease, and its own next claim took the task
+    # back. It then ran the task a second time beside the first, and the first run's
+    # finish, accepted under the new claim, stored attempts=1 while the task said 2.
+    oq = await make_oq(lease_seconds=1)
+    release, log = tmp_path / "release", tmp_path / "runs.log"
+    task_id = await oq.enqueue(tasks.hold_until_async, str(release), str(log))
+    queue = oq.engine.queue
+    renew = queue.renew
+    outage = True
+
+    async def renew_unless_out(*args: Any, **kwargs: Any) -> Any:
+        if outage:
+            raise StorageConnectionError("the store is out of reach")
+        return await renew(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "renew", renew_unless_out)
+
+    def lines() -> list[str]:
+        return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+    async with oq.worker(concurrency=2):
+        for _ in range(2000):
+            if lines().count("start") >= 2:
+                break
+            await asyncio.sleep(0.01)
+        outage = False
+        release.touch()
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    # The first run lost its lease: it was stopped before the claim ran the task again.
+    assert lines() == ["start", "stopped", "start"]
+    task = await oq.get_task(task_id)
+    assert task is not None and result is not None
+    assert (result.status, result.result) == (TaskStatus.COMPLETE, "released")
+    assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
 
 
 async def _started(marker: Path) -> None:

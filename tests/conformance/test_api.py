@@ -531,6 +531,44 @@ async def test_a_worker_that_claims_back_its_own_lost_task_runs_it_once_at_a_tim
     assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
 
 
+async def test_a_finished_run_whose_lease_its_worker_claims_back_is_not_run_again(
+    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same, with the run already over and its outcome waiting to be written when
+    # the store came back: the worker claimed the task back and ran it again after
+    # writing the first outcome (a run after the final state), with a stale count.
+    oq = await make_oq(lease_seconds=1)
+    log = tmp_path / "runs.log"
+    task_id = await oq.enqueue(tasks.append_line, str(log), "ran")
+    queue = oq.engine.queue
+    renew, finish = queue.renew, queue.finish
+    outage = True
+
+    def out_of_reach(call: Any) -> Any:
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            if outage:
+                raise StorageConnectionError("the store is out of reach")
+            return await call(*args, **kwargs)
+
+        return guarded
+
+    monkeypatch.setattr(queue, "renew", out_of_reach(renew))
+    monkeypatch.setattr(queue, "finish", out_of_reach(finish))
+    async with oq.worker(concurrency=2):
+        for _ in range(2000):
+            task = await oq.get_task(task_id)
+            if task is not None and task.attempts >= 2:  # claimed back
+                break
+            await asyncio.sleep(0.01)
+        outage = False
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["ran"]
+    task = await oq.get_task(task_id)
+    assert task is not None and result is not None
+    assert result.status is TaskStatus.COMPLETE
+    assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
+
+
 async def _started(marker: Path) -> None:
     for _ in range(1000):
         if await asyncio.to_thread(marker.exists):

@@ -131,9 +131,10 @@ class S3FileBackend(Backend):
     """
 
     name = "s3"
-    # moto lists a prefix by scanning every key of the bucket, one request at a time: a
-    # few tasks a second, and a lease that outlasts a renewal queued behind the others.
-    rate = 2.0
+    # moto lists a prefix by scanning every key of the bucket, one request at a time:
+    # four workers keep up with about one task a second (a ten-minute run at 2 a second
+    # left hundreds waiting), and the lease must outlast a renewal queued behind others.
+    rate = 1.0
     lease = 15.0
 
     def __init__(self, run_dir: Path) -> None:

@@ -569,6 +569,50 @@ async def test_a_finished_run_whose_lease_its_worker_claims_back_is_not_run_agai
     assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
 
 
+async def test_a_run_whose_outcome_is_being_written_when_its_worker_claims_it_back(
+    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same with the outcome's write under way (a server restarting) when the claim
+    # took the task back: the write failed, and was tried again with the old count.
+    oq = await make_oq(lease_seconds=1)
+    log = tmp_path / "runs.log"
+    task_id = await oq.enqueue(tasks.append_line, str(log), "ran")
+    queue = oq.engine.queue
+    renew, finish = queue.renew, queue.finish
+    outage = True
+    writing, back = asyncio.Event(), asyncio.Event()
+
+    async def renew_unless_out(*args: Any, **kwargs: Any) -> Any:
+        if outage:
+            raise StorageConnectionError("the store is out of reach")
+        return await renew(*args, **kwargs)
+
+    async def finish_after_the_outage(*args: Any, **kwargs: Any) -> Any:
+        if outage:
+            writing.set()
+            await back.wait()
+            raise StorageConnectionError("the store went away during the write")
+        return await finish(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "renew", renew_unless_out)
+    monkeypatch.setattr(queue, "finish", finish_after_the_outage)
+    async with oq.worker(concurrency=2):
+        await asyncio.wait_for(writing.wait(), timeout=10)
+        for _ in range(2000):
+            task = await oq.get_task(task_id)
+            if task is not None and task.attempts >= 2:  # claimed back
+                break
+            await asyncio.sleep(0.01)
+        outage = False
+        back.set()
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["ran"]
+    task = await oq.get_task(task_id)
+    assert task is not None and result is not None
+    assert result.status is TaskStatus.COMPLETE
+    assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
+
+
 async def _started(marker: Path) -> None:
     for _ in range(1000):
         if await asyncio.to_thread(marker.exists):

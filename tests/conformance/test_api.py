@@ -491,6 +491,51 @@ async def test_tasks_a_claim_brings_back_after_a_stop_are_handed_back_not_run(
     assert task.attempts == 0
 
 
+class Outage:
+    """Makes a queue's ``renew`` (and ``finish`` when asked) fail while ``on``: the
+    store out of reach for this worker, whose leases then run out."""
+
+    def __init__(self, queue: Any, monkeypatch: pytest.MonkeyPatch, *, finish: bool) -> None:
+        self.on = True
+        self.writing, self.back = asyncio.Event(), asyncio.Event()
+        renew, finish_call = queue.renew, queue.finish
+
+        async def guarded_renew(*args: Any, **kwargs: Any) -> Any:
+            if self.on:
+                raise StorageConnectionError("the store is out of reach")
+            return await renew(*args, **kwargs)
+
+        async def guarded_finish(*args: Any, **kwargs: Any) -> Any:
+            if self.on:
+                # The write is under way when the store goes: it fails once it is back.
+                self.writing.set()
+                await self.back.wait()
+                raise StorageConnectionError("the store went away during the write")
+            return await finish_call(*args, **kwargs)
+
+        monkeypatch.setattr(queue, "renew", guarded_renew)
+        if finish:
+            monkeypatch.setattr(queue, "finish", guarded_finish)
+
+    def end(self) -> None:
+        self.on = False
+        self.back.set()
+
+
+async def claimed_back(oq: AsyncOmniQ, task_id: str) -> None:
+    """Wait until a claim has taken ``task_id`` back (its second attempt)."""
+    for _ in range(2000):
+        task = await oq.get_task(task_id)
+        if task is not None and task.attempts >= 2:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the task was not claimed back")
+
+
+def first_words(log: Path) -> list[str]:
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
 async def test_a_worker_that_claims_back_its_own_lost_task_runs_it_once_at_a_time(
     make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -501,112 +546,44 @@ async def test_a_worker_that_claims_back_its_own_lost_task_runs_it_once_at_a_tim
     oq = await make_oq(lease_seconds=1)
     release, log = tmp_path / "release", tmp_path / "runs.log"
     task_id = await oq.enqueue(tasks.hold_until_async, str(release), str(log))
-    queue = oq.engine.queue
-    renew = queue.renew
-    outage = True
-
-    async def renew_unless_out(*args: Any, **kwargs: Any) -> Any:
-        if outage:
-            raise StorageConnectionError("the store is out of reach")
-        return await renew(*args, **kwargs)
-
-    monkeypatch.setattr(queue, "renew", renew_unless_out)
-
-    def lines() -> list[str]:
-        return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
-
+    outage = Outage(oq.engine.queue, monkeypatch, finish=False)
     async with oq.worker(concurrency=2):
+        await claimed_back(oq, task_id)
         for _ in range(2000):
-            if lines().count("start") >= 2:
+            if first_words(log).count("start") >= 2:
                 break
             await asyncio.sleep(0.01)
-        outage = False
+        outage.end()
         release.touch()
         result = await oq.get_result(task_id, wait=True, timeout=10)
     # The first run lost its lease: it was stopped before the claim ran the task again.
-    assert lines() == ["start", "stopped", "start"]
+    assert first_words(log) == ["start", "stopped", "start"]
     task = await oq.get_task(task_id)
     assert task is not None and result is not None
     assert (result.status, result.result) == (TaskStatus.COMPLETE, "released")
     assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
 
 
+@pytest.mark.parametrize("writing", [False, True], ids=["waiting", "being-written"])
 async def test_a_finished_run_whose_lease_its_worker_claims_back_is_not_run_again(
-    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writing: bool
 ) -> None:
-    # The same, with the run already over and its outcome waiting to be written when
-    # the store came back: the worker claimed the task back and ran it again after
-    # writing the first outcome (a run after the final state), with a stale count.
+    # The same with the run over and its outcome waiting to be written, or being written
+    # (a server restarting), when the claim took the task back: the worker ran it again
+    # (a run after its final state) and the old outcome was stored with a stale count.
     oq = await make_oq(lease_seconds=1)
     log = tmp_path / "runs.log"
     task_id = await oq.enqueue(tasks.append_line, str(log), "ran")
-    queue = oq.engine.queue
-    renew, finish = queue.renew, queue.finish
-    outage = True
-
-    def out_of_reach(call: Any) -> Any:
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            if outage:
-                raise StorageConnectionError("the store is out of reach")
-            return await call(*args, **kwargs)
-
-        return guarded
-
-    monkeypatch.setattr(queue, "renew", out_of_reach(renew))
-    monkeypatch.setattr(queue, "finish", out_of_reach(finish))
+    outage = Outage(oq.engine.queue, monkeypatch, finish=True)
     async with oq.worker(concurrency=2):
-        for _ in range(2000):
-            task = await oq.get_task(task_id)
-            if task is not None and task.attempts >= 2:  # claimed back
-                break
-            await asyncio.sleep(0.01)
-        outage = False
+        if writing:
+            await asyncio.wait_for(outage.writing.wait(), timeout=10)
+        else:
+            outage.back.set()  # each write fails at once
+        await claimed_back(oq, task_id)
+        outage.end()
         result = await oq.get_result(task_id, wait=True, timeout=10)
-    assert [line.split()[0] for line in log.read_text().splitlines()] == ["ran"]
-    task = await oq.get_task(task_id)
-    assert task is not None and result is not None
-    assert result.status is TaskStatus.COMPLETE
-    assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
-
-
-async def test_a_run_whose_outcome_is_being_written_when_its_worker_claims_it_back(
-    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The same with the outcome's write under way (a server restarting) when the claim
-    # took the task back: the write failed, and was tried again with the old count.
-    oq = await make_oq(lease_seconds=1)
-    log = tmp_path / "runs.log"
-    task_id = await oq.enqueue(tasks.append_line, str(log), "ran")
-    queue = oq.engine.queue
-    renew, finish = queue.renew, queue.finish
-    outage = True
-    writing, back = asyncio.Event(), asyncio.Event()
-
-    async def renew_unless_out(*args: Any, **kwargs: Any) -> Any:
-        if outage:
-            raise StorageConnectionError("the store is out of reach")
-        return await renew(*args, **kwargs)
-
-    async def finish_after_the_outage(*args: Any, **kwargs: Any) -> Any:
-        if outage:
-            writing.set()
-            await back.wait()
-            raise StorageConnectionError("the store went away during the write")
-        return await finish(*args, **kwargs)
-
-    monkeypatch.setattr(queue, "renew", renew_unless_out)
-    monkeypatch.setattr(queue, "finish", finish_after_the_outage)
-    async with oq.worker(concurrency=2):
-        await asyncio.wait_for(writing.wait(), timeout=10)
-        for _ in range(2000):
-            task = await oq.get_task(task_id)
-            if task is not None and task.attempts >= 2:  # claimed back
-                break
-            await asyncio.sleep(0.01)
-        outage = False
-        back.set()
-        result = await oq.get_result(task_id, wait=True, timeout=10)
-    assert [line.split()[0] for line in log.read_text().splitlines()] == ["ran"]
+    assert first_words(log) == ["ran"]
     task = await oq.get_task(task_id)
     assert task is not None and result is not None
     assert result.status is TaskStatus.COMPLETE

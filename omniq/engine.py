@@ -77,6 +77,11 @@ RESULT_GRACE = timedelta(seconds=1)
 #: The file under ``base_dir`` that holds the signing key of an embedded store.
 KEY_FILE = "secret_key"
 
+#: How many waiting tasks one dependents sweep looks at (``Engine.sweep_dependents``).
+SWEEP_LIMIT = 1000
+#: A dependency that ended in one of these cancels its dependents.
+FAILED_DEPENDENCY = FINAL_STATUSES - {TaskStatus.COMPLETE}
+
 
 def serializer_for(settings: Settings, queue: Any) -> SerializationManager:
     """The serializer of a client whose task queue is ``queue`` (its argument: a URL, a
@@ -435,6 +440,33 @@ class Engine:
                 now=utcnow(),
                 due_at=task.due_at,
             )
+
+    async def sweep_dependents(self, limit: int = SWEEP_LIMIT) -> int:
+        """Settle the dependents left ``SCHEDULED`` after all their dependencies ended.
+
+        A worker releases a task's dependents after acknowledging it; one killed (or cut
+        off from its store) between the two leaves them waiting for ever, since nothing
+        else would finish their dependencies again. Running workers call this now and
+        then. It looks at the newest ``limit`` waiting tasks and returns how many it
+        settled (released, or cancelled for a failed dependency).
+        """
+        waiting = [
+            task
+            for task in await self.queue.list(status=TaskStatus.SCHEDULED, limit=limit)
+            if task.depends_on
+        ]
+        if not waiting:
+            return 0
+        dep_ids = sorted({dep_id for task in waiting for dep_id in task.depends_on})
+        deps = await self.queue.get_many(dep_ids)
+        ended = {dep.id for dep in deps if dep is not None and dep.status in FINAL_STATUSES}
+        failed = {dep.id for dep in deps if dep is not None and dep.status in FAILED_DEPENDENCY}
+        settled = 0
+        for task in waiting:
+            if ended.issuperset(task.depends_on) or not failed.isdisjoint(task.depends_on):
+                await self.settle_dependent(task.id)
+                settled += 1
+        return settled
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task (see ``AsyncOmniQ.cancel``); True if it ends ``CANCELLED``."""

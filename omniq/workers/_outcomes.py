@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from omniq.decisions import final_result
 from omniq.errors import StorageError
 from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskStatus, utcnow
@@ -71,6 +73,10 @@ class Outcomes:
         self.spill_after = max(0.01, engine.settings.event_flush_interval)
         self._wakeup: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
+        # The batch being written, and the attempts of those of its tasks this worker
+        # claimed back meanwhile (applied if the write fails and is tried again).
+        self._in_flight: Sequence[Finish] = ()
+        self._reclaimed: dict[str, int] = {}
 
     @property
     def busy(self) -> bool:
@@ -168,6 +174,19 @@ class Outcomes:
         if self._wakeup is not None:
             self._wakeup.set()
 
+    def reclaimed(self, task: Task) -> bool:
+        """This worker claimed ``task`` again while its finished run waits to be written
+        (the lease ran out meanwhile): the outcome is written under the new claim, with
+        its ``attempts``; True if there was one."""
+        for index, item in enumerate(self.finished):
+            if item.ack.task_id == task.id:
+                self.finished[index] = _with_attempts(item, task.attempts)
+                return True
+        if any(item.ack.task_id == task.id for item in self._in_flight):
+            self._reclaimed[task.id] = task.attempts
+            return True
+        return False
+
     async def write_loop(self) -> None:
         """Write finished tasks as they come (the pool runs this in the background)."""
         self._wakeup = wakeup = asyncio.Event()
@@ -204,11 +223,18 @@ class Outcomes:
             batch = self.finished[:_FINISH_BATCH]
             del self.finished[: len(batch)]
             await self._events_logged_before(batch)
+            self._in_flight = batch
             try:
                 acked, dependents = await engine.queue.finish(
                     batch, engine.results, event_log if rides else None, now=utcnow()
                 )
             except StorageError as exc:
+                batch = [
+                    _with_attempts(item, self._reclaimed.pop(item.ack.task_id))
+                    if item.ack.task_id in self._reclaimed
+                    else item
+                    for item in batch
+                ]
                 if self.stopping() and backoff >= _MAX_BACKOFF:
                     logger.error(
                         "giving up on %d results: %s (their leases will expire)", len(batch), exc
@@ -219,6 +245,10 @@ class Outcomes:
                 logger.warning("writing results failed (%s); retrying in %.2f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 continue
+            finally:
+                self._in_flight = ()
+            for item in batch:
+                self._reclaimed.pop(item.ack.task_id, None)
             done: list[tuple[str, TaskStatus]] = []
             later: list[TaskEvent] = []
             for item, ok in zip(batch, acked, strict=True):
@@ -257,3 +287,9 @@ class Outcomes:
         needed = max((self._logged_upto.get(item.ack.task_id, 0) for item in batch), default=0)
         if needed > self.engine.events.written:
             await self.engine.events.flush()
+
+
+def _with_attempts(item: Finish, attempts: int) -> Finish:
+    """``item`` with its result counting ``attempts`` (one fewer if it did not run)."""
+    counted = attempts if item.ack.ran else attempts - 1
+    return item._replace(result=msgspec.structs.replace(item.result, attempts=counted))

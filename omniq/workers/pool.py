@@ -208,6 +208,7 @@ class AsyncWorkerPool:
             asyncio.create_task(
                 self._outcomes.spill_loop(self._running.__contains__), name="omniq-spiller"
             ),
+            asyncio.create_task(self._sweep_loop(), name="omniq-dependents-sweeper"),
         ]
         logger.info(
             "worker %s started: type=%s concurrency=%d queues=%s loop=%s",
@@ -443,7 +444,15 @@ class AsyncWorkerPool:
         self._claimed += len(tasks)
         for task in tasks:
             self._held.add(task.id)
-            self._running[task.id] = asyncio.create_task(self._execute(task))
+            if self._outcomes.reclaimed(task):
+                continue  # its run had ended; the outcome now goes under this claim
+            # This worker's own run may still hold the task: its renewals could not reach
+            # the store, its lease ran out, and this claim took the task back. That run is
+            # lost, as on any worker: it stops, then this claim runs the task afresh.
+            lost = self._running.get(task.id)
+            if lost is not None:
+                lost.cancel()
+            self._running[task.id] = asyncio.create_task(self._execute(task, after=lost))
 
     async def _fire_schedules(self, poll_interval: float) -> None:
         """Fire due schedule ticks; note when to look again."""
@@ -532,8 +541,12 @@ class AsyncWorkerPool:
 
     # -- running one task ----------------------------------------------------------------
 
-    async def _execute(self, task: Task) -> None:
+    async def _execute(self, task: Task, after: asyncio.Task[None] | None = None) -> None:
         try:
+            if after is not None:
+                # The lost run's own clean-up first (its events, its place in the maps).
+                await asyncio.gather(after, return_exceptions=True)
+                self._held.add(task.id)
             await self._runner.run(task)
         except asyncio.CancelledError:
             # Stopped here: by a hard stop (the lease is handed back in _shutdown), or
@@ -544,7 +557,8 @@ class AsyncWorkerPool:
             logger.exception("worker %s: internal error on task %s", self.worker_id, task.id)
             self._outcomes.spill(task.id)
         finally:
-            self._running.pop(task.id, None)
+            if self._running.get(task.id) is asyncio.current_task():
+                del self._running[task.id]  # not a later claim's run of the same task
             self._progress += 1
             # Wake the claim loop only when it has something to do: it claims once
             # ``_claim_watermark`` slots are free (or the pool ran dry), and a wake-up per
@@ -575,6 +589,21 @@ class AsyncWorkerPool:
                     logger.warning(
                         "task %s: lease lost (cancelled or taken over); stopped", task_id
                     )
+
+    async def _sweep_loop(self) -> None:
+        """Release dependents that a worker lost between a finish and their release: at
+        start (a worker started after a crash repairs it at once), then once a lease
+        period, the time a lost run takes to come back too."""
+        while True:
+            try:
+                settled = await self.engine.sweep_dependents()
+            except StorageError as exc:
+                logger.warning("sweeping for stranded dependents failed: %s", exc)
+            else:
+                if settled:
+                    logger.info("settled %d dependents whose dependencies had ended", settled)
+                    self._written()
+            await asyncio.sleep(max(0.05, self.lease_seconds))
 
     # -- stopping ------------------------------------------------------------------------
 

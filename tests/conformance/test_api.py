@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from omniq import AsyncOmniQ, EventType, Retry, TaskStatus
 from omniq.errors import (
     ConfigError,
     ResultTimeoutError,
+    StorageConnectionError,
     TaskNotFoundError,
 )
 from omniq.models import utcnow
@@ -460,6 +462,136 @@ async def test_graceful_stop_hands_back_unfinished_leases(oq: AsyncOmniQ, tmp_pa
     (tmp_path / "go").write_text("go")
     await oq.worker().run(burst=True)
     assert (await oq.get_result(task_id)).result == "released"
+
+
+async def test_tasks_a_claim_brings_back_after_a_stop_are_handed_back_not_run(
+    oq: AsyncOmniQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos runner: on a slow store a claim was still out when the worker
+    # was asked to stop, and the stopping pool started the tasks it brought back; a
+    # run longer than the shutdown timeout was then cut short and ran again elsewhere.
+    marker = tmp_path / "ran"
+    task_id = await oq.enqueue(tasks.touch, str(marker))
+    queue = oq.engine.queue
+    claim = queue.claim
+    out, back = asyncio.Event(), asyncio.Event()
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        out.set()
+        await back.wait()
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "claim", slow_claim)
+    pool = oq.worker()
+    await pool.start()
+    await asyncio.wait_for(out.wait(), timeout=10)
+    stopping = asyncio.create_task(pool.stop())
+    await asyncio.sleep(0.05)  # the stop begins while the claim is out
+    back.set()
+    await asyncio.wait_for(stopping, timeout=10)
+    assert not marker.exists()
+    task = await oq.get_task(task_id)
+    assert task is not None and task.status is TaskStatus.PENDING
+    assert task.attempts == 0
+
+
+class Outage:
+    """Makes a queue's ``renew`` (and ``finish`` when asked) fail while ``on``: the
+    store out of reach for this worker, whose leases then run out."""
+
+    def __init__(self, queue: Any, monkeypatch: pytest.MonkeyPatch, *, finish: bool) -> None:
+        self.on = True
+        self.writing, self.back = asyncio.Event(), asyncio.Event()
+        renew, finish_call = queue.renew, queue.finish
+
+        async def guarded_renew(*args: Any, **kwargs: Any) -> Any:
+            if self.on:
+                raise StorageConnectionError("the store is out of reach")
+            return await renew(*args, **kwargs)
+
+        async def guarded_finish(*args: Any, **kwargs: Any) -> Any:
+            if self.on:
+                # The write is under way when the store goes: it fails once it is back.
+                self.writing.set()
+                await self.back.wait()
+                raise StorageConnectionError("the store went away during the write")
+            return await finish_call(*args, **kwargs)
+
+        monkeypatch.setattr(queue, "renew", guarded_renew)
+        if finish:
+            monkeypatch.setattr(queue, "finish", guarded_finish)
+
+    def end(self) -> None:
+        self.on = False
+        self.back.set()
+
+
+async def claimed_back(oq: AsyncOmniQ, task_id: str) -> None:
+    """Wait until a claim has taken ``task_id`` back (its second attempt)."""
+    for _ in range(2000):
+        task = await oq.get_task(task_id)
+        if task is not None and task.attempts >= 2:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the task was not claimed back")
+
+
+def first_words(log: Path) -> list[str]:
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def test_a_worker_that_claims_back_its_own_lost_task_runs_it_once_at_a_time(
+    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos runner (a Redis restart): a worker whose renewals could not
+    # reach the store lost a running task's lease, and its own next claim took the task
+    # back. It then ran the task a second time beside the first, and the first run's
+    # finish, accepted under the new claim, stored attempts=1 while the task said 2.
+    oq = await make_oq(lease_seconds=1)
+    release, log = tmp_path / "release", tmp_path / "runs.log"
+    task_id = await oq.enqueue(tasks.hold_until_async, str(release), str(log))
+    outage = Outage(oq.engine.queue, monkeypatch, finish=False)
+    async with oq.worker(concurrency=2):
+        await claimed_back(oq, task_id)
+        for _ in range(2000):
+            if first_words(log).count("start") >= 2:
+                break
+            await asyncio.sleep(0.01)
+        outage.end()
+        release.touch()
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    # The first run lost its lease: it was stopped before the claim ran the task again.
+    assert first_words(log) == ["start", "stopped", "start"]
+    task = await oq.get_task(task_id)
+    assert task is not None and result is not None
+    assert (result.status, result.result) == (TaskStatus.COMPLETE, "released")
+    assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
+
+
+@pytest.mark.parametrize("writing", [False, True], ids=["waiting", "being-written"])
+async def test_a_finished_run_whose_lease_its_worker_claims_back_is_not_run_again(
+    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writing: bool
+) -> None:
+    # The same with the run over and its outcome waiting to be written, or being written
+    # (a server restarting), when the claim took the task back: the worker ran it again
+    # (a run after its final state) and the old outcome was stored with a stale count.
+    oq = await make_oq(lease_seconds=1)
+    log = tmp_path / "runs.log"
+    task_id = await oq.enqueue(tasks.append_line, str(log), "ran")
+    outage = Outage(oq.engine.queue, monkeypatch, finish=True)
+    async with oq.worker(concurrency=2):
+        if writing:
+            await asyncio.wait_for(outage.writing.wait(), timeout=10)
+        else:
+            outage.back.set()  # each write fails at once
+        await claimed_back(oq, task_id)
+        outage.end()
+        result = await oq.get_result(task_id, wait=True, timeout=10)
+    assert first_words(log) == ["ran"]
+    task = await oq.get_task(task_id)
+    assert task is not None and result is not None
+    assert result.status is TaskStatus.COMPLETE
+    assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
 
 
 async def _started(marker: Path) -> None:

@@ -26,6 +26,7 @@ import msgspec
 import pytest
 
 from omniq import AsyncOmniQ, EventType, TaskStatus
+from omniq.engine import Engine
 from omniq.models import Task
 from tests.conformance import tasks
 from tests.conformance.conftest import MakeOQ
@@ -218,6 +219,34 @@ async def test_worker_killed_mid_task_task_runs_again_after_the_lease(
         assert [e.attempt for e in events if e.event_type is EventType.EXECUTING][-1] == 2
         assert events[-1].event_type is EventType.COMPLETE
         assert events[-1].attempt == 2
+
+
+async def test_dependents_of_a_task_whose_worker_died_before_releasing_them_still_run(
+    oq: AsyncOmniQ, workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos runner: a worker killed (or cut off from its store) between
+    # acknowledging a task and releasing its dependents left them SCHEDULED for ever.
+    # Here the worker "dies" at that very point: its on_finished never runs.
+    parent = await oq.submit(tasks.add, (1, 2))
+    child = await oq.submit(tasks.add, (3, 4), depends_on=[parent])
+
+    async def died_before_releasing(*args: Any, **kwargs: Any) -> int:
+        return 0
+
+    with monkeypatch.context() as patch:
+        # Nor does it get to sweep (a dead worker does nothing).
+        patch.setattr(Engine, "on_finished", died_before_releasing)
+        patch.setattr(Engine, "sweep_dependents", died_before_releasing)
+        await oq.worker(concurrency=1).run(burst=True)
+    parent_task, child_task = await oq.get_task(parent), await oq.get_task(child)
+    assert parent_task is not None and parent_task.status is TaskStatus.COMPLETE
+    assert child_task is not None and child_task.status is TaskStatus.SCHEDULED
+
+    # Any worker that runs later releases it (within a lease period).
+    workers.start(lease_seconds=1)
+    result = await oq.get_result(child, wait=True, timeout=WAIT)
+    assert result is not None, workers.output()
+    assert (result.status, result.result) == (TaskStatus.COMPLETE, 7)
 
 
 async def test_task_that_kills_its_worker_every_time_ends_failed(

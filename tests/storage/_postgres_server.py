@@ -19,7 +19,7 @@ from pathlib import Path
 from tests._certs import CertFiles
 from tests.conftest import free_port
 
-__all__ = ["PrivatePostgres"]
+__all__ = ["PrivatePostgres", "run_tool"]
 
 
 def _bin(name: str) -> str:
@@ -32,6 +32,16 @@ def _bin(name: str) -> str:
     if path is None:
         raise RuntimeError(f"{name} not found: install the PostgreSQL server (.ci/run does)")
     return path
+
+
+def run_tool(*args: str) -> None:
+    """Run a PostgreSQL tool (initdb, pg_ctl), as the postgres user when run as root
+    (initdb refuses root); raise with its output if it fails."""
+    as_root = os.geteuid() == 0
+    command = ["runuser", "-u", "postgres", "--", *args] if as_root else list(args)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {done.stdout}\n{done.stderr}")
 
 
 class PrivatePostgres:
@@ -54,10 +64,7 @@ class PrivatePostgres:
         self.as_root = os.geteuid() == 0
 
     def _run(self, *args: str) -> None:
-        command = ["runuser", "-u", "postgres", "--", *args] if self.as_root else list(args)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {done.stdout}\n{done.stderr}")
+        run_tool(*args)
 
     def start(self) -> None:
         """Make the cluster (initdb), configure TLS and passwords, and start it."""

@@ -27,11 +27,15 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 import pytest
 
+from omniq import TaskStatus
 from omniq.config import Settings
 from omniq.errors import StorageConnectionError
+from omniq.models import utcnow
+from omniq.storage.base import Ack
 from omniq.storage.file import FileBackend
 from omniq.storage.file._remote import FsspecStore
 from omniq.storage.registry import bundle_for_url
+from tests.chaos.proxy import FaultProxy
 from tests.s3server import S3_KEY, S3_SECRET, running_s3_server
 from tests.storage._file_checks import (
     FileEventChecks,
@@ -174,3 +178,31 @@ def test_a_client_on_s3_follows_its_caller_from_loop_to_loop(
     # s3fs binds its HTTP session to the loop it first ran on: each loop gets its own,
     # closed as that loop ends.
     follow_loops(f"s3://{bucket}/app", s3_settings, tmp_path / ".omniq")
+
+
+async def test_an_update_whose_reply_was_cut_is_not_taken_for_a_lost_race(
+    s3_endpoint: str, bucket: str
+) -> None:
+    # Found by the chaos runner: a conditional PUT that took effect but whose reply a cut
+    # connection lost is resent by the S3 client; the resend fails its If-Match (the
+    # object changed: by that very PUT), and the ack was reported lost. The worker then
+    # dropped the finished task's events and left its dependents waiting, and deleted
+    # the new index entry the record names, which orphaned the task from every listing.
+    proxy = FaultProxy("127.0.0.1", int(s3_endpoint.rsplit(":", 1)[1]))
+    proxy.start()
+    options = {"endpoint_url": f"http://127.0.0.1:{proxy.port}", "key": S3_KEY, "secret": S3_SECRET}
+    backend = FileBackend(f"s3://{bucket}/omniq", Settings(storage_options=options))
+    try:
+        await backend.connect()
+        queue = backend.task_queue()
+        await queue.enqueue([task("cut1")])
+        [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+        proxy.cut_reply_once(f"PUT /{bucket}/omniq/tasks/t/cut1".encode())
+        acked = await queue.ack_many([Ack(claimed.id, "w", TaskStatus.COMPLETE)], now=utcnow())
+        assert acked == [True]
+        stored = await queue.get("cut1")
+        assert stored is not None and stored.status is TaskStatus.COMPLETE
+        assert [t.id for t in await queue.list(status=TaskStatus.COMPLETE)] == ["cut1"]
+    finally:
+        await close_backend(backend)
+        proxy.stop()

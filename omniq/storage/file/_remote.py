@@ -142,7 +142,9 @@ class FsspecStore(Store):
                         return change.result
                     await self._touch_abs(add)
                     etag = current[1] if current else None
-                    if await self._write_conditional(full, change.data, etag):
+                    if await self._write_conditional(
+                        full, change.data, etag
+                    ) or await self._took_effect(full, change.data):
                         await self._delete_abs(remove)
                         return change.result
                     await self._delete_abs(add)
@@ -152,6 +154,19 @@ class FsspecStore(Store):
             await self._conditions.put(self.fs, full, data)
         else:
             await self._call("pipe_file", full, data)
+
+    async def _took_effect(self, full: str, data: bytes | None) -> bool:
+        """Whether a conditional write that failed its condition had in fact been applied.
+
+        A write whose reply a cut connection lost is resent by the S3 client, and the
+        resend fails its condition because the object changed: by that very write. The
+        object then holds exactly the bytes written (a record names its new index entry,
+        whose name carries a nonce, so another writer's record never matches by chance).
+        """
+        current = await self._read_versioned(full)
+        if data is None:
+            return current is None
+        return current is not None and current[0] == data
 
     async def _touch_abs(self, fulls: Sequence[str]) -> None:
         await asyncio.gather(*(self._write_object(full, b"") for full in fulls))

@@ -3,12 +3,13 @@ JetStream's replies read, nats-py's errors described, a client of a finished loo
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import ssl
+from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -75,17 +76,32 @@ def redact(url: str) -> str:
     return shown
 
 
+class _PubAck(msgspec.Struct):
+    """The fields of a JetStream publish acknowledgement read here (the others skipped
+    by the decoder, cheaper than a dict of them all)."""
+
+    seq: int | None = None
+    error: dict[str, Any] | None = None
+
+
+_ACK_DECODER = msgspec.json.Decoder(_PubAck)
+
+
 def seq_of(reply: Msg) -> int:
     """The stream sequence a JetStream publish got, from its acknowledgement; raises
     nats-py's error for an error reply."""
     headers = reply.headers
     if headers and headers.get("Status") is not None:
         raise status_error(headers)
-    answer = json.loads(reply.data)
-    error = answer.get("error")
-    if error:
-        raise nats.js.errors.APIError.from_error(error)
-    return int(answer["seq"])
+    try:
+        answer = _ACK_DECODER.decode(reply.data)
+    except msgspec.DecodeError as exc:
+        raise nats.errors.Error(f"unreadable acknowledgement {reply.data[:80]!r}") from exc
+    if answer.error:
+        raise nats.js.errors.APIError.from_error(answer.error)
+    if answer.seq is None:
+        raise nats.errors.Error(f"acknowledgement without a sequence: {reply.data[:80]!r}")
+    return answer.seq
 
 
 def status_error(headers: dict[str, str]) -> Exception:

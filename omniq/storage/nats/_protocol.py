@@ -111,6 +111,28 @@ def status_error(headers: dict[str, str]) -> Exception:
     return nats.errors.Error(f"status {headers.get('Status')}: {headers.get('Description', '')}")
 
 
+_BLANK = re.compile(r"\s")
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's ``Client._parse_header_lines`` (same result), without its per-character
+    generator over each name: it runs for every message the task watch brings (each
+    carries the compare-and-set's header), so :class:`NATSConnection` sets it on its
+    client."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _BLANK.search(key) is None:
+            out[key] = value.strip().decode("utf-8", "replace")
+    return out
+
+
 def abandon(nc: Client) -> None:
     """Let go of a client whose loop finished, or closed without shutting down: its
     socket closed at once, and its tasks ended as far as that loop allows (a closed

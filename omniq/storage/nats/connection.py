@@ -39,6 +39,7 @@ from omniq.storage.nats._protocol import (
     abandon,
     describe,
     final,
+    parse_header_lines,
     redact,
     sanitize,
     seq_of,
@@ -280,6 +281,8 @@ class NATSConnection(Connection):
             raise StorageConnectionError(
                 f"nats: cannot connect to {self._where}: {describe(exc)}"
             ) from exc
+        if hasattr(nc, "_parse_header_lines"):  # nats-py's own parser, see parse_header_lines
+            nc._parse_header_lines = parse_header_lines  # type: ignore[method-assign]
         # Connected: from now on a lost server is waited for, however long it takes.
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 0.25

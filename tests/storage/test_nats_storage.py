@@ -447,3 +447,22 @@ def test_watch_headers_parse_as_nats_py_parses_them(raw: bytes) -> None:
     from omniq.storage.nats._protocol import parse_header_lines
 
     assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+async def test_a_batch_writes_a_message_per_task_and_reads_back_every_event(
+    backend: NATSBackend,
+) -> None:
+    # A task's events of one append share a message (a bounded number per message):
+    # a worker's EXECUTING and COMPLETE cost one write, and nothing is lost or reordered.
+    store = backend.event_storage()
+    await store.connect()
+    now = utcnow()
+    many = [make_event("busy", EventType.RETRY, timestamp=now, attempt=i) for i in range(150)]
+    other = make_event("quiet", EventType.ENQUEUED, timestamp=now)
+    await store.append([*many[:100], other, *many[100:]])
+    assert await store.get("busy") == many
+    assert await store.get("quiet") == [other]
+    conn = backend.connection
+    js = await conn.jetstream()
+    info = await js.stream_info(conn.events_stream)
+    assert info.state.messages == 4  # 64 + 64 + 22 of "busy", 1 of "quiet"

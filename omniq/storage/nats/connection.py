@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -133,9 +134,13 @@ class NATSConnection(Connection):
         self._replies: dict[str, asyncio.Future[Msg]] = {}
         self._reply_prefix: str | None = None
         self._sent = 0
-        # (deadline, token) of each request, in the order sent (so by deadline), and
-        # the one timer that fails those still unanswered when due (see _expire).
-        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        # (deadline, token, future) of each request, in the order sent (so by
+        # deadline; the future weakly held: answered ones go at once), and the one timer
+        # that fails those still unanswered when due (see _expire). A closed client's
+        # requests stay in it: they end as they would with a timer of their own.
+        self._deadlines: collections.deque[tuple[float, str, weakref.ref[asyncio.Future[Msg]]]] = (
+            collections.deque()
+        )
         self._sweeper: asyncio.TimerHandle | None = None
         # Futures of reads that a lost connection ends (see scan()).
         self._on_disconnect: set[asyncio.Future[None]] = set()
@@ -161,6 +166,9 @@ class NATSConnection(Connection):
     def _forget_loop(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         self._opening = None
+        # The old loop's requests end with it; its timer never fires again.
+        self._deadlines.clear()
+        self._sweeper = None
         self._drop_state()
         if nc is not None:
             abandon(nc)
@@ -177,10 +185,6 @@ class NATSConnection(Connection):
         self.on_reconnect.clear()
         self._reply_prefix = None
         self._replies = {}
-        self._deadlines.clear()
-        if self._sweeper is not None:
-            quietly(self._sweeper.cancel)
-            self._sweeper = None
 
     async def jetstream(self) -> JetStreamContext:
         """The JetStream context, connecting (and making the buckets) on first use or
@@ -433,7 +437,7 @@ class NATSConnection(Connection):
         future: asyncio.Future[Msg] = loop.create_future()
         replies = self._replies
         replies[token] = future
-        self._deadlines.append((loop.time() + _REQUEST_TIMEOUT, token))
+        self._deadlines.append((loop.time() + _REQUEST_TIMEOUT, token, weakref.ref(future)))
         if self._sweeper is None:
             self._sweeper = loop.call_later(_REQUEST_TIMEOUT, self._expire)
         try:
@@ -452,8 +456,10 @@ class NATSConnection(Connection):
         loop = asyncio.get_running_loop()
         now = loop.time()
         while deadlines and deadlines[0][0] <= now:
-            future = self._replies.pop(deadlines.popleft()[1], None)
+            _, token, ref = deadlines.popleft()
+            future = ref()
             if future is not None and not future.done():
+                self._replies.pop(token, None)
                 future.set_exception(TimeoutError())
         if deadlines:
             self._sweeper = loop.call_later(deadlines[0][0] - now, self._expire)

@@ -21,7 +21,7 @@ from omniq._sync import StorageTwin, blocking
 from omniq.models import TaskEvent
 from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseEventStorage
-from omniq.storage.nats._base import ENCODER, NATSComponent, key_of, us
+from omniq.storage.nats._base import ENCODER, NATSComponent, key_of, together, us
 
 __all__ = ["AsyncNATSEventStorage", "NATSEventStorage"]
 
@@ -76,15 +76,15 @@ class AsyncNATSEventStorage(NATSComponent, BaseEventStorage):
         # Each message carries an id of its own (Nats-Msg-Id): one sent again after its
         # reply was lost (a server restart) is dropped by the stream, not logged twice.
         base = _batch_id()
-        await asyncio.gather(
-            *(
+        await together(
+            [
                 conn.publish(
                     self._subject(group[0].task_id),
                     _encoded(group),
                     {"Nats-Msg-Id": f"{base}.{n}"},
                 )
                 for n, group in enumerate(groups)
-            )
+            ]
         )
 
     async def get(self, task_id: str) -> builtins.list[TaskEvent]:

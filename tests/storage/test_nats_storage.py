@@ -453,7 +453,7 @@ async def test_a_batch_writes_a_message_per_task_and_reads_back_every_event(
     backend: NATSBackend,
 ) -> None:
     # A task's events of one append share a message (a bounded number per message):
-    # a worker's EXECUTING and COMPLETE cost one write, and nothing is lost or reordered.
+    # a delayed task's ENQUEUED and SCHEDULED cost one write; nothing is lost or reordered.
     store = backend.event_storage()
     await store.connect()
     now = utcnow()

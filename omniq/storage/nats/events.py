@@ -2,8 +2,8 @@
 ``{namespace}.events.{task id}``, so a task's log is read by its subject alone.
 
 One append writes one message per task: its event, or the list of its events in that
-batch (a worker's logger batches a task's ``EXECUTING`` and ``COMPLETE`` together), so a
-batch costs a JetStream write per task, not per event."""
+batch (a delayed task's ``ENQUEUED`` and ``SCHEDULED``, a retry's ``ERROR`` and
+``RETRY``), so a batch costs a JetStream write per task, not per event."""
 
 from __future__ import annotations
 

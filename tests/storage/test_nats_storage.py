@@ -403,3 +403,66 @@ async def test_a_contended_claim_spreads_within_the_head_priority(backend: NATSB
         seen += [t.id for t in claimed]
     assert sorted(seen) == sorted(t.id for t in [urgent, *rest])  # each once, none lost
     assert queue._width == 1  # uncontended claims narrowed it back
+
+
+async def test_a_request_nobody_answers_times_out_and_later_ones_still_work(
+    backend: NATSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One timer sweeps the requests in flight: an unanswered one fails with
+    # TimeoutError (then StorageConnectionError for callers), the others are answered.
+    from omniq.storage.nats import connection as nats_connection
+
+    monkeypatch.setattr(nats_connection, "_REQUEST_TIMEOUT", 0.2)
+    conn = backend.connection
+    client = await conn.client()
+    subject = f"{unique_name('silent')}.nobody"
+    # A listener that never answers: the server then sends no "no responders" status.
+    sub = await client.subscribe(subject)
+    try:
+        asking = asyncio.ensure_future(conn.request(subject, b"x"))
+        await asyncio.wait({asking}, timeout=10)  # a guard: the sweep ends it far sooner
+        assert asking.done() and isinstance(asking.exception(), TimeoutError)
+        assert not conn._replies  # the expired request is forgotten
+        task = make_task()
+        queue = backend.task_queue()
+        await queue.enqueue([task])
+        fetched = await queue.get(task.id)
+        assert fetched is not None and fetched.id == task.id
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Nats-Expected-Last-Subject-Sequence: 12\r\n\r\n",
+        b"KV-Operation: DEL\r\nbad name: x\r\n\xff: y\r\nv: \xc3\xa9 \r\n\r\n",
+        b"a:\tb\r\n:e\r\nno colon\r\n",
+        b"",
+    ],
+)
+def test_watch_headers_parse_as_nats_py_parses_them(raw: bytes) -> None:
+    from nats.aio.client import Client
+
+    from omniq.storage.nats._protocol import parse_header_lines
+
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+async def test_a_batch_writes_a_message_per_task_and_reads_back_every_event(
+    backend: NATSBackend,
+) -> None:
+    # A task's events of one append share a message (a bounded number per message):
+    # a delayed task's ENQUEUED and SCHEDULED cost one write; nothing is lost or reordered.
+    store = backend.event_storage()
+    await store.connect()
+    now = utcnow()
+    many = [make_event("busy", EventType.RETRY, timestamp=now, attempt=i) for i in range(150)]
+    other = make_event("quiet", EventType.ENQUEUED, timestamp=now)
+    await store.append([*many[:100], other, *many[100:]])
+    assert await store.get("busy") == many
+    assert await store.get("quiet") == [other]
+    conn = backend.connection
+    js = await conn.jetstream()
+    info = await js.stream_info(conn.events_stream)
+    assert info.state.messages == 4  # 64 + 64 + 22 of "busy", 1 of "quiet"

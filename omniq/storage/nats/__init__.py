@@ -15,7 +15,8 @@ name                       kind       holds
                                       change and the task as enqueued
 ``{ns}_results``           KV bucket  one result per task, with its ``expires_at``
 ``{ns}_schedules``         KV bucket  one schedule per key
-``{ns}_events``            stream     events on ``{ns}.events.{task id}``
+``{ns}_events``            stream     events on ``{ns}.events.{task id}``, a message
+                                      per task per batch (the event, or a list of them)
 =========================  =========  ==================================================
 
 An id made of anything but ``[A-Za-z0-9_-]`` is keyed by ``=`` and its URL-safe base64.

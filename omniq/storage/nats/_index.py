@@ -67,7 +67,7 @@ class TaskIndex:
         self._leases: defaultdict[str, list[Timed]] = defaultdict(list)
         self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.dependents: defaultdict[str, set[str]] = defaultdict(set)
-        self._wakers: dict[asyncio.Event, frozenset[str]] = {}
+        self._wakers: dict[asyncio.Future[None], frozenset[str]] = {}
         self._cancel_watchers: dict[
             str, tuple[Callable[[], Collection[str]], Callable[[str], None]]
         ] = {}
@@ -230,9 +230,9 @@ class TaskIndex:
             else:
                 heapq.heappush(self._ready[queue], _ready_key(ident, revision, record))
             if self._wakers:
-                for event, queues in self._wakers.items():
-                    if queue in queues:
-                        event.set()
+                for waker, queues in self._wakers.items():
+                    if queue in queues and not waker.done():
+                        waker.set_result(None)
         elif record.status == _RUNNING:
             heapq.heappush(self._leases[queue], (record.lease, ident, revision))
 
@@ -350,14 +350,18 @@ class TaskIndex:
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a task of ``queues`` may have become claimable, or after
         ``timeout``."""
-        event = asyncio.Event()
-        self._wakers[event] = frozenset(queues)
+        # A future woken by apply() and asyncio.timeout, not an Event under wait_for:
+        # wait_for would wait in a task of its own, a loop turn more between the watch
+        # bringing a task and the claim going out.
+        waker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._wakers[waker] = frozenset(queues)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await waker
         except TimeoutError:
             pass
         finally:
-            del self._wakers[event]
+            del self._wakers[waker]
 
     def watch_cancels(
         self, worker_id: str, held: Callable[[], Collection[str]], notice: Callable[[str], None]

@@ -3,12 +3,13 @@ JetStream's replies read, nats-py's errors described, a client of a finished loo
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import ssl
+from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -75,17 +76,32 @@ def redact(url: str) -> str:
     return shown
 
 
+class _PubAck(msgspec.Struct):
+    """The fields of a JetStream publish acknowledgement read here (the others skipped
+    by the decoder, cheaper than a dict of them all)."""
+
+    seq: int | None = None
+    error: dict[str, Any] | None = None
+
+
+_ACK_DECODER = msgspec.json.Decoder(_PubAck)
+
+
 def seq_of(reply: Msg) -> int:
     """The stream sequence a JetStream publish got, from its acknowledgement; raises
     nats-py's error for an error reply."""
     headers = reply.headers
     if headers and headers.get("Status") is not None:
         raise status_error(headers)
-    answer = json.loads(reply.data)
-    error = answer.get("error")
-    if error:
-        raise nats.js.errors.APIError.from_error(error)
-    return int(answer["seq"])
+    try:
+        answer = _ACK_DECODER.decode(reply.data)
+    except msgspec.DecodeError as exc:
+        raise nats.errors.Error(f"unreadable acknowledgement {reply.data[:80]!r}") from exc
+    if answer.error:
+        raise nats.js.errors.APIError.from_error(answer.error)
+    if answer.seq is None:
+        raise nats.errors.Error(f"acknowledgement without a sequence: {reply.data[:80]!r}")
+    return answer.seq
 
 
 def status_error(headers: dict[str, str]) -> Exception:
@@ -93,6 +109,28 @@ def status_error(headers: dict[str, str]) -> Exception:
     if headers.get("Status") == "503":
         return nats.js.errors.ServiceUnavailableError(description="no responders")
     return nats.errors.Error(f"status {headers.get('Status')}: {headers.get('Description', '')}")
+
+
+_BLANK = re.compile(r"\s")
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's ``Client._parse_header_lines`` (same result), without its per-character
+    generator over each name: it runs for every message the task watch brings (each
+    carries the compare-and-set's header), so :class:`NATSConnection` sets it on its
+    client."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _BLANK.search(key) is None:
+            out[key] = value.strip().decode("utf-8", "replace")
+    return out
 
 
 def abandon(nc: Client) -> None:

@@ -14,9 +14,11 @@ restart. A write whose reply was lost in a restart is checked before it is sent 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -38,6 +40,7 @@ from omniq.storage.nats._protocol import (
     abandon,
     describe,
     final,
+    parse_header_lines,
     redact,
     sanitize,
     seq_of,
@@ -61,6 +64,28 @@ _WRITE_PATIENCE = 30.0
 #: "wrong last sequence": a compare-and-set that lost (nats-server's JSStreamWrongLastSequenceErrF).
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+
+
+class _Router:
+    """Routes each reply to the future of its request, by the token after the prefix;
+    quacks like the future nats-py sets a request's reply on (see _listen_for_replies)."""
+
+    __slots__ = ("_replies", "_start")
+
+    def __init__(self, replies: dict[str, asyncio.Future[Msg]], start: int) -> None:
+        self._replies = replies
+        self._start = start
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        future = self._replies.pop(msg.subject[self._start :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
 
 
 class NATSConnection(Connection):
@@ -109,6 +134,14 @@ class NATSConnection(Connection):
         self._replies: dict[str, asyncio.Future[Msg]] = {}
         self._reply_prefix: str | None = None
         self._sent = 0
+        # (deadline, token, future) of each request, in the order sent (so by
+        # deadline; the future weakly held: answered ones go at once), and the one timer
+        # that fails those still unanswered when due (see _expire). A closed client's
+        # requests stay in it: they end as they would with a timer of their own.
+        self._deadlines: collections.deque[tuple[float, str, weakref.ref[asyncio.Future[Msg]]]] = (
+            collections.deque()
+        )
+        self._sweeper: asyncio.TimerHandle | None = None
         # Futures of reads that a lost connection ends (see scan()).
         self._on_disconnect: set[asyncio.Future[None]] = set()
         #: Called (without arguments) after the client reconnected to a server.
@@ -133,6 +166,9 @@ class NATSConnection(Connection):
     def _forget_loop(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         self._opening = None
+        # The old loop's requests end with it; its timer never fires again.
+        self._deadlines.clear()
+        self._sweeper = None
         self._drop_state()
         if nc is not None:
             abandon(nc)
@@ -249,6 +285,8 @@ class NATSConnection(Connection):
             raise StorageConnectionError(
                 f"nats: cannot connect to {self._where}: {describe(exc)}"
             ) from exc
+        if hasattr(nc, "_parse_header_lines"):  # nats-py's own parser, see parse_header_lines
+            nc._parse_header_lines = parse_header_lines  # type: ignore[method-assign]
         # Connected: from now on a lost server is waited for, however long it takes.
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 0.25
@@ -361,11 +399,14 @@ class NATSConnection(Connection):
         replies = self._replies
 
         async def deliver(msg: Msg) -> None:
-            future = replies.pop(msg.subject[start:], None)
-            if future is not None and not future.done():
-                future.set_result(msg)
+            _Router(replies, start).set_result(msg)
 
-        await nc.subscribe(f"{prefix}*", cb=deliver)
+        sub = await nc.subscribe(f"{prefix}*", cb=deliver)
+        # nats-py hands a subscription's messages to a task of its own through a queue
+        # (a put, a get and a task switch per reply); a subscription with a ``_future``
+        # (nats-py's own single-reply requests) gets each message set on it from the
+        # reader at once: the router takes that path and wakes the request's future.
+        sub._future = _Router(replies, start)  # type: ignore[assignment]
         return prefix
 
     async def request(
@@ -373,12 +414,16 @@ class NATSConnection(Connection):
     ) -> Msg:
         """Send a request to JetStream and return its reply (raw: see :func:`_seq_of`).
 
-        Leaner than nats-py's ``request``: no timer task per call, no token from the
+        Leaner than nats-py's ``request``: no timer per call (one timer sweeps the
+        requests past ``_REQUEST_TIMEOUT``, see :meth:`_expire`), no token from the
         system's random source, replies matched by a counter.
         """
-        await self.jetstream()
         nc = self._nc
-        assert nc is not None
+        loop = asyncio.get_running_loop()
+        if nc is None or self._js is None or self._bound.loop is not loop or stopped(nc):
+            await self.jetstream()
+            nc = self._nc
+            assert nc is not None
         if len(data) > nc.max_payload:
             raise ValueTooLargeError(
                 f"nats: {subject}: {len(data):,} bytes, over the server's max_payload of "
@@ -389,14 +434,35 @@ class NATSConnection(Connection):
         assert prefix is not None
         self._sent += 1
         token = str(self._sent)
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._replies[token] = future
+        future: asyncio.Future[Msg] = loop.create_future()
+        replies = self._replies
+        replies[token] = future
+        self._deadlines.append((loop.time() + _REQUEST_TIMEOUT, token, weakref.ref(future)))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(_REQUEST_TIMEOUT, self._expire)
         try:
             await nc.publish(subject, data, reply=prefix + token, headers=headers)
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                return await future
+            return await future
         finally:
-            self._replies.pop(token, None)
+            replies.pop(token, None)
+
+    def _expire(self) -> None:
+        """Fail the requests whose reply is over ``_REQUEST_TIMEOUT`` late (TimeoutError,
+        as a timer per request would), and come back for the next one due."""
+        self._sweeper = None
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while deadlines and deadlines[0][0] <= now:
+            _, token, ref = deadlines.popleft()
+            future = ref()
+            if future is not None and not future.done():
+                self._replies.pop(token, None)
+                future.set_exception(TimeoutError())
+        if deadlines:
+            self._sweeper = loop.call_later(deadlines[0][0] - now, self._expire)
 
     async def patiently(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, again through a lost connection or a JetStream still

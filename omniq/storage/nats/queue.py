@@ -32,6 +32,7 @@ from omniq.storage.nats._base import (
     key_of,
     record_of,
     task_of,
+    together,
     us,
 )
 from omniq.storage.nats._index import TaskIndex, index_of
@@ -94,7 +95,7 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         for task in tasks:  # in order: the creates' revisions are the enqueue order
             if task.id not in records:  # the first of an id wins
                 records[task.id] = record_of(task)
-        made = await asyncio.gather(*(self._create(i, record) for i, record in records.items()))
+        made = await together([self._create(i, record) for i, record in records.items()])
         index = self._known_index()
         if index is not None:
             for (task_id, record), revision in zip(records.items(), made, strict=True):
@@ -267,13 +268,18 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
                 )
                 for _, revision, record in picked
             ]
-            outcomes = await asyncio.gather(
-                *(
-                    conn.cas(self._subject(ident), self._stream, ENCODER.encode(new), revision)
-                    for (ident, revision, _), new in zip(picked, changed, strict=True)
-                ),
-                return_exceptions=True,
-            )
+            writes = [
+                conn.cas(self._subject(ident), self._stream, ENCODER.encode(new), revision)
+                for (ident, revision, _), new in zip(picked, changed, strict=True)
+            ]
+            outcomes: builtins.list[int | BaseException | None]
+            if len(writes) == 1:  # no gather task: the claim goes out in this loop turn
+                try:
+                    outcomes = [await writes[0]]
+                except Exception as exc:
+                    outcomes = [exc]
+            else:
+                outcomes = await asyncio.gather(*writes, return_exceptions=True)
             failure: BaseException | None = None
             lost = 0
             for (ident, revision, record), new, outcome in zip(
@@ -395,7 +401,7 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
 
             return change
 
-        done = await asyncio.gather(*(self._change(ack.task_id, ack_of(ack)) for ack in acks))
+        done = await together([self._change(ack.task_id, ack_of(ack)) for ack in acks])
         return [outcome is not None for outcome in done]
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:

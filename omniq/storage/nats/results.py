@@ -19,7 +19,7 @@ from omniq._sync import StorageTwin, blocking
 from omniq.models import TaskResult
 from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseResultStorage
-from omniq.storage.nats._base import ENCODER, NATSComponent, ident_of, key_of, us
+from omniq.storage.nats._base import ENCODER, NATSComponent, ident_of, key_of, together, us
 
 __all__ = ["AsyncNATSResultStorage", "NATSResultStorage"]
 
@@ -50,11 +50,11 @@ class AsyncNATSResultStorage(NATSComponent, BaseResultStorage):
             return
         conn = await self._conn()
         latest = {result.task_id: result for result in results}
-        await asyncio.gather(
-            *(
+        await together(
+            [
                 conn.publish(self._subject(task_id), ENCODER.encode(result))
                 for task_id, result in latest.items()
-            )
+            ]
         )
 
     async def get(self, task_id: str) -> TaskResult | None:

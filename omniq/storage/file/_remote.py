@@ -142,9 +142,12 @@ class FsspecStore(Store):
                         return change.result
                     await self._touch_abs(add)
                     etag = current[1] if current else None
-                    if await self._write_conditional(
-                        full, change.data, etag
-                    ) or await self._took_effect(full, change.data):
+                    # Only a write that names a new index entry (its name carries a
+                    # nonce) can be recognised as our own by its bytes: two writers of
+                    # equal bytes (a counter, two cancels) must still see one lose.
+                    if await self._write_conditional(full, change.data, etag) or (
+                        bool(add) and await self._took_effect(full, change.data)
+                    ):
                         await self._delete_abs(remove)
                         return change.result
                     await self._delete_abs(add)
@@ -160,8 +163,9 @@ class FsspecStore(Store):
 
         A write whose reply a cut connection lost is resent by the S3 client, and the
         resend fails its condition because the object changed: by that very write. The
-        object then holds exactly the bytes written (a record names its new index entry,
-        whose name carries a nonce, so another writer's record never matches by chance).
+        object then holds exactly the bytes written. Asked only of a write that adds an
+        index entry: the record names that entry, whose name carries a nonce, so another
+        writer's record never matches by chance.
         """
         current = await self._read_versioned(full)
         if data is None:

@@ -547,6 +547,8 @@ class AsyncWorkerPool:
                 # The lost run's own clean-up first (its events, its place in the maps).
                 await asyncio.gather(after, return_exceptions=True)
                 self._held.add(task.id)
+            if not await self._still_leased(task):
+                return
             await self._runner.run(task)
         except asyncio.CancelledError:
             # Stopped here: by a hard stop (the lease is handed back in _shutdown), or
@@ -569,6 +571,32 @@ class AsyncWorkerPool:
                 self._slot_freed.set()
 
     # -- leases --------------------------------------------------------------------------
+
+    async def _still_leased(self, task: Task) -> bool:
+        """Whether ``task`` may start here: its lease has not run out, or renewing it
+        shows that nobody took it over meanwhile.
+
+        A claim whose reply comes back after the lease it wrote ran out (a slow store, a
+        stalled process) may have lost the task to another worker, which may even have
+        finished it: starting the body then would run it again. A task that is not
+        started is dropped: whoever holds it now runs it, or its lease brings it back.
+        """
+        lease = task.lease_expires_at
+        if lease is None or lease > utcnow():
+            return True
+        try:
+            kept = await self.engine.queue.renew(
+                {task.id}, self.worker_id, lease_seconds=self.lease_seconds, now=utcnow()
+            )
+        except StorageError as exc:
+            why = f"renewing its lease failed ({exc})"
+        else:
+            if task.id in kept:
+                return True
+            why = "it was taken over or cancelled"
+        logger.warning("task %s: its lease ran out before it started and %s; not run", task.id, why)
+        self._held.discard(task.id)
+        return False
 
     async def _renew_loop(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)

@@ -728,3 +728,36 @@ async def test_a_long_runs_executing_event_shows_while_it_runs(
         return kinds == [EventType.ENQUEUED, EventType.EXECUTING, EventType.COMPLETE]
 
     await eventually(finished, "EXECUTING once, then COMPLETE", within=2)
+
+
+async def test_a_claim_whose_reply_outlives_its_lease_does_not_run_a_task_taken_over(
+    make_oq: MakeOQ, tmp_path: Path
+) -> None:
+    # A slow store (the chaos runs' S3): the claim's reply reaches the pool after the
+    # lease it wrote ran out, and by then another worker took the task over and
+    # finished it. Starting the body then would run a finished task again.
+    oq = await make_oq(lease_seconds=1.0)
+    other = await make_oq(lease_seconds=WAIT)
+    log = tmp_path / "runs"
+    task_id = await oq.enqueue(tasks.append_line, str(log), "ran")
+    real_claim = oq.queue.claim
+    taken_over = asyncio.Event()
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> list[Task]:
+        claimed = await real_claim(*args, **kwargs)
+        if claimed and not taken_over.is_set():
+            lease = claimed[0].lease_expires_at
+            assert lease is not None
+            # The time that must pass for the lease to run out, then the takeover.
+            await asyncio.sleep(max(0.0, (lease - datetime.now(UTC)).total_seconds()) + 0.1)
+            await asyncio.wait_for(other.worker().run(burst=True), timeout=WAIT)
+            taken_over.set()
+        return claimed
+
+    oq.queue.claim = slow_claim  # type: ignore[method-assign]
+    await asyncio.wait_for(oq.worker().run(burst=True), timeout=WAIT)
+    assert taken_over.is_set()
+    result = await oq.get_result(task_id)
+    assert result is not None and result.status is TaskStatus.COMPLETE
+    lines = (await asyncio.to_thread(log.read_text)).splitlines()
+    assert len(lines) == 1, f"the body ran {len(lines)} times: {lines}"

@@ -10,7 +10,7 @@ import os
 from taskiq import AsyncBroker
 from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
-from benchmarks.apps import bodies
+from benchmarks.apps.taskiq_tasks import register
 
 URL = "redis://127.0.0.1:6379/15"
 
@@ -21,24 +21,4 @@ broker: AsyncBroker = (
 )
 
 
-@broker.task(task_name="noop")
-async def noop() -> None:
-    """Do nothing."""
-
-
-@broker.task(task_name="drain")
-async def drain() -> None:
-    """Drain body."""
-    await bodies.drain_async()
-
-
-@broker.task(task_name="latency")
-async def latency(index: int) -> None:
-    """Latency body."""
-    await bodies.latency_async(index)
-
-
-@broker.task(task_name="sleep")
-async def sleep() -> None:
-    """Sleep body."""
-    await bodies.sleep_async()
+noop, drain, latency, sleep = register(broker)

@@ -14,11 +14,13 @@ Example::
 """
 
 from omniq.config import Settings
+from omniq.context import TaskContext, current_task
 from omniq.core import AsyncOmniQ, AsyncTaskFunction
 from omniq.errors import OmniQError
 from omniq.models import (
     ErrorInfo,
     EventType,
+    Progress,
     Schedule,
     Task,
     TaskEvent,
@@ -39,14 +41,17 @@ __all__ = [
     "EventType",
     "OmniQ",
     "OmniQError",
+    "Progress",
     "Retry",
     "Schedule",
     "Settings",
     "Task",
+    "TaskContext",
     "TaskEvent",
     "TaskFunction",
     "TaskResult",
     "TaskStatus",
     "WorkerPool",
     "__version__",
+    "current_task",
 ]

@@ -453,13 +453,15 @@ class Engine:
         task = await self.queue.get(task_id)
         if task is not None and is_expired(task, utcnow()):
             task = await self.expire(task)
-        return task
+        return None if task is None else (await self.with_progress([task]))[0]
 
     async def list_tasks(
         self, queue: str | None, status: TaskStatus | None, limit: int
     ) -> list[Task]:
         """Tasks, newest first (those past their ttl and never started expired here)."""
-        tasks = await self.queue.list(queue=queue, status=status, limit=limit)
+        tasks = await self.with_progress(
+            await self.queue.list(queue=queue, status=status, limit=limit)
+        )
         now = utcnow()
         if not any(is_expired(task, now) for task in tasks):
             return tasks
@@ -472,6 +474,20 @@ class Engine:
                 task = expired
             listed.append(task)
         return listed
+
+    async def with_progress(self, tasks: list[Task]) -> list[Task]:
+        """``tasks`` with their stored progress merged in (``Task.progress``)."""
+        if not tasks:
+            return tasks
+        found = await self.queue.get_progress([task.id for task in tasks])
+        if not found:
+            return tasks
+        return [
+            task
+            if (progress := found.get(task.id)) is None
+            else msgspec.structs.replace(task, progress=progress)
+            for task in tasks
+        ]
 
     async def get_result(
         self, task_id: str, *, wait: bool, timeout: float | None

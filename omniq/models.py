@@ -18,6 +18,7 @@ __all__ = [
     "WAITING_STATUSES",
     "ErrorInfo",
     "EventType",
+    "Progress",
     "Schedule",
     "Task",
     "TaskEvent",
@@ -131,6 +132,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
     updated_at: datetime | None = None
     worker_id: str | None = None
     lease_expires_at: datetime | None = None
+    #: What the task last reported with ``current_task().progress(...)`` (None: nothing).
+    #: Stored apart from the task record and merged in when a task is read.
+    progress: Progress | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id
@@ -199,3 +203,14 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     next_run_at: datetime | None = None
     last_run_at: datetime | None = None
     created_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a running task says it got (``omniq.current_task().progress(...)``):
+    ``done`` out of ``total`` (None: unknown), an optional ``message``, and when it was
+    reported (``updated_at``)."""
+
+    done: int | float
+    total: int | float | None = None
+    message: str | None = None
+    updated_at: datetime = msgspec.field(default_factory=utcnow)

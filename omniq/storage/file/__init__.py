@@ -24,6 +24,7 @@ Layout under the backend's root (each component in its own subdirectory)::
       running/<queue>/<entry>      claimed tasks (the name carries the lease expiry)
       done/<queue>/<entry>         tasks in a final state (the name carries the finish time)
       deps/<dependency>/<id>       who depends on whom
+      p/<id>                       a task's progress (msgpack), apart from its record
       .locks/NN                    local disk only: lock files for read-modify-write
       .wake                        local disk only: a FIFO an enqueue writes a byte into,
                                    so a worker waiting in another process wakes at once
@@ -134,6 +135,8 @@ class FileQueue(StorageTwin[AsyncFileQueue]):
     wait = blocking(AsyncFileQueue.wait)
     wait_and_claim = blocking(AsyncFileQueue.wait_and_claim)
     watch_cancels = blocking(AsyncFileQueue.watch_cancels)
+    set_progress = blocking(AsyncFileQueue.set_progress)
+    get_progress = blocking(AsyncFileQueue.get_progress)
 
 
 class FileResultStorage(StorageTwin[AsyncFileResultStorage]):

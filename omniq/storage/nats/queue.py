@@ -8,14 +8,14 @@ import asyncio
 import builtins
 import heapq
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
-from omniq.models import Task, TaskStatus, utcnow
+from omniq.models import Progress, Task, TaskStatus, utcnow
 from omniq.storage.base import (
     Ack,
     BaseTaskQueue,
@@ -36,6 +36,7 @@ from omniq.storage.nats._base import (
     us,
 )
 from omniq.storage.nats._index import TaskIndex, index_of
+from omniq.storage.nats._progress import purge_progress, read_progress, write_progress
 
 __all__ = ["AsyncNATSQueue", "NATSQueue"]
 
@@ -480,6 +481,7 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         conn = await self._conn()
         bucket = conn.tasks_bucket
         await asyncio.gather(*(conn.purge_key(bucket, key_of(ident)) for ident in doomed))
+        await purge_progress(conn, doomed)
         await index.catch_up()  # the purge markers, heard back, take the tasks out
         return len(doomed)
 
@@ -511,6 +513,15 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
             if current is not None:
                 current.unwatch_cancels(worker_id)
 
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store tasks' progress in the progress bucket (``omniq.storage.nats._progress``)."""
+        if updates:
+            await write_progress(await self._conn(), updates)
+
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress of ``task_ids`` (one direct get each, together)."""
+        return await read_progress(await self._conn(), task_ids) if task_ids else {}
+
 
 class NATSQueue(StorageTwin[AsyncNATSQueue]):
     """Blocking twin of :class:`AsyncNATSQueue`: the same methods, without ``await``."""
@@ -537,3 +548,5 @@ class NATSQueue(StorageTwin[AsyncNATSQueue]):
     wait = blocking(AsyncNATSQueue.wait)
     wait_and_claim = blocking(AsyncNATSQueue.wait_and_claim)
     watch_cancels = blocking(AsyncNATSQueue.watch_cancels)
+    set_progress = blocking(AsyncNATSQueue.set_progress)
+    get_progress = blocking(AsyncNATSQueue.get_progress)

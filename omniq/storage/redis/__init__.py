@@ -36,6 +36,8 @@ key                                type    holds
                                            compact listpack: a queued task with events off
                                            takes about 760 bytes in all, about twice that
                                            as a hash table
+``pg:{id}``                        string  a task's progress (msgpack ``Progress``), apart
+                                           from its hash; deleted with the task
 ``seq``                            string  enqueue counter (ties in claim order)
 ``queues``                         set     every queue name seen (for stats and list)
 ``q:{queue}:ready``                zset    claimable tasks: score ``-priority``, member

@@ -395,3 +395,13 @@ DELETE FROM {s}.schedules WHERE id = $1;
 SELECT id, data FROM {s}.schedules
 WHERE NOT paused AND next_run_ts IS NOT NULL AND next_run_ts <= $1
 ORDER BY next_run_ts, id LIMIT $2;
+
+-- name: set_progress
+-- Tasks that are gone get none (a delete racing this fails it on the foreign key).
+INSERT INTO {s}.task_progress (task_id, data)
+SELECT u.id, u.data FROM unnest($1::text[], $2::bytea[]) AS u(id, data)
+WHERE EXISTS (SELECT 1 FROM {s}.tasks AS t WHERE t.id = u.id)
+ON CONFLICT (task_id) DO UPDATE SET data = EXCLUDED.data;
+
+-- name: get_progress
+SELECT task_id, data FROM {s}.task_progress WHERE task_id = ANY($1::text[]);

@@ -148,3 +148,10 @@ LIMIT ?;
 
 -- name: advance_schedule
 UPDATE schedules SET next_run_ts = ?, data = ? WHERE id = ? AND next_run_ts IS ?;
+
+-- name: set_progress
+UPDATE tasks SET progress = ? WHERE id = ?;
+
+-- name: get_progress
+SELECT id, progress FROM tasks
+WHERE id IN (SELECT value FROM json_each(?)) AND progress IS NOT NULL;

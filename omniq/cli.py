@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omniq.config import (
     LOG_LEVELS,
@@ -37,6 +37,9 @@ from omniq.config import (
     warn_unknown_variables,
 )
 from omniq.errors import ConfigError, OmniQError
+
+if TYPE_CHECKING:
+    from omniq.models import Progress
 
 __all__ = ["load_app", "main"]
 
@@ -205,12 +208,30 @@ async def _status(args: argparse.Namespace) -> int:
         print(f"queue     {task.queue}")
         print(f"status    {task.status.value}")
         print(f"attempts  {task.attempts}")
+        if task.progress is not None:
+            print(f"progress  {_progress_line(task.progress)}")
     if result is not None:
         if result.error is not None:
             print(f"error     {result.error.type}: {result.error.message}")
         else:
             print(f"result    {result.result!r}")
     return EXIT_OK
+
+
+def _progress_line(progress: Progress) -> str:
+    """``3/10 (30%) copying b.png  (updated 2026-01-02 03:04:05+00:00)``."""
+
+    def number(value: float) -> str:
+        return str(value) if isinstance(value, int) else f"{value:g}"
+
+    line = number(progress.done)
+    if progress.total is not None:
+        line += f"/{number(progress.total)}"
+        if progress.total > 0:
+            line += f" ({100 * progress.done / progress.total:.0f}%)"
+    if progress.message:
+        line += f" {progress.message}"
+    return f"{line}  (updated {progress.updated_at.isoformat(sep=' ', timespec='seconds')})"
 
 
 async def _events(args: argparse.Namespace) -> int:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from omniq import AsyncOmniQ, Progress, Task, current_task
-from tests.conformance import progress_tasks
+from omniq import AsyncOmniQ, Progress, Task, TaskContext, TaskStatus, current_task
+from omniq.errors import ConfigError
+from omniq.models import utcnow
+from tests.conformance import progress_tasks, tasks
 
 #: The longest any wait below may take before the test fails (never reached when green).
 _PATIENCE = 60.0
@@ -115,3 +118,38 @@ async def test_progress_in_a_tight_loop_is_coalesced(
     # first and the final one.
     interval = 0.25  # omniq.workers._progress.ProgressWriter.interval
     assert 1 <= len(written) <= 2 + elapsed / interval, (written, elapsed)
+
+
+async def test_progress_is_kept_apart_from_the_task_and_goes_with_it(oq: AsyncOmniQ) -> None:
+    queue = oq.queue
+    # An unknown task is not given any (nor made to exist).
+    await queue.set_progress({"no-such-task": Progress(done=1)})
+    assert await queue.get_progress(["no-such-task"]) == {}
+    assert await oq.get_task("no-such-task") is None
+
+    task_id = await oq.enqueue(tasks.add, 1, 2)
+    stored = Progress(done=0.5, total=1.0, message="halfway")
+    await queue.set_progress({task_id: stored, "no-such-task": Progress(done=2)})
+    assert await queue.get_progress([task_id, "no-such-task"]) == {task_id: stored}
+    # The task's record is untouched: it claims and finishes as if nothing was written.
+    await oq.worker().run(burst=True)
+    task = await oq.get_task(task_id)
+    assert task is not None and task.status is TaskStatus.COMPLETE
+    assert task.progress == stored
+    assert [t.progress for t in await oq.list_tasks() if t.id == task_id] == [stored]
+
+    # Deleted with its task, and a late write does not bring either back.
+    assert await queue.delete_finished(utcnow() + timedelta(seconds=1)) == 1
+    assert await queue.get_progress([task_id]) == {}
+    await queue.set_progress({task_id: stored})
+    assert await queue.get(task_id) is None
+    assert await queue.get_progress([task_id]) == {}
+
+
+async def test_a_bad_progress_report_is_refused_with_the_reason() -> None:
+    context = TaskContext("t1", 1, "default", "w1")
+    for done, total, message in [(-1, None, None), ("3", None, None), (1, float("nan"), None)]:
+        with pytest.raises(ConfigError, match="progress"):
+            context.progress(done, total, message)
+    with pytest.raises(ConfigError, match="message"):
+        context.progress(1, 2, 3)  # type: ignore[arg-type]

@@ -90,7 +90,7 @@ async def test_current_task_is_none_outside_a_task(oq: AsyncOmniQ) -> None:
     assert task is not None and task.progress is None  # never reported: nothing stored
 
 
-@pytest.mark.parametrize("worker_type", ["async", "thread", "process"])
+@pytest.mark.parametrize("worker_type", ["async", "thread", "process", "gevent"])
 async def test_progress_in_a_tight_loop_is_coalesced(
     oq: AsyncOmniQ, worker_type: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

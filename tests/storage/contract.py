@@ -24,6 +24,7 @@ import pytest
 from omniq.models import (
     ErrorInfo,
     EventType,
+    Progress,
     Schedule,
     Task,
     TaskEvent,
@@ -800,6 +801,31 @@ class QueueContract:
             queue.wait_and_claim(["default"], "w1", limit=4, lease_seconds=30, timeout=0.05), 5
         )
         assert claimed == []
+
+    async def test_progress_is_kept_apart_from_the_task_record(
+        self, queue: BaseTaskQueue, other_queue: BaseTaskQueue
+    ) -> None:
+        task, other = make_task(), make_task()
+        await queue.enqueue([task, other])
+        now = utcnow()
+        [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
+        first = Progress(done=1, total=3, message="one", updated_at=now)
+        latest = Progress(done=2, total=3, message="two", updated_at=now + 1 * S)
+        await queue.set_progress({claimed.id: first, "no-such-task": first})
+        await queue.set_progress({claimed.id: latest})
+        assert await other_queue.get_progress([claimed.id, "no-such-task"]) == {claimed.id: latest}
+        assert await queue.get("no-such-task") is None
+        # Writing it changed nothing the claim's compare-and-sets look at.
+        assert await queue.renew([claimed.id], "w", lease_seconds=30, now=now) == {claimed.id}
+        assert await queue.ack_many([Ack(claimed.id, "w", TaskStatus.COMPLETE)], now=now) == [True]
+        assert await queue.get_progress([claimed.id]) == {claimed.id: latest}
+        # Deleted with its task, and not brought back (nor the task) by a late write.
+        assert await queue.delete_finished(now + 1 * S) == 1
+        await queue.set_progress({claimed.id: first})
+        assert await queue.get_progress([claimed.id]) == {}
+        assert await queue.get(claimed.id) is None
+        waiting = await queue.get(other.id)
+        assert waiting is not None and waiting.status is TaskStatus.PENDING
 
 
 def make_result(task_id: str | None = None, **fields: object) -> TaskResult:

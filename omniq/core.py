@@ -216,7 +216,8 @@ class AsyncOmniQ:
     # -- reading -----------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> Task | None:
-        """The task with its current status and attempts, or None.
+        """The task with its current status and attempts, or None; ``progress`` holds
+        what it last reported (``omniq.current_task().progress``), or None.
 
         A task that never started and is past its ``ttl`` reads ``EXPIRED`` (it is
         expired here, with its result and event, if no worker did it yet).

@@ -22,7 +22,8 @@ import contextvars
 import math
 import time
 from collections.abc import Callable
-from numbers import Real
+from decimal import Decimal
+from numbers import Integral, Real
 from typing import Final
 
 from omniq.errors import ConfigError
@@ -44,13 +45,15 @@ _current: Final[contextvars.ContextVar[TaskContext | None]] = contextvars.Contex
 )
 
 
-def _check_number(name: str, value: object) -> None:
+def _number(name: str, value: object) -> int | float:
+    """``value`` as a plain int or float (from a numpy number, a Decimal…), checked."""
     if type(value) is int and value >= 0:
-        return  # the common case, checked first: progress may be called in a tight loop
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        return value  # the common case, checked first: progress may be called in a tight loop
+    if isinstance(value, bool) or not isinstance(value, Real | Decimal) or not math.isfinite(value):
         raise ConfigError(f"progress: {name}={value!r}: expected a finite number")
     if value < 0:
         raise ConfigError(f"progress: {name}={value!r}: expected a number >= 0")
+    return int(value) if isinstance(value, Integral) else float(value)
 
 
 class TaskContext:
@@ -93,9 +96,9 @@ class TaskContext:
         call in a tight loop costs little. Raises ``ConfigError`` for a negative or
         non-number ``done``/``total`` or a non-string ``message``.
         """
-        _check_number("done", done)
+        done = _number("done", done)
         if total is not None:
-            _check_number("total", total)
+            total = _number("total", total)
         if message is not None and not isinstance(message, str):
             raise ConfigError(f"progress: message={message!r}: expected a string or None")
         if self._open and self._sink is not None:

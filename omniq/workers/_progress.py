@@ -140,5 +140,8 @@ class ProgressWriter:
             except StorageError as exc:
                 # Progress is advisory: a lost write is overtaken by the next one.
                 logger.warning("worker %s: storing progress failed: %s", self.worker_id, exc)
+            except Exception:
+                # Never the task's failure (finish() runs inside its run): logged, dropped.
+                logger.exception("worker %s: storing progress failed", self.worker_id)
             self.writes += 1
             self._last_write = asyncio.get_running_loop().time()

@@ -8,11 +8,14 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from omniq import OmniQ, Progress, Task, current_task
+from omniq import OmniQ, Progress, Task, TaskContext, current_task
 from omniq.storage.sqlite import AsyncSQLiteQueue
 from omniq.workers._child import ChildProgress, ProgressReport
 from omniq.workers._progress import ProgressWriter
@@ -166,3 +169,11 @@ def test_the_blocking_client_sees_the_context_and_the_progress(tmp_path: Path) -
         assert (task.progress.done, task.progress.total) == (1000, 1000)
         [listed] = oq.list_tasks(queue="bulk")
         assert listed.progress == task.progress
+
+
+def test_numbers_of_other_types_are_stored_as_int_or_float() -> None:
+    reports: list[tuple[Any, ...]] = []
+    context = TaskContext("t1", 1, "default", "w1", lambda *report: reports.append(report))
+    context.progress(Fraction(1, 2), Decimal("3"), message="m")
+    [(_, done, total, message, _)] = reports
+    assert (type(done), done, type(total), total, message) == (float, 0.5, float, 3.0, "m")

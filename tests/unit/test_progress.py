@@ -71,7 +71,7 @@ async def test_a_burst_of_reports_is_one_write_of_the_first_and_one_of_the_last(
     assert writer.writes == len(recorder.writes)
 
 
-async def test_reports_of_many_tasks_from_threads_are_written_together(
+async def test_reports_of_many_tasks_from_threads_are_coalesced(
     queue: AsyncSQLiteQueue, recorder: Recorder
 ) -> None:
     writer = ProgressWriter(lambda: queue, "w1")

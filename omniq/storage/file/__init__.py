@@ -134,6 +134,10 @@ class FileQueue(StorageTwin[AsyncFileQueue]):
     wait = blocking(AsyncFileQueue.wait)
     wait_and_claim = blocking(AsyncFileQueue.wait_and_claim)
     watch_cancels = blocking(AsyncFileQueue.watch_cancels)
+    requeue = blocking(AsyncFileQueue.requeue)
+    register_worker = blocking(AsyncFileQueue.register_worker)
+    deregister_worker = blocking(AsyncFileQueue.deregister_worker)
+    list_workers = blocking(AsyncFileQueue.list_workers)
 
 
 class FileResultStorage(StorageTwin[AsyncFileResultStorage]):
@@ -145,6 +149,7 @@ class FileResultStorage(StorageTwin[AsyncFileResultStorage]):
     put = blocking(AsyncFileResultStorage.put)
     put_many = blocking(AsyncFileResultStorage.put_many)
     wait = blocking(AsyncFileResultStorage.wait)
+    delete = blocking(AsyncFileResultStorage.delete)
 
 
 class FileEventStorage(StorageTwin[AsyncFileEventStorage]):

@@ -268,7 +268,9 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 
 async def _requeue(args: argparse.Namespace) -> int:
-    if (args.task_id is None) == (args.status is None):
+    if args.task_id is None and args.status is None:
+        raise ConfigError("requeue: name a task ID, or --status for every task in that status")
+    if args.task_id is not None and args.status is not None:
         raise ConfigError("requeue: give a task ID or --status, not both")
     if args.task_id is not None and args.queue is not None:
         raise ConfigError("requeue: --queue goes with --status")
@@ -289,7 +291,7 @@ async def _requeue(args: argparse.Namespace) -> int:
             count += done
             if not done:
                 break
-    print(f"requeued {count} tasks")
+    print(f"requeued {count} task{'' if count == 1 else 's'}")
     return EXIT_OK
 
 

@@ -88,6 +88,30 @@ async def test_two_concurrent_requeues_run_the_task_once(make_oq: MakeOQ, tmp_pa
     assert kinds(await first.get_events(task_id)).count(EventType.REQUEUED) == 1
 
 
+async def test_requeue_racing_the_stale_run_of_a_cancelled_task_has_one_outcome(
+    oq: AsyncOmniQ, tmp_path: Path
+) -> None:
+    # A thread cannot be stopped: the cancelled run goes on while the requeued one runs.
+    release, log = tmp_path / "release", tmp_path / "log"
+    task_id = await oq.enqueue(tasks.hold_until, str(release), str(log))
+    async with oq.worker(worker_type="thread", concurrency=2):
+
+        async def started(count: int) -> bool:
+            return runs(log) == count
+
+        await eventually(lambda: started(1), "the first run")
+        assert await oq.cancel(task_id) is True
+        assert await oq.requeue(task_id) is True
+        await eventually(lambda: started(2), "the requeued run")
+        release.touch()  # both runs end now: only the requeued one's outcome counts
+        result = await oq.get_result(task_id, wait=True, timeout=WAIT)
+    assert result.status is TaskStatus.COMPLETE and result.attempts == 1
+    assert (await oq.get_task(task_id)).status is TaskStatus.COMPLETE
+    events = kinds(await oq.get_events(task_id))
+    assert events.count(EventType.COMPLETE) == 1
+    assert events.index(EventType.CANCELLED) < events.index(EventType.REQUEUED)
+
+
 async def test_requeue_of_an_expired_task_runs_it(oq: AsyncOmniQ) -> None:
     task_id = await oq.submit(tasks.add, (2, 3), ttl=0.05)
 

@@ -24,6 +24,7 @@ from omniq.models import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkerInfo,
 )
 from omniq.retry import Retry
 from omniq.sync import OmniQ, TaskFunction
@@ -47,6 +48,7 @@ __all__ = [
     "TaskFunction",
     "TaskResult",
     "TaskStatus",
+    "WorkerInfo",
     "WorkerPool",
     "__version__",
 ]

@@ -124,6 +124,7 @@ class NATSConnection(Connection):
         self.tasks_bucket = f"{self.prefix}_tasks"
         self.results_bucket = f"{self.prefix}_results"
         self.schedules_bucket = f"{self.prefix}_schedules"
+        self.workers_bucket = f"{self.prefix}_workers"
         self.events_stream = f"{self.prefix}_events"
         self.events_subject = f"{self.prefix}.events"
         self._where = redact(url)
@@ -313,12 +314,13 @@ class NATSConnection(Connection):
         await self._bound.watch()
 
     async def _make_streams(self, js: JetStreamContext) -> None:
-        """The namespace's three buckets and its event stream (kept as they are when they
+        """The namespace's four buckets and its event stream (kept as they are when they
         exist)."""
         made = [
             self._bucket_config(self.tasks_bucket),
             self._bucket_config(self.results_bucket),
             self._bucket_config(self.schedules_bucket),
+            self._bucket_config(self.workers_bucket),
             api.StreamConfig(
                 name=self.events_stream,
                 subjects=[f"{self.events_subject}.>"],
@@ -367,6 +369,7 @@ class NATSConnection(Connection):
             f"KV_{self.tasks_bucket}",
             f"KV_{self.results_bucket}",
             f"KV_{self.schedules_bucket}",
+            f"KV_{self.workers_bucket}",
             self.events_stream,
         ]
 

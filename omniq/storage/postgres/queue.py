@@ -28,7 +28,8 @@ from omniq.models import Task, TaskEvent, TaskStatus
 from omniq.storage._component import Finished, QueueComponent
 from omniq.storage._rows import counts_by_queue, dt, ts, unreadable_from_row
 from omniq.storage.base import Ack, Finish, UnreadableTask, event_fields_but_task_id, event_of
-from omniq.storage.postgres._base import ENCODER, PostgresComponent, task_of_row
+from omniq.storage.postgres._base import ENCODER, task_of_row
+from omniq.storage.postgres._fleet import PostgresFleet
 from omniq.storage.postgres.connection import PostgresConnection
 from omniq.storage.postgres.events import AsyncPostgresEventStorage
 from omniq.storage.postgres.results import AsyncPostgresResultStorage, result_arrays
@@ -103,7 +104,7 @@ def _uniform_args(
     return "enqueue_uniform_logged", (*columns, stamps, [encode(r) for r in records])
 
 
-class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
+class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
     """The task queue on PostgreSQL.
 
     ``wait`` is woken by ``NOTIFY`` from any client of the database, within a
@@ -455,3 +456,7 @@ class PostgresQueue(StorageTwin[AsyncPostgresQueue]):
     wait = blocking(AsyncPostgresQueue.wait)
     wait_and_claim = blocking(AsyncPostgresQueue.wait_and_claim)
     watch_cancels = blocking(AsyncPostgresQueue.watch_cancels)
+    requeue = blocking(AsyncPostgresQueue.requeue)
+    register_worker = blocking(AsyncPostgresQueue.register_worker)
+    deregister_worker = blocking(AsyncPostgresQueue.deregister_worker)
+    list_workers = blocking(AsyncPostgresQueue.list_workers)

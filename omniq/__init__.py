@@ -26,6 +26,7 @@ from omniq.models import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkerInfo,
 )
 from omniq.retry import Retry
 from omniq.sync import OmniQ, TaskFunction
@@ -51,6 +52,7 @@ __all__ = [
     "TaskFunction",
     "TaskResult",
     "TaskStatus",
+    "WorkerInfo",
     "WorkerPool",
     "__version__",
     "current_task",

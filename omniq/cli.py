@@ -1,4 +1,5 @@
-"""The ``omniq`` command line: worker, enqueue, status, events, schedules, stats, cleanup, demo.
+"""The ``omniq`` command line: worker, enqueue, status, events, schedules, stats, cleanup,
+requeue, workers, demo.
 
 Errors print as one line (``omniq: error: …``) with a non-zero exit code, never as a
 traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG`` and
@@ -287,6 +288,63 @@ async def _cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _requeue(args: argparse.Namespace) -> int:
+    if args.task_id is None and args.status is None:
+        raise ConfigError("requeue: name a task ID, or --status for every task in that status")
+    if args.task_id is not None and args.status is not None:
+        raise ConfigError("requeue: give a task ID or --status, not both")
+    if args.task_id is not None and args.queue is not None:
+        raise ConfigError("requeue: --queue goes with --status")
+    oq = _client(args)
+    async with oq:
+        if args.task_id is not None:
+            if not await oq.requeue(args.task_id):
+                raise OmniQError(
+                    f"task {args.task_id} not requeued: unknown, or not failed, cancelled "
+                    "or expired"
+                )
+            print(f"requeued {args.task_id}")
+            return EXIT_OK
+        count = 0
+        while True:  # a page at a time: each requeued task leaves the listing
+            page = await oq.list_tasks(queue=args.queue, status=args.status, limit=500)
+            done = sum([await oq.requeue(task.id) for task in page])
+            count += done
+            if not done:
+                break
+    print(f"requeued {count} task{'' if count == 1 else 's'}")
+    return EXIT_OK
+
+
+async def _workers(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    async with oq:
+        found = await oq.list_workers()
+    if not found:
+        print("no workers")
+        return EXIT_OK
+    rows = [("ID", "HOST", "PID", "TYPE", "RUNNING", "QUEUES", "STARTED", "LAST SEEN")]
+    for w in found:
+        rows.append(
+            (
+                w.id,
+                w.hostname,
+                str(w.pid),
+                w.worker_type,
+                f"{w.running}/{w.concurrency}",
+                ",".join(w.queues),
+                w.started_at.isoformat(timespec="seconds"),
+                w.last_seen.isoformat(timespec="seconds"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return EXIT_OK
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from omniq.demo import run_demo
 
@@ -365,6 +423,15 @@ def _parser() -> argparse.ArgumentParser:
 
     command("stats", "task counts per queue and status").set_defaults(handler=_stats)
     command("cleanup", "drop expired results, old tasks and events").set_defaults(handler=_cleanup)
+    rq = command("requeue", "run a failed, cancelled or expired task (or all of them) again")
+    rq.add_argument("task_id", nargs="?")
+    rq.add_argument(
+        "--status", choices=["failed", "cancelled", "expired"], help="every task in this status"
+    )
+    rq.add_argument("--queue", help="with --status: only this queue's tasks")
+    rq.set_defaults(handler=_requeue)
+
+    command("workers", "list the worker pools running now").set_defaults(handler=_workers)
     command("demo", "run the demo on the embedded default", app=False).set_defaults(handler=_demo)
     return parser
 

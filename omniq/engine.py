@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from omniq import _dependents, _fork
+from omniq import _dependents, _fork, _requeue
 from omniq._building import TaskBuilder
 from omniq._loops import LoopBinding
 from omniq._storages import Component, Storages
@@ -57,6 +57,7 @@ from omniq.models import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkerInfo,
     utcnow,
 )
 from omniq.serialization import SerializationManager
@@ -564,3 +565,19 @@ class Engine:
         if task.expires_at is not None and task.attempts == 0:
             return task.expires_at, False
         return None, False
+
+    # -- running it in production ------------------------------------------------------------
+
+    async def requeue(self, task_id: str) -> bool:
+        """Put a ``FAILED``, ``CANCELLED`` or ``EXPIRED`` task back to run again
+        (:func:`omniq._requeue.requeue`); True if this call did."""
+        done = await _requeue.requeue(
+            self.queue, self.results, task_id, log=self.log_now, settle=self.settle_dependent
+        )
+        if done:
+            self.wake_pools()
+        return done
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The worker pools registered and alive now, by id."""
+        return await self.queue.list_workers(now=utcnow())

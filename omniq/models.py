@@ -24,6 +24,7 @@ __all__ = [
     "TaskEvent",
     "TaskResult",
     "TaskStatus",
+    "WorkerInfo",
     "utcnow",
 ]
 
@@ -73,6 +74,7 @@ class EventType(str, enum.Enum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    REQUEUED = "requeued"
 
     def __str__(self) -> str:
         return self.value
@@ -203,6 +205,25 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     next_run_at: datetime | None = None
     last_run_at: datetime | None = None
     created_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A running worker pool as it registered itself (``list_workers()``).
+
+    ``id`` is the pool's worker id (the ``worker_id`` on the tasks it runs), ``queues``
+    the queues it serves, ``running`` how many tasks it was running at its last
+    heartbeat, ``last_seen`` the time of that heartbeat.
+    """
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    worker_type: str
+    concurrency: int
+    running: int = 0
+    started_at: datetime = msgspec.field(default_factory=utcnow)
+    last_seen: datetime = msgspec.field(default_factory=utcnow)
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,6 +30,7 @@ from typing import Any
 from omniq.decisions import cancelled_result
 from omniq.errors import StorageError
 from omniq.models import Progress, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.storage._fleet import FleetQueue
 from omniq.storage._records import (
     Ack,
     Finish,
@@ -73,7 +74,7 @@ class BaseStorage(ABC):  # noqa: B024 - connect/close are optional hooks, not ab
         await self.close()
 
 
-class BaseTaskQueue(BaseStorage):
+class BaseTaskQueue(BaseStorage, FleetQueue):
     """A durable queue of tasks with lease-based claims.
 
     Delivery is at-least-once with exactly one holder at a time: ``claim`` leases a task
@@ -521,6 +522,11 @@ class BaseResultStorage(BaseStorage):
     @abstractmethod
     async def delete_expired(self, now: datetime) -> int:
         """Delete results whose ``expires_at`` has passed; return how many."""
+
+    @abstractmethod
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Delete the results of ``task_ids`` (a requeued task's old one): a reader sees
+        none until a new one is stored. Unknown ids are ignored."""
 
 
 class BaseEventStorage(BaseStorage):

@@ -26,6 +26,7 @@ from omniq.models import Task, utcnow
 from omniq.workers._leases import LeaseKeeper
 from omniq.workers._options import parse_queue_order, parse_queues
 from omniq.workers._outcomes import Outcomes
+from omniq.workers._presence import keep_registered
 from omniq.workers._running import TaskRunner
 from omniq.workers._waiting import InterruptibleWait
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
@@ -199,6 +200,10 @@ class AsyncWorkerPool:
                 self._outcomes.spill_loop(self._running.__contains__), name="omniq-spiller"
             ),
             asyncio.create_task(self._leases.sweep_loop(), name="omniq-dependents-sweeper"),
+            asyncio.create_task(
+                keep_registered(self.engine, self, self._running.__len__),
+                name="omniq-registration",
+            ),
         ]
         logger.info(
             "worker %s started: type=%s concurrency=%d queues=%s loop=%s",

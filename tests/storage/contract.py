@@ -42,6 +42,7 @@ from omniq.storage.base import (
     Finish,
     UnreadableTask,
 )
+from tests.storage.fleet_contract import FleetQueueContract, ResultDeleteContract
 
 MakeBackend = Callable[[], Awaitable[Backend]]
 
@@ -114,7 +115,7 @@ async def produce_until(done: asyncio.Future[Any], action: Callable[[], Awaitabl
         await asyncio.wait({done}, timeout=0.05)
 
 
-class QueueContract:
+class QueueContract(FleetQueueContract):
     """``BaseTaskQueue``: claims, leases, ordering, status changes, queries."""
 
     @pytest.fixture
@@ -839,7 +840,7 @@ def make_result(task_id: str | None = None, **fields: object) -> TaskResult:
     return TaskResult(task_id=task_id or uuid.uuid4().hex, **values)  # type: ignore[arg-type]
 
 
-class ResultContract:
+class ResultContract(ResultDeleteContract):
     """``BaseResultStorage``: put/get, replacement, expiry, waiting."""
 
     @pytest.fixture

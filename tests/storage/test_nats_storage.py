@@ -129,6 +129,7 @@ async def test_the_namespace_names_every_stream_and_bucket(make_backend: MakeBac
             f"KV_{prefix}_tasks",
             f"KV_{prefix}_results",
             f"KV_{prefix}_schedules",
+            f"KV_{prefix}_workers",
             f"KV_{prefix}_progress",
             f"{prefix}_events",
         ]

@@ -597,13 +597,13 @@ async def test_finishing_tasks_wakes_their_result_waiters(
     assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == outcomes
 
 
-async def test_a_version_4_schema_gains_the_progress_table_and_keeps_its_tasks(
+async def test_a_version_5_schema_gains_the_progress_table_and_keeps_its_tasks(
     schema: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"{POSTGRES_URL}?namespace={schema}"
     tasks = [make_task() for _ in range(3)]
     with monkeypatch.context() as patch:
-        patch.setattr("omniq.storage.postgres.connection.SCHEMA_VERSION", 4)
+        patch.setattr("omniq.storage.postgres.connection.SCHEMA_VERSION", 5)
         old = PostgresBackend(url, None)
         await old.connect()
         await old.task_queue().enqueue(tasks)

@@ -358,15 +358,15 @@ def test_sync_twin_mirrors_the_async_queue(tmp_path: Path) -> None:
         assert queue.notifies is True
 
 
-async def test_a_version_2_file_gains_the_progress_column_and_keeps_its_tasks(
+async def test_a_version_3_file_gains_the_progress_column_and_keeps_its_tasks(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from omniq.storage.sqlite import connection
 
     tasks = [make_task() for _ in range(3)]
     with monkeypatch.context() as patch:
-        patch.setattr(connection, "SCHEMA_VERSION", 2)
-        patch.setattr(connection, "_MIGRATIONS", connection._MIGRATIONS[:2])
+        patch.setattr(connection, "SCHEMA_VERSION", 3)
+        patch.setattr(connection, "_MIGRATIONS", connection._MIGRATIONS[:3])
         async with AsyncSQLiteQueue(db_url) as old:
             await old.enqueue(tasks)
     with sqlite3.connect(sqlite_path(db_url)) as conn:

@@ -16,7 +16,6 @@ from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Progress, Task, TaskStatus, utcnow
 from omniq.storage.base import Ack, BaseTaskQueue
-from omniq.storage.file._base import FileComponent
 from omniq.storage.file._claim import (
     INFLIGHT,
     STALE,
@@ -29,6 +28,7 @@ from omniq.storage.file._claim import (
     shared_listing,
     unreadable_entry,
 )
+from omniq.storage.file._fleet import FileFleet
 from omniq.storage.file._layout import (
     Entry,
     decode_record,
@@ -65,7 +65,7 @@ def _holds(task: Task, worker_id: str) -> bool:
     return task.status is TaskStatus.RUNNING and task.worker_id == worker_id
 
 
-class AsyncFileQueue(FileComponent, BaseTaskQueue):
+class AsyncFileQueue(FileFleet, BaseTaskQueue):
     """A task queue on a directory tree: local disk, ``memory://`` or an object store.
 
     Build it from a URL (``AsyncFileQueue("file:///var/omniq/tasks")``) or get it from a

@@ -15,6 +15,7 @@ name                       kind       holds
                                       change and the task as enqueued
 ``{ns}_results``           KV bucket  one result per task, with its ``expires_at``
 ``{ns}_schedules``         KV bucket  one schedule per key
+``{ns}_workers``           KV bucket  one live worker pool's registration per key
 ``{ns}_events``            stream     events on ``{ns}.events.{task id}``, a message
                                       per task per batch (the event, or a list of them)
 =========================  =========  ==================================================

@@ -124,6 +124,7 @@ class NATSConnection(Connection):
         self.tasks_bucket = f"{self.prefix}_tasks"
         self.results_bucket = f"{self.prefix}_results"
         self.schedules_bucket = f"{self.prefix}_schedules"
+        self.workers_bucket = f"{self.prefix}_workers"
         #: Tasks' progress (``omniq.storage.nats._progress``), apart from their records.
         self.progress_bucket = f"{self.prefix}_progress"
         self.events_stream = f"{self.prefix}_events"
@@ -321,6 +322,7 @@ class NATSConnection(Connection):
             self._bucket_config(self.tasks_bucket),
             self._bucket_config(self.results_bucket),
             self._bucket_config(self.schedules_bucket),
+            self._bucket_config(self.workers_bucket),
             self._bucket_config(self.progress_bucket),
             api.StreamConfig(
                 name=self.events_stream,
@@ -370,6 +372,7 @@ class NATSConnection(Connection):
             f"KV_{self.tasks_bucket}",
             f"KV_{self.results_bucket}",
             f"KV_{self.schedules_bucket}",
+            f"KV_{self.workers_bucket}",
             f"KV_{self.progress_bucket}",
             self.events_stream,
         ]

@@ -24,7 +24,6 @@ from omniq.storage.base import (
 )
 from omniq.storage.nats._base import (
     ENCODER,
-    NATSComponent,
     Record,
     decode_record,
     dt,
@@ -35,6 +34,7 @@ from omniq.storage.nats._base import (
     together,
     us,
 )
+from omniq.storage.nats._fleet import NATSFleet
 from omniq.storage.nats._index import TaskIndex, index_of
 from omniq.storage.nats._progress import purge_progress, read_progress, write_progress
 
@@ -58,7 +58,7 @@ Picked = tuple[str, int, Record]  # id, revision, record
 _MAX_WIDTH = 8
 
 
-class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
+class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
     """Tasks in a JetStream key-value bucket (``{namespace}_tasks``), claimed in
     priority order with compare-and-set writes; see :mod:`omniq.storage.nats`.
 
@@ -513,6 +513,22 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
             if current is not None:
                 current.unwatch_cancels(worker_id)
 
+    async def requeue(
+        self, task: Task, *, from_statuses: Collection[TaskStatus], now: datetime
+    ) -> Task | None:
+        """Replace the task's record with ``task`` if its status is in ``from_statuses``
+        (a compare-and-set on the key's revision); its enqueue order stays."""
+        allowed = {TaskStatus(status).value for status in from_statuses}
+        fresh = record_of(task)
+
+        def renew(record: Record) -> Record | None:
+            if record.status not in allowed:
+                return None
+            return msgspec.structs.replace(fresh, seq=record.seq, updated=us(now))
+
+        outcome = await self._change(task.id, renew)
+        return None if outcome is None else self._task(task.id, outcome[1])
+
     async def set_progress(self, updates: Mapping[str, Progress]) -> None:
         """Store tasks' progress in the progress bucket (``omniq.storage.nats._progress``)."""
         if updates:
@@ -548,5 +564,9 @@ class NATSQueue(StorageTwin[AsyncNATSQueue]):
     wait = blocking(AsyncNATSQueue.wait)
     wait_and_claim = blocking(AsyncNATSQueue.wait_and_claim)
     watch_cancels = blocking(AsyncNATSQueue.watch_cancels)
+    requeue = blocking(AsyncNATSQueue.requeue)
+    register_worker = blocking(AsyncNATSQueue.register_worker)
+    deregister_worker = blocking(AsyncNATSQueue.deregister_worker)
+    list_workers = blocking(AsyncNATSQueue.list_workers)
     set_progress = blocking(AsyncNATSQueue.set_progress)
     get_progress = blocking(AsyncNATSQueue.get_progress)

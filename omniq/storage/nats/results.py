@@ -114,6 +114,12 @@ class AsyncNATSResultStorage(NATSComponent, BaseResultStorage):
         await asyncio.gather(*(conn.purge_key(conn.results_bucket, key) for key in doomed))
         return len(doomed)
 
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Purge the results' keys, all at once."""
+        conn = await self._conn()
+        bucket = conn.results_bucket
+        await together([conn.purge_key(bucket, key_of(task_id)) for task_id in task_ids])
+
 
 class NATSResultStorage(StorageTwin[AsyncNATSResultStorage]):
     """Blocking twin of :class:`AsyncNATSResultStorage`: the same methods, without ``await``."""
@@ -124,3 +130,4 @@ class NATSResultStorage(StorageTwin[AsyncNATSResultStorage]):
     put = blocking(AsyncNATSResultStorage.put)
     put_many = blocking(AsyncNATSResultStorage.put_many)
     wait = blocking(AsyncNATSResultStorage.wait)
+    delete = blocking(AsyncNATSResultStorage.delete)

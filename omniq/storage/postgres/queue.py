@@ -35,7 +35,8 @@ from omniq.storage._rows import (
     unreadable_from_row,
 )
 from omniq.storage.base import Ack, Finish, UnreadableTask, event_fields_but_task_id, event_of
-from omniq.storage.postgres._base import ENCODER, PostgresComponent, task_of_row
+from omniq.storage.postgres._base import ENCODER, task_of_row
+from omniq.storage.postgres._fleet import PostgresFleet
 from omniq.storage.postgres.connection import PostgresConnection
 from omniq.storage.postgres.events import AsyncPostgresEventStorage
 from omniq.storage.postgres.results import AsyncPostgresResultStorage, result_arrays
@@ -110,7 +111,7 @@ def _uniform_args(
     return "enqueue_uniform_logged", (*columns, stamps, [encode(r) for r in records])
 
 
-class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
+class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
     """The task queue on PostgreSQL.
 
     ``wait`` is woken by ``NOTIFY`` from any client of the database, within a
@@ -479,5 +480,9 @@ class PostgresQueue(StorageTwin[AsyncPostgresQueue]):
     wait = blocking(AsyncPostgresQueue.wait)
     wait_and_claim = blocking(AsyncPostgresQueue.wait_and_claim)
     watch_cancels = blocking(AsyncPostgresQueue.watch_cancels)
+    requeue = blocking(AsyncPostgresQueue.requeue)
+    register_worker = blocking(AsyncPostgresQueue.register_worker)
+    deregister_worker = blocking(AsyncPostgresQueue.deregister_worker)
+    list_workers = blocking(AsyncPostgresQueue.list_workers)
     set_progress = blocking(AsyncPostgresQueue.set_progress)
     get_progress = blocking(AsyncPostgresQueue.get_progress)

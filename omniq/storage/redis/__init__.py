@@ -66,6 +66,8 @@ key                                type    holds
 ``s:{id}``                         hash    a schedule: ``d`` msgpack, ``v`` version
 ``schedules``                      zset    schedule ids (score 0: by id)
 ``schedules:due``                  zset    unpaused schedules by ``next_run_at``
+``workers``                        hash    live worker pools: id -> msgpack ``WorkerInfo``
+``workers:exp``                    zset    those ids by when their registration lapses
 =================================  ======  ==============================================
 
 Every state change of a task is one Lua script (``omniq/storage/redis/lua``), loaded once and

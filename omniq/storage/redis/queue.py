@@ -19,7 +19,6 @@ from omniq.models import Progress, Task, TaskEvent, TaskStatus, utcnow
 from omniq.storage._component import Finished, QueueComponent
 from omniq.storage._rows import decode_progress, encode_progress
 from omniq.storage.base import Ack, Finish, UnreadableTask, unreadable_task
-from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import (
     _ALL_STATUSES,
     _ENCODER,
@@ -39,6 +38,7 @@ from omniq.storage.redis._codec import (
     _text,
     _us,
 )
+from omniq.storage.redis._fleet import RedisFleet
 from omniq.storage.redis._resp import NoScriptError, ResponseError
 from omniq.storage.redis._scripts import SHAS
 from omniq.storage.redis.connection import MAX_BULK_BYTES, Command, RedisConnection, too_large
@@ -55,7 +55,7 @@ _CANCEL_WAIT = 10
 _STRICT = ("1",)
 
 
-class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
+class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
     """The task queue on Redis.
 
     Claims are one Lua script call each (leasing up to ``limit`` tasks); ``wait`` blocks
@@ -496,5 +496,9 @@ class RedisQueue(StorageTwin[AsyncRedisQueue]):
     wait = blocking(AsyncRedisQueue.wait)
     wait_and_claim = blocking(AsyncRedisQueue.wait_and_claim)
     watch_cancels = blocking(AsyncRedisQueue.watch_cancels)
+    requeue = blocking(AsyncRedisQueue.requeue)
+    register_worker = blocking(AsyncRedisQueue.register_worker)
+    deregister_worker = blocking(AsyncRedisQueue.deregister_worker)
+    list_workers = blocking(AsyncRedisQueue.list_workers)
     set_progress = blocking(AsyncRedisQueue.set_progress)
     get_progress = blocking(AsyncRedisQueue.get_progress)

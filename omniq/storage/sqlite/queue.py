@@ -31,7 +31,8 @@ from omniq.storage._rows import (
 from omniq.storage._rows import dt as _dt
 from omniq.storage._rows import ts as _ts
 from omniq.storage.base import Ack, Finish, UnreadableTask
-from omniq.storage.sqlite._base import ENCODER, Row, SQLiteComponent
+from omniq.storage.sqlite._base import ENCODER, Row
+from omniq.storage.sqlite._fleet import SQLiteFleet
 from omniq.storage.sqlite.connection import QUERIES as _Q
 from omniq.storage.sqlite.connection import SQLiteConnection
 from omniq.storage.sqlite.events import AsyncSQLiteEventStorage, event_row
@@ -102,7 +103,7 @@ def _claim_sql(queue_count: int, strict: bool = False) -> str:
     return _Q["claim"].format(pick=pick.format(candidates=candidates))
 
 
-class AsyncSQLiteQueue(SQLiteComponent, QueueComponent[SQLiteConnection]):
+class AsyncSQLiteQueue(SQLiteFleet, QueueComponent[SQLiteConnection]):
     """The task queue on SQLite.
 
     ``wait`` wakes at once for work enqueued through the same connection and within a few
@@ -441,5 +442,9 @@ class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
     wait = blocking(AsyncSQLiteQueue.wait)
     wait_and_claim = blocking(AsyncSQLiteQueue.wait_and_claim)
     watch_cancels = blocking(AsyncSQLiteQueue.watch_cancels)
+    requeue = blocking(AsyncSQLiteQueue.requeue)
+    register_worker = blocking(AsyncSQLiteQueue.register_worker)
+    deregister_worker = blocking(AsyncSQLiteQueue.deregister_worker)
+    list_workers = blocking(AsyncSQLiteQueue.list_workers)
     set_progress = blocking(AsyncSQLiteQueue.set_progress)
     get_progress = blocking(AsyncSQLiteQueue.get_progress)

@@ -105,6 +105,8 @@ async def _run_worker(args: argparse.Namespace) -> int:
         queues=args.queues,
         queue_order=args.queue_order,
     )
+    if args.metrics_port is not None:
+        pool.metrics_port = args.metrics_port
     loop = asyncio.get_running_loop()
     signals_seen = 0
     stopper: list[asyncio.Task[None]] = []
@@ -134,6 +136,17 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
 
 LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _port(text: str) -> int:
+    """``--metrics-port``: a TCP port (argparse reports a bad one as a usage error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a TCP port number (1 to 65535)")
+    return port
 
 
 def loop_factory(choice: str, worker_type: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -390,6 +403,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=LOOPS,
         default="auto",
         help="event loop: uvloop when installed (auto, the default), asyncio or uvloop",
+    )
+    w.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://<metrics_host>:PORT/metrics "
+        "(default: metrics_port; needs omniq[metrics])",
     )
     w.set_defaults(handler=_run_worker)
 

@@ -1,5 +1,6 @@
 """What importing OmniQ pulls in: the Redis extra installs hiredis only, so nothing on the
-worker's path may import redis-py; yaml and dill are paid for only when used."""
+worker's path may import redis-py; yaml and dill are paid for only when used, and so are
+prometheus_client and OpenTelemetry (metrics_port, tracing=True)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 _PROBE = """
 import sys
 import omniq, omniq.cli, omniq.storage.redis, omniq.workers
-print(" ".join(sorted(m for m in ("redis", "yaml", "dill") if m in sys.modules)))
+names = ("redis", "yaml", "dill", "prometheus_client", "opentelemetry")
+print(" ".join(sorted(m for m in names if m in sys.modules)))
 """
 
 
@@ -36,3 +38,35 @@ print(" ".join(sorted(m for m in ("yaml", "dill") if m in sys.modules)))
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.split() == ["dill", "yaml"]
+
+
+def test_metrics_and_tracing_cost_nothing_while_off() -> None:
+    # A client submits and a worker runs a task with both left off (the default): neither
+    # prometheus_client nor OpenTelemetry is imported, though both are installed here.
+    probe = """
+import sys, tempfile
+import omniq
+with omniq.OmniQ(base_dir=tempfile.mkdtemp()) as oq:
+    task_id = oq.submit("operator:add", (1, 2))
+    oq.worker().run(burst=True)
+    assert oq.get_result(task_id).result == 3
+print(" ".join(sorted(m for m in ("prometheus_client", "opentelemetry") if m in sys.modules)))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == []
+
+
+def test_metrics_and_tracing_load_when_they_are_turned_on() -> None:
+    probe = """
+import sys, tempfile
+import omniq
+with omniq.OmniQ(base_dir=tempfile.mkdtemp(), tracing=True) as oq:
+    oq.submit("operator:add", (1, 2))
+print(" ".join(sorted(m for m in ("prometheus_client", "opentelemetry") if m in sys.modules)))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["opentelemetry"]

@@ -209,3 +209,29 @@ def test_without_tracing_the_task_record_does_not_grow(tmp_path: Path) -> None:
         task, trace={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
     )
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(traced), type=Task).trace == traced.trace
+
+
+def test_a_blocking_submit_continues_the_callers_span_with_a_worker_running(
+    tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    # With a worker in the background, the blocking client hands each call to its loop's
+    # thread (asyncio carries the caller's context there): the caller's span still
+    # reaches the submit. The worker runs in this process, so its consumer span is
+    # recorded here too.
+    tracer = trace.get_tracer("the-app")
+    with OmniQ(base_dir=str(tmp_path / "store"), tracing=True) as oq, oq.worker():
+        with tracer.start_as_current_span("handle request") as request:
+            task_id = oq.submit(f"{TASKS}:add", (1, 2))
+        assert oq.get_result(task_id, wait=True, timeout=30).result == 3
+    by_name = {span.name: span for span in spans.get_finished_spans()}
+    publish, process = by_name["publish default"], by_name["process default"]
+    assert publish.parent is not None and process.parent is not None
+    assert publish.parent.span_id == request.get_span_context().span_id
+    assert process.parent.span_id == span_id_of(publish)
+    assert process.context is not None
+    assert process.context.trace_id == request.get_span_context().trace_id
+
+
+def span_id_of(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id

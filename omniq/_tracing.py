@@ -19,6 +19,7 @@ submit and run are as before.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from omniq.retry import Retry
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["Tracing"]
+__all__ = ["Tracing", "flush_spans"]
 
 #: The instrumentation scope the spans are reported under.
 SCOPE = "omniq"
@@ -128,3 +129,15 @@ class Tracing:
                 # Stopped (cancelled, or the worker stopping): no outcome of its own.
                 span.set_attribute("omniq.stopped", True)
                 raise
+
+
+def flush_spans(timeout_millis: int = 5000) -> None:
+    """Export the spans the application's tracer provider still buffers (an SDK
+    ``BatchSpanProcessor`` exports every few seconds), for a process about to end without
+    running its exit handlers. Nothing when OpenTelemetry was never imported."""
+    api = sys.modules.get("opentelemetry.trace")
+    if api is None:
+        return
+    force_flush = getattr(api.get_tracer_provider(), "force_flush", None)
+    if force_flush is not None:
+        force_flush(timeout_millis)

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from omniq._tracing import flush_spans
 from omniq.config import (
     LOG_LEVELS,
     QUEUE_ORDERS,
@@ -505,7 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code: int = runner.run(args.handler(args))
         if args.handler is _run_worker and threading.active_count() > 1:
             # A task still blocking a thread after the graceful stop would make the
-            # interpreter wait for it at exit; its lease was handed back, so leave now.
+            # interpreter wait for it at exit; its lease was handed back, so leave now,
+            # with the spans a tracer provider still buffers exported (its exit handler
+            # would have: a BatchSpanProcessor's thread is one of those counted).
+            flush_spans()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

@@ -25,12 +25,13 @@ from tests.conftest import REPO_ROOT
 TASKS = "tests.conformance.tasks"
 
 # The worker's app: the same store, tracing on, and its spans written to a file as JSON
-# lines (the SDK's own JSON form of each span) for the test to read.
+# lines (the SDK's own JSON form of each span) for the test to read. Batched as an OTLP
+# set-up would be, with a delay longer than the test: the worker exports them as it exits.
 _TRACED_APP = """
 import os
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from omniq import OmniQ
 
 
@@ -43,7 +44,7 @@ class JsonLinesExporter(SpanExporter):
 
 
 provider = TracerProvider()
-provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter()))
+provider.add_span_processor(BatchSpanProcessor(JsonLinesExporter(), schedule_delay_millis=600_000))
 trace.set_tracer_provider(provider)
 oq = OmniQ(base_dir=os.environ["STORE_DIR"], tracing=True)
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,8 +160,6 @@ def test_a_workers_metrics_add_up_to_what_ran(tmp_path: Path, worker_type: str) 
 
 
 def test_a_busy_metrics_port_fails_the_worker_with_the_reason(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -184,3 +183,31 @@ def test_a_busy_metrics_port_fails_the_worker_with_the_reason(tmp_path: Path) ->
 def test_the_metrics_port_setting_is_checked() -> None:
     with pytest.raises(ConfigError, match="metrics_port=70000: expected a TCP port number"):
         OmniQ(metrics_port=70000)
+
+
+def test_a_pool_in_code_serves_its_metrics_while_it_runs(tmp_path: Path) -> None:
+    port = free_port()
+    with OmniQ(base_dir=str(tmp_path / ".omniq"), metrics_host="127.0.0.1") as oq:
+        ids = [oq.submit(f"{TASKS}:add", (i, 1)) for i in range(3)]
+        pool = oq.worker(worker_type="thread")
+        pool.metrics_port = port
+        with pool:
+            for task_id in ids:
+                assert oq.get_result(task_id, wait=True, timeout=30) is not None
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                seen = Scrape(reply.read().decode())
+        assert (
+            seen("omniq_tasks_total", queue="default", task=f"{TASKS}:add", status="complete") == 3
+        )
+        assert seen("omniq_queue_depth", queue="default", status="complete") == 3
+        # Stopped with the pool: the port is free to listen on again.
+        with socket.socket() as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+            again.listen()
+
+        bad = oq.worker()
+        bad.metrics_port = 0
+        with pytest.raises(ConfigError, match="metrics_port=0: expected a TCP port number"):
+            bad.run(burst=True)

@@ -164,6 +164,8 @@ def serve_metrics(
     ``ConfigError`` when prometheus_client is not installed or the port cannot be
     listened on (both before anything starts).
     """
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError(f"metrics_port={port!r}: expected a TCP port number (1 to 65535)")
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError as exc:

@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -47,26 +45,15 @@ provider = TracerProvider()
 provider.add_span_processor(BatchSpanProcessor(JsonLinesExporter(), schedule_delay_millis=600_000))
 trace.set_tracer_provider(provider)
 oq = OmniQ(base_dir=os.environ["STORE_DIR"], tracing=True)
+
+
+def fail_once(marker):
+    # Its first run fails, whichever process runs it.
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("the first attempt fails")
+    return "ok"
 """
-
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module")
-def producer_spans() -> InMemorySpanExporter:
-    """This process's spans, recorded in memory (the global tracer provider can be set
-    once per process: here, for every test of the module)."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    trace.set_tracer_provider(provider)
-    return _EXPORTER
-
-
-@pytest.fixture
-def spans(producer_spans: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
-    producer_spans.clear()
-    yield producer_spans
-    producer_spans.clear()
 
 
 def run_traced_worker(tmp_path: Path, worker_type: str) -> list[dict[str, Any]]:
@@ -112,8 +99,9 @@ def test_runs_continue_the_submitters_trace_across_retries(
     tracer = trace.get_tracer("the-app")
     with OmniQ(base_dir=str(tmp_path / "store"), tracing=True) as oq:
         with tracer.start_as_current_span("handle request") as request:
-            # Fails once (attempts counted in the worker's process), then succeeds.
-            flaky = oq.submit(f"{TASKS}:flaky", ("k", 1), max_retries=1, retry_delay=0)
+            flaky = oq.submit(
+                "traced_app:fail_once", (str(tmp_path / "failed"),), max_retries=1, retry_delay=0
+            )
         failing = oq.submit(f"{TASKS}:fail", ("always",), max_retries=1, retry_delay=0)
         batch = oq.enqueue_many(f"{TASKS}:add", [(1, 2), (3, 4)])
         stored = oq.get_task(flaky)

@@ -127,3 +127,12 @@ def test_task_context_names_are_exported() -> None:
     assert set(Progress.__struct_fields__) == {"done", "total", "message", "updated_at"}
     assert "progress" in omniq.Task.__struct_fields__
     assert callable(TaskContext.progress)
+
+
+def test_metrics_and_tracing_names() -> None:
+    # SPEC §8, metrics and tracing: the settings, the pool's port, the task's context.
+    fields = set(omniq.Settings.__struct_fields__)
+    assert {"metrics_port", "tracing"} <= fields
+    assert omniq.Settings().metrics_port is None and omniq.Settings().tracing is False
+    assert "trace" in omniq.Task.__struct_fields__
+    assert isinstance(WorkerPool.metrics_port, property)

@@ -131,6 +131,11 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
     updated_at: datetime | None = None
     worker_id: str | None = None
     lease_expires_at: datetime | None = None
+    #: Global limits of this task's name (SPEC §8 "Limits"), from ``@oq.task``: at most
+    #: ``rate_limit`` starts (``"N/s"``, ``"N/m"``, ``"N/h"``) and ``max_concurrency``
+    #: running at once, across every worker that shares the backend. None: no limit.
+    rate_limit: str | None = None
+    max_concurrency: int | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id

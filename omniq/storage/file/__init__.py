@@ -134,6 +134,8 @@ class FileQueue(StorageTwin[AsyncFileQueue]):
     wait = blocking(AsyncFileQueue.wait)
     wait_and_claim = blocking(AsyncFileQueue.wait_and_claim)
     watch_cancels = blocking(AsyncFileQueue.watch_cancels)
+    set_limit = blocking(AsyncFileQueue.set_limit)
+    register_task_limits = blocking(AsyncFileQueue.register_task_limits)
 
 
 class FileResultStorage(StorageTwin[AsyncFileResultStorage]):

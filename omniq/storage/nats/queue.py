@@ -537,3 +537,5 @@ class NATSQueue(StorageTwin[AsyncNATSQueue]):
     wait = blocking(AsyncNATSQueue.wait)
     wait_and_claim = blocking(AsyncNATSQueue.wait_and_claim)
     watch_cancels = blocking(AsyncNATSQueue.watch_cancels)
+    set_limit = blocking(AsyncNATSQueue.set_limit)
+    register_task_limits = blocking(AsyncNATSQueue.register_task_limits)

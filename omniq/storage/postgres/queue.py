@@ -455,3 +455,5 @@ class PostgresQueue(StorageTwin[AsyncPostgresQueue]):
     wait = blocking(AsyncPostgresQueue.wait)
     wait_and_claim = blocking(AsyncPostgresQueue.wait_and_claim)
     watch_cancels = blocking(AsyncPostgresQueue.watch_cancels)
+    set_limit = blocking(AsyncPostgresQueue.set_limit)
+    register_task_limits = blocking(AsyncPostgresQueue.register_task_limits)

@@ -474,3 +474,5 @@ class RedisQueue(StorageTwin[AsyncRedisQueue]):
     wait = blocking(AsyncRedisQueue.wait)
     wait_and_claim = blocking(AsyncRedisQueue.wait_and_claim)
     watch_cancels = blocking(AsyncRedisQueue.watch_cancels)
+    set_limit = blocking(AsyncRedisQueue.set_limit)
+    register_task_limits = blocking(AsyncRedisQueue.register_task_limits)

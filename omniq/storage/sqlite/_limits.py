@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omniq._limits import Gate, Limit, queue_key
+from omniq._limits import Gate, Limit, queue_key, task_key
 from omniq.models import Task
 from omniq.storage._sql import load_queries
 
@@ -88,7 +88,7 @@ def claim_limited(
             # Every candidate is either taken or blocks a key: the loop ends.
             if queue_key(queue) in gate.blocked:
                 open_queues.remove(queue)
-            if name is not None and f"t:{name}" in gate.blocked:
+            if name is not None and task_key(name) in gate.blocked:
                 blocked_names.append(name)
     for key in gate.rated():
         conn.executemany(LQ["add_start"], [(key, now)] * gate.windows[key].taken).close()

@@ -7,12 +7,13 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from omniq._limits import Limit, LimitedClaim
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskEvent, TaskStatus, utcnow
@@ -193,7 +194,8 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
         async def hand_back(replies: builtins.list[Any]) -> None:
             flat = replies[-1]
             if isinstance(flat, list) and len(flat) > 2:  # now, lease, then 5 per task
-                ids = [_text(task_id) for task_id in flat[2::5]]
+                body = flat[2 : len(flat) - (len(flat) - 2) % 5]  # no held marker
+                ids = [_text(task_id) for task_id in body[::5]]
                 await self.release(ids, worker_id, now=utcnow())
 
         try:
@@ -215,6 +217,9 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
     ) -> builtins.list[Task]:
         """Tasks from a claim's reply (a corrupt record as an :class:`UnreadableTask`)."""
         claimed: builtins.list[Task] = []
+        if len(flat) % 5:  # limits held tasks back: the reply ends with until when
+            claimed = LimitedClaim((), held_until_of(flat[-1]))
+            flat = flat[:-1]
         for i in range(0, len(flat), 5):
             task_id, data, attempts, due, lost = flat[i : i + 5]
             try:
@@ -447,6 +452,30 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
             await client.block(timeout, "BLPOP", *keys, f"{timeout:.3f}")
         except TimeoutError:
             return  # the server went quiet: a spurious wake-up, the caller looks again
+
+    # -- limits (lua/claim.lua's claim_limited) -------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        client = await self._conn()
+        if limit is None:
+            await client.call("HDEL", f"{self._prefix}limits", key)
+        else:
+            await client.call("HSET", f"{self._prefix}limits", key, limit.encode())
+        kind, _, queue = key.partition(":")
+        if kind == "q":  # a limit removed may free waiting tasks: wake the queue's workers
+            await client.call("LPUSH", f"{self._prefix}q:{queue}:wake", "1")
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        pairs = [item for key, limit in limits.items() for item in (key, limit.encode())]
+        await (await self._conn()).call("HSET", f"{self._prefix}limits", *pairs)
+
+
+def held_until_of(marker: Any) -> datetime | None:
+    """The time in a claim reply's held marker (``H`` and microseconds, or ``H`` alone)."""
+    text = _text(marker)[1:]
+    return _dt(text) if text else None
 
 
 class RedisQueue(StorageTwin[AsyncRedisQueue]):

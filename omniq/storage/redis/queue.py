@@ -458,8 +458,9 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
     async def set_limit(self, key: str, limit: Limit | None) -> None:
         """Store (None: remove) the limit of ``key``; claims apply it from now on."""
         client = await self._conn()
-        if limit is None:
+        if limit is None:  # its log goes too (it would expire anyway)
             await client.call("HDEL", f"{self._prefix}limits", key)
+            await client.call("DEL", f"{self._prefix}ls:{key}")
         else:
             await client.call("HSET", f"{self._prefix}limits", key, limit.encode())
         kind, _, queue = key.partition(":")

@@ -98,8 +98,9 @@ def claim_limited(
 def write_limits(conn: sqlite3.Connection, limits: Mapping[str, Limit | None]) -> None:
     """Store (a None removes) the limits of these keys."""
     for key, limit in limits.items():
-        if limit is None:
+        if limit is None:  # its log goes too: no claim prunes a key without a limit
             conn.execute(LQ["drop_limit"], (key,)).close()
+            conn.execute(LQ["drop_starts"], (key,)).close()
         else:
             conn.execute(LQ["set_limit"], (key, limit.encode())).close()
 

@@ -18,6 +18,8 @@ INSERT INTO {s}.limits (key, spec) SELECT * FROM unnest($1::text[], $2::text[])
 ON CONFLICT (key) DO UPDATE SET spec = EXCLUDED.spec;
 
 -- name: drop_limit
+-- Its log goes too: no claim prunes a key without a limit.
+WITH dropped AS (DELETE FROM {s}.limit_starts WHERE key = $1)
 DELETE FROM {s}.limits WHERE key = $1;
 
 -- name: name_tasks

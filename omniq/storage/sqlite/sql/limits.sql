@@ -9,6 +9,9 @@ INSERT OR REPLACE INTO limits (key, spec) VALUES (?, ?);
 -- name: drop_limit
 DELETE FROM limits WHERE key = ?;
 
+-- name: drop_starts
+DELETE FROM limit_starts WHERE key = ?;
+
 -- name: name_tasks
 UPDATE tasks SET limit_name = ? WHERE id = ?;
 

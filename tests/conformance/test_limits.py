@@ -29,7 +29,7 @@ from tests.conformance.test_reliability import (
 
 #: The backends that enforce limits; the others refuse them (a ConfigError naming the
 #: backend, tested below) until they do.
-LIMITED = {"sqlite", "postgres", "redis"}
+LIMITED = {"sqlite", "postgres", "redis", "file", "memory", "azure"}
 
 #: How much the tasks' own start times may crowd a rate window beyond the claims': the
 #: backend logs a start at the claim, and the task records its own a moment later, after

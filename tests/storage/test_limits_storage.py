@@ -18,6 +18,7 @@ import pytest
 from omniq._limits import Limit, LimitedClaim, held_until
 from omniq.models import Task, TaskStatus, utcnow
 from omniq.storage.base import BaseTaskQueue
+from omniq.storage.file import AsyncFileQueue
 from omniq.storage.postgres import AsyncPostgresQueue
 from omniq.storage.redis import AsyncRedisQueue
 from omniq.storage.sqlite import AsyncSQLiteQueue
@@ -31,7 +32,7 @@ from tests.conftest import (
 )
 from tests.storage.contract import make_task
 
-LIMITED_BACKENDS = ["sqlite", "postgres", "redis"]
+LIMITED_BACKENDS = ["sqlite", "postgres", "redis", "file", "memory"]
 
 
 @pytest.fixture(params=LIMITED_BACKENDS)
@@ -40,6 +41,10 @@ async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     made: BaseTaskQueue
     if request.param == "sqlite":
         made = AsyncSQLiteQueue(f"sqlite:///{tmp_path}/omniq.db")
+    elif request.param == "file":
+        made = AsyncFileQueue(f"file://{tmp_path}/store")
+    elif request.param == "memory":
+        made = AsyncFileQueue(f"memory://{namespace}")
     elif request.param == "postgres":
         made = AsyncPostgresQueue(POSTGRES_URL, namespace=namespace)
     else:
@@ -51,6 +56,12 @@ async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await drop_postgres_schema(POSTGRES_URL, namespace)
     if request.param == "redis":
         await delete_redis_namespace(REDIS_URL, namespace)
+    if request.param == "memory":
+        import fsspec
+
+        fs = fsspec.filesystem("memory")
+        if fs.exists(namespace):
+            fs.rm(namespace, recursive=True)
 
 
 async def claim(queue: BaseTaskQueue, now_offset: float, limit: int = 10) -> list[Task]:

@@ -6,12 +6,13 @@ import asyncio
 import builtins
 import itertools
 import os
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from omniq._limits import Limit, LimitedClaim
 from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
@@ -43,6 +44,7 @@ from omniq.storage.file._layout import (
     wake_ups,
     with_entry,
 )
+from omniq.storage.file._limits import LIMITS_DIR, claim_limited, write_limits
 from omniq.storage.file._store import Change, Store
 from omniq.storage.file.connection import FileConnection
 from omniq.storage.file.schedules import AsyncFileScheduleStorage
@@ -183,14 +185,23 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
         if limit <= 0 or not queues:
             return []
         store = await self._s()
-        found, fresh = await candidates(store, queues, now, strict, self._ready_cache)
+        limits: list[list[str]] = []
+        found, fresh = await candidates(
+            store, queues, now, strict, self._ready_cache, (LIMITS_DIR,), limits
+        )
         if fresh is not None:
             self._ready_cache = fresh
         claimed: list[Task] = []
         lease = now + timedelta(seconds=lease_seconds)
+        queue_names = {token(queue): queue for queue in queues}
+        gate = None
+        if limits and limits[0]:  # limits are stored: only what they let start (_limits.py)
+            picks, gate = await claim_limited(
+                store, found, queue_names, limit=limit, now_us=to_us(now)
+            )
+            found = iter(picks)
         # Entries another claim of this process is trying right now are skipped: racing
         # for them would only cost a failed update each.
-        queue_names = {token(queue): queue for queue in queues}
         inflight = INFLIGHT.setdefault(store.key, set())
         untried = (entry for entry in found if entry.path not in inflight)
         while len(claimed) < limit:
@@ -225,6 +236,10 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
                     await recheck_stale(store, entry)
         if len(claimed) < limit:
             self._ready_cache = None  # exhausted: the next claim lists afresh
+        if gate is not None and gate.held:
+            return LimitedClaim(
+                claimed, None if gate.until is None else from_us(round(gate.until * 1e6))
+            )
         return claimed
 
     async def renew(
@@ -557,3 +572,15 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, ceiling)
+
+    # -- limits (file/_limits.py) ----------------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        store = await self._s()
+        await write_limits(store, {key: limit})
+        wake(store)
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        await write_limits(await self._s(), dict(limits))

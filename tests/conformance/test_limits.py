@@ -27,10 +27,6 @@ from tests.conformance.test_reliability import (
     wait_for_path,
 )
 
-#: The backends that enforce limits; the others refuse them (a ConfigError naming the
-#: backend, tested below) until they do.
-LIMITED = {"sqlite", "postgres", "redis", "file", "memory", "azure"}
-
 #: How much the tasks' own start times may crowd a rate window beyond the claims': the
 #: backend logs a start at the claim, and the task records its own a moment later, after
 #: the reply, the decode and the executor's hand-off. That delay differs from task to
@@ -59,24 +55,10 @@ def most_in_window(times: list[float], window: float) -> int:
     return best
 
 
-async def refused(oq: AsyncOmniQ, backend_name: str) -> bool:
-    """On a backend without limits: both ways of setting one refuse, naming it."""
-    if backend_name in LIMITED:
-        return False
-    with pytest.raises(ConfigError, match="does not support limits"):
-        await oq.limit_queue("default", max_concurrency=1)
-    limited = oq.task(rate_limit="5/s")(_limit_tasks.started_at)
-    with pytest.raises(ConfigError, match="does not support limits"):
-        await limited.delay()
-    return True
-
-
 @pytest.mark.cross_process
 async def test_rate_limit_holds_across_three_worker_processes(
-    oq: AsyncOmniQ, workers: Workers, backend_name: str
+    oq: AsyncOmniQ, workers: Workers
 ) -> None:
-    if await refused(oq, backend_name):
-        return
     limited = oq.task(rate_limit="20/s")(_limit_tasks.started_at)
     ids = [await limited.delay() for _ in range(100)]
     for _ in range(3):
@@ -96,10 +78,8 @@ async def test_rate_limit_holds_across_three_worker_processes(
 
 @pytest.mark.cross_process
 async def test_max_concurrency_holds_across_three_worker_processes(
-    oq: AsyncOmniQ, workers: Workers, backend_name: str, tmp_path: Path
+    oq: AsyncOmniQ, workers: Workers, tmp_path: Path
 ) -> None:
-    if await refused(oq, backend_name):
-        return
     counter = str(tmp_path / "running")
     capped = oq.task(max_concurrency=3)(_limit_tasks.counted)
     ids = [await capped.delay(counter, 0.05) for _ in range(40)]
@@ -120,10 +100,8 @@ async def test_max_concurrency_holds_across_three_worker_processes(
 
 @pytest.mark.cross_process
 async def test_a_slot_held_by_a_killed_worker_comes_back_after_its_lease(
-    oq: AsyncOmniQ, workers: Workers, backend_name: str, tmp_path: Path
+    oq: AsyncOmniQ, workers: Workers, tmp_path: Path
 ) -> None:
-    if await refused(oq, backend_name):
-        return
     await oq.limit_queue("default", max_concurrency=1)
     release, log = tmp_path / "release", tmp_path / "runs.log"
     holder = await oq.submit(tasks.hold_until, (str(release), str(log)))
@@ -150,10 +128,8 @@ async def test_a_slot_held_by_a_killed_worker_comes_back_after_its_lease(
 
 @pytest.mark.cross_process
 async def test_limit_queue_reaches_a_running_worker_and_is_removed(
-    oq: AsyncOmniQ, workers: Workers, backend_name: str
+    oq: AsyncOmniQ, workers: Workers
 ) -> None:
-    if await refused(oq, backend_name):
-        return
     workers.start(concurrency=4, log_level="INFO")
     await eventually(lambda: asyncio.to_thread(workers.all_started), "the worker to start")
     await oq.limit_queue("default", rate_limit="1/h")

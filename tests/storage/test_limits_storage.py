@@ -19,20 +19,23 @@ from omniq._limits import Limit, LimitedClaim, held_until
 from omniq.models import Task, TaskStatus, utcnow
 from omniq.storage.base import BaseTaskQueue
 from omniq.storage.file import AsyncFileQueue
+from omniq.storage.nats import AsyncNATSQueue
 from omniq.storage.postgres import AsyncPostgresQueue
 from omniq.storage.redis import AsyncRedisQueue
 from omniq.storage.sqlite import AsyncSQLiteQueue
 from omniq.storage.sqlite.connection import sqlite_path
 from tests.conftest import (
+    NATS_URL,
     POSTGRES_URL,
     REDIS_URL,
+    delete_nats_namespace,
     delete_redis_namespace,
     drop_postgres_schema,
     unique_name,
 )
 from tests.storage.contract import make_task
 
-LIMITED_BACKENDS = ["sqlite", "postgres", "redis", "file", "memory"]
+LIMITED_BACKENDS = ["sqlite", "postgres", "redis", "file", "memory", "nats"]
 
 
 @pytest.fixture(params=LIMITED_BACKENDS)
@@ -45,6 +48,8 @@ async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         made = AsyncFileQueue(f"file://{tmp_path}/store")
     elif request.param == "memory":
         made = AsyncFileQueue(f"memory://{namespace}")
+    elif request.param == "nats":
+        made = AsyncNATSQueue(NATS_URL, namespace=namespace)
     elif request.param == "postgres":
         made = AsyncPostgresQueue(POSTGRES_URL, namespace=namespace)
     else:
@@ -56,6 +61,8 @@ async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await drop_postgres_schema(POSTGRES_URL, namespace)
     if request.param == "redis":
         await delete_redis_namespace(REDIS_URL, namespace)
+    if request.param == "nats":
+        await delete_nats_namespace(NATS_URL, namespace)
     if request.param == "memory":
         import fsspec
 

@@ -8,11 +8,12 @@ import asyncio
 import builtins
 import heapq
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
 
+from omniq._limits import Limit, LimitedClaim
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Task, TaskStatus, utcnow
@@ -36,6 +37,7 @@ from omniq.storage.nats._base import (
     us,
 )
 from omniq.storage.nats._index import TaskIndex, index_of
+from omniq.storage.nats._limits import claim_limited, write_limits
 
 __all__ = ["AsyncNATSQueue", "NATSQueue"]
 
@@ -251,8 +253,14 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
         now_us = us(now)
         lease = now_us + round(lease_seconds * 1_000_000)
         won: builtins.list[tuple[str, Record]] = []
+        take, gate = index.take, None
+        if index.limits[1]:  # limits are stored: only what they let start (_limits.py)
+            chosen, gate = await claim_limited(
+                conn, index, names, limit=limit, now_us=now_us, strict=strict
+            )
+            take = _handing_out(chosen)
         while len(won) < limit:
-            picked = self._spread(index, index.take, names, limit - len(won), now_us, strict)
+            picked = self._spread(index, take, names, limit - len(won), now_us, strict)
             if not picked:
                 break
             changed = [
@@ -300,7 +308,12 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
                 if won:
                     break  # what was taken is held: hand it out, the error shows next time
                 raise failure
-        return [self._task(ident, record) for ident, record in won]
+        claimed = [self._task(ident, record) for ident, record in won]
+        if gate is not None and gate.held:
+            return LimitedClaim(
+                claimed, None if gate.until is None else dt(round(gate.until * 1e6))
+            )
+        return claimed
 
     def _spread(
         self,
@@ -510,6 +523,27 @@ class AsyncNATSQueue(NATSComponent, BaseTaskQueue):
             current = self._known_index()
             if current is not None:
                 current.unwatch_cancels(worker_id)
+
+    # -- limits (nats/_limits.py) -------------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        await write_limits(await self._conn(), {key: limit}, self._known_index())
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        await write_limits(await self._conn(), dict(limits), self._known_index())
+
+
+def _handing_out(chosen: builtins.list[Picked]) -> Callable[..., builtins.list[Picked]]:
+    """A ``take`` for :meth:`AsyncNATSQueue._spread` that hands out the tasks a claim
+    under limits chose, once."""
+    left = [chosen]
+
+    def take(*_: object, **__: object) -> builtins.list[Picked]:
+        return left.pop() if left else []
+
+    return take
 
 
 class NATSQueue(StorageTwin[AsyncNATSQueue]):

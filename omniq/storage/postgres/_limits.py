@@ -40,28 +40,20 @@ def limit_statements(schema: str) -> Mapping[str, str]:
 def _guard(sql: str, schema: str) -> str:
     """A claim statement (``WITH picked AS (…) UPDATE … FROM picked WHERE t.seq =
     picked.seq RETURNING …``) that claims nothing while a limit is stored and then
-    returns one row of NULLs. The scan of ``picked`` is left exactly as it was (its
-    plan is what the claim statements' comments are about); the limits check is a
-    one-time filter over an empty table."""
+    returns one row of NULLs (the ``guard_*`` pieces of ``sql/limits.sql``). The scan of
+    ``picked`` is left exactly as it was (its plan is what the claim statements'
+    comments are about); the limits check is a one-time filter over an empty table."""
+    pieces = limit_statements(schema)
     steps = [
-        (
-            "WITH picked AS (",
-            f"WITH limited AS (SELECT EXISTS (SELECT 1 FROM {schema}.limits) AS yes), picked AS (",
-        ),
-        (f")\nUPDATE {schema}.tasks AS t", f"), claimed AS (\nUPDATE {schema}.tasks AS t"),
-        (
-            "FROM picked WHERE t.seq = picked.seq",
-            "FROM picked WHERE t.seq = picked.seq AND NOT (SELECT yes FROM limited)",
-        ),
+        ("WITH picked AS (", pieces["guard_head"]),
+        (f")\nUPDATE {schema}.tasks AS t", pieces["guard_update"]),
+        ("FROM picked WHERE t.seq = picked.seq", pieces["guard_where"]),
     ]
     for old, new in steps:
         if sql.count(old) != 1:
             raise AssertionError(f"postgres claim statement changed shape: {old!r} not found once")
         sql = sql.replace(old, new)
-    nulls = ", ".join(["NULL"] * 11)
-    return (
-        f"{sql}\n) SELECT * FROM claimed UNION ALL SELECT {nulls} WHERE (SELECT yes FROM limited)"
-    )
+    return f"{sql}\n{pieces['guard_tail']}"
 
 
 _GUARDED: dict[str, Mapping[str, str]] = {}

@@ -58,3 +58,20 @@ SELECT COUNT(*) FROM {s}.tasks WHERE queue = $1 AND status = 'running' AND lease
 
 -- name: running_of_name
 SELECT COUNT(*) FROM {s}.tasks WHERE limit_name = $1 AND status = 'running' AND lease_ts > $2;
+
+-- name: guard_head
+-- The pieces that guard a claim statement of queries.sql (postgres/_limits.py, _guard):
+-- it claims nothing while a limit is stored, and then ends with one row of NULLs.
+WITH limited AS (SELECT EXISTS (SELECT 1 FROM {s}.limits) AS yes), picked AS (
+
+-- name: guard_update
+), claimed AS (
+UPDATE {s}.tasks AS t
+
+-- name: guard_where
+FROM picked WHERE t.seq = picked.seq AND NOT (SELECT yes FROM limited)
+
+-- name: guard_tail
+) SELECT * FROM claimed
+UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE (SELECT yes FROM limited)

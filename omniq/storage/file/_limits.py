@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Iterator, Mapping
 
 from omniq import _limit_ledger as ledger
-from omniq._limits import Gate, Limit
+from omniq._limits import Gate, Limit, queue_key
 from omniq.errors import StorageError
 from omniq.storage.file._layout import Entry, decode_record, record_path, to_us, token
 from omniq.storage.file._store import Change, Store
@@ -53,21 +53,22 @@ async def claim_limited(
     """Which of the claimable entries ``found`` (in claim order) the limits let start
     now, at most ``limit``, their starts logged; and the gate that decided."""
     now = now_us / 1e6
-    entries = list(itertools.islice(found, SCAN))
-    records = await store.read_many([record_path(entry.token) for entry in entries])
-    # One whose record cannot be read goes as a task without limits (the lease that
-    # follows hands it over to fail).
+    snapshot = await store.read(_PATH)
+    dead = await _dead_holders(store, ledger.decode(snapshot, _WHERE), now)
+    # Candidates a page at a time, until the ledger as read lets ``limit`` of them start
+    # (or SCAN were looked at): a claim reads the records it needs, not the backlog's.
     candidates: list[ledger.Candidate[Entry]] = []
-    for entry, raw in zip(entries, records, strict=True):
-        if raw is None:
-            continue
-        try:
-            task = decode_record(raw).task
-        except StorageError:
-            candidates.append((entry, queue_names.get(entry.path.split("/")[1], ""), None, None))
-            continue
-        candidates.append((entry, task.queue, task.id, ledger.carried_name(task)))
-    dead = await _dead_holders(store, ledger.decode(await store.read(_PATH), _WHERE), now)
+    page, looked = max(2 * limit, 16), 0
+    while looked < SCAN:
+        entries = list(itertools.islice(found, min(page, SCAN - looked)))
+        if not entries:
+            break
+        looked += len(entries)
+        candidates += await _candidates(store, entries, queue_names)
+        trial = ledger.decode(snapshot, _WHERE)
+        picks, gate = ledger.decide(trial, candidates, limit=limit, now=now, dead=dead)
+        if len(picks) >= limit or all(queue_key(q) in gate.blocked for q in queue_names.values()):
+            break  # enough, or every queue is held back by its own limit
 
     def decide(current: bytes | None) -> Change[tuple[list[Entry], Gate]]:
         state = ledger.decode(current, _WHERE)
@@ -75,6 +76,26 @@ async def claim_limited(
         return Change(picked, data=ledger.encode(state))
 
     return await store.update(_PATH, decide)
+
+
+async def _candidates(
+    store: Store, entries: list[Entry], queue_names: Mapping[str, str]
+) -> list[ledger.Candidate[Entry]]:
+    """The entries with their queue, id and limited name, from their records; one whose
+    record cannot be read goes as a task without limits (its lease hands it over to
+    fail), one whose record is gone is left out."""
+    records = await store.read_many([record_path(entry.token) for entry in entries])
+    found: list[ledger.Candidate[Entry]] = []
+    for entry, raw in zip(entries, records, strict=True):
+        if raw is None:
+            continue
+        try:
+            task = decode_record(raw).task
+        except StorageError:
+            found.append((entry, queue_names.get(entry.path.split("/")[1], ""), None, None))
+            continue
+        found.append((entry, task.queue, task.id, ledger.carried_name(task)))
+    return found
 
 
 async def _dead_holders(store: Store, state: ledger.Ledger, now: float) -> set[str]:

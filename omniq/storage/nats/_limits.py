@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from omniq import _limit_ledger as ledger
-from omniq._limits import Gate, Limit
+from omniq._limits import Gate, Limit, queue_key
 from omniq.errors import StorageError
 from omniq.models import TaskStatus
 from omniq.storage.nats._base import Record, task_of
@@ -72,17 +72,11 @@ async def claim_limited(
     """Up to ``limit`` claimable tasks the limits let start now, popped from the index
     (the others put back), their starts logged in the ledger; and the gate that decided."""
     now = now_us / 1e6
-    popped = index.take(names, SCAN, now_us, strict=strict)
-    candidates: list[ledger.Candidate[Picked]] = []
-    for picked in popped:
-        ident, _, record = picked
-        try:
-            name = ledger.carried_name(task_of(ident, record))
-        except StorageError:
-            name = None  # the lease hands it over to fail
-        candidates.append((picked, record.queue, ident, name))
-    chosen: list[Picked] = []
+    popped: list[Picked] = []
+    chosen: list[Picked] = []  # what the ledger, once written, says this claim takes
     try:
+        candidates = _candidates(index, names, limit=limit, now_us=now_us, strict=strict,
+                                 popped=popped)  # fmt: skip
         subject, stream = _subject(conn), _stream(conn)
         revision, data = index.limits
         for attempt in range(_TRIES):
@@ -90,14 +84,16 @@ async def claim_limited(
                 revision, data = await conn.get_last(stream, subject)
             state = ledger.decode(data, _WHERE)
             dead = _dead_holders(index, state, now)
-            chosen, gate = ledger.decide(state, candidates, limit=limit, now=now, dead=dead)
+            picks, gate = ledger.decide(state, candidates, limit=limit, now=now, dead=dead)
             new = ledger.encode(state) or b""
             if new == (data or b""):
+                chosen = picks
                 return chosen, gate
             written = await conn.cas(subject, stream, new, revision)
             if written is not None:
                 if written > index.limits[0]:
                     index.limits = (written, new)
+                chosen = picks
                 return chosen, gate
         raise StorageError("nats: claiming under limits: the limits record kept changing")
     finally:
@@ -105,6 +101,42 @@ async def claim_limited(
         for ident, revision, record in popped:
             if ident not in taken:
                 index.place(ident, revision, record)
+
+
+def _candidates(
+    index: TaskIndex,
+    names: Sequence[str],
+    *,
+    limit: int,
+    now_us: int,
+    strict: bool,
+    popped: list[Picked],
+) -> list[ledger.Candidate[Picked]]:
+    """Claimable tasks popped from the index (into ``popped``) a page at a time, in claim
+    order, until the ledger as this process last heard it lets ``limit`` of them start
+    (or SCAN were looked at, or every queue is held back by its own limit)."""
+    now = now_us / 1e6
+    heard = index.limits[1]
+    dead = _dead_holders(index, ledger.decode(heard, _WHERE), now)
+    candidates: list[ledger.Candidate[Picked]] = []
+    page = max(2 * limit, 16)
+    while len(popped) < SCAN:
+        more = index.take(names, min(page, SCAN - len(popped)), now_us, strict=strict)
+        if not more:
+            break
+        popped += more
+        for picked in more:
+            ident, _, record = picked
+            try:
+                name = ledger.carried_name(task_of(ident, record))
+            except StorageError:
+                name = None  # the lease hands it over to fail
+            candidates.append((picked, record.queue, ident, name))
+        trial = ledger.decode(heard, _WHERE)
+        picks, gate = ledger.decide(trial, candidates, limit=limit, now=now, dead=dead)
+        if len(picks) >= limit or all(queue_key(q) in gate.blocked for q in names):
+            break
+    return candidates
 
 
 def _dead_holders(index: TaskIndex, state: ledger.Ledger, now: float) -> set[str]:

@@ -29,12 +29,16 @@ from tests.conformance.test_reliability import (
 
 #: How much the tasks' own start times may crowd a rate window beyond the claims': the
 #: backend logs a start at the claim, and the task records its own a moment later, after
-#: the reply, the decode and the executor's hand-off. That delay differs from task to
-#: task (more on a loaded two-core CI machine), so a window of start times can take in
-#: a claim that was just outside it. A tenth of a second covers it; a limit enforced per
-#: process (three times the rate) or a token bucket (a burst of twice the rate) would
-#: still put 40 or more into the 0.9 s windows checked.
-JITTER = 0.1
+#: the reply, the decode and the executor's hand-off. The limit lets a window's worth of
+#: claims through at once, then the next worth exactly one window later, so a burst
+#: whose starts were held up (a loaded two-core CI machine: 100 ms and more were seen
+#: with three workers and the test sharing the cores) shares a one-second window of
+#: start times with the next burst, which is why 1 s windows of start times hold up to 40
+#: here. Shrinking the window by the delay undoes that: a quarter of a second covers
+#: what was seen, and a limit enforced per process would still put 60 starts into a
+#: 0.75 s window (a burst per process), a token bucket of 20 about 35 (its burst, then
+#: its refill).
+JITTER = 0.25
 
 
 @pytest.fixture
@@ -69,7 +73,11 @@ async def test_rate_limit_holds_across_three_worker_processes(
         assert result is not None, workers.output()
     starts = await values(oq, ids)  # all 100 completed
     busiest = most_in_window(starts, 1.0 - JITTER)
-    print(f"rate 20/s over 3 processes: busiest {1 - JITTER:.1f} s window held {busiest}")
+    spread = max(starts) - min(starts)
+    print(
+        f"rate 20/s over 3 processes: busiest {1 - JITTER:.2f} s window held {busiest}; "
+        f"busiest 1 s window {most_in_window(starts, 1.0)}; all in {spread:.2f} s"
+    )
     assert busiest <= 20
     for task_id in ids:  # held back, never failed: one attempt each
         task = await oq.get_task(task_id)

@@ -13,11 +13,13 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from omniq import AsyncOmniQ, TaskStatus
 from omniq.errors import ConfigError
+from omniq.models import Task
 from tests.conformance import _limit_tasks, tasks
 from tests.conformance.test_reliability import (
     WAIT,
@@ -174,3 +176,35 @@ async def test_bad_limits_are_refused_naming_them(oq: AsyncOmniQ) -> None:
     # Good ones pass: per second, minute and hour.
     for good in ("100/s", "30/m", "500/h", " 7 / s "):
         oq.task(rate_limit=good)(_limit_tasks.started_at)
+
+
+async def test_a_worker_held_back_by_a_limit_does_not_poll_in_a_loop(oq: AsyncOmniQ) -> None:
+    await oq.limit_queue("default", rate_limit="1/h")
+    first = await oq.enqueue(tasks.add, 1, 2)
+    held = [await oq.enqueue(tasks.add, i, i) for i in range(3)]
+    queue = oq.engine.queue
+    claims = 0
+    claim = queue.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> list[Task]:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)
+
+    queue.claim = counted  # type: ignore[method-assign]
+    try:
+        async with oq.worker(concurrency=4):
+            result = await oq.get_result(first, wait=True, timeout=WAIT)
+            assert result is not None and result.result == 3
+            before = claims
+            await asyncio.sleep(1.0)  # the hour's one start is spent: the rest wait
+            during = claims - before
+    finally:
+        del queue.claim
+    # A hot loop claims thousands of times a second; a held worker looks again when the
+    # window frees or at its poll interval (0.2 s here), a wake-up aside.
+    print(f"claims in 1 s while held back: {during}")
+    assert during <= 25
+    for task_id in held:
+        task = await oq.get_task(task_id)
+        assert task is not None and (task.status, task.attempts) == (TaskStatus.PENDING, 0)

@@ -19,7 +19,7 @@ from omniq import _limit_ledger as ledger
 from omniq._limits import Gate, Limit, queue_key
 from omniq.errors import StorageError
 from omniq.storage.file._layout import Entry, decode_record, record_path, to_us, token
-from omniq.storage.file._store import Change, Store
+from omniq.storage.file._store import KEEP, Change, Store
 
 __all__ = ["LIMITS_DIR", "claim_limited", "write_limits"]
 
@@ -73,7 +73,10 @@ async def claim_limited(
     def decide(current: bytes | None) -> Change[tuple[list[Entry], Gate]]:
         state = ledger.decode(current, _WHERE)
         picked = ledger.decide(state, candidates, limit=limit, now=now, dead=dead)
-        return Change(picked, data=ledger.encode(state))
+        new = ledger.encode(state)
+        # A claim that changed nothing writes nothing: a write would wake the waiting
+        # workers, held back themselves, into a claim each.
+        return Change(picked, data=KEEP if new == current else new)
 
     return await store.update(_PATH, decide)
 

@@ -95,6 +95,9 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
         super().__init__(url, settings, connection=connection)
         self._ready_cache: ReadyCache | None = None
         self._schedules: AsyncFileScheduleStorage | None = None
+        # The queue lists whose last claim limits held back (their waits ignore the
+        # claimable tasks already there: those are the ones held).
+        self._held_back: set[tuple[str, ...]] = set()
 
     async def connect(self) -> None:
         """Take a reference on the connection (opening it if first). Safe to call twice."""
@@ -237,9 +240,10 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
         if len(claimed) < limit:
             self._ready_cache = None  # exhausted: the next claim lists afresh
         if gate is not None and gate.held:
-            return LimitedClaim(
-                claimed, None if gate.until is None else from_us(round(gate.until * 1e6))
-            )
+            self._held_back.add(tuple(queues))
+            until = None if gate.until is None else from_us(round(gate.until * 1e6))
+            return LimitedClaim(claimed, until)
+        self._held_back.discard(tuple(queues))
         return claimed
 
     async def renew(
@@ -559,9 +563,10 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
         deadline = loop.time() + timeout
         ceiling = max(self.settings.poll_interval, 0.005)
         delay = 0.005
+        held = tuple(queues) in self._held_back
         with wake_ups(store) as woken:
             while True:
-                if await self._has_work(queues):
+                if not held and await self._has_work(queues):
                     return
                 remaining = deadline - loop.time()
                 if remaining <= 0:

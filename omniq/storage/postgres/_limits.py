@@ -69,25 +69,25 @@ def guarded_claims(schema: str, statements: Mapping[str, str]) -> Mapping[str, s
 
 
 async def _load(
-    conn: asyncpg.Connection, sql: Mapping[str, str], gate: Gate, keys: Sequence[str]
+    conn: asyncpg.Connection, lq: Mapping[str, str], gate: Gate, keys: Sequence[str]
 ) -> None:
     now = gate.now
     for key in gate.needs(keys):
         limit = gate.specs[key]
         starts: list[float] = []
         if limit.rate is not None:
-            starts = [row[0] for row in await conn.fetch(sql["starts"], key, now - limit.per)]
+            starts = [row[0] for row in await conn.fetch(lq["starts"], key, now - limit.per)]
         running = 0
         if limit.concurrency is not None:
             kind, _, name = key.partition(":")
-            query = sql["running_in_queue" if kind == "q" else "running_of_name"]
+            query = lq["running_in_queue" if kind == "q" else "running_of_name"]
             running = await conn.fetchval(query, name, now)
         gate.load(key, starts, running)
 
 
 async def claim_limited(
     conn: asyncpg.Connection,
-    sql: Mapping[str, str],
+    lq: Mapping[str, str],
     schema: str,
     queues: Sequence[str],
     *,
@@ -99,8 +99,8 @@ async def claim_limited(
 ) -> tuple[list[Any], Gate]:
     """Up to ``limit`` claimable tasks the limits let start now, leased (their rows),
     and the gate that decided; inside the caller's transaction."""
-    await conn.execute(sql["lock"], f"omniq-limits:{schema}")
-    rows = await conn.fetch(sql["limits"])
+    await conn.execute(lq["lock"], f"omniq-limits:{schema}")
+    rows = await conn.fetch(lq["limits"])
     gate = Gate({key: Limit.decode(spec) for key, spec in rows}, now)
     open_queues = list(queues)
     picked: list[int] = []
@@ -109,7 +109,7 @@ async def claim_limited(
         candidates = []
         for rank, queue in enumerate(open_queues):
             found = await conn.fetch(
-                sql["candidates"], queue, now, blocked_names, picked, limit - len(picked)
+                lq["candidates"], queue, now, blocked_names, picked, limit - len(picked)
             )
             for seq, priority, due, name in found:
                 candidates.append((rank if strict else 0, -priority, due, seq, queue, name))
@@ -122,7 +122,7 @@ async def claim_limited(
             if queue not in open_queues or (name is not None and name in blocked_names):
                 continue
             keys = gate.keys(queue, name)
-            await _load(conn, sql, gate, keys)
+            await _load(conn, lq, gate, keys)
             if gate.admit(keys):
                 picked.append(seq)
                 continue
@@ -134,10 +134,10 @@ async def claim_limited(
     logged = [(key, gate.windows[key].taken) for key in gate.rated()]
     keys = [key for key, count in logged for _ in range(count)]
     if keys:
-        await conn.execute(sql["add_starts"], keys, [now] * len(keys))
+        await conn.execute(lq["add_starts"], keys, [now] * len(keys))
     if not picked:
         return [], gate
-    return await conn.fetch(sql["claim_picked"], picked, worker_id, lease_until, now), gate
+    return await conn.fetch(lq["claim_picked"], picked, worker_id, lease_until, now), gate
 
 
 def name_limited_tasks(tasks: Sequence[Task]) -> tuple[list[str], list[str]] | None:

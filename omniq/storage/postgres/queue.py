@@ -432,28 +432,27 @@ class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
     async def set_limit(self, key: str, limit: Limit | None) -> None:
         """Store (None: remove) the limit of ``key``; claims apply it from now on."""
         db = await self._conn()
-        sql = limit_statements(db.schema)
+        lq = limit_statements(db.schema)
         if limit is None:
-            await db.execute("removing a limit", sql["drop_limit"], key)
+            await db.execute("removing a limit", lq["drop_limit"], key)
         else:
-            await db.execute("storing a limit", sql["set_limit"], key, limit.encode())
+            await db.execute("storing a limit", lq["set_limit"], key, limit.encode())
         await db.execute("waking workers", "SELECT pg_notify($1, '')", db.work_channel)
 
     async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
         """Note the limits of task names before tasks carrying them are stored."""
         db = await self._conn()
-        keys = list(limits)
+        keys, lq = list(limits), limit_statements(db.schema)
         specs = [limits[key].encode() for key in keys]
-        await db.execute(
-            "storing task limits", limit_statements(db.schema)["set_limits"], keys, specs
-        )
+        await db.execute("storing task limits", lq["set_limits"], keys, specs)
 
     def _enqueuing_limited(
         self, db: PostgresConnection, named: tuple[builtins.list[str], builtins.list[str]]
     ) -> Callable[..., Awaitable[Any]]:
         """An ``execute`` for an enqueue of tasks carrying limits: the enqueue statement,
         then their names on their rows, in one transaction (no claim sees them unnamed)."""
-        naming = limit_statements(db.schema)["name_tasks"]
+        lq = limit_statements(db.schema)
+        naming = lq["name_tasks"]
 
         async def execute(doing: str, sql: str, *args: Any) -> None:
             async def both(conn: asyncpg.Connection) -> None:
@@ -475,11 +474,11 @@ class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
         lease_until: float,
     ) -> tuple[builtins.list[Any], Gate]:
         """The claim under limits, in one transaction (postgres/_limits.py)."""
-        sql = limit_statements(db.schema)
+        lq = limit_statements(db.schema)
 
         async def claim(conn: asyncpg.Connection) -> tuple[builtins.list[Any], Gate]:
             return await claim_limited(
-                conn, sql, db.schema, names, strict=strict, limit=limit, now=now,
+                conn, lq, db.schema, names, strict=strict, limit=limit, now=now,
                 worker_id=worker_id, lease_until=lease_until,
             )  # fmt: skip
 

@@ -6,7 +6,8 @@ about twice that into one window) and how many run at once (``max_concurrency``:
 ``RUNNING`` tasks of the key whose lease has not lapsed). A key is a queue (``q:<name>``,
 set with ``limit_queue``) or a task name (``t:<func>``, from ``@oq.task(rate_limit=…)``,
 carried by each task). The backends enforce them inside their claim (a Lua script, the
-claim's transaction); this module has no I/O.
+claim's transaction, a compare-and-set on one ledger record: ``omniq._limit_ledger``);
+this module has no I/O.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from omniq.errors import ConfigError
 from omniq.models import Task
 
 __all__ = [
+    "Gate",
+    "KeyWindow",
     "Limit",
     "LimitedClaim",
+    "check_concurrency",
     "held_until",
     "hold_wait",
     "limit_of_task",
     "parse_rate",
     "queue_key",
     "task_key",
+    "task_limits",
 ]
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")

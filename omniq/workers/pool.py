@@ -147,8 +147,7 @@ class AsyncWorkerPool:
         # claiming stops.
         self._claimed = 0
         self._claim_limit: int | None = None
-        # Whether the last claim left tasks waiting on a limit, and until when (None: a
-        # concurrency cap, freed by a finish): the idle wait waits for that, not a poll.
+        # Whether the last claim left tasks waiting on a limit, and until when (None: a cap).
         self._hold: tuple[bool, datetime | None] = (False, None)
 
     # -- public control ----------------------------------------------------------------
@@ -484,8 +483,7 @@ class AsyncWorkerPool:
             ceiling = min(ceiling, max(0.0, self._next_schedule_check - loop.time()))
         timeout = ceiling
         if self._hold[0]:
-            # The claimable tasks wait on a limit: sleep until it frees (a finish here
-            # interrupts a wait on a concurrency cap), not a poll that finds them again.
+            # Claimable tasks wait on a limit: sleep until it frees (or a finish here).
             timeout = min(ceiling, hold_wait(self._hold, poll_interval, utcnow()))
             due = None
         else:

@@ -24,6 +24,8 @@ Layout under the backend's root (each component in its own subdirectory)::
       running/<queue>/<entry>      claimed tasks (the name carries the lease expiry)
       done/<queue>/<entry>         tasks in a final state (the name carries the finish time)
       deps/<dependency>/<id>       who depends on whom
+      limits/state                 global limits, their start logs and the tasks their caps
+                                   let start (omniq._limit_ledger); absent: no limits
       .locks/NN                    local disk only: lock files for read-modify-write
       .wake                        local disk only: a FIFO an enqueue writes a byte into,
                                    so a worker waiting in another process wakes at once

@@ -26,6 +26,7 @@ import msgspec
 
 from omniq import _dependents, _fork, _requeue
 from omniq._building import TaskBuilder
+from omniq._limits import Limit, queue_key, task_limits
 from omniq._loops import LoopBinding
 from omniq._storages import Component, Storages
 from omniq._urls import is_shared_store
@@ -141,6 +142,8 @@ class Engine:
         # The event loop the engine runs on: it follows its caller to a new one.
         self._bound = LoopBinding("this AsyncOmniQ")
         self._connect_lock: asyncio.Lock | None = None
+        # The task limits this engine told its queue about (see _register_task_limits).
+        self._registered_limits: dict[str, Limit] = {}
         _fork.track(self)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -295,6 +298,8 @@ class Engine:
         workers may store the same schedule tick; only the one that claims it logs).
         """
         queue, events = self.queue, self.events
+        if any(t.rate_limit is not None or t.max_concurrency is not None for t in tasks):
+            await self._register_task_limits(tasks)
         storage = events.storage
         if self.enqueue_logs_events:
             assert storage is not None
@@ -581,3 +586,23 @@ class Engine:
     async def list_workers(self) -> list[WorkerInfo]:
         """The worker pools registered and alive now, by id."""
         return await self.queue.list_workers(now=utcnow())
+
+    # -- limits ----------------------------------------------------------------------------
+
+    async def limit_queue(
+        self, queue: str, *, rate_limit: str | None, max_concurrency: int | None
+    ) -> None:
+        """Store (or, with neither, remove) the limits of ``queue`` in the backend."""
+        if not isinstance(queue, str) or not queue:
+            raise ConfigError(f"queue={queue!r}: expected a queue name")
+        limit = Limit.of(rate_limit, max_concurrency)
+        await self.queue.set_limit(queue_key(queue), limit)
+
+    async def _register_task_limits(self, tasks: Sequence[Task]) -> None:
+        """Tell the backend, before the tasks are stored, that tasks of these names carry
+        limits (once per name and limit per engine): its claims then enforce them."""
+        known = self._registered_limits
+        fresh = {k: v for k, v in task_limits(tasks).items() if known.get(k) != v}
+        if fresh:
+            await self.queue.register_task_limits(fresh)
+            known.update(fresh)

@@ -12,7 +12,10 @@ and later; the server must run JetStream (``nats-server -js``).
 name                       kind       holds
 =========================  =========  ==================================================
 ``{ns}_tasks``             KV bucket  one record per task (key: its id): the fields that
-                                      change and the task as enqueued
+                                      change and the task as enqueued; and the key
+                                      ``omniq.limits``: the global limits, their start
+                                      logs and the tasks their caps let start
+                                      (omniq._limit_ledger; no task key has a dot)
 ``{ns}_results``           KV bucket  one result per task, with its ``expires_at``
 ``{ns}_schedules``         KV bucket  one schedule per key
 ``{ns}_workers``           KV bucket  one live worker pool's registration per key

@@ -31,7 +31,7 @@ from nats.js import api
 from omniq.storage.nats._base import Record, decode_record, ident_of
 from omniq.storage.nats.connection import NATSConnection
 
-__all__ = ["CLAIMABLE", "TaskIndex", "index_of"]
+__all__ = ["CLAIMABLE", "LIMITS_KEY", "TaskIndex", "index_of"]
 
 logger = logging.getLogger("omniq")
 
@@ -40,6 +40,9 @@ CLAIMABLE = frozenset({"pending", "retrying", "scheduled"})
 #: Final statuses: the index keeps such a task without its body.
 FINAL = frozenset({"complete", "failed", "cancelled", "expired"})
 _RUNNING = "running"
+#: The key of the limits ledger in the tasks bucket (omniq.storage.nats._limits): no task
+#: has it (key_of never makes a key with a dot).
+LIMITS_KEY = "omniq.limits"
 #: How long reading the index waits for it to catch up with the server.
 _CATCH_UP = 5.0
 
@@ -76,6 +79,8 @@ class TaskIndex:
         #: The latest revision this process wrote (applied with ``own=True``).
         self._written = 0
         self._progress: asyncio.Event = asyncio.Event()
+        #: The limits ledger as last heard: (revision, bytes; None or empty: no limits).
+        self.limits: tuple[int, bytes | None] = (0, None)
         #: The first start (awaited by every caller of :func:`index_of`).
         self.starting: asyncio.Future[None] | None = None
 
@@ -139,7 +144,11 @@ class TaskIndex:
             return  # not a stream message (a status the client let through)
         ident = ident_of(msg.subject[self._pre :])
         known = self.records.get(ident)
-        if known is None or known[0] < revision:  # this process's own writes come back
+        if ident == LIMITS_KEY:
+            if revision > self.limits[0]:
+                deleted = msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE")
+                self.limits = (revision, None if deleted else msg.data)
+        elif known is None or known[0] < revision:  # this process's own writes come back
             headers = msg.headers
             if headers and headers.get("KV-Operation") in ("DEL", "PURGE"):
                 record = None

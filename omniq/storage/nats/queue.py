@@ -13,6 +13,7 @@ from datetime import datetime
 
 import msgspec
 
+from omniq._limits import Limit, LimitedClaim
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Progress, Task, TaskStatus, utcnow
@@ -36,6 +37,7 @@ from omniq.storage.nats._base import (
 )
 from omniq.storage.nats._fleet import NATSFleet
 from omniq.storage.nats._index import TaskIndex, index_of
+from omniq.storage.nats._limits import claim_limited, write_limits
 from omniq.storage.nats._progress import purge_progress, read_progress, write_progress
 
 __all__ = ["AsyncNATSQueue", "NATSQueue"]
@@ -252,8 +254,14 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
         now_us = us(now)
         lease = now_us + round(lease_seconds * 1_000_000)
         won: builtins.list[tuple[str, Record]] = []
+        take, gate = index.take, None
+        if index.limits[1]:  # limits are stored: only what they let start (_limits.py)
+            chosen, gate = await claim_limited(
+                conn, index, names, limit=limit, now_us=now_us, strict=strict
+            )
+            take = _handing_out(chosen)
         while len(won) < limit:
-            picked = self._spread(index, index.take, names, limit - len(won), now_us, strict)
+            picked = self._spread(index, take, names, limit - len(won), now_us, strict)
             if not picked:
                 break
             changed = [
@@ -301,7 +309,12 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
                 if won:
                     break  # what was taken is held: hand it out, the error shows next time
                 raise failure
-        return [self._task(ident, record) for ident, record in won]
+        claimed = [self._task(ident, record) for ident, record in won]
+        if gate is not None and gate.held:
+            return LimitedClaim(
+                claimed, None if gate.until is None else dt(round(gate.until * 1e6))
+            )
+        return claimed
 
     def _spread(
         self,
@@ -538,6 +551,27 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
         """The progress of ``task_ids`` (one direct get each, together)."""
         return await read_progress(await self._conn(), task_ids) if task_ids else {}
 
+    # -- limits (nats/_limits.py) -------------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        await write_limits(await self._conn(), {key: limit}, self._known_index())
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        await write_limits(await self._conn(), dict(limits), self._known_index())
+
+
+def _handing_out(chosen: builtins.list[Picked]) -> Callable[..., builtins.list[Picked]]:
+    """A ``take`` for :meth:`AsyncNATSQueue._spread` that hands out the tasks a claim
+    under limits chose, once."""
+    left = [chosen]
+
+    def take(*_: object, **__: object) -> builtins.list[Picked]:
+        return left.pop() if left else []
+
+    return take
+
 
 class NATSQueue(StorageTwin[AsyncNATSQueue]):
     """Blocking twin of :class:`AsyncNATSQueue`: the same methods, without ``await``."""
@@ -570,3 +604,5 @@ class NATSQueue(StorageTwin[AsyncNATSQueue]):
     list_workers = blocking(AsyncNATSQueue.list_workers)
     set_progress = blocking(AsyncNATSQueue.set_progress)
     get_progress = blocking(AsyncNATSQueue.get_progress)
+    set_limit = blocking(AsyncNATSQueue.set_limit)
+    register_task_limits = blocking(AsyncNATSQueue.register_task_limits)

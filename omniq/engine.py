@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from omniq import _dependents, _fork, _requeue
+from omniq import _dependents, _fork, _requeue, _result_wait
 from omniq._building import TaskBuilder
 from omniq._limits import Limit, queue_key, task_limits
 from omniq._loops import LoopBinding
@@ -42,15 +42,11 @@ from omniq.decisions import (
 from omniq.errors import (
     ConfigError,
     DependencyFailedError,
-    ResultTimeoutError,
     SerializationError,
-    StorageConnectionError,
-    StorageError,
     TaskNotFoundError,
 )
 from omniq.events import AsyncEventLogger, AsyncEventProcessor
 from omniq.models import (
-    FINAL_STATUSES,
     WAITING_STATUSES,
     ErrorInfo,
     EventType,
@@ -70,10 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["KEY_FILE", "Engine", "RunningPool", "serializer_for"]
 
 logger = logging.getLogger("omniq")
-
-#: How long a ``get_result`` waiter gives a task that just became final to show its
-#: result: one ended by ``cancel()`` or its ttl stores it right after the status change.
-RESULT_GRACE = timedelta(seconds=1)
 
 
 #: The file under ``base_dir`` that holds the signing key of an embedded store.
@@ -502,7 +494,9 @@ class Engine:
         ``AsyncOmniQ.get_result``), or ``ResultTimeoutError`` after ``timeout`` seconds."""
         stored = await self.results.get(task_id)
         if stored is None and wait:
-            stored = await self.wait_for_result(task_id, timeout)
+            stored = await _result_wait.wait_for_result(
+                self.queue, self.results, task_id, timeout, expire=self.expire
+            )
         return None if stored is None else self.decode_result(stored)
 
     async def get_events(self, task_id: str) -> list[TaskEvent]:
@@ -521,55 +515,6 @@ class Engine:
             error = ErrorInfo(type="omniq.errors.SerializationError", message=str(exc))
             return msgspec.structs.replace(stored, result=None, error=stored.error or error)
         return msgspec.structs.replace(stored, result=value)
-
-    async def wait_for_result(self, task_id: str, limit: float | None) -> TaskResult | None:
-        """Wait for a task's result (``get_result(wait=True)``): None when it finished but
-        its result is gone; ``ResultTimeoutError`` after ``limit`` seconds (None: never)."""
-        loop = asyncio.get_running_loop()
-        deadline = None if limit is None else loop.time() + limit
-        while True:
-            now = utcnow()
-            look_again, gone = await self.while_no_result(task_id, now)
-            if gone:
-                # Results are stored before tasks are acknowledged: read once more.
-                return await self.results.get(task_id)
-            remaining = 60.0 if deadline is None else deadline - loop.time()
-            if remaining <= 0:
-                raise ResultTimeoutError(f"no result for task {task_id} within {limit} s")
-            chunk = min(remaining, 60.0)
-            if look_again is not None:
-                chunk = min(chunk, max(0.001, (look_again - now).total_seconds()))
-            stored = await self.results.wait(task_id, chunk)
-            if stored is not None:
-                return stored
-
-    async def while_no_result(self, task_id: str, now: datetime) -> tuple[datetime | None, bool]:
-        """What a ``get_result`` waiter that found no result should do: (when to look at
-        the task again, None for "at leisure"; True when no result is coming).
-
-        A final task's result was stored before it became final, but for a task ended
-        by ``cancel()`` or ``ttl``: that result follows the status change at once, so a
-        task final for under a second is given that second. Raises TaskNotFoundError for
-        an id the queue does not hold.
-        """
-        try:
-            task = await self.queue.get(task_id)
-        except StorageConnectionError:
-            raise
-        except StorageError:
-            return None, False  # an unreadable record: its worker will store a result
-        if task is None:
-            raise TaskNotFoundError(
-                f"task {task_id} does not exist (never enqueued, or cleaned up)"
-            )
-        if is_expired(task, now):
-            task = await self.expire(task) or task
-        if task.status in FINAL_STATUSES:
-            settled = (task.updated_at or task.created_at) + RESULT_GRACE
-            return (settled, False) if now < settled else (None, True)
-        if task.expires_at is not None and task.attempts == 0:
-            return task.expires_at, False
-        return None, False
 
     # -- running it in production ------------------------------------------------------------
 

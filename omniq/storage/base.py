@@ -27,10 +27,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from omniq._limits import Limit
 from omniq.decisions import cancelled_result
-from omniq.errors import ConfigError, StorageError
-from omniq.models import Progress, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.errors import StorageError
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage._fleet import FleetQueue
 from omniq.storage._records import (
     Ack,
@@ -473,34 +472,6 @@ class BaseTaskQueue(BaseStorage, FleetQueue):
                 or (task.worker_id != worker_id)
             ):
                 notice(task_id)
-
-    @abstractmethod
-    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
-        """Store the latest progress of tasks, by id, in one round trip where the backend
-        can, replacing what each had. Kept apart from the task records (their revisions
-        and compare-and-set steps are untouched); an unknown or deleted task gets none
-        (never resurrected); a deleted task's progress goes with it."""
-
-    @abstractmethod
-    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
-        """The stored progress of ``task_ids``, by id (tasks with none are absent)."""
-
-    # -- limits (SPEC §8 "Limits", omniq._limits) ---------------------------------------
-
-    async def set_limit(self, key: str, limit: Limit | None) -> None:
-        """Store the limit of ``key`` (``q:<queue>``; None removes it). From then on every
-        :meth:`claim`, in any process, leaves a task waiting while taking it would break
-        a limit of its queue or its name (:meth:`register_task_limits`): more starts in
-        a window than the rate (a sliding log of start times), or more ``RUNNING`` tasks
-        with a live lease than the cap. Such a claim returns a ``LimitedClaim`` saying
-        until when. With no limit stored, the claim costs what it did without limits."""
-        raise ConfigError(f"{type(self).__name__}: this backend does not support limits yet")
-
-    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
-        """Note, before tasks carrying them are stored, the limits of task names
-        (``t:<func>``); claims enforce, for each task carrying a limit, the one last noted
-        for its name."""
-        raise ConfigError(f"{type(self).__name__}: this backend does not support limits yet")
 
 
 class BaseResultStorage(BaseStorage):

@@ -30,7 +30,7 @@ from omniq.workers._options import parse_queue_order, parse_queues
 from omniq.workers._outcomes import Outcomes
 from omniq.workers._presence import keep_registered
 from omniq.workers._running import TaskRunner
-from omniq.workers._waiting import InterruptibleWait
+from omniq.workers._waiting import InterruptibleWait, let_running_finish
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
 
 if TYPE_CHECKING:
@@ -546,36 +546,22 @@ class AsyncWorkerPool:
 
     # -- stopping ------------------------------------------------------------------------
 
-    async def _let_running_finish(self) -> None:
-        """Wait for the running tasks, up to the stop's timeout (``shutdown_timeout`` by
-        default), counted from now; a later stop() with a shorter one takes over."""
-        assert self._stop_changed is not None
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while True:
-            pending = [task for task in self._running.values() if not task.done()]
-            timeout = self._stop_timeout
-            if timeout is None:
-                timeout = self.engine.settings.shutdown_timeout
-            remaining = began + timeout - loop.time()
-            if not pending or remaining <= 0:
-                return
-            self._stop_changed.clear()
-            changed = asyncio.create_task(self._stop_changed.wait())
-            try:
-                await asyncio.wait(
-                    [*pending, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                changed.cancel()
-
     async def _shutdown(
         self,
         finisher: asyncio.Task[None],
         renewer: asyncio.Task[None],
         helpers: list[asyncio.Task[None]],
     ) -> None:
-        await self._let_running_finish()
+        assert self._stop_changed is not None
+        await let_running_finish(
+            self._running,
+            self._stop_changed,
+            lambda: (
+                self.engine.settings.shutdown_timeout
+                if self._stop_timeout is None
+                else self._stop_timeout
+            ),
+        )
         leftover = dict(self._running)
         for task in leftover.values():
             task.cancel()

@@ -410,9 +410,9 @@ async def test_a_request_nobody_answers_times_out_and_later_ones_still_work(
 ) -> None:
     # One timer sweeps the requests in flight: an unanswered one fails with
     # TimeoutError (then StorageConnectionError for callers), the others are answered.
-    from omniq.storage.nats import connection as nats_connection
+    from omniq.storage.nats import _requests
 
-    monkeypatch.setattr(nats_connection, "_REQUEST_TIMEOUT", 0.2)
+    monkeypatch.setattr(_requests, "_REQUEST_TIMEOUT", 0.2)
     conn = backend.connection
     client = await conn.client()
     subject = f"{unique_name('silent')}.nobody"

@@ -13,7 +13,8 @@ import pytest
 
 from omniq import AsyncOmniQ
 from omniq.errors import StorageConnectionError, ValueTooLargeError
-from omniq.models import EventType, TaskStatus, utcnow
+from omniq.models import EventType, Task, TaskResult, TaskStatus, utcnow
+from omniq.storage.base import Ack, Finish
 from omniq.storage.nats import (
     AsyncNATSEventStorage,
     AsyncNATSQueue,
@@ -25,7 +26,7 @@ from omniq.storage.nats import (
     NATSResultStorage,
     NATSScheduleStorage,
 )
-from omniq.storage.nats._base import Record
+from omniq.storage.nats._base import Record, decode_record, record_of
 from omniq.storage.nats.connection import sanitize
 from omniq.storage.redis import AsyncRedisResultStorage
 from omniq.storage.registry import bundle_for_url
@@ -47,6 +48,7 @@ from tests.storage.contract import (
     MakeBackend,
     QueueContract,
     ResultContract,
+    S,
     ScheduleContract,
     assert_sync_twin_mirrors,
     assert_unreadable_is_listed_and_handed_out,
@@ -466,3 +468,133 @@ async def test_a_batch_writes_a_message_per_task_and_reads_back_every_event(
     js = await conn.jetstream()
     info = await js.stream_info(conn.events_stream)
     assert info.state.messages == 4  # 64 + 64 + 22 of "busy", 1 of "quiet"
+
+
+# -- results riding in the task's final write ----------------------------------------------
+
+
+async def _finish(
+    backend: NATSBackend, task: Task, result: TaskResult, *, cancel_first: bool = False
+) -> list[bool]:
+    """Enqueue and claim ``task`` as worker "w", then finish it with ``result`` on the
+    backend's own queue and results (a cancel landing first when ``cancel_first``)."""
+    queue, results = backend.task_queue(), backend.result_storage()
+    await queue.enqueue([task])
+    now = utcnow()
+    [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
+    assert claimed.id == task.id
+    if cancel_first:
+        running = {TaskStatus.RUNNING}
+        assert await queue.transition(
+            task.id, from_statuses=running, to_status=TaskStatus.CANCELLED, now=now
+        )
+        await results.put(make_result(task.id, status=TaskStatus.CANCELLED, result=None))
+    acked, _ = await queue.finish(
+        [Finish(Ack(task.id, "w", TaskStatus.COMPLETE), result)], results, now=now
+    )
+    return acked
+
+
+async def _in_results_bucket(backend: NATSBackend, task_id: str) -> bytes | None:
+    conn = backend.connection
+    bucket = conn.results_bucket
+    return (await conn.get_last(f"KV_{bucket}", f"$KV.{bucket}.{task_id}"))[1]
+
+
+async def test_a_finish_writes_the_result_with_the_final_status_in_one_write(
+    backend: NATSBackend, namespace: str
+) -> None:
+    # Results on the same backend and connection: the result rides in the task's final
+    # compare-and-set (nothing in the results bucket), and reads back like any result.
+    queue, results = backend.task_queue(), backend.result_storage()
+    assert queue.finishes_together(results)
+    elsewhere = AsyncNATSResultStorage(NATS_URL, namespace=namespace)  # its own client
+    assert not queue.finishes_together(elsewhere)
+    task = make_task()
+    done = make_result(task.id, worker_id="w")
+    assert await _finish(backend, task, done) == [True]
+    assert await results.get(task.id) == done
+    assert await _in_results_bucket(backend, task.id) is None
+    async with elsewhere:  # another process's client reads it too
+        assert await elsewhere.get(task.id) == done
+        assert await asyncio.wait_for(elsewhere.wait(task.id, 5.0), 5) == done
+    stored = await queue.get(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETE
+
+
+async def test_a_waiter_is_woken_by_a_result_riding_in_the_final_write(
+    backend: NATSBackend,
+) -> None:
+    results = backend.result_storage()
+    task = make_task()
+    done = make_result(task.id, worker_id="w")
+    waiter = asyncio.ensure_future(results.wait(task.id, 10.0))
+    await asyncio.sleep(0)  # the waiter subscribes before the finish (it looks once too)
+    assert await _finish(backend, task, done) == [True]
+    assert await asyncio.wait_for(waiter, 5) == done
+
+
+async def test_results_outlive_their_purged_tasks(backend: NATSBackend) -> None:
+    # delete_finished purges finished tasks; their results stay readable until they
+    # expire, as on every backend (an expired one is not carried over).
+    queue, results = backend.task_queue(), backend.result_storage()
+    now = utcnow()
+    kept, later, gone = make_task(), make_task(), make_task()
+    forever = make_result(kept.id, worker_id="w")
+    for_an_hour = make_result(later.id, worker_id="w", expires_at=now + 3600 * S)
+    expired = make_result(gone.id, worker_id="w", expires_at=now - 1 * S)
+    for task, result in ((kept, forever), (later, for_an_hour), (gone, expired)):
+        assert await _finish(backend, task, result) == [True]
+    assert await queue.delete_finished(utcnow() + 1 * S) == 3
+    assert await queue.get_many([kept.id, later.id, gone.id]) == [None, None, None]
+    assert await results.get(kept.id) == forever
+    assert await results.get(later.id) == for_an_hour
+    assert await results.get(gone.id) is None
+    assert await _in_results_bucket(backend, gone.id) is None
+
+
+async def test_delete_expired_takes_expired_results_out_of_task_records(
+    backend: NATSBackend,
+) -> None:
+    queue, results = backend.task_queue(), backend.result_storage()
+    now = utcnow()
+    task = make_task()
+    done = make_result(task.id, worker_id="w", expires_at=now + 60 * S)
+    assert await _finish(backend, task, done) == [True]
+    assert await results.delete_expired(now) == 0
+    assert await results.get(task.id) == done
+    assert await results.delete_expired(now + 120 * S) == 1
+    assert await results.get(task.id) is None  # gone, not only hidden
+    stored = await queue.get(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETE  # the task stays
+
+
+@pytest.mark.parametrize("cancel_first", [False, True])
+async def test_a_result_too_large_to_ride_with_its_task_is_stored_apart(
+    backend: NATSBackend, cancel_first: bool
+) -> None:
+    # Task and result together over the server's max_payload (each under it): the
+    # result goes to the results bucket first, then the ack; a cancel that won keeps
+    # its own result.
+    half = backend.connection.max_payload // 2
+    task = make_task(payload=b"x" * half)
+    big = make_result(task.id, worker_id="w", result=b"y" * half)
+    acked = await asyncio.wait_for(_finish(backend, task, big, cancel_first=cancel_first), 30)
+    results = backend.result_storage()
+    stored = await backend.task_queue().get(task.id)
+    assert stored is not None
+    if cancel_first:
+        assert acked == [False]
+        verdict = await results.get(task.id)
+        assert verdict is not None and verdict.status is TaskStatus.CANCELLED
+        assert stored.status is TaskStatus.CANCELLED
+    else:
+        assert acked == [True]
+        assert await results.get(task.id) == big
+        assert stored.status is TaskStatus.COMPLETE
+
+
+def test_a_record_written_before_results_rode_in_it_still_decodes() -> None:
+    record = record_of(make_task())
+    older = msgspec.msgpack.encode(list(msgspec.structs.astuple(record))[:-1])
+    assert decode_record(older) == record

@@ -79,6 +79,10 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
 
     Times are microseconds since the epoch (0: none). ``seq`` is the enqueue order: 0
     until the first change, which writes the revision the task was created at.
+    ``result`` is the msgpack ``TaskResult`` of the run that ended the task, written in
+    the same compare-and-set as its final status when the results are this backend's
+    (empty otherwise; last, with a default, so records written before it was added
+    still decode, and older readers skip it).
     """
 
     queue: str
@@ -94,6 +98,7 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     seq: int
     deps: tuple[str, ...]
     body: bytes
+    result: bytes = b""
 
 
 _RECORD_DECODER = msgspec.msgpack.Decoder(Record)

@@ -80,6 +80,12 @@ class RequestingConnection(Connection):
         )
         self._sweeper: asyncio.TimerHandle | None = None
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its ``max_payload``; nats-server's
+        default of 1 MiB until connected)."""
+        return self._nc.max_payload if self._nc is not None else 1024 * 1024
+
     @abstractmethod
     async def jetstream(self) -> JetStreamContext:
         """The JetStream context, connecting on first use or on a new event loop."""

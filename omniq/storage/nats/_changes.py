@@ -26,6 +26,7 @@ from omniq.models import Task, TaskStatus, utcnow
 from omniq.storage._component import Finished
 from omniq.storage.base import (
     Ack,
+    BaseEventStorage,
     BaseResultStorage,
     BaseTaskQueue,
     Finish,
@@ -44,6 +45,14 @@ from omniq.storage.nats._base import (
 )
 from omniq.storage.nats._index import TaskIndex, index_of
 from omniq.storage.nats.connection import NATSConnection
+from omniq.storage.nats.events import (
+    AsyncNATSEventStorage,
+    decode_events,
+    encode_events,
+    groups_of,
+    keep_events,
+    publish_events,
+)
 from omniq.storage.nats.results import AsyncNATSResultStorage, keep_results
 
 __all__ = ["CAS_TRIES", "FINAL", "RUNNING", "Change", "TaskRecords"]
@@ -178,41 +187,55 @@ class TaskRecords(NATSComponent, BaseTaskQueue):
             result_storage
         )
 
+    def finish_logs_events(self, event_storage: BaseEventStorage) -> bool:
+        """True when ``event_storage`` is this backend's on this same connection: the
+        events a worker logs as it finishes a task then ride in the same write."""
+        return isinstance(event_storage, AsyncNATSEventStorage) and self.shares_connection(
+            event_storage
+        )
+
     async def _finish_together(
         self, items: Sequence[Finish], log_events: bool, now: datetime
     ) -> Finished:
         """End each task its worker still holds with one compare-and-set that writes its
-        final status and its result together (all in flight at once); then the
-        dependents of those that ended.
+        final status, its result and (``log_events``) its events together, all in flight
+        at once; then the dependents of those that ended.
 
-        One write per task instead of two (a result, then the ack), and the same
-        guarantees as a transaction: of a cancel and a finish racing, the one whose
-        compare-and-set lands wins, with its result; a worker that dies before the write
-        leaves the task running, and its lease hands it to another. A result too large to
-        share the record with the task is stored first, then the task acknowledged, as
-        for results on another backend. ``log_events`` is never set: the events of a
-        finish are written after it by the worker (:meth:`finish_logs_events` is False),
-        so that an event log that fails does not fail the finish.
+        One write per task instead of three (a result, the ack, the events), with the
+        guarantees of a transaction: of a cancel and a finish racing, the one whose
+        compare-and-set lands wins, with its result and events; a worker that dies
+        before the write leaves the task running, and its lease hands it to another.
+        A result too large to share the record with the task is stored first, then the
+        task acknowledged, then its events logged, as for components elsewhere.
         """
         conn = await self._conn()
         now_us = us(now)
         room = conn.max_payload - _HEADROOM
-        acked = await together([self._finish_one(conn, item, now_us, room) for item in items])
+        acked = await together(
+            [self._finish_one(conn, item, now_us, room, log_events) for item in items]
+        )
         ids = [item.ack.task_id for item, ok in zip(items, acked, strict=True) if ok]
         return acked, (await self.dependents_many(ids) if ids else {})
 
-    async def _finish_one(self, conn: NATSConnection, item: Finish, now_us: int, room: int) -> bool:
+    async def _finish_one(
+        self, conn: NATSConnection, item: Finish, now_us: int, room: int, log_events: bool
+    ) -> bool:
         result = ENCODER.encode(item.result)
+        events = encode_events(item.events) if log_events and item.events else b""
         try:
-            ended = await self._change(item.ack.task_id, _ended(item.ack, now_us, result, room))
+            ended = await self._change(
+                item.ack.task_id, _ended(item.ack, now_us, result, events, room)
+            )
         except _Apart:
-            return await self._finish_apart(conn, item, now_us)
+            return await self._finish_apart(conn, item, now_us, log_events)
         return ended is not None
 
-    async def _finish_apart(self, conn: NATSConnection, item: Finish, now_us: int) -> bool:
-        """The result in the results bucket, then the ack; a cancel that won meanwhile
-        gets its own result written back (what BaseTaskQueue.finish does for results on
-        another backend)."""
+    async def _finish_apart(
+        self, conn: NATSConnection, item: Finish, now_us: int, log_events: bool
+    ) -> bool:
+        """The result in the results bucket, then the ack, then the events; a cancel
+        that won meanwhile gets its own result written back (what BaseTaskQueue.finish
+        does for components elsewhere)."""
         subject = f"$KV.{conn.results_bucket}.{key_of(item.ack.task_id)}"
         await conn.publish(subject, ENCODER.encode(item.result))
         ended = await self._change(item.ack.task_id, _ended(item.ack, now_us))
@@ -221,6 +244,8 @@ class TaskRecords(NATSComponent, BaseTaskQueue):
             if task is not None and task.status is TaskStatus.CANCELLED:
                 verdict = cancelled_result(task, now=task.updated_at or task.created_at)
                 await conn.publish(subject, ENCODER.encode(verdict))
+        elif log_events and item.events:
+            await publish_events(conn, groups_of(item.events))
         return ended is not None
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
@@ -288,25 +313,35 @@ class TaskRecords(NATSComponent, BaseTaskQueue):
 
     async def delete_finished(self, before: datetime) -> int:
         """Purge the tasks in a final state last changed before ``before``. A result
-        that rode in a purged task's record (and has not expired) is first moved to the
-        results bucket: results outlive their tasks, as on every backend."""
+        and events that rode in a purged task's record are first moved to the results
+        bucket (unless expired) and the event stream: they outlive their tasks, as on
+        every backend."""
         index = await self._index()
         await index.catch_up()
         cutoff = us(before)
         doomed = [
-            (ident, bool(record.result))
+            (ident, bool(record.result or record.events))
             for ident, (_, record) in index.records.items()
             if record.status in FINAL and (record.updated or record.created) < cutoff
         ]
         conn = await self._conn()
         carrying = [ident for ident, carries in doomed if carries]
-        riding = await together([self._read(ident) for ident in carrying])
+        riding = [
+            (ident, found)
+            for ident, found in zip(
+                carrying, await together([self._read(ident) for ident in carrying]), strict=True
+            )
+            if found is not None
+        ]
         await keep_results(
+            conn, [(ident, record.result) for ident, (_, record) in riding if record.result]
+        )
+        await keep_events(
             conn,
             [
-                (ident, found[1].result)
-                for ident, found in zip(carrying, riding, strict=True)
-                if found is not None and found[1].result
+                (key_of(ident), revision, record.events)
+                for ident, (revision, record) in riding
+                if record.events
             ],
         )
         bucket = conn.tasks_bucket
@@ -315,20 +350,40 @@ class TaskRecords(NATSComponent, BaseTaskQueue):
         return len(doomed)
 
 
-def _ended(ack: Ack, now_us: int, result: bytes = b"", room: int = 0) -> Change:
-    """The change that ends a task its worker still holds: its final status, and
-    ``result`` (an encoded TaskResult) riding in the record when given. Raises _Apart
-    when the record would grow past ``room`` bytes with it."""
+def _ended(
+    ack: Ack, now_us: int, result: bytes | None = None, events: bytes = b"", room: int = 0
+) -> Change:
+    """The change that ends a task its worker still holds: its final status, and when
+    given ``result`` (an encoded TaskResult) and ``events`` (encoded as an event message)
+    riding in the record (added to the events an earlier run left there). Raises _Apart
+    when the record would grow past ``room`` bytes with them."""
     status = TaskStatus(ack.status).value
 
     def change(record: Record) -> Record | None:
         if record.status != RUNNING or record.worker != ack.worker_id:
             return None
-        if result and len(result) + _size(record) > room:
-            raise _Apart
         attempts = record.attempts if ack.ran else max(record.attempts - 1, 0)
+        if result is None:
+            return msgspec.structs.replace(
+                record, status=status, lease=0, updated=now_us, attempts=attempts
+            )
+        if len(result) + len(events) + _size(record) > room:
+            raise _Apart
+        riding = record.events
+        if events:
+            riding = (
+                encode_events([*decode_events(record.events), *decode_events(events)])
+                if record.events
+                else events
+            )
         return msgspec.structs.replace(
-            record, status=status, lease=0, updated=now_us, attempts=attempts, result=result
+            record,
+            status=status,
+            lease=0,
+            updated=now_us,
+            attempts=attempts,
+            result=result,
+            events=riding,
         )
 
     return change
@@ -341,5 +396,6 @@ def _size(record: Record) -> int:
         + sum(len(dep) + 5 for dep in record.deps)
         + len(record.queue)
         + len(record.worker or "")
+        + len(record.events)
         + 128
     )

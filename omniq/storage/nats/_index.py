@@ -225,9 +225,12 @@ class TaskIndex:
             return
         if record.status in FINAL:
             # Kept for listings and counts only: without the task as enqueued (its
-            # arguments), which a listing reads from the server, nor its result (one
-            # byte says there is one: delete_finished moves it before the purge).
-            record = msgspec.structs.replace(record, body=b"", result=record.result[:1])
+            # arguments), which a listing reads from the server, nor its result and
+            # events (a byte of each says there are some: delete_finished moves them
+            # before the purge).
+            record = msgspec.structs.replace(
+                record, body=b"", result=record.result[:1], events=record.events[:1]
+            )
         self.records[ident] = (revision, record)
         self.counts[record.queue][record.status] += 1
         for dep in record.deps:

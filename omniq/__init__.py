@@ -14,16 +14,19 @@ Example::
 """
 
 from omniq.config import Settings
+from omniq.context import TaskContext, current_task
 from omniq.core import AsyncOmniQ, AsyncTaskFunction
 from omniq.errors import OmniQError
 from omniq.models import (
     ErrorInfo,
     EventType,
+    Progress,
     Schedule,
     Task,
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkerInfo,
 )
 from omniq.retry import Retry
 from omniq.sync import OmniQ, TaskFunction
@@ -39,14 +42,18 @@ __all__ = [
     "EventType",
     "OmniQ",
     "OmniQError",
+    "Progress",
     "Retry",
     "Schedule",
     "Settings",
     "Task",
+    "TaskContext",
     "TaskEvent",
     "TaskFunction",
     "TaskResult",
     "TaskStatus",
+    "WorkerInfo",
     "WorkerPool",
     "__version__",
+    "current_task",
 ]

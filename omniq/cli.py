@@ -1,4 +1,5 @@
-"""The ``omniq`` command line: worker, enqueue, status, events, schedules, stats, cleanup, demo.
+"""The ``omniq`` command line: worker, enqueue, status, events, schedules, stats, cleanup,
+requeue, workers, demo.
 
 Errors print as one line (``omniq: error: …``) with a non-zero exit code, never as a
 traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG`` and
@@ -27,7 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omniq.config import (
     LOG_LEVELS,
@@ -37,6 +38,9 @@ from omniq.config import (
     warn_unknown_variables,
 )
 from omniq.errors import ConfigError, OmniQError
+
+if TYPE_CHECKING:
+    from omniq.models import Progress
 
 __all__ = ["load_app", "main"]
 
@@ -205,12 +209,30 @@ async def _status(args: argparse.Namespace) -> int:
         print(f"queue     {task.queue}")
         print(f"status    {task.status.value}")
         print(f"attempts  {task.attempts}")
+        if task.progress is not None:
+            print(f"progress  {_progress_line(task.progress)}")
     if result is not None:
         if result.error is not None:
             print(f"error     {result.error.type}: {result.error.message}")
         else:
             print(f"result    {result.result!r}")
     return EXIT_OK
+
+
+def _progress_line(progress: Progress) -> str:
+    """``3/10 (30%) copying b.png  (updated 2026-01-02 03:04:05+00:00)``."""
+
+    def number(value: float) -> str:
+        return str(value) if isinstance(value, int) else f"{value:g}"
+
+    line = number(progress.done)
+    if progress.total is not None:
+        line += f"/{number(progress.total)}"
+        if progress.total > 0:
+            line += f" ({100 * progress.done / progress.total:.0f}%)"
+    if progress.message:
+        line += f" {progress.message}"
+    return f"{line}  (updated {progress.updated_at.isoformat(sep=' ', timespec='seconds')})"
 
 
 async def _events(args: argparse.Namespace) -> int:
@@ -263,6 +285,63 @@ async def _cleanup(args: argparse.Namespace) -> int:
     async with oq:
         counts = await oq.cleanup()
     print(", ".join(f"{k}: {v} removed" for k, v in counts.items()))
+    return EXIT_OK
+
+
+async def _requeue(args: argparse.Namespace) -> int:
+    if args.task_id is None and args.status is None:
+        raise ConfigError("requeue: name a task ID, or --status for every task in that status")
+    if args.task_id is not None and args.status is not None:
+        raise ConfigError("requeue: give a task ID or --status, not both")
+    if args.task_id is not None and args.queue is not None:
+        raise ConfigError("requeue: --queue goes with --status")
+    oq = _client(args)
+    async with oq:
+        if args.task_id is not None:
+            if not await oq.requeue(args.task_id):
+                raise OmniQError(
+                    f"task {args.task_id} not requeued: unknown, or not failed, cancelled "
+                    "or expired"
+                )
+            print(f"requeued {args.task_id}")
+            return EXIT_OK
+        count = 0
+        while True:  # a page at a time: each requeued task leaves the listing
+            page = await oq.list_tasks(queue=args.queue, status=args.status, limit=500)
+            done = sum([await oq.requeue(task.id) for task in page])
+            count += done
+            if not done:
+                break
+    print(f"requeued {count} task{'' if count == 1 else 's'}")
+    return EXIT_OK
+
+
+async def _workers(args: argparse.Namespace) -> int:
+    oq = _client(args)
+    async with oq:
+        found = await oq.list_workers()
+    if not found:
+        print("no workers")
+        return EXIT_OK
+    rows = [("ID", "HOST", "PID", "TYPE", "RUNNING", "QUEUES", "STARTED", "LAST SEEN")]
+    for w in found:
+        rows.append(
+            (
+                w.id,
+                w.hostname,
+                str(w.pid),
+                w.worker_type,
+                f"{w.running}/{w.concurrency}",
+                ",".join(w.queues),
+                w.started_at.isoformat(timespec="seconds"),
+                w.last_seen.isoformat(timespec="seconds"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return EXIT_OK
 
 
@@ -344,6 +423,15 @@ def _parser() -> argparse.ArgumentParser:
 
     command("stats", "task counts per queue and status").set_defaults(handler=_stats)
     command("cleanup", "drop expired results, old tasks and events").set_defaults(handler=_cleanup)
+    rq = command("requeue", "run a failed, cancelled or expired task (or all of them) again")
+    rq.add_argument("task_id", nargs="?")
+    rq.add_argument(
+        "--status", choices=["failed", "cancelled", "expired"], help="every task in this status"
+    )
+    rq.add_argument("--queue", help="with --status: only this queue's tasks")
+    rq.set_defaults(handler=_requeue)
+
+    command("workers", "list the worker pools running now").set_defaults(handler=_workers)
     command("demo", "run the demo on the embedded default", app=False).set_defaults(handler=_demo)
     return parser
 

@@ -17,7 +17,7 @@ from omniq._task_functions import AsyncTaskFunction
 from omniq.config import Duration, Settings
 from omniq.engine import Engine
 from omniq.events import AsyncEventLogger
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, WorkerInfo, utcnow
 from omniq.serialization import SerializationManager
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueue
 
@@ -216,7 +216,8 @@ class AsyncOmniQ:
     # -- reading -----------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> Task | None:
-        """The task with its current status and attempts, or None.
+        """The task with its current status and attempts, or None; ``progress`` holds
+        what it last reported (``omniq.current_task().progress``), or None.
 
         A task that never started and is past its ``ttl`` reads ``EXPIRED`` (it is
         expired here, with its result and event, if no worker did it yet).
@@ -398,3 +399,25 @@ class AsyncOmniQ:
             queues=queues,
             queue_order=queue_order,
         )
+
+    # -- running it in production ----------------------------------------------------------
+
+    async def requeue(self, task_id: str) -> bool:
+        """Run a ``FAILED``, ``CANCELLED`` or ``EXPIRED`` task again: it goes back
+        ``PENDING`` with a fresh attempt budget (``attempts`` 0, due now, no ttl) and
+        True is returned; False for a task in any other status, or an unknown id.
+
+        Its old result is removed (``get_result(wait=True)`` waits for the new run) and
+        a ``REQUEUED`` event joins its earlier ones. Of two racing requeues, or a
+        requeue racing a worker, one wins. A task with ``depends_on`` waits for its
+        dependencies again; dependents cancelled because this task failed stay
+        cancelled (requeue them too).
+        """
+        return await (await self._ready()).requeue(task_id)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The worker pools running now on this client's task queue, in any process or
+        host, by id: each registers when it starts, beats every third of its
+        ``lease_seconds``, and deregisters when it stops; one that died drops out once
+        a ``lease_seconds`` has passed without a heartbeat."""
+        return await (await self._ready()).list_workers()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from omniq import _fork
+from omniq import _dependents, _fork, _requeue
 from omniq._building import TaskBuilder
 from omniq._loops import LoopBinding
 from omniq._storages import Component, Storages
@@ -57,6 +57,7 @@ from omniq.models import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkerInfo,
     utcnow,
 )
 from omniq.serialization import SerializationManager
@@ -76,11 +77,6 @@ RESULT_GRACE = timedelta(seconds=1)
 
 #: The file under ``base_dir`` that holds the signing key of an embedded store.
 KEY_FILE = "secret_key"
-
-#: How many waiting tasks one dependents sweep looks at (``Engine.sweep_dependents``).
-SWEEP_LIMIT = 1000
-#: A dependency that ended in one of these cancels its dependents.
-FAILED_DEPENDENCY = FINAL_STATUSES - {TaskStatus.COMPLETE}
 
 
 def serializer_for(settings: Settings, queue: Any) -> SerializationManager:
@@ -393,20 +389,17 @@ class Engine:
     ) -> None:
         """Release or cancel the dependents of tasks that just reached a final state
         (``found``: their dependents, when the caller already looked them up)."""
-        if not finished:
-            return
-        if found is None:
-            found = await self.queue.dependents_many([task_id for task_id, _ in finished])
-        if not found:
-            return
-        for task_id, status in finished:
-            for dependent in found.get(task_id, ()):
-                if dependent.status is not TaskStatus.SCHEDULED:
-                    continue
-                if status is TaskStatus.COMPLETE:
-                    await self.settle_dependent(dependent.id)
-                else:
-                    await self._cancel_dependent(dependent.id, task_id, status)
+        await _dependents.on_finished(self.queue, finished, found, self._cancel_dependent)
+
+    async def settle_dependent(self, task_id: str) -> None:
+        """Release a dependent whose dependencies all completed; cancel one with a
+        dependency that ended otherwise."""
+        await _dependents.settle(self.queue, task_id, self._cancel_dependent)
+
+    async def sweep_dependents(self, limit: int = _dependents.SWEEP_LIMIT) -> int:
+        """Settle the dependents left ``SCHEDULED`` after all their dependencies ended
+        (see :func:`omniq._dependents.sweep`); how many were settled."""
+        return await _dependents.sweep(self.queue, limit, self._cancel_dependent)
 
     async def _cancel_dependent(self, task_id: str, dep_id: str, dep_status: TaskStatus) -> None:
         exc = DependencyFailedError(dep_id, dep_status.value)
@@ -417,56 +410,6 @@ class Engine:
             EventType.CANCELLED,
             utcnow(),
         )
-
-    async def settle_dependent(self, task_id: str) -> None:
-        """Release a dependent whose dependencies all completed; cancel one with a
-        dependency that ended otherwise."""
-        task = await self.queue.get(task_id)
-        if task is None or task.status is not TaskStatus.SCHEDULED or not task.depends_on:
-            return
-        deps = await self.queue.get_many(list(task.depends_on))
-        for dep_id, dep in zip(task.depends_on, deps, strict=True):
-            dep_status = dep.status if dep is not None else None
-            if dep_status in FINAL_STATUSES and dep_status is not TaskStatus.COMPLETE:
-                assert dep_status is not None
-                await self._cancel_dependent(task_id, dep_id, dep_status)
-                return
-        if all(dep is not None and dep.status is TaskStatus.COMPLETE for dep in deps):
-            # The backend wakes idle workers when the task becomes claimable.
-            await self.queue.transition(
-                task_id,
-                from_statuses={TaskStatus.SCHEDULED},
-                to_status=TaskStatus.PENDING,
-                now=utcnow(),
-                due_at=task.due_at,
-            )
-
-    async def sweep_dependents(self, limit: int = SWEEP_LIMIT) -> int:
-        """Settle the dependents left ``SCHEDULED`` after all their dependencies ended.
-
-        A worker releases a task's dependents after acknowledging it; one killed (or cut
-        off from its store) between the two leaves them waiting for ever, since nothing
-        else would finish their dependencies again. Running workers call this now and
-        then. It looks at the newest ``limit`` waiting tasks and returns how many it
-        settled (released, or cancelled for a failed dependency).
-        """
-        waiting = [
-            task
-            for task in await self.queue.list(status=TaskStatus.SCHEDULED, limit=limit)
-            if task.depends_on
-        ]
-        if not waiting:
-            return 0
-        dep_ids = sorted({dep_id for task in waiting for dep_id in task.depends_on})
-        deps = await self.queue.get_many(dep_ids)
-        ended = {dep.id for dep in deps if dep is not None and dep.status in FINAL_STATUSES}
-        failed = {dep.id for dep in deps if dep is not None and dep.status in FAILED_DEPENDENCY}
-        settled = 0
-        for task in waiting:
-            if ended.issuperset(task.depends_on) or not failed.isdisjoint(task.depends_on):
-                await self.settle_dependent(task.id)
-                settled += 1
-        return settled
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task (see ``AsyncOmniQ.cancel``); True if it ends ``CANCELLED``."""
@@ -511,13 +454,15 @@ class Engine:
         task = await self.queue.get(task_id)
         if task is not None and is_expired(task, utcnow()):
             task = await self.expire(task)
-        return task
+        return None if task is None else (await self.with_progress([task]))[0]
 
     async def list_tasks(
         self, queue: str | None, status: TaskStatus | None, limit: int
     ) -> list[Task]:
         """Tasks, newest first (those past their ttl and never started expired here)."""
-        tasks = await self.queue.list(queue=queue, status=status, limit=limit)
+        tasks = await self.with_progress(
+            await self.queue.list(queue=queue, status=status, limit=limit)
+        )
         now = utcnow()
         if not any(is_expired(task, now) for task in tasks):
             return tasks
@@ -530,6 +475,20 @@ class Engine:
                 task = expired
             listed.append(task)
         return listed
+
+    async def with_progress(self, tasks: list[Task]) -> list[Task]:
+        """``tasks`` with their stored progress merged in (``Task.progress``)."""
+        if not tasks:
+            return tasks
+        found = await self.queue.get_progress([task.id for task in tasks])
+        if not found:
+            return tasks
+        return [
+            task
+            if (progress := found.get(task.id)) is None
+            else msgspec.structs.replace(task, progress=progress)
+            for task in tasks
+        ]
 
     async def get_result(
         self, task_id: str, *, wait: bool, timeout: float | None
@@ -606,3 +565,19 @@ class Engine:
         if task.expires_at is not None and task.attempts == 0:
             return task.expires_at, False
         return None, False
+
+    # -- running it in production ------------------------------------------------------------
+
+    async def requeue(self, task_id: str) -> bool:
+        """Put a ``FAILED``, ``CANCELLED`` or ``EXPIRED`` task back to run again
+        (:func:`omniq._requeue.requeue`); True if this call did."""
+        done = await _requeue.requeue(
+            self.queue, self.results, task_id, log=self.log_now, settle=self.settle_dependent
+        )
+        if done:
+            self.wake_pools()
+        return done
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The worker pools registered and alive now, by id."""
+        return await self.queue.list_workers(now=utcnow())

@@ -18,11 +18,13 @@ __all__ = [
     "WAITING_STATUSES",
     "ErrorInfo",
     "EventType",
+    "Progress",
     "Schedule",
     "Task",
     "TaskEvent",
     "TaskResult",
     "TaskStatus",
+    "WorkerInfo",
     "utcnow",
 ]
 
@@ -72,6 +74,7 @@ class EventType(str, enum.Enum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    REQUEUED = "requeued"
 
     def __str__(self) -> str:
         return self.value
@@ -131,6 +134,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
     updated_at: datetime | None = None
     worker_id: str | None = None
     lease_expires_at: datetime | None = None
+    #: What the task last reported with ``current_task().progress(...)`` (None: nothing).
+    #: Stored apart from the task record and merged in when a task is read.
+    progress: Progress | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id
@@ -199,3 +205,33 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     next_run_at: datetime | None = None
     last_run_at: datetime | None = None
     created_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A running worker pool as it registered itself (``list_workers()``).
+
+    ``id`` is the pool's worker id (the ``worker_id`` on the tasks it runs), ``queues``
+    the queues it serves, ``running`` how many tasks it was running at its last
+    heartbeat, ``last_seen`` the time of that heartbeat.
+    """
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    worker_type: str
+    concurrency: int
+    running: int = 0
+    started_at: datetime = msgspec.field(default_factory=utcnow)
+    last_seen: datetime = msgspec.field(default_factory=utcnow)
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a running task says it got (``omniq.current_task().progress(...)``):
+    ``done`` out of ``total`` (None: unknown), an optional ``message``, and when it was
+    reported (``updated_at``)."""
+
+    done: int | float
+    total: int | float | None = None
+    message: str | None = None
+    updated_at: datetime = msgspec.field(default_factory=utcnow)

@@ -188,6 +188,10 @@ class OmniQ:
 
     get_schedule = blocking(AsyncOmniQ.get_schedule)
 
+    requeue = blocking(AsyncOmniQ.requeue)
+
+    list_workers = blocking(AsyncOmniQ.list_workers)
+
     @overload
     def task(self, func: Callable[P, R], /) -> TaskFunction[P, R]: ...
 

@@ -412,3 +412,15 @@ def test_a_worker_says_what_goes_wrong_at_its_log_level(tmp_path: Path, level: s
     assert (f"{failing_id} (tests.conformance.tasks:fail): attempt 1 started" in log) is (
         level == "DEBUG"
     )
+
+
+def test_status_prints_the_progress(tmp_path: Path) -> None:
+    enq = omniq("enqueue", "tests.conformance.progress_tasks:tight_loop", "250", cwd=tmp_path)
+    assert enq.returncode == 0, enq.stderr
+    task_id = enq.stdout.strip()
+    work = omniq("worker", "--burst", cwd=tmp_path)
+    assert work.returncode == 0, work.stderr
+    status = omniq("status", task_id, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    [line] = [line for line in status.stdout.splitlines() if line.startswith("progress")]
+    assert line.split()[1:3] == ["250/250", "(100%)"], status.stdout

@@ -17,13 +17,15 @@ from typing import Any, TypeVar
 import msgspec
 
 from omniq.errors import StorageError
-from omniq.models import Task, TaskResult, TaskStatus
+from omniq.models import Progress, Task, TaskResult, TaskStatus
 from omniq.storage.base import UnreadableTask, unreadable_task
 
 __all__ = [
     "counts_by_queue",
+    "decode_progress",
     "decode_record",
     "dt",
+    "encode_progress",
     "result_from_row",
     "task_from_row",
     "ts",
@@ -130,3 +132,21 @@ def counts_by_queue(rows: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
         if count:
             counts.setdefault(queue, {})[status] = count
     return counts
+
+
+_PROGRESS_ENCODER = msgspec.msgpack.Encoder()
+_PROGRESS_DECODER = msgspec.msgpack.Decoder(Progress)
+
+
+def encode_progress(progress: Progress) -> bytes:
+    """A task's progress as every backend stores it (msgpack)."""
+    return _PROGRESS_ENCODER.encode(progress)
+
+
+def decode_progress(data: bytes | bytearray | memoryview) -> Progress | None:
+    """Stored progress decoded; None when it cannot be (progress is advisory: a damaged
+    one must not make its task unreadable)."""
+    try:
+        return _PROGRESS_DECODER.decode(data)
+    except (*_DAMAGE, msgspec.ValidationError):
+        return None

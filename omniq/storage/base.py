@@ -22,17 +22,23 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
-
-from msgspec.structs import replace
+from typing import Any
 
 from omniq.decisions import cancelled_result
 from omniq.errors import StorageError
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.models import Progress, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.storage._fleet import FleetQueue
+from omniq.storage._records import (
+    Ack,
+    Finish,
+    UnreadableTask,
+    event_fields_but_task_id,
+    event_of,
+    unreadable_task,
+)
 
 __all__ = [
     "Ack",
@@ -45,83 +51,10 @@ __all__ = [
     "UnreadableTask",
     "event_fields_but_task_id",
     "event_of",
+    "unreadable_task",
 ]
 
 logger = logging.getLogger("omniq")
-
-#: An event's fields but its task id, as a tuple: the events of a batch's tasks that match
-#: on these can be stored once for the batch (``enqueue_logged`` on Redis and PostgreSQL).
-event_fields_but_task_id = operator.attrgetter(
-    "event_type", "timestamp", "attempt", "worker_id", "message", "queue"
-)
-
-
-def event_of(task_id: str, event: TaskEvent) -> TaskEvent:
-    """``event`` as ``task_id``'s: an event ``enqueue_logged`` got without a task id."""
-    return event if event.task_id else replace(event, task_id=task_id)
-
-
-class Ack(NamedTuple):
-    """The final status a worker reports for a task it holds.
-
-    ``ran`` is False when the claim being acknowledged did not run the task (it found the
-    task past its ttl, or lost with its workers too often): the attempt that claim
-    counted is taken back, so ``attempts`` counts the runs that started.
-    """
-
-    task_id: str
-    worker_id: str
-    status: TaskStatus
-    ran: bool = True
-
-
-class Finish(NamedTuple):
-    """A task its worker holds, ended: the ack, the result, and the events that go with
-    them (stored only if the ack takes effect)."""
-
-    ack: Ack
-    result: TaskResult
-    events: Sequence[TaskEvent] = ()
-
-
-class UnreadableTask(Task, frozen=True, kw_only=True):
-    """A claimed task whose stored record cannot be decoded (damaged, or written by an
-    incompatible version), with ``reason`` saying why.
-
-    A claim leases it like any other task and hands it out so that the worker fails it:
-    a ``FAILED`` result naming the reason, an ``ERROR`` event and dependents cancelled.
-    Left in the queue it would block claims or be retried at every lease expiry; failed
-    quietly by the storage, nobody waiting on its result would ever hear of it.
-    """
-
-    reason: str
-
-
-def unreadable_task(
-    task_id: str,
-    reason: str,
-    *,
-    queue: str,
-    attempts: int,
-    worker_id: str | None,
-    lease_expires_at: datetime | None,
-    now: datetime,
-    status: TaskStatus = TaskStatus.RUNNING,
-) -> UnreadableTask:
-    """A record that could not be decoded, as far as the storage's own fields tell:
-    what a claim that leased it returns (``RUNNING``), or a listing that met it."""
-    return UnreadableTask(
-        id=task_id,
-        func="",
-        queue=queue,
-        status=status,
-        attempts=attempts,
-        worker_id=worker_id,
-        lease_expires_at=lease_expires_at,
-        created_at=now,
-        updated_at=now,
-        reason=reason,
-    )
 
 
 class BaseStorage(ABC):  # noqa: B024 - connect/close are optional hooks, not abstract
@@ -141,7 +74,7 @@ class BaseStorage(ABC):  # noqa: B024 - connect/close are optional hooks, not ab
         await self.close()
 
 
-class BaseTaskQueue(BaseStorage):
+class BaseTaskQueue(BaseStorage, FleetQueue):
     """A durable queue of tasks with lease-based claims.
 
     Delivery is at-least-once with exactly one holder at a time: ``claim`` leases a task
@@ -540,6 +473,17 @@ class BaseTaskQueue(BaseStorage):
             ):
                 notice(task_id)
 
+    @abstractmethod
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store the latest progress of tasks, by id, in one round trip where the backend
+        can, replacing what each had. Kept apart from the task records (their revisions
+        and compare-and-set steps are untouched); an unknown or deleted task gets none
+        (never resurrected); a deleted task's progress goes with it."""
+
+    @abstractmethod
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The stored progress of ``task_ids``, by id (tasks with none are absent)."""
+
 
 class BaseResultStorage(BaseStorage):
     """Results of tasks in a final state. ``TaskResult.result`` holds encoded bytes here."""
@@ -578,6 +522,11 @@ class BaseResultStorage(BaseStorage):
     @abstractmethod
     async def delete_expired(self, now: datetime) -> int:
         """Delete results whose ``expires_at`` has passed; return how many."""
+
+    @abstractmethod
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Delete the results of ``task_ids`` (a requeued task's old one): a reader sees
+        none until a new one is stored. Unknown ids are ignored."""
 
 
 class BaseEventStorage(BaseStorage):

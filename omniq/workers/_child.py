@@ -17,6 +17,7 @@ Wire format:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import pickle  # nosec B403 # only over the pipes between a worker and its own children
@@ -29,24 +30,34 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from omniq._callables import callable_path, resolve
+from omniq.context import TaskContext, reset_current_task, set_current_task
 from omniq.errors import SerializationError, WorkerError
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 __all__ = [
+    "PROGRESS",
+    "ChildProgress",
+    "context_fields",
     "decode_call",
+    "decode_progress",
+    "decode_request",
     "decode_reply",
     "encode_call",
     "encode_error",
+    "encode_progress",
     "encode_value",
     "invoke",
     "process_main",
+    "run_in_context",
 ]
 
 _PICKLE: Final = b"P"
 _DILL: Final = b"D"
 READY: Final = b"R"
+#: The tag of a progress message (child to worker), sent before the call's reply.
+PROGRESS: Final = b"G"
 _PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 
 
@@ -77,10 +88,21 @@ def _loads(data: bytes) -> Any:
     raise SerializationError(f"unknown worker wire tag {tag!r}")
 
 
-def encode_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Encode a call for a child process; SerializationError if it cannot travel."""
+def encode_call(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    context: TaskContext | None = None,
+) -> bytes:
+    """Encode a call for a child process; SerializationError if it cannot travel.
+    ``context`` (the running task's) travels with it, for ``current_task()`` there."""
     path = callable_path(func)
-    call = ("path", path, args, kwargs) if path is not None else ("object", func, args, kwargs)
+    where = None if context is None else context_fields(context)
+    call = (
+        ("path", path, args, kwargs, where)
+        if path is not None
+        else ("object", func, args, kwargs, where)
+    )
     try:
         return _dumps(call)
     except Exception as exc:
@@ -91,9 +113,17 @@ def encode_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
 
 def decode_call(data: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     """The ``(func, args, kwargs)`` of a request made by :func:`encode_call`."""
-    how, target, args, kwargs = _loads(data)
-    func = resolve(target) if how == "path" else target
+    func, args, kwargs, _ = decode_request(data)
     return func, args, kwargs
+
+
+def decode_request(
+    data: bytes,
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], ContextFields | None]:
+    """The ``(func, args, kwargs, context fields)`` of a request made by :func:`encode_call`."""
+    how, target, args, kwargs, where = _loads(data)
+    func = resolve(target) if how == "path" else target
+    return func, args, kwargs, where
 
 
 def invoke(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -207,11 +237,18 @@ def decode_reply(data: bytes) -> Any:
     raise error from RemoteTraceback(report.traceback)
 
 
-def serve(request: bytes) -> bytes:
-    """Run one request and return the reply (never raises an ``Exception``)."""
+def serve(request: bytes, send: Callable[[bytes], None] | None = None) -> bytes:
+    """Run one request and return the reply (never raises an ``Exception``). The task's
+    progress goes out through ``send`` (see :class:`ChildProgress`) before the reply."""
+    reporter: ChildProgress | None = None
     try:
-        func, args, kwargs = decode_call(request)
-        value = invoke(func, args, kwargs)
+        func, args, kwargs, where = decode_request(request)
+        if where is not None and send is not None:
+            reporter = ChildProgress(lambda report: send(encode_progress(report)))
+            context = TaskContext(*where, sink=reporter)
+            value = run_in_context(context, reporter, invoke, func, args, kwargs)
+        else:
+            value = invoke(func, args, kwargs)
     except Exception as exc:
         return encode_error(exc)
     return encode_value(value)
@@ -237,14 +274,21 @@ def process_main(conn: Connection, parent: int) -> None:
     (an empty message) or until the worker goes away."""
     ignore_stop_signals()
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    # Progress is sent from the task's thread and a flush timer's: one sender at a time.
+    sending = threading.Lock()
+
+    def send(data: bytes) -> None:
+        with sending:
+            conn.send_bytes(data)
+
     try:
         conn.send_bytes(READY)
         while True:
             request = conn.recv_bytes()
             if not request:
                 return
-            reply = serve(request)
-            conn.send_bytes(reply)
+            reply = serve(request, send)
+            send(reply)
     except (EOFError, OSError):
         return
     finally:
@@ -263,3 +307,108 @@ def died_message(exitcode: int | None) -> WorkerError:
     else:
         code = f"exit code {exitcode}"
     return WorkerError(f"worker process died ({code}) while running the task")
+
+
+# -- task context and progress in the child -------------------------------------------------
+
+#: The fields of a ``TaskContext`` that travel with a call: task id, attempt, queue, worker.
+ContextFields = tuple[str, int, str, str]
+#: One progress report: done, total, message, unix time.
+ProgressReport = tuple["int | float", "int | float | None", "str | None", float]
+
+
+def context_fields(context: TaskContext) -> ContextFields:
+    """What a child needs to rebuild ``context``."""
+    return (context.task_id, context.attempt, context.queue, context.worker_id)
+
+
+def encode_progress(report: ProgressReport) -> bytes:
+    """A progress message (always the standard pickle: numbers and a string)."""
+    return PROGRESS + pickle.dumps(report, protocol=_PROTOCOL)
+
+
+def decode_progress(data: bytes) -> ProgressReport:
+    """The report of a message made by :func:`encode_progress`."""
+    report: ProgressReport = pickle.loads(memoryview(data)[1:])  # nosec B301 # its own child
+    return report
+
+
+class ChildProgress:
+    """The sink of a context in a child process: keeps the latest report and sends it
+    to the worker at most every :attr:`interval` seconds (a timer sends the last one
+    of a burst), and what is left when the call ends (:meth:`close`), before its reply.
+    A task reporting in a tight loop sends a few messages a second, not one per call.
+    """
+
+    #: The shortest time between two messages, in seconds (the worker coalesces again).
+    interval: float = 0.1
+
+    def __init__(self, send: Callable[[ProgressReport], None]) -> None:
+        self._send = send
+        # Held while sending too, so reports leave in the order they were made.
+        self._lock = threading.Lock()
+        self._latest: ProgressReport | None = None
+        self._last_sent = float("-inf")
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def __call__(
+        self,
+        task_id: str,
+        done: int | float,
+        total: int | float | None,
+        message: str | None,
+        at: float,
+    ) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._latest = (done, total, message, at)
+            if self._timer is not None:
+                return  # the timer sends it
+            wait = self._last_sent + self.interval - time.monotonic()
+            if wait > 0:
+                self._timer = threading.Timer(wait, self._flush)
+                self._timer.daemon = True
+                self._timer.start()
+                return
+            self._send_latest()
+
+    def _send_latest(self) -> None:
+        report, self._latest = self._latest, None
+        if report is not None:
+            self._last_sent = time.monotonic()
+            # OSError: the worker is gone, the call's reply will not get there either.
+            with contextlib.suppress(OSError):
+                self._send(report)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._send_latest()
+
+    def close(self) -> None:
+        """Send what is pending, stop the timer, drop later reports."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._send_latest()
+
+
+def run_in_context(
+    context: TaskContext,
+    reporter: ChildProgress,
+    call: Callable[..., Any],
+    *args: Any,
+) -> Any:
+    """``call(*args)`` with ``context`` as the current task; its progress sent by the
+    time this returns."""
+    token = set_current_task(context)
+    try:
+        return call(*args)
+    finally:
+        reset_current_task(token)
+        context.close()
+        reporter.close()

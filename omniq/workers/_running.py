@@ -9,18 +9,21 @@ failure with retries left, stored as a retry after its backoff.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Container
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omniq._building import payload_too_large
+from omniq.context import reset_current_task, set_current_task
 from omniq.decisions import Verdict, before_run
 from omniq.errors import OmniQError, SerializationError, StorageError, TaskTimeoutError
 from omniq.models import ErrorInfo, EventType, Task, TaskStatus, utcnow
 from omniq.retry import Retry, backoff_delay, failed_runs, has_attempts_left
 from omniq.storage.base import UnreadableTask
 from omniq.workers._outcomes import Outcomes
+from omniq.workers._progress import ProgressWriter
 from omniq.workers.executors import BaseExecutor
 
 if TYPE_CHECKING:
@@ -56,6 +59,7 @@ class TaskRunner:
         self.held = held
         self.running = running
         self.counts = counts
+        self.progress = ProgressWriter(lambda: engine.queue, worker_id)
 
     async def run(self, task: Task) -> None:
         """Run a claimed task once and queue its outcome (or store its retry)."""
@@ -99,7 +103,7 @@ class TaskRunner:
         executor = self.executor()
         assert executor is not None
         try:
-            value = await executor.run(task, func, args, kwargs, task.timeout)
+            value = await self._call(executor, task, func, args, kwargs)
         except Retry as request:
             await self._retry(task, request, request.delay)
             return
@@ -120,6 +124,29 @@ class TaskRunner:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("task %s (%s): attempt %d complete", task.id, task.func, task.attempts)
         self.outcomes.finish(task, TaskStatus.COMPLETE, value=encoded, started_at=started_at)
+
+    async def _call(
+        self,
+        executor: BaseExecutor,
+        task: Task,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """The executor's run of the call, inside the task's context (``current_task()``);
+        the run's last progress report is stored before its outcome."""
+        context = self.progress.context(task)
+        token = set_current_task(context)
+        try:
+            return await executor.run(task, func, args, kwargs, task.timeout)
+        except asyncio.CancelledError:
+            context.close()
+            raise  # stopped: a pending report is left to the background flush
+        finally:
+            reset_current_task(token)
+            if not context.closed:
+                context.close()
+                await self.progress.finish(task.id)
 
     def _retries_left(self, task: Task) -> bool:
         return has_attempts_left(failed_runs(task.attempts, task.lost_runs), task.max_retries)

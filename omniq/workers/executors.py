@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 import logging
@@ -161,7 +162,10 @@ class AsyncWorker(BaseExecutor):
         if self._threads is None:
             await self.start()
         assert self._threads is not None
-        running = self._threads.submit(functools.partial(func, *args, **kwargs))
+        # In a copy of this context, so the call sees its task (omniq.current_task()):
+        # an executor's threads do not inherit it.
+        call = functools.partial(func, *args, **kwargs)
+        running = self._threads.submit(contextvars.copy_context().run, call)
         future = asyncio.wrap_future(running)
         try:
             value = await (future if timeout is None else asyncio.wait_for(future, timeout))

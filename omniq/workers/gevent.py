@@ -42,6 +42,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
+from omniq.context import TaskContext, current_task
 from omniq.errors import ConfigError, TaskTimeoutError, WorkerError
 from omniq.models import Task
 from omniq.workers._child import decode_reply, died_message, encode_call
@@ -86,6 +87,8 @@ class GeventWorker(BaseExecutor):
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._by_task: dict[str, int] = {}
+        # The contexts of the calls in flight, for the progress their greenlets send.
+        self._contexts: dict[int, TaskContext] = {}
         self._ids = itertools.count(1)
         self._lock: asyncio.Lock | None = None
 
@@ -143,7 +146,13 @@ class GeventWorker(BaseExecutor):
     ) -> None:
         try:
             while True:
-                call_id, reply = await self._read(reader)
+                message = await self._read(reader)
+                if message[0] == "progress":
+                    context = self._contexts.get(message[1])
+                    if context is not None:
+                        context.relay(*message[2])
+                    continue
+                call_id, reply = message
                 future = self._pending.get(call_id)
                 if future is not None and not future.done():
                     future.set_result(reply)
@@ -201,10 +210,13 @@ class GeventWorker(BaseExecutor):
         timeout: float | None,
     ) -> Any:
         """Run the call in a greenlet of the child; see the module docstring for timeouts."""
-        request = encode_call(func, args, kwargs)
+        context = current_task()
+        request = encode_call(func, args, kwargs, context)
         if self._process is None:
             await self.start()
         call_id = next(self._ids)
+        if context is not None:
+            self._contexts[call_id] = context
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         self._by_task[task.id] = call_id
@@ -239,6 +251,7 @@ class GeventWorker(BaseExecutor):
                 raise
         finally:
             self._pending.pop(call_id, None)
+            self._contexts.pop(call_id, None)
             if self._by_task.get(task.id) == call_id:
                 del self._by_task[task.id]
         return decode_reply(reply)
@@ -299,12 +312,15 @@ def child_main(fd: int, concurrency: int) -> None:  # pragma: no cover - runs in
         return loop_holder[0]
 
     def handle(call_id: int, request: bytes, timeout: float | None) -> None:
-        from omniq.workers._child import decode_call, encode_error, encode_value
+        from omniq.workers._child import encode_error, encode_value
+
+        def progress(report: tuple[Any, ...]) -> None:
+            send(("progress", call_id, report))
 
         expired = TaskTimeoutError(f"task ran longer than its timeout of {timeout} s")
         try:
             with gevent.Timeout(timeout, expired):
-                reply = encode_value(_call(request, event_loop, decode_call))
+                reply = encode_value(_call(request, event_loop, progress))
         except TaskTimeoutError as exc:
             reply = encode_error(exc)
         except gevent.GreenletExit:
@@ -342,11 +358,28 @@ def child_main(fd: int, concurrency: int) -> None:  # pragma: no cover - runs in
 def _call(
     request: bytes,
     event_loop: Callable[[], asyncio.AbstractEventLoop],
-    decode_call: Callable[[bytes], tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+    progress: Callable[[tuple[Any, ...]], None],
+) -> Any:  # pragma: no cover - runs in the child
+    from omniq.workers._child import ChildProgress, decode_request, run_in_context
+
+    func, args, kwargs, where = decode_request(request)
+    if where is None:
+        return _invoke(func, args, kwargs, event_loop)
+    # The greenlet's own context (greenlets each have one) holds the task; a coroutine
+    # sent to the event loop's greenlet takes a copy of it along.
+    reporter = ChildProgress(progress)
+    context = TaskContext(*where, sink=reporter)
+    return run_in_context(context, reporter, _invoke, func, args, kwargs, event_loop)
+
+
+def _invoke(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    event_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> Any:  # pragma: no cover - runs in the child
     import inspect
 
-    func, args, kwargs = decode_call(request)
     if inspect.iscoroutinefunction(func):
         return _await(event_loop(), func(*args, **kwargs))
     value = func(*args, **kwargs)

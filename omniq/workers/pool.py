@@ -20,11 +20,15 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from omniq.config import QUEUE_ORDERS, Duration, parse_duration
+from omniq.config import Duration, parse_duration
 from omniq.errors import ConfigError, OmniQError, StorageError
 from omniq.models import Task, utcnow
+from omniq.workers._leases import LeaseKeeper
+from omniq.workers._options import parse_queue_order, parse_queues
 from omniq.workers._outcomes import Outcomes
+from omniq.workers._presence import keep_registered
 from omniq.workers._running import TaskRunner
+from omniq.workers._waiting import InterruptibleWait
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
 
 if TYPE_CHECKING:
@@ -35,25 +39,6 @@ __all__ = ["AsyncWorkerPool"]
 logger = logging.getLogger("omniq.worker")
 
 _MAX_BACKOFF = 5.0
-
-
-def _parse_queues(queues: Sequence[str] | str | None, default: str) -> tuple[str, ...]:
-    if queues is None:
-        return (default,)
-    names = queues.split(",") if isinstance(queues, str) else list(queues)
-    cleaned = tuple(dict.fromkeys(name.strip() for name in names if name.strip()))
-    if not cleaned:
-        raise ConfigError(f"queues={queues!r}: expected at least one queue name")
-    return cleaned
-
-
-def _parse_queue_order(queue_order: str | None, default: str) -> str:
-    if queue_order is None:
-        return default
-    if isinstance(queue_order, str) and queue_order.strip().lower() in QUEUE_ORDERS:
-        return queue_order.strip().lower()
-    choices = ", ".join(repr(order) for order in QUEUE_ORDERS)
-    raise ConfigError(f"queue_order={queue_order!r}: expected one of {choices}")
 
 
 class AsyncWorkerPool:
@@ -92,8 +77,8 @@ class AsyncWorkerPool:
         self.concurrency = settings.max_workers if concurrency is None else concurrency
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigError(f"concurrency={concurrency!r}: expected an integer >= 1")
-        self.queues = _parse_queues(queues, settings.default_queue)
-        self.queue_order = _parse_queue_order(queue_order, settings.queue_order)
+        self.queues = parse_queues(queues, settings.default_queue)
+        self.queue_order = parse_queue_order(queue_order, settings.queue_order)
         # What every claim passes to the queue: take the queues in list order.
         self._strict = self.queue_order == "strict"
         self.worker_id = worker_id or (
@@ -139,9 +124,15 @@ class AsyncWorkerPool:
         self._stop_timeout: float | None = None
         self._stop_changed: asyncio.Event | None = None
         self._started = False
-        # The task blocked in _idle (interruptible), and whether it was interrupted.
-        self._waiting: asyncio.Task[Any] | None = None
-        self._interrupted = False
+        self._wait = InterruptibleWait(self._stop_requested)
+        self._leases = LeaseKeeper(
+            self.engine,
+            self.worker_id,
+            self.lease_seconds,
+            held=self._held,
+            stop_run=self.cancel_local,
+            on_settled=self._written,
+        )
         self._next_schedule_check = 0.0
         self._schedules_off = False
         #: Bumped whenever a task leaves a slot or a batch of outcomes is written: a burst
@@ -197,7 +188,7 @@ class AsyncWorkerPool:
         await self._executor.start()
         self.engine.add_pool(self)
         finisher = asyncio.create_task(self._outcomes.write_loop(), name="omniq-finisher")
-        renewer = asyncio.create_task(self._renew_loop(), name="omniq-renewer")
+        renewer = asyncio.create_task(self._leases.renew_loop(), name="omniq-renewer")
         # Beside the finisher and the renewer: the cancel watcher, and the spiller that
         # hands long runs' EXECUTING to the event logger.
         helpers = [
@@ -208,7 +199,11 @@ class AsyncWorkerPool:
             asyncio.create_task(
                 self._outcomes.spill_loop(self._running.__contains__), name="omniq-spiller"
             ),
-            asyncio.create_task(self._sweep_loop(), name="omniq-dependents-sweeper"),
+            asyncio.create_task(self._leases.sweep_loop(), name="omniq-dependents-sweeper"),
+            asyncio.create_task(
+                keep_registered(self.engine, self, self._running.__len__),
+                name="omniq-registration",
+            ),
         ]
         logger.info(
             "worker %s started: type=%s concurrency=%d queues=%s loop=%s",
@@ -293,7 +288,7 @@ class AsyncWorkerPool:
             self._stop_event.set()
             if self._slot_freed is not None:
                 self._slot_freed.set()
-            self._interrupt_wait()
+            self._wait.interrupt()
         current = asyncio.current_task()
         if current is self._run_task or current in self._running.values():
             return  # asked from inside the pool: waiting for the stop would wait for itself
@@ -315,7 +310,7 @@ class AsyncWorkerPool:
     def wake(self) -> None:
         """Re-check schedules and the queue now (a schedule was created or changed)."""
         self._next_schedule_check = 0.0
-        self._interrupt_wait()
+        self._wait.interrupt()
 
     def cancel_local(self, task_id: str) -> bool:
         """Stop a task this pool is running (its state was already settled elsewhere)."""
@@ -390,7 +385,7 @@ class AsyncWorkerPool:
                 except StorageError as exc:
                     backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
                     logger.warning("claim failed (%s); retrying in %.2f s", exc, backoff)
-                    await self._idle(backoff)
+                    await self._wait.wait(backoff)
                     continue
             just_claimed = False
             if tasks and self._stop_requested():
@@ -498,46 +493,8 @@ class AsyncWorkerPool:
             timeout=timeout,
             strict=self._strict,
         )
-        claimed: list[Task] | None = await self._idle(timeout, waiter)
+        claimed: list[Task] | None = await self._wait.wait(timeout, waiter)
         return claimed
-
-    async def _idle(self, timeout: float, waiter: Any = None) -> Any:
-        """Sleep for ``timeout`` or until ``waiter`` finishes, but wake on stop or a
-        nudge; the waiter's value when it finished, else None.
-
-        The waiter runs in this task, not a task of its own, and stop and nudge cancel
-        this task (then take their cancel back): a wake-up costs no extra asyncio task
-        and no extra loop turn. A waiter cut short may have claimed on the server as it
-        was stopped: the queue hands those tasks back at once (Redis settles its blocked
-        connection first; the other backends finish the claim, then release it).
-        """
-        if waiter is None:
-            waiter = asyncio.sleep(timeout)
-        if self._stopping:
-            waiter.close()
-            return None
-        current = asyncio.current_task()
-        assert current is not None
-        self._waiting = current
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            # Only our own interrupt is taken back: a cancel from anyone else stands.
-            if not self._interrupted or current.uncancel() > 0:
-                raise
-            return None
-        except Exception as exc:
-            logger.warning("waiting for work failed: %s", exc)
-            await asyncio.sleep(min(timeout, 0.5))
-            return None
-        finally:
-            self._waiting = None
-            self._interrupted = False
-
-    def _interrupt_wait(self) -> None:
-        if self._waiting is not None and not self._interrupted:
-            self._interrupted = True
-            self._waiting.cancel()
 
     # -- running one task ----------------------------------------------------------------
 
@@ -547,7 +504,7 @@ class AsyncWorkerPool:
                 # The lost run's own clean-up first (its events, its place in the maps).
                 await asyncio.gather(after, return_exceptions=True)
                 self._held.add(task.id)
-            if not await self._still_leased(task):
+            if not await self._leases.still_leased(task):
                 return
             await self._runner.run(task)
         except asyncio.CancelledError:
@@ -569,69 +526,6 @@ class AsyncWorkerPool:
                 not self._running or self.concurrency - len(self._running) >= self._claim_watermark
             ):
                 self._slot_freed.set()
-
-    # -- leases --------------------------------------------------------------------------
-
-    async def _still_leased(self, task: Task) -> bool:
-        """Whether ``task`` may start here: its lease has not run out, or renewing it
-        shows that nobody took it over meanwhile.
-
-        A claim whose reply comes back after the lease it wrote ran out (a slow store, a
-        stalled process) may have lost the task to another worker, which may even have
-        finished it: starting the body then would run it again. A task that is not
-        started is dropped: whoever holds it now runs it, or its lease brings it back.
-        """
-        lease = task.lease_expires_at
-        if lease is None or lease > utcnow():
-            return True
-        try:
-            kept = await self.engine.queue.renew(
-                {task.id}, self.worker_id, lease_seconds=self.lease_seconds, now=utcnow()
-            )
-        except StorageError as exc:
-            why = f"renewing its lease failed ({exc})"
-        else:
-            if task.id in kept:
-                return True
-            why = "it was taken over or cancelled"
-        logger.warning("task %s: its lease ran out before it started and %s; not run", task.id, why)
-        self._held.discard(task.id)
-        return False
-
-    async def _renew_loop(self) -> None:
-        interval = max(0.05, self.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            held = set(self._held)
-            if not held:
-                continue
-            try:
-                kept = await self.engine.queue.renew(
-                    held, self.worker_id, lease_seconds=self.lease_seconds, now=utcnow()
-                )
-            except StorageError as exc:
-                logger.warning("renewing %d leases failed: %s", len(held), exc)
-                continue
-            for task_id in held - kept:
-                if task_id in self._held and self.cancel_local(task_id):
-                    logger.warning(
-                        "task %s: lease lost (cancelled or taken over); stopped", task_id
-                    )
-
-    async def _sweep_loop(self) -> None:
-        """Release dependents that a worker lost between a finish and their release: at
-        start (a worker started after a crash repairs it at once), then once a lease
-        period, the time a lost run takes to come back too."""
-        while True:
-            try:
-                settled = await self.engine.sweep_dependents()
-            except StorageError as exc:
-                logger.warning("sweeping for stranded dependents failed: %s", exc)
-            else:
-                if settled:
-                    logger.info("settled %d dependents whose dependencies had ended", settled)
-                    self._written()
-            await asyncio.sleep(max(0.05, self.lease_seconds))
 
     # -- stopping ------------------------------------------------------------------------
 

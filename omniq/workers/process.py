@@ -33,9 +33,18 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from omniq.context import TaskContext, current_task
 from omniq.errors import ConfigError, TaskTimeoutError, WorkerError
 from omniq.models import Task
-from omniq.workers._child import READY, decode_reply, died_message, encode_call, process_main
+from omniq.workers._child import (
+    PROGRESS,
+    READY,
+    decode_progress,
+    decode_reply,
+    died_message,
+    encode_call,
+    process_main,
+)
 from omniq.workers.executors import BaseExecutor
 
 __all__ = ["ProcessWorker"]
@@ -59,10 +68,16 @@ class _Child:
         self.task_id: str | None = None
         self.cancelled = False
 
-    def call(self, request: bytes) -> bytes:
-        """Send a request and wait for the reply (blocking; runs on a thread)."""
+    def call(self, request: bytes, context: TaskContext | None = None) -> bytes:
+        """Send a request and wait for the reply (blocking; runs on a thread); the
+        progress the child sends on the way goes to ``context``."""
         self.conn.send_bytes(request)
-        return self.conn.recv_bytes()
+        while True:
+            reply = self.conn.recv_bytes()
+            if reply[:1] != PROGRESS:
+                return reply
+            if context is not None:
+                context.relay(*decode_progress(reply))
 
     def kill(self) -> None:
         """SIGKILL the child; a thread waiting on its pipe then sees EOF."""
@@ -237,7 +252,8 @@ class ProcessWorker(BaseExecutor):
         timeout: float | None,
     ) -> Any:
         """Run the call in an idle child; see the module docstring for timeouts."""
-        request = encode_call(func, args, kwargs)
+        context = current_task()
+        request = encode_call(func, args, kwargs, context)
         if self._idle is None:
             await self.start()
         assert self._idle is not None
@@ -245,7 +261,7 @@ class ProcessWorker(BaseExecutor):
         child.task_id = task.id
         self._busy[task.id] = child
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._threads, child.call, request)
+        pending = loop.run_in_executor(self._threads, child.call, request, context)
         healthy = False
         try:
             try:

@@ -24,6 +24,7 @@ import pytest
 from omniq.models import (
     ErrorInfo,
     EventType,
+    Progress,
     Schedule,
     Task,
     TaskEvent,
@@ -41,6 +42,7 @@ from omniq.storage.base import (
     Finish,
     UnreadableTask,
 )
+from tests.storage.fleet_contract import FleetQueueContract, ResultDeleteContract
 
 MakeBackend = Callable[[], Awaitable[Backend]]
 
@@ -113,7 +115,7 @@ async def produce_until(done: asyncio.Future[Any], action: Callable[[], Awaitabl
         await asyncio.wait({done}, timeout=0.05)
 
 
-class QueueContract:
+class QueueContract(FleetQueueContract):
     """``BaseTaskQueue``: claims, leases, ordering, status changes, queries."""
 
     @pytest.fixture
@@ -801,6 +803,31 @@ class QueueContract:
         )
         assert claimed == []
 
+    async def test_progress_is_kept_apart_from_the_task_record(
+        self, queue: BaseTaskQueue, other_queue: BaseTaskQueue
+    ) -> None:
+        task, other = make_task(), make_task()
+        await queue.enqueue([task, other])
+        now = utcnow()
+        [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
+        first = Progress(done=1, total=3, message="one", updated_at=now)
+        latest = Progress(done=2, total=3, message="two", updated_at=now + 1 * S)
+        await queue.set_progress({claimed.id: first, "no-such-task": first})
+        await queue.set_progress({claimed.id: latest})
+        assert await other_queue.get_progress([claimed.id, "no-such-task"]) == {claimed.id: latest}
+        assert await queue.get("no-such-task") is None
+        # Writing it changed nothing the claim's compare-and-sets look at.
+        assert await queue.renew([claimed.id], "w", lease_seconds=30, now=now) == {claimed.id}
+        assert await queue.ack_many([Ack(claimed.id, "w", TaskStatus.COMPLETE)], now=now) == [True]
+        assert await queue.get_progress([claimed.id]) == {claimed.id: latest}
+        # Deleted with its task, and not brought back (nor the task) by a late write.
+        assert await queue.delete_finished(now + 1 * S) == 1
+        await queue.set_progress({claimed.id: first})
+        assert await queue.get_progress([claimed.id]) == {}
+        assert await queue.get(claimed.id) is None
+        waiting = await queue.get(other.id)
+        assert waiting is not None and waiting.status is TaskStatus.PENDING
+
 
 def make_result(task_id: str | None = None, **fields: object) -> TaskResult:
     """A COMPLETE result with encoded bytes as its value (``fields`` override)."""
@@ -813,7 +840,7 @@ def make_result(task_id: str | None = None, **fields: object) -> TaskResult:
     return TaskResult(task_id=task_id or uuid.uuid4().hex, **values)  # type: ignore[arg-type]
 
 
-class ResultContract:
+class ResultContract(ResultDeleteContract):
     """``BaseResultStorage``: put/get, replacement, expiry, waiting."""
 
     @pytest.fixture

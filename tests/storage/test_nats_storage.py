@@ -127,7 +127,14 @@ async def test_the_namespace_names_every_stream_and_bucket(make_backend: MakeBac
         if prefix in (info.config.name or "")
     )
     assert mine == sorted(
-        [f"KV_{prefix}_tasks", f"KV_{prefix}_results", f"KV_{prefix}_schedules", f"{prefix}_events"]
+        [
+            f"KV_{prefix}_tasks",
+            f"KV_{prefix}_results",
+            f"KV_{prefix}_schedules",
+            f"KV_{prefix}_workers",
+            f"KV_{prefix}_progress",
+            f"{prefix}_events",
+        ]
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from omniq.config import Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
-from omniq.models import EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.models import EventType, Progress, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack, Finish
 from omniq.storage.postgres import (
     AsyncPostgresEventStorage,
@@ -595,3 +595,30 @@ async def test_finishing_tasks_wakes_their_result_waiters(
     ]
     assert (await queue.finish(items, stored, now=utcnow()))[0] == [True] * 3
     assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == outcomes
+
+
+async def test_a_version_5_schema_gains_the_progress_table_and_keeps_its_tasks(
+    schema: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{POSTGRES_URL}?namespace={schema}"
+    tasks = [make_task() for _ in range(3)]
+    with monkeypatch.context() as patch:
+        patch.setattr("omniq.storage.postgres.connection.SCHEMA_VERSION", 5)
+        old = PostgresBackend(url, None)
+        await old.connect()
+        await old.task_queue().enqueue(tasks)
+        while old.connection.references:
+            await old.close()
+    assert await sql.fetchval(f"SELECT to_regclass('\"{schema}\".task_progress')") is None
+
+    new = PostgresBackend(url, None)
+    await new.connect()
+    try:
+        queue = new.task_queue()
+        assert [t.id for t in await queue.get_many([t.id for t in tasks])] == [t.id for t in tasks]
+        progress = Progress(done=1, total=2)
+        await queue.set_progress({tasks[0].id: progress})
+        assert await queue.get_progress([t.id for t in tasks]) == {tasks[0].id: progress}
+    finally:
+        while new.connection.references:
+            await new.close()

@@ -18,7 +18,7 @@ import pytest
 
 from omniq import OmniQ, Settings
 from omniq.errors import ConfigError, StorageConnectionError, StorageError
-from omniq.models import TaskStatus, utcnow
+from omniq.models import Progress, TaskStatus, utcnow
 from omniq.storage.registry import bundle_for_url, spec_for_url
 from omniq.storage.sqlite import (
     BACKEND,
@@ -356,3 +356,25 @@ def test_sync_twin_mirrors_the_async_queue(tmp_path: Path) -> None:
         assert queue.ack(claimed.id, "w", TaskStatus.COMPLETE, now=utcnow()) is True
         assert queue.get(task.id).status is TaskStatus.COMPLETE
         assert queue.notifies is True
+
+
+async def test_a_version_3_file_gains_the_progress_column_and_keeps_its_tasks(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omniq.storage.sqlite import connection
+
+    tasks = [make_task() for _ in range(3)]
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "SCHEMA_VERSION", 3)
+        patch.setattr(connection, "_MIGRATIONS", connection._MIGRATIONS[:3])
+        async with AsyncSQLiteQueue(db_url) as old:
+            await old.enqueue(tasks)
+    with sqlite3.connect(sqlite_path(db_url)) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        assert "progress" not in columns
+
+    async with AsyncSQLiteQueue(db_url) as queue:
+        assert [t.id for t in await queue.get_many([t.id for t in tasks])] == [t.id for t in tasks]
+        progress = Progress(done=1, total=2)
+        await queue.set_progress({tasks[0].id: progress})
+        assert await queue.get_progress([t.id for t in tasks]) == {tasks[0].id: progress}

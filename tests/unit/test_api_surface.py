@@ -118,3 +118,12 @@ def test_the_storage_twins_are_all_there() -> None:
     for backend in ("SQLite", "File", "Redis", "Postgres"):
         for part in ("Queue", "ResultStorage", "EventStorage", "ScheduleStorage"):
             assert f"{backend}{part}" in names
+
+
+def test_task_context_names_are_exported() -> None:
+    from omniq import Progress, TaskContext, current_task  # SPEC §8, task context
+
+    assert current_task() is None
+    assert set(Progress.__struct_fields__) == {"done", "total", "message", "updated_at"}
+    assert "progress" in omniq.Task.__struct_fields__
+    assert callable(TaskContext.progress)

@@ -24,6 +24,8 @@ Layout under the backend's root (each component in its own subdirectory)::
       running/<queue>/<entry>      claimed tasks (the name carries the lease expiry)
       done/<queue>/<entry>         tasks in a final state (the name carries the finish time)
       deps/<dependency>/<id>       who depends on whom
+      w/<worker id>                a live worker pool's registration (list_workers)
+      p/<id>                       a task's progress (msgpack), apart from its record
       .locks/NN                    local disk only: lock files for read-modify-write
       .wake                        local disk only: a FIFO an enqueue writes a byte into,
                                    so a worker waiting in another process wakes at once
@@ -134,6 +136,12 @@ class FileQueue(StorageTwin[AsyncFileQueue]):
     wait = blocking(AsyncFileQueue.wait)
     wait_and_claim = blocking(AsyncFileQueue.wait_and_claim)
     watch_cancels = blocking(AsyncFileQueue.watch_cancels)
+    requeue = blocking(AsyncFileQueue.requeue)
+    register_worker = blocking(AsyncFileQueue.register_worker)
+    deregister_worker = blocking(AsyncFileQueue.deregister_worker)
+    list_workers = blocking(AsyncFileQueue.list_workers)
+    set_progress = blocking(AsyncFileQueue.set_progress)
+    get_progress = blocking(AsyncFileQueue.get_progress)
 
 
 class FileResultStorage(StorageTwin[AsyncFileResultStorage]):
@@ -145,6 +153,7 @@ class FileResultStorage(StorageTwin[AsyncFileResultStorage]):
     put = blocking(AsyncFileResultStorage.put)
     put_many = blocking(AsyncFileResultStorage.put_many)
     wait = blocking(AsyncFileResultStorage.wait)
+    delete = blocking(AsyncFileResultStorage.delete)
 
 
 class FileEventStorage(StorageTwin[AsyncFileEventStorage]):

@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import itertools
 import os
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,9 +14,8 @@ import msgspec
 
 from omniq.config import Settings
 from omniq.errors import StorageError
-from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
+from omniq.models import FINAL_STATUSES, Progress, Task, TaskStatus, utcnow
 from omniq.storage.base import Ack, BaseTaskQueue
-from omniq.storage.file._base import FileComponent
 from omniq.storage.file._claim import (
     INFLIGHT,
     STALE,
@@ -29,6 +28,7 @@ from omniq.storage.file._claim import (
     shared_listing,
     unreadable_entry,
 )
+from omniq.storage.file._fleet import FileFleet
 from omniq.storage.file._layout import (
     Entry,
     decode_record,
@@ -43,6 +43,7 @@ from omniq.storage.file._layout import (
     wake_ups,
     with_entry,
 )
+from omniq.storage.file._progress import delete_progress, read_progress, write_progress
 from omniq.storage.file._store import Change, Store
 from omniq.storage.file.connection import FileConnection
 from omniq.storage.file.schedules import AsyncFileScheduleStorage
@@ -64,7 +65,7 @@ def _holds(task: Task, worker_id: str) -> bool:
     return task.status is TaskStatus.RUNNING and task.worker_id == worker_id
 
 
-class AsyncFileQueue(FileComponent, BaseTaskQueue):
+class AsyncFileQueue(FileFleet, BaseTaskQueue):
     """A task queue on a directory tree: local disk, ``memory://`` or an object store.
 
     Build it from a URL (``AsyncFileQueue("file:///var/omniq/tasks")``) or get it from a
@@ -526,6 +527,9 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
             return fn
 
         results = await store.update_many([(record_path(e.token), delete(e)) for e in old])
+        await delete_progress(
+            store, [e.token for e, gone in zip(old, results, strict=True) if gone]
+        )
         return sum(results)
 
     # -- waiting ------------------------------------------------------------------------
@@ -557,3 +561,12 @@ class AsyncFileQueue(FileComponent, BaseTaskQueue):
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, ceiling)
+
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store tasks' progress, one object each (``omniq.storage.file._progress``)."""
+        if updates:
+            await write_progress(await self._s(), updates)
+
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress of ``task_ids`` (one read each, together)."""
+        return await read_progress(await self._s(), task_ids) if task_ids else {}

@@ -101,3 +101,9 @@ class AsyncFileResultStorage(FileComponent, BaseResultStorage):
 
         deleted = await store.update_many([(f"r/{tok}", delete(entry)) for entry, tok in expired])
         return sum(deleted)
+
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Delete the results' objects (an expiry entry left behind is dropped by
+        :meth:`delete_expired`, which finds no result under it)."""
+        store = await self._s()
+        await store.delete_many([f"r/{token(task_id)}" for task_id in task_ids])

@@ -17,6 +17,7 @@ name                       kind       holds
 ``{ns}_results``           KV bucket  one result per task, with its ``expires_at`` (the
                                       results that did not ride in their task's record)
 ``{ns}_schedules``         KV bucket  one schedule per key
+``{ns}_workers``           KV bucket  one live worker pool's registration per key
 ``{ns}_events``            stream     events on ``{ns}.events.{task id}``, a message
                                       per task per batch (the event, or a list of them)
 =========================  =========  ==================================================

@@ -44,6 +44,7 @@ from omniq.storage.nats._base import (
     us,
 )
 from omniq.storage.nats._index import TaskIndex, index_of
+from omniq.storage.nats._progress import purge_progress
 from omniq.storage.nats.connection import NATSConnection
 from omniq.storage.nats.events import (
     AsyncNATSEventStorage,
@@ -346,6 +347,7 @@ class TaskRecords(NATSComponent, BaseTaskQueue):
         )
         bucket = conn.tasks_bucket
         await asyncio.gather(*(conn.purge_key(bucket, key_of(ident)) for ident, _ in doomed))
+        await purge_progress(conn, [ident for ident, _ in doomed])
         await index.catch_up()  # the purge markers, heard back, take the tasks out
         return len(doomed)
 

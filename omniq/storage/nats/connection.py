@@ -91,6 +91,9 @@ class NATSConnection(KeyValueConnection):
         self.tasks_bucket = f"{self.prefix}_tasks"
         self.results_bucket = f"{self.prefix}_results"
         self.schedules_bucket = f"{self.prefix}_schedules"
+        self.workers_bucket = f"{self.prefix}_workers"
+        #: Tasks' progress (``omniq.storage.nats._progress``), apart from their records.
+        self.progress_bucket = f"{self.prefix}_progress"
         self.events_stream = f"{self.prefix}_events"
         self.events_subject = f"{self.prefix}.events"
         self._opening: asyncio.Lock | None = None
@@ -263,12 +266,14 @@ class NATSConnection(KeyValueConnection):
         await self._bound.watch()
 
     async def _make_streams(self, js: JetStreamContext) -> None:
-        """The namespace's three buckets and its event stream (kept as they are when they
+        """The namespace's buckets and its event stream (kept as they are when they
         exist)."""
         made = [
             self._bucket_config(self.tasks_bucket),
             self._bucket_config(self.results_bucket),
             self._bucket_config(self.schedules_bucket),
+            self._bucket_config(self.workers_bucket),
+            self._bucket_config(self.progress_bucket),
             api.StreamConfig(
                 name=self.events_stream,
                 subjects=[f"{self.events_subject}.>"],
@@ -317,6 +322,8 @@ class NATSConnection(KeyValueConnection):
             f"KV_{self.tasks_bucket}",
             f"KV_{self.results_bucket}",
             f"KV_{self.schedules_bucket}",
+            f"KV_{self.workers_bucket}",
+            f"KV_{self.progress_bucket}",
             self.events_stream,
         ]
 

@@ -9,17 +9,19 @@ import asyncio
 import builtins
 import heapq
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
 
 from omniq._sync import StorageTwin, blocking
-from omniq.models import Task, TaskStatus
+from omniq.models import Progress, Task, TaskStatus
 from omniq.storage.base import Finish
 from omniq.storage.nats._base import ENCODER, Record, dt, record_of, together, us
 from omniq.storage.nats._changes import CAS_TRIES, RUNNING, TaskRecords
+from omniq.storage.nats._fleet import NATSFleet
 from omniq.storage.nats._index import TaskIndex
+from omniq.storage.nats._progress import read_progress, write_progress
 
 __all__ = ["AsyncNATSQueue", "NATSQueue"]
 
@@ -28,7 +30,7 @@ Picked = tuple[str, int, Record]  # id, revision, record
 _MAX_WIDTH = 8
 
 
-class AsyncNATSQueue(TaskRecords):
+class AsyncNATSQueue(NATSFleet, TaskRecords):
     """Tasks in a JetStream key-value bucket (``{namespace}_tasks``), claimed in
     priority order with compare-and-set writes; see :mod:`omniq.storage.nats`.
 
@@ -293,6 +295,35 @@ class AsyncNATSQueue(TaskRecords):
             if current is not None:
                 current.unwatch_cancels(worker_id)
 
+    async def requeue(
+        self, task: Task, *, from_statuses: Collection[TaskStatus], now: datetime
+    ) -> Task | None:
+        """Replace the task's record with ``task`` if its status is in ``from_statuses``
+        (a compare-and-set on the key's revision); its enqueue order stays, and so do
+        the events an earlier run's finish left in the record (the result it left goes:
+        the caller deletes the old result)."""
+        allowed = {TaskStatus(status).value for status in from_statuses}
+        fresh = record_of(task)
+
+        def renew(record: Record) -> Record | None:
+            if record.status not in allowed:
+                return None
+            return msgspec.structs.replace(
+                fresh, seq=record.seq, updated=us(now), events=record.events
+            )
+
+        outcome = await self._change(task.id, renew)
+        return None if outcome is None else self._task(task.id, outcome[1])
+
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store tasks' progress in the progress bucket (``omniq.storage.nats._progress``)."""
+        if updates:
+            await write_progress(await self._conn(), updates)
+
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress of ``task_ids`` (one direct get each, together)."""
+        return await read_progress(await self._conn(), task_ids) if task_ids else {}
+
 
 class NATSQueue(StorageTwin[AsyncNATSQueue]):
     """Blocking twin of :class:`AsyncNATSQueue`: the same methods, without ``await``."""
@@ -319,3 +350,9 @@ class NATSQueue(StorageTwin[AsyncNATSQueue]):
     wait = blocking(AsyncNATSQueue.wait)
     wait_and_claim = blocking(AsyncNATSQueue.wait_and_claim)
     watch_cancels = blocking(AsyncNATSQueue.watch_cancels)
+    requeue = blocking(AsyncNATSQueue.requeue)
+    register_worker = blocking(AsyncNATSQueue.register_worker)
+    deregister_worker = blocking(AsyncNATSQueue.deregister_worker)
+    list_workers = blocking(AsyncNATSQueue.list_workers)
+    set_progress = blocking(AsyncNATSQueue.set_progress)
+    get_progress = blocking(AsyncNATSQueue.get_progress)

@@ -26,6 +26,7 @@ import msgspec
 from nats.aio.subscription import Subscription
 
 from omniq._sync import StorageTwin, blocking
+from omniq.errors import StorageError
 from omniq.models import TaskResult
 from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseResultStorage
@@ -161,6 +162,16 @@ class AsyncNATSResultStorage(NATSComponent, BaseResultStorage):
         done = await together(writes) if writes else []
         return sum(revision is not None for revision in done)
 
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Purge the results' keys, and take the results that rode in the tasks' records
+        out of them, all at once."""
+        conn = await self._conn()
+        bucket = conn.results_bucket
+        await together(
+            [conn.purge_key(bucket, key_of(task_id)) for task_id in task_ids]
+            + [_unload(conn, task_id) for task_id in task_ids]
+        )
+
 
 async def keep_results(conn: NATSConnection, riding: Sequence[tuple[str, bytes]]) -> None:
     """Store in the results bucket the results (``(task id, encoded result)``) that rode
@@ -177,6 +188,22 @@ async def keep_results(conn: NATSConnection, riding: Sequence[tuple[str, bytes]]
             await conn.publish(subject, data)
 
     await together([keep(task_id, data) for task_id, data in riding])
+
+
+async def _unload(conn: NATSConnection, task_id: str) -> None:
+    """Rewrite the task's record without the result that rode in it (a compare-and-set,
+    tried again against other writers)."""
+    stream = f"KV_{conn.tasks_bucket}"
+    subject = f"$KV.{conn.tasks_bucket}.{key_of(task_id)}"
+    for _ in range(8):
+        revision, data = await conn.get_last(stream, subject)
+        record = None if data is None else decode_task_record(data)
+        if record is None or not record.result:
+            return
+        bare = ENCODER.encode(msgspec.structs.replace(record, result=b""))
+        if await conn.cas(subject, stream, bare, revision) is not None:
+            return
+    raise StorageError(f"nats: result of task {task_id}: too many concurrent changes")
 
 
 def _riding(task_id: str, record_data: bytes | None) -> TaskResult | None:
@@ -213,3 +240,4 @@ class NATSResultStorage(StorageTwin[AsyncNATSResultStorage]):
     put = blocking(AsyncNATSResultStorage.put)
     put_many = blocking(AsyncNATSResultStorage.put_many)
     wait = blocking(AsyncNATSResultStorage.wait)
+    delete = blocking(AsyncNATSResultStorage.delete)

@@ -16,7 +16,7 @@ import asyncio
 import builtins
 import logging
 import operator
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,11 +24,19 @@ import msgspec
 
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
-from omniq.models import Task, TaskEvent, TaskStatus
+from omniq.models import Progress, Task, TaskEvent, TaskStatus
 from omniq.storage._component import Finished, QueueComponent
-from omniq.storage._rows import counts_by_queue, dt, ts, unreadable_from_row
+from omniq.storage._rows import (
+    counts_by_queue,
+    decode_progress,
+    dt,
+    encode_progress,
+    ts,
+    unreadable_from_row,
+)
 from omniq.storage.base import Ack, Finish, UnreadableTask, event_fields_but_task_id, event_of
-from omniq.storage.postgres._base import ENCODER, PostgresComponent, task_of_row
+from omniq.storage.postgres._base import ENCODER, task_of_row
+from omniq.storage.postgres._fleet import PostgresFleet
 from omniq.storage.postgres.connection import PostgresConnection
 from omniq.storage.postgres.events import AsyncPostgresEventStorage
 from omniq.storage.postgres.results import AsyncPostgresResultStorage, result_arrays
@@ -103,7 +111,7 @@ def _uniform_args(
     return "enqueue_uniform_logged", (*columns, stamps, [encode(r) for r in records])
 
 
-class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
+class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
     """The task queue on PostgreSQL.
 
     ``wait`` is woken by ``NOTIFY`` from any client of the database, within a
@@ -409,6 +417,23 @@ class AsyncPostgresQueue(PostgresComponent, QueueComponent[PostgresConnection]):
             return
         await (await self._conn()).wait_for_work(timeout)
 
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store tasks' progress (table ``task_progress``) in one statement."""
+        if not updates:
+            return
+        db = await self._conn()
+        data = [encode_progress(progress) for progress in updates.values()]
+        await db.execute("storing progress", db.sql["set_progress"], list(updates), data)
+
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress of ``task_ids`` in one query."""
+        if not task_ids:
+            return {}
+        db = await self._conn()
+        rows = await db.fetch("reading progress", db.sql["get_progress"], list(task_ids))
+        found = {row[0]: decode_progress(row[1]) for row in rows}
+        return {task_id: progress for task_id, progress in found.items() if progress is not None}
+
 
 def _ack_arrays(acks: Sequence[Ack]) -> tuple[list[str], list[str], list[str], list[int]]:
     return (
@@ -455,3 +480,9 @@ class PostgresQueue(StorageTwin[AsyncPostgresQueue]):
     wait = blocking(AsyncPostgresQueue.wait)
     wait_and_claim = blocking(AsyncPostgresQueue.wait_and_claim)
     watch_cancels = blocking(AsyncPostgresQueue.watch_cancels)
+    requeue = blocking(AsyncPostgresQueue.requeue)
+    register_worker = blocking(AsyncPostgresQueue.register_worker)
+    deregister_worker = blocking(AsyncPostgresQueue.deregister_worker)
+    list_workers = blocking(AsyncPostgresQueue.list_workers)
+    set_progress = blocking(AsyncPostgresQueue.set_progress)
+    get_progress = blocking(AsyncPostgresQueue.get_progress)

@@ -81,6 +81,12 @@ class AsyncPostgresResultStorage(PostgresComponent, BaseResultStorage):
         sql = db.sql["delete_expired_results"]
         return await db.execute("deleting expired results", sql, ts(now))
 
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Delete the results of ``task_ids`` in one statement."""
+        if task_ids:
+            db = await self._conn()
+            await db.execute("deleting results", db.sql["delete_results"], list(task_ids))
+
 
 class PostgresResultStorage(StorageTwin[AsyncPostgresResultStorage]):
     """Blocking twin of :class:`AsyncPostgresResultStorage`: the same methods, without ``await``."""
@@ -91,3 +97,4 @@ class PostgresResultStorage(StorageTwin[AsyncPostgresResultStorage]):
     put = blocking(AsyncPostgresResultStorage.put)
     put_many = blocking(AsyncPostgresResultStorage.put_many)
     wait = blocking(AsyncPostgresResultStorage.wait)
+    delete = blocking(AsyncPostgresResultStorage.delete)

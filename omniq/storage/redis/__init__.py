@@ -36,6 +36,8 @@ key                                type    holds
                                            compact listpack: a queued task with events off
                                            takes about 760 bytes in all, about twice that
                                            as a hash table
+``pg:{id}``                        string  a task's progress (msgpack ``Progress``), apart
+                                           from its hash; deleted with the task
 ``seq``                            string  enqueue counter (ties in claim order)
 ``queues``                         set     every queue name seen (for stats and list)
 ``q:{queue}:ready``                zset    claimable tasks: score ``-priority``, member
@@ -64,6 +66,8 @@ key                                type    holds
 ``s:{id}``                         hash    a schedule: ``d`` msgpack, ``v`` version
 ``schedules``                      zset    schedule ids (score 0: by id)
 ``schedules:due``                  zset    unpaused schedules by ``next_run_at``
+``workers``                        hash    live worker pools: id -> msgpack ``WorkerInfo``
+``workers:exp``                    zset    those ids by when their registration lapses
 =================================  ======  ==============================================
 
 Every state change of a task is one Lua script (``omniq/storage/redis/lua``), loaded once and

@@ -7,7 +7,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,10 +15,10 @@ import msgspec
 
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
-from omniq.models import Task, TaskEvent, TaskStatus, utcnow
+from omniq.models import Progress, Task, TaskEvent, TaskStatus, utcnow
 from omniq.storage._component import Finished, QueueComponent
+from omniq.storage._rows import decode_progress, encode_progress
 from omniq.storage.base import Ack, Finish, UnreadableTask, unreadable_task
-from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import (
     _ALL_STATUSES,
     _ENCODER,
@@ -38,6 +38,7 @@ from omniq.storage.redis._codec import (
     _text,
     _us,
 )
+from omniq.storage.redis._fleet import RedisFleet
 from omniq.storage.redis._resp import NoScriptError, ResponseError
 from omniq.storage.redis._scripts import SHAS
 from omniq.storage.redis.connection import MAX_BULK_BYTES, Command, RedisConnection, too_large
@@ -54,7 +55,7 @@ _CANCEL_WAIT = 10
 _STRICT = ("1",)
 
 
-class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
+class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
     """The task queue on Redis.
 
     Claims are one Lua script call each (leasing up to ``limit`` tasks); ``wait`` blocks
@@ -448,6 +449,27 @@ class AsyncRedisQueue(RedisComponent, QueueComponent[RedisConnection]):
         except TimeoutError:
             return  # the server went quiet: a spurious wake-up, the caller looks again
 
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store tasks' progress (``pg:{id}`` keys) in one script call."""
+        if not updates:
+            return
+        args: builtins.list[Any] = []
+        for task_id, progress in updates.items():
+            args += (task_id, encode_progress(progress))
+        await (await self._conn()).script("progress_set", *args)
+
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress of ``task_ids`` in one script call."""
+        if not task_ids:
+            return {}
+        flat = await (await self._conn()).script("progress_get", *task_ids)
+        found = {}
+        for i in range(0, len(flat), 2):
+            progress = decode_progress(flat[i + 1])
+            if progress is not None:
+                found[_text(flat[i])] = progress
+        return found
+
 
 class RedisQueue(StorageTwin[AsyncRedisQueue]):
     """Blocking twin of :class:`AsyncRedisQueue`: the same methods, without ``await``."""
@@ -474,3 +496,9 @@ class RedisQueue(StorageTwin[AsyncRedisQueue]):
     wait = blocking(AsyncRedisQueue.wait)
     wait_and_claim = blocking(AsyncRedisQueue.wait_and_claim)
     watch_cancels = blocking(AsyncRedisQueue.watch_cancels)
+    requeue = blocking(AsyncRedisQueue.requeue)
+    register_worker = blocking(AsyncRedisQueue.register_worker)
+    deregister_worker = blocking(AsyncRedisQueue.deregister_worker)
+    list_workers = blocking(AsyncRedisQueue.list_workers)
+    set_progress = blocking(AsyncRedisQueue.set_progress)
+    get_progress = blocking(AsyncRedisQueue.get_progress)

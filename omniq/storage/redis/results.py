@@ -17,6 +17,7 @@ from omniq.storage._rows import decode_record
 from omniq.storage.base import BaseResultStorage
 from omniq.storage.redis._base import RedisComponent
 from omniq.storage.redis._codec import _ENCODER, _RESULT_TOKEN_MS, _us
+from omniq.storage.redis._fleet import transaction
 from omniq.storage.redis._scripts import SHAS
 from omniq.storage.redis.connection import MAX_BULK_BYTES, Command, too_large
 
@@ -90,6 +91,18 @@ class AsyncRedisResultStorage(RedisComponent, BaseResultStorage):
             if deleted < 1000:
                 return total
 
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Delete the results of ``task_ids`` (and their wake-up tokens), in one
+        transaction."""
+        if not task_ids:
+            return
+        client, prefix = await self._conn(), self._prefix
+        await transaction(
+            client,
+            ("DEL", *(f"{prefix}{kind}:{task_id}" for task_id in task_ids for kind in ("r", "rw"))),
+            ("ZREM", f"{prefix}results:exp", *task_ids),
+        )
+
 
 class RedisResultStorage(StorageTwin[AsyncRedisResultStorage]):
     """Blocking twin of :class:`AsyncRedisResultStorage`: the same methods, without ``await``."""
@@ -100,3 +113,4 @@ class RedisResultStorage(StorageTwin[AsyncRedisResultStorage]):
     put = blocking(AsyncRedisResultStorage.put)
     put_many = blocking(AsyncRedisResultStorage.put_many)
     wait = blocking(AsyncRedisResultStorage.wait)
+    delete = blocking(AsyncRedisResultStorage.delete)

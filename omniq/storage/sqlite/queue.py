@@ -13,19 +13,26 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
-from omniq.models import Task, TaskResult, TaskStatus
+from omniq.models import Progress, Task, TaskResult, TaskStatus
 from omniq.storage._component import Finished, QueueComponent
-from omniq.storage._rows import counts_by_queue, task_from_row, unreadable_from_row
+from omniq.storage._rows import (
+    counts_by_queue,
+    decode_progress,
+    encode_progress,
+    task_from_row,
+    unreadable_from_row,
+)
 from omniq.storage._rows import dt as _dt
 from omniq.storage._rows import ts as _ts
 from omniq.storage.base import Ack, Finish, UnreadableTask
-from omniq.storage.sqlite._base import ENCODER, Row, SQLiteComponent
+from omniq.storage.sqlite._base import ENCODER, Row
+from omniq.storage.sqlite._fleet import SQLiteFleet
 from omniq.storage.sqlite.connection import QUERIES as _Q
 from omniq.storage.sqlite.connection import SQLiteConnection
 from omniq.storage.sqlite.events import AsyncSQLiteEventStorage, event_row
@@ -96,7 +103,7 @@ def _claim_sql(queue_count: int, strict: bool = False) -> str:
     return _Q["claim"].format(pick=pick.format(candidates=candidates))
 
 
-class AsyncSQLiteQueue(SQLiteComponent, QueueComponent[SQLiteConnection]):
+class AsyncSQLiteQueue(SQLiteFleet, QueueComponent[SQLiteConnection]):
     """The task queue on SQLite.
 
     ``wait`` wakes at once for work enqueued through the same connection and within a few
@@ -390,6 +397,25 @@ class AsyncSQLiteQueue(SQLiteComponent, QueueComponent[SQLiteConnection]):
             return
         await (await self._conn()).wait_for_work(timeout)
 
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store tasks' progress in their rows' ``progress`` column (one transaction)."""
+        if not updates:
+            return
+        sql = _Q["set_progress"]
+        rows = [(encode_progress(progress), task_id) for task_id, progress in updates.items()]
+        db = await self._conn()
+        await db.write(lambda conn: conn.executemany(sql, rows).close(), "storing progress")
+
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress of ``task_ids`` in one query."""
+        if not task_ids:
+            return {}
+        sql, ids = _Q["get_progress"], json.dumps(list(task_ids))
+        db = await self._conn()
+        rows = await db.run(lambda conn: conn.execute(sql, (ids,)).fetchall(), "reading progress")
+        found = {task_id: decode_progress(data) for task_id, data in rows}
+        return {task_id: progress for task_id, progress in found.items() if progress is not None}
+
 
 class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
     """Blocking twin of :class:`AsyncSQLiteQueue`: the same methods, without ``await``."""
@@ -416,3 +442,9 @@ class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
     wait = blocking(AsyncSQLiteQueue.wait)
     wait_and_claim = blocking(AsyncSQLiteQueue.wait_and_claim)
     watch_cancels = blocking(AsyncSQLiteQueue.watch_cancels)
+    requeue = blocking(AsyncSQLiteQueue.requeue)
+    register_worker = blocking(AsyncSQLiteQueue.register_worker)
+    deregister_worker = blocking(AsyncSQLiteQueue.deregister_worker)
+    list_workers = blocking(AsyncSQLiteQueue.list_workers)
+    set_progress = blocking(AsyncSQLiteQueue.set_progress)
+    get_progress = blocking(AsyncSQLiteQueue.get_progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -94,6 +95,14 @@ class AsyncSQLiteResultStorage(SQLiteComponent, BaseResultStorage):
         db = await self._conn()
         return int(await db.run(lambda conn: conn.execute(sql, (now_ts,)).rowcount, "deleting"))
 
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Delete the results of ``task_ids`` in one statement."""
+        if not task_ids:
+            return
+        sql, ids = _Q["delete_results"], json.dumps(list(task_ids))
+        db = await self._conn()
+        await db.run(lambda conn: conn.execute(sql, (ids,)).close(), "deleting results")
+
 
 class SQLiteResultStorage(StorageTwin[AsyncSQLiteResultStorage]):
     """Blocking twin of :class:`AsyncSQLiteResultStorage`: the same methods, without ``await``."""
@@ -104,3 +113,4 @@ class SQLiteResultStorage(StorageTwin[AsyncSQLiteResultStorage]):
     put = blocking(AsyncSQLiteResultStorage.put)
     put_many = blocking(AsyncSQLiteResultStorage.put_many)
     wait = blocking(AsyncSQLiteResultStorage.wait)
+    delete = blocking(AsyncSQLiteResultStorage.delete)

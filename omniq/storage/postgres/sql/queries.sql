@@ -395,3 +395,41 @@ DELETE FROM {s}.schedules WHERE id = $1;
 SELECT id, data FROM {s}.schedules
 WHERE NOT paused AND next_run_ts IS NOT NULL AND next_run_ts <= $1
 ORDER BY next_run_ts, id LIMIT $2;
+
+-- name: requeue
+-- Replace a finished task's row with its fresh run (omniq._requeue) if its status is
+-- still one of $7; a claimable one wakes workers ($8 on $9).
+WITH moved AS (
+    UPDATE {s}.tasks
+    SET status = $1, due_ts = $2, lease_ts = NULL, worker_id = NULL, attempts = 0,
+        lost_runs = 0, updated_ts = $3, data = $4
+    WHERE id = $5 AND status = ANY($6::text[])
+    RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts,
+        data, lost_runs
+)
+SELECT moved.*, CASE WHEN $7 THEN pg_notify($8, '') END FROM moved;
+
+-- name: delete_results
+DELETE FROM {s}.results WHERE task_id = ANY($1::text[]);
+
+-- name: register_worker
+INSERT INTO {s}.workers (id, expires_ts, data) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO UPDATE SET expires_ts = EXCLUDED.expires_ts, data = EXCLUDED.data;
+
+-- name: deregister_worker
+DELETE FROM {s}.workers WHERE id = $1;
+
+-- name: list_workers
+-- The live registrations; the lapsed ones are purged on the way.
+WITH purged AS (DELETE FROM {s}.workers WHERE expires_ts <= $1)
+SELECT data FROM {s}.workers WHERE expires_ts > $1 ORDER BY id;
+
+-- name: set_progress
+-- Tasks that are gone get none (a delete racing this fails it on the foreign key).
+INSERT INTO {s}.task_progress (task_id, data)
+SELECT u.id, u.data FROM unnest($1::text[], $2::bytea[]) AS u(id, data)
+WHERE EXISTS (SELECT 1 FROM {s}.tasks AS t WHERE t.id = u.id)
+ON CONFLICT (task_id) DO UPDATE SET data = EXCLUDED.data;
+
+-- name: get_progress
+SELECT task_id, data FROM {s}.task_progress WHERE task_id = ANY($1::text[]);

@@ -23,6 +23,7 @@ for _, id in ipairs(ids) do
     end
     redis.call('ZREM', skey(h[1], h[2]), id)
     redis.call('DEL', k, P .. 'deps:' .. id)
+    redis.call('DEL', P .. 'pg:' .. id)
     deleted = deleted + 1
   end
 end

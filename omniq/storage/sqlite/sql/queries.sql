@@ -148,3 +148,34 @@ LIMIT ?;
 
 -- name: advance_schedule
 UPDATE schedules SET next_run_ts = ?, data = ? WHERE id = ? AND next_run_ts IS ?;
+
+-- name: requeue
+-- Replace a finished task's row with its fresh run (omniq._requeue), if its status is
+-- still one of :from_statuses.
+UPDATE tasks
+SET status = :status, due_ts = :due, lease_ts = NULL, worker_id = NULL, attempts = 0,
+    lost_runs = 0, updated_ts = :now, data = :data
+WHERE id = :id AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated_ts, data, lost_runs;
+
+-- name: delete_results
+DELETE FROM results WHERE task_id IN (SELECT value FROM json_each(?));
+
+-- name: register_worker
+INSERT OR REPLACE INTO workers (id, expires_ts, data) VALUES (?, ?, ?);
+
+-- name: deregister_worker
+DELETE FROM workers WHERE id = ?;
+
+-- name: purge_workers
+DELETE FROM workers WHERE expires_ts <= ?;
+
+-- name: list_workers
+SELECT data FROM workers WHERE expires_ts > ? ORDER BY id;
+
+-- name: set_progress
+UPDATE tasks SET progress = ? WHERE id = ?;
+
+-- name: get_progress
+SELECT id, progress FROM tasks
+WHERE id IN (SELECT value FROM json_each(?)) AND progress IS NOT NULL;

@@ -653,3 +653,17 @@ def test_a_record_written_before_results_rode_in_it_still_decodes() -> None:
     record = record_of(make_task())
     older = msgspec.msgpack.encode(list(msgspec.structs.astuple(record))[:-1])
     assert decode_record(older) == record
+
+
+async def test_deleting_a_result_takes_it_out_of_its_task_record(backend: NATSBackend) -> None:
+    # What requeue relies on: once deleted, a result that rode in the task's final
+    # write is gone for every reader; the task and its events stay.
+    results, log = backend.result_storage(), backend.event_storage()
+    task = make_task()
+    logged = _run_events(task)
+    assert await _finish(backend, task, make_result(task.id, worker_id="w"), events=logged)
+    await results.delete([task.id])
+    assert await results.get(task.id) is None
+    assert await log.get(task.id) == logged
+    stored = await backend.task_queue().get(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETE

@@ -187,10 +187,11 @@ def test_the_metrics_port_setting_is_checked() -> None:
 
 def test_a_pool_in_code_serves_its_metrics_while_it_runs(tmp_path: Path) -> None:
     port = free_port()
-    with OmniQ(base_dir=str(tmp_path / ".omniq"), metrics_host="127.0.0.1") as oq:
+    store = str(tmp_path / ".omniq")
+    with OmniQ(base_dir=store, metrics_port=port, metrics_host="127.0.0.1") as oq:
         ids = [oq.submit(f"{TASKS}:add", (i, 1)) for i in range(3)]
         pool = oq.worker(worker_type="thread")
-        pool.metrics_port = port
+        assert pool.metrics_port == port  # the setting's, for every pool of the client
         with pool:
             for task_id in ids:
                 assert oq.get_result(task_id, wait=True, timeout=30) is not None

@@ -170,7 +170,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     # it listens on (every interface, so a Prometheus elsewhere can scrape it), and
     # OpenTelemetry spans around submit and each run.
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"  # nosec B104 - a metrics endpoint is for scrapers elsewhere
+    metrics_host: str = "0.0.0.0"  # nosec B104 # scraped from other hosts
     tracing: bool = False
 
     def __post_init__(self) -> None:

@@ -604,6 +604,39 @@ async def test_a_finished_run_whose_lease_its_worker_claims_back_is_not_run_agai
     assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
 
 
+async def test_a_stop_while_a_failed_run_stores_its_retry_keeps_the_attempt_it_spent(
+    make_oq: MakeOQ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the NATS chaos run (seed 203): a run failed, and storing its retry (its
+    # events first) hung on a cut connection; a stop then cut that short and handed the
+    # task back as unfinished, giving back the attempt the failed run had spent.
+    oq = await make_oq()
+    storage = oq.engine.events.storage
+    assert storage is not None
+    append = storage.append
+    writing, back = asyncio.Event(), asyncio.Event()
+
+    async def hanging_append(events: Any) -> Any:
+        if any(e.event_type is EventType.RETRY for e in events):
+            writing.set()
+            await back.wait()
+        return await append(events)
+
+    monkeypatch.setattr(storage, "append", hanging_append)
+    key = f"stop-retry-{uuid.uuid4().hex}"
+    task_id = await oq.submit(tasks.flaky, (key, 1), max_retries=1, retry_delay=60)
+    pool = oq.worker()
+    await pool.start()
+    await asyncio.wait_for(writing.wait(), timeout=10)
+    stopping = asyncio.create_task(pool.stop(timeout=0))
+    await asyncio.sleep(0.2)  # the stop cuts what still runs short
+    back.set()
+    await asyncio.wait_for(stopping, timeout=10)
+    task = await oq.get_task(task_id)
+    assert task is not None
+    assert (task.status, task.attempts) == (TaskStatus.RETRYING, 1)
+
+
 async def _started(marker: Path) -> None:
     for _ in range(1000):
         if await asyncio.to_thread(marker.exists):

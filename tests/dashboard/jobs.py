@@ -1,0 +1,40 @@
+"""Task functions the dashboard tests enqueue by import path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import omniq
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def boom(reason: str) -> None:
+    raise ValueError(f"boom: {reason}")
+
+
+def report_progress() -> str:
+    ctx = omniq.current_task()
+    assert ctx is not None
+    ctx.progress(3, 10, "step <3>")
+    return "reported"
+
+
+def fail_until_marked(marker: str) -> str:
+    """Fails while the file ``marker`` is missing, succeeds once it exists."""
+    if not Path(marker).exists():
+        raise RuntimeError("marker missing: first run fails")
+    return "second run ok"
+
+
+class Opaque:
+    """Travels only as a dill pickle."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def take(value: object) -> None:
+    return None

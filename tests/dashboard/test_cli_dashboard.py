@@ -1,0 +1,59 @@
+"""``omniq dashboard`` as a user runs it: a real process serving over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.dashboard._served import dashboard, write_app
+
+JOBS = "tests.dashboard.jobs"
+
+
+def test_omniq_dashboard_serves_the_apps_store(tmp_path: Path) -> None:
+    with write_app(tmp_path) as oq:
+        task_id = oq.submit(f"{JOBS}:add", (2, 3), queue="mail")
+    with dashboard(tmp_path) as base:
+        with urllib.request.urlopen(f"{base}/api/overview", timeout=10) as response:
+            data = json.load(response)
+        assert data["queues"]["mail"]["counts"]["pending"] == 1
+        with urllib.request.urlopen(f"{base}/tasks/{task_id}", timeout=10) as response:
+            assert "add" in response.read().decode()
+
+
+def test_omniq_dashboard_auth(tmp_path: Path) -> None:
+    write_app(tmp_path).close()
+    with dashboard(tmp_path, "--auth", "admin:s3cret") as base:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/", timeout=10)
+        refused.value.close()
+        assert refused.value.code == 401
+        request = urllib.request.Request(
+            f"{base}/",
+            headers={"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+
+def test_a_bad_auth_option_is_one_line(tmp_path: Path) -> None:
+    write_app(tmp_path).close()
+    out = subprocess.run(
+        [sys.executable, "-m", "omniq", "dashboard", "--app", "dashapp:oq", "--auth", "nocolon"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == "omniq: error: --auth: expected 'user:password'"

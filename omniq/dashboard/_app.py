@@ -207,8 +207,14 @@ class Dashboard:
     async def overview_page(self, request: Request) -> Response:
         data = await views.overview(self.source)
         workers = await self.source.list_workers()
+        failures = await views.recent_failures(self.source)
         return self.render(
-            request, "overview.html", page="overview", data=data, workers=len(workers)
+            request,
+            "overview.html",
+            page="overview",
+            data=data,
+            workers=len(workers),
+            failures=failures,
         )
 
     async def tasks_page(self, request: Request) -> Response:

@@ -32,6 +32,7 @@ __all__ = [
     "age",
     "decode_call",
     "overview",
+    "recent_failures",
     "show_value",
     "task_detail",
     "task_page",
@@ -253,6 +254,20 @@ async def overview(source: Source, *, with_rates: bool = True) -> dict[str, Any]
             row["oldest_exact"] = exact
     data["window_minutes"] = minutes
     return data
+
+
+async def recent_failures(source: Source, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest failed tasks with their errors (type and message)."""
+    rows = []
+    for task in await source.list_tasks(status=TaskStatus.FAILED, limit=limit):
+        row = task_row(task)
+        result = await source.get_result(task.id)
+        error = None if result is None else result.error
+        row["error"] = (
+            None if error is None else f"{error.type.rpartition('.')[2]}: {error.message}"
+        )
+        rows.append(row)
+    return rows
 
 
 def schedule_row(schedule: Schedule) -> dict[str, Any]:

@@ -38,3 +38,22 @@ class Opaque:
 
 def take(value: object) -> None:
     return None
+
+
+# The README screenshot's tasks.
+
+
+def send_email(to: str) -> str:
+    return f"sent to {to}"
+
+
+def build_report(month: str) -> str:
+    return f"report {month}"
+
+
+def charge_card(invoice: str) -> None:
+    raise RuntimeError(f"card declined for invoice {invoice}")
+
+
+def resize_image(name: str) -> str:
+    return name

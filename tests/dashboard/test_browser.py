@@ -72,20 +72,20 @@ def test_the_overview_shows_tasks_enqueued_after_it_opened(
         browser.get(f"{base}/")
         assert text_of(browser, '[data-total="pending"]') == "1"
         browser.execute_script("window.openedOnce = true")  # gone if the page reloads
-        ids = oq.enqueue_many(f"{JOBS}:add", [(i, i) for i in range(3)], queue="fresh")
+        ids = oq.enqueue_many(f"{JOBS}:add", [(i, i) for i in range(3)], queue="webhooks")
         assert len(ids) == 3
 
         wait(browser).until(
             lambda d: (
-                d.find_elements(By.CSS_SELECTOR, 'tr[data-queue="fresh"]')
-                and text_of(d, 'tr[data-queue="fresh"] a[data-status="pending"]') == "3"
+                d.find_elements(By.CSS_SELECTOR, 'tr[data-queue="webhooks"]')
+                and text_of(d, 'tr[data-queue="webhooks"] a[data-status="pending"]') == "3"
             )
         )
         assert text_of(browser, '[data-total="pending"]') == "4"
         assert browser.execute_script("return window.openedOnce") is True
         assert "on" in str(browser.find_element(By.ID, "live").get_attribute("class"))
-        link = browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="fresh"] a.qname')
-        assert str(link.get_attribute("href")).endswith("/tasks?queue=fresh")
+        link = browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="webhooks"] a.qname')
+        assert str(link.get_attribute("href")).endswith("/tasks?queue=webhooks")
 
         if os.environ.get("OMNIQ_TEST_SCREENSHOT"):
             _screenshots(browser, base, oq, tmp_path)
@@ -97,14 +97,26 @@ def _screenshots(browser: WebDriver, base: str, oq: object, directory: Path) -> 
     from omniq import OmniQ
 
     assert isinstance(oq, OmniQ)
-    oq.enqueue_many(f"{JOBS}:add", [(i, i) for i in range(40)], queue="emails")
-    oq.enqueue_many(f"{JOBS}:add", [(i, i) for i in range(25)], queue="reports")
-    oq.enqueue_many(f"{JOBS}:boom", [(f"invoice {i}",) for i in range(3)], queue="billing")
+    people = [(f"user{i}@example.com",) for i in range(52)]
+    oq.enqueue_many(f"{JOBS}:send_email", people[:40], queue="emails")
+    oq.enqueue_many(
+        f"{JOBS}:build_report", [(f"2026-{m:02}",) for m in range(1, 13)], queue="reports"
+    )
+    oq.enqueue_many(
+        f"{JOBS}:charge_card", [(f"INV-{i}",) for i in (1041, 1042, 1057)], queue="billing"
+    )
     oq.enqueue_many(f"{JOBS}:add", [(i, i) for i in range(17)], queue="billing")
-    oq.worker(worker_type="thread", queues="emails,billing").run(burst=True)
-    oq.enqueue_many(f"{JOBS}:add", [(i, i) for i in range(12)], queue="emails")
-    oq.enqueue_many(f"{JOBS}:add", [(i, i) for i in range(7)], queue="images", delay=3600)
-    oq.schedule(f"{JOBS}:add", (1, 2), cron="0 7 * * mon-fri", schedule_id="daily-report")
+    oq.worker(worker_type="thread", queues="emails,billing,reports").run(burst=True)
+    oq.enqueue_many(f"{JOBS}:send_email", people[40:], queue="emails")
+    oq.enqueue_many(
+        f"{JOBS}:build_report", [(f"2027-{m:02}",) for m in range(1, 9)], queue="reports"
+    )
+    oq.enqueue_many(
+        f"{JOBS}:resize_image", [(f"img{i}.png",) for i in range(7)], queue="images", delay=3600
+    )
+    oq.schedule(
+        f"{JOBS}:build_report", ("daily",), cron="0 7 * * mon-fri", schedule_id="daily-report"
+    )
     failed = oq.list_tasks(queue="billing", status=TaskStatus.FAILED, limit=1)[0]
     with worker(directory):
         browser.get(f"{base}/")

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["create_app"]
 
+# What the web extra brings (uvicorn only serves it: `omniq dashboard`).
+_WEB_EXTRA = frozenset({"starlette", "jinja2"})
+
 
 def create_app(
     oq: AsyncOmniQ | OmniQ,
@@ -49,7 +52,9 @@ def create_app(
     """
     try:
         from omniq.dashboard._app import build_app
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _WEB_EXTRA:
+            raise
         raise ConfigError(
             f"the dashboard needs the web extra: pip install 'omniq[web]' ({exc})"
         ) from exc

@@ -57,3 +57,25 @@ def test_a_bad_auth_option_is_one_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert out.stderr.strip() == "omniq: error: --auth: expected 'user:password'"
+
+
+@pytest.mark.parametrize("missing", ["starlette", "jinja2", "uvicorn"])
+def test_without_the_web_extra_the_error_says_what_to_install(tmp_path: Path, missing: str) -> None:
+    write_app(tmp_path).close()
+    probe = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        "from omniq.cli import main\n"
+        "sys.exit(main(['dashboard', '--app', 'dashapp:oq']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("omniq: error: ")
+    assert "needs the web extra: pip install 'omniq[web]'" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -67,7 +67,8 @@ _RATES_EVERY = 5  # stream ticks between two reads of the throughput and the wor
 def _ago(iso: str | None) -> str:
     if not iso:
         return "—"
-    return _duration((utcnow() - datetime.fromisoformat(iso)).total_seconds()) + " ago"
+    seconds = (utcnow() - datetime.fromisoformat(iso)).total_seconds()
+    return "just now" if seconds < 1 else _duration(seconds) + " ago"
 
 
 def _duration(seconds: float | None) -> str:

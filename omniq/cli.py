@@ -346,27 +346,11 @@ async def _workers(args: argparse.Namespace) -> int:
 
 
 async def _dashboard(args: argparse.Namespace) -> int:
-    from omniq.dashboard import create_app
-
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise ConfigError(
-            f"dashboard needs the web extra: pip install 'omniq[web]' ({exc})"
-        ) from None
     from omniq.dashboard._auth import parse_auth
+    from omniq.dashboard._serve import serve
 
     auth = None if args.auth is None else parse_auth(args.auth, source="--auth")
-    oq = _client(args)
-    app = create_app(oq, auth=auth, read_only=args.read_only)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, lifespan="off", log_level="warning")
-    )
-    print(f"OmniQ dashboard on http://{args.host}:{args.port}/ (Ctrl+C to stop)", flush=True)
-    try:
-        await server.serve()
-    finally:
-        await oq.close()
+    await serve(_client(args), host=args.host, port=args.port, auth=auth, read_only=args.read_only)
     return EXIT_OK
 
 

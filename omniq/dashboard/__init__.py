@@ -58,4 +58,4 @@ def create_app(
         raise ConfigError(
             f"the dashboard needs the web extra: pip install 'omniq[web]' ({exc})"
         ) from exc
-    return build_app(oq, auth=auth, read_only=read_only)
+    return build_app(oq, auth=auth, read_only=read_only)[1]

@@ -102,6 +102,8 @@ class Dashboard:
     def __init__(self, source: Source, *, read_only: bool) -> None:
         self.source = source
         self.read_only = read_only
+        #: Set when the server stops: live streams end at their next tick.
+        self.closing = False
         self.templates = Jinja2Templates(env=_environment())
         self.app = Starlette(routes=self._routes(), exception_handlers={_BadRequest: _bad_request})
         self.router = self.app.router
@@ -355,7 +357,7 @@ class Dashboard:
             if limit and tick >= limit:
                 return
             await anyio.sleep(_STREAM_SECONDS)
-            if await request.is_disconnected():
+            if self.closing or await request.is_disconnected():
                 return
 
 
@@ -369,11 +371,11 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
 
 def build_app(
     oq: AsyncOmniQ | OmniQ, *, auth: str | tuple[str, str] | None, read_only: bool
-) -> ASGIApp:
-    """The dashboard over ``oq`` (see :func:`omniq.dashboard.create_app`)."""
+) -> tuple[Dashboard, ASGIApp]:
+    """The dashboard over ``oq`` and its ASGI app (see :func:`omniq.dashboard.create_app`)."""
     dashboard = Dashboard(Source(oq), read_only=read_only)
     app: ASGIApp = dashboard.app
     credentials = auth_from(auth)
     if credentials is not None:
         app = BasicAuth(app, credentials)
-    return app
+    return dashboard, app

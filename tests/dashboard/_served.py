@@ -66,6 +66,13 @@ def _process(args: list[str], cwd: Path) -> Iterator[subprocess.Popen[str]]:
 def dashboard(directory: Path, *args: str) -> Iterator[str]:
     """``omniq dashboard --app dashapp:oq *args`` on a free port: its base URL, once it
     answers."""
+    with dashboard_process(directory, *args) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def dashboard_process(directory: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """As :func:`dashboard`, with the process."""
     port = free_port()
     command = ["dashboard", "--app", "dashapp:oq", "--port", str(port), *args]
     with _process(command, directory) as proc:
@@ -74,7 +81,7 @@ def dashboard(directory: Path, *args: str) -> Iterator[str]:
         assert "OmniQ dashboard on" in banner, (banner, proc.stderr and proc.stderr.read())
         base = f"http://127.0.0.1:{port}"
         _wait_for(base, proc)
-        yield base
+        yield base, proc
 
 
 def _wait_for(base: str, proc: subprocess.Popen[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.dashboard._served import dashboard, write_app
+from tests.dashboard._served import dashboard, dashboard_process, write_app
 
 JOBS = "tests.dashboard.jobs"
 
@@ -79,3 +80,14 @@ def test_without_the_web_extra_the_error_says_what_to_install(tmp_path: Path, mi
     assert out.stderr.startswith("omniq: error: ")
     assert "needs the web extra: pip install 'omniq[web]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_it_cleanly_with_a_live_stream_open(tmp_path: Path, signum: int) -> None:
+    write_app(tmp_path).close()
+    with dashboard_process(tmp_path) as (base, proc):
+        with urllib.request.urlopen(f"{base}/api/stream", timeout=10) as stream:
+            assert stream.readline() == b"event: overview\n"  # a page watching live
+            proc.send_signal(signum)
+            assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()

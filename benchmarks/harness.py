@@ -35,7 +35,7 @@ from benchmarks.adapters import REGISTRY
 from benchmarks.adapters.base import REDIS_URL, REPO_ROOT
 from benchmarks.workloads import Spec
 
-WORKLOADS = ("enqueue", "bulk", "drain", "latency", "sleep", "memory", "sync")
+WORKLOADS = ("enqueue", "bulk", "drain", "latency", "sleep", "memory", "sync", "ratelimit")
 BACKENDS = ("redis", "sqlite", "file", "postgres", "nats")
 SIZES = {"enqueue": 10_000, "bulk": 10_000, "drain": 10_000, "latency": 500, "sleep": 2_000}
 SIZES["sync"] = 10_000
@@ -43,6 +43,8 @@ QUICK_SIZES = {"enqueue": 1_000, "bulk": 2_000, "drain": 1_000, "latency": 50, "
 QUICK_SIZES["sync"] = 1_000
 TIMEOUTS = {"enqueue": 180, "bulk": 120, "drain": 420, "latency": 180, "sleep": 240}
 TIMEOUTS["sync"] = 300
+# The drain under a rate limit (OmniQ only): 5 windows of the limit, then a few.
+SIZES["ratelimit"], QUICK_SIZES["ratelimit"], TIMEOUTS["ratelimit"] = 5_000, 2_000, 120
 WORK_ROOT = REPO_ROOT / "benchmarks" / ".work"
 
 

@@ -16,6 +16,12 @@ Each returns a flat dict of metrics. Method (same as the peer reference benchmar
   ``time.time()`` just before the enqueue call.
 - sleep: ``n`` tasks that sleep 10 ms then do the drain body, concurrency 100.
 - sync (OmniQ only): the enqueue workload through ``OmniQ`` and through ``AsyncOmniQ``.
+- ratelimit (OmniQ only): the drain workload with every task under
+  ``rate_limit=RATE_LIMIT`` (SPEC §8 "Limits"); reported beside the limit. Starts come in
+  bursts: a window's worth as fast as the worker goes, then the next as the first leave
+  the window, so ``rate`` (first to last completion) counts the first window's tasks in
+  no time; ``steady_rate`` leaves them out: ``(n - limit) / (last - first)``, the rate
+  the limit holds a long drain to.
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ STALL_SECONDS = 60.0
 #: A drain/sleep repetition stops measuring this long after the worker was spawned; a
 #: worker that has not finished by then (RQ forks per job) is rated over what it completed.
 MEASURE_CAP_SECONDS = 150.0
-CONCURRENCY = {"drain": 32, "memory": 32, "latency": 32, "sleep": 100}
+CONCURRENCY = {"drain": 32, "memory": 32, "latency": 32, "sleep": 100, "ratelimit": 32}
+#: The limit of the ratelimit workload, in starts per second.
+RATE_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -320,6 +328,14 @@ async def run_sleep(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     return await _drain_like(adapter, spec, "sleep")
 
 
+async def run_ratelimit(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """The drain under ``rate_limit=f"{RATE_LIMIT}/s"``, reported beside the limit."""
+    found = await _drain_like(adapter, spec, "ratelimit")
+    elapsed = (found["completed"] - 1) / found["rate"] if found["rate"] == found["rate"] else 0
+    steady = (found["completed"] - RATE_LIMIT) / elapsed if elapsed else float("nan")
+    return {**found, "limit_per_s": RATE_LIMIT, "steady_rate": steady}
+
+
 async def run_latency(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     """Open-loop Poisson arrivals at an idle worker; enqueue call -> task body."""
     concurrency = CONCURRENCY["latency"]
@@ -481,6 +497,7 @@ ASYNC_WORKLOADS = {
     "memory": run_drain,
     "latency": run_latency,
     "sleep": run_sleep,
+    "ratelimit": run_ratelimit,
 }
 
 

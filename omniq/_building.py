@@ -18,6 +18,7 @@ import msgspec
 
 from omniq import _callables
 from omniq._ids import new_task_id, new_task_ids
+from omniq._limits import Limit
 from omniq.config import Duration, Settings, parse_duration
 from omniq.errors import ConfigError, TaskArgumentError, ValueTooLargeError
 from omniq.models import Task, TaskStatus
@@ -47,6 +48,8 @@ SUBMIT_OPTIONS = frozenset(
         "result_ttl",
         "depends_on",
         "task_id",
+        "rate_limit",
+        "max_concurrency",
     }
 )
 # Keyword arguments that, given to enqueue(), were meant for submit().
@@ -138,6 +141,8 @@ class TaskBuilder:
         depends_on: Iterable[str] = (),
         task_id: str | None = None,
         result_ttl: Duration | None = None,
+        rate_limit: str | None = None,
+        max_concurrency: int | None = None,
     ) -> Task:
         """The task of ``func(*args, **kwargs)`` with these options, created at ``now``."""
         settings = self.settings
@@ -162,6 +167,7 @@ class TaskBuilder:
             raise ConfigError(f"argument max_retries={max_retries!r}: expected an integer >= 0")
         if not isinstance(priority, int):
             raise ConfigError(f"argument priority={priority!r}: expected an integer")
+        Limit.of(rate_limit, max_concurrency)  # a bad limit fails here, naming it
         return Task(
             id=task_id or new_task_id(),
             func=path,
@@ -183,6 +189,8 @@ class TaskBuilder:
             ),
             depends_on=deps,
             created_at=now,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
         )
 
     def build_many(

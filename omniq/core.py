@@ -144,6 +144,8 @@ class AsyncOmniQ:
         depends_on: Iterable[str] = (),
         task_id: str | None = None,
         result_ttl: Seconds | None = None,
+        rate_limit: str | None = None,
+        max_concurrency: int | None = None,
     ) -> str:
         """Enqueue ``func(*args, **kwargs)`` with options; return the task id.
 
@@ -155,7 +157,9 @@ class AsyncOmniQ:
         signature (``TaskArgumentError`` names the one that does not fit), else the worker
         resolves it. Idempotent on ``task_id``: an existing id is returned, nothing changes
         (the first task's call and options stay). ``depends_on`` ids must exist, else
-        ``TaskNotFoundError``.
+        ``TaskNotFoundError``. ``rate_limit`` (``"N/s"``, ``"N/m"``, ``"N/h"``) and
+        ``max_concurrency`` limit every task of this function name across all workers
+        (usually given once, to ``@oq.task``; see :meth:`limit_queue`).
 
         Example::
 
@@ -180,6 +184,8 @@ class AsyncOmniQ:
             depends_on=depends_on,
             task_id=task_id,
             result_ttl=result_ttl,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
         )
         return await engine.submit(task, now, given_id=task_id is not None)
 
@@ -421,3 +427,28 @@ class AsyncOmniQ:
         ``lease_seconds``, and deregisters when it stops; one that died drops out once
         a ``lease_seconds`` has passed without a heartbeat."""
         return await (await self._ready()).list_workers()
+
+    # -- limits ------------------------------------------------------------------------
+
+    async def limit_queue(
+        self,
+        queue: str,
+        *,
+        rate_limit: str | None = None,
+        max_concurrency: int | None = None,
+    ) -> None:
+        """Cap how often tasks of ``queue`` start (``rate_limit``: ``"N/s"``, ``"N/m"``,
+        ``"N/h"``) and how many run at once (``max_concurrency``), across every worker
+        that shares the backend, including workers started before the call. The limits
+        are stored in the backend; ``limit_queue(queue)`` with neither removes them. A
+        task held back by a limit stays waiting (no attempt spent). A bad value raises
+        ``ConfigError``.
+
+        Example::
+
+            await oq.limit_queue("mail", rate_limit="100/m", max_concurrency=4)
+            await oq.limit_queue("mail")          # no limits again
+        """
+        await (await self._ready()).limit_queue(
+            queue, rate_limit=rate_limit, max_concurrency=max_concurrency
+        )

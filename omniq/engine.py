@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from omniq import _dependents, _fork, _requeue
+from omniq import _dependents, _fork, _requeue, _result_wait
 from omniq._building import TaskBuilder
+from omniq._limits import Limit, queue_key, task_limits
 from omniq._loops import LoopBinding
 from omniq._storages import Component, Storages
 from omniq._urls import is_shared_store
@@ -41,15 +42,11 @@ from omniq.decisions import (
 from omniq.errors import (
     ConfigError,
     DependencyFailedError,
-    ResultTimeoutError,
     SerializationError,
-    StorageConnectionError,
-    StorageError,
     TaskNotFoundError,
 )
 from omniq.events import AsyncEventLogger, AsyncEventProcessor
 from omniq.models import (
-    FINAL_STATUSES,
     WAITING_STATUSES,
     ErrorInfo,
     EventType,
@@ -69,10 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["KEY_FILE", "Engine", "RunningPool", "serializer_for"]
 
 logger = logging.getLogger("omniq")
-
-#: How long a ``get_result`` waiter gives a task that just became final to show its
-#: result: one ended by ``cancel()`` or its ttl stores it right after the status change.
-RESULT_GRACE = timedelta(seconds=1)
 
 
 #: The file under ``base_dir`` that holds the signing key of an embedded store.
@@ -141,6 +134,8 @@ class Engine:
         # The event loop the engine runs on: it follows its caller to a new one.
         self._bound = LoopBinding("this AsyncOmniQ")
         self._connect_lock: asyncio.Lock | None = None
+        # The task limits this engine told its queue about (see _register_task_limits).
+        self._registered_limits: dict[str, Limit] = {}
         _fork.track(self)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -295,6 +290,8 @@ class Engine:
         workers may store the same schedule tick; only the one that claims it logs).
         """
         queue, events = self.queue, self.events
+        if any(t.rate_limit is not None or t.max_concurrency is not None for t in tasks):
+            await self._register_task_limits(tasks)
         storage = events.storage
         if self.enqueue_logs_events:
             assert storage is not None
@@ -497,7 +494,9 @@ class Engine:
         ``AsyncOmniQ.get_result``), or ``ResultTimeoutError`` after ``timeout`` seconds."""
         stored = await self.results.get(task_id)
         if stored is None and wait:
-            stored = await self.wait_for_result(task_id, timeout)
+            stored = await _result_wait.wait_for_result(
+                self.queue, self.results, task_id, timeout, expire=self.expire
+            )
         return None if stored is None else self.decode_result(stored)
 
     async def get_events(self, task_id: str) -> list[TaskEvent]:
@@ -517,55 +516,6 @@ class Engine:
             return msgspec.structs.replace(stored, result=None, error=stored.error or error)
         return msgspec.structs.replace(stored, result=value)
 
-    async def wait_for_result(self, task_id: str, limit: float | None) -> TaskResult | None:
-        """Wait for a task's result (``get_result(wait=True)``): None when it finished but
-        its result is gone; ``ResultTimeoutError`` after ``limit`` seconds (None: never)."""
-        loop = asyncio.get_running_loop()
-        deadline = None if limit is None else loop.time() + limit
-        while True:
-            now = utcnow()
-            look_again, gone = await self.while_no_result(task_id, now)
-            if gone:
-                # Results are stored before tasks are acknowledged: read once more.
-                return await self.results.get(task_id)
-            remaining = 60.0 if deadline is None else deadline - loop.time()
-            if remaining <= 0:
-                raise ResultTimeoutError(f"no result for task {task_id} within {limit} s")
-            chunk = min(remaining, 60.0)
-            if look_again is not None:
-                chunk = min(chunk, max(0.001, (look_again - now).total_seconds()))
-            stored = await self.results.wait(task_id, chunk)
-            if stored is not None:
-                return stored
-
-    async def while_no_result(self, task_id: str, now: datetime) -> tuple[datetime | None, bool]:
-        """What a ``get_result`` waiter that found no result should do: (when to look at
-        the task again, None for "at leisure"; True when no result is coming).
-
-        A final task's result was stored before it became final, but for a task ended
-        by ``cancel()`` or ``ttl``: that result follows the status change at once, so a
-        task final for under a second is given that second. Raises TaskNotFoundError for
-        an id the queue does not hold.
-        """
-        try:
-            task = await self.queue.get(task_id)
-        except StorageConnectionError:
-            raise
-        except StorageError:
-            return None, False  # an unreadable record: its worker will store a result
-        if task is None:
-            raise TaskNotFoundError(
-                f"task {task_id} does not exist (never enqueued, or cleaned up)"
-            )
-        if is_expired(task, now):
-            task = await self.expire(task) or task
-        if task.status in FINAL_STATUSES:
-            settled = (task.updated_at or task.created_at) + RESULT_GRACE
-            return (settled, False) if now < settled else (None, True)
-        if task.expires_at is not None and task.attempts == 0:
-            return task.expires_at, False
-        return None, False
-
     # -- running it in production ------------------------------------------------------------
 
     async def requeue(self, task_id: str) -> bool:
@@ -581,3 +531,23 @@ class Engine:
     async def list_workers(self) -> list[WorkerInfo]:
         """The worker pools registered and alive now, by id."""
         return await self.queue.list_workers(now=utcnow())
+
+    # -- limits ----------------------------------------------------------------------------
+
+    async def limit_queue(
+        self, queue: str, *, rate_limit: str | None, max_concurrency: int | None
+    ) -> None:
+        """Store (or, with neither, remove) the limits of ``queue`` in the backend."""
+        if not isinstance(queue, str) or not queue:
+            raise ConfigError(f"queue={queue!r}: expected a queue name")
+        limit = Limit.of(rate_limit, max_concurrency)
+        await self.queue.set_limit(queue_key(queue), limit)
+
+    async def _register_task_limits(self, tasks: Sequence[Task]) -> None:
+        """Tell the backend, before the tasks are stored, that tasks of these names carry
+        limits (once per name and limit per engine): its claims then enforce them."""
+        known = self._registered_limits
+        fresh = {k: v for k, v in task_limits(tasks).items() if known.get(k) != v}
+        if fresh:
+            await self.queue.register_task_limits(fresh)
+            known.update(fresh)

@@ -137,6 +137,11 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
     #: What the task last reported with ``current_task().progress(...)`` (None: nothing).
     #: Stored apart from the task record and merged in when a task is read.
     progress: Progress | None = None
+    #: Global limits of this task's name (SPEC §8 "Limits"), from ``@oq.task``: at most
+    #: ``rate_limit`` starts (``"N/s"``, ``"N/m"``, ``"N/h"``) and ``max_concurrency``
+    #: running at once, across every worker that shares the backend. None: no limit.
+    rate_limit: str | None = None
+    max_concurrency: int | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id

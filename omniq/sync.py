@@ -243,6 +243,8 @@ class OmniQ:
         )
         return WorkerPool(pool, self._runner)
 
+    limit_queue = blocking(AsyncOmniQ.limit_queue)
+
 
 def _flush_left_open(runner: LoopThread, client: AsyncOmniQ) -> None:
     """Write the buffered events of a client the program never closed.

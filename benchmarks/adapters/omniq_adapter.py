@@ -29,7 +29,7 @@ class OmniQAdapter(Adapter):
     dist = "omniq"
     backends = ("redis", "sqlite", "file", "postgres", "nats")
     has_bulk = True
-    extra_workloads = ("sync",)
+    extra_workloads = ("sync", "ratelimit")
     events: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -94,8 +94,16 @@ class OmniQAdapter(Adapter):
             await self._oq.enqueue(func)
 
     async def aenqueue_bulk(self, kind: str, count: int) -> None:
-        """``await oq.enqueue_many(func, [()] * count)``."""
-        await self._oq.enqueue_many(getattr(self._tasks, kind), [() for _ in range(count)])
+        """``await oq.enqueue_many(func, [()] * count)`` (the ratelimit workload's tasks
+        with ``rate_limit``)."""
+        options = {}
+        if kind == "ratelimit":
+            from benchmarks.workloads import RATE_LIMIT
+
+            options["rate_limit"] = f"{RATE_LIMIT}/s"
+        await self._oq.enqueue_many(
+            getattr(self._tasks, kind), [() for _ in range(count)], **options
+        )
 
     # -- sync vs async ---------------------------------------------------------------
     def sync_enqueue_rate(self, n: int, warmup: int) -> float:

@@ -14,6 +14,11 @@ async def drain() -> None:
     await bodies.drain_async()
 
 
+async def ratelimit() -> None:
+    """The drain body, enqueued with a rate limit (the ratelimit workload)."""
+    await bodies.drain_async()
+
+
 async def latency(index: int) -> None:
     """``time.time()`` first, then RPUSH it with the index."""
     await bodies.latency_async(index)

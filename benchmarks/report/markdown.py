@@ -16,6 +16,7 @@ from benchmarks.report.tables import (
     failures,
     main_table,
     memory_table,
+    ratelimit_table,
     reference_table,
     settings_list,
     sync_table,
@@ -147,6 +148,14 @@ def markdown(
             "The enqueue workload through `OmniQ` (blocking facade) and `AsyncOmniQ`, "
             "same child process, each on its own fresh store.\n\n",
             syn,
+        ]
+    if limited := ratelimit_table(agg):
+        parts += [
+            "\n## Drain under a rate limit (OmniQ only)\n",
+            "The drain workload with every task under `rate_limit` (SPEC §8). A window's "
+            "worth starts at once, the next as the first leave the window: drain/s counts "
+            "the first window's tasks in no time; steady/s leaves them out.\n\n",
+            limited,
         ]
     parts += [
         f"\n## {targets.heading}\n",

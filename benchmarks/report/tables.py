@@ -104,6 +104,23 @@ def sync_table(agg: Agg) -> str:
     return head + "\n".join(lines) + "\n" if lines else ""
 
 
+def ratelimit_table(agg: Agg) -> str:
+    """The drain under a rate limit, beside the limit (OmniQ only)."""
+    head = (
+        "| library | backend | limit/s | drain/s (first to last) | steady/s (after the first "
+        "window) |\n|---|---|---:|---:|---:|\n"
+    )
+    lines = [
+        f"| {name(label)} | {backend_name(backend)} "
+        f"| {cell_text(agg, label, backend, 'ratelimit', 'limit_per_s')} "
+        f"| {cell_text(agg, label, backend, 'ratelimit', 'rate', True)} "
+        f"| {cell_text(agg, label, backend, 'ratelimit', 'steady_rate', True)} |"
+        for label, backend in rows(agg)
+        if (label, backend, "ratelimit") in agg
+    ]
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
 #: The reference table's columns: (workload, metric here, figure in the reference).
 _REFERENCE_COLUMNS = (
     ("enqueue", "rate", "enqueue"),

@@ -1,8 +1,8 @@
-"""The task queue's primitives for running a fleet: requeueing a finished task, and the
-registry of live worker pools.
+"""The task queue's primitives for running a fleet (SPEC §8): requeueing a finished task,
+the registry of live worker pools, tasks' progress, and global limits.
 
 :class:`FleetQueue` is a base of ``BaseTaskQueue`` (kept apart from ``omniq.storage.base``
-so that module stays small); every backend implements its four primitives. The
+so that module stays small); every backend implements these primitives. The
 semantics above them (which statuses a requeue takes, the result it removes, the event
 it logs; how often a pool beats and when it counts as gone) live in ``omniq._requeue``
 and ``omniq.workers._presence``. :func:`encode_worker` and :func:`decode_worker` are the
@@ -14,12 +14,13 @@ from __future__ import annotations
 import builtins
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
 
-from omniq.models import Task, TaskStatus, WorkerInfo
+from omniq._limits import Limit
+from omniq.models import Progress, Task, TaskStatus, WorkerInfo
 
 __all__ = ["FleetQueue", "decode_worker", "encode_worker"]
 
@@ -45,7 +46,7 @@ def decode_worker(data: bytes) -> WorkerInfo | None:
 
 
 class FleetQueue(ABC):
-    """Requeue and the worker registry: what a task queue stores for them."""
+    """Requeue, the worker registry, progress and limits: what a task queue stores for them."""
 
     @abstractmethod
     async def requeue(
@@ -75,3 +76,33 @@ class FleetQueue(ABC):
     async def list_workers(self, *, now: datetime) -> builtins.list[WorkerInfo]:
         """The registrations live at ``now``, by worker id; those past their
         ``expires_at`` are left out (and may be purged on the way)."""
+
+    # -- progress (SPEC §8 "Task context", omniq.context) -------------------------------
+
+    @abstractmethod
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store the latest progress of tasks, by id, in one round trip where the backend
+        can, replacing what each had. Kept apart from the task records (their revisions
+        and compare-and-set steps are untouched); an unknown or deleted task gets none
+        (never resurrected); a deleted task's progress goes with it."""
+
+    @abstractmethod
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The stored progress of ``task_ids``, by id (tasks with none are absent)."""
+
+    # -- limits (SPEC §8 "Limits", omniq._limits) ---------------------------------------
+
+    @abstractmethod
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store the limit of ``key`` (``q:<queue>``; None removes it). From then on every
+        :meth:`claim`, in any process, leaves a task waiting while taking it would break
+        a limit of its queue or its name (:meth:`register_task_limits`): more starts in
+        a window than the rate (a sliding log of start times), or more ``RUNNING`` tasks
+        with a live lease than the cap. Such a claim returns a ``LimitedClaim`` saying
+        until when. With no limit stored, the claim costs what it did without limits."""
+
+    @abstractmethod
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note, before tasks carrying them are stored, the limits of task names
+        (``t:<func>``); claims enforce, for each task carrying a limit, the one last noted
+        for its name."""

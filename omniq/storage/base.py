@@ -29,7 +29,7 @@ from typing import Any
 
 from omniq.decisions import cancelled_result
 from omniq.errors import StorageError
-from omniq.models import Progress, Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage._fleet import FleetQueue
 from omniq.storage._records import (
     Ack,
@@ -472,17 +472,6 @@ class BaseTaskQueue(BaseStorage, FleetQueue):
                 or (task.worker_id != worker_id)
             ):
                 notice(task_id)
-
-    @abstractmethod
-    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
-        """Store the latest progress of tasks, by id, in one round trip where the backend
-        can, replacing what each had. Kept apart from the task records (their revisions
-        and compare-and-set steps are untouched); an unknown or deleted task gets none
-        (never resurrected); a deleted task's progress goes with it."""
-
-    @abstractmethod
-    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
-        """The stored progress of ``task_ids``, by id (tasks with none are absent)."""
 
 
 class BaseResultStorage(BaseStorage):

@@ -1,13 +1,14 @@
-"""An idle worker's wait: for work, a timeout, a stop or a nudge, whichever comes first."""
+"""A worker's waits: an idle one's for work, a timeout, a stop or a nudge, whichever comes
+first; a stopping one's for its running tasks, up to the stop's timeout."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-__all__ = ["InterruptibleWait"]
+__all__ = ["InterruptibleWait", "let_running_finish"]
 
 logger = logging.getLogger("omniq.worker")
 
@@ -62,3 +63,27 @@ class InterruptibleWait:
         if self._waiting is not None and not self._interrupted:
             self._interrupted = True
             self._waiting.cancel()
+
+
+async def let_running_finish(
+    running: Mapping[str, asyncio.Task[None]],
+    stop_changed: asyncio.Event,
+    timeout: Callable[[], float],
+) -> None:
+    """Wait for the ``running`` tasks, up to ``timeout()`` seconds counted from now; a
+    later stop (``stop_changed`` set) with a shorter timeout takes over."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while True:
+        pending = [task for task in running.values() if not task.done()]
+        remaining = began + timeout() - loop.time()
+        if not pending or remaining <= 0:
+            return
+        stop_changed.clear()
+        changed = asyncio.create_task(stop_changed.wait())
+        try:
+            await asyncio.wait(
+                [*pending, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            changed.cancel()

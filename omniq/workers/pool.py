@@ -18,8 +18,10 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from omniq._limits import held_until, hold_wait
 from omniq.config import Duration, parse_duration
 from omniq.errors import ConfigError, OmniQError, StorageError
 from omniq.models import Task, utcnow
@@ -28,7 +30,7 @@ from omniq.workers._options import parse_queue_order, parse_queues
 from omniq.workers._outcomes import Outcomes
 from omniq.workers._presence import keep_registered
 from omniq.workers._running import TaskRunner
-from omniq.workers._waiting import InterruptibleWait
+from omniq.workers._waiting import InterruptibleWait, let_running_finish
 from omniq.workers.executors import BaseExecutor, create_executor, executor_class
 
 if TYPE_CHECKING:
@@ -146,6 +148,8 @@ class AsyncWorkerPool:
         # claiming stops.
         self._claimed = 0
         self._claim_limit: int | None = None
+        # Whether the last claim left tasks waiting on a limit, and until when (None: a cap).
+        self._hold: tuple[bool, datetime | None] = (False, None)
 
     # -- public control ----------------------------------------------------------------
 
@@ -381,6 +385,7 @@ class AsyncWorkerPool:
                         now=utcnow(),
                         strict=self._strict,
                     )
+                    self._hold = held_until(tasks)
                     backoff = 0.0
                 except StorageError as exc:
                     backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
@@ -413,8 +418,13 @@ class AsyncWorkerPool:
                     # A task settled while that claim was out (a retry due now, released
                     # dependents): the claim may have missed it.
                     continue
+                if self._hold[0]:  # due tasks wait on a limit: a burst waits for them
+                    await self._wait.wait(hold_wait(self._hold, settings.poll_interval, utcnow()))
+                    continue
                 return
             woke_with = await self._wait_for_work(settings.poll_interval, free)
+            if woke_with is not None:
+                self._hold = held_until(woke_with)
             if woke_with and self._stop_requested():
                 await self._hand_back(woke_with)
                 break
@@ -477,10 +487,15 @@ class AsyncWorkerPool:
             loop = asyncio.get_running_loop()
             ceiling = min(ceiling, max(0.0, self._next_schedule_check - loop.time()))
         timeout = ceiling
-        try:
-            due = await queue.next_due_at(self.queues)
-        except StorageError:
+        if self._hold[0]:
+            # Claimable tasks wait on a limit: sleep until it frees (or a finish here).
+            timeout = min(ceiling, hold_wait(self._hold, poll_interval, utcnow()))
             due = None
+        else:
+            try:
+                due = await queue.next_due_at(self.queues)
+            except StorageError:
+                due = None
         if due is not None:
             timeout = min(ceiling, max(0.0, (due - utcnow()).total_seconds()))
         if timeout <= 0:
@@ -526,31 +541,10 @@ class AsyncWorkerPool:
                 not self._running or self.concurrency - len(self._running) >= self._claim_watermark
             ):
                 self._slot_freed.set()
+            if self._hold[0] and self._hold[1] is None:
+                self._wait.interrupt()  # a concurrency slot of a limit may be free now
 
     # -- stopping ------------------------------------------------------------------------
-
-    async def _let_running_finish(self) -> None:
-        """Wait for the running tasks, up to the stop's timeout (``shutdown_timeout`` by
-        default), counted from now; a later stop() with a shorter one takes over."""
-        assert self._stop_changed is not None
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while True:
-            pending = [task for task in self._running.values() if not task.done()]
-            timeout = self._stop_timeout
-            if timeout is None:
-                timeout = self.engine.settings.shutdown_timeout
-            remaining = began + timeout - loop.time()
-            if not pending or remaining <= 0:
-                return
-            self._stop_changed.clear()
-            changed = asyncio.create_task(self._stop_changed.wait())
-            try:
-                await asyncio.wait(
-                    [*pending, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                changed.cancel()
 
     async def _shutdown(
         self,
@@ -558,7 +552,16 @@ class AsyncWorkerPool:
         renewer: asyncio.Task[None],
         helpers: list[asyncio.Task[None]],
     ) -> None:
-        await self._let_running_finish()
+        assert self._stop_changed is not None
+        await let_running_finish(
+            self._running,
+            self._stop_changed,
+            lambda: (
+                self.engine.settings.shutdown_timeout
+                if self._stop_timeout is None
+                else self._stop_timeout
+            ),
+        )
         leftover = dict(self._running)
         for task in leftover.values():
             task.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -13,7 +13,8 @@ import pytest
 
 from omniq import AsyncOmniQ
 from omniq.errors import StorageConnectionError, ValueTooLargeError
-from omniq.models import EventType, TaskStatus, utcnow
+from omniq.models import EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from omniq.storage.base import Ack, Finish
 from omniq.storage.nats import (
     AsyncNATSEventStorage,
     AsyncNATSQueue,
@@ -25,7 +26,7 @@ from omniq.storage.nats import (
     NATSResultStorage,
     NATSScheduleStorage,
 )
-from omniq.storage.nats._base import Record
+from omniq.storage.nats._base import Record, decode_record, record_of
 from omniq.storage.nats.connection import sanitize
 from omniq.storage.redis import AsyncRedisResultStorage
 from omniq.storage.registry import bundle_for_url
@@ -47,6 +48,7 @@ from tests.storage.contract import (
     MakeBackend,
     QueueContract,
     ResultContract,
+    S,
     ScheduleContract,
     assert_sync_twin_mirrors,
     assert_unreadable_is_listed_and_handed_out,
@@ -417,9 +419,9 @@ async def test_a_request_nobody_answers_times_out_and_later_ones_still_work(
 ) -> None:
     # One timer sweeps the requests in flight: an unanswered one fails with
     # TimeoutError (then StorageConnectionError for callers), the others are answered.
-    from omniq.storage.nats import connection as nats_connection
+    from omniq.storage.nats import _requests
 
-    monkeypatch.setattr(nats_connection, "_REQUEST_TIMEOUT", 0.2)
+    monkeypatch.setattr(_requests, "_REQUEST_TIMEOUT", 0.2)
     conn = backend.connection
     client = await conn.client()
     subject = f"{unique_name('silent')}.nobody"
@@ -473,3 +475,195 @@ async def test_a_batch_writes_a_message_per_task_and_reads_back_every_event(
     js = await conn.jetstream()
     info = await js.stream_info(conn.events_stream)
     assert info.state.messages == 4  # 64 + 64 + 22 of "busy", 1 of "quiet"
+
+
+# -- results riding in the task's final write ----------------------------------------------
+
+
+async def _finish(
+    backend: NATSBackend,
+    task: Task,
+    result: TaskResult,
+    *,
+    cancel_first: bool = False,
+    events: Sequence[TaskEvent] = (),
+) -> list[bool]:
+    """Enqueue and claim ``task`` as worker "w", then finish it with ``result`` and
+    ``events`` on the backend's own queue, results and events (a cancel landing first
+    when ``cancel_first``)."""
+    queue, results, log = backend.task_queue(), backend.result_storage(), backend.event_storage()
+    assert queue.finish_logs_events(log)
+    await queue.enqueue([task])
+    now = utcnow()
+    [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=now)
+    assert claimed.id == task.id
+    if cancel_first:
+        running = {TaskStatus.RUNNING}
+        assert await queue.transition(
+            task.id, from_statuses=running, to_status=TaskStatus.CANCELLED, now=now
+        )
+        await results.put(make_result(task.id, status=TaskStatus.CANCELLED, result=None))
+    acked, _ = await queue.finish(
+        [Finish(Ack(task.id, "w", TaskStatus.COMPLETE), result, events)], results, log, now=now
+    )
+    return acked
+
+
+def _run_events(task: Task) -> list[TaskEvent]:
+    now = utcnow()
+    return [
+        TaskEvent(task_id=task.id, event_type=EventType.EXECUTING, timestamp=now, attempt=1),
+        TaskEvent(task_id=task.id, event_type=EventType.COMPLETE, timestamp=now, attempt=1),
+    ]
+
+
+async def _messages_in_event_stream(backend: NATSBackend, task_id: str) -> int:
+    conn = backend.connection
+    subject = f"{conn.events_subject}.{task_id}"
+    return len(await conn.scan(conn.events_stream, subject, last_per_subject=False))
+
+
+async def _in_results_bucket(backend: NATSBackend, task_id: str) -> bytes | None:
+    conn = backend.connection
+    bucket = conn.results_bucket
+    return (await conn.get_last(f"KV_{bucket}", f"$KV.{bucket}.{task_id}"))[1]
+
+
+async def test_a_finish_writes_result_and_events_with_the_final_status_in_one_write(
+    backend: NATSBackend, namespace: str
+) -> None:
+    # Results and events on the same backend and connection: they ride in the task's
+    # final compare-and-set (nothing in the results bucket or the event stream), and
+    # read back like any others.
+    queue, results = backend.task_queue(), backend.result_storage()
+    assert queue.finishes_together(results)
+    elsewhere = AsyncNATSResultStorage(NATS_URL, namespace=namespace)  # its own client
+    assert not queue.finishes_together(elsewhere)
+    task = make_task()
+    done, logged = make_result(task.id, worker_id="w"), _run_events(task)
+    assert await _finish(backend, task, done, events=logged) == [True]
+    assert await results.get(task.id) == done
+    assert await backend.event_storage().get(task.id) == logged
+    assert await _in_results_bucket(backend, task.id) is None
+    assert await _messages_in_event_stream(backend, task.id) == 0
+    async with elsewhere:  # another process's client reads it too
+        assert await elsewhere.get(task.id) == done
+        assert await asyncio.wait_for(elsewhere.wait(task.id, 5.0), 5) == done
+    stored = await queue.get(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETE
+
+
+async def test_a_waiter_is_woken_by_a_result_riding_in_the_final_write(
+    backend: NATSBackend,
+) -> None:
+    results = backend.result_storage()
+    task = make_task()
+    done = make_result(task.id, worker_id="w")
+    waiter = asyncio.ensure_future(results.wait(task.id, 10.0))
+    await asyncio.sleep(0)  # the waiter subscribes before the finish (it looks once too)
+    assert await _finish(backend, task, done) == [True]
+    assert await asyncio.wait_for(waiter, 5) == done
+
+
+async def test_results_and_events_outlive_their_purged_tasks(backend: NATSBackend) -> None:
+    # delete_finished purges finished tasks; their results stay readable until they
+    # expire, and their events until delete_before, as on every backend (an expired
+    # result is not carried over).
+    queue, results, log = backend.task_queue(), backend.result_storage(), backend.event_storage()
+    now = utcnow()
+    kept, later, gone = make_task(), make_task(), make_task()
+    forever = make_result(kept.id, worker_id="w")
+    for_an_hour = make_result(later.id, worker_id="w", expires_at=now + 3600 * S)
+    expired = make_result(gone.id, worker_id="w", expires_at=now - 1 * S)
+    logged = {}
+    for task, result in ((kept, forever), (later, for_an_hour), (gone, expired)):
+        logged[task.id] = _run_events(task)
+        assert await _finish(backend, task, result, events=logged[task.id]) == [True]
+    assert await queue.delete_finished(utcnow() + 1 * S) == 3
+    assert await queue.get_many([kept.id, later.id, gone.id]) == [None, None, None]
+    assert await results.get(kept.id) == forever
+    assert await results.get(later.id) == for_an_hour
+    assert await results.get(gone.id) is None
+    assert await _in_results_bucket(backend, gone.id) is None
+    for task_id, events in logged.items():
+        assert await log.get(task_id) == events
+
+
+async def test_delete_before_takes_old_events_out_of_task_records(backend: NATSBackend) -> None:
+    log = backend.event_storage()
+    task = make_task()
+    now = utcnow()
+    old = TaskEvent(task_id=task.id, event_type=EventType.EXECUTING, timestamp=now - 60 * S)
+    new = TaskEvent(task_id=task.id, event_type=EventType.COMPLETE, timestamp=now)
+    assert await _finish(backend, task, make_result(task.id, worker_id="w"), events=[old, new])
+    assert await log.delete_before(now - 120 * S) == 0
+    assert await log.delete_before(now - 30 * S) == 1
+    assert await log.get(task.id) == [new]
+    assert await log.delete_before(now + 1 * S) == 1
+    assert await log.get(task.id) == []
+
+
+async def test_delete_expired_takes_expired_results_out_of_task_records(
+    backend: NATSBackend,
+) -> None:
+    queue, results = backend.task_queue(), backend.result_storage()
+    now = utcnow()
+    task = make_task()
+    done = make_result(task.id, worker_id="w", expires_at=now + 60 * S)
+    assert await _finish(backend, task, done) == [True]
+    assert await results.delete_expired(now) == 0
+    assert await results.get(task.id) == done
+    assert await results.delete_expired(now + 120 * S) == 1
+    assert await results.get(task.id) is None  # gone, not only hidden
+    stored = await queue.get(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETE  # the task stays
+
+
+@pytest.mark.parametrize("cancel_first", [False, True])
+async def test_a_result_too_large_to_ride_with_its_task_is_stored_apart(
+    backend: NATSBackend, cancel_first: bool
+) -> None:
+    # Task and result together over the server's max_payload (each under it): the
+    # result goes to the results bucket first, then the ack, then the events; a cancel
+    # that won keeps its own result.
+    half = backend.connection.max_payload // 2
+    task = make_task(payload=b"x" * half)
+    big = make_result(task.id, worker_id="w", result=b"y" * half)
+    logged = _run_events(task)
+    acked = await asyncio.wait_for(
+        _finish(backend, task, big, cancel_first=cancel_first, events=logged), 30
+    )
+    results, log = backend.result_storage(), backend.event_storage()
+    stored = await backend.task_queue().get(task.id)
+    assert stored is not None
+    if cancel_first:
+        assert acked == [False]
+        verdict = await results.get(task.id)
+        assert verdict is not None and verdict.status is TaskStatus.CANCELLED
+        assert stored.status is TaskStatus.CANCELLED
+        assert await log.get(task.id) == []  # a finish that lost logs nothing
+    else:
+        assert acked == [True]
+        assert await results.get(task.id) == big
+        assert await log.get(task.id) == logged
+        assert stored.status is TaskStatus.COMPLETE
+
+
+def test_a_record_written_before_results_rode_in_it_still_decodes() -> None:
+    record = record_of(make_task())
+    older = msgspec.msgpack.encode(list(msgspec.structs.astuple(record))[:-1])
+    assert decode_record(older) == record
+
+
+async def test_deleting_a_result_takes_it_out_of_its_task_record(backend: NATSBackend) -> None:
+    # What requeue relies on: once deleted, a result that rode in the task's final
+    # write is gone for every reader; the task and its events stay.
+    results, log = backend.result_storage(), backend.event_storage()
+    task = make_task()
+    logged = _run_events(task)
+    assert await _finish(backend, task, make_result(task.id, worker_id="w"), events=logged)
+    await results.delete([task.id])
+    assert await results.get(task.id) is None
+    assert await log.get(task.id) == logged
+    stored = await backend.task_queue().get(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETE

@@ -26,6 +26,8 @@ Layout under the backend's root (each component in its own subdirectory)::
       deps/<dependency>/<id>       who depends on whom
       w/<worker id>                a live worker pool's registration (list_workers)
       p/<id>                       a task's progress (msgpack), apart from its record
+      limits/state                 global limits, their start logs and the tasks their caps
+                                   let start (omniq._limit_ledger); absent: no limits
       .locks/NN                    local disk only: lock files for read-modify-write
       .wake                        local disk only: a FIFO an enqueue writes a byte into,
                                    so a worker waiting in another process wakes at once
@@ -142,6 +144,8 @@ class FileQueue(StorageTwin[AsyncFileQueue]):
     list_workers = blocking(AsyncFileQueue.list_workers)
     set_progress = blocking(AsyncFileQueue.set_progress)
     get_progress = blocking(AsyncFileQueue.get_progress)
+    set_limit = blocking(AsyncFileQueue.set_limit)
+    register_task_limits = blocking(AsyncFileQueue.register_task_limits)
 
 
 class FileResultStorage(StorageTwin[AsyncFileResultStorage]):

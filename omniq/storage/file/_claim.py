@@ -180,6 +180,8 @@ async def candidates(
     now: datetime,
     strict: bool,
     cache: ReadyCache | None,
+    also: Sequence[str] = (),
+    seen: list[list[str]] | None = None,
 ) -> tuple[Iterator[Entry], ReadyCache | None]:
     """Claimable-looking entries in claim order, parsed lazily (names sort in order), and
     the new ready listing they come from (None when ``cache`` could be reused).
@@ -190,6 +192,9 @@ async def candidates(
     in this process has happened since, so a claim against a long backlog does not
     list and sort it each time; entries another process took in the meantime fail
     their update and are skipped.
+
+    The directories ``also`` are listed with the others (the limits record's); their
+    listings are appended to ``seen``.
     """
     now_us = to_us(now)
     if strict:
@@ -208,7 +213,11 @@ async def candidates(
         or clock - cache.listed_at > _LIST_TTL
         or len(cache.tried) >= len(cache.names)
     ):
-        listings = await shared_listing(store, ready_dirs + running_dirs)
+        listings = await shared_listing(store, [*ready_dirs, *running_dirs, *also])
+        if also:
+            listings, extra = listings[: -len(also)], listings[-len(also) :]
+            if seen is not None:
+                seen.extend(extra)
         found_ready = zip(ready_dirs, listings[: len(queues)], strict=True)
         if strict:
             names = [(name, d) for d, found in found_ready for name in sorted(found)]
@@ -217,7 +226,11 @@ async def candidates(
         cache = fresh = ReadyCache(key, strict, generation, clock, names, set())
         running = listings[len(queues) :]
     else:
-        running = await shared_listing(store, running_dirs)
+        running = await shared_listing(store, [*running_dirs, *also])
+        if also:
+            running, extra = running[: -len(also)], running[-len(also) :]
+            if seen is not None:
+                seen.extend(extra)
 
     def ready(cache: ReadyCache) -> Iterator[Entry]:
         for name, directory in cache.names:

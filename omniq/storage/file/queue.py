@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from omniq._limits import Limit, LimitedClaim
 from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Progress, Task, TaskStatus, utcnow
@@ -43,6 +44,7 @@ from omniq.storage.file._layout import (
     wake_ups,
     with_entry,
 )
+from omniq.storage.file._limits import LIMITS_DIR, claim_limited, write_limits
 from omniq.storage.file._progress import delete_progress, read_progress, write_progress
 from omniq.storage.file._store import Change, Store
 from omniq.storage.file.connection import FileConnection
@@ -94,6 +96,9 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
         super().__init__(url, settings, connection=connection)
         self._ready_cache: ReadyCache | None = None
         self._schedules: AsyncFileScheduleStorage | None = None
+        # The queue lists whose last claim limits held back (their waits ignore the
+        # claimable tasks already there: those are the ones held).
+        self._held_back: set[tuple[str, ...]] = set()
 
     async def connect(self) -> None:
         """Take a reference on the connection (opening it if first). Safe to call twice."""
@@ -184,14 +189,23 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
         if limit <= 0 or not queues:
             return []
         store = await self._s()
-        found, fresh = await candidates(store, queues, now, strict, self._ready_cache)
+        limits: list[list[str]] = []
+        found, fresh = await candidates(
+            store, queues, now, strict, self._ready_cache, (LIMITS_DIR,), limits
+        )
         if fresh is not None:
             self._ready_cache = fresh
         claimed: list[Task] = []
         lease = now + timedelta(seconds=lease_seconds)
+        queue_names = {token(queue): queue for queue in queues}
+        gate = None
+        if limits and limits[0]:  # limits are stored: only what they let start (_limits.py)
+            picks, gate = await claim_limited(
+                store, found, queue_names, limit=limit, now_us=to_us(now)
+            )
+            found = iter(picks)
         # Entries another claim of this process is trying right now are skipped: racing
         # for them would only cost a failed update each.
-        queue_names = {token(queue): queue for queue in queues}
         inflight = INFLIGHT.setdefault(store.key, set())
         untried = (entry for entry in found if entry.path not in inflight)
         while len(claimed) < limit:
@@ -226,6 +240,11 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
                     await recheck_stale(store, entry)
         if len(claimed) < limit:
             self._ready_cache = None  # exhausted: the next claim lists afresh
+        if gate is not None and gate.held:
+            self._held_back.add(tuple(queues))
+            until = None if gate.until is None else from_us(round(gate.until * 1e6))
+            return LimitedClaim(claimed, until)
+        self._held_back.discard(tuple(queues))
         return claimed
 
     async def renew(
@@ -548,9 +567,10 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
         deadline = loop.time() + timeout
         ceiling = max(self.settings.poll_interval, 0.005)
         delay = 0.005
+        held = tuple(queues) in self._held_back
         with wake_ups(store) as woken:
             while True:
-                if await self._has_work(queues):
+                if not held and await self._has_work(queues):
                     return
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -570,3 +590,15 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
     async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
         """The progress of ``task_ids`` (one read each, together)."""
         return await read_progress(await self._s(), task_ids) if task_ids else {}
+
+    # -- limits (file/_limits.py) ----------------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        store = await self._s()
+        await write_limits(store, {key: limit})
+        wake(store)
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        await write_limits(await self._s(), dict(limits))

@@ -12,8 +12,13 @@ and later; the server must run JetStream (``nats-server -js``).
 name                       kind       holds
 =========================  =========  ==================================================
 ``{ns}_tasks``             KV bucket  one record per task (key: its id): the fields that
-                                      change and the task as enqueued
-``{ns}_results``           KV bucket  one result per task, with its ``expires_at``
+                                      change, the task as enqueued, and once it ended
+                                      the result and events its worker wrote with it;
+                                      and the key ``omniq.limits``: the global limits,
+                                      their start logs and the tasks their caps let
+                                      start (omniq._limit_ledger; no task key has a dot)
+``{ns}_results``           KV bucket  one result per task, with its ``expires_at`` (the
+                                      results that did not ride in their task's record)
 ``{ns}_schedules``         KV bucket  one schedule per key
 ``{ns}_workers``           KV bucket  one live worker pool's registration per key
 ``{ns}_events``            stream     events on ``{ns}.events.{task id}``, a message
@@ -54,6 +59,17 @@ What NATS guarantees here:
 - **Idempotent submit.** A task is stored with a create (expected last revision 0): an
   id that exists is left unchanged, and a create repeated after a lost reply finds its
   own record and counts as done.
+- **One write per finish.** A worker ends a task with one compare-and-set on its
+  record that writes the final status, the result and the events of the run together,
+  when the result storage (and the event log) are this backend's on the same connection
+  (a :class:`NATSBackend`, or a client whose URLs are the same): a task is never final
+  without its result, nor a result or an event stored for a run that lost its task to a
+  cancel, and a worker that dies before the write leaves the task to its lease. Reads
+  of results and events look at the record as well as the results bucket and the event
+  stream; purging finished tasks moves what rode in them there first
+  (:mod:`omniq.storage.nats._changes`). With components elsewhere, or a result too
+  large to share the record with the task, the result is written first, then the ack,
+  then the events, as on every backend.
 - **Results** expire at read time from their ``expires_at`` (``result_ttl``), and
   ``cleanup()`` purges them; nats-server 2.9 has no per-key expiry.
 - **Restarts.** Buckets and streams are file-backed: with ``-sd`` (a store directory)
@@ -63,8 +79,14 @@ What NATS guarantees here:
   index once reconnected.
 
 Writes of a batch (``enqueue_many``, acks, results, events) are all in flight at once and
-their acknowledgements gathered. Events and tasks are separate writes (nats-server 2.9
-has no atomic batch): an enqueue's events follow its tasks.
+their acknowledgements gathered. Events and tasks are separate writes at enqueue
+(nats-server 2.9 has no atomic batch): an enqueue's events follow its tasks.
+
+Inside the package: :mod:`~omniq.storage.nats.connection` connects and makes the
+streams, on JetStream requests (:mod:`~omniq.storage.nats._requests`) and key reads and
+compare-and-set writes (:mod:`~omniq.storage.nats._kv`); the task index and its watch
+are :mod:`~omniq.storage.nats._index`, a task record's changes
+:mod:`~omniq.storage.nats._changes`, the claims :mod:`~omniq.storage.nats.queue`.
 
 Every component works standalone from a URL::
 

@@ -79,6 +79,12 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
 
     Times are microseconds since the epoch (0: none). ``seq`` is the enqueue order: 0
     until the first change, which writes the revision the task was created at.
+    ``result`` is the msgpack ``TaskResult`` of the run that ended the task and
+    ``events`` the events its worker logged with it (as an event message holds them),
+    written in the same compare-and-set as its final status when the results (the
+    events) are this backend's on the same connection; empty otherwise. Both come last,
+    with defaults, so records written before they were added still decode, and older
+    readers skip them.
     """
 
     queue: str
@@ -94,6 +100,8 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     seq: int
     deps: tuple[str, ...]
     body: bytes
+    result: bytes = b""
+    events: bytes = b""
 
 
 _RECORD_DECODER = msgspec.msgpack.Decoder(Record)

@@ -23,6 +23,7 @@ import heapq
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -31,7 +32,7 @@ from nats.js import api
 from omniq.storage.nats._base import Record, decode_record, ident_of
 from omniq.storage.nats.connection import NATSConnection
 
-__all__ = ["CLAIMABLE", "TaskIndex", "index_of"]
+__all__ = ["CLAIMABLE", "LIMITS_KEY", "TaskIndex", "index_of"]
 
 logger = logging.getLogger("omniq")
 
@@ -40,6 +41,9 @@ CLAIMABLE = frozenset({"pending", "retrying", "scheduled"})
 #: Final statuses: the index keeps such a task without its body.
 FINAL = frozenset({"complete", "failed", "cancelled", "expired"})
 _RUNNING = "running"
+#: The key of the limits ledger in the tasks bucket (omniq.storage.nats._limits): no task
+#: has it (key_of never makes a key with a dot).
+LIMITS_KEY = "omniq.limits"
 #: How long reading the index waits for it to catch up with the server.
 _CATCH_UP = 5.0
 
@@ -76,6 +80,8 @@ class TaskIndex:
         #: The latest revision this process wrote (applied with ``own=True``).
         self._written = 0
         self._progress: asyncio.Event = asyncio.Event()
+        #: The limits ledger as last heard: (revision, bytes; None or empty: no limits).
+        self.limits: tuple[int, bytes | None] = (0, None)
         #: The first start (awaited by every caller of :func:`index_of`).
         self.starting: asyncio.Future[None] | None = None
 
@@ -95,6 +101,7 @@ class TaskIndex:
                 deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
                 idle_heartbeat=2.0,
             )
+            _feed_directly(self._sub, self._take)
             return info.state.last_seq
 
         last = await self.connection.patiently("watching the tasks bucket", subscribe)
@@ -126,6 +133,19 @@ class TaskIndex:
         self._sub = None
 
     async def _on_message(self, msg: Msg) -> None:
+        # nats-py's way (a queue and a task of the subscription's), used only where
+        # _feed_directly could not take over.
+        self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
+        """Take in a message of the watch (called by nats-py's reader, see
+        _feed_directly: it must not raise)."""
+        try:
+            self._heard(msg)
+        except Exception:  # a damaged key or record: the watch itself must go on
+            logger.exception("nats: a task watch message could not be read")
+
+    def _heard(self, msg: Msg) -> None:
         # The stream sequence from the reply subject: "$JS.ACK.<stream>.<consumer>.
         # <delivered>.<stream seq>..." (9 tokens), or with a domain and an account hash
         # after "ACK" (12 or more). Read here, not through msg.metadata, which builds
@@ -139,7 +159,11 @@ class TaskIndex:
             return  # not a stream message (a status the client let through)
         ident = ident_of(msg.subject[self._pre :])
         known = self.records.get(ident)
-        if known is None or known[0] < revision:  # this process's own writes come back
+        if ident == LIMITS_KEY:
+            if revision > self.limits[0]:
+                deleted = msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE")
+                self.limits = (revision, None if deleted else msg.data)
+        elif known is None or known[0] < revision:  # this process's own writes come back
             headers = msg.headers
             if headers and headers.get("KV-Operation") in ("DEL", "PURGE"):
                 record = None
@@ -210,8 +234,12 @@ class TaskIndex:
             return
         if record.status in FINAL:
             # Kept for listings and counts only: without the task as enqueued (its
-            # arguments), which a listing reads from the server.
-            record = msgspec.structs.replace(record, body=b"")
+            # arguments), which a listing reads from the server, nor its result and
+            # events (a byte of each says there are some: delete_finished moves them
+            # before the purge).
+            record = msgspec.structs.replace(
+                record, body=b"", result=record.result[:1], events=record.events[:1]
+            )
         self.records[ident] = (revision, record)
         self.counts[record.queue][record.status] += 1
         for dep in record.deps:
@@ -373,6 +401,49 @@ class TaskIndex:
     def unwatch_cancels(self, worker_id: str) -> None:
         """Stop what :meth:`watch_cancels` started."""
         self._cancel_watchers.pop(worker_id, None)
+
+
+class _Feed:
+    """Hands each message of a subscription to ``take`` from nats-py's reader; quacks
+    like the future nats-py sets a request's reply on (see _feed_directly)."""
+
+    __slots__ = ("_jsi", "_take")
+
+    def __init__(self, take: Callable[[Msg], None], jsi: Any) -> None:
+        self._take = take
+        self._jsi = jsi
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        # What nats-py does for a message it queues: the ordered consumer's heartbeat
+        # check compares the last delivery with the server's.
+        self._jsi.track_sequences(msg.reply)
+        self._take(msg)
+
+
+def _feed_directly(psub: object, take: Callable[[Msg], None]) -> None:
+    """Let nats-py's reader hand the watch's messages to ``take`` itself.
+
+    nats-py queues each message of a subscription with a callback for a task of its
+    own (a put, a get and a task switch per message, three per task run here). A
+    subscription with a ``_future`` (nats-py's single-reply requests) has its message
+    set on it by the reader instead, after the ordered consumer's checks (a gap in the
+    deliveries resets the consumer, flow control is answered, heartbeats mark it
+    alive); :class:`_Feed` takes that path. Left to the queue when this nats-py has not
+    the attributes it relies on.
+    """
+    sub = getattr(psub, "_sub", None)
+    jsi = getattr(sub, "_jsi", None)
+    if sub is None or jsi is None or getattr(sub, "_future", False) is not None:
+        return
+    if not hasattr(jsi, "track_sequences"):
+        return
+    sub._future = _Feed(take, jsi)
 
 
 def _ready_key(ident: str, revision: int, record: Record) -> Ready:

@@ -1,6 +1,7 @@
 """The task queue on NATS: one record per task in the tasks bucket, every change a
-compare-and-set on the key's revision, claims ordered by the process's task index
-(:mod:`omniq.storage.nats._index`), idle workers woken by the bucket's watch."""
+compare-and-set on the key's revision (:mod:`omniq.storage.nats._changes`), claims
+ordered by the process's task index (:mod:`omniq.storage.nats._index`), idle workers
+woken by the bucket's watch."""
 
 from __future__ import annotations
 
@@ -13,52 +14,25 @@ from datetime import datetime
 
 import msgspec
 
+from omniq._limits import Limit, LimitedClaim
 from omniq._sync import StorageTwin, blocking
-from omniq.errors import StorageError
-from omniq.models import Progress, Task, TaskStatus, utcnow
-from omniq.storage.base import (
-    Ack,
-    BaseTaskQueue,
-    Finish,
-    unreadable_task,
-)
-from omniq.storage.nats._base import (
-    ENCODER,
-    Record,
-    decode_record,
-    dt,
-    dt_or_none,
-    key_of,
-    record_of,
-    task_of,
-    together,
-    us,
-)
+from omniq.models import Progress, Task, TaskStatus
+from omniq.storage.base import Finish
+from omniq.storage.nats._base import ENCODER, Record, dt, record_of, together, us
+from omniq.storage.nats._changes import CAS_TRIES, RUNNING, TaskRecords
 from omniq.storage.nats._fleet import NATSFleet
-from omniq.storage.nats._index import TaskIndex, index_of
-from omniq.storage.nats._progress import purge_progress, read_progress, write_progress
+from omniq.storage.nats._index import TaskIndex
+from omniq.storage.nats._limits import claim_limited, write_limits
+from omniq.storage.nats._progress import read_progress, write_progress
 
 __all__ = ["AsyncNATSQueue", "NATSQueue"]
 
-_FINAL = frozenset(
-    {
-        TaskStatus.COMPLETE.value,
-        TaskStatus.FAILED.value,
-        TaskStatus.CANCELLED.value,
-        TaskStatus.EXPIRED.value,
-    }
-)
-_RUNNING = TaskStatus.RUNNING.value
-#: Tries of one compare-and-set against other writers before giving up on it.
-_CAS_TRIES = 8
-
-Change = Callable[[Record], Record | None]
 Picked = tuple[str, int, Record]  # id, revision, record
 #: The most a contended claim spreads over: eight times the tasks it wants.
 _MAX_WIDTH = 8
 
 
-class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
+class AsyncNATSQueue(NATSFleet, TaskRecords):
     """Tasks in a JetStream key-value bucket (``{namespace}_tasks``), claimed in
     priority order with compare-and-set writes; see :mod:`omniq.storage.nats`.
 
@@ -71,21 +45,6 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
     notifies = True
     #: How far a claim spreads over the head of the queue (see _spread): 1 alone.
     _width = 1
-
-    def _subject(self, task_id: str) -> str:
-        return f"$KV.{self.connection.tasks_bucket}.{key_of(task_id)}"
-
-    @property
-    def _stream(self) -> str:
-        return f"KV_{self.connection.tasks_bucket}"
-
-    async def _index(self) -> TaskIndex:
-        return await index_of(await self._conn())
-
-    def _known_index(self) -> TaskIndex | None:
-        """The index if this process already keeps one (a producer never starts it)."""
-        index = self.connection.state.get("index")
-        return index if isinstance(index, TaskIndex) and index.starting is not None else None
 
     # -- enqueue -----------------------------------------------------------------------
 
@@ -109,7 +68,7 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
         conn = await self._conn()
         subject, data = self._subject(task_id), ENCODER.encode(record)
         last = 0
-        for _ in range(_CAS_TRIES):
+        for _ in range(CAS_TRIES):
             revision = await conn.cas(subject, self._stream, data, last)
             if revision is not None:
                 return revision
@@ -120,32 +79,6 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
         return None
 
     # -- reading -------------------------------------------------------------------------
-
-    async def _read(self, task_id: str) -> tuple[int, Record] | None:
-        """The task's current revision and record, from the server."""
-        conn = await self._conn()
-        revision, data = await conn.get_last(self._stream, self._subject(task_id))
-        if data is None:
-            return None
-        record = decode_record(data)
-        if record is None:
-            raise StorageError(f"nats: task {task_id} is corrupt: its record cannot be read")
-        return revision, record
-
-    def _task(self, task_id: str, record: Record) -> Task:
-        try:
-            return task_of(task_id, record)
-        except StorageError as exc:
-            return unreadable_task(
-                task_id,
-                str(exc),
-                queue=record.queue,
-                attempts=record.attempts,
-                worker_id=record.worker,
-                lease_expires_at=dt_or_none(record.lease),
-                now=dt_or_none(record.updated or record.created) or utcnow(),
-                status=TaskStatus(record.status),
-            )
 
     async def get(self, task_id: str) -> Task | None:
         """The task as the server holds it now, or None."""
@@ -252,16 +185,22 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
         now_us = us(now)
         lease = now_us + round(lease_seconds * 1_000_000)
         won: builtins.list[tuple[str, Record]] = []
+        take, gate = index.take, None
+        if index.limits[1]:  # limits are stored: only what they let start (_limits.py)
+            chosen, gate = await claim_limited(
+                conn, index, names, limit=limit, now_us=now_us, strict=strict
+            )
+            take = _handing_out(chosen)
         while len(won) < limit:
-            picked = self._spread(index, index.take, names, limit - len(won), now_us, strict)
+            picked = self._spread(index, take, names, limit - len(won), now_us, strict)
             if not picked:
                 break
             changed = [
                 msgspec.structs.replace(
                     record,
-                    status=_RUNNING,
+                    status=RUNNING,
                     attempts=record.attempts + 1,
-                    lost=record.lost + (record.status == _RUNNING),
+                    lost=record.lost + (record.status == RUNNING),
                     worker=worker_id,
                     lease=lease,
                     updated=now_us,
@@ -301,7 +240,12 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
                 if won:
                     break  # what was taken is held: hand it out, the error shows next time
                 raise failure
-        return [self._task(ident, record) for ident, record in won]
+        claimed = [self._task(ident, record) for ident, record in won]
+        if gate is not None and gate.held:
+            return LimitedClaim(
+                claimed, None if gate.until is None else dt(round(gate.until * 1e6))
+            )
+        return claimed
 
     def _spread(
         self,
@@ -336,155 +280,6 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
                 index.place(ident, revision, record)
         return [entry for position, entry in enumerate(picked) if position in chosen]
 
-    async def _change(self, task_id: str, change: Change) -> tuple[int, Record] | None:
-        """Apply ``change`` to the task with a compare-and-set (retried against other
-        writers); the new revision and record, or None when ``change`` refuses the
-        current record (None) or the task is unknown.
-
-        Starts from the index when it knows the task; a refusal there is checked against
-        the server before it counts (the index may not have heard of a change yet).
-        """
-        conn = await self._conn()
-        index = self._known_index()
-        current = index.records.get(task_id) if index is not None else None
-        if current is not None and not current[1].body:
-            current = None  # a finished task's slim copy: never written back
-        fresh = current is None
-        if current is None:
-            current = await self._read(task_id)
-        for _ in range(_CAS_TRIES):
-            if current is None:
-                return None
-            new = change(current[1])
-            if new is None:
-                if fresh:
-                    return None
-                current, fresh = await self._read(task_id), True
-                continue
-            data = ENCODER.encode(new)
-            revision = await conn.cas(self._subject(task_id), self._stream, data, current[0])
-            if revision is not None:
-                if index is not None:
-                    index.apply(task_id, revision, new)
-                return revision, new
-            current, fresh = await self._read(task_id), True
-        raise StorageError(f"nats: task {task_id}: too many concurrent changes")
-
-    async def renew(
-        self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
-    ) -> set[str]:
-        """Extend the leases ``worker_id`` holds (a compare-and-set each, all at once)."""
-        lease = us(now) + round(lease_seconds * 1_000_000)
-
-        def renew(record: Record) -> Record | None:
-            if record.status != _RUNNING or record.worker != worker_id:
-                return None
-            return msgspec.structs.replace(record, lease=lease)
-
-        ids = builtins.list(dict.fromkeys(task_ids))
-        done = await asyncio.gather(*(self._change(task_id, renew) for task_id in ids))
-        return {task_id for task_id, ok in zip(ids, done, strict=True) if ok is not None}
-
-    async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> builtins.list[bool]:
-        """Move each held task to its final status (a compare-and-set each, all at once)."""
-        now_us = us(now)
-
-        def ack_of(ack: Ack) -> Change:
-            status = TaskStatus(ack.status).value
-
-            def change(record: Record) -> Record | None:
-                if record.status != _RUNNING or record.worker != ack.worker_id:
-                    return None
-                attempts = record.attempts if ack.ran else max(record.attempts - 1, 0)
-                return msgspec.structs.replace(
-                    record, status=status, lease=0, updated=now_us, attempts=attempts
-                )
-
-            return change
-
-        done = await together([self._change(ack.task_id, ack_of(ack)) for ack in acks])
-        return [outcome is not None for outcome in done]
-
-    async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
-        """Move a held task to ``RETRYING``, due at ``due_at``."""
-        due, now_us = us(due_at), us(now)
-
-        def retry(record: Record) -> Record | None:
-            if record.status != _RUNNING or record.worker != worker_id:
-                return None
-            return msgspec.structs.replace(
-                record, status=TaskStatus.RETRYING.value, due=due, lease=0, updated=now_us
-            )
-
-        return await self._change(task_id, retry) is not None
-
-    async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
-        """Hand back held tasks, giving back the attempt their claim counted."""
-        now_us = us(now)
-
-        def release(record: Record) -> Record | None:
-            if record.status != _RUNNING or record.worker != worker_id:
-                return None
-            status = TaskStatus.RETRYING if record.attempts > 1 else TaskStatus.PENDING
-            return msgspec.structs.replace(
-                record,
-                status=status.value,
-                attempts=max(record.attempts - 1, 0),
-                lease=0,
-                worker=None,
-                updated=now_us,
-            )
-
-        ids = builtins.list(dict.fromkeys(task_ids))
-        done = await asyncio.gather(*(self._change(task_id, release) for task_id in ids))
-        return sum(outcome is not None for outcome in done)
-
-    async def transition(
-        self,
-        task_id: str,
-        *,
-        from_statuses: Collection[TaskStatus],
-        to_status: TaskStatus,
-        now: datetime,
-        due_at: datetime | None = None,
-    ) -> Task | None:
-        """Compare-and-set the task's status (the lease cleared; ``due_at`` replaces the
-        due time when given)."""
-        allowed = {TaskStatus(status).value for status in from_statuses}
-        target, now_us = TaskStatus(to_status).value, us(now)
-        due = None if due_at is None else us(due_at)
-
-        def move(record: Record) -> Record | None:
-            if record.status not in allowed:
-                return None
-            return msgspec.structs.replace(
-                record,
-                status=target,
-                lease=0,
-                updated=now_us,
-                due=record.due if due is None else due,
-            )
-
-        outcome = await self._change(task_id, move)
-        return None if outcome is None else self._task(task_id, outcome[1])
-
-    async def delete_finished(self, before: datetime) -> int:
-        """Purge the tasks in a final state last changed before ``before``."""
-        index = await self._index()
-        await index.catch_up()
-        cutoff = us(before)
-        doomed = [
-            ident
-            for ident, (_, record) in index.records.items()
-            if record.status in _FINAL and (record.updated or record.created) < cutoff
-        ]
-        conn = await self._conn()
-        bucket = conn.tasks_bucket
-        await asyncio.gather(*(conn.purge_key(bucket, key_of(ident)) for ident in doomed))
-        await purge_progress(conn, doomed)
-        await index.catch_up()  # the purge markers, heard back, take the tasks out
-        return len(doomed)
-
     # -- waiting ---------------------------------------------------------------------------
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -517,14 +312,18 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
         self, task: Task, *, from_statuses: Collection[TaskStatus], now: datetime
     ) -> Task | None:
         """Replace the task's record with ``task`` if its status is in ``from_statuses``
-        (a compare-and-set on the key's revision); its enqueue order stays."""
+        (a compare-and-set on the key's revision); its enqueue order stays, and so do
+        the events an earlier run's finish left in the record (the result it left goes:
+        the caller deletes the old result)."""
         allowed = {TaskStatus(status).value for status in from_statuses}
         fresh = record_of(task)
 
         def renew(record: Record) -> Record | None:
             if record.status not in allowed:
                 return None
-            return msgspec.structs.replace(fresh, seq=record.seq, updated=us(now))
+            return msgspec.structs.replace(
+                fresh, seq=record.seq, updated=us(now), events=record.events
+            )
 
         outcome = await self._change(task.id, renew)
         return None if outcome is None else self._task(task.id, outcome[1])
@@ -537,6 +336,27 @@ class AsyncNATSQueue(NATSFleet, BaseTaskQueue):
     async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
         """The progress of ``task_ids`` (one direct get each, together)."""
         return await read_progress(await self._conn(), task_ids) if task_ids else {}
+
+    # -- limits (nats/_limits.py) -------------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        await write_limits(await self._conn(), {key: limit}, self._known_index())
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        await write_limits(await self._conn(), dict(limits), self._known_index())
+
+
+def _handing_out(chosen: builtins.list[Picked]) -> Callable[..., builtins.list[Picked]]:
+    """A ``take`` for :meth:`AsyncNATSQueue._spread` that hands out the tasks a claim
+    under limits chose, once."""
+    left = [chosen]
+
+    def take(*_: object, **__: object) -> builtins.list[Picked]:
+        return left.pop() if left else []
+
+    return take
 
 
 class NATSQueue(StorageTwin[AsyncNATSQueue]):
@@ -570,3 +390,5 @@ class NATSQueue(StorageTwin[AsyncNATSQueue]):
     list_workers = blocking(AsyncNATSQueue.list_workers)
     set_progress = blocking(AsyncNATSQueue.set_progress)
     get_progress = blocking(AsyncNATSQueue.get_progress)
+    set_limit = blocking(AsyncNATSQueue.set_limit)
+    register_task_limits = blocking(AsyncNATSQueue.register_task_limits)

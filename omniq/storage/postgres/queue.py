@@ -16,12 +16,14 @@ import asyncio
 import builtins
 import logging
 import operator
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 
+from omniq._limits import Gate, Limit, LimitedClaim
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Progress, Task, TaskEvent, TaskStatus
@@ -37,6 +39,12 @@ from omniq.storage._rows import (
 from omniq.storage.base import Ack, Finish, UnreadableTask, event_fields_but_task_id, event_of
 from omniq.storage.postgres._base import ENCODER, task_of_row
 from omniq.storage.postgres._fleet import PostgresFleet
+from omniq.storage.postgres._limits import (
+    claim_limited,
+    guarded_claims,
+    limit_statements,
+    name_limited_tasks,
+)
 from omniq.storage.postgres.connection import PostgresConnection
 from omniq.storage.postgres.events import AsyncPostgresEventStorage
 from omniq.storage.postgres.results import AsyncPostgresResultStorage, result_arrays
@@ -147,10 +155,13 @@ class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
             first.setdefault(task.id, index)
         unique = [tasks[index] for index in first.values()]
         logged = [events[index] for index in first.values()] if events else None
+        execute: Callable[..., Awaitable[Any]] = db.execute
+        if (named := name_limited_tasks(unique)) is not None:
+            execute = self._enqueuing_limited(db, named)
         uniform = _uniform_args(unique, logged)
         if uniform is not None:
             name, args = uniform
-            await db.execute("enqueueing", db.sql[name], *args, db.work_channel)
+            await execute("enqueueing", db.sql[name], *args, db.work_channel)
             return [task.id for task in tasks]
         arrays = _task_arrays(unique)
         parents = [dep for task in unique for dep in task.depends_on]
@@ -164,7 +175,7 @@ class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
                 event_ids.append(event.task_id)
                 event_ts.append(ts(event.timestamp))
                 event_data.append(ENCODER.encode(event))
-        await db.execute(
+        await execute(
             "enqueueing",
             db.sql["enqueue"],
             *arrays,
@@ -196,15 +207,20 @@ class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
         one = len(names) == 1
         strict = strict and not one  # one queue: both orders are the same
         db = await self._conn()
+        name = "claim_one" if one else "claim_in_list_order" if strict else "claim_any"
         rows = await db.fetch(
             "claiming tasks",
-            db.sql["claim_one" if one else "claim_in_list_order" if strict else "claim_any"],
+            guarded_claims(db.schema, db.sql)[name],
             names[0] if one else names,
             now_ts,
             limit,
             worker_id,
             now_ts + lease_seconds,
         )
+        gate = None
+        if rows and rows[-1][0] is None:  # limits are stored: claim under them
+            rows, gate = await self._claim_limited(db, names, strict, limit, now_ts,
+                                                   worker_id, now_ts + lease_seconds)  # fmt: skip
         rows.sort(key=lambda row: (-row[3], row[7], row[0]))
         claimed = [await self._task_or_unreadable(db, row) for row in rows]
         if strict:
@@ -215,6 +231,8 @@ class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
         for task in claimed:
             if isinstance(task, UnreadableTask):
                 logger.error("%s; handing it to the worker to fail", task.reason)
+        if gate is not None and gate.held:
+            return LimitedClaim(claimed, None if gate.until is None else dt(gate.until))
         return claimed
 
     async def _task_or_unreadable(self, db: PostgresConnection, row: Sequence[Any]) -> Task:
@@ -434,6 +452,63 @@ class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
         found = {row[0]: decode_progress(row[1]) for row in rows}
         return {task_id: progress for task_id, progress in found.items() if progress is not None}
 
+    # -- limits (postgres/_limits.py) --------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        db = await self._conn()
+        lq = limit_statements(db.schema)
+        if limit is None:
+            await db.execute("removing a limit", lq["drop_limit"], key)
+        else:
+            await db.execute("storing a limit", lq["set_limit"], key, limit.encode())
+        await db.execute("waking workers", "SELECT pg_notify($1, '')", db.work_channel)
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        db = await self._conn()
+        keys, lq = list(limits), limit_statements(db.schema)
+        specs = [limits[key].encode() for key in keys]
+        await db.execute("storing task limits", lq["set_limits"], keys, specs)
+
+    def _enqueuing_limited(
+        self, db: PostgresConnection, named: tuple[builtins.list[str], builtins.list[str]]
+    ) -> Callable[..., Awaitable[Any]]:
+        """An ``execute`` for an enqueue of tasks carrying limits: the enqueue statement,
+        then their names on their rows, in one transaction (no claim sees them unnamed)."""
+        lq = limit_statements(db.schema)
+        naming = lq["name_tasks"]
+
+        async def execute(doing: str, sql: str, *args: Any) -> None:
+            async def both(conn: asyncpg.Connection) -> None:
+                await conn.execute(sql, *args)
+                await conn.execute(naming, *named)
+
+            await db.transaction(doing, both)
+
+        return execute
+
+    async def _claim_limited(
+        self,
+        db: PostgresConnection,
+        names: Sequence[str],
+        strict: bool,
+        limit: int,
+        now: float,
+        worker_id: str,
+        lease_until: float,
+    ) -> tuple[builtins.list[Any], Gate]:
+        """The claim under limits, in one transaction (postgres/_limits.py)."""
+        lq = limit_statements(db.schema)
+
+        async def claim(conn: asyncpg.Connection) -> tuple[builtins.list[Any], Gate]:
+            return await claim_limited(
+                conn, lq, db.schema, names, strict=strict, limit=limit, now=now,
+                worker_id=worker_id, lease_until=lease_until,
+            )  # fmt: skip
+
+        return await db.transaction("claiming tasks under limits", claim)
+
 
 def _ack_arrays(acks: Sequence[Ack]) -> tuple[list[str], list[str], list[str], list[int]]:
     return (
@@ -486,3 +561,5 @@ class PostgresQueue(StorageTwin[AsyncPostgresQueue]):
     list_workers = blocking(AsyncPostgresQueue.list_workers)
     set_progress = blocking(AsyncPostgresQueue.set_progress)
     get_progress = blocking(AsyncPostgresQueue.get_progress)
+    set_limit = blocking(AsyncPostgresQueue.set_limit)
+    register_task_limits = blocking(AsyncPostgresQueue.register_task_limits)

@@ -68,6 +68,13 @@ key                                type    holds
 ``schedules:due``                  zset    unpaused schedules by ``next_run_at``
 ``workers``                        hash    live worker pools: id -> msgpack ``WorkerInfo``
 ``workers:exp``                    zset    those ids by when their registration lapses
+``limits``                         hash    global limits by key (``q:{queue}``,
+                                           ``t:{task name}``): ``rate|per|cap``; a task
+                                           carrying a limit has its name in its hash's
+                                           ``ln`` field (absent: no limit; claims run as
+                                           before)
+``ls:{key}``                       zset    a rate-limited key's starts in its window
+``lr:{name}``                      set     ids of the tasks a name's cap let start
 =================================  ======  ==============================================
 
 Every state change of a task is one Lua script (``omniq/storage/redis/lua``), loaded once and

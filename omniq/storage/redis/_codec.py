@@ -167,7 +167,7 @@ def _decode_tasks(flat: Sequence[Any]) -> builtins.list[Task]:
 #: The fields :func:`_shared_args` reads.
 _shared_fields = operator.attrgetter(
     "queue", "priority", "status", "attempts", "worker_id", "lease_expires_at", "due_at",
-    "updated_at", "created_at", "depends_on",
+    "updated_at", "created_at", "depends_on", "rate_limit", "max_concurrency", "func",
 )  # fmt: skip
 
 
@@ -186,6 +186,8 @@ def _shared_args(task: Task) -> tuple[Any, ...]:
         _us(updated),
         len(task.depends_on),
         *task.depends_on,
+        # The name of a task carrying a limit (omniq._limits): its hash's `ln`.
+        *((task.func,) if task.rate_limit is not None or task.max_concurrency is not None else ()),
     )
 
 

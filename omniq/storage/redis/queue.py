@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from omniq._limits import Limit, LimitedClaim
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Progress, Task, TaskEvent, TaskStatus, utcnow
@@ -194,7 +195,8 @@ class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
         async def hand_back(replies: builtins.list[Any]) -> None:
             flat = replies[-1]
             if isinstance(flat, list) and len(flat) > 2:  # now, lease, then 5 per task
-                ids = [_text(task_id) for task_id in flat[2::5]]
+                body = flat[2 : len(flat) - (len(flat) - 2) % 5]  # no held marker
+                ids = [_text(task_id) for task_id in body[::5]]
                 await self.release(ids, worker_id, now=utcnow())
 
         try:
@@ -216,6 +218,9 @@ class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
     ) -> builtins.list[Task]:
         """Tasks from a claim's reply (a corrupt record as an :class:`UnreadableTask`)."""
         claimed: builtins.list[Task] = []
+        if len(flat) % 5:  # limits held tasks back: the reply ends with until when
+            claimed = LimitedClaim((), held_until_of(flat[-1]))
+            flat = flat[:-1]
         for i in range(0, len(flat), 5):
             task_id, data, attempts, due, lost = flat[i : i + 5]
             try:
@@ -470,6 +475,31 @@ class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
                 found[_text(flat[i])] = progress
         return found
 
+    # -- limits (lua/claim.lua's claim_limited) -------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        client = await self._conn()
+        if limit is None:  # its log goes too (it would expire anyway)
+            await client.call("HDEL", f"{self._prefix}limits", key)
+            await client.call("DEL", f"{self._prefix}ls:{key}")
+        else:
+            await client.call("HSET", f"{self._prefix}limits", key, limit.encode())
+        kind, _, queue = key.partition(":")
+        if kind == "q":  # a limit removed may free waiting tasks: wake the queue's workers
+            await client.call("LPUSH", f"{self._prefix}q:{queue}:wake", "1")
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        pairs = [item for key, limit in limits.items() for item in (key, limit.encode())]
+        await (await self._conn()).call("HSET", f"{self._prefix}limits", *pairs)
+
+
+def held_until_of(marker: Any) -> datetime | None:
+    """The time in a claim reply's held marker (``H`` and microseconds, or ``H`` alone)."""
+    text = _text(marker)[1:]
+    return _dt(text) if text else None
+
 
 class RedisQueue(StorageTwin[AsyncRedisQueue]):
     """Blocking twin of :class:`AsyncRedisQueue`: the same methods, without ``await``."""
@@ -502,3 +532,5 @@ class RedisQueue(StorageTwin[AsyncRedisQueue]):
     list_workers = blocking(AsyncRedisQueue.list_workers)
     set_progress = blocking(AsyncRedisQueue.set_progress)
     get_progress = blocking(AsyncRedisQueue.get_progress)
+    set_limit = blocking(AsyncRedisQueue.set_limit)
+    register_task_limits = blocking(AsyncRedisQueue.register_task_limits)

@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from omniq._limits import Limit, LimitedClaim
 from omniq._sync import StorageTwin, blocking
 from omniq.errors import StorageError
 from omniq.models import Progress, Task, TaskResult, TaskStatus
@@ -33,6 +34,7 @@ from omniq.storage._rows import ts as _ts
 from omniq.storage.base import Ack, Finish, UnreadableTask
 from omniq.storage.sqlite._base import ENCODER, Row
 from omniq.storage.sqlite._fleet import SQLiteFleet
+from omniq.storage.sqlite._limits import LQ, claim_limited, name_limited_tasks, write_limits
 from omniq.storage.sqlite.connection import QUERIES as _Q
 from omniq.storage.sqlite.connection import SQLiteConnection
 from omniq.storage.sqlite.events import AsyncSQLiteEventStorage, event_row
@@ -76,6 +78,9 @@ def _task_params(task: Task) -> tuple[Any, ...]:
         ENCODER.encode(task),
     )
 
+
+#: The claim of the tasks a claim under limits picked (:picked, a JSON list of seqs).
+_LIMITED_CLAIM = _Q["claim"].format(pick="SELECT value FROM json_each(:picked)")
 
 #: One queue's candidates inside the claim over several. Only statements of queries.sql,
 #: placeholder names (:q0, :q1…) and ranks are formatted in; every value is bound.
@@ -129,13 +134,17 @@ class AsyncSQLiteQueue(SQLiteFleet, QueueComponent[SQLiteConnection]):
         deps = [(dep, task.id) for task in tasks for dep in task.depends_on]
         insert, insert_dep = _Q["insert_task"], _Q["insert_dep"]
 
+        limited = any(t.rate_limit is not None or t.max_concurrency is not None for t in tasks)
+
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany(insert, rows)
             if deps:
                 conn.executemany(insert_dep, deps)
+            if limited:
+                name_limited_tasks(conn, tasks)
 
         db = await self._conn()
-        if len(rows) == 1 and not deps:
+        if len(rows) == 1 and not deps and not limited:
             # A single statement is its own atomic transaction.
             await db.run(lambda conn: conn.execute(insert, rows[0]).close(), "enqueueing")
         else:
@@ -166,7 +175,21 @@ class AsyncSQLiteQueue(SQLiteFleet, QueueComponent[SQLiteConnection]):
         rank = {queue: i for i, queue in enumerate(queues)} if strict else None
 
         def claim(conn: sqlite3.Connection) -> list[Task]:
-            rows = conn.execute(sql, params).fetchall()
+            gate = None
+            specs = conn.execute(LQ["limits"]).fetchall()
+            if specs:  # limits are set: only what they let start (sqlite/_limits.py)
+                picked, gate = claim_limited(
+                    conn,
+                    {key: Limit.decode(spec) for key, spec in specs},
+                    queues,
+                    strict=strict,
+                    limit=limit,
+                    now=now_ts,
+                )
+                pick = {**params, "picked": json.dumps(picked)}
+                rows = conn.execute(_LIMITED_CLAIM, pick).fetchall() if picked else []
+            else:
+                rows = conn.execute(sql, params).fetchall()
             rows.sort(key=lambda row: (-row[3], row[7], row[0]))
             claimed = [_task_or_unreadable(conn, row) for row in rows]
             if rank is not None:
@@ -176,6 +199,9 @@ class AsyncSQLiteQueue(SQLiteFleet, QueueComponent[SQLiteConnection]):
             for task in claimed:
                 if isinstance(task, UnreadableTask):
                     logger.error("%s; handing it to the worker to fail", task.reason)
+            if gate is not None and gate.held:
+                until = None if gate.until is None else _dt(gate.until)
+                return LimitedClaim(claimed, until)
             return claimed
 
         return await (await self._conn()).write(claim, "claiming tasks")
@@ -416,6 +442,21 @@ class AsyncSQLiteQueue(SQLiteFleet, QueueComponent[SQLiteConnection]):
         found = {task_id: decode_progress(data) for task_id, data in rows}
         return {task_id: progress for task_id, progress in found.items() if progress is not None}
 
+    # -- limits (sqlite/_limits.py) ----------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        await (await self._conn()).write(
+            lambda conn: write_limits(conn, {key: limit}), "storing a limit"
+        )
+        self.connection.notify_work()  # a limit removed may free waiting tasks
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        await (await self._conn()).write(
+            lambda conn: write_limits(conn, limits), "storing task limits"
+        )
+
 
 class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
     """Blocking twin of :class:`AsyncSQLiteQueue`: the same methods, without ``await``."""
@@ -448,3 +489,5 @@ class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
     list_workers = blocking(AsyncSQLiteQueue.list_workers)
     set_progress = blocking(AsyncSQLiteQueue.set_progress)
     get_progress = blocking(AsyncSQLiteQueue.get_progress)
+    set_limit = blocking(AsyncSQLiteQueue.set_limit)
+    register_task_limits = blocking(AsyncSQLiteQueue.register_task_limits)

@@ -2,7 +2,7 @@
 -- ARGV: prefix, now, count, ngroups, then per event group: nitems, items... (each a
 -- 16-digit time then the record without its task id), then per task: nshared, then (when
 -- nshared > 0) the fields it shares with the tasks after it: queue, priority, status,
--- attempts, worker, lease, due ('' for none), updated, ndeps, dep ids...; then its own: id,
+-- attempts, worker, lease, due ('' for none), updated, ndeps, dep ids..., [limit name]; then its own: id,
 -- data, sortms (13 digits: due or creation time, in ms), group (0: no events). nshared = 0:
 -- the same shared fields as the task before.
 --
@@ -65,6 +65,8 @@ for _ = 1, n do
     keep('l', lease)
     keep('due', due)
     keep('x', has_deps)
+    -- A task carrying a limit: its name, after the dependencies (omniq._limits).
+    if nshared > 9 + ndeps then keep('ln', ARGV[i + 10 + ndeps]) end
     shared = #fields
     status_key = skey(q, status)
   end

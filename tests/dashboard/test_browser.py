@@ -159,6 +159,21 @@ def test_requeue_from_the_task_page_runs_it_again(browser: WebDriver, tmp_path: 
         assert oq.get_result(task_id).result == "second run ok"
 
 
+def test_the_task_page_follows_a_running_tasks_progress(browser: WebDriver, tmp_path: Path) -> None:
+    marker = tmp_path / "go-on"
+    oq = write_app(tmp_path)
+    with oq, dashboard(tmp_path) as base, worker(tmp_path):
+        task_id = oq.submit(f"{JOBS}:step_until_marked", (str(marker),))
+        browser.get(f"{base}/tasks/{task_id}")
+        wait(browser).until(lambda d: "1 / 4" in text_of(d, "#task"))
+        assert text_of(browser, "h1 .pill") == "running"
+        assert "step 1" in text_of(browser, "#task .progress-text")
+        marker.touch()
+        wait(browser).until(lambda d: text_of(d, "h1 .pill") == "complete")
+        assert "4 / 4 (100 %) · all done" in text_of(browser, "#task .progress-text")
+        assert text_of(browser, "#result") == "'stepped'"
+
+
 def test_basic_auth_refuses_a_wrong_password(browser: WebDriver, tmp_path: Path) -> None:
     write_app(tmp_path).close()
     with dashboard(tmp_path, "--auth", "admin:s3cret") as base:

@@ -127,3 +127,13 @@ def test_task_context_names_are_exported() -> None:
     assert set(Progress.__struct_fields__) == {"done", "total", "message", "updated_at"}
     assert "progress" in omniq.Task.__struct_fields__
     assert callable(TaskContext.progress)
+
+
+def test_the_dashboard_names() -> None:
+    from omniq.dashboard import create_app  # SPEC §8, dashboard
+
+    signature = inspect.signature(create_app)
+    assert list(signature.parameters) == ["oq", "auth", "read_only"]
+    assert signature.parameters["auth"].default is None
+    assert signature.parameters["read_only"].default is False
+    assert signature.parameters["auth"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -21,8 +21,9 @@ logger = logging.getLogger("omniq")
 
 #: The variable that names a YAML file of settings.
 CONFIG_ENV_VAR = "OMNIQ_CONFIG"
-#: ``OMNIQ_*`` variables OmniQ reads that are not settings (the CLI reads OMNIQ_APP).
-_OTHER_VARIABLES = frozenset({CONFIG_ENV_VAR, "OMNIQ_APP"})
+#: ``OMNIQ_*`` variables OmniQ reads that are not settings (the CLI reads OMNIQ_APP, the
+#: dashboard OMNIQ_DASHBOARD_AUTH).
+_OTHER_VARIABLES = frozenset({CONFIG_ENV_VAR, "OMNIQ_APP", "OMNIQ_DASHBOARD_AUTH"})
 #: Prefixes of the variables of OmniQ's own test suite and benchmarks.
 _OTHER_PREFIXES = ("OMNIQ_TEST_", "OMNIQ_BENCH_")
 #: Variables of the plan OmniQ grew from, and the one to use instead (spelling alone

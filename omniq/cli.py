@@ -1,5 +1,5 @@
 """The ``omniq`` command line: worker, enqueue, status, events, schedules, stats, cleanup,
-requeue, workers, demo.
+requeue, workers, dashboard, demo.
 
 Errors print as one line (``omniq: error: …``) with a non-zero exit code, never as a
 traceback. ``--config`` and ``--log-level`` are applied through ``OMNIQ_CONFIG`` and
@@ -359,6 +359,15 @@ async def _workers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _dashboard(args: argparse.Namespace) -> int:
+    from omniq.dashboard._auth import parse_auth
+    from omniq.dashboard._serve import serve
+
+    auth = None if args.auth is None else parse_auth(args.auth, source="--auth")
+    await serve(_client(args), host=args.host, port=args.port, auth=auth, read_only=args.read_only)
+    return EXIT_OK
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from omniq.demo import run_demo
 
@@ -453,6 +462,16 @@ def _parser() -> argparse.ArgumentParser:
     rq.set_defaults(handler=_requeue)
 
     command("workers", "list the worker pools running now").set_defaults(handler=_workers)
+    d = command("dashboard", "serve the web dashboard (pip install 'omniq[web]')")
+    d.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    d.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="require HTTP basic auth (default: OMNIQ_DASHBOARD_AUTH, else none)",
+    )
+    d.add_argument("--read-only", action="store_true", help="show everything, allow no action")
+    d.set_defaults(handler=_dashboard)
     command("demo", "run the demo on the embedded default", app=False).set_defaults(handler=_demo)
     return parser
 

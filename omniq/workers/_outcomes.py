@@ -19,7 +19,7 @@ import msgspec
 
 from omniq.decisions import final_result
 from omniq.errors import StorageError
-from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskStatus, utcnow
+from omniq.models import ErrorInfo, EventType, Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from omniq.storage.base import Ack, Finish
 
 if TYPE_CHECKING:
@@ -252,8 +252,15 @@ class Outcomes:
                 continue
             finally:
                 self._in_flight = ()
-            for item in batch:
-                self._reclaimed.pop(item.ack.task_id, None)
+            # A write that reached the store only after this worker's claim took the task
+            # back was applied under that claim, with the old run's count: recount it.
+            recounted = [
+                _with_attempts(item, attempts).result
+                for item, ok in zip(batch, acked, strict=True)
+                if (attempts := self._reclaimed.pop(item.ack.task_id, None)) is not None and ok
+            ]
+            if recounted:
+                await self._recount(recounted)
             done: list[tuple[str, TaskStatus]] = []
             later: list[TaskEvent] = []
             for item, ok in zip(batch, acked, strict=True):
@@ -283,6 +290,19 @@ class Outcomes:
             self.on_written()
             if not everything:
                 return
+
+    async def _recount(self, results: Sequence[TaskResult]) -> None:
+        """Store again results first written with the attempts of a claim since replaced
+        (by this worker's own claim back): the task counts the new claim's."""
+        try:
+            await self.engine.results.put_many(results)
+        except StorageError as exc:
+            logger.warning(
+                "correcting the attempts of %d results failed (%s); they count one claim less "
+                "than their tasks",
+                len(results),
+                exc,
+            )
 
     async def _events_logged_before(self, batch: Sequence[Finish]) -> None:
         """Wait until the events the logger took for these tasks earlier (a long run's

@@ -205,6 +205,18 @@ class TaskRunner:
         logger.info("task %s (%s): retry %d in %.3f s", task.id, task.func, task.attempts, delay)
         self.outcomes.note(task, EventType.ERROR, f"{type(exc).__name__}: {exc}")
         self.outcomes.note(task, EventType.RETRY, f"attempt {task.attempts + 1} in {delay:.3f} s")
+        # The run is over: a stop arriving now must not cut the storing of its retry short,
+        # or the stop would hand the task back as unfinished, giving back the attempt
+        # this failed run spent (a retry more than ``max_retries`` allows).
+        storing = asyncio.ensure_future(self._store_retry(task, delay))
+        try:
+            await asyncio.shield(storing)
+        except asyncio.CancelledError:
+            await storing
+            raise
+
+    async def _store_retry(self, task: Task, delay: float) -> None:
+        """The events of a failed run, then its retry, ``delay`` seconds from now."""
         # Written before the retry is stored: the next attempt (on any worker) logs after.
         await self.outcomes.write(self.outcomes.take(task.id))
         now = utcnow()

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from omniq import AsyncOmniQ, Task
-from tests.chaos.audit import FINAL, Audit, Stored, audit
+from tests.chaos.audit import FINAL, STOP_TIMEOUT, Audit, Stored, audit
 from tests.chaos.faults import FaultInjector
 from tests.chaos.ledger import read_runs
 from tests.chaos.load import SCHEDULES, Load, retrying
@@ -115,7 +115,7 @@ async def _run(options: Options, backend: Backend, run_dir: Path) -> Audit:
     (run_dir / "workers").mkdir()
     await asyncio.to_thread(backend.start)
     lease = backend.lease
-    common = {"lease_seconds": lease, "max_lost_runs": 50, "shutdown_timeout": 2.0}
+    common = {"lease_seconds": lease, "max_lost_runs": 50, "shutdown_timeout": STOP_TIMEOUT}
     client = AsyncOmniQ(
         task_queue=backend.client_url(),
         result_storage=backend.client_url(),

@@ -499,7 +499,9 @@ class Outage:
     """Makes a queue's ``renew`` (and ``finish`` when asked) fail while ``on``: the
     store out of reach for this worker, whose leases then run out."""
 
-    def __init__(self, queue: Any, monkeypatch: pytest.MonkeyPatch, *, finish: bool) -> None:
+    def __init__(
+        self, queue: Any, monkeypatch: pytest.MonkeyPatch, *, finish: bool, lands: bool = False
+    ) -> None:
         self.on = True
         self.writing, self.back = asyncio.Event(), asyncio.Event()
         renew, finish_call = queue.renew, queue.finish
@@ -514,6 +516,8 @@ class Outage:
                 # The write is under way when the store goes: it fails once it is back.
                 self.writing.set()
                 await self.back.wait()
+                if lands:  # or it reaches the store late, and is applied then
+                    return await finish_call(*args, **kwargs)
                 raise StorageConnectionError("the store went away during the write")
             return await finish_call(*args, **kwargs)
 
@@ -568,30 +572,69 @@ async def test_a_worker_that_claims_back_its_own_lost_task_runs_it_once_at_a_tim
     assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
 
 
-@pytest.mark.parametrize("writing", [False, True], ids=["waiting", "being-written"])
+@pytest.mark.parametrize(
+    "writing", ["waiting", "being-written", "landing-late"], ids=lambda writing: writing
+)
 async def test_a_finished_run_whose_lease_its_worker_claims_back_is_not_run_again(
-    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writing: bool
+    make_oq: MakeOQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writing: str
 ) -> None:
     # The same with the run over and its outcome waiting to be written, or being written
     # (a server restarting), when the claim took the task back: the worker ran it again
     # (a run after its final state) and the old outcome was stored with a stale count.
+    # Landing late (the PostgreSQL chaos run, seed 201): the write under way reached the
+    # store after the claim and was accepted under it, storing the old run's count.
     oq = await make_oq(lease_seconds=1)
     log = tmp_path / "runs.log"
     task_id = await oq.enqueue(tasks.append_line, str(log), "ran")
-    outage = Outage(oq.engine.queue, monkeypatch, finish=True)
+    outage = Outage(oq.engine.queue, monkeypatch, finish=True, lands=writing == "landing-late")
     async with oq.worker(concurrency=2):
-        if writing:
-            await asyncio.wait_for(outage.writing.wait(), timeout=10)
-        else:
+        if writing == "waiting":
             outage.back.set()  # each write fails at once
+        else:
+            await asyncio.wait_for(outage.writing.wait(), timeout=10)
         await claimed_back(oq, task_id)
         outage.end()
-        result = await oq.get_result(task_id, wait=True, timeout=10)
+        await oq.get_result(task_id, wait=True, timeout=10)
+    # Read once the worker has stopped: everything it had to write is written.
+    result = await oq.get_result(task_id)
     assert first_words(log) == ["ran"]
     task = await oq.get_task(task_id)
     assert task is not None and result is not None
     assert result.status is TaskStatus.COMPLETE
     assert (task.attempts, task.lost_runs, result.attempts) == (2, 1, 2)
+
+
+async def test_a_stop_while_a_failed_run_stores_its_retry_keeps_the_attempt_it_spent(
+    make_oq: MakeOQ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the NATS chaos run (seed 203): a run failed, and storing its retry (its
+    # events first) hung on a cut connection; a stop then cut that short and handed the
+    # task back as unfinished, giving back the attempt the failed run had spent.
+    oq = await make_oq()
+    storage = oq.engine.events.storage
+    assert storage is not None
+    append = storage.append
+    writing, back = asyncio.Event(), asyncio.Event()
+
+    async def hanging_append(events: Any) -> Any:
+        if any(e.event_type is EventType.RETRY for e in events):
+            writing.set()
+            await back.wait()
+        return await append(events)
+
+    monkeypatch.setattr(storage, "append", hanging_append)
+    key = f"stop-retry-{uuid.uuid4().hex}"
+    task_id = await oq.submit(tasks.flaky, (key, 1), max_retries=1, retry_delay=60)
+    pool = oq.worker()
+    await pool.start()
+    await asyncio.wait_for(writing.wait(), timeout=10)
+    stopping = asyncio.create_task(pool.stop(timeout=0))
+    await asyncio.sleep(0.2)  # the stop cuts what still runs short
+    back.set()
+    await asyncio.wait_for(stopping, timeout=10)
+    task = await oq.get_task(task_id)
+    assert task is not None
+    assert (task.status, task.attempts) == (TaskStatus.RETRYING, 1)
 
 
 async def _started(marker: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -204,5 +205,42 @@ async def test_an_update_whose_reply_was_cut_is_not_taken_for_a_lost_race(
         assert stored is not None and stored.status is TaskStatus.COMPLETE
         assert [t.id for t in await queue.list(status=TaskStatus.COMPLETE)] == ["cut1"]
     finally:
+        await close_backend(backend)
+        proxy.stop()
+
+
+async def test_a_lease_runs_from_the_write_not_from_before_slow_requests(
+    s3_endpoint: str, bucket: str
+) -> None:
+    # Found by the chaos runner: on a loaded moto a claim took 20-200 s, and the lease it
+    # wrote was counted from the ``now`` taken before its listings and reads, so it had
+    # run out before it was even written; other workers took the task over at once. A
+    # lease (claimed or renewed) must run its full length from the update's decision,
+    # made after those requests.
+    proxy = FaultProxy("127.0.0.1", int(s3_endpoint.rsplit(":", 1)[1]))
+    proxy.start()
+    options = {"endpoint_url": f"http://127.0.0.1:{proxy.port}", "key": S3_KEY, "secret": S3_SECRET}
+    backend = FileBackend(f"s3://{bucket}/omniq", Settings(storage_options=options))
+    latency, lease = 0.2, 1.0
+    try:
+        await backend.connect()
+        queue = backend.task_queue()
+        await queue.enqueue([task("slow1")])
+        proxy.set_latency(latency)  # each chunk, each way: a request takes 2 latencies or more
+        now = utcnow()
+        [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=lease, now=now)
+        # Before deciding, the claim listed (ready and running, at once) and read the record.
+        assert claimed.lease_expires_at is not None
+        assert claimed.lease_expires_at >= now + timedelta(seconds=lease + 4 * latency)
+        stored = await queue.get("slow1")
+        assert stored is not None and stored.lease_expires_at == claimed.lease_expires_at
+        now = utcnow()
+        assert await queue.renew(["slow1"], "w", lease_seconds=lease, now=now) == {"slow1"}
+        # Before deciding, the renewal read the record.
+        renewed = await queue.get("slow1")
+        assert renewed is not None and renewed.lease_expires_at is not None
+        assert renewed.lease_expires_at >= now + timedelta(seconds=lease + 2 * latency)
+    finally:
+        proxy.set_latency(0)
         await close_backend(backend)
         proxy.stop()

@@ -136,3 +136,13 @@ def test_metrics_and_tracing_names() -> None:
     assert omniq.Settings().metrics_port is None and omniq.Settings().tracing is False
     assert "trace" in omniq.Task.__struct_fields__
     assert isinstance(WorkerPool.metrics_port, property)
+
+
+def test_the_dashboard_names() -> None:
+    from omniq.dashboard import create_app  # SPEC §8, dashboard
+
+    signature = inspect.signature(create_app)
+    assert list(signature.parameters) == ["oq", "auth", "read_only"]
+    assert signature.parameters["auth"].default is None
+    assert signature.parameters["read_only"].default is False
+    assert signature.parameters["auth"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -1,6 +1,7 @@
 """What importing OmniQ pulls in: the Redis extra installs hiredis only, so nothing on the
-worker's path may import redis-py; yaml and dill are paid for only when used, and so are
-prometheus_client and OpenTelemetry (metrics_port, tracing=True)."""
+worker's path may import redis-py; yaml and dill are paid for only when used; the web
+extra's Starlette, Jinja2 and uvicorn only when a dashboard is made; prometheus_client and
+OpenTelemetry only with metrics_port and tracing=True."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import sys
 
 _PROBE = """
 import sys
-import omniq, omniq.cli, omniq.storage.redis, omniq.workers
-names = ("redis", "yaml", "dill", "prometheus_client", "opentelemetry")
+import omniq, omniq.cli, omniq.dashboard, omniq.storage.redis, omniq.workers
+names = ("redis", "yaml", "dill", "starlette", "jinja2", "uvicorn")
+names += ("prometheus_client", "opentelemetry")
 print(" ".join(sorted(m for m in names if m in sys.modules)))
 """
 
 
-def test_the_worker_path_imports_neither_redis_py_nor_yaml_nor_dill() -> None:
+def test_the_worker_path_imports_neither_redis_py_nor_yaml_nor_dill_nor_starlette() -> None:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, timeout=60
     )

@@ -15,7 +15,7 @@ import heapq
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -40,6 +40,7 @@ from omniq.storage.file._store import Change, Store
 __all__ = [
     "INFLIGHT",
     "STALE",
+    "LeaseClock",
     "ReadyCache",
     "Unreadable",
     "candidates",
@@ -89,6 +90,31 @@ async def shared_listing(store: Store, dirs: Sequence[str]) -> _Listing:
 
         pending.add_done_callback(done)
     return await asyncio.shield(pending)
+
+
+class LeaseClock:
+    """The caller's ``now``, moved on by the time spent since this clock was made.
+
+    A lease is counted from when the update that writes it decides, right after its read
+    and right before its write, not from a ``now`` taken before the listings and reads
+    that come first: on a slow store (an object store under load) those can take longer
+    than the lease itself, which would then be short, or over before it was written.
+    Measured on the monotonic clock and added to the caller's ``now``, so a caller that
+    passes a ``now`` of its own (a test, a replay) keeps its frame of time.
+    """
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+        self._started = time.monotonic()
+
+    def __call__(self) -> datetime:
+        """``now`` plus the time elapsed since the clock was made."""
+        return self._now + timedelta(seconds=time.monotonic() - self._started)
+
+    def lease(self, lease_seconds: float) -> tuple[datetime, datetime]:
+        """The time now and the end of a lease of ``lease_seconds`` that starts now."""
+        now = self()
+        return now, now + timedelta(seconds=lease_seconds)
 
 
 @dataclass
@@ -278,13 +304,15 @@ def claim_fn(
     entry: Entry,
     queue_names: Mapping[str, str],
     worker_id: str,
-    lease: datetime,
-    now: datetime,
+    lease_seconds: float,
+    clock: LeaseClock,
 ) -> Callable[[bytes | None], Change[Any]]:
     """The update that leases ``entry``'s task to ``worker_id`` if it is claimable: its
-    result is the leased Task, an :class:`Unreadable`, :data:`STALE` or None."""
+    result is the leased Task, an :class:`Unreadable`, :data:`STALE` or None. The lease
+    runs ``lease_seconds`` from when the update decides (``clock``), after its read."""
 
     def fn(current: bytes | None) -> Change[Any]:
+        now, lease = clock.lease(lease_seconds)
         if current is None:
             return _stale_change(store, entry, None)
         try:

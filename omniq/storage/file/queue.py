@@ -7,7 +7,7 @@ import builtins
 import itertools
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -20,6 +20,7 @@ from omniq.storage.base import Ack, BaseTaskQueue
 from omniq.storage.file._claim import (
     INFLIGHT,
     STALE,
+    LeaseClock,
     ReadyCache,
     Unreadable,
     candidates,
@@ -184,10 +185,14 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
 
         Lists the ready and running directories of ``queues`` (names only), then claims
         candidates in name order (with ``strict``: queue by queue in list order, each in
-        name order), each with one atomic update of its record.
+        name order), each with one atomic update of its record. A lease runs
+        ``lease_seconds`` from when that update reads the record and decides: ``now``
+        plus the time the claim spent until then (listings, reads), so a slow store does
+        not shorten it.
         """
         if limit <= 0 or not queues:
             return []
+        clock = LeaseClock(now)
         store = await self._s()
         limits: list[list[str]] = []
         found, fresh = await candidates(
@@ -196,7 +201,6 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
         if fresh is not None:
             self._ready_cache = fresh
         claimed: list[Task] = []
-        lease = now + timedelta(seconds=lease_seconds)
         queue_names = {token(queue): queue for queue in queues}
         gate = None
         if limits and limits[0]:  # limits are stored: only what they let start (_limits.py)
@@ -219,7 +223,7 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
                     [
                         (
                             record_path(entry.token),
-                            claim_fn(store, entry, queue_names, worker_id, lease, now),
+                            claim_fn(store, entry, queue_names, worker_id, lease_seconds, clock),
                         )
                         for entry in window
                     ]
@@ -250,14 +254,19 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
     async def renew(
         self, task_ids: Collection[str], worker_id: str, *, lease_seconds: float, now: datetime
     ) -> set[str]:
-        """Extend the leases ``worker_id`` holds; return the ids it still holds."""
+        """Extend the leases ``worker_id`` holds; return the ids it still holds.
+
+        Each new lease runs ``lease_seconds`` from when its update reads the record and
+        decides (``now`` plus the time spent until then), as a claim's does.
+        """
+        clock = LeaseClock(now)
         store = await self._s()
-        lease = now + timedelta(seconds=lease_seconds)
 
         def decide(task: Task) -> Task | None:
             if not _holds(task, worker_id):
                 return None
-            return msgspec.structs.replace(task, lease_expires_at=lease, updated_at=now)
+            at, lease = clock.lease(lease_seconds)
+            return msgspec.structs.replace(task, lease_expires_at=lease, updated_at=at)
 
         results = await self._change(store, list(task_ids), decide)
         return {task.id for task in results if task is not None}

@@ -52,7 +52,7 @@ QUEUE_ORDERS = ("merged", "strict")
 # field -> (kind, argument). A trailing "?" makes the kind optional (None allowed); "upper"
 # and "lower" are case-insensitive choices among the argument, stored in that case; the
 # argument of "int" is its minimum, of "duration" whether 0 is excluded, of "url" the
-# schemes allowed (None: any storage URL).
+# schemes allowed (None: any storage URL); a "port" is a TCP port, 1 to 65535.
 RULES: dict[str, tuple[str, Any]] = {
     "base_dir": ("path", None),
     "log_level": ("upper", LOG_LEVELS),
@@ -90,6 +90,9 @@ RULES: dict[str, tuple[str, Any]] = {
     "event_flush_interval": ("duration", False),
     "event_batch_size": ("int", 1),
     "sqlite_synchronous": ("upper", ("FULL", "NORMAL")),
+    "metrics_port": ("port?", None),
+    "metrics_host": ("text", None),
+    "tracing": ("bool", None),
 }
 
 
@@ -127,7 +130,7 @@ def _keys(value: Any, from_text: bool) -> str | tuple[str, ...]:
 def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
     """``value`` converted for a field of ``kind``; ``from_text`` for environment strings."""
     if kind.endswith("?"):
-        nulls = ("", "none", "null") if kind in ("duration?", "int?") else ("",)
+        nulls = ("", "none", "null") if kind in ("duration?", "int?", "port?") else ("",)
         if value is None or (from_text and value.strip().lower() in nulls):
             return None
         kind = kind[:-1]
@@ -177,6 +180,14 @@ def _check(kind: str, arg: Any, value: Any, from_text: bool) -> Any:
                 raise _Invalid from None
         if isinstance(value, int) and not isinstance(value, bool) and value >= arg:
             return value
+    elif kind == "port":
+        if from_text:
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise _Invalid from None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+            return value
     elif kind == "mapping":
         if from_text:
             try:
@@ -194,6 +205,7 @@ def _expected(kind: str, arg: Any) -> str:
         "path": "a non-empty path (a string or an os.PathLike such as pathlib.Path)",
         "name": "letters, digits and underscores, starting with a letter",
         "int": f"an integer >= {arg}",
+        "port": "a TCP port number (1 to 65535)",
         "duration": f"a duration {'>' if arg else '>='} 0 ({DURATION_FORM})",
         "mapping": "a mapping with string keys (a JSON object in the environment)",
         "keys": "a non-empty string, or a non-empty list of them (a JSON list in the environment)",
@@ -206,7 +218,7 @@ def _expected(kind: str, arg: Any) -> str:
             else f"a storage URL ({ACCEPTED_FORMS})"
         )
     form = forms.get(kind.rstrip("?")) or "one of " + ", ".join(repr(o) for o in arg)
-    if kind in ("duration?", "int?"):
+    if kind in ("duration?", "int?", "port?"):
         return form + ", or none ('none', 'null' or '' in the environment)"
     return form + ", or none" if kind.endswith("?") else form
 

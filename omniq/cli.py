@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from omniq._tracing import flush_spans
 from omniq.config import (
     LOG_LEVELS,
     QUEUE_ORDERS,
@@ -105,6 +106,8 @@ async def _run_worker(args: argparse.Namespace) -> int:
         queues=args.queues,
         queue_order=args.queue_order,
     )
+    if args.metrics_port is not None:
+        pool.metrics_port = args.metrics_port
     loop = asyncio.get_running_loop()
     signals_seen = 0
     stopper: list[asyncio.Task[None]] = []
@@ -134,6 +137,17 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
 
 LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _port(text: str) -> int:
+    """``--metrics-port``: a TCP port (argparse reports a bad one as a usage error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a TCP port number (1 to 65535)")
+    return port
 
 
 def loop_factory(choice: str, worker_type: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -400,6 +414,13 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="event loop: uvloop when installed (auto, the default), asyncio or uvloop",
     )
+    w.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://<metrics_host>:PORT/metrics "
+        "(default: metrics_port; needs omniq[metrics])",
+    )
     w.set_defaults(handler=_run_worker)
 
     e = command("enqueue", "enqueue package.module:function with JSON arguments")
@@ -504,7 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code: int = runner.run(args.handler(args))
         if args.handler is _run_worker and threading.active_count() > 1:
             # A task still blocking a thread after the graceful stop would make the
-            # interpreter wait for it at exit; its lease was handed back, so leave now.
+            # interpreter wait for it at exit; its lease was handed back, so leave now,
+            # with the spans a tracer provider still buffers exported (its exit handler
+            # would have: a BatchSpanProcessor's thread is one of those counted).
+            flush_spans()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

@@ -121,6 +121,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     ``queue_order`` is how a worker of several queues claims: ``"merged"`` (by priority,
     due time and enqueue order across them all) or ``"strict"`` (the first listed queue
     with claimable work first); see :meth:`omniq.AsyncOmniQ.worker`.
+    ``metrics_port`` makes every worker pool serve Prometheus metrics at
+    ``http://<metrics_host>:<metrics_port>/metrics`` while it runs (the ``metrics``
+    extra); ``tracing`` opens OpenTelemetry spans around submits and task runs (the
+    ``otel`` extra). README, "Metrics" and "Tracing".
     """
 
     # Any os.PathLike is taken; the value kept is always its str.
@@ -162,6 +166,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     event_flush_interval: float = 0.05
     event_batch_size: int = 500
     sqlite_synchronous: str = "NORMAL"
+    # Observability (SPEC §8): the worker's Prometheus endpoint (None: off), the address
+    # it listens on (every interface, so a Prometheus elsewhere can scrape it), and
+    # OpenTelemetry spans around submit and each run.
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"  # nosec B104 # scraped from other hosts
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         given = frozenset(name for name in _TYPES if getattr(self, name) != _NOT_GIVEN)

@@ -187,7 +187,10 @@ class AsyncOmniQ:
             rate_limit=rate_limit,
             max_concurrency=max_concurrency,
         )
-        return await engine.submit(task, now, given_id=task_id is not None)
+        if engine.tracing is None:
+            return await engine.submit(task, now, given_id=task_id is not None)
+        with engine.tracing.publishing([task]) as (traced,):
+            return await engine.submit(traced, now, given_id=task_id is not None)
 
     async def enqueue(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
         """Enqueue ``func(*args, **kwargs)`` with default options; return the task id.
@@ -217,7 +220,12 @@ class AsyncOmniQ:
         engine = await self._ready()
         now = utcnow()
         tasks = engine.builder.build_many(func, args_list, options, now=now)
-        return await engine.store_new(tasks, now) if tasks else []
+        if not tasks:
+            return []
+        if engine.tracing is None:
+            return await engine.store_new(tasks, now)
+        with engine.tracing.publishing(tasks) as traced:
+            return await engine.store_new(traced, now)
 
     # -- reading -----------------------------------------------------------------------
 

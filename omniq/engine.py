@@ -29,6 +29,7 @@ from omniq._building import TaskBuilder
 from omniq._limits import Limit, queue_key, task_limits
 from omniq._loops import LoopBinding
 from omniq._storages import Component, Storages
+from omniq._tracing import Tracing
 from omniq._urls import is_shared_store
 from omniq.config import LoggingConfig, Settings
 from omniq.decisions import (
@@ -122,6 +123,8 @@ class Engine:
         self.settings = settings
         self.serializer = serializer_for(settings, specs.get("task_queue"))
         self.builder = TaskBuilder(settings, self.serializer)
+        #: The spans of submits and runs (``tracing=True``; None: tracing off).
+        self.tracing = Tracing() if settings.tracing else None
         self.storages = Storages(settings, specs)
         self.events = self._fresh_event_logger(None)
         self._pools: set[RunningPool] = set()

@@ -112,6 +112,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
 
     ``attempts`` counts the runs that started; ``lost_runs`` how many of them were lost
     with their worker (its lease ran out), which do not use up ``max_retries``.
+    ``trace`` is the trace context of the span that submitted the task (W3C
+    ``traceparent`` and ``tracestate``, with ``tracing=True``), which each run continues.
     """
 
     id: str
@@ -142,6 +144,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, eq=False, omit_defaults=Tr
     #: running at once, across every worker that shares the backend. None: no limit.
     rate_limit: str | None = None
     max_concurrency: int | None = None
+    #: The submitter's trace context (``tracing=True``), None without: left out of the
+    #: stored record then (``omit_defaults``).
+    trace: dict[str, str] | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id

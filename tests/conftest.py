@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +118,28 @@ async def drop_postgres_schema(url: str, namespace: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> Any:
+    """This process's OpenTelemetry spans, kept in memory (an ``InMemorySpanExporter``):
+    the global tracer provider can be set once per process, so once for every test that
+    records spans. Cleared before each use by :func:`spans`."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def spans(span_exporter: Any) -> Iterator[Any]:
+    """The in-memory span exporter, emptied before and after the test."""
+    span_exporter.clear()
+    yield span_exporter
+    span_exporter.clear()

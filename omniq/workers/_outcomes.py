@@ -24,6 +24,7 @@ from omniq.storage.base import Ack, Finish
 
 if TYPE_CHECKING:
     from omniq.engine import Engine
+    from omniq.workers._metrics import PoolMetrics
 
 __all__ = ["Outcomes"]
 
@@ -63,6 +64,8 @@ class Outcomes:
         self.stopping = stopping
         self.on_written = on_written
         self.finished: list[Finish] = []
+        #: The pool's Prometheus metrics while it serves them (``metrics_port``).
+        self.metrics: PoolMetrics | None = None
         # Events of the held tasks not yet handed to the event logger: they are written
         # with the task's result (one write, never after it), or handed over once the task
         # has run for ``spill_after`` seconds, so a long run shows EXECUTING meanwhile.
@@ -170,6 +173,8 @@ class Outcomes:
             now=utcnow(),
         )
         events = self._pending.pop(task.id, ())
+        if self.metrics is not None:
+            self.metrics.finished(task, status)
         self.finished.append(Finish(Ack(task.id, self.worker_id, status, ran), result, events))
         if self._wakeup is not None:
             self._wakeup.set()

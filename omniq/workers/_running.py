@@ -10,6 +10,7 @@ failure with retries left, stored as a retry after its backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Container
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ from omniq.workers.executors import BaseExecutor
 
 if TYPE_CHECKING:
     from omniq.engine import Engine
+    from omniq.workers._metrics import PoolMetrics
 
 __all__ = ["TaskRunner"]
 
@@ -60,6 +62,8 @@ class TaskRunner:
         self.running = running
         self.counts = counts
         self.progress = ProgressWriter(lambda: engine.queue, worker_id)
+        #: The pool's Prometheus metrics while it serves them (``metrics_port``).
+        self.metrics: PoolMetrics | None = None
 
     async def run(self, task: Task) -> None:
         """Run a claimed task once and queue its outcome (or store its retry)."""
@@ -138,7 +142,15 @@ class TaskRunner:
         context = self.progress.context(task)
         token = set_current_task(context)
         try:
-            return await executor.run(task, func, args, kwargs, task.timeout)
+            if self.metrics is None and self.engine.tracing is None:
+                return await executor.run(task, func, args, kwargs, task.timeout)
+            with contextlib.ExitStack() as observed:
+                # The run in its span (tracing=True) and its metrics (metrics_port).
+                if self.engine.tracing is not None:
+                    observed.enter_context(self.engine.tracing.processing(task, self.worker_id))
+                if self.metrics is not None:
+                    observed.enter_context(self.metrics.attempt(task, self.held))
+                return await executor.run(task, func, args, kwargs, task.timeout)
         except asyncio.CancelledError:
             context.close()
             raise  # stopped: a pending report is left to the background flush
@@ -219,3 +231,5 @@ class TaskRunner:
             self.held.discard(task.id)
         if moved:
             self.counts["retried"] += 1
+            if self.metrics is not None:
+                self.metrics.finished(task, TaskStatus.RETRYING)

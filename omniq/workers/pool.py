@@ -26,6 +26,7 @@ from omniq.config import Duration, parse_duration
 from omniq.errors import ConfigError, OmniQError, StorageError
 from omniq.models import Task, utcnow
 from omniq.workers._leases import LeaseKeeper
+from omniq.workers._metrics import serve_metrics
 from omniq.workers._options import parse_queue_order, parse_queues
 from omniq.workers._outcomes import Outcomes
 from omniq.workers._presence import keep_registered
@@ -87,6 +88,8 @@ class AsyncWorkerPool:
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
         self.lease_seconds: float = settings.lease_seconds
+        #: Serve Prometheus metrics on this port while running (None: off); set before run.
+        self.metrics_port: int | None = settings.metrics_port
         #: Counts of outcomes since start: complete, failed, retried, expired, and
         #: cancelled (runs stopped because the task was cancelled, or taken over).
         self.counts: dict[str, int] = dict.fromkeys(
@@ -218,6 +221,9 @@ class AsyncWorkerPool:
             type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
         try:
+            if self.metrics_port is not None:  # a busy port fails the run, cleaned up below
+                hooked = (self._outcomes, self._runner)
+                helpers.append(serve_metrics(self.engine, self.queues, self.metrics_port, hooked))
             await self._claim_loop(burst)
         finally:
             try:

@@ -48,6 +48,16 @@ class WorkerPool:
         return self._async.queue_order
 
     @property
+    def metrics_port(self) -> int | None:
+        """The port it serves Prometheus metrics on while it runs (None: none; default:
+        the ``metrics_port`` setting). Set it before the pool starts."""
+        return self._async.metrics_port
+
+    @metrics_port.setter
+    def metrics_port(self, port: int | None) -> None:
+        self._async.metrics_port = port
+
+    @property
     def counts(self) -> dict[str, int]:
         """Outcome counts since start."""
         return self._async.counts

@@ -129,6 +129,15 @@ def test_task_context_names_are_exported() -> None:
     assert callable(TaskContext.progress)
 
 
+def test_metrics_and_tracing_names() -> None:
+    # SPEC §8, metrics and tracing: the settings, the pool's port, the task's context.
+    fields = set(omniq.Settings.__struct_fields__)
+    assert {"metrics_port", "tracing"} <= fields
+    assert omniq.Settings().metrics_port is None and omniq.Settings().tracing is False
+    assert "trace" in omniq.Task.__struct_fields__
+    assert isinstance(WorkerPool.metrics_port, property)
+
+
 def test_the_dashboard_names() -> None:
     from omniq.dashboard import create_app  # SPEC §8, dashboard
 

@@ -1,20 +1,25 @@
-"""Requeue and the worker registry on the file backend (``omniq.storage._fleet``): a
-requeue is one atomic update of the task's record (its index entry moved with it);
-each registration is an object ``w/<token>`` of the task store, written whole."""
+"""Requeue, the worker registry, progress and limits on the file backend
+(``omniq.storage._fleet``): a requeue is one atomic update of the task's record (its
+index entry moved with it); each registration is an object ``w/<token>`` of the task
+store, written whole; progress is ``p/<token>`` (``_progress``), limits one record
+(``_limits``)."""
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
 
-from omniq.models import Task, TaskStatus, WorkerInfo
+from omniq._limits import Limit
+from omniq.models import Progress, Task, TaskStatus, WorkerInfo
 from omniq.storage._fleet import decode_worker, encode_worker
 from omniq.storage.file._base import FileComponent
 from omniq.storage.file._claim import claimable
 from omniq.storage.file._layout import decode_record, moved, record_path, to_us, token, wake
+from omniq.storage.file._limits import write_limits
+from omniq.storage.file._progress import read_progress, write_progress
 from omniq.storage.file._store import Change
 
 __all__ = ["FileFleet"]
@@ -32,8 +37,8 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 
 class FileFleet(FileComponent):
-    """The file task queue's requeue and worker registry (the primitives of
-    ``omniq.storage._fleet.FleetQueue``)."""
+    """The file task queue's requeue, worker registry, progress and limits (the
+    primitives of ``omniq.storage._fleet.FleetQueue``)."""
 
     async def requeue(
         self, task: Task, *, from_statuses: Collection[TaskStatus], now: datetime
@@ -86,3 +91,26 @@ class FileFleet(FileComponent):
         if lapsed:
             await store.delete_many(lapsed)
         return sorted(found, key=lambda w: w.id)
+
+    # -- progress (file/_progress.py) ------------------------------------------------------
+
+    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
+        """Store tasks' progress, one object each (``omniq.storage.file._progress``)."""
+        if updates:
+            await write_progress(await self._s(), updates)
+
+    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress of ``task_ids`` (one read each, together)."""
+        return await read_progress(await self._s(), task_ids) if task_ids else {}
+
+    # -- limits (file/_limits.py) ----------------------------------------------------------
+
+    async def set_limit(self, key: str, limit: Limit | None) -> None:
+        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
+        store = await self._s()
+        await write_limits(store, {key: limit})
+        wake(store)
+
+    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
+        """Note the limits of task names before tasks carrying them are stored."""
+        await write_limits(await self._s(), dict(limits))

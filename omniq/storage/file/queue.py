@@ -6,16 +6,16 @@ import asyncio
 import builtins
 import itertools
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from omniq._limits import Limit, LimitedClaim
+from omniq._limits import LimitedClaim
 from omniq.config import Settings
 from omniq.errors import StorageError
-from omniq.models import FINAL_STATUSES, Progress, Task, TaskStatus, utcnow
+from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
 from omniq.storage.base import Ack, BaseTaskQueue
 from omniq.storage.file._claim import (
     INFLIGHT,
@@ -45,8 +45,8 @@ from omniq.storage.file._layout import (
     wake_ups,
     with_entry,
 )
-from omniq.storage.file._limits import LIMITS_DIR, claim_limited, write_limits
-from omniq.storage.file._progress import delete_progress, read_progress, write_progress
+from omniq.storage.file._limits import LIMITS_DIR, claim_limited
+from omniq.storage.file._progress import delete_progress
 from omniq.storage.file._store import Change, Store
 from omniq.storage.file.connection import FileConnection
 from omniq.storage.file.schedules import AsyncFileScheduleStorage
@@ -590,24 +590,3 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, ceiling)
-
-    async def set_progress(self, updates: Mapping[str, Progress]) -> None:
-        """Store tasks' progress, one object each (``omniq.storage.file._progress``)."""
-        if updates:
-            await write_progress(await self._s(), updates)
-
-    async def get_progress(self, task_ids: Sequence[str]) -> dict[str, Progress]:
-        """The progress of ``task_ids`` (one read each, together)."""
-        return await read_progress(await self._s(), task_ids) if task_ids else {}
-
-    # -- limits (file/_limits.py) ----------------------------------------------------------
-
-    async def set_limit(self, key: str, limit: Limit | None) -> None:
-        """Store (None: remove) the limit of ``key``; claims apply it from now on."""
-        store = await self._s()
-        await write_limits(store, {key: limit})
-        wake(store)
-
-    async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
-        """Note the limits of task names before tasks carrying them are stored."""
-        await write_limits(await self._s(), dict(limits))

@@ -72,6 +72,7 @@ IDLE_CLIENT_COMMANDS = {"evalsha", "blpop"}
 IDLE_SCRIPT_READS = {
     *("zrange", "zrangebyscore", "hget", "hmget", "smembers", "zcard", "llen"),
     "time",  # a claim pipelined behind a blocking pop reads the server's clock
+    "hgetall",  # a claim reads the global limits (an empty hash when none are set)
 }
 
 

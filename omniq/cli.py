@@ -319,13 +319,7 @@ async def _requeue(args: argparse.Namespace) -> int:
                 )
             print(f"requeued {args.task_id}")
             return EXIT_OK
-        count = 0
-        while True:  # a page at a time: each requeued task leaves the listing
-            page = await oq.list_tasks(queue=args.queue, status=args.status, limit=500)
-            done = sum([await oq.requeue(task.id) for task in page])
-            count += done
-            if not done:
-                break
+        count = await oq.requeue_all(status=args.status, queue=args.queue)
     print(f"requeued {count} task{'' if count == 1 else 's'}")
     return EXIT_OK
 

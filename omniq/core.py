@@ -429,6 +429,20 @@ class AsyncOmniQ:
         """
         return await (await self._ready()).requeue(task_id)
 
+    async def requeue_all(
+        self, *, status: TaskStatus | str = TaskStatus.FAILED, queue: str | None = None
+    ) -> int:
+        """:meth:`requeue` every task in ``status`` (``failed`` by default; ``cancelled``
+        or ``expired`` too), of ``queue`` only when given; how many were requeued. Works
+        a page at a time: each requeued task leaves the listing."""
+        count = 0
+        while True:
+            page = await self.list_tasks(queue=queue, status=status, limit=500)
+            done = sum([await self.requeue(task.id) for task in page])
+            count += done
+            if not done:
+                return count
+
     async def list_workers(self) -> list[WorkerInfo]:
         """The worker pools running now on this client's task queue, in any process or
         host, by id: each registers when it starts, beats every third of its

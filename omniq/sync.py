@@ -190,6 +190,8 @@ class OmniQ:
 
     requeue = blocking(AsyncOmniQ.requeue)
 
+    requeue_all = blocking(AsyncOmniQ.requeue_all)
+
     list_workers = blocking(AsyncOmniQ.list_workers)
 
     @overload

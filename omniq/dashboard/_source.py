@@ -88,14 +88,8 @@ class Source:
         return bool(await self._call("requeue", task_id))
 
     async def requeue_failed(self, queue: str) -> int:
-        """Requeue every failed task of ``queue``, a page at a time; how many were."""
-        count = 0
-        while True:  # each requeued task leaves the listing
-            page = await self.list_tasks(queue=queue, status=TaskStatus.FAILED, limit=500)
-            done = sum([await self.requeue(task.id) for task in page])
-            count += done
-            if not done:
-                return count
+        """Requeue every failed task of ``queue``; how many were."""
+        return int(await self._call("requeue_all", status=TaskStatus.FAILED, queue=queue))
 
     async def list_schedules(self) -> list[Schedule]:
         """All schedules, by id."""

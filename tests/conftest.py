@@ -5,10 +5,11 @@ A server that is down makes its tests fail loudly (never skip): CI starts them.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,41 @@ POSTGRES_URL = os.environ.get(
 )
 NATS_URL = os.environ.get("OMNIQ_TEST_NATS_URL", "nats://127.0.0.1:4222")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+#: Seconds after which a test that is still running (setup, call and teardown together)
+#: ends the whole run with every thread's stack on stderr. pytest-timeout's 120-s signal
+#: fails a stuck test but cannot stop every hang: its exception, raised in the middle of
+#: an event loop, can land in a callback or a background task that swallows it, and a
+#: teardown after a timed-out call has no timer at all. A hang then would last until CI
+#: kills the run, with nothing said; this backstop makes it a failure with the stacks.
+HANG_BACKSTOP = 300
+
+
+_backstop_stderr: int | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep a copy of the real stderr for the hang backstop (fd 2 is the capture's file
+    while a test runs)."""
+    global _backstop_stderr
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        _backstop_stderr = os.dup(2)
+        return
+    with capture.global_and_fixture_disabled():
+        _backstop_stderr = os.dup(2)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Arm the hang backstop (``HANG_BACKSTOP``) around each test."""
+    if _backstop_stderr is not None:
+        faulthandler.dump_traceback_later(HANG_BACKSTOP, exit=True, file=_backstop_stderr)
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -80,6 +80,9 @@ class Outcomes:
         # claimed back meanwhile (applied if the write fails and is tried again).
         self._in_flight: Sequence[Finish] = ()
         self._reclaimed: dict[str, int] = {}
+        # How many outcomes of each task are queued or in flight: a claim asks reclaimed()
+        # about every task it takes, and almost none has one (a look-up, not a scan).
+        self._unwritten: dict[str, int] = {}
 
     @property
     def busy(self) -> bool:
@@ -176,6 +179,8 @@ class Outcomes:
         if self.metrics is not None:
             self.metrics.finished(task, status)
         self.finished.append(Finish(Ack(task.id, self.worker_id, status, ran), result, events))
+        unwritten = self._unwritten
+        unwritten[task.id] = unwritten.get(task.id, 0) + 1
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -183,6 +188,8 @@ class Outcomes:
         """This worker claimed ``task`` again while its finished run waits to be written
         (the lease ran out meanwhile): the outcome is written under the new claim, with
         its ``attempts``; True if there was one."""
+        if task.id not in self._unwritten:
+            return False
         for index, item in enumerate(self.finished):
             if item.ack.task_id == task.id:
                 self.finished[index] = _with_attempts(item, task.attempts)
@@ -191,6 +198,15 @@ class Outcomes:
             self._reclaimed[task.id] = task.attempts
             return True
         return False
+
+    def _written(self, batch: Sequence[Finish]) -> None:
+        """Count ``batch`` out of the unwritten outcomes (written, or given up on)."""
+        unwritten = self._unwritten
+        for item in batch:
+            task_id = item.ack.task_id
+            left = unwritten.pop(task_id, 1) - 1
+            if left > 0:
+                unwritten[task_id] = left
 
     async def write_loop(self) -> None:
         """Write finished tasks as they come (the pool runs this in the background)."""
@@ -244,6 +260,7 @@ class Outcomes:
                     logger.error(
                         "giving up on %d results: %s (their leases will expire)", len(batch), exc
                     )
+                    self._written(batch)
                     return
                 self.finished[:0] = batch
                 backoff = min(_MAX_BACKOFF, max(0.05, backoff * 2))
@@ -252,6 +269,7 @@ class Outcomes:
                 continue
             finally:
                 self._in_flight = ()
+            self._written(batch)
             # A write that reached the store only after this worker's claim took the task
             # back was applied under that claim, with the old run's count: recount it.
             recounted = [

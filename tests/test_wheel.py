@@ -127,6 +127,12 @@ def test_the_wheel_metadata_carries_the_source_version(dist: Path) -> None:
     assert "omniq = omniq.cli:main" in entry_points
 
 
+def test_the_changelog_has_an_entry_for_this_version() -> None:
+    # A release bumps omniq.__version__ and says what changed under that heading.
+    headings = (REPO_ROOT / "CHANGELOG.md").read_text(encoding="utf-8").splitlines()
+    assert any(line.startswith(f"## [{__version__}]") for line in headings)
+
+
 def test_the_installed_wheel_runs_the_demo(dist: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     # --system-site-packages: OmniQ's dependencies come from the system, so only the wheel

@@ -32,6 +32,8 @@ from omniq.retry import Retry
 from omniq.sync import OmniQ, TaskFunction
 from omniq.workers import AsyncWorkerPool, WorkerPool
 
+# The one place the version is written: the build reads this line (pyproject.toml's
+# [tool.setuptools.dynamic]), `omniq --version` prints it. Keep it a plain string literal.
 __version__ = "0.1.0"
 
 __all__ = [

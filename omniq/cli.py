@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from omniq import __version__
 from omniq._tracing import flush_spans
 from omniq.config import (
     LOG_LEVELS,
@@ -374,6 +375,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omniq", description="OmniQ task queue")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help="YAML settings file (sets OMNIQ_CONFIG)")
     parser.add_argument("--log-level", help="library log level (sets OMNIQ_LOG_LEVEL)")
     app_help = (

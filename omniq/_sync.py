@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
@@ -64,16 +65,53 @@ def _os_thread_class() -> type[threading.Thread]:
     return threading.Thread
 
 
-def ensure_not_in_loop(async_name: str) -> None:
-    """Refuse to block inside a running event loop, pointing to the async class."""
+def ensure_not_in_loop(async_name: str) -> bool:
+    """Refuse to block inside a running event loop, pointing to the async class, except
+    in a cell of IPython/Jupyter (see :func:`_runs_ipython_cells`).
+
+    Returns True when a loop runs in the calling thread all the same (a notebook cell):
+    the call must then run on another thread's loop while this one waits.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return
+        return False
+    if _runs_ipython_cells():
+        return True
     raise SyncInAsyncError(
         f"the blocking API cannot be called from inside a running event loop; "
         f"use {async_name} (await its methods) instead"
     )
+
+
+def _runs_ipython_cells() -> bool:
+    """True in a thread where an IPython shell runs its cells.
+
+    A Jupyter kernel (ipykernel) runs an asyncio loop in its main thread and runs each
+    cell from a coroutine on it, so a cell always finds a running loop. Blocking there
+    stalls nothing a cell does not stall already: ipykernel runs a cell without a
+    top-level ``await`` synchronously (``shell.run_cell`` called from its ``do_execute``
+    coroutine), so its loop stands still for the whole cell, as under ``time.sleep``. A
+    blocking OmniQ call waits only for the client's own loop thread, never for the
+    kernel's loop, so it cannot deadlock there: the call runs on that thread and the cell
+    waits, as it waits for ``requests.get``. Anywhere else (a coroutine under
+    ``asyncio.run``, a server's loop, a thread of the user's in a notebook) blocking would
+    stall other tasks, and the error stays. ipykernel 7's subshells run cells in threads
+    of their own: those count too.
+
+    IPython is looked up, never imported: its ``get_ipython()`` returns a shell only once
+    one runs (ipykernel's ``ZMQInteractiveShell``; the terminal's, whose cells see a
+    running loop only with a top-level ``await``), None when IPython is merely imported.
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    if get_ipython is None or get_ipython() is None:
+        return False
+    thread = threading.current_thread()
+    if thread is threading.main_thread():
+        return True
+    subshell = getattr(sys.modules.get("ipykernel.subshell"), "SubshellThread", None)
+    return isinstance(subshell, type) and isinstance(thread, subshell)
 
 
 class LoopThread:
@@ -167,7 +205,8 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the private loop and block until it returns."""
         try:
-            ensure_not_in_loop(self._async_name)
+            # In a notebook cell a loop runs here: hand the call to a loop thread.
+            in_loop = ensure_not_in_loop(self._async_name)
             if threading.current_thread() is self._thread:
                 raise SyncInAsyncError(
                     f"the blocking API was called from its own loop thread; use {self._async_name}"
@@ -177,7 +216,9 @@ class LoopThread:
             raise
         with self._lock:
             loop = self._loop
-            inline = self._inline and not self._caller_runs and not self._thread_runs()
+            inline = (
+                self._inline and not in_loop and not self._caller_runs and not self._thread_runs()
+            )
             if inline:
                 if loop is None or loop.is_closed():
                     loop = self._loop = asyncio.new_event_loop()

@@ -134,7 +134,8 @@ class WorkerError(OmniQError):
 
 
 class SyncInAsyncError(OmniQError, RuntimeError):
-    """The blocking API was called from inside a running event loop."""
+    """The blocking API was called from inside a running event loop (a Jupyter cell,
+    whose kernel runs one, is let through)."""
 
 
 class EventLoopError(OmniQError, RuntimeError):

@@ -7,7 +7,8 @@ nothing else needs it (a call costs about what it costs in asyncio); a backgroun
 moves the loop to its own thread. Unwritten events do not: they are written during later
 calls, or by a timer thread when no call comes within the logger's flush interval.
 Calling it from inside a running event loop raises ``SyncInAsyncError`` pointing to
-``AsyncOmniQ``.
+``AsyncOmniQ``, except in an IPython/Jupyter cell: the call runs on the client's loop
+thread and the cell waits.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Example::
 
 from omniq.config import Settings
 from omniq.context import TaskContext, current_task
-from omniq.core import AsyncOmniQ, AsyncTaskFunction
+from omniq.core import AsyncOmniQ, AsyncTaskFunction, AsyncTaskHandle
 from omniq.errors import OmniQError
 from omniq.models import (
     ErrorInfo,
@@ -29,7 +29,7 @@ from omniq.models import (
     WorkerInfo,
 )
 from omniq.retry import Retry
-from omniq.sync import OmniQ, TaskFunction
+from omniq.sync import OmniQ, TaskFunction, TaskHandle
 from omniq.workers import AsyncWorkerPool, WorkerPool
 
 # The one place the version is written: the build reads this line (pyproject.toml's
@@ -39,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncOmniQ",
     "AsyncTaskFunction",
+    "AsyncTaskHandle",
     "AsyncWorkerPool",
     "ErrorInfo",
     "EventType",
@@ -52,6 +53,7 @@ __all__ = [
     "TaskContext",
     "TaskEvent",
     "TaskFunction",
+    "TaskHandle",
     "TaskResult",
     "TaskStatus",
     "WorkerInfo",

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from omniq import _callables
-from omniq._ids import new_task_id, new_task_ids
+from omniq._ids import new_task_id, new_task_ids, plain_id
 from omniq._limits import Limit
 from omniq.config import Duration, Settings, parse_duration
 from omniq.errors import ConfigError, TaskArgumentError, ValueTooLargeError
@@ -162,14 +162,14 @@ class TaskBuilder:
             wait = seconds(delay, "delay")
             due_at = now + timedelta(seconds=wait) if wait else None
         ttl_s = seconds(ttl, "ttl") if ttl is not None else settings.task_ttl
-        deps = tuple(depends_on)
+        deps = tuple(map(plain_id, depends_on))  # task handles as their plain ids
         if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
             raise ConfigError(f"argument max_retries={max_retries!r}: expected an integer >= 0")
         if not isinstance(priority, int):
             raise ConfigError(f"argument priority={priority!r}: expected an integer")
         Limit.of(rate_limit, max_concurrency)  # a bad limit fails here, naming it
         return Task(
-            id=task_id or new_task_id(),
+            id=plain_id(task_id) if task_id else new_task_id(),
             func=path,
             payload=payload,
             queue=queue or settings.default_queue,

@@ -1,4 +1,5 @@
-"""Time-ordered task ids (UUID version 7 layout), so ids sort in creation order."""
+"""Task ids: time-ordered (UUID version 7 layout), so ids sort in creation order; and
+:class:`IdStr`, the ``str`` subclass task handles build on, which travels as its plain id."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import threading
 import time
 
-__all__ = ["new_task_id", "new_task_ids"]
+__all__ = ["IdStr", "new_task_id", "new_task_ids", "plain_id"]
 
 _lock = threading.Lock()
 # Ids need uniqueness, not secrecy: the Mersenne Twister is ample and far cheaper than
@@ -68,3 +69,31 @@ def new_task_ids(count: int) -> list[str]:
         count -= take
         ms, seq = ms + 1, 0
     return ids
+
+
+class IdStr(str):
+    """A task id that is a ``str`` subclass (the task handles): equal to, hashed and
+    formatted as its id, and stored, pickled and encoded as that plain ``str``.
+
+    Storage and msgspec take only exact ``str`` (msgspec refuses a subclass), so every
+    place an id leaves the process turns it into one with :func:`plain_id`, and a pickle
+    (a handle passed to another process, or inside a dill payload) carries the id alone:
+    the client a handle holds stays behind.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return (str, (str(self),))
+
+    def __copy__(self) -> IdStr:
+        return self
+
+    def __deepcopy__(self, memo: object) -> IdStr:
+        return self
+
+
+def plain_id(task_id: str) -> str:
+    """``task_id`` as an exact ``str`` (a task handle gives its id); anything else as it is,
+    so a wrong type still fails where it always did, naming itself."""
+    return str(task_id) if isinstance(task_id, IdStr) else task_id

@@ -4,7 +4,8 @@ msgpack written by msgspec carries str, bytes, float, bool, None, ints within 64
 lists and dicts of them as they are. Values it would not round-trip exactly (tuple, set,
 frozenset, Decimal, UUID, date, time, datetime with its time zone, timedelta, bytearray,
 complex, ints beyond 64 bits, dicts whose keys are not plain scalars) travel as typed
-extension values, so they come back with their type. Anything else raises
+extension values, so they come back with their type. A task handle travels as its plain
+id (a ``str``). Anything else raises
 :class:`NeedsDill`: only dill can carry it (``omniq.serialization`` decides whether it may).
 """
 
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from omniq._ids import IdStr
 from omniq.errors import SerializationError
 
 __all__ = [
@@ -86,6 +88,8 @@ def wire(value: Any) -> Any:
         return _Ext(_EXT_DICT, ENCODER.encode(pairs))
     typed = _ENCODERS.get(kind)
     if typed is None:
+        if isinstance(value, IdStr):  # a task handle passed as an argument: its plain id
+            return str(value)
         raise NeedsDill(kind)
     code, encode = typed
     return _Ext(code, encode(value))

@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from omniq._building import checked_status, seconds
+from omniq._ids import plain_id
 from omniq._storages import checked_components, client_settings
-from omniq._task_functions import AsyncTaskFunction
+from omniq._task_functions import AsyncTaskFunction, AsyncTaskHandle
 from omniq.config import Duration, Settings
 from omniq.engine import Engine
 from omniq.events import AsyncEventLogger
@@ -24,7 +25,7 @@ from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueu
 if TYPE_CHECKING:
     from omniq.workers.pool import AsyncWorkerPool
 
-__all__ = ["AsyncOmniQ", "AsyncTaskFunction"]
+__all__ = ["AsyncOmniQ", "AsyncTaskFunction", "AsyncTaskHandle"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -236,7 +237,7 @@ class AsyncOmniQ:
         A task that never started and is past its ``ttl`` reads ``EXPIRED`` (it is
         expired here, with its result and event, if no worker did it yet).
         """
-        return await (await self._ready()).get_task(task_id)
+        return await (await self._ready()).get_task(plain_id(task_id))
 
     async def get_result(
         self, task_id: str, *, wait: bool = False, timeout: Seconds | None = None
@@ -250,11 +251,11 @@ class AsyncOmniQ:
         whose result is gone (past ``result_ttl``) returns None.
         """
         limit = seconds(timeout, "timeout")
-        return await (await self._ready()).get_result(task_id, wait=wait, timeout=limit)
+        return await (await self._ready()).get_result(plain_id(task_id), wait=wait, timeout=limit)
 
     async def get_events(self, task_id: str) -> list[TaskEvent]:
         """The task's lifecycle events, oldest first (``[]`` with events off)."""
-        return await (await self._ready()).get_events(task_id)
+        return await (await self._ready()).get_events(plain_id(task_id))
 
     async def list_tasks(
         self, *, queue: str | None = None, status: TaskStatus | str | None = None, limit: int = 100
@@ -275,7 +276,7 @@ class AsyncOmniQ:
         stopped as its worker type can (README, "Worker types": a ``thread`` runs on,
         its outcome dropped). Exactly one of cancel and finish wins.
         """
-        return await (await self._ready()).cancel(task_id)
+        return await (await self._ready()).cancel(plain_id(task_id))
 
     async def cleanup(self) -> dict[str, int]:
         """Drop expired results, finished tasks past ``result_ttl`` and old events."""
@@ -427,7 +428,7 @@ class AsyncOmniQ:
         dependencies again; dependents cancelled because this task failed stay
         cancelled (requeue them too).
         """
-        return await (await self._ready()).requeue(task_id)
+        return await (await self._ready()).requeue(plain_id(task_id))
 
     async def requeue_all(
         self, *, status: TaskStatus | str = TaskStatus.FAILED, queue: str | None = None

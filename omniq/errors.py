@@ -19,6 +19,8 @@ Every error OmniQ raises derives from :class:`OmniQError`::
     ├── TaskTimeoutError       (also TimeoutError) a task ran past its timeout
     ├── ResultTimeoutError     (also TimeoutError) ``get_result(wait=True)`` gave up waiting
     ├── DependencyFailedError  a dependency ended FAILED, CANCELLED or EXPIRED
+    ├── TaskFailedError        a task whose value was asked for (``handle.result()``) ended
+    │                          FAILED, CANCELLED or EXPIRED
     ├── WorkerError            a worker could not run or stop as asked
     ├── SyncInAsyncError       (also RuntimeError) the sync API called inside a running loop
     └── EventLoopError         (also RuntimeError) a client used from two running loops at once
@@ -27,6 +29,11 @@ Control flow for task authors (``omniq.Retry``) is deliberately not an error.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omniq.models import ErrorInfo, TaskResult
 
 __all__ = [
     "ConfigError",
@@ -41,6 +48,7 @@ __all__ = [
     "StorageError",
     "SyncInAsyncError",
     "TaskArgumentError",
+    "TaskFailedError",
     "TaskImportError",
     "TaskNotFoundError",
     "TaskTimeoutError",
@@ -127,6 +135,34 @@ class DependencyFailedError(OmniQError):
 
     def __reduce__(self) -> tuple[type[DependencyFailedError], tuple[str, str]]:
         return (type(self), (self.dependency_id, self.dependency_status))
+
+
+class TaskFailedError(OmniQError):
+    """A task ended ``FAILED``, ``CANCELLED`` or ``EXPIRED`` where its return value was
+    asked for: ``handle.result()`` of a ``.delay()`` or ``.submit()`` handle.
+
+    ``get_result`` never raises this: it returns the :class:`~omniq.TaskResult`, whose
+    ``error`` this error carries too.
+
+    Attributes:
+        task_id: the task's id.
+        status: its final status (a ``TaskStatus``).
+        error: the stored error (an ``ErrorInfo`` with the exception's qualified
+            ``type``, ``message`` and ``traceback``), or None.
+        result: the whole ``TaskResult``.
+    """
+
+    def __init__(self, result: TaskResult) -> None:
+        error = result.error
+        detail = f": {error.type}: {error.message}" if error is not None else ""
+        super().__init__(f"task {result.task_id} ended {result.status.value}{detail}")
+        self.result = result
+        self.task_id: str = result.task_id
+        self.status = result.status
+        self.error: ErrorInfo | None = error
+
+    def __reduce__(self) -> tuple[type[TaskFailedError], tuple[TaskResult]]:
+        return (type(self), (self.result,))
 
 
 class WorkerError(OmniQError):

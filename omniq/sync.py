@@ -18,17 +18,19 @@ import functools
 import logging
 import sys
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from omniq import _fork
+from omniq._ids import IdStr
 from omniq._sync import LoopThread, blocking
-from omniq.config import Settings
-from omniq.core import AsyncOmniQ, AsyncTaskFunction
+from omniq.config import Duration, Settings
+from omniq.core import AsyncOmniQ, AsyncTaskFunction, AsyncTaskHandle
+from omniq.models import TaskStatus
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueue
 from omniq.workers.sync import WorkerPool
 
-__all__ = ["OmniQ", "TaskFunction"]
+__all__ = ["OmniQ", "TaskFunction", "TaskHandle"]
 
 logger = logging.getLogger("omniq")
 # How long a client left open may hold up exit (or its collection) writing its events.
@@ -36,11 +38,79 @@ _LEFT_OPEN_FLUSH_SECONDS = 10.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+class TaskHandle(IdStr, Generic[R]):
+    """The task a ``.delay()``/``.submit()`` of an ``OmniQ`` task function enqueued: its
+    id (a ``str``), typed with what the function returns; the blocking twin of
+    :class:`~omniq.AsyncTaskHandle`.
+
+    A handle is the task id wherever an id goes (``get_result(handle)``,
+    ``depends_on=[handle]``, a dict key, JSON, a task's argument): it compares, hashes and
+    prints as the id, and is stored, pickled and encoded as that plain ``str``.
+
+    Example::
+
+        @oq.task
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        handle = add.delay(1, 2)             # TaskHandle[int]
+        total = handle.result(timeout=10)    # int, for mypy and editors too
+    """
+
+    __slots__ = ("_inner", "_runner")
+
+    _inner: AsyncTaskHandle[R]
+    _runner: LoopThread
+
+    def __new__(cls, inner: AsyncTaskHandle[R], runner: LoopThread) -> TaskHandle[R]:
+        """Wrap the async handle ``inner``, running its calls on ``runner``."""
+        handle = super().__new__(cls, str(inner))
+        handle._inner = inner
+        handle._runner = runner
+        return handle
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, name={self.name!r})"
+
+    @property
+    def name(self) -> str:
+        """The registered name of the task's function."""
+        return self._inner.name
+
+    @property
+    def task_id(self) -> str:
+        """The task id as a plain ``str``."""
+        return str(self)
+
+    def result(self, timeout: Duration | None = None) -> R:
+        """Block until the task finishes and return its value (``timeout`` in seconds, a
+        ``timedelta`` or a string like ``"30s"``; None waits as long as it takes).
+
+        Raises :class:`~omniq.errors.TaskFailedError` when the task ended ``FAILED``,
+        ``CANCELLED`` or ``EXPIRED`` (its ``error`` says why),
+        :class:`~omniq.errors.ResultTimeoutError` (a ``TimeoutError``) when ``timeout``
+        runs out first, and :class:`~omniq.errors.TaskNotFoundError` when the task or
+        its result is gone (cleaned up, past ``result_ttl``), as ``get_result`` would.
+        """
+        return self._runner.run(self._inner.result(timeout))
+
+    def status(self) -> TaskStatus:
+        """The task's current status; ``TaskNotFoundError`` once it is gone."""
+        return self._runner.run(self._inner.status())
+
+    def cancel(self) -> bool:
+        """Cancel the task, as ``OmniQ.cancel``: True if it ends ``CANCELLED``, False when
+        it had already finished."""
+        return self._runner.run(self._inner.cancel())
 
 
 class TaskFunction(Generic[P, R]):
     """A function registered with ``@oq.task`` on ``OmniQ``: callable, plus blocking
-    ``delay``/``submit``."""
+    ``delay``/``submit``, which enqueue it and return a :class:`TaskHandle` typed with
+    its return value."""
 
     def __init__(self, inner: AsyncTaskFunction[P, R], runner: LoopThread) -> None:
         functools.update_wrapper(self, inner.__omniq_func__)
@@ -52,15 +122,43 @@ class TaskFunction(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.__omniq_func__(*args, **kwargs)
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue a call with the registered options; returns the task id."""
-        return self._runner.run(self._inner.delay(*args, **kwargs))
+    # As AsyncTaskFunction's: an async def's handle carries the awaited value's type.
+    @overload
+    def delay(
+        self: TaskFunction[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+
+    @overload
+    def delay(self: TaskFunction[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
+
+    def delay(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        """Enqueue a call with the registered options; returns its handle (the task id)."""
+        inner: AsyncTaskFunction[..., Any] = self._inner
+        return TaskHandle(self._runner.run(inner.delay(*args, **kwargs)), self._runner)
+
+    @overload
+    def submit(
+        self: TaskFunction[P, Awaitable[T]],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> TaskHandle[T]: ...
+
+    @overload
+    def submit(
+        self: TaskFunction[P, T],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> TaskHandle[T]: ...
 
     def submit(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> str:
-        """Enqueue a call with per-call options over the registered ones."""
-        return self._runner.run(self._inner.submit(args, kwargs, **options))
+    ) -> TaskHandle[Any]:
+        """Enqueue a call with per-call options over the registered ones; returns its
+        handle (the task id)."""
+        inner: AsyncTaskFunction[..., Any] = self._inner
+        return TaskHandle(self._runner.run(inner.submit(args, kwargs, **options)), self._runner)
 
 
 class OmniQ:

@@ -57,6 +57,27 @@ def test_sync_twin_mirrors_async_methods_and_signatures(sync_cls: type, async_cl
             ), (name, param)
 
 
+def test_task_functions_and_handles_are_exported_with_their_blocking_twins() -> None:
+    from omniq import AsyncTaskFunction, AsyncTaskHandle, TaskFunction, TaskHandle
+    from omniq.errors import TaskFailedError
+
+    assert issubclass(AsyncTaskHandle, str) and issubclass(TaskHandle, str)
+    assert issubclass(TaskFailedError, OmniQError)
+    for sync_cls, async_cls in ((TaskFunction, AsyncTaskFunction), (TaskHandle, AsyncTaskHandle)):
+        # Their own methods, not str's.
+        own = {name for name in vars(async_cls) if not name.startswith("_")}
+        assert own <= set(vars(sync_cls)), sync_cls
+        for name in own:
+            member = getattr(async_cls, name)
+            if inspect.iscoroutinefunction(member):
+                blocking = getattr(sync_cls, name)
+                assert not inspect.iscoroutinefunction(blocking), name
+                assert (
+                    inspect.signature(blocking).parameters.keys()
+                    == inspect.signature(member).parameters.keys()
+                ), name
+
+
 def test_async_methods_are_coroutines_and_sync_ones_are_not() -> None:
     for name in ("enqueue", "submit", "get_result", "cancel", "stats", "schedule"):
         assert inspect.iscoroutinefunction(getattr(AsyncOmniQ, name))

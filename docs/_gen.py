@@ -25,8 +25,7 @@ REGENERATE = "python docs/_gen.py"
 DESCRIPTIONS: dict[str, str] = {
     "base_dir": "Directory of the embedded stores: the SQLite database (`omniq.db`), the "
     "`file` stores and the key that signs dill payloads. Relative to the current directory.",
-    "log_level": "Level of the `omniq` logger (library logs; task events go to the event "
-    "storage).",
+    "log_level": "Level of the `omniq` logger (library logs; task events go to the event storage).",
     "backend": "Shorthand for the three `*_type` settings: fills in those nobody gave.",
     "task_queue_type": "Backend of the task queue when `task_queue_url` is not set "
     "(default `sqlite`, or `backend`).",
@@ -42,8 +41,7 @@ DESCRIPTIONS: dict[str, str] = {
     "nats_url": "The NATS server (JetStream) a `nats` `*_type` uses.",
     "default_worker": "Worker type of `oq.worker()` and `omniq worker` when none is given.",
     "max_workers": "Default `concurrency` of a worker pool (tasks run at once).",
-    "default_queue": "Queue of a task submitted without `queue`, and of a worker without "
-    "`queues`.",
+    "default_queue": "Queue of a task submitted without `queue`, and of a worker without `queues`.",
     "queue_order": "How a worker of several queues claims: `merged` (priority, due time, "
     "enqueue order across them) or `strict` (the first listed queue with work first).",
     "task_ttl": "Default `ttl` of a task: not started within it, it ends `EXPIRED`.",
@@ -55,11 +53,9 @@ DESCRIPTIONS: dict[str, str] = {
     "max_retries": "Default number of retries after a failed run.",
     "max_lost_runs": "Runs lost with their worker after which a task ends `FAILED` "
     "(`WorkerLost`) rather than running again.",
-    "retry_delay": "Default delay before the first retry; the n-th waits "
-    "`retry_delay * 2**(n-1)`.",
+    "retry_delay": "Default delay before the first retry; the n-th waits `retry_delay * 2**(n-1)`.",
     "retry_max_delay": "Cap of the retry backoff.",
-    "task_timeout": "Default `timeout` of a run; past it the run is stopped and counts as "
-    "failed.",
+    "task_timeout": "Default `timeout` of a run; past it the run is stopped and counts as failed.",
     "serializer": "`auto` (msgpack, dill when needed), `msgspec` (never dill) or `dill`.",
     "secret_key": "Key that signs dill payloads (HMAC-SHA256); a list rotates keys: the "
     "first signs, any verifies. Never shown in messages or `repr`.",
@@ -189,8 +185,7 @@ def _arguments(parser: argparse.ArgumentParser) -> list[str]:
             value = f"{value or 'text'}, {nargs}"
         default = "" if action.default in (None, False) else f"`{action.default}`"
         rows.append(
-            f"| {_option_names(action)} | {_cell(value)} | {default} | "
-            f"{_cell(action.help or '')} |"
+            f"| {_option_names(action)} | {_cell(value)} | {default} | {_cell(action.help or '')} |"
         )
     if not rows:
         return ["No options of its own."]

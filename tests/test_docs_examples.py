@@ -93,7 +93,9 @@ def _all_blocks() -> list[Block]:
             elif block.marker == "run":
                 block.files = dict(files)
                 program = block
-            elif block.marker == "output" and program is not None:
+            elif block.marker == "output":
+                if program is None or program.output is not None:
+                    raise AssertionError(f"{block.where}: <!-- output --> follows no program")
                 program.output = block.code
             found.append(block)
     return found

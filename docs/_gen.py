@@ -117,9 +117,9 @@ def configuration_page() -> str:
 
     fields = list(Settings.__struct_fields__)
     if missing := [name for name in fields if name not in DESCRIPTIONS]:
-        raise SystemExit(f"docs/_gen.py: describe these settings in DESCRIPTIONS: {missing}")
+        raise ValueError(f"docs/_gen.py: describe these settings in DESCRIPTIONS: {missing}")
     if stale := [name for name in DESCRIPTIONS if name not in fields]:
-        raise SystemExit(f"docs/_gen.py: DESCRIPTIONS names settings that are gone: {stale}")
+        raise ValueError(f"docs/_gen.py: DESCRIPTIONS names settings that are gone: {stale}")
     lines = [
         "# Configuration reference",
         "",
@@ -230,7 +230,12 @@ def pages() -> dict[Path, str]:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))  # the omniq of this checkout
-    for path, text in pages().items():
+    try:
+        generated = pages()
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for path, text in generated.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path.relative_to(ROOT)}")

@@ -110,6 +110,18 @@ class ProgressWriter:
                 return
             await self._write(batch)
 
+    async def close(self) -> None:
+        """Stop the background flush and write what it still held (the pool stops;
+        a flush left sleeping would be destroyed pending with its loop)."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if batch and self._writing is not None:
+            await self._write(batch)
+
     async def finish(self, task_id: str) -> None:
         """Write the last pending report of a run that ended (before its outcome)."""
         if task_id not in self._pending:

@@ -573,6 +573,7 @@ class AsyncWorkerPool:
             task.cancel()
         if leftover:
             await asyncio.gather(*leftover.values(), return_exceptions=True)
+        await self._runner.progress.close()
         renewer.cancel()
         for helper in helpers:
             helper.cancel()

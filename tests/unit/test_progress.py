@@ -179,3 +179,43 @@ def test_numbers_of_other_types_are_stored_as_int_or_float() -> None:
     context.progress(Fraction(1, 2), Decimal("3"), message="m")
     [(_, done, total, message, _)] = reports
     assert (type(done), done, type(total), total, message) == (float, 0.5, float, 3.0, "m")
+
+
+_PROGRESS_SCRIPT = """
+import sys
+from omniq import OmniQ, current_task
+
+oq = OmniQ(base_dir=sys.argv[1])
+
+@oq.task
+def work(n: int) -> int:
+    for i in range(n):
+        current_task().progress(i + 1, total=n)
+    return n
+
+handle = work.delay(50)
+oq.worker().run(burst=True)
+print(handle.result(), oq.get_task(handle).progress.done)
+oq.close()
+"""
+
+
+def test_a_pool_that_stops_leaves_no_progress_flush_behind(tmp_path: Path) -> None:
+    # A script as users write it: the blocking client, a task reporting progress in a
+    # loop, a burst run, close. The pool's background flush of progress was left
+    # sleeping when the pool stopped, and the loop's close reported it destroyed pending.
+    import subprocess
+    import sys
+
+    script = tmp_path / "app.py"
+    script.write_text(_PROGRESS_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["50", "50"]
+    assert "destroyed but it is pending" not in run.stderr, run.stderr

@@ -31,6 +31,7 @@ __all__ = [
     "TaskPage",
     "age",
     "decode_call",
+    "matching",
     "overview",
     "recent_failures",
     "show_value",
@@ -178,14 +179,41 @@ async def task_detail(source: Source, task_id: str) -> dict[str, Any] | None:
 
 
 class TaskPage:
-    """One page of the task list: its rows, and whether older ones follow."""
+    """One page of the task list: its rows, whether older ones follow, and whether the
+    listing reaches every matching task."""
 
-    def __init__(self, rows: list[dict[str, Any]], page: int, more: bool, capped: bool) -> None:
+    def __init__(
+        self, rows: list[dict[str, Any]], page: int, more: bool, capped: bool, reach: int
+    ) -> None:
         self.rows = rows
         self.page = page
         self.more = more
-        #: True when paging stopped at MAX_LISTED (narrow the filters to see further).
+        #: True when more tasks match than the listing reaches: the newest ``reach`` are
+        #: paged through (MAX_LISTED), or searched by name (NAME_SCAN); older ones are
+        #: not shown. The page says so (narrow the filters to see further).
         self.capped = capped
+        self.reach = reach
+
+    def as_json(self) -> dict[str, Any]:
+        """What the JSON API and the live stream send."""
+        return {
+            "tasks": self.rows,
+            "page": self.page,
+            "more": self.more,
+            "capped": self.capped,
+            "reach": self.reach,
+        }
+
+
+def matching(stats: dict[str, dict[str, int]], queue: str | None, status: str | None) -> int:
+    """How many tasks ``stats`` counts for these filters (None: any)."""
+    queues = [queue] if queue is not None else list(stats)
+    return sum(
+        count
+        for name in queues
+        for key, count in stats.get(name, {}).items()
+        if status is None or key == status
+    )
 
 
 async def task_page(
@@ -198,22 +226,25 @@ async def task_page(
 ) -> TaskPage:
     """Page ``page`` (from 1) of the tasks matching the filters, newest first.
 
-    Storage lists newest first with a limit, so page n reads n pages' worth (bounded by
-    MAX_LISTED); a name filter looks through the newest NAME_SCAN tasks.
+    Storage lists newest first with a limit and no offset, so page n reads n pages'
+    worth: the list reaches the newest MAX_LISTED tasks, and a name filter looks through
+    the newest NAME_SCAN. Whether more match than that comes from ``stats()`` (one
+    count query), so a capped listing says so on every page instead of ending silently.
     """
     start = (page - 1) * PAGE_SIZE
     needle = (name or "").strip().lower()
     if needle:
         scanned = await source.list_tasks(queue=queue, status=status, limit=NAME_SCAN)
         found = [task for task in scanned if needle in task.func.lower()]
-        capped = len(scanned) >= NAME_SCAN
+        capped, reach = len(scanned) >= NAME_SCAN, NAME_SCAN
     else:
         wanted = min(start + PAGE_SIZE + 1, MAX_LISTED + 1)
         found = await source.list_tasks(queue=queue, status=status, limit=wanted)
-        capped = start + PAGE_SIZE >= MAX_LISTED and len(found) > MAX_LISTED
         found = found[:MAX_LISTED]
+        total = matching(await source.stats(), queue, status and status.value)
+        capped, reach = total > MAX_LISTED, MAX_LISTED
     rows = [task_row(task) for task in found[start : start + PAGE_SIZE]]
-    return TaskPage(rows, page, more=len(found) > start + PAGE_SIZE, capped=capped)
+    return TaskPage(rows, page, more=len(found) > start + PAGE_SIZE, capped=capped, reach=reach)
 
 
 async def overview(source: Source, *, with_rates: bool = True) -> dict[str, Any]:

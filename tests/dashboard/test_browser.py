@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -89,6 +90,36 @@ def test_the_overview_shows_tasks_enqueued_after_it_opened(
 
         if os.environ.get("OMNIQ_TEST_SCREENSHOT"):
             _screenshots(browser, base, oq, tmp_path)
+
+
+def test_the_task_list_shows_tasks_enqueued_after_it_opened(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    oq = write_app(tmp_path)
+    with oq, dashboard(tmp_path) as base:
+        first = oq.submit(f"{JOBS}:add", (1, 2))
+        browser.get(f"{base}/tasks?status=pending")
+        assert [r.get_attribute("data-id") for r in rows(browser)] == [first]
+        browser.execute_script("window.openedOnce = true")  # gone if the page reloads
+        done = oq.submit(f"{JOBS}:add", (3, 4), queue="elsewhere")
+        oq.worker(worker_type="thread", queues="elsewhere").run(burst=True)  # not pending
+        later = oq.submit(f"{JOBS}:add", ("<b>x</b>", 1), queue="<i>q</i>")
+
+        wait(browser).until(lambda d: len(rows(d)) == 2)
+        assert [r.get_attribute("data-id") for r in rows(browser)] == [later, first]
+        assert done not in browser.page_source  # the status filter still holds
+        assert browser.execute_script("return window.openedOnce") is True
+        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{later}"]')
+        assert row.find_element(By.CSS_SELECTOR, ".tqueue").text == "<i>q</i>"  # as text
+        assert row.find_element(By.CSS_SELECTOR, ".pill").text == "pending"
+        link = row.find_element(By.CSS_SELECTOR, ".tname")
+        assert link.text == "add" and str(link.get_attribute("href")).endswith(f"/tasks/{later}")
+        assert "on" in str(browser.find_element(By.ID, "live").get_attribute("class"))
+
+
+def rows(driver: WebDriver) -> list[Any]:
+    """The task rows the list shows."""
+    return list(driver.find_elements(By.CSS_SELECTOR, "#task-list tbody tr[data-id]"))
 
 
 def _screenshots(browser: WebDriver, base: str, oq: object, directory: Path) -> None:

@@ -129,11 +129,13 @@ class Dashboard:
                 name="schedule_action",
             ),
             Route("/workers", self.workers_page, name="workers"),
+            Route("/limits", self.limits_page, name="limits"),
             Route("/api/overview", self.api_overview, name="api_overview"),
             Route("/api/tasks", self.api_tasks, name="api_tasks"),
             Route("/api/tasks/{task_id:path}", self.api_task, name="api_task"),
             Route("/api/schedules", self.api_schedules, name="api_schedules"),
             Route("/api/workers", self.api_workers, name="api_workers"),
+            Route("/api/limits", self.api_limits, name="api_limits"),
             Route("/api/stream", self.api_stream, name="api_stream"),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ]
@@ -250,6 +252,10 @@ class Dashboard:
         rows = [views.worker_row(w) for w in await self.source.list_workers()]
         return self.render(request, "workers.html", page="workers", workers=rows)
 
+    async def limits_page(self, request: Request) -> Response:
+        data = await views.limits(self.source)
+        return self.render(request, "limits.html", page="limits", limits=data)
+
     # -- actions -------------------------------------------------------------------------
 
     async def cancel(self, request: Request) -> Response:
@@ -322,6 +328,9 @@ class Dashboard:
     async def api_workers(self, request: Request) -> Response:
         rows = [views.worker_row(w) for w in await self.source.list_workers()]
         return JSONResponse({"workers": rows})
+
+    async def api_limits(self, request: Request) -> Response:
+        return JSONResponse(await views.limits(self.source))
 
     async def api_stream(self, request: Request) -> Response:
         """Server-sent events, one every second (``?limit=N`` stops after N): with

@@ -31,6 +31,8 @@ __all__ = [
     "TaskPage",
     "age",
     "decode_call",
+    "limit_text",
+    "limits",
     "matching",
     "overview",
     "recent_failures",
@@ -172,6 +174,7 @@ async def task_detail(source: Source, task_id: str) -> dict[str, Any] | None:
         timeout=task.timeout,
         depends_on=list(task.depends_on),
         schedule_id=task.schedule_id,
+        limit=limit_text(task.rate_limit, task.max_concurrency) or None,
         can_cancel=not final,
         can_requeue=task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED),
     )
@@ -299,6 +302,38 @@ async def recent_failures(source: Source, limit: int = 5) -> list[dict[str, Any]
         )
         rows.append(row)
     return rows
+
+
+def limit_text(rate_limit: str | None, max_concurrency: int | None) -> str:
+    """A limit in words: ``"100/m · 4 at once"``."""
+    parts = [] if rate_limit is None else [rate_limit]
+    if max_concurrency is not None:
+        parts.append(f"{max_concurrency} at once")
+    return " · ".join(parts)
+
+
+async def limits(source: Source) -> dict[str, list[dict[str, Any]]]:
+    """The global limits stored in the backend: per queue (with its tasks running and
+    waiting now, from ``stats()``) and per task name."""
+    stats = await source.stats()
+    queues: list[dict[str, Any]] = []
+    tasks: list[dict[str, Any]] = []
+    for info in await source.list_limits():
+        row = {
+            "name": info.name,
+            "rate_limit": info.rate_limit,
+            "max_concurrency": info.max_concurrency,
+        }
+        if info.scope == "queue":
+            counts = stats.get(info.name, {})
+            row["running"] = counts.get("running", 0)
+            row["waiting"] = counts.get("pending", 0) + counts.get("retrying", 0)
+            queues.append(row)
+        else:
+            module, _, short = info.name.rpartition(":")
+            row["short"] = short or module
+            tasks.append(row)
+    return {"queues": queues, "tasks": tasks}
 
 
 def schedule_row(schedule: Schedule) -> dict[str, Any]:

@@ -149,6 +149,36 @@ def test_schedules_and_workers_pages(dash: Dash) -> None:
     assert dash.http.get("/api/workers").json() == {"workers": []}
 
 
+def test_the_limits_page_shows_queue_and_task_name_limits(dash: Dash) -> None:
+    assert "No queue is limited" in dash.http.get("/limits").text
+    dash.call("limit_queue", "<b>mail</b>", rate_limit="30/m", max_concurrency=4)
+    dash.call("limit_queue", "billing", max_concurrency=1)
+    dash.submit(f"{JOBS}:add", 1, 2, queue="<b>mail</b>")
+    limited = dash.submit(f"{JOBS}:report_progress", rate_limit="5/s", max_concurrency=2)
+
+    data = dash.http.get("/api/limits").json()
+    assert data["queues"] == [
+        {"name": "<b>mail</b>", "rate_limit": "30/m", "max_concurrency": 4,
+         "running": 0, "waiting": 1},
+        {"name": "billing", "rate_limit": None, "max_concurrency": 1, "running": 0,
+         "waiting": 0},
+    ]  # fmt: skip
+    assert data["tasks"] == [
+        {"name": f"{JOBS}:report_progress", "short": "report_progress", "rate_limit": "5/s",
+         "max_concurrency": 2},
+    ]  # fmt: skip
+    html = dash.http.get("/limits").text
+    assert "&lt;b&gt;mail&lt;/b&gt;" in html and "<b>mail</b>" not in html  # escaped
+    assert 'data-queue="billing"' in html and f'data-task="{JOBS}:report_progress"' in html
+    assert "No task name is limited" not in html
+    assert '<td data-field="rate_limit">5/s</td>' in html
+    # The task page says what limit its name carries.
+    assert "5/s · 2 at once" in dash.http.get(f"/tasks/{limited}").text
+
+    dash.call("limit_queue", "billing")  # removed: gone from the page
+    assert [q["name"] for q in dash.http.get("/api/limits").json()["queues"]] == ["<b>mail</b>"]
+
+
 def test_live_workers_are_listed(tmp_path: Path) -> None:
     oq = make_client("sync", tmp_path)
     assert isinstance(oq, OmniQ)

@@ -20,6 +20,7 @@ from omniq.errors import OmniQError
 from omniq.models import (
     ErrorInfo,
     EventType,
+    LimitInfo,
     Progress,
     Schedule,
     Task,
@@ -43,6 +44,7 @@ __all__ = [
     "AsyncWorkerPool",
     "ErrorInfo",
     "EventType",
+    "LimitInfo",
     "OmniQ",
     "OmniQError",
     "Progress",

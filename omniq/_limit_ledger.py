@@ -23,7 +23,16 @@ from omniq._limits import Gate, Limit, queue_key, task_key
 from omniq.errors import StorageError
 from omniq.models import Task, TaskStatus
 
-__all__ = ["Candidate", "Ledger", "decide", "decode", "encode", "holds_slot", "set_limits"]
+__all__ = [
+    "Candidate",
+    "Ledger",
+    "decide",
+    "decode",
+    "encode",
+    "holds_slot",
+    "limits_of",
+    "set_limits",
+]
 
 #: How long a task a claim took under a cap may stay unleased (the claim leases it right
 #: after it wrote the ledger) before its slot is given back.
@@ -63,6 +72,11 @@ def encode(ledger: Ledger) -> bytes | None:
     """The bytes to store; None when no limit is left (the backend deletes the record,
     and claims run as they do without limits)."""
     return _ENCODER.encode(ledger) if ledger.specs else None
+
+
+def limits_of(ledger: Ledger) -> dict[str, Limit]:
+    """The limits the ledger stores, by key."""
+    return {key: Limit.decode(spec) for key, spec in ledger.specs.items()}
 
 
 def set_limits(ledger: Ledger, limits: Mapping[str, Limit | None]) -> None:

@@ -77,6 +77,14 @@ class Limit(msgspec.Struct, frozen=True, kw_only=True):
         concurrency = None if max_concurrency is None else check_concurrency(max_concurrency)
         return cls(rate=rate, per=per, concurrency=concurrency)
 
+    @property
+    def rate_limit(self) -> str | None:
+        """The rate as ``rate_limit=`` takes it (``"100/m"``), or None."""
+        if self.rate is None:
+            return None
+        unit = {seconds: unit for unit, seconds in _PER.items()}.get(self.per)
+        return f"{self.rate}/{unit}" if unit else f"{self.rate}/{self.per:g}s"
+
     def encode(self) -> str:
         """``"rate|per|concurrency"`` (empty for None): how SQL rows and Redis keep it."""
         rate = "" if self.rate is None else str(self.rate)

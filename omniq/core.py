@@ -18,7 +18,16 @@ from omniq._task_functions import AsyncTaskFunction, AsyncTaskHandle
 from omniq.config import Duration, Settings
 from omniq.engine import Engine
 from omniq.events import AsyncEventLogger
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, WorkerInfo, utcnow
+from omniq.models import (
+    LimitInfo,
+    Schedule,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    WorkerInfo,
+    utcnow,
+)
 from omniq.serialization import SerializationManager
 from omniq.storage.base import BaseEventStorage, BaseResultStorage, BaseTaskQueue
 
@@ -452,6 +461,20 @@ class AsyncOmniQ:
         return await (await self._ready()).list_workers()
 
     # -- limits ------------------------------------------------------------------------
+
+    async def list_limits(self) -> list[LimitInfo]:
+        """The global limits stored in the backend (SPEC §8 "Limits"), as
+        :class:`~omniq.models.LimitInfo` items: each queue's set with :meth:`limit_queue`
+        (``scope="queue"``), then each task name's from ``@oq.task(rate_limit=...,
+        max_concurrency=...)`` (``scope="task"``, stored when a task of that name is first
+        submitted), each by name. Reading them starts nothing and takes no slot.
+
+        Example::
+
+            for info in await oq.list_limits():
+                print(info.scope, info.name, info.rate_limit, info.max_concurrency)
+        """
+        return await (await self._ready()).list_limits()
 
     async def limit_queue(
         self,

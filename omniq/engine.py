@@ -51,6 +51,7 @@ from omniq.models import (
     WAITING_STATUSES,
     ErrorInfo,
     EventType,
+    LimitInfo,
     Task,
     TaskEvent,
     TaskResult,
@@ -545,6 +546,21 @@ class Engine:
             raise ConfigError(f"queue={queue!r}: expected a queue name")
         limit = Limit.of(rate_limit, max_concurrency)
         await self.queue.set_limit(queue_key(queue), limit)
+
+    async def list_limits(self) -> list[LimitInfo]:
+        """The limits stored in the backend: queues' first, then task names', by name."""
+        found = []
+        for key, limit in (await self.queue.get_limits()).items():
+            kind, _, name = key.partition(":")
+            found.append(
+                LimitInfo(
+                    scope="queue" if kind == "q" else "task",
+                    name=name,
+                    rate_limit=limit.rate_limit,
+                    max_concurrency=limit.concurrency,
+                )
+            )
+        return sorted(found, key=lambda info: (info.scope != "queue", info.name))
 
     async def _register_task_limits(self, tasks: Sequence[Task]) -> None:
         """Tell the backend, before the tasks are stored, that tasks of these names carry

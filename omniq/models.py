@@ -18,6 +18,7 @@ __all__ = [
     "WAITING_STATUSES",
     "ErrorInfo",
     "EventType",
+    "LimitInfo",
     "Progress",
     "Schedule",
     "Task",
@@ -234,6 +235,21 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     running: int = 0
     started_at: datetime = msgspec.field(default_factory=utcnow)
     last_seen: datetime = msgspec.field(default_factory=utcnow)
+
+
+class LimitInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A global limit stored in the backend (``list_limits()``).
+
+    ``scope`` is ``"queue"`` (set with ``limit_queue(name, ...)``) or ``"task"`` (from
+    ``@oq.task(rate_limit=..., max_concurrency=...)`` on the task named ``name``, its
+    ``module:qualname``); ``rate_limit`` is ``"N/s"``, ``"N/m"`` or ``"N/h"`` or None;
+    ``max_concurrency`` the cap on tasks running at once, or None.
+    """
+
+    scope: str
+    name: str
+    rate_limit: str | None = None
+    max_concurrency: int | None = None
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):

@@ -346,6 +346,8 @@ class OmniQ:
 
     limit_queue = blocking(AsyncOmniQ.limit_queue)
 
+    list_limits = blocking(AsyncOmniQ.list_limits)
+
 
 def _flush_left_open(runner: LoopThread, client: AsyncOmniQ) -> None:
     """Write the buffered events of a client the program never closed.

@@ -129,11 +129,13 @@ class Dashboard:
                 name="schedule_action",
             ),
             Route("/workers", self.workers_page, name="workers"),
+            Route("/limits", self.limits_page, name="limits"),
             Route("/api/overview", self.api_overview, name="api_overview"),
             Route("/api/tasks", self.api_tasks, name="api_tasks"),
             Route("/api/tasks/{task_id:path}", self.api_task, name="api_task"),
             Route("/api/schedules", self.api_schedules, name="api_schedules"),
             Route("/api/workers", self.api_workers, name="api_workers"),
+            Route("/api/limits", self.api_limits, name="api_limits"),
             Route("/api/stream", self.api_stream, name="api_stream"),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ]
@@ -250,6 +252,10 @@ class Dashboard:
         rows = [views.worker_row(w) for w in await self.source.list_workers()]
         return self.render(request, "workers.html", page="workers", workers=rows)
 
+    async def limits_page(self, request: Request) -> Response:
+        data = await views.limits(self.source)
+        return self.render(request, "limits.html", page="limits", limits=data)
+
     # -- actions -------------------------------------------------------------------------
 
     async def cancel(self, request: Request) -> Response:
@@ -306,7 +312,7 @@ class Dashboard:
             name=request.query_params.get("name") or None,
             page=self._page_number(request),
         )
-        return JSONResponse({"tasks": listing.rows, "page": listing.page, "more": listing.more})
+        return JSONResponse(listing.as_json())
 
     async def api_task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -323,21 +329,53 @@ class Dashboard:
         rows = [views.worker_row(w) for w in await self.source.list_workers()]
         return JSONResponse({"workers": rows})
 
+    async def api_limits(self, request: Request) -> Response:
+        return JSONResponse(await views.limits(self.source))
+
     async def api_stream(self, request: Request) -> Response:
-        """Server-sent events: ``overview`` every second (``?limit=N`` stops after N)."""
+        """Server-sent events, one every second (``?limit=N`` stops after N): with
+        ``view=overview`` (the default) ``overview`` events; with ``view=tasks`` (and the
+        task list's ``queue``, ``status``, ``name`` and ``page``) ``tasks`` events, the
+        rows of that page; with ``view=workers`` ``workers`` events."""
         limit_text = request.query_params.get("limit", "0")
         limit = int(limit_text) if limit_text.isdigit() else 0
+        view = request.query_params.get("view", "overview")
+        ticks: Callable[[int], Awaitable[str]]
+        if view == "overview":
+            ticks = self._overview_tick()
+        elif view == "tasks":
+            ticks = self._tasks_tick(request)
+        elif view == "workers":
+            ticks = self._workers_tick
+        else:
+            raise _BadRequest(f"view {view!r}: expected overview, tasks or workers")
         return StreamingResponse(
-            self._ticks(request, limit),
+            self._ticks(request, ticks, limit),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _ticks(self, request: Request, limit: int) -> AsyncIterator[str]:
-        rates: dict[str, dict[str, Any]] = {}
-        workers = 0
+    async def _ticks(
+        self, request: Request, make: Callable[[int], Awaitable[str]], limit: int
+    ) -> AsyncIterator[str]:
         tick = 0
         while True:
+            yield await make(tick)
+            tick += 1
+            if limit and tick >= limit:
+                return
+            await anyio.sleep(_STREAM_SECONDS)
+            if self.closing or await request.is_disconnected():
+                return
+
+    def _overview_tick(self) -> Callable[[int], Awaitable[str]]:
+        """The overview's events; throughput and workers are read every _RATES_EVERY
+        ticks only (they cost more than the counts)."""
+        rates: dict[str, dict[str, Any]] = {}
+        workers = 0
+
+        async def make(tick: int) -> str:
+            nonlocal rates, workers
             fresh = tick % _RATES_EVERY == 0
             data = await views.overview(self.source, with_rates=fresh)
             if fresh:
@@ -352,13 +390,32 @@ class Dashboard:
             for name, row in data["queues"].items():
                 row.update(rates.get(name, {}))
             data["workers"] = workers
-            yield f"event: overview\ndata: {json.dumps(data)}\n\n"
-            tick += 1
-            if limit and tick >= limit:
-                return
-            await anyio.sleep(_STREAM_SECONDS)
-            if self.closing or await request.is_disconnected():
-                return
+            return _event("overview", data)
+
+        return make
+
+    def _tasks_tick(self, request: Request) -> Callable[[int], Awaitable[str]]:
+        """The task list's events: the page the list shows, under its filters."""
+        queue = request.query_params.get("queue") or None
+        status = self._status(request)
+        name = request.query_params.get("name") or None
+        page = self._page_number(request)
+
+        async def make(tick: int) -> str:
+            listing = await views.task_page(
+                self.source, queue=queue, status=status, name=name, page=page
+            )
+            return _event("tasks", listing.as_json())
+
+        return make
+
+    async def _workers_tick(self, tick: int) -> str:
+        rows = [views.worker_row(w) for w in await self.source.list_workers()]
+        return _event("workers", {"workers": rows})
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 class _BadRequest(OmniQError, ValueError):

@@ -17,7 +17,7 @@ import anyio.to_thread
 
 from omniq.core import AsyncOmniQ
 from omniq.errors import ConfigError
-from omniq.models import Schedule, Task, TaskEvent, TaskResult, TaskStatus, WorkerInfo
+from omniq.models import LimitInfo, Schedule, Task, TaskEvent, TaskResult, TaskStatus, WorkerInfo
 from omniq.serialization import SerializationManager
 from omniq.sync import OmniQ
 
@@ -103,6 +103,11 @@ class Source:
     async def list_workers(self) -> list[WorkerInfo]:
         """The worker pools alive now."""
         result: list[WorkerInfo] = await self._call("list_workers")
+        return result
+
+    async def list_limits(self) -> list[LimitInfo]:
+        """The global limits stored in the backend (queues', then task names')."""
+        result: list[LimitInfo] = await self._call("list_limits")
         return result
 
     async def oldest_due(self, queue: str, waiting: int) -> tuple[datetime | None, bool]:

@@ -31,6 +31,9 @@ __all__ = [
     "TaskPage",
     "age",
     "decode_call",
+    "limit_text",
+    "limits",
+    "matching",
     "overview",
     "recent_failures",
     "show_value",
@@ -171,6 +174,7 @@ async def task_detail(source: Source, task_id: str) -> dict[str, Any] | None:
         timeout=task.timeout,
         depends_on=list(task.depends_on),
         schedule_id=task.schedule_id,
+        limit=limit_text(task.rate_limit, task.max_concurrency) or None,
         can_cancel=not final,
         can_requeue=task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED),
     )
@@ -178,14 +182,41 @@ async def task_detail(source: Source, task_id: str) -> dict[str, Any] | None:
 
 
 class TaskPage:
-    """One page of the task list: its rows, and whether older ones follow."""
+    """One page of the task list: its rows, whether older ones follow, and whether the
+    listing reaches every matching task."""
 
-    def __init__(self, rows: list[dict[str, Any]], page: int, more: bool, capped: bool) -> None:
+    def __init__(
+        self, rows: list[dict[str, Any]], page: int, more: bool, capped: bool, reach: int
+    ) -> None:
         self.rows = rows
         self.page = page
         self.more = more
-        #: True when paging stopped at MAX_LISTED (narrow the filters to see further).
+        #: True when more tasks match than the listing reaches: the newest ``reach`` are
+        #: paged through (MAX_LISTED), or searched by name (NAME_SCAN); older ones are
+        #: not shown. The page says so (narrow the filters to see further).
         self.capped = capped
+        self.reach = reach
+
+    def as_json(self) -> dict[str, Any]:
+        """What the JSON API and the live stream send."""
+        return {
+            "tasks": self.rows,
+            "page": self.page,
+            "more": self.more,
+            "capped": self.capped,
+            "reach": self.reach,
+        }
+
+
+def matching(stats: dict[str, dict[str, int]], queue: str | None, status: str | None) -> int:
+    """How many tasks ``stats`` counts for these filters (None: any)."""
+    queues = [queue] if queue is not None else list(stats)
+    return sum(
+        count
+        for name in queues
+        for key, count in stats.get(name, {}).items()
+        if status is None or key == status
+    )
 
 
 async def task_page(
@@ -198,22 +229,25 @@ async def task_page(
 ) -> TaskPage:
     """Page ``page`` (from 1) of the tasks matching the filters, newest first.
 
-    Storage lists newest first with a limit, so page n reads n pages' worth (bounded by
-    MAX_LISTED); a name filter looks through the newest NAME_SCAN tasks.
+    Storage lists newest first with a limit and no offset, so page n reads n pages'
+    worth: the list reaches the newest MAX_LISTED tasks, and a name filter looks through
+    the newest NAME_SCAN. Whether more match than that comes from ``stats()`` (one
+    count query), so a capped listing says so on every page instead of ending silently.
     """
     start = (page - 1) * PAGE_SIZE
     needle = (name or "").strip().lower()
     if needle:
         scanned = await source.list_tasks(queue=queue, status=status, limit=NAME_SCAN)
         found = [task for task in scanned if needle in task.func.lower()]
-        capped = len(scanned) >= NAME_SCAN
+        capped, reach = len(scanned) >= NAME_SCAN, NAME_SCAN
     else:
         wanted = min(start + PAGE_SIZE + 1, MAX_LISTED + 1)
         found = await source.list_tasks(queue=queue, status=status, limit=wanted)
-        capped = start + PAGE_SIZE >= MAX_LISTED and len(found) > MAX_LISTED
         found = found[:MAX_LISTED]
+        total = matching(await source.stats(), queue, status and status.value)
+        capped, reach = total > MAX_LISTED, MAX_LISTED
     rows = [task_row(task) for task in found[start : start + PAGE_SIZE]]
-    return TaskPage(rows, page, more=len(found) > start + PAGE_SIZE, capped=capped)
+    return TaskPage(rows, page, more=len(found) > start + PAGE_SIZE, capped=capped, reach=reach)
 
 
 async def overview(source: Source, *, with_rates: bool = True) -> dict[str, Any]:
@@ -268,6 +302,38 @@ async def recent_failures(source: Source, limit: int = 5) -> list[dict[str, Any]
         )
         rows.append(row)
     return rows
+
+
+def limit_text(rate_limit: str | None, max_concurrency: int | None) -> str:
+    """A limit in words: ``"100/m · 4 at once"``."""
+    parts = [] if rate_limit is None else [rate_limit]
+    if max_concurrency is not None:
+        parts.append(f"{max_concurrency} at once")
+    return " · ".join(parts)
+
+
+async def limits(source: Source) -> dict[str, list[dict[str, Any]]]:
+    """The global limits stored in the backend: per queue (with its tasks running and
+    waiting now, from ``stats()``) and per task name."""
+    stats = await source.stats()
+    queues: list[dict[str, Any]] = []
+    tasks: list[dict[str, Any]] = []
+    for info in await source.list_limits():
+        row = {
+            "name": info.name,
+            "rate_limit": info.rate_limit,
+            "max_concurrency": info.max_concurrency,
+        }
+        if info.scope == "queue":
+            counts = stats.get(info.name, {})
+            row["running"] = counts.get("running", 0)
+            row["waiting"] = counts.get("pending", 0) + counts.get("retrying", 0)
+            queues.append(row)
+        else:
+            module, _, short = info.name.rpartition(":")
+            row["short"] = short or module
+            tasks.append(row)
+    return {"queues": queues, "tasks": tasks}
 
 
 def schedule_row(schedule: Schedule) -> dict[str, Any]:

@@ -102,6 +102,11 @@ class FleetQueue(ABC):
         until when. With no limit stored, the claim costs what it did without limits."""
 
     @abstractmethod
+    async def get_limits(self) -> dict[str, Limit]:
+        """Every limit stored (by :meth:`set_limit` and :meth:`register_task_limits`), by
+        key; empty when none is. A read only: it logs no start and takes no slot."""
+
+    @abstractmethod
     async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
         """Note, before tasks carrying them are stored, the limits of task names
         (``t:<func>``); claims enforce, for each task carrying a limit, the one last noted

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from omniq import AsyncOmniQ, TaskStatus
+from omniq import AsyncOmniQ, LimitInfo, TaskStatus
 from omniq.errors import ConfigError
 from omniq.models import Task
 from tests.conformance import _limit_tasks, tasks
+from tests.conformance.conftest import MakeOQ
 from tests.conformance.test_reliability import (
     WAIT,
     Workers,
@@ -158,6 +159,31 @@ async def test_limit_queue_reaches_a_running_worker_and_is_removed(
     await oq.limit_queue("default")  # removed: the running worker takes it now
     result = await oq.get_result(second, wait=True, timeout=WAIT)
     assert result is not None and result.result == 7, workers.output()
+
+
+async def test_list_limits_reads_the_stored_limits_from_any_client(
+    oq: AsyncOmniQ, make_oq: MakeOQ
+) -> None:
+    assert await oq.list_limits() == []
+    await oq.limit_queue("mail", rate_limit="100/m", max_concurrency=4)
+    await oq.limit_queue("billing", max_concurrency=1)
+    limited = oq.task(rate_limit="5/s")(_limit_tasks.started_at)
+    await limited.delay()  # a task name's limit is stored with its first task
+    expected = [
+        LimitInfo(scope="queue", name="billing", rate_limit=None, max_concurrency=1),
+        LimitInfo(scope="queue", name="mail", rate_limit="100/m", max_concurrency=4),
+        LimitInfo(scope="task", name=limited.name, rate_limit="5/s", max_concurrency=None),
+    ]
+    assert await oq.list_limits() == expected
+    other = await make_oq()  # another client of the same store reads the same
+    assert await other.list_limits() == expected
+
+    await other.limit_queue("mail")  # removed
+    await other.limit_queue("billing", rate_limit="2/h")  # replaced
+    assert [(i.name, i.rate_limit, i.max_concurrency) for i in await oq.list_limits()] == [
+        ("billing", "2/h", None),
+        (limited.name, "5/s", None),
+    ]
 
 
 async def test_bad_limits_are_refused_naming_them(oq: AsyncOmniQ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -148,6 +149,36 @@ def test_schedules_and_workers_pages(dash: Dash) -> None:
     assert dash.http.get("/api/workers").json() == {"workers": []}
 
 
+def test_the_limits_page_shows_queue_and_task_name_limits(dash: Dash) -> None:
+    assert "No queue is limited" in dash.http.get("/limits").text
+    dash.call("limit_queue", "<b>mail</b>", rate_limit="30/m", max_concurrency=4)
+    dash.call("limit_queue", "billing", max_concurrency=1)
+    dash.submit(f"{JOBS}:add", 1, 2, queue="<b>mail</b>")
+    limited = dash.submit(f"{JOBS}:report_progress", rate_limit="5/s", max_concurrency=2)
+
+    data = dash.http.get("/api/limits").json()
+    assert data["queues"] == [
+        {"name": "<b>mail</b>", "rate_limit": "30/m", "max_concurrency": 4,
+         "running": 0, "waiting": 1},
+        {"name": "billing", "rate_limit": None, "max_concurrency": 1, "running": 0,
+         "waiting": 0},
+    ]  # fmt: skip
+    assert data["tasks"] == [
+        {"name": f"{JOBS}:report_progress", "short": "report_progress", "rate_limit": "5/s",
+         "max_concurrency": 2},
+    ]  # fmt: skip
+    html = dash.http.get("/limits").text
+    assert "&lt;b&gt;mail&lt;/b&gt;" in html and "<b>mail</b>" not in html  # escaped
+    assert 'data-queue="billing"' in html and f'data-task="{JOBS}:report_progress"' in html
+    assert "No task name is limited" not in html
+    assert '<td data-field="rate_limit">5/s</td>' in html
+    # The task page says what limit its name carries.
+    assert "5/s · 2 at once" in dash.http.get(f"/tasks/{limited}").text
+
+    dash.call("limit_queue", "billing")  # removed: gone from the page
+    assert [q["name"] for q in dash.http.get("/api/limits").json()["queues"]] == ["<b>mail</b>"]
+
+
 def test_live_workers_are_listed(tmp_path: Path) -> None:
     oq = make_client("sync", tmp_path)
     assert isinstance(oq, OmniQ)
@@ -175,6 +206,85 @@ def test_the_stream_pushes_the_counts(dash: Dash) -> None:
     data = json.loads(first[1].removeprefix("data: "))
     assert data["queues"]["default"]["counts"]["pending"] == 1
     assert "per_minute" in data["queues"]["default"]
+
+
+def stream_events(dash: Dash, **params: str) -> list[tuple[str, dict[str, Any]]]:
+    """The events of ``/api/stream`` with ``params`` (and ``limit``), parsed."""
+    with dash.http.stream("GET", "/api/stream", params=params) as response:
+        assert response.status_code == 200
+        body = response.read().decode()
+    events = []
+    for block in body.split("\n\n"):
+        if block.strip():
+            kind, data = block.splitlines()
+            events.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return events
+
+
+def test_the_stream_pushes_the_task_list_page_under_its_filters(dash: Dash) -> None:
+    added = dash.submit(f"{JOBS}:add", 1, 1)
+    dash.submit(f"{JOBS}:add", 2, 2, queue="mail")
+    events = stream_events(dash, view="tasks", queue="default", status="pending", limit="1")
+    assert [kind for kind, _ in events] == ["tasks"]
+    data = events[0][1]
+    assert [row["id"] for row in data["tasks"]] == [added]
+    assert data["page"] == 1 and not data["more"] and not data["capped"]
+    # Page 2 of 120 tasks: the rows the page shows, and whether older ones follow.
+    dash.call("enqueue_many", f"{JOBS}:add", [(i, i) for i in range(120)])
+    second = stream_events(dash, view="tasks", page="2", limit="1")[0][1]
+    assert len(second["tasks"]) == 50 and second["page"] == 2 and second["more"]
+    paged = dash.http.get("/api/tasks", params={"page": "2"}).json()["tasks"]
+    assert [row["id"] for row in second["tasks"]] == [row["id"] for row in paged]
+    refused = dash.http.get("/api/stream", params={"view": "tasks", "status": "nope"})
+    assert refused.status_code == 400 and "nope" in refused.text
+    assert dash.http.get("/api/stream", params={"view": "queues"}).status_code == 400
+
+
+def test_the_stream_pushes_the_live_workers(tmp_path: Path) -> None:
+    oq = make_client("sync", tmp_path)
+    assert isinstance(oq, OmniQ)
+    with oq, TestClient(create_app(oq)) as http:
+        dash = Dash(oq, http)
+        assert stream_events(dash, view="workers", limit="1") == [("workers", {"workers": []})]
+        pool = oq.worker(worker_type="thread", queues="a,b")
+        pool.start()
+        try:
+            [(kind, data)] = stream_events(dash, view="workers", limit="1")
+            assert kind == "workers" and [w["queues"] for w in data["workers"]] == [["a", "b"]]
+        finally:
+            pool.stop()
+
+
+def test_list_pages_carry_their_stream_with_filters_and_page(dash: Dash) -> None:
+    html = dash.http.get("/tasks", params={"queue": "mail", "status": "failed", "page": "2"}).text
+    stream = re.search(r'id="task-list" data-stream="([^"]+)"', html)
+    assert stream is not None
+    assert stream.group(1).replace("&amp;", "&") == (
+        "/api/stream?queue=mail&status=failed&view=tasks&page=2"
+    )
+    assert (
+        'id="worker-list" data-stream="/api/stream?view=workers"' in dash.http.get("/workers").text
+    )
+
+
+def test_a_listing_past_the_cap_says_so_on_every_page(dash: Dash) -> None:
+    from omniq.dashboard._views import MAX_LISTED
+
+    dash.call("enqueue_many", f"{JOBS}:add", [(i, i) for i in range(MAX_LISTED + 1)])
+    dash.submit(f"{JOBS}:add", 0, 0, queue="mail")
+    notice = "More than 5,000 tasks match: showing the newest 5,000"
+    for page in ("1", "2", "100"):
+        assert notice in dash.http.get("/tasks", params={"page": page}).text
+    assert dash.http.get("/api/tasks").json()["capped"] is True
+    last = dash.http.get("/api/tasks", params={"page": "100"}).json()
+    assert len(last["tasks"]) == 50 and not last["more"]  # the 5,001st is not reached
+    # A filter that narrows below the cap lists everything, without the notice.
+    narrowed = dash.http.get("/tasks", params={"queue": "mail"}).text
+    assert notice not in narrowed and 'id="cap-notice"' not in narrowed
+    assert dash.http.get("/api/tasks", params={"queue": "mail"}).json()["capped"] is False
+    # A name filter searches the newest 2,000 and says so.
+    named = dash.http.get("/tasks", params={"name": "add"}).text
+    assert "The name filter searched the newest 2,000 tasks only" in named
 
 
 def test_static_files_are_our_own(dash: Dash) -> None:

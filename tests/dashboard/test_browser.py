@@ -13,10 +13,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -56,7 +57,11 @@ def browser() -> Iterator[WebDriver]:
 
 
 def wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, WAIT, poll_frequency=0.1)
+    # A page that reloads itself (the task page, as its task's status changes) can drop
+    # an element between finding it and reading it: look again at the next poll.
+    return WebDriverWait(
+        driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
 
 
 def text_of(driver: WebDriver, css: str) -> str:
@@ -89,6 +94,55 @@ def test_the_overview_shows_tasks_enqueued_after_it_opened(
 
         if os.environ.get("OMNIQ_TEST_SCREENSHOT"):
             _screenshots(browser, base, oq, tmp_path)
+
+
+def test_the_task_list_shows_tasks_enqueued_after_it_opened(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    oq = write_app(tmp_path)
+    with oq, dashboard(tmp_path) as base:
+        first = oq.submit(f"{JOBS}:add", (1, 2))
+        browser.get(f"{base}/tasks?status=pending")
+        assert [r.get_attribute("data-id") for r in rows(browser)] == [first]
+        browser.execute_script("window.openedOnce = true")  # gone if the page reloads
+        done = oq.submit(f"{JOBS}:add", (3, 4), queue="elsewhere")
+        oq.worker(worker_type="thread", queues="elsewhere").run(burst=True)  # not pending
+        later = oq.submit(f"{JOBS}:add", ("<b>x</b>", 1), queue="<i>q</i>")
+
+        wait(browser).until(lambda d: len(rows(d)) == 2)
+        assert [r.get_attribute("data-id") for r in rows(browser)] == [later, first]
+        assert done not in browser.page_source  # the status filter still holds
+        assert browser.execute_script("return window.openedOnce") is True
+        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{later}"]')
+        assert row.find_element(By.CSS_SELECTOR, ".tqueue").text == "<i>q</i>"  # as text
+        assert row.find_element(By.CSS_SELECTOR, ".pill").text == "pending"
+        link = row.find_element(By.CSS_SELECTOR, ".tname")
+        assert link.text == "add" and str(link.get_attribute("href")).endswith(f"/tasks/{later}")
+        assert "on" in str(browser.find_element(By.ID, "live").get_attribute("class"))
+
+
+def test_the_workers_page_shows_a_worker_started_after_it_opened(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    write_app(tmp_path).close()
+    with dashboard(tmp_path) as base:
+        browser.get(f"{base}/workers")
+        assert "No worker running" in text_of(browser, "#worker-list")
+        browser.execute_script("window.openedOnce = true")
+        with worker(tmp_path) as proc:
+            wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-id]"))
+            row = browser.find_element(By.CSS_SELECTOR, "#worker-list tr[data-id]")
+            assert row.find_element(By.CSS_SELECTOR, ".wpid").text == str(proc.pid)
+            assert row.find_element(By.CSS_SELECTOR, ".wtype").text == "thread"
+            assert row.find_element(By.CSS_SELECTOR, ".wqueues").text == "default"
+        # Stopped: it deregisters, and the page says no worker runs.
+        wait(browser).until(lambda d: "No worker running" in text_of(d, "#worker-list"))
+        assert browser.execute_script("return window.openedOnce") is True
+
+
+def rows(driver: WebDriver) -> list[Any]:
+    """The task rows the list shows."""
+    return list(driver.find_elements(By.CSS_SELECTOR, "#task-list tbody tr[data-id]"))
 
 
 def _screenshots(browser: WebDriver, base: str, oq: object, directory: Path) -> None:

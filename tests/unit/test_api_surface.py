@@ -150,6 +150,19 @@ def test_task_context_names_are_exported() -> None:
     assert callable(TaskContext.progress)
 
 
+def test_the_limits_read_names() -> None:
+    from omniq import LimitInfo  # SPEC §8, limits: what list_limits() returns
+
+    assert set(LimitInfo.__struct_fields__) == {"scope", "name", "rate_limit", "max_concurrency"}
+    assert inspect.iscoroutinefunction(AsyncOmniQ.list_limits)
+    assert not inspect.iscoroutinefunction(OmniQ.list_limits)
+    assert list(inspect.signature(OmniQ.list_limits).parameters) == ["self"]
+    assert inspect.signature(AsyncOmniQ.list_limits).return_annotation in (
+        "list[LimitInfo]",
+        list[LimitInfo],
+    )
+
+
 def test_metrics_and_tracing_names() -> None:
     # SPEC §8, metrics and tracing: the settings, the pool's port, the task's context.
     fields = set(omniq.Settings.__struct_fields__)

@@ -1,5 +1,6 @@
-// OmniQ dashboard: live updates over server-sent events (overview) and a light poll of
-// the task page. Every value goes in through textContent, never as HTML.
+// OmniQ dashboard: live updates over server-sent events (overview, task list, workers)
+// and a light poll of the task page. Every value goes in through textContent, never as
+// HTML.
 "use strict";
 
 (function () {
@@ -90,6 +91,123 @@
     source.addEventListener("error", () => setLive(false));
   }
 
+  function ago(iso) {
+    if (!iso) return "—";
+    const seconds = (Date.now() - Date.parse(iso)) / 1000;
+    return seconds < 1 ? "just now" : duration(seconds) + " ago";
+  }
+
+  function setTime(el, iso) {
+    el.dateTime = iso || "";
+    el.title = iso || "";
+    el.textContent = ago(iso);
+  }
+
+  function fromTemplate(id) {
+    return document.getElementById(id).content.firstElementChild.cloneNode(true);
+  }
+
+  // A list page follows its stream: rows are rebuilt when what the server sends changes
+  // (same filters and page as the page shows), and the times they show age each tick.
+  function streamList(table, eventName, render) {
+    let last = null;
+    const source = new EventSource(table.dataset.stream);
+    source.addEventListener(eventName, (event) => {
+      setLive(true);
+      if (event.data !== last) {
+        last = event.data;
+        render(table, JSON.parse(event.data));
+      } else {
+        for (const el of table.tBodies[0].querySelectorAll("time[datetime]")) {
+          el.textContent = ago(el.dateTime);
+        }
+      }
+    });
+    source.addEventListener("error", () => setLive(false));
+  }
+
+  function progressCell(cell, progress) {
+    if (!progress) return;
+    const box = document.createElement("div");
+    box.className = "progress";
+    const bar = document.createElement("progress");
+    if (progress.total) {
+      bar.max = progress.total;
+      bar.value = progress.done;
+    }
+    const text = document.createElement("span");
+    text.className = "progress-text";
+    let line = String(progress.done);
+    if (progress.total) line += " / " + progress.total;
+    if (progress.percent !== null) line += " (" + Math.round(progress.percent) + " %)";
+    if (progress.message) line += " · " + progress.message;
+    text.textContent = line;
+    box.append(bar, " ", text);
+    cell.append(box);
+  }
+
+  function showTasks(table, data) {
+    const base = table.dataset.tasksUrl;
+    const rows = data.tasks.map((task) => {
+      const row = fromTemplate("task-row");
+      row.dataset.id = task.id;
+      const href = base + "/" + encodeURIComponent(task.id);
+      const name = row.querySelector(".tname");
+      name.textContent = task.name;
+      name.title = task.func;
+      name.href = href;
+      const queue = row.querySelector(".tqueue");
+      queue.textContent = task.queue;
+      queue.href = base + "?" + new URLSearchParams({ queue: task.queue }).toString();
+      const pill = row.querySelector(".pill");
+      pill.textContent = task.status;
+      pill.classList.add("s-" + task.status);
+      row.querySelector(".tattempts").textContent = task.attempts;
+      progressCell(row.querySelector(".tprogress"), task.progress);
+      setTime(row.querySelector(".tcreated"), task.created_at);
+      setTime(row.querySelector(".tupdated"), task.updated_at);
+      const id = row.querySelector(".tid");
+      id.textContent = task.id.length > 14 ? "…" + task.id.slice(-12) : task.id;
+      id.title = task.id;
+      id.href = href;
+      return row;
+    });
+    if (!rows.length) {
+      const empty = document.createElement("tr");
+      empty.className = "empty-row";
+      const cell = document.createElement("td");
+      cell.colSpan = 8;
+      cell.className = "empty";
+      cell.textContent = "No tasks match.";
+      empty.append(cell);
+      rows.push(empty);
+    }
+    table.tBodies[0].replaceChildren(...rows);
+    const older = document.getElementById("older");
+    if (older) older.hidden = !data.more;
+  }
+
+  function showWorkers(table, data) {
+    const rows = data.workers.map((worker) => {
+      const row = fromTemplate("worker-row");
+      row.dataset.id = worker.id;
+      row.querySelector(".wid").textContent = worker.id;
+      row.querySelector(".whost").textContent = worker.hostname;
+      row.querySelector(".wpid").textContent = worker.pid;
+      row.querySelector(".wtype").textContent = worker.worker_type;
+      const bar = row.querySelector("progress");
+      bar.max = worker.concurrency;
+      bar.value = worker.running;
+      row.querySelector(".wbusy").textContent = worker.running + " / " + worker.concurrency;
+      row.querySelector(".wqueues").textContent = worker.queues.join(", ");
+      setTime(row.querySelector(".wstarted"), worker.started_at);
+      setTime(row.querySelector(".wseen"), worker.last_seen);
+      return row;
+    });
+    if (!rows.length) rows.push(fromTemplate("no-workers"));
+    table.tBodies[0].replaceChildren(...rows);
+  }
+
   function watchTask(panel) {
     const shown = panel.dataset.status;
     if (FINAL.includes(shown)) {
@@ -135,6 +253,10 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     if (body.dataset.page === "overview") streamOverview();
+    const tasks = document.getElementById("task-list");
+    if (tasks) streamList(tasks, "tasks", showTasks);
+    const workers = document.getElementById("worker-list");
+    if (workers) streamList(workers, "workers", showWorkers);
     const panel = document.getElementById("task");
     if (panel) watchTask(panel);
   });

@@ -146,6 +146,7 @@ class FileQueue(StorageTwin[AsyncFileQueue]):
     get_progress = blocking(AsyncFileQueue.get_progress)
     set_limit = blocking(AsyncFileQueue.set_limit)
     register_task_limits = blocking(AsyncFileQueue.register_task_limits)
+    get_limits = blocking(AsyncFileQueue.get_limits)
 
 
 class FileResultStorage(StorageTwin[AsyncFileResultStorage]):

@@ -18,7 +18,7 @@ from omniq.storage._fleet import decode_worker, encode_worker
 from omniq.storage.file._base import FileComponent
 from omniq.storage.file._claim import claimable
 from omniq.storage.file._layout import decode_record, moved, record_path, to_us, token, wake
-from omniq.storage.file._limits import write_limits
+from omniq.storage.file._limits import read_limits, write_limits
 from omniq.storage.file._progress import read_progress, write_progress
 from omniq.storage.file._store import Change
 
@@ -110,6 +110,10 @@ class FileFleet(FileComponent):
         store = await self._s()
         await write_limits(store, {key: limit})
         wake(store)
+
+    async def get_limits(self) -> dict[str, Limit]:
+        """The limits stored, by key."""
+        return await read_limits(await self._s())
 
     async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
         """Note the limits of task names before tasks carrying them are stored."""

@@ -21,7 +21,7 @@ from omniq.errors import StorageError
 from omniq.storage.file._layout import Entry, decode_record, record_path, to_us, token
 from omniq.storage.file._store import KEEP, Change, Store
 
-__all__ = ["LIMITS_DIR", "claim_limited", "write_limits"]
+__all__ = ["LIMITS_DIR", "claim_limited", "read_limits", "write_limits"]
 
 LIMITS_DIR = "limits"
 _PATH = f"{LIMITS_DIR}/state"
@@ -29,6 +29,11 @@ _WHERE = "file backend"
 #: How many claimable entries a claim under limits looks at, at most: the candidates
 #: behind more held-back tasks than this wait for a later claim.
 SCAN = 500
+
+
+async def read_limits(store: Store) -> dict[str, Limit]:
+    """The limits stored, by key (one read of the ledger)."""
+    return ledger.limits_of(ledger.decode(await store.read(_PATH), _WHERE))
 
 
 async def write_limits(store: Store, limits: Mapping[str, Limit | None]) -> None:

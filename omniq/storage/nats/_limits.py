@@ -22,7 +22,7 @@ from omniq.storage.nats._base import Record, task_of
 from omniq.storage.nats._index import LIMITS_KEY, TaskIndex
 from omniq.storage.nats.connection import NATSConnection
 
-__all__ = ["LIMITS_KEY", "claim_limited", "write_limits"]
+__all__ = ["LIMITS_KEY", "claim_limited", "read_limits", "write_limits"]
 
 _WHERE = "nats"
 #: How many claimable tasks a claim under limits looks at, at most.
@@ -39,6 +39,12 @@ def _subject(conn: NATSConnection) -> str:
 
 def _stream(conn: NATSConnection) -> str:
     return f"KV_{conn.tasks_bucket}"
+
+
+async def read_limits(conn: NATSConnection) -> dict[str, Limit]:
+    """The limits stored, by key (one direct get of the ledger's last revision)."""
+    _, data = await conn.get_last(_stream(conn), _subject(conn))
+    return ledger.limits_of(ledger.decode(data, _WHERE))
 
 
 async def write_limits(

@@ -22,7 +22,7 @@ from omniq.storage.nats._base import ENCODER, Record, dt, record_of, together, u
 from omniq.storage.nats._changes import CAS_TRIES, RUNNING, TaskRecords
 from omniq.storage.nats._fleet import NATSFleet
 from omniq.storage.nats._index import TaskIndex
-from omniq.storage.nats._limits import claim_limited, write_limits
+from omniq.storage.nats._limits import claim_limited, read_limits, write_limits
 from omniq.storage.nats._progress import read_progress, write_progress
 
 __all__ = ["AsyncNATSQueue", "NATSQueue"]
@@ -343,6 +343,10 @@ class AsyncNATSQueue(NATSFleet, TaskRecords):
         """Store (None: remove) the limit of ``key``; claims apply it from now on."""
         await write_limits(await self._conn(), {key: limit}, self._known_index())
 
+    async def get_limits(self) -> dict[str, Limit]:
+        """The limits stored, by key."""
+        return await read_limits(await self._conn())
+
     async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
         """Note the limits of task names before tasks carrying them are stored."""
         await write_limits(await self._conn(), dict(limits), self._known_index())
@@ -392,3 +396,4 @@ class NATSQueue(StorageTwin[AsyncNATSQueue]):
     get_progress = blocking(AsyncNATSQueue.get_progress)
     set_limit = blocking(AsyncNATSQueue.set_limit)
     register_task_limits = blocking(AsyncNATSQueue.register_task_limits)
+    get_limits = blocking(AsyncNATSQueue.get_limits)

@@ -464,6 +464,12 @@ class AsyncPostgresQueue(PostgresFleet, QueueComponent[PostgresConnection]):
             await db.execute("storing a limit", lq["set_limit"], key, limit.encode())
         await db.execute("waking workers", "SELECT pg_notify($1, '')", db.work_channel)
 
+    async def get_limits(self) -> dict[str, Limit]:
+        """The limits stored, by key."""
+        db = await self._conn()
+        rows = await db.fetch("reading limits", limit_statements(db.schema)["limits"])
+        return {row[0]: Limit.decode(row[1]) for row in rows}
+
     async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
         """Note the limits of task names before tasks carrying them are stored."""
         db = await self._conn()
@@ -563,3 +569,4 @@ class PostgresQueue(StorageTwin[AsyncPostgresQueue]):
     get_progress = blocking(AsyncPostgresQueue.get_progress)
     set_limit = blocking(AsyncPostgresQueue.set_limit)
     register_task_limits = blocking(AsyncPostgresQueue.register_task_limits)
+    get_limits = blocking(AsyncPostgresQueue.get_limits)

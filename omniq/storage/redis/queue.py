@@ -489,6 +489,11 @@ class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
         if kind == "q":  # a limit removed may free waiting tasks: wake the queue's workers
             await client.call("LPUSH", f"{self._prefix}q:{queue}:wake", "1")
 
+    async def get_limits(self) -> dict[str, Limit]:
+        """The limits stored, by key."""
+        flat = await (await self._conn()).call("HGETALL", f"{self._prefix}limits")
+        return {_text(flat[i]): Limit.decode(_text(flat[i + 1])) for i in range(0, len(flat), 2)}
+
     async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
         """Note the limits of task names before tasks carrying them are stored."""
         pairs = [item for key, limit in limits.items() for item in (key, limit.encode())]
@@ -534,3 +539,4 @@ class RedisQueue(StorageTwin[AsyncRedisQueue]):
     get_progress = blocking(AsyncRedisQueue.get_progress)
     set_limit = blocking(AsyncRedisQueue.set_limit)
     register_task_limits = blocking(AsyncRedisQueue.register_task_limits)
+    get_limits = blocking(AsyncRedisQueue.get_limits)

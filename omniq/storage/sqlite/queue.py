@@ -451,6 +451,12 @@ class AsyncSQLiteQueue(SQLiteFleet, QueueComponent[SQLiteConnection]):
         )
         self.connection.notify_work()  # a limit removed may free waiting tasks
 
+    async def get_limits(self) -> dict[str, Limit]:
+        """The limits stored, by key."""
+        db = await self._conn()
+        rows = await db.run(lambda conn: conn.execute(LQ["limits"]).fetchall(), "reading limits")
+        return {key: Limit.decode(spec) for key, spec in rows}
+
     async def register_task_limits(self, limits: Mapping[str, Limit]) -> None:
         """Note the limits of task names before tasks carrying them are stored."""
         await (await self._conn()).write(
@@ -491,3 +497,4 @@ class SQLiteQueue(StorageTwin[AsyncSQLiteQueue]):
     get_progress = blocking(AsyncSQLiteQueue.get_progress)
     set_limit = blocking(AsyncSQLiteQueue.set_limit)
     register_task_limits = blocking(AsyncSQLiteQueue.register_task_limits)
+    get_limits = blocking(AsyncSQLiteQueue.get_limits)

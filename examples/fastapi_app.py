@@ -12,7 +12,7 @@ settings: by default SQLite under ``./.omniq``; ``OMNIQ_BASE_DIR`` or any ``OMNI
 variable changes that for both)::
 
     omniq worker --app fastapi_app:oq          # the worker: imports this module
-    uvicorn fastapi_app:app --port 8000        # the web app (pip install uvicorn)
+    uvicorn fastapi_app:app --port 8000        # the web app (pip install fastapi uvicorn)
 
     curl -s localhost:8000/summaries -H 'content-type: application/json' \\
          -d '{"text": "OmniQ runs tasks. Workers run beside the app."}'

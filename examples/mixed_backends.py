@@ -39,7 +39,10 @@ EVENTS_URL = os.environ.get("EVENTS_URL", "sqlite:///omniq-events.db")
 oq = OmniQ(task_queue=REDIS_URL, result_storage=DATABASE_URL, event_storage=EVENTS_URL)
 
 
-@oq.task(max_retries=3, retry_delay="1s")
+# name= gives the task the same name in every process: run as a script this module is
+# __main__, imported by `omniq worker --app mixed_backends:oq` it is mixed_backends, and
+# a name made from the module would differ between the two.
+@oq.task(name="quote", max_retries=3, retry_delay="1s")
 def quote(symbol: str) -> float:
     """A stand-in for a call to a pricing service: a price made from the symbol."""
     return round(10 + zlib.crc32(symbol.encode()) % 90_000 / 100, 2)

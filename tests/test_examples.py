@@ -161,6 +161,8 @@ def test_fastapi_app_with_a_worker_process_beside_it() -> None:
         started(*worker_cmd, "--log-level", "INFO") as (worker, worker_log),
         started(*web_cmd, "--host", "127.0.0.1") as (web, web_log),
     ):
+        # The first request waits at most 10 s for its result: have the worker up first.
+        worker_log.wait_for(r"omniq\.worker: worker \S+ started")
         # Uvicorn says so once the lifespan has run (the client is connected) and the
         # socket listens.
         web_log.wait_for("Uvicorn running on")
@@ -189,8 +191,8 @@ def test_fastapi_app_with_a_worker_process_beside_it() -> None:
         }
         assert http("GET", f"{base}/jobs/no-such-task") == (404, {"detail": "no task no-such-task"})
 
-        # The app stops gracefully (its lifespan closes the client; uvicorn then exits by
-        # the signal it caught, as it does since 0.29)...
+        # The app stops gracefully (its lifespan closes the client; recent uvicorn then
+        # exits by the signal it caught, older ones with 0)...
         assert stop(web, signal.SIGTERM) in {0, -signal.SIGTERM}
         web_log.wait_for("Application shutdown complete")
         # ...and both tasks ran in the worker process, not in the web server's.

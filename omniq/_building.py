@@ -272,7 +272,16 @@ class TaskBuilder:
         if callable(func):
             found = _callables.callable_path(func)
             spec = _callables.arg_spec(func)
-            return (found, None, spec) if found else (_callables.describe(func), func, spec)
+            if found:
+                return found, None, spec
+            # A function registered with @oq.task that cannot be imported (defined in
+            # __main__, a notebook, a closure) goes by its registered name, as its own
+            # .delay() sends it: its wrapper holds the client, which no payload can carry.
+            name = getattr(func, "name", None)
+            inner = getattr(func, "__omniq_func__", None)
+            if isinstance(name, str) and inner is not None and self.registry.get(name) is inner:
+                return name, None, spec
+            return _callables.describe(func), func, spec
         raise ConfigError(
             f"task function {func!r}: expected a callable, 'module:qualname' or "
             "'package.module.function'"

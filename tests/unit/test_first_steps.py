@@ -5,6 +5,8 @@ gevent task that overruns its timeout without yielding."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -218,3 +220,50 @@ def test_errors_stay_under_the_root() -> None:
     assert issubclass(TaskArgumentError, ConfigError)
     assert issubclass(TaskArgumentError, TypeError)
     assert issubclass(TaskArgumentError, OmniQError)
+
+
+_SCRIPT = """
+import asyncio, sys
+from omniq import AsyncOmniQ, OmniQ
+
+oq = OmniQ(base_dir=sys.argv[1])
+
+@oq.task(max_retries=1)
+def add(a: int, b: int) -> int:
+    return a + b
+
+aoq = AsyncOmniQ(base_dir=sys.argv[1] + "-async")
+
+@aoq.task
+async def mul(a: int, b: int) -> int:
+    return a * b
+
+async def main() -> list[int]:
+    ids = [await aoq.enqueue(mul, 2, 3), await aoq.submit(mul, (4, 5), priority=1)]
+    await aoq.worker().run(burst=True)
+    values = [(await aoq.get_result(i)).result for i in ids]
+    await aoq.close()
+    return values
+
+ids = [oq.enqueue(add, 1, 2), oq.submit(add, (3, 4), queue="default")]
+oq.worker().run(burst=True)
+print([oq.get_result(i).result for i in ids] + asyncio.run(main()))
+oq.close()
+"""
+
+
+def test_a_task_function_of_a_script_passes_to_enqueue_and_submit(tmp_path: Path) -> None:
+    # A function decorated in the script itself (__main__: no import path) handed to
+    # oq.enqueue/submit, not through its own .delay(): it goes by its registered name.
+    # It used to be carried by value with its wrapper, whose client dill cannot pickle.
+    script = tmp_path / "app.py"
+    script.write_text(_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[0] == "[3, 7, 6, 20]"

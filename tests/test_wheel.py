@@ -109,7 +109,10 @@ def test_the_sdist_holds_the_package_files_and_documents(dist: Path) -> None:
     prefix = f"omniq-{__version__}/"
     with tarfile.open(only(dist, f"omniq-{__version__}.tar.gz")) as sdist:
         packed = {n.removeprefix(prefix) for n in sdist.getnames()}
-    expected = [*package_files(), "pyproject.toml", "README.md", "CHANGELOG.md", "MANIFEST.in"]
+    documents = ["pyproject.toml", "README.md", "CHANGELOG.md", "MANIFEST.in"]
+    examples = tracked("examples")  # the README links them
+    assert examples
+    expected = [*package_files(), *documents, *examples]
     assert [n for n in expected if n not in packed] == []
 
 

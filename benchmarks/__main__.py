@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workload",
         default="all",
-        help="enqueue, bulk, drain, latency, sleep, memory, sync, ratelimit, a comma list or all",
+        help="enqueue, bulk, drain, latency, sleep, memory, sync, ratelimit, enqueue-concurrent, "
+        "a comma list or all",
     )
     parser.add_argument("--runs", type=int, default=3, help="repetitions per cell (default 3)")
     parser.add_argument(

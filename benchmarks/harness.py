@@ -35,7 +35,17 @@ from benchmarks.adapters import REGISTRY
 from benchmarks.adapters.base import REDIS_URL, REPO_ROOT
 from benchmarks.workloads import Spec
 
-WORKLOADS = ("enqueue", "bulk", "drain", "latency", "sleep", "memory", "sync", "ratelimit")
+WORKLOADS = (
+    "enqueue",
+    "bulk",
+    "drain",
+    "latency",
+    "sleep",
+    "memory",
+    "sync",
+    "ratelimit",
+    "enqueue-concurrent",
+)
 BACKENDS = ("redis", "sqlite", "file", "postgres", "nats")
 SIZES = {"enqueue": 10_000, "bulk": 10_000, "drain": 10_000, "latency": 500, "sleep": 2_000}
 SIZES["sync"] = 10_000
@@ -45,6 +55,9 @@ TIMEOUTS = {"enqueue": 180, "bulk": 120, "drain": 420, "latency": 180, "sleep": 
 TIMEOUTS["sync"] = 300
 # The drain under a rate limit (OmniQ only): 5 windows of the limit, then a few.
 SIZES["ratelimit"], QUICK_SIZES["ratelimit"], TIMEOUTS["ratelimit"] = 5_000, 2_000, 120
+# Many producers at once: OmniQ measures two clients (async, then blocking) in one child.
+SIZES["enqueue-concurrent"], QUICK_SIZES["enqueue-concurrent"] = 10_000, 1_000
+TIMEOUTS["enqueue-concurrent"] = 300
 WORK_ROOT = REPO_ROOT / "benchmarks" / ".work"
 
 

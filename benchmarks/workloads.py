@@ -16,6 +16,14 @@ Each returns a flat dict of metrics. Method (same as the peer reference benchmar
   ``time.time()`` just before the enqueue call.
 - sleep: ``n`` tasks that sleep 10 ms then do the drain body, concurrency 100.
 - sync (OmniQ only): the enqueue workload through ``OmniQ`` and through ``AsyncOmniQ``.
+- enqueue-concurrent: many producers at once, as a web application's requests enqueue:
+  ``n`` no-op tasks from ``CONCURRENT_COROUTINES`` coroutines sharing one client (async
+  libraries, ``async_rate``) or ``CONCURRENT_THREADS`` threads sharing one client
+  (blocking libraries, ``blocking_rate``); each caller awaits (or calls) one enqueue at a
+  time, taking the next task from a shared count until ``n`` are stored. Warm-up: one
+  concurrent round of ``max(WARMUP, callers)`` calls; rate = n / (first start to last
+  return); no worker runs. OmniQ reports both: ``AsyncOmniQ`` from the coroutines, then
+  ``OmniQ`` from the threads on a store of its own.
 - ratelimit (OmniQ only): the drain workload with every task under
   ``rate_limit=RATE_LIMIT`` (SPEC §8 "Limits"); reported beside the limit. Starts come in
   bursts: a window's worth as fast as the worker goes, then the next as the first leave
@@ -32,6 +40,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,6 +63,10 @@ MEASURE_CAP_SECONDS = 150.0
 CONCURRENCY = {"drain": 32, "memory": 32, "latency": 32, "sleep": 100, "ratelimit": 32}
 #: The limit of the ratelimit workload, in starts per second.
 RATE_LIMIT = 1000
+#: Callers of the enqueue-concurrent workload: coroutines for async libraries, threads for
+#: blocking ones (a web application's requests in flight at once).
+CONCURRENT_COROUTINES = 64
+CONCURRENT_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -406,6 +419,93 @@ def run_sync(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     }
 
 
+async def coroutines_rate(call: Callable[[], Awaitable[Any]], n: int, width: int) -> float:
+    """Calls/s of ``n`` calls of ``call`` from ``width`` coroutines at once, each awaiting
+    one call at a time (one concurrent round of ``max(WARMUP, width)`` calls first)."""
+
+    async def round_of(count: int) -> float:
+        pending = iter(range(count))
+
+        async def caller() -> None:
+            for _ in pending:  # shared: every call is made once, by whichever is free
+                await call()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(width)))
+        return time.perf_counter() - start
+
+    await round_of(max(WARMUP, width))
+    return n / await round_of(n)
+
+
+def threads_rate(call: Callable[[], Any], n: int, width: int) -> float:
+    """Calls/s of ``n`` blocking calls of ``call`` from ``width`` threads at once, each
+    making one call at a time (one concurrent round of ``max(WARMUP, width)`` first).
+
+    The threads start together on a barrier; the first error any of them meets is raised.
+    """
+
+    def round_of(count: int) -> float:
+        pending = iter(range(count))  # next() on it is atomic under the GIL
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(width + 1)
+
+        def caller() -> None:
+            barrier.wait()
+            try:
+                for _ in pending:
+                    call()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, daemon=True) for _ in range(width)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+        if errors:
+            raise errors[0]
+        return elapsed
+
+    round_of(max(WARMUP, width))
+    return n / round_of(n)
+
+
+def run_enqueue_concurrent(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """Enqueue rate from many callers at once sharing one client (see the module doc)."""
+    from benchmarks.adapters.omniq_adapter import OmniQAdapter
+
+    async def measure() -> float:
+        await adapter.open()
+        try:
+            if adapter.is_async:
+                return await coroutines_rate(
+                    lambda: adapter.aenqueue("noop"), spec.n, CONCURRENT_COROUTINES
+                )
+            # Blocking calls from threads while this loop waits: the libraries that run
+            # here (Huey, RQ...) do not touch asyncio.
+            return await asyncio.to_thread(
+                threads_rate, lambda: adapter.enqueue("noop"), spec.n, CONCURRENT_THREADS
+            )
+        finally:
+            await adapter.close()
+
+    rate = asyncio.run(measure())
+    found: dict[str, Any] = {"n": spec.n}
+    if adapter.is_async:
+        found.update(async_rate=rate, coroutines=CONCURRENT_COROUTINES)
+    else:
+        found.update(blocking_rate=rate, threads=CONCURRENT_THREADS)
+    if isinstance(adapter, OmniQAdapter):
+        # The blocking OmniQ, outside any running loop (it refuses to block inside one).
+        found["blocking_rate"] = adapter.sync_concurrent_rate(spec.n, CONCURRENT_THREADS)
+        found["threads"] = CONCURRENT_THREADS
+    return found
+
+
 async def bare_bodies(body: Callable[[], Awaitable[None]], n: int, width: int) -> float:
     """Bodies/s of ``n`` task bodies run ``width`` at a time in one asyncio loop, with no
     queue at all: the ceiling of any single-process async worker for that body here."""
@@ -505,4 +605,6 @@ def run(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     """Run one repetition of ``spec.workload`` (no event loop may be running)."""
     if spec.workload == "sync":
         return run_sync(adapter, spec)
+    if spec.workload == "enqueue-concurrent":
+        return run_enqueue_concurrent(adapter, spec)
     return asyncio.run(ASYNC_WORKLOADS[spec.workload](adapter, spec))

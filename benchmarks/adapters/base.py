@@ -63,7 +63,8 @@ class Adapter:
     backends: ClassVar[tuple[str, ...]] = ("redis",)
     is_async: ClassVar[bool] = True
     has_bulk: ClassVar[bool] = False
-    #: Extra workloads beyond enqueue/drain/latency/sleep/memory (``bulk``, ``sync``).
+    #: Extra workloads beyond enqueue/drain/latency/sleep/memory/enqueue-concurrent
+    #: (``bulk``, ``sync``).
     extra_workloads: ClassVar[tuple[str, ...]] = ()
     #: Part of the worker setting that does not depend on concurrency.
     notes: ClassVar[str] = ""
@@ -85,7 +86,7 @@ class Adapter:
     @classmethod
     def workloads(cls) -> tuple[str, ...]:
         """Workloads this library can run."""
-        base = ("enqueue", "drain", "latency", "sleep", "memory")
+        base = ("enqueue", "drain", "latency", "sleep", "memory", "enqueue-concurrent")
         return base + (("bulk",) if cls.has_bulk else ()) + cls.extra_workloads
 
     def worker_setting(self, concurrency: int) -> str:

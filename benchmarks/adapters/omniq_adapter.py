@@ -29,7 +29,7 @@ class OmniQAdapter(Adapter):
     dist = "omniq"
     backends = ("redis", "sqlite", "file", "postgres", "nats")
     has_bulk = True
-    extra_workloads = ("sync", "ratelimit")
+    extra_workloads = ("sync", "ratelimit", "enqueue-concurrent")
     events: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -118,6 +118,15 @@ class OmniQAdapter(Adapter):
                 oq.enqueue(omniq_tasks.noop)
             elapsed = time.perf_counter() - start
         return n / elapsed
+
+    def sync_concurrent_rate(self, n: int, threads: int) -> float:
+        """Tasks/s of ``OmniQ.enqueue`` (blocking) from ``threads`` threads sharing one
+        client, on its own store (the enqueue-concurrent workload's blocking row)."""
+        from benchmarks.apps import omniq_app, omniq_tasks
+        from benchmarks.workloads import threads_rate
+
+        with omniq_app.make_sync(self.url("-sync"), self.events, self.namespace("-sync")) as oq:
+            return threads_rate(lambda: oq.enqueue(omniq_tasks.noop), n, threads)
 
     async def async_enqueue_rate(self, n: int, warmup: int) -> float:
         """Tasks/s of ``await AsyncOmniQ.enqueue`` on its own store."""

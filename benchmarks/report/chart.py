@@ -17,6 +17,8 @@ PANELS = (
     ("sleep", "rate", "sleep-concurrency 10 ms x 100 (tasks/s)", False),
     ("latency", "p50_ms", "latency p50 (ms, log scale; lower is better)", True),
     ("drain", "peak_rss_mib", "worker peak RSS during drain (MiB)", False),
+    ("enqueue-concurrent", "async_rate", "enqueue from 64 coroutines (tasks/s)", False),
+    ("enqueue-concurrent", "blocking_rate", "enqueue from 16 threads (tasks/s)", False),
 )
 _BACKEND_COLOR = {"redis": "#1f77b4", "sqlite": "#2ca02c", "postgres": "#9467bd", "nats": "#d62728"}
 

@@ -13,6 +13,7 @@ from typing import Any
 from benchmarks.report.data import Reference, Targets, load_reference, load_targets
 from benchmarks.report.results import Agg, num
 from benchmarks.report.tables import (
+    concurrent_table,
     failures,
     main_table,
     memory_table,
@@ -149,6 +150,15 @@ def markdown(
             "same child process, each on its own fresh store.\n\n",
             syn,
         ]
+    if concurrent := concurrent_table(agg):
+        parts += [
+            "\n## Many producers (enqueue-concurrent)\n",
+            "10,000 no-op tasks enqueued from many callers at once sharing one client, as a web "
+            "application's requests do: 64 coroutines for async libraries, 16 threads for "
+            "blocking ones, each making one call at a time; OmniQ through `AsyncOmniQ` from the "
+            "coroutines and through `OmniQ` from the threads, each on its own fresh store.\n\n",
+            concurrent,
+        ]
     if limited := ratelimit_table(agg):
         parts += [
             "\n## Drain under a rate limit (OmniQ only)\n",
@@ -180,7 +190,7 @@ def markdown(
         "WARNING where a flag exists, concurrency 32 for drain and latency and 100 for sleep:\n\n",
         settings_list(agg),
         "\n## Method\n",
-        METHOD,
+        METHOD + (CONCURRENT_METHOD if concurrent else ""),
         "\n## Failures\n",
         failures(agg),
     ]
@@ -226,4 +236,12 @@ METHOD = """\
   10,000 drain tasks were enqueued.
 - **sync**: the enqueue workload through `OmniQ` then `AsyncOmniQ` in the same child, each on
   its own store; ratio = async rate / sync rate.
+"""
+
+#: The method of the enqueue-concurrent workload, shown when the run has it.
+CONCURRENT_METHOD = """\
+- **enqueue-concurrent**: 10,000 no-op tasks from 64 coroutines (async libraries) or 16
+  threads (blocking ones) sharing one client, each caller making one call at a time and
+  taking the next task from a shared count; after one concurrent warm-up round of 64 (16)
+  calls; rate = 10,000 / (first start to last return); no worker running.
 """

@@ -30,7 +30,7 @@ def cell_text(
 
 
 def _setting(agg: Agg, label: str, backend: str) -> str:
-    for workload in ("drain", "latency", "sleep", "enqueue", "bulk", "sync"):
+    for workload in ("drain", "latency", "sleep", "enqueue", "bulk", "sync", "enqueue-concurrent"):
         cell = agg.get((label, backend, workload))
         if cell and cell["worker_setting"]:
             return str(cell["worker_setting"])
@@ -101,6 +101,30 @@ def sync_table(agg: Agg) -> str:
         for label, backend in rows(agg)
         if (label, backend, "sync") in agg
     ]
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
+def concurrent_table(agg: Agg) -> str:
+    """Many producers at once: each row's rate from coroutines (async) and threads
+    (blocking); OmniQ has both, through ``AsyncOmniQ`` and ``OmniQ``."""
+    head = (
+        "| library | backend | async enqueue/s (64 coroutines) | blocking enqueue/s (16 threads) "
+        "|\n|---|---|---:|---:|\n"
+    )
+    lines = []
+    for label, backend in rows(agg):
+        cell = agg.get((label, backend, "enqueue-concurrent"))
+        if cell is None:
+            continue
+        shown = f"**{name(label)}**" if is_omniq(label) else name(label)
+        # A library measured one way only (its API is async or blocking) shows n/a in the other.
+        figures = [
+            cell_text(agg, label, backend, "enqueue-concurrent", metric, True)
+            if metric in cell["stats"] or cell["failed"]
+            else "n/a"
+            for metric in ("async_rate", "blocking_rate")
+        ]
+        lines.append(f"| {shown} | {backend_name(backend)} | {figures[0]} | {figures[1]} |")
     return head + "\n".join(lines) + "\n" if lines else ""
 
 

@@ -152,3 +152,41 @@ def test_a_malformed_target_is_refused(tmp_path: Path, entry: str, complaint: st
         load_targets(path)
     assert "targets.toml [[target]] 1" in str(caught.value)
     assert complaint in str(caught.value)
+
+
+def test_many_producers_are_reported_each_way_they_were_measured(
+    tmp_path: Path, published: dict[str, Any]
+) -> None:
+    records = [
+        {"label": label, "backend": "redis", "workload": "enqueue-concurrent", "run": 1}
+        | {"ok": True, "metrics": metrics}
+        for label, metrics in (
+            ("omniq", {"async_rate": 30000.0, "blocking_rate": 12000.0, "n": 10}),
+            ("saq", {"async_rate": 7000.0, "n": 10}),
+            ("huey", {"blocking_rate": 6000.0, "n": 10}),
+        )
+    ]
+    agg = aggregate(records)
+    rendered = report.render(records, published["meta"], None)
+    section = _section(rendered, "Many producers (enqueue-concurrent)")
+    assert _table(section)[2:] == [
+        "| **OmniQ** | Redis | 30,000 (30,000–30,000) | 12,000 (12,000–12,000) |",
+        "| saq | Redis | 7,000 (7,000–7,000) | n/a |",
+        "| huey | Redis | n/a | 6,000 (6,000–6,000) |",
+    ]
+    assert "- **enqueue-concurrent**:" in _section(rendered, "Method")
+    # A target on the blocking figure is a data edit like any other.
+    path = tmp_path / "targets.toml"
+    path.write_text(
+        'heading = "h"\ncolumn = "c"\n[[target]]\ntitle = "16 threads ≥ {ratio}× Huey"\n'
+        'backend = "redis"\nworkload = "enqueue-concurrent"\nmetric = "blocking_rate"\n'
+        'ratio = 2\npeers = ["huey", "rq"]\n',
+        encoding="utf-8",
+    )
+    [verdict] = evaluate(agg, load_targets(path).targets)
+    assert (verdict.best_peer, verdict.goal, verdict.met) == (("huey", 6000.0), 12000.0, True)
+
+
+def test_a_run_without_many_producers_has_no_such_section(published: dict[str, Any]) -> None:
+    rendered = report.render(published["records"], published["meta"], None)
+    assert "enqueue-concurrent" not in rendered

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from omniq._sync import LoopThread, may_wait
+from omniq.errors import OmniQError
 
 
 @pytest.fixture
@@ -180,3 +181,103 @@ def test_an_interrupted_call_ends_on_the_loop_thread_which_keeps_running(
     assert cleaned_up.wait(5)
     assert later.result(timeout=5) == "done"
     assert runner.run(current_thread()).name == "omniq-test-loop"
+
+
+def _block_the_loop_thread(runner: LoopThread) -> tuple[threading.Event, list[int]]:
+    """Start the loop thread and hold it inside one callback until the returned event is
+    set; from then on ``turns`` counts the loop's turns."""
+    gate = threading.Event()
+    holding = threading.Event()
+    turns = [0]
+
+    async def hold() -> None:
+        loop = asyncio.get_running_loop()
+        holding.set()
+        gate.wait(10)  # blocks the loop itself: calls handed over meanwhile wait
+
+        def tick() -> None:
+            turns[0] += 1
+            if turns[0] < 1000:
+                loop.call_soon(tick)
+
+        tick()
+
+    runner.submit(hold())
+    assert holding.wait(5)
+    return gate, turns
+
+
+def _wait_for_inbox(runner: LoopThread, count: int) -> None:
+    for _ in range(1000):
+        if len(runner._inbox) >= count:
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError(f"{count} calls never reached the loop's inbox")
+
+
+def test_calls_from_many_threads_start_together_and_each_get_their_own_outcome(
+    runner: LoopThread,
+) -> None:
+    gate, turns = _block_the_loop_thread(runner)
+    started: dict[int, int] = {}
+    outcomes: dict[int, object] = {}
+
+    async def call(n: int) -> int:
+        started[n] = turns[0]
+        await asyncio.sleep(0)
+        if n % 3 == 0:
+            raise ValueError(n)
+        return n * 10
+
+    def caller(n: int) -> None:
+        try:
+            outcomes[n] = runner.run(call(n))
+        except ValueError as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    _wait_for_inbox(runner, 12)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    # Handed over while the loop was busy, they all start in the same turn of it.
+    assert len(started) == 12 and len(set(started.values())) == 1
+    for n, outcome in outcomes.items():
+        if n % 3 == 0:
+            assert isinstance(outcome, ValueError) and outcome.args == (n,)
+        else:
+            assert outcome == n * 10
+    assert sorted(outcomes) == list(range(12))
+
+
+def test_a_lone_call_to_the_loop_thread_is_not_held_back(runner: LoopThread) -> None:
+    # Nothing waits for other calls to join it: no timer, no linger. The loop thread
+    # runs it at once and it returns.
+    assert runner.submit(asyncio.sleep(0, "up")).result(timeout=5) == "up"
+    assert runner.run(current_thread()).name == "omniq-test-loop"
+    assert not any("timer" in t.name for t in threading.enumerate())
+    assert runner.run(current_thread()).name == "omniq-test-loop"
+
+
+def test_stopping_fails_a_call_that_never_started(runner: LoopThread) -> None:
+    gate, _ = _block_the_loop_thread(runner)
+    outcome: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            runner.run(current_thread())
+        except OmniQError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    _wait_for_inbox(runner, 1)
+    stopper = threading.Thread(target=runner.stop)
+    stopper.start()
+    thread.join(5)  # failed at once, while the loop is still held
+    assert [str(exc) for exc in outcome] == ["the blocking client was closed before this call ran"]
+    gate.set()
+    stopper.join(10)
+    assert not stopper.is_alive()

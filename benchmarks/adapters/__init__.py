@@ -44,7 +44,7 @@ REGISTRY: dict[str, Entry] = {
         Entry("taskiq-nats", "taskiq", _P + "taskiq:TaskiqNatsAdapter", ("nats",)),
         Entry("dramatiq", "dramatiq", _P + "dramatiq:DramatiqAdapter", ("redis",)),
         Entry("celery", "celery", _P + "celery:CeleryAdapter", ("redis",)),
-        Entry("huey", "huey", _P + "huey:HueyAdapter", ("redis", "sqlite")),
+        Entry("huey", "huey", _P + "huey:HueyAdapter", ("redis", "sqlite", "file")),
         Entry(
             "procrastinate",
             "procrastinate",

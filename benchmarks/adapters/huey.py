@@ -1,4 +1,5 @@
-"""Huey 3.5 on Redis DB 15 (RedisHuey) and on SQLite (SqliteHuey): ``huey_consumer``."""
+"""Huey 3.5 on Redis DB 15 (RedisHuey), on SQLite (SqliteHuey) and on local files
+(FileHuey): ``huey_consumer``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ class HueyAdapter(Adapter):
 
     library = "huey"
     dist = "huey"
-    backends = ("redis", "sqlite")
+    backends = ("redis", "sqlite", "file")
     is_async = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -20,17 +21,24 @@ class HueyAdapter(Adapter):
         self._app: Any = None
 
     def worker_setting(self, concurrency: int) -> str:
-        """Worker type and count."""
-        return (
+        """Worker type and count (and, on files, what FileHuey's storage does)."""
+        setting = (
             f"huey_consumer -k thread -w {concurrency} (default 1 worker); "
             "polling defaults -d 0.1 -m 10 -b 1.15"
         )
+        if self.backend == "file":
+            # Said in the report because OmniQ's file backend does not: FileHuey serialises
+            # every operation of every process (producer and consumer threads) on one flock.
+            setting += "; FileHuey: one flock around every storage operation"
+        return setting
 
     def child_env(self) -> dict[str, str]:
-        """Backend and SQLite file."""
+        """Backend, SQLite file and FileHuey directory (both in the repetition's workdir, so
+        the drain's storage figure counts them)."""
         return {
             "BENCH_HUEY_BACKEND": self.backend,
             "BENCH_HUEY_SQLITE": str(self.workdir / "huey.db"),
+            "BENCH_HUEY_FILE": str(self.workdir / "huey-files"),
         }
 
     async def open(self) -> None:

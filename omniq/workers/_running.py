@@ -106,8 +106,25 @@ class TaskRunner:
         started_at = utcnow()
         executor = self.executor()
         assert executor is not None
+        # The run inside the task's context (``current_task()``); its last progress
+        # report is stored before its outcome. Written here, not in a coroutine of its
+        # own: every resume of the task's coroutine passes through each layer above it.
+        context = self.progress.context(task)
+        token = set_current_task(context)
         try:
-            value = await self._call(executor, task, func, args, kwargs)
+            try:
+                if self.metrics is None and self.engine.tracing is None:
+                    value = await executor.run(task, func, args, kwargs, task.timeout)
+                else:
+                    value = await self._observed(executor, task, func, args, kwargs)
+            except asyncio.CancelledError:
+                context.close()
+                raise  # stopped: a pending report is left to the background flush
+            finally:
+                reset_current_task(token)
+                if not context.closed:
+                    context.close()
+                    await self.progress.finish(task.id)
         except Retry as request:
             await self._retry(task, request, request.delay)
             return
@@ -129,7 +146,7 @@ class TaskRunner:
             logger.debug("task %s (%s): attempt %d complete", task.id, task.func, task.attempts)
         self.outcomes.finish(task, TaskStatus.COMPLETE, value=encoded, started_at=started_at)
 
-    async def _call(
+    async def _observed(
         self,
         executor: BaseExecutor,
         task: Task,
@@ -137,28 +154,14 @@ class TaskRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """The executor's run of the call, inside the task's context (``current_task()``);
-        the run's last progress report is stored before its outcome."""
-        context = self.progress.context(task)
-        token = set_current_task(context)
-        try:
-            if self.metrics is None and self.engine.tracing is None:
-                return await executor.run(task, func, args, kwargs, task.timeout)
-            with contextlib.ExitStack() as observed:
-                # The run in its span (tracing=True) and its metrics (metrics_port).
-                if self.engine.tracing is not None:
-                    observed.enter_context(self.engine.tracing.processing(task, self.worker_id))
-                if self.metrics is not None:
-                    observed.enter_context(self.metrics.attempt(task, self.held))
-                return await executor.run(task, func, args, kwargs, task.timeout)
-        except asyncio.CancelledError:
-            context.close()
-            raise  # stopped: a pending report is left to the background flush
-        finally:
-            reset_current_task(token)
-            if not context.closed:
-                context.close()
-                await self.progress.finish(task.id)
+        """The executor's run of the call in its span (``tracing=True``) and with its
+        metrics (``metrics_port``)."""
+        with contextlib.ExitStack() as observed:
+            if self.engine.tracing is not None:
+                observed.enter_context(self.engine.tracing.processing(task, self.worker_id))
+            if self.metrics is not None:
+                observed.enter_context(self.metrics.attempt(task, self.held))
+            return await executor.run(task, func, args, kwargs, task.timeout)
 
     def _retries_left(self, task: Task) -> bool:
         return has_attempts_left(failed_runs(task.attempts, task.lost_runs), task.max_retries)

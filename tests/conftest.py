@@ -8,6 +8,8 @@ from __future__ import annotations
 import faulthandler
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -67,6 +69,20 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 def unique_name(prefix: str = "t") -> str:
     """A fresh namespace / stream / directory name for one test."""
     return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a user's script would run (``python app.py STORE`` in
+    ``tmp_path``, its own ``__main__``), with a fresh store directory as its argument."""
+    script = tmp_path / "app.py"
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
 
 
 def free_port() -> int:

@@ -5,8 +5,6 @@ gevent task that overruns its timeout without yielding."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import time
 import uuid
 from datetime import timedelta
@@ -24,6 +22,7 @@ from omniq.storage.sqlite import (
     SQLiteResultStorage,
 )
 from tests.conformance import tasks
+from tests.conftest import run_script
 
 
 def spin(seconds: float) -> str:
@@ -256,14 +255,6 @@ def test_a_task_function_of_a_script_passes_to_enqueue_and_submit(tmp_path: Path
     # A function decorated in the script itself (__main__: no import path) handed to
     # oq.enqueue/submit, not through its own .delay(): it goes by its registered name.
     # It used to be carried by value with its wrapper, whose client dill cannot pickle.
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    run = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    run = run_script(tmp_path, _SCRIPT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[0] == "[3, 7, 6, 20]"

@@ -20,6 +20,7 @@ from omniq.storage.sqlite import AsyncSQLiteQueue
 from omniq.workers._child import ChildProgress, ProgressReport
 from omniq.workers._progress import ProgressWriter
 from tests.conformance import progress_tasks
+from tests.conftest import run_script
 
 
 class Recorder:
@@ -204,18 +205,7 @@ def test_a_pool_that_stops_leaves_no_progress_flush_behind(tmp_path: Path) -> No
     # A script as users write it: the blocking client, a task reporting progress in a
     # loop, a burst run, close. The pool's background flush of progress was left
     # sleeping when the pool stopped, and the loop's close reported it destroyed pending.
-    import subprocess
-    import sys
-
-    script = tmp_path / "app.py"
-    script.write_text(_PROGRESS_SCRIPT)
-    run = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    run = run_script(tmp_path, _PROGRESS_SCRIPT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["50", "50"]
     assert "destroyed but it is pending" not in run.stderr, run.stderr

@@ -13,7 +13,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -103,21 +102,29 @@ def test_the_task_list_shows_tasks_enqueued_after_it_opened(
     with oq, dashboard(tmp_path) as base:
         first = oq.submit(f"{JOBS}:add", (1, 2))
         browser.get(f"{base}/tasks?status=pending")
-        assert [r.get_attribute("data-id") for r in rows(browser)] == [first]
+        # Row ids are read in one script: the live list may rebuild its rows between a
+        # lookup and a read of each (a stale element; seen in CI).
+        assert row_ids(browser) == [first]
         browser.execute_script("window.openedOnce = true")  # gone if the page reloads
         done = oq.submit(f"{JOBS}:add", (3, 4), queue="elsewhere")
         oq.worker(worker_type="thread", queues="elsewhere").run(burst=True)  # not pending
         later = oq.submit(f"{JOBS}:add", ("<b>x</b>", 1), queue="<i>q</i>")
 
-        wait(browser).until(lambda d: len(rows(d)) == 2)
-        assert [r.get_attribute("data-id") for r in rows(browser)] == [later, first]
+        wait(browser).until(lambda d: row_ids(d) == [later, first])
         assert done not in browser.page_source  # the status filter still holds
         assert browser.execute_script("return window.openedOnce") is True
-        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{later}"]')
-        assert row.find_element(By.CSS_SELECTOR, ".tqueue").text == "<i>q</i>"  # as text
-        assert row.find_element(By.CSS_SELECTOR, ".pill").text == "pending"
-        link = row.find_element(By.CSS_SELECTOR, ".tname")
-        assert link.text == "add" and str(link.get_attribute("href")).endswith(f"/tasks/{later}")
+
+        def later_row_shown(d: WebDriver) -> bool:
+            row = d.find_element(By.CSS_SELECTOR, f'tr[data-id="{later}"]')
+            link = row.find_element(By.CSS_SELECTOR, ".tname")
+            return (
+                row.find_element(By.CSS_SELECTOR, ".tqueue").text == "<i>q</i>"  # as text
+                and row.find_element(By.CSS_SELECTOR, ".pill").text == "pending"
+                and link.text == "add"
+                and str(link.get_attribute("href")).endswith(f"/tasks/{later}")
+            )
+
+        wait(browser).until(later_row_shown)  # stale rows looked up again
         assert "on" in str(browser.find_element(By.ID, "live").get_attribute("class"))
 
 
@@ -130,19 +137,29 @@ def test_the_workers_page_shows_a_worker_started_after_it_opened(
         assert "No worker running" in text_of(browser, "#worker-list")
         browser.execute_script("window.openedOnce = true")
         with worker(tmp_path) as proc:
-            wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-id]"))
-            row = browser.find_element(By.CSS_SELECTOR, "#worker-list tr[data-id]")
-            assert row.find_element(By.CSS_SELECTOR, ".wpid").text == str(proc.pid)
-            assert row.find_element(By.CSS_SELECTOR, ".wtype").text == "thread"
-            assert row.find_element(By.CSS_SELECTOR, ".wqueues").text == "default"
+
+            def worker_shown(d: WebDriver) -> bool:
+                # Looked up afresh at each poll: the live list rebuilds its rows as the
+                # worker's heartbeat changes them (a stale element otherwise).
+                found = d.find_elements(By.CSS_SELECTOR, "#worker-list tr[data-id]")
+                return bool(found) and [
+                    found[0].find_element(By.CSS_SELECTOR, css).text
+                    for css in (".wpid", ".wtype", ".wqueues")
+                ] == [str(proc.pid), "thread", "default"]
+
+            wait(browser).until(worker_shown)
         # Stopped: it deregisters, and the page says no worker runs.
         wait(browser).until(lambda d: "No worker running" in text_of(d, "#worker-list"))
         assert browser.execute_script("return window.openedOnce") is True
 
 
-def rows(driver: WebDriver) -> list[Any]:
-    """The task rows the list shows."""
-    return list(driver.find_elements(By.CSS_SELECTOR, "#task-list tbody tr[data-id]"))
+def row_ids(driver: WebDriver) -> list[str]:
+    """The ids of the task rows the list shows, read at once in the page."""
+    ids = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#task-list tbody tr[data-id]'),"
+        " r => r.dataset.id)"
+    )
+    return [str(i) for i in ids]
 
 
 def _screenshots(browser: WebDriver, base: str, oq: object, directory: Path) -> None:

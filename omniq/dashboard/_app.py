@@ -226,11 +226,17 @@ class Dashboard:
         queue = request.query_params.get("queue") or None
         status = self._status(request)
         name = request.query_params.get("name") or None
+        stats = await self.source.stats()  # one read: the queue menu and the cap notice
         listing = await views.task_page(
-            self.source, queue=queue, status=status, name=name, page=self._page_number(request)
+            self.source,
+            queue=queue,
+            status=status,
+            name=name,
+            page=self._page_number(request),
+            stats=stats,
         )
         query = {"queue": queue, "status": status and status.value, "name": name}
-        queues = sorted(await self.source.stats())
+        queues = sorted(stats)
         return self.render(
             request, "tasks.html", page="tasks", listing=listing, query=query, queues=queues
         )

@@ -226,13 +226,15 @@ async def task_page(
     status: TaskStatus | None,
     name: str | None,
     page: int,
+    stats: dict[str, dict[str, int]] | None = None,
 ) -> TaskPage:
     """Page ``page`` (from 1) of the tasks matching the filters, newest first.
 
     Storage lists newest first with a limit and no offset, so page n reads n pages'
     worth: the list reaches the newest MAX_LISTED tasks, and a name filter looks through
     the newest NAME_SCAN. Whether more match than that comes from ``stats()`` (one
-    count query), so a capped listing says so on every page instead of ending silently.
+    count query; ``stats`` when the caller has read it already), so a capped listing says
+    so on every page instead of ending silently.
     """
     start = (page - 1) * PAGE_SIZE
     needle = (name or "").strip().lower()
@@ -244,7 +246,9 @@ async def task_page(
         wanted = min(start + PAGE_SIZE + 1, MAX_LISTED + 1)
         found = await source.list_tasks(queue=queue, status=status, limit=wanted)
         found = found[:MAX_LISTED]
-        total = matching(await source.stats(), queue, status and status.value)
+        if stats is None:
+            stats = await source.stats()
+        total = matching(stats, queue, status and status.value)
         capped, reach = total > MAX_LISTED, MAX_LISTED
     rows = [task_row(task) for task in found[start : start + PAGE_SIZE]]
     return TaskPage(rows, page, more=len(found) > start + PAGE_SIZE, capped=capped, reach=reach)

@@ -10,7 +10,9 @@ Each returns a flat dict of metrics. Method (same as the peer reference benchmar
   completion; total = n / (last completion - spawn). The same run records the memory
   figures: peak RSS (``VmHWM``) of the worker and its children when the queue is drained,
   and the storage growth per queued task (Redis ``used_memory``, ``pg_database_size``, or
-  the size of the files).
+  the size of the files). And the CPU per task from the first completion to the last:
+  the worker's (its process tree) and the server's (Redis ``INFO cpu``, the PostgreSQL
+  processes), figures a shared machine's noise moves far less than the rate.
 - latency: worker spawned and proven alive with one task; 5 warm-up + ``n`` tasks enqueued
   open-loop with exponential gaps (mean 50 ms, seeded); latency = body ``time.time()`` -
   ``time.time()`` just before the enqueue call.
@@ -147,6 +149,53 @@ def tree_peak_rss_kib(pid: int) -> int:
             continue
         pending.extend(_children(current))
     return total
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its live descendants."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        total += _cpu_seconds(current)
+        pending.extend(_children(current))
+    return total
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm") as fh:
+                if fh.read().strip() == "postgres":
+                    pids.append(int(entry))
+    return pids
+
+
+async def server_cpu_seconds(adapter: Adapter, mon: aredis.Redis) -> float | None:
+    """CPU seconds the backend's server has used so far: Redis ``INFO cpu``, or the
+    PostgreSQL processes' (those alive now); None for an embedded backend. The Redis
+    figure includes the task bodies' instrumentation commands, the same for every
+    library."""
+    if adapter.backend == "redis":
+        info = await mon.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    if adapter.backend == "postgres":
+        return sum(_cpu_seconds(pid) for pid in _postgres_pids())
+    return None
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -299,9 +348,19 @@ async def _drain_like(adapter: Adapter, spec: Spec, kind: str) -> dict[str, Any]
         proc = spawn_worker(adapter, concurrency, spec.log_path)
         try:
             deadline = time.monotonic() + min(spec.timeout - 20, MEASURE_CAP_SECONDS)
+            # CPU from the first completion on (the worker's start-up and imports left
+            # out): what one task costs the worker and the server, a figure the
+            # machine's noise moves far less than a rate.
+            started = await wait_for(
+                lambda: _count(mon), 1, deadline, "tasks not completed", proc, partial_ok=True
+            )
+            worker_cpu_0 = tree_cpu_seconds(proc.pid)
+            server_cpu_0 = await server_cpu_seconds(adapter, mon)
             await wait_for(
                 lambda: _count(mon), spec.n, deadline, "tasks not completed", proc, partial_ok=True
             )
+            worker_cpu_1 = tree_cpu_seconds(proc.pid)
+            server_cpu_1 = await server_cpu_seconds(adapter, mon)
             # Counter and timestamps read atomically: a partial drain goes on meanwhile.
             pipe = mon.pipeline(transaction=True)
             pipe.get(bodies.COUNT)
@@ -315,7 +374,12 @@ async def _drain_like(adapter: Adapter, spec: Spec, kind: str) -> dict[str, Any]
         await mon.aclose()
     done = int(raw_count or 0)
     first, last = float(raw_first or 0), float(raw_last or 0)
+    measured = max(1, done - started)
+    cpu = {"worker_cpu_us_per_task": (worker_cpu_1 - worker_cpu_0) / measured * 1e6}
+    if server_cpu_0 is not None and server_cpu_1 is not None:
+        cpu["server_cpu_us_per_task"] = (server_cpu_1 - server_cpu_0) / measured * 1e6
     return {
+        **cpu,
         "rate": (done - 1) / (last - first) if last > first else float("nan"),
         "startup_s": first - spawned,
         "total_rate": done / (last - spawned),

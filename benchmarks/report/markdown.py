@@ -142,7 +142,14 @@ def markdown(
         main_table(agg, spread=True),
     ]
     if mem := memory_table(agg):
-        parts += ["\n## Memory (measured during the drain runs)\n", mem]
+        parts += [
+            "\n## Memory and CPU (measured during the drain runs)\n",
+            "CPU per task: from the first completion to the last, the worker process tree's, "
+            "and the server's (Redis `INFO cpu`, which includes the task bodies' own "
+            "instrumentation commands; the PostgreSQL processes); none for embedded "
+            "backends.\n\n",
+            mem,
+        ]
     if syn := sync_table(agg):
         parts += [
             "\n## Sync overhead (OmniQ only)\n",

@@ -71,15 +71,19 @@ def main_table(agg: Agg, spread: bool) -> str:
 
 
 def memory_table(agg: Agg) -> str:
-    """Peak worker RSS during drain and storage growth per queued task."""
+    """Peak worker RSS during drain, storage growth per queued task, and the CPU each
+    drained task cost the worker and the server."""
     head = (
         "| library | backend | peak RSS of the worker (MiB) | storage per queued task (bytes) "
-        "| drain incl. startup /s |\n|---|---|---:|---:|---:|\n"
+        "| worker CPU per task (µs) | server CPU per task (µs) "
+        "| drain incl. startup /s |\n|---|---|---:|---:|---:|---:|---:|\n"
     )
     lines = [
         f"| {name(label)} | {backend_name(backend)} "
         f"| {cell_text(agg, label, backend, 'drain', 'peak_rss_mib', True)} "
         f"| {cell_text(agg, label, backend, 'drain', 'storage_bytes_per_task', True)} "
+        f"| {cell_text(agg, label, backend, 'drain', 'worker_cpu_us_per_task', True)} "
+        f"| {cell_text(agg, label, backend, 'drain', 'server_cpu_us_per_task', True)} "
         f"| {cell_text(agg, label, backend, 'drain', 'total_rate', True)} |"
         for label, backend in rows(agg)
         if (label, backend, "drain") in agg

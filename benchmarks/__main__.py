@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from benchmarks import harness, report
 from benchmarks.adapters import PEER_LIBRARIES, REGISTRY
+from benchmarks.floors import latency_floors
 from benchmarks.workloads import calibrate
 
 
@@ -202,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"workloads {','.join(workloads)}; rows {', '.join(labels) or '(reused only)'}\n"
     )
     calibration = calibrate(harness.WORK_ROOT / "calibrate", postgres="postgres" in backends)
+    if "latency" in workloads:
+        calibration |= latency_floors(postgres="postgres" in backends)
     records = harness.run_plan(cells, args.runs, args.quick, Progress(), keep)
     meta = report.machine(
         quick=args.quick, runs=args.runs, reused_from=args.reuse_peers, calibration=calibration

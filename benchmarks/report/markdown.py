@@ -49,6 +49,22 @@ def calibration_text(
     text = ""
     if parts:
         text += "Raw limits measured at the start of this run: " + "; ".join(parts) + ".\n"
+    floors = (
+        ("redis_push_pop", "Redis `LPUSH` to a `BLPOP` in another process"),
+        ("postgres_notify", "PostgreSQL `pg_notify` to a `LISTEN` in another process"),
+    )
+    found = [
+        f"{what} p50 {cal[key + '_p50_ms']:.2f} ms, p99 {cal[key + '_p99_ms']:.2f} ms"
+        for key, what in floors
+        if key + "_p50_ms" in cal and key + "_p99_ms" in cal
+    ]
+    if "redis_idle_ping_p50_ms" in cal:
+        found.append(f"a Redis `PING` round trip p50 {cal['redis_idle_ping_p50_ms']:.2f} ms")
+    if found:
+        text += (
+            "Latency floors (bare drivers, with the latency workload's idle gaps; "
+            "`benchmarks/floors.py`): " + "; ".join(found) + ".\n"
+        )
     if loads:
         text += (
             f"1-minute load average before each repetition: median {statistics.median(loads):.1f}, "

@@ -3,7 +3,8 @@
 Each returns a flat dict of metrics. Method (same as the peer reference benchmark):
 
 - enqueue: ``n`` no-op tasks, one call at a time, awaited (or called, for sync libraries)
-  before the next, after 20 warm-up calls; no worker runs. Tasks/s.
+  before the next, after 20 warm-up calls; no worker runs. Tasks/s; also the CPU per task
+  of the producer process and of the server over the same stretch.
 - bulk: the same through the library's bulk API, one call per 1,000 tasks.
 - drain: ``n`` tasks enqueued first (bulk API where there is one; not timed), then ONE worker
   process spawned. rate = (n-1) / (last - first completion); startup = spawn -> first
@@ -297,12 +298,38 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- workloads -----------------------------------------------------------------------
+class _CpuMeter:
+    """The CPU a measured stretch cost this process (the producer) and the backend's
+    server, per task (see :func:`server_cpu_seconds`)."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.mon = aredis.Redis.from_url(REDIS_URL)
+        self.client_0 = 0.0
+        self.server_0: float | None = None
+
+    async def start(self) -> None:
+        self.server_0 = await server_cpu_seconds(self.adapter, self.mon)
+        self.client_0 = time.process_time()
+
+    async def per_task(self, n: int) -> dict[str, float]:
+        client = time.process_time() - self.client_0
+        server = await server_cpu_seconds(self.adapter, self.mon)
+        await self.mon.aclose()
+        out = {"client_cpu_us_per_task": client / n * 1e6}
+        if server is not None and self.server_0 is not None:
+            out["server_cpu_us_per_task"] = (server - self.server_0) / n * 1e6
+        return out
+
+
 async def run_enqueue(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     """Single-call enqueue rate."""
+    meter = _CpuMeter(adapter)
     await adapter.open()
     try:
         for _ in range(WARMUP):
             await _enqueue(adapter, "noop")
+        await meter.start()
         if adapter.is_async:
             start = time.perf_counter()
             for _ in range(spec.n):
@@ -313,23 +340,27 @@ async def run_enqueue(adapter: Adapter, spec: Spec) -> dict[str, Any]:
             for _ in range(spec.n):
                 adapter.enqueue("noop")
             elapsed = time.perf_counter() - start
+        cpu = await meter.per_task(spec.n)
     finally:
         await adapter.close()
-    return {"rate": spec.n / elapsed, "n": spec.n}
+    return {"rate": spec.n / elapsed, "n": spec.n, **cpu}
 
 
 async def run_bulk(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     """Bulk enqueue rate, one bulk call per 1,000 tasks."""
+    meter = _CpuMeter(adapter)
     await adapter.open()
     try:
         await _bulk(adapter, "noop", WARMUP)
+        await meter.start()
         start = time.perf_counter()
         for first in range(0, spec.n, BULK_CHUNK):
             await _bulk(adapter, "noop", min(BULK_CHUNK, spec.n - first))
         elapsed = time.perf_counter() - start
+        cpu = await meter.per_task(spec.n)
     finally:
         await adapter.close()
-    return {"rate": spec.n / elapsed, "n": spec.n}
+    return {"rate": spec.n / elapsed, "n": spec.n, **cpu}
 
 
 async def _drain_like(adapter: Adapter, spec: Spec, kind: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from benchmarks.report.data import Reference, Targets, load_reference, load_targ
 from benchmarks.report.results import Agg, num
 from benchmarks.report.tables import (
     concurrent_table,
+    cpu_table,
     failures,
     main_table,
     memory_table,
@@ -158,13 +159,17 @@ def markdown(
         main_table(agg, spread=True),
     ]
     if mem := memory_table(agg):
+        parts += ["\n## Memory (measured during the drain runs)\n", mem]
+    if cpu := cpu_table(agg):
         parts += [
-            "\n## Memory and CPU (measured during the drain runs)\n",
-            "CPU per task: from the first completion to the last, the worker process tree's, "
-            "and the server's (Redis `INFO cpu`, which includes the task bodies' own "
-            "instrumentation commands; the PostgreSQL processes); none for embedded "
-            "backends.\n\n",
-            mem,
+            "\n## CPU per task (µs)\n",
+            "What one task cost over the measured stretch of each workload: the producer "
+            "process (enqueue, bulk) or the worker's process tree (drain, from its first "
+            "completion on), and the server (Redis `INFO cpu`, which in the drain includes "
+            "the task bodies' own instrumentation commands; the PostgreSQL processes); "
+            "none for embedded backends. A shared machine's noise moves these far less "
+            "than the rates.\n\n",
+            cpu,
         ]
     if syn := sync_table(agg):
         parts += [

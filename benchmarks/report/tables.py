@@ -71,23 +71,49 @@ def main_table(agg: Agg, spread: bool) -> str:
 
 
 def memory_table(agg: Agg) -> str:
-    """Peak worker RSS during drain, storage growth per queued task, and the CPU each
-    drained task cost the worker and the server."""
+    """Peak worker RSS during drain and storage growth per queued task."""
     head = (
         "| library | backend | peak RSS of the worker (MiB) | storage per queued task (bytes) "
-        "| worker CPU per task (µs) | server CPU per task (µs) "
-        "| drain incl. startup /s |\n|---|---|---:|---:|---:|---:|---:|\n"
+        "| drain incl. startup /s |\n|---|---|---:|---:|---:|\n"
     )
     lines = [
         f"| {name(label)} | {backend_name(backend)} "
         f"| {cell_text(agg, label, backend, 'drain', 'peak_rss_mib', True)} "
         f"| {cell_text(agg, label, backend, 'drain', 'storage_bytes_per_task', True)} "
-        f"| {cell_text(agg, label, backend, 'drain', 'worker_cpu_us_per_task', True)} "
-        f"| {cell_text(agg, label, backend, 'drain', 'server_cpu_us_per_task', True)} "
         f"| {cell_text(agg, label, backend, 'drain', 'total_rate', True)} |"
         for label, backend in rows(agg)
         if (label, backend, "drain") in agg
     ]
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
+_CPU_COLUMNS = (
+    ("enqueue", "client_cpu_us_per_task"),
+    ("enqueue", "server_cpu_us_per_task"),
+    ("bulk", "client_cpu_us_per_task"),
+    ("bulk", "server_cpu_us_per_task"),
+    ("drain", "worker_cpu_us_per_task"),
+    ("drain", "server_cpu_us_per_task"),
+)
+
+
+def cpu_table(agg: Agg) -> str:
+    """CPU per task (µs) of the producer or the worker, and of the server."""
+    head = (
+        "| library | backend | enqueue: producer | enqueue: server | bulk: producer "
+        "| bulk: server | drain: worker | drain: server |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for label, backend in rows(agg):
+        cells = [
+            cell_text(agg, label, backend, workload, metric, True)
+            if (label, backend, workload) in agg
+            else "–"
+            for workload, metric in _CPU_COLUMNS
+        ]
+        if any(cell not in ("–", "n/a") for cell in cells):
+            lines.append(f"| {name(label)} | {backend_name(backend)} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n" if lines else ""
 
 

@@ -26,6 +26,7 @@ import msgspec
 
 from omniq import _dependents, _fork, _requeue, _result_wait
 from omniq._building import TaskBuilder
+from omniq._enqueue_batching import EnqueueBatcher
 from omniq._limits import Limit, queue_key, task_limits
 from omniq._loops import LoopBinding
 from omniq._storages import Component, Storages
@@ -138,6 +139,8 @@ class Engine:
         # The event loop the engine runs on: it follows its caller to a new one.
         self._bound = LoopBinding("this AsyncOmniQ")
         self._connect_lock: asyncio.Lock | None = None
+        # Concurrent calls' new tasks, stored together (made on first use, per loop).
+        self._enqueues: EnqueueBatcher[Task, Sequence[TaskEvent]] | None = None
         # The task limits this engine told its queue about (see _register_task_limits).
         self._registered_limits: dict[str, Limit] = {}
         _fork.track(self)
@@ -184,6 +187,7 @@ class Engine:
             # and the event logger follow to the new loop by themselves.
             self._pools = set()
             self._connect_lock = None
+            self._enqueues = None
 
     async def close(self) -> None:
         """Stop the running worker pools (gracefully), flush events and release the
@@ -293,20 +297,29 @@ class Engine:
         logs them with :meth:`log_stored` once it knows they are its to log (several
         workers may store the same schedule tick; only the one that claims it logs).
         """
-        queue, events = self.queue, self.events
+        events = self.events
         if any(t.rate_limit is not None or t.max_concurrency is not None for t in tasks):
             await self._register_task_limits(tasks)
-        storage = events.storage
+        if self._enqueues is None:
+            self._enqueues = EnqueueBatcher(self._write_new)
         if self.enqueue_logs_events:
-            assert storage is not None
-            ids = await queue.enqueue_logged(tasks, unnamed_events(tasks, now), storage)
+            await self._enqueues.store(tasks, unnamed_events(tasks, now))
             if events.has_handlers and not log_later:
                 events.announce(event for task in tasks for event in enqueued_events(task, now))
-            return ids
-        ids = await queue.enqueue(tasks)
+            return [task.id for task in tasks]
+        await self._enqueues.store(tasks, None)
         if not log_later and (events.enabled or events.has_handlers):
             events.log_many(event for task in tasks for event in enqueued_events(task, now))
-        return ids
+        return [task.id for task in tasks]
+
+    async def _write_new(self, tasks: list[Task], events: list[Sequence[TaskEvent]] | None) -> None:
+        """One write of new tasks, of one or several concurrent calls (the batcher's)."""
+        if events is None:
+            await self.queue.enqueue(tasks)
+            return
+        storage = self.events.storage
+        assert storage is not None
+        await self.queue.enqueue_logged(tasks, events, storage)
 
     def log_stored(self, tasks: Sequence[Task], now: datetime) -> None:
         """The events of tasks stored with ``store_new(log_later=True)``: logged now, or

@@ -262,6 +262,29 @@ async def test_enqueue_events_reach_storage_and_handlers(oq: AsyncOmniQ) -> None
     assert kinds(await oq.get_events(later)) == [EventType.ENQUEUED, EventType.SCHEDULED]
 
 
+async def test_concurrent_submits_are_each_stored_with_their_events(oq: AsyncOmniQ) -> None:
+    # Calls that arrive while another's write is out are stored together (one write):
+    # each still gets its own task stored, its own events, and its own error.
+    plain = [oq.enqueue(tasks.add, i, i) for i in range(40)]
+    delayed = [oq.submit(tasks.add, (i, 0), delay=60, queue="later") for i in range(5)]
+    wrong_arguments = oq.enqueue(tasks.add, 1, 2, 3)
+    found = await asyncio.gather(*plain, *delayed, wrong_arguments, return_exceptions=True)
+    *ids, refused = found
+    assert isinstance(refused, Exception)
+    assert all(isinstance(task_id, str) for task_id in ids)
+    assert len(set(ids)) == 45
+    stats = await oq.stats()
+    assert stats["default"]["pending"] == 40
+    assert stats["later"]["scheduled"] == 5
+    for task_id in ids[:40]:
+        assert kinds(await oq.get_events(task_id)) == [EventType.ENQUEUED]
+    for task_id in ids[40:]:
+        assert kinds(await oq.get_events(task_id)) == [EventType.ENQUEUED, EventType.SCHEDULED]
+    await oq.worker(concurrency=8).run(burst=True)
+    results = [await oq.get_result(task_id) for task_id in ids[:40]]
+    assert [r.result for r in results] == [2 * i for i in range(40)]
+
+
 async def test_list_tasks_and_stats(oq: AsyncOmniQ) -> None:
     done = await oq.enqueue(tasks.add, 1, 1)
     await oq.worker().run(burst=True)

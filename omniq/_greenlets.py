@@ -63,6 +63,8 @@ class NativeThread:
         self._target = target
         self.ident: int | None = None
         self._get_ident = native_get_ident()
+        # The thread's own greenlet (the one running the target), once it runs.
+        self._greenlet: object = None
         # Held from start() until the target returns: join() waits for it.
         self._running = native_lock()
 
@@ -76,7 +78,10 @@ class NativeThread:
             raise
 
     def _main(self) -> None:
+        from gevent import getcurrent
+
         self.ident = self._get_ident()
+        self._greenlet = getcurrent()
         try:
             self._target()
         finally:
@@ -87,12 +92,18 @@ class NativeThread:
         return self._running.locked()
 
     def is_current(self) -> bool:
-        """True when called from this thread (from any greenlet of it)."""
-        return self.ident == self._get_ident()
+        """True when called from the greenlet running the target (the other greenlets
+        of this thread can wait for it: its hub runs them while the target waits)."""
+        from gevent import getcurrent
+
+        return getcurrent() is self._greenlet
 
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the target to return. Blocks the OS thread
-        (its hub too): only the loop's own shutdown is waited for this way."""
+        (its hub too): only the loop's own shutdown is waited for this way. Returns at
+        once in this thread itself (a greenlet of it cannot wait for the others)."""
+        if self.ident == self._get_ident():
+            return
         if self._running.acquire(timeout=timeout):
             self._running.release()
 

@@ -60,21 +60,40 @@ def may_wait(task: asyncio.Future[Any], seconds: float) -> None:
 
 def ensure_not_in_loop(async_name: str) -> bool:
     """Refuse to block inside a running event loop, pointing to the async class, except
-    in a cell of IPython/Jupyter (see :func:`_runs_ipython_cells`).
+    in a cell of IPython/Jupyter (see :func:`_runs_ipython_cells`) and in a greenlet that
+    is not running the loop's code (see :func:`_loop_is_another_greenlets`).
 
-    Returns True when a loop runs in the calling thread all the same (a notebook cell):
-    the call must then run on another thread's loop while this one waits.
+    Returns True when a loop runs in the calling thread all the same: the call must then
+    run on another thread's loop while this one waits.
     """
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return False
-    if _runs_ipython_cells():
+    if _runs_ipython_cells() or _loop_is_another_greenlets(loop):
         return True
     raise SyncInAsyncError(
         f"the blocking API cannot be called from inside a running event loop; "
         f"use {async_name} (await its methods) instead"
     )
+
+
+def _loop_is_another_greenlets(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when gevent has patched threading and another greenlet runs the loop found.
+
+    asyncio's running loop belongs to the OS thread, so every greenlet of a thread where
+    one greenlet runs a loop finds it: a ``thread`` worker's task runs in a greenlet of
+    the loop's own thread there (its threads are greenlets), a ``gevent`` worker's child
+    runs its async tasks in a greenlet of its own. Waiting in another greenlet is
+    cooperative: the loop's greenlet runs on meanwhile. Which greenlet runs the loop is
+    the loop's ``_thread_id`` (asyncio's own check of ``call_soon`` callers), which
+    asyncio takes from ``threading.get_ident``, patched by gevent to name the greenlet.
+    A loop without it (not asyncio's own) counts as running here.
+    """
+    if not threading_patched():
+        return False
+    runner = getattr(loop, "_thread_id", None)
+    return runner is not None and runner != threading.get_ident()
 
 
 def _runs_ipython_cells() -> bool:

@@ -155,3 +155,45 @@ def test_a_process_without_gevent_never_imports_it(tmp_path: Path) -> None:
     run = run_script(tmp_path, _UNPATCHED_SCRIPT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "False"
+
+
+_NESTED_SCRIPT = """
+from gevent import monkey; monkey.patch_all()
+import asyncio, sys
+from omniq import OmniQ
+from omniq.errors import SyncInAsyncError
+
+oq = OmniQ(base_dir=sys.argv[1])
+
+@oq.task
+def add(a, b):
+    return a + b
+
+@oq.task
+def fan_out(n):
+    return [oq.enqueue(add, i, i) for i in range(n)]
+
+async def blocking_in_a_coroutine():
+    try:
+        oq.stats()
+    except SyncInAsyncError:
+        return "refused"
+    return "allowed"
+
+if __name__ == "__main__":
+    task = oq.enqueue(fan_out, 3)
+    with oq.worker(worker_type="thread"):
+        children = oq.get_result(task, wait=True, timeout=60).result
+        print([oq.get_result(child, wait=True, timeout=60).result for child in children])
+    print(asyncio.run(blocking_in_a_coroutine()))
+    oq.close()
+"""
+
+
+def test_a_thread_task_uses_the_blocking_client_but_a_coroutine_may_not(tmp_path: Path) -> None:
+    # Under gevent a thread worker's task runs in a greenlet of the loop's own thread,
+    # where asyncio finds that loop running: that greenlet may wait for it all the same.
+    # The greenlet that runs a loop (here asyncio.run's) is still refused.
+    run = run_script(tmp_path, _NESTED_SCRIPT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines() == ["[0, 2, 4]", "refused"]

@@ -140,7 +140,8 @@ class LoopThread:
     call leaves other work behind, or :meth:`submit` is used, or another thread calls
     while one is already running the loop, a daemon thread takes the loop over and
     keeps it running, and later calls are handed to it. Under gevent monkey-patching
-    the loop always runs on its own real OS thread. :meth:`stop` ends it all.
+    the loop always runs on its own real OS thread, and callers wait in their hubs
+    (see :mod:`omniq._greenlets`). :meth:`stop` ends it all.
 
     Calls handed to the loop from many threads at once share its wake-ups: each joins an
     inbox, and only a call that finds no wake-up already on its way asks the loop for one

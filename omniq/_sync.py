@@ -157,7 +157,7 @@ class LoopThread:
         self._thread: threading.Thread | NativeThread | None = None
         # gevent has patched threading: the loop always runs on a real OS thread (a
         # caller running it would run it in a greenlet), and callers wait as greenlets.
-        # Decided once: threading is patched first thing or not at all.
+        # Decided again whenever a new loop opens (_choose_mode).
         self._greenlets = threading_patched()
         self._lock = self._new_lock()
         # A caller thread is running the loop right now (inside run()).
@@ -201,9 +201,18 @@ class LoopThread:
         with self._lock:
             return self._loop_running_on_thread()
 
+    def _choose_mode(self) -> None:
+        """Whether callers are greenlets, looked at again as a new loop opens (called with
+        the lock held, no loop open): a gunicorn gevent worker patches after it forks,
+        and a client of the app it preloaded was made before that."""
+        self._greenlets = threading_patched()
+        self._inline = not self._greenlets
+
     def _loop_running_on_thread(self) -> asyncio.AbstractEventLoop:
         # Called with the lock held.
         loop = self._loop
+        if loop is None or loop.is_closed():
+            self._choose_mode()
         if self._greenlets:
             if loop is None or loop.is_closed() or not self._thread_runs():
                 loop = self._loop = self._start_native_loop()
@@ -301,6 +310,8 @@ class LoopThread:
             raise
         with self._lock:
             loop = self._loop
+            if loop is None:
+                self._choose_mode()
             inline = (
                 self._inline and not in_loop and not self._caller_runs and not self._thread_runs()
             )

@@ -204,3 +204,34 @@ def test_a_thread_task_uses_the_blocking_client_but_a_coroutine_may_not(tmp_path
     run = run_script(tmp_path, _NESTED_SCRIPT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines() == ["[0, 2, 4]", "refused"]
+
+
+_PATCHED_LATER_SCRIPT = """
+import sys
+from omniq import OmniQ
+
+# Made before gevent patches, as in an app a gunicorn master preloads before its gevent
+# worker forks and patches.
+oq = OmniQ(base_dir=sys.argv[1])
+
+from gevent import monkey; monkey.patch_all()
+import gevent
+
+@oq.task
+def add(a, b):
+    return a + b
+
+first, second = oq.enqueue(add, 1, 1), oq.enqueue(add, 2, 2)
+tasks = [gevent.spawn(oq.enqueue, add, n, n) for n in range(4)]
+gevent.joinall(tasks, raise_error=True)
+oq.worker(worker_type="thread").run(burst=True)
+ids = [first, second] + [task.value for task in tasks]
+print(sorted(oq.get_result(task_id).result for task_id in ids))
+oq.close()
+"""
+
+
+def test_a_client_made_before_gevent_patches_serves_greenlets_after(tmp_path: Path) -> None:
+    run = run_script(tmp_path, _PATCHED_LATER_SCRIPT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[0, 2, 2, 4, 4, 6]"

@@ -286,7 +286,8 @@ class LoopThread:
 
     @staticmethod
     def _is_current(thread: threading.Thread | NativeThread | None) -> bool:
-        # True when called from ``thread`` (any of its greenlets when it is native).
+        # True when called from ``thread`` (from the greenlet running its loop when it
+        # is native: its other greenlets may wait for that loop).
         if isinstance(thread, NativeThread):
             return thread.is_current()
         return thread is threading.current_thread()

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from omniq import _fork
+from omniq._greenlets import GreenletWake, NativeThread, native_lock, threading_patched
 from omniq.errors import OmniQError, SyncInAsyncError
 
 __all__ = [
@@ -57,35 +58,42 @@ def may_wait(task: asyncio.Future[Any], seconds: float) -> None:
     _MAY_WAIT[task] = seconds
 
 
-def _os_thread_class() -> type[threading.Thread]:
-    """``threading.Thread`` as it was before any gevent monkey-patching."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return threading.Thread
-    if monkey.is_module_patched("threading"):
-        original: type[threading.Thread] = monkey.get_original("threading", "Thread")
-        return original
-    return threading.Thread
-
-
 def ensure_not_in_loop(async_name: str) -> bool:
     """Refuse to block inside a running event loop, pointing to the async class, except
-    in a cell of IPython/Jupyter (see :func:`_runs_ipython_cells`).
+    in a cell of IPython/Jupyter (see :func:`_runs_ipython_cells`) and in a greenlet that
+    is not running the loop's code (see :func:`_loop_is_another_greenlets`).
 
-    Returns True when a loop runs in the calling thread all the same (a notebook cell):
-    the call must then run on another thread's loop while this one waits.
+    Returns True when a loop runs in the calling thread all the same: the call must then
+    run on another thread's loop while this one waits.
     """
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return False
-    if _runs_ipython_cells():
+    if _runs_ipython_cells() or _loop_is_another_greenlets(loop):
         return True
     raise SyncInAsyncError(
         f"the blocking API cannot be called from inside a running event loop; "
         f"use {async_name} (await its methods) instead"
     )
+
+
+def _loop_is_another_greenlets(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when gevent has patched threading and another greenlet runs the loop found.
+
+    asyncio's running loop belongs to the OS thread, so every greenlet of a thread where
+    one greenlet runs a loop finds it: a ``thread`` worker's task runs in a greenlet of
+    the loop's own thread there (its threads are greenlets), a ``gevent`` worker's child
+    runs its async tasks in a greenlet of its own. Waiting in another greenlet is
+    cooperative: the loop's greenlet runs on meanwhile. Which greenlet runs the loop is
+    the loop's ``_thread_id`` (asyncio's own check of ``call_soon`` callers), which
+    asyncio takes from ``threading.get_ident``, patched by gevent to name the greenlet.
+    A loop without it (not asyncio's own) counts as running here.
+    """
+    if not threading_patched():
+        return False
+    runner = getattr(loop, "_thread_id", None)
+    return runner is not None and runner != threading.get_ident()
 
 
 def _runs_ipython_cells() -> bool:
@@ -132,7 +140,8 @@ class LoopThread:
     call leaves other work behind, or :meth:`submit` is used, or another thread calls
     while one is already running the loop, a daemon thread takes the loop over and
     keeps it running, and later calls are handed to it. Under gevent monkey-patching
-    the loop always runs on its own real OS thread. :meth:`stop` ends it all.
+    the loop always runs on its own real OS thread, and callers wait in their hubs
+    (see :mod:`omniq._greenlets`). :meth:`stop` ends it all.
 
     Calls handed to the loop from many threads at once share its wake-ups: each joins an
     inbox, and only a call that finds no wake-up already on its way asks the loop for one
@@ -145,14 +154,18 @@ class LoopThread:
         self._name = name
         self._async_name = async_name
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._thread: threading.Thread | NativeThread | None = None
+        # gevent has patched threading: the loop always runs on a real OS thread (a
+        # caller running it would run it in a greenlet), and callers wait as greenlets.
+        # Decided again whenever a new loop opens (_choose_mode).
+        self._greenlets = threading_patched()
+        self._lock = self._new_lock()
         # A caller thread is running the loop right now (inside run()).
         self._caller_runs = False
         # Calls handed to the loop while a caller thread runs it: that caller starts the
         # loop thread when it finishes, so they complete.
         self._handed_over = 0
-        self._inline = not _gevent_patched()
+        self._inline = not self._greenlets
         # Calls run by a caller thread so far, and the timer armed for work that waits.
         self._calls = 0
         self._timer: threading.Timer | None = None
@@ -169,7 +182,7 @@ class LoopThread:
         self._loop = None
         self._thread = None
         self._timer = None
-        self._lock = threading.Lock()  # may have been held by a thread that is gone
+        self._lock = self._new_lock()  # may have been held by a thread that is gone
         self._caller_runs = False
         self._handed_over = 0
         dropped.append(self._inbox)  # the parent's calls: their threads are not here
@@ -177,15 +190,33 @@ class LoopThread:
         self._wake_sent = False
         return dropped
 
+    def _new_lock(self) -> _thread.LockType:
+        # Never held across a wait, so an OS lock is right among greenlets too (gevent's
+        # would be taken by the loop thread, which is no greenlet of theirs).
+        return native_lock() if self._greenlets else threading.Lock()
+
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The private loop, kept running on its thread from now on."""
         with self._lock:
             return self._loop_running_on_thread()
 
+    def _choose_mode(self) -> None:
+        """Whether callers are greenlets, looked at again as a new loop opens (called with
+        the lock held, no loop open): a gunicorn gevent worker patches after it forks,
+        and a client of the app it preloaded was made before that."""
+        self._greenlets = threading_patched()
+        self._inline = not self._greenlets
+
     def _loop_running_on_thread(self) -> asyncio.AbstractEventLoop:
         # Called with the lock held.
         loop = self._loop
+        if loop is None or loop.is_closed():
+            self._choose_mode()
+        if self._greenlets:
+            if loop is None or loop.is_closed() or not self._thread_runs():
+                loop = self._loop = self._start_native_loop()
+            return loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.new_event_loop()
         if self._caller_runs:
@@ -209,10 +240,57 @@ class LoopThread:
             finally:
                 _shut_down(loop)
 
-        thread = _os_thread_class()(target=main, name=self._name, daemon=True)
+        thread = threading.Thread(target=main, name=self._name, daemon=True)
         thread.start()
         ready.wait()
         self._thread = thread
+
+    def _start_native_loop(self) -> asyncio.AbstractEventLoop:
+        """Under gevent: a new loop, made and run on a new OS thread (called with the
+        lock held).
+
+        Made there because the patched default selector (gevent's) serves the hub of
+        the thread that uses it: while the loop waits for I/O, that thread's hub runs
+        the greenlets its libraries start as threads (aiosqlite's connection, the
+        default executor's workers). The caller waits on an OS lock until the loop
+        runs: gevent's Event does not work across threads, and the wait is short
+        enough to hold up its hub.
+        """
+        ready = native_lock()
+        ready.acquire()
+        made: list[asyncio.AbstractEventLoop] = []
+        failed: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(loop)
+            except BaseException as exc:
+                failed.append(exc)
+                ready.release()
+                return
+            made.append(loop)
+            loop.call_soon(ready.release)
+            try:
+                loop.run_forever()
+            finally:
+                _shut_down(loop)
+
+        thread = NativeThread(main, self._name)
+        thread.start()
+        ready.acquire()
+        if failed:
+            raise failed[0]
+        self._thread = thread
+        return made[0]
+
+    @staticmethod
+    def _is_current(thread: threading.Thread | NativeThread | None) -> bool:
+        # True when called from ``thread`` (from the greenlet running its loop when it
+        # is native: its other greenlets may wait for that loop).
+        if isinstance(thread, NativeThread):
+            return thread.is_current()
+        return thread is threading.current_thread()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         """Schedule ``coro`` on the loop (running it on its thread) and return a
@@ -224,7 +302,7 @@ class LoopThread:
         try:
             # In a notebook cell a loop runs here: hand the call to a loop thread.
             in_loop = ensure_not_in_loop(self._async_name)
-            if threading.current_thread() is self._thread:
+            if self._thread is not None and self._is_current(self._thread):
                 raise SyncInAsyncError(
                     f"the blocking API was called from its own loop thread; use {self._async_name}"
                 )
@@ -233,6 +311,8 @@ class LoopThread:
             raise
         with self._lock:
             loop = self._loop
+            if loop is None:
+                self._choose_mode()
             inline = (
                 self._inline and not in_loop and not self._caller_runs and not self._thread_runs()
             )
@@ -265,7 +345,7 @@ class LoopThread:
         once: calls arriving together share one wake-up of the loop (``inbox``), and each
         caller waits on a bare lock the loop releases, not on a concurrent future.
         """
-        call = _Call(coro)
+        call = _Call(coro, GreenletWake() if self._greenlets else None)
         # Append before looking at the flag, and the loop clears the flag before it
         # empties the inbox: a call either finds a wake-up on its way that will still
         # see it, or sends one. Two callers may both send one; the second finds the
@@ -380,7 +460,7 @@ class LoopThread:
             return
         if thread is not None and thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)
-            if thread is not threading.current_thread():
+            if not self._is_current(thread):
                 thread.join(timeout=10)
         elif caller_runs:
             loop.call_soon_threadsafe(loop.stop)  # that caller closes it
@@ -390,17 +470,21 @@ class LoopThread:
 
 class _Call(Generic[T]):
     """One blocking call handed to the loop: its coroutine, the lock its caller waits
-    on (held until the call ends), and its outcome."""
+    on (held until the call ends; a :class:`GreenletWake` for a greenlet), and its
+    outcome."""
 
     __slots__ = ("context", "coro", "done", "error", "result", "task")
 
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, T], done: GreenletWake | None) -> None:
         self.coro = coro
         # The caller's context variables go with its coroutine, as they do through
         # call_soon_threadsafe (run_coroutine_threadsafe).
         self.context = contextvars.copy_context()
-        self.done = _thread.allocate_lock()
-        self.done.acquire()
+        if done is None:
+            self.done: _thread.LockType | GreenletWake = _thread.allocate_lock()
+            self.done.acquire()
+        else:
+            self.done = done
         self.result: T | None = None
         self.error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
@@ -469,11 +553,6 @@ async def _waiting_work() -> None:
     pending = [task for task in asyncio.all_tasks() if task is not current and task in _MAY_WAIT]
     if pending:
         await asyncio.wait(pending)
-
-
-def _gevent_patched() -> bool:
-    """True when gevent has monkey-patched threading (its hub would be blocked)."""
-    return _os_thread_class() is not threading.Thread
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from omniq import _fork
+from omniq._greenlets import threading_patched
 from omniq._ids import IdStr
 from omniq._sync import LoopThread, blocking
 from omniq.config import Duration, Settings
@@ -189,6 +190,8 @@ class OmniQ:
             **overrides,
         )
         self._runner = LoopThread("omniq-loop", async_name="AsyncOmniQ")
+        if threading_patched():
+            _import_what_spawns_processes()
         # Never closed: its buffered events are written when it is collected or at exit.
         self._left_open = weakref.finalize(self, _flush_left_open, self._runner, self._async)
         self._flush_at_multiprocessing_exit()
@@ -362,3 +365,15 @@ def _flush_left_open(runner: LoopThread, client: AsyncOmniQ) -> None:
         runner.run(asyncio.wait_for(client.events.flush(), _LEFT_OPEN_FLUSH_SECONDS))
     except Exception as exc:
         logger.warning("writing the events of a client left open failed: %s", exc)
+
+
+def _import_what_spawns_processes() -> None:
+    """Under gevent: import here, in the caller's thread, the modules whose import runs
+    a subprocess, before they are imported on the loop's thread.
+
+    gevent's ``subprocess`` only works in the thread of its default hub (child watchers
+    exist on the default loop only), and under gevent the loop runs on a thread of its
+    own. croniter runs ``file`` at import (``platform.architecture()``), and the loop
+    imports it for the first schedule or worker pool.
+    """
+    import omniq.scheduling  # noqa: F401

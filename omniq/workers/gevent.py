@@ -42,6 +42,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
+from omniq._greenlets import threading_patched
 from omniq.context import TaskContext, current_task
 from omniq.errors import ConfigError, TaskTimeoutError, WorkerError
 from omniq.models import Task
@@ -81,6 +82,15 @@ class GeventWorker(BaseExecutor):
     name = "gevent"
 
     def __init__(self, concurrency: int) -> None:
+        if threading_patched():
+            # gevent's subprocess starts children only from the main thread's hub, and
+            # a patched process runs the pool's loop on a thread of its own.
+            raise ConfigError(
+                "worker_type='gevent' cannot start from a process gevent has "
+                "monkey-patched; there, worker_type='thread' already runs each task in "
+                "a greenlet (threads are greenlets), or run `omniq worker --worker-type "
+                "gevent` as a process of its own"
+            )
         super().__init__(concurrency)
         self._process: subprocess.Popen[bytes] | None = None
         self._writer: asyncio.StreamWriter | None = None

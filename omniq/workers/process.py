@@ -29,10 +29,11 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from omniq._greenlets import threading_patched
 from omniq.context import TaskContext, current_task
 from omniq.errors import ConfigError, TaskTimeoutError, WorkerError
 from omniq.models import Task
@@ -62,9 +63,13 @@ class _Stopping(Exception):
 class _Child:
     """One child process and the parent's end of its pipe."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, *, greenlets: bool) -> None:
         self.process = process
         self.conn = conn
+        # Under gevent the calls run in greenlets of the loop's thread (threads are
+        # greenlets there): they wait for a reply in gevent's selector, not in a read
+        # that would hold the loop's whole thread for the task's length.
+        self.greenlets = greenlets
         self.task_id: str | None = None
         self.cancelled = False
 
@@ -73,6 +78,8 @@ class _Child:
         progress the child sends on the way goes to ``context``."""
         self.conn.send_bytes(request)
         while True:
+            if self.greenlets:
+                wait([self.conn])
             reply = self.conn.recv_bytes()
             if reply[:1] != PROGRESS:
                 return reply
@@ -125,12 +132,18 @@ class ProcessWorker(BaseExecutor):
         self._threads: ThreadPoolExecutor | None = None
         self._spawning: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._greenlets = threading_patched()
 
     # -- children ------------------------------------------------------------------------
 
     def _spawn(self) -> _Child:
         """Start one child and wait until it is ready to take calls (blocking)."""
         parent_end, child_end = self._context.Pipe(duplex=True)
+        if self._greenlets:
+            # gevent's socketpair() makes non-blocking sockets, and the flag goes with
+            # the descriptors to the child: both ends would read EAGAIN, not wait.
+            os.set_blocking(parent_end.fileno(), True)
+            os.set_blocking(child_end.fileno(), True)
         process = self._context.Process(
             target=process_main,
             args=(child_end, os.getpid()),
@@ -139,7 +152,7 @@ class ProcessWorker(BaseExecutor):
         )
         process.start()
         child_end.close()  # so that the child's death reads as EOF here
-        child = _Child(process, parent_end)
+        child = _Child(process, parent_end, greenlets=self._greenlets)
         deadline = time.monotonic() + _START_TIMEOUT
         try:
             while not parent_end.poll(0.05):

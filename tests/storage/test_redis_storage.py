@@ -622,6 +622,8 @@ async def test_a_task_record_leaves_its_id_to_the_hash_key(
     pieces = [fields[name] for name in (b"d1", b"d2", b"d3") if name in fields]
     assert len(pieces) == 2
     assert msgspec.msgpack.decode(b"".join(pieces))["id"] == ""
+    # Nor does the hash repeat the id in its member, the sequence, 0s or the record's time.
+    assert sorted(fields) == [b"d1", b"d2", b"m", b"q", b"s"] and len(fields[b"m"]) == 26
     [got] = await queue.get_many([task.id])
     assert got is not None and got.id == task.id and got.func == task.func
     assert [t.id for t in await queue.list(queue="default")] == [task.id]

@@ -30,7 +30,7 @@ local function promote(q)
     if #ids > 0 then
       for _, id in ipairs(ids) do
         local h = redis.call('HMGET', tkey(id), 'm', 'p')
-        if h[1] then redis.call('ZADD', ready, -tonumber(h[2]), member_in(h[1], id)) end
+        if h[1] then redis.call('ZADD', ready, -(tonumber(h[2]) or 0), member_in(h[1], id)) end
       end
       redis.call('ZREM', src, unpack(ids))
     end

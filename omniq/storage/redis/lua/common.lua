@@ -75,7 +75,7 @@ local function place(id, q, status, has_deps, due, member, prio, lease, now, add
   elseif status == 'scheduled' and has_deps == '1' then
     return false
   elseif not due or due == '' or tonumber(due) <= tonumber(now) then
-    add(qkey(q, 'ready'), -tonumber(prio), member)
+    add(qkey(q, 'ready'), -(tonumber(prio) or 0), member)  -- no `p`: 0
   else
     add(qkey(q, 'delayed'), due, id)
   end
@@ -149,12 +149,13 @@ end
 -- The stored fields of a task, in the order omniq.storage.redis decodes them: the encoded
 -- task, then the hash fields ('lr', lost runs, is left out while it is 0).
 local FIELDS = {'s', 'a', 'w', 'l', 'due', 'u', 'lr', unpack(DATA)}
+local FETCH_DEFAULTS = {'', '0', '', '', '', '', ''}  -- no `a`: 0 attempts
 local function fetch(out, id)
   local h = redis.call('HMGET', tkey(id), unpack(FIELDS))
   if h[1] then
     out[#out + 1] = id
     out[#out + 1] = joined(h, 8)
-    for j = 1, 7 do out[#out + 1] = h[j] or '' end
+    for j = 1, 7 do out[#out + 1] = h[j] or FETCH_DEFAULTS[j] end
   end
 end
 

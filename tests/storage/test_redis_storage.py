@@ -622,6 +622,8 @@ async def test_a_task_record_leaves_its_id_to_the_hash_key(
     pieces = [fields[name] for name in (b"d1", b"d2", b"d3") if name in fields]
     assert len(pieces) == 2
     assert msgspec.msgpack.decode(b"".join(pieces))["id"] == ""
+    # Nor does the hash repeat the id in its member, the sequence, 0s or the record's time.
+    assert sorted(fields) == [b"d1", b"d2", b"m", b"q", b"s"] and len(fields[b"m"]) == 26
     [got] = await queue.get_many([task.id])
     assert got is not None and got.id == task.id and got.func == task.func
     assert [t.id for t in await queue.list(queue="default")] == [task.id]
@@ -674,6 +676,56 @@ async def test_tasks_stored_in_the_earlier_layout_still_run(
         [Ack(t.id, "w", TaskStatus.COMPLETE) for t in claimed], now=utcnow()
     ) == [True, True]
     assert await queue.stats() == {"default": {"complete": 2}}
+
+
+async def test_tasks_stored_by_0_1_keep_their_whole_member_and_sequence_and_still_run(
+    backend: RedisBackend, redis: aioredis.Redis
+) -> None:
+    # OmniQ 0.1 kept the whole ready-set member in `m` ({due ms:013}{seq:013x}{id}), the
+    # sequence in `seq`, and `a`, `p`, `u` even when they said nothing; a task it left
+    # waiting is read, retried and finished (now `m` is the head only, without those).
+    queue = backend.task_queue()
+    ns = backend.namespace
+    await queue.stats()
+    task = make_task(new_task_id(), priority=3)
+    created = _us(task.created_at)
+    member = f"{created // 1000:013d}{1:013x}{task.id}"
+    data = msgspec.msgpack.encode(msgspec.structs.replace(task, id=""))
+    pieces = {f"d{j + 1}": data[j * 64 : (j + 1) * 64] for j in range((len(data) + 63) // 64)}
+    await redis.hset(
+        f"{ns}:t:{task.id}",
+        mapping={
+            "s": "pending",
+            "a": "0",
+            "u": str(created),
+            "q": "default",
+            "p": "3",
+            "seq": f"{1:016d}",
+            "m": member,
+            **pieces,
+        },
+    )
+    await redis.zadd(f"{ns}:q:default:ready", {member: -3})
+    await redis.zadd(f"{ns}:q:default:s:pending", {task.id: 1})
+    await redis.sadd(f"{ns}:queues", "default")
+    await redis.set(f"{ns}:seq", 1)
+    newer = make_task(new_task_id())
+    await queue.enqueue([newer])
+    assert await redis.hget(f"{ns}:t:{newer.id}", "seq") is None
+
+    stored = await queue.get(task.id)
+    assert stored is not None and stored.payload == task.payload and stored.priority == 3
+    [claimed] = await queue.claim(["default"], "w", limit=1, lease_seconds=30, now=utcnow())
+    assert claimed.id == task.id and claimed.attempts == 1
+    assert await queue.retry(task.id, "w", due_at=utcnow(), now=utcnow())
+    claimed = await queue.claim(["default"], "w", limit=5, lease_seconds=30, now=utcnow())
+    assert [t.id for t in claimed] == [task.id, newer.id]  # priority 3 first
+    assert claimed[0].attempts == 2 and claimed[1].attempts == 1
+    assert await queue.ack_many(
+        [Ack(t.id, "w", TaskStatus.COMPLETE) for t in claimed], now=utcnow()
+    ) == [True, True]
+    assert await queue.stats() == {"default": {"complete": 2}}
+    assert [t.id for t in await queue.list(queue="default")] == [newer.id, task.id]
 
 
 async def test_a_corrupt_task_is_handed_out_as_unreadable_and_the_others_are_claimed(

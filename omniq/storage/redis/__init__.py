@@ -28,14 +28,18 @@ key                                type    holds
                                            bytes), and its mutable fields ``s`` status,
                                            ``a`` attempts, ``w`` worker, ``l`` lease expiry,
                                            ``due``, ``u`` updated; plus ``q`` queue, ``p``
-                                           priority, ``seq`` enqueue order, ``m`` ready-set
-                                           member, ``x`` has dependencies, ``eb`` its
-                                           enqueue's event group (a field that would be
-                                           empty is left out, and read as empty).
+                                           priority, ``m`` the head of its ready-set member
+                                           (due ms and enqueue order, without the id), ``x``
+                                           has dependencies, ``eb`` its enqueue's event
+                                           group. A field that would be empty or 0 is left
+                                           out (``a``, ``p``), and so is ``u`` until the
+                                           task changes (the record holds its time); a
+                                           task stored by OmniQ 0.1 keeps its whole member
+                                           in ``m`` and its ``seq``, and is read alike.
                                            Every value under 64 bytes keeps the hash a
-                                           compact listpack: a queued task with events off
-                                           takes about 760 bytes in all, about twice that
-                                           as a hash table
+                                           compact listpack: 296 bytes for a queued no-op
+                                           task (650 in all with its two index entries,
+                                           see benchmarks/analysis.md)
 ``pg:{id}``                        string  a task's progress (msgpack ``Progress``), apart
                                            from its hash; deleted with the task
 ``seq``                            string  enqueue counter (ties in claim order)

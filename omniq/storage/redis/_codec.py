@@ -109,7 +109,8 @@ def _decode_task(
     try:
         base = _TASK_DECODER.decode(data)
         updated_at = base.updated_at
-        if int(updated) != _us(updated_at or base.created_at):
+        # No `u` (a task as enqueued, since 0.2): the record's own time.
+        if updated and int(updated) != _us(updated_at or base.created_at):
             updated_at = _dt(updated)
         return msgspec.structs.replace(
             base,

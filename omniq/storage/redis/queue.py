@@ -404,7 +404,8 @@ class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
                         attempts=int(attempts),
                         worker_id=worker.decode() or None,
                         lease_expires_at=_dt(lease) if lease else None,
-                        now=_dt(updated),
+                        # No `u`: untouched since enqueue, whose time is in the record.
+                        now=_dt(updated) if updated else utcnow(),
                     )
                 )
         return tasks

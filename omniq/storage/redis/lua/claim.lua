@@ -30,7 +30,7 @@ local function promote(q)
     if #ids > 0 then
       for _, id in ipairs(ids) do
         local h = redis.call('HMGET', tkey(id), 'm', 'p')
-        if h[1] then redis.call('ZADD', ready, -tonumber(h[2]), h[1]) end
+        if h[1] then redis.call('ZADD', ready, -(tonumber(h[2]) or 0), member_in(h[1], id)) end
       end
       redis.call('ZREM', src, unpack(ids))
     end
@@ -41,10 +41,13 @@ end
 local function take(member, q)
   local id = string.sub(member, ID_AT)
   local h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', 'lr', unpack(DATA))
+  h[4] = member_in(h[4], id)
   if h[4] ~= member then  -- stored before members shrank: {sortdue:016}{seq:016}{id}
     id = string.sub(member, 33)
     h = redis.call('HMGET', tkey(id), 's', 'seq', 'due', 'm', 'lr', unpack(DATA))
+    h[4] = member_in(h[4], id)
   end
+  h[2] = seq_in(h[2], h[4])
   local k = tkey(id)
   redis.call('ZREM', qkey(q, 'ready'), member)
   if h[4] ~= member then return nil end
@@ -163,8 +166,9 @@ local function claim_limited(limits)
       if #picked >= limit then break end
       local member, q = c[3], c[4]
       if open[q] then
-        local h = redis.call('HMGET', tkey(string.sub(member, ID_AT)), 'm', 'ln')
-        local name = h[1] == member and h[2] or nil
+        local id = string.sub(member, ID_AT)
+        local h = redis.call('HMGET', tkey(id), 'm', 'ln')
+        local name = member_in(h[1], id) == member and h[2] or nil
         if not (name and blocked['t:' .. name]) then
           local keys = {}
           if specs['q:' .. q] then keys[#keys + 1] = 'q:' .. q end

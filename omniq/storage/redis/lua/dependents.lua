@@ -4,7 +4,8 @@ local out = {}
 for i = 2, #ARGV do
   local rows = {}
   for _, id in ipairs(redis.call('SMEMBERS', P .. 'deps:' .. ARGV[i])) do
-    local seq = redis.call('HGET', tkey(id), 'seq')
+    local h = redis.call('HMGET', tkey(id), 'seq', 'm')
+    local seq = seq_in(h[1], h[2])
     if seq then rows[#rows + 1] = {seq, id} end
   end
   table.sort(rows, function(a, b) return a[1] < b[1] end)

@@ -60,7 +60,11 @@ for _ = 1, n do
     worker, lease, due, updated = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
     deps_at, ndeps = i + 10, tonumber(ARGV[i + 9])
     has_deps = ndeps > 0 and '1' or ''
-    fields = {'s', status, 'a', ARGV[i + 4], 'u', updated, 'q', q, 'p', prio, 'seq', '', 'm', ''}
+    -- No `u`: at enqueue it is the record's own update (or creation) time.
+    -- No `a` or `p` when 0 (readers take a missing one as 0).
+    fields = {'s', status, 'q', q, 'm', ''}
+    keep('a', ARGV[i + 4] ~= '0' and ARGV[i + 4] or '')
+    keep('p', prio ~= '0' and prio or '')
     keep('w', worker)
     keep('l', lease)
     keep('due', due)
@@ -76,8 +80,7 @@ for _ = 1, n do
   if redis.call('EXISTS', k) == 0 then
     seq = seq + 1
     local member = member_of(sortms, seq, id)
-    fields[12] = string.format('%016d', seq)
-    fields[14] = member
+    fields[6] = head_of(member)  -- the id is the key's, the sequence is in the head
     local last = data_pairs(fields, data, shared)
     if g > 0 then
       local group = groups[g]

@@ -9,7 +9,9 @@ for i = 4, #ARGV do
   local h = redis.call('HMGET', k, 's', 'w', 'q', 'seq', 'm', 'p', 'a', 'due')
   if h[1] == 'running' and h[2] == worker then
     local q = h[3]
-    local attempts = math.max(tonumber(h[7]) - 1, 0)
+    h[5] = member_in(h[5], id)
+    h[4] = seq_in(h[4], h[5])
+    local attempts = math.max((tonumber(h[7]) or 0) - 1, 0)
     local status = attempts > 0 and 'retrying' or 'pending'
     redis.call('ZREM', qkey(q, 'leases'), id)
     redis.call('ZREM', qkey(q, 'ready'), h[5])

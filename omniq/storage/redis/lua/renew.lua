@@ -10,7 +10,7 @@ for i = 5, #ARGV do
     redis.call('HSET', k, 'l', lease, 'u', now)
     redis.call('ZADD', qkey(h[3], 'leases'), lease, id)
     -- a claim may have moved the expired lease to the ready set already
-    redis.call('ZREM', qkey(h[3], 'ready'), h[4])
+    redis.call('ZREM', qkey(h[3], 'ready'), member_in(h[4], id))
     out[#out + 1] = id
   end
 end

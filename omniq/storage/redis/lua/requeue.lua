@@ -12,11 +12,13 @@ for i = 8, #ARGV do
   if ARGV[i] == h[1] then allowed = true end
 end
 if not allowed then return false end
+h[4] = member_in(h[4], id)
+h[3] = seq_in(h[3], h[4])
 local q = h[2]
 unplace(id, q, h[4])
 local member = member_of(sortms, h[3], id)
 redis.call('HDEL', k, 'lr', unpack(DATA))
-local args = {'s', to, 'a', '0', 'w', '', 'l', '', 'due', due, 'm', member, 'u', now}
+local args = {'s', to, 'a', '0', 'w', '', 'l', '', 'due', due, 'm', head_of(member), 'u', now}
 data_pairs(args, data, #args)
 redis.call('HSET', k, unpack(args))
 restatus(id, q, h[1], to, h[3])

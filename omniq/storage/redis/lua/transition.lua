@@ -11,13 +11,15 @@ for i = 7, #ARGV do
   if ARGV[i] == h[1] then allowed = true end
 end
 if not allowed then return false end
+h[4] = member_in(h[4], id)
+h[3] = seq_in(h[3], h[4])
 local q, member, due = h[2], h[4], h[7] or ''  -- a missing field is ''
 unplace(id, q, member)
 if new_due ~= '' then
   due = new_due
   member = member_of(new_sortms, h[3], id)
 end
-redis.call('HSET', k, 's', to, 'l', '', 'due', due, 'm', member, 'u', now)
+redis.call('HSET', k, 's', to, 'l', '', 'due', due, 'm', head_of(member), 'u', now)
 restatus(id, q, h[1], to, h[3])
 if h[1] == 'running' and h[8] and h[8] ~= '' then
   -- Taken from its worker: tell it at once (see AsyncRedisQueue.watch_cancels).

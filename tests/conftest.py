@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -55,14 +56,29 @@ def pytest_configure(config: pytest.Config) -> None:
         _backstop_stderr = os.dup(2)
 
 
+def _hang_backstop_fired(name: str) -> None:
+    """The second backstop: every thread's stack, then the end of the run."""
+    fd = _backstop_stderr if _backstop_stderr is not None else 2
+    os.write(fd, f"\n\nHANG BACKSTOP: {name} still running after {HANG_BACKSTOP} s\n".encode())
+    faulthandler.dump_traceback(file=fd, all_threads=True)
+    os._exit(70)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
-    """Arm the hang backstop (``HANG_BACKSTOP``) around each test."""
+    """Arm the hang backstop (``HANG_BACKSTOP``) around each test: faulthandler's
+    watchdog, and a timer thread a little later in case that one is disarmed (a hang in
+    a CI run outlived it once, unexplained; the timer's thread runs whenever the main
+    thread waits in its event loop, as a stuck test does)."""
     if _backstop_stderr is not None:
         faulthandler.dump_traceback_later(HANG_BACKSTOP, exit=True, file=_backstop_stderr)
+    timer = threading.Timer(HANG_BACKSTOP + 30, _hang_backstop_fired, (item.nodeid,))
+    timer.daemon = True
+    timer.start()
     try:
         return (yield)
     finally:
+        timer.cancel()
         faulthandler.cancel_dump_traceback_later()
 
 

@@ -6,6 +6,7 @@ joins the suite by adding its name here and a branch in ``store_url``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -111,8 +112,20 @@ async def make_oq(
         return oq
 
     yield make
-    for oq in made:
-        await oq.close()
+    # Bounded: a close that hangs fails the test here, with the stack of the await it
+    # was stuck in, instead of holding the whole run until CI's limit.
+    async with asyncio.timeout(TEARDOWN_SECONDS):
+        for oq in made:
+            await oq.close()
+    async with asyncio.timeout(TEARDOWN_SECONDS):
+        await _delete_store(backend_name, store_url, namespace)
+
+
+#: How long a test's clients may take to close, and its store to be deleted.
+TEARDOWN_SECONDS = 60
+
+
+async def _delete_store(backend_name: str, store_url: str, namespace: str) -> None:
     if backend_name == "redis":
         await delete_redis_namespace(REDIS_URL, namespace)
     if backend_name == "postgres":

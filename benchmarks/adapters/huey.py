@@ -15,6 +15,8 @@ class HueyAdapter(Adapter):
     dist = "huey"
     backends = ("redis", "sqlite", "file")
     is_async = False
+    has_backlog = True
+    backlog_how = "task.schedule(delay=1 day), one call per task (no bulk API)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,6 +56,14 @@ class HueyAdapter(Adapter):
             task(index)
         else:
             task()
+
+    def enqueue_backlog(self, count: int) -> None:
+        """``noop.schedule(delay=BACKLOG_DELAY)``, one call per task (Huey has no bulk API);
+        the consumer's scheduler reads only the schedule's due entries."""
+        from benchmarks.workloads import BACKLOG_DELAY
+
+        for _ in range(count):
+            self._app.noop.schedule(delay=BACKLOG_DELAY)
 
     def worker(self, concurrency: int) -> WorkerCommand:
         """``huey_consumer benchmarks.apps.huey_app.huey -k thread -w N -q``."""

@@ -531,7 +531,9 @@ def run_enqueue_concurrent(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     return found
 
 
-async def _probe(adapter: Adapter, spec: Spec, mon: aredis.Redis, count: int) -> tuple[float, float]:
+async def _probe(
+    adapter: Adapter, spec: Spec, mon: aredis.Redis, count: int
+) -> tuple[float, float]:
     """Enqueue ``count`` drain tasks one call at a time (timed), then drain them with one
     worker process; return (enqueue rate, drain rate). The completion counters are reset
     first, so a second probe in the same child starts from zero."""

@@ -63,11 +63,9 @@ class Adapter:
     backends: ClassVar[tuple[str, ...]] = ("redis",)
     is_async: ClassVar[bool] = True
     has_bulk: ClassVar[bool] = False
-    #: Whether the library can hold a backlog that its worker leaves alone for now (delayed
-    #: tasks, or another queue): the ``backlog`` workload (``aenqueue_backlog``/``enqueue_backlog``).
+    #: Whether the library can hold a backlog its worker leaves alone for now (delayed tasks,
+    #: or another queue): the ``backlog`` workload (``aenqueue_backlog``, ``enqueue_backlog``).
     has_backlog: ClassVar[bool] = False
-    #: How the backlog waits, for the report (``"delayed 1 day"``, ``"another queue"``).
-    backlog_how: ClassVar[str] = ""
     #: Extra workloads beyond enqueue/drain/latency/sleep/memory/enqueue-concurrent
     #: (``bulk``, ``sync``).
     extra_workloads: ClassVar[tuple[str, ...]] = ()

@@ -16,7 +16,6 @@ class HueyAdapter(Adapter):
     backends = ("redis", "sqlite", "file")
     is_async = False
     has_backlog = True
-    backlog_how = "task.schedule(delay=1 day), one call per task (no bulk API)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

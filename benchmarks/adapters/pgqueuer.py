@@ -16,7 +16,6 @@ class PgQueuerAdapter(Adapter):
     is_async = True
     has_bulk = True
     has_backlog = True
-    backlog_how = "Queries.enqueue lists with execute_after=1 day"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -36,8 +36,10 @@ Each returns a flat dict of metrics. Method (same as the peer reference benchmar
   formula); then ``n`` (the backlog, default 1,000,000) no-op tasks that must not run
   during the measurement: delayed a day (``BACKLOG_DELAY``) in bulk for OmniQ
   (``enqueue_many(..., delay=...)``) and PgQueuer (``execute_after``), one
-  ``schedule(delay=...)`` call each for Huey, which has no bulk API (``fill_rate``, ``fill_s``);
-  then the same probe again with the backlog waiting (``backlog_enqueue_rate``,
+  ``schedule(delay=...)`` call each for Huey, which has no bulk API (``fill_rate``, ``fill_s``;
+  Huey stores a delayed task in its queue and its consumer moves it to the schedule when
+  it dequeues it, so for Huey a worker runs until its queue is empty, ``settle_s``, not
+  timed in the rates); then the same probe again with the backlog waiting (``backlog_enqueue_rate``,
   ``backlog_drain_rate``, a second worker process). ``enqueue_ratio`` and ``drain_ratio`` =
   with the backlog / empty (1.0 = flat). OmniQ also reports, with the backlog and the
   worker stopped, the median ms of ``READ_CALLS`` calls each of ``stats()``,
@@ -564,6 +566,22 @@ async def _probe(
     return count / elapsed, drain_rate
 
 
+async def _settle(adapter: Adapter, spec: Spec) -> float:
+    """Run a worker until the backlog is where it waits (Huey's schedule); its seconds."""
+
+    async def moved() -> int:
+        return spec.n - adapter.backlog_unsettled()
+
+    start = time.perf_counter()
+    proc = spawn_worker(adapter, CONCURRENCY["backlog"], spec.log_path)
+    try:
+        deadline = time.monotonic() + spec.timeout
+        await wait_for(moved, spec.n, deadline, "backlog tasks not moved to the schedule", proc)
+    finally:
+        stop_worker(proc)
+    return time.perf_counter() - start
+
+
 async def run_backlog(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     """The probe with an empty queue, then beside ``spec.n`` waiting tasks (module doc)."""
     from benchmarks.adapters.omniq_adapter import OmniQAdapter
@@ -584,6 +602,8 @@ async def run_backlog(adapter: Adapter, spec: Spec) -> dict[str, Any]:
             else:
                 adapter.enqueue_backlog(spec.n)
             fill_s = time.perf_counter() - start
+            if adapter.backlog_settles_in_worker:
+                found["settle_s"] = await _settle(adapter, spec)
             backlog_enqueue, backlog_drain = await _probe(adapter, spec, mon, probe)
             if isinstance(adapter, OmniQAdapter):
                 found.update(await adapter.read_latencies(READ_CALLS))

@@ -66,6 +66,10 @@ class Adapter:
     #: Whether the library can hold a backlog its worker leaves alone for now (delayed tasks,
     #: or another queue): the ``backlog`` workload (``aenqueue_backlog``, ``enqueue_backlog``).
     has_backlog: ClassVar[bool] = False
+    #: Whether delayed tasks reach their waiting place only through a worker: Huey stores a
+    #: delayed task in its queue and its consumer moves it to the schedule when it dequeues
+    #: it. The backlog workload then runs a worker until :meth:`backlog_unsettled` is 0.
+    backlog_settles_in_worker: ClassVar[bool] = False
     #: Extra workloads beyond enqueue/drain/latency/sleep/memory/enqueue-concurrent
     #: (``bulk``, ``sync``).
     extra_workloads: ClassVar[tuple[str, ...]] = ()
@@ -132,6 +136,11 @@ class Adapter:
     def enqueue_backlog(self, count: int) -> None:
         """The same for sync libraries."""
         raise NotImplementedError
+
+    def backlog_unsettled(self) -> int:
+        """Backlog tasks a worker has yet to move to their waiting place (see
+        :attr:`backlog_settles_in_worker`)."""
+        return 0
 
     # -- worker ------------------------------------------------------------------
     def worker(self, concurrency: int) -> WorkerCommand:

@@ -264,7 +264,10 @@ BACKLOG_METHOD = """\
   empty queue; then the backlog (1,000,000 no-op tasks unless `--backlog N` says otherwise)
   enqueued to wait a day: OmniQ `enqueue_many(..., delay=...)` and PgQueuer `Queries.enqueue`
   lists with `execute_after`, 1,000 per call; Huey `task.schedule(delay=...)`, one call per
-  task (it has no bulk API); then the same probe again beside it, with a new worker process.
+  task (it has no bulk API; it stores a delayed task in its queue and its consumer moves it
+  to the schedule when it dequeues it, so a worker runs until Huey's queue is empty before
+  the second probe, untimed); then the same probe again beside it, with a new worker
+  process.
   Ratios = beside the backlog / empty. OmniQ's `stats()`, `list_tasks(limit=100)` and
   `get_task(id)` of a backlog task: median of 5 calls each, the worker stopped, the backlog
   and the probes' finished tasks stored.

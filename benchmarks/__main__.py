@@ -104,7 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workload",
         default="all",
         help="enqueue, bulk, drain, latency, sleep, memory, sync, ratelimit, enqueue-concurrent, "
-        "a comma list or all",
+        "backlog, a comma list or all",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        metavar="N",
+        help=f"tasks waiting in the backlog workload (default {harness.SIZES['backlog']:,}; "
+        f"--quick {harness.QUICK_SIZES['backlog']:,})",
     )
     parser.add_argument("--runs", type=int, default=3, help="repetitions per cell (default 3)")
     parser.add_argument(
@@ -205,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     calibration = calibrate(harness.WORK_ROOT / "calibrate", postgres="postgres" in backends)
     if "latency" in workloads:
         calibration |= latency_floors(postgres="postgres" in backends)
-    records = harness.run_plan(cells, args.runs, args.quick, Progress(), keep)
+    sizes = {"backlog": args.backlog} if args.backlog else None
+    records = harness.run_plan(cells, args.runs, args.quick, Progress(), keep, sizes=sizes)
     meta = report.machine(
         quick=args.quick, runs=args.runs, reused_from=args.reuse_peers, calibration=calibration
     )

@@ -45,6 +45,7 @@ WORKLOADS = (
     "sync",
     "ratelimit",
     "enqueue-concurrent",
+    "backlog",
 )
 BACKENDS = ("redis", "sqlite", "file", "postgres", "nats")
 SIZES = {"enqueue": 10_000, "bulk": 10_000, "drain": 10_000, "latency": 500, "sleep": 2_000}
@@ -58,6 +59,9 @@ SIZES["ratelimit"], QUICK_SIZES["ratelimit"], TIMEOUTS["ratelimit"] = 5_000, 2_0
 # Many producers at once: OmniQ measures two clients (async, then blocking) in one child.
 SIZES["enqueue-concurrent"], QUICK_SIZES["enqueue-concurrent"] = 10_000, 1_000
 TIMEOUTS["enqueue-concurrent"] = 300
+# The backlog's size (the probe beside it is benchmarks.workloads.BACKLOG_PROBE); --backlog
+# changes it. The timeout covers filling a million one call at a time (Huey) and two drains.
+SIZES["backlog"], QUICK_SIZES["backlog"], TIMEOUTS["backlog"] = 1_000_000, 20_000, 1200
 WORK_ROOT = REPO_ROOT / "benchmarks" / ".work"
 
 
@@ -109,8 +113,11 @@ def _kill_group(pgid: int) -> None:
             time.sleep(0.05)
 
 
-def run_repetition(cell: Cell, run: int, quick: bool, seed: int) -> dict[str, Any]:
-    """Run one repetition of ``cell`` in a fresh child process and return its record."""
+def run_repetition(
+    cell: Cell, run: int, quick: bool, seed: int, sizes: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Run one repetition of ``cell`` in a fresh child process and return its record
+    (``sizes`` overrides the workloads' default N, as ``--backlog`` does)."""
     name = f"{cell.label}-{cell.backend}-{cell.workload}-run{run}"
     workdir = WORK_ROOT / "work" / name
     logs = WORK_ROOT / "logs"
@@ -119,7 +126,7 @@ def run_repetition(cell: Cell, run: int, quick: bool, seed: int) -> dict[str, An
     workdir.mkdir(parents=True)
     log_path = logs / f"{name}.log"
     log_path.unlink(missing_ok=True)
-    sizes = QUICK_SIZES if quick else SIZES
+    sizes = {**(QUICK_SIZES if quick else SIZES), **(sizes or {})}
     spec = Spec(
         label=cell.label,
         backend=cell.backend,
@@ -207,6 +214,7 @@ def run_plan(
     on_step: Callable[[int, int, str], None],
     on_record: Callable[[dict[str, Any]], None],
     seed: int = 20261128,
+    sizes: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """All repetitions, run-major (so slow drift of a shared VM spreads across cells)."""
     records: list[dict[str, Any]] = []
@@ -215,7 +223,7 @@ def run_plan(
     for run in range(1, runs + 1):
         for cell in cells:
             on_step(step, total, f"{cell.label}/{cell.backend}/{cell.workload} run {run}")
-            record = run_repetition(cell, run, quick, seed + run)
+            record = run_repetition(cell, run, quick, seed + run, sizes)
             records.append(record)
             on_record(record)
             step += 1

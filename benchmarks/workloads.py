@@ -33,6 +33,21 @@ Each returns a flat dict of metrics. Method (same as the peer reference benchmar
   the window, so ``rate`` (first to last completion) counts the first window's tasks in
   no time; ``steady_rate`` leaves them out: ``(n - limit) / (last - first)``, the rate
   the limit holds a long drain to.
+- backlog: does a waiting backlog slow the rest down? In one child, on one store: first
+  with an empty queue, ``BACKLOG_PROBE`` drain tasks enqueued one call at a time (timed:
+  ``empty_enqueue_rate``) and drained by one worker process (``empty_drain_rate``, the drain
+  formula); then ``n`` (the backlog, default 1,000,000) no-op tasks that must not run
+  during the measurement: delayed a day (``BACKLOG_DELAY``) in bulk for OmniQ
+  (``enqueue_many(..., delay=...)``) and PgQueuer (``execute_after``), one
+  ``schedule(delay=...)`` call each for Huey, which has no bulk API (``fill_rate``, ``fill_s``;
+  Huey stores a delayed task in its queue and its consumer moves it to the schedule when
+  it dequeues it, so for Huey a worker runs until its queue is empty, ``settle_s``, not
+  timed in the rates); then the same probe again with the backlog waiting (``backlog_enqueue_rate``,
+  ``backlog_drain_rate``, a second worker process). ``enqueue_ratio`` and ``drain_ratio`` =
+  with the backlog / empty (1.0 = flat). OmniQ also reports, with the backlog and the
+  worker stopped, the median ms of ``READ_CALLS`` calls each of ``stats()``,
+  ``list_tasks(limit=100)`` and ``get_task(id)`` of a backlog task (``stats_ms``,
+  ``list_ms``, ``get_ms``).
 """
 
 from __future__ import annotations
@@ -63,13 +78,25 @@ STALL_SECONDS = 60.0
 #: A drain/sleep repetition stops measuring this long after the worker was spawned; a
 #: worker that has not finished by then (RQ forks per job) is rated over what it completed.
 MEASURE_CAP_SECONDS = 150.0
-CONCURRENCY = {"drain": 32, "memory": 32, "latency": 32, "sleep": 100, "ratelimit": 32}
+CONCURRENCY = {
+    "drain": 32,
+    "memory": 32,
+    "latency": 32,
+    "sleep": 100,
+    "ratelimit": 32,
+    "backlog": 32,
+}
 #: The limit of the ratelimit workload, in starts per second.
 RATE_LIMIT = 1000
 #: Callers of the enqueue-concurrent workload: coroutines for async libraries, threads for
 #: blocking ones (a web application's requests in flight at once).
 CONCURRENT_COROUTINES = 64
 CONCURRENT_THREADS = 16
+#: The backlog workload: tasks enqueued and drained with an empty queue and beside the
+#: backlog, how far ahead the backlog is delayed, and how often each read is timed.
+BACKLOG_PROBE = 10_000
+BACKLOG_DELAY = 86_400
+READ_CALLS = 5
 
 
 @dataclass(frozen=True)
@@ -601,6 +628,97 @@ def run_enqueue_concurrent(adapter: Adapter, spec: Spec) -> dict[str, Any]:
     return found
 
 
+async def _probe(
+    adapter: Adapter, spec: Spec, mon: aredis.Redis, count: int
+) -> tuple[float, float]:
+    """Enqueue ``count`` drain tasks one call at a time (timed), then drain them with one
+    worker process; return (enqueue rate, drain rate). The completion counters are reset
+    first, so a second probe in the same child starts from zero."""
+    await mon.delete(bodies.COUNT, bodies.FIRST, bodies.LAST)
+    if adapter.is_async:
+        start = time.perf_counter()
+        for _ in range(count):
+            await adapter.aenqueue("drain")
+        elapsed = time.perf_counter() - start
+    else:
+        start = time.perf_counter()
+        for _ in range(count):
+            adapter.enqueue("drain")
+        elapsed = time.perf_counter() - start
+    proc = spawn_worker(adapter, CONCURRENCY["backlog"], spec.log_path)
+    try:
+        deadline = time.monotonic() + MEASURE_CAP_SECONDS
+        await wait_for(lambda: _count(mon), count, deadline, "probe tasks not completed", proc)
+        pipe = mon.pipeline(transaction=True)
+        pipe.get(bodies.COUNT)
+        pipe.get(bodies.FIRST)
+        pipe.get(bodies.LAST)
+        raw_count, raw_first, raw_last = await pipe.execute()
+    finally:
+        stop_worker(proc)
+    done, first, last = int(raw_count or 0), float(raw_first or 0), float(raw_last or 0)
+    drain_rate = (done - 1) / (last - first) if last > first else float("nan")
+    return count / elapsed, drain_rate
+
+
+async def _settle(adapter: Adapter, spec: Spec) -> float:
+    """Run a worker until the backlog is where it waits (Huey's schedule); its seconds."""
+
+    async def moved() -> int:
+        return spec.n - adapter.backlog_unsettled()
+
+    start = time.perf_counter()
+    proc = spawn_worker(adapter, CONCURRENCY["backlog"], spec.log_path)
+    try:
+        deadline = time.monotonic() + spec.timeout
+        await wait_for(moved, spec.n, deadline, "backlog tasks not moved to the schedule", proc)
+    finally:
+        stop_worker(proc)
+    return time.perf_counter() - start
+
+
+async def run_backlog(adapter: Adapter, spec: Spec) -> dict[str, Any]:
+    """The probe with an empty queue, then beside ``spec.n`` waiting tasks (module doc)."""
+    from benchmarks.adapters.omniq_adapter import OmniQAdapter
+
+    probe = min(BACKLOG_PROBE, max(spec.n // 10, 1000))
+    mon = aredis.Redis.from_url(REDIS_URL)
+    found: dict[str, Any] = {"n": spec.n, "backlog": spec.n, "probe": probe}
+    try:
+        await adapter.open()
+        try:
+            for _ in range(WARMUP):
+                await _enqueue(adapter, "noop")
+            empty_enqueue, empty_drain = await _probe(adapter, spec, mon, probe)
+            start = time.perf_counter()
+            if adapter.is_async:
+                for first in range(0, spec.n, BULK_CHUNK):
+                    await adapter.aenqueue_backlog(min(BULK_CHUNK, spec.n - first))
+            else:
+                adapter.enqueue_backlog(spec.n)
+            fill_s = time.perf_counter() - start
+            if adapter.backlog_settles_in_worker:
+                found["settle_s"] = await _settle(adapter, spec)
+            backlog_enqueue, backlog_drain = await _probe(adapter, spec, mon, probe)
+            if isinstance(adapter, OmniQAdapter):
+                found.update(await adapter.read_latencies(READ_CALLS))
+        finally:
+            await adapter.close()
+    finally:
+        await mon.aclose()
+    found.update(
+        empty_enqueue_rate=empty_enqueue,
+        empty_drain_rate=empty_drain,
+        backlog_enqueue_rate=backlog_enqueue,
+        backlog_drain_rate=backlog_drain,
+        enqueue_ratio=backlog_enqueue / empty_enqueue,
+        drain_ratio=backlog_drain / empty_drain,
+        fill_s=fill_s,
+        fill_rate=spec.n / fill_s,
+    )
+    return found
+
+
 async def bare_bodies(body: Callable[[], Awaitable[None]], n: int, width: int) -> float:
     """Bodies/s of ``n`` task bodies run ``width`` at a time in one asyncio loop, with no
     queue at all: the ceiling of any single-process async worker for that body here."""
@@ -693,6 +811,7 @@ ASYNC_WORKLOADS = {
     "latency": run_latency,
     "sleep": run_sleep,
     "ratelimit": run_ratelimit,
+    "backlog": run_backlog,
 }
 
 

@@ -63,6 +63,13 @@ class Adapter:
     backends: ClassVar[tuple[str, ...]] = ("redis",)
     is_async: ClassVar[bool] = True
     has_bulk: ClassVar[bool] = False
+    #: Whether the library can hold a backlog its worker leaves alone for now (delayed tasks,
+    #: or another queue): the ``backlog`` workload (``aenqueue_backlog``, ``enqueue_backlog``).
+    has_backlog: ClassVar[bool] = False
+    #: Whether delayed tasks reach their waiting place only through a worker: Huey stores a
+    #: delayed task in its queue and its consumer moves it to the schedule when it dequeues
+    #: it. The backlog workload then runs a worker until :meth:`backlog_unsettled` is 0.
+    backlog_settles_in_worker: ClassVar[bool] = False
     #: Extra workloads beyond enqueue/drain/latency/sleep/memory/enqueue-concurrent
     #: (``bulk``, ``sync``).
     extra_workloads: ClassVar[tuple[str, ...]] = ()
@@ -87,7 +94,8 @@ class Adapter:
     def workloads(cls) -> tuple[str, ...]:
         """Workloads this library can run."""
         base = ("enqueue", "drain", "latency", "sleep", "memory", "enqueue-concurrent")
-        return base + (("bulk",) if cls.has_bulk else ()) + cls.extra_workloads
+        extra = (("bulk",) if cls.has_bulk else ()) + (("backlog",) if cls.has_backlog else ())
+        return base + extra + cls.extra_workloads
 
     def worker_setting(self, concurrency: int) -> str:
         """One line saying how the worker was configured (the report's column)."""
@@ -119,6 +127,20 @@ class Adapter:
     def enqueue_bulk(self, kind: str, count: int) -> None:
         """Enqueue ``count`` tasks of ``kind`` in one bulk call (sync)."""
         raise NotImplementedError
+
+    async def aenqueue_backlog(self, count: int) -> None:
+        """Enqueue ``count`` no-op tasks the worker must not claim during the backlog
+        workload's measurement (delayed far ahead, or on a queue it does not read); async."""
+        raise NotImplementedError
+
+    def enqueue_backlog(self, count: int) -> None:
+        """The same for sync libraries."""
+        raise NotImplementedError
+
+    def backlog_unsettled(self) -> int:
+        """Backlog tasks a worker has yet to move to their waiting place (see
+        :attr:`backlog_settles_in_worker`)."""
+        return 0
 
     # -- worker ------------------------------------------------------------------
     def worker(self, concurrency: int) -> WorkerCommand:

@@ -15,6 +15,8 @@ class HueyAdapter(Adapter):
     dist = "huey"
     backends = ("redis", "sqlite", "file")
     is_async = False
+    has_backlog = True
+    backlog_settles_in_worker = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,6 +56,19 @@ class HueyAdapter(Adapter):
             task(index)
         else:
             task()
+
+    def enqueue_backlog(self, count: int) -> None:
+        """``noop.schedule(delay=BACKLOG_DELAY)``, one call per task (Huey has no bulk API).
+        Huey puts each in its queue; its consumer moves it to the schedule when it dequeues
+        it, and from then on reads only the schedule's due entries."""
+        from benchmarks.workloads import BACKLOG_DELAY
+
+        for _ in range(count):
+            self._app.noop.schedule(delay=BACKLOG_DELAY)
+
+    def backlog_unsettled(self) -> int:
+        """Tasks still in Huey's queue (the probes are drained by then: the backlog's)."""
+        return int(self._app.huey.pending_count())
 
     def worker(self, concurrency: int) -> WorkerCommand:
         """``huey_consumer benchmarks.apps.huey_app.huey -k thread -w N -q``."""

@@ -29,6 +29,7 @@ class OmniQAdapter(Adapter):
     dist = "omniq"
     backends = ("redis", "sqlite", "file", "postgres", "nats")
     has_bulk = True
+    has_backlog = True
     extra_workloads = ("sync", "ratelimit", "enqueue-concurrent")
     events: ClassVar[bool] = True
 
@@ -36,6 +37,7 @@ class OmniQAdapter(Adapter):
         super().__init__(*args, **kwargs)
         self._oq: Any = None
         self._tasks: Any = None
+        self._backlog_id: str | None = None
 
     # -- where the storages live ----------------------------------------------------
     def url(self, suffix: str = "") -> str:
@@ -104,6 +106,34 @@ class OmniQAdapter(Adapter):
         await self._oq.enqueue_many(
             getattr(self._tasks, kind), [() for _ in range(count)], **options
         )
+
+    async def aenqueue_backlog(self, count: int) -> None:
+        """``await oq.enqueue_many(noop, [()] * count, delay=BACKLOG_DELAY)``; keeps one id
+        for :meth:`read_latencies`."""
+        from benchmarks.workloads import BACKLOG_DELAY
+
+        ids = await self._oq.enqueue_many(
+            self._tasks.noop, [() for _ in range(count)], delay=BACKLOG_DELAY
+        )
+        self._backlog_id = ids[len(ids) // 2]
+
+    async def read_latencies(self, calls: int) -> dict[str, float]:
+        """Median ms of ``stats()``, ``list_tasks(limit=100)`` and ``get_task(id)`` (an id of
+        the backlog), each called ``calls`` times in turn, and the slowest of the three."""
+        import statistics
+
+        timed: dict[str, list[float]] = {"stats_ms": [], "list_ms": [], "get_ms": []}
+        for _ in range(calls):
+            for key, call in (
+                ("stats_ms", self._oq.stats),
+                ("list_ms", lambda: self._oq.list_tasks(limit=100)),
+                ("get_ms", lambda: self._oq.get_task(self._backlog_id)),
+            ):
+                start = time.perf_counter()
+                await call()
+                timed[key].append((time.perf_counter() - start) * 1000)
+        found = {key: statistics.median(values) for key, values in timed.items()}
+        return {**found, "read_max_ms": max(found.values())}
 
     # -- sync vs async ---------------------------------------------------------------
     def sync_enqueue_rate(self, n: int, warmup: int) -> float:

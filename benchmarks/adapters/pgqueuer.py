@@ -15,6 +15,7 @@ class PgQueuerAdapter(Adapter):
     backends = ("postgres",)
     is_async = True
     has_bulk = True
+    has_backlog = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,6 +56,15 @@ class PgQueuerAdapter(Adapter):
     async def aenqueue_bulk(self, kind: str, count: int) -> None:
         """The list form of ``Queries.enqueue``: one array INSERT for ``count`` jobs."""
         await self._queries.enqueue([kind] * count, [None] * count, [0] * count)
+
+    async def aenqueue_backlog(self, count: int) -> None:
+        """The list form of ``Queries.enqueue`` with ``execute_after`` a day ahead."""
+        from datetime import timedelta
+
+        from benchmarks.workloads import BACKLOG_DELAY
+
+        after = timedelta(seconds=BACKLOG_DELAY)
+        await self._queries.enqueue(["noop"] * count, [None] * count, [0] * count, [after] * count)
 
     def worker(self, concurrency: int) -> WorkerCommand:
         """``pgq run benchmarks.apps.pgqueuer_app:create_pgqueuer --max-concurrent-tasks N``."""

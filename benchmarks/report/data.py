@@ -2,9 +2,10 @@
 
 ``reference.toml`` holds the peer reference benchmark's medians and the raw limits of its
 machine; ``targets.toml`` holds the targets, each one comparison of OmniQ with the best
-peer of the same run. Both are data: changing a figure or a target, or adding a target,
-is an edit of the file, checked here when it is loaded (an unknown key, backend, workload
-or row label is refused with a :class:`DataError` naming the file and the entry).
+peer of the same run or with a fixed figure. Both are data: changing a figure or a target,
+or adding a target, is an edit of the file, checked here when it is loaded (an unknown
+key, backend, workload or row label is refused with a :class:`DataError` naming the file
+and the entry).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Target:
     lower_is_better: bool
     peers: tuple[str, ...]  # the peer rows to take the best of
     unit: str
+    fixed: float | None = None  # a fixed goal instead of a peer's figure (then no peers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +132,17 @@ def load_reference(path: Path = REFERENCE_FILE) -> Reference:
 
 #: Workloads a target can name: ``memory`` rides on the drain repetitions (metrics of drain).
 _TARGET_WORKLOADS = tuple(w for w in WORKLOADS if w != "memory")
-_TARGET_KEYS = {"title", "backend", "workload", "metric", "ratio", "better", "peers", "unit"}
+_TARGET_KEYS = {
+    "title",
+    "backend",
+    "workload",
+    "metric",
+    "ratio",
+    "better",
+    "peers",
+    "unit",
+    "fixed",
+}
 
 
 def _peers(raw: Any, where: str) -> tuple[str, ...]:
@@ -152,6 +164,9 @@ def _target(raw: Any, where: str) -> Target:
             f"{where} title: write {{ratio}} where the ratio goes, so the title shows {ratio:g}"
         )
     better = _choice(table.get("better", "higher"), ("higher", "lower"), f"{where} better")
+    fixed = None if "fixed" not in table else _number(table["fixed"], f"{where} fixed")
+    if fixed is not None and ("peers" in table or "ratio" in table):
+        raise DataError(f"{where}: a fixed goal takes no peers and no ratio")
     return Target(
         title=title.replace("{ratio}", f"{ratio:g}"),
         backend=_choice(table["backend"], BACKENDS, f"{where} backend"),
@@ -159,8 +174,9 @@ def _target(raw: Any, where: str) -> Target:
         metric=_text(table["metric"], f"{where} metric"),
         ratio=ratio,
         lower_is_better=better == "lower",
-        peers=_peers(table.get("peers", "all"), f"{where} peers"),
+        peers=() if fixed is not None else _peers(table.get("peers", "all"), f"{where} peers"),
         unit=str(table.get("unit", "/s")),
+        fixed=fixed,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from benchmarks.report.data import Reference, Targets, load_reference, load_targets
 from benchmarks.report.results import Agg, num
 from benchmarks.report.tables import (
+    backlog_table,
     concurrent_table,
     cpu_table,
     failures,
@@ -195,6 +196,16 @@ def markdown(
             "the first window's tasks in no time; steady/s leaves them out.\n\n",
             limited,
         ]
+    if backlog := backlog_table(agg):
+        parts += [
+            "\n## Cost beside a backlog (backlog)\n",
+            "A probe of 10,000 drain tasks enqueued one call at a time and drained by one "
+            "worker, first with an empty queue, then beside a backlog of waiting tasks the "
+            "worker must leave alone (delayed a day); ratio = beside the backlog / empty "
+            "(1.0 = flat). OmniQ's reads are the median of 5 calls each with the backlog "
+            "there.\n\n",
+            backlog,
+        ]
     parts += [
         f"\n## {targets.heading}\n",
         reuse_warning(m),
@@ -218,7 +229,7 @@ def markdown(
         "WARNING where a flag exists, concurrency 32 for drain and latency and 100 for sleep:\n\n",
         settings_list(agg),
         "\n## Method\n",
-        METHOD + (CONCURRENT_METHOD if concurrent else ""),
+        METHOD + (CONCURRENT_METHOD if concurrent else "") + (BACKLOG_METHOD if backlog else ""),
         "\n## Failures\n",
         failures(agg),
     ]
@@ -272,4 +283,20 @@ CONCURRENT_METHOD = """\
   threads (blocking ones) sharing one client, each caller making one call at a time and
   taking the next task from a shared count; after one concurrent warm-up round of 64 (16)
   calls; rate = 10,000 / (first start to last return); no worker running.
+"""
+
+#: The method of the backlog workload, shown when the run has it.
+BACKLOG_METHOD = """\
+- **backlog**: in one child on one store, a probe of 10,000 drain tasks enqueued one call
+  at a time (timed) and drained by one worker process (the drain formula), first with an
+  empty queue; then the backlog (1,000,000 no-op tasks unless `--backlog N` says otherwise)
+  enqueued to wait a day: OmniQ `enqueue_many(..., delay=...)` and PgQueuer `Queries.enqueue`
+  lists with `execute_after`, 1,000 per call; Huey `task.schedule(delay=...)`, one call per
+  task (it has no bulk API; it stores a delayed task in its queue and its consumer moves it
+  to the schedule when it dequeues it, so a worker runs until Huey's queue is empty before
+  the second probe, untimed); then the same probe again beside it, with a new worker
+  process.
+  Ratios = beside the backlog / empty. OmniQ's `stats()`, `list_tasks(limit=100)` and
+  `get_task(id)` of a backlog task: median of 5 calls each, the worker stopped, the backlog
+  and the probes' finished tasks stored.
 """

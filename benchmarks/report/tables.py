@@ -175,6 +175,40 @@ def ratelimit_table(agg: Agg) -> str:
     return head + "\n".join(lines) + "\n" if lines else ""
 
 
+def backlog_table(agg: Agg) -> str:
+    """The probe with an empty queue and beside the backlog, their ratios, and OmniQ's reads
+    at the backlog."""
+    head = (
+        "| library | backend | backlog | backlog filled /s | enqueue/s empty → backlog | ratio "
+        "| drain/s empty → backlog | ratio | stats / list_tasks / get_task ms |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for label, backend in rows(agg):
+        if (label, backend, "backlog") not in agg:
+            continue
+
+        def text(metric: str, spread: bool = False, *, of: str = label, on: str = backend) -> str:
+            return cell_text(agg, of, on, "backlog", metric, spread)
+
+        size = stat(agg, label, backend, "backlog", "backlog")
+        reads = (
+            " / ".join(text(m) for m in ("stats_ms", "list_ms", "get_ms"))
+            if is_omniq(label)
+            else "n/a"
+        )
+        shown = f"**{name(label)}**" if is_omniq(label) else name(label)
+        lines.append(
+            f"| {shown} | {backend_name(backend)} | {f'{size[0]:,.0f}' if size else '–'} "
+            f"| {text('fill_rate')} "
+            f"| {text('empty_enqueue_rate')} → {text('backlog_enqueue_rate')} "
+            f"| {text('enqueue_ratio', True)} "
+            f"| {text('empty_drain_rate')} → {text('backlog_drain_rate')} "
+            f"| {text('drain_ratio', True)} | {reads} |"
+        )
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
 #: The reference table's columns: (workload, metric here, figure in the reference).
 _REFERENCE_COLUMNS = (
     ("enqueue", "rate", "enqueue"),

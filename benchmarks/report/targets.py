@@ -1,4 +1,4 @@
-"""The targets: OmniQ against the best peer measured in the same run.
+"""The targets: OmniQ against the best peer measured in the same run, or a fixed figure.
 
 The targets themselves are data (``benchmarks/data/targets.toml``, read by
 :func:`benchmarks.report.data.load_targets`); here each is decided (:func:`evaluate`, no
@@ -27,7 +27,10 @@ class Verdict:
 
     @property
     def goal(self) -> float | None:
-        """The figure OmniQ has to reach: the best peer's median x the ratio."""
+        """The figure OmniQ has to reach: the target's fixed figure, or the best peer's
+        median x the ratio."""
+        if self.target.fixed is not None:
+            return self.target.fixed
         return None if self.best_peer is None else self.best_peer[1] * self.target.ratio
 
     @property
@@ -55,6 +58,8 @@ def best_peer(agg: Agg, target: Target) -> tuple[str, float] | None:
 def evaluate(agg: Agg, targets: Sequence[Target]) -> list[Verdict]:
     """Each target decided against the run, except on backends OmniQ did not run on."""
     ran = {backend for label, backend, _ in agg if label == "omniq"}
+    # A workload the run left out entirely (a stored run older than the workload) has no row.
+    workloads = {workload for _, _, workload in agg}
     return [
         Verdict(
             target=target,
@@ -62,16 +67,16 @@ def evaluate(agg: Agg, targets: Sequence[Target]) -> list[Verdict]:
             ours=stat(agg, "omniq", target.backend, target.workload, target.metric),
         )
         for target in targets
-        if target.backend in ran
+        if target.backend in ran and target.workload in workloads
     ]
 
 
 def _row(verdict: Verdict) -> str:
     target, peer, ours, goal = verdict.target, verdict.best_peer, verdict.ours, verdict.goal
-    if peer is None or goal is None:
-        return f"| {target.title} | – | no peer figure | – | – |"
     unit = target.unit
-    peer_text = f"{num(peer[1])}{unit} ({name(peer[0])})"
+    if goal is None:
+        return f"| {target.title} | – | no peer figure | – | – |"
+    peer_text = "– (a fixed goal)" if peer is None else f"{num(peer[1])}{unit} ({name(peer[0])})"
     goal_text = f"{'≤' if target.lower_is_better else '≥'} {num(goal)}{unit}"
     if ours is None:
         return f"| {target.title} | {peer_text} | {goal_text} | not measured | – |"

@@ -229,6 +229,38 @@ async def test_migration_is_idempotent(db_url: str) -> None:
         assert conn.execute("SELECT COUNT(*) FROM tasks").fetchone() == (1,)
 
 
+async def test_a_database_from_before_the_kept_counts_upgrades_with_its_tasks_counted(
+    db_url: str,
+) -> None:
+    # A version-5 database: the tasks as they were, with no task_counts, triggers or
+    # next-ready index (migrations 6 and 7 undone by hand).
+    async with AsyncSQLiteQueue(db_url) as queue:
+        await queue.enqueue([make_task() for _ in range(3)])
+        await queue.enqueue([make_task(queue="other") for _ in range(2)])
+        await queue.claim(["default"], "w1", limit=1, lease_seconds=30, now=utcnow())
+    with sqlite3.connect(sqlite_path(db_url)) as conn:
+        for name in ("task_counts_insert", "task_counts_delete", "task_counts_update"):
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DROP TABLE task_counts")
+        conn.execute("DROP INDEX tasks_next_ready")
+        conn.execute("DELETE FROM schema_version WHERE version >= 6")
+    async with AsyncSQLiteQueue(db_url) as queue:
+        assert await queue.stats() == {
+            "default": {"pending": 2, "running": 1},
+            "other": {"pending": 2},
+        }
+        await queue.claim(["other"], "w1", limit=2, lease_seconds=30, now=utcnow())
+        assert await queue.stats() == {
+            "default": {"pending": 2, "running": 1},
+            "other": {"running": 2},
+        }
+        assert await queue.next_due_at(["default", "other"]) is not None
+    with sqlite3.connect(sqlite_path(db_url)) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (
+            SCHEMA_VERSION,
+        )
+
+
 async def test_newer_schema_is_refused(db_url: str) -> None:
     async with AsyncSQLiteQueue(db_url):
         pass

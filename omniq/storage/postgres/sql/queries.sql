@@ -276,7 +276,15 @@ FROM {s}.task_deps AS d JOIN {s}.tasks AS t ON t.id = d.task_id
 WHERE d.depends_on = ANY($1::text[]) ORDER BY t.seq;
 
 -- name: next_due
-SELECT min(ready_ts) FROM {s}.tasks WHERE queue = ANY($1::text[]) AND ready_ts IS NOT NULL;
+-- Each queue's first entry of tasks_ready, then the earliest of those: min() over
+-- queue = ANY(...) read every ready or delayed task (290-540 ms at a million; issue 37).
+SELECT min(first.ready_ts)
+FROM unnest($1::text[]) AS q (name)
+CROSS JOIN LATERAL (
+    SELECT t.ready_ts FROM {s}.tasks AS t
+    WHERE t.queue = q.name AND t.ready_ts IS NOT NULL
+    ORDER BY t.ready_ts LIMIT 1
+) AS first;
 
 -- name: delete_finished
 -- The events a deleted task's enqueue stored in a group move to rows of their own first

@@ -88,7 +88,8 @@ SELECT seq, id, status, priority, attempts, worker_id, lease_ts, due_ts, updated
 FROM tasks {where} ORDER BY seq DESC LIMIT :limit;
 
 -- name: stats
-SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status;
+-- The counts the triggers of migration 6 keep (not a COUNT over every task).
+SELECT queue, status, n FROM task_counts WHERE n > 0;
 
 -- name: dependents
 SELECT d.depends_on, t.seq, t.id, t.status, t.priority, t.attempts, t.worker_id, t.lease_ts,
@@ -98,7 +99,9 @@ WHERE d.depends_on IN (SELECT value FROM json_each(?))
 ORDER BY t.seq;
 
 -- name: next_ready
-SELECT MIN(ready_ts) FROM tasks INDEXED BY tasks_claim WHERE queue = ? AND ready_ts IS NOT NULL;
+-- One seek (migration 7's index): tasks_claim would read every task of the queue.
+SELECT MIN(ready_ts) FROM tasks INDEXED BY tasks_next_ready
+WHERE queue = ? AND ready_ts IS NOT NULL;
 
 -- name: delete_finished_deps
 DELETE FROM task_deps WHERE task_id IN (

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -42,6 +42,7 @@ __all__ = [
     "INFLIGHT",
     "STALE",
     "LeaseClock",
+    "Leased",
     "ReadyCache",
     "Unreadable",
     "candidates",
@@ -132,6 +133,13 @@ class ReadyCache:
 
 def _order(entry: Entry) -> str:
     return entry.key
+
+
+class Leased(NamedTuple):
+    """Claim result: the leased task and the path of its new running entry."""
+
+    task: Task
+    entry: str
 
 
 @dataclass(frozen=True)
@@ -315,8 +323,9 @@ def claim_fn(
     clock: LeaseClock,
 ) -> Callable[[bytes | None], Change[Any]]:
     """The update that leases ``entry``'s task to ``worker_id`` if it is claimable: its
-    result is the leased Task, an :class:`Unreadable`, :data:`STALE` or None. The lease
-    runs ``lease_seconds`` from when the update decides (``clock``), after its read."""
+    result is a :class:`Leased` (the task and its new entry), an :class:`Unreadable`,
+    :data:`STALE` or None. The lease runs ``lease_seconds`` from when the update decides
+    (``clock``), after its read."""
 
     def fn(current: bytes | None) -> Change[Any]:
         now, lease = clock.lease(lease_seconds)
@@ -341,7 +350,10 @@ def claim_fn(
             lost_runs=task.lost_runs + (task.status is TaskStatus.RUNNING),
             updated_at=now,
         )
-        return moved(new, new, record)
+        change = moved(None, new, record)
+        assert change.move is not None
+        change.result = Leased(new, change.move[1])
+        return change
 
     return fn
 

@@ -288,3 +288,36 @@ async def test_a_wake_path_that_is_not_a_fifo_is_left_alone(tmp_path: Path) -> N
     assert store.listen() is None  # the waiter falls back to polling
     store.signal()
     assert wake.read_bytes() == b"mine"
+
+
+async def test_looks_at_held_tasks_notice_a_cancel_and_a_takeover(
+    make_backend: MakeBackend,
+) -> None:
+    """A worker's look at its held tasks lists the running entries its claims left:
+    a cancel and a takeover after the lease ran out (from another connection, which the
+    first one's memory of entries knows nothing of) are both noticed."""
+    first, other = await make_backend(), await make_backend()
+    queue, queue2 = first.task_queue(), other.task_queue()
+    await queue.enqueue([task("kept"), task("cancelled"), task("taken")])
+    now = utcnow()
+    claimed = await queue.claim(["default"], "w1", limit=3, lease_seconds=60, now=now)
+    ids = {t.id for t in claimed}
+    assert ids == {"kept", "cancelled", "taken"}
+    noticed: list[str] = []
+    await queue._look_at_held("w1", lambda: sorted(ids), noticed.append)
+    assert noticed == []
+    await queue2.transition(
+        "cancelled",
+        from_statuses=[TaskStatus.RUNNING],
+        to_status=TaskStatus.CANCELLED,
+        now=utcnow(),
+    )
+    await queue._look_at_held("w1", lambda: sorted(ids), noticed.append)
+    assert noticed == ["cancelled"]
+    ids.discard("cancelled")
+    noticed.clear()
+    later = now + timedelta(seconds=120)  # w1's leases ran out: w2 takes them over
+    taken = await queue2.claim(["default"], "w2", limit=3, lease_seconds=60, now=later)
+    assert sorted(t.id for t in taken) == ["kept", "taken"]
+    await queue._look_at_held("w1", lambda: sorted(ids), noticed.append)
+    assert sorted(noticed) == ["kept", "taken"]

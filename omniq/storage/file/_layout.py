@@ -20,6 +20,7 @@ from omniq.models import FINAL_STATUSES, Task, TaskStatus
 from omniq.storage.file._store import Change, Store
 
 __all__ = [
+    "LEASE_SLICE",
     "STATUS_CODES",
     "Entry",
     "Record",
@@ -156,6 +157,11 @@ def entry_name(task: Task, seq: int) -> str:
     return (
         f"{priority:016d}-{to_us(due):017d}-{seq:020d}-{extra:017d}-{flags}{nonce}-{token(task.id)}"
     )
+
+
+#: Where the extra time (lease expiry, finish time) sits in an entry name: after the
+#: priority (16 digits), the due time (17) and the sequence (20), each with its dash.
+LEASE_SLICE = slice(56, 73)
 
 
 class Entry(NamedTuple):

@@ -16,11 +16,12 @@ from omniq._limits import LimitedClaim
 from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
-from omniq.storage.base import Ack, BaseTaskQueue
+from omniq.storage.base import Ack, BaseTaskQueue, Finish
 from omniq.storage.file._claim import (
     INFLIGHT,
     STALE,
     LeaseClock,
+    Leased,
     ReadyCache,
     Unreadable,
     candidates,
@@ -100,6 +101,11 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
         # The queue lists whose last claim limits held back (their waits ignore the
         # claimable tasks already there: those are the ones held).
         self._held_back: set[tuple[str, ...]] = set()
+        # Task id -> (worker id, running entry) of the leases this queue's claims took:
+        # while that exact entry is listed, nothing changed the record since (every
+        # change renames the entry, see _layout.moved), so a look at held tasks lists
+        # the running directories instead of reading every record.
+        self._leased: dict[str, tuple[str, str]] = {}
 
     async def connect(self) -> None:
         """Take a reference on the connection (opening it if first). Safe to call twice."""
@@ -238,8 +244,9 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
                     # Its bytes are kept beside the stand-in record that replaced them.
                     await store.write_many([(f"unreadable/{entry.token}", result.data)])
                     claimed.append(result.task)
-                elif isinstance(result, Task):
-                    claimed.append(result)
+                elif isinstance(result, Leased):
+                    claimed.append(result.task)
+                    self._leased[result.task.id] = (worker_id, result.entry)
                 elif result == STALE and store.optimistic:
                     await recheck_stale(store, entry)
         if len(claimed) < limit:
@@ -268,7 +275,10 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
             at, lease = clock.lease(lease_seconds)
             return msgspec.structs.replace(task, lease_expires_at=lease, updated_at=at)
 
-        results = await self._change(store, list(task_ids), decide)
+        ids = list(task_ids)
+        for task_id in ids:
+            self._leased.pop(task_id, None)  # renamed: looks read the record from now on
+        results = await self._change(store, ids, decide)
         return {task.id for task in results if task is not None}
 
     async def ack_many(self, acks: Sequence[Ack], *, now: datetime) -> list[bool]:
@@ -298,13 +308,19 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
 
             return fn
 
-        return await store.update_many(
+        acked = await store.update_many(
             [(record_path(token(ack.task_id)), one(ack)) for ack in acks]
         )
+        # Forgotten once acknowledged, not before: until then the worker still counts
+        # them as held, and its looks find them from the listing.
+        for ack in acks:
+            self._leased.pop(ack.task_id, None)
+        return acked
 
     async def retry(self, task_id: str, worker_id: str, *, due_at: datetime, now: datetime) -> bool:
         """Move a held task to ``RETRYING``, claimable again at ``due_at``."""
         store = await self._s()
+        self._leased.pop(task_id, None)
 
         def decide(task: Task) -> Task | None:
             if not _holds(task, worker_id):
@@ -325,6 +341,8 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
     async def release(self, task_ids: Collection[str], worker_id: str, *, now: datetime) -> int:
         """Hand back held tasks without spending an attempt."""
         store = await self._s()
+        for task_id in task_ids:
+            self._leased.pop(task_id, None)
 
         def decide(task: Task) -> Task | None:
             if not _holds(task, worker_id):
@@ -373,6 +391,65 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
         if result is not None and claimable(result, now):
             wake(store)
         return result
+
+    # -- what a worker still holds ---------------------------------------------------
+
+    async def _holding(self, task_ids: Sequence[str], worker_ids: Sequence[str]) -> list[bool]:
+        """Per task, whether its worker still holds it: from one listing of the running
+        directories for the leases this queue took (their entry still listed), from the
+        record for the others. A wrong True for a moment is allowed (a cancel writes the
+        record before it moves the entry); the ack and the lease renewal decide."""
+        store = await self._s()
+        known = {
+            task_id: entry
+            for task_id, worker_id in zip(task_ids, worker_ids, strict=True)
+            if (leased := self._leased.get(task_id)) is not None and leased[0] == worker_id
+            for entry in (leased[1],)
+        }
+        dirs = sorted({entry.rpartition("/")[0] for entry in known.values()})
+        listed: set[str] = set()
+        if dirs:
+            listings = await store.list_many(dirs)
+            for directory, names in zip(dirs, listings, strict=True):
+                listed.update(f"{directory}/{name}" for name in names)
+        unknown = [task_id for task_id in task_ids if task_id not in known]
+        read = dict(zip(unknown, await self.get_many(unknown), strict=True)) if unknown else {}
+        held = []
+        for task_id, worker_id in zip(task_ids, worker_ids, strict=True):
+            if task_id in known:
+                held.append(known[task_id] in listed)
+            else:
+                task = read[task_id]
+                held.append(task is not None and _holds(task, worker_id))
+        return held
+
+    async def _still_held(self, items: Sequence[Finish]) -> builtins.list[bool]:
+        """Per item, whether its worker still holds its task (see :meth:`_holding`)."""
+        return await self._holding(
+            [item.ack.task_id for item in items], [item.ack.worker_id for item in items]
+        )
+
+    async def _look_at_held(
+        self,
+        worker_id: str,
+        held: Callable[[], Collection[str]],
+        notice: Callable[[str], None],
+    ) -> None:
+        """One look of :meth:`watch_cancels`, from listings where it can (see
+        :meth:`_holding`)."""
+        ids = builtins.list(held())
+        if len(self._leased) > 2 * len(ids) + 1024:  # leases this queue no longer tracks
+            keep = set(ids)
+            self._leased = {k: v for k, v in self._leased.items() if k in keep}
+        if not ids:
+            return
+        try:
+            still = await self._holding(ids, [worker_id] * len(ids))
+        except StorageError:
+            return
+        for task_id, ok in zip(ids, still, strict=True):
+            if not ok:
+                notice(task_id)
 
     # -- reading ------------------------------------------------------------------------
 

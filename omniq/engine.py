@@ -301,7 +301,9 @@ class Engine:
         if any(t.rate_limit is not None or t.max_concurrency is not None for t in tasks):
             await self._register_task_limits(tasks)
         if self._enqueues is None:
-            self._enqueues = EnqueueBatcher(self._write_new)
+            self._enqueues = EnqueueBatcher(
+                self._write_new, max_in_flight=self.queue.enqueue_writes_in_flight
+            )
         if self.enqueue_logs_events:
             await self._enqueues.store(tasks, unnamed_events(tasks, now))
             if events.has_handlers and not log_later:

@@ -85,6 +85,11 @@ class BaseTaskQueue(BaseStorage, FleetQueue):
 
     #: True when ``wait`` is woken by the backend itself (no polling needed).
     notifies: bool = False
+    #: How many enqueue writes one client keeps out at once; concurrent calls beyond that
+    #: wait and are stored together in the next write (one statement, one commit). A
+    #: backend whose connection pipelines requests sets more, so that the client's work
+    #: overlaps the server's.
+    enqueue_writes_in_flight: int = 1
 
     @abstractmethod
     async def enqueue(self, tasks: Sequence[Task]) -> list[str]:

@@ -71,6 +71,9 @@ class AsyncRedisQueue(RedisFleet, QueueComponent[RedisConnection]):
     """
 
     notifies = True
+    # Requests pipeline on the one connection: from 64 coroutines, 8 writes out stored
+    # 26-28k tasks/s where 1 stored 23k (the client builds tasks while Redis runs scripts).
+    enqueue_writes_in_flight = 8
     result_storage_class = AsyncRedisResultStorage
     event_storage_class = AsyncRedisEventStorage
     enqueues_with_events = True

@@ -248,15 +248,22 @@ class BaseTaskQueue(BaseStorage, FleetQueue):
         raise NotImplementedError(f"{type(self).__name__} does not finish atomically")
 
     async def _still_held(self, items: Sequence[Finish]) -> builtins.list[bool]:
-        """Per item, whether its worker still holds its task (the default reads the
-        tasks; a backend that keeps them at hand overrides it). A wrong True costs a
-        result written and restored; the ack decides."""
-        current = await self.get_many([item.ack.task_id for item in items])
+        """Per item, whether its worker still holds its task (see :meth:`_holding`). A
+        wrong True costs a result written and restored; the ack decides."""
+        return await self._holding(
+            [item.ack.task_id for item in items], [item.ack.worker_id for item in items]
+        )
+
+    async def _holding(
+        self, task_ids: Sequence[str], worker_ids: Sequence[str]
+    ) -> builtins.list[bool]:
+        """Per task, whether ``worker_ids[i]`` still holds ``task_ids[i]``: what a
+        finish and a look for cancels ask. The default reads the tasks; a backend that
+        can tell more cheaply overrides it."""
+        current = await self.get_many(builtins.list(task_ids))
         return [
-            task is not None
-            and task.status is TaskStatus.RUNNING
-            and task.worker_id == item.ack.worker_id
-            for item, task in zip(items, current, strict=True)
+            task is not None and task.status is TaskStatus.RUNNING and task.worker_id == worker
+            for task, worker in zip(current, worker_ids, strict=True)
         ]
 
     async def _finish_held(
@@ -467,15 +474,11 @@ class BaseTaskQueue(BaseStorage, FleetQueue):
         if not ids:
             return
         try:
-            tasks = await self.get_many(ids)
+            still = await self._holding(ids, [worker_id] * len(ids))
         except StorageError:
             return
-        for task_id, task in zip(ids, tasks, strict=True):
-            if (
-                task is None
-                or task.status is not TaskStatus.RUNNING
-                or (task.worker_id != worker_id)
-            ):
+        for task_id, ok in zip(ids, still, strict=True):
+            if not ok:
                 notice(task_id)
 
 

@@ -16,7 +16,7 @@ from omniq._limits import LimitedClaim
 from omniq.config import Settings
 from omniq.errors import StorageError
 from omniq.models import FINAL_STATUSES, Task, TaskStatus, utcnow
-from omniq.storage.base import Ack, BaseTaskQueue, Finish
+from omniq.storage.base import Ack, BaseTaskQueue
 from omniq.storage.file._claim import (
     INFLIGHT,
     STALE,
@@ -394,18 +394,19 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
 
     # -- what a worker still holds ---------------------------------------------------
 
-    async def _holding(self, task_ids: Sequence[str], worker_ids: Sequence[str]) -> list[bool]:
+    async def _holding(
+        self, task_ids: Sequence[str], worker_ids: Sequence[str]
+    ) -> builtins.list[bool]:
         """Per task, whether its worker still holds it: from one listing of the running
         directories for the leases this queue took (their entry still listed), from the
         record for the others. A wrong True for a moment is allowed (a cancel writes the
         record before it moves the entry); the ack and the lease renewal decide."""
         store = await self._s()
-        known = {
-            task_id: entry
-            for task_id, worker_id in zip(task_ids, worker_ids, strict=True)
-            if (leased := self._leased.get(task_id)) is not None and leased[0] == worker_id
-            for entry in (leased[1],)
-        }
+        known: dict[str, str] = {}
+        for task_id, worker_id in zip(task_ids, worker_ids, strict=True):
+            leased = self._leased.get(task_id)
+            if leased is not None and leased[0] == worker_id:
+                known[task_id] = leased[1]
         dirs = sorted({entry.rpartition("/")[0] for entry in known.values()})
         listed: set[str] = set()
         if dirs:
@@ -423,33 +424,19 @@ class AsyncFileQueue(FileFleet, BaseTaskQueue):
                 held.append(task is not None and _holds(task, worker_id))
         return held
 
-    async def _still_held(self, items: Sequence[Finish]) -> builtins.list[bool]:
-        """Per item, whether its worker still holds its task (see :meth:`_holding`)."""
-        return await self._holding(
-            [item.ack.task_id for item in items], [item.ack.worker_id for item in items]
-        )
-
     async def _look_at_held(
         self,
         worker_id: str,
         held: Callable[[], Collection[str]],
         notice: Callable[[str], None],
     ) -> None:
-        """One look of :meth:`watch_cancels`, from listings where it can (see
-        :meth:`_holding`)."""
-        ids = builtins.list(held())
-        if len(self._leased) > 2 * len(ids) + 1024:  # leases this queue no longer tracks
-            keep = set(ids)
+        """One look of :meth:`watch_cancels` (see :meth:`_holding`), after forgetting
+        the leases of tasks the worker no longer holds (taken over elsewhere, never
+        acknowledged here) once they pile up."""
+        if len(self._leased) > 2 * len(held()) + 1024:
+            keep = set(held())
             self._leased = {k: v for k, v in self._leased.items() if k in keep}
-        if not ids:
-            return
-        try:
-            still = await self._holding(ids, [worker_id] * len(ids))
-        except StorageError:
-            return
-        for task_id, ok in zip(ids, still, strict=True):
-            if not ok:
-                notice(task_id)
+        await super()._look_at_held(worker_id, held, notice)
 
     # -- reading ------------------------------------------------------------------------
 

@@ -298,8 +298,10 @@ class Engine:
         workers may store the same schedule tick; only the one that claims it logs).
         """
         events = self.events
-        if any(t.rate_limit is not None or t.max_concurrency is not None for t in tasks):
-            await self._register_task_limits(tasks)
+        for task in tasks:  # a loop, not any(<generator>): every enqueue passes here
+            if task.rate_limit is not None or task.max_concurrency is not None:
+                await self._register_task_limits(tasks)
+                break
         if self._enqueues is None:
             self._enqueues = EnqueueBatcher(
                 self._write_new, max_in_flight=self.queue.enqueue_writes_in_flight

@@ -12,7 +12,6 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
-import contextvars
 import functools
 import logging
 import sys
@@ -25,7 +24,8 @@ from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from omniq import _fork
 from omniq._greenlets import GreenletWake, NativeThread, native_lock, threading_patched
-from omniq.errors import OmniQError, SyncInAsyncError
+from omniq._handed_calls import HandedCall
+from omniq.errors import SyncInAsyncError
 
 __all__ = [
     "BlockingTwin",
@@ -171,7 +171,7 @@ class LoopThread:
         self._timer: threading.Timer | None = None
         # Calls handed to the loop from other threads, not started yet, and whether a
         # wake-up that starts them is already on its way (see _hand_over).
-        self._inbox: deque[_Call[Any]] = deque()
+        self._inbox: deque[HandedCall[Any]] = deque()
         self._wake_sent = False
         _fork.track(self)
 
@@ -231,16 +231,9 @@ class LoopThread:
 
     def _start_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         ready = threading.Event()
-
-        def main() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            try:
-                loop.run_forever()
-            finally:
-                _shut_down(loop)
-
-        thread = threading.Thread(target=main, name=self._name, daemon=True)
+        thread = threading.Thread(
+            target=_serve, args=(loop, ready.set), name=self._name, daemon=True
+        )
         thread.start()
         ready.wait()
         self._thread = thread
@@ -264,17 +257,12 @@ class LoopThread:
         def main() -> None:
             try:
                 loop = asyncio.new_event_loop()
-                asyncio.set_event_loop(loop)
             except BaseException as exc:
                 failed.append(exc)
                 ready.release()
                 return
             made.append(loop)
-            loop.call_soon(ready.release)
-            try:
-                loop.run_forever()
-            finally:
-                _shut_down(loop)
+            _serve(loop, ready.release)
 
         thread = NativeThread(main, self._name)
         thread.start()
@@ -337,7 +325,7 @@ class LoopThread:
         self,
         coro: Coroutine[Any, Any, T],
         loop: asyncio.AbstractEventLoop,
-        inbox: deque[_Call[Any]],
+        inbox: deque[HandedCall[Any]],
     ) -> T:
         """Run ``coro`` on ``loop``, which another thread runs, and block until it returns.
 
@@ -345,7 +333,7 @@ class LoopThread:
         once: calls arriving together share one wake-up of the loop (``inbox``), and each
         caller waits on a bare lock the loop releases, not on a concurrent future.
         """
-        call = _Call(coro, GreenletWake() if self._greenlets else None)
+        call = HandedCall(coro, GreenletWake() if self._greenlets else None)
         # Append before looking at the flag, and the loop clears the flag before it
         # empties the inbox: a call either finds a wake-up on its way that will still
         # see it, or sends one. Two callers may both send one; the second finds the
@@ -370,7 +358,7 @@ class LoopThread:
             raise
         return call.outcome()
 
-    def _start_calls(self, inbox: deque[_Call[Any]]) -> None:
+    def _start_calls(self, inbox: deque[HandedCall[Any]]) -> None:
         # On the loop: start every call waiting in the inbox, in arrival order, this turn.
         self._wake_sent = False
         loop = asyncio.get_running_loop()
@@ -468,67 +456,6 @@ class LoopThread:
             _shut_down(loop)
 
 
-class _Call(Generic[T]):
-    """One blocking call handed to the loop: its coroutine, the lock its caller waits
-    on (held until the call ends; a :class:`GreenletWake` for a greenlet), and its
-    outcome."""
-
-    __slots__ = ("context", "coro", "done", "error", "result", "task")
-
-    def __init__(self, coro: Coroutine[Any, Any, T], done: GreenletWake | None) -> None:
-        self.coro = coro
-        # The caller's context variables go with its coroutine, as they do through
-        # call_soon_threadsafe (run_coroutine_threadsafe).
-        self.context = contextvars.copy_context()
-        if done is None:
-            self.done: _thread.LockType | GreenletWake = _thread.allocate_lock()
-            self.done.acquire()
-        else:
-            self.done = done
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the call's task (on the loop)."""
-        if self.error is not None:  # cancelled before it started
-            self.coro.close()
-            self.done.release()
-            return
-        self.task = loop.create_task(self._run(), context=self.context)
-
-    async def _run(self) -> None:
-        try:
-            self.result = await self.coro
-        except BaseException as exc:
-            self.error = exc
-            if not isinstance(exc, Exception | asyncio.CancelledError):
-                self.done.release()
-                raise  # KeyboardInterrupt, SystemExit: the loop's to handle too
-        self.done.release()
-
-    def cancel(self) -> None:
-        """Stop the call (on the loop): its caller stopped waiting for it."""
-        if self.task is not None:
-            self.task.cancel()
-        elif self.error is None:
-            self.error = asyncio.CancelledError()
-
-    def abandon(self) -> None:
-        """Fail a call that never started: its loop was stopped."""
-        self.coro.close()
-        self.error = OmniQError("the blocking client was closed before this call ran")
-        self.done.release()
-
-    def outcome(self) -> T:
-        """The call's return value, or its exception raised (in the caller's thread)."""
-        error = self.error
-        if error is not None:
-            self.error = None  # no cycle through the traceback
-            raise error
-        return cast(T, self.result)
-
-
 class _Stopper:
     """Runs one call's coroutine and, while armed, stops the loop when it ends (the loop
     finishes its current turn first)."""
@@ -553,6 +480,17 @@ async def _waiting_work() -> None:
     pending = [task for task in asyncio.all_tasks() if task is not current and task in _MAY_WAIT]
     if pending:
         await asyncio.wait(pending)
+
+
+def _serve(loop: asyncio.AbstractEventLoop, started: Callable[[], object]) -> None:
+    """Run ``loop`` on this thread until it is stopped (``started`` once it runs), then
+    shut it down: the body of every loop thread."""
+    asyncio.set_event_loop(loop)
+    loop.call_soon(started)
+    try:
+        loop.run_forever()
+    finally:
+        _shut_down(loop)
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
